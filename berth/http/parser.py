@@ -1,0 +1,284 @@
+"""HTTP/1.x request parsing, sans-IO: bytes in, `Request` objects and `HttpError`s out.
+
+`RequestParser.feed(data)` runs httptools (llhttp) over the bytes and appends each request whose
+head is complete to `self.ready`. A request's body is buffered in memory up to
+`body_buffer_size`; a request whose body is larger is released early with `request.streaming`
+set, and the rest of its body goes to `request.body_sink` as it arrives. Nothing here touches a
+socket, so every rule is tested with byte strings.
+
+llhttp already rejects the request-smuggling classics (Content-Length with Transfer-Encoding,
+duplicate or signed lengths, obs-fold, bare LF, whitespace before the colon, control bytes).
+The rules it leaves to the server are enforced here, following RFC 9112:
+  - HTTP/1.1 without exactly one Host → 400 (§3.2);
+  - a transfer coding other than plain `chunked` (e.g. `gzip, chunked`) → 501 (§6.1);
+  - chunked on HTTP/1.0 → 400 (§6.1: a 1.0 message has no chunked framing);
+  - versions other than 1.0/1.1 → 505;
+  - header names with `_` are dropped: `X_Forwarded_For` and `X-Forwarded-For` both become
+    `HTTP_X_FORWARDED_FOR` in WSGI, so a client could spoof a proxy's header (as nginx and
+    Gunicorn >= 22 do by default);
+  - the request line, the number of header fields and the size of one field are bounded, with
+    Gunicorn's names and defaults (4094, 100, 8190 bytes).
+"""
+
+from __future__ import annotations
+
+import httptools
+
+# Reason phrases berth uses for its own error responses.
+REASONS = {
+    400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
+    414: "URI Too Long", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
+}
+
+
+# Header name (as received) -> (CGI/WSGI key, kind). The few names with a rule of their own get
+# a kind; every other name costs one dict lookup per request once seen.
+PLAIN, HOST, TRANSFER_ENCODING, EXPECT, CONTENT_LENGTH, DROP = range(6)
+_SPECIAL_KINDS = {b"host": HOST, b"transfer-encoding": TRANSFER_ENCODING, b"expect": EXPECT,
+                  b"content-length": CONTENT_LENGTH}
+_header_info: dict[bytes, tuple[str, int]] = {}
+
+
+def header_info(name: bytes) -> tuple[str, int]:
+    """`X-Request-Id` → ("HTTP_X_REQUEST_ID", PLAIN); `X_Foo` → ("", DROP) (cached)."""
+    info = _header_info.get(name)
+    if info is None:
+        if b"_" in name:
+            info = ("", DROP)
+        else:
+            upper = name.decode("latin-1").upper().replace("-", "_")
+            key = upper if upper in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + upper
+            info = (key, _SPECIAL_KINDS.get(name.lower(), PLAIN))
+        if len(_header_info) < 4096:
+            _header_info[name] = info
+    return info
+
+
+class HttpError(Exception):
+    """A request berth refuses: answered with `status` and the connection closed."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(f"{status} {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class Request:
+    """One parsed request head, and its body once complete (or its stream, if streaming).
+
+    `headers` maps CGI-style names (`HTTP_USER_AGENT`, `CONTENT_TYPE`) to latin-1 decoded
+    values, repeated fields joined with ",", ready to go into a WSGI environ.
+    """
+
+    # Defaults live on the class: a request sets only what differs (cheaper than __init__
+    # assigning every field, on the path every request takes).
+    method = b""
+    url = b""
+    version = "1.1"
+    keep_alive = True
+    body = b""
+    complete = False
+    chunked = False
+    content_length: int | None = None
+    expect_continue = False
+    streaming = False
+    body_stream = None  # made by the parser's stream_factory when the body streams
+
+    def __init__(self):
+        self.headers: dict[str, str] = {}
+
+
+class CollectedBody:
+    """The default body stream: collects the chunks (what unit tests look at)."""
+
+    def __init__(self, request: Request):
+        self.chunks = [request.body] if request.body else []
+        self.done = False
+
+    def feed(self, data: bytes | None) -> None:
+        if data is None:
+            self.done = True
+        else:
+            self.chunks.append(data)
+
+
+class RequestParser:
+    """Parses every request of one connection, in order.
+
+    After `feed()`, `self.ready` holds requests whose head is complete and whose body is either
+    complete (`request.complete`) or streaming. `self.in_head` is true while a request head is
+    partly received (for the head deadline). Errors raise `HttpError`; the connection is then
+    unusable.
+
+    `stream_factory(request)` makes the object that receives a streamed body through
+    `feed(bytes)` and, at its end, `feed(None)`.
+    """
+
+    def __init__(self, limit_request_line: int = 4094, limit_request_fields: int = 100,
+                 limit_request_field_size: int = 8190, body_buffer_size: int = 1024 * 1024,
+                 stream_factory=CollectedBody):
+        self.limit_line = limit_request_line or (1 << 62)
+        self.limit_fields = limit_request_fields
+        self.limit_field = limit_request_field_size or (1 << 62)
+        self.body_limit = body_buffer_size
+        self.stream_factory = stream_factory
+        self.ready: list[Request] = []
+        self.in_head = False
+        self._parser = httptools.HttpRequestParser(self)
+        self._req: Request | None = None
+        self._url = b""
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._error: HttpError | None = None
+        self._fields = 0
+        self._hosts = 0
+        self._te: bytes | None = None
+        self._expect = False
+
+    # -- the one entry point ------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # An Upgrade request (e.g. websocket) or CONNECT: served as a plain request, the
+            # upgrade itself is not supported. Whatever follows the head is not HTTP/1.
+            for req in self.ready:
+                req.keep_alive = False
+            if self._req is not None:
+                self._req.keep_alive = False
+                self.on_message_complete()
+        except httptools.HttpParserCallbackError as exc:
+            err = self._error or exc.__context__
+            if isinstance(err, HttpError):
+                raise err from None
+            raise
+        except httptools.HttpParserInvalidMethodError:
+            raise HttpError(400, "invalid method") from None
+        except httptools.HttpParserInvalidURLError:
+            raise HttpError(400, "invalid request target") from None
+        except httptools.HttpParserError as exc:
+            if self._error is not None:
+                raise self._error from None
+            raise HttpError(400, str(exc) or "malformed request") from None
+
+    # -- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._req = Request()
+        self._url = b""
+        self._fields = 0
+        self._hosts = 0
+        self._te = None
+        self._expect = False
+        self.in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.limit_line:
+            raise self._fail(414, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += 1
+        if self._fields > self.limit_fields:
+            raise self._fail(431, "too many header fields")
+        if len(name) + len(value) > self.limit_field:
+            raise self._fail(431, "header field too large")
+        key, kind = _header_info.get(name) or header_info(name)
+        if kind:
+            if kind == HOST:
+                self._hosts += 1
+            elif kind == TRANSFER_ENCODING:
+                self._te = value
+                return
+            elif kind == EXPECT:
+                self._expect = value.lower() == b"100-continue"
+            elif kind == CONTENT_LENGTH:
+                self._req.content_length = int(value)
+            else:  # DROP
+                return
+        headers = self._req.headers
+        if key in headers:
+            headers[key] += "," + value.decode("latin-1")
+        else:
+            headers[key] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        req = self._req
+        parser = self._parser
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise self._fail(505, f"HTTP/{version} not supported")
+        if self._hosts != 1 and (version == "1.1" or self._hosts > 1):
+            raise self._fail(400, "missing Host header" if not self._hosts
+                             else "more than one Host header")
+        if self._te is not None:
+            if self._te.strip().lower() != b"chunked":
+                raise self._fail(501, f"transfer coding {self._te.decode('latin-1')!r} "
+                                      "not implemented")
+            if version == "1.0":
+                raise self._fail(400, "chunked transfer coding in an HTTP/1.0 request")
+            req.chunked = True
+        req.method = parser.get_method()
+        req.url = self._url
+        req.version = version
+        req.keep_alive = parser.should_keep_alive()
+        req.expect_continue = self._expect and version == "1.1"
+        self.in_head = False
+        self._body = []
+        self._body_size = 0
+        if req.chunked:
+            pass
+        elif req.content_length is not None and req.content_length > self.body_limit:
+            self._stream(req)
+
+    def on_body(self, body: bytes) -> None:
+        req = self._req
+        if req.streaming:
+            req.body_stream.feed(body)
+            return
+        self._body.append(body)
+        self._body_size += len(body)
+        if self._body_size > self.body_limit:
+            self._stream(req)
+
+    def on_message_complete(self) -> None:
+        req = self._req
+        if req.streaming:
+            req.body_stream.feed(None)
+            req.complete = True
+            self._req = None
+            return
+        body = self._body
+        req.body = body[0] if len(body) == 1 else b"".join(body)
+        if req.chunked:
+            req.content_length = len(req.body)
+            req.headers["CONTENT_LENGTH"] = str(req.content_length)
+        self._body = []
+        req.complete = True
+        self.ready.append(req)
+        self._req = None
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _stream(self, req: Request) -> None:
+        """Release the request before its body is complete: the app reads it as it arrives."""
+        req.streaming = True
+        if req.chunked:  # no length to give the app: it reads to the end (input_terminated)
+            req.headers["HTTP_TRANSFER_ENCODING"] = "chunked"
+        req.body = b"".join(self._body)
+        self._body = []
+        req.body_stream = self.stream_factory(req)
+        req.body = b""
+        self.ready.append(req)
+
+    @property
+    def current(self) -> Request | None:
+        """The request whose body is still arriving (None between requests)."""
+        return self._req
+
+    def _fail(self, status: int, detail: str) -> HttpError:
+        self._error = HttpError(status, detail)
+        return self._error

@@ -1,0 +1,116 @@
+"""Response heads, sans-IO: status lines, validated header blocks, `Date`, chunk framing.
+
+Header bytes are built once per response with as little Python work as possible: status lines
+and the `Date`/`Server` suffix are cached, header names the app used before are known to be
+valid, and CR/LF anywhere in a name or value is found with two `str.count` calls over the
+whole block instead of a test per header.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from email.utils import formatdate
+
+from berth import SERVER_SOFTWARE
+from berth.http.parser import REASONS
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_known_names: dict[str, str] = {}  # header name as the app wrote it -> lower-cased
+
+
+class BadResponseHeaders(Exception):
+    """The app gave a status or header berth will not send (it would split or break HTTP)."""
+
+
+class DateCache:
+    """The `Date` header, formatted at most once per second."""
+
+    __slots__ = ("second", "value", "suffix")
+
+    def __init__(self):
+        self.second = -1
+        self.value = ""
+        self.suffix = b""
+        self.refresh()
+
+    def refresh(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        second = int(now)
+        if second != self.second:
+            self.second = second
+            self.value = formatdate(second, usegmt=True)
+            self.suffix = f"Server: {SERVER_SOFTWARE}\r\nDate: {self.value}\r\n".encode()
+
+
+_status_lines: dict[tuple[str, str], bytes] = {}
+
+
+def status_line(version: str, status: str) -> bytes:
+    """`HTTP/1.1 200 OK\\r\\n` for a WSGI status string, cached."""
+    key = (version, status)
+    line = _status_lines.get(key)
+    if line is None:
+        if "\r" in status or "\n" in status or len(status) < 3 or not status[:3].isdigit() \
+                or (len(status) > 3 and status[3] != " "):
+            raise BadResponseHeaders(f"invalid status {status!r}")
+        line = f"HTTP/{version} {status}\r\n".encode("latin-1")
+        if len(_status_lines) < 512:
+            _status_lines[key] = line
+    return line
+
+
+_SPECIAL = frozenset(("content-length", "connection", "keep-alive", "proxy-authenticate",
+                      "proxy-authorization", "te", "trailers", "transfer-encoding", "upgrade"))
+
+
+def scan_headers(headers: list) -> tuple[str, str | None, bool]:
+    """Validate the app's headers: (header block text, Content-Length value, hop-by-hop seen).
+
+    Raises `BadResponseHeaders` for a name that is not an HTTP token, a value that is not a
+    str, and CR or LF in any name or value.
+    """
+    lines = []
+    length = None
+    hop = False
+    known = _known_names
+    for name, value in headers:
+        lower = known.get(name)
+        if lower is None:
+            if type(name) is not str or not _TOKEN.match(name):
+                raise BadResponseHeaders(f"invalid header name {name!r}")
+            lower = name.lower()
+            if len(known) < 1024:
+                known[name] = lower
+        if type(value) is not str:
+            raise BadResponseHeaders(f"header {name!r} value must be str, not "
+                                     f"{type(value).__name__}")
+        if lower in _SPECIAL:
+            if lower == "content-length":
+                length = value
+            else:
+                hop = True
+        lines.append(f"{name}: {value}\r\n")
+    block = "".join(lines)
+    if block.count("\n") != len(lines) or block.count("\r") != len(lines):
+        raise BadResponseHeaders("CR or LF in a response header")
+    return block, length, hop
+
+
+def error_response(status: int, detail: str = "", head_only: bool = False,
+                   date: DateCache | None = None) -> bytes:
+    """A complete `Connection: close` response for an error berth answers itself."""
+    reason = REASONS.get(status, "Error")
+    body = f"{status} {reason}\n".encode()
+    suffix = date.suffix if date is not None else b""
+    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n").encode() + suffix + b"\r\n"
+    return head if head_only else head + body
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

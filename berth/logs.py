@@ -1,0 +1,264 @@
+"""Error log and access log.
+
+Both write whole lines with one `os.write` each (a write of at most PIPE_BUF bytes to a pipe is
+atomic, so lines from several workers never interleave; files are opened with O_APPEND).
+
+The access log never writes on the request path: a request appends its formatted line to a
+bounded deque, and a writer thread flushes the deque every half second (and at exit). If stdout
+is read so slowly that the deque fills, lines are dropped and counted, and the count is reported
+on the error log; the request path never blocks on a log. stdout itself is left blocking, since
+the app's own print() shares it.
+
+The access-log format uses Gunicorn's atoms and is compiled once into a Python function, so a
+line costs about a microsecond instead of the several of a `logging` record.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+import sys
+import threading
+import time
+
+PIPE_BUF = 4096
+ERROR_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S %z"
+
+
+def open_log_fd(target: str, default_fd: int) -> int:
+    if target in ("-", "", None):
+        return default_fd
+    return os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+
+
+def write_lines(fd: int, data: bytes) -> None:
+    """Write `data` (whole lines) in pieces of at most PIPE_BUF bytes cut at line ends."""
+    view = memoryview(data)
+    start = 0
+    end = len(data)
+    while start < end:
+        stop = end
+        if stop - start > PIPE_BUF:
+            cut = data.rfind(b"\n", start, start + PIPE_BUF)
+            stop = cut + 1 if cut >= start else start + PIPE_BUF
+        piece = view[start:stop]
+        while piece:
+            try:
+                n = os.write(fd, piece)
+            except InterruptedError:
+                continue
+            except BlockingIOError:
+                time.sleep(0.01)
+                continue
+            piece = piece[n:]
+        start = stop
+
+
+class WholeLineHandler(logging.Handler):
+    """A logging handler writing each record as one `os.write` to a file descriptor."""
+
+    def __init__(self, fd: int):
+        super().__init__()
+        self.fd = fd
+        self.setFormatter(logging.Formatter(ERROR_FORMAT, DATE_FORMAT))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            write_lines(self.fd, (self.format(record) + "\n").encode("utf-8", "replace"))
+        except Exception:  # noqa: BLE001 - a log that cannot be written must not kill berth
+            self.handleError(record)
+
+
+def setup_error_log(target: str, level: str) -> logging.Logger:
+    log = logging.getLogger("berth.error")
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        if isinstance(handler, WholeLineHandler) and handler.fd > 2:
+            os.close(handler.fd)
+    log.addHandler(WholeLineHandler(open_log_fd(target, 2)))
+    log.setLevel(level.upper())
+    log.propagate = False
+    return log
+
+
+# -- access log ---------------------------------------------------------------------------------
+
+_ATOM = re.compile(r"%\(([^)]+)\)s")
+
+
+class _Clock:
+    """`[27/Nov/2026:20:14:50 +0000]`, formatted once per second."""
+
+    second = -1
+    text = ""
+
+    @classmethod
+    def now(cls) -> str:
+        t = time.time()
+        if int(t) != cls.second:
+            cls.second = int(t)
+            cls.text = time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(t))
+        return cls.text
+
+
+def _basic_user(environ: dict) -> str:
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    if auth[:6].lower() == "basic ":
+        try:
+            return base64.b64decode(auth[6:].strip()).decode("latin-1").split(":", 1)[0] or "-"
+        except (ValueError, UnicodeDecodeError):
+            return "-"
+    return "-"
+
+
+def _response_header(headers: list, name: str) -> str:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return "-"
+
+
+def compile_access_format(fmt: str):
+    """Compile a Gunicorn access-log format into `f(environ, status, sent, seconds, headers)`.
+
+    Atoms: h l u t r m U q H s B b f a T M D L p {header}i {header}o {var}e. An unknown atom
+    is printed as '-', as Gunicorn does.
+    """
+    env = "e"
+    exprs = {
+        "h": f"{env}.get('REMOTE_ADDR', '-')",
+        "l": "'-'",
+        "u": f"_basic_user({env})",
+        "t": "_Clock.now()",
+        "r": f"{env}['REQUEST_METHOD'] + ' ' + {env}['RAW_URI'] + ' ' + {env}['SERVER_PROTOCOL']",
+        "m": f"{env}['REQUEST_METHOD']",
+        "U": f"{env}['PATH_INFO']",
+        "q": f"{env}['QUERY_STRING']",
+        "H": f"{env}['SERVER_PROTOCOL']",
+        "s": "status[:3]",
+        "B": "str(sent)",
+        "b": "str(sent)",
+        "f": f"{env}.get('HTTP_REFERER', '-')",
+        "a": f"{env}.get('HTTP_USER_AGENT', '-')",
+        "T": "str(int(seconds))",
+        "M": "str(int(seconds * 1000))",
+        "D": "str(int(seconds * 1000000))",
+        "L": "'%.6f' % seconds",
+        "p": "'<%d>' % _pid()",
+    }
+    parts = []
+    pos = 0
+    for match in _ATOM.finditer(fmt):
+        if match.start() > pos:
+            parts.append(repr(fmt[pos:match.start()]))
+        atom = match.group(1)
+        if atom in exprs:
+            parts.append(exprs[atom])
+        elif atom.startswith("{") and atom.endswith("}i"):
+            name = atom[1:-2]
+            key = name.upper().replace("-", "_")
+            key = key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
+            parts.append(f"{env}.get({key!r}, '-')")
+        elif atom.startswith("{") and atom.endswith("}o"):
+            parts.append(f"_response_header(headers, {atom[1:-2].lower()!r})")
+        elif atom.startswith("{") and atom.endswith("}e"):
+            parts.append(f"_os_environ.get({atom[1:-2]!r}, '-')")
+        else:
+            parts.append("'-'")
+        pos = match.end()
+    if pos < len(fmt):
+        parts.append(repr(fmt[pos:]))
+    body = " + ".join(parts) if parts else "''"
+    source = f"def access_line(e, status, sent, seconds, headers):\n    return {body} + '\\n'\n"
+    namespace = {"_Clock": _Clock, "_basic_user": _basic_user, "_pid": os.getpid,
+                 "_response_header": _response_header, "_os_environ": os.environ}
+    exec(compile(source, "<access-log-format>", "exec"), namespace)  # noqa: S102
+    access_line = namespace["access_line"]
+    access_line.needs_duration = "seconds" in body
+    return access_line
+
+
+class AccessLog:
+    """Formats lines on the request path (cheap), writes them from a thread (off it).
+
+    The request path appends to a list. The writer thread takes the whole list by swapping in
+    an empty one (no per-line work while it holds the GIL); an append that raced the swap
+    lands in the old list after it was taken, so the writer looks at that list once more on
+    its next round and writes what arrived late.
+    """
+
+    def __init__(self, target: str, fmt: str, error_log: logging.Logger,
+                 max_lines: int = 16384, interval: float = 0.5):
+        self.fd = open_log_fd(target, 1)
+        self.target = target
+        self.format = compile_access_format(fmt)
+        self.needs_duration = self.format.needs_duration
+        self.error_log = error_log
+        self.max_lines = max_lines
+        self.interval = interval
+        self.lines: list[str] = []
+        self.dropped = 0
+        self._taken: list[str] = []
+        self._taken_len = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def log(self, environ: dict, status: str, sent: int, seconds: float, headers) -> None:
+        lines = self.lines
+        if len(lines) < self.max_lines:
+            lines.append(self.format(environ, status, sent, seconds, headers))
+        else:
+            self.dropped += 1
+
+    def start(self) -> None:
+        """Start the writer thread (in each worker, after fork)."""
+        self._thread = threading.Thread(target=self._run, name="berth-access-log", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.flush()
+        self.flush()
+
+    def flush(self) -> None:
+        late = self._taken[self._taken_len:]
+        taken = self.lines
+        self.lines = []
+        self._taken, self._taken_len = taken, len(taken)
+        batch = late + taken[:self._taken_len] if late else taken[:self._taken_len]
+        if batch:
+            try:
+                write_lines(self.fd, "".join(batch).encode("utf-8", "replace"))
+            except OSError as exc:
+                self.dropped += len(batch)
+                if exc.errno != 32:  # EPIPE: nobody reads stdout any more
+                    self.error_log.warning("access log write failed: %s", exc)
+        if self.dropped:
+            dropped, self.dropped = self.dropped, 0
+            self.error_log.warning("access log: %d lines dropped (stdout is not read fast "
+                                   "enough)", dropped)
+
+    def close(self) -> None:
+        """Stop the writer and write every line still queued."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self.flush()
+        self.flush()
+
+    def reopen(self) -> None:
+        if self.fd > 2:
+            old = self.fd
+            self.fd = open_log_fd(self.target, 1)
+            os.close(old)
+
+
+def flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass

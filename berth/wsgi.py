@@ -1,0 +1,164 @@
+"""PEP 3333: the environ, `wsgi.input`, `wsgi.file_wrapper`.
+
+The environ is built from three layers so that per-request work is small: a per-worker base dict
+(constants), a per-connection copy (addresses), and the per-request keys. Header names map to
+environ keys through a cache, because clients send the same few names again and again.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import threading
+from urllib.parse import unquote_to_bytes
+
+import httptools
+
+def split_target(url: bytes) -> tuple[str, str]:
+    """The request target → (PATH_INFO, QUERY_STRING): path percent-decoded, as latin-1."""
+    if url[:1] != b"/":
+        if url == b"*":
+            return "*", ""
+        # absolute-form (RFC 9112 §3.2.2), sent to proxies and accepted by servers
+        parsed = httptools.parse_url(url)
+        path = parsed.path or b"/"
+        query = parsed.query or b""
+    else:
+        path, _, query = url.partition(b"?")
+        if b"#" in query:
+            query = query.partition(b"#")[0]
+        elif b"#" in path:
+            path = path.partition(b"#")[0]
+    if b"%" in path:
+        path = unquote_to_bytes(path)
+    return path.decode("latin-1"), query.decode("latin-1")
+
+
+class StreamInput:
+    """`wsgi.input` for a body larger than the in-memory buffer: filled by the loop thread as
+    bytes arrive, read by the app thread, which blocks until enough is there.
+
+    The loop stops reading the socket while more than `high_water` bytes wait here
+    (`paused`), and `resume` (called from the reading thread) asks it to read again.
+    """
+
+    def __init__(self, initial: bytes, high_water: int, resume):
+        self._buf = bytearray(initial)
+        self._done = False
+        self._error: BaseException | None = None
+        self._cond = threading.Condition(threading.Lock())
+        self._high = high_water
+        self._resume = resume
+        self.paused = False
+
+    # loop side
+    def feed(self, data: bytes | None) -> None:
+        with self._cond:
+            if data is None:
+                self._done = True
+            else:
+                self._buf += data
+                if len(self._buf) > self._high:
+                    self.paused = True
+            self._cond.notify_all()
+
+    def fail(self, exc: BaseException) -> None:
+        with self._cond:
+            self._error = exc
+            self._cond.notify_all()
+
+    # app side
+    def _take(self, n: int) -> bytes:
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        if self.paused and len(self._buf) <= self._high // 2:
+            self.paused = False
+            self._resume()
+        return data
+
+    def _wait(self, ready) -> None:
+        while not ready() and not self._done:
+            if self._error is not None:
+                raise self._error
+            self._cond.wait()
+
+    def read(self, size: int | None = -1) -> bytes:
+        with self._cond:
+            if size is None or size < 0:
+                self._wait(lambda: False)
+                return self._take(len(self._buf))
+            self._wait(lambda: len(self._buf) >= size)
+            return self._take(size)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        with self._cond:
+            limit = size if size is not None and size >= 0 else None
+
+            def have_line() -> bool:
+                return b"\n" in self._buf or (limit is not None and len(self._buf) >= limit)
+
+            self._wait(have_line)
+            end = self._buf.find(b"\n")
+            n = len(self._buf) if end < 0 else end + 1
+            if limit is not None:
+                n = min(n, limit)
+            return self._take(n)
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        lines = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                return lines
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def close(self) -> None:
+        pass
+
+
+class FileWrapper:
+    """`wsgi.file_wrapper`: iterable fallback; the server sends real files with os.sendfile."""
+
+    def __init__(self, filelike, blksize: int = 8192):
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        data = self.filelike.read(self.blksize)
+        if data:
+            return data
+        raise StopIteration
+
+    def sendfile_span(self) -> tuple[int, int, int] | None:
+        """(fd, offset, count) when the wrapped object is a regular file, else None."""
+        try:
+            fd = self.filelike.fileno()
+            st = os.fstat(fd)
+        except (AttributeError, OSError, io.UnsupportedOperation, ValueError):
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        try:
+            offset = self.filelike.tell()
+        except (AttributeError, OSError, ValueError):
+            offset = os.lseek(fd, 0, os.SEEK_CUR)
+        return fd, offset, max(0, st.st_size - offset)

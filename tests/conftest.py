@@ -1,0 +1,197 @@
+"""Shared fixtures: start the real berth server as a subprocess on 127.0.0.1 and talk to it.
+
+Every server is started with an explicit `-b 127.0.0.1:PORT`, its output goes to files in the
+test's tmp_path, and it is stopped by PID (SIGTERM, then SIGKILL after a bounded wait).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = Path(__file__).resolve().parent / "apps"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A running berth: `url`, `port`, `stdout()`, `stderr()`, `stop()`, `signal()`."""
+
+    def __init__(self, args: list[str], tmp: Path, env: dict | None = None, port: int | None = None,
+                 wait_ready: bool = True, bind: bool = True, pass_fds=(), cwd: Path | None = None):
+        self.port = port or free_port()
+        self.tmp = tmp
+        self.out_path = tmp / f"stdout-{self.port}.log"
+        self.err_path = tmp / f"stderr-{self.port}.log"
+        full_env = dict(os.environ)
+        full_env.update({"BERTH_IN_CONTAINER": "0", "PYTHONPATH": f"{APPS}{os.pathsep}{ROOT}"})
+        full_env.pop("PORT", None)
+        full_env.pop("WEB_CONCURRENCY", None)
+        full_env.update(env or {})
+        cmd = [sys.executable, "-m", "berth"]
+        if bind:
+            cmd += ["-b", f"127.0.0.1:{self.port}"]
+        cmd += args
+        self._out = open(self.out_path, "wb")
+        self._err = open(self.err_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=self._err, env=full_env,
+                                     cwd=str(cwd or tmp), pass_fds=pass_fds,
+                                     stdin=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        self.url = f"http://127.0.0.1:{self.port}"
+        if wait_ready:
+            self.wait_for_log("ready: ", timeout=20)
+
+    def stdout(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 10.0, stream: str = "stderr") -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            content = self.stderr() if stream == "stderr" else self.stdout()
+            if text in content:
+                return content
+            if self.proc.poll() is not None:
+                content = self.stderr() if stream == "stderr" else self.stdout()
+                if text in content:
+                    return content
+                raise AssertionError(
+                    f"berth exited ({self.proc.returncode}) before logging {text!r}:\n"
+                    f"{self.stderr()}")
+            time.sleep(0.05)
+        raise AssertionError(f"no {text!r} in {stream} after {timeout}s:\n{self.stderr()}")
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        try:
+            if self.proc.poll() is None:
+                os.kill(self.pid, sig)
+                try:
+                    self.proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    os.kill(self.pid, signal.SIGKILL)
+                    self.proc.wait(timeout=5)
+        finally:
+            self._out.close()
+            self._err.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def berth(tmp_path):
+    """Factory: `srv = berth(["-w", "1", "hello:app"])`; every server is stopped at teardown."""
+    servers: list[Server] = []
+
+    def start(args, **kw) -> Server:
+        srv = Server(list(args), tmp_path, **kw)
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.stop()
+
+
+def connect(port: int, timeout: float = 10.0) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return sock
+
+
+def recv_until_closed(sock: socket.socket, limit: int = 64 * 1024 * 1024) -> bytes:
+    chunks = []
+    total = 0
+    while total < limit:
+        data = sock.recv(65536)
+        if not data:
+            break
+        chunks.append(data)
+        total += len(data)
+    return b"".join(chunks)
+
+
+def read_response(sock: socket.socket, head_only: bool = False) -> tuple[int, dict, bytes]:
+    """Read one HTTP/1.x response from a blocking socket: (status, headers, body).
+
+    Handles Content-Length, chunked and close-delimited bodies; leaves extra bytes of a
+    following pipelined response in `sock._berth_buf`.
+    """
+    buf = getattr(sock, "_berth_buf", b"")
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError(f"closed before response head: {buf!r}")
+        buf += data
+    head, _, buf = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    body = b""
+    if head_only or status in (204, 304) or 100 <= status < 200:
+        pass
+    elif "content-length" in headers:
+        n = int(headers["content-length"])
+        while len(buf) < n:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed inside body")
+            buf += data
+        body, buf = buf[:n], buf[n:]
+    elif headers.get("transfer-encoding", "").lower() == "chunked":
+        out = []
+        while True:
+            while b"\r\n" not in buf:
+                buf += sock.recv(65536)
+            size_line, _, buf = buf.partition(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            while len(buf) < size + 2:
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError("closed inside chunk")
+                buf += data
+            if size == 0:
+                # trailers end with an empty line; we send none
+                buf = buf[2:]
+                break
+            out.append(buf[:size])
+            buf = buf[size + 2:]
+        body = b"".join(out)
+        headers["_chunks"] = str(len(out))
+    else:
+        body = buf + recv_until_closed(sock)
+        buf = b""
+    sock._berth_buf = buf
+    return status, headers, body
+
+
+def http_get(port: int, path: str = "/", headers: dict | None = None, timeout: float = 10.0):
+    """One request on a fresh connection with `Connection: close`: (status, headers, body)."""
+    hdrs = {"Host": "127.0.0.1", "Connection": "close"}
+    hdrs.update(headers or {})
+    raw = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n"
+    with connect(port, timeout) as sock:
+        sock.sendall(raw.encode("latin-1"))
+        return read_response(sock)
