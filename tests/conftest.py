@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import signal as _signal
 import socket
 import subprocess
 import sys
@@ -83,14 +84,14 @@ class Server:
     def wait(self, timeout: float = 15.0) -> int:
         return self.proc.wait(timeout=timeout)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+    def stop(self, sig: int = _signal.SIGTERM, timeout: float = 15.0) -> int | None:
         try:
             if self.proc.poll() is None:
                 os.kill(self.pid, sig)
                 try:
                     self.proc.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
-                    os.kill(self.pid, signal.SIGKILL)
+                    os.kill(self.pid, _signal.SIGKILL)
                     self.proc.wait(timeout=5)
         finally:
             self._out.close()

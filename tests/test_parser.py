@@ -1,0 +1,173 @@
+"""The HTTP parser is sans-IO: every rule is checked here with plain byte strings."""
+
+import pytest
+
+from berth.http.parser import HttpError, RequestParser
+
+
+def parse(data: bytes, **kw) -> RequestParser:
+    p = RequestParser(**kw)
+    p.feed(data)
+    return p
+
+
+def status_of(data: bytes, **kw) -> int:
+    with pytest.raises(HttpError) as info:
+        parse(data, **kw)
+    return info.value.status
+
+
+def test_simple_get_gives_method_target_version_and_cgi_headers():
+    p = parse(b"GET /a/b?x=1 HTTP/1.1\r\nHost: example\r\nX-Request-Id: 7\r\n\r\n")
+    (req,) = p.ready
+    assert (req.method, req.url, req.version) == (b"GET", b"/a/b?x=1", "1.1")
+    assert req.headers == {"HTTP_HOST": "example", "HTTP_X_REQUEST_ID": "7"}
+    assert req.keep_alive and req.complete and req.body == b""
+
+
+def test_bytes_fed_one_at_a_time_give_the_same_request():
+    raw = b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Type: a/b\r\n\r\nhello"
+    p = RequestParser()
+    for i in range(len(raw)):
+        assert not p.ready
+        p.feed(raw[i:i + 1])
+    (req,) = p.ready
+    assert req.body == b"hello"
+    assert req.headers["CONTENT_LENGTH"] == "5" and req.headers["CONTENT_TYPE"] == "a/b"
+
+
+def test_pipelined_requests_come_out_in_order():
+    raw = b"".join(f"GET /{i} HTTP/1.1\r\nHost: h\r\n\r\n".encode() for i in range(3))
+    assert [r.url for r in parse(raw).ready] == [b"/0", b"/1", b"/2"]
+
+
+def test_chunked_body_is_dechunked_and_given_a_content_length():
+    raw = (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n")
+    (req,) = parse(raw).ready
+    assert req.body == b"hello world"
+    assert req.headers["CONTENT_LENGTH"] == "11"
+    assert "HTTP_TRANSFER_ENCODING" not in req.headers
+
+
+def test_chunked_body_without_its_last_chunk_never_completes():
+    p = parse(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    assert not p.ready and p.current is not None and not p.in_head
+
+
+def test_head_in_progress_is_reported_for_the_deadline():
+    p = parse(b"GET / HTTP/1.1\r\nHo")
+    assert p.in_head and not p.ready
+
+
+def test_repeated_headers_are_joined_with_commas():
+    (req,) = parse(b"GET / HTTP/1.1\r\nHost: h\r\nAccept: a\r\nAccept: b\r\n\r\n").ready
+    assert req.headers["HTTP_ACCEPT"] == "a,b"
+
+
+def test_header_names_with_underscore_are_dropped():
+    (req,) = parse(b"GET / HTTP/1.1\r\nHost: h\r\nX_Forwarded_For: 6.6.6.6\r\n"
+                   b"X-Forwarded-For: 1.2.3.4\r\n\r\n").ready
+    assert req.headers["HTTP_X_FORWARDED_FOR"] == "1.2.3.4"
+
+
+def test_http11_without_host_is_400():
+    assert status_of(b"GET / HTTP/1.1\r\n\r\n") == 400
+
+
+def test_two_host_headers_are_400():
+    assert status_of(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n") == 400
+    assert status_of(b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n") == 400
+
+
+def test_http10_without_host_is_fine_and_not_keep_alive():
+    (req,) = parse(b"GET / HTTP/1.0\r\n\r\n").ready
+    assert req.version == "1.0" and not req.keep_alive
+
+
+def test_http10_keep_alive_is_honoured():
+    (req,) = parse(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").ready
+    assert req.keep_alive
+
+
+def test_unknown_transfer_coding_is_501():
+    raw = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"
+    assert status_of(raw) == 501
+
+
+def test_chunked_on_http10_is_400():
+    raw = b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    assert status_of(raw) == 400
+
+
+@pytest.mark.parametrize("version", [b"2.0", b"1.2", b"0.9"])
+def test_other_versions_are_505_or_400(version):
+    assert status_of(b"GET / HTTP/" + version + b"\r\nHost: h\r\n\r\n") in (505, 400)
+
+
+def test_http2_in_an_http1_request_line_is_505():
+    assert status_of(b"GET / HTTP/2.0\r\nHost: h\r\n\r\n") == 505
+
+
+@pytest.mark.parametrize("raw", [
+    b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +3\r\n\r\nabc",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost : h\r\n\r\n",
+    b"GET / HTTP/1.1\nHost: h\n\n",
+    b"GE T / HTTP/1.1\r\nHost: h\r\n\r\n",
+])
+def test_smuggling_shapes_are_400(raw):
+    assert status_of(raw) == 400
+
+
+def test_request_line_over_the_limit_is_414():
+    assert status_of(b"GET /" + b"a" * 200 + b" HTTP/1.1\r\nHost: h\r\n\r\n",
+                     limit_request_line=100) == 414
+
+
+def test_too_many_fields_is_431():
+    raw = b"GET / HTTP/1.1\r\nHost: h\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(10))
+    assert status_of(raw + b"\r\n", limit_request_fields=5) == 431
+
+
+def test_field_too_large_is_431():
+    raw = b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 200 + b"\r\n\r\n"
+    assert status_of(raw, limit_request_field_size=100) == 431
+
+
+def test_expect_100_continue_is_flagged_on_http11_only():
+    p = parse(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+    assert p.current.expect_continue and not p.ready
+    p.feed(b"abc")
+    assert p.ready[0].body == b"abc"
+
+
+def test_body_over_the_buffer_is_released_early_and_streamed():
+    p = parse(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc", body_buffer_size=4)
+    (req,) = p.ready
+    assert req.streaming and not req.complete
+    p.feed(b"defghij")
+    assert req.complete and b"".join(req.body_stream.chunks) == b"abcdefghij"
+    assert req.body_stream.done
+
+
+def test_chunked_body_over_the_buffer_streams_without_a_length():
+    p = parse(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"6\r\nabcdef\r\n", body_buffer_size=4)
+    (req,) = p.ready
+    assert req.streaming and "CONTENT_LENGTH" not in req.headers
+    p.feed(b"2\r\ngh\r\n0\r\n\r\n")
+    assert b"".join(req.body_stream.chunks) == b"abcdefgh" and req.body_stream.done
+
+
+def test_absolute_form_target_is_kept_raw():
+    (req,) = parse(b"GET http://example.com/x?y=1 HTTP/1.1\r\nHost: example.com\r\n\r\n").ready
+    assert req.url == b"http://example.com/x?y=1"
+
+
+def test_upgrade_request_is_served_as_plain_request_and_not_kept_alive():
+    p = parse(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    (req,) = p.ready
+    assert req.url == b"/ws" and not req.keep_alive
