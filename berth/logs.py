@@ -4,10 +4,10 @@ Both write whole lines with one `os.write` each (a write of at most PIPE_BUF byt
 atomic, so lines from several workers never interleave; files are opened with O_APPEND).
 
 The access log never writes on the request path: a request appends its formatted line to a
-bounded deque, and a writer thread flushes the deque every half second (and at exit). If stdout
-is read so slowly that the deque fills, lines are dropped and counted, and the count is reported
-on the error log; the request path never blocks on a log. stdout itself is left blocking, since
-the app's own print() shares it.
+list, and the worker's loop writes the lines twice a second (and at exit) through a sink that
+never blocks (see `LineSink`). If the log is read so slowly that the backlog fills, lines are
+dropped and counted on the error log. stdout itself is left blocking, since the app's own
+print() shares it.
 
 The access-log format uses Gunicorn's atoms and is compiled once into a Python function, so a
 line costs about a microsecond instead of the several of a `logging` record.
@@ -19,8 +19,9 @@ import base64
 import logging
 import os
 import re
+import socket
+import stat
 import sys
-import threading
 import time
 
 PIPE_BUF = 4096
@@ -181,79 +182,134 @@ def compile_access_format(fmt: str):
     return access_line
 
 
-class AccessLog:
-    """Formats lines on the request path (cheap), writes them from a thread (off it).
+class LineSink:
+    """Where access-log bytes go, written without ever blocking the caller.
 
-    The request path appends to a list. The writer thread takes the whole list by swapping in
-    an empty one (no per-line work while it holds the GIL); an append that raced the swap
-    lands in the old list after it was taken, so the writer looks at that list once more on
-    its next round and writes what arrived late.
+    A pipe or terminal (stdout in a container) gets a file description of its own, opened
+    through /proc/self/fd with O_NONBLOCK: the shared stdout stays blocking for the app's
+    print(), ours returns EAGAIN instead of waiting. A socket is written with MSG_DONTWAIT;
+    a regular file does not block. Each write to a pipe is at most PIPE_BUF bytes of whole
+    lines, which the kernel keeps in one piece, so workers never interleave inside a line.
+    """
+
+    def __init__(self, target: str, default_fd: int):
+        self.sock = None
+        self.piece = 1 << 20
+        if target not in ("-", ""):
+            self.fd = open_log_fd(target, default_fd)
+            return
+        mode = os.fstat(default_fd).st_mode
+        self.fd = default_fd
+        if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+            self.piece = PIPE_BUF
+            try:
+                self.fd = os.open(f"/proc/self/fd/{default_fd}",
+                                  os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_APPEND)
+            except OSError:
+                self.fd = default_fd  # no /proc: blocking writes, as Gunicorn does
+        elif stat.S_ISSOCK(mode):
+            self.piece = PIPE_BUF
+            self.sock = socket.socket(fileno=os.dup(default_fd))
+
+    def write_some(self, data: bytes) -> int:
+        """Write whole lines from the start of `data` until it would block; return bytes
+        written."""
+        view = memoryview(data)
+        done = 0
+        total = len(data)
+        while done < total:
+            stop = total
+            if stop - done > self.piece:
+                cut = data.rfind(b"\n", done, done + self.piece)
+                stop = cut + 1 if cut >= done else done + self.piece
+            try:
+                if self.sock is not None:
+                    n = self.sock.send(view[done:stop], socket.MSG_DONTWAIT)
+                else:
+                    n = os.write(self.fd, view[done:stop])
+            except InterruptedError:
+                continue
+            except BlockingIOError:
+                break
+            done += n
+            if done < stop:  # a partial write (not to a pipe): try again later
+                break
+        return done
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        elif self.fd > 2:
+            os.close(self.fd)
+
+
+class AccessLog:
+    """Formats lines on the request path (cheap); the worker's loop writes them every tick.
+
+    A request appends its line to a list. `flush()` (on the loop thread, twice a second, and
+    at exit) swaps in an empty list, joins the lines and writes what the sink takes without
+    blocking; the rest waits in a bounded backlog, and what does not fit is dropped and
+    counted on the error log. With app threads, an append can race the swap and land in the
+    old list after it was taken: `flush()` looks at that list once more on its next round.
     """
 
     def __init__(self, target: str, fmt: str, error_log: logging.Logger,
-                 max_lines: int = 16384, interval: float = 0.5):
-        self.fd = open_log_fd(target, 1)
+                 max_backlog: int = 4 << 20):
         self.target = target
+        self.sink = LineSink(target, 1)
         self.format = compile_access_format(fmt)
         self.needs_duration = self.format.needs_duration
         self.error_log = error_log
-        self.max_lines = max_lines
-        self.interval = interval
+        self.max_backlog = max_backlog
         self.lines: list[str] = []
+        self.backlog = b""
         self.dropped = 0
         self._taken: list[str] = []
         self._taken_len = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def log(self, environ: dict, status: str, sent: int, seconds: float, headers) -> None:
-        lines = self.lines
-        if len(lines) < self.max_lines:
-            lines.append(self.format(environ, status, sent, seconds, headers))
-        else:
-            self.dropped += 1
-
-    def start(self) -> None:
-        """Start the writer thread (in each worker, after fork)."""
-        self._thread = threading.Thread(target=self._run, name="berth-access-log", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.flush()
-        self.flush()
+        self.lines.append(self.format(environ, status, sent, seconds, headers))
 
     def flush(self) -> None:
-        late = self._taken[self._taken_len:]
         taken = self.lines
+        late = self._taken[self._taken_len:]
         self.lines = []
         self._taken, self._taken_len = taken, len(taken)
-        batch = late + taken[:self._taken_len] if late else taken[:self._taken_len]
-        if batch:
+        if late:
+            taken = late + taken
+        data = self.backlog
+        if taken:
+            new = "".join(taken).encode("utf-8", "replace")
+            if len(data) + len(new) > self.max_backlog:
+                self.dropped += len(taken)
+            else:
+                data += new
+        if data:
             try:
-                write_lines(self.fd, "".join(batch).encode("utf-8", "replace"))
-            except OSError as exc:
-                self.dropped += len(batch)
-                if exc.errno != 32:  # EPIPE: nobody reads stdout any more
+                written = self.sink.write_some(data)
+            except OSError as exc:  # EPIPE: nobody reads stdout any more
+                written = len(data)
+                if exc.errno != 32:
                     self.error_log.warning("access log write failed: %s", exc)
+            self.backlog = data[written:]
         if self.dropped:
             dropped, self.dropped = self.dropped, 0
-            self.error_log.warning("access log: %d lines dropped (stdout is not read fast "
+            self.error_log.warning("access log: %d lines dropped (the log is not read fast "
                                    "enough)", dropped)
 
-    def close(self) -> None:
-        """Stop the writer and write every line still queued."""
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+    def close(self, timeout: float = 2.0) -> None:
+        """Write every line still queued (waiting up to `timeout` for a slow reader)."""
+        deadline = time.monotonic() + timeout
         self.flush()
-        self.flush()
+        while (self.backlog or self.lines) and time.monotonic() < deadline:
+            time.sleep(0.01)
+            self.flush()
 
     def reopen(self) -> None:
-        if self.fd > 2:
-            old = self.fd
-            self.fd = open_log_fd(self.target, 1)
-            os.close(old)
+        if self.target not in ("-", ""):
+            old = self.sink
+            self.sink = LineSink(self.target, 1)
+            old.close()
 
 
 def flush_std_streams() -> None:

@@ -43,6 +43,7 @@ HIGH_WATER = 256 * 1024  # write-behind bytes per connection before the app thre
 LOW_WATER = 64 * 1024
 MAX_PIPELINE = 16  # complete requests queued on one connection before reading pauses
 RECV_SIZE = 64 * 1024
+ACCEPT_BATCH = 4
 TICK = 0.5  # seconds between timer sweeps (Date header, deadlines, parent check)
 SMALL_JOIN = 64 * 1024  # below this, head and body are joined into one buffer for send()
 
@@ -267,6 +268,7 @@ class Worker:
         self.inline = cfg.threads == 1
         self.keep_alive = cfg.keepalive > 0
         self.draining = False
+        self.accepting = True
         self.alive = True
         self.quick_exit = False
         self.conns: dict[int, Connection] = {}
@@ -354,8 +356,6 @@ class Worker:
         self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.ep.register(self.wake_fd, EPOLLIN)
         self.ep.register(self._sig_r, EPOLLIN)
-        if self.access_log is not None:
-            self.access_log.start()
         for i in range(self.threads):
             threading.Thread(target=self._app_thread, name=f"berth-app-{i}", daemon=True).start()
 
@@ -376,31 +376,42 @@ class Worker:
             for fd, ev in events:
                 conn = conns.get(fd)
                 if conn is not None:
-                    if ev & EPOLLIN:
-                        on_readable(conn, now)
-                    elif ev & EPOLL_CLOSED:
-                        self.on_hangup(conn)
-                    if ev & EPOLLOUT and not conn.closed:
-                        self.on_writable(conn)
+                    try:
+                        if ev & EPOLLIN:
+                            on_readable(conn, now)
+                        elif ev & EPOLL_CLOSED:
+                            self.on_hangup(conn)
+                        if ev & EPOLLOUT and not conn.closed:
+                            self.on_writable(conn)
+                    except Exception:  # noqa: BLE001 - a bug must cost one connection only
+                        self.log.exception("internal error on a connection; closing it")
+                        self.mark_dead(conn)
+                        if conn.active is None:
+                            self.close(conn)
                 elif fd in listeners:
                     self.accept(listeners[fd], now)
                 elif fd == wake_fd:
                     self.on_wake()
                 elif fd == sig_fd:
                     self.on_signals()
+            if not self.accepting and not self.work.qsize():
+                self.set_accepting(True)
             if now >= next_tick:
                 next_tick = now + TICK
                 self.tick(now)
 
-    def accept(self, lsock: socket.socket, now: float) -> None:
-        for _ in range(64):
+    def accept(self, lsock: socket.socket, now: float) -> bool:
+        """Accept a few connections; return whether more may be waiting."""
+        # A few per wake-up: a burst of connections then spreads over the workers instead of
+        # all landing in the one that woke first.
+        for _ in range(ACCEPT_BATCH):
             try:
                 sock, addr = lsock.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                return False
             except OSError as exc:  # EMFILE and friends: log, keep serving
                 self.log.warning("accept failed: %s", exc)
-                return
+                return False
             sock.setblocking(False)
             family = sock.family
             environ = dict(self.base_environ)
@@ -420,6 +431,7 @@ class Worker:
             conn.parser = self._make_parser(conn)
             self.conns[conn.fd] = conn
             self.ep.register(conn.fd, EPOLLIN)
+        return True
 
     def _make_parser(self, conn: Connection) -> RequestParser:
         cfg = self.cfg
@@ -477,17 +489,30 @@ class Worker:
                 return
             req = pending.popleft()
             conn.active = req
-        if self.inline and not req.streaming:
-            self.serve(conn, req, True)
-        else:
-            self.work.put((self.serve, conn, req, False))
+        self.start(conn, req)
 
     def start(self, conn: Connection, req: Request) -> None:
-        """Answer `req` (already `conn.active`): inline, or on an app thread."""
-        if self.inline and not req.streaming:
+        """Answer `req` (already `conn.active`): inline, or on an app thread. A request whose
+        body is still streaming in always goes to a thread: the loop must keep reading it."""
+        if self.inline and (type(req) is HttpError or not req.streaming):
             self.serve(conn, req, True)
         else:
             self.work.put((self.serve, conn, req, False))
+            if self.accepting and self.work.qsize() >= self.threads:
+                self.set_accepting(False)
+
+    def set_accepting(self, accepting: bool) -> None:
+        """Take new connections only while this worker has app threads to spare, so that the
+        others take them (the kernel queue holds them meanwhile): connections spread by
+        capacity, not by which worker woke first."""
+        if accepting == self.accepting or self.draining:
+            return
+        self.accepting = accepting
+        for fd in self.listeners:
+            if accepting:
+                self.ep.register(fd, EPOLLIN | select.EPOLLEXCLUSIVE)
+            else:
+                self.ep.unregister(fd)
 
     def maybe_continue(self, conn: Connection) -> None:
         """Send `100 Continue` for the request whose body is awaited, once it is next in line."""
@@ -678,7 +703,7 @@ class Worker:
             req = self.finish(conn, keep, inline)
             if req is None:
                 return
-            if inline and type(req) is Request and req.streaming:
+            if inline and type(req) is not HttpError and req.streaming:
                 self.work.put((self.serve, conn, req, False))
                 return
 
@@ -706,6 +731,8 @@ class Worker:
                 conn.closing = True
             attend = conn.closing or not conn.reading or conn.parser._req is not None
         conn.last_active = time.monotonic()
+        if not self.accepting:
+            attend = True  # the loop re-checks whether to take new connections again
         if attend:
             if inline:
                 self.attend(conn)
@@ -832,8 +859,6 @@ class Worker:
         return False
 
     def send_error(self, conn: Connection, err: HttpError, inline: bool) -> None:
-        if err.status >= 500:
-            self.log.warning("refused request: %s", err)
         try:
             self.send(conn, error_response(err.status, err.detail, date=self.date), inline)
         except ClientDisconnected:
@@ -958,6 +983,8 @@ class Worker:
 
     def tick(self, now: float) -> None:
         self.date.refresh()
+        if self.access_log is not None:
+            self.access_log.flush()
         if os.getppid() != self.ppid:
             self.log.info("worker %d: the master is gone; exiting", os.getpid())
             self.alive = False
@@ -1024,11 +1051,10 @@ class Worker:
         self.drain_deadline = time.monotonic() + self.cfg.graceful_timeout
         now = time.monotonic()
         for fd, lsock in list(self.listeners.items()):
-            self.accept(lsock, now)
-            try:
-                self.ep.unregister(fd)
-            except OSError:
+            while self.accept(lsock, now):
                 pass
+            if self.accepting:
+                self.ep.unregister(fd)
             lsock.close()
         self.listeners.clear()
         self.tick(now)
