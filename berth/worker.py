@@ -35,8 +35,9 @@ import traceback
 from queue import SimpleQueue
 
 from berth.http.parser import HttpError, Request, RequestParser
-from berth.http.response import (CONTINUE, LAST_CHUNK, BadResponseHeaders, DateCache,
-                                 error_response, scan_headers, status_line)
+from berth.http.response import (CONTINUE, HAS_DATE, HAS_SERVER, HOP_BY_HOP_SEEN, LAST_CHUNK,
+                                 BadResponseHeaders, DateCache, error_response, scan_headers,
+                                 status_line)
 from berth.wsgi import FileWrapper, StreamInput, split_target
 
 HIGH_WATER = 256 * 1024  # write-behind bytes per connection before the app thread waits
@@ -51,7 +52,7 @@ EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
 EPOLL_CLOSED = select.EPOLLHUP | select.EPOLLERR
 
-HANDED_OFF = object()  # respond(): an app thread goes on with this response
+PAUSED = object()  # respond(): the loop goes on with this response when the client reads
 EXIT_APP_LOAD_ERROR = 4  # as Gunicorn: the app could not be loaded; the master stops
 
 METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
@@ -77,7 +78,7 @@ class FileSegment:
 class Connection:
     __slots__ = ("sock", "fd", "parser", "environ", "lock", "cond", "pending", "active", "out",
                  "out_size", "want_write", "reading", "events", "closing", "dead", "eof",
-                 "closed", "last_active", "head_started", "lingering")
+                 "closed", "last_active", "head_started", "lingering", "paused_response")
 
     def __init__(self, sock: socket.socket, environ: dict, now: float):
         self.sock = sock
@@ -99,6 +100,7 @@ class Connection:
         self.last_active = now
         self.head_started = now  # a new connection must send a head within --header-timeout
         self.lingering = 0.0
+        self.paused_response: tuple | None = None  # (Response, iterable, iterator), inline
 
 
 class Response:
@@ -111,6 +113,8 @@ class Response:
     chunked = False
     remaining: int | None = None  # body bytes still allowed by Content-Length
     sent = 0
+    started = 0.0  # monotonic time the app was called (when the access log needs it)
+    environ: dict | None = None
 
     def __init__(self, worker: Worker, conn: Connection, req: Request, inline: bool):
         self.worker = worker
@@ -158,15 +162,17 @@ class Response:
                 if len(_head_cache) >= 1024:
                     _head_cache.clear()
                 _head_cache[key] = cached
-        prefix, self.remaining, self.chunked, self.no_body, self.keep_alive = cached
+        prefix, self.remaining, self.chunked, self.no_body, self.keep_alive, own = cached
         self.head_sent = True
+        if own:
+            return prefix + self.worker.date.suffixes[own] + b"\r\n"
         return prefix + self.worker.date.suffix + b"\r\n"
 
     def _frame(self, known_length: int | None) -> tuple:
         status = self.status
-        block, length, special = scan_headers(self.headers)
+        block, length, flags = scan_headers(self.headers)
         keep_alive = self.keep_alive
-        if special:
+        if flags & HOP_BY_HOP_SEEN:
             block, keep_alive = _drop_hop_by_hop(self.headers, keep_alive)
         version = self.req.version
         code = status[:3]
@@ -196,7 +202,7 @@ class Response:
         elif version == "1.1":
             extra += "Connection: close\r\n"
         prefix = status_line(version, status) + (block + extra).encode("latin-1")
-        return prefix, remaining, chunked, no_body, keep_alive
+        return prefix, remaining, chunked, no_body, keep_alive, flags & (HAS_DATE | HAS_SERVER)
 
     def write(self, data: bytes) -> None:
         """Send part of the body (the WSGI `write()` callable, and each item of the iterable)."""
@@ -231,8 +237,8 @@ class Response:
             self.worker.send(self.conn, self.make_head(0), self.inline)
         elif self.chunked and not self.no_body:
             self.worker.send(self.conn, LAST_CHUNK, self.inline)
-        if self.remaining:  # less than the promised Content-Length: the client must not wait
-            return False
+        if self.remaining and not self.no_body:
+            return False  # less than the promised Content-Length: the client must not wait
         return self.keep_alive
 
 
@@ -556,6 +562,9 @@ class Worker:
 
     def on_hangup(self, conn: Connection) -> None:
         self.mark_dead(conn)
+        if conn.paused_response is not None:
+            self.resume_response(conn)  # fails at once: closes the iterable, logs, closes
+            return
         with conn.lock:
             idle = conn.active is None
         if idle:
@@ -637,6 +646,7 @@ class Worker:
                 self.post(conn)
 
     def on_writable(self, conn: Connection) -> None:
+        conn.last_active = time.monotonic()  # progress, for the stalled-reader deadline
         with conn.lock:
             out = conn.out
             sock = conn.sock
@@ -667,11 +677,17 @@ class Worker:
                 conn.dead = True
             if conn.cond is not None and (conn.out_size <= LOW_WATER or conn.dead):
                 conn.cond.notify_all()
-            if out and not conn.dead:
+            if conn.paused_response is not None and (conn.out_size <= LOW_WATER or conn.dead):
+                resume = True
+            elif out and not conn.dead:
                 return
-            conn.want_write = False
-            done = conn.active is None and (conn.closing or conn.dead)
-        if done:
+            else:
+                resume = False
+                conn.want_write = False
+                done = conn.active is None and (conn.closing or conn.dead)
+        if resume:
+            self.resume_response(conn)
+        elif done:
             self.close(conn)
         else:
             self.update_events(conn)
@@ -698,7 +714,7 @@ class Worker:
                 keep = False
             else:
                 keep = self.respond(conn, req, inline)
-                if keep is HANDED_OFF:
+                if keep is PAUSED:
                     return
             req = self.finish(conn, keep, inline)
             if req is None:
@@ -741,11 +757,13 @@ class Worker:
         return None
 
     def respond(self, conn: Connection, req: Request, inline: bool):
-        """Run the app for one request; return keep-alive (bool) or HANDED_OFF."""
+        """Run the app for one request; return keep-alive (bool), or PAUSED when the loop
+        thread goes on with the body once the client has read what is queued."""
         environ = self.make_environ(conn, req)
         resp = Response(self, conn, req, inline)
-        access_log = self.access_log
-        started = time.monotonic() if self.log_duration else 0.0
+        resp.environ = environ
+        if self.log_duration:
+            resp.started = time.monotonic()
         result = None
         try:
             result = self.app(environ, resp.start_response)
@@ -767,18 +785,27 @@ class Worker:
                 keep = resp.end()
             else:
                 keep = self.send_iterable(resp, result)
-                if keep is HANDED_OFF:
+                if keep is PAUSED:
                     return keep
         except ClientDisconnected:
             self.log.debug("client disconnected: %s", _request_line(environ))
             keep = False
         except Exception:  # noqa: BLE001 - the app's error: 500, never a dead worker
             keep = self.app_error(conn, resp, environ, inline)
-        self.close_result(result)
-        if access_log is not None:
-            access_log.log(environ, resp.status or "500", resp.sent,
-                           time.monotonic() - started if started else 0.0, resp.headers or ())
+        self.done(resp, result)
         return keep
+
+    def done(self, resp: Response, result) -> None:
+        """The response is over (sent, failed or abandoned): close the iterable, log it."""
+        self.close_result(result)
+        req = resp.req
+        if req.streaming and not req.complete:
+            req.body_stream.discard()
+        access_log = self.access_log
+        if access_log is not None:
+            access_log.log(resp.environ, resp.status or "500", resp.sent,
+                           time.monotonic() - resp.started if resp.started else 0.0,
+                           resp.headers or ())
 
     def send_iterable(self, resp: Response, result):
         conn = resp.conn
@@ -801,40 +828,45 @@ class Worker:
                         resp.remaining -= count
                 return resp.end()
         it = iter(result)
+        if resp.inline:
+            return self.pump(resp, result, it)
         write = resp.write
-        inline = resp.inline
         for data in it:
             if data:
                 write(data)
-                if inline and conn.out_size > HIGH_WATER:
-                    resp.inline = False
-                    self.work.put((self.serve_rest, resp, result, it))
-                    return HANDED_OFF
         return resp.end()
 
-    def serve_rest(self, resp: Response, result, it) -> None:
-        """On an app thread: go on with a response the loop thread handed off."""
+    def pump(self, resp: Response, result, it):
+        """On the loop thread: take body parts from the app while the write-behind queue has
+        room; when it is full, stop (PAUSED) and go on when the client has read it
+        (`on_writable`). The loop never waits for a slow reader, and the app's iterator stays
+        on the one thread it started on (thread-locals and contextvars stay right)."""
         conn = resp.conn
-        environ = None
+        write = resp.write
+        for data in it:
+            if data:
+                write(data)
+                if conn.out_size > HIGH_WATER:
+                    conn.paused_response = (resp, result, it)
+                    return PAUSED
+        return resp.end()
+
+    def resume_response(self, conn: Connection) -> None:
+        """The client read what was queued (or is gone): go on with a paused response."""
+        resp, result, it = conn.paused_response
+        conn.paused_response = None
         try:
-            write = resp.write
-            for data in it:
-                if data:
-                    write(data)
-            keep = resp.end()
+            keep = self.pump(resp, result, it)
+            if keep is PAUSED:
+                return
         except ClientDisconnected:
             keep = False
         except Exception:  # noqa: BLE001
-            environ = self.make_environ(conn, resp.req)
-            keep = self.app_error(conn, resp, environ, False)
-        self.close_result(result)
-        if self.access_log is not None:
-            environ = environ or self.make_environ(conn, resp.req)
-            self.access_log.log(environ, resp.status or "500", resp.sent, 0.0,
-                                resp.headers or ())
-        req = self.finish(conn, keep, False)
+            keep = self.app_error(conn, resp, resp.environ, True)
+        self.done(resp, result)
+        req = self.finish(conn, keep, True)
         if req is not None:
-            self.serve(conn, req, False)
+            self.start(conn, req)
 
     def close_result(self, result) -> None:
         if type(result) is list:
@@ -852,7 +884,7 @@ class Worker:
             resp.status = "500 Internal Server Error"
             resp.headers = []
             try:
-                self.send(conn, error_response(500, head_only=resp.head_only, date=self.date),
+                self.send(conn, error_response(500, head_only=resp.req.method == b"HEAD", date=self.date),
                           inline)
             except ClientDisconnected:
                 pass
@@ -995,6 +1027,15 @@ class Worker:
         for conn in list(self.conns.values()):
             if conn.lingering:
                 if now > conn.lingering:
+                    self.close(conn)
+                continue
+            if conn.out and now - conn.last_active > keepalive:
+                # a client that reads nothing of its response for --keep-alive seconds
+                self.log.debug("client stopped reading its response; closing")
+                self.mark_dead(conn)
+                if conn.paused_response is not None:
+                    self.resume_response(conn)
+                elif conn.active is None:
                     self.close(conn)
                 continue
             if conn.active is not None or conn.pending:

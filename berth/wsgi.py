@@ -49,7 +49,9 @@ class StreamInput:
         self._error: BaseException | None = None
         self._cond = threading.Condition(threading.Lock())
         self._high = high_water
+        self._want = 0  # bytes a blocked reader waits for: reading goes on until it has them
         self._resume = resume
+        self._discard = False
         self.paused = False
 
     # loop side
@@ -57,9 +59,11 @@ class StreamInput:
         with self._cond:
             if data is None:
                 self._done = True
+            elif self._discard:
+                return
             else:
                 self._buf += data
-                if len(self._buf) > self._high:
+                if len(self._buf) > self._high and len(self._buf) >= self._want:
                     self.paused = True
             self._cond.notify_all()
 
@@ -67,6 +71,16 @@ class StreamInput:
         with self._cond:
             self._error = exc
             self._cond.notify_all()
+
+    def discard(self) -> None:
+        """The app is done without reading everything: drop the rest as it arrives, so the
+        connection gets to the next request."""
+        with self._cond:
+            self._discard = True
+            self._buf.clear()
+            if self.paused:
+                self.paused = False
+                self._resume()
 
     # app side
     def _take(self, n: int) -> bytes:
@@ -77,18 +91,25 @@ class StreamInput:
             self._resume()
         return data
 
-    def _wait(self, ready) -> None:
-        while not ready() and not self._done:
-            if self._error is not None:
-                raise self._error
-            self._cond.wait()
+    def _wait(self, ready, want: int) -> None:
+        self._want = want
+        try:
+            while not ready() and not self._done:
+                if self._error is not None:
+                    raise self._error
+                if self.paused:
+                    self.paused = False
+                    self._resume()
+                self._cond.wait()
+        finally:
+            self._want = 0
 
     def read(self, size: int | None = -1) -> bytes:
         with self._cond:
             if size is None or size < 0:
-                self._wait(lambda: False)
+                self._wait(lambda: False, 1 << 62)
                 return self._take(len(self._buf))
-            self._wait(lambda: len(self._buf) >= size)
+            self._wait(lambda: len(self._buf) >= size, size)
             return self._take(size)
 
     def readline(self, size: int | None = -1) -> bytes:
@@ -98,7 +119,7 @@ class StreamInput:
             def have_line() -> bool:
                 return b"\n" in self._buf or (limit is not None and len(self._buf) >= limit)
 
-            self._wait(have_line)
+            self._wait(have_line, limit or len(self._buf) + 1)
             end = self._buf.find(b"\n")
             n = len(self._buf) if end < 0 else end + 1
             if limit is not None:

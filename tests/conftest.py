@@ -114,8 +114,16 @@ def berth(tmp_path):
         srv.stop()
 
 
-def connect(port: int, timeout: float = 10.0) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+class BufferedSocket(socket.socket):
+    """A client socket that keeps the bytes read past one response (`read_response`)."""
+
+    _berth_buf = b""
+
+
+def connect(port: int, timeout: float = 10.0) -> BufferedSocket:
+    sock = BufferedSocket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", port))
     return sock
 
 

@@ -23,15 +23,21 @@ class BadResponseHeaders(Exception):
     """The app gave a status or header berth will not send (it would split or break HTTP)."""
 
 
-class DateCache:
-    """The `Date` header, formatted at most once per second."""
+SERVER_LINE = f"Server: {SERVER_SOFTWARE}\r\n".encode()
 
-    __slots__ = ("second", "value", "suffix")
+
+class DateCache:
+    """`Server` and `Date` lines, formatted at most once per second. `suffixes[flags]` is
+    what berth appends to a head, given the HAS_DATE / HAS_SERVER flags of the app's
+    headers (an app that sets its own keeps it)."""
+
+    __slots__ = ("second", "value", "suffix", "suffixes")
 
     def __init__(self):
         self.second = -1
         self.value = ""
         self.suffix = b""
+        self.suffixes: list[bytes] = [b""] * 8
         self.refresh()
 
     def refresh(self, now: float | None = None) -> None:
@@ -40,7 +46,11 @@ class DateCache:
         if second != self.second:
             self.second = second
             self.value = formatdate(second, usegmt=True)
-            self.suffix = f"Server: {SERVER_SOFTWARE}\r\nDate: {self.value}\r\n".encode()
+            date_line = f"Date: {self.value}\r\n".encode()
+            self.suffix = SERVER_LINE + date_line
+            for flags in range(8):
+                self.suffixes[flags] = ((b"" if flags & HAS_SERVER else SERVER_LINE)
+                                        + (b"" if flags & HAS_DATE else date_line))
 
 
 _status_lines: dict[tuple[str, str], bytes] = {}
@@ -60,19 +70,23 @@ def status_line(version: str, status: str) -> bytes:
     return line
 
 
-_SPECIAL = frozenset(("content-length", "connection", "keep-alive", "proxy-authenticate",
-                      "proxy-authorization", "te", "trailers", "transfer-encoding", "upgrade"))
+# Flags from scan_headers(): what the app set that changes what berth adds.
+HOP_BY_HOP_SEEN, HAS_DATE, HAS_SERVER = 1, 2, 4
+_SPECIAL = {name: HOP_BY_HOP_SEEN for name in (
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+    "transfer-encoding", "upgrade")}
+_SPECIAL.update({"content-length": 0, "date": HAS_DATE, "server": HAS_SERVER})
 
 
-def scan_headers(headers: list) -> tuple[str, str | None, bool]:
-    """Validate the app's headers: (header block text, Content-Length value, hop-by-hop seen).
+def scan_headers(headers: list) -> tuple[str, str | None, int]:
+    """Validate the app's headers: (header block text, Content-Length value, flags).
 
     Raises `BadResponseHeaders` for a name that is not an HTTP token, a value that is not a
     str, and CR or LF in any name or value.
     """
     lines = []
     length = None
-    hop = False
+    flags = 0
     known = _known_names
     for name, value in headers:
         lower = known.get(name)
@@ -88,13 +102,12 @@ def scan_headers(headers: list) -> tuple[str, str | None, bool]:
         if lower in _SPECIAL:
             if lower == "content-length":
                 length = value
-            else:
-                hop = True
+            flags |= _SPECIAL[lower]
         lines.append(f"{name}: {value}\r\n")
     block = "".join(lines)
     if block.count("\n") != len(lines) or block.count("\r") != len(lines):
         raise BadResponseHeaders("CR or LF in a response header")
-    return block, length, hop
+    return block, length, flags
 
 
 def error_response(status: int, detail: str = "", head_only: bool = False,
