@@ -1,0 +1,1248 @@
+#!/usr/bin/env python3
+"""Benchmark berth against Gunicorn (sync, gthread) and Granian with wrk.
+
+Run from the repository root:
+
+    python benchmarks/bench.py                                   # every scenario, 5 rounds x 5 s
+    python benchmarks/bench.py --scenario hello-t1 --rounds 5 --duration 5
+    python benchmarks/bench.py --list                            # scenarios and their servers
+
+Method (see benchmarks/README.md for the targets):
+
+* Each measurement starts the server fresh on a free 127.0.0.1 port, waits until it is ready,
+  runs a short wrk warm-up (discarded), then the measured wrk run, then stops the server by PID
+  (SIGTERM, SIGKILL after a timeout; surviving children are killed by PID too).
+* The server is pinned to one CPU (`taskset -c 0`, inherited by every forked worker) and wrk to
+  another (`taskset -c 1`), except in scenarios that say otherwise.
+* Rounds alternate the servers: in round r every server of the scenario runs once, in an order
+  rotated by r, so slow drifts of the machine hit every server alike.
+* The server's CPU time is utime+stime of its whole process tree, read from /proc before and
+  after the measured run, divided by the requests wrk completed.
+* The report shows medians over rounds, error counts, and berth / peer req/s ratios.
+
+Standard library only; Linux only (/proc, taskset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import http.client
+import importlib.metadata
+import io
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+HOST = "127.0.0.1"
+PORT_PLACEHOLDER = "{PORT}"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+READY_TIMEOUT_S = 30.0  # server start-up
+STOP_GRACE_S = 10.0  # SIGTERM -> SIGKILL
+WRK_SLACK_S = 30.0  # wrk may take this much longer than -d before we give up on it
+PROBE_TIMEOUT_S = 5.0
+FOREIGN_CPU_WARN_PCT = 5.0  # warn when others use more than this much of the server's CPU
+
+Family = Literal["berth", "gunicorn", "granian"]
+Stream = Literal["stdout", "stderr"]
+
+
+# --------------------------------------------------------------------------------------------
+# Servers and scenarios
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """One server configuration. `argv` contains PORT_PLACEHOLDER where the port goes."""
+
+    name: str
+    family: Family
+    argv: tuple[str, ...]
+    ready_stream: Stream  # where the server says its workers are up
+    ready_text: str
+    ready_count: int  # how many times ready_text must appear (e.g. once per worker)
+    stdout_to_devnull: bool = False  # for access logs written to stdout
+
+    def command(self, port: int | str, cpu: int | None) -> list[str]:
+        argv = [arg.replace(PORT_PLACEHOLDER, str(port)) for arg in self.argv]
+        return (["taskset", "-c", str(cpu)] if cpu is not None else []) + argv
+
+
+@dataclass(frozen=True)
+class Target:
+    """`server` must reach `minimum` x the req/s of `versus`, or of `ceiling_rps` if None."""
+
+    server: str
+    minimum: float
+    versus: str | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    connections: int
+    servers: tuple[ServerSpec, ...]
+    pin_servers: bool = True
+    wrk_headers: tuple[str, ...] = ()
+    ceiling_rps: float | None = None
+    targets: tuple[Target, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def berth(
+    name: str, app: str, *, workers: int, threads: int, access_log: bool = False
+) -> ServerSpec:
+    argv = [sys.executable, "-m", "berth", "-b", f"{HOST}:{PORT_PLACEHOLDER}"]
+    argv += ["-w", str(workers), "--threads", str(threads)]
+    argv += ["--access-logfile", "-" if access_log else "none", "--chdir", str(BENCH_DIR), app]
+    return ServerSpec(
+        name=name,
+        family="berth",
+        argv=tuple(argv),
+        ready_stream="stderr",
+        ready_text="ready: ",
+        ready_count=1,
+        stdout_to_devnull=access_log,
+    )
+
+
+def gunicorn(
+    name: str,
+    app: str,
+    *,
+    workers: int,
+    worker_class: str,
+    threads: int = 1,
+    extra: Sequence[str] = (),
+) -> ServerSpec:
+    argv = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", worker_class]
+    if worker_class == "gthread":
+        argv += ["--threads", str(threads)]
+    argv += ["-b", f"{HOST}:{PORT_PLACEHOLDER}", "--chdir", str(BENCH_DIR), *extra, app]
+    return ServerSpec(
+        name=name,
+        family="gunicorn",
+        argv=tuple(argv),
+        ready_stream="stderr",
+        ready_text="Booting worker with pid",
+        ready_count=workers,
+    )
+
+
+def granian(name: str, app: str, *, workers: int, blocking_threads: int) -> ServerSpec:
+    argv = [sys.executable, "-m", "granian", "--interface", "wsgi"]
+    argv += ["--host", HOST, "--port", PORT_PLACEHOLDER]
+    argv += ["--workers", str(workers), "--blocking-threads", str(blocking_threads)]
+    argv += ["--no-access-log", "--working-dir", str(BENCH_DIR), app]
+    return ServerSpec(
+        name=name,
+        family="granian",
+        argv=tuple(argv),
+        ready_stream="stdout",
+        ready_text="Started worker-",
+        ready_count=workers,
+    )
+
+
+GTHREAD_NOTE = (
+    "gunicorn gthread runs with --threads 4 (its usual configuration; the targets are "
+    "stated against 'gunicorn gthread')"
+)
+GRANIAN_NOTE = (
+    "granian: --interface wsgi, --workers as shown, --blocking-threads = threads per "
+    "worker, default --runtime-threads 1, access log off (--no-access-log)"
+)
+PIN_NOTE = "server pinned to one CPU (taskset, inherited by its workers), wrk to another"
+
+
+def build_scenarios(gunicorn_extra: Sequence[str]) -> dict[str, Scenario]:
+    hello, big, slow = "hello:app", "big:app", "slow:app"
+
+    def gsync(app: str) -> ServerSpec:
+        return gunicorn("gunicorn-sync", app, workers=1, worker_class="sync", extra=gunicorn_extra)
+
+    def gthread(app: str, workers: int = 1) -> ServerSpec:
+        name = "gunicorn-gthread-t4" if workers == 1 else f"gunicorn-gthread-{workers}x4"
+        return gunicorn(
+            name, app, workers=workers, worker_class="gthread", threads=4, extra=gunicorn_extra
+        )
+
+    scenarios = [
+        Scenario(
+            name="hello-t1",
+            description="hello world, 1 worker, keep-alive, 50 connections; berth --threads 1",
+            connections=50,
+            servers=(
+                berth("berth-t1", hello, workers=1, threads=1),
+                berth("berth-t1-log", hello, workers=1, threads=1, access_log=True),
+                gsync(hello),
+                gthread(hello),
+                granian("granian-bt1", hello, workers=1, blocking_threads=1),
+            ),
+            targets=(
+                Target("berth-t1", 8.0, "gunicorn-gthread-t4"),
+                Target("berth-t1", 1.0, "granian-bt1"),
+                Target("berth-t1-log", 0.85, "berth-t1"),
+            ),
+            notes=(
+                PIN_NOTE,
+                GTHREAD_NOTE,
+                GRANIAN_NOTE,
+                "berth-t1-log: --access-logfile - with stdout redirected to /dev/null",
+            ),
+        ),
+        Scenario(
+            name="hello-t4",
+            description="hello world, 1 worker, keep-alive, 50 connections; berth --threads 4",
+            connections=50,
+            servers=(berth("berth-t4", hello, workers=1, threads=4), gthread(hello)),
+            targets=(Target("berth-t4", 6.0, "gunicorn-gthread-t4"),),
+            notes=(PIN_NOTE, GTHREAD_NOTE),
+        ),
+        Scenario(
+            name="close",
+            description="hello world, 1 worker, 'Connection: close' on each request, 50 connections",
+            connections=50,
+            wrk_headers=("Connection: close",),
+            servers=(
+                berth("berth-t1", hello, workers=1, threads=1),
+                gsync(hello),
+                gthread(hello),
+                granian("granian-bt1", hello, workers=1, blocking_threads=1),
+            ),
+            targets=(Target("berth-t1", 3.0, "gunicorn-gthread-t4"),),
+            notes=(PIN_NOTE, GTHREAD_NOTE, GRANIAN_NOTE),
+        ),
+        Scenario(
+            name="big",
+            description="1 MiB response, 1 worker, keep-alive, 10 connections",
+            connections=10,
+            servers=(
+                berth("berth-t1", big, workers=1, threads=1),
+                gsync(big),
+                gthread(big),
+                granian("granian-bt1", big, workers=1, blocking_threads=1),
+            ),
+            targets=(Target("berth-t1", 1.5, "gunicorn-gthread-t4"),),
+            notes=(PIN_NOTE, GTHREAD_NOTE, GRANIAN_NOTE),
+        ),
+        Scenario(
+            name="sleep",
+            description="50 ms sleep app, 2 workers x 4 threads, keep-alive, 32 connections",
+            connections=32,
+            pin_servers=False,
+            ceiling_rps=2 * 4 / 0.05,
+            servers=(
+                berth("berth-2x4", slow, workers=2, threads=4),
+                gthread(slow, workers=2),
+                granian("granian-2x4", slow, workers=2, blocking_threads=4),
+            ),
+            targets=(Target("berth-2x4", 0.97),),
+            notes=(
+                "servers NOT pinned (2 workers may use both CPUs); wrk still pinned",
+                "ceiling = 2 workers x 4 threads / 0.05 s = 160 req/s",
+                GRANIAN_NOTE,
+            ),
+        ),
+    ]
+    return {s.name: s for s in scenarios}
+
+
+# --------------------------------------------------------------------------------------------
+# /proc: process trees and CPU time
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    pid: int
+    ppid: int
+    cpu_ticks: int  # utime + stime + cutime + cstime
+    start_ticks: int  # identifies the process across PID reuse
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # "pid (comm) state ppid ..." where comm may contain spaces and parentheses.
+    fields = data[data.rindex(")") + 2 :].split()
+    # fields[0] is stat field 3 (state), so stat field n is fields[n - 3].
+    utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
+    return ProcStat(
+        pid=pid,
+        ppid=int(fields[1]),
+        cpu_ticks=utime + stime + cutime + cstime,
+        start_ticks=int(fields[19]),
+    )
+
+
+def process_tree(root: int) -> list[ProcStat]:
+    """The process `root` and all its live descendants (found by scanning /proc for ppids).
+
+    Summing utime+stime+cutime+cstime over the tree also keeps the CPU time of descendants that
+    exited and were reaped in the meantime (it moves into the reaping parent's cutime/cstime).
+    """
+    stats: dict[int, ProcStat] = {}
+    children: dict[int, list[int]] = defaultdict(list)
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and (st := read_stat(int(entry.name))) is not None:
+            stats[st.pid] = st
+            children[st.ppid].append(st.pid)
+    if root not in stats:
+        return []
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(stats[pid])
+        todo.extend(child for child in children[pid] if child in stats)
+    return tree
+
+
+def cpu_busy_seconds(cpu: int) -> float:
+    """Non-idle time of one CPU since boot, from /proc/stat (all processes, IRQs included)."""
+    prefix = f"cpu{cpu} "
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(prefix):
+            ticks = [int(v) for v in line.split()[1:]]
+            idle, iowait = ticks[3], ticks[4]
+            return (sum(ticks[:8]) - idle - iowait) / CLK_TCK  # guest time is already in user
+    raise ValueError(f"no {prefix.strip()} in /proc/stat")
+
+
+def is_same_process(pid: int, start_ticks: int) -> bool:
+    st = read_stat(pid)
+    return st is not None and st.start_ticks == start_ticks
+
+
+# --------------------------------------------------------------------------------------------
+# Running a server
+# --------------------------------------------------------------------------------------------
+
+
+class BenchError(RuntimeError):
+    """A measurement that could not be made (server or wrk failure); the run is reported failed."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def server_env() -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("GUNICORN_", "GRANIAN_", "BERTH_"))
+        and k not in ("PORT", "WEB_CONCURRENCY", "PYTHONPATH")
+    }
+    env["BERTH_IN_CONTAINER"] = "0"
+    env["PYTHONPATH"] = str(REPO_ROOT)  # the working tree's berth, even if not pip-installed
+    env["PYTHONUNBUFFERED"] = "1"  # so readiness lines reach the log files at once
+    return env
+
+
+def http_probe(port: int) -> bool:
+    conn = http.client.HTTPConnection(HOST, port, timeout=PROBE_TIMEOUT_S)
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        response.read()
+        return response.status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+class ServerProcess:
+    """A server started with Popen, always stopped by PID (see `stop`)."""
+
+    def __init__(self, spec: ServerSpec, port: int, cpu: int | None, log_dir: Path) -> None:
+        self.spec = spec
+        self.port = port
+        self.command = spec.command(port, cpu)
+        self.log_paths: dict[Stream, Path] = {
+            "stdout": log_dir / f"{spec.name}-{port}.out",
+            "stderr": log_dir / f"{spec.name}-{port}.err",
+        }
+        self._known: dict[int, int] = {}  # pid -> start_ticks of every process seen in the tree
+        stdout_path = os.devnull if spec.stdout_to_devnull else self.log_paths["stdout"]
+        with open(stdout_path, "wb") as out, open(self.log_paths["stderr"], "wb") as err:
+            self.proc = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                cwd=BENCH_DIR,
+                env=server_env(),
+                start_new_session=True,
+            )
+        self.pid = self.proc.pid
+
+    def tree(self) -> list[ProcStat]:
+        tree = process_tree(self.pid)
+        self._known.update((st.pid, st.start_ticks) for st in tree)
+        return tree
+
+    def cpu_seconds(self) -> float:
+        return sum(st.cpu_ticks for st in self.tree()) / CLK_TCK
+
+    def log_tail(self, lines: int = 15) -> str:
+        parts = []
+        for stream, path in self.log_paths.items():
+            if path.exists() and (text := path.read_text(errors="replace").strip()):
+                tail = "\n".join(text.splitlines()[-lines:])
+                parts.append(f"--- {self.spec.name} {stream} (last {lines} lines) ---\n{tail}")
+        return "\n".join(parts)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait for the readiness line(s) in the server's log, then for a 200 on GET /."""
+        deadline = time.monotonic() + timeout
+        log = self.log_paths[self.spec.ready_stream]
+        while True:
+            if (rc := self.proc.poll()) is not None:
+                raise BenchError(f"{self.spec.name} exited with status {rc} during start-up")
+            text = log.read_text(errors="replace") if log.exists() else ""
+            if text.count(self.spec.ready_text) >= self.spec.ready_count and http_probe(self.port):
+                self.tree()
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.spec.name} not ready after {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def stop(self, grace: float = STOP_GRACE_S) -> None:
+        """SIGTERM the master, SIGKILL it after `grace`; then SIGKILL any leftover descendant.
+
+        Only PIDs seen in this server's tree are signalled, and only if their start time still
+        matches (so a reused PID is never hit).
+        """
+        if self.proc.poll() is None:
+            self.tree()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                print(
+                    f"  ! {self.spec.name} ignored SIGTERM for {grace:.0f} s: SIGKILL",
+                    file=sys.stderr,
+                )
+                self.proc.kill()
+                self.proc.wait(grace)
+        deadline = time.monotonic() + 2.0
+        while True:
+            leftovers = [
+                pid
+                for pid, start in self._known.items()
+                if pid != self.pid and is_same_process(pid, start)
+            ]
+            if not leftovers:
+                return
+            if time.monotonic() > deadline:
+                for pid in leftovers:
+                    print(
+                        f"  ! {self.spec.name}: child {pid} outlived its master: SIGKILL",
+                        file=sys.stderr,
+                    )
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                return
+            time.sleep(0.05)
+
+
+@contextmanager
+def running_server(
+    spec: ServerSpec, cpu: int | None, log_dir: Path, ready_timeout: float
+) -> Iterator[ServerProcess]:
+    server = ServerProcess(spec, free_port(), cpu, log_dir)
+    try:
+        try:
+            server.wait_ready(ready_timeout)
+        except BenchError as exc:
+            raise BenchError(f"{exc}\n{server.log_tail()}") from None
+        yield server
+    finally:
+        server.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# wrk
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float | None
+    p99_ms: float | None
+    socket_errors: dict[str, int]
+    non_2xx_3xx: int
+    client_cpu_seconds: float = 0.0  # wrk's own CPU time: near 100% of one CPU = client-bound
+
+    @property
+    def errors(self) -> int:
+        return sum(self.socket_errors.values()) + self.non_2xx_3xx
+
+
+_TIME_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+_TIME = r"([\d.]+)(us|ms|s|m|h)"
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * _TIME_UNITS_MS[unit]
+
+
+def parse_wrk(output: str) -> WrkResult:
+    done = re.search(r"^\s*(\d+) requests in " + _TIME, output, re.MULTILINE)
+    rps = re.search(r"^Requests/sec:\s*([\d.]+)", output, re.MULTILINE)
+    if not done or not rps:
+        raise ValueError(f"unexpected wrk output:\n{output}")
+    percentiles = {
+        int(p): _ms(v, u)
+        for p, v, u in re.findall(r"^\s*(50|99)(?:\.0+)?%\s+" + _TIME, output, re.MULTILINE)
+    }
+    socket_errors = {"connect": 0, "read": 0, "write": 0, "timeout": 0}
+    if m := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    ):
+        socket_errors = dict(zip(socket_errors, map(int, m.groups())))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return WrkResult(
+        requests=int(done.group(1)),
+        seconds=_ms(done.group(2), done.group(3)) / 1e3,
+        rps=float(rps.group(1)),
+        p50_ms=percentiles.get(50),
+        p99_ms=percentiles.get(99),
+        socket_errors=socket_errors,
+        non_2xx_3xx=int(non_2xx.group(1)) if non_2xx else 0,
+    )
+
+
+def wrk_command(
+    wrk: str,
+    port: int | str,
+    connections: int,
+    seconds: int,
+    headers: Sequence[str],
+    cpu: int | None,
+) -> list[str]:
+    cmd = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    cmd += [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    for header in headers:
+        cmd += ["-H", header]
+    return cmd + [f"http://{HOST}:{port}/"]
+
+
+def run_wrk(cmd: Sequence[str], seconds: int) -> WrkResult:
+    # Servers are only reaped when stopped, so the children's rusage delta is wrk's alone.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        done = subprocess.run(
+            cmd,
+            check=False,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=seconds + WRK_SLACK_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"wrk did not finish within {seconds + WRK_SLACK_S:.0f} s") from None
+    if done.returncode != 0:
+        raise BenchError(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        result = parse_wrk(done.stdout)
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
+    result.client_cpu_seconds = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements and summaries
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    rounds: int
+    duration: int
+    warmup: int
+    server_cpu: int | None  # None: no pinning
+    client_cpu: int | None
+    wrk: str
+    ready_timeout: float
+
+
+@dataclass
+class Run:
+    server: str
+    round: int
+    ok: bool
+    error: str | None = None
+    wrk: WrkResult | None = None
+    cpu_seconds: float | None = None
+    cpu_us_per_request: float | None = None
+    affinity: list[int] | None = None  # CPUs the server's processes were allowed to use
+    # Pinned runs: busy time of the server's CPU not spent by the server, in % of the run. More
+    # than a few % means something else (another benchmark, a build) shared the CPU.
+    foreign_cpu_pct: float | None = None
+
+
+def measure(
+    scenario: Scenario, spec: ServerSpec, rnd: int, settings: Settings, log_dir: Path
+) -> Run:
+    cpu = settings.server_cpu if scenario.pin_servers else None
+    try:
+        with running_server(spec, cpu, log_dir, settings.ready_timeout) as server:
+
+            def wrk(seconds: int) -> WrkResult:
+                return run_wrk(
+                    wrk_command(
+                        settings.wrk,
+                        server.port,
+                        scenario.connections,
+                        seconds,
+                        scenario.wrk_headers,
+                        settings.client_cpu,
+                    ),
+                    seconds,
+                )
+
+            if settings.warmup > 0:
+                wrk(settings.warmup)
+            affinity: set[int] = set()
+            for st in server.tree():
+                try:
+                    affinity |= os.sched_getaffinity(st.pid)
+                except OSError:
+                    pass
+            busy_before = cpu_busy_seconds(cpu) if cpu is not None else 0.0
+            cpu_before = server.cpu_seconds()
+            result = wrk(settings.duration)
+            cpu_used = server.cpu_seconds() - cpu_before
+            busy = cpu_busy_seconds(cpu) - busy_before if cpu is not None else None
+            if server.proc.poll() is not None:
+                raise BenchError(f"{spec.name} died during the run\n{server.log_tail()}")
+    except BenchError as exc:
+        return Run(server=spec.name, round=rnd, ok=False, error=str(exc))
+    per_request = cpu_used / result.requests * 1e6 if result.requests else None
+    foreign = None if busy is None else max(0.0, busy - cpu_used) / result.seconds * 100
+    return Run(
+        server=spec.name,
+        round=rnd,
+        ok=True,
+        wrk=result,
+        cpu_seconds=cpu_used,
+        cpu_us_per_request=per_request,
+        affinity=sorted(affinity),
+        foreign_cpu_pct=foreign,
+    )
+
+
+@dataclass
+class Summary:
+    server: str
+    runs: int
+    rps: float
+    rps_min: float
+    rps_max: float
+    p50_ms: float | None
+    p99_ms: float | None
+    cpu_us_per_request: float | None
+    server_cpu_pct: float | None
+    wrk_cpu_pct: float | None
+    errors: int
+    requests: int
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def summarize(name: str, runs: Sequence[Run]) -> Summary | None:
+    good = [r for r in runs if r.ok and r.wrk is not None]
+    if not good:
+        return None
+    results = [r.wrk for r in good if r.wrk is not None]
+    rps = [w.rps for w in results]
+    return Summary(
+        server=name,
+        runs=len(good),
+        rps=statistics.median(rps),
+        rps_min=min(rps),
+        rps_max=max(rps),
+        p50_ms=_median([w.p50_ms for w in results]),
+        p99_ms=_median([w.p99_ms for w in results]),
+        cpu_us_per_request=_median([r.cpu_us_per_request for r in good]),
+        server_cpu_pct=_median(
+            [
+                r.cpu_seconds / r.wrk.seconds * 100
+                for r in good
+                if r.wrk and r.cpu_seconds is not None
+            ]
+        ),
+        wrk_cpu_pct=_median([w.client_cpu_seconds / w.seconds * 100 for w in results if w.seconds]),
+        errors=sum(w.errors for w in results),
+        requests=sum(w.requests for w in results),
+    )
+
+
+@dataclass
+class TargetResult:
+    text: str
+    of_ceiling: bool  # value is a fraction of the ceiling, not a req/s ratio
+    value: float | None
+    minimum: float
+    passed: bool | None  # None: not evaluated
+
+
+def evaluate(scenario: Scenario, summaries: dict[str, Summary]) -> list[TargetResult]:
+    out = []
+    for target in scenario.targets:
+        ours = summaries.get(target.server)
+        if target.versus is None:
+            assert scenario.ceiling_rps is not None
+            text = f"{target.server} >= {target.minimum:.0%} of {scenario.ceiling_rps:.0f} req/s"
+            value = ours.rps / scenario.ceiling_rps if ours else None
+        else:
+            text = f"{target.server} >= {target.minimum:g}x {target.versus}"
+            theirs = summaries.get(target.versus)
+            value = ours.rps / theirs.rps if ours and theirs and theirs.rps else None
+        passed = None if value is None else value >= target.minimum
+        out.append(
+            TargetResult(
+                text=text,
+                of_ceiling=target.versus is None,
+                value=value,
+                minimum=target.minimum,
+                passed=passed,
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _fmt_ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1e3:.0f}us" if value < 1 else f"{value:.2f}ms"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "  ") -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    lines = []
+    for i, row in enumerate([header, *rows]):
+        cells = [
+            str(c).ljust(w) if j == 0 else str(c).rjust(w)
+            for j, (c, w) in enumerate(zip(row, widths))
+        ]
+        lines.append(indent + "  ".join(cells).rstrip())
+        if i == 0:
+            lines.append(indent + "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def report(
+    scenario: Scenario,
+    servers: Sequence[ServerSpec],
+    summaries: dict[str, Summary],
+    runs: Sequence[Run],
+    targets: Sequence[TargetResult],
+    rounds: int,
+) -> str:
+    header = [
+        "server",
+        "req/s",
+        "min..max",
+        "p50",
+        "p99",
+        "CPU us/req",
+        "srv CPU",
+        "wrk CPU",
+        "errors",
+        "runs",
+    ]
+    if scenario.ceiling_rps:
+        header.insert(2, "% ceiling")
+    rows = []
+    for spec in servers:
+        s = summaries.get(spec.name)
+        if s is None:
+            row = [spec.name, "failed", "-", "-", "-", "-", "-", "-", "-", f"0/{rounds}"]
+            if scenario.ceiling_rps:
+                row.insert(2, "-")
+            rows.append(row)
+            continue
+        row = [
+            spec.name,
+            f"{s.rps:,.0f}",
+            f"{s.rps_min:,.0f}..{s.rps_max:,.0f}",
+            _fmt_ms(s.p50_ms),
+            _fmt_ms(s.p99_ms),
+            _fmt(s.cpu_us_per_request, ".1f"),
+            _fmt(s.server_cpu_pct, ".0f", "%"),
+            _fmt(s.wrk_cpu_pct, ".0f", "%"),
+            f"{s.errors:,}",
+            f"{s.runs}/{rounds}",
+        ]
+        if scenario.ceiling_rps:
+            row.insert(2, f"{s.rps / scenario.ceiling_rps:.1%}")
+        rows.append(row)
+    parts = [table(header, rows)]
+
+    ours = [s.name for s in servers if s.family == "berth" and s.name in summaries]
+    peers = [s.name for s in servers if s.family != "berth" and s.name in summaries]
+    if ours and peers:
+        ratio_rows = [
+            [b] + [f"{summaries[b].rps / summaries[p].rps:.2f}x" for p in peers] for b in ours
+        ]
+        parts.append(
+            "\n  berth / peer (median req/s):\n" + table(["", *peers], ratio_rows, indent="    ")
+        )
+    if targets:
+        lines = ["\n  targets:"]
+        for t in targets:
+            status = {True: "PASS", False: "FAIL", None: "n/a "}[t.passed]
+            if t.value is None:
+                shown = "not measured"
+            elif t.of_ceiling:
+                shown = f"{t.value:.1%}"
+            else:
+                shown = f"{t.value:.2f}x"
+            lines.append(f"    [{status}] {t.text}: {shown}")
+        parts.append("\n".join(lines))
+    noisy = [r for r in runs if (r.foreign_cpu_pct or 0.0) > FOREIGN_CPU_WARN_PCT]
+    if noisy:
+        parts.append(
+            f"\n  ! {len(noisy)} of {len(runs)} runs shared the server's CPU with other processes "
+            f"(> {FOREIGN_CPU_WARN_PCT:.0f}% of it): rerun on a quiet machine before trusting this"
+        )
+    failures = [r for r in runs if not r.ok]
+    if failures:
+        parts.append(
+            "\n  failed runs:\n"
+            + "\n".join(
+                f"    round {r.round} {r.server}: " + (r.error or "").replace("\n", "\n      ")
+                for r in failures
+            )
+        )
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Environment checks
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Availability:
+    ok: bool
+    version: str | None = None
+    reason: str | None = None
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+def check_berth() -> Availability:
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "berth", "--help"],
+            check=False,
+            capture_output=True,
+            text=True,
+            cwd=BENCH_DIR,
+            env=server_env(),
+            stdin=subprocess.DEVNULL,
+            timeout=30,
+        )
+    except subprocess.TimeoutExpired:
+        return Availability(False, reason="`python -m berth --help` timed out")
+    if done.returncode != 0:
+        return Availability(
+            False,
+            reason="`python -m berth --help` failed: " + _last_line(done.stderr or done.stdout),
+        )
+    version = subprocess.run(
+        [sys.executable, "-c", "import berth; print(berth.__version__)"],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=BENCH_DIR,
+        env=server_env(),
+        stdin=subprocess.DEVNULL,
+        timeout=30,
+    ).stdout.strip()
+    return Availability(True, version=version or "?")
+
+
+def check_package(name: str) -> Availability:
+    try:
+        version = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return Availability(
+            False,
+            reason=f"{name} is not installed for {sys.executable} (pip install -e '.[bench]')",
+        )
+    return Availability(True, version=version)
+
+
+def gunicorn_extra_args() -> list[str]:
+    """Gunicorn >= 24 opens a control socket under ~/.gunicorn by default; turn it off."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "gunicorn", "--help"],
+            check=False,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=30,
+        )
+    except (subprocess.TimeoutExpired, OSError):
+        return []
+    return ["--no-control-socket"] if "--no-control-socket" in done.stdout else []
+
+
+def wrk_version(wrk: str) -> str:
+    """First line of `wrk --version` (which exits with status 1), e.g. "wrk 4.1.0 [epoll] ..."."""
+    done = subprocess.run(
+        [wrk, "--version"],
+        check=False,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=10,
+    )
+    lines = (done.stdout or done.stderr).splitlines()
+    return lines[0].split(" Copyright")[0].strip() if lines else "wrk ?"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def pick_cpus(args: argparse.Namespace) -> tuple[int | None, int | None]:
+    if args.no_pin:
+        return None, None
+    allowed = os.sched_getaffinity(0)
+    wanted = {args.server_cpu, args.client_cpu}
+    if shutil.which("taskset") is None:
+        print("! taskset not found (util-linux): running without CPU pinning", file=sys.stderr)
+        return None, None
+    if args.server_cpu == args.client_cpu or not wanted <= allowed:
+        print(
+            f"! cannot pin server to CPU {args.server_cpu} and wrk to CPU {args.client_cpu} "
+            f"(allowed CPUs: {sorted(allowed)}): running without pinning",
+            file=sys.stderr,
+        )
+        return None, None
+    return args.server_cpu, args.client_cpu
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def shell_join(args: Sequence[str]) -> str:
+    """Like shlex.join, but leaves a literal $PORT expandable for copy-paste."""
+
+    def quote(arg: str) -> str:
+        rest = arg.replace("$PORT", "")
+        if "$PORT" in arg and (not rest or shlex.quote(rest) == rest):
+            return arg
+        return shlex.quote(arg)
+
+    return " ".join(quote(arg) for arg in args)
+
+
+def run_scenario(
+    scenario: Scenario,
+    servers: Sequence[ServerSpec],
+    settings: Settings,
+    log_dir: Path,
+) -> tuple[list[Run], list[str]]:
+    server_cpu = settings.server_cpu if scenario.pin_servers else None
+    commands = [
+        shell_join(s.command("$PORT", server_cpu)) + (" >/dev/null" if s.stdout_to_devnull else "")
+        for s in servers
+    ]
+    wrk_cmds = [
+        shell_join(
+            wrk_command(
+                settings.wrk,
+                "$PORT",
+                scenario.connections,
+                seconds,
+                scenario.wrk_headers,
+                settings.client_cpu,
+            )
+        )
+        for seconds in ([settings.warmup] if settings.warmup else []) + [settings.duration]
+    ]
+    print("  commands (cwd benchmarks/, env BERTH_IN_CONTAINER=0 PYTHONPATH=<repo root>):")
+    for spec, cmd in zip(servers, commands):
+        print(f"    {spec.name}: {cmd}")
+    for cmd, label in zip(wrk_cmds, (["warm-up", "measured"] if settings.warmup else ["measured"])):
+        print(f"    wrk {label}: {cmd}")
+    for note in scenario.notes:
+        print(f"  note: {note}")
+    print()
+
+    runs: list[Run] = []
+    for rnd in range(1, settings.rounds + 1):
+        shift = (rnd - 1) % len(servers)
+        for spec in [*servers[shift:], *servers[:shift]]:
+            run = measure(scenario, spec, rnd, settings, log_dir)
+            runs.append(run)
+            prefix = f"  [{scenario.name} round {rnd}/{settings.rounds}] {spec.name:<22}"
+            if run.ok and run.wrk is not None:
+                w = run.wrk
+                print(
+                    f"{prefix} {w.rps:>10,.0f} req/s  p50 {_fmt_ms(w.p50_ms):>8}  "
+                    f"p99 {_fmt_ms(w.p99_ms):>8}  cpu {_fmt(run.cpu_us_per_request, '.1f')} us/req"
+                    f"  wrk cpu {w.client_cpu_seconds / w.seconds:.0%}  errors {w.errors}"
+                    + (f" {w.socket_errors} non-2xx/3xx {w.non_2xx_3xx}" if w.errors else "")
+                )
+                if scenario.pin_servers and run.affinity and run.affinity != [server_cpu]:
+                    print(
+                        f"    ! {spec.name} processes ran on CPUs {run.affinity}, "
+                        f"expected [{server_cpu}]"
+                    )
+                if run.foreign_cpu_pct is not None and run.foreign_cpu_pct > FOREIGN_CPU_WARN_PCT:
+                    print(
+                        f"    ! CPU {server_cpu} was {run.foreign_cpu_pct:.0f}% busy with other "
+                        "processes during this run: the machine is not quiet"
+                    )
+            else:
+                print(f"{prefix} FAILED: {(run.error or '').splitlines()[0]}")
+    return runs, commands + wrk_cmds
+
+
+def parse_args(argv: Sequence[str] | None, scenario_names: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark berth against gunicorn and granian with wrk.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=scenario_names,
+        help="scenario to run (repeatable; default: all)",
+    )
+    parser.add_argument(
+        "--server",
+        action="append",
+        metavar="GLOB",
+        help="only run servers whose name matches (repeatable), e.g. 'berth*'",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per scenario")
+    parser.add_argument("--duration", type=int, default=5, help="measured wrk run, seconds")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="discarded wrk run, seconds (0: none)"
+    )
+    parser.add_argument("--server-cpu", type=int, default=0, help="CPU the servers are pinned to")
+    parser.add_argument("--client-cpu", type=int, default=1, help="CPU wrk is pinned to")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin anything")
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=READY_TIMEOUT_S,
+        help="seconds to wait for a server to start",
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write raw results as JSON")
+    parser.add_argument(
+        "--check", action="store_true", help="exit with status 1 if a target is missed"
+    )
+    parser.add_argument("--list", action="store_true", help="list scenarios and servers, then exit")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.duration < 1 or args.warmup < 0:
+        parser.error("--rounds and --duration must be >= 1, --warmup >= 0")
+    return args
+
+
+def print_header(
+    settings: Settings, availability: dict[Family, Availability], machine: dict[str, Any]
+) -> None:
+    print(
+        f"berth benchmarks: {machine['cpu']}, {machine['cpus']} CPUs, "
+        f"Python {machine['python']}, {machine['wrk']}"
+    )
+    for family, avail in availability.items():
+        print(
+            f"  {family}: {avail.version}" if avail.ok else f"  {family}: SKIPPED ({avail.reason})"
+        )
+    pin = (
+        f"servers on CPU {settings.server_cpu}, wrk on CPU {settings.client_cpu}"
+        if settings.server_cpu is not None
+        else "no CPU pinning"
+    )
+    print(
+        f"  {settings.rounds} rounds x ({settings.warmup} s warm-up + {settings.duration} s "
+        f"measured), {pin}"
+    )
+
+
+def bench_scenario(
+    scenario: Scenario, servers: Sequence[ServerSpec], settings: Settings, log_dir: Path
+) -> tuple[dict[str, Any], list[TargetResult]]:
+    """Run, print the report, and return (JSON-ready results, target results)."""
+    runs, commands = run_scenario(scenario, servers, settings, log_dir)
+    summaries = {
+        s.name: summary
+        for s in servers
+        if (summary := summarize(s.name, [r for r in runs if r.server == s.name])) is not None
+    }
+    targets = evaluate(scenario, summaries)
+    print()
+    print(
+        f"  results: median of {settings.rounds} rounds; errors = socket errors + non-2xx/3xx "
+        "responses, summed over rounds;\n"
+        "  srv CPU / wrk CPU = CPU use of the server's process tree / of wrk, in % of one CPU\n"
+        "  (a pinned server below ~100% is waiting, not working; wrk near 100% is the bottleneck)"
+    )
+    print(report(scenario, servers, summaries, runs, targets, settings.rounds))
+    results = {
+        "description": scenario.description,
+        "connections": scenario.connections,
+        "pinned": scenario.pin_servers and settings.server_cpu is not None,
+        "commands": commands,
+        "notes": list(scenario.notes),
+        "runs": [asdict(r) for r in runs],
+        "summary": {name: asdict(summary) for name, summary in summaries.items()},
+        "targets": [asdict(t) for t in targets],
+    }
+    return results, targets
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    # Unwinds through running_server()'s `finally`, so the server under test is stopped too.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv, list(build_scenarios(gunicorn_extra=())))
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGHUP, _exit_on_signal)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # progress lines show up while running
+    scenarios = build_scenarios(gunicorn_extra_args())
+    if args.list:
+        for sc in scenarios.values():
+            print(f"{sc.name}: {sc.description}")
+            for spec in sc.servers:
+                print(f"    {spec.name}")
+        return 0
+
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        print("error: wrk not found (apt-get install -y wrk)", file=sys.stderr)
+        return 2
+    server_cpu, client_cpu = pick_cpus(args)
+    settings = Settings(
+        rounds=args.rounds,
+        duration=args.duration,
+        warmup=args.warmup,
+        server_cpu=server_cpu,
+        client_cpu=client_cpu,
+        wrk=wrk,
+        ready_timeout=args.ready_timeout,
+    )
+    availability: dict[Family, Availability] = {
+        "berth": check_berth(),
+        "gunicorn": check_package("gunicorn"),
+        "granian": check_package("granian"),
+    }
+    machine = {
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "wrk": wrk_version(wrk),
+    }
+    print_header(settings, availability, machine)
+
+    results: dict[str, Any] = {}
+    missed = False
+    with tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp:
+        for scenario in (scenarios[name] for name in (args.scenario or scenarios)):
+            print(f"\n== {scenario.name}: {scenario.description} ==")
+            skipped = [s.name for s in scenario.servers if not availability[s.family].ok]
+            if skipped:
+                print(f"  skipped (not available): {', '.join(skipped)}")
+            servers = [
+                s
+                for s in scenario.servers
+                if availability[s.family].ok
+                and (not args.server or any(fnmatch.fnmatch(s.name, g) for g in args.server))
+            ]
+            if not servers:
+                print("  nothing to run")
+                continue
+            results[scenario.name], targets = bench_scenario(scenario, servers, settings, Path(tmp))
+            missed |= any(t.passed is False for t in targets)
+
+    if args.json:
+        raw = {
+            "settings": asdict(settings),
+            "machine": machine,
+            "servers": {family: asdict(a) for family, a in availability.items()},
+            "scenarios": results,
+        }
+        args.json.write_text(json.dumps(raw, indent=2) + "\n")
+        print(f"\nraw results written to {args.json}")
+    return 1 if args.check and missed else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\ninterrupted: the server under test was stopped", file=sys.stderr)
+        sys.exit(130)

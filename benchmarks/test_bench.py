@@ -1,0 +1,118 @@
+"""Unit tests for the benchmark harness's parsing and /proc helpers (no servers, no wrk).
+
+Run with `python -m pytest benchmarks/test_bench.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import bench  # benchmarks/ is on sys.path: pytest prepends the test file's directory
+import pytest
+
+WRK_OK = """\
+Running 5s test @ http://127.0.0.1:8000/
+  1 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.23ms  310.00us   9.80ms   90.00%
+    Req/Sec    40.10k     1.20k   42.00k    80.00%
+  Latency Distribution
+     50%  812.00us
+     75%    1.10ms
+     90%    1.50ms
+     99%    3.25ms
+  200123 requests in 5.00s, 25.00MB read
+Requests/sec:  40024.60
+Transfer/sec:      5.00MB
+"""
+
+WRK_ERRORS = """\
+  Latency Distribution
+     50%    1.02s
+     99%    2.00s
+  61 requests in 1.00m, 7.00KB read
+  Socket errors: connect 1, read 2, write 3, timeout 4
+  Non-2xx or 3xx responses: 5
+Requests/sec:      1.02
+"""
+
+
+def test_parse_wrk() -> None:
+    result = bench.parse_wrk(WRK_OK)
+    assert result.requests == 200123
+    assert result.seconds == pytest.approx(5.0)
+    assert result.rps == pytest.approx(40024.60)
+    assert result.p50_ms == pytest.approx(0.812)
+    assert result.p99_ms == pytest.approx(3.25)
+    assert result.errors == 0
+
+
+def test_parse_wrk_errors_and_units() -> None:
+    result = bench.parse_wrk(WRK_ERRORS)
+    assert result.seconds == pytest.approx(60.0)
+    assert result.p50_ms == pytest.approx(1020.0)
+    assert result.socket_errors == {"connect": 1, "read": 2, "write": 3, "timeout": 4}
+    assert result.non_2xx_3xx == 5
+    assert result.errors == 15
+
+
+def test_parse_wrk_rejects_garbage() -> None:
+    with pytest.raises(ValueError):
+        bench.parse_wrk("unable to connect to 127.0.0.1:1 Connection refused")
+
+
+def test_process_tree_and_cpu_of_a_child() -> None:
+    sleeper = "import time; time.sleep(30)"
+    code = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {sleeper!r}])"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        tree: list[bench.ProcStat] = []
+        for _ in range(100):  # the grandchild needs a moment to appear
+            tree = bench.process_tree(proc.pid)
+            if len(tree) == 2:
+                break
+            time.sleep(0.05)
+        assert tree[0].pid == proc.pid
+        assert len(tree) == 2 and tree[1].ppid == proc.pid
+        assert all(st.cpu_ticks >= 0 for st in tree)
+    finally:
+        for st in reversed(bench.process_tree(proc.pid)):
+            os.kill(st.pid, signal.SIGKILL)
+        proc.wait(10)
+    assert bench.process_tree(proc.pid) == []
+
+
+def test_read_stat_of_self() -> None:
+    st = bench.read_stat(os.getpid())
+    assert st is not None and st.ppid == os.getppid()
+    assert bench.is_same_process(os.getpid(), st.start_ticks)
+    assert not bench.is_same_process(os.getpid(), st.start_ticks + 1)
+
+
+def test_shell_join_keeps_port_expandable() -> None:
+    cmd = ["wrk", "-H", "Connection: close", "--port", "$PORT", "http://127.0.0.1:$PORT/"]
+    assert bench.shell_join(cmd) == (
+        "wrk -H 'Connection: close' --port $PORT http://127.0.0.1:$PORT/"
+    )
+
+
+def test_targets() -> None:
+    scenarios = bench.build_scenarios(gunicorn_extra=())
+    hello = scenarios["hello-t1"]
+
+    def summary(name: str, rps: float) -> bench.Summary:
+        return bench.Summary(name, 1, rps, rps, rps, 1.0, 2.0, 10.0, 90.0, 50.0, 0, 1)
+
+    summaries = {
+        "berth-t1": summary("berth-t1", 80_000),
+        "berth-t1-log": summary("berth-t1-log", 60_000),
+        "gunicorn-gthread-t4": summary("gunicorn-gthread-t4", 8_000),
+    }
+    results = bench.evaluate(hello, summaries)
+    assert [r.passed for r in results] == [True, None, False]  # granian missing: n/a
+    sleep = bench.evaluate(scenarios["sleep"], {"berth-2x4": summary("berth-2x4", 156.0)})
+    assert sleep[0].of_ceiling and sleep[0].passed is True
