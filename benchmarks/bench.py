@@ -223,7 +223,7 @@ def build_scenarios(gunicorn_extra: Sequence[str]) -> dict[str, Scenario]:
         ),
         Scenario(
             name="close",
-            description="hello world, 1 worker, 'Connection: close' on each request, 50 connections",
+            description="hello world, 1 worker, 'Connection: close', 50 connections",
             connections=50,
             wrk_headers=("Connection: close",),
             servers=(

@@ -13,7 +13,8 @@ one word. Where berth's default differs on purpose (access log to stdout, a 75 s
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class ConfigError(Exception):

@@ -35,9 +35,18 @@ import traceback
 from queue import SimpleQueue
 
 from berth.http.parser import HttpError, Request, RequestParser
-from berth.http.response import (CONTINUE, HAS_DATE, HAS_SERVER, HOP_BY_HOP_SEEN, LAST_CHUNK,
-                                 BadResponseHeaders, DateCache, error_response, scan_headers,
-                                 status_line)
+from berth.http.response import (
+    CONTINUE,
+    HAS_DATE,
+    HAS_SERVER,
+    HOP_BY_HOP_SEEN,
+    LAST_CHUNK,
+    BadResponseHeaders,
+    DateCache,
+    error_response,
+    scan_headers,
+    status_line,
+)
 from berth.wsgi import FileWrapper, StreamInput, split_target
 
 HIGH_WATER = 256 * 1024  # write-behind bytes per connection before the app thread waits
@@ -76,9 +85,29 @@ class FileSegment:
 
 
 class Connection:
-    __slots__ = ("sock", "fd", "parser", "environ", "lock", "cond", "pending", "active", "out",
-                 "out_size", "want_write", "reading", "events", "closing", "dead", "eof",
-                 "closed", "last_active", "head_started", "lingering", "paused_response")
+    __slots__ = (
+        "active",
+        "closed",
+        "closing",
+        "cond",
+        "dead",
+        "environ",
+        "eof",
+        "events",
+        "fd",
+        "head_started",
+        "last_active",
+        "lingering",
+        "lock",
+        "out",
+        "out_size",
+        "parser",
+        "paused_response",
+        "pending",
+        "reading",
+        "sock",
+        "want_write",
+    )
 
     def __init__(self, sock: socket.socket, environ: dict, now: float):
         self.sock = sock
@@ -389,7 +418,7 @@ class Worker:
                             self.on_hangup(conn)
                         if ev & EPOLLOUT and not conn.closed:
                             self.on_writable(conn)
-                    except Exception:  # noqa: BLE001 - a bug must cost one connection only
+                    except Exception:
                         self.log.exception("internal error on a connection; closing it")
                         self.mark_dead(conn)
                         if conn.active is None:
@@ -875,7 +904,7 @@ class Worker:
         if close is not None:
             try:
                 close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 self.log.exception("error closing the app's response iterable")
 
     def app_error(self, conn: Connection, resp: Response, environ: dict, inline: bool) -> bool:
@@ -884,8 +913,8 @@ class Worker:
             resp.status = "500 Internal Server Error"
             resp.headers = []
             try:
-                self.send(conn, error_response(500, head_only=resp.req.method == b"HEAD", date=self.date),
-                          inline)
+                head_only = resp.req.method == b"HEAD"
+                self.send(conn, error_response(500, head_only=head_only, date=self.date), inline)
             except ClientDisconnected:
                 pass
         return False

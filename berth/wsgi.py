@@ -15,6 +15,7 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
+
 def split_target(url: bytes) -> tuple[str, str]:
     """The request target → (PATH_INFO, QUERY_STRING): path percent-decoded, as latin-1."""
     if url[:1] != b"/":

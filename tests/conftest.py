@@ -7,7 +7,6 @@ test's tmp_path, and it is stopped by PID (SIGTERM, then SIGKILL after a bounded
 from __future__ import annotations
 
 import os
-import signal
 import signal as _signal
 import socket
 import subprocess

@@ -31,7 +31,7 @@ class DateCache:
     what berth appends to a head, given the HAS_DATE / HAS_SERVER flags of the app's
     headers (an app that sets its own keeps it)."""
 
-    __slots__ = ("second", "value", "suffix", "suffixes")
+    __slots__ = ("second", "suffix", "suffixes", "value")
 
     def __init__(self):
         self.second = -1

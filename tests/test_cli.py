@@ -1,0 +1,337 @@
+"""berth's command line, end to end: app specs, binds, options, startup failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import APPS, ROOT, free_port, read_response
+from proto_helpers import HELLO, BufferedSocket, get_request, http_get, pids_children, wait_for
+
+
+def run_berth(args, timeout=20, env=None, cwd=None) -> subprocess.CompletedProcess:
+    """Run berth to completion (for commands that must exit by themselves)."""
+    full_env = dict(os.environ)
+    full_env.update({"BERTH_IN_CONTAINER": "0", "PYTHONPATH": f"{APPS}{os.pathsep}{ROOT}"})
+    full_env.pop("PORT", None)
+    full_env.pop("WEB_CONCURRENCY", None)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "berth", *args], check=False,
+                          capture_output=True, text=True, timeout=timeout, env=full_env,
+                          cwd=cwd, stdin=subprocess.DEVNULL)
+
+
+def get_json(port, path):
+    status, _, body = http_get(port, path)
+    assert status == 200, body
+    return json.loads(body)
+
+
+# --- informational flags ------------------------------------------------------------------
+
+def test_version_prints_version_and_exits_0():
+    res = run_berth(["--version"])
+    assert res.returncode == 0
+    version = re.search(r'__version__ = "([^"]+)"',
+                        (ROOT / "berth" / "__init__.py").read_text()).group(1)
+    assert version in res.stdout + res.stderr
+
+
+def test_help_lists_the_main_options():
+    res = run_berth(["--help"])
+    assert res.returncode == 0
+    text = res.stdout
+    for opt in ("--bind", "--workers", "--threads", "--backlog", "--keep-alive", "--chdir",
+                "--pythonpath", "--preload", "--access-logfile", "--error-logfile",
+                "--access-logformat", "--log-level", "--header-timeout",
+                "--limit-request-line", "--limit-request-fields",
+                "--limit-request-field_size", "--body-buffer-size", "--graceful-timeout",
+                "--version"):
+        assert opt in text, f"{opt} missing from --help"
+
+
+BAD_VALUES = [
+    (["-w", "abc"], "worker"),
+    (["--threads", "many"], "thread"),
+    (["--backlog", "big"], "backlog"),
+    (["--keep-alive", "forever"], "keep-alive"),
+    (["--header-timeout", "soon"], "header-timeout"),
+    (["--limit-request-line", "long"], "limit-request-line"),
+    (["--body-buffer-size", "huge"], "body-buffer-size"),
+    (["--log-level", "loud"], "log-level"),
+    (["-b", "127.0.0.1:notaport"], "bind"),
+]
+
+
+@pytest.mark.parametrize(("args", "setting"), BAD_VALUES, ids=[b[1] for b in BAD_VALUES])
+def test_bad_flag_value_exits_2_naming_the_setting(args, setting):
+    res = run_berth([*args, "proto_app:app"], timeout=20)
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    assert "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one line:\n{res.stderr}"
+    assert setting in lines[0].lower(), f"the line does not name {setting!r}: {lines[0]}"
+
+
+def test_missing_app_argument_exits_2():
+    res = run_berth([], timeout=20)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+
+
+# --- app specs ----------------------------------------------------------------------------
+
+def test_module_variable_app(berth):
+    srv = berth(["-w", "1", "proto_app:app"])
+    assert http_get(srv.port, "/hello")[2] == HELLO
+
+
+def test_factory_call_without_args(berth):
+    srv = berth(["-w", "1", "factory_app:create_app()"])
+    assert http_get(srv.port, "/")[2] == b"factory:default\n"
+
+
+def test_factory_call_with_literal_arg(berth):
+    srv = berth(["-w", "1", "factory_app:create_app('prod')"])
+    assert http_get(srv.port, "/")[2] == b"factory:prod\n"
+
+
+def test_factory_call_with_two_literal_args(berth):
+    srv = berth(["-w", "1", 'factory_app:create_app("x", "-y")'])
+    assert http_get(srv.port, "/")[2] == b"factory:x-y\n"
+
+
+def _assert_exits_with_error(res: subprocess.CompletedProcess, *needles):
+    assert res.returncode != 0
+    for n in needles:
+        assert n in res.stderr, f"{n!r} not in stderr:\n{res.stderr}"
+
+
+def test_import_error_exits_nonzero_with_traceback(tmp_path):
+    port = free_port()
+    t0 = time.monotonic()
+    res = run_berth(["-b", f"127.0.0.1:{port}", "-w", "1", "broken_app:app"], timeout=30,
+                    cwd=str(tmp_path))
+    assert time.monotonic() - t0 < 30
+    _assert_exits_with_error(res, "Traceback", "berth_test_module_that_does_not_exist")
+    # no respawn loop: the import is not retried over and over
+    assert res.stderr.count("berth_test_module_that_does_not_exist") < 10
+
+
+def test_import_error_with_preload_exits_nonzero_with_traceback(tmp_path):
+    port = free_port()
+    res = run_berth(["-b", f"127.0.0.1:{port}", "-w", "2", "--preload", "broken_app:app"],
+                    timeout=30, cwd=str(tmp_path))
+    _assert_exits_with_error(res, "Traceback", "berth_test_module_that_does_not_exist")
+
+
+def test_unknown_module_exits_nonzero(tmp_path):
+    res = run_berth(["-b", f"127.0.0.1:{free_port()}", "-w", "1", "no_such_module_xyz:app"],
+                    timeout=30, cwd=str(tmp_path))
+    _assert_exits_with_error(res, "no_such_module_xyz")
+
+
+def test_unknown_attribute_exits_nonzero(tmp_path):
+    res = run_berth(["-b", f"127.0.0.1:{free_port()}", "-w", "1", "proto_app:no_such_app"],
+                    timeout=30, cwd=str(tmp_path))
+    _assert_exits_with_error(res, "no_such_app")
+
+
+def test_non_callable_app_exits_nonzero(tmp_path):
+    res = run_berth(["-b", f"127.0.0.1:{free_port()}", "-w", "1", "factory_app:not_callable"],
+                    timeout=30, cwd=str(tmp_path))
+    _assert_exits_with_error(res, "not_callable")
+
+
+# --- binds --------------------------------------------------------------------------------
+
+def test_bind_is_repeatable(berth):
+    second = free_port()
+    srv = berth(["-b", f"127.0.0.1:{second}", "-w", "1", "proto_app:app"])
+    assert http_get(srv.port, "/hello")[2] == HELLO
+    assert http_get(second, "/hello")[2] == HELLO
+
+
+def test_bind_ipv6_loopback(berth):
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+            port = s.getsockname()[1]
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    srv = berth(["-b", f"[::1]:{port}", "-w", "1", "proto_app:app"])
+    with BufferedSocket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(("::1", port))
+        sock.sendall(get_request("/env", host=f"[::1]:{port}"))
+        status, _, body = read_response(sock)
+    assert status == 200
+    env = json.loads(body)["str"]
+    assert env["REMOTE_ADDR"] == "::1"
+    # the 127.0.0.1 bind from the fixture works too
+    assert http_get(srv.port, "/hello")[2] == HELLO
+
+
+def test_bind_unix_socket(berth, tmp_path):
+    path = tmp_path / "berth.sock"
+    berth(["-b", f"unix:{path}", "-w", "1", "proto_app:app"])
+    assert path.exists()
+    with BufferedSocket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        sock.sendall(get_request("/hello", host="localhost"))
+        status, _, body = read_response(sock)
+    assert (status, body) == (200, HELLO)
+
+
+def test_bind_inherited_fd(berth):
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(16)
+    port = lsock.getsockname()[1]
+    fd = lsock.fileno()
+    os.set_inheritable(fd, True)
+    try:
+        srv = berth(["-b", f"fd://{fd}", "-w", "1", "proto_app:app"], bind=False, port=port,
+                    pass_fds=(fd,))
+        lsock.close()  # only berth holds the listening socket now
+        assert http_get(port, "/hello")[2] == HELLO
+        assert srv.proc.poll() is None
+    finally:
+        lsock.close()
+
+
+def test_default_bind_is_localhost_8000_outside_a_container(berth):
+    for host in ("127.0.0.1", "0.0.0.0"):
+        with socket.socket() as s:
+            try:
+                s.bind((host, 8000))
+            except OSError:
+                pytest.skip("port 8000 is in use")
+    srv = berth(["-w", "1", "proto_app:app"], bind=False, port=8000,
+                env={"BERTH_IN_CONTAINER": "0"})
+    assert http_get(8000, "/hello")[2] == HELLO
+    assert "127.0.0.1:8000" in srv.stderr()
+
+
+# --- worker / thread options --------------------------------------------------------------
+
+def test_workers_option_starts_that_many_worker_processes(berth):
+    srv = berth(["-w", "3", "proto_app:app"])
+    assert wait_for(lambda: len(pids_children(srv.pid)) >= 3, timeout=10), \
+        pids_children(srv.pid)
+    assert http_get(srv.port, "/hello")[2] == HELLO
+
+
+def test_threads_option_serves_requests_concurrently(berth):
+    srv = berth(["-w", "1", "--threads", "4", "proto_app:app"])
+    results = []
+
+    def one():
+        results.append(http_get(srv.port, "/sleep?s=0.6", timeout=10)[0])
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    elapsed = time.monotonic() - t0
+    assert results == [200] * 4
+    assert elapsed < 2.0, f"4 x 0.6 s sleeps took {elapsed:.2f}s with --threads 4"
+
+
+def test_preload_imports_app_in_master(berth):
+    srv = berth(["-w", "1", "--preload", "proto_app:app"])
+    info = get_json(srv.port, "/pid")
+    assert info["import_pid"] == srv.pid
+    assert info["pid"] != srv.pid
+
+
+def test_without_preload_app_is_imported_in_worker(berth):
+    srv = berth(["-w", "1", "proto_app:app"])
+    info = get_json(srv.port, "/pid")
+    assert info["import_pid"] == info["pid"]
+    assert info["pid"] != srv.pid
+
+
+def test_backlog_option_accepted(berth):
+    srv = berth(["-w", "1", "--backlog", "16", "proto_app:app"])
+    assert http_get(srv.port, "/hello")[2] == HELLO
+
+
+# --- environment / paths ------------------------------------------------------------------
+
+def test_env_option_sets_os_environ_for_app(berth):
+    srv = berth(["-w", "1", "-e", "BERTH_TEST_A=alpha", "-e", "BERTH_TEST_B=x=y",
+                 "proto_app:app"])
+    assert get_json(srv.port, "/osenv?key=BERTH_TEST_A") == {"BERTH_TEST_A": "alpha"}
+    assert get_json(srv.port, "/osenv?key=BERTH_TEST_B") == {"BERTH_TEST_B": "x=y"}
+
+
+def test_env_option_visible_at_import_time_with_preload(berth, tmp_path):
+    mod = tmp_path / "envmod"
+    mod.mkdir()
+    (mod / "env_at_import.py").write_text(
+        "import os\nVALUE = os.environ.get('BERTH_TEST_IMPORT', 'unset').encode()\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Length', str(len(VALUE)))])\n"
+        "    return [VALUE]\n")
+    srv = berth(["-w", "1", "--preload", "--pythonpath", str(mod), "-e",
+                 "BERTH_TEST_IMPORT=seen", "env_at_import:app"])
+    assert http_get(srv.port, "/")[2] == b"seen"
+
+
+def _write_cwd_app(directory, name):
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.py").write_text(
+        "import os\n"
+        "def app(environ, start_response):\n"
+        "    body = os.getcwd().encode()\n"
+        "    start_response('200 OK', [('Content-Length', str(len(body)))])\n"
+        "    return [body]\n")
+
+
+def test_chdir_changes_directory_and_finds_app_there(berth, tmp_path):
+    appdir = tmp_path / "chdir_target"
+    _write_cwd_app(appdir, "cwd_app_for_chdir")
+    srv = berth(["-w", "1", "--chdir", str(appdir), "cwd_app_for_chdir:app"])
+    assert http_get(srv.port, "/")[2] == str(appdir).encode()
+
+
+def test_pythonpath_adds_import_directory(berth, tmp_path):
+    appdir = tmp_path / "elsewhere"
+    _write_cwd_app(appdir, "cwd_app_for_pythonpath")
+    srv = berth(["-w", "1", "--pythonpath", str(appdir), "cwd_app_for_pythonpath:app"])
+    assert http_get(srv.port, "/")[0] == 200
+
+
+# --- logging options ----------------------------------------------------------------------
+
+def test_error_logfile_receives_server_log_and_app_tracebacks(berth, tmp_path):
+    log = tmp_path / "error.log"
+    srv = berth(["-w", "1", "--error-logfile", str(log), "proto_app:app"], wait_ready=False)
+    assert wait_for(lambda: log.exists() and "ready: " in log.read_text(), timeout=20), \
+        srv.stderr()
+    assert http_get(srv.port, "/raise-before")[0] == 500
+    assert wait_for(lambda: "proto-boom-before-start-response" in log.read_text(), timeout=5)
+
+
+def test_log_level_debug_starts(berth):
+    srv = berth(["-w", "1", "--log-level", "debug", "proto_app:app"])
+    assert http_get(srv.port, "/hello")[2] == HELLO
+
+
+def test_ready_line_names_the_bound_address(berth):
+    srv = berth(["-w", "1", "proto_app:app"])
+    ready = [ln for ln in srv.stderr().splitlines() if "ready: " in ln]
+    assert ready
+    assert f"127.0.0.1:{srv.port}" in srv.stderr()

@@ -1,0 +1,466 @@
+"""End-to-end HTTP/1.1 behaviour of berth through a real process and real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import os
+import re
+import socket
+import time
+from datetime import datetime, timezone
+
+import pytest
+from conftest import read_response
+from proto_helpers import (
+    HELLO,
+    BufferedSocket,
+    big_sha256,
+    connect,
+    get_request,
+    http_get,
+    read_head,
+    read_until_closed,
+    send_raw,
+    start_module_server,
+    status_of,
+)
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    server = start_module_server(tmp_path_factory, ["-w", "1", "--threads", "4", "proto_app:app"],
+                                 name="http")
+    yield server
+    server.stop()
+
+
+def test_hello_returns_200_with_body(srv):
+    status, headers, body = http_get(srv.port, "/hello")
+    assert status == 200
+    assert body == HELLO
+    assert headers["content-length"] == str(len(HELLO))
+    assert headers["content-type"] == "text/plain"
+
+
+def test_keep_alive_serves_100_requests_on_one_connection(srv):
+    with connect(srv.port) as sock:
+        for i in range(100):
+            sock.sendall(get_request(f"/path?i={i}"))
+            status, headers, body = read_response(sock)
+            assert status == 200, i
+            assert body == f"/path?i={i}".encode()
+            assert headers.get("connection", "").lower() != "close", i
+
+
+def test_pipelined_requests_answered_in_order(srv):
+    reqs = (get_request("/path?first")
+            + get_request("/echo", method="POST", body=b"second-body")
+            + get_request("/path?third"))
+    with connect(srv.port) as sock:
+        sock.sendall(reqs)
+        got = [read_response(sock) for _ in range(3)]
+    assert [g[0] for g in got] == [200, 200, 200]
+    assert got[0][2] == b"/path?first"
+    assert got[1][2] == b"second-body"
+    assert got[2][2] == b"/path?third"
+
+
+def test_pipelined_connection_close_stops_after_that_response(srv):
+    reqs = (get_request("/path?one") + get_request("/path?two", headers={"Connection": "close"})
+            + get_request("/path?three"))
+    with connect(srv.port) as sock:
+        sock.sendall(reqs)
+        s1, _, b1 = read_response(sock)
+        s2, h2, b2 = read_response(sock)
+        rest, closed = read_until_closed(sock, timeout=5)
+    assert (s1, b1, s2, b2) == (200, b"/path?one", 200, b"/path?two")
+    assert h2.get("connection", "").lower() == "close"
+    assert closed
+    assert rest == b"", "a request after `Connection: close` was answered"
+
+
+def test_unread_request_body_does_not_break_next_pipelined_request(srv):
+    # /hello ignores its body; the server must skip it before parsing the next request.
+    body = b"X" * 5000 + b"GET /path?smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+    reqs = get_request("/hello", method="POST", body=body) + get_request("/path?next")
+    with connect(srv.port) as sock:
+        sock.sendall(reqs)
+        s1, _, b1 = read_response(sock)
+        s2, _, b2 = read_response(sock)
+    assert (s1, b1) == (200, HELLO)
+    assert (s2, b2) == (200, b"/path?next")
+
+
+def test_chunked_request_body_is_dechunked_for_app(srv):
+    chunks = [b"hello ", b"chunked ", b"world" * 100, b"!"]
+    payload = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+    req = get_request("/echo", method="POST",
+                      headers={"Transfer-Encoding": "chunked", "Content-Type": "text/plain"},
+                      body=payload)
+    with connect(srv.port) as sock:
+        sock.sendall(req)
+        status, headers, body = read_response(sock)
+        expected = b"".join(chunks)
+        assert status == 200
+        assert body == expected
+        assert headers["x-content-length"] == str(len(expected))
+        # the connection stays usable after a chunked body
+        sock.sendall(get_request("/path?after-chunked"))
+        assert read_response(sock)[2] == b"/path?after-chunked"
+
+
+def test_chunked_request_with_extensions_and_trailers(srv):
+    payload = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+    req = get_request("/echo", method="POST", headers={"Transfer-Encoding": "chunked"},
+                      body=payload)
+    with connect(srv.port) as sock:
+        sock.sendall(req + get_request("/path?next"))
+        status, headers, body = read_response(sock)
+        assert (status, body) == (200, b"hello world")
+        assert headers["x-content-length"] == "11"
+        assert read_response(sock)[2] == b"/path?next"
+
+
+def test_chunked_body_sent_in_small_pieces(srv):
+    chunks = [os.urandom(n) for n in (1, 100, 4096, 3)]
+    payload = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+    req = get_request("/echo", method="POST", headers={"Transfer-Encoding": "chunked"},
+                      body=payload)
+    with connect(srv.port) as sock:
+        for i in range(0, len(req), 7):
+            sock.sendall(req[i:i + 7])
+        status, _, body = read_response(sock)
+    assert status == 200
+    assert body == b"".join(chunks)
+
+
+def test_expect_100_continue_upload(srv):
+    body = os.urandom(100_000)
+    head = get_request("/echo", method="POST", headers={
+        "Content-Length": str(len(body)), "Expect": "100-continue"})
+    with connect(srv.port, timeout=5) as sock:
+        sock.sendall(head)  # headers only
+        interim = read_head(sock, timeout=5)
+        assert interim.startswith(b"HTTP/1.1 100"), interim
+        sock.sendall(body)
+        status, headers, got = read_response(sock)
+    assert status == 200
+    assert got == body
+    assert headers["x-content-length"] == str(len(body))
+
+
+def test_expect_100_continue_with_chunked_upload(srv):
+    head = get_request("/echo", method="POST", headers={
+        "Transfer-Encoding": "chunked", "Expect": "100-continue"})
+    with connect(srv.port, timeout=5) as sock:
+        sock.sendall(head)
+        interim = read_head(sock, timeout=5)
+        assert interim.startswith(b"HTTP/1.1 100"), interim
+        sock.sendall(b"4\r\nabcd\r\n0\r\n\r\n")
+        status, _headers, got = read_response(sock)
+    assert (status, got) == (200, b"abcd")
+
+
+def test_head_has_same_headers_and_no_body(srv):
+    _, get_headers, _ = http_get(srv.port, "/hello")
+    with connect(srv.port) as sock:
+        sock.sendall(get_request("/hello", method="HEAD"))
+        head = read_head(sock)
+        status = status_of(head)
+        # no body bytes: the next response on this connection must follow immediately
+        sock.sendall(get_request("/path?after-head"))
+        s2, _, b2 = read_response(sock)
+    assert status == 200
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {ln.split(":", 1)[0].lower(): ln.split(":", 1)[1].strip()
+               for ln in lines[1:] if ":" in ln}
+    assert headers["content-length"] == get_headers["content-length"] == str(len(HELLO))
+    assert headers["content-type"] == get_headers["content-type"]
+    assert (s2, b2) == (200, b"/path?after-head")
+
+
+def test_head_of_streaming_response_sends_no_body(srv):
+    with connect(srv.port) as sock:
+        sock.sendall(get_request("/stream?n=3", method="HEAD"))
+        head = read_head(sock)
+        assert status_of(head) == 200
+        sock.sendall(get_request("/path?after-head-stream"))
+        s2, _, b2 = read_response(sock)
+    assert (s2, b2) == (200, b"/path?after-head-stream")
+
+
+def _expected_stream(n):
+    return b"".join(f"part-{i}\n".encode() for i in range(n))
+
+
+def test_generator_response_is_chunked_on_http11(srv):
+    with connect(srv.port) as sock:
+        sock.sendall(get_request("/stream?n=5"))
+        status, headers, body = read_response(sock)
+        assert status == 200
+        assert headers.get("transfer-encoding", "").lower() == "chunked"
+        assert "content-length" not in headers
+        assert body == _expected_stream(5)
+        # the connection stays open after the last chunk
+        sock.sendall(get_request("/path?after-stream"))
+        assert read_response(sock)[2] == b"/path?after-stream"
+
+
+def test_generator_response_is_close_delimited_on_http10(srv):
+    with connect(srv.port) as sock:
+        sock.sendall(get_request("/stream?n=5", version="HTTP/1.0"))
+        raw, closed = read_until_closed(sock, timeout=10)
+    assert closed, "server must close an HTTP/1.0 close-delimited response"
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert status_of(raw) == 200
+    assert head.startswith(b"HTTP/1.")
+    assert b"transfer-encoding" not in head.lower()
+    assert body == _expected_stream(5)
+
+
+def test_http10_keep_alive_is_honoured(srv):
+    with connect(srv.port) as sock:
+        for i in range(3):
+            sock.sendall(get_request(f"/path?k={i}", version="HTTP/1.0",
+                                     headers={"Connection": "keep-alive"}))
+            status, headers, body = read_response(sock)
+            assert (status, body) == (200, f"/path?k={i}".encode())
+            assert headers.get("connection", "").lower() == "keep-alive"
+
+
+def test_http10_without_keep_alive_closes_connection(srv):
+    raw, closed = send_raw(srv.port, get_request("/hello", version="HTTP/1.0", host=None))
+    assert closed
+    assert status_of(raw) == 200
+    assert raw.endswith(HELLO)
+
+
+def test_connection_close_request_closes_after_response(srv):
+    with connect(srv.port) as sock:
+        sock.sendall(get_request("/hello", headers={"Connection": "close"}))
+        raw, closed = read_until_closed(sock, timeout=10)
+    assert closed
+    assert status_of(raw) == 200
+    assert raw.endswith(HELLO)
+    head = raw.partition(b"\r\n\r\n")[0].lower()
+    assert b"\r\nconnection: close" in head
+
+
+@pytest.mark.parametrize("code", [204, 304])
+def test_204_and_304_have_no_body(srv, code):
+    with connect(srv.port) as sock:
+        sock.sendall(get_request(f"/status?code={code}"))
+        head = read_head(sock)
+        assert status_of(head) == code
+        assert b"transfer-encoding" not in head.lower()
+        sock.sendall(get_request("/path?after-empty"))
+        # the very next bytes must be the next response, not a body or a 0-chunk
+        head2 = read_head(sock)
+        assert head2.startswith(b"HTTP/1.1 200"), head2
+
+
+def test_date_and_server_headers_present(srv):
+    status, headers, _ = http_get(srv.port, "/hello")
+    assert status == 200
+    assert "date" in headers and "server" in headers
+    assert headers["server"].lower().startswith("berth")
+    date = email.utils.parsedate_to_datetime(headers["date"])
+    assert headers["date"].endswith("GMT")
+    assert abs((datetime.now(timezone.utc) - date).total_seconds()) < 60
+
+
+def test_date_header_on_error_responses(srv):
+    raw, _ = send_raw(srv.port, b"GARBAGE\r\n\r\n")
+    assert status_of(raw) == 400
+    assert b"\r\ndate:" in raw.lower()
+
+
+def test_multiple_set_cookie_headers_preserved(srv):
+    raw, _ = send_raw(srv.port, get_request("/set-cookies", headers={"Connection": "close"}))
+    head = raw.partition(b"\r\n\r\n")[0].decode("latin-1")
+    cookies = [ln.split(":", 1)[1].strip() for ln in head.split("\r\n")
+               if ln.lower().startswith("set-cookie:")]
+    assert cookies == ["a=1; Path=/", "b=2; Path=/"]
+
+
+def test_absolute_form_request_target(srv):
+    status, _, body = read_response_once(
+        srv.port, get_request(f"http://127.0.0.1:{srv.port}/path?abs=1"))
+    assert (status, body) == (200, b"/path?abs=1")
+
+
+def read_response_once(port, raw):
+    with connect(port) as sock:
+        sock.sendall(raw)
+        return read_response(sock)
+
+
+def test_large_response_read_slowly_arrives_intact(srv):
+    n = 8 << 20
+    with BufferedSocket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.settimeout(15)
+        sock.connect(("127.0.0.1", srv.port))
+        sock.sendall(get_request(f"/big?n={n}", headers={"Connection": "close"}))
+        head = read_head(sock, timeout=15)
+        assert status_of(head) == 200
+        assert f"content-length: {n}".encode() in head.lower()
+        data = sock._berth_buf
+        h = hashlib.sha256(data)
+        total = len(data)
+        reads = 0
+        started = time.monotonic()
+        while total < n and time.monotonic() - started < 60:
+            data = sock.recv(32768)
+            if not data:
+                break
+            h.update(data)
+            total += len(data)
+            reads += 1
+            if reads % 8 == 0 and time.monotonic() - started < 3:
+                time.sleep(0.05)  # a slow reader for the first seconds: the server must wait
+    assert total == n
+    assert h.hexdigest() == big_sha256(n)
+
+
+def test_large_chunked_response_arrives_intact(srv):
+    n = (3 << 20) + 12345
+    with connect(srv.port, timeout=20) as sock:
+        sock.sendall(get_request(f"/big?n={n}&chunked=1"))
+        status, headers, body = read_response(sock)
+    assert status == 200
+    assert headers.get("transfer-encoding", "").lower() == "chunked"
+    assert len(body) == n
+    assert hashlib.sha256(body).hexdigest() == big_sha256(n)
+
+
+def _upload(port, body: bytes, chunked: bool = False, piece: int = 256 * 1024):
+    if chunked:
+        head = get_request("/sha256", method="POST", headers={"Transfer-Encoding": "chunked"})
+    else:
+        head = get_request("/sha256", method="POST", headers={"Content-Length": str(len(body))})
+    with connect(port, timeout=30) as sock:
+        sock.sendall(head)
+        for i in range(0, len(body), piece):
+            part = body[i:i + piece]
+            sock.sendall(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
+        if chunked:
+            sock.sendall(b"0\r\n\r\n")
+        return read_response(sock)
+
+
+def test_large_upload_above_body_buffer_arrives_intact(srv):
+    body = os.urandom(5 << 20)
+    status, _, resp = _upload(srv.port, body)
+    assert status == 200
+    info = json.loads(resp)
+    assert info["len"] == len(body)
+    assert info["sha256"] == hashlib.sha256(body).hexdigest()
+    assert info["content_length"] == str(len(body))
+
+
+def test_large_chunked_upload_arrives_intact(srv):
+    body = os.urandom((5 << 20) + 7)
+    status, _, resp = _upload(srv.port, body, chunked=True)
+    assert status == 200
+    info = json.loads(resp)
+    assert info["len"] == len(body)
+    assert info["sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_server_still_serves_after_large_transfers(srv):
+    status, _, body = http_get(srv.port, "/hello")
+    assert (status, body) == (200, HELLO)
+
+
+def test_access_log_has_a_line_per_request(srv):
+    http_get(srv.port, "/path?logged-once")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "/path?logged-once" not in srv.stdout():
+        time.sleep(0.05)
+    assert re.search(r'"GET /path\?logged-once HTTP/1\.1" 200 ', srv.stdout())
+
+
+def test_unread_body_larger_than_buffer_never_desyncs_the_connection(srv):
+    # /hello ignores a 3 MiB body (above the default 1 MiB buffer). The server must either
+    # skip it and answer the next request, or close the connection: the body bytes must
+    # never be parsed as a request.
+    body = (b"GET /path?smuggled HTTP/1.1\r\nHost: a\r\n\r\n" * 80000)[:3 << 20]
+    with connect(srv.port, timeout=20) as sock:
+        sock.sendall(get_request("/hello", method="POST", body=body)
+                     + get_request("/path?next"))
+        s1, _, b1 = read_response(sock)
+        assert (s1, b1) == (200, HELLO)
+        try:
+            s2, _, b2 = read_response(sock)
+        except ConnectionError:
+            return  # closing the connection instead of draining the body is fine
+    assert (s2, b2) == (200, b"/path?next")
+
+
+@pytest.fixture(scope="module")
+def small_buffer(tmp_path_factory):
+    server = start_module_server(
+        tmp_path_factory, ["-w", "1", "--threads", "2", "--body-buffer-size", "1024",
+                           "proto_app:app"], name="smallbuf")
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_upload_streams_with_small_body_buffer(small_buffer, chunked):
+    # /sha256 reads with read(65536): larger than the 1024-byte buffer, which must not matter
+    body = os.urandom((2 << 20) + 5)
+    status, _, resp = _upload(small_buffer.port, body, chunked=chunked, piece=100_000)
+    assert status == 200
+    info = json.loads(resp)
+    assert info["len"] == len(body)
+    assert info["sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_body_above_buffer_reaches_app_before_upload_finishes(small_buffer):
+    marker = small_buffer.markers / "record-early"
+    body = os.urandom(100_000)
+    with connect(small_buffer.port, timeout=10) as sock:
+        sock.sendall(get_request("/record?tag=early&rs=512", method="POST",
+                                 headers={"Content-Length": str(len(body))}))
+        sock.sendall(body[:50_000])
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not marker.exists():
+            time.sleep(0.02)
+        called_early = marker.exists()
+        sock.sendall(body[50_000:])
+        status, _, got = read_response(sock)
+    assert (status, got) == (200, body)
+    assert called_early, "with --body-buffer-size 1024 the app must get a 100 kB body streamed"
+
+
+def test_body_within_buffer_is_complete_before_app_is_called(small_buffer):
+    marker = small_buffer.markers / "record-buffered"
+    body = b"b" * 1000
+    with connect(small_buffer.port, timeout=10) as sock:
+        sock.sendall(get_request("/record?tag=buffered", method="POST",
+                                 headers={"Content-Length": str(len(body))}))
+        sock.sendall(body[:500])
+        time.sleep(0.5)
+        called_early = marker.exists()
+        sock.sendall(body[500:])
+        status, _, got = read_response(sock)
+    assert (status, got) == (200, body)
+    assert not called_early, "app called before a body within --body-buffer-size was complete"
+
+
+def test_expect_100_continue_with_body_above_buffer(small_buffer):
+    body = os.urandom(300_000)
+    head = get_request("/echo?rs=512", method="POST", headers={
+        "Content-Length": str(len(body)), "Expect": "100-continue"})
+    with connect(small_buffer.port, timeout=10) as sock:
+        sock.sendall(head)
+        interim = read_head(sock, timeout=5)
+        assert interim.startswith(b"HTTP/1.1 100"), interim
+        sock.sendall(body)
+        status, _, resp = read_response(sock)
+    assert status == 200
+    assert resp == body

@@ -1,0 +1,355 @@
+"""Request limits, malformed requests, header/body timeouts and slow clients, end to end."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from conftest import read_response
+from proto_helpers import (
+    HELLO,
+    connect,
+    get_request,
+    http_get,
+    many_sockets,
+    read_until_closed,
+    send_raw,
+    start_module_server,
+    status_of,
+)
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    server = start_module_server(tmp_path_factory, ["-w", "1", "--threads", "4", "proto_app:app"],
+                                 name="limits")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def small_limits(tmp_path_factory):
+    server = start_module_server(
+        tmp_path_factory,
+        ["-w", "1", "--threads", "2", "--limit-request-line", "200",
+         "--limit-request-fields", "5", "--limit-request-field_size", "100", "proto_app:app"],
+        name="smalllimits")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def short_timeouts(tmp_path_factory):
+    server = start_module_server(
+        tmp_path_factory,
+        ["-w", "1", "--threads", "2", "--header-timeout", "1", "--keep-alive", "2",
+         "proto_app:app"], name="timeouts")
+    yield server
+    server.stop()
+
+
+def assert_rejected(port: int, raw: bytes, codes, timeout: float = 10.0) -> bytes:
+    """The server answers `raw` with a status in `codes` and then closes the connection."""
+    resp, closed = send_raw(port, raw, timeout=timeout)
+    assert status_of(resp) in codes, resp[:300]
+    assert closed, f"connection left open after {status_of(resp)}"
+    return resp
+
+
+# --- default limits -------------------------------------------------------------------------
+
+def test_request_line_over_default_limit_gets_414_and_close(srv):
+    assert_rejected(srv.port, get_request("/path?" + "a" * 5000), {414})
+
+
+def test_request_line_under_default_limit_is_served(srv):
+    status, _, body = http_get(srv.port, "/path?" + "a" * 3900)
+    assert status == 200
+    assert body == b"/path?" + b"a" * 3900
+
+
+def test_too_many_header_fields_gets_431_and_close(srv):
+    headers = {f"X-H-{i}": "v" for i in range(120)}
+    assert_rejected(srv.port, get_request("/hello", headers=headers), {431, 400})
+
+
+def test_fifty_header_fields_are_fine(srv):
+    headers = {f"X-H-{i}": "v" for i in range(50)}
+    status, _, body = http_get(srv.port, "/hello", headers=headers)
+    assert (status, body) == (200, HELLO)
+
+
+def test_too_large_header_field_gets_431_and_close(srv):
+    assert_rejected(srv.port, get_request("/hello", headers={"X-Big": "b" * 9000}), {431, 400})
+
+
+def test_large_header_field_under_limit_is_fine(srv):
+    status, _, body = http_get(srv.port, "/hello", headers={"X-Big": "b" * 7000})
+    assert (status, body) == (200, HELLO)
+
+
+# --- custom limits --------------------------------------------------------------------------
+
+def test_custom_limit_request_line(small_limits):
+    assert_rejected(small_limits.port, get_request("/path?" + "a" * 250), {414})
+    status, _, body = http_get(small_limits.port, "/path?" + "a" * 100)
+    assert (status, body) == (200, b"/path?" + b"a" * 100)
+
+
+def test_custom_limit_request_fields(small_limits):
+    headers = {f"X-H-{i}": "v" for i in range(8)}
+    assert_rejected(small_limits.port, get_request("/hello", headers=headers), {431, 400})
+    status, _, _ = http_get(small_limits.port, "/hello", headers={"X-A": "1"})
+    assert status == 200
+
+
+def test_custom_limit_request_field_size(small_limits):
+    assert_rejected(small_limits.port, get_request("/hello", headers={"X-Big": "b" * 150}),
+                    {431, 400})
+    status, _, _ = http_get(small_limits.port, "/hello", headers={"X-Big": "b" * 40})
+    assert status == 200
+
+
+# --- malformed requests ---------------------------------------------------------------------
+
+MALFORMED = {
+    "garbage_line": b"GARBAGE\r\n\r\n",
+    "method_only": b"GET\r\n\r\n",
+    "bad_protocol_name": b"GET / FOO/1.1\r\nHost: a\r\n\r\n",
+    "header_without_colon": b"GET / HTTP/1.1\r\nHost: a\r\nNoColonHere\r\n\r\n",
+    "space_before_colon": b"GET / HTTP/1.1\r\nHost: a\r\nX-Foo : 1\r\n\r\n",
+    "nul_in_header_value": b"GET / HTTP/1.1\r\nHost: a\r\nX-Foo: a\x00b\r\n\r\n",
+    "content_length_not_a_number":
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n",
+    "negative_content_length":
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+    "conflicting_content_lengths":
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    "bad_chunk_size":
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\nabc\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_request_gets_400_and_close(srv, name):
+    assert_rejected(srv.port, MALFORMED[name], {400})
+
+
+def test_http11_without_host_gets_400(srv):
+    assert_rejected(srv.port, get_request("/hello", host=None), {400})
+
+
+def test_http10_without_host_is_served(srv):
+    resp, _ = send_raw(srv.port, get_request("/hello", host=None, version="HTTP/1.0"))
+    assert status_of(resp) == 200
+
+
+def test_two_host_headers_get_400(srv):
+    raw = b"GET /hello HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"
+    assert_rejected(srv.port, raw, {400})
+
+
+def test_transfer_encoding_gzip_chunked_gets_501(srv):
+    raw = (b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+           b"3\r\nabc\r\n0\r\n\r\n")
+    assert_rejected(srv.port, raw, {501})
+
+
+def test_http10_with_chunked_gets_400(srv):
+    raw = (b"POST /echo HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"3\r\nabc\r\n0\r\n\r\n")
+    assert_rejected(srv.port, raw, {400})
+
+
+def test_http2_request_line_gets_505(srv):
+    assert_rejected(srv.port, b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", {505})
+
+
+def test_content_length_with_chunked_is_not_smuggled(srv):
+    # Both headers: either reject (400) or use chunked framing and close afterwards; the
+    # bytes after the chunked body must never be run as a second request.
+    raw = (b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 30\r\n"
+           b"Transfer-Encoding: chunked\r\n\r\n"
+           b"3\r\nabc\r\n0\r\n\r\n"
+           b"GET /path?smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
+    resp, closed = send_raw(srv.port, raw)
+    assert closed
+    assert b"/path?smuggled" not in resp
+    assert status_of(resp) in (400, 200)
+    if status_of(resp) == 200:
+        assert resp.endswith(b"abc")
+
+
+def test_error_response_closes_even_with_pipelined_followup(srv):
+    raw = b"GET / HTTP/2.0\r\nHost: a\r\n\r\n" + get_request("/path?after-error")
+    resp, closed = send_raw(srv.port, raw)
+    assert closed
+    assert b"/path?after-error" not in resp
+
+
+def test_server_healthy_after_malformed_requests(srv):
+    status, _, body = http_get(srv.port, "/hello")
+    assert (status, body) == (200, HELLO)
+
+
+# --- header and body timeouts ---------------------------------------------------------------
+
+def _closed_within(sock: socket.socket, timeout: float) -> tuple[bytes, bool, float]:
+    t0 = time.monotonic()
+    data, closed = read_until_closed(sock, timeout=timeout)
+    return data, closed, time.monotonic() - t0
+
+
+def test_unfinished_head_closed_after_header_timeout(short_timeouts):
+    with connect(short_timeouts.port) as sock:
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: a\r\n")
+        data, closed, elapsed = _closed_within(sock, 8)
+    assert closed, "connection with an unfinished head still open after 8 s"
+    assert elapsed >= 0.5
+    assert data == b"" or status_of(data) == 408, data[:200]
+
+
+def test_drip_fed_head_closed_after_header_timeout(short_timeouts):
+    # The deadline covers the whole head: trickling bytes must not extend it.
+    head = get_request("/hello", headers={f"X-Drip-{i}": "x" * 10 for i in range(40)})
+    closed = False
+    t0 = time.monotonic()
+    with connect(short_timeouts.port, timeout=1) as sock:
+        for i in range(len(head) - 4):
+            if time.monotonic() - t0 > 8:
+                break
+            try:
+                sock.sendall(head[i:i + 1])
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            sock.settimeout(0.2)
+            try:
+                data = sock.recv(4096)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                closed = True
+                break
+            if data == b"" or status_of(data) == 408:
+                closed = True
+                break
+    elapsed = time.monotonic() - t0
+    assert closed, "drip-fed head still accepted after 8 s with --header-timeout 1"
+    assert elapsed < 8
+
+
+def test_idle_new_connection_closed_after_header_timeout(short_timeouts):
+    with connect(short_timeouts.port) as sock:
+        data, closed, _elapsed = _closed_within(sock, 8)
+    assert closed
+    assert data == b"" or status_of(data) == 408
+
+
+def test_request_split_across_writes_within_timeout_is_served(short_timeouts):
+    req = get_request("/hello")
+    with connect(short_timeouts.port) as sock:
+        sock.sendall(req[:10])
+        time.sleep(0.3)
+        sock.sendall(req[10:])
+        status, _, body = read_response(sock)
+    assert (status, body) == (200, HELLO)
+
+
+def test_chunked_body_without_final_chunk_never_reaches_app(short_timeouts):
+    marker = short_timeouts.markers / "record-incomplete-chunked"
+    head = get_request("/record?tag=incomplete-chunked", method="POST",
+                       headers={"Transfer-Encoding": "chunked"})
+    with connect(short_timeouts.port) as sock:
+        sock.sendall(head + b"5\r\nhello\r\n")
+        data, closed, _elapsed = _closed_within(sock, 20)
+    assert closed, "incomplete chunked body: connection still open after 20 s"
+    assert status_of(data) in (None, 400, 408), data[:200]
+    assert not marker.exists(), "the app was called with an incomplete chunked body"
+
+
+def test_short_content_length_body_never_reaches_app(short_timeouts):
+    marker = short_timeouts.markers / "record-incomplete-cl"
+    head = get_request("/record?tag=incomplete-cl", method="POST",
+                       headers={"Content-Length": "100"})
+    with connect(short_timeouts.port) as sock:
+        sock.sendall(head + b"0123456789")
+        data, closed, _elapsed = _closed_within(sock, 20)
+    assert closed, "incomplete body: connection still open after 20 s"
+    assert status_of(data) in (None, 400, 408), data[:200]
+    assert not marker.exists(), "the app was called with an incomplete body"
+
+
+def test_idle_keep_alive_connection_closed_after_keep_alive_timeout(short_timeouts):
+    with connect(short_timeouts.port) as sock:
+        sock.sendall(get_request("/hello"))
+        assert read_response(sock)[0] == 200
+        data, closed, elapsed = _closed_within(sock, 10)
+    assert closed, "--keep-alive 2: idle connection still open after 10 s"
+    assert data == b""
+    assert elapsed >= 0.5
+
+
+def test_idle_keep_alive_connection_stays_open_by_default(srv):
+    with connect(srv.port) as sock:
+        sock.sendall(get_request("/hello"))
+        assert read_response(sock)[0] == 200
+        time.sleep(3)
+        sock.sendall(get_request("/path?still-open"))
+        status, _, body = read_response(sock)
+    assert (status, body) == (200, b"/path?still-open")
+
+
+# --- slow clients ---------------------------------------------------------------------------
+
+@pytest.fixture
+def single_thread(berth):
+    return berth(["-w", "1", "--threads", "1", "proto_app:app"])
+
+
+def _timed_get(port, path="/hello", timeout=10):
+    t0 = time.monotonic()
+    status, _, body = http_get(port, path, timeout=timeout)
+    return status, body, time.monotonic() - t0
+
+
+def test_fifty_half_sent_request_lines_do_not_block_a_normal_client(single_thread):
+    with many_sockets() as socks:
+        for _i in range(50):
+            s = connect(single_thread.port, timeout=5)
+            socks.append(s)
+            s.sendall(b"GET /hel")
+        time.sleep(0.3)
+        status, body, elapsed = _timed_get(single_thread.port)
+        assert (status, body) == (200, HELLO)
+        assert elapsed < 2.0, f"normal client waited {elapsed:.2f}s behind 50 slow clients"
+
+
+def test_idle_keep_alive_connections_do_not_block_a_new_client(single_thread):
+    with many_sockets() as socks:
+        for _i in range(20):
+            s = connect(single_thread.port, timeout=5)
+            socks.append(s)
+            s.sendall(get_request("/hello"))
+            assert read_response(s)[0] == 200
+        status, body, elapsed = _timed_get(single_thread.port)
+        assert (status, body) == (200, HELLO)
+        assert elapsed < 2.0, f"new client waited {elapsed:.2f}s behind idle keep-alive conns"
+        # and the idle ones are still usable
+        socks[0].sendall(get_request("/path?idle-0"))
+        assert read_response(socks[0])[2] == b"/path?idle-0"
+
+
+def test_slow_uploaders_below_body_buffer_do_not_block_a_normal_client(single_thread):
+    with many_sockets() as socks:
+        for _i in range(20):
+            s = connect(single_thread.port, timeout=5)
+            socks.append(s)
+            s.sendall(get_request("/echo", method="POST", headers={"Content-Length": "1000"})
+                      + b"x" * 10)
+        time.sleep(0.3)
+        status, body, elapsed = _timed_get(single_thread.port)
+        assert (status, body) == (200, HELLO)
+        assert elapsed < 2.0, f"normal client waited {elapsed:.2f}s behind 20 slow uploads"

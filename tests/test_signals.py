@@ -1,0 +1,150 @@
+"""Signal handling of berth's master process, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+from conftest import read_response
+from proto_helpers import (
+    HELLO,
+    connect,
+    get_request,
+    http_get,
+    pids_children,
+    read_until_closed,
+    wait_for,
+)
+
+
+def _in_background(fn):
+    box = {}
+
+    def run():
+        try:
+            box["result"] = fn()
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
+
+
+def _exit_within(srv, seconds: float) -> tuple[int | None, float]:
+    t0 = time.monotonic()
+    try:
+        code = srv.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return None, time.monotonic() - t0
+    return code, time.monotonic() - t0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_lets_in_flight_request_finish_then_exits_0(berth):
+    srv = berth(["-w", "1", "--threads", "1", "proto_app:app"])
+    t, box = _in_background(lambda: http_get(srv.port, "/sleep?s=1", timeout=15))
+    time.sleep(0.3)  # the request is now inside the app
+    srv.signal(signal.SIGTERM)
+    t.join(15)
+    assert "error" not in box, f"client failed: {box.get('error')!r}"
+    status, _, body = box["result"]
+    assert status == 200
+    assert body == b"slept 1.0"
+    code, elapsed = _exit_within(srv, 15)
+    assert code == 0, f"exit code {code} after {elapsed:.1f}s\n{srv.stderr()}"
+
+
+def test_sigterm_when_idle_exits_0_quickly(berth):
+    srv = berth(["-w", "2", "proto_app:app"])
+    assert http_get(srv.port, "/hello")[2] == HELLO
+    srv.signal(signal.SIGTERM)
+    code, elapsed = _exit_within(srv, 10)
+    assert code == 0
+    assert elapsed < 5, f"idle shutdown took {elapsed:.1f}s"
+
+
+def test_sigterm_does_not_wait_for_idle_keep_alive_connections(berth):
+    srv = berth(["-w", "1", "--threads", "2", "--graceful-timeout", "20", "proto_app:app"])
+    with connect(srv.port, timeout=20) as sock:
+        sock.sendall(get_request("/hello"))
+        assert read_response(sock)[0] == 200
+        srv.signal(signal.SIGTERM)
+        code, elapsed = _exit_within(srv, 15)
+        assert code == 0
+        assert elapsed < 5, f"shutdown waited {elapsed:.1f}s for an idle keep-alive connection"
+        _, closed = read_until_closed(sock, timeout=2)
+        assert closed
+
+
+def test_sigterm_stops_all_workers(berth):
+    srv = berth(["-w", "2", "proto_app:app"])
+    workers = wait_for(lambda: len(pids_children(srv.pid)) >= 2 and pids_children(srv.pid),
+                       timeout=10)
+    assert workers
+    srv.signal(signal.SIGTERM)
+    code, _ = _exit_within(srv, 15)
+    assert code == 0
+    assert wait_for(lambda: not any(_alive(p) for p in workers), timeout=5), \
+        f"workers {workers} still alive after the master exited"
+
+
+def test_sigint_stops_quickly_when_idle(berth):
+    srv = berth(["-w", "1", "proto_app:app"])
+    srv.signal(signal.SIGINT)
+    code, elapsed = _exit_within(srv, 10)
+    assert code is not None, "berth still running 10 s after SIGINT"
+    assert elapsed < 3, f"SIGINT took {elapsed:.1f}s"
+
+
+def test_sigint_does_not_wait_for_long_request(berth):
+    srv = berth(["-w", "1", "--threads", "1", "proto_app:app"])
+    _in_background(lambda: http_get(srv.port, "/sleep?s=20", timeout=25))
+    time.sleep(0.3)
+    srv.signal(signal.SIGINT)
+    code, elapsed = _exit_within(srv, 10)
+    assert code is not None, "berth still running 10 s after SIGINT during a 20 s request"
+    assert elapsed < 5, f"SIGINT took {elapsed:.1f}s"
+
+
+def test_graceful_timeout_bounds_shutdown(berth):
+    srv = berth(["-w", "1", "--threads", "1", "--graceful-timeout", "1", "proto_app:app"])
+    _in_background(lambda: http_get(srv.port, "/sleep?s=20", timeout=25))
+    time.sleep(0.3)
+    srv.signal(signal.SIGTERM)
+    code, elapsed = _exit_within(srv, 12)
+    assert code is not None, "berth still running 12 s after SIGTERM with --graceful-timeout 1"
+    assert elapsed < 6, f"shutdown took {elapsed:.1f}s with --graceful-timeout 1"
+
+
+def test_killed_worker_is_replaced(berth):
+    srv = berth(["-w", "1", "proto_app:app"])
+    first = json.loads(http_get(srv.port, "/pid")[2])["pid"]
+    assert first != srv.pid
+    os.kill(first, signal.SIGKILL)  # a worker of the berth this test started, by PID
+
+    def new_pid():
+        try:
+            status, _, body = http_get(srv.port, "/pid", timeout=2)
+        except OSError:
+            return None
+        pid = json.loads(body)["pid"] if status == 200 else None
+        return pid if pid and pid != first else None
+
+    second = wait_for(new_pid, timeout=15, interval=0.2)
+    assert second, "no replacement worker answered within 15 s"
+    assert srv.proc.poll() is None
+    srv.signal(signal.SIGTERM)
+    code, _ = _exit_within(srv, 15)
+    assert code == 0

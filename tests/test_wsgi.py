@@ -1,0 +1,419 @@
+"""WSGI (PEP 3333) behaviour of berth, end to end through a real process on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import APPS, ROOT, read_response
+from proto_helpers import (
+    HELLO,
+    big_pattern,
+    connect,
+    get_request,
+    http_get,
+    pids_children,
+    read_head,
+    read_until_closed,
+    send_raw,
+    start_module_server,
+    status_of,
+    wait_for,
+)
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    server = start_module_server(tmp_path_factory, ["-w", "1", "--threads", "4", "proto_app:app"],
+                                 name="wsgi")
+    yield server
+    server.stop()
+
+
+def request(port, raw: bytes):
+    with connect(port) as sock:
+        sock.sendall(raw)
+        return read_response(sock)
+
+
+def env_of(port, raw: bytes) -> tuple[dict, dict, dict, int]:
+    with connect(port) as sock:
+        sock.sendall(raw)
+        client_port = sock.getsockname()[1]
+        status, _, body = read_response(sock)
+    assert status == 200, body
+    data = json.loads(body)
+    return data["str"], data["other"], data["extra"], client_port
+
+
+# --- environ --------------------------------------------------------------------------------
+
+def test_environ_has_cgi_keys(srv):
+    raw = get_request("/env/some%20path/caf%C3%A9?a=1&b=%20&c", method="POST",
+                      host=f"127.0.0.1:{srv.port}",
+                      headers={"Content-Type": "application/x-test", "X-Custom": "v1"},
+                      body=b"hello")
+    env, _other, extra, client_port = env_of(srv.port, raw)
+    assert env["REQUEST_METHOD"] == "POST"
+    assert env["SCRIPT_NAME"] == ""
+    # percent-decoded, then the bytes decoded as latin-1 (PEP 3333)
+    assert env["PATH_INFO"] == "/env/some path/caf\u00c3\u00a9"
+    assert env["QUERY_STRING"] == "a=1&b=%20&c"
+    assert env["RAW_URI"] == "/env/some%20path/caf%C3%A9?a=1&b=%20&c"
+    assert env["CONTENT_TYPE"] == "application/x-test"
+    assert env["CONTENT_LENGTH"] == "5"
+    assert "HTTP_CONTENT_TYPE" not in env and "HTTP_CONTENT_LENGTH" not in env
+    assert env["SERVER_NAME"] == "127.0.0.1"
+    assert env["SERVER_PORT"] == str(srv.port)
+    assert env["SERVER_PROTOCOL"] == "HTTP/1.1"
+    assert env["HTTP_HOST"] == f"127.0.0.1:{srv.port}"
+    assert env["HTTP_X_CUSTOM"] == "v1"
+    assert env["REMOTE_ADDR"] == "127.0.0.1"
+    assert env["REMOTE_PORT"] == str(client_port)
+    assert extra["body_len"] == 5
+
+
+def test_environ_has_wsgi_keys(srv):
+    env, other, extra, _ = env_of(srv.port, get_request("/env"))
+    assert extra["wsgi.version"] == [1, 0]
+    assert env["wsgi.url_scheme"] == "http"
+    assert extra["wsgi.multithread"] is True  # --threads 4
+    assert isinstance(extra["wsgi.multiprocess"], bool)
+    assert extra["wsgi.run_once"] is False
+    assert extra["wsgi.input_terminated"] is True
+    assert extra["has_file_wrapper"] is True
+    assert extra["errors_has_write"] is True
+    assert extra["input_has_read"] is True
+    for key in ("wsgi.input", "wsgi.errors", "wsgi.version", "wsgi.multithread",
+                "wsgi.multiprocess", "wsgi.run_once"):
+        assert key in other, key
+
+
+def test_environ_get_without_body_has_empty_query_and_no_content_length_value(srv):
+    env, _, extra, _ = env_of(srv.port, get_request("/env"))
+    assert env["QUERY_STRING"] == ""
+    assert env["REQUEST_METHOD"] == "GET"
+    assert env.get("CONTENT_LENGTH", "") in ("", "0")
+    assert extra["body_len"] == 0
+
+
+def test_environ_http10_protocol(srv):
+    env, _, _, _ = env_of(srv.port, get_request("/env", version="HTTP/1.0"))
+    assert env["SERVER_PROTOCOL"] == "HTTP/1.0"
+
+
+def test_header_names_with_underscore_are_dropped(srv):
+    raw = get_request("/env", headers={"X_Foo": "underscore", "X-Bar": "dash"})
+    env, _, _, _ = env_of(srv.port, raw)
+    assert env["HTTP_X_BAR"] == "dash"
+    assert "HTTP_X_FOO" not in env
+
+
+def test_underscore_header_cannot_shadow_dash_header(srv):
+    raw = get_request("/env", headers={"X-Foo": "dash", "X_Foo": "underscore"})
+    env, _, _, _ = env_of(srv.port, raw)
+    assert env["HTTP_X_FOO"] == "dash"
+
+
+def test_repeated_headers_are_joined_with_commas(srv):
+    raw = (b"GET /env HTTP/1.1\r\nHost: a\r\nX-Multi: a\r\nX-Multi: b\r\n\r\n")
+    env, _, _, _ = env_of(srv.port, raw)
+    assert [p.strip() for p in env["HTTP_X_MULTI"].split(",")] == ["a", "b"]
+
+
+def test_header_values_are_latin1_strings(srv):
+    raw = b"GET /env HTTP/1.1\r\nHost: a\r\nX-Latin: caf\xe9\r\n\r\n"
+    env, _, _, _ = env_of(srv.port, raw)
+    assert env["HTTP_X_LATIN"] == "caf\u00e9"
+
+
+def test_chunked_request_sets_content_length_and_input_terminated(srv):
+    payload = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    status, headers, body = request(srv.port, get_request(
+        "/echo", method="POST", headers={"Transfer-Encoding": "chunked"}, body=payload))
+    assert (status, body) == (200, b"hello world")
+    assert headers["x-content-length"] == "11"
+    assert headers["x-input-terminated"] == "True"
+
+
+# --- wsgi.input -----------------------------------------------------------------------------
+
+INPUT_BODY = b"line1\nline2\nline three is longer\nlast-no-newline"
+
+
+def input_parts(port, op, chunked=False):
+    if chunked:
+        mid = len(INPUT_BODY) // 2
+        pieces = [INPUT_BODY[:mid], INPUT_BODY[mid:]]
+        payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+        raw = get_request(f"/input?op={op}", method="POST",
+                          headers={"Transfer-Encoding": "chunked"}, body=payload)
+    else:
+        raw = get_request(f"/input?op={op}", method="POST", body=INPUT_BODY)
+    status, _, body = request(port, raw)
+    assert status == 200, body
+    data = json.loads(body)
+    assert data["types"] in (["bytes"], [])
+    return [p.encode("latin-1") for p in data["parts"]]
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_wsgi_input_read_n(srv, chunked):
+    parts = input_parts(srv.port, "read", chunked)
+    assert parts[0] == b"lin"
+    assert parts[1] == b"e1\nl"
+    assert parts[-1] == b""  # reading past the end gives b"" without blocking
+    assert b"".join(parts) == INPUT_BODY
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_wsgi_input_readline(srv, chunked):
+    parts = input_parts(srv.port, "readline", chunked)
+    assert parts == INPUT_BODY.splitlines(keepends=True) + [b""]
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_wsgi_input_readline_with_size(srv, chunked):
+    parts = input_parts(srv.port, "readline_n", chunked)
+    assert parts[0] == b"lin"
+    assert parts[1] == b"e1\n"
+    assert parts[2] == b"line"
+    assert parts[-1] == b""
+    assert all(len(p) <= 4 for p in parts[2:])
+    assert b"".join(parts) == INPUT_BODY
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_wsgi_input_readlines(srv, chunked):
+    assert input_parts(srv.port, "readlines", chunked) == INPUT_BODY.splitlines(keepends=True)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_wsgi_input_iteration(srv, chunked):
+    assert input_parts(srv.port, "iter", chunked) == INPUT_BODY.splitlines(keepends=True)
+
+
+# --- response writing -----------------------------------------------------------------------
+
+def test_write_callable_and_iterable_arrive_in_order(srv):
+    status, _, body = request(srv.port, get_request("/write"))
+    assert status == 200
+    assert body == b"one-two-three-four"
+
+
+def test_write_callable_on_http10(srv):
+    raw, _closed = send_raw(srv.port, get_request("/write", version="HTTP/1.0"))
+    assert status_of(raw) == 200
+    assert raw.partition(b"\r\n\r\n")[2] == b"one-two-three-four"
+
+
+def test_start_response_with_exc_info_replaces_headers(srv):
+    status, _headers, body = request(srv.port, get_request("/exc-info"))
+    assert status == 500
+    assert body == b"handled-error"
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "payload.bin"
+    path.write_bytes(os.urandom((3 << 20) + 333))
+    return path
+
+
+@pytest.mark.parametrize("cl", ["1", "0"], ids=["with-content-length", "without"])
+def test_file_wrapper_bytes_match_file(srv, data_file, cl):
+    status, _headers, body = request(srv.port, get_request(f"/file?path={data_file}&cl={cl}"))
+    assert status == 200
+    assert len(body) == data_file.stat().st_size
+    assert body == data_file.read_bytes()
+
+
+def test_file_wrapper_on_http10(srv, data_file):
+    raw, _closed = send_raw(srv.port, get_request(f"/file?path={data_file}&cl=1",
+                                                  version="HTTP/1.0"))
+    assert status_of(raw) == 200
+    assert raw.partition(b"\r\n\r\n")[2] == data_file.read_bytes()
+
+
+def test_file_wrapper_accepts_file_like_object_without_fileno(srv):
+    n = 300_000
+    status, _, body = request(srv.port, get_request(f"/file-like?n={n}"))
+    assert status == 200
+    assert len(body) == n
+    assert body == b"".join(big_pattern(n))
+    assert wait_for((srv.markers / "close-filelike").exists), \
+        "the file-like object given to wsgi.file_wrapper was not closed"
+
+
+def test_file_wrapper_uses_sendfile(tmp_path, data_file):
+    strace = shutil.which("strace")
+    if not strace:
+        pytest.skip("strace is not installed: cannot observe the sendfile syscall")
+    from conftest import free_port
+    port = free_port()
+    trace = tmp_path / "strace.out"
+    env = dict(os.environ)
+    env.update({"BERTH_IN_CONTAINER": "0", "PYTHONPATH": f"{APPS}{os.pathsep}{ROOT}"})
+    env.pop("PORT", None)
+    err_path = tmp_path / "stderr.log"
+    with open(tmp_path / "stdout.log", "wb") as out, open(err_path, "wb") as err:
+        proc = subprocess.Popen(
+            [strace, "-f", "-e", "trace=sendfile", "-o", str(trace),
+             sys.executable, "-m", "berth", "-b", f"127.0.0.1:{port}", "-w", "1",
+             "--threads", "1", "proto_app:app"],
+            stdout=out, stderr=err, env=env, cwd=str(tmp_path), stdin=subprocess.DEVNULL)
+        try:
+            ready = wait_for(lambda: "ready: " in err_path.read_text(errors="replace")
+                             or proc.poll() is not None, timeout=30)
+            if proc.poll() is not None:
+                log = err_path.read_text(errors="replace")
+                if "ptrace" in log or "Operation not permitted" in log:
+                    pytest.skip(f"strace cannot trace here: {log[:300]}")
+                pytest.fail(f"berth under strace exited early: {log}")
+            assert ready
+            status, _, body = request(port, get_request(f"/file?path={data_file}&cl=1"))
+            assert status == 200
+            assert body == data_file.read_bytes()
+        finally:
+            # stop berth itself (strace's child) by PID; strace exits when its tracee does
+            berth_pids = pids_children(proc.pid)
+            for pid in berth_pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                for pid in [*berth_pids, proc.pid]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+    text = trace.read_text(errors="replace")
+    calls = [ln for ln in text.splitlines() if "sendfile(" in ln]
+    assert calls, f"no sendfile syscall traced; strace output:\n{text[-2000:]}"
+    assert any(not ln.rstrip().endswith("= -1") and "= -1 E" not in ln for ln in calls), calls
+
+
+# --- errors from the app --------------------------------------------------------------------
+
+def test_exception_before_start_response_gives_500_and_traceback_in_stderr(srv):
+    status, _, _ = request(srv.port, get_request("/raise-before"))
+    assert status == 500
+    err = wait_for(lambda: "proto-boom-before-start-response" in srv.stderr() and srv.stderr())
+    assert err, "no traceback of the app error in stderr"
+    assert "Traceback" in err
+    # the worker survives
+    assert http_get(srv.port, "/hello")[2] == HELLO
+
+
+@pytest.mark.parametrize("cl", ["0", "1"], ids=["chunked", "content-length"])
+def test_exception_after_response_started_truncates_and_closes(srv, cl):
+    with connect(srv.port) as sock:
+        sock.sendall(get_request(f"/raise-after?cl={cl}"))
+        raw, closed = read_until_closed(sock, timeout=10)
+    assert closed, "connection must be closed when the body generator raises"
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert status_of(head) == 200
+    assert b"partial-1" in body
+    if cl == "1":
+        assert len(body) < 1000
+    else:
+        assert b"transfer-encoding: chunked" in head.lower()
+        assert not body.endswith(b"0\r\n\r\n"), "a truncated body must not look complete"
+    assert wait_for(lambda: "proto-boom-after-start-response" in srv.stderr())
+    assert http_get(srv.port, "/hello")[2] == HELLO
+
+
+@pytest.mark.parametrize("kind", ["crlf", "lf", "cr"])
+def test_crlf_in_response_header_value_gives_500_never_split(srv, kind):
+    raw, _ = send_raw(srv.port, get_request(f"/bad-header?kind={kind}",
+                                            headers={"Connection": "close"}))
+    assert status_of(raw) == 500, raw[:300]
+    head = raw.partition(b"\r\n\r\n")[0]
+    assert b"x-injected" not in head.lower()
+    assert b"should-not-be-sent" not in raw
+    assert b"\r\nX-Bad:" not in head
+
+
+# --- close() of the returned iterable --------------------------------------------------------
+
+def _wait_marker(srv, tag, timeout=5.0):
+    path = srv.markers / f"close-{tag}"
+    return wait_for(path.exists, timeout=timeout)
+
+
+def test_close_called_after_normal_response(srv):
+    status, _, body = request(srv.port, get_request("/closeable?tag=normal"))
+    assert (status, body) == (200, b"c-1\nc-2\n")
+    assert _wait_marker(srv, "normal")
+
+
+def test_close_called_after_head(srv):
+    with connect(srv.port) as sock:
+        sock.sendall(get_request("/closeable?tag=head", method="HEAD"))
+        assert status_of(read_head(sock)) == 200
+    assert _wait_marker(srv, "head")
+
+
+def test_close_called_when_iteration_raises(srv):
+    _raw, closed = send_raw(srv.port, get_request("/closeable?tag=raise&mode=raise"))
+    assert closed
+    assert _wait_marker(srv, "raise")
+
+
+def test_close_called_when_client_disconnects_mid_body(srv):
+    with connect(srv.port) as sock:
+        sock.sendall(get_request("/closeable?tag=disconnect&mode=big"))
+        read_head(sock)
+        sock.recv(65536)
+    assert _wait_marker(srv, "disconnect", timeout=10)
+
+
+def test_close_counter_route_counts_per_process(srv):
+    request(srv.port, get_request("/closeable?tag=counted"))
+    request(srv.port, get_request("/closeable?tag=counted"))
+    deadline = time.monotonic() + 5
+    counts = {}
+    while time.monotonic() < deadline:
+        counts = json.loads(request(srv.port, get_request("/close-counter"))[2])
+        if counts.get("counted") == 2:
+            break
+        time.sleep(0.05)
+    assert counts.get("counted") == 2
+
+
+# --- wsgiref validator ----------------------------------------------------------------------
+
+def test_validator_wrapped_app_runs_without_warnings(berth):
+    srv = berth(["-w", "1", "--threads", "2", "proto_app:validated_app"])
+    cases = [
+        get_request("/x?a=1"),
+        get_request("/post", method="POST", body=b"payload"),
+        get_request("/lines", method="POST", body=b"l1\nl2"),
+        get_request("/chunked", method="POST", headers={"Transfer-Encoding": "chunked"},
+                    body=b"3\r\nabc\r\n0\r\n\r\n"),
+        get_request("/stream"),
+        get_request("/x", version="HTTP/1.0"),
+    ]
+    with connect(srv.port) as sock:
+        for raw in cases[:-1]:
+            sock.sendall(raw)
+            status, _, body = read_response(sock)
+            assert status == 200, body
+            assert body.startswith(b"ab" if b"/stream" in raw else b"method=")
+    raw, _ = send_raw(srv.port, cases[-1])
+    assert status_of(raw) == 200
+    with connect(srv.port) as sock:
+        sock.sendall(get_request("/head", method="HEAD"))
+        assert status_of(read_head(sock)) == 200
+    srv.stop()
+    err = srv.stderr()
+    for bad in ("WSGIWarning", "Warning", "AssertionError", "Traceback",
+                "garbage collected without being closed"):
+        assert bad not in err, f"{bad!r} in stderr:\n{err}"
