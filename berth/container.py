@@ -344,7 +344,7 @@ def _cpu_limit(root: str, where: CgroupDir) -> tuple[float | None, str]:
 
         limit, directory, why = _tightest(where, "cpu.max", parse_v2)
         if limit is None:
-            return None, f"cgroup v2 cpu.max: {why}" if why != "no limit" else \
+            return None, f"cgroup v2 {why}" if why != "no limit" else \
                 "cgroup v2 cpu.max is max"
         return float(limit), _source(where, "cpu.max", directory)
 
@@ -360,7 +360,7 @@ def _cpu_limit(root: str, where: CgroupDir) -> tuple[float | None, str]:
 
     limit, directory, why = _tightest(where, "cpu.cfs_quota_us", parse_v1)
     if limit is None:
-        return None, f"cgroup v1 cpu.cfs_quota_us: {why}" if why != "no limit" else \
+        return None, f"cgroup v1 {why}" if why != "no limit" else \
             "cgroup v1 cpu.cfs_quota_us is -1"
     return float(limit), _source(where, "cpu.cfs_quota_us", directory)
 
