@@ -97,11 +97,9 @@ class _Clock:
     text = ""
 
     @classmethod
-    def now(cls) -> str:
-        t = time.time()
-        if int(t) != cls.second:
-            cls.second = int(t)
-            cls.text = time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(t))
+    def refresh(cls, now: float) -> str:
+        cls.second = int(now)
+        cls.text = time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(now))
         return cls.text
 
 
@@ -126,59 +124,64 @@ def compile_access_format(fmt: str):
     """Compile a Gunicorn access-log format into `f(environ, status, sent, seconds, headers)`.
 
     Atoms: h l u t r m U q H s B b f a T M D L p {header}i {header}o {var}e. An unknown atom
-    is printed as '-', as Gunicorn does.
+    is printed as '-', as Gunicorn does. The result is one `%` formatting of a tuple of
+    expressions (one string allocation, no helper calls for the common atoms): about a
+    microsecond per line.
     """
-    env = "e"
     exprs = {
-        "h": f"{env}.get('REMOTE_ADDR', '-')",
+        "h": "e.get('REMOTE_ADDR', '-')",
         "l": "'-'",
-        "u": f"_basic_user({env})",
-        "t": "_Clock.now()",
-        "r": f"{env}['REQUEST_METHOD'] + ' ' + {env}['RAW_URI'] + ' ' + {env}['SERVER_PROTOCOL']",
-        "m": f"{env}['REQUEST_METHOD']",
-        "U": f"{env}['PATH_INFO']",
-        "q": f"{env}['QUERY_STRING']",
-        "H": f"{env}['SERVER_PROTOCOL']",
+        "u": "_basic_user(e) if 'HTTP_AUTHORIZATION' in e else '-'",
+        "t": "_Clock.text if int(_time()) == _Clock.second else _Clock.refresh(_time())",
+        "r": "e['REQUEST_METHOD'] + ' ' + e['RAW_URI'] + ' ' + e['SERVER_PROTOCOL']",
+        "m": "e['REQUEST_METHOD']",
+        "U": "e['PATH_INFO']",
+        "q": "e['QUERY_STRING']",
+        "H": "e['SERVER_PROTOCOL']",
         "s": "status[:3]",
-        "B": "str(sent)",
-        "b": "str(sent)",
-        "f": f"{env}.get('HTTP_REFERER', '-')",
-        "a": f"{env}.get('HTTP_USER_AGENT', '-')",
-        "T": "str(int(seconds))",
-        "M": "str(int(seconds * 1000))",
-        "D": "str(int(seconds * 1000000))",
+        "B": "sent",
+        "b": "sent",
+        "f": "e.get('HTTP_REFERER', '-')",
+        "a": "e.get('HTTP_USER_AGENT', '-')",
+        "T": "int(seconds)",
+        "M": "int(seconds * 1000)",
+        "D": "int(seconds * 1000000)",
         "L": "'%.6f' % seconds",
         "p": "'<%d>' % _pid()",
     }
-    parts = []
+    def literal(text: str) -> str:  # `%%` in a format is a percent sign, as in Gunicorn
+        return text.replace("%%", "\0").replace("%", "%%").replace("\0", "%%")
+
+    template = []
+    values = []
     pos = 0
     for match in _ATOM.finditer(fmt):
-        if match.start() > pos:
-            parts.append(repr(fmt[pos:match.start()]))
+        template.append(literal(fmt[pos:match.start()]))
+        template.append("%s")
         atom = match.group(1)
         if atom in exprs:
-            parts.append(exprs[atom])
+            values.append(exprs[atom])
         elif atom.startswith("{") and atom.endswith("}i"):
-            name = atom[1:-2]
-            key = name.upper().replace("-", "_")
+            key = atom[1:-2].upper().replace("-", "_")
             key = key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
-            parts.append(f"{env}.get({key!r}, '-')")
+            values.append(f"e.get({key!r}, '-')")
         elif atom.startswith("{") and atom.endswith("}o"):
-            parts.append(f"_response_header(headers, {atom[1:-2].lower()!r})")
+            values.append(f"_response_header(headers, {atom[1:-2].lower()!r})")
         elif atom.startswith("{") and atom.endswith("}e"):
-            parts.append(f"_os_environ.get({atom[1:-2]!r}, '-')")
+            values.append(f"_os_environ.get({atom[1:-2]!r}, '-')")
         else:
-            parts.append("'-'")
+            values.append("'-'")
         pos = match.end()
-    if pos < len(fmt):
-        parts.append(repr(fmt[pos:]))
-    body = " + ".join(parts) if parts else "''"
-    source = f"def access_line(e, status, sent, seconds, headers):\n    return {body} + '\\n'\n"
+    template.append(literal(fmt[pos:]) + "\n")
+    args = "".join(f"({v}), " for v in values)
+    source = (f"def access_line(e, status, sent, seconds, headers):\n"
+              f"    return {''.join(template)!r} % ({args})\n")
     namespace = {"_Clock": _Clock, "_basic_user": _basic_user, "_pid": os.getpid,
-                 "_response_header": _response_header, "_os_environ": os.environ}
+                 "_response_header": _response_header, "_os_environ": os.environ,
+                 "_time": time.time}
     exec(compile(source, "<access-log-format>", "exec"), namespace)  # noqa: S102
     access_line = namespace["access_line"]
-    access_line.needs_duration = "seconds" in body
+    access_line.needs_duration = "seconds" in args
     return access_line
 
 

@@ -313,6 +313,7 @@ class Worker:
         self.work: SimpleQueue = SimpleQueue()
         self.ppid = os.getppid()
         self.drain_deadline = 0.0
+        self.now = time.monotonic()  # the loop's clock, read once per wake-up
         self.base_environ = {
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": "http",
@@ -407,7 +408,7 @@ class Worker:
         next_tick = monotonic() + TICK
         while self.alive:
             events = poll(TICK)
-            now = monotonic()
+            self.now = now = monotonic()
             for fd, ev in events:
                 conn = conns.get(fd)
                 if conn is not None:
@@ -509,22 +510,21 @@ class Worker:
                     self.maybe_continue(conn)
                 if current.streaming and current.body_stream.paused:
                     self.set_reading(conn, False)
-        if parser.ready:
-            self.on_requests(conn)
-
-    def on_requests(self, conn: Connection) -> None:
-        parser = conn.parser
-        with conn.lock:
-            pending = conn.pending
-            pending.extend(parser.ready)
-            parser.ready.clear()
-            if conn.active is not None:
-                if len(pending) >= MAX_PIPELINE:
-                    self.set_reading(conn, False)
-                return
-            req = pending.popleft()
-            conn.active = req
-        self.start(conn, req)
+        ready = parser.ready
+        if ready:
+            with conn.lock:
+                pending = conn.pending
+                if conn.active is None and not pending and len(ready) == 1:
+                    conn.active = req = ready.pop()  # the common case: one request, idle
+                else:
+                    pending.extend(ready)
+                    ready.clear()
+                    if conn.active is not None:
+                        if len(pending) >= MAX_PIPELINE:
+                            self.set_reading(conn, False)
+                        return
+                    conn.active = req = pending.popleft()
+            self.start(conn, req)
 
     def start(self, conn: Connection, req: Request) -> None:
         """Answer `req` (already `conn.active`): inline, or on an app thread. A request whose
@@ -775,7 +775,7 @@ class Worker:
             else:
                 conn.closing = True
             attend = conn.closing or not conn.reading or conn.parser._req is not None
-        conn.last_active = time.monotonic()
+        conn.last_active = self.now
         if not self.accepting:
             attend = True  # the loop re-checks whether to take new connections again
         if attend:
@@ -812,6 +812,8 @@ class Worker:
                         self.send(conn, head, inline)
                         self.send(conn, body, inline)
                 keep = resp.end()
+                if self.access_log is None:
+                    return keep  # nothing to close for a list, nothing to log
             else:
                 keep = self.send_iterable(resp, result)
                 if keep is PAUSED:
@@ -831,10 +833,10 @@ class Worker:
         if req.streaming and not req.complete:
             req.body_stream.discard()
         access_log = self.access_log
-        if access_log is not None:
-            access_log.log(resp.environ, resp.status or "500", resp.sent,
-                           time.monotonic() - resp.started if resp.started else 0.0,
-                           resp.headers or ())
+        if access_log is not None:  # AccessLog.log(), inlined: this runs for every request
+            access_log.lines.append(access_log.format(
+                resp.environ, resp.status or "500", resp.sent,
+                time.monotonic() - resp.started if resp.started else 0.0, resp.headers or ()))
 
     def send_iterable(self, resp: Response, result):
         conn = resp.conn

@@ -166,18 +166,20 @@ class RequestParser:
 
     # -- httptools callbacks ------------------------------------------------------------------
 
+    # Every request passes through these callbacks: each line costs, so state is reset only
+    # where it was set and nothing is allocated that the common request does not need.
+
     def on_message_begin(self) -> None:
         self._req = Request()
-        self._url = b""
         self._fields = 0
         self._hosts = 0
-        self._te = None
-        self._expect = False
         self.in_head = True
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > self.limit_line:
+        if self._url:
+            url = self._url + url
+        self._url = url
+        if len(url) > self.limit_line:
             raise self._fail(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -215,23 +217,24 @@ class RequestParser:
             raise self._fail(400, "missing Host header" if not self._hosts
                              else "more than one Host header")
         if self._te is not None:
-            if self._te.strip().lower() != b"chunked":
-                raise self._fail(501, f"transfer coding {self._te.decode('latin-1')!r} "
+            te, self._te = self._te, None
+            if te.strip().lower() != b"chunked":
+                raise self._fail(501, f"transfer coding {te.decode('latin-1')!r} "
                                       "not implemented")
             if version == "1.0":
                 raise self._fail(400, "chunked transfer coding in an HTTP/1.0 request")
             req.chunked = True
+        if self._expect:
+            self._expect = False
+            req.expect_continue = version == "1.1"
         req.method = parser.get_method()
         req.url = self._url
+        self._url = b""
         req.version = version
         req.keep_alive = parser.should_keep_alive()
-        req.expect_continue = self._expect and version == "1.1"
         self.in_head = False
-        self._body = []
-        self._body_size = 0
-        if req.chunked:
-            pass
-        elif req.content_length is not None and req.content_length > self.body_limit:
+        if (req.content_length is not None and req.content_length > self.body_limit
+                and not req.chunked):
             self._stream(req)
 
     def on_body(self, body: bytes) -> None:
@@ -252,11 +255,13 @@ class RequestParser:
             self._req = None
             return
         body = self._body
-        req.body = body[0] if len(body) == 1 else b"".join(body)
+        if body:
+            req.body = body[0] if len(body) == 1 else b"".join(body)
+            body.clear()
+            self._body_size = 0
         if req.chunked:
             req.content_length = len(req.body)
             req.headers["CONTENT_LENGTH"] = str(req.content_length)
-        self._body = []
         req.complete = True
         self.ready.append(req)
         self._req = None
@@ -269,7 +274,8 @@ class RequestParser:
         if req.chunked:  # no length to give the app: it reads to the end (input_terminated)
             req.headers["HTTP_TRANSFER_ENCODING"] = "chunked"
         req.body = b"".join(self._body)
-        self._body = []
+        self._body.clear()
+        self._body_size = 0
         req.body_stream = self.stream_factory(req)
         req.body = b""
         self.ready.append(req)
