@@ -64,6 +64,30 @@ def parse_config(argv: list[str], environ=os.environ) -> Config:
     return cfg
 
 
+def resolve_defaults(cfg: Config, environ=os.environ) -> None:
+    """Settings whose default depends on where berth runs (each logged with its reason)."""
+    in_k8s = bool(environ.get("KUBERNETES_SERVICE_HOST"))
+    where = ("in Kubernetes: inside its 30 s termination grace period" if in_k8s else
+             "not in Kubernetes: inside Docker's 10 s stop window")
+    if cfg.values.get("graceful_timeout") is None:
+        cfg.values["graceful_timeout"] = 20.0 if in_k8s else 8.0
+    if cfg.values.get("shutdown_delay") is None:
+        cfg.values["shutdown_delay"] = 5.0 if in_k8s else 0.0
+    cfg.values["shutdown_reason"] = (f"on SIGTERM: shutdown delay {cfg.shutdown_delay:g} s, "
+                                     f"graceful timeout {cfg.graceful_timeout:g} s ({where})")
+    if cfg.values.get("max_worker_memory") is None:
+        from berth.container import detect
+
+        limit = detect(environ=environ).memory_limit
+        if limit:
+            share = int(limit * 0.9 / (cfg.workers + 1))
+            cfg.values["max_worker_memory"] = share
+            cfg.values["memory_reason"] = (f" (auto: 90% of the {limit >> 20} MiB memory limit "
+                                           f"shared by {cfg.workers} workers + 1 replacement)")
+        else:
+            cfg.values["max_worker_memory"] = 0
+
+
 def prepare_environment(cfg: Config) -> None:
     """--chdir, --pythonpath, --env: applied before the app is imported."""
     if cfg.chdir:
@@ -86,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         cfg = parse_config(argv)
+        resolve_defaults(cfg)
         log = setup_error_log(cfg.errorlog, cfg.loglevel)
         prepare_environment(cfg)
     except ConfigError as exc:
@@ -100,7 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.values.get("bind_reason"):
         log.info("listening on %s: %s", cfg.bind[0], cfg.bind_reason)
     try:
-        return Master(cfg, log, lambda: load_app(cfg.app_uri)).run()
+        def reload_config() -> Config:
+            new = parse_config(argv)
+            resolve_defaults(new)
+            return new
+
+        return Master(cfg, log, lambda: load_app(cfg.app_uri), reload_config).run()
     except _BindError as exc:
         log.error("%s", exc)
         return 1

@@ -31,6 +31,15 @@ def positive_int(value: Any) -> int:
     return n
 
 
+def worker_count(value: Any) -> int:
+    from berth.scoreboard import MAX_WORKERS
+
+    n = positive_int(value)
+    if n > MAX_WORKERS:
+        raise ValueError(f"a whole number from 1 to {MAX_WORKERS}")
+    return n
+
+
 def non_negative_int(value: Any) -> int:
     try:
         n = int(value)
@@ -48,6 +57,16 @@ def non_negative_float(value: Any) -> float:
         raise ValueError("a number of seconds >= 0") from None
     if not n >= 0 or n == float("inf"):
         raise ValueError("a number of seconds >= 0")
+    return n
+
+
+def positive_float(value: Any) -> float:
+    try:
+        n = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("a number of seconds > 0") from None
+    if not n > 0 or n == float("inf"):
+        raise ValueError("a number of seconds > 0")
     return n
 
 
@@ -102,7 +121,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Address to listen on, repeatable: HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N. "
             "Default: 0.0.0.0:$PORT when $PORT is set, else 0.0.0.0:8000 inside a container "
             "and 127.0.0.1:8000 outside one.", "ADDRESS", "append"),
-    Setting("workers", ("-w", "--workers"), positive_int, 2,
+    Setting("workers", ("-w", "--workers"), worker_count, 2,
             "Number of worker processes.", "INT"),
     Setting("threads", ("--threads",), positive_int, 1,
             "App threads per worker. With 1, the app runs on the worker's loop thread.", "INT"),
@@ -112,9 +131,32 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds an idle keep-alive connection is kept open (0 disables keep-alive). "
             "Longer than common load-balancer idle timeouts (60 s), and cheap: an idle "
             "connection costs no thread.", "SECONDS"),
-    Setting("graceful_timeout", ("--graceful-timeout",), non_negative_float, 8.0,
-            "Seconds in-flight requests get to finish after SIGTERM; fits inside Docker's "
-            "10 s stop window (Gunicorn's 30 s does not).", "SECONDS"),
+    Setting("timeout", ("-t", "--timeout"), positive_float, 30.0,
+            "Seconds a worker's loop may go silent, and one request may run, before berth "
+            "acts: a silent worker is killed (after dumping its threads' stacks), a request "
+            "over its deadline has its stack logged, gets a 504 if nothing was sent, and its "
+            "worker is replaced. Booting (importing the app) does not count.", "SECONDS"),
+    Setting("graceful_timeout", ("--graceful-timeout",), non_negative_float, None,
+            "Seconds in-flight requests get to finish after SIGTERM. Default 8 (inside "
+            "Docker's 10 s stop window; Gunicorn's 30 s is not), 20 in Kubernetes (inside its "
+            "30 s terminationGracePeriodSeconds, after the shutdown delay).", "SECONDS"),
+    Setting("shutdown_delay", ("--shutdown-delay",), non_negative_float, None,
+            "Seconds after SIGTERM during which requests are still served (load balancers "
+            "take a few seconds to stop sending) before berth stops accepting. Default 0, "
+            "5 in Kubernetes.", "SECONDS"),
+    Setting("max_requests", ("--max-requests",), non_negative_int, 0,
+            "Replace a worker after it has served this many requests (0 = never). Its "
+            "replacement is ready before it stops: no request is lost.", "INT"),
+    Setting("max_requests_jitter", ("--max-requests-jitter",), non_negative_int, 0,
+            "Add a random 0..N to --max-requests per worker, so workers are not all "
+            "replaced at once.", "INT"),
+    Setting("max_worker_memory", ("--max-worker-memory",), size_bytes, None,
+            "Replace a worker whose RSS stays above this size for 3 samples in a row "
+            "(0 = never). Default: off, unless a container memory limit is known; then a "
+            "share such that all workers plus one replacement fit under it.", "BYTES"),
+    Setting("worker_tmp_dir", ("--worker-tmp-dir",), text, None,
+            "Accepted for Gunicorn compatibility; berth has no heartbeat file (workers "
+            "report through shared memory), so it is not used.", "DIR"),
     Setting("header_timeout", ("--header-timeout",), non_negative_float, 10.0,
             "Seconds a client has to send a whole request head, and the longest pause while "
             "it sends a body, before the connection is closed (408).", "SECONDS"),

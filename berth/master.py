@@ -1,7 +1,13 @@
-"""The master: binds, forks workers, restarts those that die, stops on signals.
+"""The master: binds, forks workers, watches them through the scoreboard, stops on signals.
 
 It is one selector loop: signals arrive through `signal.set_wakeup_fd`, worker readiness through
-a pipe each worker writes its pid to once it serves. The master never runs the app.
+a pipe each worker writes its pid to once it serves, and twice a second it reads the scoreboard
+(shared memory, no syscall) to check heartbeats, recycling wishes and memory. The master never
+runs the app (with `--preload` it imports it once, before forking).
+
+Every worker exit is logged once, with its real cause: the exit code or signal, or what berth
+did to it and why (missed heartbeat, recycled), or the kernel's OOM killer, read from the
+cgroup's own counter rather than guessed from a SIGKILL.
 """
 
 from __future__ import annotations
@@ -9,36 +15,67 @@ from __future__ import annotations
 import collections
 import gc
 import os
+import random
 import selectors
 import signal
 import socket
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 
+from berth import container
 from berth.logs import AccessLog
+from berth.scoreboard import BOOTING, DRAINING, RETIRING, Scoreboard, Slot
 from berth.sockets import create_listener, describe
 from berth.worker import EXIT_APP_LOAD_ERROR, Worker
 
 BOOT_FAILURES_MAX = 5  # workers dying before they are ready, within BOOT_FAILURE_WINDOW
 BOOT_FAILURE_WINDOW = 60.0
 KILL_GRACE_QUICK = 2.0  # SIGINT/SIGQUIT: seconds before leftovers are killed
+ABORT_GRACE = 1.0  # a silent worker: seconds from the stack dump to SIGKILL
+TICK = 0.5
+RSS_SAMPLES = 3  # consecutive samples over --max-worker-memory before a worker is recycled
+ORPHAN_GRACE = 1.0  # an unknown zombie child this old is an orphan nobody waits for: reap it
+
+
+@dataclass
+class WorkerInfo:
+    pid: int
+    slot: int
+    generation: int
+    started: float
+    ready: bool = False
+    stopping: str = ""  # why berth asked it to stop (SIGTERM), if it did
+    killed: str = ""  # why berth killed it, if it did
+    abort_at: float = 0.0  # silent worker: when SIGKILL follows the stack dump
+    replaced: bool = False  # a replacement was started for it
+    replacement_for: int = 0  # the pid this worker replaces (recycling)
+    rss_over: int = 0
+    flags: set = field(default_factory=set)
 
 
 class Master:
-    def __init__(self, cfg, log, load_app):
+    def __init__(self, cfg, log, load_app, reload_config=None):
         self.cfg = cfg
         self.log = log
         self.load_app = load_app
+        self.reload_config = reload_config
         self.app = None
-        self.listeners = []
-        self.workers: dict[int, float] = {}  # pid -> start time
-        self.ready_pids: set[int] = set()
+        self.listeners: list[socket.socket] = []
+        self.workers: dict[int, WorkerInfo] = {}
+        self.generation = 1
         self.announced = False
         self.stopping = False
         self.signals: collections.deque = collections.deque()
         self.boot_failures: collections.deque = collections.deque()
         self.exit_code = 0
+        self.scoreboard = Scoreboard()
+        self.info = container.detect()
+        self.oom_kills = container.oom_kill_count(self.info)
+        self.orphans: dict[int, float] = {}  # unknown zombie pid -> first seen
+
+    # -- start ------------------------------------------------------------------------------
 
     def run(self) -> int:
         cfg = self.cfg
@@ -58,11 +95,19 @@ class Master:
         self.sig_r, self.sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.sig_w, warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD,
-                    signal.SIGHUP, signal.SIGUSR1, signal.SIGTTIN, signal.SIGTTOU):
+                    signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN,
+                    signal.SIGTTOU):
             signal.signal(sig, self._on_signal)
-        signal.signal(signal.SIGWINCH, signal.SIG_IGN)
-        self.log.info("berth master %d: %d workers x %d threads%s", os.getpid(), cfg.workers,
-                      cfg.threads, " (app preloaded)" if cfg.preload_app else "")
+        signal.signal(signal.SIGWINCH, signal.SIG_IGN)  # docker run -it: terminal resizes
+        self.log.info("berth master %d%s: %d workers x %d threads, timeout %g s; %s",
+                      os.getpid(), " (PID 1)" if os.getpid() == 1 else "", cfg.workers,
+                      cfg.threads, cfg.timeout, cfg.values.get("shutdown_reason", ""))
+        if cfg.max_worker_memory:
+            self.log.info("max worker memory %d MiB%s", cfg.max_worker_memory >> 20,
+                          cfg.values.get("memory_reason", ""))
+        if cfg.worker_tmp_dir:
+            self.log.info("--worker-tmp-dir is not needed: workers report through shared "
+                          "memory, no heartbeat file")
         for _ in range(cfg.workers):
             self.spawn()
         self.loop()
@@ -71,59 +116,104 @@ class Master:
     def _on_signal(self, signum, frame) -> None:
         self.signals.append(signum)
 
+    # -- the loop ---------------------------------------------------------------------------
+
     def loop(self) -> None:
-        sel = selectors.DefaultSelector()
+        self.sel = sel = selectors.DefaultSelector()
         sel.register(self.sig_r, selectors.EVENT_READ)
         sel.register(self.ready_r, selectors.EVENT_READ)
+        next_tick = time.monotonic() + TICK
         while True:
-            for key, _ in sel.select(1.0):
+            for key, _ in sel.select(TICK):
                 if key.fd == self.sig_r:
-                    try:
-                        while os.read(self.sig_r, 512):
-                            pass
-                    except BlockingIOError:
-                        pass
+                    self._drain(self.sig_r)
                 else:
                     self.read_ready()
             self.reap()
             while self.signals:
                 sig = self.signals.popleft()
                 if sig == signal.SIGTERM:
-                    self.stop(graceful=True)
+                    self.shutdown()
                     return
                 if sig in (signal.SIGINT, signal.SIGQUIT):
                     self.stop(graceful=False)
                     return
-                if sig == signal.SIGUSR1:
-                    for pid in self.workers:
-                        self._kill(pid, signal.SIGUSR1)
-                elif sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
-                    self.log.info("signal %s is not supported yet; ignored",
-                                  signal.Signals(sig).name)
+                self.on_signal(sig)
             if self.stopping:
                 self.stop(graceful=False)
                 return
-            while len(self.workers) < self.cfg.workers:
-                self.spawn()
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK
+                self.check_workers(now)
+            self.keep_count()
 
-    def spawn(self) -> None:
+    def on_signal(self, sig: int) -> None:
+        if sig == signal.SIGHUP:
+            self.reload()
+        elif sig == signal.SIGTTIN:
+            self.cfg.values["workers"] = min(self.cfg.workers + 1, 128)
+            self.log.info("SIGTTIN: %d workers", self.cfg.workers)
+        elif sig == signal.SIGTTOU:
+            if self.cfg.workers > 1:
+                self.cfg.values["workers"] = self.cfg.workers - 1
+                self.log.info("SIGTTOU: %d workers", self.cfg.workers)
+        elif sig == signal.SIGUSR1:
+            self.log.info("SIGUSR1: reopening log files")
+            from berth.logs import setup_error_log
+            self.log = setup_error_log(self.cfg.errorlog, self.cfg.loglevel)
+            for info in self.workers.values():
+                self._kill(info.pid, signal.SIGUSR1)
+        elif sig == signal.SIGUSR2:
+            self.log.info("SIGUSR2 is not used by berth (no binary upgrade); ignored")
+
+    def active(self) -> list[WorkerInfo]:
+        """Workers of the current generation that are not on their way out."""
+        return [w for w in self.workers.values()
+                if w.generation == self.generation and not w.stopping and not w.killed
+                and not w.replaced]
+
+    def keep_count(self) -> None:
+        """Start or stop workers so that the current generation has --workers of them."""
+        if self.stopping:
+            return
+        active = self.active()
+        for _ in range(self.cfg.workers - len(active)):
+            self.spawn()
+        if len(active) > self.cfg.workers:
+            for info in sorted(active, key=lambda w: w.started)[:len(active) - self.cfg.workers]:
+                self.retire(info, "fewer workers asked (SIGTTOU)")
+
+    # -- workers ----------------------------------------------------------------------------
+
+    def spawn(self, replacing: WorkerInfo | None = None) -> WorkerInfo:
+        slot = self.scoreboard.free_index({w.slot for w in self.workers.values()})
+        self.scoreboard.write(slot, Slot(state=BOOTING, generation=self.generation,
+                                         heartbeat=time.monotonic()))
+        cfg = self.cfg
+        max_requests = 0
+        if cfg.max_requests:
+            max_requests = cfg.max_requests + random.randint(0, cfg.max_requests_jitter)
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid:
-            self.workers[pid] = time.monotonic()
-            return
+            info = WorkerInfo(pid, slot, self.generation, time.monotonic())
+            if replacing is not None:
+                info.replacement_for = replacing.pid
+            self.workers[pid] = info
+            return info
         # the worker process
         try:
             signal.set_wakeup_fd(-1)
-            os.close(self.sig_r)
-            os.close(self.sig_w)
-            os.close(self.ready_r)
+            for fd in (self.sig_r, self.sig_w, self.ready_r):
+                os.close(fd)
             access_log = None
             if self.cfg.accesslog.lower() not in ("none", "off", ""):
                 access_log = AccessLog(self.cfg.accesslog, self.cfg.access_log_format, self.log)
             worker = Worker(self.cfg, self.listeners, self.app, self.log, access_log,
-                            self.ready_w, self.load_app)
+                            self.ready_w, self.load_app, scoreboard=self.scoreboard,
+                            slot=slot, generation=self.generation, max_requests=max_requests)
             worker.run()
         finally:
             os._exit(1)
@@ -134,13 +224,106 @@ class Master:
         except BlockingIOError:
             return
         for i in range(0, len(data) - 3, 4):
-            pid = int.from_bytes(data[i:i + 4], "little")
-            self.ready_pids.add(pid)
-            self.log.debug("worker %d ready", pid)
-        if not self.announced and len(self.ready_pids & self.workers.keys()) >= self.cfg.workers:
-            self.announced = True
-            self.log.info("ready: %d workers serving %s", len(self.workers),
-                          ", ".join(describe(s) for s in self.listeners))
+            info = self.workers.get(int.from_bytes(data[i:i + 4], "little"))
+            if info is None:
+                continue
+            info.ready = True
+            self.log.debug("worker %d ready", info.pid)
+            if info.replacement_for:  # recycling: the old one stops now that this one serves
+                old = self.workers.get(info.replacement_for)
+                if old is not None and not old.stopping:
+                    self.stop_worker(old, old.flags.pop() if old.flags else "recycled")
+        if not self.announced:
+            ready = [w for w in self.workers.values() if w.ready]
+            if len(ready) >= self.cfg.workers:
+                self.announced = True
+                self.log.info("ready: %d workers serving %s", len(ready),
+                              ", ".join(describe(s) for s in self.listeners))
+        self.finish_reload()
+
+    def check_workers(self, now: float) -> None:
+        """Twice a second: heartbeats, recycling wishes, memory."""
+        cfg = self.cfg
+        for info in list(self.workers.values()):
+            slot = self.scoreboard.read(info.slot)
+            if info.abort_at:
+                if now >= info.abort_at:
+                    self._kill(info.pid, signal.SIGKILL)
+                    info.abort_at = 0.0
+                continue
+            if info.killed or slot.pid != info.pid:
+                continue
+            if slot.state != BOOTING and now - slot.heartbeat > cfg.timeout:
+                self.abort(info, now - slot.heartbeat, slot)
+                continue
+            if slot.state == RETIRING and not info.replaced:
+                self.replace(info, f"recycled after {slot.served} requests (--max-requests)")
+            elif slot.state == DRAINING and not info.stopping and not info.replaced:
+                # the worker put itself out of service (a request overran its deadline)
+                info.replaced = True
+                info.stopping = "a request overran its deadline; it finishes the others"
+                self.log.warning("worker %d: %s; starting its replacement", info.pid,
+                                 info.stopping)
+                self.spawn()
+            if cfg.max_worker_memory and slot.rss and not info.replaced:
+                info.rss_over = info.rss_over + 1 if slot.rss > cfg.max_worker_memory else 0
+                if info.rss_over >= RSS_SAMPLES:
+                    self.replace(info, f"recycled: RSS {slot.rss >> 20} MiB over "
+                                       f"--max-worker-memory {cfg.max_worker_memory >> 20} MiB")
+
+    def abort(self, info: WorkerInfo, silent: float, slot: Slot) -> None:
+        """A worker whose loop went silent: dump every thread's stack (faulthandler, on
+        SIGUSR2), give the worker_abort path a chance (SIGABRT), then SIGKILL."""
+        doing = f" while serving {slot.oldest_line!r}" if slot.oldest_line else ""
+        info.killed = (f"killed by berth: its loop was silent for {silent:.1f} s "
+                       f"(--timeout {self.cfg.timeout:g}){doing}")
+        self.log.error("worker %d: loop silent for %.1f s (--timeout %g)%s; dumping its "
+                       "stacks, then killing it", info.pid, silent, self.cfg.timeout, doing)
+        self._kill(info.pid, signal.SIGUSR2)
+        time.sleep(0.2)  # let faulthandler write the stacks before SIGABRT interrupts
+        self._kill(info.pid, signal.SIGABRT)
+        info.abort_at = time.monotonic() + ABORT_GRACE
+        self.spawn()
+
+    def replace(self, info: WorkerInfo, why: str) -> None:
+        """Recycle: start the replacement; the old worker is stopped once it is ready."""
+        info.replaced = True
+        info.flags.add(why)
+        self.log.info("worker %d: %s; starting its replacement first", info.pid, why)
+        self.spawn(replacing=info)
+
+    def retire(self, info: WorkerInfo, why: str) -> None:
+        info.replaced = True
+        self.stop_worker(info, why)
+
+    def stop_worker(self, info: WorkerInfo, why: str) -> None:
+        info.stopping = why
+        self._kill(info.pid, signal.SIGTERM)
+
+    def reload(self) -> None:
+        """SIGHUP: new configuration and app in new workers; the old ones drain once the new
+        ones are ready. Binds and a --preload'ed app stay as they are (as with Gunicorn)."""
+        if self.reload_config is not None:
+            try:
+                new = self.reload_config()
+            except Exception as exc:  # noqa: BLE001 - keep serving with the old configuration
+                self.log.error("SIGHUP: configuration not reloaded: %s", exc)
+                return
+            new.values["bind"] = self.cfg.bind
+            self.cfg = new
+        self.generation += 1  # keep_count() starts the new generation's workers
+        self.log.info("SIGHUP: reloading: starting %d workers of generation %d",
+                      self.cfg.workers, self.generation)
+
+    def finish_reload(self) -> None:
+        new = [w for w in self.workers.values() if w.generation == self.generation]
+        old = [w for w in self.workers.values()
+               if w.generation < self.generation and not w.stopping]
+        if old and sum(1 for w in new if w.ready) >= self.cfg.workers:
+            for info in old:
+                self.stop_worker(info, "reloaded (SIGHUP)")
+
+    # -- reaping ----------------------------------------------------------------------------
 
     def reap(self) -> None:
         for pid in list(self.workers):
@@ -148,28 +331,65 @@ class Master:
                 done, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 done, status = pid, 0
-            if not done:
-                continue
-            started = self.workers.pop(pid)
-            was_ready = pid in self.ready_pids
-            self.ready_pids.discard(pid)
-            self.worker_exited(pid, status, started, was_ready)
+            if done:
+                self.worker_exited(self.workers.pop(pid), status)
+        self.reap_orphans()
 
-    def worker_exited(self, pid: int, status: int, started: float, was_ready: bool) -> None:
+    def reap_orphans(self) -> None:
+        """As PID 1, processes the app left behind become our children. Reap them, but only
+        once they have been zombies for a moment: a child that a hook or the app itself
+        waits for is reaped by its own waiter first, who gets its exit status."""
+        now = time.monotonic()
+        while True:
+            try:
+                result = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if result is None:
+                return
+            pid = result.si_pid
+            if pid in self.workers:
+                return  # reaped above on the next round
+            first = self.orphans.setdefault(pid, now)
+            if now - first < ORPHAN_GRACE:
+                return
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            self.orphans.pop(pid, None)
+            self.log.debug("reaped orphan process %d (exit status %d)", pid, result.si_status)
+
+    def worker_exited(self, info: WorkerInfo, status: int) -> None:
+        last = self.scoreboard.read(info.slot)
+        self.scoreboard.clear(info.slot)
+        if not info.stopping and last.state == DRAINING and last.over_deadline:
+            info.stopping = "retired: a request overran its deadline"
         if os.WIFSIGNALED(status):
-            how = f"was killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
+            sig = os.WTERMSIG(status)
+            how = f"killed by signal {signal.Signals(sig).name}"
+            if sig == signal.SIGKILL and not info.killed:
+                oom = container.oom_kill_count(self.info)
+                if oom is not None and self.oom_kills is not None and oom > self.oom_kills:
+                    how = "killed by the kernel's OOM killer (the cgroup's oom_kill count rose)"
+                self.oom_kills = oom
         else:
             how = f"exited with code {os.waitstatus_to_exitcode(status)}"
+        reason = info.killed or info.stopping
         if self.stopping:
-            self.log.debug("worker %d %s", pid, how)
+            self.log.debug("worker %d %s", info.pid, how)
             return
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_APP_LOAD_ERROR:
-            self.log.error("worker %d could not load the app (traceback above); stopping", pid)
+            self.log.error("worker %d could not load the app (traceback above); stopping",
+                           info.pid)
             self.exit_code = EXIT_APP_LOAD_ERROR
             self.stopping = True
             return
-        self.log.warning("worker %d %s; starting a replacement", pid, how)
-        if not was_ready:
+        if reason:
+            self.log.info("worker %d exited: %s (%s)", info.pid, reason, how)
+            return
+        self.log.warning("worker %d exited unexpectedly: %s", info.pid, how)
+        if not info.ready:
             now = time.monotonic()
             self.boot_failures.append(now)
             while self.boot_failures and now - self.boot_failures[0] > BOOT_FAILURE_WINDOW:
@@ -180,33 +400,75 @@ class Master:
                 self.exit_code = 1
                 self.stopping = True
 
+    # -- stopping ---------------------------------------------------------------------------
+
     def _kill(self, pid: int, sig: int) -> None:
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
 
+    @staticmethod
+    def _drain(fd: int) -> None:
+        try:
+            while os.read(fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def shutdown(self) -> None:
+        """SIGTERM: serve on through --shutdown-delay (load balancers deregister us), then
+        drain (see `stop`). Further SIGTERMs change nothing; SIGINT/SIGQUIT stop at once."""
+        delay = self.cfg.shutdown_delay or 0.0
+        self.log.info("SIGTERM: serving for %g s more (shutdown delay), then finishing "
+                      "in-flight requests within %g s", delay, self.cfg.graceful_timeout)
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline:
+            for key, _ in self.sel.select(min(TICK, max(0.0, deadline - time.monotonic()))):
+                if key.fd == self.sig_r:
+                    self._drain(self.sig_r)
+                else:
+                    self.read_ready()
+            self.reap()
+            while self.signals:
+                sig = self.signals.popleft()
+                if sig in (signal.SIGINT, signal.SIGQUIT):
+                    self.stop(graceful=False)
+                    return
+            self.keep_count()
+            self.check_workers(time.monotonic())
+        self.stop(graceful=True)
+
     def stop(self, graceful: bool) -> None:
-        """SIGTERM: workers finish in-flight requests within --graceful-timeout. SIGINT and
-        SIGQUIT: workers stop at once. Whatever is left then is killed."""
+        """Graceful: workers take what waits in the kernel queue, stop accepting, finish
+        in-flight requests within --graceful-timeout. Otherwise they stop at once. Whatever is
+        left then is killed."""
         self.stopping = True
         if graceful:
-            self.log.info("SIGTERM: finishing in-flight requests (up to %.1f s)",
-                          self.cfg.graceful_timeout)
             sig, grace = signal.SIGTERM, self.cfg.graceful_timeout + 1.0
         else:
             self.log.info("stopping now")
             sig, grace = signal.SIGQUIT, KILL_GRACE_QUICK
-        for pid in self.workers:
-            self._kill(pid, sig)
+        for info in self.workers.values():
+            self._kill(info.pid, sig)
+        for sock in self.listeners:  # the workers hold the listeners until they have drained
+            if sock.family == socket.AF_UNIX and graceful:
+                continue
+            sock.close()
         deadline = time.monotonic() + grace
         while self.workers and time.monotonic() < deadline:
             self.reap()
             if self.workers:
-                time.sleep(0.02)
-        for pid in self.workers:
-            self.log.warning("worker %d did not stop in time; killing it", pid)
-            self._kill(pid, signal.SIGKILL)
+                self._wait_signal(0.05)
+                while self.signals:
+                    if self.signals.popleft() in (signal.SIGINT, signal.SIGQUIT) and graceful:
+                        graceful = False
+                        deadline = time.monotonic() + KILL_GRACE_QUICK
+                        for info in self.workers.values():
+                            self._kill(info.pid, signal.SIGQUIT)
+        for info in self.workers.values():
+            self.log.warning("worker %d did not stop in time; killing it", info.pid)
+            self._kill(info.pid, signal.SIGKILL)
         while self.workers:
             self.reap()
             if self.workers:
@@ -218,4 +480,12 @@ class Master:
                 except OSError:
                     pass
             sock.close()
+        self.reap_orphans()
         self.log.info("berth master %d: stopped", os.getpid())
+
+    def _wait_signal(self, timeout: float) -> None:
+        for key, _ in self.sel.select(timeout):
+            if key.fd == self.sig_r:
+                self._drain(self.sig_r)
+            else:
+                self._drain(self.ready_r)

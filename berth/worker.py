@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import faulthandler
 import io
 import os
+import resource
 import select
 import signal
 import socket
@@ -47,6 +49,7 @@ from berth.http.response import (
     scan_headers,
     status_line,
 )
+from berth.scoreboard import BOOTING, BUSY, DRAINING, IDLE, RETIRING, Scoreboard, Slot
 from berth.wsgi import FileWrapper, StreamInput, split_target
 
 HIGH_WATER = 256 * 1024  # write-behind bytes per connection before the app thread waits
@@ -62,6 +65,7 @@ EPOLLOUT = select.EPOLLOUT
 EPOLL_CLOSED = select.EPOLLHUP | select.EPOLLERR
 
 PAUSED = object()  # respond(): the loop goes on with this response when the client reads
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 EXIT_APP_LOAD_ERROR = 4  # as Gunicorn: the app could not be loaded; the master stops
 
 METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
@@ -86,6 +90,8 @@ class FileSegment:
 
 class Connection:
     __slots__ = (
+        "response",
+        "thread",
         "active",
         "closed",
         "closing",
@@ -130,6 +136,8 @@ class Connection:
         self.head_started = now  # a new connection must send a head within --header-timeout
         self.lingering = 0.0
         self.paused_response: tuple | None = None  # (Response, iterable, iterator), inline
+        self.response: Response | None = None  # on an app thread: for the deadline's 504
+        self.thread = 0  # ident of the app thread answering, for the deadline's stack
 
 
 class Response:
@@ -290,7 +298,8 @@ def _drop_hop_by_hop(headers: list, keep_alive: bool) -> tuple[str, bool]:
 
 class Worker:
     def __init__(self, cfg, listeners: list[socket.socket], app, log, access_log,
-                 ready_fd: int | None, load_app=None):
+                 ready_fd: int | None, load_app=None, scoreboard: Scoreboard | None = None,
+                 slot: int = 0, generation: int = 0, max_requests: int = 0):
         self.cfg = cfg
         self.listeners = {s.fileno(): s for s in listeners}
         self.app = app
@@ -313,6 +322,13 @@ class Worker:
         self.work: SimpleQueue = SimpleQueue()
         self.ppid = os.getppid()
         self.drain_deadline = 0.0
+        self.scoreboard = scoreboard
+        self.slot = Slot(generation=generation, state=BOOTING)
+        self.slot_index = slot
+        self.served = 0
+        self.max_requests = max_requests or (1 << 62)
+        self.timeout = cfg.timeout
+        self.statm = -1
         self.now = time.monotonic()  # the loop's clock, read once per wake-up
         self.base_environ = {
             "wsgi.version": (1, 0),
@@ -336,6 +352,7 @@ class Worker:
         code = 0
         try:
             self._setup_process()
+            self.beat(BOOTING)  # booting (importing the app) does not count against --timeout
             if self.app is None:
                 try:
                     self.app = self.load_app()
@@ -345,6 +362,7 @@ class Worker:
                     self.log.error("worker %d: the app failed to load; stopping", os.getpid())
                     os._exit(EXIT_APP_LOAD_ERROR)
             self._setup_loop()
+            self.beat(IDLE)
             if self.ready_fd is not None:
                 os.write(self.ready_fd, os.getpid().to_bytes(4, "little"))
             self.loop()
@@ -380,9 +398,42 @@ class Worker:
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGWINCH, signal.SIG_IGN)
+        # A silent worker: the master sends SIGUSR2 (every thread's stack to stderr, written
+        # by faulthandler from C, so it works while Python code is stuck), then SIGABRT (the
+        # worker_abort path, if the main thread still runs Python), then SIGKILL.
+        faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True, chain=False)
+        signal.signal(signal.SIGABRT, self._on_abort)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file on overlay disk
+        try:
+            self.statm = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.statm = -1
 
     def _on_signal(self, signum, frame) -> None:
         self._signals.append(signum)
+
+    def _on_abort(self, signum, frame) -> None:
+        self.log.error("worker %d aborted: its loop was silent past --timeout", os.getpid())
+        if self.access_log is not None:
+            self.access_log.close(timeout=0.2)
+        os._exit(1)
+
+    def beat(self, state: int | None = None) -> None:
+        """Write this worker's scoreboard slot: the heartbeat and what the master reads."""
+        if self.scoreboard is None:
+            return
+        slot = self.slot
+        if state is not None:
+            slot.state = state
+        slot.pid = os.getpid()
+        slot.heartbeat = time.monotonic()
+        slot.served = self.served
+        if self.statm >= 0:
+            try:
+                slot.rss = int(os.pread(self.statm, 64, 0).split()[1]) * PAGE_SIZE
+            except (OSError, IndexError, ValueError):
+                pass
+        self.scoreboard.write(self.slot_index, slot)
 
     def _setup_loop(self) -> None:
         self.ep = select.epoll()
@@ -529,9 +580,13 @@ class Worker:
     def start(self, conn: Connection, req: Request) -> None:
         """Answer `req` (already `conn.active`): inline, or on an app thread. A request whose
         body is still streaming in always goes to a thread: the loop must keep reading it."""
+        self.served += 1
+        if self.served >= self.max_requests and self.slot.state != RETIRING:
+            self.beat(RETIRING)  # the master starts a replacement, then stops this worker
         if self.inline and (type(req) is HttpError or not req.streaming):
             self.serve(conn, req, True)
         else:
+            req.dispatched = self.now  # its deadline is checked by the loop's tick
             self.work.put((self.serve, conn, req, False))
             if self.accepting and self.work.qsize() >= self.threads:
                 self.set_accepting(False)
@@ -737,6 +792,8 @@ class Worker:
 
     def serve(self, conn: Connection, req, inline: bool) -> None:
         """Answer `req` and, while they are already waiting, the requests after it."""
+        if not inline:
+            conn.thread = threading.get_ident()
         while True:
             if type(req) is HttpError:
                 self.send_error(conn, req, inline)
@@ -760,6 +817,8 @@ class Worker:
                 if conn.pending:
                     req = conn.pending.popleft()
                     conn.active = req
+                    if not inline:
+                        req.dispatched = self.now
                     if type(req) is Request and req.expect_continue:
                         req.expect_continue = False
                         conn.lock.release()
@@ -791,6 +850,8 @@ class Worker:
         environ = self.make_environ(conn, req)
         resp = Response(self, conn, req, inline)
         resp.environ = environ
+        if not inline:
+            conn.response = resp
         if self.log_duration:
             resp.started = time.monotonic()
         result = None
@@ -1055,7 +1116,19 @@ class Worker:
         cfg = self.cfg
         header_timeout = cfg.header_timeout
         keepalive = cfg.keepalive
+        in_flight = 0
+        oldest: Request | None = None
         for conn in list(self.conns.values()):
+            active = conn.active
+            if active is not None and type(active) is Request:
+                in_flight += 1
+                if active.dispatched:  # on an app thread: the loop keeps its deadline
+                    if now - active.dispatched > self.timeout:
+                        if not active.overran:
+                            self.overrun(conn, active, now)
+                        continue
+                    if oldest is None or active.dispatched < oldest.dispatched:
+                        oldest = active
             if conn.lingering:
                 if now > conn.lingering:
                     self.close(conn)
@@ -1091,11 +1164,44 @@ class Worker:
                     self.reject(conn, HttpError(408, "request body timed out"))
             elif self.draining or now - conn.last_active > keepalive:
                 self.close(conn)
+        slot = self.slot
+        slot.in_flight = in_flight
+        slot.oldest_start = oldest.dispatched if oldest is not None else 0.0
+        slot.oldest_line = _target_line(oldest) if oldest is not None else ""
+        state = slot.state
+        if state == IDLE or state == BUSY:
+            state = BUSY if in_flight else IDLE
+        self.beat(state)
         if self.draining and (not self.conns or now > self.drain_deadline):
             if self.conns:
                 self.log.warning("worker %d: graceful timeout; closing %d connections",
                                  os.getpid(), len(self.conns))
             self.alive = False
+
+    def overrun(self, conn: Connection, req: Request, now: float) -> None:
+        """A request ran past --timeout on an app thread. Threads cannot be stopped: log its
+        stack, answer 504 if nothing was sent (else just close), and put this worker out of
+        service: the master starts a replacement at once, this worker finishes the rest."""
+        req.overran = True
+        self.slot.over_deadline += 1
+        frame = sys._current_frames().get(conn.thread)
+        stack = "".join(traceback.format_stack(frame)) if frame is not None else "(gone)\n"
+        self.log.error("request over its deadline (%.1f s, --timeout %g): %s; the stack of "
+                       "its thread:\n%s", now - req.dispatched, self.timeout,
+                       _target_line(req), stack.rstrip())
+        with conn.lock:
+            resp = conn.response
+            answer = (resp is None or not resp.head_sent) and not conn.out and not conn.dead
+            conn.dead = True  # the app thread's writes fail from now on
+        if answer:
+            try:
+                conn.sock.send(error_response(504, date=self.date))
+            except OSError:
+                pass
+        self.close(conn)
+        if not self.draining:
+            self.start_drain(take_backlog=False)
+            self.beat(DRAINING)
 
     def on_signals(self) -> None:
         try:
@@ -1113,7 +1219,7 @@ class Worker:
             elif sig == signal.SIGUSR1 and self.access_log is not None:
                 self.access_log.reopen()
 
-    def start_drain(self) -> None:
+    def start_drain(self, take_backlog: bool = True) -> None:
         """Stop accepting (after taking what already waits in the backlog), finish what is in
         flight, close idle keep-alive connections, then exit."""
         if self.draining:
@@ -1123,13 +1229,17 @@ class Worker:
         self.drain_deadline = time.monotonic() + self.cfg.graceful_timeout
         now = time.monotonic()
         for fd, lsock in list(self.listeners.items()):
-            while self.accept(lsock, now):
+            while take_backlog and self.accept(lsock, now):
                 pass
             if self.accepting:
                 self.ep.unregister(fd)
             lsock.close()
         self.listeners.clear()
         self.tick(now)
+
+
+def _target_line(req: Request) -> str:
+    return f"{req.method.decode('latin-1')} {req.url.decode('latin-1')} HTTP/{req.version}"
 
 
 def _request_line(environ: dict) -> str:

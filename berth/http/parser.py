@@ -85,6 +85,8 @@ class Request:
     expect_continue = False
     streaming = False
     body_stream = None  # made by the parser's stream_factory when the body streams
+    dispatched = 0.0  # set by the server when an app thread takes it (its deadline)
+    overran = False
 
     def __init__(self):
         self.headers: dict[str, str] = {}

@@ -1,0 +1,83 @@
+"""The scoreboard: one fixed-size slot per worker in anonymous shared memory.
+
+The master maps it before forking, so every worker shares it without a file. A worker writes
+only its own slot, from its loop thread, twice a second (a heartbeat is a memory store, no
+syscall); the master reads every slot to see who is alive, busy, booting or wants replacing.
+Nothing here touches the filesystem.
+
+There are MAX_SLOTS slots: enough for the most workers berth runs (MAX_WORKERS) plus as many
+replacements starting during a reload or while workers are recycled.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from dataclasses import dataclass
+
+MAX_WORKERS = 128  # the cap on --workers (documented)
+MAX_SLOTS = 2 * MAX_WORKERS
+
+# states
+FREE, BOOTING, IDLE, BUSY, DRAINING, RETIRING = range(6)
+STATE_NAMES = ("free", "booting", "idle", "busy", "draining", "retiring")
+
+LINE_SIZE = 96  # bytes kept of the oldest in-flight request's first line
+
+# pid, generation, state, busy threads, heartbeat, served, in flight, oldest start,
+# oldest line, rss, counters: responses 2xx 3xx 4xx 5xx, bytes sent, requests over deadline
+_SLOT = struct.Struct(f"=iIBHdQId{LINE_SIZE}sQQQQQQQ")
+SLOT_SIZE = (_SLOT.size + 63) // 64 * 64  # cache-line aligned: workers never share a line
+
+
+@dataclass
+class Slot:
+    pid: int = 0
+    generation: int = 0
+    state: int = FREE
+    busy_threads: int = 0
+    heartbeat: float = 0.0  # time.monotonic() of the loop's last beat
+    served: int = 0
+    in_flight: int = 0
+    oldest_start: float = 0.0
+    oldest_line: str = ""
+    rss: int = 0  # bytes
+    status_2xx: int = 0
+    status_3xx: int = 0
+    status_4xx: int = 0
+    status_5xx: int = 0
+    bytes_sent: int = 0
+    over_deadline: int = 0
+
+    @property
+    def state_name(self) -> str:
+        return STATE_NAMES[self.state] if self.state < len(STATE_NAMES) else "?"
+
+
+class Scoreboard:
+    def __init__(self, slots: int = MAX_SLOTS):
+        self.slots = slots
+        self.mem = mmap.mmap(-1, slots * SLOT_SIZE)  # anonymous and shared across fork
+
+    def write(self, index: int, slot: Slot) -> None:
+        line = slot.oldest_line.encode("latin-1", "replace")[:LINE_SIZE]
+        _SLOT.pack_into(self.mem, index * SLOT_SIZE, slot.pid, slot.generation, slot.state,
+                        slot.busy_threads, slot.heartbeat, slot.served, slot.in_flight,
+                        slot.oldest_start, line, slot.rss, slot.status_2xx,
+                        slot.status_3xx, slot.status_4xx, slot.status_5xx, slot.bytes_sent,
+                        slot.over_deadline)
+
+    def read(self, index: int) -> Slot:
+        (pid, generation, state, busy, heartbeat, served, in_flight, oldest_start, line,
+         rss, s2, s3, s4, s5, sent, over) = _SLOT.unpack_from(self.mem, index * SLOT_SIZE)
+        return Slot(pid, generation, state, busy, heartbeat, served, in_flight, oldest_start,
+                    line.rstrip(b"\0").decode("latin-1"), rss, s2, s3, s4, s5, sent, over)
+
+    def free_index(self, taken: set[int]) -> int:
+        for index in range(self.slots):
+            if index not in taken:
+                return index
+        raise RuntimeError(f"no free scoreboard slot (the cap is {self.slots})")
+
+    def clear(self, index: int) -> None:
+        self.write(index, Slot())
