@@ -329,6 +329,7 @@ class Worker:
         self.max_requests = max_requests or (1 << 62)
         self.timeout = cfg.timeout
         self.statm = -1
+        self.last_tick = self.max_tick_gap = 0.0
         self.now = time.monotonic()  # the loop's clock, read once per wake-up
         self.base_environ = {
             "wsgi.version": (1, 0),
@@ -363,6 +364,7 @@ class Worker:
                     os._exit(EXIT_APP_LOAD_ERROR)
             self._setup_loop()
             self.beat(IDLE)
+            self.last_tick = time.monotonic()
             if self.ready_fd is not None:
                 os.write(self.ready_fd, os.getpid().to_bytes(4, "little"))
             self.loop()
@@ -370,6 +372,8 @@ class Worker:
             self.log.error("worker %d crashed:\n%s", os.getpid(), traceback.format_exc())
             code = 1
         finally:
+            self.log.debug("worker %d: longest gap between heartbeats %.3f s (every %.1f s "
+                           "when idle)", os.getpid(), self.max_tick_gap, TICK)
             if self.access_log is not None:
                 self.access_log.close()
             for stream in (sys.stdout, sys.stderr):
@@ -1106,6 +1110,10 @@ class Worker:
             pass
 
     def tick(self, now: float) -> None:
+        gap = now - self.last_tick
+        if gap > self.max_tick_gap:
+            self.max_tick_gap = gap  # how late the loop got to its heartbeat (logged at exit)
+        self.last_tick = now
         self.date.refresh()
         if self.access_log is not None:
             self.access_log.flush()
