@@ -26,7 +26,7 @@ LINE_SIZE = 96  # bytes kept of the oldest in-flight request's first line
 
 # pid, generation, state, busy threads, heartbeat, served, in flight, oldest start,
 # oldest line, rss, counters: responses 2xx 3xx 4xx 5xx, bytes sent, requests over deadline
-_SLOT = struct.Struct(f"=iIBHdQId{LINE_SIZE}sQQQQQQQ")
+_SLOT = struct.Struct(f"=iIBHdQId{LINE_SIZE}sQQQQQQQQ")
 SLOT_SIZE = (_SLOT.size + 63) // 64 * 64  # cache-line aligned: workers never share a line
 
 
@@ -42,6 +42,7 @@ class Slot:
     oldest_start: float = 0.0
     oldest_line: str = ""
     rss: int = 0  # bytes
+    uss: int = 0  # bytes private to this worker (measured once, when it is ready)
     status_2xx: int = 0
     status_3xx: int = 0
     status_4xx: int = 0
@@ -63,15 +64,15 @@ class Scoreboard:
         line = slot.oldest_line.encode("latin-1", "replace")[:LINE_SIZE]
         _SLOT.pack_into(self.mem, index * SLOT_SIZE, slot.pid, slot.generation, slot.state,
                         slot.busy_threads, slot.heartbeat, slot.served, slot.in_flight,
-                        slot.oldest_start, line, slot.rss, slot.status_2xx,
+                        slot.oldest_start, line, slot.rss, slot.uss, slot.status_2xx,
                         slot.status_3xx, slot.status_4xx, slot.status_5xx, slot.bytes_sent,
                         slot.over_deadline)
 
     def read(self, index: int) -> Slot:
         (pid, generation, state, busy, heartbeat, served, in_flight, oldest_start, line,
-         rss, s2, s3, s4, s5, sent, over) = _SLOT.unpack_from(self.mem, index * SLOT_SIZE)
+         rss, uss, s2, s3, s4, s5, sent, over) = _SLOT.unpack_from(self.mem, index * SLOT_SIZE)
         return Slot(pid, generation, state, busy, heartbeat, served, in_flight, oldest_start,
-                    line.rstrip(b"\0").decode("latin-1"), rss, s2, s3, s4, s5, sent, over)
+                    line.rstrip(b"\0").decode("latin-1"), rss, uss, s2, s3, s4, s5, sent, over)
 
     def free_index(self, taken: set[int]) -> int:
         for index in range(self.slots):

@@ -363,6 +363,7 @@ class Worker:
                     self.log.error("worker %d: the app failed to load; stopping", os.getpid())
                     os._exit(EXIT_APP_LOAD_ERROR)
             self._setup_loop()
+            self.slot.uss = private_memory()
             self.beat(IDLE)
             self.last_tick = time.monotonic()
             if self.ready_fd is not None:
@@ -1244,6 +1245,20 @@ class Worker:
             lsock.close()
         self.listeners.clear()
         self.tick(now)
+
+
+def private_memory() -> int:
+    """Bytes of memory only this process uses (USS: private clean + dirty pages), read once
+    when the worker is ready: with --preload the rest is shared with the master."""
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            total = 0
+            for line in f:
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    total += int(line.split()[1]) * 1024
+            return total
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _target_line(req: Request) -> str:
