@@ -6,6 +6,7 @@ Run from the repository root:
     python benchmarks/bench.py                                   # every scenario, 5 rounds x 5 s
     python benchmarks/bench.py --scenario hello-t1 --rounds 5 --duration 5
     python benchmarks/bench.py --list                            # scenarios and their servers
+    python benchmarks/bench.py --scenario hello-t1 --server 'berth*' --baseline HEAD~1
 
 Method (see benchmarks/README.md for the targets):
 
@@ -19,6 +20,8 @@ Method (see benchmarks/README.md for the targets):
 * The server's CPU time is utime+stime of its whole process tree, read from /proc before and
   after the measured run, divided by the requests wrk completed.
 * The report shows medians over rounds, error counts, and berth / peer req/s ratios.
+* `--baseline REF` adds, next to every berth server, the same server run from a temporary
+  `git worktree` of commit REF (named e.g. `berth-t1@1a2b3c4`), and reports berth / baseline.
 
 Standard library only; Linux only (/proc, taskset).
 """
@@ -46,8 +49,8 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -83,6 +86,15 @@ class ServerSpec:
     ready_text: str
     ready_count: int  # how many times ready_text must appear (e.g. once per worker)
     stdout_to_devnull: bool = False  # for access logs written to stdout
+    pythonpath: Path = REPO_ROOT  # where `berth` is imported from (a worktree for a baseline)
+    baseline_of: str | None = None  # for a baseline: the name of the current server it mirrors
+
+    @property
+    def source(self) -> str:
+        """What the server is run from: its family, plus `@<short hash>` for a baseline."""
+        if self.baseline_of is None:
+            return self.family
+        return f"{self.family}@{self.name.removeprefix(self.baseline_of + '@')}"
 
     def command(self, port: int | str, cpu: int | None) -> list[str]:
         argv = [arg.replace(PORT_PLACEHOLDER, str(port)) for arg in self.argv]
@@ -353,7 +365,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def server_env() -> dict[str, str]:
+def server_env(pythonpath: Path = REPO_ROOT) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -361,7 +373,9 @@ def server_env() -> dict[str, str]:
         and k not in ("PORT", "WEB_CONCURRENCY", "PYTHONPATH")
     }
     env["BERTH_IN_CONTAINER"] = "0"
-    env["PYTHONPATH"] = str(REPO_ROOT)  # the working tree's berth, even if not pip-installed
+    # The working tree's berth (or a baseline's worktree), even if berth is pip-installed: an
+    # editable install's import hook comes after PYTHONPATH.
+    env["PYTHONPATH"] = str(pythonpath)
     env["PYTHONUNBUFFERED"] = "1"  # so readiness lines reach the log files at once
     return env
 
@@ -399,7 +413,7 @@ class ServerProcess:
                 stdout=out,
                 stderr=err,
                 cwd=BENCH_DIR,
-                env=server_env(),
+                env=server_env(spec.pythonpath),
                 start_new_session=True,
             )
         self.pid = self.proc.pid
@@ -780,6 +794,47 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], indent: str = " 
     return "\n".join(lines)
 
 
+def _ratio(ours: float | None, theirs: float | None) -> str:
+    return f"{ours / theirs:.2f}x" if ours is not None and theirs else "-"
+
+
+def ratio_tables(servers: Sequence[ServerSpec], summaries: dict[str, Summary]) -> list[str]:
+    """berth / peer req/s for every berth server (baselines included), plus, with a baseline,
+    berth / its baseline for req/s and for CPU us/req (below 1 is cheaper)."""
+    ours = [s.name for s in servers if s.family == "berth" and s.name in summaries]
+    peers = [s.name for s in servers if s.family != "berth" and s.name in summaries]
+    twins = {
+        s.baseline_of: s.name
+        for s in servers
+        if s.baseline_of is not None and s.name in summaries and s.baseline_of in summaries
+    }
+    if not peers:  # then only a berth server with a baseline has a row
+        ours = [name for name in ours if name in twins]
+    if not ours:
+        return []
+    header = ["", *peers]
+    if twins:
+        suffix = next(iter(twins.values())).removeprefix(next(iter(twins)))  # e.g. "@1a2b3c4"
+        header += [f"req/s vs {suffix}", f"CPU/req vs {suffix}"]
+    rows = []
+    for name in ours:
+        row = [name] + [_ratio(summaries[name].rps, summaries[p].rps) for p in peers]
+        if twins:
+            twin = summaries.get(twins.get(name, ""))
+            row += [
+                _ratio(summaries[name].rps, twin.rps if twin else None),
+                _ratio(
+                    summaries[name].cpu_us_per_request, twin.cpu_us_per_request if twin else None
+                ),
+            ]
+        rows.append(row)
+    titles = ["berth / peer (median req/s)"] if peers else []
+    if twins:
+        titles.append("berth / its baseline (median req/s; median CPU us/req, below 1x is cheaper)")
+    title = ";\n  ".join(titles)
+    return [f"\n  {title}:\n" + table(header, rows, indent="    ")]
+
+
 def report(
     scenario: Scenario,
     servers: Sequence[ServerSpec],
@@ -828,15 +883,7 @@ def report(
         rows.append(row)
     parts = [table(header, rows)]
 
-    ours = [s.name for s in servers if s.family == "berth" and s.name in summaries]
-    peers = [s.name for s in servers if s.family != "berth" and s.name in summaries]
-    if ours and peers:
-        ratio_rows = [
-            [b] + [f"{summaries[b].rps / summaries[p].rps:.2f}x" for p in peers] for b in ours
-        ]
-        parts.append(
-            "\n  berth / peer (median req/s):\n" + table(["", *peers], ratio_rows, indent="    ")
-        )
+    parts.extend(ratio_tables(servers, summaries))
     if targets:
         lines = ["\n  targets:"]
         for t in targets:
@@ -884,36 +931,118 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "(no output)"
 
 
-def check_berth() -> Availability:
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "berth", "--help"],
+def check_berth(pythonpath: Path = REPO_ROOT) -> Availability:
+    """`python -m berth --help` works, and `berth` is imported from `pythonpath`."""
+    env = server_env(pythonpath)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *args],
             check=False,
             capture_output=True,
             text=True,
             cwd=BENCH_DIR,
-            env=server_env(),
+            env=env,
             stdin=subprocess.DEVNULL,
             timeout=30,
         )
+
+    try:
+        done = run("-m", "berth", "--help")
+        if done.returncode != 0:
+            return Availability(
+                False,
+                reason="`python -m berth --help` failed: " + _last_line(done.stderr or done.stdout),
+            )
+        where = run("-c", "import berth; print(berth.__file__); print(berth.__version__)")
     except subprocess.TimeoutExpired:
-        return Availability(False, reason="`python -m berth --help` timed out")
-    if done.returncode != 0:
-        return Availability(
-            False,
-            reason="`python -m berth --help` failed: " + _last_line(done.stderr or done.stdout),
-        )
-    version = subprocess.run(
-        [sys.executable, "-c", "import berth; print(berth.__version__)"],
+        return Availability(False, reason="`python -m berth` timed out")
+    lines = where.stdout.split("\n")
+    if where.returncode != 0 or len(lines) < 2:
+        return Availability(False, reason="`import berth` failed: " + _last_line(where.stderr))
+    if not Path(lines[0]).resolve().is_relative_to(pythonpath.resolve()):
+        return Availability(False, reason=f"berth was imported from {lines[0]}, not {pythonpath}")
+    return Availability(True, version=lines[1].strip() or "?")
+
+
+# --------------------------------------------------------------------------------------------
+# Baseline: berth at another commit, from a temporary git worktree
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Baseline:
+    ref: str  # as given, e.g. HEAD~3
+    commit: str  # full hash
+    short: str  # short hash, the suffix of the baseline servers' names
+    subject: str
+    path: Path  # the worktree, used as PYTHONPATH
+
+
+def git(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["git", "-C", str(REPO_ROOT), *args],
         check=False,
         capture_output=True,
         text=True,
-        cwd=BENCH_DIR,
-        env=server_env(),
         stdin=subprocess.DEVNULL,
-        timeout=30,
-    ).stdout.strip()
-    return Availability(True, version=version or "?")
+        timeout=timeout,
+    )
+
+
+def resolve_ref(ref: str) -> tuple[str, str, str]:
+    """(full hash, short hash, subject) of the commit `ref` names; BenchError if none."""
+    done = git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    if done.returncode != 0 or not done.stdout.strip():
+        raise BenchError(f"--baseline {ref}: not a commit of {REPO_ROOT}")
+    commit = done.stdout.strip()
+    short = git("rev-parse", "--short", commit).stdout.strip() or commit[:7]
+    subject = git("log", "-1", "--format=%s", commit).stdout.strip()
+    return commit, short, subject
+
+
+@contextmanager
+def baseline_worktree(ref: str) -> Iterator[Baseline]:
+    """A detached `git worktree` of `ref` in a temporary directory, removed on the way out
+    (also on Ctrl-C / SIGTERM, which unwind through here as exceptions)."""
+    commit, short, subject = resolve_ref(ref)
+    path = Path(tempfile.mkdtemp(prefix=f"berth-baseline-{short}-"))
+    try:
+        done = git("worktree", "add", "--detach", str(path), commit, timeout=120.0)
+        if done.returncode != 0:
+            raise BenchError(f"git worktree add failed: {_last_line(done.stderr)}")
+        yield Baseline(ref=ref, commit=commit, short=short, subject=subject, path=path)
+    finally:
+        try:
+            git("worktree", "remove", "--force", str(path))
+        finally:
+            git("worktree", "prune")
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def with_baselines(servers: Sequence[ServerSpec], baseline: Baseline) -> list[ServerSpec]:
+    """`servers`, each berth server followed by its twin run from the baseline's worktree."""
+    out: list[ServerSpec] = []
+    for spec in servers:
+        out.append(spec)
+        if spec.family == "berth" and spec.baseline_of is None:
+            out.append(
+                replace(
+                    spec,
+                    name=f"{spec.name}@{baseline.short}",
+                    pythonpath=baseline.path,
+                    baseline_of=spec.name,
+                )
+            )
+    return out
+
+
+def selected(spec: ServerSpec, globs: Sequence[str] | None) -> bool:
+    """Whether `--server` globs select `spec`; a baseline comes with the server it mirrors."""
+    if not globs:
+        return True
+    names = [spec.name] + ([spec.baseline_of] if spec.baseline_of else [])
+    return any(fnmatch.fnmatch(name, g) for name in names for g in globs)
 
 
 def check_package(name: str) -> Availability:
@@ -1010,7 +1139,9 @@ def run_scenario(
 ) -> tuple[list[Run], list[str]]:
     server_cpu = settings.server_cpu if scenario.pin_servers else None
     commands = [
-        shell_join(s.command("$PORT", server_cpu)) + (" >/dev/null" if s.stdout_to_devnull else "")
+        ("" if s.baseline_of is None else f"PYTHONPATH=<git worktree of {s.source}> ")
+        + shell_join(s.command("$PORT", server_cpu))
+        + (" >/dev/null" if s.stdout_to_devnull else "")
         for s in servers
     ]
     wrk_cmds = [
@@ -1101,6 +1232,12 @@ def parse_args(argv: Sequence[str] | None, scenario_names: Sequence[str]) -> arg
         "--check", action="store_true", help="exit with status 1 if a target is missed"
     )
     parser.add_argument("--list", action="store_true", help="list scenarios and servers, then exit")
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also run every berth server as of git commit REF (from a temporary git worktree), "
+        "named e.g. berth-t1@<short hash>, and report berth / baseline",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.duration < 1 or args.warmup < 0:
         parser.error("--rounds and --duration must be >= 1, --warmup >= 0")
@@ -1108,7 +1245,7 @@ def parse_args(argv: Sequence[str] | None, scenario_names: Sequence[str]) -> arg
 
 
 def print_header(
-    settings: Settings, availability: dict[Family, Availability], machine: dict[str, Any]
+    settings: Settings, availability: dict[str, Availability], machine: dict[str, Any]
 ) -> None:
     print(
         f"berth benchmarks: {machine['cpu']}, {machine['cpus']} CPUs, "
@@ -1185,6 +1322,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if wrk is None:
         print("error: wrk not found (apt-get install -y wrk)", file=sys.stderr)
         return 2
+    try:
+        # The worktree is removed when this block is left, whichever way (Ctrl-C included).
+        with ExitStack() as stack:
+            baseline = None
+            if args.baseline:
+                baseline = stack.enter_context(baseline_worktree(args.baseline))
+            return run_all(args, scenarios, wrk, baseline)
+    except BenchError as exc:  # only set-up errors get here: a bad --baseline REF, git failing
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run_all(
+    args: argparse.Namespace, scenarios: dict[str, Scenario], wrk: str, baseline: Baseline | None
+) -> int:
     server_cpu, client_cpu = pick_cpus(args)
     settings = Settings(
         rounds=args.rounds,
@@ -1195,11 +1347,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         wrk=wrk,
         ready_timeout=args.ready_timeout,
     )
-    availability: dict[Family, Availability] = {
+    availability: dict[str, Availability] = {
         "berth": check_berth(),
         "gunicorn": check_package("gunicorn"),
         "granian": check_package("granian"),
     }
+    if baseline is not None:
+        availability[f"berth@{baseline.short}"] = check_berth(baseline.path)
     machine = {
         "cpu": cpu_model(),
         "cpus": os.cpu_count(),
@@ -1207,20 +1361,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         "wrk": wrk_version(wrk),
     }
     print_header(settings, availability, machine)
+    if baseline is not None:
+        print(
+            f"  baseline: berth at {baseline.ref}"
+            + ("" if baseline.commit.startswith(baseline.ref) else f" = {baseline.short}")
+            + f" {baseline.subject!r}, from a temporary git worktree"
+        )
 
     results: dict[str, Any] = {}
     missed = False
     with tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp:
         for scenario in (scenarios[name] for name in (args.scenario or scenarios)):
             print(f"\n== {scenario.name}: {scenario.description} ==")
-            skipped = [s.name for s in scenario.servers if not availability[s.family].ok]
+            candidates = (
+                with_baselines(scenario.servers, baseline) if baseline else list(scenario.servers)
+            )
+            skipped = [s.name for s in candidates if not availability[s.source].ok]
             if skipped:
                 print(f"  skipped (not available): {', '.join(skipped)}")
             servers = [
-                s
-                for s in scenario.servers
-                if availability[s.family].ok
-                and (not args.server or any(fnmatch.fnmatch(s.name, g) for g in args.server))
+                s for s in candidates if availability[s.source].ok and selected(s, args.server)
             ]
             if not servers:
                 print("  nothing to run")
@@ -1232,7 +1392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raw = {
             "settings": asdict(settings),
             "machine": machine,
-            "servers": {family: asdict(a) for family, a in availability.items()},
+            "servers": {source: asdict(a) for source, a in availability.items()},
+            "baseline": None  # its worktree (path) is gone by then
+            if baseline is None
+            else {k: v for k, v in asdict(baseline).items() if k != "path"},
             "scenarios": results,
         }
         args.json.write_text(json.dumps(raw, indent=2) + "\n")

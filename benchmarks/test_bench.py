@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import bench  # benchmarks/ is on sys.path: pytest prepends the test file's directory
 import pytest
@@ -116,3 +117,57 @@ def test_targets() -> None:
     assert [r.passed for r in results] == [True, None, False]  # granian missing: n/a
     sleep = bench.evaluate(scenarios["sleep"], {"berth-2x4": summary("berth-2x4", 156.0)})
     assert sleep[0].of_ceiling and sleep[0].passed is True
+
+
+def _summary(name: str, rps: float, cpu_us: float = 10.0) -> bench.Summary:
+    return bench.Summary(name, 1, rps, rps, rps, 1.0, 2.0, cpu_us, 90.0, 50.0, 0, 1)
+
+
+def test_baseline_twins_and_selection(tmp_path: Path) -> None:
+    hello = bench.build_scenarios(gunicorn_extra=())["hello-t1"]
+    baseline = bench.Baseline("HEAD~1", "1a2b3c4d" * 5, "1a2b3c4", "subject", tmp_path)
+    servers = bench.with_baselines(hello.servers, baseline)
+    names = [s.name for s in servers]
+    assert names[:4] == ["berth-t1", "berth-t1@1a2b3c4", "berth-t1-log", "berth-t1-log@1a2b3c4"]
+    assert len(servers) == len(hello.servers) + 2  # peers get no twin
+    twin = servers[1]
+    assert twin.baseline_of == "berth-t1" and twin.pythonpath == tmp_path
+    assert twin.argv == servers[0].argv and twin.source == "berth@1a2b3c4"
+    assert servers[0].source == "berth" and servers[0].pythonpath == bench.REPO_ROOT
+    assert bench.server_env(tmp_path)["PYTHONPATH"] == str(tmp_path)
+    # a baseline comes with the server it mirrors, or alone if only its own name matches
+    pick = [s.name for s in servers if bench.selected(s, ["berth-t1"])]
+    assert pick == ["berth-t1", "berth-t1@1a2b3c4"]
+    assert [s.name for s in servers if bench.selected(s, ["*@*"])] == names[1:4:2]
+    assert all(bench.selected(s, None) for s in servers)
+
+
+def test_ratio_tables_with_baseline(tmp_path: Path) -> None:
+    hello = bench.build_scenarios(gunicorn_extra=())["hello-t1"]
+    baseline = bench.Baseline("x", "f" * 40, "fffffff", "s", tmp_path)
+    servers = bench.with_baselines(hello.servers, baseline)
+    summaries = {
+        "berth-t1": _summary("berth-t1", 60_000, cpu_us=9.0),
+        "berth-t1@fffffff": _summary("berth-t1@fffffff", 50_000, cpu_us=10.0),
+        "gunicorn-gthread-t4": _summary("gunicorn-gthread-t4", 6_000),
+    }
+    (text,) = bench.ratio_tables(servers, summaries)
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in text.splitlines()
+        if line.startswith("    berth")
+    }
+    assert rows == {
+        "berth-t1": ["10.00x", "1.20x", "0.90x"],
+        "berth-t1@fffffff": ["8.33x", "-", "-"],
+    }
+    # without peers only the berth servers that have a baseline get a row
+    del summaries["gunicorn-gthread-t4"]
+    (text,) = bench.ratio_tables(servers, summaries)
+    assert "berth / peer" not in text and text.splitlines()[-1].split() == [
+        "berth-t1",
+        "1.20x",
+        "0.90x",
+    ]
+    # no baseline, no peers: no table
+    assert bench.ratio_tables(hello.servers, {"berth-t1": summaries["berth-t1"]}) == []
