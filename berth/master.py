@@ -36,12 +36,13 @@ KILL_GRACE_QUICK = 2.0  # SIGINT/SIGQUIT: seconds before leftovers are killed
 ABORT_GRACE = 1.0  # a silent worker: seconds from the stack dump to SIGKILL
 TICK = 0.5
 RSS_SAMPLES = 3  # consecutive samples over --max-worker-memory before a worker is recycled
-ORPHAN_GRACE = 0.5
+ORPHAN_GRACE = 0.5  # an unknown zombie child this old is an orphan nobody waits for: reap it
 # With app threads the loop never runs the app, but CPU-bound app threads hold the GIL and
 # delay its heartbeat: measured 0.88 s between two beats (0.5 s nominal) with 4 threads each
 # spinning for a second. So a threaded worker's loop gets at least this long, whatever the
 # request --timeout; with --threads 1 the app runs on the loop and --timeout is the allowance.
-THREADED_LOOP_ALLOWANCE = 5.0  # an unknown zombie child this old is an orphan nobody waits for: reap it
+THREADED_LOOP_ALLOWANCE = 5.0
+OVERRAN = "retired: a request overran its deadline"
 
 
 @dataclass
@@ -272,9 +273,9 @@ class Master:
             elif slot.state == DRAINING and not info.stopping and not info.replaced:
                 # the worker put itself out of service (a request overran its deadline)
                 info.replaced = True
-                info.stopping = "a request overran its deadline; it finishes the others"
-                self.log.warning("worker %d: %s; starting its replacement", info.pid,
-                                 info.stopping)
+                info.stopping = OVERRAN
+                self.log.warning("worker %d: a request overran its deadline; starting its "
+                                 "replacement (it finishes its other requests)", info.pid)
                 self.spawn()
             if cfg.max_worker_memory and slot.rss and not info.replaced:
                 info.rss_over = info.rss_over + 1 if slot.rss > cfg.max_worker_memory else 0
@@ -377,7 +378,7 @@ class Master:
         last = self.scoreboard.read(info.slot)
         self.scoreboard.clear(info.slot)
         if not info.stopping and last.state == DRAINING and last.over_deadline:
-            info.stopping = "retired: a request overran its deadline"
+            info.stopping = OVERRAN
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             how = f"killed by signal {signal.Signals(sig).name}"

@@ -1,0 +1,384 @@
+"""Supervision end to end: the master watching, replacing, recycling and stopping workers.
+
+Every server binds 127.0.0.1 (the `berth` fixture), runs `tests/apps/super_app.py`, and is
+stopped by PID. Traffic comes from `tests/loadgen.py` (bounded threads on keep-alive
+connections, retrying once only where RFC 9112 §9.3.1 allows it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+from loadgen import LoadGen
+from proto_helpers import http_get, pids_children, wait_for
+
+# -- helpers ---------------------------------------------------------------------------------
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def live_workers(srv) -> set[int]:
+    """The master's children that are not zombies."""
+    return {p for p in pids_children(srv.pid) if _state(p) not in (None, "Z", "X")}
+
+
+def wait_workers(srv, pred, timeout: float = 15.0) -> set[int] | None:
+    """Wait until pred(live_workers) holds; return the set, or None."""
+    found = wait_for(lambda: (lambda ws: ws if pred(ws) else None)(live_workers(srv)),
+                     timeout=timeout, interval=0.05)
+    return found or None
+
+
+def in_background(fn):
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = fn()
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
+
+
+def exit_within(srv, seconds: float) -> tuple[int | None, float]:
+    t0 = time.monotonic()
+    try:
+        code = srv.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return None, time.monotonic() - t0
+    return code, time.monotonic() - t0
+
+
+def pid_of(srv) -> int:
+    status, _, body = http_get(srv.port, "/pid")
+    assert status == 200
+    return json.loads(body)["pid"]
+
+
+def exit_line(stderr: str, pid: int) -> str:
+    """The master's log line about worker `pid` exiting ('' if none)."""
+    for line in stderr.splitlines():
+        if f"worker {pid} exited" in line:
+            return line
+    return ""
+
+
+# -- start-up lines --------------------------------------------------------------------------
+
+def test_start_line_states_workers_timeout_and_sigterm_plan(berth):
+    srv = berth(["-w", "2", "--threads", "3", "--timeout", "1.5", "--shutdown-delay", "0.5",
+                 "--graceful-timeout", "4", "super_app:app"])
+    err = srv.stderr()
+    m = re.search(r"\[INFO\] berth master (\d+): 2 workers x 3 threads, timeout 1\.5 s; "
+                  r"on SIGTERM: shutdown delay 0\.5 s, graceful timeout 4 s \(", err)
+    assert m, err
+    assert int(m.group(1)) == srv.pid
+    assert re.search(rf"ready: 2 workers serving http://127\.0\.0\.1:{srv.port}", err), err
+
+
+def test_defaults_outside_kubernetes_are_no_delay_and_8s_graceful_timeout(berth):
+    srv = berth(["-w", "1", "super_app:app"])
+    assert re.search(r"timeout 30 s; on SIGTERM: shutdown delay 0 s, graceful timeout 8 s",
+                     srv.stderr()), srv.stderr()
+
+
+def test_worker_tmp_dir_is_accepted_and_logged_as_not_needed(berth, tmp_path):
+    wtmp = tmp_path / "worker-tmp"
+    wtmp.mkdir()
+    srv = berth(["-w", "1", "--worker-tmp-dir", str(wtmp), "super_app:app"])
+    assert "--worker-tmp-dir is not needed" in srv.stderr()
+    assert http_get(srv.port, "/")[0] == 200
+    assert list(wtmp.iterdir()) == [], "berth created files in --worker-tmp-dir"
+
+
+# -- a worker killed from outside ------------------------------------------------------------
+
+def test_sigkill_of_a_worker_under_load_fails_only_its_requests_and_it_is_replaced(berth):
+    srv = berth(["-w", "2", "--threads", "2", "--log-level", "debug",
+                 "--access-logfile", "none", "super_app:app"])
+    before = wait_workers(srv, lambda ws: len(ws) == 2, timeout=10)
+    assert before, f"expected 2 workers, found {live_workers(srv)}"
+    gen = LoadGen(srv.port, connections=4, pause=0.002, max_seconds=40).start()
+    try:
+        assert gen.wait_for_total(100, timeout=10), gen.summary()
+        served = gen.pids() & before
+        victim = next(iter(served)) if served else next(iter(before))
+        t_kill = time.monotonic()
+        os.kill(victim, signal.SIGKILL)  # a worker of the berth this test started, by PID
+        err = srv.wait_for_log(f"worker {victim} exited unexpectedly: killed by signal SIGKILL",
+                               timeout=10)
+        after = wait_workers(srv, lambda ws: len(ws) == 2 and victim not in ws, timeout=15)
+        assert after, f"pool not back to 2 workers: {live_workers(srv)}\n{srv.stderr()}"
+        (new,) = after - before
+        srv.wait_for_log(f"worker {new} ready", timeout=15)
+        time.sleep(0.5)  # load keeps flowing after the replacement
+        n_after = gen.total()
+        assert gen.wait_for_total(n_after + 50, timeout=10), gen.summary()
+    finally:
+        gen.stop()
+        print(gen.summary())
+    line = exit_line(err, victim)
+    assert "OOM" not in line, f"a SIGKILL from outside reported as OOM: {line}"
+    fails = gen.failures()
+    bad = [r for r in fails if r.pid not in (victim, None)]
+    assert not bad, f"failures not attributable to the killed worker {victim}:\n{gen.summary()}"
+    assert len(fails) <= gen.connections, gen.summary()
+    assert not gen.failures(since=t_kill + 1.0), \
+        f"failures long after the kill:\n{gen.summary()}"
+    assert srv.proc.poll() is None
+    assert srv.stop() == 0
+
+
+# -- SIGTERM, SIGHUP and friends under load --------------------------------------------------
+
+def test_sigterm_with_shutdown_delay_serves_through_the_delay_then_exits_0(berth):
+    delay, graceful = 1.0, 8.0
+    srv = berth(["-w", "2", "--threads", "2", "--shutdown-delay", "1",
+                 "--access-logfile", "none", "super_app:app"])
+    gen = LoadGen(srv.port, connections=4, pause=0.002, max_seconds=30).start()
+    try:
+        assert gen.wait_for_total(100, timeout=10), gen.summary()
+        t_sig = time.monotonic()
+        srv.signal(signal.SIGTERM)
+        code, _ = exit_within(srv, delay + graceful + 5)
+        elapsed = time.monotonic() - t_sig
+    finally:
+        gen.stop()
+        print(gen.summary())
+    err = srv.stderr()
+    assert code == 0, f"exit code {code}\n{err}"
+    assert elapsed < delay + graceful + 2, f"SIGTERM to exit took {elapsed:.1f} s"
+    assert elapsed >= delay - 0.05, f"exited {elapsed:.2f} s after SIGTERM, before the delay"
+    assert ("SIGTERM: serving for 1 s more (shutdown delay), then finishing in-flight "
+            "requests within 8 s") in err, err
+    fails = gen.failures(until=t_sig + delay)
+    assert not fails, (f"requests sent before the end of the shutdown delay failed:\n"
+                       f"{gen.summary()}\n{err[-3000:]}")
+    during = gen.successes(since=t_sig + 0.1, until=t_sig + delay - 0.1)
+    assert len(during) >= 20, f"only {len(during)} requests served during the delay"
+
+
+def test_sighup_under_load_replaces_every_worker_without_failed_requests(berth):
+    srv = berth(["-w", "2", "--threads", "2", "--access-logfile", "none", "super_app:app"])
+    old = wait_workers(srv, lambda ws: len(ws) == 2, timeout=10)
+    assert old
+    gen = LoadGen(srv.port, connections=4, pause=0.002, max_seconds=40).start()
+    try:
+        assert gen.wait_for_total(100, timeout=10), gen.summary()
+        srv.signal(signal.SIGHUP)
+        for pid in old:
+            srv.wait_for_log(f"worker {pid} exited: reloaded (SIGHUP)", timeout=15)
+        new = wait_workers(srv, lambda ws: len(ws) == 2 and not ws & old, timeout=10)
+        assert new, f"workers after SIGHUP: {live_workers(srv)}, before: {old}"
+        t_new = time.monotonic()
+        assert gen.wait_for_total(gen.total() + 100, timeout=10), gen.summary()
+    finally:
+        gen.stop()
+        print(gen.summary())
+    err = srv.stderr()
+    assert "SIGHUP: reloading" in err
+    assert err.index("SIGHUP: reloading") < err.index("exited: reloaded (SIGHUP)")
+    assert not gen.failures(), f"{gen.summary()}\n{err[-3000:]}"
+    assert gen.pids(since=t_new) <= new, (gen.pids(since=t_new), new)
+    assert srv.stop() == 0
+
+
+def test_sigwinch_is_ignored(berth):
+    srv = berth(["-w", "1", "super_app:app"])
+    workers = live_workers(srv)
+    srv.signal(signal.SIGWINCH)
+    time.sleep(0.3)
+    assert srv.proc.poll() is None, f"berth exited on SIGWINCH\n{srv.stderr()}"
+    assert http_get(srv.port, "/")[0] == 200
+    assert live_workers(srv) == workers
+    srv.signal(signal.SIGTERM)
+    code, _ = exit_within(srv, 10)
+    assert code == 0, srv.stderr()
+
+
+def test_second_sigterm_during_the_drain_changes_nothing(berth):
+    srv = berth(["-w", "1", "--threads", "2", "--graceful-timeout", "8", "super_app:app"])
+    t, box = in_background(lambda: http_get(srv.port, "/sleep?s=2", timeout=15))
+    time.sleep(0.3)  # the request is inside the app
+    t0 = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    srv.signal(signal.SIGTERM)
+    t.join(15)
+    assert "error" not in box, f"the in-flight request failed: {box.get('error')!r}"
+    status, _, body = box["result"]
+    assert (status, body) == (200, b"slept 2.0")
+    code, _ = exit_within(srv, 10)
+    elapsed = time.monotonic() - t0
+    err = srv.stderr()
+    assert code == 0, err
+    assert elapsed < 5, f"exit {elapsed:.1f} s after the first SIGTERM"
+    assert err.count("SIGTERM: serving for") == 1, err
+    assert len(re.findall(r"berth master \d+: stopped", err)) == 1, err
+
+
+def test_sigttin_adds_a_worker_and_sigttou_removes_one(berth):
+    srv = berth(["-w", "1", "super_app:app"])
+    (first,) = wait_workers(srv, lambda ws: len(ws) == 1, timeout=5)
+    srv.signal(signal.SIGTTIN)
+    two = wait_workers(srv, lambda ws: len(ws) == 2, timeout=10)
+    assert two and first in two, f"after SIGTTIN: {live_workers(srv)}\n{srv.stderr()}"
+    srv.wait_for_log("SIGTTIN: 2 workers", timeout=5)
+    srv.signal(signal.SIGTTOU)
+    one = wait_workers(srv, lambda ws: len(ws) == 1, timeout=10)
+    assert one, f"after SIGTTOU: {live_workers(srv)}\n{srv.stderr()}"
+    srv.wait_for_log("SIGTTOU: 1 workers", timeout=5)
+    assert http_get(srv.port, "/")[0] == 200
+    assert srv.stop() == 0
+
+
+# -- deadlines: a slow request, a blocked loop, a slow boot ----------------------------------
+
+def test_request_past_timeout_gets_504_its_stack_is_logged_and_worker_replaced(berth):
+    srv = berth(["-w", "1", "--threads", "2", "--timeout", "1", "super_app:app"])
+    victim = pid_of(srv)
+    t0 = time.monotonic()
+    status, _, _ = http_get(srv.port, "/deadline", timeout=10)
+    took = time.monotonic() - t0
+    assert status == 504
+    assert took < 4, f"504 after {took:.1f} s with --timeout 1"
+    err = srv.wait_for_log(f"worker {victim} exited", timeout=10)
+    assert "request over its deadline" in err, err
+    assert "sleepy_function_for_deadline" in err, f"the stack does not name the function:\n{err}"
+    line = exit_line(err, victim)
+    assert re.search(r"exited: retired: a request overran its deadline", line), \
+        f"exit line: {line!r}\n{err}"
+
+    def other_worker_answers():
+        try:
+            st, hdrs, _ = http_get(srv.port, "/", timeout=2)
+        except OSError:
+            return None
+        return st == 200 and int(hdrs["x-pid"]) != victim
+
+    assert wait_for(other_worker_answers, timeout=10, interval=0.1), srv.stderr()
+    assert srv.proc.poll() is None
+
+
+@pytest.mark.slow
+def test_worker_past_a_deadline_finishes_its_other_requests_then_exits_as_retired(berth):
+    srv = berth(["-w", "1", "--threads", "3", "--timeout", "2", "super_app:app"])
+    victim = pid_of(srv)
+    t_late, late = in_background(lambda: http_get(srv.port, "/deadline", timeout=15))
+    time.sleep(1.5)
+    # in flight from 1.5 s to 3.2 s: across the overrun (found between 2.0 and 2.5 s)
+    t_other, other = in_background(lambda: http_get(srv.port, "/sleep?s=1.7", timeout=15))
+    t_late.join(15)
+    t_other.join(15)
+    assert "error" not in late, repr(late.get("error"))
+    assert late["result"][0] == 504
+    assert "error" not in other, f"the other in-flight request failed: {other.get('error')!r}"
+    status, hdrs, body = other["result"]
+    assert (status, body) == (200, b"slept 1.7")
+    assert int(hdrs["x-pid"]) == victim
+    err = srv.wait_for_log(f"worker {victim} exited", timeout=10)
+    line = exit_line(err, victim)
+    assert re.search(r"exited: retired: a request overran its deadline", line), \
+        f"exit line: {line!r}\n{err}"
+    assert srv.proc.poll() is None
+
+
+def test_app_blocking_the_loop_is_dumped_killed_and_replaced(berth):
+    srv = berth(["-w", "1", "--threads", "1", "--timeout", "1", "super_app:app"])
+    victim = pid_of(srv)
+    t, box = in_background(lambda: http_get(srv.port, "/spin?s=30", timeout=20))
+    err = srv.wait_for_log(f"worker {victim} exited: killed by berth: its loop was silent",
+                           timeout=15)
+    assert re.search(rf"worker {victim}: loop silent for [\d.]+ s", err), err
+    assert "Current thread" in err or "Thread 0x" in err, f"no faulthandler dump:\n{err}"
+    assert "spin_the_loop" in err, f"the dump does not name spin_the_loop:\n{err}"
+
+    def new_worker_answers():
+        try:
+            st, hdrs, _ = http_get(srv.port, "/", timeout=2)
+        except OSError:
+            return None
+        return st == 200 and int(hdrs["x-pid"]) != victim
+
+    assert wait_for(new_worker_answers, timeout=10, interval=0.1), srv.stderr()
+    t.join(5)
+    assert "result" not in box or box["result"][0] != 200, \
+        "the request that blocked the loop still got a 200"
+    assert srv.proc.poll() is None
+
+
+@pytest.mark.slow
+def test_slow_app_import_does_not_count_against_timeout(berth):
+    srv = berth(["-w", "1", "--timeout", "1", "super_app:app"],
+                env={"SUPER_APP_IMPORT_SLEEP": "3"})
+    workers = live_workers(srv)
+    assert len(workers) == 1
+    err = srv.stderr()
+    assert "silent" not in err and "exited" not in err, err
+    status, hdrs, _ = http_get(srv.port, "/")
+    assert status == 200
+    assert int(hdrs["x-pid"]) in workers
+    time.sleep(1.5)  # well past --timeout once serving: still the same healthy worker
+    assert live_workers(srv) == workers
+    assert "exited" not in srv.stderr()
+
+
+# -- recycling ------------------------------------------------------------------------------
+
+def test_max_requests_recycles_the_worker_without_failed_requests(berth):
+    srv = berth(["-w", "1", "--threads", "2", "--max-requests", "5",
+                 "--access-logfile", "none", "super_app:app"])
+    first = pid_of(srv)
+    gen = LoadGen(srv.port, connections=2, pause=0.01, max_seconds=30).start()
+    try:
+        err = srv.wait_for_log(f"worker {first} exited: recycled after", timeout=15)
+        assert gen.wait_for_total(gen.total() + 30, timeout=10), gen.summary()
+    finally:
+        gen.stop()
+        print(gen.summary())
+    assert re.search(rf"worker {first}: recycled after \d+ requests \(--max-requests\); "
+                     r"starting its replacement first", err), err
+    assert not gen.failures(), f"{gen.summary()}\n{srv.stderr()[-3000:]}"
+    assert len(gen.pids()) >= 2, f"only {gen.pids()} answered"
+    assert srv.proc.poll() is None
+
+
+def test_worker_over_max_worker_memory_is_recycled(berth):
+    srv = berth(["-w", "1", "--max-worker-memory", "64m", "super_app:app"])
+    assert "max worker memory 64 MiB" in srv.stderr()
+    first = pid_of(srv)
+    assert http_get(srv.port, "/hog?mb=100", timeout=20)[0] == 200
+    err = srv.wait_for_log(f"worker {first} exited: recycled: RSS", timeout=15)
+    assert re.search(rf"worker {first}: recycled: RSS \d+ MiB over --max-worker-memory 64 MiB",
+                     err), err
+    assert pid_of(srv) != first
+    assert srv.proc.poll() is None
+
+
+# -- workers that cannot boot ----------------------------------------------------------------
+
+def test_workers_dying_at_boot_stop_the_master_with_non_zero_exit(berth):
+    srv = berth(["-w", "1", "super_app:app"], env={"SUPER_APP_EXIT_AT_IMPORT": "3"},
+                wait_ready=False)
+    code, elapsed = exit_within(srv, 30)
+    err = srv.stderr()
+    assert code is not None, f"berth still running 30 s into a boot crash loop\n{err}"
+    assert code != 0, err
+    assert "workers died before becoming ready" in err, err
+    assert "exited unexpectedly: exited with code 3" in err, err
+    assert "ready: " not in err
