@@ -1,18 +1,26 @@
 """Every setting, declared once.
 
-A `Setting` names the attribute, its command-line flags, its type (a converter that raises
-`ValueError` with a message naming what is accepted), its default and its help. The command line
-(`cli.py`), `--help` and the settings reference all come from `SETTINGS`; adding a setting is one
-entry here.
+A `Setting` names the attribute (Gunicorn's name, which config files use), its command-line
+flags, its converter (which raises `ValueError` naming what is accepted), its default, its help,
+its section and what berth does with it (`status`, `note`). The command line and `--help`
+(`cli.py`), the `BERTH_<NAME>` environment variables, config files (`configfile.py`),
+`--print-config`, `berth doctor` and docs/settings.md (`settingsdoc.py`) all come from
+`SETTINGS`; adding a setting is one entry here.
 
-Names and defaults follow Gunicorn where Gunicorn has the setting, so that a Dockerfile changes
-one word. Where berth's default differs on purpose (access log to stdout, a 75 s keep-alive, an
-8 s graceful timeout) the help says why.
+Every Gunicorn setting has an entry, so that a Gunicorn command line or config file runs
+unchanged: implemented; accepted because berth makes it unnecessary (an info line when set);
+accepted but not implemented yet (a WARNING line naming it when set); or refused, when ignoring
+it would change security or meaning (TLS, `-k gevent`, `--user`): then one line and exit 2.
+
+Names and defaults follow Gunicorn where Gunicorn has the setting. Where berth's default differs
+on purpose (auto-sized workers and threads, access log to stdout, a 75 s keep-alive, an 8 s
+graceful timeout) the note says why.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -28,15 +36,6 @@ def positive_int(value: Any) -> int:
         raise ValueError("a whole number >= 1") from None
     if n < 1:
         raise ValueError("a whole number >= 1")
-    return n
-
-
-def worker_count(value: Any) -> int:
-    from berth.scoreboard import MAX_WORKERS
-
-    n = positive_int(value)
-    if n > MAX_WORKERS:
-        raise ValueError(f"a whole number from 1 to {MAX_WORKERS}")
     return n
 
 
@@ -105,102 +104,698 @@ def env_pair(value: Any) -> str:
     return str(value)
 
 
+def boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    word = str(value).strip().lower()
+    if word in ("1", "true", "yes", "on", "y"):
+        return True
+    if word in ("0", "false", "no", "off", "n", ""):
+        return False
+    raise ValueError("true or false (1/0, yes/no, on/off)")
+
+
+def worker_count_or_auto(value: Any) -> int | str:
+    """A count >= 1 or `auto`. A count above berth's maximum (128) is not an error here: a
+    copied `cpu_count() * 2 + 1` on a big host is lowered to the maximum, with a warning, by
+    `sizing.plan` (and is usually overridden by the command line anyway)."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        return positive_int(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}, or auto") from None
+
+
+def threads_or_auto(value: Any) -> int | str:
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        return positive_int(value)
+    except ValueError:
+        raise ValueError("a whole number >= 1, or auto") from None
+
+
+def octal_mask(value: Any) -> int:
+    """`0o22`, `022`, `"0022"`, `18` → 18 (what os.umask takes)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    else:
+        word = str(value).strip().lower()
+        try:
+            n = int(word, 0) if word.startswith("0x") or word.startswith("0o") else \
+                int(word, 8) if word.startswith("0") and len(word) > 1 else int(word)
+        except ValueError:
+            raise ValueError("a file mode mask such as 0o22, 022 or 18") from None
+    if not 0 <= n <= 0o777:
+        raise ValueError("a file mode mask from 0 to 0o777")
+    return n
+
+
+def anything(value: Any) -> Any:
+    return value
+
+
+def optional_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+class Refused(ValueError):
+    """A value berth will not run with: ignoring it would change security or meaning.
+
+    The message is a whole sentence (what is not supported and what to do instead)."""
+
+
+def refuse_unless(harmless: Callable[[Any], bool], reason: str) -> Callable[[Any], Any]:
+    """A converter accepting only values that change nothing (a copied config file often
+    spells out Gunicorn's defaults); anything else is refused with `reason`."""
+
+    def convert(value: Any) -> Any:
+        if harmless(value):
+            return value
+        raise Refused(reason)
+
+    return convert
+
+
+def _is_off(value: Any) -> bool:
+    return value is None or value is False or str(value).strip().lower() in (
+        "", "off", "false", "none", "0", "no")
+
+
+def _falsy(value: Any) -> bool:
+    return not value
+
+
+TLS_REASON = ("berth does not terminate TLS: terminate it at the load balancer, ingress or a "
+              "sidecar proxy and serve plain HTTP behind it")
+
+SYNC_CLASSES = ("sync", "egg:gunicorn#sync", "gunicorn.workers.sync.SyncWorker")
+GTHREAD_CLASSES = ("gthread", "egg:gunicorn#gthread", "gunicorn.workers.gthread.ThreadWorker")
+
+
+def worker_class(value: Any) -> str:
+    name = value if isinstance(value, str) else getattr(value, "__name__", repr(value))
+    name = name.strip()
+    if name in SYNC_CLASSES:
+        return "sync"
+    if name in GTHREAD_CLASSES:
+        return "gthread"
+    raise Refused(f"berth runs WSGI apps with its own sync or gthread workers only, not "
+                  f"{name!r} (its event loop already keeps slow clients off the app threads); "
+                  f"use -k gthread (or -k sync), or keep Gunicorn for async/ASGI workers")
+
+
+def _current_user(value: Any) -> bool:
+    """Harmless --user: unset, or the user berth already runs as (a Dockerfile USER)."""
+    if value is None or value == "":
+        return True
+    try:
+        import pwd
+
+        uid = int(value) if str(value).isdigit() else pwd.getpwnam(str(value)).pw_uid
+    except (KeyError, ValueError, ImportError):
+        return False
+    return uid == os.geteuid()
+
+
+def _current_group(value: Any) -> bool:
+    if value is None or value == "":
+        return True
+    try:
+        import grp
+
+        gid = int(value) if str(value).isdigit() else grp.getgrnam(str(value)).gr_gid
+    except (KeyError, ValueError, ImportError):
+        return False
+    return gid == os.getegid()
+
+
+def hook(name: str) -> Callable[[Any], Callable]:
+    def convert(value: Any) -> Callable:
+        from berth.hooks import validate_hook
+
+        return validate_hook(name, value)
+
+    convert.__name__ = f"hook_{name}"
+    return convert
+
+
+# --- the declaration --------------------------------------------------------------------------
+
+# What berth does with a setting (the status column of docs/settings.md):
+IMPLEMENTED = "implemented"
+BERTH_ONLY = "berth only"  # berth's own setting; Gunicorn has no such setting
+NOT_NEEDED = "not needed"  # accepted; berth makes it unnecessary (an info line when set)
+NOT_YET = "not yet"  # accepted and ignored, with a WARNING line naming it when set
+REFUSED = "refused"  # accepted only at a value that changes nothing; otherwise exit 2
+
+STATUS_TEXT = {
+    IMPLEMENTED: "implemented",
+    BERTH_ONLY: "berth only",
+    NOT_NEEDED: "accepted, not needed",
+    NOT_YET: "accepted, not yet implemented (warning)",
+    REFUSED: "refused (exit 2)",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
+    """One setting: where it can be given, how its value is checked, what berth does with it.
+
+    `name` is Gunicorn's name where Gunicorn has the setting (config files use it), `flags` the
+    command-line flags (none: config file only), `convert` turns a value from any source into
+    the effective value or raises ValueError naming what is accepted (`Refused` for a value
+    berth will not run with). `env` says whether `BERTH_<NAME>` may set it. `status` and `note`
+    say what berth does with it; `default_text` is how the docs show a computed default.
+    """
+
     name: str
     flags: tuple[str, ...]
     convert: Callable[[Any], Any]
     default: Any
     help: str
     metavar: str | None = None
-    action: str | None = None  # "append" for repeatable flags, "store_true" for switches
+    action: str | None = None  # "append", "store_true", "store_false", "optional" (nargs=?)
+    section: str = "Server Mechanics"
+    status: str = IMPLEMENTED
+    note: str = ""
+    env: bool = True
+    const: Any = None  # the value of a bare "optional" flag
+    default_text: str = ""
 
+    @property
+    def env_var(self) -> str | None:
+        return f"BERTH_{self.name.upper()}" if self.env else None
+
+    @property
+    def flag(self) -> str:
+        """The flag a message names: the first long one, else the first, else the name."""
+        for flag in self.flags:
+            if flag.startswith("--"):
+                return flag
+        return self.flags[0] if self.flags else self.name
+
+    @property
+    def gunicorn(self) -> bool:
+        return self.status != BERTH_ONLY
+
+    @property
+    def is_hook(self) -> bool:
+        return self.section == "Server Hooks"
+
+
+S = Setting
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("bind", ("-b", "--bind"), text, None,
-            "Address to listen on, repeatable: HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N. "
-            "Default: 0.0.0.0:$PORT when $PORT is set, else 0.0.0.0:8000 inside a container "
-            "and 127.0.0.1:8000 outside one.", "ADDRESS", "append"),
-    Setting("workers", ("-w", "--workers"), worker_count, 2,
-            "Number of worker processes.", "INT"),
-    Setting("threads", ("--threads",), positive_int, 1,
-            "App threads per worker. With 1, the app runs on the worker's loop thread.", "INT"),
-    Setting("backlog", ("--backlog",), positive_int, 2048,
-            "Maximum number of pending connections in the kernel queue.", "INT"),
-    Setting("keepalive", ("--keep-alive",), non_negative_float, 75.0,
-            "Seconds an idle keep-alive connection is kept open (0 disables keep-alive). "
-            "Longer than common load-balancer idle timeouts (60 s), and cheap: an idle "
-            "connection costs no thread.", "SECONDS"),
-    Setting("timeout", ("-t", "--timeout"), positive_float, 30.0,
-            "Seconds a worker's loop may go silent, and one request may run, before berth "
-            "acts: a silent worker is killed (after dumping its threads' stacks), a request "
-            "over its deadline has its stack logged, gets a 504 if nothing was sent, and its "
-            "worker is replaced. Booting (importing the app) does not count.", "SECONDS"),
-    Setting("graceful_timeout", ("--graceful-timeout",), non_negative_float, None,
-            "Seconds in-flight requests get to finish after SIGTERM. Default 8 (inside "
-            "Docker's 10 s stop window; Gunicorn's 30 s is not), 20 in Kubernetes (inside its "
-            "30 s terminationGracePeriodSeconds, after the shutdown delay).", "SECONDS"),
-    Setting("shutdown_delay", ("--shutdown-delay",), non_negative_float, None,
-            "Seconds after SIGTERM during which requests are still served (load balancers "
-            "take a few seconds to stop sending) before berth stops accepting. Default 0, "
-            "5 in Kubernetes.", "SECONDS"),
-    Setting("max_requests", ("--max-requests",), non_negative_int, 0,
-            "Replace a worker after it has served this many requests (0 = never). Its "
-            "replacement is ready before it stops: no request is lost.", "INT"),
-    Setting("max_requests_jitter", ("--max-requests-jitter",), non_negative_int, 0,
-            "Add a random 0..N to --max-requests per worker, so workers are not all "
-            "replaced at once.", "INT"),
-    Setting("max_worker_memory", ("--max-worker-memory",), size_bytes, None,
-            "Replace a worker whose RSS stays above this size for 3 samples in a row "
-            "(0 = never). Default: off, unless a container memory limit is known; then a "
-            "share such that all workers plus one replacement fit under it.", "BYTES"),
-    Setting("worker_tmp_dir", ("--worker-tmp-dir",), text, None,
-            "Accepted for Gunicorn compatibility; berth has no heartbeat file (workers "
-            "report through shared memory), so it is not used.", "DIR"),
-    Setting("header_timeout", ("--header-timeout",), non_negative_float, 10.0,
-            "Seconds a client has to send a whole request head, and the longest pause while "
-            "it sends a body, before the connection is closed (408).", "SECONDS"),
-    Setting("body_buffer_size", ("--body-buffer-size",), size_bytes, 1024 * 1024,
-            "Request bodies up to this size are read whole into memory before the app sees "
-            "the request; larger ones are streamed to the app as they arrive.", "BYTES"),
-    Setting("limit_request_line", ("--limit-request-line",), non_negative_int, 4094,
-            "Maximum size of the request line in bytes (0 = unlimited).", "INT"),
-    Setting("limit_request_fields", ("--limit-request-fields",), non_negative_int, 100,
-            "Maximum number of header fields in a request.", "INT"),
-    Setting("limit_request_field_size", ("--limit-request-field_size",
-                                         "--limit-request-field-size"), non_negative_int, 8190,
-            "Maximum size of one request header field in bytes (0 = unlimited).", "INT"),
-    Setting("chdir", ("--chdir",), text, None,
-            "Change to this directory before loading the app.", "DIR"),
-    Setting("pythonpath", ("--pythonpath",), text, None,
-            "Comma-separated directories to add to the Python path.", "PATHS"),
-    Setting("preload_app", ("--preload",), bool, False,
-            "Load the app in the master before forking workers (memory shared copy-on-write, "
-            "kept shared with gc.freeze()).", None, "store_true"),
-    Setting("raw_env", ("-e", "--env"), env_pair, None,
-            "Set an environment variable for the app, repeatable: KEY=VALUE.", "KEY=VALUE",
-            "append"),
-    Setting("accesslog", ("--access-logfile",), text, "-",
-            "Access log: '-' for stdout (the default: containers collect stdout), a file "
-            "path, or 'none' to disable.", "FILE"),
-    Setting("errorlog", ("--error-logfile", "--log-file"), text, "-",
-            "Error log: '-' for stderr (the default) or a file path.", "FILE"),
-    Setting("access_log_format", ("--access-logformat",), text,
-            '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
-            "Access log format, with Gunicorn's atoms.", "STRING"),
-    Setting("loglevel", ("--log-level",), log_level, "info",
-            "Error log level: debug, info, warning, error, critical.", "LEVEL"),
+    # -- config file ------------------------------------------------------------------------
+    S("config", ("-c", "--config"), text, None,
+      "Configuration file: a Python file of Gunicorn-style settings and hooks, or "
+      "python:MODULE. Without it, ./berth.conf.py or else ./gunicorn.conf.py is loaded when "
+      "present.", "CONFIG", section="Config File",
+      default_text="./berth.conf.py or ./gunicorn.conf.py, if present"),
+    S("wsgi_app", (), text, None,
+      "The app as MODULE:NAME, when the command line names none (config file or env).",
+      section="Config File"),
+    # -- sockets ----------------------------------------------------------------------------
+    S("bind", ("-b", "--bind"), text, None,
+      "Address to listen on, repeatable: HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N. "
+      "Default: 0.0.0.0:$PORT when $PORT is set, else 0.0.0.0:8000 inside a container "
+      "and 127.0.0.1:8000 outside one.", "ADDRESS", "append", section="Server Socket",
+      note="Gunicorn's default is 127.0.0.1:8000 everywhere, unreachable from outside a "
+           "container.",
+      default_text="0.0.0.0:$PORT, else 0.0.0.0:8000 in a container, 127.0.0.1:8000 outside"),
+    S("backlog", ("--backlog",), positive_int, 2048,
+      "Maximum number of pending connections in the kernel queue.", "INT",
+      section="Server Socket"),
+    # -- workers ----------------------------------------------------------------------------
+    S("workers", ("-w", "--workers"), worker_count_or_auto, "auto",
+      "Number of worker processes (at most 128), or auto: the container's usable CPUs (CPU "
+      "quota capped by the cpuset) rounded, at least 2, lowered if the memory limit cannot "
+      "hold them. "
+      "$WEB_CONCURRENCY, when set, replaces auto.", "INT|auto", section="Worker Processes",
+      note="Gunicorn's default is 1 (or $WEB_CONCURRENCY).", default_text="auto"),
+    S("worker_class", ("-k", "--worker-class"), worker_class, "gthread",
+      "Worker type: gthread (app threads, the default) or sync (one request at a time per "
+      "worker: threads default to 1).", "STRING", section="Worker Processes",
+      note="sync and gthread, and Gunicorn's class paths for them; any other class "
+           "(gevent, eventlet, tornado, ASGI) exits 2."),
+    S("threads", ("--threads",), threads_or_auto, "auto",
+      "App threads per worker, or auto (4, or 1 with -k sync). With 1, the app runs on the "
+      "worker's loop thread.", "INT|auto", section="Worker Processes",
+      note="Gunicorn's default is 1.", default_text="auto"),
+    S("worker_connections", ("--worker-connections",), positive_int, 1000,
+      "Maximum simultaneous clients per worker (Gunicorn: async and gthread workers).", "INT",
+      section="Worker Processes", status=NOT_YET,
+      note="berth keeps idle and slow connections in its event loop at a few KiB each; there "
+           "is no per-worker connection cap yet."),
+    S("max_requests", ("--max-requests",), non_negative_int, 0,
+      "Replace a worker after it has served this many requests (0 = never). Its "
+      "replacement is ready before it stops: no request is lost.", "INT",
+      section="Worker Processes"),
+    S("max_requests_jitter", ("--max-requests-jitter",), non_negative_int, 0,
+      "Add a random 0..N to --max-requests per worker, so workers are not all "
+      "replaced at once.", "INT", section="Worker Processes"),
+    S("timeout", ("-t", "--timeout"), positive_float, 30.0,
+      "Seconds a worker's loop may go silent, and one request may run, before berth "
+      "acts: a silent worker is killed (after dumping its threads' stacks), a request "
+      "over its deadline has its stack logged, gets a 504 if nothing was sent, and its "
+      "worker is replaced. Booting (importing the app) does not count.", "SECONDS",
+      section="Worker Processes"),
+    S("graceful_timeout", ("--graceful-timeout",), non_negative_float, None,
+      "Seconds in-flight requests get to finish after SIGTERM. Default 8 (inside "
+      "Docker's 10 s stop window; Gunicorn's 30 s is not), 20 in Kubernetes (inside its "
+      "30 s terminationGracePeriodSeconds, after the shutdown delay).", "SECONDS",
+      section="Worker Processes", note="Gunicorn's default is 30 s, longer than Docker's "
+      "10 s stop window.", default_text="8, or 20 in Kubernetes"),
+    S("shutdown_delay", ("--shutdown-delay",), non_negative_float, None,
+      "Seconds after SIGTERM during which requests are still served (load balancers "
+      "take a few seconds to stop sending) before berth stops accepting. Default 0, "
+      "5 in Kubernetes.", "SECONDS", section="Worker Processes", status=BERTH_ONLY,
+      default_text="0, or 5 in Kubernetes"),
+    S("keepalive", ("--keep-alive",), non_negative_float, 75.0,
+      "Seconds an idle keep-alive connection is kept open (0 disables keep-alive). "
+      "Longer than common load-balancer idle timeouts (60 s), and cheap: an idle "
+      "connection costs no thread.", "SECONDS", section="Worker Processes",
+      note="Gunicorn's default is 2 s, shorter than load balancers' 60 s idle timeout."),
+    S("max_worker_memory", ("--max-worker-memory",), size_bytes, None,
+      "Replace a worker whose RSS stays above this size for 3 samples in a row "
+      "(0 = never). Default: off, unless a container memory limit is known; then a "
+      "share such that all workers plus one replacement fit under it.", "BYTES",
+      section="Worker Processes", status=BERTH_ONLY,
+      default_text="auto from the memory limit, else off"),
+    # -- security ---------------------------------------------------------------------------
+    S("limit_request_line", ("--limit-request-line",), non_negative_int, 4094,
+      "Maximum size of the request line in bytes (0 = unlimited).", "INT",
+      section="Security"),
+    S("limit_request_fields", ("--limit-request-fields",), non_negative_int, 100,
+      "Maximum number of header fields in a request.", "INT", section="Security"),
+    S("limit_request_field_size", ("--limit-request-field_size",
+                                   "--limit-request-field-size"), non_negative_int, 8190,
+      "Maximum size of one request header field in bytes (0 = unlimited).", "INT",
+      section="Security"),
+    S("header_timeout", ("--header-timeout",), non_negative_float, 10.0,
+      "Seconds a client has to send a whole request head, and the longest pause while "
+      "it sends a body, before the connection is closed (408).", "SECONDS",
+      section="Security", status=BERTH_ONLY),
+    S("body_buffer_size", ("--body-buffer-size",), size_bytes, 1024 * 1024,
+      "Request bodies up to this size are read whole into memory before the app sees "
+      "the request; larger ones are streamed to the app as they arrive.", "BYTES",
+      section="Security", status=BERTH_ONLY, default_text="1m"),
+    # -- debugging --------------------------------------------------------------------------
+    S("reload", ("--reload",), boolean, False,
+      "Restart workers when the code changes (development).", None, "store_true",
+      section="Debugging", status=NOT_YET,
+      note="no code reloading yet: restart berth, or send SIGHUP to start new workers."),
+    S("reload_engine", ("--reload-engine",), text, "auto",
+      "How --reload watches files (auto, poll, inotify).", "STRING", section="Debugging",
+      status=NOT_YET, note="no code reloading yet."),
+    S("reload_extra_files", ("--reload-extra-file",), text, None,
+      "Extra files --reload watches, repeatable.", "FILE", "append", section="Debugging",
+      status=NOT_YET, note="no code reloading yet."),
+    S("spew", ("--spew",), boolean, False,
+      "Trace every line the server executes (debugging).", None, "store_true",
+      section="Debugging", status=NOT_YET, note="no line tracing."),
+    S("check_config", ("--check-config",), boolean, False,
+      "Check the configuration, load the app and exit: 0 when it loads, 1 when the app "
+      "fails to load, 2 when the configuration is wrong.", None, "store_true",
+      section="Debugging", env=False),
+    S("print_config", ("--print-config",), boolean, False,
+      "Print every setting's effective value and where it came from, and exit.", None,
+      "store_true", section="Debugging", env=False),
+    # -- server mechanics -------------------------------------------------------------------
+    S("preload_app", ("--preload",), boolean, False,
+      "Load the app in the master before forking workers (memory shared copy-on-write, "
+      "kept shared with gc.freeze()).", None, "store_true"),
+    S("sendfile", ("--no-sendfile",), boolean, True,
+      "Do not use sendfile() for wsgi.file_wrapper responses.", None, "store_false",
+      status=NOT_YET, note="berth always sends real files with sendfile().",
+      default_text="on"),
+    S("reuse_port", ("--reuse-port",), boolean, False,
+      "Set SO_REUSEPORT on the listening sockets.", None, "store_true", status=NOT_YET,
+      note="the listeners are bound without SO_REUSEPORT."),
+    S("chdir", ("--chdir",), text, None,
+      "Change to this directory before loading the app.", "DIR",
+      default_text="the current directory"),
+    S("daemon", ("-D", "--daemon"), refuse_unless(
+        _falsy, "berth stays in the foreground (a container or process supervisor runs it); "
+                "drop --daemon"), False,
+      "Detach from the terminal (Gunicorn).", None, "store_true", status=REFUSED,
+      note="berth always runs in the foreground, as containers and supervisors expect."),
+    S("raw_env", ("-e", "--env"), env_pair, None,
+      "Set an environment variable for the app, repeatable: KEY=VALUE.", "KEY=VALUE",
+      "append"),
+    S("pidfile", ("-p", "--pid"), optional_text, None,
+      "Write the master's pid to this file (removed at exit).", "FILE"),
+    S("worker_tmp_dir", ("--worker-tmp-dir",), text, None,
+      "Directory for Gunicorn's worker heartbeat files.", "DIR", status=NOT_NEEDED,
+      note="berth has no heartbeat file: workers report through shared memory, so nothing "
+           "is written to /tmp (and /dev/shm is not needed)."),
+    S("user", ("-u", "--user"), refuse_unless(
+        _current_user, "switching workers to another user is not implemented: run the "
+                       "container as that user (Dockerfile USER, docker run --user, "
+                       "runAsUser)"), None,
+      "Run the workers as this user.", "USER", status=REFUSED,
+      note="accepted when it names the user berth already runs as; otherwise exit 2 "
+           "(ignoring it would leave the workers running as root)."),
+    S("group", ("-g", "--group"), refuse_unless(
+        _current_group, "switching workers to another group is not implemented: run the "
+                        "container with that group (docker run --user UID:GID, "
+                        "runAsGroup)"), None,
+      "Run the workers as this group.", "GROUP", status=REFUSED,
+      note="accepted when it names the group berth already runs as; otherwise exit 2."),
+    S("umask", ("-m", "--umask"), octal_mask, 0,
+      "File mode mask for files berth creates (unix sockets).", "INT", status=NOT_YET,
+      note="berth creates unix sockets with the process umask."),
+    S("initgroups", ("--initgroups",), boolean, False,
+      "Set the workers' supplementary groups from --user.", None, "store_true",
+      status=NOT_YET, note="--user is not implemented."),
+    S("tmp_upload_dir", (), optional_text, None,
+      "Directory for request bodies being read (Gunicorn).", status=NOT_NEEDED,
+      note="berth buffers bodies in memory up to --body-buffer-size and streams larger ones "
+           "to the app; nothing is written to disk."),
+    S("secure_scheme_headers", (), anything,
+      {"X-FORWARDED-PROTOCOL": "ssl", "X-FORWARDED-PROTO": "https", "X-FORWARDED-SSL": "on"},
+      "Headers from a trusted proxy that mark a request as HTTPS.", status=NOT_YET,
+      note="wsgi.url_scheme is always http: berth does not read X-Forwarded-Proto yet.",
+      default_text="Gunicorn's X-FORWARDED-* trio"),
+    S("forwarded_allow_ips", ("--forwarded-allow-ips",), text, "127.0.0.1,::1",
+      "Proxies trusted to set secure_scheme_headers and forwarder_headers.", "STRING",
+      status=NOT_YET, note="no forwarded headers are trusted yet (wsgi.url_scheme is http, "
+                           "REMOTE_ADDR the peer)."),
+    S("pythonpath", ("--pythonpath",), text, None,
+      "Comma-separated directories to add to the Python path.", "PATHS"),
+    S("paste", ("--paste", "--paster"), refuse_unless(
+        _falsy, "PasteDeploy apps are not supported: name the app as MODULE:NAME"), None,
+      "Load a PasteDeploy config file.", "STRING", status=REFUSED,
+      note="name the app as MODULE:NAME instead."),
+    S("raw_paste_global_conf", ("--paste-global",), refuse_unless(
+        _falsy, "PasteDeploy apps are not supported: name the app as MODULE:NAME"), None,
+      "Global PasteDeploy variables, repeatable.", "CONF", "append", status=REFUSED,
+      note="PasteDeploy is not supported."),
+    S("proxy_protocol", ("--proxy-protocol",), refuse_unless(
+        _is_off, "the PROXY protocol is not implemented: every request would be answered "
+                 "400 and REMOTE_ADDR would be the proxy; turn it off at the proxy or keep "
+                 "Gunicorn"), "off",
+      "Accept the PROXY protocol header from a load balancer (off, v1, v2, auto).", "MODE",
+      "optional", status=REFUSED, const="auto",
+      note="accepted when off; otherwise exit 2."),
+    S("proxy_allow_ips", ("--proxy-allow-from",), text, "127.0.0.1,::1",
+      "Proxies allowed to send the PROXY protocol header.", "STRING", status=NOT_YET,
+      note="the PROXY protocol is not implemented."),
+    S("protocol", ("--protocol",), refuse_unless(
+        lambda v: str(v).strip().lower() == "http",
+        "berth speaks HTTP only (not uwsgi): point the front end at berth over HTTP"), "http",
+      "Protocol for incoming connections: http or uwsgi.", "STRING", status=REFUSED,
+      note="http only; uwsgi exits 2."),
+    S("uwsgi_allow_ips", ("--uwsgi-allow-from",), text, "127.0.0.1,::1",
+      "Front ends allowed to speak uwsgi.", "STRING", status=NOT_NEEDED,
+      note="berth does not speak uwsgi."),
+    S("permit_obsolete_folding", ("--permit-obsolete-folding",), boolean, False,
+      "Accept obsolete line folding in header fields.", None, "store_true", status=NOT_YET,
+      note="berth rejects folded header lines (400)."),
+    S("strip_header_spaces", ("--strip-header-spaces",), boolean, False,
+      "Strip spaces before the colon of header names (unsafe).", None, "store_true",
+      status=NOT_YET, note="berth rejects them (400)."),
+    S("permit_unconventional_http_method", ("--permit-unconventional-http-method",), boolean,
+      False, "Accept methods outside Gunicorn's conventional pattern.", None, "store_true",
+      status=NOT_YET, note="berth accepts the methods llhttp knows."),
+    S("permit_unconventional_http_version", ("--permit-unconventional-http-version",),
+      boolean, False, "Accept HTTP versions other than 1.0 and 1.1.", None, "store_true",
+      status=NOT_YET, note="berth answers other versions with 505."),
+    S("casefold_http_method", ("--casefold-http-method",), boolean, False,
+      "Upper-case lower-case request methods.", None, "store_true", status=NOT_YET,
+      note="methods are passed as sent."),
+    S("forwarder_headers", ("--forwarder-headers",), text, "SCRIPT_NAME,PATH_INFO",
+      "Headers a trusted proxy may use to set environ variables.", "STRING", status=NOT_YET,
+      note="no forwarded headers are trusted yet."),
+    S("header_map", ("--header-map",), text, "drop",
+      "What to do with header names containing '_': drop, refuse or dangerous.", "STRING",
+      status=NOT_YET, note="berth always drops them (Gunicorn's default, drop)."),
+    S("root_path", ("--root-path",), text, "",
+      "Root path of an ASGI app (Gunicorn's ASGI worker).", "STRING", status=NOT_NEEDED,
+      note="ASGI only; for WSGI, set SCRIPT_NAME in the environment."),
+    # -- logging ----------------------------------------------------------------------------
+    S("accesslog", ("--access-logfile",), text, "-",
+      "Access log: '-' for stdout (the default: containers collect stdout), a file "
+      "path, or 'none' to disable.", "FILE", section="Logging",
+      note="Gunicorn's default is no access log."),
+    S("disable_redirect_access_to_syslog", ("--disable-redirect-access-to-syslog",), boolean,
+      False, "Do not send access logs to syslog.", None, "store_true", section="Logging",
+      status=NOT_NEEDED, note="berth never sends logs to syslog."),
+    S("access_log_format", ("--access-logformat",), text,
+      '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
+      "Access log format, with Gunicorn's atoms.", "STRING", section="Logging"),
+    S("errorlog", ("--error-logfile", "--log-file"), text, "-",
+      "Error log: '-' for stderr (the default) or a file path.", "FILE", section="Logging"),
+    S("loglevel", ("--log-level",), log_level, "info",
+      "Error log level: debug, info, warning, error, critical.", "LEVEL", section="Logging"),
+    S("capture_output", ("--capture-output",), boolean, False,
+      "Redirect the app's stdout/stderr to the error log file.", None, "store_true",
+      section="Logging", status=NOT_YET,
+      note="the app's output goes to berth's own stdout/stderr."),
+    S("logger_class", ("--logger-class",), text, "gunicorn.glogging.Logger",
+      "A Gunicorn logger class.", "STRING", section="Logging", status=NOT_YET,
+      note="berth has its own logger; the access log format and --log-level apply."),
+    S("logconfig", ("--log-config",), optional_text, None,
+      "A logging.config file for the error log.", "FILE", section="Logging", status=NOT_YET,
+      note="the error log is configured by --error-logfile and --log-level."),
+    S("logconfig_dict", (), anything, {},
+      "A logging.config dictionary (config file only).", section="Logging", status=NOT_YET,
+      note="the error log is configured by --error-logfile and --log-level.",
+      default_text="{}"),
+    S("logconfig_json", ("--log-config-json",), optional_text, None,
+      "A logging.config JSON file.", "FILE", section="Logging", status=NOT_YET,
+      note="the error log is configured by --error-logfile and --log-level."),
+    S("syslog_addr", ("--log-syslog-to",), text, "udp://localhost:514",
+      "Syslog address.", "SYSLOG_ADDR", section="Logging", status=NOT_YET,
+      note="no syslog output: logs are a stream on stdout/stderr."),
+    S("syslog", ("--log-syslog",), boolean, False,
+      "Send the logs to syslog.", None, "store_true", section="Logging", status=NOT_YET,
+      note="no syslog output: logs are a stream on stdout/stderr."),
+    S("syslog_prefix", ("--log-syslog-prefix",), optional_text, None,
+      "Program name in syslog entries.", "SYSLOG_PREFIX", section="Logging",
+      status=NOT_YET, note="no syslog output."),
+    S("syslog_facility", ("--log-syslog-facility",), text, "user",
+      "Syslog facility.", "SYSLOG_FACILITY", section="Logging", status=NOT_YET,
+      note="no syslog output."),
+    S("enable_stdio_inheritance", ("-R", "--enable-stdio-inheritance"), boolean, False,
+      "Keep stdio open in daemon mode.", None, "store_true", section="Logging",
+      status=NOT_NEEDED, note="berth never closes or redirects stdio."),
+    S("statsd_host", ("--statsd-host",), optional_text, None,
+      "StatsD server to send metrics to (HOST:PORT).", "STATSD_ADDR", section="Logging",
+      status=NOT_YET, note="no StatsD metrics yet."),
+    S("dogstatsd_tags", ("--dogstatsd-tags",), text, "",
+      "Tags for DogStatsD metrics.", "DOGSTATSD_TAGS", section="Logging", status=NOT_YET,
+      note="no StatsD metrics yet."),
+    S("statsd_prefix", ("--statsd-prefix",), text, "",
+      "Prefix of StatsD metric names.", "STATSD_PREFIX", section="Logging", status=NOT_YET,
+      note="no StatsD metrics yet."),
+    S("enable_backlog_metric", ("--enable-backlog-metric",), boolean, False,
+      "Report the listen backlog as a metric.", None, "store_true", section="Logging",
+      status=NOT_YET, note="no StatsD metrics yet."),
+    # -- process naming ---------------------------------------------------------------------
+    S("proc_name", ("-n", "--name"), optional_text, None,
+      "Process title base (setproctitle).", "STRING", section="Process Naming",
+      status=NOT_YET, note="process titles are not changed."),
+    S("default_proc_name", (), text, "gunicorn",
+      "Gunicorn's internal default process name.", section="Process Naming",
+      status=NOT_NEEDED, note="internal to Gunicorn."),
+    # -- SSL --------------------------------------------------------------------------------
+    S("keyfile", ("--keyfile",), refuse_unless(_falsy, TLS_REASON), None,
+      "TLS key file.", "FILE", section="SSL", status=REFUSED, note=TLS_REASON + "."),
+    S("certfile", ("--certfile",), refuse_unless(_falsy, TLS_REASON), None,
+      "TLS certificate file.", "FILE", section="SSL", status=REFUSED, note=TLS_REASON + "."),
+    S("ssl_version", ("--ssl-version",), refuse_unless(
+        lambda v: str(v).strip() in ("2", "PROTOCOL_TLS", "TLS", "_SSLMethod.PROTOCOL_TLS")
+        or v is None, TLS_REASON), None,
+      "TLS protocol version.", "VERSION", section="SSL", status=REFUSED,
+      note=TLS_REASON + ".", default_text="TLS"),
+    S("cert_reqs", ("--cert-reqs",), refuse_unless(
+        lambda v: v is None or str(v).strip() in ("0", "CERT_NONE", "VerifyMode.CERT_NONE"),
+        TLS_REASON), None,
+      "Whether a client certificate is required.", "INT", section="SSL", status=REFUSED,
+      note=TLS_REASON + ".", default_text="0 (none)"),
+    S("ca_certs", ("--ca-certs",), refuse_unless(_falsy, TLS_REASON), None,
+      "CA certificates file.", "FILE", section="SSL", status=REFUSED, note=TLS_REASON + "."),
+    S("suppress_ragged_eofs", ("--suppress-ragged-eofs",), refuse_unless(
+        lambda v: v is None or v is True or str(v).lower() in ("true", "1"), TLS_REASON), True,
+      "Suppress ragged TLS EOFs.", None, "store_true", section="SSL", status=REFUSED,
+      note=TLS_REASON + "."),
+    S("do_handshake_on_connect", ("--do-handshake-on-connect",), refuse_unless(
+        _falsy, TLS_REASON), False,
+      "Do the TLS handshake on connect.", None, "store_true", section="SSL", status=REFUSED,
+      note=TLS_REASON + "."),
+    S("ciphers", ("--ciphers",), refuse_unless(_falsy, TLS_REASON), None,
+      "TLS cipher suites.", "CIPHERS", section="SSL", status=REFUSED,
+      note=TLS_REASON + "."),
+    # -- HTTP/2 -----------------------------------------------------------------------------
+    S("http_protocols", ("--http-protocols",), refuse_unless(
+        lambda v: v is None or str(v).strip().lower() in ("h1", "http/1.1"),
+        "berth speaks HTTP/1.x only: use --http-protocols h1 (or drop it); terminate HTTP/2 "
+        "at the load balancer"), "h1",
+      "HTTP versions to offer (h1, h2).", "STRING", section="HTTP/2", status=REFUSED,
+      note="h1 only; anything else exits 2."),
+    S("http2_cleartext", ("--http2-cleartext",), refuse_unless(
+        _is_off, "berth speaks HTTP/1.x only: drop --http2-cleartext"), "off",
+      "Accept HTTP/2 over cleartext (h2c).", "STRING", section="HTTP/2", status=REFUSED,
+      note="off only; anything else exits 2."),
+    S("http2_max_concurrent_streams", ("--http2-max-concurrent-streams",), positive_int, 100,
+      "HTTP/2 streams per connection.", "INT", section="HTTP/2", status=NOT_NEEDED,
+      note="berth does not speak HTTP/2."),
+    S("http2_initial_window_size", ("--http2-initial-window-size",), positive_int, 65535,
+      "HTTP/2 initial flow-control window.", "INT", section="HTTP/2", status=NOT_NEEDED,
+      note="berth does not speak HTTP/2."),
+    S("http2_max_frame_size", ("--http2-max-frame-size",), positive_int, 16384,
+      "HTTP/2 maximum frame size.", "INT", section="HTTP/2", status=NOT_NEEDED,
+      note="berth does not speak HTTP/2."),
+    S("http2_max_header_list_size", ("--http2-max-header-list-size",), positive_int, 65536,
+      "HTTP/2 maximum header list size.", "INT", section="HTTP/2", status=NOT_NEEDED,
+      note="berth does not speak HTTP/2."),
+    # -- ASGI and parser choice -------------------------------------------------------------
+    S("asgi_loop", ("--asgi-loop",), text, "auto",
+      "Event loop of Gunicorn's ASGI worker.", "STRING", section="Worker Processes",
+      status=NOT_NEEDED, note="ASGI only; berth serves WSGI."),
+    S("asgi_lifespan", ("--asgi-lifespan",), text, "auto",
+      "ASGI lifespan handling.", "STRING", section="Worker Processes", status=NOT_NEEDED,
+      note="ASGI only; berth serves WSGI."),
+    S("asgi_disconnect_grace_period", ("--asgi-disconnect-grace-period",), non_negative_int,
+      3, "ASGI disconnect grace period.", "INT", section="Worker Processes",
+      status=NOT_NEEDED, note="ASGI only; berth serves WSGI."),
+    S("websocket_max_message_size", ("--websocket-max-message-size",), non_negative_int,
+      16777216, "ASGI WebSocket message size limit.", "INT", section="Worker Processes",
+      status=NOT_NEEDED, note="ASGI only; berth serves WSGI."),
+    S("http_parser", ("--http-parser",), text, "auto",
+      "HTTP parser implementation.", "STRING", section="Worker Processes",
+      status=NOT_NEEDED, note="berth always parses with httptools (llhttp)."),
+    # -- dirty arbiters ---------------------------------------------------------------------
+    S("dirty_apps", ("--dirty-app",), refuse_unless(
+        _falsy, "dirty apps (a separate worker pool for long tasks) are not supported; run "
+                "them in their own process"), None,
+      "Apps for Gunicorn's dirty worker pool, repeatable.", "STRING", "append",
+      section="Dirty Arbiters", status=REFUSED, note="not supported; exits 2 when set."),
+    S("dirty_workers", ("--dirty-workers",), non_negative_int, 0,
+      "Dirty worker processes.", "INT", section="Dirty Arbiters", status=NOT_NEEDED,
+      note="no dirty worker pool."),
+    S("dirty_timeout", ("--dirty-timeout",), non_negative_int, 300,
+      "Dirty task timeout.", "INT", section="Dirty Arbiters", status=NOT_NEEDED,
+      note="no dirty worker pool."),
+    S("dirty_threads", ("--dirty-threads",), positive_int, 1,
+      "Threads per dirty worker.", "INT", section="Dirty Arbiters", status=NOT_NEEDED,
+      note="no dirty worker pool."),
+    S("dirty_graceful_timeout", ("--dirty-graceful-timeout",), non_negative_int, 30,
+      "Dirty worker shutdown timeout.", "INT", section="Dirty Arbiters", status=NOT_NEEDED,
+      note="no dirty worker pool."),
+    # -- control socket ---------------------------------------------------------------------
+    S("control_socket", ("--control-socket",), optional_text, None,
+      "Unix socket of Gunicorn's control interface (gunicornc).", "PATH", section="Control",
+      status=NOT_YET, note="berth is controlled with signals (HUP, TERM, TTIN, TTOU, USR1).",
+      default_text="~/.gunicorn/gunicorn.ctl"),
+    S("control_socket_mode", ("--control-socket-mode",), octal_mask, 0o600,
+      "Permissions of the control socket.", "INT", section="Control", status=NOT_YET,
+      note="no control socket.", default_text="0o600"),
+    S("control_socket_disable", ("--no-control-socket",), boolean, False,
+      "Do not open the control socket.", None, "store_true", section="Control",
+      status=NOT_NEEDED, note="berth has no control socket."),
 )
 
+# Gunicorn's server hooks (config file only). pre_exec is accepted but never called;
+# ssl_context is TLS; the dirty-arbiter hooks belong to a pool berth does not have.
+_HOOK_HELP = {
+    "on_starting": "Called in the master before it binds: on_starting(server).",
+    "on_reload": "Called in the master on SIGHUP: on_reload(server).",
+    "when_ready": "Called in the master once the listeners are bound: when_ready(server).",
+    "pre_fork": "Called in the master before a worker is forked: pre_fork(server, worker).",
+    "post_fork": "Called in a new worker: post_fork(server, worker).",
+    "post_worker_init": "Called in a worker once the app is loaded: post_worker_init(worker).",
+    "worker_int": "Called in a worker on SIGINT or SIGQUIT: worker_int(worker).",
+    "worker_abort": "Called in a worker on SIGABRT (its loop went silent): "
+                    "worker_abort(worker).",
+    "pre_exec": "Called before a new master is exec'd (SIGUSR2): pre_exec(server).",
+    "pre_request": "Called in a worker before the app handles a request: "
+                   "pre_request(worker, req).",
+    "post_request": "Called in a worker after a response: "
+                    "post_request(worker, req, environ, resp).",
+    "child_exit": "Called in the master after a worker exited: child_exit(server, worker).",
+    "worker_exit": "Called in a worker as it exits: worker_exit(server, worker).",
+    "nworkers_changed": "Called in the master when the worker count changes: "
+                        "nworkers_changed(server, new_value, old_value).",
+    "on_exit": "Called in the master just before berth exits: on_exit(server).",
+}
+_DIRTY_HOOKS = ("on_dirty_starting", "dirty_post_fork", "dirty_worker_init",
+                "dirty_worker_exit")
+
+
+def _hook_settings() -> tuple[Setting, ...]:
+    out = []
+    for name, help_text in _HOOK_HELP.items():
+        if name == "pre_exec":
+            out.append(S(name, (), hook(name), None, help_text, section="Server Hooks",
+                         status=NOT_NEEDED, env=False,
+                         note="never called: berth has no SIGUSR2 re-exec."))
+        else:
+            out.append(S(name, (), hook(name), None, help_text, section="Server Hooks",
+                         env=False))
+    out.append(S("ssl_context", (), refuse_unless(_falsy, TLS_REASON), None,
+                 "Build the TLS context: ssl_context(config, default_ssl_context_factory).",
+                 section="Server Hooks", status=REFUSED, env=False,
+                 note=TLS_REASON + "."))
+    for name in _DIRTY_HOOKS:
+        out.append(S(name, (), anything, None, f"Gunicorn dirty-arbiter hook {name}.",
+                     section="Server Hooks", status=NOT_NEEDED, env=False,
+                     note="never called: no dirty worker pool."))
+    return tuple(out)
+
+
+SETTINGS = SETTINGS + _hook_settings()
 BY_NAME = {s.name: s for s in SETTINGS}
+HOOK_NAMES = tuple(s.name for s in SETTINGS if s.is_hook)
+
+
+def _label(setting: Setting, source: str) -> str:
+    """Where a value came from, as a message names it."""
+    kind, _, detail = source.partition(" ")
+    if kind == "file":
+        return f"{detail}: {setting.name}"
+    if kind == "env" and detail in ("GUNICORN_CMD_ARGS", "BERTH_CMD_ARGS"):
+        return f"{detail}: {setting.flag} ({setting.name})"
+    if kind == "env":
+        return f"{detail} ({setting.name})"
+    if setting.flags:
+        return f"{setting.flag} ({setting.name})"
+    return setting.name
+
+
+def convert_value(setting: Setting, value: Any, source: str = "cli") -> Any:
+    """`value` from `source` → the effective value, or ConfigError naming the setting, the
+    value and what is accepted."""
+    try:
+        if setting.action == "append":
+            items = [value] if isinstance(value, str) else list(value)
+            return [setting.convert(v) for v in items]
+        return setting.convert(value)
+    except Refused as exc:
+        raise ConfigError(f"{_label(setting, source)} = {value!r}: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{_label(setting, source)}: invalid value {value!r}; expected "
+                          f"{exc}") from None
 
 
 @dataclasses.dataclass
 class Config:
-    """The effective configuration: one attribute per `Setting`, plus the app spec."""
+    """The effective configuration: one attribute per `Setting`, plus the app spec.
+
+    `sources[name]` says where each value came from: `default`, `file PATH`, `env VAR`
+    (`env BERTH_WORKERS`, `env GUNICORN_CMD_ARGS`...), `cli` or `auto` (computed at start:
+    sizing, graceful timeout, bind). `notices` are (level, line) pairs to log at start.
+    """
 
     app_uri: str = ""
     values: dict = dataclasses.field(default_factory=dict)
+    sources: dict = dataclasses.field(default_factory=dict)
+    notices: list = dataclasses.field(default_factory=list)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -213,14 +808,17 @@ class Config:
             return BY_NAME[name].default
         raise AttributeError(name)
 
-    def set(self, name: str, value: Any) -> None:
-        setting = BY_NAME[name]
-        try:
-            if setting.action == "append":
-                value = [setting.convert(v) for v in value]
-            elif setting.action != "store_true":
-                value = setting.convert(value)
-        except ValueError as exc:
-            flag = setting.flags[-1] if setting.flags[-1].startswith("--") else setting.flags[0]
-            raise ConfigError(f"{flag} ({name}): invalid value {value!r}; expected {exc}") from None
-        self.values[name] = value
+    def set(self, name: str, value: Any, source: str = "cli") -> None:
+        self.values[name] = convert_value(BY_NAME[name], value, source)
+        self.sources[name] = source
+
+    def source(self, name: str) -> str:
+        return self.sources.get(name, "default")
+
+    def is_set(self, name: str) -> bool:
+        """Given by some source (not left at its default)."""
+        return self.source(name) != "default"
+
+    @property
+    def settings(self) -> dict[str, Setting]:  # Gunicorn's cfg.settings, by name
+        return BY_NAME

@@ -25,10 +25,11 @@ import traceback
 from dataclasses import dataclass, field
 
 from berth import container
+from berth.hooks import ServerView, WorkerView, call_hook
 from berth.logs import AccessLog
-from berth.scoreboard import BOOTING, DRAINING, RETIRING, Scoreboard, Slot
+from berth.scoreboard import BOOTING, DRAINING, MAX_WORKERS, RETIRING, Scoreboard, Slot
 from berth.sockets import create_listener, describe
-from berth.worker import EXIT_APP_LOAD_ERROR, Worker
+from berth.worker import EXIT_APP_LOAD_ERROR, Worker, private_memory
 
 BOOT_FAILURES_MAX = 5  # workers dying before they are ready, within BOOT_FAILURE_WINDOW
 BOOT_FAILURE_WINDOW = 60.0
@@ -59,6 +60,7 @@ class WorkerInfo:
     replacement_for: int = 0  # the pid this worker replaces (recycling)
     rss_over: int = 0
     flags: set = field(default_factory=set)
+    view: WorkerView | None = None  # what hooks receive as `worker`
 
 
 class Master:
@@ -80,6 +82,9 @@ class Master:
         self.info = container.detect()
         self.oom_kills = container.oom_kill_count(self.info)
         self.orphans: dict[int, float] = {}  # unknown zombie pid -> first seen
+        self.age = 0  # workers started so far (Gunicorn's worker.age)
+        self.memory_checked = False
+        self.server = ServerView(self)
 
     @property
     def loop_allowance(self) -> float:
@@ -91,6 +96,7 @@ class Master:
 
     def run(self) -> int:
         cfg = self.cfg
+        call_hook(cfg, "on_starting", self.server)
         for addr in cfg.bind:
             self.listeners.append(create_listener(addr, cfg.backlog))
         if cfg.preload_app:
@@ -117,12 +123,12 @@ class Master:
         if cfg.max_worker_memory:
             self.log.info("max worker memory %d MiB%s", cfg.max_worker_memory >> 20,
                           cfg.values.get("memory_reason", ""))
-        if cfg.worker_tmp_dir:
-            self.log.info("--worker-tmp-dir is not needed: workers report through shared "
-                          "memory, no heartbeat file")
+        call_hook(cfg, "when_ready", self.server)
+        call_hook(cfg, "nworkers_changed", self.server, cfg.workers, None)
         for _ in range(cfg.workers):
             self.spawn()
         self.loop()
+        call_hook(self.cfg, "on_exit", self.server)
         return self.exit_code
 
     def _on_signal(self, signum, frame) -> None:
@@ -164,12 +170,9 @@ class Master:
         if sig == signal.SIGHUP:
             self.reload()
         elif sig == signal.SIGTTIN:
-            self.cfg.values["workers"] = min(self.cfg.workers + 1, 128)
-            self.log.info("SIGTTIN: %d workers", self.cfg.workers)
+            self.set_workers(min(self.cfg.workers + 1, MAX_WORKERS), "SIGTTIN")
         elif sig == signal.SIGTTOU:
-            if self.cfg.workers > 1:
-                self.cfg.values["workers"] = self.cfg.workers - 1
-                self.log.info("SIGTTOU: %d workers", self.cfg.workers)
+            self.set_workers(max(self.cfg.workers - 1, 1), "SIGTTOU")
         elif sig == signal.SIGUSR1:
             self.log.info("SIGUSR1: reopening log files")
             from berth.logs import setup_error_log
@@ -178,6 +181,13 @@ class Master:
                 self._kill(info.pid, signal.SIGUSR1)
         elif sig == signal.SIGUSR2:
             self.log.info("SIGUSR2 is not used by berth (no binary upgrade); ignored")
+
+    def set_workers(self, count: int, why: str) -> None:
+        old = self.cfg.workers
+        if count != old:
+            self.cfg.values["workers"] = count
+            self.log.info("%s: %d workers", why, count)
+            call_hook(self.cfg, "nworkers_changed", self.server, count, old)
 
     def active(self) -> list[WorkerInfo]:
         """Workers of the current generation that are not on their way out."""
@@ -206,11 +216,15 @@ class Master:
         max_requests = 0
         if cfg.max_requests:
             max_requests = cfg.max_requests + random.randint(0, cfg.max_requests_jitter)
+        self.age += 1
+        view = WorkerView(cfg, self.log, age=self.age)
+        call_hook(cfg, "pre_fork", self.server, view)
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid:
-            info = WorkerInfo(pid, slot, self.generation, time.monotonic())
+            view.pid = pid
+            info = WorkerInfo(pid, slot, self.generation, time.monotonic(), view=view)
             if replacing is not None:
                 info.replacement_for = replacing.pid
             self.workers[pid] = info
@@ -220,12 +234,15 @@ class Master:
             signal.set_wakeup_fd(-1)
             for fd in (self.sig_r, self.sig_w, self.ready_r):
                 os.close(fd)
+            view.pid = os.getpid()
+            call_hook(cfg, "post_fork", self.server, view)
             access_log = None
             if self.cfg.accesslog.lower() not in ("none", "off", ""):
                 access_log = AccessLog(self.cfg.accesslog, self.cfg.access_log_format, self.log)
             worker = Worker(self.cfg, self.listeners, self.app, self.log, access_log,
                             self.ready_w, self.load_app, scoreboard=self.scoreboard,
-                            slot=slot, generation=self.generation, max_requests=max_requests)
+                            slot=slot, generation=self.generation, max_requests=max_requests,
+                            view=view, server=self.server)
             worker.run()
         finally:
             os._exit(1)
@@ -241,6 +258,9 @@ class Master:
                 continue
             info.ready = True
             self.log.debug("worker %d ready", info.pid)
+            if not self.memory_checked:
+                self.memory_checked = True
+                self.cap_workers_by_memory(info)
             if info.replacement_for:  # recycling: the old one stops now that this one serves
                 old = self.workers.get(info.replacement_for)
                 if old is not None and not old.stopping:
@@ -252,6 +272,28 @@ class Master:
                 self.log.info("ready: %d workers serving %s", len(ready),
                               ", ".join(describe(s) for s in self.listeners))
         self.finish_reload()
+
+    def cap_workers_by_memory(self, info: WorkerInfo) -> None:
+        """Once the first worker serves, its own memory (USS) is known: never run more
+        workers than the container's memory limit holds, all of them plus one replacement
+        under 80% of it. A configured count only gets a warning."""
+        limit = self.info.memory_limit
+        uss = self.scoreboard.read(info.slot).uss
+        if not limit or not uss:
+            return
+        from berth.sizing import cap_for_memory
+
+        master_uss = private_memory() if self.cfg.preload_app else 0
+        count, line = cap_for_memory(limit, uss, self.cfg.workers, master_uss)
+        if line is None:
+            return
+        if self.cfg.values.get("workers_auto"):
+            self.log.warning("%s", line)
+            self.set_workers(count, "memory limit")
+        else:
+            self.log.warning("%s; --workers %d was set explicitly, so it is kept",
+                             line.replace(f"workers={count} (lowered", f"workers={count} "
+                                          "(would be lowered", 1), self.cfg.workers)
 
     def check_workers(self, now: float) -> None:
         """Twice a second: heartbeats, recycling wishes, memory."""
@@ -323,6 +365,7 @@ class Master:
                 return
             new.values["bind"] = self.cfg.bind
             self.cfg = new
+        call_hook(self.cfg, "on_reload", self.server)
         self.generation += 1  # keep_count() starts the new generation's workers
         self.log.info("SIGHUP: reloading: starting %d workers of generation %d",
                       self.cfg.workers, self.generation)
@@ -375,6 +418,7 @@ class Master:
                            os.waitstatus_to_exitcode(status))
 
     def worker_exited(self, info: WorkerInfo, status: int) -> None:
+        call_hook(self.cfg, "child_exit", self.server, info.view)
         last = self.scoreboard.read(info.slot)
         self.scoreboard.clear(info.slot)
         if not info.stopping and last.state == DRAINING and last.over_deadline:

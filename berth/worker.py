@@ -36,6 +36,7 @@ import time
 import traceback
 from queue import SimpleQueue
 
+from berth.hooks import RequestView, ResponseView, WorkerView, call_hook, get_hook
 from berth.http.parser import HttpError, Request, RequestParser
 from berth.http.response import (
     CONTINUE,
@@ -152,6 +153,7 @@ class Response:
     sent = 0
     started = 0.0  # monotonic time the app was called (when the access log needs it)
     environ: dict | None = None
+    view = None  # what pre_request/post_request hooks receive as `req`
 
     def __init__(self, worker: Worker, conn: Connection, req: Request, inline: bool):
         self.worker = worker
@@ -299,7 +301,8 @@ def _drop_hop_by_hop(headers: list, keep_alive: bool) -> tuple[str, bool]:
 class Worker:
     def __init__(self, cfg, listeners: list[socket.socket], app, log, access_log,
                  ready_fd: int | None, load_app=None, scoreboard: Scoreboard | None = None,
-                 slot: int = 0, generation: int = 0, max_requests: int = 0):
+                 slot: int = 0, generation: int = 0, max_requests: int = 0,
+                 view=None, server=None):
         self.cfg = cfg
         self.listeners = {s.fileno(): s for s in listeners}
         self.app = app
@@ -329,6 +332,10 @@ class Worker:
         self.max_requests = max_requests or (1 << 62)
         self.timeout = cfg.timeout
         self.statm = -1
+        self.view = view if view is not None else WorkerView(cfg, log, pid=os.getpid())
+        self.server = server
+        self.pre_request = get_hook(cfg, "pre_request")
+        self.post_request = get_hook(cfg, "post_request")
         self.last_tick = self.max_tick_gap = 0.0
         self.now = time.monotonic()  # the loop's clock, read once per wake-up
         self.base_environ = {
@@ -362,6 +369,9 @@ class Worker:
                     sys.stderr.flush()
                     self.log.error("worker %d: the app failed to load; stopping", os.getpid())
                     os._exit(EXIT_APP_LOAD_ERROR)
+            self.view.app = self.app
+            self.view.booted = True
+            call_hook(self.cfg, "post_worker_init", self.view)
             self._setup_loop()
             self.slot.uss = private_memory()
             self.beat(IDLE)
@@ -375,6 +385,8 @@ class Worker:
         finally:
             self.log.debug("worker %d: longest gap between heartbeats %.3f s (every %.1f s "
                            "when idle)", os.getpid(), self.max_tick_gap, TICK)
+            self.view.alive = False
+            call_hook(self.cfg, "worker_exit", self.server, self.view)
             if self.access_log is not None:
                 self.access_log.close()
             for stream in (sys.stdout, sys.stderr):
@@ -419,6 +431,7 @@ class Worker:
 
     def _on_abort(self, signum, frame) -> None:
         self.log.error("worker %d aborted: its loop was silent past --timeout", os.getpid())
+        call_hook(self.cfg, "worker_abort", self.view)
         if self.access_log is not None:
             self.access_log.close(timeout=0.2)
         os._exit(1)
@@ -857,6 +870,9 @@ class Worker:
         resp.environ = environ
         if not inline:
             conn.response = resp
+        if self.pre_request is not None or self.post_request is not None:
+            resp.view = RequestView(environ)
+            call_hook(self.cfg, "pre_request", self.view, resp.view)
         if self.log_duration:
             resp.started = time.monotonic()
         result = None
@@ -878,7 +894,7 @@ class Worker:
                         self.send(conn, head, inline)
                         self.send(conn, body, inline)
                 keep = resp.end()
-                if self.access_log is None:
+                if self.access_log is None and self.post_request is None:
                     return keep  # nothing to close for a list, nothing to log
             else:
                 keep = self.send_iterable(resp, result)
@@ -898,6 +914,9 @@ class Worker:
         req = resp.req
         if req.streaming and not req.complete:
             req.body_stream.discard()
+        if self.post_request is not None:
+            call_hook(self.cfg, "post_request", self.view, resp.view, resp.environ,
+                      ResponseView(resp.status, resp.headers, resp.sent))
         access_log = self.access_log
         if access_log is not None:  # AccessLog.log(), inlined: this runs for every request
             access_log.lines.append(access_log.format(
@@ -1223,6 +1242,7 @@ class Worker:
             if sig == signal.SIGTERM:
                 self.start_drain()
             elif sig in (signal.SIGINT, signal.SIGQUIT):
+                call_hook(self.cfg, "worker_int", self.view)
                 self.alive = False
                 self.quick_exit = True
             elif sig == signal.SIGUSR1 and self.access_log is not None:

@@ -1,0 +1,334 @@
+"""Gunicorn's server hooks, and the objects they receive.
+
+A Gunicorn config file may define functions such as `post_fork(server, worker)` or
+`pre_request(worker, req)`. berth loads them (`validate_hook`, used by `config.py`), and the
+master and workers call them through `call_hook(cfg, name, *args)` at the same moments Gunicorn
+does. A hook that raises is logged with its traceback and berth carries on, as with Gunicorn
+(except that Gunicorn lets an exception in `on_starting` or `when_ready` kill the master; berth
+keeps serving: a broken logging hook should not take the site down).
+
+The hook arguments are small views with the attributes Gunicorn's documented examples use:
+`server.log`, `server.cfg`, `server.pid`, `worker.pid`, `worker.log`, `worker.age`,
+`req.method`, `req.path`, `req.query`, `req.headers` (a list of (NAME, value) tuples with
+upper-case names), `resp.status`, `resp.status_code`, `resp.headers`. They are built only when
+a hook is set: `get_hook(cfg, name)` is None otherwise, so the request path pays one dict lookup,
+done once per worker.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+# name -> number of positional arguments Gunicorn passes
+HOOK_ARITY: dict[str, int] = {
+    "on_starting": 1,  # (server)                 master, before binding
+    "on_reload": 1,  # (server)                   master, on SIGHUP
+    "when_ready": 1,  # (server)                  master, once the listeners are bound
+    "pre_fork": 2,  # (server, worker)            master, before forking a worker
+    "post_fork": 2,  # (server, worker)           worker, just after the fork
+    "post_worker_init": 1,  # (worker)            worker, once the app is loaded
+    "worker_int": 1,  # (worker)                  worker, on SIGINT/SIGQUIT
+    "worker_abort": 1,  # (worker)                worker, on SIGABRT (a silent worker)
+    "pre_exec": 1,  # (server)                    never: berth has no SIGUSR2 re-exec
+    "pre_request": 2,  # (worker, req)            worker, before the app runs
+    "post_request": 4,  # (worker, req, environ, resp)  worker, after the response
+    "child_exit": 2,  # (server, worker)          master, after reaping a worker
+    "worker_exit": 2,  # (server, worker)         worker, as it exits
+    "nworkers_changed": 3,  # (server, new, old)  master, when the worker count changes
+    "on_exit": 1,  # (server)                     master, just before it exits
+}
+
+# Hooks berth accepts in a config file but never calls (logged at start when set).
+NEVER_CALLED = {"pre_exec": "berth has no SIGUSR2 binary upgrade, so nothing is re-executed"}
+
+
+class HookError(ValueError):
+    """A hook setting that is not a callable of the right arity (message says what is)."""
+
+
+def _can_take(func: Callable, count: int) -> bool:
+    try:
+        inspect.signature(func).bind(*([None] * count))
+    except TypeError:
+        return False
+    except ValueError:  # no signature (some builtins): trust it
+        return True
+    return True
+
+
+def _import(path: str) -> Any:
+    import importlib
+
+    module_name, _, attr = path.rpartition(".")
+    if not module_name:
+        raise HookError(f"{path!r} is not an import path (module.function)")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise HookError(f"cannot import {path!r}: {exc}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise HookError(f"module {module_name!r} has no {attr!r}") from None
+
+
+def validate_hook(name: str, value: Any) -> Callable:
+    """A hook from a config file: a callable (or `module.function` string) that can be called
+    with Gunicorn's arguments. `post_request` may take 2, 3 or 4 of them, as in Gunicorn."""
+    if isinstance(value, str):
+        value = _import(value)
+    if not callable(value):
+        raise HookError(f"a function taking {_arity_text(name)}, not {type(value).__name__}")
+    if name == "post_request":
+        return _post_request(value)
+    if not _can_take(value, HOOK_ARITY[name]):
+        raise HookError(f"a function taking {_arity_text(name)}")
+    return value
+
+
+def _post_request(func: Callable) -> Callable:
+    if _can_take(func, 4):
+        return func
+    if _can_take(func, 3):
+        return lambda worker, req, environ, resp: func(worker, req, environ)
+    if _can_take(func, 2):
+        return lambda worker, req, environ, resp: func(worker, req)
+    raise HookError(f"a function taking {_arity_text('post_request')}")
+
+
+def _arity_text(name: str) -> str:
+    args = {
+        1: "(server)" if name in ("on_starting", "on_reload", "when_ready", "pre_exec",
+                                  "on_exit") else "(worker)",
+        2: "(worker, req)" if name == "pre_request" else "(server, worker)",
+        3: "(server, new_value, old_value)",
+        4: "(worker, req, environ, resp)",
+    }[HOOK_ARITY[name]]
+    return f"{HOOK_ARITY[name]} argument{'s' if HOOK_ARITY[name] > 1 else ''} {args}"
+
+
+def get_hook(cfg: Any, name: str) -> Callable | None:
+    """The hook `name` when the configuration sets one, else None (cheap: one dict lookup)."""
+    values = getattr(cfg, "values", None)
+    if values is None:
+        return getattr(cfg, name, None)
+    return values.get(name)
+
+
+def call_hook(cfg: Any, name: str, *args: Any, log: Any = None) -> Any:
+    """Call the hook `name` with `args` if it is set; log (and survive) an exception in it.
+
+    The logger is `log`, else the `log` attribute of the first argument (a ServerView or
+    WorkerView), else berth's error log. Returns the hook's result, or None.
+    """
+    hook = get_hook(cfg, name)
+    if hook is None:
+        return None
+    try:
+        return hook(*args)
+    except Exception:  # noqa: BLE001 - a hook's bug is logged, never fatal
+        if log is None:
+            log = getattr(args[0], "log", None) if args else None
+        if log is None:
+            import logging
+
+            log = logging.getLogger("berth.error")
+        log.exception("the %s hook raised an exception (berth carries on)", name)
+        return None
+
+
+# --- what hooks receive ---------------------------------------------------------------------
+
+class ServerView:
+    """The `server` argument (Gunicorn's Arbiter): built by the master around itself.
+
+    Reads through to the master, so `server.log` is the current error log (SIGUSR1 replaces
+    it) and `server.cfg` the current configuration (SIGHUP replaces it).
+    """
+
+    def __init__(self, master: Any):
+        self._master = master
+        self.pid = os.getpid()
+
+    @property
+    def log(self) -> Any:
+        return self._master.log
+
+    @property
+    def cfg(self) -> Any:
+        return self._master.cfg
+
+    @property
+    def app(self) -> Any:  # Gunicorn: the application object; berth: the loaded app or None
+        return getattr(self._master, "app", None)
+
+    @property
+    def num_workers(self) -> int:
+        return self._master.cfg.workers
+
+    @property
+    def LISTENERS(self) -> list:  # noqa: N802 - Gunicorn's name
+        return list(getattr(self._master, "listeners", []))
+
+    @property
+    def WORKERS(self) -> dict:  # noqa: N802 - Gunicorn's name: pid -> worker
+        workers = getattr(self._master, "workers", {})
+        return {pid: getattr(info, "view", None) or WorkerView(
+            self._master.cfg, self._master.log, pid=pid, age=getattr(info, "age", 0))
+            for pid, info in workers.items()}
+
+    def __repr__(self) -> str:
+        return f"<berth master {self.pid}>"
+
+
+class WorkerView:
+    """The `worker` argument (Gunicorn's Worker).
+
+    `pid` is the worker's pid (None in `pre_fork`, before it exists, where Gunicorn shows
+    "[booting]"), `ppid` the master's, `age` the worker's sequence number (1 for the first
+    worker the master started, counting every spawn, as Gunicorn's `worker.age`), `booted`
+    whether it has loaded the app, `alive` False once it has been asked to stop.
+    """
+
+    def __init__(self, cfg: Any, log: Any, pid: int | None = None, age: int = 0,
+                 ppid: int | None = None, app: Any = None):
+        self.cfg = cfg
+        self.log = log
+        self.pid = pid
+        self.ppid = os.getpid() if ppid is None else ppid
+        self.age = age
+        self.app = app
+        self.booted = False
+        self.alive = True
+        self.started = time.time()
+
+    @property
+    def wsgi(self) -> Any:  # Gunicorn's worker.wsgi: the WSGI callable
+        return self.app
+
+    def __repr__(self) -> str:
+        return f"<berth worker {self.pid if self.pid is not None else '[booting]'}>"
+
+
+class RequestView:
+    """The `req` argument of pre_request/post_request (Gunicorn's http.message.Request).
+
+    Built from the request's WSGI environ; `headers` is computed on first use. `version` is a
+    tuple such as (1, 1); `headers` a list of (NAME, value) with upper-case names.
+    """
+
+    __slots__ = ("environ", "_headers")
+
+    def __init__(self, environ: dict):
+        self.environ = environ
+        self._headers: list[tuple[str, str]] | None = None
+
+    @property
+    def method(self) -> str:
+        return self.environ.get("REQUEST_METHOD", "")
+
+    @property
+    def path(self) -> str:
+        raw = self.environ.get("RAW_URI")
+        if raw:
+            path = raw.split("?", 1)[0].split("#", 1)[0]
+            if "://" in path:  # absolute-form request target
+                path = "/" + path.split("://", 1)[1].partition("/")[2]
+            return path
+        return self.environ.get("SCRIPT_NAME", "") + self.environ.get("PATH_INFO", "")
+
+    @property
+    def query(self) -> str:
+        return self.environ.get("QUERY_STRING", "")
+
+    @property
+    def fragment(self) -> str:
+        raw = self.environ.get("RAW_URI", "")
+        return raw.split("#", 1)[1] if "#" in raw else ""
+
+    @property
+    def uri(self) -> str:
+        raw = self.environ.get("RAW_URI")
+        if raw:
+            return raw
+        query = self.query
+        return self.path + ("?" + query if query else "")
+
+    @property
+    def version(self) -> tuple[int, int]:
+        proto = self.environ.get("SERVER_PROTOCOL", "HTTP/1.1")
+        try:
+            major, minor = proto.split("/", 1)[1].split(".", 1)
+            return int(major), int(minor)
+        except (IndexError, ValueError):
+            return 1, 1
+
+    @property
+    def scheme(self) -> str:
+        return self.environ.get("wsgi.url_scheme", "http")
+
+    @property
+    def remote_addr(self) -> Any:
+        return self.environ.get("REMOTE_ADDR")
+
+    @property
+    def peer_addr(self) -> Any:
+        return self.environ.get("REMOTE_ADDR"), self.environ.get("REMOTE_PORT")
+
+    @property
+    def body(self) -> Any:
+        return self.environ.get("wsgi.input")
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        if self._headers is None:
+            headers = []
+            for key, value in self.environ.items():
+                if key.startswith("HTTP_"):
+                    headers.append((key[5:].replace("_", "-"), value))
+                elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value != "":
+                    headers.append((key.replace("_", "-"), value))
+            self._headers = headers
+        return self._headers
+
+    def __repr__(self) -> str:
+        return f"<request {self.method} {self.uri}>"
+
+
+class ResponseView:
+    """The `resp` argument of post_request (Gunicorn's http.wsgi.Response).
+
+    `status` is the status line the app gave ("200 OK"), `status_code` its number, `headers`
+    the app's (name, value) list, `sent` the body bytes sent.
+    """
+
+    __slots__ = ("status", "headers", "sent")
+
+    def __init__(self, status: str | None, headers: list | None, sent: int = 0):
+        self.status = status
+        self.headers = list(headers or ())
+        self.sent = sent
+
+    @property
+    def status_code(self) -> int | None:
+        try:
+            return int(str(self.status).split(None, 1)[0])
+        except (ValueError, IndexError):
+            return None
+
+    @property
+    def response_length(self) -> int | None:
+        for name, value in self.headers:
+            if name.lower() == "content-length":
+                try:
+                    return int(value)
+                except ValueError:
+                    return None
+        return None
+
+    def __repr__(self) -> str:
+        return f"<response {self.status}>"

@@ -1,0 +1,160 @@
+"""docs/settings.md, generated from `config.SETTINGS`.
+
+`python -m berth.settingsdoc > docs/settings.md` writes it. A test checks that the committed
+file matches the table, so the reference never drifts.
+"""
+
+from __future__ import annotations
+
+from berth.config import (
+    BERTH_ONLY,
+    IMPLEMENTED,
+    NOT_NEEDED,
+    NOT_YET,
+    REFUSED,
+    SETTINGS,
+    STATUS_TEXT,
+    Setting,
+)
+from berth.hooks import HOOK_ARITY
+
+INTRO = """\
+# Settings
+
+<!-- Generated from berth/config.py by `python -m berth.settingsdoc > docs/settings.md`;
+     do not edit by hand (tests/test_config.py checks that it matches). -->
+
+Every setting is declared once, in `berth/config.py`; the command line, `--help`, the
+environment variables, config files, `--print-config`, `berth doctor` and this page come from
+that declaration. Names are Gunicorn's, so a Gunicorn command line or config file runs unchanged.
+
+## Where settings come from
+
+Lowest precedence first; each source replaces the value of the one before:
+
+1. **the default** below. `WEB_CONCURRENCY`, when set, is the default for `workers` (as with
+   Gunicorn);
+2. **a config file**: `-c FILE` (a Python file), `-c python:MODULE`, or, without `-c`,
+   `./berth.conf.py` or else `./gunicorn.conf.py` when one is in the current directory (if both
+   are, `berth.conf.py` is loaded and that is logged). Its top-level names that are settings
+   become values (`workers = 4`, `bind = ["0.0.0.0:8000"]`, `accesslog = "-"`), functions named
+   after a [server hook](#server-hooks) become hooks; other names (imports, helpers) are
+   ignored, except a near-miss of a setting the file does not set (`wokers = 4`), which stops
+   berth. A name set to `None` keeps its default;
+3. **`GUNICORN_CMD_ARGS`**, then **`BERTH_CMD_ARGS`**: flags, as on the command line;
+4. **`BERTH_<SETTING>`** variables: the setting's name in capitals (`BERTH_WORKERS=4`,
+   `BERTH_PRELOAD_APP=true`). Repeatable settings take several values separated by spaces
+   (`BERTH_RAW_ENV="A=1 B=2"`), `BERTH_BIND` also by commas;
+5. **the command line**.
+
+`--print-config` prints every value with its source (`default`, `file PATH`, `env VAR`, `cli`,
+or `auto` when berth computed it at start); `berth doctor` prints it too, with warnings and their
+fixes. A wrong value names the setting, the value and what is accepted, and exits 2; so does a
+config file that cannot be run. `--check-config` loads the app and exits 0 when it loads, 1 when
+it does not, 2 when the configuration is wrong.
+
+**Auto sizing.** `workers` and `threads` default to `auto`: workers = the CPUs the container may
+use (its CPU quota, capped by the CPUs it may run on) rounded to the nearest whole number, at
+least 2; threads = 4 per worker (1 with `-k sync`). The decision and its inputs are logged in one
+line at start, e.g. `workers=2 threads=4 (auto, at least 2 workers: cpu quota 0.5 from cgroup v2
+cpu.max; memory 512 MiB; 64 host CPUs ignored)`. A configured count above 2 x usable CPUs + 1
+(the host-sized `cpu_count() * 2 + 1` of a copied config) is logged as a warning naming the auto
+value.
+"""
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _default(setting: Setting) -> str:
+    if setting.default_text:
+        return setting.default_text
+    if setting.default is None:
+        return ""
+    if setting.action in ("store_true", "store_false") or isinstance(setting.default, bool):
+        return "on" if setting.default else "off"
+    return f"`{setting.default!r}`" if isinstance(setting.default, str) else \
+        f"`{setting.default}`"
+
+
+def _flags(setting: Setting, metavar: bool = True) -> str:
+    """`-w`, `--workers INT|auto`: the argument shown once, after the last flag."""
+    if not setting.flags:
+        return "config file only"
+    arg = ""
+    if metavar and setting.metavar and setting.action not in ("store_true", "store_false"):
+        arg = f" [{setting.metavar}]" if setting.action == "optional" else f" {setting.metavar}"
+    *first, last = setting.flags
+    return ", ".join([*(f"`{f}`" for f in first), f"`{last}{arg}`"])
+
+
+def _sections(settings: list[Setting]) -> dict[str, list[Setting]]:
+    out: dict[str, list[Setting]] = {}
+    for s in settings:
+        out.setdefault(s.section, []).append(s)
+    return out
+
+
+def render() -> str:
+    parts = [INTRO]
+    parts.append("## berth's settings\n")
+    parts.append("The settings berth implements (and its own, marked *berth only*). "
+                 "Environment variable: `BERTH_<NAME>`.\n")
+    usable = [s for s in SETTINGS if s.status in (IMPLEMENTED, BERTH_ONLY) and not s.is_hook]
+    for section, items in _sections(usable).items():
+        parts.append(f"### {section}\n")
+        parts.append("| setting | flags | default | meaning |")
+        parts.append("|---|---|---|---|")
+        for s in items:
+            meaning = s.help
+            if s.status == BERTH_ONLY:
+                meaning = f"*berth only.* {meaning}"
+            elif s.note:
+                meaning = f"{meaning} {s.note}"
+            parts.append(f"| `{s.name}` | {_cell(_flags(s))} | {_cell(_default(s))} | "
+                         f"{_cell(meaning)} |")
+        parts.append("")
+
+    parts.append("## Server hooks\n")
+    parts.append(
+        "Functions in a config file, called as Gunicorn calls them, with objects carrying the "
+        "attributes Gunicorn's examples use: `server.log`, `server.cfg`, `server.pid`, "
+        "`worker.pid`, `worker.log`, `worker.age`, `worker.cfg`, `req.method`, `req.path`, "
+        "`req.query`, `req.uri`, `req.version`, `req.headers` (a list of (NAME, value) "
+        "tuples with upper-case names), `resp.status`, `resp.status_code`, `resp.headers`. "
+        "A hook may also be given as a `module.function` string. A hook with the wrong "
+        "number of arguments stops berth at start (exit 2); an exception raised by a hook "
+        "is logged with its traceback and berth carries on.\n")
+    parts.append("| hook | arguments | when |")
+    parts.append("|---|---|---|")
+    for s in SETTINGS:
+        if s.is_hook and s.status == IMPLEMENTED:
+            parts.append(f"| `{s.name}` | {HOOK_ARITY[s.name]} | {_cell(s.help)} |")
+    parts.append("")
+
+    parts.append("## Every Gunicorn setting in berth\n")
+    parts.append(
+        "Every setting of Gunicorn (its settings list as of Gunicorn 23, plus those added up "
+        "to 27) and what berth does with it: *implemented*; *accepted, not needed* (berth "
+        "makes it unnecessary: an info line when it is set); *accepted, not yet implemented* "
+        "(ignored, with a WARNING line naming it when it is set to anything but Gunicorn's "
+        "default); *refused* (ignoring it would change security or meaning: berth accepts "
+        "only a value that changes nothing, otherwise it prints one line and exits 2).\n")
+    counts = {st: sum(1 for s in SETTINGS if s.status == st)
+              for st in (IMPLEMENTED, NOT_NEEDED, NOT_YET, REFUSED)}
+    parts.append(", ".join(f"{STATUS_TEXT[st]}: {n}" for st, n in counts.items()) + ".\n")
+    gunicorn = [s for s in SETTINGS if s.gunicorn]
+    for section, items in _sections(gunicorn).items():
+        parts.append(f"### {section}\n")
+        parts.append("| Gunicorn setting | flags | in berth | note |")
+        parts.append("|---|---|---|---|")
+        for s in items:
+            parts.append(f"| `{s.name}` | {_cell(_flags(s, False))} | {STATUS_TEXT[s.status]} | "
+                         f"{_cell(s.note)} |")
+        parts.append("")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")

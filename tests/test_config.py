@@ -1,0 +1,544 @@
+"""Configuration: one declaration per setting; sources and precedence; config files; Gunicorn's
+flags; --print-config and --check-config; the generated settings reference.
+
+Most tests call `berth.cli.parse_config` in-process with an explicit environment and directory;
+the ones at the bottom run `python -m berth` and check what a person sees.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, free_port, http_get
+from test_cli import run_berth
+from test_sizing import info as fake_info
+
+from berth import settingsdoc
+from berth.cli import build_parser, load_config, parse_config, render_config
+from berth.config import BY_NAME, NOT_NEEDED, NOT_YET, REFUSED, SETTINGS, ConfigError
+
+BASE_ENV = {"BERTH_IN_CONTAINER": "0"}
+
+
+def parse(argv, env=None, cwd=None, **kw):
+    environ = dict(BASE_ENV)
+    environ.update(env or {})
+    return parse_config(list(argv), environ=environ, cwd=str(cwd) if cwd else "/nonexistent",
+                        **kw)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# --- the declaration ------------------------------------------------------------------------
+
+def test_every_setting_has_a_name_help_section_and_status():
+    names = set()
+    for s in SETTINGS:
+        assert s.name not in names, f"{s.name} declared twice"
+        names.add(s.name)
+        assert s.help and s.section and s.status
+        if s.status in (NOT_NEEDED, NOT_YET, REFUSED):
+            assert s.note, f"{s.name}: a setting berth does not implement says why"
+
+
+def test_flags_are_unique():
+    seen: dict[str, str] = {}
+    for s in SETTINGS:
+        for flag in s.flags:
+            assert flag not in seen, f"{flag} used by {seen[flag]} and {s.name}"
+            seen[flag] = s.name
+
+
+def test_every_gunicorn_setting_is_declared():
+    gunicorn_config = pytest.importorskip("gunicorn.config")
+    missing = [s.name for s in gunicorn_config.KNOWN_SETTINGS if s.name not in BY_NAME]
+    assert not missing, f"Gunicorn settings berth does not declare: {missing}"
+    for s in gunicorn_config.KNOWN_SETTINGS:
+        for flag in s.cli or ():
+            assert flag in BY_NAME[s.name].flags, f"{s.name}: Gunicorn's flag {flag} missing"
+
+
+def test_committed_settings_doc_matches_the_table():
+    committed = (ROOT / "docs" / "settings.md").read_text()
+    assert committed == settingsdoc.render(), (
+        "docs/settings.md is stale: run `python -m berth.settingsdoc > docs/settings.md`")
+
+
+def test_settings_doc_lists_every_gunicorn_setting_with_its_status():
+    doc = settingsdoc.render()
+    table = doc[doc.index("## Every Gunicorn setting"):]
+    for s in SETTINGS:
+        if s.gunicorn:
+            assert f"| `{s.name}` |" in table, s.name
+
+
+def test_help_shows_implemented_flags_and_names_the_others():
+    text = build_parser().format_help()
+    assert "--workers" in text and "--threads" in text and "--config" in text
+    assert "--reuse-port" in text and "--certfile" in text  # in the epilog's lists
+    assert "berth doctor" in text
+
+
+# --- sources and precedence ------------------------------------------------------------------
+
+def test_defaults_are_recorded_as_default():
+    cfg = parse(["app:app"])
+    assert cfg.workers == "auto" and cfg.threads == "auto"
+    assert cfg.source("workers") == "default"
+    assert cfg.source("wsgi_app") == "cli"
+    assert cfg.source("bind") == "auto" and cfg.bind == ["127.0.0.1:8000"]
+
+
+def test_precedence_file_cmd_args_env_cli(tmp_path):
+    write(tmp_path / "gunicorn.conf.py", """\
+        workers = 3
+        threads = 3
+        backlog = 300
+        timeout = 33
+        keepalive = 3
+        max_requests = 7
+    """)
+    env = {"GUNICORN_CMD_ARGS": "--threads 5 --backlog 500 --timeout 55 --keep-alive 5",
+           "BERTH_CMD_ARGS": "--backlog 600 --timeout 66 --keep-alive 6",
+           "BERTH_TIMEOUT": "77", "BERTH_KEEPALIVE": "7"}
+    cfg = parse(["--keep-alive", "8", "app:app"], env=env, cwd=tmp_path)
+    assert (cfg.workers, cfg.source("workers")) == (3, "file gunicorn.conf.py")
+    assert (cfg.threads, cfg.source("threads")) == (5, "env GUNICORN_CMD_ARGS")
+    assert (cfg.backlog, cfg.source("backlog")) == (600, "env BERTH_CMD_ARGS")
+    assert (cfg.timeout, cfg.source("timeout")) == (77.0, "env BERTH_TIMEOUT")
+    assert (cfg.keepalive, cfg.source("keepalive")) == (8.0, "cli")
+    assert (cfg.max_requests, cfg.source("max_requests")) == (7, "file gunicorn.conf.py")
+
+
+def test_web_concurrency_is_the_default_for_workers_and_a_file_or_cli_wins(tmp_path):
+    assert parse(["app:app"], env={"WEB_CONCURRENCY": "5"}).workers == 5
+    assert parse(["app:app"], env={"WEB_CONCURRENCY": "5"}).source("workers") == \
+        "env WEB_CONCURRENCY"
+    write(tmp_path / "gunicorn.conf.py", "workers = 3\n")
+    assert parse(["app:app"], env={"WEB_CONCURRENCY": "5"}, cwd=tmp_path).workers == 3
+    assert parse(["-w", "2", "app:app"], env={"WEB_CONCURRENCY": "5"}).workers == 2
+
+
+def test_bad_web_concurrency_names_it():
+    with pytest.raises(ConfigError, match=r"WEB_CONCURRENCY \(workers\): invalid value 'lots'"):
+        parse(["app:app"], env={"WEB_CONCURRENCY": "lots"})
+
+
+def test_berth_env_variables_cover_bools_lists_and_sizes():
+    cfg = parse(["app:app"], env={"BERTH_PRELOAD_APP": "true",
+                                  "BERTH_BIND": "127.0.0.1:9001, unix:/tmp/x.sock",
+                                  "BERTH_RAW_ENV": "A=1 'B=two words'",
+                                  "BERTH_BODY_BUFFER_SIZE": "64k", "BERTH_WORKERS": "auto"})
+    assert cfg.preload_app is True
+    assert cfg.bind == ["127.0.0.1:9001", "unix:/tmp/x.sock"]
+    assert cfg.raw_env == ["A=1", "B=two words"]
+    assert cfg.body_buffer_size == 64 * 1024
+    assert cfg.source("preload_app") == "env BERTH_PRELOAD_APP"
+
+
+def test_empty_env_variable_counts_as_unset():
+    assert parse(["app:app"], env={"BERTH_WORKERS": ""}).source("workers") == "default"
+
+
+def test_bad_env_value_names_the_variable_the_value_and_what_is_accepted():
+    with pytest.raises(ConfigError) as exc:
+        parse(["app:app"], env={"BERTH_THREADS": "many"})
+    assert str(exc.value) == ("BERTH_THREADS (threads): invalid value 'many'; expected a whole "
+                              "number >= 1, or auto")
+
+
+def test_cmd_args_errors_name_the_variable():
+    with pytest.raises(ConfigError, match="^GUNICORN_CMD_ARGS: unrecognized arguments: --nope"):
+        parse(["app:app"], env={"GUNICORN_CMD_ARGS": "--nope"})
+    with pytest.raises(ConfigError, match=r"^BERTH_CMD_ARGS: --workers \(workers\): invalid"):
+        parse(["app:app"], env={"BERTH_CMD_ARGS": "--workers=zero"})
+
+
+def test_app_may_come_from_the_config_file_or_env(tmp_path):
+    write(tmp_path / "gunicorn.conf.py", 'wsgi_app = "proto_app:app"\n')
+    assert parse([], cwd=tmp_path).app_uri == "proto_app:app"
+    assert parse([], env={"BERTH_WSGI_APP": "x:y"}).app_uri == "x:y"
+    assert parse(["a:b"], env={"BERTH_WSGI_APP": "x:y"}).app_uri == "a:b"
+
+
+def test_missing_app_is_a_config_error():
+    with pytest.raises(ConfigError, match="no app given"):
+        parse([])
+    assert parse([], require_app=False).app_uri == ""
+
+
+# --- config files --------------------------------------------------------------------------
+
+def test_config_file_settings_and_bind_as_string_or_list(tmp_path):
+    write(tmp_path / "one.py", 'bind = "127.0.0.1:9002"\naccesslog = "-"\npreload_app = True\n')
+    write(tmp_path / "two.py", 'bind = ["127.0.0.1:9003", "127.0.0.1:9004"]\n')
+    cfg = parse(["-c", "one.py", "app:app"], cwd=tmp_path)
+    assert cfg.bind == ["127.0.0.1:9002"] and cfg.preload_app is True
+    assert cfg.source("bind") == "file one.py" and cfg.source("config") == "cli"
+    assert parse(["-c", "two.py", "app:app"], cwd=tmp_path).bind == \
+        ["127.0.0.1:9003", "127.0.0.1:9004"]
+
+
+def test_config_file_helpers_imports_and_none_are_ignored(tmp_path):
+    write(tmp_path / "gunicorn.conf.py", """\
+        import multiprocessing
+        import os
+        port = os.environ.get("APP_PORT", "9005")
+        bind = f"127.0.0.1:{port}"
+        accesslog = os.environ.get("NO_SUCH_VARIABLE")   # None: keep the default
+        _private = 1
+        def helper():
+            return 2
+        class Thing:
+            pass
+        workers = helper()
+    """)
+    cfg = parse(["app:app"], cwd=tmp_path)
+    assert cfg.bind == ["127.0.0.1:9005"]
+    assert cfg.workers == 2
+    assert cfg.accesslog == "-" and cfg.source("accesslog") == "default"
+
+
+def test_berth_conf_is_preferred_over_gunicorn_conf_and_that_is_noted(tmp_path):
+    write(tmp_path / "gunicorn.conf.py", "workers = 3\n")
+    write(tmp_path / "berth.conf.py", "workers = 4\n")
+    cfg = parse(["app:app"], cwd=tmp_path)
+    assert cfg.workers == 4 and cfg.source("workers") == "file berth.conf.py"
+    assert cfg.source("config") == "auto"
+    notes = [line for _, line in cfg.notices]
+    assert any("berth.conf.py" in n and "gunicorn.conf.py is ignored" in n for n in notes)
+
+
+def test_explicit_config_disables_auto_loading(tmp_path):
+    write(tmp_path / "gunicorn.conf.py", "workers = 3\n")
+    write(tmp_path / "other.py", "threads = 2\n")
+    cfg = parse(["-c", "other.py", "app:app"], cwd=tmp_path)
+    assert cfg.workers == "auto" and cfg.threads == 2
+
+
+def test_config_from_env_and_cmd_args(tmp_path):
+    write(tmp_path / "a.py", "workers = 5\n")
+    write(tmp_path / "b.py", "workers = 6\n")
+    assert parse(["app:app"], env={"BERTH_CONFIG": "a.py"}, cwd=tmp_path).workers == 5
+    assert parse(["app:app"], env={"GUNICORN_CMD_ARGS": "-c b.py"}, cwd=tmp_path).workers == 6
+    assert parse(["-c", "b.py", "app:app"], env={"BERTH_CONFIG": "a.py"},
+                 cwd=tmp_path).workers == 6
+
+
+def test_python_module_config(tmp_path, monkeypatch):
+    write(tmp_path / "berth_test_settings_mod.py", "workers = 7\ntimeout = 12\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = parse(["-c", "python:berth_test_settings_mod", "app:app"])
+    assert (cfg.workers, cfg.timeout) == (7, 12.0)
+    assert cfg.source("workers") == "file python:berth_test_settings_mod"
+
+
+@pytest.mark.parametrize(("body", "pattern"), [
+    ("workers = = 2\n", r"^bad\.py: line 1: syntax error"),
+    ("x = 1\nraise RuntimeError('boom')\n", r"^bad\.py: line 2: RuntimeError: boom$"),
+    ("import no_such_module_for_berth\n", r"^bad\.py: line 1: ModuleNotFoundError: "),
+    ("wokers = 4\n", r"^bad\.py: unknown setting 'wokers' \(did you mean 'workers'\?\)$"),
+    ("def post_frok(server, worker):\n    pass\n",
+     r"^bad\.py: unknown setting 'post_frok' \(did you mean 'post_fork'\?\)$"),
+    ("workers = 'many'\n", r"^bad\.py: workers: invalid value 'many'; expected a whole"),
+    ("timeout = -1\n", r"^bad\.py: timeout: invalid value -1; expected a number"),
+    ("post_fork = 3\n", r"^bad\.py: post_fork: invalid value 3; expected a function taking 2"),
+    ("def post_fork(server):\n    pass\n",
+     r"^bad\.py: post_fork: invalid value <function post_fork.*>; expected a function taking "
+     r"2 arguments \(server, worker\)$"),
+    ("import sys\nsys.exit(3)\n", r"^bad\.py: called exit\(3\)$"),
+])
+def test_bad_config_file_is_one_line_naming_the_file(tmp_path, body, pattern):
+    write(tmp_path / "bad.py", body)
+    with pytest.raises(ConfigError) as exc:
+        parse(["-c", "bad.py", "app:app"], cwd=tmp_path)
+    assert "\n" not in str(exc.value)
+    assert re.search(pattern, str(exc.value)), str(exc.value)
+
+
+def test_a_helper_close_to_a_setting_the_file_also_sets_is_not_a_typo(tmp_path):
+    write(tmp_path / "c.py", 'log_level = "debug"\nloglevel = log_level\n')
+    assert parse(["-c", "c.py", "app:app"], cwd=tmp_path).loglevel == "debug"
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="config file 'nope.py' does not exist"):
+        parse(["-c", "nope.py", "app:app"])
+
+
+# --- hooks in config files -----------------------------------------------------------------
+
+def test_hooks_are_loaded_from_the_file(tmp_path):
+    write(tmp_path / "h.py", """\
+        def on_starting(server): pass
+        def post_fork(server, worker): pass
+        def pre_request(worker, req): pass
+        def post_request(worker, req): return "two-arg"
+        def nworkers_changed(server, new_value, old_value): pass
+        when_ready = "os.path.exists"   # an import path is accepted, like Gunicorn
+    """)
+    cfg = parse(["-c", "h.py", "app:app"], cwd=tmp_path)
+    assert callable(cfg.on_starting) and callable(cfg.post_fork)
+    assert cfg.post_request(None, None, {}, None) == "two-arg"  # wrapped to 4 arguments
+    assert cfg.worker_exit is None
+    assert cfg.source("post_fork") == "file h.py"
+
+
+def test_hook_with_default_or_star_args_is_accepted(tmp_path):
+    write(tmp_path / "h.py", """\
+        def post_fork(server, worker, extra=None): pass
+        def worker_exit(*args): pass
+    """)
+    cfg = parse(["-c", "h.py", "app:app"], cwd=tmp_path)
+    assert cfg.post_fork and cfg.worker_exit
+
+
+# --- Gunicorn's flags ----------------------------------------------------------------------
+
+GUNICORN_DOCKERFILE_FLAGS = [
+    "--workers=2", "--threads=4", "--worker-class=gthread", "--log-file=-",
+    "--worker-tmp-dir", "/dev/shm", "--timeout", "60", "--graceful-timeout", "5",
+    "--keep-alive", "5", "--max-requests", "1000", "--max-requests-jitter", "50",
+    "--access-logfile", "-", "--error-logfile", "-", "--log-level", "debug",
+    "--access-logformat", "%(h)s %(r)s %(s)s", "--limit-request-line", "8190",
+    "--limit-request-fields", "50", "--limit-request-field_size", "4096", "--backlog", "64",
+    "--preload", "--chdir", "/", "--pythonpath", "/srv", "-e", "A=B", "--forwarded-allow-ips",
+    "*", "--proxy-protocol", "off", "--reuse-port", "--umask", "0o22", "--capture-output",
+    "--statsd-host", "localhost:8125", "--name", "web", "--reload", "--spew",
+    "--worker-connections", "100", "--disable-redirect-access-to-syslog",
+    "--logger-class", "gunicorn.glogging.Logger", "--log-config", "/etc/log.ini",
+]
+
+
+def test_a_typical_gunicorn_command_line_parses():
+    cfg = parse([*GUNICORN_DOCKERFILE_FLAGS, "app:app"])
+    assert (cfg.workers, cfg.threads, cfg.worker_class) == (2, 4, "gthread")
+    assert cfg.errorlog == "-" and cfg.timeout == 60.0 and cfg.preload_app is True
+    assert cfg.umask == 0o22 and cfg.limit_request_field_size == 4096
+    warnings = [line for level, line in cfg.notices if level == "warning"]
+    infos = [line for level, line in cfg.notices if level == "info"]
+    for name in ("reuse_port", "forwarded_allow_ips", "capture_output", "statsd_host",
+                 "proc_name", "reload", "spew", "worker_connections", "umask", "logconfig"):
+        assert any(line.startswith(f"{name} (") and "not implemented" in line
+                   for line in warnings), name
+    assert any(line.startswith("worker_tmp_dir (--worker-tmp-dir, from cli) is not needed")
+               for line in infos)
+    assert any(line.startswith("disable_redirect_access_to_syslog") for line in infos)
+    # Gunicorn's own default spelled out changes nothing and is not reported
+    assert not any(line.startswith("logger_class") for line in warnings)
+
+
+@pytest.mark.parametrize("name", ["sync", "egg:gunicorn#sync", "gunicorn.workers.sync.SyncWorker"])
+def test_sync_worker_class_aliases(name):
+    assert parse(["-k", name, "app:app"]).worker_class == "sync"
+
+
+@pytest.mark.parametrize("name", ["gthread", "gunicorn.workers.gthread.ThreadWorker"])
+def test_gthread_worker_class_aliases(name):
+    assert parse(["-k", name, "app:app"]).worker_class == "gthread"
+
+
+REFUSALS = [
+    (["-k", "gevent"], "--worker-class (worker_class) = 'gevent': berth runs WSGI apps"),
+    (["-k", "uvicorn.workers.UvicornWorker"], "'uvicorn.workers.UvicornWorker'"),
+    (["-k", "eventlet"], "eventlet"),
+    (["--certfile", "c.pem"], "--certfile (certfile) = 'c.pem': berth does not terminate TLS"),
+    (["--keyfile", "k.pem"], "does not terminate TLS"),
+    (["--ca-certs", "ca.pem"], "does not terminate TLS"),
+    (["--ciphers", "HIGH"], "does not terminate TLS"),
+    (["--do-handshake-on-connect"], "does not terminate TLS"),
+    (["--proxy-protocol"], "--proxy-protocol (proxy_protocol) = 'auto': the PROXY protocol"),
+    (["--proxy-protocol", "v2"], "PROXY protocol is not implemented"),
+    (["--daemon"], "berth stays in the foreground"),
+    (["--paste", "dev.ini"], "PasteDeploy"),
+    (["--protocol", "uwsgi"], "HTTP only"),
+    (["--http-protocols", "h2,h1"], "HTTP/1.x only"),
+    (["--user", "berth-no-such-user"], "run the container as that user"),
+    (["--group", "berth-no-such-group"], "with that group"),
+    (["--dirty-app", "x:y"], "dirty apps"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), REFUSALS, ids=[" ".join(a) for a, _ in REFUSALS])
+def test_settings_that_would_change_security_or_meaning_are_refused(args, message):
+    with pytest.raises(ConfigError) as exc:
+        parse(["app:app", *args])
+    assert message in str(exc.value)
+
+
+def test_refused_settings_at_a_value_that_changes_nothing_are_accepted(tmp_path):
+    import grp
+    import os
+    import pwd
+
+    write(tmp_path / "copied.py", f"""\
+        proxy_protocol = "off"
+        suppress_ragged_eofs = True
+        do_handshake_on_connect = False
+        certfile = None
+        daemon = False
+        http_protocols = "h1"
+        user = {pwd.getpwuid(os.geteuid()).pw_name!r}
+        group = {grp.getgrgid(os.getegid()).gr_name!r}
+    """)
+    parse(["-c", "copied.py", "app:app"], cwd=tmp_path)
+
+
+def test_ssl_context_hook_is_refused(tmp_path):
+    write(tmp_path / "t.py", "def ssl_context(conf, default):\n    return default()\n")
+    with pytest.raises(ConfigError, match="t.py: ssl_context = .*does not terminate TLS"):
+        parse(["-c", "t.py", "app:app"], cwd=tmp_path)
+
+
+def test_pre_exec_hook_is_accepted_with_an_info_line(tmp_path):
+    write(tmp_path / "t.py", "def pre_exec(server):\n    pass\n")
+    cfg = parse(["-c", "t.py", "app:app"], cwd=tmp_path)
+    assert any(level == "info" and line.startswith("pre_exec (from file t.py) is not needed")
+               for level, line in cfg.notices)
+
+
+# --- values decided at start ---------------------------------------------------------------
+
+def test_auto_values_are_resolved_and_recorded_as_auto():
+    cfg = load_config(["app:app"], environ=dict(BASE_ENV), cwd="/nonexistent",
+                      info=fake_info(cpu_limit=0.5, cpus=64, memory=512 << 20))
+    assert (cfg.workers, cfg.threads) == (2, 4)
+    assert cfg.source("workers") == cfg.source("threads") == "auto"
+    assert cfg.source("graceful_timeout") == "auto" and cfg.graceful_timeout == 8.0
+    assert cfg.values["workers_auto"] is True
+    assert cfg.sizing_reason.startswith("workers=2 threads=4 (auto, at least 2 workers: "
+                                        "cpu quota 0.5")
+
+
+def test_host_sized_workers_warn_at_start():
+    # cpu_count() * 2 + 1 of a copied config on an 8-CPU host, in a 1-CPU container
+    cfg = load_config(["-w", "17", "app:app"], environ=dict(BASE_ENV), cwd="/nonexistent",
+                      info=fake_info(cpu_limit=1.0, cpus=8))
+    assert cfg.workers == 17 and cfg.values["workers_auto"] is False
+    assert any("auto sizing would start 2" in line for line in cfg.sizing_warnings)
+
+
+def test_print_config_render_is_python_with_sources(tmp_path):
+    write(tmp_path / "gunicorn.conf.py", "workers = 3\ndef post_fork(server, worker): pass\n")
+    cfg = load_config(["--timeout", "9", "app:app"], environ=dict(BASE_ENV), cwd=str(tmp_path),
+                      info=fake_info(cpus=2))
+    text = render_config(cfg)
+    lines = {ln.split(" = ")[0]: ln for ln in text.splitlines()}
+    assert re.match(r"workers = 3 +# file gunicorn.conf.py$", lines["workers"])
+    assert re.match(r"timeout = 9.0 +# cli$", lines["timeout"])
+    assert re.match(r"threads = 4 +# auto$", lines["threads"])
+    assert re.match(r"backlog = 2048 +# default$", lines["backlog"])
+    assert "post_fork = <function post_fork>" in lines["post_fork"]
+    assert "reuse_port" not in lines  # not implemented and not given: not listed
+
+
+# --- end to end ----------------------------------------------------------------------------
+
+def test_print_config_subprocess_shows_every_source(tmp_path):
+    write(tmp_path / "gunicorn.conf.py", "backlog = 99\n")
+    res = run_berth(["--print-config", "--timeout", "9"], cwd=str(tmp_path),
+                    env={"BERTH_KEEPALIVE": "4", "GUNICORN_CMD_ARGS": "--max-requests 5"})
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert re.search(r"^backlog = 99 +# file gunicorn.conf.py$", out, re.M)
+    assert re.search(r"^timeout = 9.0 +# cli$", out, re.M)
+    assert re.search(r"^keepalive = 4.0 +# env BERTH_KEEPALIVE$", out, re.M)
+    assert re.search(r"^max_requests = 5 +# env GUNICORN_CMD_ARGS$", out, re.M)
+    assert re.search(r"^workers = \d+ +# auto$", out, re.M)
+
+
+def test_check_config_exit_codes(tmp_path):
+    ok = run_berth(["--check-config", "proto_app:app"], cwd=str(tmp_path))
+    assert ok.returncode == 0, ok.stderr
+    assert "configuration OK" in ok.stderr
+    broken = run_berth(["--check-config", "broken_app:app"], cwd=str(tmp_path))
+    assert broken.returncode == 1, broken.stderr
+    assert "Traceback" in broken.stderr
+    missing = run_berth(["--check-config", "no_such_module_xyz:app"], cwd=str(tmp_path))
+    assert missing.returncode == 1
+    wrong = run_berth(["--check-config", "--threads", "zero", "proto_app:app"],
+                      cwd=str(tmp_path))
+    assert wrong.returncode == 2
+    assert wrong.stderr.strip().count("\n") == 0 and "--threads" in wrong.stderr
+
+
+def test_bad_config_file_exits_2_with_one_line(tmp_path):
+    write(tmp_path / "gunicorn.conf.py", "workers = (\n")
+    res = run_berth(["proto_app:app"], cwd=str(tmp_path))
+    assert res.returncode == 2
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "gunicorn.conf.py: line" in lines[0], res.stderr
+
+
+@pytest.mark.parametrize("args", [["-k", "gevent"], ["--certfile", "cert.pem"],
+                                  ["--workers", "-3"]])
+def test_refused_or_wrong_flag_exits_2_with_one_line(tmp_path, args):
+    res = run_berth([*args, "proto_app:app"], cwd=str(tmp_path))
+    assert res.returncode == 2
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_start_logs_the_sizing_line_once_and_the_ignored_settings(berth, tmp_path):
+    write(tmp_path / "gunicorn.conf.py", "reuse_port = True\n")
+    srv = berth(["--worker-tmp-dir", "/dev/shm", "proto_app:app"])
+    assert http_get(srv.port, "/hello")[0] == 200
+    err = srv.stderr()
+    sizing = [ln for ln in err.splitlines() if re.search(r"\] workers=\d+ threads=\d+ \(", ln)]
+    assert len(sizing) == 1, err
+    assert "configuration file gunicorn.conf.py loaded (found in the current directory)" in err
+    assert re.search(r"\[WARNING\] reuse_port \(--reuse-port, from file gunicorn.conf.py\) is "
+                     r"not implemented in berth yet", err), err
+    assert "[INFO] worker_tmp_dir (--worker-tmp-dir, from cli) is not needed" in err
+
+
+def test_sighup_rereads_the_config_file(berth, tmp_path):
+    conf = write(tmp_path / "gunicorn.conf.py", "workers = 1\n")
+    srv = berth(["--threads", "1", "proto_app:app"])
+    conf.write_text("workers = 2\n")
+    srv.signal(signal.SIGHUP)
+    srv.wait_for_log("starting 2 workers of generation 2", timeout=10)
+    assert http_get(srv.port, "/hello")[0] == 200
+
+
+def test_pidfile_is_written_and_removed(berth, tmp_path):
+    pidfile = tmp_path / "berth.pid"
+    srv = berth(["-w", "1", "--pid", str(pidfile), "proto_app:app"])
+    assert pidfile.read_text().strip() == str(srv.pid)
+    srv.stop()
+    assert not pidfile.exists()
+
+
+def test_config_file_bind_used_when_no_bind_flag(berth, tmp_path):
+    port = free_port()
+    write(tmp_path / "gunicorn.conf.py", f'bind = "127.0.0.1:{port}"\nworkers = 1\n')
+    srv = berth(["proto_app:app"], bind=False, port=port)
+    assert http_get(port, "/hello")[0] == 200
+    assert srv.proc.poll() is None
+
+
+def test_python_module_config_is_found_in_the_launch_directory_and_reread(tmp_path):
+    import sys
+
+    mod = write(tmp_path / "berth_test_launch_dir_conf.py", "workers = 3\n")
+    try:
+        cfg = parse(["-c", "python:berth_test_launch_dir_conf", "app:app"], cwd=tmp_path)
+        assert cfg.workers == 3
+        mod.write_text("workers = 4\n# changed\n")
+        import importlib
+
+        importlib.invalidate_caches()
+        assert parse(["-c", "python:berth_test_launch_dir_conf", "app:app"],
+                     cwd=tmp_path).workers == 4
+    finally:
+        sys.modules.pop("berth_test_launch_dir_conf", None)
+        if str(tmp_path) in sys.path:
+            sys.path.remove(str(tmp_path))

@@ -1,0 +1,279 @@
+"""Gunicorn's server hooks: loading and validation, `call_hook`, and the objects hooks receive.
+
+The last test runs berth with a config file of hooks that write to a file and checks that each
+fires at its moment, with the attributes Gunicorn's documented examples use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import textwrap
+import time
+from types import SimpleNamespace
+
+import pytest
+from conftest import http_get
+
+from berth.config import Config
+from berth.hooks import (
+    HOOK_ARITY,
+    HookError,
+    RequestView,
+    ResponseView,
+    ServerView,
+    WorkerView,
+    call_hook,
+    get_hook,
+    validate_hook,
+)
+
+GUNICORN_HOOKS = ("on_starting", "on_reload", "when_ready", "pre_fork", "post_fork",
+                  "post_worker_init", "worker_int", "worker_abort", "pre_exec", "pre_request",
+                  "post_request", "child_exit", "worker_exit", "nworkers_changed", "on_exit")
+
+
+def test_every_gunicorn_hook_has_its_arity():
+    assert set(HOOK_ARITY) == set(GUNICORN_HOOKS)
+    gunicorn_config = pytest.importorskip("gunicorn.config")
+    for s in gunicorn_config.KNOWN_SETTINGS:
+        if s.name in HOOK_ARITY and s.name != "post_request":
+            from gunicorn.util import get_arity
+
+            assert get_arity(s.default) == HOOK_ARITY[s.name], s.name
+
+
+@pytest.mark.parametrize("name", sorted(HOOK_ARITY))
+def test_a_function_of_the_right_arity_is_accepted(name):
+    def hook(*args):
+        return args
+
+    assert validate_hook(name, hook)(*([1] * HOOK_ARITY[name])) == tuple([1] * HOOK_ARITY[name])
+
+
+def test_wrong_arity_is_refused_with_what_is_expected():
+    with pytest.raises(HookError, match=r"a function taking 2 arguments \(server, worker\)"):
+        validate_hook("post_fork", lambda server: None)
+    with pytest.raises(HookError, match=r"2 arguments \(worker, req\)"):
+        validate_hook("pre_request", lambda a, b, c: None)
+    with pytest.raises(HookError, match=r"3 arguments \(server, new_value, old_value\)"):
+        validate_hook("nworkers_changed", lambda a: None)
+    with pytest.raises(HookError, match="not int"):
+        validate_hook("on_exit", 3)
+
+
+def test_post_request_may_take_two_three_or_four_arguments():
+    calls = []
+    validate_hook("post_request", lambda w, r: calls.append(2))(1, 2, 3, 4)
+    validate_hook("post_request", lambda w, r, e: calls.append(3))(1, 2, 3, 4)
+    validate_hook("post_request", lambda w, r, e, s: calls.append(4))(1, 2, 3, 4)
+    assert calls == [2, 3, 4]
+    with pytest.raises(HookError):
+        validate_hook("post_request", lambda w: None)
+
+
+def test_hook_given_as_an_import_path():
+    assert validate_hook("on_exit", "os.path.exists") is os.path.exists
+    with pytest.raises(HookError, match="cannot import"):
+        validate_hook("on_exit", "no_such_module_berth.f")
+    with pytest.raises(HookError, match="has no 'nope'"):
+        validate_hook("on_exit", "os.nope")
+
+
+def test_call_hook_calls_the_hook_and_returns_its_result():
+    cfg = Config()
+    assert call_hook(cfg, "on_starting", object()) is None  # no hook: nothing
+    cfg.set("on_starting", lambda server: ("called", server), "file t.py")
+    assert get_hook(cfg, "on_starting") is not None
+    assert call_hook(cfg, "on_starting", "srv") == ("called", "srv")
+
+
+def test_call_hook_logs_an_exception_and_survives(caplog):
+    log = logging.getLogger("berth.test.hooks")
+    cfg = Config()
+
+    def broken(server):
+        raise RuntimeError("hook-bug-42")
+
+    cfg.set("when_ready", broken, "file t.py")
+    server = SimpleNamespace(log=log)
+    with caplog.at_level(logging.ERROR, logger="berth.test.hooks"):
+        assert call_hook(cfg, "when_ready", server) is None
+    assert "the when_ready hook raised an exception" in caplog.text
+    assert "hook-bug-42" in caplog.text  # with the traceback
+
+
+# --- the objects hooks receive -------------------------------------------------------------
+
+ENVIRON = {
+    "REQUEST_METHOD": "POST", "SCRIPT_NAME": "", "PATH_INFO": "/a b/c",
+    "QUERY_STRING": "x=1&y=2", "RAW_URI": "/a%20b/c?x=1&y=2", "SERVER_PROTOCOL": "HTTP/1.0",
+    "CONTENT_TYPE": "text/plain", "CONTENT_LENGTH": "3", "HTTP_HOST": "example.com",
+    "HTTP_X_REQUEST_ID": "abc", "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "5555",
+    "wsgi.url_scheme": "http", "wsgi.input": None,
+}
+
+
+def test_request_view_has_gunicorns_request_attributes():
+    req = RequestView(dict(ENVIRON))
+    assert req.method == "POST"
+    assert req.path == "/a%20b/c"  # as sent, like Gunicorn's req.path
+    assert req.query == "x=1&y=2"
+    assert req.uri == "/a%20b/c?x=1&y=2"
+    assert req.version == (1, 0)
+    assert req.scheme == "http"
+    headers = dict(req.headers)
+    assert headers == {"CONTENT-TYPE": "text/plain", "CONTENT-LENGTH": "3",
+                       "HOST": "example.com", "X-REQUEST-ID": "abc"}
+    assert all(isinstance(h, tuple) and len(h) == 2 for h in req.headers)
+    assert req.remote_addr == "127.0.0.1"
+
+
+def test_request_view_without_raw_uri_uses_path_info():
+    env = dict(ENVIRON)
+    del env["RAW_URI"]
+    req = RequestView(env)
+    assert req.path == "/a b/c" and req.uri == "/a b/c?x=1&y=2"
+
+
+def test_response_view_has_status_status_code_and_headers():
+    resp = ResponseView("404 Not Found", [("Content-Type", "text/plain"),
+                                          ("Content-Length", "9")], sent=9)
+    assert resp.status == "404 Not Found"
+    assert resp.status_code == 404
+    assert resp.headers == [("Content-Type", "text/plain"), ("Content-Length", "9")]
+    assert resp.response_length == 9 and resp.sent == 9
+    assert ResponseView(None, None).status_code is None
+
+
+def test_server_view_reads_through_to_the_master():
+    log1, log2 = logging.getLogger("a"), logging.getLogger("b")
+    cfg = Config(values={"workers": 3})
+    master = SimpleNamespace(log=log1, cfg=cfg, app=None, listeners=["sock"],
+                             workers={101: SimpleNamespace(age=1)})
+    server = ServerView(master)
+    assert server.log is log1 and server.cfg is cfg and server.pid == os.getpid()
+    assert server.num_workers == 3 and server.LISTENERS == ["sock"]
+    master.log = log2  # SIGUSR1 reopens the log: hooks see the new one
+    assert server.log is log2
+    assert server.WORKERS[101].pid == 101
+    assert server.cfg.timeout == 30.0  # any setting, by Gunicorn's name
+
+
+def test_worker_view_attributes():
+    log = logging.getLogger("w")
+    worker = WorkerView(Config(), log, pid=1234, age=5, ppid=1)
+    assert (worker.pid, worker.ppid, worker.age, worker.log) == (1234, 1, 5, log)
+    assert worker.cfg.loglevel == "info"
+    assert "[booting]" in repr(WorkerView(Config(), log))
+
+
+# --- end to end ----------------------------------------------------------------------------
+
+HOOKS_CONF = '''\
+import os
+
+def _record(*parts):
+    with open(os.environ["HOOK_LOG"], "a") as f:
+        f.write(" ".join(str(p) for p in parts) + "\\n")
+
+def on_starting(server):
+    _record("on_starting", server.pid, server.cfg.workers)
+
+def when_ready(server):
+    server.log.info("Server is ready. Spawning workers")
+    _record("when_ready", server.pid)
+
+def pre_fork(server, worker):
+    _record("pre_fork", server.pid)
+
+def post_fork(server, worker):
+    server.log.info("Worker spawned (pid: %s)", worker.pid)
+    _record("post_fork", os.getpid(), worker.pid, worker.age)
+
+def post_worker_init(worker):
+    _record("post_worker_init", os.getpid(), worker.pid)
+
+def pre_request(worker, req):
+    worker.log.debug("%s %s", req.method, req.path)
+    _record("pre_request", os.getpid(), worker.pid, req.method, req.path, req.query,
+            dict(req.headers).get("X-HOOK-TEST"))
+
+def post_request(worker, req, environ, resp):
+    _record("post_request", os.getpid(), req.path, resp.status_code, environ["PATH_INFO"])
+
+def nworkers_changed(server, new_value, old_value):
+    _record("nworkers_changed", new_value, old_value)
+
+def on_reload(server):
+    _record("on_reload", server.pid)
+
+def worker_exit(server, worker):
+    _record("worker_exit", os.getpid(), worker.pid)
+
+def child_exit(server, worker):
+    _record("child_exit", os.getpid(), worker.pid)
+
+def on_exit(server):
+    _record("on_exit", server.pid)
+'''
+
+
+def read_records(path) -> list[list[str]]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line.split() for line in f.read().splitlines() if line.strip()]
+
+
+def wait_records(path, pred, timeout=10.0) -> list[list[str]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        records = read_records(path)
+        if pred(records):
+            return records
+        time.sleep(0.05)
+    return read_records(path)
+
+
+def test_hooks_fire_at_their_moments(berth, tmp_path):
+    log = tmp_path / "hooks.log"
+    (tmp_path / "hooks.conf.py").write_text(textwrap.dedent(HOOKS_CONF))
+    srv = berth(["-c", "hooks.conf.py", "-w", "2", "--threads", "2", "proto_app:app"],
+                env={"HOOK_LOG": str(log)})
+    master = str(srv.pid)
+    status, _, _ = http_get(srv.port, "/hello?a=1", headers={"X-Hook-Test": "yes"})
+    assert status == 200
+    assert read_records(log), "no hook fired"  # on_starting... ran before "ready": fail fast
+    records = wait_records(log, lambda r: any(x[0] == "post_request" for x in r))
+    names = [r[0] for r in records]
+    assert names.count("on_starting") == 1 and ["on_starting", master, "2"] in records
+    assert ["when_ready", master] in records
+    assert names.count("pre_fork") >= 2 and all(r[1] == master for r in records
+                                                if r[0] == "pre_fork")
+    forks = [r for r in records if r[0] == "post_fork"]
+    assert len(forks) >= 2
+    for r in forks:  # called in the worker, with the worker's own pid
+        assert r[1] == r[2] != master
+    assert sorted(int(r[3]) for r in forks)[:2] == [1, 2]  # worker.age counts spawns
+    assert names.count("post_worker_init") >= 2
+    pre = [r for r in records if r[0] == "pre_request"]
+    assert pre and pre[0][3:] == ["GET", "/hello", "a=1", "yes"] and pre[0][1] == pre[0][2]
+    post = [r for r in records if r[0] == "post_request"]
+    assert post[0][2:] == ["/hello", "200", "/hello"]
+
+    srv.signal(signal.SIGTTIN)
+    assert wait_records(log, lambda r: ["nworkers_changed", "3", "2"] in r)
+    srv.signal(signal.SIGHUP)
+    assert wait_records(log, lambda r: ["on_reload", master] in r)
+
+    srv.stop()
+    records = read_records(log)
+    names = [r[0] for r in records]
+    assert names[-1] == "on_exit" and records[-1][1] == master
+    exits = [r for r in records if r[0] == "worker_exit"]
+    assert exits and all(r[1] == r[2] != master for r in exits)  # in the worker itself
+    children = [r for r in records if r[0] == "child_exit"]
+    assert children and all(r[1] == master != r[2] for r in children)  # in the master
+    assert {r[2] for r in exits} <= {r[2] for r in children}
