@@ -58,6 +58,10 @@ LOW_WATER = 64 * 1024
 MAX_PIPELINE = 16  # complete requests queued on one connection before reading pauses
 RECV_SIZE = 64 * 1024
 ACCEPT_BATCH = 4
+# A worker whose queue is full stops accepting so that idle workers take new connections, but
+# never for longer than this: when every worker is saturated, a connection must not starve in
+# the kernel queue while accepted ones are served again and again.
+ACCEPT_PAUSE_MAX = 0.1
 TICK = 0.5  # seconds between timer sweeps (Date header, deadlines, parent check)
 SMALL_JOIN = 64 * 1024  # below this, head and body are joined into one buffer for send()
 
@@ -316,6 +320,7 @@ class Worker:
         self.keep_alive = cfg.keepalive > 0
         self.draining = False
         self.accepting = True
+        self.paused_accepting = 0.0
         self.alive = True
         self.quick_exit = False
         self.conns: dict[int, Connection] = {}
@@ -499,7 +504,8 @@ class Worker:
                     self.on_wake()
                 elif fd == sig_fd:
                     self.on_signals()
-            if not self.accepting and not self.work.qsize():
+            if not self.accepting and (not self.work.qsize()
+                                       or now - self.paused_accepting > ACCEPT_PAUSE_MAX):
                 self.set_accepting(True)
             if now >= next_tick:
                 next_tick = now + TICK
@@ -616,6 +622,7 @@ class Worker:
         if accepting == self.accepting or self.draining:
             return
         self.accepting = accepting
+        self.paused_accepting = self.now
         for fd in self.listeners:
             if accepting:
                 self.ep.register(fd, EPOLLIN | select.EPOLLEXCLUSIVE)

@@ -12,6 +12,8 @@ import json
 import os
 import secrets
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -516,3 +518,45 @@ def test_module_has_no_print_or_subprocess():
     """Read once at start: plain file reads only, nothing spawned, nothing printed."""
     source = Path(container.__file__).read_text()
     assert "subprocess" not in source and "print(" not in source
+
+
+def test_berth_itself_sizes_from_the_real_v1_cgroup_it_runs_in(v1_cgroups, tmp_path):
+    """The whole path: berth started inside a real cgroup (cpu quota 0.5, memory 256 MiB)
+    detects it, logs its sizing decision with those inputs, and serves."""
+    cpu = v1_cgroups("cpu", {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "50000"})
+    mem = v1_cgroups("memory", {"memory.limit_in_bytes": str(256 * MiB)})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    err = tmp_path / "stderr.log"
+    join = (f"echo $$ > {os.path.join(cpu, 'cgroup.procs')} && "
+            f"echo $$ > {os.path.join(mem, 'cgroup.procs')} && "
+            f"exec {sys.executable} -m berth -b 127.0.0.1:{port} --access-logfile none "
+            "--chdir " + str(ROOT / "examples") + " hello:app")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), BERTH_IN_CONTAINER="0")
+    for key in ("WEB_CONCURRENCY", "PORT", "KUBERNETES_SERVICE_HOST"):
+        env.pop(key, None)
+    with open(err, "wb") as err_file:
+        proc = subprocess.Popen(["sh", "-c", join], stdout=subprocess.DEVNULL, stderr=err_file,
+                                env=env, cwd=str(tmp_path))
+        try:
+            deadline = time.monotonic() + 20
+            while "ready: " not in err.read_text() and time.monotonic() < deadline:
+                assert proc.poll() is None, err.read_text()
+                time.sleep(0.05)
+            log = err.read_text()
+            assert "ready: " in log, log
+            sizing = next(line for line in log.splitlines() if "workers=" in line)
+            assert "workers=2 threads=4" in sizing  # 0.5 CPU rounds to 1: at least 2
+            assert "cpu quota 0.5" in sizing and "256 MiB" in sizing, sizing
+            assert "max worker memory" in log and "256 MiB memory limit" in log, log
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert c.recv(100).startswith(b"HTTP/1.1 200")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
