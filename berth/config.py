@@ -396,6 +396,14 @@ SETTINGS: tuple[Setting, ...] = (
                                    "--limit-request-field-size"), non_negative_int, 8190,
       "Maximum size of one request header field in bytes (0 = unlimited).", "INT",
       section="Security"),
+    S("ready_path", ("--ready-path",), text, "/-/ready",
+      "Readiness probe, answered by the worker's loop thread (never queued behind the app, "
+      "so it answers while every app thread is busy): 200 while serving, 503 once SIGTERM "
+      "arrived (during --shutdown-delay too, so load balancers deregister). '' disables.",
+      "PATH", section="Server", status=BERTH_ONLY),
+    S("live_path", ("--live-path",), text, "/-/live",
+      "Liveness probe, answered by the worker's loop thread: 200 while the loop runs. "
+      "'' disables.", "PATH", section="Server", status=BERTH_ONLY),
     S("header_timeout", ("--header-timeout",), non_negative_float, 10.0,
       "Seconds a client has to send a whole request head, and the longest pause while "
       "it sends a body, before the connection is closed (408).", "SECONDS",

@@ -478,6 +478,7 @@ class Master:
         """SIGTERM: serve on through --shutdown-delay (load balancers deregister us), then
         drain (see `stop`). Further SIGTERMs change nothing; SIGINT/SIGQUIT stop at once."""
         delay = self.cfg.shutdown_delay or 0.0
+        self.scoreboard.set_shutting_down()  # readiness probes say 503 from now on
         self.log.info("SIGTERM: serving for %g s more (shutdown delay), then finishing "
                       "in-flight requests within %g s", delay, self.cfg.graceful_timeout)
         deadline = time.monotonic() + delay

@@ -58,7 +58,17 @@ class Slot:
 class Scoreboard:
     def __init__(self, slots: int = MAX_SLOTS):
         self.slots = slots
-        self.mem = mmap.mmap(-1, slots * SLOT_SIZE)  # anonymous and shared across fork
+        # anonymous and shared across fork; after the slots, one cache line the master writes
+        self.mem = mmap.mmap(-1, slots * SLOT_SIZE + 64)
+        self._flag = slots * SLOT_SIZE
+
+    def set_shutting_down(self) -> None:
+        """The master got SIGTERM: readiness probes answer 503 from now on."""
+        self.mem[self._flag] = 1
+
+    @property
+    def shutting_down(self) -> bool:
+        return self.mem[self._flag] == 1
 
     def write(self, index: int, slot: Slot) -> None:
         line = slot.oldest_line.encode("latin-1", "replace")[:LINE_SIZE]

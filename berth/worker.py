@@ -339,6 +339,10 @@ class Worker:
         self.statm = -1
         self.view = view if view is not None else WorkerView(cfg, log, pid=os.getpid())
         self.server = server
+        # probe paths answered by the loop itself: request target -> "ready" | "live"
+        self.probes = {path.encode("latin-1"): kind
+                       for kind, path in (("ready", cfg.ready_path), ("live", cfg.live_path))
+                       if path} or None
         self.pre_request = get_hook(cfg, "pre_request")
         self.post_request = get_hook(cfg, "post_request")
         self.last_tick = self.max_tick_gap = 0.0
@@ -607,8 +611,9 @@ class Worker:
         self.served += 1
         if self.served >= self.max_requests and self.slot.state != RETIRING:
             self.beat(RETIRING)  # the master starts a replacement, then stops this worker
-        if self.inline and (type(req) is HttpError or not req.streaming):
-            self.serve(conn, req, True)
+        if self.inline and (type(req) is HttpError or not req.streaming) or (
+                self.probes is not None and type(req) is Request and req.url in self.probes):
+            self.serve(conn, req, True)  # a probe never waits behind the app threads
         else:
             req.dispatched = self.now  # its deadline is checked by the loop's tick
             self.work.put((self.serve, conn, req, False))
@@ -830,8 +835,8 @@ class Worker:
             req = self.finish(conn, keep, inline)
             if req is None:
                 return
-            if inline and type(req) is not HttpError and req.streaming:
-                self.work.put((self.serve, conn, req, False))
+            if inline and (not self.inline or type(req) is not HttpError and req.streaming):
+                self.work.put((self.serve, conn, req, False))  # the app runs on a thread
                 return
 
     def finish(self, conn: Connection, keep: bool, inline: bool):
@@ -872,6 +877,8 @@ class Worker:
     def respond(self, conn: Connection, req: Request, inline: bool):
         """Run the app for one request; return keep-alive (bool), or PAUSED when the loop
         thread goes on with the body once the client has read what is queued."""
+        if self.probes is not None and req.url in self.probes:
+            return self.answer_probe(conn, req, inline)
         environ = self.make_environ(conn, req)
         resp = Response(self, conn, req, inline)
         resp.environ = environ
@@ -914,6 +921,22 @@ class Worker:
             keep = self.app_error(conn, resp, environ, inline)
         self.done(resp, result)
         return keep
+
+    def answer_probe(self, conn: Connection, req: Request, inline: bool) -> bool:
+        """Readiness and liveness, answered without the app: ready is 503 once the server is
+        shutting down (SIGTERM, including --shutdown-delay) or this worker drains."""
+        if self.probes[req.url] == "live":
+            status, body = "200 OK", b"live\n"
+        elif self.draining or (self.scoreboard is not None and self.scoreboard.shutting_down):
+            status, body = "503 Service Unavailable", b"shutting down\n"
+        else:
+            status, body = "200 OK", b"ready\n"
+        resp = Response(self, conn, req, inline)
+        resp.status = status
+        resp.headers = [("Content-Type", "text/plain"), ("Cache-Control", "no-store")]
+        head = resp.make_head(len(body))
+        self.send(conn, head if resp.no_body else head + body, inline)
+        return resp.end()
 
     def done(self, resp: Response, result) -> None:
         """The response is over (sent, failed or abandoned): close the iterable, log it."""
