@@ -147,9 +147,8 @@ class Master:
                     self._drain(self.sig_r)
                 else:
                     self.read_ready()
-            self.reap()
-            while self.signals:
-                sig = self.signals.popleft()
+            while self.signals:  # before reaping: a SIGTERM sent to the whole process
+                sig = self.signals.popleft()  # group also stops the workers
                 if sig == signal.SIGTERM:
                     self.shutdown()
                     return
@@ -157,6 +156,7 @@ class Master:
                     self.stop(graceful=False)
                     return
                 self.on_signal(sig)
+            self.reap()
             if self.stopping:
                 self.stop(graceful=False)
                 return
@@ -337,7 +337,9 @@ class Master:
         time.sleep(0.2)  # let faulthandler write the stacks before SIGABRT interrupts
         self._kill(info.pid, signal.SIGABRT)
         info.abort_at = time.monotonic() + ABORT_GRACE
-        self.spawn()
+        if not info.replaced:  # (a retiring worker's replacement is on its way already)
+            info.replaced = True
+            self.spawn()
 
     def replace(self, info: WorkerInfo, why: str) -> None:
         """Recycle: start the replacement; the old worker is stopped once it is ready."""
@@ -419,6 +421,11 @@ class Master:
 
     def worker_exited(self, info: WorkerInfo, status: int) -> None:
         call_hook(self.cfg, "child_exit", self.server, info.view)
+        if info.replacement_for and not info.ready:
+            old = self.workers.get(info.replacement_for)
+            if old is not None and not old.stopping:
+                old.replaced = False  # recycling starts over with a new replacement
+                old.flags.clear()
         last = self.scoreboard.read(info.slot)
         self.scoreboard.clear(info.slot)
         if not info.stopping and last.state == DRAINING and last.over_deadline:

@@ -27,7 +27,8 @@ LINE_SIZE = 96  # bytes kept of the oldest in-flight request's first line
 # pid, generation, state, busy threads, heartbeat, served, in flight, oldest start,
 # oldest line, rss, counters: responses 2xx 3xx 4xx 5xx, bytes sent, requests over deadline
 _SLOT = struct.Struct(f"=iIBHdQId{LINE_SIZE}sQQQQQQQQ")
-SLOT_SIZE = (_SLOT.size + 63) // 64 * 64  # cache-line aligned: workers never share a line
+_SEQ = struct.Struct("=I")  # a seqlock word before each slot (see Scoreboard.write)
+SLOT_SIZE = (_SEQ.size + _SLOT.size + 63) // 64 * 64  # cache-line aligned: no shared lines
 
 
 @dataclass
@@ -71,16 +72,32 @@ class Scoreboard:
         return self.mem[self._flag] == 1
 
     def write(self, index: int, slot: Slot) -> None:
+        """Seqlock write: the sequence word is odd while the slot changes, so a reader never
+        takes a half-written slot (pack_into zeroes the record before it fills it in)."""
         line = slot.oldest_line.encode("latin-1", "replace")[:LINE_SIZE]
-        _SLOT.pack_into(self.mem, index * SLOT_SIZE, slot.pid, slot.generation, slot.state,
-                        slot.busy_threads, slot.heartbeat, slot.served, slot.in_flight,
-                        slot.oldest_start, line, slot.rss, slot.uss, slot.status_2xx,
-                        slot.status_3xx, slot.status_4xx, slot.status_5xx, slot.bytes_sent,
-                        slot.over_deadline)
+        data = _SLOT.pack(slot.pid, slot.generation, slot.state, slot.busy_threads,
+                          slot.heartbeat, slot.served, slot.in_flight, slot.oldest_start, line,
+                          slot.rss, slot.uss, slot.status_2xx, slot.status_3xx,
+                          slot.status_4xx, slot.status_5xx, slot.bytes_sent, slot.over_deadline)
+        base = index * SLOT_SIZE
+        mem = self.mem
+        seq = _SEQ.unpack_from(mem, base)[0]
+        _SEQ.pack_into(mem, base, (seq + 1) & 0xFFFFFFFF)
+        mem[base + _SEQ.size:base + _SEQ.size + _SLOT.size] = data
+        _SEQ.pack_into(mem, base, (seq + 2) & 0xFFFFFFFF)
 
     def read(self, index: int) -> Slot:
+        base = index * SLOT_SIZE
+        mem = self.mem
+        for _ in range(1000):
+            before = _SEQ.unpack_from(mem, base)[0]
+            if before & 1:
+                continue
+            fields = _SLOT.unpack_from(mem, base + _SEQ.size)
+            if _SEQ.unpack_from(mem, base)[0] == before:
+                break
         (pid, generation, state, busy, heartbeat, served, in_flight, oldest_start, line,
-         rss, uss, s2, s3, s4, s5, sent, over) = _SLOT.unpack_from(self.mem, index * SLOT_SIZE)
+         rss, uss, s2, s3, s4, s5, sent, over) = fields
         return Slot(pid, generation, state, busy, heartbeat, served, in_flight, oldest_start,
                     line.rstrip(b"\0").decode("latin-1"), rss, uss, s2, s3, s4, s5, sent, over)
 

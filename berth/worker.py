@@ -9,9 +9,10 @@ Writing: whoever runs the app sends directly while the socket accepts bytes. Wha
 does not take goes to the connection's write-behind queue, which the loop drains as the socket
 becomes writable. An app thread that has more than HIGH_WATER bytes queued waits until the loop
 has drained it below LOW_WATER, so a slow reader holds at most that much memory per connection.
-On the loop thread (inline) there is no waiting: a response that outgrows the queue is handed to
-an app thread, which goes on iterating it. Real files (`wsgi.file_wrapper`) go out with
-`os.sendfile`, their unsent rest queued as (fd, offset, count): no bytes held at all.
+On the loop thread (inline) there is no waiting: a response that outgrows the queue is paused
+(the loop stops pulling from the app's iterator) and resumed when the client has read it.
+Real files (`wsgi.file_wrapper`) go out with `os.sendfile`, their unsent rest queued as
+(fd, offset, count): no bytes held at all.
 
 Threads touch a connection under its lock: `active` (the request being answered), `pending`
 (complete requests waiting their turn, for pipelining), the write-behind queue and its flags.
@@ -227,10 +228,9 @@ class Response:
             no_body = True
             remaining = 0
         elif length is not None:
-            try:
-                remaining = int(length)
-            except ValueError:
-                raise BadResponseHeaders(f"invalid Content-Length {length!r}") from None
+            if not (length.isascii() and length.isdigit()):
+                raise BadResponseHeaders(f"invalid Content-Length {length!r}")
+            remaining = int(length)
         elif known_length is not None:
             extra = f"Content-Length: {known_length}\r\n"
             remaining = known_length
@@ -592,6 +592,10 @@ class Worker:
         ready = parser.ready
         if ready:
             with conn.lock:
+                if conn.closing or conn.dead:  # its last response ends the connection
+                    ready.clear()
+                    self.set_reading(conn, False)
+                    return
                 pending = conn.pending
                 if conn.active is None and not pending and len(ready) == 1:
                     conn.active = req = ready.pop()  # the common case: one request, idle
@@ -608,17 +612,20 @@ class Worker:
     def start(self, conn: Connection, req: Request) -> None:
         """Answer `req` (already `conn.active`): inline, or on an app thread. A request whose
         body is still streaming in always goes to a thread: the loop must keep reading it."""
-        self.served += 1
-        if self.served >= self.max_requests and self.slot.state != RETIRING:
-            self.beat(RETIRING)  # the master starts a replacement, then stops this worker
         if self.inline and (type(req) is HttpError or not req.streaming) or (
                 self.probes is not None and type(req) is Request and req.url in self.probes):
             self.serve(conn, req, True)  # a probe never waits behind the app threads
         else:
-            req.dispatched = self.now  # its deadline is checked by the loop's tick
-            self.work.put((self.serve, conn, req, False))
+            self.to_thread(conn, req)
             if self.accepting and self.work.qsize() >= self.threads:
                 self.set_accepting(False)
+
+    def to_thread(self, conn: Connection, req) -> None:
+        """Queue `req` for an app thread; from now on the loop's tick keeps its deadline."""
+        req.dispatched = self.now
+        self.work.put((self.serve, conn, req, False))
+        if self.accepting and self.work.qsize() >= self.threads:
+            self.set_accepting(False)
 
     def set_accepting(self, accepting: bool) -> None:
         """Take new connections only while this worker has app threads to spare, so that the
@@ -669,6 +676,9 @@ class Worker:
             current.body_stream.fail(ClientDisconnected("client closed before the body ended"))
         with conn.lock:
             idle = conn.active is None and not conn.pending
+            if idle and conn.out:  # a half-close: the response still goes out, then close
+                conn.closing = True
+                return
         if idle:
             if conn.parser.in_head:
                 self.log.debug("client closed with a partial request")
@@ -825,6 +835,7 @@ class Worker:
         if not inline:
             conn.thread = threading.get_ident()
         while True:
+            self.served += 1  # (approximate across app threads; read by the loop's tick)
             if type(req) is HttpError:
                 self.send_error(conn, req, inline)
                 keep = False
@@ -836,7 +847,7 @@ class Worker:
             if req is None:
                 return
             if inline and (not self.inline or type(req) is not HttpError and req.streaming):
-                self.work.put((self.serve, conn, req, False))  # the app runs on a thread
+                self.to_thread(conn, req)  # the app runs on a thread
                 return
 
     def finish(self, conn: Connection, keep: bool, inline: bool):
@@ -879,8 +890,13 @@ class Worker:
         thread goes on with the body once the client has read what is queued."""
         if self.probes is not None and req.url in self.probes:
             return self.answer_probe(conn, req, inline)
-        environ = self.make_environ(conn, req)
         resp = Response(self, conn, req, inline)
+        try:
+            environ = self.make_environ(conn, req)
+        except Exception:  # noqa: BLE001 - a target the parser let through: 400, close
+            self.log.debug("cannot make an environ for %r", req.url)
+            self.send_error(conn, HttpError(400, "bad request target"), inline)
+            return False
         resp.environ = environ
         if not inline:
             conn.response = resp
@@ -931,6 +947,8 @@ class Worker:
             status, body = "503 Service Unavailable", b"shutting down\n"
         else:
             status, body = "200 OK", b"ready\n"
+        if req.streaming:
+            req.body_stream.discard()
         resp = Response(self, conn, req, inline)
         resp.status = status
         resp.headers = [("Content-Type", "text/plain"), ("Cache-Control", "no-store")]
@@ -1174,6 +1192,7 @@ class Worker:
         cfg = self.cfg
         header_timeout = cfg.header_timeout
         keepalive = cfg.keepalive
+        write_stall = max(keepalive, header_timeout)
         in_flight = 0
         oldest: Request | None = None
         for conn in list(self.conns.values()):
@@ -1191,8 +1210,8 @@ class Worker:
                 if now > conn.lingering:
                     self.close(conn)
                 continue
-            if conn.out and now - conn.last_active > keepalive:
-                # a client that reads nothing of its response for --keep-alive seconds
+            if conn.out and now - conn.last_active > write_stall:
+                # a client that reads nothing of its response for that long
                 self.log.debug("client stopped reading its response; closing")
                 self.mark_dead(conn)
                 if conn.paused_response is not None:
@@ -1229,6 +1248,8 @@ class Worker:
         state = slot.state
         if state == IDLE or state == BUSY:
             state = BUSY if in_flight else IDLE
+            if self.served >= self.max_requests:
+                state = RETIRING  # the master starts a replacement, then stops this worker
         self.beat(state)
         if self.draining and (not self.conns or now > self.drain_deadline):
             if self.conns:

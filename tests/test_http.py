@@ -464,3 +464,13 @@ def test_expect_100_continue_with_body_above_buffer(small_buffer):
         status, _, resp = read_response(sock)
     assert status == 200
     assert resp == body
+
+
+@pytest.mark.parametrize("threads", ["1", "4"])
+def test_client_that_half_closes_after_its_request_gets_the_whole_response(berth, threads):
+    srv = berth(["-w", "1", "--threads", threads, "--access-logfile", "none", "proto_app:app"])
+    with connect(srv.port, timeout=20) as sock:
+        sock.sendall(get_request("/big?n=8388608"))
+        sock.shutdown(socket.SHUT_WR)
+        status, _, body = read_response(sock)
+    assert status == 200 and len(body) == 8388608

@@ -171,3 +171,27 @@ def test_upgrade_request_is_served_as_plain_request_and_not_kept_alive():
     p = parse(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
     (req,) = p.ready
     assert req.url == b"/ws" and not req.keep_alive
+
+
+def test_connect_and_authority_form_targets_are_400():
+    assert status_of(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n") == 400
+
+
+def test_a_header_value_that_never_ends_is_431_once_the_head_is_too_large():
+    p = RequestParser(limit_request_fields=10, limit_request_field_size=100)
+    p.feed(b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: ")
+    with pytest.raises(HttpError) as info:
+        for _ in range(100):
+            p.feed(b"a" * 1000)
+    assert info.value.status == 431
+
+
+def test_transfer_coding_split_over_two_lines_is_still_501():
+    raw = (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n"
+           b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert status_of(raw) == 501
+
+
+def test_limit_request_fields_zero_means_gunicorns_maximum():
+    (req,) = parse(b"GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\n\r\n", limit_request_fields=0).ready
+    assert req.headers["HTTP_A"] == "1"

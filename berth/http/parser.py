@@ -122,7 +122,11 @@ class RequestParser:
                  limit_request_field_size: int = 8190, body_buffer_size: int = 1024 * 1024,
                  stream_factory=CollectedBody):
         self.limit_line = limit_request_line or (1 << 62)
-        self.limit_fields = limit_request_fields
+        self.limit_fields = limit_request_fields or 32768  # 0: Gunicorn's maximum
+        # A header value without its CRLF grows inside llhttp with no callback: bound the whole
+        # head by bytes, as the sum of the per-line limits allows.
+        self.limit_head = (limit_request_line or 8190) + self.limit_fields * (
+            (limit_request_field_size or 8190) + 4) + 4096
         self.limit_field = limit_request_field_size or (1 << 62)
         self.body_limit = body_buffer_size
         self.stream_factory = stream_factory
@@ -136,12 +140,17 @@ class RequestParser:
         self._error: HttpError | None = None
         self._fields = 0
         self._hosts = 0
+        self._head_bytes = 0
         self._te: bytes | None = None
         self._expect = False
 
     # -- the one entry point ------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
+        if self.in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limit_head:
+                raise HttpError(431, "request head too large")
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -175,6 +184,7 @@ class RequestParser:
         self._req = Request()
         self._fields = 0
         self._hosts = 0
+        self._head_bytes = 0
         self.in_head = True
 
     def on_url(self, url: bytes) -> None:
@@ -194,8 +204,8 @@ class RequestParser:
         if kind:
             if kind == HOST:
                 self._hosts += 1
-            elif kind == TRANSFER_ENCODING:
-                self._te = value
+            elif kind == TRANSFER_ENCODING:  # several lines are one list (RFC 9110 5.3)
+                self._te = value if self._te is None else self._te + b", " + value
                 return
             elif kind == EXPECT:
                 self._expect = value.lower() == b"100-continue"
@@ -230,7 +240,10 @@ class RequestParser:
             self._expect = False
             req.expect_continue = version == "1.1"
         req.method = parser.get_method()
-        req.url = self._url
+        url = self._url
+        if url[:1] != b"/" and url != b"*" and not url.startswith((b"http://", b"https://")):
+            raise self._fail(400, "CONNECT and authority-form targets are not served")
+        req.url = url
         self._url = b""
         req.version = version
         req.keep_alive = parser.should_keep_alive()
