@@ -21,7 +21,6 @@ import os
 import re
 import socket
 import stat
-import sys
 import time
 
 PIPE_BUF = 4096
@@ -270,9 +269,6 @@ class AccessLog:
         self._taken: list[str] = []
         self._taken_len = 0
 
-    def log(self, environ: dict, status: str, sent: int, seconds: float, headers) -> None:
-        self.lines.append(self.format(environ, status, sent, seconds, headers))
-
     def flush(self) -> None:
         taken = self.lines
         late = self._taken[self._taken_len:]
@@ -313,11 +309,3 @@ class AccessLog:
             old = self.sink
             self.sink = LineSink(self.target, 1)
             old.close()
-
-
-def flush_std_streams() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass

@@ -51,6 +51,7 @@ from berth.http.response import (
     scan_headers,
     status_line,
 )
+from berth.logs import setup_error_log
 from berth.scoreboard import BOOTING, BUSY, DRAINING, IDLE, RETIRING, Scoreboard, Slot
 from berth.wsgi import FileWrapper, StreamInput, split_target
 
@@ -336,6 +337,7 @@ class Worker:
         self.served = 0
         self.max_requests = max_requests or (1 << 62)
         self.timeout = cfg.timeout
+        self.body_budget = cfg.body_buffer_size
         self.statm = -1
         self.view = view if view is not None else WorkerView(cfg, log, pid=os.getpid())
         self.server = server
@@ -603,11 +605,18 @@ class Worker:
                     pending.extend(ready)
                     ready.clear()
                     if conn.active is not None:
-                        if len(pending) >= MAX_PIPELINE:
+                        if self.pipeline_full(pending):
                             self.set_reading(conn, False)
                         return
                     conn.active = req = pending.popleft()
             self.start(conn, req)
+
+    def pipeline_full(self, pending: collections.deque) -> bool:
+        """Stop reading a connection whose waiting requests hold too much: at most
+        MAX_PIPELINE requests and one --body-buffer-size of their bodies."""
+        if len(pending) >= MAX_PIPELINE:
+            return True
+        return sum(len(r.body) for r in pending if type(r) is Request) > self.body_budget
 
     def start(self, conn: Connection, req: Request) -> None:
         """Answer `req` (already `conn.active`): inline, or on an app thread. A request whose
@@ -659,6 +668,9 @@ class Worker:
         """A request berth refuses: answer it once earlier responses are out, then close."""
         self.log.debug("bad request from %s: %s", conn.environ.get("REMOTE_ADDR"), err)
         self.set_reading(conn, False)
+        current = conn.parser._req
+        if current is not None and current.streaming:  # its reader must not wait for more
+            current.body_stream.fail(ClientDisconnected(f"request refused: {err}"))
         with conn.lock:
             conn.pending.extend(conn.parser.ready)
             conn.parser.ready.clear()
@@ -1118,7 +1130,7 @@ class Worker:
         if idle and conn.closing:
             self.update_events(conn)  # writes still queued: closed when they are out
             return
-        reading = not conn.eof and not conn.dead and len(conn.pending) < MAX_PIPELINE
+        reading = not conn.eof and not conn.dead and not self.pipeline_full(conn.pending)
         current = conn.parser._req
         if current is not None and current.streaming and current.body_stream.paused:
             reading = False
@@ -1296,8 +1308,10 @@ class Worker:
                 call_hook(self.cfg, "worker_int", self.view)
                 self.alive = False
                 self.quick_exit = True
-            elif sig == signal.SIGUSR1 and self.access_log is not None:
-                self.access_log.reopen()
+            elif sig == signal.SIGUSR1:
+                self.log = setup_error_log(self.cfg.errorlog, self.cfg.loglevel)
+                if self.access_log is not None:
+                    self.access_log.reopen()
 
     def start_drain(self, take_backlog: bool = True) -> None:
         """Stop accepting (after taking what already waits in the backlog), finish what is in

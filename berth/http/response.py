@@ -121,9 +121,5 @@ def error_response(status: int, detail: str = "", head_only: bool = False,
     return head if head_only else head + body
 
 
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
 LAST_CHUNK = b"0\r\n\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
