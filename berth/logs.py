@@ -151,13 +151,29 @@ def compile_access_format(fmt: str):
     def literal(text: str) -> str:  # `%%` in a format is a percent sign, as in Gunicorn
         return text.replace("%%", "\0").replace("%", "%%").replace("\0", "%%")
 
+    # Atoms that are cheaper as a conversion of their own than as a ready-made string: the
+    # request line as three %s (no concatenations), the status code as %.3s of the status
+    # (no slice), the byte count as %d, `l` as the literal it always is.
+    special = {
+        "r": ("%s %s %s", ["e['REQUEST_METHOD']", "e['RAW_URI']", "e['SERVER_PROTOCOL']"]),
+        "s": ("%.3s", ["status"]),
+        "B": ("%d", ["sent"]),
+        "b": ("%d", ["sent"]),
+        "l": ("-", []),
+    }
     template = []
     values = []
     pos = 0
     for match in _ATOM.finditer(fmt):
         template.append(literal(fmt[pos:match.start()]))
-        template.append("%s")
         atom = match.group(1)
+        if atom in special:
+            conversion, exprs_of_atom = special[atom]
+            template.append(conversion)
+            values.extend(exprs_of_atom)
+            pos = match.end()
+            continue
+        template.append("%s")
         if atom in exprs:
             values.append(exprs[atom])
         elif atom.startswith("{") and atom.endswith("}i"):

@@ -936,8 +936,14 @@ class Worker:
                         self.send(conn, head, inline)
                         self.send(conn, body, inline)
                 keep = resp.end()
-                if self.access_log is None and self.post_request is None:
-                    return keep  # nothing to close for a list, nothing to log
+                if self.post_request is None and not req.streaming:  # a list: nothing to close
+                    access_log = self.access_log
+                    if access_log is not None:  # done()'s logging, inlined: every request
+                        access_log.lines.append(access_log.format(
+                            environ, resp.status, resp.sent,
+                            time.monotonic() - resp.started if resp.started else 0.0,
+                            resp.headers))
+                    return keep
             else:
                 keep = self.send_iterable(resp, result)
                 if keep is PAUSED:

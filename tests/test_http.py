@@ -474,3 +474,14 @@ def test_client_that_half_closes_after_its_request_gets_the_whole_response(berth
         sock.shutdown(socket.SHUT_WR)
         status, _, body = read_response(sock)
     assert status == 200 and len(body) == 8388608
+
+
+def test_unread_streamed_body_is_dropped_with_the_access_log_off(berth):
+    # the same as above on the path without an access log (it once skipped dropping the body)
+    srv = berth(["-w", "1", "--threads", "1", "--access-logfile", "none", "proto_app:app"])
+    body = b"x" * (3 << 20)
+    with connect(srv.port, timeout=20) as sock:
+        sock.sendall(get_request("/hello", method="POST", body=body)
+                     + get_request("/path?next"))
+        assert read_response(sock)[::2] == (200, HELLO)
+        assert read_response(sock)[::2] == (200, b"/path?next")
