@@ -9,7 +9,9 @@ import contextlib
 import hashlib
 import os
 import socket
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +24,8 @@ from proto_app import HELLO, big_pattern
 
 __all__ = [
     "HELLO",
+    "exit_within",
+    "in_background",
     "BufferedSocket",
     "big_pattern",
     "big_sha256",
@@ -172,3 +176,28 @@ def pids_children(pid: int) -> list[int]:
         if int(rest[1]) == pid:
             out.append(int(entry))
     return out
+
+
+def in_background(fn):
+    """Run `fn` on a daemon thread: (thread, box) where box gets "result" or "error"."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = fn()
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
+
+
+def exit_within(srv, seconds: float) -> tuple[int | None, float]:
+    """(exit code or None if still running after `seconds`, seconds waited)."""
+    t0 = time.monotonic()
+    try:
+        code = srv.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return None, time.monotonic() - t0
+    return code, time.monotonic() - t0

@@ -5,43 +5,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import threading
 import time
 
 from conftest import read_response
 from proto_helpers import (
     HELLO,
     connect,
+    exit_within,
     get_request,
     http_get,
+    in_background,
     pids_children,
     read_until_closed,
     wait_for,
 )
-
-
-def _in_background(fn):
-    box = {}
-
-    def run():
-        try:
-            box["result"] = fn()
-        except Exception as e:  # noqa: BLE001 - reported by the test
-            box["error"] = e
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, box
-
-
-def _exit_within(srv, seconds: float) -> tuple[int | None, float]:
-    t0 = time.monotonic()
-    try:
-        code = srv.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        return None, time.monotonic() - t0
-    return code, time.monotonic() - t0
 
 
 def _alive(pid: int) -> bool:
@@ -54,7 +31,7 @@ def _alive(pid: int) -> bool:
 
 def test_sigterm_lets_in_flight_request_finish_then_exits_0(berth):
     srv = berth(["-w", "1", "--threads", "1", "proto_app:app"])
-    t, box = _in_background(lambda: http_get(srv.port, "/sleep?s=1", timeout=15))
+    t, box = in_background(lambda: http_get(srv.port, "/sleep?s=1", timeout=15))
     time.sleep(0.3)  # the request is now inside the app
     srv.signal(signal.SIGTERM)
     t.join(15)
@@ -62,7 +39,7 @@ def test_sigterm_lets_in_flight_request_finish_then_exits_0(berth):
     status, _, body = box["result"]
     assert status == 200
     assert body == b"slept 1.0"
-    code, elapsed = _exit_within(srv, 15)
+    code, elapsed = exit_within(srv, 15)
     assert code == 0, f"exit code {code} after {elapsed:.1f}s\n{srv.stderr()}"
 
 
@@ -70,7 +47,7 @@ def test_sigterm_when_idle_exits_0_quickly(berth):
     srv = berth(["-w", "2", "proto_app:app"])
     assert http_get(srv.port, "/hello")[2] == HELLO
     srv.signal(signal.SIGTERM)
-    code, elapsed = _exit_within(srv, 10)
+    code, elapsed = exit_within(srv, 10)
     assert code == 0
     assert elapsed < 5, f"idle shutdown took {elapsed:.1f}s"
 
@@ -81,7 +58,7 @@ def test_sigterm_does_not_wait_for_idle_keep_alive_connections(berth):
         sock.sendall(get_request("/hello"))
         assert read_response(sock)[0] == 200
         srv.signal(signal.SIGTERM)
-        code, elapsed = _exit_within(srv, 15)
+        code, elapsed = exit_within(srv, 15)
         assert code == 0
         assert elapsed < 5, f"shutdown waited {elapsed:.1f}s for an idle keep-alive connection"
         _, closed = read_until_closed(sock, timeout=2)
@@ -94,7 +71,7 @@ def test_sigterm_stops_all_workers(berth):
                        timeout=10)
     assert workers
     srv.signal(signal.SIGTERM)
-    code, _ = _exit_within(srv, 15)
+    code, _ = exit_within(srv, 15)
     assert code == 0
     assert wait_for(lambda: not any(_alive(p) for p in workers), timeout=5), \
         f"workers {workers} still alive after the master exited"
@@ -103,27 +80,27 @@ def test_sigterm_stops_all_workers(berth):
 def test_sigint_stops_quickly_when_idle(berth):
     srv = berth(["-w", "1", "proto_app:app"])
     srv.signal(signal.SIGINT)
-    code, elapsed = _exit_within(srv, 10)
+    code, elapsed = exit_within(srv, 10)
     assert code is not None, "berth still running 10 s after SIGINT"
     assert elapsed < 3, f"SIGINT took {elapsed:.1f}s"
 
 
 def test_sigint_does_not_wait_for_long_request(berth):
     srv = berth(["-w", "1", "--threads", "1", "proto_app:app"])
-    _in_background(lambda: http_get(srv.port, "/sleep?s=20", timeout=25))
+    in_background(lambda: http_get(srv.port, "/sleep?s=20", timeout=25))
     time.sleep(0.3)
     srv.signal(signal.SIGINT)
-    code, elapsed = _exit_within(srv, 10)
+    code, elapsed = exit_within(srv, 10)
     assert code is not None, "berth still running 10 s after SIGINT during a 20 s request"
     assert elapsed < 5, f"SIGINT took {elapsed:.1f}s"
 
 
 def test_graceful_timeout_bounds_shutdown(berth):
     srv = berth(["-w", "1", "--threads", "1", "--graceful-timeout", "1", "proto_app:app"])
-    _in_background(lambda: http_get(srv.port, "/sleep?s=20", timeout=25))
+    in_background(lambda: http_get(srv.port, "/sleep?s=20", timeout=25))
     time.sleep(0.3)
     srv.signal(signal.SIGTERM)
-    code, elapsed = _exit_within(srv, 12)
+    code, elapsed = exit_within(srv, 12)
     assert code is not None, "berth still running 12 s after SIGTERM with --graceful-timeout 1"
     assert elapsed < 6, f"shutdown took {elapsed:.1f}s with --graceful-timeout 1"
 
@@ -146,5 +123,5 @@ def test_killed_worker_is_replaced(berth):
     assert second, "no replacement worker answered within 15 s"
     assert srv.proc.poll() is None
     srv.signal(signal.SIGTERM)
-    code, _ = _exit_within(srv, 15)
+    code, _ = exit_within(srv, 15)
     assert code == 0

@@ -11,13 +11,11 @@ import json
 import os
 import re
 import signal
-import subprocess
-import threading
 import time
 
 import pytest
 from loadgen import LoadGen
-from proto_helpers import http_get, pids_children, wait_for
+from proto_helpers import exit_within, http_get, in_background, pids_children, wait_for
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -41,27 +39,8 @@ def wait_workers(srv, pred, timeout: float = 15.0) -> set[int] | None:
     return found or None
 
 
-def in_background(fn):
-    box: dict = {}
-
-    def run():
-        try:
-            box["result"] = fn()
-        except Exception as exc:  # noqa: BLE001 - reported by the test
-            box["error"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, box
 
 
-def exit_within(srv, seconds: float) -> tuple[int | None, float]:
-    t0 = time.monotonic()
-    try:
-        code = srv.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        return None, time.monotonic() - t0
-    return code, time.monotonic() - t0
 
 
 def pid_of(srv) -> int:
