@@ -184,7 +184,7 @@ class Response:
             raise TypeError(f"headers must be a list, not {type(headers).__name__}")
         self.status = status
         self.headers = headers
-        return self.write
+        return self.write_callable
 
     def make_head(self, known_length: int | None) -> bytes:
         """The response head; decides the framing (length, chunked, or close-delimited).
@@ -247,6 +247,14 @@ class Response:
             extra += "Connection: close\r\n"
         prefix = status_line(version, status) + (block + extra).encode("latin-1")
         return prefix, remaining, chunked, no_body, keep_alive, flags & (HAS_DATE | HAS_SERVER)
+
+    def write_callable(self, data: bytes) -> None:
+        """The WSGI `write()` callable. On the loop thread (inline) the app cannot be paused
+        in the middle of its call, so above the write-behind bound the loop waits for the
+        client here, as Gunicorn's sync worker would: memory stays bounded."""
+        self.write(data)
+        if self.inline and self.conn.out_size > HIGH_WATER:
+            self.worker.wait_for_reader(self.conn)
 
     def write(self, data: bytes) -> None:
         """Send part of the body (the WSGI `write()` callable, and each item of the iterable)."""
@@ -780,6 +788,20 @@ class Worker:
                 self.update_events(conn)
             else:
                 self.post(conn)
+
+    def wait_for_reader(self, conn: Connection) -> None:
+        """Inline only: block until the client has read the queue down to LOW_WATER (or is
+        gone, or has read nothing for the stalled-reader deadline)."""
+        poller = select.poll()
+        poller.register(conn.fd, select.POLLOUT)
+        stall = max(self.cfg.keepalive, self.cfg.header_timeout)
+        while conn.out_size > LOW_WATER and not conn.dead:
+            if not poller.poll(stall * 1000):
+                self.mark_dead(conn)
+                break
+            self.on_writable(conn)
+        if conn.dead:
+            raise ClientDisconnected()
 
     def on_writable(self, conn: Connection) -> None:
         conn.last_active = time.monotonic()  # progress, for the stalled-reader deadline

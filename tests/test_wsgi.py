@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -417,3 +418,27 @@ def test_validator_wrapped_app_runs_without_warnings(berth):
     for bad in ("WSGIWarning", "Warning", "AssertionError", "Traceback",
                 "garbage collected without being closed"):
         assert bad not in err, f"{bad!r} in stderr:\n{err}"
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_write_callable_to_a_slow_reader_keeps_worker_memory_bounded_inline(berth):
+    # with --threads 1 the app runs on the loop; 64 MiB through write() to a client that
+    # reads nothing for a while must not be queued in memory
+    srv = berth(["-w", "1", "--threads", "1", "--access-logfile", "none", "proto_app:app"])
+    (worker,) = pids_children(srv.pid)
+    before = _rss_kib(worker)
+    with connect(srv.port, timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(get_request("/write-big?n=1024"))
+        time.sleep(1.0)
+        peak = _rss_kib(worker)
+        status, _, body = read_response(sock)
+    assert status == 200 and len(body) == 1024 * 65536
+    assert peak - before < 16 * 1024, f"worker RSS grew {peak - before} KiB while blocked"

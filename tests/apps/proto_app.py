@@ -243,6 +243,12 @@ def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])
         return gen()
 
+    if path == "/write-big":  # n pieces of 64 KiB through the write() callable
+        write = start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        for _ in range(int(q.get("n", "16"))):
+            write(b"w" * 65536)
+        return []
+
     if path == "/write":
         write = start_response("200 OK", [("Content-Type", "text/plain")])
         write(b"one-")
