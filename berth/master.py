@@ -142,11 +142,7 @@ class Master:
         sel.register(self.ready_r, selectors.EVENT_READ)
         next_tick = time.monotonic() + TICK
         while True:
-            for key, _ in sel.select(TICK):
-                if key.fd == self.sig_r:
-                    self._drain(self.sig_r)
-                else:
-                    self.read_ready()
+            self._wait_events(TICK)
             while self.signals:  # before reaping: a SIGTERM sent to the whole process
                 sig = self.signals.popleft()  # group also stops the workers
                 if sig == signal.SIGTERM:
@@ -490,11 +486,7 @@ class Master:
                       "in-flight requests within %g s", delay, self.cfg.graceful_timeout)
         deadline = time.monotonic() + delay
         while time.monotonic() < deadline:
-            for key, _ in self.sel.select(min(TICK, max(0.0, deadline - time.monotonic()))):
-                if key.fd == self.sig_r:
-                    self._drain(self.sig_r)
-                else:
-                    self.read_ready()
+            self._wait_events(min(TICK, max(0.0, deadline - time.monotonic())))
             self.reap()
             while self.signals:
                 sig = self.signals.popleft()
@@ -525,7 +517,7 @@ class Master:
         while self.workers and time.monotonic() < deadline:
             self.reap()
             if self.workers:
-                self._wait_signal(0.05)
+                self._wait_events(0.05)
                 while self.signals:
                     if self.signals.popleft() in (signal.SIGINT, signal.SIGQUIT) and graceful:
                         graceful = False
@@ -549,12 +541,13 @@ class Master:
         self.reap_orphans()
         self.log.info("berth master %d: stopped", os.getpid())
 
-    def _wait_signal(self, timeout: float) -> None:
+    def _wait_events(self, timeout: float) -> None:
+        """Wait for a signal (its handler queued it) or a worker's readiness, or `timeout`."""
         for key, _ in self.sel.select(timeout):
             if key.fd == self.sig_r:
                 self._drain(self.sig_r)
             else:
-                self._drain(self.ready_r)
+                self.read_ready()
 
 
 def _zombie_children() -> list[int]:

@@ -43,6 +43,7 @@ from berth.http.response import (
     CONTINUE,
     HAS_DATE,
     HAS_SERVER,
+    HOP_BY_HOP,
     HOP_BY_HOP_SEEN,
     LAST_CHUNK,
     BadResponseHeaders,
@@ -76,8 +77,6 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 EXIT_APP_LOAD_ERROR = 4  # as Gunicorn: the app could not be loaded; the master stops
 
 METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
-HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-                        "te", "trailers", "transfer-encoding", "upgrade"))
 
 
 class ClientDisconnected(Exception):

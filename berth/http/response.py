@@ -72,9 +72,9 @@ def status_line(version: str, status: str) -> bytes:
 
 # Flags from scan_headers(): what the app set that changes what berth adds.
 HOP_BY_HOP_SEEN, HAS_DATE, HAS_SERVER = 1, 2, 4
-_SPECIAL = {name: HOP_BY_HOP_SEEN for name in (
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
-    "transfer-encoding", "upgrade")}
+HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+                        "te", "trailers", "transfer-encoding", "upgrade"))
+_SPECIAL = dict.fromkeys(HOP_BY_HOP, HOP_BY_HOP_SEEN)
 _SPECIAL.update({"content-length": 0, "date": HAS_DATE, "server": HAS_SERVER})
 
 
