@@ -592,7 +592,7 @@ class Worker:
                 conn.head_started = now
         else:
             conn.head_started = 0.0
-            current = parser._req
+            current = parser.current
             if current is not None:
                 if current.expect_continue:
                     self.maybe_continue(conn)
@@ -659,7 +659,7 @@ class Worker:
 
     def maybe_continue(self, conn: Connection) -> None:
         """Send `100 Continue` for the request whose body is awaited, once it is next in line."""
-        current = conn.parser._req
+        current = conn.parser.current
         if current is None or not current.expect_continue:
             return
         with conn.lock:
@@ -675,7 +675,7 @@ class Worker:
         """A request berth refuses: answer it once earlier responses are out, then close."""
         self.log.debug("bad request from %s: %s", conn.environ.get("REMOTE_ADDR"), err)
         self.set_reading(conn, False)
-        current = conn.parser._req
+        current = conn.parser.current
         if current is not None and current.streaming:  # its reader must not wait for more
             current.body_stream.fail(ClientDisconnected(f"request refused: {err}"))
         with conn.lock:
@@ -690,7 +690,7 @@ class Worker:
     def on_eof(self, conn: Connection) -> None:
         conn.eof = True
         self.set_reading(conn, False)
-        current = conn.parser._req
+        current = conn.parser.current
         if current is not None and current.streaming:
             current.body_stream.fail(ClientDisconnected("client closed before the body ended"))
         with conn.lock:
@@ -722,7 +722,7 @@ class Worker:
             conn.dead = True
             if conn.cond is not None:
                 conn.cond.notify_all()
-        current = conn.parser._req
+        current = conn.parser.current
         if current is not None and current.streaming:
             current.body_stream.fail(ClientDisconnected("client went away"))
 
@@ -907,7 +907,7 @@ class Worker:
                     conn.closing = True
             else:
                 conn.closing = True
-            attend = conn.closing or not conn.reading or conn.parser._req is not None
+            attend = conn.closing or not conn.reading or conn.parser.current is not None
         conn.last_active = self.now
         if not self.accepting:
             attend = True  # the loop re-checks whether to take new connections again
@@ -970,10 +970,10 @@ class Worker:
                 if keep is PAUSED:
                     return keep
         except ClientDisconnected:
-            self.log.debug("client disconnected: %s", _request_line(environ))
+            self.log.debug("client disconnected: %s", _target_line(req))
             keep = False
         except Exception:  # noqa: BLE001 - the app's error: 500, never a dead worker
-            keep = self.app_error(conn, resp, environ, inline)
+            keep = self.app_error(conn, resp, inline)
         self.done(resp, result)
         return keep
 
@@ -1005,7 +1005,7 @@ class Worker:
             call_hook(self.cfg, "post_request", self.view, resp.view, resp.environ,
                       ResponseView(resp.status, resp.headers, resp.sent))
         access_log = self.access_log
-        if access_log is not None:  # AccessLog.log(), inlined: this runs for every request
+        if access_log is not None:
             access_log.lines.append(access_log.format(
                 resp.environ, resp.status or "500", resp.sent,
                 time.monotonic() - resp.started if resp.started else 0.0, resp.headers or ()))
@@ -1016,19 +1016,13 @@ class Worker:
             span = result.sendfile_span()
             if span is not None:
                 fd, offset, count = span
-                head = resp.make_head(count)
-                if resp.remaining is not None:
-                    count = min(count, resp.remaining)
+                head = resp.make_head(count)  # a known length: framed by Content-Length
+                count = min(count, resp.remaining)
                 self.send(conn, head, resp.inline)
                 if not resp.no_body and count:
-                    if resp.chunked:
-                        self.send(conn, b"%x\r\n" % count, resp.inline)
                     self.sendfile(conn, fd, offset, count, resp.inline)
-                    if resp.chunked:
-                        self.send(conn, b"\r\n", resp.inline)
                     resp.sent = count
-                    if resp.remaining is not None:
-                        resp.remaining -= count
+                    resp.remaining -= count
                 return resp.end()
         it = iter(result)
         if resp.inline:
@@ -1065,7 +1059,7 @@ class Worker:
         except ClientDisconnected:
             keep = False
         except Exception:  # noqa: BLE001
-            keep = self.app_error(conn, resp, resp.environ, True)
+            keep = self.app_error(conn, resp, True)
         self.done(resp, result)
         req = self.finish(conn, keep, True)
         if req is not None:
@@ -1081,8 +1075,8 @@ class Worker:
             except Exception:
                 self.log.exception("error closing the app's response iterable")
 
-    def app_error(self, conn: Connection, resp: Response, environ: dict, inline: bool) -> bool:
-        self.log.exception("Error handling request %s", _request_line(environ))
+    def app_error(self, conn: Connection, resp: Response, inline: bool) -> bool:
+        self.log.exception("Error handling request %s", _target_line(resp.req))
         if not resp.head_sent:
             resp.status = "500 Internal Server Error"
             resp.headers = []
@@ -1095,7 +1089,7 @@ class Worker:
 
     def send_error(self, conn: Connection, err: HttpError, inline: bool) -> None:
         try:
-            self.send(conn, error_response(err.status, err.detail, date=self.date), inline)
+            self.send(conn, error_response(err.status, date=self.date), inline)
         except ClientDisconnected:
             pass
         conn.lingering = time.monotonic() + 2.0  # read and drop what the client still sends
@@ -1158,7 +1152,7 @@ class Worker:
             self.update_events(conn)  # writes still queued: closed when they are out
             return
         reading = not conn.eof and not conn.dead and not self.pipeline_full(conn.pending)
-        current = conn.parser._req
+        current = conn.parser.current
         if current is not None and current.streaming and current.body_stream.paused:
             reading = False
         conn.reading = reading and not conn.lingering
@@ -1259,7 +1253,7 @@ class Worker:
                     self.close(conn)
                 continue
             if conn.active is not None or conn.pending:
-                current = conn.parser._req
+                current = conn.parser.current
                 if (current is not None and current.streaming
                         and now - conn.last_active > header_timeout):
                     self.log.debug("request body stalled; closing")
@@ -1275,7 +1269,7 @@ class Worker:
                         self.reject(conn, HttpError(408, "request head timed out"))
                     else:
                         self.close(conn)
-            elif parser._req is not None:
+            elif parser.current is not None:
                 if now - conn.last_active > header_timeout:
                     self.reject(conn, HttpError(408, "request body timed out"))
             elif self.draining or now - conn.last_active > keepalive:
@@ -1375,8 +1369,3 @@ def private_memory() -> int:
 
 def _target_line(req: Request) -> str:
     return f"{req.method.decode('latin-1')} {req.url.decode('latin-1')} HTTP/{req.version}"
-
-
-def _request_line(environ: dict) -> str:
-    return (f"{environ.get('REQUEST_METHOD')} {environ.get('RAW_URI')} "
-            f"{environ.get('SERVER_PROTOCOL')}")

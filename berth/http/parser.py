@@ -133,7 +133,7 @@ class RequestParser:
         self.ready: list[Request] = []
         self.in_head = False
         self._parser = httptools.HttpRequestParser(self)
-        self._req: Request | None = None
+        self.current: Request | None = None  # the request whose head or body is arriving
         self._url = b""
         self._body: list[bytes] = []
         self._body_size = 0
@@ -158,8 +158,8 @@ class RequestParser:
             # upgrade itself is not supported. Whatever follows the head is not HTTP/1.
             for req in self.ready:
                 req.keep_alive = False
-            if self._req is not None:
-                self._req.keep_alive = False
+            if self.current is not None:
+                self.current.keep_alive = False
                 self.on_message_complete()
         except httptools.HttpParserCallbackError as exc:
             err = self._error or exc.__context__
@@ -181,7 +181,7 @@ class RequestParser:
     # where it was set and nothing is allocated that the common request does not need.
 
     def on_message_begin(self) -> None:
-        self._req = Request()
+        self.current = Request()
         self._fields = 0
         self._hosts = 0
         self._head_bytes = 0
@@ -210,17 +210,17 @@ class RequestParser:
             elif kind == EXPECT:
                 self._expect = value.lower() == b"100-continue"
             elif kind == CONTENT_LENGTH:
-                self._req.content_length = int(value)
+                self.current.content_length = int(value)
             else:  # DROP
                 return
-        headers = self._req.headers
+        headers = self.current.headers
         if key in headers:
             headers[key] += "," + value.decode("latin-1")
         else:
             headers[key] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
-        req = self._req
+        req = self.current
         parser = self._parser
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
@@ -253,7 +253,7 @@ class RequestParser:
             self._stream(req)
 
     def on_body(self, body: bytes) -> None:
-        req = self._req
+        req = self.current
         if req.streaming:
             req.body_stream.feed(body)
             return
@@ -263,11 +263,11 @@ class RequestParser:
             self._stream(req)
 
     def on_message_complete(self) -> None:
-        req = self._req
+        req = self.current
         if req.streaming:
             req.body_stream.feed(None)
             req.complete = True
-            self._req = None
+            self.current = None
             return
         body = self._body
         if body:
@@ -279,7 +279,7 @@ class RequestParser:
             req.headers["CONTENT_LENGTH"] = str(req.content_length)
         req.complete = True
         self.ready.append(req)
-        self._req = None
+        self.current = None
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -294,11 +294,6 @@ class RequestParser:
         req.body_stream = self.stream_factory(req)
         req.body = b""
         self.ready.append(req)
-
-    @property
-    def current(self) -> Request | None:
-        """The request whose body is still arriving (None between requests)."""
-        return self._req
 
     def _fail(self, status: int, detail: str) -> HttpError:
         self._error = HttpError(status, detail)

@@ -110,8 +110,7 @@ def scan_headers(headers: list) -> tuple[str, str | None, int]:
     return block, length, flags
 
 
-def error_response(status: int, detail: str = "", head_only: bool = False,
-                   date: DateCache | None = None) -> bytes:
+def error_response(status: int, head_only: bool = False, date: DateCache | None = None) -> bytes:
     """A complete `Connection: close` response for an error berth answers itself."""
     reason = REASONS.get(status, "Error")
     body = f"{status} {reason}\n".encode()
