@@ -59,16 +59,6 @@ def non_negative_float(value: Any) -> float:
     return n
 
 
-def positive_float(value: Any) -> float:
-    try:
-        n = float(value)
-    except (TypeError, ValueError):
-        raise ValueError("a number of seconds > 0") from None
-    if not n > 0 or n == float("inf"):
-        raise ValueError("a number of seconds > 0")
-    return n
-
-
 def size_bytes(value: Any) -> int:
     """`1048576`, `512k`, `1m`, `2MiB` → bytes."""
     text = str(value).strip().lower().removesuffix("ib").removesuffix("b")
@@ -358,11 +348,14 @@ SETTINGS: tuple[Setting, ...] = (
     S("max_requests_jitter", ("--max-requests-jitter",), non_negative_int, 0,
       "Add a random 0..N to --max-requests per worker, so workers are not all "
       "replaced at once.", "INT", section="Worker Processes"),
-    S("timeout", ("-t", "--timeout"), positive_float, 30.0,
-      "Seconds a worker's loop may go silent, and one request may run, before berth "
-      "acts: a silent worker is killed (after dumping its threads' stacks), a request "
-      "over its deadline has its stack logged, gets a 504 if nothing was sent, and its "
-      "worker is replaced. Booting (importing the app) does not count.", "SECONDS",
+    S("timeout", ("-t", "--timeout"), non_negative_float, 30.0,
+      "Seconds a worker's loop, and the app answering one request, may stay silent "
+      "before berth acts: until the first byte of the response, then between two body "
+      "parts (a stream that keeps producing is never cut; waiting for a slow client does "
+      "not count). A silent loop is killed (after dumping its threads' stacks); a silent "
+      "request has its stack logged, gets a 504 if nothing was sent (else its connection "
+      "is closed), and its worker is replaced. Booting (importing the app) does not "
+      "count. 0 disables both checks, as in Gunicorn.", "SECONDS",
       section="Worker Processes"),
     S("graceful_timeout", ("--graceful-timeout",), non_negative_float, None,
       "Seconds in-flight requests get to finish after SIGTERM. Default 8 (inside "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import math
 import os
 import random
 import selectors
@@ -88,6 +89,8 @@ class Master:
 
     @property
     def loop_allowance(self) -> float:
+        if not self.cfg.timeout:
+            return math.inf  # --timeout 0: no silent-loop check (as Gunicorn)
         if self.cfg.threads == 1:
             return self.cfg.timeout
         return max(self.cfg.timeout, THREADED_LOOP_ALLOWANCE)
@@ -117,9 +120,10 @@ class Master:
                     signal.SIGTTOU):
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGWINCH, signal.SIG_IGN)  # docker run -it: terminal resizes
-        self.log.info("berth master %d%s: %d workers x %d threads, timeout %g s; %s",
+        self.log.info("berth master %d%s: %d workers x %d threads, %s; %s",
                       os.getpid(), " (PID 1)" if os.getpid() == 1 else "", cfg.workers,
-                      cfg.threads, cfg.timeout, cfg.values.get("shutdown_reason", ""))
+                      cfg.threads, f"timeout {cfg.timeout:g} s" if cfg.timeout else
+                      "timeout 0 (no deadline)", cfg.values.get("shutdown_reason", ""))
         if cfg.max_worker_memory:
             self.log.info("max worker memory %d MiB%s", cfg.max_worker_memory >> 20,
                           cfg.values.get("memory_reason", ""))

@@ -26,6 +26,7 @@ import collections
 import ctypes
 import faulthandler
 import io
+import math
 import os
 import resource
 import select
@@ -261,6 +262,12 @@ class Response:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise TypeError(f"response body must be bytes, not {type(data).__name__}")
             data = bytes(data)
+        # Each part is the app's progress: --timeout measures its silence, not the age of
+        # the response (a stream may run for hours while it keeps producing).
+        if self.inline:
+            self.worker.heartbeat_if_due()
+        else:
+            self.req.progress = time.monotonic()
         head = b"" if self.head_sent else self.make_head(None)
         if self.no_body or not data:
             if head:
@@ -343,7 +350,8 @@ class Worker:
         self.slot_index = slot
         self.served = 0
         self.max_requests = max_requests or (1 << 62)
-        self.timeout = cfg.timeout
+        self.timeout = cfg.timeout or math.inf  # --timeout 0: no deadline (as Gunicorn)
+        self.busy = [False] * self.threads  # app threads running a request (see _app_thread)
         self.body_budget = cfg.body_buffer_size
         self.statm = -1
         self.view = view if view is not None else WorkerView(cfg, log, pid=os.getpid())
@@ -454,6 +462,12 @@ class Worker:
             self.access_log.close(timeout=0.2)
         os._exit(1)
 
+    def heartbeat_if_due(self) -> None:
+        """The app runs on the loop thread (inline) and made progress (a body part, a client
+        that read): the loop is not silent, whatever the age of the response."""
+        if time.monotonic() - self.slot.heartbeat >= TICK:
+            self.beat()
+
     def beat(self, state: int | None = None) -> None:
         """Write this worker's scoreboard slot: the heartbeat and what the master reads."""
         if self.scoreboard is None:
@@ -480,7 +494,8 @@ class Worker:
         self.ep.register(self.wake_fd, EPOLLIN)
         self.ep.register(self._sig_r, EPOLLIN)
         for i in range(self.threads):
-            threading.Thread(target=self._app_thread, name=f"berth-app-{i}", daemon=True).start()
+            threading.Thread(target=self._app_thread, args=(i,), name=f"berth-app-{i}",
+                             daemon=True).start()
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -638,7 +653,7 @@ class Worker:
 
     def to_thread(self, conn: Connection, req) -> None:
         """Queue `req` for an app thread; from now on the loop's tick keeps its deadline."""
-        req.dispatched = self.now
+        req.dispatched = req.progress = self.now
         self.work.put((self.serve, conn, req, False))
         if self.accepting and self.work.qsize() >= self.threads:
             self.set_accepting(False)
@@ -747,12 +762,18 @@ class Worker:
             conn.out.append(data)
             conn.out_size += len(data)
             self._want_write(conn, inline)
-            if inline:
+            if inline or conn.out_size <= HIGH_WATER:
                 return
+            # A slow reader: the wait is the client's time, not the app's silence (--timeout)
+            req = conn.active
+            if req is not None:
+                req.progress = 0.0
+            if conn.cond is None:
+                conn.cond = threading.Condition(conn.lock)
             while conn.out_size > HIGH_WATER and not conn.dead:
-                if conn.cond is None:
-                    conn.cond = threading.Condition(conn.lock)
                 conn.cond.wait()
+            if req is not None:
+                req.progress = time.monotonic()
             if conn.dead:
                 raise ClientDisconnected()
 
@@ -794,11 +815,16 @@ class Worker:
         poller = select.poll()
         poller.register(conn.fd, select.POLLOUT)
         stall = max(self.cfg.keepalive, self.cfg.header_timeout)
+        waited_since = time.monotonic()
         while conn.out_size > LOW_WATER and not conn.dead:
-            if not poller.poll(stall * 1000):
+            # the loop is alive while it waits for the client: it keeps its heartbeat
+            self.heartbeat_if_due()
+            if poller.poll(TICK * 1000):
+                self.on_writable(conn)
+                waited_since = conn.last_active
+            elif time.monotonic() - waited_since > stall:
                 self.mark_dead(conn)
                 break
-            self.on_writable(conn)
         if conn.dead:
             raise ClientDisconnected()
 
@@ -851,17 +877,20 @@ class Worker:
 
     # -- answering ---------------------------------------------------------------------------
 
-    def _app_thread(self) -> None:
+    def _app_thread(self, index: int) -> None:
         get = self.work.get
+        busy = self.busy  # one flag per thread (a list store is atomic): no lock, no counter
         while True:
             item = get()
             if item is None:
                 return
             fn, a, b, c = item
+            busy[index] = True
             try:
                 fn(a, b, c)
             except BaseException:  # noqa: BLE001 - keep the thread alive
                 self.log.error("unexpected error in app thread:\n%s", traceback.format_exc())
+            busy[index] = False
 
     def serve(self, conn: Connection, req, inline: bool) -> None:
         """Answer `req` and, while they are already waiting, the requests after it."""
@@ -892,7 +921,7 @@ class Worker:
                     req = conn.pending.popleft()
                     conn.active = req
                     if not inline:
-                        req.dispatched = self.now
+                        req.dispatched = req.progress = self.now
                     if type(req) is Request and req.expect_continue:
                         req.expect_continue = False
                         conn.lock.release()
@@ -1233,7 +1262,7 @@ class Worker:
             if active is not None and type(active) is Request:
                 in_flight += 1
                 if active.dispatched:  # on an app thread: the loop keeps its deadline
-                    if now - active.dispatched > self.timeout:
+                    if now - self.silent_since(active, now) > self.timeout:
                         if not active.overran:
                             self.overrun(conn, active, now)
                         continue
@@ -1275,6 +1304,7 @@ class Worker:
             elif self.draining or now - conn.last_active > keepalive:
                 self.close(conn)
         slot = self.slot
+        slot.busy_threads = sum(self.busy)
         slot.in_flight = in_flight
         slot.oldest_start = oldest.dispatched if oldest is not None else 0.0
         slot.oldest_line = _target_line(oldest) if oldest is not None else ""
@@ -1284,11 +1314,31 @@ class Worker:
             if self.served >= self.max_requests:
                 state = RETIRING  # the master starts a replacement, then stops this worker
         self.beat(state)
-        if self.draining and (not self.conns or now > self.drain_deadline):
-            if self.conns:
-                self.log.warning("worker %d: graceful timeout; closing %d connections",
-                                 os.getpid(), len(self.conns))
+        if self.draining and (not self.conns and not slot.busy_threads
+                              or now > self.drain_deadline):
+            # (an app thread whose connection berth ended, e.g. past its deadline, is waited
+            # for too: its iterable's close() runs when the app's blocked call returns)
+            if self.conns or slot.busy_threads:
+                self.log.warning("worker %d: graceful timeout; closing %d connections, %d app "
+                                 "threads still busy", os.getpid(), len(self.conns),
+                                 slot.busy_threads)
             self.alive = False
+
+    @staticmethod
+    def silent_since(req: Request, now: float) -> float:
+        """Since when the app answering `req` has been silent: its last body part (or its
+        dispatch), not counting the time it waits for the client, a slow reader
+        (`progress` is 0 then) or a slow upload it reads."""
+        since = req.progress
+        if not since:
+            return now
+        if req.streaming:
+            stream = req.body_stream
+            if stream.waiting:
+                return now
+            if stream.woke > since:
+                return stream.woke
+        return since
 
     def overrun(self, conn: Connection, req: Request, now: float) -> None:
         """A request ran past --timeout on an app thread. Threads cannot be stopped: log its
@@ -1298,8 +1348,8 @@ class Worker:
         self.slot.over_deadline += 1
         frame = sys._current_frames().get(conn.thread)
         stack = "".join(traceback.format_stack(frame)) if frame is not None else "(gone)\n"
-        self.log.error("request over its deadline (%.1f s, --timeout %g): %s; the stack of "
-                       "its thread:\n%s", now - req.dispatched, self.timeout,
+        self.log.error("request over its deadline (silent for %.1f s, --timeout %g): %s; the "
+                       "stack of its thread:\n%s", now - self.silent_since(req, now), self.timeout,
                        _target_line(req), stack.rstrip())
         with conn.lock:
             resp = conn.response

@@ -11,6 +11,7 @@ import io
 import os
 import stat
 import threading
+import time
 from urllib.parse import unquote_to_bytes
 
 import httptools
@@ -54,6 +55,8 @@ class StreamInput:
         self._resume = resume
         self._discard = False
         self.paused = False
+        self.waiting = False  # a reader is blocked for bytes: the client's time, not the app's
+        self.woke = 0.0  # when a read last returned (the app's progress, for --timeout)
 
     # loop side
     def feed(self, data: bytes | None) -> None:
@@ -94,6 +97,7 @@ class StreamInput:
 
     def _wait(self, ready, want: int) -> None:
         self._want = want
+        self.waiting = True
         try:
             while not ready() and not self._done:
                 if self._error is not None:
@@ -104,6 +108,8 @@ class StreamInput:
                 self._cond.wait()
         finally:
             self._want = 0
+            self.waiting = False
+            self.woke = time.monotonic()
 
     def read(self, size: int | None = -1) -> bytes:
         with self._cond:

@@ -85,7 +85,8 @@ class Request:
     expect_continue = False
     streaming = False
     body_stream = None  # made by the parser's stream_factory when the body streams
-    dispatched = 0.0  # set by the server when an app thread takes it (its deadline)
+    dispatched = 0.0  # set by the server when it queues it for an app thread
+    progress = 0.0  # the app's last sign of life (0 while it waits for the client): --timeout
     overran = False
 
     def __init__(self):
