@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import errno
 import faulthandler
 import io
+import itertools
 import math
 import os
 import resource
@@ -66,6 +68,15 @@ ACCEPT_BATCH = 4
 # never for longer than this: when every worker is saturated, a connection must not starve in
 # the kernel queue while accepted ones are served again and again.
 ACCEPT_PAUSE_MAX = 0.1
+# Out of file descriptors (EMFILE, ENFILE) or kernel memory: accept() fails at once, again and
+# again, while the listener stays readable. Back off for a moment and close the oldest idle
+# keep-alive connections to make room (their clients reconnect: RFC 9112 9.3.1 lets them
+# retry): a quarter of them, at least a few, so a backlog of waiting clients gets in within a
+# few rounds instead of spinning until idle connections time out.
+OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+ACCEPT_BACKOFF = 0.1
+SHED_SHARE = 4
+SHED_MIN = ACCEPT_BATCH
 TICK = 0.5  # seconds between timer sweeps (Date header, deadlines, parent check)
 SMALL_JOIN = 64 * 1024  # below this, head and body are joined into one buffer for send()
 
@@ -349,6 +360,11 @@ class Worker:
         self.slot = Slot(generation=generation, state=BOOTING)
         self.slot_index = slot
         self.served = 0
+        self.count = itertools.count(1)  # requests answered (see serve)
+        self.retiring = False  # --max-requests reached: no new connections (see retire)
+        self.accept_resume = 0.0  # no accepting before then (out of file descriptors)
+        self.refused = self.shed = 0  # accept() failures and shed connections, since logged
+        self.refused_logged = -1.0
         self.max_requests = max_requests or (1 << 62)
         self.timeout = cfg.timeout or math.inf  # --timeout 0: no deadline (as Gunicorn)
         self.busy = [False] * self.threads  # app threads running a request (see _app_thread)
@@ -509,7 +525,8 @@ class Worker:
         monotonic = time.monotonic
         next_tick = monotonic() + TICK
         while self.alive:
-            events = poll(TICK)
+            # while accepting is paused, wake up soon enough to take it up again
+            events = poll(TICK if self.accepting or self.retiring else ACCEPT_PAUSE_MAX)
             self.now = now = monotonic()
             for fd, ev in events:
                 conn = conns.get(fd)
@@ -532,8 +549,7 @@ class Worker:
                     self.on_wake()
                 elif fd == sig_fd:
                     self.on_signals()
-            if not self.accepting and (not self.work.qsize()
-                                       or now - self.paused_accepting > ACCEPT_PAUSE_MAX):
+            if not self.accepting and self.may_accept_again(now):
                 self.set_accepting(True)
             if now >= next_tick:
                 next_tick = now + TICK
@@ -546,10 +562,13 @@ class Worker:
         for _ in range(ACCEPT_BATCH):
             try:
                 sock, addr = lsock.accept()
-            except (BlockingIOError, InterruptedError):
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return False
-            except OSError as exc:  # EMFILE and friends: log, keep serving
-                self.log.warning("accept failed: %s", exc)
+            except OSError as exc:
+                if exc.errno in OUT_OF_RESOURCES:
+                    self.out_of_descriptors(exc, now)
+                else:
+                    self.log.warning("accept failed: %s", exc)
                 return False
             sock.setblocking(False)
             family = sock.family
@@ -571,6 +590,45 @@ class Worker:
             self.conns[conn.fd] = conn
             self.ep.register(conn.fd, EPOLLIN)
         return True
+
+    def out_of_descriptors(self, exc: OSError, now: float) -> None:
+        """accept() failed for want of a file descriptor (or kernel memory). Degrade, never
+        spin: close the oldest idle keep-alive connections to make room, stop polling the
+        listeners for a short back-off, and say so at most once a second, with a count."""
+        self.refused += 1
+        idle = sorted((c for c in self.conns.values() if is_idle(c)),
+                      key=lambda c: c.last_active)
+        shed = idle[:max(SHED_MIN, len(idle) // SHED_SHARE)]
+        for conn in shed:
+            self.close(conn)
+        self.shed += len(shed)
+        if now - self.refused_logged >= 1.0:
+            self.log.warning("accept failed: %s (%d times); closed %d idle keep-alive "
+                             "connections (the oldest) to make room; %d connections open",
+                             exc.strerror, self.refused, self.shed, len(self.conns))
+            self.refused_logged = now
+            self.refused = self.shed = 0
+        self.accept_resume = now + ACCEPT_BACKOFF
+        self.set_accepting(False)
+
+    def retire(self, inline: bool) -> None:
+        """--max-requests reached: from this response on, every response closes its
+        connection, and no new connection is taken (the master starts the replacement and
+        then stops this worker; the requests in progress are finished)."""
+        self.keep_alive = False
+        if inline:
+            self.stop_accepting_for_good()
+        else:
+            self.post(None)  # the loop thread does it (on_wake)
+
+    def stop_accepting_for_good(self) -> None:
+        if self.retiring or self.draining:
+            return
+        self.set_accepting(False)
+        self.retiring = True
+        for conn in [c for c in self.conns.values() if is_idle(c)]:
+            self.close(conn)
+        self.beat(RETIRING)
 
     def _make_parser(self, conn: Connection) -> RequestParser:
         cfg = self.cfg
@@ -648,8 +706,6 @@ class Worker:
             self.serve(conn, req, True)  # a probe never waits behind the app threads
         else:
             self.to_thread(conn, req)
-            if self.accepting and self.work.qsize() >= self.threads:
-                self.set_accepting(False)
 
     def to_thread(self, conn: Connection, req) -> None:
         """Queue `req` for an app thread; from now on the loop's tick keeps its deadline."""
@@ -658,11 +714,17 @@ class Worker:
         if self.accepting and self.work.qsize() >= self.threads:
             self.set_accepting(False)
 
+    def may_accept_again(self, now: float) -> bool:
+        """Accepting is paused: take it up again once the back-off after running out of file
+        descriptors is over and the app threads have room, or have had the pause's maximum."""
+        return now >= self.accept_resume and (
+            not self.work.qsize() or now - self.paused_accepting > ACCEPT_PAUSE_MAX)
+
     def set_accepting(self, accepting: bool) -> None:
         """Take new connections only while this worker has app threads to spare, so that the
         others take them (the kernel queue holds them meanwhile): connections spread by
         capacity, not by which worker woke first."""
-        if accepting == self.accepting or self.draining:
+        if accepting == self.accepting or self.draining or self.retiring:
             return
         self.accepting = accepting
         self.paused_accepting = self.now
@@ -897,7 +959,10 @@ class Worker:
         if not inline:
             conn.thread = threading.get_ident()
         while True:
-            self.served += 1  # (approximate across app threads; read by the loop's tick)
+            served = next(self.count)  # atomic under the GIL, unlike `+= 1` across threads
+            self.served = served  # (may lag by a request in flight: read by the tick only)
+            if served == self.max_requests:
+                self.retire(inline)
             if type(req) is HttpError:
                 self.send_error(conn, req, inline)
                 keep = False
@@ -1161,7 +1226,11 @@ class Worker:
         self.wake_pending = False
         inbox = self.inbox
         while inbox:
-            self.attend(inbox.popleft())
+            conn = inbox.popleft()
+            if conn is None:  # retire(): --max-requests reached on an app thread
+                self.stop_accepting_for_good()
+            else:
+                self.attend(conn)
 
     def attend(self, conn: Connection) -> None:
         """Bring the loop's view of `conn` up to date after an app thread changed it."""
@@ -1301,7 +1370,7 @@ class Worker:
             elif parser.current is not None:
                 if now - conn.last_active > header_timeout:
                     self.reject(conn, HttpError(408, "request body timed out"))
-            elif self.draining or now - conn.last_active > keepalive:
+            elif self.draining or self.retiring or now - conn.last_active > keepalive:
                 self.close(conn)
         slot = self.slot
         slot.busy_threads = sum(self.busy)
@@ -1393,6 +1462,7 @@ class Worker:
         self.keep_alive = False
         self.drain_deadline = time.monotonic() + self.cfg.graceful_timeout
         now = time.monotonic()
+        take_backlog = take_backlog and not self.retiring  # (its replacement takes them)
         for fd, lsock in list(self.listeners.items()):
             while take_backlog and self.accept(lsock, now):
                 pass
@@ -1401,6 +1471,12 @@ class Worker:
             lsock.close()
         self.listeners.clear()
         self.tick(now)
+
+
+def is_idle(conn: Connection) -> bool:
+    """A keep-alive connection between requests: nothing read, queued, sent or answered."""
+    return (conn.active is None and not conn.pending and not conn.out and not conn.lingering
+            and not conn.head_started and conn.parser.current is None)
 
 
 def private_memory() -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import socket
 import time
 
@@ -353,3 +355,48 @@ def test_slow_uploaders_below_body_buffer_do_not_block_a_normal_client(single_th
         status, body, elapsed = _timed_get(single_thread.port)
         assert (status, body) == (200, HELLO)
         assert elapsed < 2.0, f"normal client waited {elapsed:.2f}s behind 20 slow uploads"
+
+
+# -- the file-descriptor limit ----------------------------------------------------------------
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.slow
+def test_at_the_file_descriptor_limit_berth_degrades_instead_of_spinning(berth):
+    """`ulimit -n 256`, one worker, 400 clients that each send one keep-alive request and
+    stay idle: accept() fails with EMFILE. The worker sheds its oldest idle connections and
+    backs off; a new client is answered within 2 s, the worker stays under half a CPU, and
+    the error log does not flood."""
+    from proto_helpers import pids_children
+
+    srv = berth(["-w", "1", "--threads", "1", "--access-logfile", "none", "proto_app:app"])
+    (worker,) = pids_children(srv.pid)
+    for pid in (srv.pid, worker):  # as `ulimit -n 256` would have set it before the start
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (256, 256))
+    request = get_request("/")
+    with many_sockets() as socks:
+        for _ in range(400):
+            s = socket.socket()
+            s.settimeout(5)
+            s.connect(("127.0.0.1", srv.port))  # the kernel queue takes what is not accepted
+            s.sendall(request)
+            socks.append(s)
+        time.sleep(1.0)  # the worker is at its limit now
+        t0 = time.monotonic()
+        status, _, body = http_get(srv.port, "/", timeout=5)
+        answered_in = time.monotonic() - t0
+        assert (status, body) == (200, HELLO)
+        assert answered_in < 2.0, f"a new client waited {answered_in:.2f} s"
+        cpu0, w0 = _cpu_seconds(worker), time.monotonic()
+        time.sleep(5)
+        share = (_cpu_seconds(worker) - cpu0) / (time.monotonic() - w0)
+        assert share < 0.5, f"the worker used {share:.0%} of a CPU at its fd limit"
+    err = srv.stderr()
+    print(f"answered in {answered_in:.2f} s, worker CPU {share:.0%}, {len(err.splitlines())} "
+          "error-log lines")
+    assert "Too many open files" in err, err[-2000:]
+    assert len(err.splitlines()) < 200, f"{len(err.splitlines())} lines in the error log"

@@ -337,6 +337,36 @@ def test_max_requests_recycles_the_worker_without_failed_requests(berth):
     assert srv.proc.poll() is None
 
 
+@pytest.mark.parametrize("threads", ["1", "4"])
+def test_max_requests_at_full_speed_is_honoured_within_the_requests_in_progress(berth, threads):
+    """Gunicorn's gthread worker serves 50..60 requests (+ what is in progress) with
+    --max-requests 50 --max-requests-jitter 10: a worker stops accepting the moment it
+    reaches its limit, not when the master next reads the scoreboard."""
+    srv = berth(["-w", "2", "--threads", threads, "--max-requests", "50",
+                 "--max-requests-jitter", "10", "--access-logfile", "-",
+                 "--access-logformat", "%(p)s %(s)s", "super_app:app"])
+    clients = 8
+    gen = LoadGen(srv.port, connections=clients, max_seconds=30).start()
+    try:
+        recycled = wait_for(lambda: len(re.findall(r"exited: recycled after",
+                                                   srv.stderr())) >= 6, timeout=25)
+    finally:
+        gen.stop()
+        print(gen.summary())
+    err = srv.stderr()
+    assert recycled, f"fewer than 6 workers recycled:\n{err[-3000:]}"
+    assert not gen.failures(), f"{gen.summary()}\n{err[-3000:]}"
+    time.sleep(0.6)  # the access log is written twice a second
+    served: dict[int, int] = {}
+    for line in srv.stdout().splitlines():
+        pid, _, status = line.partition(" ")
+        served[int(pid.strip("<>"))] = served.get(int(pid.strip("<>")), 0) + 1
+    pids = [int(p) for p in re.findall(r"worker (\d+) exited: recycled after", err)]
+    counts = {pid: served.get(pid, 0) for pid in pids}
+    print("served by the recycled workers:", counts)
+    assert all(40 <= n <= 60 + clients for n in counts.values()), counts
+
+
 def test_worker_over_max_worker_memory_is_recycled(berth):
     srv = berth(["-w", "1", "--max-worker-memory", "64m", "super_app:app"])
     assert "max worker memory 64 MiB" in srv.stderr()
