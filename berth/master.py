@@ -102,6 +102,9 @@ class Master:
         call_hook(cfg, "on_starting", self.server)
         for addr in cfg.bind:
             self.listeners.append(create_listener(addr, cfg.backlog))
+        # named once, while they are open: stop() closes them, and a worker's late "ready"
+        # can still arrive after that
+        self.listener_names = ", ".join(describe(s) for s in self.listeners)
         if cfg.preload_app:
             try:
                 self.app = self.load_app()
@@ -265,12 +268,13 @@ class Master:
                 old = self.workers.get(info.replacement_for)
                 if old is not None and not old.stopping:
                     self.stop_worker(old, old.flags.pop() if old.flags else "recycled")
+        if self.stopping:
+            return  # a late "ready" during the stop: nothing to announce or finish
         if not self.announced:
             ready = [w for w in self.workers.values() if w.ready]
             if len(ready) >= self.cfg.workers:
                 self.announced = True
-                self.log.info("ready: %d workers serving %s", len(ready),
-                              ", ".join(describe(s) for s in self.listeners))
+                self.log.info("ready: %d workers serving %s", len(ready), self.listener_names)
         self.finish_reload()
 
     def cap_workers_by_memory(self, info: WorkerInfo) -> None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
+
+import pytest
 
 from conftest import read_response
 from proto_helpers import (
@@ -125,3 +128,28 @@ def test_killed_worker_is_replaced(berth):
     srv.signal(signal.SIGTERM)
     code, _ = exit_within(srv, 15)
     assert code == 0
+
+
+@pytest.mark.slow
+def test_sigterm_as_the_first_request_is_answered_stops_cleanly(berth):
+    """The race of a SIGTERM with the master's 'ready' line (it used to print listeners that
+    stop() had closed already: a traceback and exit 1). 30 starts, each stopped as soon as
+    the first request is answered."""
+    bad = []
+    for trial in range(30):
+        srv = berth(["-w", "2", "--threads", "1", "proto_app:app"], wait_ready=False)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                if http_get(srv.port, "/", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.005)
+        srv.signal(signal.SIGTERM)
+        code, _ = exit_within(srv, 15)
+        err = srv.stderr()
+        last = err.strip().splitlines()[-1] if err.strip() else ""
+        if code != 0 or "Traceback" in err or not re.search(r"berth master \d+: stopped$", last):
+            bad.append((trial, code, err[-1500:]))
+        srv.stop()
+    assert not bad, f"{len(bad)} of 30 starts did not stop cleanly; the first:\n{bad[0]}"
