@@ -758,11 +758,21 @@ class Worker:
         with conn.lock:
             conn.pending.extend(conn.parser.ready)
             conn.parser.ready.clear()
-            conn.pending.append(err)
-            if conn.active is not None:
-                return
-            conn.active = req = conn.pending.popleft()
-        self.start(conn, req)
+            if conn.closing or conn.dead:
+                # RFC 9112 9.6: the last response said `Connection: close` (or the client is
+                # gone): nothing more is processed on this connection, not even an error.
+                # (llhttp calls bytes after a `Connection: close` request an error.)
+                end = conn.active is None and not conn.out
+            else:
+                conn.pending.append(err)
+                if conn.active is not None:
+                    return
+                conn.active = req = conn.pending.popleft()
+                end = None
+        if end is None:
+            self.start(conn, req)
+        elif end:
+            self.close(conn)
 
     def on_eof(self, conn: Connection) -> None:
         conn.eof = True

@@ -81,6 +81,34 @@ def test_pipelined_connection_close_stops_after_that_response(srv):
     assert rest == b"", "a request after `Connection: close` was answered"
 
 
+@pytest.mark.parametrize("after", [False, True], ids=["pipelined", "sent-after-the-500"])
+@pytest.mark.parametrize("path", ["/raise-before", "/str-body?how=yield", "/str-body?how=write"])
+def test_nothing_is_answered_after_a_500_with_connection_close(srv, path, after):
+    """RFC 9112 9.6: after a response with `Connection: close`, no further request on that
+    connection is processed. With app threads the loop could read the next request (llhttp:
+    data after `Connection: close`, a parse error) once the 500 was out, and answer 400."""
+    first = get_request(path, headers={"Connection": "close"})
+    second = get_request("/hello")
+    extra = []
+    for _ in range(50):
+        with connect(srv.port, timeout=5) as sock:
+            if after:
+                sock.sendall(first)
+                status, headers, _ = read_response(sock)
+                try:
+                    sock.sendall(second)
+                except OSError:
+                    pass
+            else:
+                sock.sendall(first + second)
+                status, headers, _ = read_response(sock)
+            assert status == 500 and headers.get("connection", "").lower() == "close"
+            rest, _ = read_until_closed(sock, timeout=5)
+            if rest:
+                extra.append(rest[:60])
+    assert not extra, f"{len(extra)} of 50 connections answered again: {extra[:3]}"
+
+
 def test_unread_request_body_does_not_break_next_pipelined_request(srv):
     # /hello ignores its body; the server must skip it before parsing the next request.
     body = b"X" * 5000 + b"GET /path?smuggled HTTP/1.1\r\nHost: a\r\n\r\n"

@@ -16,6 +16,8 @@ Routes (query parameters in brackets):
                               whose close() writes marker "close-filelike"
   /raise-before               raises before start_response
   /raise-after [cl]           starts a response, yields one part, then raises
+  /str-body [how]             a str body (an app error, 500): yielded (how=yield, default)
+                              or written with the write() callable (how=write)
   /exc-info                   start_response 200, then replaces it with a 500 via exc_info
   /bad-header [kind]          header value containing CR/LF (kind = crlf | lf | cr)
   /set-cookies                two Set-Cookie headers
@@ -274,6 +276,13 @@ def app(environ, start_response):
 
     if path == "/raise-before":
         raise RuntimeError("proto-boom-before-start-response")
+
+    if path == "/str-body":
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        if q.get("how") == "write":
+            write("a str, not bytes")
+            return []
+        return iter(["a str, not bytes"])
 
     if path == "/raise-after":
         headers = [("Content-Type", "text/plain")]
