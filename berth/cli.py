@@ -36,6 +36,7 @@ from berth.config import (
     Config,
     ConfigError,
     Setting,
+    check_reload,
 )
 from berth.container import default_bind
 from berth.loader import AppSpecError, load_app, parse_app_uri
@@ -222,6 +223,7 @@ def parse_config(argv: list[str], environ=os.environ, cwd: str | None = None,
             parse_bind(addr)
         except BindError as exc:
             raise ConfigError(str(exc)) from None
+    check_reload(cfg, cwd)
     cfg.notices.extend(status_notices(cfg))
     return cfg
 

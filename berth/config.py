@@ -223,6 +223,22 @@ def _current_group(value: Any) -> bool:
     return gid == os.getegid()
 
 
+def reload_engine(value: Any) -> str:
+    """auto, poll or inotify, as in Gunicorn; inotify only where the kernel offers it (Gunicorn
+    refuses it without its inotify package; berth needs no package, only Linux)."""
+    word = str(value).strip().lower()
+    if word not in ("auto", "poll", "inotify"):
+        raise ValueError("one of auto, poll, inotify")
+    if word == "inotify":
+        from berth.reloader import inotify_unavailable
+
+        why = inotify_unavailable()
+        if why:
+            raise Refused(f"inotify is not available here ({why}); use --reload-engine poll "
+                          f"(or auto, which polls then)")
+    return word
+
+
 def hook(name: str) -> Callable[[Any], Callable]:
     def convert(value: Any) -> Callable:
         from berth.hooks import validate_hook
@@ -407,15 +423,26 @@ SETTINGS: tuple[Setting, ...] = (
       section="Security", status=BERTH_ONLY, default_text="1m"),
     # -- debugging --------------------------------------------------------------------------
     S("reload", ("--reload",), boolean, False,
-      "Restart workers when the code changes (development).", None, "store_true",
-      section="Debugging", status=NOT_YET,
-      note="no code reloading yet: restart berth, or send SIGHUP to start new workers."),
-    S("reload_engine", ("--reload-engine",), text, "auto",
-      "How --reload watches files (auto, poll, inotify).", "STRING", section="Debugging",
-      status=NOT_YET, note="no code reloading yet."),
+      "Restart the workers when the app's source files (the files of the modules its workers "
+      "imported) or a --reload-extra-file change: new workers start and the old ones drain "
+      "once they are ready. An edit that does not import is logged with its traceback while "
+      "the old workers keep serving; the next change tries again. For development; not with "
+      "--preload.", None, "store_true", section="Debugging",
+      note="Gunicorn's worker answers requests with the traceback of a SyntaxError and "
+           "stops on other import errors; berth keeps the last good workers serving and "
+           "never stops for an edit."),
+    S("reload_engine", ("--reload-engine",), reload_engine, "auto",
+      "How --reload watches files: inotify (Linux, no package needed), poll (stat once a "
+      "second: use it where inotify misses edits, e.g. some bind mounts from Docker "
+      "Desktop), or auto (inotify, else poll).", "STRING", section="Debugging",
+      note="Gunicorn's inotify engine needs the inotify package; berth calls the kernel's "
+           "inotify through ctypes."),
     S("reload_extra_files", ("--reload-extra-file",), text, None,
-      "Extra files --reload watches, repeatable.", "FILE", "append", section="Debugging",
-      status=NOT_YET, note="no code reloading yet."),
+      "Another file --reload watches (templates, configuration), repeatable. An entry with "
+      "`*`, `?` or `[` is a glob (`**` recurses), expanded again every second, so a matching "
+      "file created later is watched too (its first edit reloads). Relative to the directory "
+      "berth is started from, not to --chdir.",
+      "FILE", "append", section="Debugging"),
     S("spew", ("--spew",), boolean, False,
       "Trace every line the server executes (debugging).", None, "store_true",
       section="Debugging", status=NOT_YET, note="no line tracing."),
@@ -753,6 +780,39 @@ def _hook_settings() -> tuple[Setting, ...]:
 SETTINGS = SETTINGS + _hook_settings()
 BY_NAME = {s.name: s for s in SETTINGS}
 HOOK_NAMES = tuple(s.name for s in SETTINGS if s.is_hook)
+
+
+def check_reload(cfg: Config, cwd: str) -> None:
+    """--reload's rules across settings, once every source is applied: not with --preload
+    (the app would be imported once, in the master, so new workers would fork the old code;
+    Gunicorn documents the two as incompatible); extra files made absolute against the launch
+    directory `cwd` (as Gunicorn: not against --chdir), a plain path that does not exist
+    refused as Gunicorn refuses it, a glob that matches nothing yet only warned about."""
+    if not cfg.reload:
+        return
+    if cfg.preload_app:
+        raise ConfigError(f"{_label(BY_NAME['reload'], cfg.source('reload'))} cannot be used "
+                          f"with {_label(BY_NAME['preload_app'], cfg.source('preload_app'))}: "
+                          f"a preloaded app is imported once, in the master, so new workers "
+                          f"would run the old code; drop --preload while developing")
+    from berth.reloader import is_glob
+
+    setting = BY_NAME["reload_extra_files"]
+    entries = []
+    for entry in cfg.reload_extra_files or ():
+        path = os.path.join(cwd, entry)
+        if is_glob(entry):
+            import glob
+
+            if not glob.glob(path, recursive=True):
+                cfg.notices.append(("warning", f"{_label(setting, cfg.source(setting.name))}: "
+                                               f"{entry!r} matches no file yet"))
+        elif not os.path.exists(path):
+            raise ConfigError(f"{_label(setting, cfg.source(setting.name))}: {entry!r} does not "
+                              f"exist")
+        entries.append(os.path.normpath(path))
+    if entries:
+        cfg.values["reload_extra_files"] = entries
 
 
 def _label(setting: Setting, source: str) -> str:

@@ -8,6 +8,12 @@ runs the app (with `--preload` it imports it once, before forking).
 Every worker exit is logged once, with its real cause: the exit code or signal, or what berth
 did to it and why (missed heartbeat, recycled), or the kernel's OOM killer, read from the
 cgroup's own counter rather than guessed from a SIGKILL.
+
+With `--reload` the master also watches the app's source files (`berth/reloader.py`: the workers
+report which files they imported through a pipe, an inotify fd or a once-a-second poll says
+which changed) and starts a new generation of workers on a change. New code that does not
+start (an import error, or any death before ready) never stops berth then: the workers already
+serving keep serving, nothing is respawned, and the next change tries again.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from berth import container
+from berth import container, reloader
 from berth.hooks import ServerView, WorkerView, call_hook
 from berth.logs import AccessLog
 from berth.scoreboard import BOOTING, DRAINING, MAX_WORKERS, RETIRING, Scoreboard, Slot
@@ -45,6 +51,8 @@ ORPHAN_GRACE = 0.5  # an unknown zombie child this old is an orphan nobody waits
 # request --timeout; with --threads 1 the app runs on the loop and --timeout is the allowance.
 THREADED_LOOP_ALLOWANCE = 5.0
 OVERRAN = "retired: a request overran its deadline"
+RELOAD_SETTLE = 0.2  # --reload: act once files were quiet this long (an editor's save is a burst)
+RELOAD_SETTLE_MAX = 1.0  # ... but no later than this after the first change
 
 
 @dataclass
@@ -86,6 +94,16 @@ class Master:
         self.age = 0  # workers started so far (Gunicorn's worker.age)
         self.memory_checked = False
         self.server = ServerView(self)
+        self.reload_reason = "reloaded (SIGHUP)"  # why the old generation is stopped
+        # --reload (all unused without it)
+        self.watcher: reloader.Watcher | None = None
+        self.watching_what: tuple = ()
+        self.reports_r = self.reports_w = -1
+        self.reports = reloader.Reports()
+        self.changes: set[str] = set()  # changed files not acted upon yet
+        self.change_first = self.change_due = 0.0
+        self.next_watch = 0.0
+        self.paused = False  # new code failed to start: no worker is started until a change
 
     @property
     def loop_allowance(self) -> float:
@@ -116,6 +134,8 @@ class Master:
             gc.freeze()  # keep the app's pages shared with the workers (no gc writes to them)
         self.ready_r, self.ready_w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self.ready_r, False)
+        if cfg.reload:
+            self.start_watching()
         self.sig_r, self.sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.sig_w, warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD,
@@ -147,9 +167,16 @@ class Master:
         self.sel = sel = selectors.DefaultSelector()
         sel.register(self.sig_r, selectors.EVENT_READ)
         sel.register(self.ready_r, selectors.EVENT_READ)
+        if self.watcher is not None:
+            sel.register(self.reports_r, selectors.EVENT_READ)
+            if self.watcher.fileno() is not None:
+                sel.register(self.watcher.fileno(), selectors.EVENT_READ)
         next_tick = time.monotonic() + TICK
         while True:
-            self._wait_events(TICK)
+            timeout = TICK
+            if self.change_due:
+                timeout = min(TICK, max(0.0, self.change_due - time.monotonic()))
+            self._wait_events(timeout)
             while self.signals:  # before reaping: a SIGTERM sent to the whole process
                 sig = self.signals.popleft()  # group also stops the workers
                 if sig == signal.SIGTERM:
@@ -167,6 +194,11 @@ class Master:
             if now >= next_tick:
                 next_tick = now + TICK
                 self.check_workers(now)
+                if self.watcher is not None and now >= self.next_watch:
+                    self.next_watch = now + reloader.INTERVAL
+                    self.files_changed(self.watcher.tick())
+            if self.change_due and now >= self.change_due:
+                self.reload_code()
             self.keep_count()
 
     def on_signal(self, sig: int) -> None:
@@ -200,7 +232,7 @@ class Master:
 
     def keep_count(self) -> None:
         """Start or stop workers so that the current generation has --workers of them."""
-        if self.stopping:
+        if self.stopping or self.paused:
             return
         active = self.active()
         for _ in range(self.cfg.workers - len(active)):
@@ -237,13 +269,19 @@ class Master:
             signal.set_wakeup_fd(-1)
             for fd in (self.sig_r, self.sig_w, self.ready_r):
                 os.close(fd)
+            load_app = self.load_app
+            if self.watcher is not None:  # the master's ends; the worker reports its files
+                os.close(self.reports_r)
+                if self.watcher.fileno() is not None:
+                    os.close(self.watcher.fileno())
+                load_app = reloader.reporting(self.load_app, self.reports_w)
             view.pid = os.getpid()
             call_hook(cfg, "post_fork", self.server, view)
             access_log = None
             if self.cfg.accesslog.lower() not in ("none", "off", ""):
                 access_log = AccessLog(self.cfg.accesslog, self.cfg.access_log_format, self.log)
             worker = Worker(self.cfg, self.listeners, self.app, self.log, access_log,
-                            self.ready_w, self.load_app, scoreboard=self.scoreboard,
+                            self.ready_w, load_app, scoreboard=self.scoreboard,
                             slot=slot, generation=self.generation, max_requests=max_requests,
                             view=view, server=self.server)
             worker.run()
@@ -314,7 +352,7 @@ class Master:
             if slot.state != BOOTING and now - slot.heartbeat > self.loop_allowance:
                 self.abort(info, now - slot.heartbeat, slot)
                 continue
-            if slot.state == RETIRING and not info.replaced:
+            if slot.state == RETIRING and not info.replaced and not self.paused:
                 self.replace(info, f"recycled after {slot.served} requests (--max-requests)")
             elif slot.state == DRAINING and not info.stopping and not info.replaced:
                 # the worker put itself out of service (a request overran its deadline)
@@ -322,8 +360,9 @@ class Master:
                 info.stopping = OVERRAN
                 self.log.warning("worker %d: a request overran its deadline; starting its "
                                  "replacement (it finishes its other requests)", info.pid)
-                self.spawn()
-            if cfg.max_worker_memory and slot.rss and not info.replaced:
+                if not self.paused:
+                    self.spawn()
+            if cfg.max_worker_memory and slot.rss and not info.replaced and not self.paused:
                 info.rss_over = info.rss_over + 1 if slot.rss > cfg.max_worker_memory else 0
                 if info.rss_over >= RSS_SAMPLES:
                     self.replace(info, f"recycled: RSS {slot.rss >> 20} MiB over "
@@ -343,7 +382,8 @@ class Master:
         info.abort_at = time.monotonic() + ABORT_GRACE
         if not info.replaced:  # (a retiring worker's replacement is on its way already)
             info.replaced = True
-            self.spawn()
+            if not self.paused:
+                self.spawn()
 
     def replace(self, info: WorkerInfo, why: str) -> None:
         """Recycle: start the replacement; the old worker is stopped once it is ready."""
@@ -371,8 +411,13 @@ class Master:
                 return
             new.values["bind"] = self.cfg.bind
             self.cfg = new
+        if self.watcher is not None and (self.cfg.reload, self.cfg.reload_engine,
+                                         self.cfg.reload_extra_files) != self.watching_what:
+            self.log.warning("SIGHUP: the --reload settings take effect at the next start")
         call_hook(self.cfg, "on_reload", self.server)
+        self.paused = False
         self.generation += 1  # keep_count() starts the new generation's workers
+        self.reload_reason = "reloaded (SIGHUP)"
         self.log.info("SIGHUP: reloading: starting %d workers of generation %d",
                       self.cfg.workers, self.generation)
 
@@ -381,8 +426,92 @@ class Master:
         old = [w for w in self.workers.values()
                if w.generation < self.generation and not w.stopping]
         if old and sum(1 for w in new if w.ready) >= self.cfg.workers:
+            self.log.info("generation %d ready (%d workers); the %d old workers finish their "
+                          "requests and stop", self.generation, self.cfg.workers, len(old))
             for info in old:
-                self.stop_worker(info, "reloaded (SIGHUP)")
+                self.stop_worker(info, self.reload_reason)
+
+    # -- --reload -----------------------------------------------------------------------------
+
+    def start_watching(self) -> None:
+        """--reload: the report pipe (workers write the files they imported) and the watcher."""
+        cfg = self.cfg
+        self.reports_r, self.reports_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self.reports_r, False)  # (the workers' end stays blocking)
+        self.watcher = reloader.make_watcher(cfg.reload_engine, cfg.reload_extra_files or (),
+                                             lambda line: self.log.warning("%s", line))
+        self.watching_what = (cfg.reload, cfg.reload_engine, cfg.reload_extra_files)
+        extra = f" and {len(cfg.reload_extra_files)} --reload-extra-file entries" \
+            if cfg.reload_extra_files else ""
+        self.log.warning("--reload is on (%s): workers are replaced when the app's source "
+                         "files%s change; for development only", self.watcher.engine, extra)
+
+    def read_reports(self) -> None:
+        """The files workers imported: watched from now on."""
+        while True:
+            try:
+                data = os.read(self.reports_r, 65536)
+            except BlockingIOError:
+                return
+            if not data:  # (the master holds a write end: never, but never spin either)
+                return
+            for pid, paths in self.reports.feed(data).items():
+                info = self.workers.get(pid)
+                since = None
+                if info is not None:  # when it was forked, on the files' (wall) clock
+                    since = time.time_ns() - int((time.monotonic() - info.started) * 1e9)
+                self.files_changed(self.watcher.add(paths, since))
+
+    def files_changed(self, paths: list[str]) -> None:
+        """Changed files: act once they have been quiet for a moment (one save, one reload)."""
+        if not paths or self.stopping:
+            return
+        now = time.monotonic()
+        if not self.changes:
+            self.change_first = now
+        self.changes.update(paths)
+        self.change_due = min(now + RELOAD_SETTLE, self.change_first + RELOAD_SETTLE_MAX)
+
+    def reload_code(self) -> None:
+        """--reload: a watched file changed: a new generation, as SIGHUP starts one (the
+        configuration is not read again); the old workers drain once it is ready."""
+        changed = sorted(self.changes)
+        self.changes.clear()
+        self.change_due = 0.0
+        names = [_shown(p) for p in changed[:3]]
+        if len(changed) > 3:
+            names.append(f"{len(changed) - 3} more")
+        what = ", ".join(names)
+        self.paused = False
+        self.generation += 1
+        self.reload_reason = f"reloaded ({what} changed)"
+        self.log.info("reload: %s changed; starting %d workers of generation %d", what,
+                      self.cfg.workers, self.generation)
+
+    def new_code_failed(self, info: WorkerInfo, how: str, load_error: bool) -> None:
+        """--reload: a worker died before it was ready. Never stop berth and never respawn
+        into the same failure: the workers already serving keep serving, and the next change
+        (or SIGHUP) starts a new generation."""
+        what = ("could not load the app (traceback above)" if load_error
+                else f"{how} before it was ready")
+        if info.generation != self.generation:
+            self.log.warning("worker %d of generation %d %s (generation %d is starting)",
+                             info.pid, info.generation, what, self.generation)
+            return
+        if self.paused:
+            self.log.info("worker %d %s", info.pid, what)
+            return
+        self.paused = True
+        serving = [w for w in self.workers.values()
+                   if w.ready and not w.stopping and not w.killed]
+        if serving:
+            gens = sorted({w.generation for w in serving})
+            now = (f"the {len(serving)} workers of generation "
+                   f"{', '.join(map(str, gens))} keep serving")
+        else:
+            now = "no worker is serving"
+        self.log.error("worker %d %s; %s; waiting for the next change to start new workers "
+                       "(--reload)", info.pid, what, now)
 
     # -- reaping ----------------------------------------------------------------------------
 
@@ -448,7 +577,11 @@ class Master:
         if self.stopping:
             self.log.debug("worker %d %s", info.pid, how)
             return
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_APP_LOAD_ERROR:
+        load_error = os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_APP_LOAD_ERROR
+        if self.watcher is not None and not info.ready and (load_error or not reason):
+            self.new_code_failed(info, how, load_error)
+            return
+        if load_error:
             self.log.error("worker %d could not load the app (traceback above); stopping",
                            info.pid)
             self.exit_code = EXIT_APP_LOAD_ERROR
@@ -547,6 +680,8 @@ class Master:
                     pass
             sock.close()
         self.reap_orphans()
+        if self.watcher is not None:
+            self.watcher.close()
         self.log.info("berth master %d: stopped", os.getpid())
 
     def _wait_events(self, timeout: float) -> None:
@@ -554,8 +689,19 @@ class Master:
         for key, _ in self.sel.select(timeout):
             if key.fd == self.sig_r:
                 self._drain(self.sig_r)
-            else:
+            elif key.fd == self.ready_r:
                 self.read_ready()
+            elif self.watcher is not None:
+                if key.fd == self.reports_r:
+                    self.read_reports()
+                else:
+                    self.files_changed(self.watcher.read_events())
+
+
+def _shown(path: str) -> str:
+    """A changed file as a log line names it: relative to the current directory when inside."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 def _zombie_children() -> list[int]:

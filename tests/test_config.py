@@ -311,7 +311,7 @@ GUNICORN_DOCKERFILE_FLAGS = [
     "--limit-request-fields", "50", "--limit-request-field_size", "4096", "--backlog", "64",
     "--preload", "--chdir", "/", "--pythonpath", "/srv", "-e", "A=B", "--forwarded-allow-ips",
     "*", "--proxy-protocol", "off", "--reuse-port", "--umask", "0o22", "--capture-output",
-    "--statsd-host", "localhost:8125", "--name", "web", "--reload", "--spew",
+    "--statsd-host", "localhost:8125", "--name", "web", "--spew",
     "--worker-connections", "100", "--disable-redirect-access-to-syslog",
     "--logger-class", "gunicorn.glogging.Logger", "--log-config", "/etc/log.ini",
 ]
@@ -325,7 +325,7 @@ def test_a_typical_gunicorn_command_line_parses():
     warnings = [line for level, line in cfg.notices if level == "warning"]
     infos = [line for level, line in cfg.notices if level == "info"]
     for name in ("reuse_port", "forwarded_allow_ips", "capture_output", "statsd_host",
-                 "proc_name", "reload", "spew", "worker_connections", "umask", "logconfig"):
+                 "proc_name", "spew", "worker_connections", "umask", "logconfig"):
         assert any(line.startswith(f"{name} (") and "not implemented" in line
                    for line in warnings), name
     assert any(line.startswith("worker_tmp_dir (--worker-tmp-dir, from cli) is not needed")
