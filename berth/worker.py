@@ -41,20 +41,15 @@ import traceback
 from queue import SimpleQueue
 
 from berth.hooks import RequestView, ResponseView, WorkerView, call_hook, get_hook
-from berth.http.parser import HttpError, Request, RequestParser
-from berth.http.response import (
+from berth.http.framing import (
     CONTINUE,
-    HAS_DATE,
-    HAS_SERVER,
-    HOP_BY_HOP,
-    HOP_BY_HOP_SEEN,
     LAST_CHUNK,
-    BadResponseHeaders,
     DateCache,
+    chunk,
     error_response,
-    scan_headers,
-    status_line,
+    frame,
 )
+from berth.http.parser import HttpError, Request, RequestParser
 from berth.logs import setup_error_log
 from berth.scoreboard import BOOTING, BUSY, DRAINING, IDLE, RETIRING, Scoreboard, Slot
 from berth.wsgi import FileWrapper, StreamInput, split_target
@@ -198,66 +193,14 @@ class Response:
         return self.write_callable
 
     def make_head(self, known_length: int | None) -> bytes:
-        """The response head; decides the framing (length, chunked, or close-delimited).
-
-        Apps send the same status and headers again and again: a validated head is cached
-        (without Date/Server), keyed by everything that shaped it.
-        """
+        """The response head; decides the framing (length, chunked, or close-delimited)."""
         status = self.status
         if status is None:
             raise AssertionError("the app returned without calling start_response()")
-        try:
-            key = (self.req.version, self.keep_alive, self.no_body, known_length, status,
-                   tuple(self.headers))
-            cached = _head_cache.get(key)
-        except TypeError:  # unhashable header items (lists): fine, just not cached
-            key = cached = None
-        if cached is None:
-            cached = self._frame(known_length)
-            if key is not None:
-                if len(_head_cache) >= 1024:
-                    _head_cache.clear()
-                _head_cache[key] = cached
-        prefix, self.remaining, self.chunked, self.no_body, self.keep_alive, own = cached
+        head, self.remaining, self.chunked, self.no_body, self.keep_alive, own = frame(
+            self.req.version, status, self.headers, self.keep_alive, self.no_body, known_length)
         self.head_sent = True
-        if own:
-            return prefix + self.worker.date.suffixes[own] + b"\r\n"
-        return prefix + self.worker.date.suffix + b"\r\n"
-
-    def _frame(self, known_length: int | None) -> tuple:
-        status = self.status
-        block, length, flags = scan_headers(self.headers)
-        keep_alive = self.keep_alive
-        if flags & HOP_BY_HOP_SEEN:
-            block, keep_alive = _drop_hop_by_hop(self.headers, keep_alive)
-        version = self.req.version
-        code = status[:3]
-        extra = ""
-        remaining = None
-        chunked = False
-        no_body = self.no_body
-        if code[0] == "1" or code == "204" or code == "304":
-            no_body = True
-            remaining = 0
-        elif length is not None:
-            if not (length.isascii() and length.isdigit()):
-                raise BadResponseHeaders(f"invalid Content-Length {length!r}")
-            remaining = int(length)
-        elif known_length is not None:
-            extra = f"Content-Length: {known_length}\r\n"
-            remaining = known_length
-        elif version == "1.1":
-            extra = "Transfer-Encoding: chunked\r\n"
-            chunked = True
-        else:
-            keep_alive = False  # HTTP/1.0 without a length: the close ends the body
-        if keep_alive:
-            if version == "1.0":
-                extra += "Connection: keep-alive\r\n"
-        elif version == "1.1":
-            extra += "Connection: close\r\n"
-        prefix = status_line(version, status) + (block + extra).encode("latin-1")
-        return prefix, remaining, chunked, no_body, keep_alive, flags & (HAS_DATE | HAS_SERVER)
+        return head + self.worker.date.suffixes[own] + b"\r\n"
 
     def write_callable(self, data: bytes) -> None:
         """The WSGI `write()` callable. On the loop thread (inline) the app cannot be paused
@@ -290,7 +233,7 @@ class Response:
             self.remaining -= len(data)
         self.sent += len(data)
         if self.chunked:
-            data = b"%x\r\n%s\r\n" % (len(data), data)
+            data = chunk(data)
         if head:
             if len(data) < SMALL_JOIN:
                 self.worker.send(self.conn, head + data, self.inline)
@@ -309,23 +252,6 @@ class Response:
         if self.remaining and not self.no_body:
             return False  # less than the promised Content-Length: the client must not wait
         return self.keep_alive
-
-
-_head_cache: dict[tuple, tuple] = {}
-
-
-def _drop_hop_by_hop(headers: list, keep_alive: bool) -> tuple[str, bool]:
-    """Apps must not send hop-by-hop headers (PEP 3333): honour `Connection: close`, drop the
-    rest (berth frames the body itself)."""
-    kept = []
-    for name, value in headers:
-        lower = name.lower()
-        if lower in HOP_BY_HOP:
-            if lower == "connection" and "close" in value.lower():
-                keep_alive = False
-            continue
-        kept.append((name, value))
-    return scan_headers(kept)[0], keep_alive
 
 
 class Worker:

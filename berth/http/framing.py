@@ -1,0 +1,222 @@
+"""Response framing, sans-IO: from the facts of a response to its head bytes and framing.
+
+`frame(version, status, headers, keep_alive, no_body, known_length)` decides how the body is
+delimited and returns a `Framing`: the head (without `Date`/`Server` and the final CRLF,
+which `DateCache` appends), how many body bytes the Content-Length still allows, whether the
+body is chunked, whether it has one at all, and whether the connection stays open. The rules:
+  - HEAD, 1xx, 204 and 304 carry no body (RFC 9110 6.4.1);
+  - the app's Content-Length frames the body (it must be digits: else `BadResponseHeaders`);
+  - else a length berth knows (a list body, a file) is sent as Content-Length;
+  - else chunked on HTTP/1.1, and on HTTP/1.0 the close of the connection ends the body;
+  - hop-by-hop headers from the app are dropped (PEP 3333 forbids them; berth frames the
+    body itself), but its `Connection: close` is honoured;
+  - HTTP/1.0 keep-alive is said with `Connection: keep-alive`, an HTTP/1.1 close with
+    `Connection: close`.
+
+Header bytes are built once per response with as little Python work as possible: apps send the
+same status and headers again and again, so a framed head is cached, keyed by everything that
+shaped it; status lines and the `Date`/`Server` suffix are cached, header names the app used
+before are known to be valid, and CR/LF anywhere in a name or value is found with two
+`str.count` calls over the whole block instead of a test per header. Nothing here touches a
+socket: every rule is tested with byte strings (`tests/test_framing.py`).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from email.utils import formatdate
+from typing import NamedTuple
+
+from berth import SERVER_SOFTWARE
+from berth.http.parser import REASONS
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_known_names: dict[str, str] = {}  # header name as the app wrote it -> lower-cased
+
+
+class BadResponseHeaders(Exception):
+    """The app gave a status or header berth will not send (it would split or break HTTP)."""
+
+
+SERVER_LINE = f"Server: {SERVER_SOFTWARE}\r\n".encode()
+
+
+class DateCache:
+    """`Server` and `Date` lines, formatted at most once per second. `suffixes[flags]` is
+    what berth appends to a head, given the HAS_DATE / HAS_SERVER flags of the app's
+    headers (an app that sets its own keeps it)."""
+
+    __slots__ = ("second", "suffix", "suffixes", "value")
+
+    def __init__(self):
+        self.second = -1
+        self.value = ""
+        self.suffix = b""
+        self.suffixes: list[bytes] = [b""] * 8
+        self.refresh()
+
+    def refresh(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        second = int(now)
+        if second != self.second:
+            self.second = second
+            self.value = formatdate(second, usegmt=True)
+            date_line = f"Date: {self.value}\r\n".encode()
+            self.suffix = SERVER_LINE + date_line
+            for flags in range(8):
+                self.suffixes[flags] = ((b"" if flags & HAS_SERVER else SERVER_LINE)
+                                        + (b"" if flags & HAS_DATE else date_line))
+
+
+_status_lines: dict[tuple[str, str], bytes] = {}
+
+
+def status_line(version: str, status: str) -> bytes:
+    """`HTTP/1.1 200 OK\\r\\n` for a WSGI status string, cached."""
+    key = (version, status)
+    line = _status_lines.get(key)
+    if line is None:
+        if "\r" in status or "\n" in status or len(status) < 3 or not status[:3].isdigit() \
+                or (len(status) > 3 and status[3] != " "):
+            raise BadResponseHeaders(f"invalid status {status!r}")
+        line = f"HTTP/{version} {status}\r\n".encode("latin-1")
+        if len(_status_lines) < 512:
+            _status_lines[key] = line
+    return line
+
+
+# Flags from scan_headers(): what the app set that changes what berth adds.
+HOP_BY_HOP_SEEN, HAS_DATE, HAS_SERVER = 1, 2, 4
+HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+                        "te", "trailers", "transfer-encoding", "upgrade"))
+_SPECIAL = dict.fromkeys(HOP_BY_HOP, HOP_BY_HOP_SEEN)
+_SPECIAL.update({"content-length": 0, "date": HAS_DATE, "server": HAS_SERVER})
+
+
+def scan_headers(headers: list) -> tuple[str, str | None, int]:
+    """Validate the app's headers: (header block text, Content-Length value, flags).
+
+    Raises `BadResponseHeaders` for a name that is not an HTTP token, a value that is not a
+    str, and CR or LF in any name or value.
+    """
+    lines = []
+    length = None
+    flags = 0
+    known = _known_names
+    for name, value in headers:
+        lower = known.get(name)
+        if lower is None:
+            if type(name) is not str or not _TOKEN.match(name):
+                raise BadResponseHeaders(f"invalid header name {name!r}")
+            lower = name.lower()
+            if len(known) < 1024:
+                known[name] = lower
+        if type(value) is not str:
+            raise BadResponseHeaders(f"header {name!r} value must be str, not "
+                                     f"{type(value).__name__}")
+        if lower in _SPECIAL:
+            if lower == "content-length":
+                length = value
+            flags |= _SPECIAL[lower]
+        lines.append(f"{name}: {value}\r\n")
+    block = "".join(lines)
+    if block.count("\n") != len(lines) or block.count("\r") != len(lines):
+        raise BadResponseHeaders("CR or LF in a response header")
+    return block, length, flags
+
+
+class Framing(NamedTuple):
+    """How one response goes out (see the module docstring)."""
+
+    head: bytes  # status line and header lines, without Date/Server and the final CRLF
+    remaining: int | None  # body bytes the Content-Length allows; None: not delimited by it
+    chunked: bool
+    no_body: bool
+    keep_alive: bool
+    own: int  # HAS_DATE | HAS_SERVER: what the app set itself (DateCache.suffixes[own])
+
+
+def frame(version: str, status: str, headers: list, keep_alive: bool, no_body: bool,
+          known_length: int | None) -> Framing:
+    """The framing of a response; cached (heads repeat), except for unhashable headers."""
+    try:
+        key = (version, keep_alive, no_body, known_length, status, tuple(headers))
+        framing = _head_cache.get(key)
+    except TypeError:  # unhashable header items (lists): fine, just not cached
+        return _frame(version, status, headers, keep_alive, no_body, known_length)
+    if framing is None:
+        framing = _frame(version, status, headers, keep_alive, no_body, known_length)
+        if len(_head_cache) >= 1024:
+            _head_cache.clear()
+        _head_cache[key] = framing
+    return framing
+
+
+_head_cache: dict[tuple, Framing] = {}
+
+
+def _frame(version: str, status: str, headers: list, keep_alive: bool, no_body: bool,
+           known_length: int | None) -> Framing:
+    block, length, flags = scan_headers(headers)
+    if flags & HOP_BY_HOP_SEEN:
+        block, keep_alive = _drop_hop_by_hop(headers, keep_alive)
+    code = status[:3]
+    extra = ""
+    remaining = None
+    chunked = False
+    if code[0] == "1" or code == "204" or code == "304":
+        no_body = True
+        remaining = 0
+    elif length is not None:
+        if not (length.isascii() and length.isdigit()):
+            raise BadResponseHeaders(f"invalid Content-Length {length!r}")
+        remaining = int(length)
+    elif known_length is not None:
+        extra = f"Content-Length: {known_length}\r\n"
+        remaining = known_length
+    elif version == "1.1":
+        extra = "Transfer-Encoding: chunked\r\n"
+        chunked = True
+    else:
+        keep_alive = False  # HTTP/1.0 without a length: the close ends the body
+    if keep_alive:
+        if version == "1.0":
+            extra += "Connection: keep-alive\r\n"
+    elif version == "1.1":
+        extra += "Connection: close\r\n"
+    head = status_line(version, status) + (block + extra).encode("latin-1")
+    return Framing(head, remaining, chunked, no_body, keep_alive, flags & (HAS_DATE | HAS_SERVER))
+
+
+def _drop_hop_by_hop(headers: list, keep_alive: bool) -> tuple[str, bool]:
+    """Apps must not send hop-by-hop headers (PEP 3333): honour `Connection: close`, drop the
+    rest (berth frames the body itself)."""
+    kept = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP:
+            if lower == "connection" and "close" in value.lower():
+                keep_alive = False
+            continue
+        kept.append((name, value))
+    return scan_headers(kept)[0], keep_alive
+
+
+def chunk(data: bytes) -> bytes:
+    """One part of a chunked body."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def error_response(status: int, head_only: bool = False, date: DateCache | None = None) -> bytes:
+    """A complete `Connection: close` response for an error berth answers itself."""
+    reason = REASONS.get(status, "Error")
+    body = f"{status} {reason}\n".encode()
+    suffix = date.suffix if date is not None else b""
+    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n").encode() + suffix + b"\r\n"
+    return head if head_only else head + body
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

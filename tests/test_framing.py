@@ -1,0 +1,131 @@
+"""Response framing, sans-IO (`berth/http/framing.py`): every rule checked with byte strings."""
+
+from __future__ import annotations
+
+import pytest
+
+from berth.http.framing import (
+    HAS_DATE,
+    HAS_SERVER,
+    BadResponseHeaders,
+    DateCache,
+    chunk,
+    error_response,
+    frame,
+)
+
+CT = [("Content-Type", "text/plain")]
+
+
+def test_app_content_length_frames_the_body_and_keeps_the_connection():
+    f = frame("1.1", "200 OK", [*CT, ("Content-Length", "5")], True, False, None)
+    assert f.head == b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
+    assert (f.remaining, f.chunked, f.no_body, f.keep_alive) == (5, False, False, True)
+
+
+def test_known_length_is_sent_as_content_length():
+    f = frame("1.1", "200 OK", CT, True, False, 12)
+    assert f.head.endswith(b"Content-Type: text/plain\r\nContent-Length: 12\r\n")
+    assert (f.remaining, f.chunked) == (12, False)
+
+
+def test_unknown_length_on_http11_is_chunked():
+    f = frame("1.1", "200 OK", CT, True, False, None)
+    assert f.head.endswith(b"Transfer-Encoding: chunked\r\n")
+    assert (f.remaining, f.chunked, f.keep_alive) == (None, True, True)
+    assert chunk(b"hello") == b"5\r\nhello\r\n"
+    assert chunk(b"x" * 26) == b"1a\r\n" + b"x" * 26 + b"\r\n"
+
+
+def test_unknown_length_on_http10_is_close_delimited():
+    f = frame("1.0", "200 OK", CT, True, False, None)
+    assert f.head == b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n"
+    assert (f.remaining, f.chunked, f.keep_alive) == (None, False, False)
+
+
+def test_http10_keep_alive_is_said_and_http11_close_is_said():
+    f10 = frame("1.0", "200 OK", CT, True, False, 3)
+    assert f10.head.endswith(b"Content-Length: 3\r\nConnection: keep-alive\r\n")
+    f11 = frame("1.1", "200 OK", CT, False, False, 3)
+    assert f11.head.endswith(b"Content-Length: 3\r\nConnection: close\r\n")
+    assert not f11.keep_alive
+
+
+def test_head_request_has_the_length_but_no_body():
+    f = frame("1.1", "200 OK", CT, True, True, 42)
+    assert f.head.endswith(b"Content-Length: 42\r\n")
+    assert f.no_body and f.keep_alive
+
+
+@pytest.mark.parametrize("status", ["204 No Content", "304 Not Modified", "100 Continue"])
+def test_204_304_and_1xx_carry_no_body_and_no_framing(status):
+    f = frame("1.1", status, [("ETag", '"x"')], True, False, None)
+    assert f.head == f"HTTP/1.1 {status}\r\nETag: \"x\"\r\n".encode()
+    assert (f.no_body, f.remaining, f.chunked, f.keep_alive) == (True, 0, False, True)
+
+
+def test_hop_by_hop_headers_are_dropped_and_connection_close_is_honoured():
+    headers = [*CT, ("Connection", "close"), ("Keep-Alive", "timeout=5"),
+               ("Transfer-Encoding", "chunked"), ("Upgrade", "h2c"), ("X-Kept", "1")]
+    f = frame("1.1", "200 OK", headers, True, False, None)
+    assert f.head == (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Kept: 1\r\n"
+                      b"Transfer-Encoding: chunked\r\nConnection: close\r\n")
+    assert not f.keep_alive
+
+
+def test_connection_keep_alive_from_the_app_is_dropped_and_changes_nothing():
+    f = frame("1.1", "200 OK", [("Connection", "keep-alive")], True, False, 0)
+    assert f.head == b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" and f.keep_alive
+
+
+@pytest.mark.parametrize("value", ["12a", "-1", " 5", "1e3", "５"])
+def test_a_bad_content_length_from_the_app_is_refused(value):
+    with pytest.raises(BadResponseHeaders, match="Content-Length"):
+        frame("1.1", "200 OK", [("Content-Length", value)], True, False, None)
+
+
+@pytest.mark.parametrize("headers", [
+    [("X-A", "ok\r\nSet-Cookie: evil=1")],
+    [("X-A", "ok\nX-B: 1")],
+    [("X-A", "ok\r")],
+    [("X-A\r\nX-B", "1")],
+    [("X A", "1")],
+    [("X-A:", "1")],
+    [("X-A", 5)],
+])
+def test_header_injection_and_invalid_headers_are_refused(headers):
+    with pytest.raises(BadResponseHeaders):
+        frame("1.1", "200 OK", headers, True, False, None)
+
+
+@pytest.mark.parametrize("status", ["200\r\nX: y", "2000 OK", "OK", "20 OK", "200OK"])
+def test_a_bad_status_is_refused(status):
+    with pytest.raises(BadResponseHeaders, match="status"):
+        frame("1.1", status, [], True, False, None)
+
+
+def test_framing_is_cached_and_unhashable_headers_still_work():
+    headers = [*CT, ("Content-Length", "2")]
+    assert frame("1.1", "200 OK", headers, True, False, None) is \
+        frame("1.1", "200 OK", list(headers), True, False, None)
+    f = frame("1.1", "200 OK", [["Content-Length", "2"]], True, False, None)  # lists, not tuples
+    assert f.head == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+
+
+def test_date_and_server_are_appended_unless_the_app_set_its_own():
+    dates = DateCache()
+    dates.refresh(784111777.0)  # Sun, 06 Nov 1994 08:49:37 GMT (RFC 9110's example)
+    own = frame("1.1", "200 OK", [("Date", "x"), ("Server", "mine")], True, False, 0).own
+    assert own == HAS_DATE | HAS_SERVER and dates.suffixes[own] == b""
+    plain = frame("1.1", "200 OK", [], True, False, 0).own
+    assert dates.suffixes[plain] == dates.suffix
+    assert dates.suffix.startswith(b"Server: berth/") and \
+        dates.suffix.endswith(b"Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n")
+
+
+def test_error_response_is_complete_and_closes():
+    raw = error_response(400)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"Connection: close" in head and b"Content-Length: %d" % len(body) in head
+    assert error_response(400, head_only=True) == head + b"\r\n\r\n"
