@@ -9,7 +9,6 @@ import signal
 import time
 
 import pytest
-
 from conftest import read_response
 from proto_helpers import (
     HELLO,
