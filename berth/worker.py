@@ -26,7 +26,6 @@ import collections
 import ctypes
 import errno
 import faulthandler
-import io
 import itertools
 import math
 import os
@@ -52,7 +51,7 @@ from berth.http.framing import (
 from berth.http.parser import HttpError, Request, RequestParser
 from berth.logs import setup_error_log
 from berth.scoreboard import BOOTING, BUSY, DRAINING, IDLE, RETIRING, Scoreboard, Slot
-from berth.wsgi import FileWrapper, StreamInput, split_target
+from berth.wsgi import Environs, FileWrapper, StreamInput
 
 HIGH_WATER = 256 * 1024  # write-behind bytes per connection before the app thread waits
 LOW_WATER = 64 * 1024
@@ -83,7 +82,6 @@ PAUSED = object()  # respond(): the loop goes on with this response when the cli
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 EXIT_APP_LOAD_ERROR = 4  # as Gunicorn: the app could not be loaded; the master stops
 
-METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
 class ClientDisconnected(Exception):
@@ -306,20 +304,7 @@ class Worker:
         self.post_request = get_hook(cfg, "post_request")
         self.last_tick = self.max_tick_gap = 0.0
         self.now = time.monotonic()  # the loop's clock, read once per wake-up
-        self.base_environ = {
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "http",
-            "wsgi.errors": sys.stderr,
-            "wsgi.multithread": cfg.threads > 1,
-            "wsgi.multiprocess": cfg.workers > 1,
-            "wsgi.run_once": False,
-            "wsgi.file_wrapper": FileWrapper,
-            "wsgi.input_terminated": True,
-            "SCRIPT_NAME": os.environ.get("SCRIPT_NAME", ""),
-            "SERVER_SOFTWARE": "berth",
-        }
-        self.script_name = self.base_environ["SCRIPT_NAME"]
-        self.targets: dict[bytes, tuple[str, str, str]] = {}  # request target -> environ parts
+        self.environs = Environs(multithread=cfg.threads > 1, multiprocess=cfg.workers > 1)
 
     # -- process life -----------------------------------------------------------------------
 
@@ -497,20 +482,11 @@ class Worker:
                     self.log.warning("accept failed: %s", exc)
                 return False
             sock.setblocking(False)
-            family = sock.family
-            environ = dict(self.base_environ)
-            if family == socket.AF_INET or family == socket.AF_INET6:
+            if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                local = sock.getsockname()
-                environ["SERVER_NAME"] = local[0]
-                environ["SERVER_PORT"] = str(local[1])
-                environ["REMOTE_ADDR"] = addr[0]
-                environ["REMOTE_PORT"] = str(addr[1])
+                environ = self.environs.for_connection(sock.getsockname(), addr)
             else:
-                environ["SERVER_NAME"] = "localhost"
-                environ["SERVER_PORT"] = "0"
-                environ["REMOTE_ADDR"] = "127.0.0.1"
-                environ["REMOTE_PORT"] = "0"
+                environ = self.environs.for_connection(None, None)
             conn = Connection(sock, environ, now)
             conn.parser = self._make_parser(conn)
             self.conns[conn.fd] = conn
@@ -955,7 +931,7 @@ class Worker:
             return self.answer_probe(conn, req, inline)
         resp = Response(self, conn, req, inline)
         try:
-            environ = self.make_environ(conn, req)
+            environ = self.environs.for_request(conn.environ, req)
         except Exception:  # noqa: BLE001 - a target the parser let through: 400, close
             self.log.debug("cannot make an environ for %r", req.url)
             self.send_error(conn, HttpError(400, "bad request target"), inline)
@@ -1123,27 +1099,6 @@ class Worker:
         except ClientDisconnected:
             pass
         conn.lingering = time.monotonic() + 2.0  # read and drop what the client still sends
-
-    def make_environ(self, conn: Connection, req: Request) -> dict:
-        environ = conn.environ.copy()
-        url = req.url
-        target = self.targets.get(url)
-        if target is None:
-            path, query = split_target(url)
-            script_name = self.script_name
-            if script_name and path.startswith(script_name):
-                path = path[len(script_name):]
-            target = (url.decode("latin-1"), path, query)
-            if len(self.targets) >= 512:
-                self.targets.clear()
-            self.targets[url] = target
-        method = req.method
-        environ["REQUEST_METHOD"] = METHODS.get(method) or method.decode("latin-1")
-        environ["RAW_URI"], environ["PATH_INFO"], environ["QUERY_STRING"] = target
-        environ["SERVER_PROTOCOL"] = "HTTP/1.1" if req.version == "1.1" else "HTTP/1.0"
-        environ["wsgi.input"] = req.body_stream if req.streaming else io.BytesIO(req.body)
-        environ.update(req.headers)
-        return environ
 
     # -- the loop's bookkeeping ---------------------------------------------------------------
 

@@ -1,8 +1,9 @@
-"""PEP 3333: the environ, `wsgi.input`, `wsgi.file_wrapper`.
+"""PEP 3333: the environ (`Environs`), `wsgi.input` for streamed bodies, `wsgi.file_wrapper`.
 
 The environ is built from three layers so that per-request work is small: a per-worker base dict
 (constants), a per-connection copy (addresses), and the per-request keys. Header names map to
-environ keys through a cache, because clients send the same few names again and again.
+environ keys in the parser, through a cache, and request targets map to PATH_INFO and
+QUERY_STRING here, through another: clients send the same few again and again.
 """
 
 from __future__ import annotations
@@ -10,11 +11,19 @@ from __future__ import annotations
 import io
 import os
 import stat
+import sys
 import threading
 import time
 from urllib.parse import unquote_to_bytes
 
 import httptools
+
+from berth import SERVER_SOFTWARE
+from berth.http.parser import Request
+
+# The common methods as str without a decode per request; any other token is decoded.
+METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+TARGET_CACHE = 512
 
 
 def split_target(url: bytes) -> tuple[str, str]:
@@ -30,11 +39,74 @@ def split_target(url: bytes) -> tuple[str, str]:
         path, _, query = url.partition(b"?")
         if b"#" in query:
             query = query.partition(b"#")[0]
-        elif b"#" in path:
+        elif b"#" in path:  # `/a#frag?x`: the `?` is inside the fragment
             path = path.partition(b"#")[0]
+            query = b""
     if b"%" in path:
         path = unquote_to_bytes(path)
     return path.decode("latin-1"), query.decode("latin-1")
+
+
+class Environs:
+    """Makes the environ of each request: the worker's constants, then the connection's
+    addresses (`for_connection`, once per connection), then the request's own keys
+    (`for_request`). `SCRIPT_NAME` comes from the process environment, as with Gunicorn,
+    and is taken off the front of PATH_INFO."""
+
+    def __init__(self, multithread: bool, multiprocess: bool, script_name: str | None = None):
+        self.script_name = os.environ.get("SCRIPT_NAME", "") if script_name is None \
+            else script_name
+        self.base = {
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": multithread,
+            "wsgi.multiprocess": multiprocess,
+            "wsgi.run_once": False,
+            "wsgi.file_wrapper": FileWrapper,
+            "wsgi.input_terminated": True,
+            "SCRIPT_NAME": self.script_name,
+            "SERVER_SOFTWARE": SERVER_SOFTWARE,  # as the Server header says
+        }
+        self.targets: dict[bytes, tuple[str, str, str]] = {}  # target -> RAW_URI, PATH, QUERY
+
+    def for_connection(self, local: tuple | None, peer: tuple | None) -> dict:
+        """The base plus the addresses: `local` and `peer` as getsockname()/accept() give
+        them for TCP; None for a unix socket (as Gunicorn: localhost, 127.0.0.1)."""
+        environ = dict(self.base)
+        if local is not None:
+            environ["SERVER_NAME"] = local[0]
+            environ["SERVER_PORT"] = str(local[1])
+            environ["REMOTE_ADDR"] = peer[0]
+            environ["REMOTE_PORT"] = str(peer[1])
+        else:
+            environ["SERVER_NAME"] = "localhost"
+            environ["SERVER_PORT"] = "0"
+            environ["REMOTE_ADDR"] = "127.0.0.1"
+            environ["REMOTE_PORT"] = "0"
+        return environ
+
+    def for_request(self, conn_environ: dict, req: Request) -> dict:
+        """The environ for one request (raises for a target that cannot be split: a 400)."""
+        environ = conn_environ.copy()
+        url = req.url
+        target = self.targets.get(url)
+        if target is None:
+            path, query = split_target(url)
+            script_name = self.script_name
+            if script_name and path.startswith(script_name):
+                path = path[len(script_name):]
+            target = (url.decode("latin-1"), path, query)
+            if len(self.targets) >= TARGET_CACHE:
+                self.targets.clear()
+            self.targets[url] = target
+        method = req.method
+        environ["REQUEST_METHOD"] = METHODS.get(method) or method.decode("latin-1")
+        environ["RAW_URI"], environ["PATH_INFO"], environ["QUERY_STRING"] = target
+        environ["SERVER_PROTOCOL"] = "HTTP/1.1" if req.version == "1.1" else "HTTP/1.0"
+        environ["wsgi.input"] = req.body_stream if req.streaming else io.BytesIO(req.body)
+        environ.update(req.headers)
+        return environ
 
 
 class StreamInput:

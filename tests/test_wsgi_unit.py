@@ -1,0 +1,141 @@
+"""`berth/wsgi.py` in-process: the environ's layers, `split_target`, and `StreamInput`."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from berth import SERVER_SOFTWARE
+from berth.http.parser import RequestParser
+from berth.wsgi import Environs, FileWrapper, StreamInput, split_target
+
+
+def parse_one(raw: bytes):
+    parser = RequestParser()
+    parser.feed(raw)
+    (req,) = parser.ready
+    return req
+
+
+def test_environ_has_every_pep3333_key_from_its_three_layers():
+    envs = Environs(multithread=True, multiprocess=False, script_name="")
+    conn = envs.for_connection(("127.0.0.1", 8000), ("127.0.0.2", 51234))
+    req = parse_one(b"POST /a%20b/c?x=1&y=%20 HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain"
+                    b"\r\nContent-Length: 3\r\nX-Request-Id: r1\r\n\r\nabc")
+    env = envs.for_request(conn, req)
+    assert env["REQUEST_METHOD"] == "POST"
+    assert (env["PATH_INFO"], env["QUERY_STRING"], env["RAW_URI"]) == (
+        "/a b/c", "x=1&y=%20", "/a%20b/c?x=1&y=%20")
+    assert (env["SERVER_NAME"], env["SERVER_PORT"], env["REMOTE_ADDR"], env["REMOTE_PORT"]) == (
+        "127.0.0.1", "8000", "127.0.0.2", "51234")
+    assert env["SERVER_PROTOCOL"] == "HTTP/1.1"
+    assert (env["CONTENT_TYPE"], env["CONTENT_LENGTH"], env["HTTP_X_REQUEST_ID"]) == (
+        "text/plain", "3", "r1")
+    assert env["wsgi.input"].read() == b"abc"
+    assert env["wsgi.version"] == (1, 0) and env["wsgi.url_scheme"] == "http"
+    assert env["wsgi.multithread"] is True and env["wsgi.multiprocess"] is False
+    assert env["wsgi.file_wrapper"] is FileWrapper and env["SCRIPT_NAME"] == ""
+    assert env["SERVER_SOFTWARE"] == SERVER_SOFTWARE
+    assert "REQUEST_METHOD" not in conn, "a request's keys leaked into the connection's layer"
+
+
+def test_unix_socket_connection_gets_gunicorns_placeholders():
+    conn = Environs(False, False, "").for_connection(None, None)
+    assert (conn["SERVER_NAME"], conn["SERVER_PORT"], conn["REMOTE_ADDR"]) == (
+        "localhost", "0", "127.0.0.1")
+
+
+def test_script_name_is_taken_off_path_info():
+    envs = Environs(False, False, script_name="/app")
+    conn = envs.for_connection(None, None)
+    env = envs.for_request(conn, parse_one(b"GET /app/users?id=1 HTTP/1.0\r\n\r\n"))
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"], env["QUERY_STRING"]) == ("/app", "/users",
+                                                                           "id=1")
+    assert env["SERVER_PROTOCOL"] == "HTTP/1.0"
+
+
+def test_other_methods_are_passed_as_sent():
+    envs = Environs(False, False, "")
+    env = envs.for_request(envs.for_connection(None, None),
+                           parse_one(b"PROPFIND /dav HTTP/1.1\r\nHost: h\r\n\r\n"))
+    assert env["REQUEST_METHOD"] == "PROPFIND"
+
+
+@pytest.mark.parametrize("target,expected", [
+    (b"/", ("/", "")),
+    (b"/a?b=c#frag", ("/a", "b=c")),
+    (b"/a#frag?x", ("/a", "")),
+    (b"/%41%2Fb", ("/A/b", "")),
+    (b"/caf%C3%A9", ("/caf\xc3\xa9", "")),  # PEP 3333: bytes as latin-1
+    (b"*", ("*", "")),
+    (b"http://example.com/p?q=1", ("/p", "q=1")),
+    (b"http://example.com", ("/", "")),
+])
+def test_split_target(target, expected):
+    assert split_target(target) == expected
+
+
+def test_stream_input_blocks_until_the_loop_feeds_then_reads_to_the_end():
+    resumed = []
+    stream = StreamInput(b"he", high_water=1 << 20, resume=lambda: resumed.append(1))
+    got = []
+    reader = threading.Thread(target=lambda: got.append(stream.read()))
+    reader.start()
+    time.sleep(0.05)
+    assert reader.is_alive() and stream.waiting, "read() must wait for the end of the body"
+    stream.feed(b"llo")
+    stream.feed(None)
+    reader.join(5)
+    assert got == [b"hello"] and not stream.waiting and stream.woke > 0
+
+
+def test_stream_input_readline_read_n_and_iteration():
+    stream = StreamInput(b"one\ntwo\nthr", high_water=1 << 20, resume=lambda: None)
+    stream.feed(b"ee\n")
+    stream.feed(None)
+    assert stream.read(2) == b"on"
+    assert stream.readline() == b"e\n"
+    assert stream.readline(2) == b"tw"
+    assert list(stream) == [b"o\n", b"three\n"]
+    assert stream.read() == b""
+
+
+def test_stream_input_pauses_the_loop_above_high_water_and_resumes_when_read():
+    resumed = []
+    stream = StreamInput(b"", high_water=8, resume=lambda: resumed.append(1))
+    stream.feed(b"x" * 10)
+    assert stream.paused, "the loop must stop reading the socket above high water"
+    assert stream.read(7) == b"x" * 7
+    assert not stream.paused and resumed == [1]
+
+
+def test_stream_input_fails_a_blocked_reader_when_the_client_goes_away():
+    stream = StreamInput(b"", high_water=1 << 20, resume=lambda: None)
+    errors = []
+
+    def read():
+        try:
+            stream.read(10)
+        except ConnectionError as exc:
+            errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.05)
+    stream.fail(ConnectionError("client went away"))
+    reader.join(5)
+    assert len(errors) == 1
+
+
+def test_stream_input_discard_drops_what_arrives_and_resumes_a_paused_loop():
+    resumed = []
+    stream = StreamInput(b"", high_water=4, resume=lambda: resumed.append(1))
+    stream.feed(b"123456")
+    assert stream.paused
+    stream.discard()
+    assert resumed == [1] and not stream.paused
+    stream.feed(b"more")
+    stream.feed(None)
+    assert stream.read() == b""
