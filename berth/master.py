@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from berth import container, reloader
 from berth.hooks import ServerView, WorkerView, call_hook
 from berth.logs import AccessLog
-from berth.scoreboard import BOOTING, DRAINING, MAX_WORKERS, RETIRING, Scoreboard, Slot
+from berth.scoreboard import BOOTING, MAX_WORKERS, OUT_OF_SERVICE, RETIRING, Scoreboard, Slot
 from berth.sockets import create_listener, describe
-from berth.worker import EXIT_APP_LOAD_ERROR, Worker, private_memory
+from berth.worker.process import EXIT_APP_LOAD_ERROR, Worker, private_memory
 
 BOOT_FAILURES_MAX = 5  # workers dying before they are ready, within BOOT_FAILURE_WINDOW
 BOOT_FAILURE_WINDOW = 60.0
@@ -354,7 +354,7 @@ class Master:
                 continue
             if slot.state == RETIRING and not info.replaced and not self.paused:
                 self.replace(info, f"recycled after {slot.served} requests (--max-requests)")
-            elif slot.state == DRAINING and not info.stopping and not info.replaced:
+            elif slot.state == OUT_OF_SERVICE and not info.stopping and not info.replaced:
                 # the worker put itself out of service (a request overran its deadline)
                 info.replaced = True
                 info.stopping = OVERRAN
@@ -561,7 +561,7 @@ class Master:
                 old.flags.clear()
         last = self.scoreboard.read(info.slot)
         self.scoreboard.clear(info.slot)
-        if not info.stopping and last.state == DRAINING and last.over_deadline:
+        if not info.stopping and last.state == OUT_OF_SERVICE:
             info.stopping = OVERRAN
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)

@@ -19,8 +19,12 @@ MAX_WORKERS = 128  # the cap on --workers (documented)
 MAX_SLOTS = 2 * MAX_WORKERS
 
 # states
-FREE, BOOTING, IDLE, BUSY, DRAINING, RETIRING = range(6)
-STATE_NAMES = ("free", "booting", "idle", "busy", "draining", "retiring")
+# booting: importing the app (not held to --timeout); idle, busy: serving; retiring:
+# --max-requests reached, no new connections (the master starts its replacement, then stops
+# it); out of service: a request overran its deadline (replaced at once, finishes the rest);
+# draining: told to stop (SIGTERM), finishing what is in flight.
+FREE, BOOTING, IDLE, BUSY, DRAINING, RETIRING, OUT_OF_SERVICE = range(7)
+STATE_NAMES = ("free", "booting", "idle", "busy", "draining", "retiring", "out of service")
 
 LINE_SIZE = 96  # bytes kept of the oldest in-flight request's first line
 

@@ -1,0 +1,515 @@
+"""Running the app for requests: the WSGI `Response`, probes, error answers, app threads.
+
+The loop hands each complete request to `Responder.dispatch`: with `--threads 1` the app runs
+right there on the loop thread (inline: no hand-off, the fastest path), otherwise the request
+is queued for the app threads. A request whose body is still streaming in always goes to a
+thread, since the loop must keep reading it.
+
+`answer` runs the app for one request and goes on with the requests already waiting on the
+same connection (pipelining), in order. `call_app` is the WSGI call itself: a list body is
+framed and sent in one piece (the fast path); an iterable is sent part by part. On the loop
+thread an iterable is *paused* when the connection's write-behind queue is full (`pump`), and
+resumed when the client has read it down (`resume`): the loop never waits for a slow reader,
+and the app's iterator stays on the one thread it started on.
+
+Everything that ends a response goes through `conclude`: the iterable's `close()`, the
+`post_request` hook, the access-log line. The loop is reached only through the callbacks the
+worker gives (`LoopSide` below): this room imports nothing above it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from queue import SimpleQueue
+from typing import Protocol
+
+from berth.hooks import RequestView, ResponseView, call_hook, get_hook
+from berth.http.framing import CONTINUE, LAST_CHUNK, DateCache, chunk, error_response, frame
+from berth.http.parser import HttpError, Request
+from berth.worker.connection import HIGH_WATER, LINGER, ClientDisconnected, Connection
+from berth.wsgi import Environs, FileWrapper
+
+PAUSED = object()  # call_app(): the loop goes on with this response when the client reads
+SMALL_JOIN = 64 * 1024  # below this, head and body are joined into one buffer for send()
+# Per-thread counters: counts[ord(status[0]) & 15] is the status class (2 for "2xx": a digit's
+# low nibble, 16 slots whatever the digit), counts[BYTES] the body bytes sent.
+BYTES = 16
+
+
+class LoopSide(Protocol):
+    """What the Responder asks of the loop (`berth/worker/loop.py`)."""
+
+    now: float  # the loop's clock, read once per wake-up
+    accepting: bool
+
+    def to_thread(self, conn: Connection, req) -> None: ...
+    def attend(self, conn: Connection) -> None: ...
+    def post(self, conn: Connection | None) -> None: ...
+    def stop_accepting_for_good(self) -> None: ...
+
+
+class Response:
+    """One response: `start_response`, the `write()` callable, framing and sending."""
+
+    # Defaults live on the class (see Request): per request only five fields are set.
+    status: str | None = None
+    headers: list | None = None
+    head_sent = False
+    chunked = False
+    remaining: int | None = None  # body bytes still allowed by Content-Length
+    sent = 0
+    started = 0.0  # monotonic time the app was called (when the access log needs it)
+    environ: dict | None = None
+    view = None  # what pre_request/post_request hooks receive as `req`
+
+    def __init__(self, responder: Responder, conn: Connection, req: Request, inline: bool):
+        self.responder = responder
+        self.conn = conn
+        self.req = req
+        self.inline = inline
+        self.keep_alive = req.keep_alive and responder.keep_alive
+        self.no_body = req.method == b"HEAD"
+
+    def start_response(self, status: str, headers: list, exc_info=None):
+        if exc_info is not None:
+            try:
+                if self.head_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response() called twice without exc_info")
+        if type(status) is not str:
+            raise TypeError(f"status must be str, not {type(status).__name__}")
+        if type(headers) is not list:
+            raise TypeError(f"headers must be a list, not {type(headers).__name__}")
+        self.status = status
+        self.headers = headers
+        return self.write_callable
+
+    def make_head(self, known_length: int | None) -> bytes:
+        """The response head; decides the framing (length, chunked, or close-delimited)."""
+        status = self.status
+        if status is None:
+            raise AssertionError("the app returned without calling start_response()")
+        head, self.remaining, self.chunked, self.no_body, self.keep_alive, own = frame(
+            self.req.version, status, self.headers, self.keep_alive, self.no_body, known_length)
+        self.head_sent = True
+        return head + self.responder.date.suffixes[own] + b"\r\n"
+
+    def write_callable(self, data: bytes) -> None:
+        """The WSGI `write()` callable. On the loop thread (inline) the app cannot be paused
+        in the middle of its call, so above the write-behind bound the loop waits for the
+        client here, as Gunicorn's sync worker would: memory stays bounded."""
+        self.write(data)
+        conn = self.conn
+        if self.inline and conn.out_size > HIGH_WATER:
+            responder = self.responder
+            conn.wait_for_reader(responder.stall, responder.heartbeat_if_due)
+
+    def write(self, data: bytes) -> None:
+        """Send part of the body (the WSGI `write()` callable, and each item of the iterable)."""
+        if type(data) is not bytes:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(f"response body must be bytes, not {type(data).__name__}")
+            data = bytes(data)
+        # Each part is the app's progress: --timeout measures its silence, not the age of
+        # the response (a stream may run for hours while it keeps producing).
+        if self.inline:
+            self.responder.heartbeat_if_due()
+        else:
+            self.req.progress = time.monotonic()
+        head = b"" if self.head_sent else self.make_head(None)
+        conn = self.conn
+        if self.no_body or not data:
+            if head:
+                conn.send(head, self.inline)
+            return
+        if self.remaining is not None:
+            if len(data) > self.remaining:
+                data = data[:self.remaining]
+            self.remaining -= len(data)
+        self.sent += len(data)
+        if self.chunked:
+            data = chunk(data)
+        if head:
+            if len(data) < SMALL_JOIN:
+                conn.send(head + data, self.inline)
+            else:
+                conn.send(head, self.inline)
+                conn.send(data, self.inline)
+        else:
+            conn.send(data, self.inline)
+
+    def end_body(self) -> bool:
+        """Finish the body; return whether the connection may be kept alive."""
+        if not self.head_sent:
+            self.conn.send(self.make_head(0), self.inline)
+        elif self.chunked and not self.no_body:
+            self.conn.send(LAST_CHUNK, self.inline)
+        if self.remaining and not self.no_body:
+            return False  # less than the promised Content-Length: the client must not wait
+        return self.keep_alive
+
+
+class Responder:
+    """Runs the app for the requests the loop hands over, on the loop thread or the app
+    threads, and sends the responses."""
+
+    def __init__(self, cfg, app, log, access_log, view, *, max_requests: int,
+                 heartbeat_if_due, ready):
+        self.cfg = cfg
+        self.app = app
+        self.log = log
+        self.access_log = access_log
+        self.log_duration = access_log is not None and access_log.needs_duration
+        self.view = view  # what hooks receive as `worker`
+        self.heartbeat_if_due = heartbeat_if_due  # inline progress keeps the loop alive
+        self.ready = ready  # () -> bool: what the readiness probe says
+        self.loop: LoopSide | None = None  # set by the worker once the loop exists
+        self.threads = cfg.threads
+        self.inline = cfg.threads == 1
+        self.keep_alive = cfg.keepalive > 0  # turned off to drain or retire
+        self.stall = max(cfg.keepalive, cfg.header_timeout)  # a reader that reads nothing
+        self.date = DateCache()
+        self.environs = Environs(multithread=cfg.threads > 1, multiprocess=cfg.workers > 1)
+        # probe paths answered without the app: request target -> "ready" | "live"
+        self.probes = {path.encode("latin-1"): kind
+                       for kind, path in (("ready", cfg.ready_path), ("live", cfg.live_path))
+                       if path} or None
+        self.pre_request = get_hook(cfg, "pre_request")
+        self.post_request = get_hook(cfg, "post_request")
+        self.work: SimpleQueue = SimpleQueue()
+        self.busy = [False] * self.threads  # app threads running a request (_app_thread)
+        self.count = iter(range(1, 1 << 62))  # requests answered: next() is atomic (GIL)
+        self.served = 0
+        self.max_requests = max_requests or (1 << 62)
+        # Per-thread counters (no lock, no lost update): responses by status class and body
+        # bytes, summed by the worker's tick for the scoreboard (`totals`).
+        self.local = threading.local()
+        self.stats: list[list[int]] = []
+
+    # -- threads -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """On the loop thread, before it serves: its counters, and the app threads."""
+        self._own_stats()
+        for i in range(self.threads):
+            threading.Thread(target=self._app_thread, args=(i,), name=f"berth-app-{i}",
+                             daemon=True).start()
+
+    def _own_stats(self) -> None:
+        counts = [0] * (BYTES + 1)
+        self.local.counts = counts
+        self.stats.append(counts)
+
+    def totals(self) -> list[int]:
+        return [sum(column) for column in zip(*self.stats)] if self.stats else [0] * (BYTES + 1)
+
+    def busy_threads(self) -> int:
+        return sum(self.busy)
+
+    def _app_thread(self, index: int) -> None:
+        self._own_stats()
+        get = self.work.get
+        busy = self.busy  # one flag per thread (a list store is atomic): no lock, no counter
+        while True:
+            item = get()
+            if item is None:
+                return
+            conn, req = item
+            busy[index] = True
+            try:
+                self.answer(conn, req, False)
+            except BaseException:  # noqa: BLE001 - keep the thread alive
+                self.log.error("unexpected error in app thread:\n%s", traceback.format_exc())
+            busy[index] = False
+
+    def submit(self, conn: Connection, req) -> None:
+        """Queue `req` for an app thread (the loop calls this: `loop.to_thread`)."""
+        self.work.put((conn, req))
+
+    def queued(self) -> int:
+        return self.work.qsize()
+
+    # -- one request after another -------------------------------------------------------------
+
+    def dispatch(self, conn: Connection, req) -> None:
+        """Answer `req` (already `conn.active`): inline, or on an app thread. A request whose
+        body is still streaming in always goes to a thread: the loop must keep reading it."""
+        if self.inline and (type(req) is HttpError or not req.streaming) or (
+                self.probes is not None and type(req) is Request and req.url in self.probes):
+            self.answer(conn, req, True)  # a probe never waits behind the app threads
+        else:
+            self.loop.to_thread(conn, req)
+
+    def answer(self, conn: Connection, req, inline: bool) -> None:
+        """Answer `req` and, while they are already waiting, the requests after it."""
+        if not inline:
+            conn.thread = threading.get_ident()
+        while True:
+            served = next(self.count)  # atomic under the GIL, unlike `+= 1` across threads
+            self.served = served  # (may lag by a request in flight: read by the tick only)
+            if served == self.max_requests:
+                self.retire(inline)
+            if type(req) is HttpError:
+                self.send_error(conn, req, inline)
+                keep = False
+            else:
+                keep = self.call_app(conn, req, inline)
+                if keep is PAUSED:
+                    return
+            req = self.next_request(conn, keep, inline)
+            if req is None:
+                return
+            if inline and (not self.inline or type(req) is not HttpError and req.streaming):
+                self.loop.to_thread(conn, req)  # the app runs on a thread
+                return
+
+    def next_request(self, conn: Connection, keep: bool, inline: bool):
+        """A response is out: return the next waiting request (now active), or None."""
+        loop = self.loop
+        with conn.lock:
+            conn.active = None
+            if keep and not conn.dead and not conn.closing:
+                if conn.pending:
+                    req = conn.pending.popleft()
+                    conn.active = req
+                    if not inline:
+                        req.dispatched = req.progress = loop.now
+                    if type(req) is Request and req.expect_continue:
+                        req.expect_continue = False
+                        conn.lock.release()
+                        try:
+                            conn.send(CONTINUE, inline)
+                        except ClientDisconnected:
+                            pass
+                        finally:
+                            conn.lock.acquire()
+                    return req
+                if conn.eof:
+                    conn.closing = True
+            else:
+                conn.closing = True
+            attend = conn.closing or not conn.reading or conn.parser.current is not None
+        conn.last_active = loop.now
+        if not loop.accepting:
+            attend = True  # the loop re-checks whether to take new connections again
+        if attend:
+            if inline:
+                loop.attend(conn)
+            else:
+                loop.post(conn)
+        return None
+
+    def retire(self, inline: bool) -> None:
+        """--max-requests reached: from this response on, every response closes its
+        connection, and no new connection is taken (the master starts the replacement and
+        then stops this worker; the requests in progress are finished)."""
+        self.keep_alive = False
+        if inline:
+            self.loop.stop_accepting_for_good()
+        else:
+            self.loop.post(None)  # the loop thread does it
+
+    # -- one request -----------------------------------------------------------------------------
+
+    def call_app(self, conn: Connection, req: Request, inline: bool):
+        """Run the app for one request; return keep-alive (bool), or PAUSED when the loop
+        thread goes on with the body once the client has read what is queued."""
+        if self.probes is not None and req.url in self.probes:
+            return self.answer_probe(conn, req, inline)
+        resp = Response(self, conn, req, inline)
+        try:
+            environ = self.environs.for_request(conn.environ, req)
+        except Exception:  # noqa: BLE001 - a target the parser let through: 400, close
+            self.log.debug("cannot make an environ for %r", req.url)
+            self.send_error(conn, HttpError(400, "bad request target"), inline)
+            return False
+        resp.environ = environ
+        if not inline:
+            conn.response = resp
+        if self.pre_request is not None or self.post_request is not None:
+            resp.view = RequestView(environ)
+            call_hook(self.cfg, "pre_request", self.view, resp.view)
+        if self.log_duration:
+            resp.started = time.monotonic()
+        result = None
+        try:
+            result = self.app(environ, resp.start_response)
+            if type(result) is list and not resp.head_sent:
+                body = result[0] if len(result) == 1 else b"".join(result)
+                head = resp.make_head(len(body))
+                if resp.no_body or not body:
+                    conn.send(head, inline)
+                else:
+                    if resp.remaining is not None and len(body) > resp.remaining:
+                        body = body[:resp.remaining]
+                    resp.remaining -= len(body)
+                    resp.sent = len(body)
+                    if len(body) < SMALL_JOIN:
+                        conn.send(head + body, inline)
+                    else:
+                        conn.send(head, inline)
+                        conn.send(body, inline)
+                keep = resp.end_body()
+                if self.post_request is None and not req.streaming:  # a list: nothing to close
+                    # conclude()'s counting and logging, inlined: every request comes here
+                    counts = self.local.counts
+                    counts[ord(resp.status[0]) & 15] += 1
+                    counts[BYTES] += resp.sent
+                    access_log = self.access_log
+                    if access_log is not None:
+                        access_log.lines.append(access_log.format(
+                            environ, resp.status, resp.sent,
+                            time.monotonic() - resp.started if resp.started else 0.0,
+                            resp.headers))
+                    return keep
+            else:
+                keep = self.send_body(resp, result)
+                if keep is PAUSED:
+                    return keep
+        except ClientDisconnected:
+            self.log.debug("client disconnected: %s", request_line(req))
+            keep = False
+        except Exception:  # noqa: BLE001 - the app's error: 500, never a dead worker
+            keep = self.app_error(conn, resp, inline)
+        self.conclude(resp, result)
+        return keep
+
+    def answer_probe(self, conn: Connection, req: Request, inline: bool) -> bool:
+        """Readiness and liveness, answered without the app: ready is 503 once the server is
+        shutting down (SIGTERM, including --shutdown-delay) or this worker drains."""
+        if self.probes[req.url] == "live":
+            status, body = "200 OK", b"live\n"
+        elif not self.ready():
+            status, body = "503 Service Unavailable", b"shutting down\n"
+        else:
+            status, body = "200 OK", b"ready\n"
+        if req.streaming:
+            req.body_stream.discard()
+        resp = Response(self, conn, req, inline)
+        resp.status = status
+        resp.headers = [("Content-Type", "text/plain"), ("Cache-Control", "no-store")]
+        head = resp.make_head(len(body))
+        conn.send(head if resp.no_body else head + body, inline)
+        self.local.counts[ord(status[0]) & 15] += 1
+        return resp.end_body()
+
+    def conclude(self, resp: Response, result) -> None:
+        """The response is over (sent, failed or abandoned): close the iterable, call the
+        post_request hook, count and log it."""
+        self.close_iterable(result)
+        req = resp.req
+        if req.streaming and not req.complete:
+            req.body_stream.discard()
+        if self.post_request is not None:
+            call_hook(self.cfg, "post_request", self.view, resp.view, resp.environ,
+                      ResponseView(resp.status, resp.headers, resp.sent))
+        status = resp.status or "500"
+        counts = self.local.counts
+        counts[ord(status[0]) & 15] += 1
+        counts[BYTES] += resp.sent
+        access_log = self.access_log
+        if access_log is not None:
+            access_log.lines.append(access_log.format(
+                resp.environ, status, resp.sent,
+                time.monotonic() - resp.started if resp.started else 0.0, resp.headers or ()))
+
+    def send_body(self, resp: Response, result):
+        """Send an iterable body (not a list): a real file with sendfile, else part by part."""
+        conn = resp.conn
+        if type(result) is FileWrapper and not resp.head_sent:
+            span = result.sendfile_span()
+            if span is not None:
+                fd, offset, count = span
+                head = resp.make_head(count)  # a known length: framed by Content-Length
+                count = min(count, resp.remaining)
+                conn.send(head, resp.inline)
+                if not resp.no_body and count:
+                    conn.sendfile(fd, offset, count, resp.inline)
+                    resp.sent = count
+                    resp.remaining -= count
+                return resp.end_body()
+        it = iter(result)
+        if resp.inline:
+            return self.pump(resp, result, it)
+        write = resp.write
+        for data in it:
+            if data:
+                write(data)
+        return resp.end_body()
+
+    def pump(self, resp: Response, result, it):
+        """On the loop thread: take body parts from the app while the write-behind queue has
+        room; when it is full, stop (PAUSED) and go on when the client has read it
+        (`resume`). The loop never waits for a slow reader, and the app's iterator stays
+        on the one thread it started on (thread-locals and contextvars stay right)."""
+        conn = resp.conn
+        write = resp.write
+        for data in it:
+            if data:
+                write(data)
+                if conn.out_size > HIGH_WATER:
+                    conn.paused_response = (resp, result, it)
+                    return PAUSED
+        return resp.end_body()
+
+    def resume(self, conn: Connection) -> None:
+        """The client read what was queued (or is gone): go on with a paused response."""
+        resp, result, it = conn.paused_response
+        conn.paused_response = None
+        try:
+            keep = self.pump(resp, result, it)
+            if keep is PAUSED:
+                return
+        except ClientDisconnected:
+            keep = False
+        except Exception:  # noqa: BLE001
+            keep = self.app_error(conn, resp, True)
+        self.conclude(resp, result)
+        req = self.next_request(conn, keep, True)
+        if req is not None:
+            self.dispatch(conn, req)
+
+    def close_iterable(self, result) -> None:
+        if type(result) is list:
+            return
+        close = getattr(result, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                self.log.exception("error closing the app's response iterable")
+
+    # -- errors ----------------------------------------------------------------------------------
+
+    def app_error(self, conn: Connection, resp: Response, inline: bool) -> bool:
+        """The app raised (or broke the protocol): log it, answer 500 if nothing was sent
+        (else the connection just closes). Never a dead worker."""
+        self.log.exception("Error handling request %s", request_line(resp.req))
+        if not resp.head_sent:
+            resp.status = "500 Internal Server Error"
+            resp.headers = []
+            try:
+                head_only = resp.req.method == b"HEAD"
+                conn.send(error_response(500, head_only=head_only, date=self.date), inline)
+            except ClientDisconnected:
+                pass
+        return False
+
+    def send_error(self, conn: Connection, err: HttpError, inline: bool) -> None:
+        """A request berth refuses: its error response, then the connection lingers."""
+        try:
+            conn.send(error_response(err.status, date=self.date), inline)
+        except ClientDisconnected:
+            pass
+        self.local.counts[err.status // 100] += 1
+        conn.lingering = time.monotonic() + LINGER  # read and drop what the client still sends
+
+
+def request_line(req: Request) -> str:
+    """`GET /path HTTP/1.1`, for log lines."""
+    return f"{req.method.decode('latin-1')} {req.url.decode('latin-1')} HTTP/{req.version}"

@@ -1,0 +1,316 @@
+"""One client connection: its state, its write-behind queue and its sending.
+
+Whoever runs the app sends directly while the socket accepts bytes (`send`, `sendfile`); what
+the socket does not take goes to the write-behind queue, which the loop drains when the socket
+is writable (`on_writable`). An app thread with more than HIGH_WATER bytes queued waits until
+the loop has drained it below LOW_WATER, so a slow reader holds at most that much memory per
+connection. On the loop thread (inline) nothing waits: the caller pauses its response instead
+(see `berth/worker/app.py`). Real files go out with `os.sendfile`; their unsent rest is queued
+as (fd, offset, count): no bytes held at all.
+
+Threads touch a connection only under its lock: `active` (the request being answered),
+`pending` (complete requests waiting their turn: pipelining), the queue and its flags. Only
+the loop thread registers, re-arms or closes a socket; an app thread asks it to through
+`loop.post(conn)`. The connection knows its loop only through three names (`LoopSide`): it
+imports nothing of the worker's other rooms.
+
+The states of a connection, and what moves it between them, are drawn in docs/design.md.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import select
+import socket
+import threading
+import time
+from typing import Protocol
+
+HIGH_WATER = 256 * 1024  # write-behind bytes per connection before an app thread waits
+LOW_WATER = 64 * 1024
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+LINGER = 2.0  # seconds an error response's connection reads and drops before it closes
+
+
+class ClientDisconnected(Exception):
+    """The client went away; nothing more can be sent on this connection."""
+
+
+class LoopSide(Protocol):
+    """What a connection asks of the loop that owns it."""
+
+    ep: select.epoll
+
+    def post(self, conn: Connection) -> None:
+        """From an app thread: ask the loop thread to look at `conn`."""
+
+    def forget(self, conn: Connection) -> None:
+        """The connection is closing: the loop drops it."""
+
+
+class FileSegment:
+    """Part of a real file still to be sent with os.sendfile (the fd is our own dup)."""
+
+    __slots__ = ("fd", "offset", "remaining")
+
+    def __init__(self, fd: int, offset: int, remaining: int):
+        self.fd = fd
+        self.offset = offset
+        self.remaining = remaining
+
+
+class Connection:
+    __slots__ = (
+        "response",
+        "thread",
+        "active",
+        "closed",
+        "closing",
+        "cond",
+        "dead",
+        "environ",
+        "eof",
+        "events",
+        "fd",
+        "head_started",
+        "last_active",
+        "lingering",
+        "lock",
+        "loop",
+        "out",
+        "out_size",
+        "parser",
+        "paused_response",
+        "pending",
+        "reading",
+        "sock",
+        "want_write",
+    )
+
+    def __init__(self, sock: socket.socket, environ: dict, now: float, loop: LoopSide):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.environ = environ
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.cond: threading.Condition | None = None
+        self.pending: collections.deque = collections.deque()
+        self.active = None  # the Request (or HttpError) being answered
+        self.out: collections.deque = collections.deque()
+        self.out_size = 0
+        self.want_write = False
+        self.reading = True
+        self.events = EPOLLIN
+        self.closing = False  # close once the current response is out
+        self.dead = False  # the peer is gone: stop writing
+        self.eof = False  # the peer closed its sending side
+        self.closed = False
+        self.last_active = now
+        self.head_started = now  # a new connection must send a head within --header-timeout
+        self.lingering = 0.0  # after an error response: read and drop until then, then close
+        self.paused_response: tuple | None = None  # (Response, iterable, iterator), inline
+        self.response = None  # on an app thread: the Response, for the deadline's 504
+        self.thread = 0  # ident of the app thread answering, for the deadline's stack
+
+    def idle(self) -> bool:
+        """A keep-alive connection between requests: nothing read, queued, sent or answered."""
+        return (self.active is None and not self.pending and not self.out
+                and not self.lingering and not self.head_started and self.parser.current is None)
+
+    # -- sending (any thread) ------------------------------------------------------------------
+
+    def send(self, data: bytes, inline: bool) -> None:
+        """Send now what the socket takes; queue the rest for the loop (bounded, see module)."""
+        with self.lock:
+            if self.dead:
+                raise ClientDisconnected()
+            if not self.out:
+                try:
+                    n = self.sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                except OSError:
+                    self.dead = True
+                    raise ClientDisconnected() from None
+                if n == len(data):
+                    return
+                data = memoryview(data)[n:]
+            self.out.append(data)
+            self.out_size += len(data)
+            self._want_write(inline)
+            if inline or self.out_size <= HIGH_WATER:
+                return
+            # A slow reader: the wait is the client's time, not the app's silence (--timeout)
+            req = self.active
+            if req is not None:
+                req.progress = 0.0
+            if self.cond is None:
+                self.cond = threading.Condition(self.lock)
+            while self.out_size > HIGH_WATER and not self.dead:
+                self.cond.wait()
+            if req is not None:
+                req.progress = time.monotonic()
+            if self.dead:
+                raise ClientDisconnected()
+
+    def sendfile(self, fd: int, offset: int, count: int, inline: bool) -> None:
+        """Send `count` bytes of the real file `fd` from `offset`; queue what the socket does
+        not take as a FileSegment (a dup of the fd, no bytes)."""
+        with self.lock:
+            if self.dead:
+                raise ClientDisconnected()
+            if not self.out:
+                sock_fd = self.fd
+                while count > 0:
+                    try:
+                        n = os.sendfile(sock_fd, fd, offset, min(count, 1 << 30))
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError:
+                        self.dead = True
+                        raise ClientDisconnected() from None
+                    if n == 0:  # the file is shorter than it said
+                        self.dead = True
+                        raise ClientDisconnected()
+                    offset += n
+                    count -= n
+                if count == 0:
+                    return
+            self.out.append(FileSegment(os.dup(fd), offset, count))
+            self._want_write(inline)
+
+    def _want_write(self, inline: bool) -> None:
+        if not self.want_write:
+            self.want_write = True
+            if inline:
+                self.update_events()
+            else:
+                self.loop.post(self)
+
+    def wait_for_reader(self, stall: float, heartbeat) -> None:
+        """Inline only: block until the client has read the queue down to LOW_WATER (or is
+        gone, or has read nothing for `stall` seconds). The loop is alive meanwhile: it calls
+        `heartbeat()` every half second."""
+        poller = select.poll()
+        poller.register(self.fd, select.POLLOUT)
+        waited_since = time.monotonic()
+        while self.out_size > LOW_WATER and not self.dead:
+            heartbeat()
+            if poller.poll(500):
+                self.on_writable()
+                waited_since = self.last_active
+            elif time.monotonic() - waited_since > stall:
+                self.mark_dead()
+                break
+        if self.dead:
+            raise ClientDisconnected()
+
+    # -- the loop thread -----------------------------------------------------------------------
+
+    def on_writable(self) -> bool:
+        """Drain the write-behind queue as far as the socket takes it. Returns True when a
+        paused response should go on (its client read the queue down, or is gone); the loop
+        then resumes it. Otherwise this re-arms or closes the connection itself."""
+        self.last_active = time.monotonic()  # progress, for the stalled-reader deadline
+        with self.lock:
+            out = self.out
+            sock = self.sock
+            try:
+                while out:
+                    item = out[0]
+                    if type(item) is FileSegment:
+                        n = os.sendfile(self.fd, item.fd, item.offset,
+                                        min(item.remaining, 1 << 20))
+                        if n == 0:
+                            raise ConnectionError("file ended early")
+                        item.offset += n
+                        item.remaining -= n
+                        if not item.remaining:
+                            os.close(item.fd)
+                            out.popleft()
+                        continue
+                    n = sock.send(item)
+                    self.out_size -= n
+                    if n == len(item):
+                        out.popleft()
+                    else:
+                        out[0] = memoryview(item)[n:]
+                        break
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                self.dead = True
+            if self.cond is not None and (self.out_size <= LOW_WATER or self.dead):
+                self.cond.notify_all()
+            if self.paused_response is not None and (self.out_size <= LOW_WATER or self.dead):
+                return True
+            if out and not self.dead:
+                return False
+            self.want_write = False
+            done = self.active is None and (self.closing or self.dead)
+        if done:
+            self.close()
+        else:
+            self.update_events()
+        return False
+
+    def mark_dead(self) -> None:
+        """The client is gone (or berth gave up on it): writes fail from now on, and a
+        reader of its streamed body is woken with the error."""
+        with self.lock:
+            self.dead = True
+            if self.cond is not None:
+                self.cond.notify_all()
+        current = self.parser.current
+        if current is not None and current.streaming:
+            current.body_stream.fail(ClientDisconnected("client went away"))
+
+    def set_reading(self, reading: bool) -> None:
+        if self.reading != reading:
+            self.reading = reading
+            self.update_events()
+
+    def update_events(self) -> None:
+        """Re-arm epoll for what the connection waits for now (loop thread only)."""
+        if self.closed:
+            return
+        events = (EPOLLIN if self.reading else 0) | (EPOLLOUT if self.want_write else 0)
+        if events != self.events:
+            ep = self.loop.ep
+            try:
+                ep.modify(self.fd, events)
+            except FileNotFoundError:
+                ep.register(self.fd, events)
+            self.events = events
+
+    def linger(self) -> None:
+        """After an error response: stop sending, read and drop for a moment, then close, so
+        the client reads our response instead of a reset."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close()
+            return
+        self.reading = True
+        self.want_write = False
+        self.update_events()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.forget(self)
+        with self.lock:
+            for item in self.out:
+                if type(item) is FileSegment:
+                    os.close(item.fd)
+            self.out.clear()
+            self.dead = True
+            if self.cond is not None:
+                self.cond.notify_all()
+        try:
+            self.sock.close()
+        except OSError:
+            pass

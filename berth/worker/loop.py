@@ -1,0 +1,506 @@
+"""The worker's event loop: one thread owns every socket.
+
+It accepts connections, reads their bytes into the sans-IO parser (`berth/http/parser.py`),
+and hands each complete request to the Responder (`berth/worker/app.py`): only a complete
+request reaches the app, so a client that trickles its request costs a few KiB here, never a
+thread. It drains write-behind queues when sockets turn writable, takes the app threads'
+requests to look at a connection again (`post`, one eventfd write), and keeps the
+per-connection deadlines (`sweep`): the request head, pauses in a body, idle keep-alive, a
+reader that reads nothing, and the app's silence on an app thread.
+
+Accepting is paused while the app threads have no room (so that idle workers take new
+connections), for a short back-off when the process is out of file descriptors, and for good
+once the worker retires (`--max-requests`) or drains.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import math
+import os
+import select
+import socket
+
+from berth.http.framing import CONTINUE
+from berth.http.parser import HttpError, Request, RequestParser
+from berth.worker.app import Responder
+from berth.worker.connection import ClientDisconnected, Connection
+from berth.wsgi import StreamInput
+
+MAX_PIPELINE = 16  # complete requests queued on one connection before reading pauses
+RECV_SIZE = 64 * 1024
+ACCEPT_BATCH = 4
+# A worker whose queue is full stops accepting so that idle workers take new connections, but
+# never for longer than this: when every worker is saturated, a connection must not starve in
+# the kernel queue while accepted ones are served again and again.
+ACCEPT_PAUSE_MAX = 0.1
+# Out of file descriptors (EMFILE, ENFILE) or kernel memory: accept() fails at once, again and
+# again, while the listener stays readable. Back off for a moment and close the oldest idle
+# keep-alive connections to make room (their clients reconnect: RFC 9112 9.3.1 lets them
+# retry): a quarter of them, at least a few, so a backlog of waiting clients gets in within a
+# few rounds instead of spinning until idle connections time out.
+OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+ACCEPT_BACKOFF = 0.1
+SHED_SHARE = 4
+SHED_MIN = ACCEPT_BATCH
+TICK = 0.5  # seconds between the worker's ticks (heartbeat, deadlines, Date, parent check)
+
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+EPOLL_CLOSED = select.EPOLLHUP | select.EPOLLERR
+
+
+class Loop:
+    def __init__(self, cfg, listeners: list[socket.socket], log, responder: Responder, *,
+                 signal_fd: int, on_signals, on_overrun, on_retire):
+        self.cfg = cfg
+        self.log = log
+        self.responder = responder
+        self.listeners = {s.fileno(): s for s in listeners}
+        self.signal_fd = signal_fd
+        self.on_signals = on_signals  # the process's: the signal pipe is readable
+        self.on_overrun = on_overrun  # (conn, req, now): a request's app is silent too long
+        self.on_retire = on_retire  # --max-requests reached: the process says so
+        self.conns: dict[int, Connection] = {}
+        self.inbox: collections.deque = collections.deque()
+        self.wake_pending = False
+        self.alive = True
+        self.accepting = True
+        self.paused_accepting = 0.0
+        self.accept_resume = 0.0  # no accepting before then (out of file descriptors)
+        self.retiring = False  # --max-requests reached: no new connections
+        self.draining = False  # SIGTERM or an overrun: no new connections, then exit
+        self.refused = self.shed = 0  # accept() failures and shed connections, since logged
+        self.refused_logged = -1.0
+        self.threads = cfg.threads
+        self.body_budget = cfg.body_buffer_size
+        self.timeout = cfg.timeout or math.inf  # --timeout 0: no deadline (as Gunicorn)
+        self.now = 0.0  # the loop's clock, read once per wake-up
+
+    def setup(self) -> None:
+        self.ep = select.epoll()
+        for fd, lsock in self.listeners.items():
+            lsock.setblocking(False)
+            self.ep.register(fd, EPOLLIN | select.EPOLLEXCLUSIVE)
+        self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.ep.register(self.wake_fd, EPOLLIN)
+        self.ep.register(self.signal_fd, EPOLLIN)
+
+    def run(self, tick, monotonic) -> None:
+        """Until `alive` turns false: wait for events, handle them, call `tick(now)` every
+        TICK seconds."""
+        poll = self.ep.poll
+        conns = self.conns
+        listeners = self.listeners
+        wake_fd = self.wake_fd
+        signal_fd = self.signal_fd
+        on_readable = self.on_readable
+        next_tick = monotonic() + TICK
+        while self.alive:
+            # while accepting is paused, wake up soon enough to take it up again
+            events = poll(TICK if self.accepting or self.retiring else ACCEPT_PAUSE_MAX)
+            self.now = now = monotonic()
+            for fd, ev in events:
+                conn = conns.get(fd)
+                if conn is not None:
+                    try:
+                        if ev & EPOLLIN:
+                            on_readable(conn, now)
+                        elif ev & EPOLL_CLOSED:
+                            self.on_hangup(conn)
+                        if ev & EPOLLOUT and not conn.closed and conn.on_writable():
+                            self.responder.resume(conn)
+                    except Exception:
+                        self.log.exception("internal error on a connection; closing it")
+                        conn.mark_dead()
+                        if conn.active is None:
+                            conn.close()
+                elif fd in listeners:
+                    self.accept(listeners[fd], now)
+                elif fd == wake_fd:
+                    self.on_wake()
+                elif fd == signal_fd:
+                    self.on_signals()
+            if not self.accepting and self.may_accept_again(now):
+                self.set_accepting(True)
+            if now >= next_tick:
+                next_tick = now + TICK
+                tick(now)
+
+    # -- accepting -----------------------------------------------------------------------------
+
+    def accept(self, lsock: socket.socket, now: float) -> bool:
+        """Accept a few connections; return whether more may be waiting."""
+        # A few per wake-up: a burst of connections then spreads over the workers instead of
+        # all landing in the one that woke first.
+        environs = self.responder.environs
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, addr = lsock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return False
+            except OSError as exc:
+                if exc.errno in OUT_OF_RESOURCES:
+                    self.out_of_descriptors(exc, now)
+                else:
+                    self.log.warning("accept failed: %s", exc)
+                return False
+            sock.setblocking(False)
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                environ = environs.for_connection(sock.getsockname(), addr)
+            else:
+                environ = environs.for_connection(None, None)
+            conn = Connection(sock, environ, now, self)
+            conn.parser = self._make_parser(conn)
+            self.conns[conn.fd] = conn
+            self.ep.register(conn.fd, EPOLLIN)
+        return True
+
+    def _make_parser(self, conn: Connection) -> RequestParser:
+        cfg = self.cfg
+
+        def stream_factory(req: Request) -> StreamInput:
+            return StreamInput(req.body, cfg.body_buffer_size, lambda: self.post(conn))
+
+        return RequestParser(cfg.limit_request_line, cfg.limit_request_fields,
+                             cfg.limit_request_field_size, cfg.body_buffer_size, stream_factory)
+
+    def out_of_descriptors(self, exc: OSError, now: float) -> None:
+        """accept() failed for want of a file descriptor (or kernel memory). Degrade, never
+        spin: close the oldest idle keep-alive connections to make room, stop polling the
+        listeners for a short back-off, and say so at most once a second, with a count."""
+        self.refused += 1
+        idle = sorted((c for c in self.conns.values() if c.idle()),
+                      key=lambda c: c.last_active)
+        shed = idle[:max(SHED_MIN, len(idle) // SHED_SHARE)]
+        for conn in shed:
+            conn.close()
+        self.shed += len(shed)
+        if now - self.refused_logged >= 1.0:
+            self.log.warning("accept failed: %s (%d times); closed %d idle keep-alive "
+                             "connections (the oldest) to make room; %d connections open",
+                             exc.strerror, self.refused, self.shed, len(self.conns))
+            self.refused_logged = now
+            self.refused = self.shed = 0
+        self.accept_resume = now + ACCEPT_BACKOFF
+        self.set_accepting(False)
+
+    def may_accept_again(self, now: float) -> bool:
+        """Accepting is paused: take it up again once the back-off after running out of file
+        descriptors is over and the app threads have room, or have had the pause's maximum."""
+        return now >= self.accept_resume and (
+            not self.responder.queued() or now - self.paused_accepting > ACCEPT_PAUSE_MAX)
+
+    def set_accepting(self, accepting: bool) -> None:
+        """Take new connections only while this worker has app threads to spare, so that the
+        others take them (the kernel queue holds them meanwhile): connections spread by
+        capacity, not by which worker woke first."""
+        if accepting == self.accepting or self.draining or self.retiring:
+            return
+        self.accepting = accepting
+        self.paused_accepting = self.now
+        for fd in self.listeners:
+            if accepting:
+                self.ep.register(fd, EPOLLIN | select.EPOLLEXCLUSIVE)
+            else:
+                self.ep.unregister(fd)
+
+    def stop_accepting_for_good(self) -> None:
+        """--max-requests reached: no new connection, and the idle ones are closed (their
+        clients go to the other workers); what is in progress is finished."""
+        if self.retiring or self.draining:
+            return
+        self.set_accepting(False)
+        self.retiring = True
+        for conn in [c for c in self.conns.values() if c.idle()]:
+            conn.close()
+        self.on_retire()
+
+    def stop_listening(self, take_backlog: bool) -> None:
+        """Drain: take what already waits in the kernel's queue (unless retiring: its
+        replacement takes them), then close the listeners and keep-alive."""
+        self.draining = True
+        self.responder.keep_alive = False
+        take_backlog = take_backlog and not self.retiring
+        for fd, lsock in list(self.listeners.items()):
+            while take_backlog and self.accept(lsock, self.now):
+                pass
+            if self.accepting:
+                self.ep.unregister(fd)
+            lsock.close()
+        self.listeners.clear()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def on_readable(self, conn: Connection, now: float) -> None:
+        try:
+            data = conn.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if conn.lingering:
+            if not data:
+                conn.close()
+            return
+        if not data:
+            self.on_eof(conn)
+            return
+        conn.last_active = now
+        parser = conn.parser
+        try:
+            parser.feed(data)
+        except HttpError as err:
+            self.reject(conn, err)
+            return
+        if parser.in_head:
+            if not conn.head_started:
+                conn.head_started = now
+        else:
+            conn.head_started = 0.0
+            current = parser.current
+            if current is not None:
+                if current.expect_continue:
+                    self.maybe_continue(conn)
+                if current.streaming and current.body_stream.paused:
+                    conn.set_reading(False)
+        ready = parser.ready
+        if ready:
+            with conn.lock:
+                if conn.closing or conn.dead:  # its last response ends the connection
+                    ready.clear()
+                    conn.set_reading(False)
+                    return
+                pending = conn.pending
+                if conn.active is None and not pending and len(ready) == 1:
+                    conn.active = req = ready.pop()  # the common case: one request, idle
+                else:
+                    pending.extend(ready)
+                    ready.clear()
+                    if conn.active is not None:
+                        if self.pipeline_full(pending):
+                            conn.set_reading(False)
+                        return
+                    conn.active = req = pending.popleft()
+            self.responder.dispatch(conn, req)
+
+    def pipeline_full(self, pending: collections.deque) -> bool:
+        """Stop reading a connection whose waiting requests hold too much: at most
+        MAX_PIPELINE requests and one --body-buffer-size of their bodies."""
+        if len(pending) >= MAX_PIPELINE:
+            return True
+        return sum(len(r.body) for r in pending if type(r) is Request) > self.body_budget
+
+    def to_thread(self, conn: Connection, req) -> None:
+        """Queue `req` for an app thread; from now on `sweep` keeps its deadline."""
+        req.dispatched = req.progress = self.now
+        responder = self.responder
+        responder.submit(conn, req)
+        if self.accepting and responder.queued() >= self.threads:
+            self.set_accepting(False)
+
+    def maybe_continue(self, conn: Connection) -> None:
+        """Send `100 Continue` for the request whose body is awaited, once it is next in line."""
+        current = conn.parser.current
+        if current is None or not current.expect_continue:
+            return
+        with conn.lock:
+            if conn.active is not None and conn.active is not current or conn.pending:
+                return  # an earlier response is still going out; asked again when it ends
+            current.expect_continue = False
+        try:
+            conn.send(CONTINUE, True)
+        except ClientDisconnected:
+            pass
+
+    def reject(self, conn: Connection, err: HttpError) -> None:
+        """A request berth refuses: answer it once earlier responses are out, then close."""
+        self.log.debug("bad request from %s: %s", conn.environ.get("REMOTE_ADDR"), err)
+        conn.set_reading(False)
+        current = conn.parser.current
+        if current is not None and current.streaming:  # its reader must not wait for more
+            current.body_stream.fail(ClientDisconnected(f"request refused: {err}"))
+        with conn.lock:
+            conn.pending.extend(conn.parser.ready)
+            conn.parser.ready.clear()
+            if conn.closing or conn.dead:
+                # RFC 9112 9.6: the last response said `Connection: close` (or the client is
+                # gone): nothing more is processed on this connection, not even an error.
+                # (llhttp calls bytes after a `Connection: close` request an error.)
+                end = conn.active is None and not conn.out
+            else:
+                conn.pending.append(err)
+                if conn.active is not None:
+                    return
+                conn.active = req = conn.pending.popleft()
+                end = None
+        if end is None:
+            self.responder.dispatch(conn, req)
+        elif end:
+            conn.close()
+
+    def on_eof(self, conn: Connection) -> None:
+        conn.eof = True
+        conn.set_reading(False)
+        current = conn.parser.current
+        if current is not None and current.streaming:
+            current.body_stream.fail(ClientDisconnected("client closed before the body ended"))
+        with conn.lock:
+            idle = conn.active is None and not conn.pending
+            if idle and conn.out:  # a half-close: the response still goes out, then close
+                conn.closing = True
+                return
+        if idle:
+            if conn.parser.in_head:
+                self.log.debug("client closed with a partial request")
+            conn.close()
+
+    def on_hangup(self, conn: Connection) -> None:
+        conn.mark_dead()
+        if conn.paused_response is not None:
+            self.responder.resume(conn)  # fails at once: closes the iterable, logs, closes
+            return
+        with conn.lock:
+            idle = conn.active is None
+        if idle:
+            conn.close()
+        elif conn.events:
+            conn.reading = False
+            conn.want_write = False
+            conn.update_events()
+
+    # -- what app threads ask ------------------------------------------------------------------
+
+    def post(self, conn: Connection | None) -> None:
+        """From an app thread: ask the loop to look at `conn` (see `attend`); None asks it to
+        stop accepting for good (`--max-requests` reached)."""
+        self.inbox.append(conn)
+        if not self.wake_pending:
+            self.wake_pending = True
+            os.eventfd_write(self.wake_fd, 1)
+
+    def on_wake(self) -> None:
+        try:
+            os.eventfd_read(self.wake_fd)
+        except BlockingIOError:
+            pass
+        self.wake_pending = False
+        inbox = self.inbox
+        while inbox:
+            conn = inbox.popleft()
+            if conn is None:
+                self.stop_accepting_for_good()
+            else:
+                self.attend(conn)
+
+    def attend(self, conn: Connection) -> None:
+        """Bring the loop's view of `conn` up to date after an app thread changed it."""
+        if conn.closed:
+            return
+        with conn.lock:
+            idle = conn.active is None
+            flushed = not conn.out
+            end = idle and (conn.dead or (conn.closing and flushed))
+        if end:
+            if conn.lingering and not conn.dead:
+                conn.linger()
+            else:
+                conn.close()
+            return
+        if idle and conn.closing:
+            conn.update_events()  # writes still queued: closed when they are out
+            return
+        reading = not conn.eof and not conn.dead and not self.pipeline_full(conn.pending)
+        current = conn.parser.current
+        if current is not None and current.streaming and current.body_stream.paused:
+            reading = False
+        conn.reading = reading and not conn.lingering
+        conn.update_events()
+        if idle and current is not None and current.expect_continue:
+            self.maybe_continue(conn)
+
+    def forget(self, conn: Connection) -> None:
+        """`Connection.close()` tells the loop: no more events, no more sweeps."""
+        try:
+            self.ep.unregister(conn.fd)
+        except (FileNotFoundError, ValueError, OSError):
+            pass
+        self.conns.pop(conn.fd, None)
+
+    # -- deadlines -----------------------------------------------------------------------------
+
+    def sweep(self, now: float) -> tuple[int, Request | None]:
+        """Every tick: each connection's deadlines. Returns the requests in flight and the
+        oldest one on an app thread (for the scoreboard)."""
+        cfg = self.cfg
+        header_timeout = cfg.header_timeout
+        keepalive = cfg.keepalive
+        write_stall = max(keepalive, header_timeout)
+        in_flight = 0
+        oldest: Request | None = None
+        for conn in list(self.conns.values()):
+            active = conn.active
+            if active is not None and type(active) is Request:
+                in_flight += 1
+                if active.dispatched:  # on an app thread: the loop keeps its deadline
+                    if now - silent_since(active, now) > self.timeout:
+                        if not active.overran:
+                            active.overran = True
+                            self.on_overrun(conn, active, now)
+                        continue
+                    if oldest is None or active.dispatched < oldest.dispatched:
+                        oldest = active
+            if conn.lingering:
+                if now > conn.lingering:
+                    conn.close()
+                continue
+            if conn.out and now - conn.last_active > write_stall:
+                # a client that reads nothing of its response for that long
+                self.log.debug("client stopped reading its response; closing")
+                conn.mark_dead()
+                if conn.paused_response is not None:
+                    self.responder.resume(conn)
+                elif conn.active is None:
+                    conn.close()
+                continue
+            if conn.active is not None or conn.pending:
+                current = conn.parser.current
+                if (current is not None and current.streaming
+                        and now - conn.last_active > header_timeout):
+                    self.log.debug("request body stalled; closing")
+                    current.body_stream.fail(ClientDisconnected("request body timed out"))
+                    conn.mark_dead()
+                continue
+            if conn.out:
+                continue
+            parser = conn.parser
+            if conn.head_started:
+                if now - conn.head_started > header_timeout:
+                    if parser.in_head:
+                        self.reject(conn, HttpError(408, "request head timed out"))
+                    else:
+                        conn.close()
+            elif parser.current is not None:
+                if now - conn.last_active > header_timeout:
+                    self.reject(conn, HttpError(408, "request body timed out"))
+            elif self.draining or self.retiring or now - conn.last_active > keepalive:
+                conn.close()
+        return in_flight, oldest
+
+
+def silent_since(req: Request, now: float) -> float:
+    """Since when the app answering `req` has been silent: its last body part (or its
+    dispatch), not counting the time it waits for the client, a slow reader (`progress` is
+    0 then) or a slow upload it reads."""
+    since = req.progress
+    if not since:
+        return now
+    if req.streaming:
+        stream = req.body_stream
+        if stream.waiting:
+            return now
+        if stream.woke > since:
+            return stream.woke
+    return since

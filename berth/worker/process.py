@@ -1,0 +1,310 @@
+"""A worker process's life: start, signals, heartbeat, deadline overruns, drain, exit.
+
+`Worker.run()` is the worker's main. It loads the app (unless the master preloaded it), puts
+together the loop (`loop.py`) and the Responder that runs the app (`app.py`), says "ready" to
+the master, and runs the loop until the worker is told to stop or drains.
+
+Twice a second the loop calls `tick`: the worker writes its scoreboard slot (the heartbeat the
+master watches, with its state, counters and RSS: a memory store, no file), flushes the access
+log, checks that its master still lives, and has the loop sweep its deadlines. A request whose
+app is silent past `--timeout` on an app thread cannot be stopped: its stack is logged, it is
+answered 504 (or its connection closed), and the worker takes itself out of service; the
+master starts its replacement at once, and this worker finishes the rest and exits.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import faulthandler
+import os
+import resource
+import signal
+import sys
+import time
+import traceback
+
+from berth.hooks import WorkerView, call_hook
+from berth.http.framing import error_response
+from berth.logs import setup_error_log
+from berth.scoreboard import (
+    BOOTING,
+    BUSY,
+    DRAINING,
+    IDLE,
+    OUT_OF_SERVICE,
+    RETIRING,
+    Scoreboard,
+    Slot,
+)
+from berth.worker.app import BYTES, Responder, request_line
+from berth.worker.loop import TICK, Loop, silent_since
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+EXIT_APP_LOAD_ERROR = 4  # as Gunicorn: the app could not be loaded; the master stops
+
+
+class Worker:
+    def __init__(self, cfg, listeners: list, app, log, access_log,
+                 ready_fd: int | None, load_app=None, scoreboard: Scoreboard | None = None,
+                 slot: int = 0, generation: int = 0, max_requests: int = 0,
+                 view=None, server=None):
+        self.cfg = cfg
+        self.listeners = listeners
+        self.app = app
+        self.load_app = load_app
+        self.log = log
+        self.access_log = access_log
+        self.ready_fd = ready_fd
+        self.max_requests = max_requests
+        self.alive = True
+        self.ppid = os.getppid()
+        self.drain_deadline = 0.0
+        self.scoreboard = scoreboard
+        self.slot = Slot(generation=generation, state=BOOTING)
+        self.slot_index = slot
+        self.statm = -1
+        self.view = view if view is not None else WorkerView(cfg, log, pid=os.getpid())
+        self.server = server
+        self.last_tick = self.max_tick_gap = 0.0
+        self.responder: Responder | None = None
+        self.loop: Loop | None = None
+
+    # -- start and exit ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """The worker's main: never returns (the process exits)."""
+        code = 0
+        try:
+            self._setup_process()
+            self.beat(BOOTING)  # booting (importing the app) does not count against --timeout
+            if self.app is None:
+                try:
+                    self.app = self.load_app()
+                except BaseException:  # noqa: BLE001 - any failure to load is fatal
+                    sys.stderr.write(traceback.format_exc())
+                    sys.stderr.flush()
+                    self.log.error("worker %d: the app failed to load; stopping", os.getpid())
+                    os._exit(EXIT_APP_LOAD_ERROR)
+            self.view.app = self.app
+            self.view.booted = True
+            call_hook(self.cfg, "post_worker_init", self.view)
+            self._assemble()
+            self.slot.uss = private_memory()
+            self.beat(IDLE)
+            self.last_tick = time.monotonic()
+            if self.ready_fd is not None:
+                os.write(self.ready_fd, os.getpid().to_bytes(4, "little"))
+            self.loop.run(self.tick, time.monotonic)
+        except BaseException:  # noqa: BLE001
+            self.log.error("worker %d crashed:\n%s", os.getpid(), traceback.format_exc())
+            code = 1
+        finally:
+            self.log.debug("worker %d: longest gap between heartbeats %.3f s (every %.1f s "
+                           "when idle)", os.getpid(), self.max_tick_gap, TICK)
+            self.view.alive = False
+            call_hook(self.cfg, "worker_exit", self.server, self.view)
+            if self.access_log is not None:
+                self.access_log.close()
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(code)
+
+    def _setup_process(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+                    signal.SIGUSR1, signal.SIGCHLD, signal.SIGWINCH, signal.SIGTTIN,
+                    signal.SIGTTOU):
+            signal.signal(sig, signal.SIG_DFL)
+        try:  # die with the master (Linux), checked by getppid() as well
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() != self.ppid:
+            os._exit(0)
+        self._sig_r, self._sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._sig_w, warn_on_full_buffer=False)
+        self._signals: collections.deque = collections.deque()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGWINCH, signal.SIG_IGN)
+        # A silent worker: the master sends SIGUSR2 (every thread's stack to stderr, written
+        # by faulthandler from C, so it works while Python code is stuck), then SIGABRT (the
+        # worker_abort path, if the main thread still runs Python), then SIGKILL.
+        faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True, chain=False)
+        signal.signal(signal.SIGABRT, self._on_abort)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file on overlay disk
+        try:
+            self.statm = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.statm = -1
+
+    def _assemble(self) -> None:
+        """The Responder that runs the app, and the loop that feeds it."""
+        self.responder = responder = Responder(
+            self.cfg, self.app, self.log, self.access_log, self.view,
+            max_requests=self.max_requests, heartbeat_if_due=self.heartbeat_if_due,
+            ready=self.ready)
+        self.loop = loop = Loop(self.cfg, self.listeners, self.log, responder,
+                                signal_fd=self._sig_r, on_signals=self.on_signals,
+                                on_overrun=self.overrun, on_retire=lambda: self.beat(RETIRING))
+        responder.loop = loop
+        loop.setup()
+        responder.start()
+
+    # -- signals -------------------------------------------------------------------------------
+
+    def _on_signal(self, signum, frame) -> None:
+        self._signals.append(signum)
+
+    def _on_abort(self, signum, frame) -> None:
+        self.log.error("worker %d aborted: its loop was silent past --timeout", os.getpid())
+        call_hook(self.cfg, "worker_abort", self.view)
+        if self.access_log is not None:
+            self.access_log.close(timeout=0.2)
+        os._exit(1)
+
+    def on_signals(self) -> None:
+        try:
+            while os.read(self._sig_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+        while self._signals:
+            sig = self._signals.popleft()
+            if sig == signal.SIGTERM:
+                self.start_drain()
+            elif sig in (signal.SIGINT, signal.SIGQUIT):
+                call_hook(self.cfg, "worker_int", self.view)
+                self.loop.alive = False
+            elif sig == signal.SIGUSR1:
+                setup_error_log(self.cfg.errorlog, self.cfg.loglevel)  # (the same logger)
+                if self.access_log is not None:
+                    self.access_log.reopen()
+
+    # -- heartbeat -----------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """What the readiness probe says: not once the server or this worker stops."""
+        return not (self.loop.draining or (self.scoreboard is not None
+                                           and self.scoreboard.shutting_down))
+
+    def heartbeat_if_due(self) -> None:
+        """The app runs on the loop thread (inline) and made progress (a body part, a client
+        that read): the loop is not silent, whatever the age of the response."""
+        if time.monotonic() - self.slot.heartbeat >= TICK:
+            self.beat()
+
+    def beat(self, state: int | None = None) -> None:
+        """Write this worker's scoreboard slot: the heartbeat and what the master reads."""
+        if self.scoreboard is None:
+            return
+        slot = self.slot
+        if state is not None:
+            slot.state = state
+        slot.pid = os.getpid()
+        slot.heartbeat = time.monotonic()
+        responder = self.responder
+        if responder is not None:
+            slot.served = responder.served
+            totals = responder.totals()
+            slot.status_2xx, slot.status_3xx, slot.status_4xx, slot.status_5xx = totals[2:6]
+            slot.bytes_sent = totals[BYTES]
+            slot.busy_threads = responder.busy_threads()
+        if self.statm >= 0:
+            try:
+                slot.rss = int(os.pread(self.statm, 64, 0).split()[1]) * PAGE_SIZE
+            except (OSError, IndexError, ValueError):
+                pass
+        self.scoreboard.write(self.slot_index, slot)
+
+    def tick(self, now: float) -> None:
+        """Twice a second, from the loop: Date, access log, parent, deadlines, heartbeat,
+        and the end of a drain."""
+        gap = now - self.last_tick
+        if gap > self.max_tick_gap:
+            self.max_tick_gap = gap  # how late the loop got to its heartbeat (logged at exit)
+        self.last_tick = now
+        responder = self.responder
+        responder.date.refresh()
+        if self.access_log is not None:
+            self.access_log.flush()
+        loop = self.loop
+        if os.getppid() != self.ppid:
+            self.log.info("worker %d: the master is gone; exiting", os.getpid())
+            loop.alive = False
+            return
+        in_flight, oldest = loop.sweep(now)
+        slot = self.slot
+        slot.in_flight = in_flight
+        slot.oldest_start = oldest.dispatched if oldest is not None else 0.0
+        slot.oldest_line = request_line(oldest) if oldest is not None else ""
+        state = slot.state
+        if state == IDLE or state == BUSY:
+            state = BUSY if in_flight else IDLE
+        self.beat(state)
+        if loop.draining:
+            busy = slot.busy_threads
+            # (an app thread whose connection berth ended, e.g. past its deadline, is waited
+            # for too: its iterable's close() runs when the app's blocked call returns)
+            if not loop.conns and not busy:
+                loop.alive = False
+            elif now > self.drain_deadline:
+                self.log.warning("worker %d: graceful timeout; closing %d connections, %d app "
+                                 "threads still busy", os.getpid(), len(loop.conns), busy)
+                loop.alive = False
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    def overrun(self, conn, req, now: float) -> None:
+        """A request's app was silent past --timeout on an app thread. Threads cannot be
+        stopped: log its stack, answer 504 if nothing was sent (else just close), and put this
+        worker out of service: the master starts a replacement at once, this worker finishes
+        the rest."""
+        self.slot.over_deadline += 1
+        frame = sys._current_frames().get(conn.thread)
+        stack = "".join(traceback.format_stack(frame)) if frame is not None else "(gone)\n"
+        self.log.error("request over its deadline (silent for %.1f s, --timeout %g): %s; the "
+                       "stack of its thread:\n%s", now - silent_since(req, now),
+                       self.cfg.timeout, request_line(req), stack.rstrip())
+        with conn.lock:
+            resp = conn.response
+            answer = (resp is None or not resp.head_sent) and not conn.out and not conn.dead
+            conn.dead = True  # the app thread's writes fail from now on
+        if answer:
+            try:
+                conn.sock.send(error_response(504, date=self.responder.date))
+            except OSError:
+                pass
+        conn.close()
+        if not self.loop.draining:
+            self.start_drain(take_backlog=False, state=OUT_OF_SERVICE)
+
+    def start_drain(self, take_backlog: bool = True, state: int = DRAINING) -> None:
+        """Stop accepting (after taking what already waits in the backlog), finish what is in
+        flight, close idle keep-alive connections, then exit."""
+        loop = self.loop
+        if loop.draining:
+            return
+        self.drain_deadline = time.monotonic() + self.cfg.graceful_timeout
+        loop.stop_listening(take_backlog)
+        self.slot.state = state
+        self.tick(time.monotonic())
+
+
+def private_memory() -> int:
+    """Bytes of memory only this process uses (USS: private clean + dirty pages), read once
+    when the worker is ready: with --preload the rest is shared with the master."""
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            total = 0
+            for line in f:
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    total += int(line.split()[1]) * 1024
+            return total
+    except (OSError, ValueError, IndexError):
+        return 0
