@@ -100,13 +100,44 @@ def test_chunked_on_http10_is_400():
     assert status_of(raw) == 400
 
 
-@pytest.mark.parametrize("version", [b"2.0", b"1.2", b"0.9"])
-def test_other_versions_are_505_or_400(version):
-    assert status_of(b"GET / HTTP/" + version + b"\r\nHost: h\r\n\r\n") in (505, 400)
+@pytest.mark.parametrize("version", [b"2.0", b"1.2", b"0.9", b"3.7", b"9.9", b"0.0"])
+def test_a_well_formed_version_berth_does_not_speak_is_505(version):
+    assert status_of(b"GET / HTTP/" + version + b"\r\nHost: h\r\n\r\n") == 505
 
 
 def test_http2_in_an_http1_request_line_is_505():
     assert status_of(b"GET / HTTP/2.0\r\nHost: h\r\n\r\n") == 505
+
+
+# A request line that is not `method SP target SP HTTP/d.d` is the client's error: 400, never
+# 505 (which monitoring counts as a server error). llhttp reads a line without a version as
+# HTTP/0.9, so these reached the 505 rule before.
+@pytest.mark.parametrize("line", [
+    b"GET /",                       # no version
+    b"POST /upload0HTTP/1.1",       # no space before the version
+    b"GET / HTTP/1.1x",             # garbage after the version
+    b"GET / HTTP/11.1",             # two-digit major
+    b"GET / HTTP/1.",               # no minor
+    b"GET / HTTP/1",                # no dot
+    b"GET / http/1.1",              # lower-case protocol name
+    b"GET / FOO/1.1",               # another protocol name
+    b"GET / HTTP/1.1 extra",        # a fourth field
+    b"GET / HTTP/1.1\x00",          # a control byte
+])
+def test_a_malformed_request_line_is_400_not_505(line):
+    assert status_of(line + b"\r\nHost: h\r\n\r\n") == 400
+
+
+def test_a_line_without_version_and_no_headers_is_400():
+    assert status_of(b"GET /\r\n\r\n") == 400
+
+
+def test_a_malformed_request_line_fed_byte_by_byte_is_still_400():
+    p = RequestParser()
+    with pytest.raises(HttpError) as info:
+        for b in b"POST /upload0HTTP/1.1\r\nHost: h\r\n\r\n":
+            p.feed(bytes([b]))
+    assert info.value.status == 400
 
 
 @pytest.mark.parametrize("raw", [

@@ -12,7 +12,9 @@ The rules it leaves to the server are enforced here, following RFC 9112:
   - HTTP/1.1 without exactly one Host → 400 (§3.2);
   - a transfer coding other than plain `chunked` (e.g. `gzip, chunked`) → 501 (§6.1);
   - chunked on HTTP/1.0 → 400 (§6.1: a 1.0 message has no chunked framing);
-  - versions other than 1.0/1.1 → 505;
+  - a request line that is not `method SP target SP HTTP/d.d` → 400 (the client's error);
+    a well-formed `HTTP/d.d` other than 1.0/1.1 → 505 (RFC 9110 §15.6.6). llhttp checks the
+    version's form and berth its value (llhttp's own list would answer 400 to HTTP/1.2);
   - header names with `_` are dropped: `X_Forwarded_For` and `X-Forwarded-For` both become
     `HTTP_X_FORWARDED_FOR` in WSGI, so a client could spoof a proxy's header (as nginx and
     Gunicorn >= 22 do by default);
@@ -54,6 +56,9 @@ def header_info(name: bytes) -> tuple[str, int]:
         if len(_header_info) < 4096:
             _header_info[name] = info
     return info
+
+
+NO_VERSION = "no HTTP version in the request line"
 
 
 class HttpError(Exception):
@@ -133,6 +138,9 @@ class RequestParser:
         self.ready: list[Request] = []
         self.in_head = False
         self._parser = httptools.HttpRequestParser(self)
+        # llhttp still checks that the version is HTTP/d.d; which d.d berth serves is decided
+        # in on_headers_complete, so that HTTP/1.2 gets 505 and a mangled line 400.
+        self._parser.set_dangerous_leniencies(lenient_version=True)
         self.current: Request | None = None  # the request whose head or body is arriving
         self._url = b""
         self._body: list[bytes] = []
@@ -164,6 +172,9 @@ class RequestParser:
         except httptools.HttpParserCallbackError as exc:
             err = self._error or exc.__context__
             if isinstance(err, HttpError):
+                if err.detail is NO_VERSION and self._url and (
+                        b" " + self._url + b" HTTP/0.9\r") in data:
+                    err = HttpError(505, "HTTP/0.9 not supported")
                 raise err from None
             raise
         except httptools.HttpParserInvalidMethodError:
@@ -224,6 +235,11 @@ class RequestParser:
         parser = self._parser
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
+            if version == "0.9":
+                # llhttp reads a request line without a version ("GET /", "POST /x0HTTP/1.1")
+                # as HTTP/0.9: a malformed line, 400. feed() turns it into 505 when the bytes
+                # show an explicit "HTTP/0.9".
+                raise self._fail(400, NO_VERSION)
             raise self._fail(505, f"HTTP/{version} not supported")
         if self._hosts != 1 and (version == "1.1" or self._hosts > 1):
             raise self._fail(400, "missing Host header" if not self._hosts
