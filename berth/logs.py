@@ -114,6 +114,19 @@ def _basic_user(environ: dict) -> str:
     return "-"
 
 
+def _environ_value(environ: dict, name: str):
+    """`{name}e`: the request's WSGI environ entry, its name matched without regard to case
+    (as Gunicorn does: `{remote_addr}e` is REMOTE_ADDR)."""
+    for key in (name, name.upper(), name.lower()):
+        if key in environ:
+            return environ[key]
+    name = name.lower()
+    for key, value in environ.items():
+        if key.lower() == name:
+            return value
+    return "-"
+
+
 def _response_header(headers: list, name: str) -> str:
     for key, value in headers:
         if key.lower() == name:
@@ -232,7 +245,7 @@ def compile_access_format(fmt: str):
         elif atom.startswith("{") and atom.endswith("}o"):
             expr = f"_response_header(headers, {atom[1:-2].lower()!r})"
         elif atom.startswith("{") and atom.endswith("}e"):
-            expr = f"_os_environ.get({atom[1:-2]!r}, '-')"
+            expr = f"_environ_value(e, {atom[1:-2]!r})"
         else:
             expr = "'-'"
         values.append(expr)
@@ -257,7 +270,7 @@ def compile_access_format(fmt: str):
         "            return data\n"
         f"    return ({''.join(escaped)!r} % ({escaped_args})).encode('utf-8', 'replace')\n")
     namespace = {"_Clock": _Clock, "_basic_user": _basic_user, "_pid": os.getpid,
-                 "_response_header": _response_header, "_os_environ": os.environ,
+                 "_response_header": _response_header, "_environ_value": _environ_value,
                  "_time": time.time, "_esc": escape, "_PLAIN_BYTES": _PLAIN_BYTES,
                  "_EXPECTED": expected}
     exec(compile(source, "<access-log-format>", "exec"), namespace)  # noqa: S102

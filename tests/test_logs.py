@@ -95,8 +95,8 @@ def test_path_decoded_newline_and_method_are_escaped():
 
 
 def test_response_header_and_environ_atoms_are_escaped():
-    out = line('%({etag}o)s', environ(), headers=[("ETag", '"abc"')])
-    assert out == '\\"abc\\"'
+    out = line('%({etag}o)s %({x}e)s', environ(x="a\tb"), headers=[("ETag", '"abc"')])
+    assert out == '\\"abc\\" a\\x09b'
 
 
 def test_clean_lines_take_the_same_shape_through_both_paths():
@@ -114,3 +114,13 @@ def test_format_text_that_is_not_plain_is_kept_and_values_still_escaped(fmt):
     assert ok.decode() == fmt.replace("%%", "%").replace("%(s)s", "200").replace(
         "%(a)s", "ua").replace("%(r)s", "GET /a?b=1 HTTP/1.1") + "\n"
     assert b'u\\"a\\x09' in bad
+
+
+def test_environ_atom_is_the_requests_wsgi_environ_in_any_case(monkeypatch):
+    """As Gunicorn: `{var}e` reads the request's environ (not the process environment)."""
+    monkeypatch.setenv("BERTH_TEST_ONLY_IN_OS_ENVIRON", "os")
+    e = environ(HTTP_X_ID="7")
+    e["wsgi.url_scheme"] = "http"
+    out = line("%({remote_addr}e)s %({REMOTE_ADDR}e)s %({http_x_id}e)s %({wsgi.url_scheme}e)s "
+               "%({berth_test_only_in_os_environ}e)s", e)
+    assert out == "10.0.0.7 10.0.0.7 7 http -"
