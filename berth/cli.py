@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import re
 import shlex
 import sys
@@ -353,6 +354,12 @@ def render_config(cfg: Config, everything: bool = False) -> str:
     return "\n".join(f"{f'{n} = {v}':<{width}}  # {s}" for n, v, s in rows)
 
 
+def starting_line() -> str:
+    """The first line berth logs: what is starting (as Gunicorn's "Starting gunicorn 27.0.1")."""
+    return (f"Starting berth {__version__} (Python {platform.python_version()}, "
+            f"{platform.python_implementation()})")
+
+
 def log_start(cfg: Config, log, levels=("info", "warning")) -> None:
     """The start-up lines: the config file, the Gunicorn settings berth ignores, then the
     sizing decision (exactly one line) and its warnings."""
@@ -420,9 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"berth: error: --error-logfile: {exc}", file=sys.stderr)
         return 2
-    log_start(cfg, log)
     if cfg.check_config or cfg.print_config:
+        log_start(cfg, log)
         return check_app(cfg, log)
+    log.info("%s", starting_line())
+    log_start(cfg, log)
     try:
         prepare_environment(cfg)
     except ConfigError as exc:

@@ -325,6 +325,22 @@ def test_error_logfile_receives_server_log_and_app_tracebacks(berth, tmp_path):
     assert wait_for(lambda: "proto-boom-before-start-response" in log.read_text(), timeout=5)
 
 
+def test_first_log_line_names_berths_and_pythons_versions(berth, tmp_path):
+    """As Gunicorn's "Starting gunicorn 27.0.1": the first line says what is starting, even
+    before the config file's and the sizing lines."""
+    import platform
+
+    (tmp_path / "gunicorn.conf.py").write_text("workers = 1\n")
+    srv = berth(["proto_app:app"])
+    version = re.search(r'__version__ = "([^"]+)"',
+                        (ROOT / "berth" / "__init__.py").read_text()).group(1)
+    first = srv.stderr().splitlines()[0]
+    assert re.fullmatch(r"\[[^\]]+\] \[\d+\] \[INFO\] Starting berth (\S+) \(Python (\S+), "
+                        r"(\w+)\)", first), first
+    assert first.endswith(f"Starting berth {version} (Python {platform.python_version()}, "
+                          f"{platform.python_implementation()})"), first
+
+
 def test_log_level_debug_starts(berth):
     srv = berth(["-w", "1", "--log-level", "debug", "proto_app:app"])
     assert http_get(srv.port, "/hello")[2] == HELLO
