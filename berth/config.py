@@ -180,6 +180,13 @@ def refuse_unless(harmless: Callable[[Any], bool], reason: str) -> Callable[[Any
     return convert
 
 
+def header_map(value: Any) -> str:
+    word = str(value).strip().lower()
+    if word not in ("drop", "refuse", "dangerous"):
+        raise ValueError("drop, refuse or dangerous")
+    return word
+
+
 def _is_off(value: Any) -> bool:
     return value is None or value is False or str(value).strip().lower() in (
         "", "off", "false", "none", "0", "no")
@@ -531,17 +538,24 @@ SETTINGS: tuple[Setting, ...] = (
       False, "Accept methods outside Gunicorn's conventional pattern.", None, "store_true",
       status=NOT_YET, note="berth accepts the methods llhttp knows."),
     S("permit_unconventional_http_version", ("--permit-unconventional-http-version",),
-      boolean, False, "Accept HTTP versions other than 1.0 and 1.1.", None, "store_true",
-      status=NOT_YET, note="berth answers other versions with 505."),
+      boolean, False,
+      "Serve any well-formed HTTP/d.d request line, not only HTTP/1.0 and 1.1 (others get "
+      "505). The app sees the version as sent in SERVER_PROTOCOL; the response is HTTP/1.1 "
+      "(HTTP/1.0 below 1.1). HTTP/0.9 is never served.", None, "store_true",
+      note="Gunicorn serves HTTP/1.2 to 1.9 even without it (berth: 505) and echoes the "
+           "request's version in the status line."),
     S("casefold_http_method", ("--casefold-http-method",), boolean, False,
       "Upper-case lower-case request methods.", None, "store_true", status=NOT_YET,
       note="methods are passed as sent."),
     S("forwarder_headers", ("--forwarder-headers",), text, "SCRIPT_NAME,PATH_INFO",
       "Headers a trusted proxy may use to set environ variables.", "STRING", status=NOT_YET,
       note="no forwarded headers are trusted yet."),
-    S("header_map", ("--header-map",), text, "drop",
-      "What to do with header names containing '_': drop, refuse or dangerous.", "STRING",
-      status=NOT_YET, note="berth always drops them (Gunicorn's default, drop)."),
+    S("header_map", ("--header-map",), header_map, "drop",
+      "Header names containing '_' (X_Forwarded_For would become the same environ key as "
+      "X-Forwarded-For): drop them (the default), refuse the request (400), or dangerous: "
+      "map them anyway, joined with the '-' one.", "STRING",
+      note="With dangerous, a SCRIPT_NAME header does not set SCRIPT_NAME (in Gunicorn it "
+           "does): that comes with forwarder_headers."),
     S("root_path", ("--root-path",), text, "",
       "Root path of an ASGI app (Gunicorn's ASGI worker).", "STRING", status=NOT_NEEDED,
       note="ASGI only; for WSGI, set SCRIPT_NAME in the environment."),

@@ -563,8 +563,7 @@ class Worker:
         def stream_factory(req: Request) -> StreamInput:
             return StreamInput(req.body, cfg.body_buffer_size, lambda: self.post(conn))
 
-        return RequestParser(cfg.limit_request_line, cfg.limit_request_fields,
-                             cfg.limit_request_field_size, cfg.body_buffer_size, stream_factory)
+        return RequestParser.for_config(cfg, stream_factory)
 
     def on_readable(self, conn: Connection, now: float) -> None:
         try:
@@ -1110,7 +1109,7 @@ class Worker:
         method = req.method
         environ["REQUEST_METHOD"] = METHODS.get(method) or method.decode("latin-1")
         environ["RAW_URI"], environ["PATH_INFO"], environ["QUERY_STRING"] = target
-        environ["SERVER_PROTOCOL"] = "HTTP/1.1" if req.version == "1.1" else "HTTP/1.0"
+        environ["SERVER_PROTOCOL"] = req.server_protocol
         environ["wsgi.input"] = req.body_stream if req.streaming else io.BytesIO(req.body)
         environ.update(req.headers)
         return environ

@@ -123,6 +123,32 @@ def test_underscore_header_cannot_shadow_dash_header(srv):
     assert env["HTTP_X_FOO"] == "dash"
 
 
+def test_header_map_dangerous_and_unconventional_versions_end_to_end(berth):
+    """Gunicorn's --header-map dangerous maps `_` names anyway; with
+    --permit-unconventional-http-version the app sees HTTP/1.2 as sent, and the answer is
+    an HTTP/1.1 response."""
+    srv = berth(["-w", "1", "--header-map", "dangerous", "--permit-unconventional-http-version",
+                 "proto_app:app"])
+    raw = get_request("/env", version="HTTP/1.2", headers={"X-Foo": "dash", "X_Foo": "under"})
+    with connect(srv.port) as sock:
+        sock.sendall(raw)
+        head = read_head(sock)
+        assert head.startswith(b"HTTP/1.1 200 "), head
+    env, _, _, _ = env_of(srv.port, raw)
+    assert env["SERVER_PROTOCOL"] == "HTTP/1.2"
+    assert env["HTTP_X_FOO"] == "dash,under"
+    env, _, _, _ = env_of(srv.port, get_request("/env", version="HTTP/2.0"))
+    assert env["SERVER_PROTOCOL"] == "HTTP/2.0"
+    assert status_of(send_raw(srv.port, b"GET /env\r\nHost: a\r\n\r\n")[0]) == 400
+
+
+def test_header_map_refuse_answers_400_end_to_end(berth):
+    srv = berth(["-w", "1", "--header-map", "refuse", "proto_app:app"])
+    resp, closed = send_raw(srv.port, get_request("/env", headers={"X_Foo": "under"}))
+    assert status_of(resp) == 400 and closed
+    assert http_get(srv.port, "/hello")[2] == HELLO
+
+
 def test_repeated_headers_are_joined_with_commas(srv):
     raw = (b"GET /env HTTP/1.1\r\nHost: a\r\nX-Multi: a\r\nX-Multi: b\r\n\r\n")
     env, _, _, _ = env_of(srv.port, raw)
