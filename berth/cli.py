@@ -204,6 +204,9 @@ def parse_config(argv: list[str], environ=os.environ, cwd: str | None = None,
     for name, value in env.items():
         cfg.set(name, value, f"env {BY_NAME[name].env_var}")
     _apply(cfg, cli, "cli")
+    if not cfg.is_set("sendfile") and "SENDFILE" in environ:  # as Gunicorn reads it
+        cfg.set("sendfile", environ["SENDFILE"].strip().lower() in ("y", "1", "yes", "true"),
+                "env SENDFILE")
 
     cfg.app_uri = cfg.wsgi_app or ""
     if cfg.app_uri:

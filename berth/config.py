@@ -445,12 +445,12 @@ SETTINGS: tuple[Setting, ...] = (
       "Load the app in the master before forking workers (memory shared copy-on-write, "
       "kept shared with gc.freeze()).", None, "store_true"),
     S("sendfile", ("--no-sendfile",), boolean, True,
-      "Do not use sendfile() for wsgi.file_wrapper responses.", None, "store_false",
-      status=NOT_YET, note="berth always sends real files with sendfile().",
-      default_text="on"),
+      "Do not use sendfile() for wsgi.file_wrapper responses: read the file and send its "
+      "blocks. As with Gunicorn, $SENDFILE (y, 1, yes, true: on; anything else: off) is used "
+      "when the setting is not given.", None, "store_false", default_text="on"),
     S("reuse_port", ("--reuse-port",), boolean, False,
-      "Set SO_REUSEPORT on the listening sockets.", None, "store_true", status=NOT_YET,
-      note="the listeners are bound without SO_REUSEPORT."),
+      "Set SO_REUSEPORT on the TCP listening sockets (another process may then bind the same "
+      "port and share its connections).", None, "store_true"),
     S("chdir", ("--chdir",), text, None,
       "Change to this directory before loading the app.", "DIR",
       default_text="the current directory"),
@@ -482,8 +482,9 @@ SETTINGS: tuple[Setting, ...] = (
       "Run the workers as this group.", "GROUP", status=REFUSED,
       note="accepted when it names the group berth already runs as; otherwise exit 2."),
     S("umask", ("-m", "--umask"), octal_mask, 0,
-      "File mode mask for files berth creates (unix sockets).", "INT", status=NOT_YET,
-      note="berth creates unix sockets with the process umask."),
+      "File mode mask applied while a unix socket is bound (as in Gunicorn: only there, never "
+      "to the process). The default 0 lets every local user connect (mode 0777, as with "
+      "Gunicorn); 0o007 limits it to the owner and group.", "INT", default_text="0"),
     S("initgroups", ("--initgroups",), boolean, False,
       "Set the workers' supplementary groups from --user.", None, "store_true",
       status=NOT_YET, note="--user is not implemented."),

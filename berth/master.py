@@ -98,7 +98,7 @@ class Master:
         cfg = self.cfg
         call_hook(cfg, "on_starting", self.server)
         for addr in cfg.bind:
-            self.listeners.append(create_listener(addr, cfg.backlog))
+            self.listeners.append(create_listener(addr, cfg.backlog, cfg.reuse_port, cfg.umask))
         if cfg.preload_app:
             try:
                 self.app = self.load_app()

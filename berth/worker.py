@@ -1011,7 +1011,7 @@ class Worker:
 
     def send_iterable(self, resp: Response, result):
         conn = resp.conn
-        if type(result) is FileWrapper and not resp.head_sent:
+        if type(result) is FileWrapper and not resp.head_sent and self.cfg.sendfile:
             span = result.sendfile_span()
             if span is not None:
                 fd, offset, count = span

@@ -311,7 +311,7 @@ GUNICORN_DOCKERFILE_FLAGS = [
     "--limit-request-fields", "50", "--limit-request-field_size", "4096", "--backlog", "64",
     "--preload", "--chdir", "/", "--pythonpath", "/srv", "-e", "A=B", "--forwarded-allow-ips",
     "*", "--proxy-protocol", "off", "--reuse-port", "--umask", "0o22", "--capture-output",
-    "--statsd-host", "localhost:8125", "--name", "web", "--reload", "--spew",
+    "--statsd-host", "localhost:8125", "--name", "web", "--reload", "--spew", "--no-sendfile",
     "--worker-connections", "100", "--disable-redirect-access-to-syslog",
     "--logger-class", "gunicorn.glogging.Logger", "--log-config", "/etc/log.ini",
 ]
@@ -322,12 +322,15 @@ def test_a_typical_gunicorn_command_line_parses():
     assert (cfg.workers, cfg.threads, cfg.worker_class) == (2, 4, "gthread")
     assert cfg.errorlog == "-" and cfg.timeout == 60.0 and cfg.preload_app is True
     assert cfg.umask == 0o22 and cfg.limit_request_field_size == 4096
+    assert cfg.reuse_port is True and cfg.sendfile is False
     warnings = [line for level, line in cfg.notices if level == "warning"]
     infos = [line for level, line in cfg.notices if level == "info"]
-    for name in ("reuse_port", "forwarded_allow_ips", "capture_output", "statsd_host",
-                 "proc_name", "reload", "spew", "worker_connections", "umask", "logconfig"):
+    for name in ("forwarded_allow_ips", "capture_output", "statsd_host",
+                 "proc_name", "reload", "spew", "worker_connections", "logconfig"):
         assert any(line.startswith(f"{name} (") and "not implemented" in line
                    for line in warnings), name
+    for name in ("reuse_port", "umask", "sendfile"):  # implemented: nothing to say
+        assert not any(line.startswith(f"{name} (") for line in warnings + infos), name
     assert any(line.startswith("worker_tmp_dir (--worker-tmp-dir, from cli) is not needed")
                for line in infos)
     assert any(line.startswith("disable_redirect_access_to_syslog") for line in infos)
@@ -391,6 +394,19 @@ def test_refused_settings_at_a_value_that_changes_nothing_are_accepted(tmp_path)
     parse(["-c", "copied.py", "app:app"], cwd=tmp_path)
 
 
+@pytest.mark.parametrize(("env", "argv", "expected", "source"), [
+    ({}, [], True, "default"),
+    ({"SENDFILE": "0"}, [], False, "env SENDFILE"),
+    ({"SENDFILE": "no"}, [], False, "env SENDFILE"),
+    ({"SENDFILE": "yes"}, [], True, "env SENDFILE"),
+    ({"SENDFILE": "1"}, ["--no-sendfile"], False, "cli"),
+    ({"SENDFILE": "0", "BERTH_SENDFILE": "true"}, [], True, "env BERTH_SENDFILE"),
+])
+def test_sendfile_follows_gunicorns_sendfile_variable_when_not_set(env, argv, expected, source):
+    cfg = parse([*argv, "app:app"], env=env)
+    assert (cfg.sendfile, cfg.source("sendfile")) == (expected, source)
+
+
 def test_ssl_context_hook_is_refused(tmp_path):
     write(tmp_path / "t.py", "def ssl_context(conf, default):\n    return default()\n")
     with pytest.raises(ConfigError, match="t.py: ssl_context = .*does not terminate TLS"):
@@ -436,7 +452,8 @@ def test_print_config_render_is_python_with_sources(tmp_path):
     assert re.match(r"threads = 4 +# auto$", lines["threads"])
     assert re.match(r"backlog = 2048 +# default$", lines["backlog"])
     assert "post_fork = <function post_fork>" in lines["post_fork"]
-    assert "reuse_port" not in lines  # not implemented and not given: not listed
+    assert "proc_name" not in lines  # not implemented and not given: not listed
+    assert re.match(r"reuse_port = False +# default$", lines["reuse_port"])
 
 
 # --- end to end ----------------------------------------------------------------------------
@@ -488,15 +505,15 @@ def test_refused_or_wrong_flag_exits_2_with_one_line(tmp_path, args):
 
 
 def test_start_logs_the_sizing_line_once_and_the_ignored_settings(berth, tmp_path):
-    write(tmp_path / "gunicorn.conf.py", "reuse_port = True\n")
+    write(tmp_path / "gunicorn.conf.py", "worker_connections = 10\n")
     srv = berth(["--worker-tmp-dir", "/dev/shm", "proto_app:app"])
     assert http_get(srv.port, "/hello")[0] == 200
     err = srv.stderr()
     sizing = [ln for ln in err.splitlines() if re.search(r"\] workers=\d+ threads=\d+ \(", ln)]
     assert len(sizing) == 1, err
     assert "configuration file gunicorn.conf.py loaded (found in the current directory)" in err
-    assert re.search(r"\[WARNING\] reuse_port \(--reuse-port, from file gunicorn.conf.py\) is "
-                     r"not implemented in berth yet", err), err
+    assert re.search(r"\[WARNING\] worker_connections \(--worker-connections, from file "
+                     r"gunicorn.conf.py\) is not implemented in berth yet", err), err
     assert "[INFO] worker_tmp_dir (--worker-tmp-dir, from cli) is not needed" in err
 
 

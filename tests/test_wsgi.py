@@ -279,7 +279,8 @@ def test_file_wrapper_accepts_file_like_object_without_fileno(srv):
         "the file-like object given to wsgi.file_wrapper was not closed"
 
 
-def test_file_wrapper_uses_sendfile(tmp_path, data_file):
+def _sendfile_calls(tmp_path, data_file, args=(), env_extra=None) -> list[str]:
+    """Serve `data_file` through wsgi.file_wrapper under strace: the sendfile syscalls made."""
     strace = shutil.which("strace")
     if not strace:
         pytest.skip("strace is not installed: cannot observe the sendfile syscall")
@@ -289,12 +290,14 @@ def test_file_wrapper_uses_sendfile(tmp_path, data_file):
     env = dict(os.environ)
     env.update({"BERTH_IN_CONTAINER": "0", "PYTHONPATH": f"{APPS}{os.pathsep}{ROOT}"})
     env.pop("PORT", None)
+    env.pop("SENDFILE", None)
+    env.update(env_extra or {})
     err_path = tmp_path / "stderr.log"
     with open(tmp_path / "stdout.log", "wb") as out, open(err_path, "wb") as err:
         proc = subprocess.Popen(
             [strace, "-f", "-e", "trace=sendfile", "-o", str(trace),
              sys.executable, "-m", "berth", "-b", f"127.0.0.1:{port}", "-w", "1",
-             "--threads", "1", "proto_app:app"],
+             "--threads", "1", *args, "proto_app:app"],
             stdout=out, stderr=err, env=env, cwd=str(tmp_path), stdin=subprocess.DEVNULL)
         try:
             ready = wait_for(lambda: "ready: " in err_path.read_text(errors="replace")
@@ -305,9 +308,10 @@ def test_file_wrapper_uses_sendfile(tmp_path, data_file):
                     pytest.skip(f"strace cannot trace here: {log[:300]}")
                 pytest.fail(f"berth under strace exited early: {log}")
             assert ready
-            status, _, body = request(port, get_request(f"/file?path={data_file}&cl=1"))
-            assert status == 200
-            assert body == data_file.read_bytes()
+            for cl in ("1", "0"):
+                status, _, body = request(port, get_request(f"/file?path={data_file}&cl={cl}"))
+                assert status == 200
+                assert body == data_file.read_bytes()
         finally:
             # stop berth itself (strace's child) by PID; strace exits when its tracee does
             berth_pids = pids_children(proc.pid)
@@ -322,9 +326,20 @@ def test_file_wrapper_uses_sendfile(tmp_path, data_file):
                         os.kill(pid, signal.SIGKILL)
                 proc.wait(timeout=5)
     text = trace.read_text(errors="replace")
-    calls = [ln for ln in text.splitlines() if "sendfile(" in ln]
-    assert calls, f"no sendfile syscall traced; strace output:\n{text[-2000:]}"
+    return [ln for ln in text.splitlines() if "sendfile(" in ln]
+
+
+def test_file_wrapper_uses_sendfile(tmp_path, data_file):
+    calls = _sendfile_calls(tmp_path, data_file)
+    assert calls, "no sendfile syscall traced"
     assert any(not ln.rstrip().endswith("= -1") and "= -1 E" not in ln for ln in calls), calls
+
+
+@pytest.mark.parametrize(("args", "env"), [(["--no-sendfile"], None), ([], {"SENDFILE": "0"})],
+                         ids=["--no-sendfile", "SENDFILE=0"])
+def test_no_sendfile_sends_the_file_without_sendfile(tmp_path, data_file, args, env):
+    """As Gunicorn's --no-sendfile (or $SENDFILE off): the file is read and sent in blocks."""
+    assert _sendfile_calls(tmp_path, data_file, args, env) == []
 
 
 # --- errors from the app --------------------------------------------------------------------
