@@ -311,7 +311,7 @@ GUNICORN_DOCKERFILE_FLAGS = [
     "--limit-request-fields", "50", "--limit-request-field_size", "4096", "--backlog", "64",
     "--preload", "--chdir", "/", "--pythonpath", "/srv", "-e", "A=B", "--forwarded-allow-ips",
     "*", "--proxy-protocol", "off", "--reuse-port", "--umask", "0o22", "--capture-output",
-    "--statsd-host", "localhost:8125", "--name", "web", "--reload", "--spew", "--no-sendfile",
+    "--statsd-host", "localhost:8125", "--name", "web", "--reload", "--no-sendfile",
     "--worker-connections", "100", "--disable-redirect-access-to-syslog",
     "--logger-class", "gunicorn.glogging.Logger", "--log-config", "/etc/log.ini",
 ]
@@ -326,7 +326,7 @@ def test_a_typical_gunicorn_command_line_parses():
     warnings = [line for level, line in cfg.notices if level == "warning"]
     infos = [line for level, line in cfg.notices if level == "info"]
     for name in ("forwarded_allow_ips", "capture_output", "statsd_host",
-                 "proc_name", "reload", "spew", "worker_connections", "logconfig"):
+                 "proc_name", "reload", "worker_connections", "logconfig"):
         assert any(line.startswith(f"{name} (") and "not implemented" in line
                    for line in warnings), name
     for name in ("reuse_port", "umask", "sendfile"):  # implemented: nothing to say
@@ -366,6 +366,15 @@ REFUSALS = [
     (["--user", "berth-no-such-user"], "run the container as that user"),
     (["--group", "berth-no-such-group"], "with that group"),
     (["--dirty-app", "x:y"], "dirty apps"),
+    (["--spew"], "--spew (spew) = True: tracing every line"),
+    (["--strip-header-spaces"], "request-smuggling vector"),
+    (["--permit-obsolete-folding"], "request-smuggling vector"),
+    (["--permit-unconventional-http-method"], "berth parses methods with llhttp"),
+    (["--logger-class", "myapp.MyLogger"], "custom logger class is not supported"),
+    (["--logger-class", "myapp.MyLogger"], "logconfig_dict"),
+    (["--control-socket", "/run/app.ctl"], "berth has no control socket (gunicornc)"),
+    (["--control-socket-mode", "0660"], "no control socket"),
+    (["--header-map", "keep"], "expected drop, refuse or dangerous"),
 ]
 
 
@@ -388,10 +397,28 @@ def test_refused_settings_at_a_value_that_changes_nothing_are_accepted(tmp_path)
         certfile = None
         daemon = False
         http_protocols = "h1"
+        spew = False
+        strip_header_spaces = False
+        permit_obsolete_folding = False
+        permit_unconventional_http_method = False
+        logger_class = "gunicorn.glogging.Logger"
+        control_socket_mode = 0o600
         user = {pwd.getpwuid(os.geteuid()).pw_name!r}
         group = {grp.getgrgid(os.getegid()).gr_name!r}
     """)
     parse(["-c", "copied.py", "app:app"], cwd=tmp_path)
+
+
+def test_gunicorns_default_control_socket_path_is_accepted():
+    from berth.config import gunicorn_control_socket
+
+    parse(["--control-socket", gunicorn_control_socket(), "app:app"])
+
+
+def test_gunicorns_logger_class_object_is_accepted(tmp_path):
+    pytest.importorskip("gunicorn.glogging")
+    write(tmp_path / "g.py", "from gunicorn.glogging import Logger\nlogger_class = Logger\n")
+    parse(["-c", "g.py", "app:app"], cwd=tmp_path)
 
 
 @pytest.mark.parametrize(("env", "argv", "expected", "source"), [
@@ -405,6 +432,38 @@ def test_refused_settings_at_a_value_that_changes_nothing_are_accepted(tmp_path)
 def test_sendfile_follows_gunicorns_sendfile_variable_when_not_set(env, argv, expected, source):
     cfg = parse([*argv, "app:app"], env=env)
     assert (cfg.sendfile, cfg.source("sendfile")) == (expected, source)
+
+
+def test_not_yet_warnings_name_the_feature_that_brings_them(tmp_path):
+    write(tmp_path / "g.py", """\
+        worker_connections = 10
+        forwarded_allow_ips = "*"
+        proxy_allow_ips = "*"
+        capture_output = True
+        statsd_host = "localhost:8125"
+        proc_name = "web"
+    """)
+    cfg = parse(["-c", "g.py", "app:app"], cwd=tmp_path)
+    warnings = {line.split(" ", 1)[0]: line for level, line in cfg.notices
+                if level == "warning"}
+    assert "per-worker connection cap is coming" in warnings["worker_connections"]
+    assert "forwarded headers are coming" in warnings["forwarded_allow_ips"]
+    assert "PROXY protocol is coming" in warnings["proxy_allow_ips"]
+    assert "logging settings are coming" in warnings["capture_output"]
+    assert "StatsD metrics are coming" in warnings["statsd_host"]
+    assert "process titles are coming" in warnings["proc_name"]
+
+
+def test_only_settings_an_open_issue_brings_are_accepted_and_ignored():
+    """Item 9: a Gunicorn setting berth accepts does what it does in Gunicorn; the ones it
+    ignores with a warning are only those another open issue implements."""
+    coming = {"worker_connections", "reload", "reload_engine", "reload_extra_files",
+              "secure_scheme_headers", "forwarded_allow_ips", "forwarder_headers",
+              "proxy_allow_ips", "capture_output", "logconfig", "logconfig_dict",
+              "logconfig_json", "syslog_addr", "syslog", "syslog_prefix", "syslog_facility",
+              "statsd_host", "dogstatsd_tags", "statsd_prefix", "enable_backlog_metric",
+              "proc_name"}
+    assert {s.name for s in SETTINGS if s.status == NOT_YET} == coming
 
 
 def test_ssl_context_hook_is_refused(tmp_path):
@@ -513,7 +572,8 @@ def test_start_logs_the_sizing_line_once_and_the_ignored_settings(berth, tmp_pat
     assert len(sizing) == 1, err
     assert "configuration file gunicorn.conf.py loaded (found in the current directory)" in err
     assert re.search(r"\[WARNING\] worker_connections \(--worker-connections, from file "
-                     r"gunicorn.conf.py\) is not implemented in berth yet", err), err
+                     r"gunicorn.conf.py\) is not implemented in berth yet and is ignored: the "
+                     r"per-worker connection cap is coming", err), err
     assert "[INFO] worker_tmp_dir (--worker-tmp-dir, from cli) is not needed" in err
 
 
