@@ -554,7 +554,8 @@ def test_bad_config_file_exits_2_with_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("args", [["-k", "gevent"], ["--certfile", "cert.pem"],
-                                  ["--workers", "-3"]])
+                                  ["--workers", "-3"], ["--strip-header-spaces"],
+                                  ["--logger-class", "myapp.Logger"], ["--spew"]])
 def test_refused_or_wrong_flag_exits_2_with_one_line(tmp_path, args):
     res = run_berth([*args, "proto_app:app"], cwd=str(tmp_path))
     assert res.returncode == 2
