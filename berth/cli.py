@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import re
 import shlex
 import sys
@@ -204,6 +205,9 @@ def parse_config(argv: list[str], environ=os.environ, cwd: str | None = None,
     for name, value in env.items():
         cfg.set(name, value, f"env {BY_NAME[name].env_var}")
     _apply(cfg, cli, "cli")
+    if not cfg.is_set("sendfile") and "SENDFILE" in environ:  # as Gunicorn reads it
+        cfg.set("sendfile", environ["SENDFILE"].strip().lower() in ("y", "1", "yes", "true"),
+                "env SENDFILE")
 
     cfg.app_uri = cfg.wsgi_app or ""
     if cfg.app_uri:
@@ -355,6 +359,12 @@ def render_config(cfg: Config, everything: bool = False) -> str:
     return "\n".join(f"{f'{n} = {v}':<{width}}  # {s}" for n, v, s in rows)
 
 
+def starting_line() -> str:
+    """The first line berth logs: what is starting (as Gunicorn's "Starting gunicorn 27.0.1")."""
+    return (f"Starting berth {__version__} (Python {platform.python_version()}, "
+            f"{platform.python_implementation()})")
+
+
 def log_start(cfg: Config, log, levels=("info", "warning")) -> None:
     """The start-up lines: the config file, the Gunicorn settings berth ignores, then the
     sizing decision (exactly one line) and its warnings."""
@@ -422,9 +432,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"berth: error: --error-logfile: {exc}", file=sys.stderr)
         return 2
-    log_start(cfg, log)
     if cfg.check_config or cfg.print_config:
+        log_start(cfg, log)
         return check_app(cfg, log)
+    log.info("%s", starting_line())
+    log_start(cfg, log)
     try:
         prepare_environment(cfg)
     except ConfigError as exc:

@@ -170,6 +170,47 @@ def refuse_unless(harmless: Callable[[Any], bool], reason: str) -> Callable[[Any
     return convert
 
 
+def refuse_if_on(reason: str) -> Callable[[Any], bool]:
+    """A boolean setting berth accepts only off (Gunicorn's default); on is refused."""
+
+    def convert(value: Any) -> bool:
+        if boolean(value):
+            raise Refused(reason)
+        return False
+
+    return convert
+
+
+def header_map(value: Any) -> str:
+    word = str(value).strip().lower()
+    if word not in ("drop", "refuse", "dangerous"):
+        raise ValueError("drop, refuse or dangerous")
+    return word
+
+
+GUNICORN_LOGGER = "gunicorn.glogging.Logger"
+
+
+def _default_logger(value: Any) -> bool:
+    if value is None or value == "":
+        return True
+    if not isinstance(value, str):
+        value = f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}"
+    return value.strip() in (GUNICORN_LOGGER, "glogging.Logger")
+
+
+def gunicorn_control_socket() -> str:
+    """Gunicorn's default control socket path (what a copied config may spell out)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return os.path.join(runtime, "gunicorn.ctl")
+    return os.path.join(os.path.expanduser("~"), ".gunicorn", "gunicorn.ctl")
+
+
+def _no_control_socket(value: Any) -> bool:
+    return value is None or value == "" or str(value) == gunicorn_control_socket()
+
+
 def _is_off(value: Any) -> bool:
     return value is None or value is False or str(value).strip().lower() in (
         "", "off", "false", "none", "0", "no")
@@ -315,6 +356,13 @@ class Setting:
 
 S = Setting
 
+# Why a setting is not implemented yet, naming the feature (an open issue) that brings it.
+_FWD = "forwarded headers are coming with proxy support (an open issue); until then "
+_LOGS = "the logging settings are coming (an open issue); until then "
+_STATSD = "StatsD metrics are coming (an open issue); until then none are sent."
+_CONTROL = ("berth has no control socket (gunicornc): control it with signals (HUP reload, "
+            "TERM stop, TTIN/TTOU workers, USR1 reopen logs)")
+
 SETTINGS: tuple[Setting, ...] = (
     # -- config file ------------------------------------------------------------------------
     S("config", ("-c", "--config"), text, None,
@@ -355,8 +403,9 @@ SETTINGS: tuple[Setting, ...] = (
     S("worker_connections", ("--worker-connections",), positive_int, 1000,
       "Maximum simultaneous clients per worker (Gunicorn: async and gthread workers).", "INT",
       section="Worker Processes", status=NOT_YET,
-      note="berth keeps idle and slow connections in its event loop at a few KiB each; there "
-           "is no per-worker connection cap yet."),
+      note="the per-worker connection cap is coming (worker_connections, an open issue); until "
+           "then there is no cap: berth keeps idle and slow connections in its event loop at "
+           "a few KiB each."),
     S("max_requests", ("--max-requests",), non_negative_int, 0,
       "Replace a worker after it has served this many requests (0 = never). Its "
       "replacement is ready before it stops: no request is lost.", "INT",
@@ -443,9 +492,14 @@ SETTINGS: tuple[Setting, ...] = (
       "file created later is watched too (its first edit reloads). Relative to the directory "
       "berth is started from, not to --chdir.",
       "FILE", "append", section="Debugging"),
-    S("spew", ("--spew",), boolean, False,
+    S("spew", ("--spew",), refuse_if_on(
+        "tracing every line berth executes is not supported (it would slow the workers' loops "
+        "until supervision replaced them): trace with python -m trace --trace --module berth "
+        "..., or sample with py-spy"), False,
       "Trace every line the server executes (debugging).", None, "store_true",
-      section="Debugging", status=NOT_YET, note="no line tracing."),
+      section="Debugging", status=REFUSED,
+      note="accepted when off; on exits 2 (line tracing would stall the workers' loops until "
+           "supervision replaced them)."),
     S("check_config", ("--check-config",), boolean, False,
       "Check the configuration, load the app and exit: 0 when it loads, 1 when the app "
       "fails to load, 2 when the configuration is wrong.", None, "store_true",
@@ -458,12 +512,12 @@ SETTINGS: tuple[Setting, ...] = (
       "Load the app in the master before forking workers (memory shared copy-on-write, "
       "kept shared with gc.freeze()).", None, "store_true"),
     S("sendfile", ("--no-sendfile",), boolean, True,
-      "Do not use sendfile() for wsgi.file_wrapper responses.", None, "store_false",
-      status=NOT_YET, note="berth always sends real files with sendfile().",
-      default_text="on"),
+      "Do not use sendfile() for wsgi.file_wrapper responses: read the file and send its "
+      "blocks. As with Gunicorn, $SENDFILE (y, 1, yes, true: on; anything else: off) is used "
+      "when the setting is not given.", None, "store_false", default_text="on"),
     S("reuse_port", ("--reuse-port",), boolean, False,
-      "Set SO_REUSEPORT on the listening sockets.", None, "store_true", status=NOT_YET,
-      note="the listeners are bound without SO_REUSEPORT."),
+      "Set SO_REUSEPORT on the TCP listening sockets (another process may then bind the same "
+      "port and share its connections).", None, "store_true"),
     S("chdir", ("--chdir",), text, None,
       "Change to this directory before loading the app.", "DIR",
       default_text="the current directory"),
@@ -495,24 +549,29 @@ SETTINGS: tuple[Setting, ...] = (
       "Run the workers as this group.", "GROUP", status=REFUSED,
       note="accepted when it names the group berth already runs as; otherwise exit 2."),
     S("umask", ("-m", "--umask"), octal_mask, 0,
-      "File mode mask for files berth creates (unix sockets).", "INT", status=NOT_YET,
-      note="berth creates unix sockets with the process umask."),
+      "File mode mask applied while a unix socket is bound (as in Gunicorn: only there, never "
+      "to the process). The default 0 lets every local user connect (mode 0777, as with "
+      "Gunicorn); 0o007 limits it to the owner and group.", "INT", default_text="0"),
     S("initgroups", ("--initgroups",), boolean, False,
       "Set the workers' supplementary groups from --user.", None, "store_true",
-      status=NOT_YET, note="--user is not implemented."),
+      status=NOT_NEEDED,
+      note="it only matters when the workers switch user; berth never switches (--user and "
+           "--group are accepted only when they name the current ones), so the workers keep "
+           "the groups they have, as Gunicorn's do then."),
     S("tmp_upload_dir", (), optional_text, None,
       "Directory for request bodies being read (Gunicorn).", status=NOT_NEEDED,
-      note="berth buffers bodies in memory up to --body-buffer-size and streams larger ones "
-           "to the app; nothing is written to disk."),
+      note="Gunicorn itself no longer uses it; berth buffers bodies in memory up to "
+           "--body-buffer-size and streams larger ones to the app: nothing is written to "
+           "disk."),
     S("secure_scheme_headers", (), anything,
       {"X-FORWARDED-PROTOCOL": "ssl", "X-FORWARDED-PROTO": "https", "X-FORWARDED-SSL": "on"},
       "Headers from a trusted proxy that mark a request as HTTPS.", status=NOT_YET,
-      note="wsgi.url_scheme is always http: berth does not read X-Forwarded-Proto yet.",
+      note=f"{_FWD}wsgi.url_scheme is always http: X-Forwarded-Proto is not read.",
       default_text="Gunicorn's X-FORWARDED-* trio"),
     S("forwarded_allow_ips", ("--forwarded-allow-ips",), text, "127.0.0.1,::1",
       "Proxies trusted to set secure_scheme_headers and forwarder_headers.", "STRING",
-      status=NOT_YET, note="no forwarded headers are trusted yet (wsgi.url_scheme is http, "
-                           "REMOTE_ADDR the peer)."),
+      status=NOT_YET, note=f"{_FWD}no forwarded header is trusted (wsgi.url_scheme is "
+                           "http, REMOTE_ADDR the peer)."),
     S("pythonpath", ("--pythonpath",), text, None,
       "Comma-separated directories to add to the Python path.", "PATHS"),
     S("paste", ("--paste", "--paster"), refuse_unless(
@@ -524,15 +583,16 @@ SETTINGS: tuple[Setting, ...] = (
       "Global PasteDeploy variables, repeatable.", "CONF", "append", status=REFUSED,
       note="PasteDeploy is not supported."),
     S("proxy_protocol", ("--proxy-protocol",), refuse_unless(
-        _is_off, "the PROXY protocol is not implemented: every request would be answered "
-                 "400 and REMOTE_ADDR would be the proxy; turn it off at the proxy or keep "
-                 "Gunicorn"), "off",
+        _is_off, "the PROXY protocol is not implemented yet (it is coming with proxy "
+                 "support); ignoring it would answer every request 400 and make REMOTE_ADDR "
+                 "the proxy's: turn it off at the proxy or keep Gunicorn"), "off",
       "Accept the PROXY protocol header from a load balancer (off, v1, v2, auto).", "MODE",
       "optional", status=REFUSED, const="auto",
       note="accepted when off; otherwise exit 2."),
     S("proxy_allow_ips", ("--proxy-allow-from",), text, "127.0.0.1,::1",
       "Proxies allowed to send the PROXY protocol header.", "STRING", status=NOT_YET,
-      note="the PROXY protocol is not implemented."),
+      note="the PROXY protocol is coming with proxy support (an open issue); until then it is "
+           "refused (proxy_protocol) and this list is not used."),
     S("protocol", ("--protocol",), refuse_unless(
         lambda v: str(v).strip().lower() == "http",
         "berth speaks HTTP only (not uwsgi): point the front end at berth over HTTP"), "http",
@@ -540,28 +600,49 @@ SETTINGS: tuple[Setting, ...] = (
       note="http only; uwsgi exits 2."),
     S("uwsgi_allow_ips", ("--uwsgi-allow-from",), text, "127.0.0.1,::1",
       "Front ends allowed to speak uwsgi.", "STRING", status=NOT_NEEDED,
-      note="berth does not speak uwsgi."),
-    S("permit_obsolete_folding", ("--permit-obsolete-folding",), boolean, False,
-      "Accept obsolete line folding in header fields.", None, "store_true", status=NOT_YET,
-      note="berth rejects folded header lines (400)."),
-    S("strip_header_spaces", ("--strip-header-spaces",), boolean, False,
+      note="it only matters with --protocol uwsgi, which berth refuses."),
+    S("permit_obsolete_folding", ("--permit-obsolete-folding",), refuse_if_on(
+        "obsolete line folding is a request-smuggling vector (deprecated in Gunicorn): berth "
+        "answers folded header lines 400; fix the client or the proxy that folds"), False,
+      "Accept obsolete line folding in header fields.", None, "store_true", status=REFUSED,
+      note="accepted when off; on exits 2 (a request-smuggling vector, deprecated in "
+           "Gunicorn): folded header lines get 400."),
+    S("strip_header_spaces", ("--strip-header-spaces",), refuse_if_on(
+        "whitespace before a header's colon is a request-smuggling vector (deprecated in "
+        "Gunicorn): berth answers it 400; fix the client that sends it"), False,
       "Strip spaces before the colon of header names (unsafe).", None, "store_true",
-      status=NOT_YET, note="berth rejects them (400)."),
-    S("permit_unconventional_http_method", ("--permit-unconventional-http-method",), boolean,
-      False, "Accept methods outside Gunicorn's conventional pattern.", None, "store_true",
-      status=NOT_YET, note="berth accepts the methods llhttp knows."),
+      status=REFUSED, note="accepted when off; on exits 2 (a request-smuggling vector, "
+                           "deprecated in Gunicorn): such headers get 400."),
+    S("permit_unconventional_http_method", ("--permit-unconventional-http-method",),
+      refuse_if_on("berth parses methods with llhttp, which knows a fixed list (GET, HEAD, "
+                   "POST, PUT, DELETE, PATCH, OPTIONS, TRACE, WebDAV's, PURGE, QUERY...) and "
+                   "answers any other method 400; it cannot accept lower-case or unregistered "
+                   "methods"), False,
+      "Accept methods outside Gunicorn's conventional pattern (lower case, under 3 or over 20 "
+      "characters, '#').", None, "store_true", status=REFUSED,
+      note="accepted when off; on exits 2. berth accepts the methods llhttp knows and answers "
+           "others 400, where Gunicorn also passes any other upper-case token of 3 to 20 "
+           "characters to the app."),
     S("permit_unconventional_http_version", ("--permit-unconventional-http-version",),
-      boolean, False, "Accept HTTP versions other than 1.0 and 1.1.", None, "store_true",
-      status=NOT_YET, note="berth answers other versions with 505."),
+      boolean, False,
+      "Serve any well-formed HTTP/d.d request line, not only HTTP/1.0 and 1.1 (others get "
+      "505). The app sees the version as sent in SERVER_PROTOCOL; the response is HTTP/1.1 "
+      "(HTTP/1.0 below 1.1). HTTP/0.9 is never served.", None, "store_true",
+      note="Gunicorn serves HTTP/1.2 to 1.9 even without it (berth: 505) and echoes the "
+           "request's version in the status line."),
     S("casefold_http_method", ("--casefold-http-method",), boolean, False,
-      "Upper-case lower-case request methods.", None, "store_true", status=NOT_YET,
-      note="methods are passed as sent."),
+      "Upper-case lower-case request methods.", None, "store_true", status=NOT_NEEDED,
+      note="Gunicorn folds only the methods permit_unconventional_http_method lets through "
+           "(refused by berth); without it, both answer a lower-case method 400 first."),
     S("forwarder_headers", ("--forwarder-headers",), text, "SCRIPT_NAME,PATH_INFO",
       "Headers a trusted proxy may use to set environ variables.", "STRING", status=NOT_YET,
-      note="no forwarded headers are trusted yet."),
-    S("header_map", ("--header-map",), text, "drop",
-      "What to do with header names containing '_': drop, refuse or dangerous.", "STRING",
-      status=NOT_YET, note="berth always drops them (Gunicorn's default, drop)."),
+      note=f"{_FWD}no header sets SCRIPT_NAME or PATH_INFO."),
+    S("header_map", ("--header-map",), header_map, "drop",
+      "Header names containing '_' (X_Forwarded_For would become the same environ key as "
+      "X-Forwarded-For): drop them (the default), refuse the request (400), or dangerous: "
+      "map them anyway, joined with the '-' one.", "STRING",
+      note="With dangerous, a SCRIPT_NAME header does not set SCRIPT_NAME (in Gunicorn it "
+           "does): that comes with forwarder_headers."),
     S("root_path", ("--root-path",), text, "",
       "Root path of an ASGI app (Gunicorn's ASGI worker).", "STRING", status=NOT_NEEDED,
       note="ASGI only; for WSGI, set SCRIPT_NAME in the environment."),
@@ -572,7 +653,8 @@ SETTINGS: tuple[Setting, ...] = (
       note="Gunicorn's default is no access log."),
     S("disable_redirect_access_to_syslog", ("--disable-redirect-access-to-syslog",), boolean,
       False, "Do not send access logs to syslog.", None, "store_true", section="Logging",
-      status=NOT_NEEDED, note="berth never sends logs to syslog."),
+      status=NOT_NEEDED, note="it only matters with syslog, which berth does not have yet (a "
+                              "warning): no access log goes to syslog either way."),
     S("access_log_format", ("--access-logformat",), text,
       '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
       "Access log format, with Gunicorn's atoms.", "STRING", section="Logging"),
@@ -583,51 +665,58 @@ SETTINGS: tuple[Setting, ...] = (
     S("capture_output", ("--capture-output",), boolean, False,
       "Redirect the app's stdout/stderr to the error log file.", None, "store_true",
       section="Logging", status=NOT_YET,
-      note="the app's output goes to berth's own stdout/stderr."),
-    S("logger_class", ("--logger-class",), text, "gunicorn.glogging.Logger",
-      "A Gunicorn logger class.", "STRING", section="Logging", status=NOT_YET,
-      note="berth has its own logger; the access log format and --log-level apply."),
+      note=f"{_LOGS}the app's output goes to berth's own stdout and stderr."),
+    S("logger_class", ("--logger-class",), refuse_unless(
+        _default_logger, "a custom logger class is not supported: berth has its own error and "
+                         "access logs; shape them with --access-logformat and --log-level, "
+                         "and configure logging with logconfig_dict (coming with the logging "
+                         "settings)"), GUNICORN_LOGGER,
+      "A Gunicorn logger class.", "STRING", section="Logging", status=REFUSED,
+      note="accepted when it names Gunicorn's default; any other class exits 2 (use "
+           "logconfig_dict)."),
     S("logconfig", ("--log-config",), optional_text, None,
       "A logging.config file for the error log.", "FILE", section="Logging", status=NOT_YET,
-      note="the error log is configured by --error-logfile and --log-level."),
+      note=f"{_LOGS}the error log is configured by --error-logfile and --log-level."),
     S("logconfig_dict", (), anything, {},
       "A logging.config dictionary (config file only).", section="Logging", status=NOT_YET,
-      note="the error log is configured by --error-logfile and --log-level.",
+      note=f"{_LOGS}the error log is configured by --error-logfile and --log-level.",
       default_text="{}"),
     S("logconfig_json", ("--log-config-json",), optional_text, None,
       "A logging.config JSON file.", "FILE", section="Logging", status=NOT_YET,
-      note="the error log is configured by --error-logfile and --log-level."),
+      note=f"{_LOGS}the error log is configured by --error-logfile and --log-level."),
     S("syslog_addr", ("--log-syslog-to",), text, "udp://localhost:514",
       "Syslog address.", "SYSLOG_ADDR", section="Logging", status=NOT_YET,
-      note="no syslog output: logs are a stream on stdout/stderr."),
+      note=f"{_LOGS}no syslog output: logs are a stream on stdout and stderr."),
     S("syslog", ("--log-syslog",), boolean, False,
       "Send the logs to syslog.", None, "store_true", section="Logging", status=NOT_YET,
-      note="no syslog output: logs are a stream on stdout/stderr."),
+      note=f"{_LOGS}no syslog output: logs are a stream on stdout and stderr."),
     S("syslog_prefix", ("--log-syslog-prefix",), optional_text, None,
       "Program name in syslog entries.", "SYSLOG_PREFIX", section="Logging",
-      status=NOT_YET, note="no syslog output."),
+      status=NOT_YET, note=f"{_LOGS}no syslog output."),
     S("syslog_facility", ("--log-syslog-facility",), text, "user",
       "Syslog facility.", "SYSLOG_FACILITY", section="Logging", status=NOT_YET,
-      note="no syslog output."),
+      note=f"{_LOGS}no syslog output."),
     S("enable_stdio_inheritance", ("-R", "--enable-stdio-inheritance"), boolean, False,
       "Keep stdio open in daemon mode.", None, "store_true", section="Logging",
-      status=NOT_NEEDED, note="berth never closes or redirects stdio."),
+      status=NOT_NEEDED, note="it only matters in daemon mode, which berth refuses; berth "
+                              "never closes or redirects stdio."),
     S("statsd_host", ("--statsd-host",), optional_text, None,
       "StatsD server to send metrics to (HOST:PORT).", "STATSD_ADDR", section="Logging",
-      status=NOT_YET, note="no StatsD metrics yet."),
+      status=NOT_YET, note=_STATSD),
     S("dogstatsd_tags", ("--dogstatsd-tags",), text, "",
       "Tags for DogStatsD metrics.", "DOGSTATSD_TAGS", section="Logging", status=NOT_YET,
-      note="no StatsD metrics yet."),
+      note=_STATSD),
     S("statsd_prefix", ("--statsd-prefix",), text, "",
       "Prefix of StatsD metric names.", "STATSD_PREFIX", section="Logging", status=NOT_YET,
-      note="no StatsD metrics yet."),
+      note=_STATSD),
     S("enable_backlog_metric", ("--enable-backlog-metric",), boolean, False,
       "Report the listen backlog as a metric.", None, "store_true", section="Logging",
-      status=NOT_YET, note="no StatsD metrics yet."),
+      status=NOT_YET, note=_STATSD),
     # -- process naming ---------------------------------------------------------------------
     S("proc_name", ("-n", "--name"), optional_text, None,
       "Process title base (setproctitle).", "STRING", section="Process Naming",
-      status=NOT_YET, note="process titles are not changed."),
+      status=NOT_YET, note="process titles are coming (an open issue); until then they are "
+                           "not changed."),
     S("default_proc_name", (), text, "gunicorn",
       "Gunicorn's internal default process name.", section="Process Naming",
       status=NOT_NEEDED, note="internal to Gunicorn."),
@@ -717,16 +806,20 @@ SETTINGS: tuple[Setting, ...] = (
       "Dirty worker shutdown timeout.", "INT", section="Dirty Arbiters", status=NOT_NEEDED,
       note="no dirty worker pool."),
     # -- control socket ---------------------------------------------------------------------
-    S("control_socket", ("--control-socket",), optional_text, None,
-      "Unix socket of Gunicorn's control interface (gunicornc).", "PATH", section="Control",
-      status=NOT_YET, note="berth is controlled with signals (HUP, TERM, TTIN, TTOU, USR1).",
-      default_text="~/.gunicorn/gunicorn.ctl"),
-    S("control_socket_mode", ("--control-socket-mode",), octal_mask, 0o600,
-      "Permissions of the control socket.", "INT", section="Control", status=NOT_YET,
-      note="no control socket.", default_text="0o600"),
+    S("control_socket", ("--control-socket",), refuse_unless(_no_control_socket, _CONTROL),
+      None, "Unix socket of Gunicorn's control interface (gunicornc).", "PATH",
+      section="Control", status=REFUSED,
+      note="accepted when it names Gunicorn's default path; any other path exits 2: berth "
+           "has no control socket (gunicornc) and is controlled with signals.",
+      default_text="$XDG_RUNTIME_DIR/gunicorn.ctl or ~/.gunicorn/gunicorn.ctl"),
+    S("control_socket_mode", ("--control-socket-mode",), refuse_unless(
+        lambda v: octal_mask(v) == 0o600, _CONTROL), 0o600,
+      "Permissions of the control socket.", "INT", section="Control", status=REFUSED,
+      note="accepted at Gunicorn's default 0o600; anything else exits 2 (no control socket).",
+      default_text="0o600"),
     S("control_socket_disable", ("--no-control-socket",), boolean, False,
       "Do not open the control socket.", None, "store_true", section="Control",
-      status=NOT_NEEDED, note="berth has no control socket."),
+      status=NOT_NEEDED, note="berth has no control socket: none is opened either way."),
 )
 
 # Gunicorn's server hooks (config file only). pre_exec is accepted but never called;

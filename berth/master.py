@@ -119,7 +119,7 @@ class Master:
         cfg = self.cfg
         call_hook(cfg, "on_starting", self.server)
         for addr in cfg.bind:
-            self.listeners.append(create_listener(addr, cfg.backlog))
+            self.listeners.append(create_listener(addr, cfg.backlog, cfg.reuse_port, cfg.umask))
         # named once, while they are open: stop() closes them, and a worker's late "ready"
         # can still arrive after that
         self.listener_names = ", ".join(describe(s) for s in self.listeners)

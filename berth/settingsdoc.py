@@ -63,6 +63,25 @@ value.
 """
 
 
+STRICTER = """\
+## Where berth is stricter than Gunicorn, on purpose
+
+- **A well-formed HTTP version other than 1.0 and 1.1 gets 505** (HTTP Version Not
+  Supported), HTTP/1.2 to 1.9 included, which Gunicorn serves as it reads them (and answers
+  other versions 400). `--permit-unconventional-http-version` serves them all (HTTP/0.9
+  excepted: its client could not read an HTTP/1 response). A request line that is not
+  `METHOD TARGET HTTP/d.d` is the client's error: 400, never 505.
+- **HTTP/1.1 without exactly one Host gets 400**, as RFC 9112 §3.2 requires; Gunicorn serves a
+  request without Host.
+- **Methods are those llhttp knows** (GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE,
+  the WebDAV methods, PURGE, QUERY and a few more); any other gets 400, where Gunicorn
+  passes every upper-case token of 3 to 20 characters to the app.
+  `--permit-unconventional-http-method` is refused.
+- **The access log escapes more**: besides `"` (as Gunicorn), `\\` as `\\\\` and every byte
+  outside printable ASCII as `\\xHH` (Apache's style), so a client cannot forge fields or lines.
+"""
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -133,14 +152,17 @@ def render() -> str:
             parts.append(f"| `{s.name}` | {HOOK_ARITY[s.name]} | {_cell(s.help)} |")
     parts.append("")
 
+    parts.append(STRICTER)
     parts.append("## Every Gunicorn setting in berth\n")
     parts.append(
         "Every setting of Gunicorn (its settings list as of Gunicorn 23, plus those added up "
-        "to 27) and what berth does with it: *implemented*; *accepted, not needed* (berth "
-        "makes it unnecessary: an info line when it is set); *accepted, not yet implemented* "
-        "(ignored, with a WARNING line naming it when it is set to anything but Gunicorn's "
-        "default); *refused* (ignoring it would change security or meaning: berth accepts "
-        "only a value that changes nothing, otherwise it prints one line and exits 2).\n")
+        "to 27) and what berth does with it: *implemented* (it does what it does in "
+        "Gunicorn); *accepted, not needed* (berth gives the same result without it: an info "
+        "line when it is set); *accepted, not yet implemented* (only settings that a feature "
+        "still to come implements: ignored, with a WARNING line naming the setting and that "
+        "feature when it is set to anything but Gunicorn's default); *refused* (ignoring it "
+        "would change security or meaning: berth accepts only a value that changes nothing, "
+        "otherwise it prints one line and exits 2).\n")
     counts = {st: sum(1 for s in SETTINGS if s.status == st)
               for st in (IMPLEMENTED, NOT_NEEDED, NOT_YET, REFUSED)}
     parts.append(", ".join(f"{STATUS_TEXT[st]}: {n}" for st, n in counts.items()) + ".\n")

@@ -50,7 +50,11 @@ def parse_bind(addr: str) -> tuple[int, object]:
     return family, (host, int(port))
 
 
-def create_listener(addr: str, backlog: int) -> socket.socket:
+def create_listener(addr: str, backlog: int, reuse_port: bool = False,
+                    umask: int | None = None) -> socket.socket:
+    """A listening socket for `addr`. As in Gunicorn: `reuse_port` sets SO_REUSEPORT on a TCP
+    listener, and `umask` is the process's umask only while a unix socket is bound (it sets
+    the socket file's mode; the process keeps its own umask)."""
     family, address = parse_bind(addr)
     if family == -1:
         sock = socket.socket(fileno=address)
@@ -66,9 +70,18 @@ def create_listener(addr: str, backlog: int) -> socket.socket:
                 pass
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address)
+        if family == socket.AF_UNIX and umask is not None:
+            old = os.umask(umask)  # the master binds before it starts any thread
+            try:
+                sock.bind(address)
+            finally:
+                os.umask(old)
+        else:
+            sock.bind(address)
         sock.listen(backlog)
     except OSError as exc:
         sock.close()

@@ -103,7 +103,7 @@ class Environs:
         method = req.method
         environ["REQUEST_METHOD"] = METHODS.get(method) or method.decode("latin-1")
         environ["RAW_URI"], environ["PATH_INFO"], environ["QUERY_STRING"] = target
-        environ["SERVER_PROTOCOL"] = "HTTP/1.1" if req.version == "1.1" else "HTTP/1.0"
+        environ["SERVER_PROTOCOL"] = req.server_protocol
         environ["wsgi.input"] = req.body_stream if req.streaming else io.BytesIO(req.body)
         environ.update(req.headers)
         return environ

@@ -191,6 +191,52 @@ def test_bind_unix_socket(berth, tmp_path):
     assert (status, body) == (200, HELLO)
 
 
+def _umask_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    pytest.skip("no Umask in /proc/PID/status (Linux < 4.7)")
+
+
+@pytest.mark.parametrize(("args", "mode"), [([], 0o777), (["--umask", "0o027"], 0o750),
+                                            (["-m", "077"], 0o700)],
+                         ids=["default-0", "0o027", "077"])
+def test_umask_sets_the_unix_socket_mode_only(berth, tmp_path, args, mode):
+    """As Gunicorn: --umask (default 0) is the umask while the unix socket is bound, so it
+    sets the socket's mode; the master and workers keep the umask they started with."""
+    path = tmp_path / "berth.sock"
+    old = os.umask(0o022)
+    try:
+        srv = berth(["-b", f"unix:{path}", "-w", "1", *args, "proto_app:app"])
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode
+    for pid in [srv.pid, *pids_children(srv.pid)]:
+        assert _umask_of(pid) == 0o022, pid
+
+
+def _can_bind_with_reuseport(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            s.bind(("127.0.0.1", port))  # never listens: takes none of berth's connections
+        except OSError:
+            return False
+        return True
+
+
+def test_reuse_port_sets_so_reuseport_on_the_listener(berth):
+    srv = berth(["-w", "1", "--reuse-port", "proto_app:app"])
+    assert _can_bind_with_reuseport(srv.port)
+    assert http_get(srv.port, "/hello")[2] == HELLO
+
+
+def test_without_reuse_port_the_port_is_berths_alone(berth):
+    srv = berth(["-w", "1", "proto_app:app"])
+    assert not _can_bind_with_reuseport(srv.port)
+
+
 def test_bind_inherited_fd(berth):
     lsock = socket.socket()
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -323,6 +369,22 @@ def test_error_logfile_receives_server_log_and_app_tracebacks(berth, tmp_path):
         srv.stderr()
     assert http_get(srv.port, "/raise-before")[0] == 500
     assert wait_for(lambda: "proto-boom-before-start-response" in log.read_text(), timeout=5)
+
+
+def test_first_log_line_names_berths_and_pythons_versions(berth, tmp_path):
+    """As Gunicorn's "Starting gunicorn 27.0.1": the first line says what is starting, even
+    before the config file's and the sizing lines."""
+    import platform
+
+    (tmp_path / "gunicorn.conf.py").write_text("workers = 1\n")
+    srv = berth(["proto_app:app"])
+    version = re.search(r'__version__ = "([^"]+)"',
+                        (ROOT / "berth" / "__init__.py").read_text()).group(1)
+    first = srv.stderr().splitlines()[0]
+    assert re.fullmatch(r"\[[^\]]+\] \[\d+\] \[INFO\] Starting berth (\S+) \(Python (\S+), "
+                        r"(\w+)\)", first), first
+    assert first.endswith(f"Starting berth {version} (Python {platform.python_version()}, "
+                          f"{platform.python_implementation()})"), first
 
 
 def test_log_level_debug_starts(berth):

@@ -311,7 +311,7 @@ GUNICORN_DOCKERFILE_FLAGS = [
     "--limit-request-fields", "50", "--limit-request-field_size", "4096", "--backlog", "64",
     "--preload", "--chdir", "/", "--pythonpath", "/srv", "-e", "A=B", "--forwarded-allow-ips",
     "*", "--proxy-protocol", "off", "--reuse-port", "--umask", "0o22", "--capture-output",
-    "--statsd-host", "localhost:8125", "--name", "web", "--spew",
+    "--statsd-host", "localhost:8125", "--name", "web", "--no-sendfile",
     "--worker-connections", "100", "--disable-redirect-access-to-syslog",
     "--logger-class", "gunicorn.glogging.Logger", "--log-config", "/etc/log.ini",
 ]
@@ -322,12 +322,15 @@ def test_a_typical_gunicorn_command_line_parses():
     assert (cfg.workers, cfg.threads, cfg.worker_class) == (2, 4, "gthread")
     assert cfg.errorlog == "-" and cfg.timeout == 60.0 and cfg.preload_app is True
     assert cfg.umask == 0o22 and cfg.limit_request_field_size == 4096
+    assert cfg.reuse_port is True and cfg.sendfile is False
     warnings = [line for level, line in cfg.notices if level == "warning"]
     infos = [line for level, line in cfg.notices if level == "info"]
-    for name in ("reuse_port", "forwarded_allow_ips", "capture_output", "statsd_host",
-                 "proc_name", "spew", "worker_connections", "umask", "logconfig"):
+    for name in ("forwarded_allow_ips", "capture_output", "statsd_host",
+                 "proc_name", "worker_connections", "logconfig"):
         assert any(line.startswith(f"{name} (") and "not implemented" in line
                    for line in warnings), name
+    for name in ("reuse_port", "umask", "sendfile"):  # implemented: nothing to say
+        assert not any(line.startswith(f"{name} (") for line in warnings + infos), name
     assert any(line.startswith("worker_tmp_dir (--worker-tmp-dir, from cli) is not needed")
                for line in infos)
     assert any(line.startswith("disable_redirect_access_to_syslog") for line in infos)
@@ -363,6 +366,15 @@ REFUSALS = [
     (["--user", "berth-no-such-user"], "run the container as that user"),
     (["--group", "berth-no-such-group"], "with that group"),
     (["--dirty-app", "x:y"], "dirty apps"),
+    (["--spew"], "--spew (spew) = True: tracing every line"),
+    (["--strip-header-spaces"], "request-smuggling vector"),
+    (["--permit-obsolete-folding"], "request-smuggling vector"),
+    (["--permit-unconventional-http-method"], "berth parses methods with llhttp"),
+    (["--logger-class", "myapp.MyLogger"], "custom logger class is not supported"),
+    (["--logger-class", "myapp.MyLogger"], "logconfig_dict"),
+    (["--control-socket", "/run/app.ctl"], "berth has no control socket (gunicornc)"),
+    (["--control-socket-mode", "0660"], "no control socket"),
+    (["--header-map", "keep"], "expected drop, refuse or dangerous"),
 ]
 
 
@@ -385,10 +397,72 @@ def test_refused_settings_at_a_value_that_changes_nothing_are_accepted(tmp_path)
         certfile = None
         daemon = False
         http_protocols = "h1"
+        spew = False
+        strip_header_spaces = False
+        permit_obsolete_folding = False
+        permit_unconventional_http_method = False
+        logger_class = "gunicorn.glogging.Logger"
+        control_socket_mode = 0o600
         user = {pwd.getpwuid(os.geteuid()).pw_name!r}
         group = {grp.getgrgid(os.getegid()).gr_name!r}
     """)
     parse(["-c", "copied.py", "app:app"], cwd=tmp_path)
+
+
+def test_gunicorns_default_control_socket_path_is_accepted():
+    from berth.config import gunicorn_control_socket
+
+    parse(["--control-socket", gunicorn_control_socket(), "app:app"])
+
+
+def test_gunicorns_logger_class_object_is_accepted(tmp_path):
+    pytest.importorskip("gunicorn.glogging")
+    write(tmp_path / "g.py", "from gunicorn.glogging import Logger\nlogger_class = Logger\n")
+    parse(["-c", "g.py", "app:app"], cwd=tmp_path)
+
+
+@pytest.mark.parametrize(("env", "argv", "expected", "source"), [
+    ({}, [], True, "default"),
+    ({"SENDFILE": "0"}, [], False, "env SENDFILE"),
+    ({"SENDFILE": "no"}, [], False, "env SENDFILE"),
+    ({"SENDFILE": "yes"}, [], True, "env SENDFILE"),
+    ({"SENDFILE": "1"}, ["--no-sendfile"], False, "cli"),
+    ({"SENDFILE": "0", "BERTH_SENDFILE": "true"}, [], True, "env BERTH_SENDFILE"),
+])
+def test_sendfile_follows_gunicorns_sendfile_variable_when_not_set(env, argv, expected, source):
+    cfg = parse([*argv, "app:app"], env=env)
+    assert (cfg.sendfile, cfg.source("sendfile")) == (expected, source)
+
+
+def test_not_yet_warnings_name_the_feature_that_brings_them(tmp_path):
+    write(tmp_path / "g.py", """\
+        worker_connections = 10
+        forwarded_allow_ips = "*"
+        proxy_allow_ips = "*"
+        capture_output = True
+        statsd_host = "localhost:8125"
+        proc_name = "web"
+    """)
+    cfg = parse(["-c", "g.py", "app:app"], cwd=tmp_path)
+    warnings = {line.split(" ", 1)[0]: line for level, line in cfg.notices
+                if level == "warning"}
+    assert "per-worker connection cap is coming" in warnings["worker_connections"]
+    assert "forwarded headers are coming" in warnings["forwarded_allow_ips"]
+    assert "PROXY protocol is coming" in warnings["proxy_allow_ips"]
+    assert "logging settings are coming" in warnings["capture_output"]
+    assert "StatsD metrics are coming" in warnings["statsd_host"]
+    assert "process titles are coming" in warnings["proc_name"]
+
+
+def test_only_settings_an_open_issue_brings_are_accepted_and_ignored():
+    """Item 9: a Gunicorn setting berth accepts does what it does in Gunicorn; the ones it
+    ignores with a warning are only those another open issue implements."""
+    coming = {"worker_connections", "secure_scheme_headers", "forwarded_allow_ips", "forwarder_headers",
+              "proxy_allow_ips", "capture_output", "logconfig", "logconfig_dict",
+              "logconfig_json", "syslog_addr", "syslog", "syslog_prefix", "syslog_facility",
+              "statsd_host", "dogstatsd_tags", "statsd_prefix", "enable_backlog_metric",
+              "proc_name"}
+    assert {s.name for s in SETTINGS if s.status == NOT_YET} == coming
 
 
 def test_ssl_context_hook_is_refused(tmp_path):
@@ -436,7 +510,8 @@ def test_print_config_render_is_python_with_sources(tmp_path):
     assert re.match(r"threads = 4 +# auto$", lines["threads"])
     assert re.match(r"backlog = 2048 +# default$", lines["backlog"])
     assert "post_fork = <function post_fork>" in lines["post_fork"]
-    assert "reuse_port" not in lines  # not implemented and not given: not listed
+    assert "proc_name" not in lines  # not implemented and not given: not listed
+    assert re.match(r"reuse_port = False +# default$", lines["reuse_port"])
 
 
 # --- end to end ----------------------------------------------------------------------------
@@ -478,7 +553,8 @@ def test_bad_config_file_exits_2_with_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("args", [["-k", "gevent"], ["--certfile", "cert.pem"],
-                                  ["--workers", "-3"]])
+                                  ["--workers", "-3"], ["--strip-header-spaces"],
+                                  ["--logger-class", "myapp.Logger"], ["--spew"]])
 def test_refused_or_wrong_flag_exits_2_with_one_line(tmp_path, args):
     res = run_berth([*args, "proto_app:app"], cwd=str(tmp_path))
     assert res.returncode == 2
@@ -488,15 +564,16 @@ def test_refused_or_wrong_flag_exits_2_with_one_line(tmp_path, args):
 
 
 def test_start_logs_the_sizing_line_once_and_the_ignored_settings(berth, tmp_path):
-    write(tmp_path / "gunicorn.conf.py", "reuse_port = True\n")
+    write(tmp_path / "gunicorn.conf.py", "worker_connections = 10\n")
     srv = berth(["--worker-tmp-dir", "/dev/shm", "proto_app:app"])
     assert http_get(srv.port, "/hello")[0] == 200
     err = srv.stderr()
     sizing = [ln for ln in err.splitlines() if re.search(r"\] workers=\d+ threads=\d+ \(", ln)]
     assert len(sizing) == 1, err
     assert "configuration file gunicorn.conf.py loaded (found in the current directory)" in err
-    assert re.search(r"\[WARNING\] reuse_port \(--reuse-port, from file gunicorn.conf.py\) is "
-                     r"not implemented in berth yet", err), err
+    assert re.search(r"\[WARNING\] worker_connections \(--worker-connections, from file "
+                     r"gunicorn.conf.py\) is not implemented in berth yet and is ignored: the "
+                     r"per-worker connection cap is coming", err), err
     assert "[INFO] worker_tmp_dir (--worker-tmp-dir, from cli) is not needed" in err
 
 

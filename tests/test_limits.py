@@ -169,6 +169,16 @@ def test_http2_request_line_gets_505(srv):
     assert_rejected(srv.port, b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", {505})
 
 
+def test_well_formed_version_berth_does_not_speak_gets_505(srv):
+    assert_rejected(srv.port, b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", {505})
+
+
+@pytest.mark.parametrize("line", [b"GET /", b"POST /upload0HTTP/1.1", b"GET / HTTP/1.1x"])
+def test_malformed_request_line_gets_400_not_505(srv, line):
+    resp = assert_rejected(srv.port, line + b"\r\nHost: a\r\nContent-Length: 0\r\n\r\n", {400})
+    assert resp.startswith(b"HTTP/1.1 400 Bad Request\r\n"), resp[:100]
+
+
 def test_content_length_with_chunked_is_not_smuggled(srv):
     # Both headers: either reject (400) or use chunked framing and close afterwards; the
     # bytes after the chunked body must never be run as a second request.

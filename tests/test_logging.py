@@ -139,3 +139,32 @@ def test_log_level_warning_hides_info_but_keeps_errors(berth):
     srv.stop()
     info = [ln for ln in srv.stderr().splitlines() if "INFO" in ln and "ready: " not in ln]
     assert not info, "INFO lines at --log-level warning:\n" + "\n".join(info)
+
+
+def test_access_log_cannot_be_forged_by_the_client(berth):
+    """A client's `"`, `\\`, tab and non-ASCII bytes in any atom copied from the request are
+    escaped, so the line still splits into the fields the format defines."""
+    import shlex
+
+    fmt = ('%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" '
+           '"%({x-evil}i)s" "%(q)s"')
+    srv = berth(["-w", "1", "--access-logformat", fmt, "proto_app:app"])
+    http_get(srv.port, '/hello?q="x"%20200%20"\\', headers={
+        "User-Agent": 'evil" 200 999 "injected',
+        "Referer": 'http://ref/" - "\\',
+        "X-Evil": 'tab\there \xe9 "end',
+    })
+    line = wait_for(lambda: [ln for ln in srv.stdout().splitlines() if "/hello?q=" in ln],
+                    timeout=5)
+    assert line and len(line) == 1, srv.stdout()
+    (line,) = line
+    assert line.isascii() and line.isprintable(), line
+    parts = shlex.split(line)
+    assert len(parts) == 12, parts
+    assert parts[5] == 'GET /hello?q="x"%20200%20"\\ HTTP/1.1'
+    assert parts[6:8] == ["200", "14"]
+    assert parts[8] == 'http://ref/" - "\\'
+    assert parts[9] == 'evil" 200 999 "injected'
+    assert parts[10] == 'tab\\x09here \\xe9 "end'
+    assert parts[11] == 'q="x"%20200%20"\\'
+    assert ' "evil\\" 200 999 \\"injected" ' in line  # Gunicorn's \" for a quote

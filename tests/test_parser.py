@@ -100,13 +100,44 @@ def test_chunked_on_http10_is_400():
     assert status_of(raw) == 400
 
 
-@pytest.mark.parametrize("version", [b"2.0", b"1.2", b"0.9"])
-def test_other_versions_are_505_or_400(version):
-    assert status_of(b"GET / HTTP/" + version + b"\r\nHost: h\r\n\r\n") in (505, 400)
+@pytest.mark.parametrize("version", [b"2.0", b"1.2", b"0.9", b"3.7", b"9.9", b"0.0"])
+def test_a_well_formed_version_berth_does_not_speak_is_505(version):
+    assert status_of(b"GET / HTTP/" + version + b"\r\nHost: h\r\n\r\n") == 505
 
 
 def test_http2_in_an_http1_request_line_is_505():
     assert status_of(b"GET / HTTP/2.0\r\nHost: h\r\n\r\n") == 505
+
+
+# A request line that is not `method SP target SP HTTP/d.d` is the client's error: 400, never
+# 505 (which monitoring counts as a server error). llhttp reads a line without a version as
+# HTTP/0.9, so these reached the 505 rule before.
+@pytest.mark.parametrize("line", [
+    b"GET /",                       # no version
+    b"POST /upload0HTTP/1.1",       # no space before the version
+    b"GET / HTTP/1.1x",             # garbage after the version
+    b"GET / HTTP/11.1",             # two-digit major
+    b"GET / HTTP/1.",               # no minor
+    b"GET / HTTP/1",                # no dot
+    b"GET / http/1.1",              # lower-case protocol name
+    b"GET / FOO/1.1",               # another protocol name
+    b"GET / HTTP/1.1 extra",        # a fourth field
+    b"GET / HTTP/1.1\x00",          # a control byte
+])
+def test_a_malformed_request_line_is_400_not_505(line):
+    assert status_of(line + b"\r\nHost: h\r\n\r\n") == 400
+
+
+def test_a_line_without_version_and_no_headers_is_400():
+    assert status_of(b"GET /\r\n\r\n") == 400
+
+
+def test_a_malformed_request_line_fed_byte_by_byte_is_still_400():
+    p = RequestParser()
+    with pytest.raises(HttpError) as info:
+        for b in b"POST /upload0HTTP/1.1\r\nHost: h\r\n\r\n":
+            p.feed(bytes([b]))
+    assert info.value.status == 400
 
 
 @pytest.mark.parametrize("raw", [
@@ -195,3 +226,66 @@ def test_transfer_coding_split_over_two_lines_is_still_501():
 def test_limit_request_fields_zero_means_gunicorns_maximum():
     (req,) = parse(b"GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\n\r\n", limit_request_fields=0).ready
     assert req.headers["HTTP_A"] == "1"
+
+
+# --- Gunicorn's header_map and permit_unconventional_http_version ----------------------------
+
+UNDERSCORED = (b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4\r\n"
+               b"X_Forwarded_For: 6.6.6.6\r\nContent_Type: a/b\r\n\r\n")
+
+
+def test_header_map_drop_is_the_default():
+    (req,) = parse(UNDERSCORED, header_map="drop").ready
+    assert req.headers == {"HTTP_HOST": "h", "HTTP_X_FORWARDED_FOR": "1.2.3.4"}
+
+
+def test_header_map_refuse_answers_400():
+    assert status_of(UNDERSCORED, header_map="refuse") == 400
+
+
+def test_header_map_dangerous_maps_them_as_gunicorn_does():
+    (req,) = parse(UNDERSCORED, header_map="dangerous").ready
+    assert req.headers["HTTP_X_FORWARDED_FOR"] == "1.2.3.4,6.6.6.6"
+    assert req.headers["HTTP_CONTENT_TYPE"] == "a/b" and "CONTENT_TYPE" not in req.headers
+
+
+@pytest.mark.parametrize(("line", "framing", "protocol"), [
+    (b"GET / HTTP/1.2", "1.1", "HTTP/1.2"),
+    (b"GET / HTTP/2.0", "1.1", "HTTP/2.0"),
+    (b"GET / HTTP/9.9", "1.1", "HTTP/9.9"),
+    (b"GET / HTTP/0.5", "1.0", "HTTP/0.5"),
+    (b"GET / HTTP/1.1", "1.1", "HTTP/1.1"),
+    (b"GET / HTTP/1.0", "1.0", "HTTP/1.0"),
+])
+def test_permit_unconventional_http_version_serves_any_well_formed_version(line, framing,
+                                                                           protocol):
+    (req,) = parse(line + b"\r\nHost: h\r\n\r\n", permit_unconventional_http_version=True).ready
+    assert (req.version, req.server_protocol) == (framing, protocol)
+
+
+def test_permit_unconventional_http_version_still_refuses_malformed_lines_and_http09():
+    kw = {"permit_unconventional_http_version": True}
+    assert status_of(b"GET /\r\nHost: h\r\n\r\n", **kw) == 400
+    assert status_of(b"GET / HTTP/1.1x\r\nHost: h\r\n\r\n", **kw) == 400
+    assert status_of(b"GET / HTTP/0.9\r\nHost: h\r\n\r\n", **kw) == 505
+
+
+def test_for_config_reads_the_configuration_once():
+    class Cfg:
+        reads = 0
+        limit_request_line, limit_request_fields, limit_request_field_size = 100, 5, 50
+        body_buffer_size = 10
+        permit_unconventional_http_version = True
+
+        @property
+        def header_map(self):
+            Cfg.reads += 1
+            return "refuse"
+
+    cfg = Cfg()
+    p = RequestParser.for_config(cfg)
+    RequestParser.for_config(cfg)
+    assert Cfg.reads == 1
+    assert (p.limit_line, p.limit_fields, p.body_limit) == (100, 5, 10)
+    assert p.header_map == "refuse" and p.permit_other_versions
+    assert RequestParser.for_config(Cfg()).header_map == "refuse" and Cfg.reads == 2

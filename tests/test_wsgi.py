@@ -123,6 +123,32 @@ def test_underscore_header_cannot_shadow_dash_header(srv):
     assert env["HTTP_X_FOO"] == "dash"
 
 
+def test_header_map_dangerous_and_unconventional_versions_end_to_end(berth):
+    """Gunicorn's --header-map dangerous maps `_` names anyway; with
+    --permit-unconventional-http-version the app sees HTTP/1.2 as sent, and the answer is
+    an HTTP/1.1 response."""
+    srv = berth(["-w", "1", "--header-map", "dangerous", "--permit-unconventional-http-version",
+                 "proto_app:app"])
+    raw = get_request("/env", version="HTTP/1.2", headers={"X-Foo": "dash", "X_Foo": "under"})
+    with connect(srv.port) as sock:
+        sock.sendall(raw)
+        head = read_head(sock)
+        assert head.startswith(b"HTTP/1.1 200 "), head
+    env, _, _, _ = env_of(srv.port, raw)
+    assert env["SERVER_PROTOCOL"] == "HTTP/1.2"
+    assert env["HTTP_X_FOO"] == "dash,under"
+    env, _, _, _ = env_of(srv.port, get_request("/env", version="HTTP/2.0"))
+    assert env["SERVER_PROTOCOL"] == "HTTP/2.0"
+    assert status_of(send_raw(srv.port, b"GET /env\r\nHost: a\r\n\r\n")[0]) == 400
+
+
+def test_header_map_refuse_answers_400_end_to_end(berth):
+    srv = berth(["-w", "1", "--header-map", "refuse", "proto_app:app"])
+    resp, closed = send_raw(srv.port, get_request("/env", headers={"X_Foo": "under"}))
+    assert status_of(resp) == 400 and closed
+    assert http_get(srv.port, "/hello")[2] == HELLO
+
+
 def test_repeated_headers_are_joined_with_commas(srv):
     raw = (b"GET /env HTTP/1.1\r\nHost: a\r\nX-Multi: a\r\nX-Multi: b\r\n\r\n")
     env, _, _, _ = env_of(srv.port, raw)
@@ -253,7 +279,8 @@ def test_file_wrapper_accepts_file_like_object_without_fileno(srv):
         "the file-like object given to wsgi.file_wrapper was not closed"
 
 
-def test_file_wrapper_uses_sendfile(tmp_path, data_file):
+def _sendfile_calls(tmp_path, data_file, args=(), env_extra=None) -> list[str]:
+    """Serve `data_file` through wsgi.file_wrapper under strace: the sendfile syscalls made."""
     strace = shutil.which("strace")
     if not strace:
         pytest.skip("strace is not installed: cannot observe the sendfile syscall")
@@ -263,12 +290,14 @@ def test_file_wrapper_uses_sendfile(tmp_path, data_file):
     env = dict(os.environ)
     env.update({"BERTH_IN_CONTAINER": "0", "PYTHONPATH": f"{APPS}{os.pathsep}{ROOT}"})
     env.pop("PORT", None)
+    env.pop("SENDFILE", None)
+    env.update(env_extra or {})
     err_path = tmp_path / "stderr.log"
     with open(tmp_path / "stdout.log", "wb") as out, open(err_path, "wb") as err:
         proc = subprocess.Popen(
             [strace, "-f", "-e", "trace=sendfile", "-o", str(trace),
              sys.executable, "-m", "berth", "-b", f"127.0.0.1:{port}", "-w", "1",
-             "--threads", "1", "proto_app:app"],
+             "--threads", "1", *args, "proto_app:app"],
             stdout=out, stderr=err, env=env, cwd=str(tmp_path), stdin=subprocess.DEVNULL)
         try:
             ready = wait_for(lambda: "ready: " in err_path.read_text(errors="replace")
@@ -279,9 +308,10 @@ def test_file_wrapper_uses_sendfile(tmp_path, data_file):
                     pytest.skip(f"strace cannot trace here: {log[:300]}")
                 pytest.fail(f"berth under strace exited early: {log}")
             assert ready
-            status, _, body = request(port, get_request(f"/file?path={data_file}&cl=1"))
-            assert status == 200
-            assert body == data_file.read_bytes()
+            for cl in ("1", "0"):
+                status, _, body = request(port, get_request(f"/file?path={data_file}&cl={cl}"))
+                assert status == 200
+                assert body == data_file.read_bytes()
         finally:
             # stop berth itself (strace's child) by PID; strace exits when its tracee does
             berth_pids = pids_children(proc.pid)
@@ -296,9 +326,20 @@ def test_file_wrapper_uses_sendfile(tmp_path, data_file):
                         os.kill(pid, signal.SIGKILL)
                 proc.wait(timeout=5)
     text = trace.read_text(errors="replace")
-    calls = [ln for ln in text.splitlines() if "sendfile(" in ln]
-    assert calls, f"no sendfile syscall traced; strace output:\n{text[-2000:]}"
+    return [ln for ln in text.splitlines() if "sendfile(" in ln]
+
+
+def test_file_wrapper_uses_sendfile(tmp_path, data_file):
+    calls = _sendfile_calls(tmp_path, data_file)
+    assert calls, "no sendfile syscall traced"
     assert any(not ln.rstrip().endswith("= -1") and "= -1 E" not in ln for ln in calls), calls
+
+
+@pytest.mark.parametrize(("args", "env"), [(["--no-sendfile"], None), ([], {"SENDFILE": "0"})],
+                         ids=["--no-sendfile", "SENDFILE=0"])
+def test_no_sendfile_sends_the_file_without_sendfile(tmp_path, data_file, args, env):
+    """As Gunicorn's --no-sendfile (or $SENDFILE off): the file is read and sent in blocks."""
+    assert _sendfile_calls(tmp_path, data_file, args, env) == []
 
 
 # --- errors from the app --------------------------------------------------------------------

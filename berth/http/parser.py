@@ -12,10 +12,14 @@ The rules it leaves to the server are enforced here, following RFC 9112:
   - HTTP/1.1 without exactly one Host → 400 (§3.2);
   - a transfer coding other than plain `chunked` (e.g. `gzip, chunked`) → 501 (§6.1);
   - chunked on HTTP/1.0 → 400 (§6.1: a 1.0 message has no chunked framing);
-  - versions other than 1.0/1.1 → 505;
+  - a request line that is not `method SP target SP HTTP/d.d` → 400 (the client's error);
+    a well-formed `HTTP/d.d` other than 1.0/1.1 → 505 (RFC 9110 §15.6.6), unless Gunicorn's
+    `permit_unconventional_http_version` lets it through. llhttp checks the version's form and
+    berth its value (llhttp's own list would answer 400 to HTTP/1.2);
   - header names with `_` are dropped: `X_Forwarded_For` and `X-Forwarded-For` both become
     `HTTP_X_FORWARDED_FOR` in WSGI, so a client could spoof a proxy's header (as nginx and
-    Gunicorn >= 22 do by default);
+    Gunicorn >= 22 do by default). Gunicorn's `header_map` chooses: `drop` (the default),
+    `refuse` (400) or `dangerous` (map them anyway);
   - the request line, the number of header fields and the size of one field are bounded, with
     Gunicorn's names and defaults (4094, 100, 8190 bytes).
 """
@@ -35,25 +39,30 @@ REASONS = {
 
 # Header name (as received) -> (CGI/WSGI key, kind). The few names with a rule of their own get
 # a kind; every other name costs one dict lookup per request once seen.
-PLAIN, HOST, TRANSFER_ENCODING, EXPECT, CONTENT_LENGTH, DROP = range(6)
+PLAIN, HOST, TRANSFER_ENCODING, EXPECT, CONTENT_LENGTH, UNDERSCORE = range(6)
 _SPECIAL_KINDS = {b"host": HOST, b"transfer-encoding": TRANSFER_ENCODING, b"expect": EXPECT,
                   b"content-length": CONTENT_LENGTH}
 _header_info: dict[bytes, tuple[str, int]] = {}
 
 
 def header_info(name: bytes) -> tuple[str, int]:
-    """`X-Request-Id` → ("HTTP_X_REQUEST_ID", PLAIN); `X_Foo` → ("", DROP) (cached)."""
+    """`X-Request-Id` → ("HTTP_X_REQUEST_ID", PLAIN); `X_Foo` → ("HTTP_X_FOO", UNDERSCORE):
+    the key `header_map = dangerous` gives it (cached)."""
     info = _header_info.get(name)
     if info is None:
-        if b"_" in name:
-            info = ("", DROP)
+        upper = name.decode("latin-1").upper()
+        if b"_" in name:  # mapped as Gunicorn does: always HTTP_, never CONTENT_TYPE
+            info = ("HTTP_" + upper.replace("-", "_"), UNDERSCORE)
         else:
-            upper = name.decode("latin-1").upper().replace("-", "_")
+            upper = upper.replace("-", "_")
             key = upper if upper in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + upper
             info = (key, _SPECIAL_KINDS.get(name.lower(), PLAIN))
         if len(_header_info) < 4096:
             _header_info[name] = info
     return info
+
+
+NO_VERSION = "no HTTP version in the request line"
 
 
 class HttpError(Exception):
@@ -76,7 +85,8 @@ class Request:
     # assigning every field, on the path every request takes).
     method = b""
     url = b""
-    version = "1.1"
+    version = "1.1"  # how the response is framed: "1.1" or "1.0"
+    server_protocol = "HTTP/1.1"  # the version as sent (SERVER_PROTOCOL)
     keep_alive = True
     body = b""
     complete = False
@@ -117,11 +127,16 @@ class RequestParser:
 
     `stream_factory(request)` makes the object that receives a streamed body through
     `feed(bytes)` and, at its end, `feed(None)`.
+
+    `header_map` and `permit_unconventional_http_version` are Gunicorn's settings of those
+    names (see the module docstring). `RequestParser.for_config(cfg, stream_factory)` makes
+    one from berth's configuration.
     """
 
     def __init__(self, limit_request_line: int = 4094, limit_request_fields: int = 100,
                  limit_request_field_size: int = 8190, body_buffer_size: int = 1024 * 1024,
-                 stream_factory=CollectedBody):
+                 stream_factory=CollectedBody, header_map: str = "drop",
+                 permit_unconventional_http_version: bool = False):
         self.limit_line = limit_request_line or (1 << 62)
         self.limit_fields = limit_request_fields or 32768  # 0: Gunicorn's maximum
         # A header value without its CRLF grows inside llhttp with no callback: bound the whole
@@ -131,9 +146,14 @@ class RequestParser:
         self.limit_field = limit_request_field_size or (1 << 62)
         self.body_limit = body_buffer_size
         self.stream_factory = stream_factory
+        self.header_map = header_map
+        self.permit_other_versions = permit_unconventional_http_version
         self.ready: list[Request] = []
         self.in_head = False
         self._parser = httptools.HttpRequestParser(self)
+        # llhttp still checks that the version is HTTP/d.d; which d.d berth serves is decided
+        # in on_headers_complete, so that HTTP/1.2 gets 505 and a mangled line 400.
+        self._parser.set_dangerous_leniencies(lenient_version=True)
         self.current: Request | None = None  # the request whose head or body is arriving
         self._url = b""
         self._body: list[bytes] = []
@@ -144,6 +164,21 @@ class RequestParser:
         self._head_bytes = 0
         self._te: bytes | None = None
         self._expect = False
+
+    _cfg = None  # the configuration for_config() last read, and what it read from it
+    _options: tuple = ()
+    _flags: tuple = ()
+
+    @classmethod
+    def for_config(cls, cfg, stream_factory=CollectedBody) -> RequestParser:
+        """A parser with berth's settings. The values are read once per configuration, not per
+        connection (a Config attribute costs about a microsecond)."""
+        if cls._cfg is not cfg:
+            cls._options = (cfg.limit_request_line, cfg.limit_request_fields,
+                            cfg.limit_request_field_size, cfg.body_buffer_size)
+            cls._flags = (cfg.header_map, cfg.permit_unconventional_http_version)
+            cls._cfg = cfg
+        return cls(*cls._options, stream_factory, *cls._flags)
 
     # -- the one entry point ------------------------------------------------------------------
 
@@ -165,6 +200,9 @@ class RequestParser:
         except httptools.HttpParserCallbackError as exc:
             err = self._error or exc.__context__
             if isinstance(err, HttpError):
+                if err.detail is NO_VERSION and self._url and (
+                        b" " + self._url + b" HTTP/0.9\r") in data:
+                    err = HttpError(505, "HTTP/0.9 not supported")
                 raise err from None
             raise
         except httptools.HttpParserInvalidMethodError:
@@ -212,8 +250,10 @@ class RequestParser:
                 self._expect = value.lower() == b"100-continue"
             elif kind == CONTENT_LENGTH:
                 self.current.content_length = int(value)
-            else:  # DROP
+            elif self.header_map == "drop":  # UNDERSCORE
                 return
+            elif self.header_map == "refuse":
+                raise self._fail(400, f"header name {name.decode('latin-1')!r} contains '_'")
         headers = self.current.headers
         if key in headers:
             headers[key] += "," + value.decode("latin-1")
@@ -224,8 +264,11 @@ class RequestParser:
         req = self.current
         parser = self._parser
         version = parser.get_http_version()
-        if version != "1.1" and version != "1.0":
-            raise self._fail(505, f"HTTP/{version} not supported")
+        if version != "1.1":
+            if version == "1.0":
+                req.server_protocol = "HTTP/1.0"
+            else:
+                version = self._other_version(req, version)
         if self._hosts != 1 and (version == "1.1" or self._hosts > 1):
             raise self._fail(400, "missing Host header" if not self._hosts
                              else "more than one Host header")
@@ -295,6 +338,24 @@ class RequestParser:
         req.body_stream = self.stream_factory(req)
         req.body = b""
         self.ready.append(req)
+
+    def _other_version(self, req: Request, version: str) -> str:
+        """A version other than 1.0/1.1 (llhttp checked its form, HTTP/d.d): the version the
+        response is framed with, or an error."""
+        if version == "0.9":
+            # llhttp reads a request line without a version ("GET /", "POST /x0HTTP/1.1") as
+            # HTTP/0.9: a malformed line, 400. feed() turns it into 505 when the bytes show an
+            # explicit "HTTP/0.9" (whose client could not read an HTTP/1 response: never
+            # served, with or without permit_unconventional_http_version).
+            raise self._fail(400, NO_VERSION)
+        if not self.permit_other_versions:
+            raise self._fail(505, f"HTTP/{version} not supported")
+        # As Gunicorn, the app sees the version as sent. The response is framed, and its
+        # status line versioned, as HTTP/1.1 above 1.1 and as HTTP/1.0 below (RFC 9110 §6.2:
+        # a server answers with the highest version it conforms to; Gunicorn echoes the
+        # request's version, promising a protocol it does not speak).
+        req.server_protocol = "HTTP/" + version
+        return "1.1" if version > "1.1" else "1.0"
 
     def _fail(self, status: int, detail: str) -> HttpError:
         self._error = HttpError(status, detail)

@@ -173,6 +173,7 @@ class Responder:
         self.inline = cfg.threads == 1
         self.keep_alive = cfg.keepalive > 0  # turned off to drain or retire
         self.stall = max(cfg.keepalive, cfg.header_timeout)  # a reader that reads nothing
+        self.sendfile = cfg.sendfile  # --no-sendfile: files go through the iterable path
         self.date = DateCache()
         self.environs = Environs(multithread=cfg.threads > 1, multiprocess=cfg.workers > 1)
         # probe paths answered without the app: request target -> "ready" | "live"
@@ -421,7 +422,7 @@ class Responder:
     def send_body(self, resp: Response, result):
         """Send an iterable body (not a list): a real file with sendfile, else part by part."""
         conn = resp.conn
-        if type(result) is FileWrapper and not resp.head_sent:
+        if type(result) is FileWrapper and not resp.head_sent and self.sendfile:
             span = result.sendfile_span()
             if span is not None:
                 fd, offset, count = span

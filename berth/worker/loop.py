@@ -159,13 +159,12 @@ class Loop:
         return True
 
     def _make_parser(self, conn: Connection) -> RequestParser:
-        cfg = self.cfg
+        body_budget = self.body_budget
 
         def stream_factory(req: Request) -> StreamInput:
-            return StreamInput(req.body, cfg.body_buffer_size, lambda: self.post(conn))
+            return StreamInput(req.body, body_budget, lambda: self.post(conn))
 
-        return RequestParser(cfg.limit_request_line, cfg.limit_request_fields,
-                             cfg.limit_request_field_size, cfg.body_buffer_size, stream_factory)
+        return RequestParser.for_config(self.cfg, stream_factory)
 
     def out_of_descriptors(self, exc: OSError, now: float) -> None:
         """accept() failed for want of a file descriptor (or kernel memory). Degrade, never
