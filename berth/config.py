@@ -1,878 +1,46 @@
-"""Every setting, declared once.
+"""The effective configuration: every source read, layered, checked, and the decisions made.
 
-A `Setting` names the attribute (Gunicorn's name, which config files use), its command-line
-flags, its converter (which raises `ValueError` naming what is accepted), its default, its help,
-its section and what berth does with it (`status`, `note`). The command line and `--help`
-(`cli.py`), the `BERTH_<NAME>` environment variables, config files (`configfile.py`),
-`--print-config`, `berth doctor` and docs/settings.md (`settingsdoc.py`) all come from
-`SETTINGS`; adding a setting is one entry here.
+Where a value comes from, lowest precedence first (each source replaces the one before):
 
-Every Gunicorn setting has an entry, so that a Gunicorn command line or config file runs
-unchanged: implemented; accepted because berth makes it unnecessary (an info line when set);
-accepted but not implemented yet (a WARNING line naming it when set); or refused, when ignoring
-it would change security or meaning (TLS, `-k gevent`, `--user`): then one line and exit 2.
+1. the default (`WEB_CONCURRENCY`, when set, is the default for `workers`, as in Gunicorn);
+2. the config file: `-c FILE`, `-c python:MODULE`, else `./berth.conf.py` or
+   `./gunicorn.conf.py` when present in the current directory (`configfile.py`);
+3. `GUNICORN_CMD_ARGS`, then `BERTH_CMD_ARGS` (flags, as on the command line);
+4. `BERTH_<SETTING>` variables (`BERTH_WORKERS=4`, `BERTH_BIND=0.0.0.0:8000`);
+5. the command line.
 
-Names and defaults follow Gunicorn where Gunicorn has the setting. Where berth's default differs
-on purpose (auto-sized workers and threads, access log to stdout, a 75 s keep-alive, an 8 s
-graceful timeout) the note says why.
+The source of every value is kept (`Config.sources`) for `--print-config` and `berth doctor`.
+What depends on where berth runs (the bind when none is given, the auto sizing, the memory
+rule, the shutdown defaults) is decided once by `decide()` into `Config.decisions`, each with
+its reason; the settings then hold the numbers chosen, with the source `auto`.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
-from collections.abc import Callable
+import re
+import shlex
+import sys
+import textwrap
 from typing import Any
 
-
-class ConfigError(Exception):
-    """A setting has a value berth cannot use: the message names it and what is accepted."""
-
-
-def positive_int(value: Any) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise ValueError("a whole number >= 1") from None
-    if n < 1:
-        raise ValueError("a whole number >= 1")
-    return n
-
-
-def non_negative_int(value: Any) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise ValueError("a whole number >= 0") from None
-    if n < 0:
-        raise ValueError("a whole number >= 0")
-    return n
-
-
-def non_negative_float(value: Any) -> float:
-    try:
-        n = float(value)
-    except (TypeError, ValueError):
-        raise ValueError("a number of seconds >= 0") from None
-    if not n >= 0 or n == float("inf"):
-        raise ValueError("a number of seconds >= 0")
-    return n
-
-
-def size_bytes(value: Any) -> int:
-    """`1048576`, `512k`, `1m`, `2MiB` → bytes."""
-    text = str(value).strip().lower().removesuffix("ib").removesuffix("b")
-    scale = 1
-    if text and text[-1] in "kmg":
-        scale = {"k": 1024, "m": 1024**2, "g": 1024**3}[text[-1]]
-        text = text[:-1]
-    try:
-        n = int(float(text) * scale)
-    except ValueError:
-        raise ValueError("a size in bytes, e.g. 1048576, 512k or 1m") from None
-    if n < 0:
-        raise ValueError("a size in bytes >= 0, e.g. 1048576, 512k or 1m")
-    return n
-
-
-def log_level(value: Any) -> str:
-    text = str(value).strip().lower()
-    if text == "warn":
-        text = "warning"
-    if text not in ("debug", "info", "warning", "error", "critical"):
-        raise ValueError("one of debug, info, warning, error, critical")
-    return text
-
-
-def text(value: Any) -> str:
-    return str(value)
-
-
-def env_pair(value: Any) -> str:
-    if "=" not in str(value):
-        raise ValueError("KEY=VALUE")
-    return str(value)
-
-
-def boolean(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    word = str(value).strip().lower()
-    if word in ("1", "true", "yes", "on", "y"):
-        return True
-    if word in ("0", "false", "no", "off", "n", ""):
-        return False
-    raise ValueError("true or false (1/0, yes/no, on/off)")
-
-
-def worker_count_or_auto(value: Any) -> int | str:
-    """A count >= 1 or `auto`. A count above berth's maximum (128) is not an error here: a
-    copied `cpu_count() * 2 + 1` on a big host is lowered to the maximum, with a warning, by
-    `sizing.plan` (and is usually overridden by the command line anyway)."""
-    if str(value).strip().lower() == "auto":
-        return "auto"
-    try:
-        return positive_int(value)
-    except ValueError as exc:
-        raise ValueError(f"{exc}, or auto") from None
-
-
-def threads_or_auto(value: Any) -> int | str:
-    if str(value).strip().lower() == "auto":
-        return "auto"
-    try:
-        return positive_int(value)
-    except ValueError:
-        raise ValueError("a whole number >= 1, or auto") from None
-
-
-def octal_mask(value: Any) -> int:
-    """`0o22`, `022`, `"0022"`, `18` → 18 (what os.umask takes)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        n = value
-    else:
-        word = str(value).strip().lower()
-        try:
-            n = int(word, 0) if word.startswith("0x") or word.startswith("0o") else \
-                int(word, 8) if word.startswith("0") and len(word) > 1 else int(word)
-        except ValueError:
-            raise ValueError("a file mode mask such as 0o22, 022 or 18") from None
-    if not 0 <= n <= 0o777:
-        raise ValueError("a file mode mask from 0 to 0o777")
-    return n
-
-
-def anything(value: Any) -> Any:
-    return value
-
-
-def optional_text(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-class Refused(ValueError):
-    """A value berth will not run with: ignoring it would change security or meaning.
-
-    The message is a whole sentence (what is not supported and what to do instead)."""
-
-
-def refuse_unless(harmless: Callable[[Any], bool], reason: str) -> Callable[[Any], Any]:
-    """A converter accepting only values that change nothing (a copied config file often
-    spells out Gunicorn's defaults); anything else is refused with `reason`."""
-
-    def convert(value: Any) -> Any:
-        if harmless(value):
-            return value
-        raise Refused(reason)
-
-    return convert
-
-
-def refuse_if_on(reason: str) -> Callable[[Any], bool]:
-    """A boolean setting berth accepts only off (Gunicorn's default); on is refused."""
-
-    def convert(value: Any) -> bool:
-        if boolean(value):
-            raise Refused(reason)
-        return False
-
-    return convert
-
-
-def header_map(value: Any) -> str:
-    word = str(value).strip().lower()
-    if word not in ("drop", "refuse", "dangerous"):
-        raise ValueError("drop, refuse or dangerous")
-    return word
-
-
-GUNICORN_LOGGER = "gunicorn.glogging.Logger"
-
-
-def _default_logger(value: Any) -> bool:
-    if value is None or value == "":
-        return True
-    if not isinstance(value, str):
-        value = f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}"
-    return value.strip() in (GUNICORN_LOGGER, "glogging.Logger")
-
-
-def gunicorn_control_socket() -> str:
-    """Gunicorn's default control socket path (what a copied config may spell out)."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime):
-        return os.path.join(runtime, "gunicorn.ctl")
-    return os.path.join(os.path.expanduser("~"), ".gunicorn", "gunicorn.ctl")
-
-
-def _no_control_socket(value: Any) -> bool:
-    return value is None or value == "" or str(value) == gunicorn_control_socket()
-
-
-def _is_off(value: Any) -> bool:
-    return value is None or value is False or str(value).strip().lower() in (
-        "", "off", "false", "none", "0", "no")
-
-
-def _falsy(value: Any) -> bool:
-    return not value
-
-
-TLS_REASON = ("berth does not terminate TLS: terminate it at the load balancer, ingress or a "
-              "sidecar proxy and serve plain HTTP behind it")
-
-SYNC_CLASSES = ("sync", "egg:gunicorn#sync", "gunicorn.workers.sync.SyncWorker")
-GTHREAD_CLASSES = ("gthread", "egg:gunicorn#gthread", "gunicorn.workers.gthread.ThreadWorker")
-
-
-def worker_class(value: Any) -> str:
-    name = value if isinstance(value, str) else getattr(value, "__name__", repr(value))
-    name = name.strip()
-    if name in SYNC_CLASSES:
-        return "sync"
-    if name in GTHREAD_CLASSES:
-        return "gthread"
-    raise Refused(f"berth runs WSGI apps with its own sync or gthread workers only, not "
-                  f"{name!r} (its event loop already keeps slow clients off the app threads); "
-                  f"use -k gthread (or -k sync), or keep Gunicorn for async/ASGI workers")
-
-
-def _current_user(value: Any) -> bool:
-    """Harmless --user: unset, or the user berth already runs as (a Dockerfile USER)."""
-    if value is None or value == "":
-        return True
-    try:
-        import pwd
-
-        uid = int(value) if str(value).isdigit() else pwd.getpwnam(str(value)).pw_uid
-    except (KeyError, ValueError, ImportError):
-        return False
-    return uid == os.geteuid()
-
-
-def _current_group(value: Any) -> bool:
-    if value is None or value == "":
-        return True
-    try:
-        import grp
-
-        gid = int(value) if str(value).isdigit() else grp.getgrnam(str(value)).gr_gid
-    except (KeyError, ValueError, ImportError):
-        return False
-    return gid == os.getegid()
-
-
-def reload_engine(value: Any) -> str:
-    """auto, poll or inotify, as in Gunicorn; inotify only where the kernel offers it (Gunicorn
-    refuses it without its inotify package; berth needs no package, only Linux)."""
-    word = str(value).strip().lower()
-    if word not in ("auto", "poll", "inotify"):
-        raise ValueError("one of auto, poll, inotify")
-    if word == "inotify":
-        from berth.reloader import inotify_unavailable
-
-        why = inotify_unavailable()
-        if why:
-            raise Refused(f"inotify is not available here ({why}); use --reload-engine poll "
-                          f"(or auto, which polls then)")
-    return word
-
-
-def hook(name: str) -> Callable[[Any], Callable]:
-    def convert(value: Any) -> Callable:
-        from berth.hooks import validate_hook
-
-        return validate_hook(name, value)
-
-    convert.__name__ = f"hook_{name}"
-    return convert
-
-
-# --- the declaration --------------------------------------------------------------------------
-
-# What berth does with a setting (the status column of docs/settings.md):
-IMPLEMENTED = "implemented"
-BERTH_ONLY = "berth only"  # berth's own setting; Gunicorn has no such setting
-NOT_NEEDED = "not needed"  # accepted; berth makes it unnecessary (an info line when set)
-NOT_YET = "not yet"  # accepted and ignored, with a WARNING line naming it when set
-REFUSED = "refused"  # accepted only at a value that changes nothing; otherwise exit 2
-
-STATUS_TEXT = {
-    IMPLEMENTED: "implemented",
-    BERTH_ONLY: "berth only",
-    NOT_NEEDED: "accepted, not needed",
-    NOT_YET: "accepted, not yet implemented (warning)",
-    REFUSED: "refused (exit 2)",
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Setting:
-    """One setting: where it can be given, how its value is checked, what berth does with it.
-
-    `name` is Gunicorn's name where Gunicorn has the setting (config files use it), `flags` the
-    command-line flags (none: config file only), `convert` turns a value from any source into
-    the effective value or raises ValueError naming what is accepted (`Refused` for a value
-    berth will not run with). `env` says whether `BERTH_<NAME>` may set it. `status` and `note`
-    say what berth does with it; `default_text` is how the docs show a computed default.
-    """
-
-    name: str
-    flags: tuple[str, ...]
-    convert: Callable[[Any], Any]
-    default: Any
-    help: str
-    metavar: str | None = None
-    action: str | None = None  # "append", "store_true", "store_false", "optional" (nargs=?)
-    section: str = "Server Mechanics"
-    status: str = IMPLEMENTED
-    note: str = ""
-    env: bool = True
-    const: Any = None  # the value of a bare "optional" flag
-    default_text: str = ""
-
-    @property
-    def env_var(self) -> str | None:
-        return f"BERTH_{self.name.upper()}" if self.env else None
-
-    @property
-    def flag(self) -> str:
-        """The flag a message names: the first long one, else the first, else the name."""
-        for flag in self.flags:
-            if flag.startswith("--"):
-                return flag
-        return self.flags[0] if self.flags else self.name
-
-    @property
-    def gunicorn(self) -> bool:
-        return self.status != BERTH_ONLY
-
-    @property
-    def is_hook(self) -> bool:
-        return self.section == "Server Hooks"
-
-
-S = Setting
-
-# Why a setting is not implemented yet, naming the feature (an open issue) that brings it.
-_FWD = "forwarded headers are coming with proxy support (an open issue); until then "
-_LOGS = "the logging settings are coming (an open issue); until then "
-_STATSD = "StatsD metrics are coming (an open issue); until then none are sent."
-_CONTROL = ("berth has no control socket (gunicornc): control it with signals (HUP reload, "
-            "TERM stop, TTIN/TTOU workers, USR1 reopen logs)")
-
-SETTINGS: tuple[Setting, ...] = (
-    # -- config file ------------------------------------------------------------------------
-    S("config", ("-c", "--config"), text, None,
-      "Configuration file: a Python file of Gunicorn-style settings and hooks, or "
-      "python:MODULE. Without it, ./berth.conf.py or else ./gunicorn.conf.py is loaded when "
-      "present.", "CONFIG", section="Config File",
-      default_text="./berth.conf.py or ./gunicorn.conf.py, if present"),
-    S("wsgi_app", (), text, None,
-      "The app as MODULE:NAME, when the command line names none (config file or env).",
-      section="Config File"),
-    # -- sockets ----------------------------------------------------------------------------
-    S("bind", ("-b", "--bind"), text, None,
-      "Address to listen on, repeatable: HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N. "
-      "Default: 0.0.0.0:$PORT when $PORT is set, else 0.0.0.0:8000 inside a container "
-      "and 127.0.0.1:8000 outside one.", "ADDRESS", "append", section="Server Socket",
-      note="Gunicorn's default is 127.0.0.1:8000 everywhere, unreachable from outside a "
-           "container.",
-      default_text="0.0.0.0:$PORT, else 0.0.0.0:8000 in a container, 127.0.0.1:8000 outside"),
-    S("backlog", ("--backlog",), positive_int, 2048,
-      "Maximum number of pending connections in the kernel queue.", "INT",
-      section="Server Socket"),
-    # -- workers ----------------------------------------------------------------------------
-    S("workers", ("-w", "--workers"), worker_count_or_auto, "auto",
-      "Number of worker processes (at most 128), or auto: the container's usable CPUs (CPU "
-      "quota capped by the cpuset) rounded, at least 2, lowered if the memory limit cannot "
-      "hold them. "
-      "$WEB_CONCURRENCY, when set, replaces auto.", "INT|auto", section="Worker Processes",
-      note="Gunicorn's default is 1 (or $WEB_CONCURRENCY).", default_text="auto"),
-    S("worker_class", ("-k", "--worker-class"), worker_class, "gthread",
-      "Worker type: gthread (app threads, the default) or sync (one request at a time per "
-      "worker: threads default to 1).", "STRING", section="Worker Processes",
-      note="sync and gthread, and Gunicorn's class paths for them; any other class "
-           "(gevent, eventlet, tornado, ASGI) exits 2."),
-    S("threads", ("--threads",), threads_or_auto, "auto",
-      "App threads per worker, or auto (4, or 1 with -k sync). With 1, the app runs on the "
-      "worker's loop thread.", "INT|auto", section="Worker Processes",
-      note="Gunicorn's default is 1.", default_text="auto"),
-    S("worker_connections", ("--worker-connections",), positive_int, 1000,
-      "Maximum simultaneous clients per worker (Gunicorn: async and gthread workers).", "INT",
-      section="Worker Processes", status=NOT_YET,
-      note="the per-worker connection cap is coming (worker_connections, an open issue); until "
-           "then there is no cap: berth keeps idle and slow connections in its event loop at "
-           "a few KiB each."),
-    S("max_requests", ("--max-requests",), non_negative_int, 0,
-      "Replace a worker after it has served this many requests (0 = never). Its "
-      "replacement is ready before it stops: no request is lost.", "INT",
-      section="Worker Processes"),
-    S("max_requests_jitter", ("--max-requests-jitter",), non_negative_int, 0,
-      "Add a random 0..N to --max-requests per worker, so workers are not all "
-      "replaced at once.", "INT", section="Worker Processes"),
-    S("timeout", ("-t", "--timeout"), non_negative_float, 30.0,
-      "Seconds a worker's loop, and the app answering one request, may stay silent "
-      "before berth acts: until the first byte of the response, then between two body "
-      "parts (a stream that keeps producing is never cut; waiting for a slow client does "
-      "not count). A silent loop is killed (after dumping its threads' stacks); a silent "
-      "request has its stack logged, gets a 504 if nothing was sent (else its connection "
-      "is closed), and its worker is replaced. Booting (importing the app) does not "
-      "count. 0 disables both checks, as in Gunicorn.", "SECONDS",
-      section="Worker Processes"),
-    S("graceful_timeout", ("--graceful-timeout",), non_negative_float, None,
-      "Seconds in-flight requests get to finish after SIGTERM. Default 8 (inside "
-      "Docker's 10 s stop window; Gunicorn's 30 s is not), 20 in Kubernetes (inside its "
-      "30 s terminationGracePeriodSeconds, after the shutdown delay).", "SECONDS",
-      section="Worker Processes", note="Gunicorn's default is 30 s, longer than Docker's "
-      "10 s stop window.", default_text="8, or 20 in Kubernetes"),
-    S("shutdown_delay", ("--shutdown-delay",), non_negative_float, None,
-      "Seconds after SIGTERM during which requests are still served (load balancers "
-      "take a few seconds to stop sending) before berth stops accepting. Default 0, "
-      "5 in Kubernetes.", "SECONDS", section="Worker Processes", status=BERTH_ONLY,
-      default_text="0, or 5 in Kubernetes"),
-    S("keepalive", ("--keep-alive",), non_negative_float, 75.0,
-      "Seconds an idle keep-alive connection is kept open (0 disables keep-alive). "
-      "Longer than common load-balancer idle timeouts (60 s), and cheap: an idle "
-      "connection costs no thread.", "SECONDS", section="Worker Processes",
-      note="Gunicorn's default is 2 s, shorter than load balancers' 60 s idle timeout."),
-    S("max_worker_memory", ("--max-worker-memory",), size_bytes, None,
-      "Replace a worker whose RSS stays above this size for 3 samples in a row "
-      "(0 = never). Default: off, unless a container memory limit is known; then a "
-      "share such that all workers plus one replacement fit under it.", "BYTES",
-      section="Worker Processes", status=BERTH_ONLY,
-      default_text="auto from the memory limit, else off"),
-    # -- security ---------------------------------------------------------------------------
-    S("limit_request_line", ("--limit-request-line",), non_negative_int, 4094,
-      "Maximum size of the request line in bytes (0 = unlimited).", "INT",
-      section="Security"),
-    S("limit_request_fields", ("--limit-request-fields",), non_negative_int, 100,
-      "Maximum number of header fields in a request.", "INT", section="Security"),
-    S("limit_request_field_size", ("--limit-request-field_size",
-                                   "--limit-request-field-size"), non_negative_int, 8190,
-      "Maximum size of one request header field in bytes (0 = unlimited).", "INT",
-      section="Security"),
-    S("ready_path", ("--ready-path",), text, "/-/ready",
-      "Readiness probe, answered by the worker's loop thread (never queued behind the app, "
-      "so it answers while every app thread is busy): 200 while serving, 503 once SIGTERM "
-      "arrived (during --shutdown-delay too, so load balancers deregister). '' disables.",
-      "PATH", section="Server", status=BERTH_ONLY),
-    S("live_path", ("--live-path",), text, "/-/live",
-      "Liveness probe, answered by the worker's loop thread: 200 while the loop runs. "
-      "'' disables.", "PATH", section="Server", status=BERTH_ONLY),
-    S("header_timeout", ("--header-timeout",), non_negative_float, 10.0,
-      "Seconds a client has to send a whole request head, and the longest pause while "
-      "it sends a body, before the connection is closed (408).", "SECONDS",
-      section="Security", status=BERTH_ONLY),
-    S("body_buffer_size", ("--body-buffer-size",), size_bytes, 1024 * 1024,
-      "Request bodies up to this size are read whole into memory before the app sees "
-      "the request; larger ones are streamed to the app as they arrive.", "BYTES",
-      section="Security", status=BERTH_ONLY, default_text="1m"),
-    # -- debugging --------------------------------------------------------------------------
-    S("reload", ("--reload",), boolean, False,
-      "Restart the workers when the app's source files (the files of the modules its workers "
-      "imported) or a --reload-extra-file change: new workers start and the old ones drain "
-      "once they are ready. An edit that does not import is logged with its traceback while "
-      "the old workers keep serving; the next change tries again. For development; not with "
-      "--preload.", None, "store_true", section="Debugging",
-      note="Gunicorn's worker answers requests with the traceback of a SyntaxError and "
-           "stops on other import errors; berth keeps the last good workers serving and "
-           "never stops for an edit."),
-    S("reload_engine", ("--reload-engine",), reload_engine, "auto",
-      "How --reload watches files: inotify (Linux, no package needed), poll (stat once a "
-      "second: use it where inotify misses edits, e.g. some bind mounts from Docker "
-      "Desktop), or auto (inotify, else poll).", "STRING", section="Debugging",
-      note="Gunicorn's inotify engine needs the inotify package; berth calls the kernel's "
-           "inotify through ctypes."),
-    S("reload_extra_files", ("--reload-extra-file",), text, None,
-      "Another file --reload watches (templates, configuration), repeatable. An entry with "
-      "`*`, `?` or `[` is a glob (`**` recurses), expanded again every second, so a matching "
-      "file created later is watched too (its first edit reloads). Relative to the directory "
-      "berth is started from, not to --chdir.",
-      "FILE", "append", section="Debugging"),
-    S("spew", ("--spew",), refuse_if_on(
-        "tracing every line berth executes is not supported (it would slow the workers' loops "
-        "until supervision replaced them): trace with python -m trace --trace --module berth "
-        "..., or sample with py-spy"), False,
-      "Trace every line the server executes (debugging).", None, "store_true",
-      section="Debugging", status=REFUSED,
-      note="accepted when off; on exits 2 (line tracing would stall the workers' loops until "
-           "supervision replaced them)."),
-    S("check_config", ("--check-config",), boolean, False,
-      "Check the configuration, load the app and exit: 0 when it loads, 1 when the app "
-      "fails to load, 2 when the configuration is wrong.", None, "store_true",
-      section="Debugging", env=False),
-    S("print_config", ("--print-config",), boolean, False,
-      "Print every setting's effective value and where it came from, and exit.", None,
-      "store_true", section="Debugging", env=False),
-    # -- server mechanics -------------------------------------------------------------------
-    S("preload_app", ("--preload",), boolean, False,
-      "Load the app in the master before forking workers (memory shared copy-on-write, "
-      "kept shared with gc.freeze()).", None, "store_true"),
-    S("sendfile", ("--no-sendfile",), boolean, True,
-      "Do not use sendfile() for wsgi.file_wrapper responses: read the file and send its "
-      "blocks. As with Gunicorn, $SENDFILE (y, 1, yes, true: on; anything else: off) is used "
-      "when the setting is not given.", None, "store_false", default_text="on"),
-    S("reuse_port", ("--reuse-port",), boolean, False,
-      "Set SO_REUSEPORT on the TCP listening sockets (another process may then bind the same "
-      "port and share its connections).", None, "store_true"),
-    S("chdir", ("--chdir",), text, None,
-      "Change to this directory before loading the app.", "DIR",
-      default_text="the current directory"),
-    S("daemon", ("-D", "--daemon"), refuse_unless(
-        _falsy, "berth stays in the foreground (a container or process supervisor runs it); "
-                "drop --daemon"), False,
-      "Detach from the terminal (Gunicorn).", None, "store_true", status=REFUSED,
-      note="berth always runs in the foreground, as containers and supervisors expect."),
-    S("raw_env", ("-e", "--env"), env_pair, None,
-      "Set an environment variable for the app, repeatable: KEY=VALUE.", "KEY=VALUE",
-      "append"),
-    S("pidfile", ("-p", "--pid"), optional_text, None,
-      "Write the master's pid to this file (removed at exit).", "FILE"),
-    S("worker_tmp_dir", ("--worker-tmp-dir",), text, None,
-      "Directory for Gunicorn's worker heartbeat files.", "DIR", status=NOT_NEEDED,
-      note="berth has no heartbeat file: workers report through shared memory, so nothing "
-           "is written to /tmp (and /dev/shm is not needed)."),
-    S("user", ("-u", "--user"), refuse_unless(
-        _current_user, "switching workers to another user is not implemented: run the "
-                       "container as that user (Dockerfile USER, docker run --user, "
-                       "runAsUser)"), None,
-      "Run the workers as this user.", "USER", status=REFUSED,
-      note="accepted when it names the user berth already runs as; otherwise exit 2 "
-           "(ignoring it would leave the workers running as root)."),
-    S("group", ("-g", "--group"), refuse_unless(
-        _current_group, "switching workers to another group is not implemented: run the "
-                        "container with that group (docker run --user UID:GID, "
-                        "runAsGroup)"), None,
-      "Run the workers as this group.", "GROUP", status=REFUSED,
-      note="accepted when it names the group berth already runs as; otherwise exit 2."),
-    S("umask", ("-m", "--umask"), octal_mask, 0,
-      "File mode mask applied while a unix socket is bound (as in Gunicorn: only there, never "
-      "to the process). The default 0 lets every local user connect (mode 0777, as with "
-      "Gunicorn); 0o007 limits it to the owner and group.", "INT", default_text="0"),
-    S("initgroups", ("--initgroups",), boolean, False,
-      "Set the workers' supplementary groups from --user.", None, "store_true",
-      status=NOT_NEEDED,
-      note="it only matters when the workers switch user; berth never switches (--user and "
-           "--group are accepted only when they name the current ones), so the workers keep "
-           "the groups they have, as Gunicorn's do then."),
-    S("tmp_upload_dir", (), optional_text, None,
-      "Directory for request bodies being read (Gunicorn).", status=NOT_NEEDED,
-      note="Gunicorn itself no longer uses it; berth buffers bodies in memory up to "
-           "--body-buffer-size and streams larger ones to the app: nothing is written to "
-           "disk."),
-    S("secure_scheme_headers", (), anything,
-      {"X-FORWARDED-PROTOCOL": "ssl", "X-FORWARDED-PROTO": "https", "X-FORWARDED-SSL": "on"},
-      "Headers from a trusted proxy that mark a request as HTTPS.", status=NOT_YET,
-      note=f"{_FWD}wsgi.url_scheme is always http: X-Forwarded-Proto is not read.",
-      default_text="Gunicorn's X-FORWARDED-* trio"),
-    S("forwarded_allow_ips", ("--forwarded-allow-ips",), text, "127.0.0.1,::1",
-      "Proxies trusted to set secure_scheme_headers and forwarder_headers.", "STRING",
-      status=NOT_YET, note=f"{_FWD}no forwarded header is trusted (wsgi.url_scheme is "
-                           "http, REMOTE_ADDR the peer)."),
-    S("pythonpath", ("--pythonpath",), text, None,
-      "Comma-separated directories to add to the Python path.", "PATHS"),
-    S("paste", ("--paste", "--paster"), refuse_unless(
-        _falsy, "PasteDeploy apps are not supported: name the app as MODULE:NAME"), None,
-      "Load a PasteDeploy config file.", "STRING", status=REFUSED,
-      note="name the app as MODULE:NAME instead."),
-    S("raw_paste_global_conf", ("--paste-global",), refuse_unless(
-        _falsy, "PasteDeploy apps are not supported: name the app as MODULE:NAME"), None,
-      "Global PasteDeploy variables, repeatable.", "CONF", "append", status=REFUSED,
-      note="PasteDeploy is not supported."),
-    S("proxy_protocol", ("--proxy-protocol",), refuse_unless(
-        _is_off, "the PROXY protocol is not implemented yet (it is coming with proxy "
-                 "support); ignoring it would answer every request 400 and make REMOTE_ADDR "
-                 "the proxy's: turn it off at the proxy or keep Gunicorn"), "off",
-      "Accept the PROXY protocol header from a load balancer (off, v1, v2, auto).", "MODE",
-      "optional", status=REFUSED, const="auto",
-      note="accepted when off; otherwise exit 2."),
-    S("proxy_allow_ips", ("--proxy-allow-from",), text, "127.0.0.1,::1",
-      "Proxies allowed to send the PROXY protocol header.", "STRING", status=NOT_YET,
-      note="the PROXY protocol is coming with proxy support (an open issue); until then it is "
-           "refused (proxy_protocol) and this list is not used."),
-    S("protocol", ("--protocol",), refuse_unless(
-        lambda v: str(v).strip().lower() == "http",
-        "berth speaks HTTP only (not uwsgi): point the front end at berth over HTTP"), "http",
-      "Protocol for incoming connections: http or uwsgi.", "STRING", status=REFUSED,
-      note="http only; uwsgi exits 2."),
-    S("uwsgi_allow_ips", ("--uwsgi-allow-from",), text, "127.0.0.1,::1",
-      "Front ends allowed to speak uwsgi.", "STRING", status=NOT_NEEDED,
-      note="it only matters with --protocol uwsgi, which berth refuses."),
-    S("permit_obsolete_folding", ("--permit-obsolete-folding",), refuse_if_on(
-        "obsolete line folding is a request-smuggling vector (deprecated in Gunicorn): berth "
-        "answers folded header lines 400; fix the client or the proxy that folds"), False,
-      "Accept obsolete line folding in header fields.", None, "store_true", status=REFUSED,
-      note="accepted when off; on exits 2 (a request-smuggling vector, deprecated in "
-           "Gunicorn): folded header lines get 400."),
-    S("strip_header_spaces", ("--strip-header-spaces",), refuse_if_on(
-        "whitespace before a header's colon is a request-smuggling vector (deprecated in "
-        "Gunicorn): berth answers it 400; fix the client that sends it"), False,
-      "Strip spaces before the colon of header names (unsafe).", None, "store_true",
-      status=REFUSED, note="accepted when off; on exits 2 (a request-smuggling vector, "
-                           "deprecated in Gunicorn): such headers get 400."),
-    S("permit_unconventional_http_method", ("--permit-unconventional-http-method",),
-      refuse_if_on("berth parses methods with llhttp, which knows a fixed list (GET, HEAD, "
-                   "POST, PUT, DELETE, PATCH, OPTIONS, TRACE, WebDAV's, PURGE, QUERY...) and "
-                   "answers any other method 400; it cannot accept lower-case or unregistered "
-                   "methods"), False,
-      "Accept methods outside Gunicorn's conventional pattern (lower case, under 3 or over 20 "
-      "characters, '#').", None, "store_true", status=REFUSED,
-      note="accepted when off; on exits 2. berth accepts the methods llhttp knows and answers "
-           "others 400, where Gunicorn also passes any other upper-case token of 3 to 20 "
-           "characters to the app."),
-    S("permit_unconventional_http_version", ("--permit-unconventional-http-version",),
-      boolean, False,
-      "Serve any well-formed HTTP/d.d request line, not only HTTP/1.0 and 1.1 (others get "
-      "505). The app sees the version as sent in SERVER_PROTOCOL; the response is HTTP/1.1 "
-      "(HTTP/1.0 below 1.1). HTTP/0.9 is never served.", None, "store_true",
-      note="Gunicorn serves HTTP/1.2 to 1.9 even without it (berth: 505) and echoes the "
-           "request's version in the status line."),
-    S("casefold_http_method", ("--casefold-http-method",), boolean, False,
-      "Upper-case lower-case request methods.", None, "store_true", status=NOT_NEEDED,
-      note="Gunicorn folds only the methods permit_unconventional_http_method lets through "
-           "(refused by berth); without it, both answer a lower-case method 400 first."),
-    S("forwarder_headers", ("--forwarder-headers",), text, "SCRIPT_NAME,PATH_INFO",
-      "Headers a trusted proxy may use to set environ variables.", "STRING", status=NOT_YET,
-      note=f"{_FWD}no header sets SCRIPT_NAME or PATH_INFO."),
-    S("header_map", ("--header-map",), header_map, "drop",
-      "Header names containing '_' (X_Forwarded_For would become the same environ key as "
-      "X-Forwarded-For): drop them (the default), refuse the request (400), or dangerous: "
-      "map them anyway, joined with the '-' one.", "STRING",
-      note="With dangerous, a SCRIPT_NAME header does not set SCRIPT_NAME (in Gunicorn it "
-           "does): that comes with forwarder_headers."),
-    S("root_path", ("--root-path",), text, "",
-      "Root path of an ASGI app (Gunicorn's ASGI worker).", "STRING", status=NOT_NEEDED,
-      note="ASGI only; for WSGI, set SCRIPT_NAME in the environment."),
-    # -- logging ----------------------------------------------------------------------------
-    S("accesslog", ("--access-logfile",), text, "-",
-      "Access log: '-' for stdout (the default: containers collect stdout), a file "
-      "path, or 'none' to disable.", "FILE", section="Logging",
-      note="Gunicorn's default is no access log."),
-    S("disable_redirect_access_to_syslog", ("--disable-redirect-access-to-syslog",), boolean,
-      False, "Do not send access logs to syslog.", None, "store_true", section="Logging",
-      status=NOT_NEEDED, note="it only matters with syslog, which berth does not have yet (a "
-                              "warning): no access log goes to syslog either way."),
-    S("access_log_format", ("--access-logformat",), text,
-      '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
-      "Access log format, with Gunicorn's atoms.", "STRING", section="Logging"),
-    S("errorlog", ("--error-logfile", "--log-file"), text, "-",
-      "Error log: '-' for stderr (the default) or a file path.", "FILE", section="Logging"),
-    S("loglevel", ("--log-level",), log_level, "info",
-      "Error log level: debug, info, warning, error, critical.", "LEVEL", section="Logging"),
-    S("capture_output", ("--capture-output",), boolean, False,
-      "Redirect the app's stdout/stderr to the error log file.", None, "store_true",
-      section="Logging", status=NOT_YET,
-      note=f"{_LOGS}the app's output goes to berth's own stdout and stderr."),
-    S("logger_class", ("--logger-class",), refuse_unless(
-        _default_logger, "a custom logger class is not supported: berth has its own error and "
-                         "access logs; shape them with --access-logformat and --log-level, "
-                         "and configure logging with logconfig_dict (coming with the logging "
-                         "settings)"), GUNICORN_LOGGER,
-      "A Gunicorn logger class.", "STRING", section="Logging", status=REFUSED,
-      note="accepted when it names Gunicorn's default; any other class exits 2 (use "
-           "logconfig_dict)."),
-    S("logconfig", ("--log-config",), optional_text, None,
-      "A logging.config file for the error log.", "FILE", section="Logging", status=NOT_YET,
-      note=f"{_LOGS}the error log is configured by --error-logfile and --log-level."),
-    S("logconfig_dict", (), anything, {},
-      "A logging.config dictionary (config file only).", section="Logging", status=NOT_YET,
-      note=f"{_LOGS}the error log is configured by --error-logfile and --log-level.",
-      default_text="{}"),
-    S("logconfig_json", ("--log-config-json",), optional_text, None,
-      "A logging.config JSON file.", "FILE", section="Logging", status=NOT_YET,
-      note=f"{_LOGS}the error log is configured by --error-logfile and --log-level."),
-    S("syslog_addr", ("--log-syslog-to",), text, "udp://localhost:514",
-      "Syslog address.", "SYSLOG_ADDR", section="Logging", status=NOT_YET,
-      note=f"{_LOGS}no syslog output: logs are a stream on stdout and stderr."),
-    S("syslog", ("--log-syslog",), boolean, False,
-      "Send the logs to syslog.", None, "store_true", section="Logging", status=NOT_YET,
-      note=f"{_LOGS}no syslog output: logs are a stream on stdout and stderr."),
-    S("syslog_prefix", ("--log-syslog-prefix",), optional_text, None,
-      "Program name in syslog entries.", "SYSLOG_PREFIX", section="Logging",
-      status=NOT_YET, note=f"{_LOGS}no syslog output."),
-    S("syslog_facility", ("--log-syslog-facility",), text, "user",
-      "Syslog facility.", "SYSLOG_FACILITY", section="Logging", status=NOT_YET,
-      note=f"{_LOGS}no syslog output."),
-    S("enable_stdio_inheritance", ("-R", "--enable-stdio-inheritance"), boolean, False,
-      "Keep stdio open in daemon mode.", None, "store_true", section="Logging",
-      status=NOT_NEEDED, note="it only matters in daemon mode, which berth refuses; berth "
-                              "never closes or redirects stdio."),
-    S("statsd_host", ("--statsd-host",), optional_text, None,
-      "StatsD server to send metrics to (HOST:PORT).", "STATSD_ADDR", section="Logging",
-      status=NOT_YET, note=_STATSD),
-    S("dogstatsd_tags", ("--dogstatsd-tags",), text, "",
-      "Tags for DogStatsD metrics.", "DOGSTATSD_TAGS", section="Logging", status=NOT_YET,
-      note=_STATSD),
-    S("statsd_prefix", ("--statsd-prefix",), text, "",
-      "Prefix of StatsD metric names.", "STATSD_PREFIX", section="Logging", status=NOT_YET,
-      note=_STATSD),
-    S("enable_backlog_metric", ("--enable-backlog-metric",), boolean, False,
-      "Report the listen backlog as a metric.", None, "store_true", section="Logging",
-      status=NOT_YET, note=_STATSD),
-    # -- process naming ---------------------------------------------------------------------
-    S("proc_name", ("-n", "--name"), optional_text, None,
-      "Process title base (setproctitle).", "STRING", section="Process Naming",
-      status=NOT_YET, note="process titles are coming (an open issue); until then they are "
-                           "not changed."),
-    S("default_proc_name", (), text, "gunicorn",
-      "Gunicorn's internal default process name.", section="Process Naming",
-      status=NOT_NEEDED, note="internal to Gunicorn."),
-    # -- SSL --------------------------------------------------------------------------------
-    S("keyfile", ("--keyfile",), refuse_unless(_falsy, TLS_REASON), None,
-      "TLS key file.", "FILE", section="SSL", status=REFUSED, note=TLS_REASON + "."),
-    S("certfile", ("--certfile",), refuse_unless(_falsy, TLS_REASON), None,
-      "TLS certificate file.", "FILE", section="SSL", status=REFUSED, note=TLS_REASON + "."),
-    S("ssl_version", ("--ssl-version",), refuse_unless(
-        lambda v: str(v).strip() in ("2", "PROTOCOL_TLS", "TLS", "_SSLMethod.PROTOCOL_TLS")
-        or v is None, TLS_REASON), None,
-      "TLS protocol version.", "VERSION", section="SSL", status=REFUSED,
-      note=TLS_REASON + ".", default_text="TLS"),
-    S("cert_reqs", ("--cert-reqs",), refuse_unless(
-        lambda v: v is None or str(v).strip() in ("0", "CERT_NONE", "VerifyMode.CERT_NONE"),
-        TLS_REASON), None,
-      "Whether a client certificate is required.", "INT", section="SSL", status=REFUSED,
-      note=TLS_REASON + ".", default_text="0 (none)"),
-    S("ca_certs", ("--ca-certs",), refuse_unless(_falsy, TLS_REASON), None,
-      "CA certificates file.", "FILE", section="SSL", status=REFUSED, note=TLS_REASON + "."),
-    S("suppress_ragged_eofs", ("--suppress-ragged-eofs",), refuse_unless(
-        lambda v: v is None or v is True or str(v).lower() in ("true", "1"), TLS_REASON), True,
-      "Suppress ragged TLS EOFs.", None, "store_true", section="SSL", status=REFUSED,
-      note=TLS_REASON + "."),
-    S("do_handshake_on_connect", ("--do-handshake-on-connect",), refuse_unless(
-        _falsy, TLS_REASON), False,
-      "Do the TLS handshake on connect.", None, "store_true", section="SSL", status=REFUSED,
-      note=TLS_REASON + "."),
-    S("ciphers", ("--ciphers",), refuse_unless(_falsy, TLS_REASON), None,
-      "TLS cipher suites.", "CIPHERS", section="SSL", status=REFUSED,
-      note=TLS_REASON + "."),
-    # -- HTTP/2 -----------------------------------------------------------------------------
-    S("http_protocols", ("--http-protocols",), refuse_unless(
-        lambda v: v is None or str(v).strip().lower() in ("h1", "http/1.1"),
-        "berth speaks HTTP/1.x only: use --http-protocols h1 (or drop it); terminate HTTP/2 "
-        "at the load balancer"), "h1",
-      "HTTP versions to offer (h1, h2).", "STRING", section="HTTP/2", status=REFUSED,
-      note="h1 only; anything else exits 2."),
-    S("http2_cleartext", ("--http2-cleartext",), refuse_unless(
-        _is_off, "berth speaks HTTP/1.x only: drop --http2-cleartext"), "off",
-      "Accept HTTP/2 over cleartext (h2c).", "STRING", section="HTTP/2", status=REFUSED,
-      note="off only; anything else exits 2."),
-    S("http2_max_concurrent_streams", ("--http2-max-concurrent-streams",), positive_int, 100,
-      "HTTP/2 streams per connection.", "INT", section="HTTP/2", status=NOT_NEEDED,
-      note="berth does not speak HTTP/2."),
-    S("http2_initial_window_size", ("--http2-initial-window-size",), positive_int, 65535,
-      "HTTP/2 initial flow-control window.", "INT", section="HTTP/2", status=NOT_NEEDED,
-      note="berth does not speak HTTP/2."),
-    S("http2_max_frame_size", ("--http2-max-frame-size",), positive_int, 16384,
-      "HTTP/2 maximum frame size.", "INT", section="HTTP/2", status=NOT_NEEDED,
-      note="berth does not speak HTTP/2."),
-    S("http2_max_header_list_size", ("--http2-max-header-list-size",), positive_int, 65536,
-      "HTTP/2 maximum header list size.", "INT", section="HTTP/2", status=NOT_NEEDED,
-      note="berth does not speak HTTP/2."),
-    # -- ASGI and parser choice -------------------------------------------------------------
-    S("asgi_loop", ("--asgi-loop",), text, "auto",
-      "Event loop of Gunicorn's ASGI worker.", "STRING", section="Worker Processes",
-      status=NOT_NEEDED, note="ASGI only; berth serves WSGI."),
-    S("asgi_lifespan", ("--asgi-lifespan",), text, "auto",
-      "ASGI lifespan handling.", "STRING", section="Worker Processes", status=NOT_NEEDED,
-      note="ASGI only; berth serves WSGI."),
-    S("asgi_disconnect_grace_period", ("--asgi-disconnect-grace-period",), non_negative_int,
-      3, "ASGI disconnect grace period.", "INT", section="Worker Processes",
-      status=NOT_NEEDED, note="ASGI only; berth serves WSGI."),
-    S("websocket_max_message_size", ("--websocket-max-message-size",), non_negative_int,
-      16777216, "ASGI WebSocket message size limit.", "INT", section="Worker Processes",
-      status=NOT_NEEDED, note="ASGI only; berth serves WSGI."),
-    S("http_parser", ("--http-parser",), text, "auto",
-      "HTTP parser implementation.", "STRING", section="Worker Processes",
-      status=NOT_NEEDED, note="berth always parses with httptools (llhttp)."),
-    # -- dirty arbiters ---------------------------------------------------------------------
-    S("dirty_apps", ("--dirty-app",), refuse_unless(
-        _falsy, "dirty apps (a separate worker pool for long tasks) are not supported; run "
-                "them in their own process"), None,
-      "Apps for Gunicorn's dirty worker pool, repeatable.", "STRING", "append",
-      section="Dirty Arbiters", status=REFUSED, note="not supported; exits 2 when set."),
-    S("dirty_workers", ("--dirty-workers",), non_negative_int, 0,
-      "Dirty worker processes.", "INT", section="Dirty Arbiters", status=NOT_NEEDED,
-      note="no dirty worker pool."),
-    S("dirty_timeout", ("--dirty-timeout",), non_negative_int, 300,
-      "Dirty task timeout.", "INT", section="Dirty Arbiters", status=NOT_NEEDED,
-      note="no dirty worker pool."),
-    S("dirty_threads", ("--dirty-threads",), positive_int, 1,
-      "Threads per dirty worker.", "INT", section="Dirty Arbiters", status=NOT_NEEDED,
-      note="no dirty worker pool."),
-    S("dirty_graceful_timeout", ("--dirty-graceful-timeout",), non_negative_int, 30,
-      "Dirty worker shutdown timeout.", "INT", section="Dirty Arbiters", status=NOT_NEEDED,
-      note="no dirty worker pool."),
-    # -- control socket ---------------------------------------------------------------------
-    S("control_socket", ("--control-socket",), refuse_unless(_no_control_socket, _CONTROL),
-      None, "Unix socket of Gunicorn's control interface (gunicornc).", "PATH",
-      section="Control", status=REFUSED,
-      note="accepted when it names Gunicorn's default path; any other path exits 2: berth "
-           "has no control socket (gunicornc) and is controlled with signals.",
-      default_text="$XDG_RUNTIME_DIR/gunicorn.ctl or ~/.gunicorn/gunicorn.ctl"),
-    S("control_socket_mode", ("--control-socket-mode",), refuse_unless(
-        lambda v: octal_mask(v) == 0o600, _CONTROL), 0o600,
-      "Permissions of the control socket.", "INT", section="Control", status=REFUSED,
-      note="accepted at Gunicorn's default 0o600; anything else exits 2 (no control socket).",
-      default_text="0o600"),
-    S("control_socket_disable", ("--no-control-socket",), boolean, False,
-      "Do not open the control socket.", None, "store_true", section="Control",
-      status=NOT_NEEDED, note="berth has no control socket: none is opened either way."),
+from berth import __version__, configfile
+from berth.container import default_bind
+from berth.converters import ConfigError, Refused
+from berth.loader import AppSpecError, parse_app_uri
+from berth.settings import (
+    BERTH_ONLY,
+    BY_NAME,
+    IMPLEMENTED,
+    NOT_NEEDED,
+    NOT_YET,
+    REFUSED,
+    SETTINGS,
+    Setting,
 )
-
-# Gunicorn's server hooks (config file only). pre_exec is accepted but never called;
-# ssl_context is TLS; the dirty-arbiter hooks belong to a pool berth does not have.
-_HOOK_HELP = {
-    "on_starting": "Called in the master before it binds: on_starting(server).",
-    "on_reload": "Called in the master on SIGHUP: on_reload(server).",
-    "when_ready": "Called in the master once the listeners are bound: when_ready(server).",
-    "pre_fork": "Called in the master before a worker is forked: pre_fork(server, worker).",
-    "post_fork": "Called in a new worker: post_fork(server, worker).",
-    "post_worker_init": "Called in a worker once the app is loaded: post_worker_init(worker).",
-    "worker_int": "Called in a worker on SIGINT or SIGQUIT: worker_int(worker).",
-    "worker_abort": "Called in a worker on SIGABRT (its loop went silent): "
-                    "worker_abort(worker).",
-    "pre_exec": "Called before a new master is exec'd (SIGUSR2): pre_exec(server).",
-    "pre_request": "Called in a worker before the app handles a request: "
-                   "pre_request(worker, req).",
-    "post_request": "Called in a worker after a response: "
-                    "post_request(worker, req, environ, resp).",
-    "child_exit": "Called in the master after a worker exited: child_exit(server, worker).",
-    "worker_exit": "Called in a worker as it exits: worker_exit(server, worker).",
-    "nworkers_changed": "Called in the master when the worker count changes: "
-                        "nworkers_changed(server, new_value, old_value).",
-    "on_exit": "Called in the master just before berth exits: on_exit(server).",
-}
-_DIRTY_HOOKS = ("on_dirty_starting", "dirty_post_fork", "dirty_worker_init",
-                "dirty_worker_exit")
-
-
-def _hook_settings() -> tuple[Setting, ...]:
-    out = []
-    for name, help_text in _HOOK_HELP.items():
-        if name == "pre_exec":
-            out.append(S(name, (), hook(name), None, help_text, section="Server Hooks",
-                         status=NOT_NEEDED, env=False,
-                         note="never called: berth has no SIGUSR2 re-exec."))
-        else:
-            out.append(S(name, (), hook(name), None, help_text, section="Server Hooks",
-                         env=False))
-    out.append(S("ssl_context", (), refuse_unless(_falsy, TLS_REASON), None,
-                 "Build the TLS context: ssl_context(config, default_ssl_context_factory).",
-                 section="Server Hooks", status=REFUSED, env=False,
-                 note=TLS_REASON + "."))
-    for name in _DIRTY_HOOKS:
-        out.append(S(name, (), anything, None, f"Gunicorn dirty-arbiter hook {name}.",
-                     section="Server Hooks", status=NOT_NEEDED, env=False,
-                     note="never called: no dirty worker pool."))
-    return tuple(out)
-
-
-SETTINGS = SETTINGS + _hook_settings()
-BY_NAME = {s.name: s for s in SETTINGS}
-HOOK_NAMES = tuple(s.name for s in SETTINGS if s.is_hook)
+from berth.sockets import BindError, parse_bind
 
 
 def check_reload(cfg: Config, cwd: str) -> None:
@@ -942,14 +110,15 @@ class Config:
     """The effective configuration: one attribute per `Setting`, plus the app spec.
 
     `sources[name]` says where each value came from: `default`, `file PATH`, `env VAR`
-    (`env BERTH_WORKERS`, `env GUNICORN_CMD_ARGS`...), `cli` or `auto` (computed at start:
-    sizing, graceful timeout, bind). `notices` are (level, line) pairs to log at start.
+    (`env BERTH_WORKERS`, `env GUNICORN_CMD_ARGS`...), `cli` or `auto` (decided at start:
+    `decisions` says why). `notices` are (level, line) pairs to log at start.
     """
 
     app_uri: str = ""
     values: dict = dataclasses.field(default_factory=dict)
     sources: dict = dataclasses.field(default_factory=dict)
     notices: list = dataclasses.field(default_factory=list)
+    decisions: Decisions = dataclasses.field(default_factory=lambda: Decisions())
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -976,3 +145,330 @@ class Config:
     @property
     def settings(self) -> dict[str, Setting]:  # Gunicorn's cfg.settings, by name
         return BY_NAME
+
+
+# -- reading the sources ------------------------------------------------------------------------
+
+CMD_ARGS_VARS = ("GUNICORN_CMD_ARGS", "BERTH_CMD_ARGS")  # lowest precedence first
+USAGE_NO_APP = "no app given: berth [options] MODULE:NAME"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse would print usage too)
+        raise ConfigError(message)
+
+
+def _epilog() -> str:
+    def flags(title: str, status: str) -> str:
+        names = ", ".join(s.flag for s in SETTINGS if s.status == status and s.flags)
+        return textwrap.fill(f"{title}: {names}", 79, initial_indent="  ",
+                             subsequent_indent="    ", break_on_hyphens=False)
+
+    about = textwrap.fill(
+        "Settings also come from a config file (-c FILE, -c python:MODULE, else "
+        "./berth.conf.py or ./gunicorn.conf.py), GUNICORN_CMD_ARGS, BERTH_CMD_ARGS and "
+        "BERTH_<SETTING> variables, in that order of precedence, all below the command "
+        "line. Gunicorn's other flags are accepted too (see docs/settings.md):", 79)
+    return "\n".join([
+        "commands:",
+        "  berth doctor [options] [MODULE:NAME]   explain the environment, the effective",
+        "                                         configuration and what to fix",
+        "", about,
+        flags("not needed with berth (an info line)", NOT_NEEDED),
+        flags("not implemented yet (a warning)", NOT_YET),
+        flags("refused unless they change nothing (exit 2)", REFUSED)])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="berth", description="A pre-fork WSGI HTTP server built for "
+                     "containers; accepts Gunicorn's flags and config files.",
+                     epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("app", metavar="MODULE:NAME", nargs="?",
+                        help="the WSGI app, e.g. myproject.wsgi:application or app:create_app()")
+    parser.add_argument("--version", action="version", version=f"berth {__version__}")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for setting in SETTINGS:
+        if not setting.flags:
+            continue
+        shown = setting.status in (IMPLEMENTED, BERTH_ONLY)
+        target = parser
+        if shown:
+            target = groups.get(setting.section) or groups.setdefault(
+                setting.section, parser.add_argument_group(setting.section.lower()))
+        kwargs: dict = {"dest": setting.name, "default": None,
+                        "help": setting.help if shown else argparse.SUPPRESS}
+        if setting.action in ("store_true", "store_false"):
+            kwargs["action"] = setting.action
+        else:
+            kwargs["metavar"] = setting.metavar
+            if setting.action == "append":
+                kwargs["action"] = "append"
+            elif setting.action == "optional":
+                kwargs["nargs"] = "?"
+                kwargs["const"] = setting.const
+        target.add_argument(*setting.flags, **kwargs)
+    return parser
+
+
+# --- reading the sources ----------------------------------------------------------------------
+
+def _given(args: argparse.Namespace) -> dict:
+    """The settings a parsed command line names (the app as `wsgi_app`)."""
+    out = {s.name: getattr(args, s.name) for s in SETTINGS
+           if s.flags and getattr(args, s.name, None) is not None}
+    if args.app:
+        out["wsgi_app"] = args.app
+    return out
+
+
+def _parse_cmd_args(parser: argparse.ArgumentParser, environ, var: str) -> dict:
+    text = environ.get(var, "")
+    if not text.strip():
+        return {}
+    try:
+        return _given(parser.parse_args(shlex.split(text)))
+    except ValueError as exc:  # shlex: no closing quotation
+        raise ConfigError(f"{var}: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{var}: {exc}") from None
+
+
+def _split_env(setting: Setting, text: str) -> list[str]:
+    if setting.name == "bind":
+        return [p for p in re.split(r"[,\s]+", text) if p]
+    return shlex.split(text)
+
+
+def env_settings(environ) -> dict:
+    """`BERTH_<SETTING>` variables: {name: raw value}. Empty variables count as unset."""
+    out = {}
+    for setting in SETTINGS:
+        var = setting.env_var
+        if var is None or var not in environ or not environ[var].strip():
+            continue
+        raw = environ[var]
+        if setting.action == "append":
+            try:
+                out[setting.name] = _split_env(setting, raw)
+            except ValueError as exc:
+                raise ConfigError(f"{var}: {exc}") from None
+        else:
+            out[setting.name] = raw.strip()
+    return out
+
+
+def _apply(cfg: Config, given: dict, source: str) -> None:
+    for name, value in given.items():
+        cfg.set(name, value, source)
+
+
+def parse_config(argv: list[str], environ=os.environ, cwd: str | None = None,
+                 require_app: bool = True) -> Config:
+    """argv + environment + config file → Config (raises ConfigError with a one-line message).
+
+    `cwd` is the directory relative config paths and the auto-loaded files are looked up in
+    (the launch directory: a SIGHUP reload after --chdir still finds them).
+    """
+    cwd = cwd or os.getcwd()
+    parser = build_parser()
+    cli = _given(parser.parse_args(argv))
+    layers = [(f"env {var}", _parse_cmd_args(parser, environ, var)) for var in CMD_ARGS_VARS]
+    env = env_settings(environ)
+
+    cfg = Config()
+    concurrency = environ.get("WEB_CONCURRENCY", "").strip()
+    if concurrency:
+        cfg.set("workers", concurrency, "env WEB_CONCURRENCY")
+
+    location, source = None, ""
+    for src, given in [("cli", cli), ("env BERTH_CONFIG", env), *reversed(layers)]:
+        if given.get("config"):
+            location, source = given["config"], src
+            break
+    if location is None:
+        location, note = configfile.find_auto_config(cwd)
+        source = "auto"
+        if note:
+            cfg.notices.append(("info", note))
+    if location:
+        if cwd not in sys.path:  # as Gunicorn: the config may import the project's modules
+            sys.path.insert(0, cwd)
+        path = location
+        if not location.startswith("python:") and not os.path.isabs(location):
+            path = os.path.join(cwd, location.removeprefix("file:"))
+        label = location.removeprefix("file:")
+        for name, value in configfile.settings_from_namespace(
+                configfile.read_namespace(path, label), label).items():
+            cfg.set(name, value, f"file {label}")
+        cfg.values["config"] = location
+        cfg.sources["config"] = source
+        how = {"cli": "-c", "auto": "found in the current directory"}.get(source, source)
+        cfg.notices.insert(0, ("info", f"configuration file {label} loaded ({how})"))
+
+    for src, given in layers:
+        _apply(cfg, given, src)
+    for name, value in env.items():
+        cfg.set(name, value, f"env {BY_NAME[name].env_var}")
+    _apply(cfg, cli, "cli")
+    if not cfg.is_set("sendfile") and "SENDFILE" in environ:  # as Gunicorn reads it
+        cfg.set("sendfile", environ["SENDFILE"].strip().lower() in ("y", "1", "yes", "true"),
+                "env SENDFILE")
+
+    cfg.app_uri = cfg.wsgi_app or ""
+    if cfg.app_uri:
+        try:
+            parse_app_uri(cfg.app_uri)
+        except AppSpecError as exc:
+            raise ConfigError(str(exc)) from None
+    elif require_app and not cfg.print_config:
+        raise ConfigError(USAGE_NO_APP)
+    if not cfg.bind:
+        addr, why = default_bind(environ)
+        cfg.values["bind"] = [addr]
+        cfg.sources["bind"] = "auto"
+        cfg.decisions.bind = why
+    for addr in cfg.bind:
+        try:
+            parse_bind(addr)
+        except BindError as exc:
+            raise ConfigError(str(exc)) from None
+    check_reload(cfg, cwd)
+    cfg.notices.extend(status_notices(cfg))
+    return cfg
+
+
+def status_notices(cfg: Config) -> list[tuple[str, str]]:
+    """One line for each Gunicorn setting given that berth does not need or implement."""
+    out = []
+    for setting in SETTINGS:
+        if setting.status not in (NOT_NEEDED, NOT_YET) or not cfg.is_set(setting.name):
+            continue
+        if cfg.values.get(setting.name) == setting.default:
+            continue  # a copied config spelling out Gunicorn's default changes nothing
+        named = f"{setting.name} ({setting.flag}, from {cfg.source(setting.name)})" \
+            if setting.flags else f"{setting.name} (from {cfg.source(setting.name)})"
+        if setting.status == NOT_NEEDED:
+            out.append(("info", f"{named} is not needed with berth: {setting.note}"))
+        else:
+            out.append(("warning", f"{named} is not implemented in berth yet and is "
+                                   f"ignored: {setting.note}"))
+    return out
+
+
+# --- values decided at start ------------------------------------------------------------------
+
+# -- decisions: what depends on where berth runs ------------------------------------------------
+
+@dataclasses.dataclass
+class Decisions:
+    """What berth decided from where it runs, each with its reason: logged at start, shown by
+    `--print-config` (beside the values, whose source is `auto`) and `berth doctor`."""
+
+    bind: str = ""  # why this address, when no --bind was given
+    sizing: str = ""  # the one start-up line of the sizing (workers and threads)
+    sizing_warnings: tuple[str, ...] = ()
+    auto_workers: int = 0  # what auto sizing chooses here (a configured count is held to it)
+    workers_auto: bool = False  # the worker count is berth's: the memory cap may lower it
+    shutdown: str = ""  # the SIGTERM plan: shutdown delay and graceful timeout, and why
+    memory: str = ""  # why --max-worker-memory is what it is, when berth chose it
+
+    def reason(self, name: str) -> str:
+        """The reason behind an `auto` value of setting `name` ('' if none)."""
+        return {"bind": self.bind, "workers": self.sizing, "threads": self.sizing,
+                "graceful_timeout": self.shutdown, "shutdown_delay": self.shutdown,
+                "max_worker_memory": self.memory}.get(name, "")
+
+
+def decide(cfg: Config, environ=os.environ, info=None) -> None:
+    """The settings whose value depends on where berth runs: the auto sizing (and the
+    memory cap's permission), the shutdown defaults (Kubernetes or not) and the memory rule.
+    Each value goes into `cfg` with the source `auto`, its reason into `cfg.decisions`."""
+    from berth import sizing
+    from berth.container import detect
+
+    if info is None:
+        info = detect(environ=environ)
+    decisions = cfg.decisions
+    raw_workers, raw_threads = cfg.workers, cfg.threads
+    plan = sizing.plan(info, raw_workers, raw_threads, workers_from=cfg.source("workers"),
+                       threads_from=cfg.source("threads"),
+                       worker_class=cfg.worker_class if cfg.is_set("worker_class") else "")
+    for name, raw, value in (("workers", raw_workers, plan.workers),
+                             ("threads", raw_threads, plan.threads)):
+        cfg.values[name] = value
+        if raw == "auto":
+            cfg.sources[name] = "auto"
+    decisions.sizing = plan.reason
+    decisions.sizing_warnings = tuple(plan.warnings)
+    decisions.auto_workers = plan.auto_workers
+    decisions.workers_auto = raw_workers == "auto"
+
+    in_k8s = bool(environ.get("KUBERNETES_SERVICE_HOST"))
+    where = ("in Kubernetes: inside its 30 s termination grace period" if in_k8s else
+             "not in Kubernetes: inside Docker's 10 s stop window")
+    if cfg.values.get("graceful_timeout") is None:
+        cfg.values["graceful_timeout"] = 20.0 if in_k8s else 8.0
+        cfg.sources["graceful_timeout"] = "auto"
+    if cfg.values.get("shutdown_delay") is None:
+        cfg.values["shutdown_delay"] = 5.0 if in_k8s else 0.0
+        cfg.sources["shutdown_delay"] = "auto"
+    decisions.shutdown = (f"on SIGTERM: shutdown delay {cfg.shutdown_delay:g} s, graceful "
+                          f"timeout {cfg.graceful_timeout:g} s ({where})")
+
+    if cfg.values.get("max_worker_memory") is None:
+        cfg.sources["max_worker_memory"] = "auto"
+        limit = info.memory_limit
+        cfg.values["max_worker_memory"] = sizing.worker_memory_share(limit, cfg.workers)
+        decisions.memory = (sizing.memory_rule(limit, cfg.workers) if limit else
+                            "auto: off, no memory limit is known")
+
+
+def load(argv: list[str], environ=os.environ, cwd: str | None = None,
+         require_app: bool = True, info=None) -> Config:
+    """Every source read and layered (`parse_config`), then the decisions made (`decide`):
+    the Config a Master is started with."""
+    cfg = parse_config(argv, environ, cwd, require_app)
+    decide(cfg, environ, info)
+    return cfg
+
+
+# -- output -------------------------------------------------------------------------------------
+
+def _show(value) -> str:
+    if callable(value):
+        name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
+        return f"<function {name}>" if name else repr(value)
+    return repr(value)
+
+
+def config_rows(cfg: Config, everything: bool = False,
+                reasons: bool = True) -> list[tuple[str, str, str]]:
+    """(name, value, source) for every setting: the ones berth does not implement only when
+    given, unless `everything`. With `reasons`, a value berth decided (`auto`) has its reason
+    in the source column (`berth doctor` lists the decisions apart)."""
+    rows = [("wsgi_app", _show(cfg.app_uri or None), cfg.source("wsgi_app"))]
+    for setting in SETTINGS:
+        name = setting.name
+        if name in ("wsgi_app", "print_config", "check_config"):
+            continue
+        implemented = setting.status in (IMPLEMENTED, BERTH_ONLY)
+        if not everything and not cfg.is_set(name) and (
+                not implemented or setting.is_hook):
+            continue
+        source = cfg.source(name)
+        if reasons and source == "auto" and cfg.decisions.reason(name):
+            source = cfg.decisions.reason(name)
+            if not source.startswith("auto"):
+                source = f"auto: {source}"
+        if not implemented:
+            source += f"; berth: {setting.status}"
+        rows.append((name, _show(getattr(cfg, name)), source))
+    return rows
+
+
+def render_config(cfg: Config, everything: bool = False) -> str:
+    """`--print-config`: `name = value  # source`, one line per setting (the values are
+    Python literals, as in a config file)."""
+    rows = config_rows(cfg, everything)
+    width = max(len(n) + len(v) for n, v, _ in rows) + 3
+    return "\n".join(f"{f'{n} = {v}':<{width}}  # {s}" for n, v, s in rows)

@@ -34,7 +34,8 @@ import traceback
 import types
 from typing import Any
 
-from berth.config import BY_NAME, HOOK_NAMES, ConfigError
+from berth.converters import ConfigError
+from berth.settings import BY_NAME, HOOK_NAMES
 
 AUTO_FILES = ("berth.conf.py", "gunicorn.conf.py")  # in order of preference
 MODULE_NAME = "__config__"  # as Gunicorn: what the file sees as __name__

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from berth import __version__
-from berth.config import Config, ConfigError
+from berth.config import Config, ConfigError, config_rows, load
 
 DOCKER_STOP_WINDOW = 10.0  # `docker stop` default: SIGTERM, then SIGKILL 10 s later
 K8S_STOP_WINDOW = 30.0  # terminationGracePeriodSeconds default
@@ -75,7 +75,7 @@ def diagnose(cfg: Config, info: Any, euid: int | None = None) -> list[Finding]:
 
     usable = info.usable_cpus
     quota = info.cpu_limit
-    auto = cfg.values.get("auto_workers")
+    auto = cfg.decisions.auto_workers
     workers = cfg.workers
     if isinstance(workers, int) and quota is not None:
         fair = max(auto or 0, math.ceil(quota))
@@ -126,7 +126,6 @@ def _section(title: str, lines: list[str]) -> str:
 
 def report(cfg: Config, info: Any, euid: int | None = None) -> str:
     """The whole doctor output."""
-    from berth.cli import config_rows
 
     euid = os.geteuid() if euid is None else euid
     try:
@@ -148,17 +147,17 @@ def report(cfg: Config, info: Any, euid: int | None = None) -> str:
     ]
     env.extend(f"note: {n}" for n in info.notes)
 
-    decided = [cfg.values.get("sizing_reason", "")]
-    decided.append(cfg.values.get("shutdown_reason", ""))
-    if cfg.values.get("bind_reason"):
-        decided.append(f"listening on {cfg.bind[0]}: {cfg.bind_reason}")
+    decisions = cfg.decisions
+    decided = [decisions.sizing, decisions.shutdown]
+    if decisions.bind:
+        decided.append(f"listening on {cfg.bind[0]}: {decisions.bind}")
     if cfg.max_worker_memory:
         decided.append(f"max worker memory {cfg.max_worker_memory >> 20} MiB"
-                       f"{cfg.values.get('memory_reason', '')}")
-    decided.extend(f"warning: {line}" for line in cfg.values.get("sizing_warnings", ()))
+                       + (f" ({decisions.memory})" if decisions.memory else ""))
+    decided.extend(f"warning: {line}" for line in decisions.sizing_warnings)
     decided.extend(line for level, line in cfg.notices if level == "info")
 
-    rows = config_rows(cfg)
+    rows = config_rows(cfg, reasons=False)
     width = max(len(n) for n, _, _ in rows)
     vwidth = min(40, max(len(v) for _, v, _ in rows))
     conf = [f"{n:<{width}}  {v:<{vwidth}}  {s}" for n, v, s in rows]
@@ -181,12 +180,11 @@ def report(cfg: Config, info: Any, euid: int | None = None) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from berth.cli import load_config
     from berth.container import detect
 
     info = detect()
     try:
-        cfg = load_config(argv, require_app=False, info=info)
+        cfg = load(argv, require_app=False, info=info)
     except ConfigError as exc:
         print(_section("Environment", [info.describe()]))
         print(f"\nberth: error: {exc}", file=sys.stderr)

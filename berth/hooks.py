@@ -23,24 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-# name -> number of positional arguments Gunicorn passes
-HOOK_ARITY: dict[str, int] = {
-    "on_starting": 1,  # (server)                 master, before binding
-    "on_reload": 1,  # (server)                   master, on SIGHUP
-    "when_ready": 1,  # (server)                  master, once the listeners are bound
-    "pre_fork": 2,  # (server, worker)            master, before forking a worker
-    "post_fork": 2,  # (server, worker)           worker, just after the fork
-    "post_worker_init": 1,  # (worker)            worker, once the app is loaded
-    "worker_int": 1,  # (worker)                  worker, on SIGINT/SIGQUIT
-    "worker_abort": 1,  # (worker)                worker, on SIGABRT (a silent worker)
-    "pre_exec": 1,  # (server)                    never: berth has no SIGUSR2 re-exec
-    "pre_request": 2,  # (worker, req)            worker, before the app runs
-    "post_request": 4,  # (worker, req, environ, resp)  worker, after the response
-    "child_exit": 2,  # (server, worker)          master, after reaping a worker
-    "worker_exit": 2,  # (server, worker)         worker, as it exits
-    "nworkers_changed": 3,  # (server, new, old)  master, when the worker count changes
-    "on_exit": 1,  # (server)                     master, just before it exits
-}
+from berth.settings import HOOK_ARGS
 
 # Hooks berth accepts in a config file but never calls (logged at start when set).
 NEVER_CALLED = {"pre_exec": "berth has no SIGUSR2 binary upgrade, so nothing is re-executed"}
@@ -85,7 +68,7 @@ def validate_hook(name: str, value: Any) -> Callable:
         raise HookError(f"a function taking {_arity_text(name)}, not {type(value).__name__}")
     if name == "post_request":
         return _post_request(value)
-    if not _can_take(value, HOOK_ARITY[name]):
+    if not _can_take(value, len(HOOK_ARGS[name])):
         raise HookError(f"a function taking {_arity_text(name)}")
     return value
 
@@ -101,14 +84,8 @@ def _post_request(func: Callable) -> Callable:
 
 
 def _arity_text(name: str) -> str:
-    args = {
-        1: "(server)" if name in ("on_starting", "on_reload", "when_ready", "pre_exec",
-                                  "on_exit") else "(worker)",
-        2: "(worker, req)" if name == "pre_request" else "(server, worker)",
-        3: "(server, new_value, old_value)",
-        4: "(worker, req, environ, resp)",
-    }[HOOK_ARITY[name]]
-    return f"{HOOK_ARITY[name]} argument{'s' if HOOK_ARITY[name] > 1 else ''} {args}"
+    args = HOOK_ARGS[name]
+    return f"{len(args)} argument{'s' if len(args) > 1 else ''} ({', '.join(args)})"
 
 
 def get_hook(cfg: Any, name: str) -> Callable | None:

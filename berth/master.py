@@ -146,10 +146,10 @@ class Master:
         self.log.info("berth master %d%s: %d workers x %d threads, %s; %s",
                       os.getpid(), " (PID 1)" if os.getpid() == 1 else "", cfg.workers,
                       cfg.threads, f"timeout {cfg.timeout:g} s" if cfg.timeout else
-                      "timeout 0 (no deadline)", cfg.values.get("shutdown_reason", ""))
+                      "timeout 0 (no deadline)", cfg.decisions.shutdown)
         if cfg.max_worker_memory:
             self.log.info("max worker memory %d MiB%s", cfg.max_worker_memory >> 20,
-                          cfg.values.get("memory_reason", ""))
+                          f" ({cfg.decisions.memory})" if cfg.decisions.memory else "")
         call_hook(cfg, "when_ready", self.server)
         call_hook(cfg, "nworkers_changed", self.server, cfg.workers, None)
         for _ in range(cfg.workers):
@@ -318,7 +318,7 @@ class Master:
     def cap_workers_by_memory(self, info: WorkerInfo) -> None:
         """Once the first worker serves, its own memory (USS) is known: never run more
         workers than the container's memory limit holds, all of them plus one replacement
-        under 80% of it. A configured count only gets a warning."""
+        under 90% of it (sizing.MEMORY_HEADROOM). A configured count only gets a warning."""
         limit = self.info.memory_limit
         uss = self.scoreboard.read(info.slot).uss
         if not limit or not uss:
@@ -329,7 +329,7 @@ class Master:
         count, line = cap_for_memory(limit, uss, self.cfg.workers, master_uss)
         if line is None:
             return
-        if self.cfg.values.get("workers_auto"):
+        if self.cfg.decisions.workers_auto:
             self.log.warning("%s", line)
             self.set_workers(count, "memory limit")
         else:

@@ -1,4 +1,4 @@
-"""docs/settings.md, generated from `config.SETTINGS`.
+"""docs/settings.md, generated from `settings.SETTINGS`.
 
 `python -m berth.settingsdoc > docs/settings.md` writes it. A test checks that the committed
 file matches the table, so the reference never drifts.
@@ -6,8 +6,9 @@ file matches the table, so the reference never drifts.
 
 from __future__ import annotations
 
-from berth.config import (
+from berth.settings import (
     BERTH_ONLY,
+    HOOK_ARGS,
     IMPLEMENTED,
     NOT_NEEDED,
     NOT_YET,
@@ -16,12 +17,11 @@ from berth.config import (
     STATUS_TEXT,
     Setting,
 )
-from berth.hooks import HOOK_ARITY
 
 INTRO = """\
 # Settings
 
-<!-- Generated from berth/config.py by `python -m berth.settingsdoc > docs/settings.md`;
+<!-- Generated from berth/settings.py by `python -m berth.settingsdoc > docs/settings.md`;
      do not edit by hand (tests/test_config.py checks that it matches). -->
 
 Every setting is declared once, in `berth/config.py`; the command line, `--help`, the
@@ -149,7 +149,7 @@ def render() -> str:
     parts.append("|---|---|---|")
     for s in SETTINGS:
         if s.is_hook and s.status == IMPLEMENTED:
-            parts.append(f"| `{s.name}` | {HOOK_ARITY[s.name]} | {_cell(s.help)} |")
+            parts.append(f"| `{s.name}` | {len(HOOK_ARGS[s.name])} | {_cell(s.help)} |")
     parts.append("")
 
     parts.append(STRICTER)

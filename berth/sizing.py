@@ -10,8 +10,11 @@ default (`--workers auto --threads auto`) is:
 - workers: the usable CPUs rounded to the nearest whole number, at least 2 (one busy worker
   must never leave the container unable to answer);
 - threads: 4 per worker (app threads wait on I/O far more often than they compute);
-- after the first worker has booted, the count is capped so that all workers plus one
-  replacement fit under ~80% of the memory limit (`cap_for_memory`, called by the master).
+- memory: all workers plus one replacement (recycling starts the new worker before the old
+  one stops) must fit under 90% of the memory limit. That one rule gives the default
+  `--max-worker-memory` (`worker_memory_share`: each worker's share) and, once the first worker
+  has booted and its size is known, caps the worker count (`cap_for_memory`, called by the
+  master).
 
 Everything here is pure: the inputs are a `ContainerInfo` (or anything with the same fields)
 and numbers, the outputs a decision and the one line that explains it.
@@ -27,7 +30,7 @@ from berth.container import format_bytes, format_cpu_list
 
 MIN_WORKERS = 2  # one busy worker must never leave the container unable to answer a probe
 THREADS_PER_WORKER = 4
-MEMORY_HEADROOM = 0.8  # all workers + one replacement must fit under this share of the limit
+MEMORY_HEADROOM = 0.9  # all workers + one replacement must fit under this share of the limit
 MAX_WORKERS = 128  # as berth.scoreboard.MAX_WORKERS (not imported: this module stays pure)
 
 
@@ -134,7 +137,7 @@ def cap_for_memory(limit: int | None, worker_rss: int, workers: int,
 
     `worker_rss` is one worker's own memory (its unique pages: with `--preload` the app's pages
     are shared with the master and counted in `master_rss`). All workers plus one replacement
-    (recycling starts the new worker before the old one stops) must fit under 80% of `limit`.
+    (recycling starts the new worker before the old one stops) must fit under 90% of `limit`.
     Returns (count, warning line or None); the count never goes below 1 nor above `workers`.
     """
     if not limit or worker_rss <= 0 or workers <= 1:
@@ -155,6 +158,20 @@ def cap_for_memory(limit: int | None, worker_rss: int, workers: int,
         line += ("; even 1 worker and its replacement do not fit: raise the memory limit or "
                  "make the app smaller (--preload shares its pages)")
     return capped, line
+
+
+def worker_memory_share(limit: int | None, workers: int) -> int:
+    """The default --max-worker-memory: one worker's share of the memory rule (0: no limit
+    known, so no recycling by memory)."""
+    if not limit:
+        return 0
+    return int(limit * MEMORY_HEADROOM / (workers + 1))
+
+
+def memory_rule(limit: int, workers: int) -> str:
+    """Why --max-worker-memory is `worker_memory_share(limit, workers)`, in a few words."""
+    return (f"auto: {MEMORY_HEADROOM:.0%} of the {format_bytes(limit)} memory limit shared by "
+            f"{workers} workers + 1 replacement")
 
 
 def workers_need(worker_rss: int, workers: int, master_rss: int = 0) -> int:

@@ -18,8 +18,8 @@ from test_cli import run_berth
 from test_sizing import info as fake_info
 
 from berth import settingsdoc
-from berth.cli import build_parser, load_config, parse_config, render_config
-from berth.config import BY_NAME, NOT_NEEDED, NOT_YET, REFUSED, SETTINGS, ConfigError
+from berth.config import ConfigError, build_parser, load, parse_config, render_config
+from berth.settings import BY_NAME, NOT_NEEDED, NOT_YET, REFUSED, SETTINGS
 
 BASE_ENV = {"BERTH_IN_CONTAINER": "0"}
 
@@ -410,7 +410,7 @@ def test_refused_settings_at_a_value_that_changes_nothing_are_accepted(tmp_path)
 
 
 def test_gunicorns_default_control_socket_path_is_accepted():
-    from berth.config import gunicorn_control_socket
+    from berth.converters import gunicorn_control_socket
 
     parse(["--control-socket", gunicorn_control_socket(), "app:app"])
 
@@ -457,7 +457,8 @@ def test_not_yet_warnings_name_the_feature_that_brings_them(tmp_path):
 def test_only_settings_an_open_issue_brings_are_accepted_and_ignored():
     """Item 9: a Gunicorn setting berth accepts does what it does in Gunicorn; the ones it
     ignores with a warning are only those another open issue implements."""
-    coming = {"worker_connections", "secure_scheme_headers", "forwarded_allow_ips", "forwarder_headers",
+    coming = {"worker_connections", "secure_scheme_headers", "forwarded_allow_ips",
+              "forwarder_headers",
               "proxy_allow_ips", "capture_output", "logconfig", "logconfig_dict",
               "logconfig_json", "syslog_addr", "syslog", "syslog_prefix", "syslog_facility",
               "statsd_host", "dogstatsd_tags", "statsd_prefix", "enable_backlog_metric",
@@ -481,33 +482,33 @@ def test_pre_exec_hook_is_accepted_with_an_info_line(tmp_path):
 # --- values decided at start ---------------------------------------------------------------
 
 def test_auto_values_are_resolved_and_recorded_as_auto():
-    cfg = load_config(["app:app"], environ=dict(BASE_ENV), cwd="/nonexistent",
+    cfg = load(["app:app"], environ=dict(BASE_ENV), cwd="/nonexistent",
                       info=fake_info(cpu_limit=0.5, cpus=64, memory=512 << 20))
     assert (cfg.workers, cfg.threads) == (2, 4)
     assert cfg.source("workers") == cfg.source("threads") == "auto"
     assert cfg.source("graceful_timeout") == "auto" and cfg.graceful_timeout == 8.0
-    assert cfg.values["workers_auto"] is True
-    assert cfg.sizing_reason.startswith("workers=2 threads=4 (auto, at least 2 workers: "
+    assert cfg.decisions.workers_auto is True
+    assert cfg.decisions.sizing.startswith("workers=2 threads=4 (auto, at least 2 workers: "
                                         "cpu quota 0.5")
 
 
 def test_host_sized_workers_warn_at_start():
     # cpu_count() * 2 + 1 of a copied config on an 8-CPU host, in a 1-CPU container
-    cfg = load_config(["-w", "17", "app:app"], environ=dict(BASE_ENV), cwd="/nonexistent",
+    cfg = load(["-w", "17", "app:app"], environ=dict(BASE_ENV), cwd="/nonexistent",
                       info=fake_info(cpu_limit=1.0, cpus=8))
-    assert cfg.workers == 17 and cfg.values["workers_auto"] is False
-    assert any("auto sizing would start 2" in line for line in cfg.sizing_warnings)
+    assert cfg.workers == 17 and cfg.decisions.workers_auto is False
+    assert any("auto sizing would start 2" in line for line in cfg.decisions.sizing_warnings)
 
 
 def test_print_config_render_is_python_with_sources(tmp_path):
     write(tmp_path / "gunicorn.conf.py", "workers = 3\ndef post_fork(server, worker): pass\n")
-    cfg = load_config(["--timeout", "9", "app:app"], environ=dict(BASE_ENV), cwd=str(tmp_path),
+    cfg = load(["--timeout", "9", "app:app"], environ=dict(BASE_ENV), cwd=str(tmp_path),
                       info=fake_info(cpus=2))
     text = render_config(cfg)
     lines = {ln.split(" = ")[0]: ln for ln in text.splitlines()}
     assert re.match(r"workers = 3 +# file gunicorn.conf.py$", lines["workers"])
     assert re.match(r"timeout = 9.0 +# cli$", lines["timeout"])
-    assert re.match(r"threads = 4 +# auto$", lines["threads"])
+    assert re.match(r"threads = 4 +# auto: workers=3 threads=4 \(", lines["threads"])
     assert re.match(r"backlog = 2048 +# default$", lines["backlog"])
     assert "post_fork = <function post_fork>" in lines["post_fork"]
     assert "proc_name" not in lines  # not implemented and not given: not listed
@@ -526,7 +527,7 @@ def test_print_config_subprocess_shows_every_source(tmp_path):
     assert re.search(r"^timeout = 9.0 +# cli$", out, re.M)
     assert re.search(r"^keepalive = 4.0 +# env BERTH_KEEPALIVE$", out, re.M)
     assert re.search(r"^max_requests = 5 +# env GUNICORN_CMD_ARGS$", out, re.M)
-    assert re.search(r"^workers = \d+ +# auto$", out, re.M)
+    assert re.search(r"^workers = \d+ +# auto: workers=\d+ threads=\d+ \(", out, re.M)
 
 
 def test_check_config_exit_codes(tmp_path):

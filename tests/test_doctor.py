@@ -9,14 +9,14 @@ import textwrap
 from test_cli import run_berth
 from test_sizing import info as fake_info
 
-from berth.cli import load_config
+from berth.config import load
 from berth.doctor import diagnose, report
 
 
 def cfg_for(argv, info, env=None, cwd="/nonexistent"):
     environ = {"BERTH_IN_CONTAINER": "1"}
     environ.update(env or {})
-    return load_config(list(argv), environ=environ, cwd=cwd, require_app=False, info=info)
+    return load(list(argv), environ=environ, cwd=cwd, require_app=False, info=info)
 
 
 def problems(argv, info=None, env=None, euid=1000) -> list[str]:

@@ -18,7 +18,6 @@ from conftest import http_get
 
 from berth.config import Config
 from berth.hooks import (
-    HOOK_ARITY,
     HookError,
     RequestView,
     ResponseView,
@@ -28,6 +27,9 @@ from berth.hooks import (
     get_hook,
     validate_hook,
 )
+from berth.settings import HOOK_ARGS
+
+HOOK_ARITY = {name: len(args) for name, args in HOOK_ARGS.items()}
 
 GUNICORN_HOOKS = ("on_starting", "on_reload", "when_ready", "pre_fork", "post_fork",
                   "post_worker_init", "worker_int", "worker_abort", "pre_exec", "pre_request",

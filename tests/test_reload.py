@@ -19,8 +19,7 @@ import pytest
 from conftest import APPS, ROOT, http_get
 
 from berth import reloader
-from berth.cli import parse_config
-from berth.config import ConfigError
+from berth.config import ConfigError, parse_config
 
 EDIT_DEADLINE = 3.0  # the promise: an edit is served within 3 s
 

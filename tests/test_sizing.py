@@ -128,20 +128,20 @@ def test_describe_inputs_for_a_cpuset_without_affinity():
 # --- the memory cap ------------------------------------------------------------------------
 
 def test_memory_cap_keeps_the_count_when_everything_fits():
-    # 4 workers + 1 replacement x 60 MiB = 300 MiB <= 80% of 512 MiB (409.6)
+    # 4 workers + 1 replacement x 60 MiB = 300 MiB <= 90% of 512 MiB (460.8)
     assert cap_for_memory(512 * MiB, 60 * MiB, 4) == (4, None)
 
 
-def test_memory_cap_lowers_the_count_so_workers_plus_one_fit_under_80_percent():
+def test_memory_cap_lowers_the_count_so_workers_plus_one_fit_under_90_percent():
     count, line = cap_for_memory(512 * MiB, 100 * MiB, 8)
-    assert count == 3  # (3 + 1) x 100 = 400 <= 409.6; (4 + 1) x 100 = 500 is not
+    assert count == 3  # (3 + 1) x 100 = 400 <= 460.8; (4 + 1) x 100 = 500 is not
     assert line.startswith("workers=3 (lowered from 8 by the memory limit)")
     assert "100 MiB" in line and "512 MiB" in line
 
 
 def test_memory_cap_counts_the_master():
     count, line = cap_for_memory(1024 * MiB, 100 * MiB, 8, master_rss=300 * MiB)
-    assert count == 4  # 819.2 - 300 = 519.2 -> 5 fit, minus the replacement
+    assert count == 5  # 921.6 - 300 = 621.6 -> 6 fit, minus the replacement
     assert "the master 300 MiB" in line
 
 

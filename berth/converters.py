@@ -1,0 +1,278 @@
+"""Value converters for the settings table (`berth/settings.py`).
+
+Each turns a value from any source (the command line, an environment variable, a config file's
+Python value) into the effective value, or raises `ValueError` whose text says what is
+accepted (`Refused` for a value berth will not run with). The message that names the setting
+and the source is made by `berth/config.py`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A setting has a value berth cannot use: the message names it and what is accepted."""
+
+
+def positive_int(value: Any) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("a whole number >= 1") from None
+    if n < 1:
+        raise ValueError("a whole number >= 1")
+    return n
+
+
+def non_negative_int(value: Any) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("a whole number >= 0") from None
+    if n < 0:
+        raise ValueError("a whole number >= 0")
+    return n
+
+
+def non_negative_float(value: Any) -> float:
+    try:
+        n = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("a number of seconds >= 0") from None
+    if not n >= 0 or n == float("inf"):
+        raise ValueError("a number of seconds >= 0")
+    return n
+
+
+def size_bytes(value: Any) -> int:
+    """`1048576`, `512k`, `1m`, `2MiB` → bytes."""
+    text = str(value).strip().lower().removesuffix("ib").removesuffix("b")
+    scale = 1
+    if text and text[-1] in "kmg":
+        scale = {"k": 1024, "m": 1024**2, "g": 1024**3}[text[-1]]
+        text = text[:-1]
+    try:
+        n = int(float(text) * scale)
+    except ValueError:
+        raise ValueError("a size in bytes, e.g. 1048576, 512k or 1m") from None
+    if n < 0:
+        raise ValueError("a size in bytes >= 0, e.g. 1048576, 512k or 1m")
+    return n
+
+
+def log_level(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text == "warn":
+        text = "warning"
+    if text not in ("debug", "info", "warning", "error", "critical"):
+        raise ValueError("one of debug, info, warning, error, critical")
+    return text
+
+
+def text(value: Any) -> str:
+    return str(value)
+
+
+def env_pair(value: Any) -> str:
+    if "=" not in str(value):
+        raise ValueError("KEY=VALUE")
+    return str(value)
+
+
+def boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    word = str(value).strip().lower()
+    if word in ("1", "true", "yes", "on", "y"):
+        return True
+    if word in ("0", "false", "no", "off", "n", ""):
+        return False
+    raise ValueError("true or false (1/0, yes/no, on/off)")
+
+
+def worker_count_or_auto(value: Any) -> int | str:
+    """A count >= 1 or `auto`. A count above berth's maximum (128) is not an error here: a
+    copied `cpu_count() * 2 + 1` on a big host is lowered to the maximum, with a warning, by
+    `sizing.plan` (and is usually overridden by the command line anyway)."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        return positive_int(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}, or auto") from None
+
+
+def threads_or_auto(value: Any) -> int | str:
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        return positive_int(value)
+    except ValueError:
+        raise ValueError("a whole number >= 1, or auto") from None
+
+
+def octal_mask(value: Any) -> int:
+    """`0o22`, `022`, `"0022"`, `18` → 18 (what os.umask takes)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    else:
+        word = str(value).strip().lower()
+        try:
+            n = int(word, 0) if word.startswith("0x") or word.startswith("0o") else \
+                int(word, 8) if word.startswith("0") and len(word) > 1 else int(word)
+        except ValueError:
+            raise ValueError("a file mode mask such as 0o22, 022 or 18") from None
+    if not 0 <= n <= 0o777:
+        raise ValueError("a file mode mask from 0 to 0o777")
+    return n
+
+
+def anything(value: Any) -> Any:
+    return value
+
+
+def optional_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+class Refused(ValueError):
+    """A value berth will not run with: ignoring it would change security or meaning.
+
+    The message is a whole sentence (what is not supported and what to do instead)."""
+
+
+def refuse_unless(harmless: Callable[[Any], bool], reason: str) -> Callable[[Any], Any]:
+    """A converter accepting only values that change nothing (a copied config file often
+    spells out Gunicorn's defaults); anything else is refused with `reason`."""
+
+    def convert(value: Any) -> Any:
+        if harmless(value):
+            return value
+        raise Refused(reason)
+
+    return convert
+
+
+def refuse_if_on(reason: str) -> Callable[[Any], bool]:
+    """A boolean setting berth accepts only off (Gunicorn's default); on is refused."""
+
+    def convert(value: Any) -> bool:
+        if boolean(value):
+            raise Refused(reason)
+        return False
+
+    return convert
+
+
+def header_map(value: Any) -> str:
+    word = str(value).strip().lower()
+    if word not in ("drop", "refuse", "dangerous"):
+        raise ValueError("drop, refuse or dangerous")
+    return word
+
+
+GUNICORN_LOGGER = "gunicorn.glogging.Logger"
+
+
+def is_default_logger(value: Any) -> bool:
+    if value is None or value == "":
+        return True
+    if not isinstance(value, str):
+        value = f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}"
+    return value.strip() in (GUNICORN_LOGGER, "glogging.Logger")
+
+
+def gunicorn_control_socket() -> str:
+    """Gunicorn's default control socket path (what a copied config may spell out)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return os.path.join(runtime, "gunicorn.ctl")
+    return os.path.join(os.path.expanduser("~"), ".gunicorn", "gunicorn.ctl")
+
+
+def is_no_control_socket(value: Any) -> bool:
+    return value is None or value == "" or str(value) == gunicorn_control_socket()
+
+
+def is_off(value: Any) -> bool:
+    return value is None or value is False or str(value).strip().lower() in (
+        "", "off", "false", "none", "0", "no")
+
+
+def is_falsy(value: Any) -> bool:
+    return not value
+
+
+TLS_REASON = ("berth does not terminate TLS: terminate it at the load balancer, ingress or a "
+              "sidecar proxy and serve plain HTTP behind it")
+
+SYNC_CLASSES = ("sync", "egg:gunicorn#sync", "gunicorn.workers.sync.SyncWorker")
+GTHREAD_CLASSES = ("gthread", "egg:gunicorn#gthread", "gunicorn.workers.gthread.ThreadWorker")
+
+
+def worker_class(value: Any) -> str:
+    name = value if isinstance(value, str) else getattr(value, "__name__", repr(value))
+    name = name.strip()
+    if name in SYNC_CLASSES:
+        return "sync"
+    if name in GTHREAD_CLASSES:
+        return "gthread"
+    raise Refused(f"berth runs WSGI apps with its own sync or gthread workers only, not "
+                  f"{name!r} (its event loop already keeps slow clients off the app threads); "
+                  f"use -k gthread (or -k sync), or keep Gunicorn for async/ASGI workers")
+
+
+def is_current_user(value: Any) -> bool:
+    """Harmless --user: unset, or the user berth already runs as (a Dockerfile USER)."""
+    if value is None or value == "":
+        return True
+    try:
+        import pwd
+
+        uid = int(value) if str(value).isdigit() else pwd.getpwnam(str(value)).pw_uid
+    except (KeyError, ValueError, ImportError):
+        return False
+    return uid == os.geteuid()
+
+
+def is_current_group(value: Any) -> bool:
+    if value is None or value == "":
+        return True
+    try:
+        import grp
+
+        gid = int(value) if str(value).isdigit() else grp.getgrnam(str(value)).gr_gid
+    except (KeyError, ValueError, ImportError):
+        return False
+    return gid == os.getegid()
+
+
+def reload_engine(value: Any) -> str:
+    """auto, poll or inotify, as in Gunicorn; inotify only where the kernel offers it (Gunicorn
+    refuses it without its inotify package; berth needs no package, only Linux)."""
+    word = str(value).strip().lower()
+    if word not in ("auto", "poll", "inotify"):
+        raise ValueError("one of auto, poll, inotify")
+    if word == "inotify":
+        from berth.reloader import inotify_unavailable
+
+        why = inotify_unavailable()
+        if why:
+            raise Refused(f"inotify is not available here ({why}); use --reload-engine poll "
+                          f"(or auto, which polls then)")
+    return word
+
+
+def hook(name: str) -> Callable[[Any], Callable]:
+    def convert(value: Any) -> Callable:
+        from berth.hooks import validate_hook
+
+        return validate_hook(name, value)
+
+    convert.__name__ = f"hook_{name}"
+    return convert

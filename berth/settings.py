@@ -1,0 +1,656 @@
+"""Every setting, declared once.
+
+A `Setting` names the attribute (Gunicorn's name, which config files use), its command-line
+flags, its converter (`berth/converters.py`: it raises `ValueError` naming what is accepted),
+its default, its help, its section and what berth does with it (`status`, `note`). The command
+line and `--help`, the `BERTH_<NAME>` environment variables, config files (`configfile.py`),
+`--print-config`, `berth doctor` and docs/settings.md (`settingsdoc.py`) all come from
+`SETTINGS`; adding a setting is one entry here. Reading and layering the sources is
+`berth/config.py`'s job.
+
+Every Gunicorn setting has an entry, so that a Gunicorn command line or config file runs
+unchanged: implemented; accepted because berth makes it unnecessary (an info line when set);
+accepted but not implemented yet (a WARNING line naming the coming feature when set); or
+refused, when ignoring it would change security or meaning (TLS, `-k gevent`, `--user`): then
+one line and exit 2.
+
+Names and defaults follow Gunicorn where Gunicorn has the setting. Where berth's default differs
+on purpose (auto-sized workers and threads, access log to stdout, a 75 s keep-alive, an 8 s
+graceful timeout) the note says why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from berth.converters import (
+    GUNICORN_LOGGER,
+    TLS_REASON,
+    anything,
+    boolean,
+    env_pair,
+    header_map,
+    hook,
+    is_current_group,
+    is_current_user,
+    is_default_logger,
+    is_falsy,
+    is_no_control_socket,
+    is_off,
+    log_level,
+    non_negative_float,
+    non_negative_int,
+    octal_mask,
+    optional_text,
+    positive_int,
+    refuse_if_on,
+    refuse_unless,
+    reload_engine,
+    size_bytes,
+    text,
+    threads_or_auto,
+    worker_class,
+    worker_count_or_auto,
+)
+
+# --- the declaration --------------------------------------------------------------------------
+
+# What berth does with a setting (the status column of docs/settings.md):
+IMPLEMENTED = "implemented"
+BERTH_ONLY = "berth only"  # berth's own setting; Gunicorn has no such setting
+NOT_NEEDED = "not needed"  # accepted; berth makes it unnecessary (an info line when set)
+NOT_YET = "not yet"  # accepted and ignored, with a WARNING line naming it when set
+REFUSED = "refused"  # accepted only at a value that changes nothing; otherwise exit 2
+
+STATUS_TEXT = {
+    IMPLEMENTED: "implemented",
+    BERTH_ONLY: "berth only",
+    NOT_NEEDED: "accepted, not needed",
+    NOT_YET: "accepted, not yet implemented (warning)",
+    REFUSED: "refused (exit 2)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One setting: where it can be given, how its value is checked, what berth does with it.
+
+    `name` is Gunicorn's name where Gunicorn has the setting (config files use it), `flags` the
+    command-line flags (none: config file only), `convert` turns a value from any source into
+    the effective value or raises ValueError naming what is accepted (`Refused` for a value
+    berth will not run with). `env` says whether `BERTH_<NAME>` may set it. `status` and `note`
+    say what berth does with it; `default_text` is how the docs show a computed default.
+    """
+
+    name: str
+    flags: tuple[str, ...]
+    convert: Callable[[Any], Any]
+    default: Any
+    help: str
+    metavar: str | None = None
+    action: str | None = None  # "append", "store_true", "store_false", "optional" (nargs=?)
+    section: str = "Server Mechanics"
+    status: str = IMPLEMENTED
+    note: str = ""
+    env: bool = True
+    const: Any = None  # the value of a bare "optional" flag
+    default_text: str = ""
+
+    @property
+    def env_var(self) -> str | None:
+        return f"BERTH_{self.name.upper()}" if self.env else None
+
+    @property
+    def flag(self) -> str:
+        """The flag a message names: the first long one, else the first, else the name."""
+        for flag in self.flags:
+            if flag.startswith("--"):
+                return flag
+        return self.flags[0] if self.flags else self.name
+
+    @property
+    def gunicorn(self) -> bool:
+        return self.status != BERTH_ONLY
+
+    @property
+    def is_hook(self) -> bool:
+        return self.section == "Server Hooks"
+
+
+S = Setting
+
+# Why a setting is not implemented yet, naming the feature (an open issue) that brings it.
+_FWD = "forwarded headers are coming with proxy support (an open issue); until then "
+_LOGS = "the logging settings are coming (an open issue); until then "
+_STATSD = "StatsD metrics are coming (an open issue); until then none are sent."
+_CONTROL = ("berth has no control socket (gunicornc): control it with signals (HUP reload, "
+            "TERM stop, TTIN/TTOU workers, USR1 reopen logs)")
+
+SETTINGS: tuple[Setting, ...] = (
+    # -- config file ------------------------------------------------------------------------
+    S("config", ("-c", "--config"), text, None,
+      "Configuration file: a Python file of Gunicorn-style settings and hooks, or "
+      "python:MODULE. Without it, ./berth.conf.py or else ./gunicorn.conf.py is loaded when "
+      "present.", "CONFIG", section="Config File",
+      default_text="./berth.conf.py or ./gunicorn.conf.py, if present"),
+    S("wsgi_app", (), text, None,
+      "The app as MODULE:NAME, when the command line names none (config file or env).",
+      section="Config File"),
+    # -- sockets ----------------------------------------------------------------------------
+    S("bind", ("-b", "--bind"), text, None,
+      "Address to listen on, repeatable: HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N. "
+      "Default: 0.0.0.0:$PORT when $PORT is set, else 0.0.0.0:8000 inside a container "
+      "and 127.0.0.1:8000 outside one.", "ADDRESS", "append", section="Server Socket",
+      note="Gunicorn's default is 127.0.0.1:8000 everywhere, unreachable from outside a "
+           "container.",
+      default_text="0.0.0.0:$PORT, else 0.0.0.0:8000 in a container, 127.0.0.1:8000 outside"),
+    S("backlog", ("--backlog",), positive_int, 2048,
+      "Maximum number of pending connections in the kernel queue.", "INT",
+      section="Server Socket"),
+    # -- workers ----------------------------------------------------------------------------
+    S("workers", ("-w", "--workers"), worker_count_or_auto, "auto",
+      "Number of worker processes (at most 128), or auto: the container's usable CPUs (CPU "
+      "quota capped by the cpuset) rounded, at least 2, lowered if the memory limit cannot "
+      "hold them. "
+      "$WEB_CONCURRENCY, when set, replaces auto.", "INT|auto", section="Worker Processes",
+      note="Gunicorn's default is 1 (or $WEB_CONCURRENCY).", default_text="auto"),
+    S("worker_class", ("-k", "--worker-class"), worker_class, "gthread",
+      "Worker type: gthread (app threads, the default) or sync (one request at a time per "
+      "worker: threads default to 1).", "STRING", section="Worker Processes",
+      note="sync and gthread, and Gunicorn's class paths for them; any other class "
+           "(gevent, eventlet, tornado, ASGI) exits 2."),
+    S("threads", ("--threads",), threads_or_auto, "auto",
+      "App threads per worker, or auto (4, or 1 with -k sync). With 1, the app runs on the "
+      "worker's loop thread.", "INT|auto", section="Worker Processes",
+      note="Gunicorn's default is 1.", default_text="auto"),
+    S("worker_connections", ("--worker-connections",), positive_int, 1000,
+      "Maximum simultaneous clients per worker (Gunicorn: async and gthread workers).", "INT",
+      section="Worker Processes", status=NOT_YET,
+      note="the per-worker connection cap is coming (worker_connections, an open issue); until "
+           "then there is no cap: berth keeps idle and slow connections in its event loop at "
+           "a few KiB each."),
+    S("max_requests", ("--max-requests",), non_negative_int, 0,
+      "Replace a worker after it has served this many requests (0 = never). Its "
+      "replacement is ready before it stops: no request is lost.", "INT",
+      section="Worker Processes"),
+    S("max_requests_jitter", ("--max-requests-jitter",), non_negative_int, 0,
+      "Add a random 0..N to --max-requests per worker, so workers are not all "
+      "replaced at once.", "INT", section="Worker Processes"),
+    S("timeout", ("-t", "--timeout"), non_negative_float, 30.0,
+      "Seconds a worker's loop, and the app answering one request, may stay silent "
+      "before berth acts: until the first byte of the response, then between two body "
+      "parts (a stream that keeps producing is never cut; waiting for a slow client does "
+      "not count). A silent loop is killed (after dumping its threads' stacks); a silent "
+      "request has its stack logged, gets a 504 if nothing was sent (else its connection "
+      "is closed), and its worker is replaced. Booting (importing the app) does not "
+      "count. 0 disables both checks, as in Gunicorn.", "SECONDS",
+      section="Worker Processes"),
+    S("graceful_timeout", ("--graceful-timeout",), non_negative_float, None,
+      "Seconds in-flight requests get to finish after SIGTERM. Default 8 (inside "
+      "Docker's 10 s stop window; Gunicorn's 30 s is not), 20 in Kubernetes (inside its "
+      "30 s terminationGracePeriodSeconds, after the shutdown delay).", "SECONDS",
+      section="Worker Processes", note="Gunicorn's default is 30 s, longer than Docker's "
+      "10 s stop window.", default_text="8, or 20 in Kubernetes"),
+    S("shutdown_delay", ("--shutdown-delay",), non_negative_float, None,
+      "Seconds after SIGTERM during which requests are still served (load balancers "
+      "take a few seconds to stop sending) before berth stops accepting. Default 0, "
+      "5 in Kubernetes.", "SECONDS", section="Worker Processes", status=BERTH_ONLY,
+      default_text="0, or 5 in Kubernetes"),
+    S("keepalive", ("--keep-alive",), non_negative_float, 75.0,
+      "Seconds an idle keep-alive connection is kept open (0 disables keep-alive). "
+      "Longer than common load-balancer idle timeouts (60 s), and cheap: an idle "
+      "connection costs no thread.", "SECONDS", section="Worker Processes",
+      note="Gunicorn's default is 2 s, shorter than load balancers' 60 s idle timeout."),
+    S("max_worker_memory", ("--max-worker-memory",), size_bytes, None,
+      "Replace a worker whose RSS stays above this size for 3 samples in a row "
+      "(0 = never). Default: off, unless a container memory limit is known; then a "
+      "share such that all workers plus one replacement fit under it.", "BYTES",
+      section="Worker Processes", status=BERTH_ONLY,
+      default_text="auto from the memory limit, else off"),
+    # -- security ---------------------------------------------------------------------------
+    S("limit_request_line", ("--limit-request-line",), non_negative_int, 4094,
+      "Maximum size of the request line in bytes (0 = unlimited).", "INT",
+      section="Security"),
+    S("limit_request_fields", ("--limit-request-fields",), non_negative_int, 100,
+      "Maximum number of header fields in a request.", "INT", section="Security"),
+    S("limit_request_field_size", ("--limit-request-field_size",
+                                   "--limit-request-field-size"), non_negative_int, 8190,
+      "Maximum size of one request header field in bytes (0 = unlimited).", "INT",
+      section="Security"),
+    S("ready_path", ("--ready-path",), text, "/-/ready",
+      "Readiness probe, answered by the worker's loop thread (never queued behind the app, "
+      "so it answers while every app thread is busy): 200 while serving, 503 once SIGTERM "
+      "arrived (during --shutdown-delay too, so load balancers deregister). '' disables.",
+      "PATH", section="Server", status=BERTH_ONLY),
+    S("live_path", ("--live-path",), text, "/-/live",
+      "Liveness probe, answered by the worker's loop thread: 200 while the loop runs. "
+      "'' disables.", "PATH", section="Server", status=BERTH_ONLY),
+    S("header_timeout", ("--header-timeout",), non_negative_float, 10.0,
+      "Seconds a client has to send a whole request head, and the longest pause while "
+      "it sends a body, before the connection is closed (408).", "SECONDS",
+      section="Security", status=BERTH_ONLY),
+    S("body_buffer_size", ("--body-buffer-size",), size_bytes, 1024 * 1024,
+      "Request bodies up to this size are read whole into memory before the app sees "
+      "the request; larger ones are streamed to the app as they arrive.", "BYTES",
+      section="Security", status=BERTH_ONLY, default_text="1m"),
+    # -- debugging --------------------------------------------------------------------------
+    S("reload", ("--reload",), boolean, False,
+      "Restart the workers when the app's source files (the files of the modules its workers "
+      "imported) or a --reload-extra-file change: new workers start and the old ones drain "
+      "once they are ready. An edit that does not import is logged with its traceback while "
+      "the old workers keep serving; the next change tries again. For development; not with "
+      "--preload.", None, "store_true", section="Debugging",
+      note="Gunicorn's worker answers requests with the traceback of a SyntaxError and "
+           "stops on other import errors; berth keeps the last good workers serving and "
+           "never stops for an edit."),
+    S("reload_engine", ("--reload-engine",), reload_engine, "auto",
+      "How --reload watches files: inotify (Linux, no package needed), poll (stat once a "
+      "second: use it where inotify misses edits, e.g. some bind mounts from Docker "
+      "Desktop), or auto (inotify, else poll).", "STRING", section="Debugging",
+      note="Gunicorn's inotify engine needs the inotify package; berth calls the kernel's "
+           "inotify through ctypes."),
+    S("reload_extra_files", ("--reload-extra-file",), text, None,
+      "Another file --reload watches (templates, configuration), repeatable. An entry with "
+      "`*`, `?` or `[` is a glob (`**` recurses), expanded again every second, so a matching "
+      "file created later is watched too (its first edit reloads). Relative to the directory "
+      "berth is started from, not to --chdir.",
+      "FILE", "append", section="Debugging"),
+    S("spew", ("--spew",), refuse_if_on(
+        "tracing every line berth executes is not supported (it would slow the workers' loops "
+        "until supervision replaced them): trace with python -m trace --trace --module berth "
+        "..., or sample with py-spy"), False,
+      "Trace every line the server executes (debugging).", None, "store_true",
+      section="Debugging", status=REFUSED,
+      note="accepted when off; on exits 2 (line tracing would stall the workers' loops until "
+           "supervision replaced them)."),
+    S("check_config", ("--check-config",), boolean, False,
+      "Check the configuration, load the app and exit: 0 when it loads, 1 when the app "
+      "fails to load, 2 when the configuration is wrong.", None, "store_true",
+      section="Debugging", env=False),
+    S("print_config", ("--print-config",), boolean, False,
+      "Print every setting's effective value and where it came from, and exit.", None,
+      "store_true", section="Debugging", env=False),
+    # -- server mechanics -------------------------------------------------------------------
+    S("preload_app", ("--preload",), boolean, False,
+      "Load the app in the master before forking workers (memory shared copy-on-write, "
+      "kept shared with gc.freeze()).", None, "store_true"),
+    S("sendfile", ("--no-sendfile",), boolean, True,
+      "Do not use sendfile() for wsgi.file_wrapper responses: read the file and send its "
+      "blocks. As with Gunicorn, $SENDFILE (y, 1, yes, true: on; anything else: off) is used "
+      "when the setting is not given.", None, "store_false", default_text="on"),
+    S("reuse_port", ("--reuse-port",), boolean, False,
+      "Set SO_REUSEPORT on the TCP listening sockets (another process may then bind the same "
+      "port and share its connections).", None, "store_true"),
+    S("chdir", ("--chdir",), text, None,
+      "Change to this directory before loading the app.", "DIR",
+      default_text="the current directory"),
+    S("daemon", ("-D", "--daemon"), refuse_unless(
+        is_falsy, "berth stays in the foreground (a container or process supervisor runs it); "
+                "drop --daemon"), False,
+      "Detach from the terminal (Gunicorn).", None, "store_true", status=REFUSED,
+      note="berth always runs in the foreground, as containers and supervisors expect."),
+    S("raw_env", ("-e", "--env"), env_pair, None,
+      "Set an environment variable for the app, repeatable: KEY=VALUE.", "KEY=VALUE",
+      "append"),
+    S("pidfile", ("-p", "--pid"), optional_text, None,
+      "Write the master's pid to this file (removed at exit).", "FILE"),
+    S("worker_tmp_dir", ("--worker-tmp-dir",), text, None,
+      "Directory for Gunicorn's worker heartbeat files.", "DIR", status=NOT_NEEDED,
+      note="berth has no heartbeat file: workers report through shared memory, so nothing "
+           "is written to /tmp (and /dev/shm is not needed)."),
+    S("user", ("-u", "--user"), refuse_unless(
+        is_current_user, "switching workers to another user is not implemented: run the "
+                       "container as that user (Dockerfile USER, docker run --user, "
+                       "runAsUser)"), None,
+      "Run the workers as this user.", "USER", status=REFUSED,
+      note="accepted when it names the user berth already runs as; otherwise exit 2 "
+           "(ignoring it would leave the workers running as root)."),
+    S("group", ("-g", "--group"), refuse_unless(
+        is_current_group, "switching workers to another group is not implemented: run the "
+                        "container with that group (docker run --user UID:GID, "
+                        "runAsGroup)"), None,
+      "Run the workers as this group.", "GROUP", status=REFUSED,
+      note="accepted when it names the group berth already runs as; otherwise exit 2."),
+    S("umask", ("-m", "--umask"), octal_mask, 0,
+      "File mode mask applied while a unix socket is bound (as in Gunicorn: only there, never "
+      "to the process). The default 0 lets every local user connect (mode 0777, as with "
+      "Gunicorn); 0o007 limits it to the owner and group.", "INT", default_text="0"),
+    S("initgroups", ("--initgroups",), boolean, False,
+      "Set the workers' supplementary groups from --user.", None, "store_true",
+      status=NOT_NEEDED,
+      note="it only matters when the workers switch user; berth never switches (--user and "
+           "--group are accepted only when they name the current ones), so the workers keep "
+           "the groups they have, as Gunicorn's do then."),
+    S("tmp_upload_dir", (), optional_text, None,
+      "Directory for request bodies being read (Gunicorn).", status=NOT_NEEDED,
+      note="Gunicorn itself no longer uses it; berth buffers bodies in memory up to "
+           "--body-buffer-size and streams larger ones to the app: nothing is written to "
+           "disk."),
+    S("secure_scheme_headers", (), anything,
+      {"X-FORWARDED-PROTOCOL": "ssl", "X-FORWARDED-PROTO": "https", "X-FORWARDED-SSL": "on"},
+      "Headers from a trusted proxy that mark a request as HTTPS.", status=NOT_YET,
+      note=f"{_FWD}wsgi.url_scheme is always http: X-Forwarded-Proto is not read.",
+      default_text="Gunicorn's X-FORWARDED-* trio"),
+    S("forwarded_allow_ips", ("--forwarded-allow-ips",), text, "127.0.0.1,::1",
+      "Proxies trusted to set secure_scheme_headers and forwarder_headers.", "STRING",
+      status=NOT_YET, note=f"{_FWD}no forwarded header is trusted (wsgi.url_scheme is "
+                           "http, REMOTE_ADDR the peer)."),
+    S("pythonpath", ("--pythonpath",), text, None,
+      "Comma-separated directories to add to the Python path.", "PATHS"),
+    S("paste", ("--paste", "--paster"), refuse_unless(
+        is_falsy, "PasteDeploy apps are not supported: name the app as MODULE:NAME"), None,
+      "Load a PasteDeploy config file.", "STRING", status=REFUSED,
+      note="name the app as MODULE:NAME instead."),
+    S("raw_paste_global_conf", ("--paste-global",), refuse_unless(
+        is_falsy, "PasteDeploy apps are not supported: name the app as MODULE:NAME"), None,
+      "Global PasteDeploy variables, repeatable.", "CONF", "append", status=REFUSED,
+      note="PasteDeploy is not supported."),
+    S("proxy_protocol", ("--proxy-protocol",), refuse_unless(
+        is_off, "the PROXY protocol is not implemented yet (it is coming with proxy "
+                 "support); ignoring it would answer every request 400 and make REMOTE_ADDR "
+                 "the proxy's: turn it off at the proxy or keep Gunicorn"), "off",
+      "Accept the PROXY protocol header from a load balancer (off, v1, v2, auto).", "MODE",
+      "optional", status=REFUSED, const="auto",
+      note="accepted when off; otherwise exit 2."),
+    S("proxy_allow_ips", ("--proxy-allow-from",), text, "127.0.0.1,::1",
+      "Proxies allowed to send the PROXY protocol header.", "STRING", status=NOT_YET,
+      note="the PROXY protocol is coming with proxy support (an open issue); until then it is "
+           "refused (proxy_protocol) and this list is not used."),
+    S("protocol", ("--protocol",), refuse_unless(
+        lambda v: str(v).strip().lower() == "http",
+        "berth speaks HTTP only (not uwsgi): point the front end at berth over HTTP"), "http",
+      "Protocol for incoming connections: http or uwsgi.", "STRING", status=REFUSED,
+      note="http only; uwsgi exits 2."),
+    S("uwsgi_allow_ips", ("--uwsgi-allow-from",), text, "127.0.0.1,::1",
+      "Front ends allowed to speak uwsgi.", "STRING", status=NOT_NEEDED,
+      note="it only matters with --protocol uwsgi, which berth refuses."),
+    S("permit_obsolete_folding", ("--permit-obsolete-folding",), refuse_if_on(
+        "obsolete line folding is a request-smuggling vector (deprecated in Gunicorn): berth "
+        "answers folded header lines 400; fix the client or the proxy that folds"), False,
+      "Accept obsolete line folding in header fields.", None, "store_true", status=REFUSED,
+      note="accepted when off; on exits 2 (a request-smuggling vector, deprecated in "
+           "Gunicorn): folded header lines get 400."),
+    S("strip_header_spaces", ("--strip-header-spaces",), refuse_if_on(
+        "whitespace before a header's colon is a request-smuggling vector (deprecated in "
+        "Gunicorn): berth answers it 400; fix the client that sends it"), False,
+      "Strip spaces before the colon of header names (unsafe).", None, "store_true",
+      status=REFUSED, note="accepted when off; on exits 2 (a request-smuggling vector, "
+                           "deprecated in Gunicorn): such headers get 400."),
+    S("permit_unconventional_http_method", ("--permit-unconventional-http-method",),
+      refuse_if_on("berth parses methods with llhttp, which knows a fixed list (GET, HEAD, "
+                   "POST, PUT, DELETE, PATCH, OPTIONS, TRACE, WebDAV's, PURGE, QUERY...) and "
+                   "answers any other method 400; it cannot accept lower-case or unregistered "
+                   "methods"), False,
+      "Accept methods outside Gunicorn's conventional pattern (lower case, under 3 or over 20 "
+      "characters, '#').", None, "store_true", status=REFUSED,
+      note="accepted when off; on exits 2. berth accepts the methods llhttp knows and answers "
+           "others 400, where Gunicorn also passes any other upper-case token of 3 to 20 "
+           "characters to the app."),
+    S("permit_unconventional_http_version", ("--permit-unconventional-http-version",),
+      boolean, False,
+      "Serve any well-formed HTTP/d.d request line, not only HTTP/1.0 and 1.1 (others get "
+      "505). The app sees the version as sent in SERVER_PROTOCOL; the response is HTTP/1.1 "
+      "(HTTP/1.0 below 1.1). HTTP/0.9 is never served.", None, "store_true",
+      note="Gunicorn serves HTTP/1.2 to 1.9 even without it (berth: 505) and echoes the "
+           "request's version in the status line."),
+    S("casefold_http_method", ("--casefold-http-method",), boolean, False,
+      "Upper-case lower-case request methods.", None, "store_true", status=NOT_NEEDED,
+      note="Gunicorn folds only the methods permit_unconventional_http_method lets through "
+           "(refused by berth); without it, both answer a lower-case method 400 first."),
+    S("forwarder_headers", ("--forwarder-headers",), text, "SCRIPT_NAME,PATH_INFO",
+      "Headers a trusted proxy may use to set environ variables.", "STRING", status=NOT_YET,
+      note=f"{_FWD}no header sets SCRIPT_NAME or PATH_INFO."),
+    S("header_map", ("--header-map",), header_map, "drop",
+      "Header names containing '_' (X_Forwarded_For would become the same environ key as "
+      "X-Forwarded-For): drop them (the default), refuse the request (400), or dangerous: "
+      "map them anyway, joined with the '-' one.", "STRING",
+      note="With dangerous, a SCRIPT_NAME header does not set SCRIPT_NAME (in Gunicorn it "
+           "does): that comes with forwarder_headers."),
+    S("root_path", ("--root-path",), text, "",
+      "Root path of an ASGI app (Gunicorn's ASGI worker).", "STRING", status=NOT_NEEDED,
+      note="ASGI only; for WSGI, set SCRIPT_NAME in the environment."),
+    # -- logging ----------------------------------------------------------------------------
+    S("accesslog", ("--access-logfile",), text, "-",
+      "Access log: '-' for stdout (the default: containers collect stdout), a file "
+      "path, or 'none' to disable.", "FILE", section="Logging",
+      note="Gunicorn's default is no access log."),
+    S("disable_redirect_access_to_syslog", ("--disable-redirect-access-to-syslog",), boolean,
+      False, "Do not send access logs to syslog.", None, "store_true", section="Logging",
+      status=NOT_NEEDED, note="it only matters with syslog, which berth does not have yet (a "
+                              "warning): no access log goes to syslog either way."),
+    S("access_log_format", ("--access-logformat",), text,
+      '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
+      "Access log format, with Gunicorn's atoms.", "STRING", section="Logging"),
+    S("errorlog", ("--error-logfile", "--log-file"), text, "-",
+      "Error log: '-' for stderr (the default) or a file path.", "FILE", section="Logging"),
+    S("loglevel", ("--log-level",), log_level, "info",
+      "Error log level: debug, info, warning, error, critical.", "LEVEL", section="Logging"),
+    S("capture_output", ("--capture-output",), boolean, False,
+      "Redirect the app's stdout/stderr to the error log file.", None, "store_true",
+      section="Logging", status=NOT_YET,
+      note=f"{_LOGS}the app's output goes to berth's own stdout and stderr."),
+    S("logger_class", ("--logger-class",), refuse_unless(
+        is_default_logger, "a custom logger class is not supported: berth has its own error and "
+                         "access logs; shape them with --access-logformat and --log-level, "
+                         "and configure logging with logconfig_dict (coming with the logging "
+                         "settings)"), GUNICORN_LOGGER,
+      "A Gunicorn logger class.", "STRING", section="Logging", status=REFUSED,
+      note="accepted when it names Gunicorn's default; any other class exits 2 (use "
+           "logconfig_dict)."),
+    S("logconfig", ("--log-config",), optional_text, None,
+      "A logging.config file for the error log.", "FILE", section="Logging", status=NOT_YET,
+      note=f"{_LOGS}the error log is configured by --error-logfile and --log-level."),
+    S("logconfig_dict", (), anything, {},
+      "A logging.config dictionary (config file only).", section="Logging", status=NOT_YET,
+      note=f"{_LOGS}the error log is configured by --error-logfile and --log-level.",
+      default_text="{}"),
+    S("logconfig_json", ("--log-config-json",), optional_text, None,
+      "A logging.config JSON file.", "FILE", section="Logging", status=NOT_YET,
+      note=f"{_LOGS}the error log is configured by --error-logfile and --log-level."),
+    S("syslog_addr", ("--log-syslog-to",), text, "udp://localhost:514",
+      "Syslog address.", "SYSLOG_ADDR", section="Logging", status=NOT_YET,
+      note=f"{_LOGS}no syslog output: logs are a stream on stdout and stderr."),
+    S("syslog", ("--log-syslog",), boolean, False,
+      "Send the logs to syslog.", None, "store_true", section="Logging", status=NOT_YET,
+      note=f"{_LOGS}no syslog output: logs are a stream on stdout and stderr."),
+    S("syslog_prefix", ("--log-syslog-prefix",), optional_text, None,
+      "Program name in syslog entries.", "SYSLOG_PREFIX", section="Logging",
+      status=NOT_YET, note=f"{_LOGS}no syslog output."),
+    S("syslog_facility", ("--log-syslog-facility",), text, "user",
+      "Syslog facility.", "SYSLOG_FACILITY", section="Logging", status=NOT_YET,
+      note=f"{_LOGS}no syslog output."),
+    S("enable_stdio_inheritance", ("-R", "--enable-stdio-inheritance"), boolean, False,
+      "Keep stdio open in daemon mode.", None, "store_true", section="Logging",
+      status=NOT_NEEDED, note="it only matters in daemon mode, which berth refuses; berth "
+                              "never closes or redirects stdio."),
+    S("statsd_host", ("--statsd-host",), optional_text, None,
+      "StatsD server to send metrics to (HOST:PORT).", "STATSD_ADDR", section="Logging",
+      status=NOT_YET, note=_STATSD),
+    S("dogstatsd_tags", ("--dogstatsd-tags",), text, "",
+      "Tags for DogStatsD metrics.", "DOGSTATSD_TAGS", section="Logging", status=NOT_YET,
+      note=_STATSD),
+    S("statsd_prefix", ("--statsd-prefix",), text, "",
+      "Prefix of StatsD metric names.", "STATSD_PREFIX", section="Logging", status=NOT_YET,
+      note=_STATSD),
+    S("enable_backlog_metric", ("--enable-backlog-metric",), boolean, False,
+      "Report the listen backlog as a metric.", None, "store_true", section="Logging",
+      status=NOT_YET, note=_STATSD),
+    # -- process naming ---------------------------------------------------------------------
+    S("proc_name", ("-n", "--name"), optional_text, None,
+      "Process title base (setproctitle).", "STRING", section="Process Naming",
+      status=NOT_YET, note="process titles are coming (an open issue); until then they are "
+                           "not changed."),
+    S("default_proc_name", (), text, "gunicorn",
+      "Gunicorn's internal default process name.", section="Process Naming",
+      status=NOT_NEEDED, note="internal to Gunicorn."),
+    # -- SSL --------------------------------------------------------------------------------
+    S("keyfile", ("--keyfile",), refuse_unless(is_falsy, TLS_REASON), None,
+      "TLS key file.", "FILE", section="SSL", status=REFUSED, note=TLS_REASON + "."),
+    S("certfile", ("--certfile",), refuse_unless(is_falsy, TLS_REASON), None,
+      "TLS certificate file.", "FILE", section="SSL", status=REFUSED, note=TLS_REASON + "."),
+    S("ssl_version", ("--ssl-version",), refuse_unless(
+        lambda v: str(v).strip() in ("2", "PROTOCOL_TLS", "TLS", "_SSLMethod.PROTOCOL_TLS")
+        or v is None, TLS_REASON), None,
+      "TLS protocol version.", "VERSION", section="SSL", status=REFUSED,
+      note=TLS_REASON + ".", default_text="TLS"),
+    S("cert_reqs", ("--cert-reqs",), refuse_unless(
+        lambda v: v is None or str(v).strip() in ("0", "CERT_NONE", "VerifyMode.CERT_NONE"),
+        TLS_REASON), None,
+      "Whether a client certificate is required.", "INT", section="SSL", status=REFUSED,
+      note=TLS_REASON + ".", default_text="0 (none)"),
+    S("ca_certs", ("--ca-certs",), refuse_unless(is_falsy, TLS_REASON), None,
+      "CA certificates file.", "FILE", section="SSL", status=REFUSED, note=TLS_REASON + "."),
+    S("suppress_ragged_eofs", ("--suppress-ragged-eofs",), refuse_unless(
+        lambda v: v is None or v is True or str(v).lower() in ("true", "1"), TLS_REASON), True,
+      "Suppress ragged TLS EOFs.", None, "store_true", section="SSL", status=REFUSED,
+      note=TLS_REASON + "."),
+    S("do_handshake_on_connect", ("--do-handshake-on-connect",), refuse_unless(
+        is_falsy, TLS_REASON), False,
+      "Do the TLS handshake on connect.", None, "store_true", section="SSL", status=REFUSED,
+      note=TLS_REASON + "."),
+    S("ciphers", ("--ciphers",), refuse_unless(is_falsy, TLS_REASON), None,
+      "TLS cipher suites.", "CIPHERS", section="SSL", status=REFUSED,
+      note=TLS_REASON + "."),
+    # -- HTTP/2 -----------------------------------------------------------------------------
+    S("http_protocols", ("--http-protocols",), refuse_unless(
+        lambda v: v is None or str(v).strip().lower() in ("h1", "http/1.1"),
+        "berth speaks HTTP/1.x only: use --http-protocols h1 (or drop it); terminate HTTP/2 "
+        "at the load balancer"), "h1",
+      "HTTP versions to offer (h1, h2).", "STRING", section="HTTP/2", status=REFUSED,
+      note="h1 only; anything else exits 2."),
+    S("http2_cleartext", ("--http2-cleartext",), refuse_unless(
+        is_off, "berth speaks HTTP/1.x only: drop --http2-cleartext"), "off",
+      "Accept HTTP/2 over cleartext (h2c).", "STRING", section="HTTP/2", status=REFUSED,
+      note="off only; anything else exits 2."),
+    S("http2_max_concurrent_streams", ("--http2-max-concurrent-streams",), positive_int, 100,
+      "HTTP/2 streams per connection.", "INT", section="HTTP/2", status=NOT_NEEDED,
+      note="berth does not speak HTTP/2."),
+    S("http2_initial_window_size", ("--http2-initial-window-size",), positive_int, 65535,
+      "HTTP/2 initial flow-control window.", "INT", section="HTTP/2", status=NOT_NEEDED,
+      note="berth does not speak HTTP/2."),
+    S("http2_max_frame_size", ("--http2-max-frame-size",), positive_int, 16384,
+      "HTTP/2 maximum frame size.", "INT", section="HTTP/2", status=NOT_NEEDED,
+      note="berth does not speak HTTP/2."),
+    S("http2_max_header_list_size", ("--http2-max-header-list-size",), positive_int, 65536,
+      "HTTP/2 maximum header list size.", "INT", section="HTTP/2", status=NOT_NEEDED,
+      note="berth does not speak HTTP/2."),
+    # -- ASGI and parser choice -------------------------------------------------------------
+    S("asgi_loop", ("--asgi-loop",), text, "auto",
+      "Event loop of Gunicorn's ASGI worker.", "STRING", section="Worker Processes",
+      status=NOT_NEEDED, note="ASGI only; berth serves WSGI."),
+    S("asgi_lifespan", ("--asgi-lifespan",), text, "auto",
+      "ASGI lifespan handling.", "STRING", section="Worker Processes", status=NOT_NEEDED,
+      note="ASGI only; berth serves WSGI."),
+    S("asgi_disconnect_grace_period", ("--asgi-disconnect-grace-period",), non_negative_int,
+      3, "ASGI disconnect grace period.", "INT", section="Worker Processes",
+      status=NOT_NEEDED, note="ASGI only; berth serves WSGI."),
+    S("websocket_max_message_size", ("--websocket-max-message-size",), non_negative_int,
+      16777216, "ASGI WebSocket message size limit.", "INT", section="Worker Processes",
+      status=NOT_NEEDED, note="ASGI only; berth serves WSGI."),
+    S("http_parser", ("--http-parser",), text, "auto",
+      "HTTP parser implementation.", "STRING", section="Worker Processes",
+      status=NOT_NEEDED, note="berth always parses with httptools (llhttp)."),
+    # -- dirty arbiters ---------------------------------------------------------------------
+    S("dirty_apps", ("--dirty-app",), refuse_unless(
+        is_falsy, "dirty apps (a separate worker pool for long tasks) are not supported; run "
+                "them in their own process"), None,
+      "Apps for Gunicorn's dirty worker pool, repeatable.", "STRING", "append",
+      section="Dirty Arbiters", status=REFUSED, note="not supported; exits 2 when set."),
+    S("dirty_workers", ("--dirty-workers",), non_negative_int, 0,
+      "Dirty worker processes.", "INT", section="Dirty Arbiters", status=NOT_NEEDED,
+      note="no dirty worker pool."),
+    S("dirty_timeout", ("--dirty-timeout",), non_negative_int, 300,
+      "Dirty task timeout.", "INT", section="Dirty Arbiters", status=NOT_NEEDED,
+      note="no dirty worker pool."),
+    S("dirty_threads", ("--dirty-threads",), positive_int, 1,
+      "Threads per dirty worker.", "INT", section="Dirty Arbiters", status=NOT_NEEDED,
+      note="no dirty worker pool."),
+    S("dirty_graceful_timeout", ("--dirty-graceful-timeout",), non_negative_int, 30,
+      "Dirty worker shutdown timeout.", "INT", section="Dirty Arbiters", status=NOT_NEEDED,
+      note="no dirty worker pool."),
+    # -- control socket ---------------------------------------------------------------------
+    S("control_socket", ("--control-socket",), refuse_unless(is_no_control_socket, _CONTROL),
+      None, "Unix socket of Gunicorn's control interface (gunicornc).", "PATH",
+      section="Control", status=REFUSED,
+      note="accepted when it names Gunicorn's default path; any other path exits 2: berth "
+           "has no control socket (gunicornc) and is controlled with signals.",
+      default_text="$XDG_RUNTIME_DIR/gunicorn.ctl or ~/.gunicorn/gunicorn.ctl"),
+    S("control_socket_mode", ("--control-socket-mode",), refuse_unless(
+        lambda v: octal_mask(v) == 0o600, _CONTROL), 0o600,
+      "Permissions of the control socket.", "INT", section="Control", status=REFUSED,
+      note="accepted at Gunicorn's default 0o600; anything else exits 2 (no control socket).",
+      default_text="0o600"),
+    S("control_socket_disable", ("--no-control-socket",), boolean, False,
+      "Do not open the control socket.", None, "store_true", section="Control",
+      status=NOT_NEEDED, note="berth has no control socket: none is opened either way."),
+)
+
+# Gunicorn's server hooks (config file only): the arguments Gunicorn passes each one, and when
+# berth calls it. This is the one declaration of their arity: `hooks.validate_hook` checks a
+# config file's function against it, and the help and docs show it. pre_exec is accepted but
+# never called; ssl_context is TLS; the dirty-arbiter hooks belong to a pool berth does not have.
+HOOK_ARGS: dict[str, tuple[str, ...]] = {
+    "on_starting": ("server",),
+    "on_reload": ("server",),
+    "when_ready": ("server",),
+    "pre_fork": ("server", "worker"),
+    "post_fork": ("server", "worker"),
+    "post_worker_init": ("worker",),
+    "worker_int": ("worker",),
+    "worker_abort": ("worker",),
+    "pre_exec": ("server",),
+    "pre_request": ("worker", "req"),
+    "post_request": ("worker", "req", "environ", "resp"),
+    "child_exit": ("server", "worker"),
+    "worker_exit": ("server", "worker"),
+    "nworkers_changed": ("server", "new_value", "old_value"),
+    "on_exit": ("server",),
+}
+_HOOK_WHEN = {
+    "on_starting": "in the master before it binds",
+    "on_reload": "in the master on SIGHUP",
+    "when_ready": "in the master once the listeners are bound",
+    "pre_fork": "in the master before a worker is forked",
+    "post_fork": "in a new worker",
+    "post_worker_init": "in a worker once the app is loaded",
+    "worker_int": "in a worker on SIGINT or SIGQUIT",
+    "worker_abort": "in a worker on SIGABRT (its loop went silent)",
+    "pre_exec": "before a new master is exec'd (SIGUSR2)",
+    "pre_request": "in a worker before the app handles a request",
+    "post_request": "in a worker after a response",
+    "child_exit": "in the master after a worker exited",
+    "worker_exit": "in a worker as it exits",
+    "nworkers_changed": "in the master when the worker count changes",
+    "on_exit": "in the master just before berth exits",
+}
+_DIRTY_HOOKS = ("on_dirty_starting", "dirty_post_fork", "dirty_worker_init",
+                "dirty_worker_exit")
+
+
+def _hook_settings() -> tuple[Setting, ...]:
+    out = []
+    for name, args in HOOK_ARGS.items():
+        help_text = f"Called {_HOOK_WHEN[name]}: {name}({', '.join(args)})."
+        if name == "pre_exec":
+            out.append(S(name, (), hook(name), None, help_text, section="Server Hooks",
+                         status=NOT_NEEDED, env=False,
+                         note="never called: berth has no SIGUSR2 re-exec."))
+        else:
+            out.append(S(name, (), hook(name), None, help_text, section="Server Hooks",
+                         env=False))
+    out.append(S("ssl_context", (), refuse_unless(is_falsy, TLS_REASON), None,
+                 "Build the TLS context: ssl_context(config, default_ssl_context_factory).",
+                 section="Server Hooks", status=REFUSED, env=False,
+                 note=TLS_REASON + "."))
+    for name in _DIRTY_HOOKS:
+        out.append(S(name, (), anything, None, f"Gunicorn dirty-arbiter hook {name}.",
+                     section="Server Hooks", status=NOT_NEEDED, env=False,
+                     note="never called: no dirty worker pool."))
+    return tuple(out)
+
+
+SETTINGS = SETTINGS + _hook_settings()
+BY_NAME = {s.name: s for s in SETTINGS}
+HOOK_NAMES = tuple(s.name for s in SETTINGS if s.is_hook)
