@@ -2,10 +2,9 @@
 
 A pre-fork server that trusts `os.cpu_count()` inside a container starts one worker per *host*
 CPU: 64 workers in a pod limited to half a CPU and 512 MiB is the classic way to get OOM-killed
-or throttled. The numbers that matter live in the cgroup filesystem, and they are scattered:
-cgroup v1 or v2 (or both, "hybrid"), controllers mounted together or apart, the limit set on a
-parent cgroup rather than ours, and a mount whose root is the container's own cgroup. This module
-reads all of that once at start-up and reports each number together with *where it came from*,
+or throttled. The numbers that matter live in the cgroup filesystem (read by `cgroups.py`);
+this module puts them together with the other facts (a container at all? Kubernetes? PID 1?
+/tmp on tmpfs?) once at start-up and reports each number together with *where it came from*,
 because an operator asking "why did berth start 1 worker?" needs the file, not just the value.
 
 Everything here is a pure function of a filesystem `root` (every path read is prefixed with it),
@@ -16,390 +15,31 @@ information is `None` plus a reason string.
 from __future__ import annotations
 
 import os
-import posixpath
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-# cgroup v1 reports "no memory limit" as LONG_MAX rounded down to a page (9223372036854771712);
-# anything this large cannot be a real limit.
-UNLIMITED_BYTES = 2**62
+from berth.cgroups import (
+    Mount,
+    format_bytes,
+    format_cpu_list,
+    format_cpus,
+    host_path,
+    locate_controller,
+    parse_cpu_list,
+    parse_int,
+    parse_mountinfo,
+    parse_mounts,
+    parse_proc_cgroup,
+    read_cgroup_cpuset,
+    read_cpu_limit,
+    read_file,
+    read_memory_limit,
+    read_under,
+)
 
 # Path segments of /proc/self/cgroup that container runtimes create. Segments ending in
 # ".service" are skipped: `/system.slice/docker.service` is the daemon, not a container.
 CONTAINER_CGROUP_WORDS = ("docker", "kubepods", "containerd", "libpod", "lxc")
-
-CGROUP_ROOT = "/sys/fs/cgroup"
-
-_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
-
-
-# --- small readers and parsers ---------------------------------------------------------------
-
-def _host_path(root: str, path: str) -> str:
-    """The on-disk path of `path` (as seen by the process) under the filesystem `root`."""
-    return os.path.join(root, path.lstrip("/"))
-
-
-def _read_file(path: str) -> str | None:
-    """Contents of the file at `path`, or None when it is missing or unreadable."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except (OSError, ValueError):
-        return None
-
-
-def _read(root: str, path: str) -> str | None:
-    """Contents of `path` (as the process sees it) under `root`, or None."""
-    return _read_file(_host_path(root, path))
-
-
-def _unescape(s: str) -> str:
-    """Undo the kernel's octal escaping of spaces, tabs, newlines and backslashes in mount paths."""
-    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), s)
-
-
-@dataclass(frozen=True)
-class Mount:
-    """One line of /proc/self/mountinfo (or /proc/self/mounts, where `root` is always "/")."""
-
-    root: str  # the directory of the mounted filesystem that appears at mount_point
-    mount_point: str
-    fstype: str
-    source: str
-    super_options: tuple[str, ...]  # for cgroup v1 these name the controllers: rw,cpu,cpuacct
-
-
-def parse_mountinfo(text: str) -> list[Mount]:
-    """Parse /proc/self/mountinfo; malformed lines are skipped.
-
-    Format: `id parent major:minor root mount_point options [optional...] - fstype source super`.
-    The optional fields (`shared:4`, `master:1`...) vary in number, so the fstype is found after
-    the lone `-` separator rather than at a fixed column.
-    """
-    mounts = []
-    for line in text.splitlines():
-        fields = line.split()
-        try:
-            sep = fields.index("-", 6)
-        except ValueError:
-            continue
-        if len(fields) < sep + 3:
-            continue
-        mounts.append(Mount(root=_unescape(fields[3]), mount_point=_unescape(fields[4]),
-                            fstype=fields[sep + 1], source=_unescape(fields[sep + 2]),
-                            super_options=tuple(fields[sep + 3].split(","))
-                            if len(fields) > sep + 3 else ()))
-    return mounts
-
-
-def parse_mounts(text: str) -> list[Mount]:
-    """Parse /proc/self/mounts (fstab format), the fallback when mountinfo is unreadable.
-
-    It does not say which directory of the filesystem is mounted, so `root` is assumed "/".
-    """
-    mounts = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 4:
-            continue
-        mounts.append(Mount(root="/", mount_point=_unescape(fields[1]), fstype=fields[2],
-                            source=_unescape(fields[0]), super_options=tuple(fields[3].split(","))))
-    return mounts
-
-
-def parse_proc_cgroup(text: str) -> dict[str, str]:
-    """Map controller name to cgroup path from /proc/self/cgroup.
-
-    v1 lines look like `4:cpu,cpuacct:/docker/abc` (one entry per controller, named hierarchies
-    keep their `name=` prefix); the single v2 line `0::/path` is stored under the key "".
-    """
-    result: dict[str, str] = {}
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, path = parts
-        if controllers == "":
-            result[""] = path
-        for name in controllers.split(","):
-            if name:
-                result[name] = path
-    return result
-
-
-def parse_cpu_list(text: str) -> frozenset[int] | None:
-    """Parse the kernel's CPU list syntax (`0-3,8,10-11`); None when it is not one."""
-    cpus: set[int] = set()
-    for part in text.strip().split(","):
-        part = part.strip()
-        if not part:
-            continue
-        lo, dash, hi = part.partition("-")
-        try:
-            first = int(lo)
-            last = int(hi) if dash else first
-        except ValueError:
-            return None
-        if first < 0 or last < first:
-            return None
-        cpus.update(range(first, last + 1))
-    return frozenset(cpus)
-
-
-def format_cpu_list(cpus: frozenset[int] | set[int]) -> str:
-    """The inverse of parse_cpu_list: `{0, 1, 2, 3, 8}` -> `0-3,8`."""
-    ranges: list[str] = []
-    ordered = sorted(cpus)
-    i = 0
-    while i < len(ordered):
-        j = i
-        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
-            j += 1
-        ranges.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
-        i = j + 1
-    return ",".join(ranges)
-
-
-def format_bytes(n: int) -> str:
-    """`536870912` -> `512 MiB`, `1610612736` -> `1.5 GiB` (binary units, as limits are set)."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.1f}".rstrip("0").rstrip(".") + f" {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def _format_cpus(q: float) -> str:
-    return f"{round(q, 3):g}"
-
-
-def _parse_int(text: str | None) -> int | None:
-    if text is None:
-        return None
-    try:
-        return int(text.strip())
-    except ValueError:
-        return None
-
-
-# --- finding our cgroup directory for one controller -----------------------------------------
-
-@dataclass(frozen=True)
-class CgroupDir:
-    """Where one controller's files for this process live, as paths seen by the process."""
-
-    controller: str
-    version: int  # 1 or 2
-    mount_point: str  # e.g. /sys/fs/cgroup/cpu,cpuacct
-    mount_root: str  # the hierarchy directory shown at mount_point, e.g. /docker/abc
-    path: str  # this process's cgroup directory, mount_point or below it
-    note: str = ""  # set when the path had to be guessed
-
-    def ancestors(self) -> list[str]:
-        """`path`, its parent, ... up to the mount point: limits set above us still apply."""
-        dirs = [self.path]
-        current = self.path
-        while current != self.mount_point and current.startswith(self.mount_point + "/"):
-            current = posixpath.dirname(current)
-            dirs.append(current)
-        return dirs
-
-    def hierarchy_path(self, directory: str) -> str:
-        """The cgroup name of `directory` (what /proc/self/cgroup would show), for messages."""
-        rest = directory[len(self.mount_point):]
-        return posixpath.normpath(posixpath.join(self.mount_root, rest.lstrip("/")) or "/")
-
-
-def _relative_cgroup(cgroup_path: str, mount_root: str) -> str | None:
-    """`cgroup_path` relative to the mount's root, or None when it lies outside the mount.
-
-    Without a cgroup namespace, Docker (v1) mounts `/docker/<id>` at /sys/fs/cgroup/cpu and
-    /proc/self/cgroup says `/docker/<id>` too: we are at the mount point itself. With one, both say
-    `/`. Paths containing `..` come from a namespace we are not in.
-    """
-    if ".." in cgroup_path.split("/"):
-        return None
-    if mount_root == "/":
-        return cgroup_path
-    root = mount_root.rstrip("/")
-    if cgroup_path == root:
-        return "/"
-    if cgroup_path.startswith(root + "/"):
-        return cgroup_path[len(root):]
-    return None
-
-
-def _pick_mount(candidates: list[Mount], cgroup_path: str) -> Mount:
-    """Choose among several mounts of one hierarchy (bind mounts, over-mounts).
-
-    Prefer one whose root contains our cgroup (the deepest such root), then one under
-    /sys/fs/cgroup, then the last listed, since a later mount hides an earlier one.
-    """
-    def score(item: tuple[int, Mount]) -> tuple[int, int, int, int]:
-        index, m = item
-        contains = _relative_cgroup(cgroup_path, m.root) is not None
-        standard = m.mount_point == CGROUP_ROOT or m.mount_point.startswith(CGROUP_ROOT + "/")
-        return (contains, len(m.root) if contains else 0, standard, index)
-    return max(enumerate(candidates), key=score)[1]
-
-
-def _cgroup_dir(root: str, controller: str, version: int, mount: Mount,
-                cgroup_path: str) -> CgroupDir:
-    relative = _relative_cgroup(cgroup_path, mount.root)
-    note = ""
-    if relative is None:
-        note = (f"cgroup {cgroup_path} is outside the mount root {mount.root}; "
-                f"using the mount point {mount.mount_point}")
-        path = mount.mount_point
-    else:
-        path = posixpath.normpath(posixpath.join(mount.mount_point, relative.lstrip("/")))
-        if not os.path.isdir(_host_path(root, path)):
-            note = f"{path} does not exist; using the mount point {mount.mount_point}"
-            path = mount.mount_point
-    return CgroupDir(controller=controller, version=version, mount_point=mount.mount_point,
-                     mount_root=mount.root, path=path, note=note)
-
-
-def locate_controller(root: str, controller: str, mounts: list[Mount],
-                      proc_cgroup: Mapping[str, str]) -> tuple[CgroupDir | None, str]:
-    """(the cgroup directory holding `controller`'s files for us, or None; why).
-
-    On a hybrid host the unified (v2) hierarchy is mounted next to the v1 ones but usually
-    holds no controllers (or only a few: it can list `hugetlb` alone), so v2 is used for a
-    controller only if the v2 root's `cgroup.controllers` names it. A controller is attached to
-    one hierarchy at a time, so at most one of the two can be live.
-    """
-    v2_mounts = [m for m in mounts if m.fstype == "cgroup2"]
-    v1_mounts = [m for m in mounts if m.fstype == "cgroup" and controller in m.super_options]
-    v2_path = proc_cgroup.get("")
-    v1_path = proc_cgroup.get(controller)
-
-    if v2_mounts and v2_path is not None:
-        mount = _pick_mount(v2_mounts, v2_path)
-        listed = _read(root, posixpath.join(mount.mount_point, "cgroup.controllers"))
-        if (listed is not None and controller in listed.split()) or (
-                listed is None and not v1_mounts):
-            return _cgroup_dir(root, controller, 2, mount, v2_path), "cgroup v2"
-    if v1_mounts and v1_path is not None:
-        mount = _pick_mount(v1_mounts, v1_path)
-        return _cgroup_dir(root, controller, 1, mount, v1_path), "cgroup v1"
-    if v1_mounts:
-        return None, f"cgroup v1 {controller} is mounted but /proc/self/cgroup has no {controller}"
-    if v2_mounts and v2_path is not None:
-        return None, f"cgroup v2 does not have the {controller} controller"
-    if not v2_mounts and not v1_mounts and not proc_cgroup:
-        return None, "no cgroup information"
-    return None, f"no {controller} cgroup mounted"
-
-
-# --- reading limits ---------------------------------------------------------------------------
-
-def _tightest(where: CgroupDir, filename: str, parse) -> tuple[float | int | None, str, str]:
-    """Walk from our cgroup to the mount root and keep the smallest limit found.
-
-    Returns (limit or None, directory it was set on, reason when None). A limit on a parent
-    cgroup caps every child, and container runtimes often set it on the pod or the container's
-    own cgroup while the process sits one level lower.
-    """
-    best: float | int | None = None
-    best_dir = ""
-    seen_file = False
-    for directory in where.ancestors():
-        value, present = parse(posixpath.join(directory, filename))
-        seen_file = seen_file or present
-        if value is not None and (best is None or value < best):
-            best, best_dir = value, directory
-    if best is not None:
-        return best, best_dir, ""
-    if seen_file:
-        return None, "", "no limit"
-    return None, "", f"{filename} not found (controller not enabled for this cgroup)"
-
-
-def _source(where: CgroupDir, filename: str, directory: str) -> str:
-    source = f"cgroup v{where.version} {filename}"
-    if directory != where.path:
-        source += f" of ancestor {where.hierarchy_path(directory)}"
-    return source
-
-
-def _cpu_limit(root: str, where: CgroupDir) -> tuple[float | None, str]:
-    if where.version == 2:
-        def parse_v2(path: str) -> tuple[float | None, bool]:
-            text = _read(root, path)
-            if text is None:
-                return None, False
-            fields = text.split()
-            if not fields or fields[0] == "max":
-                return None, True
-            try:
-                quota = int(fields[0])
-                period = int(fields[1]) if len(fields) > 1 else 100000
-            except ValueError:
-                return None, True
-            return (quota / period if quota > 0 and period > 0 else None), True
-
-        limit, directory, why = _tightest(where, "cpu.max", parse_v2)
-        if limit is None:
-            return None, f"cgroup v2 {why}" if why != "no limit" else \
-                "cgroup v2 cpu.max is max"
-        return float(limit), _source(where, "cpu.max", directory)
-
-    def parse_v1(path: str) -> tuple[float | None, bool]:
-        quota = _parse_int(_read(root, path))
-        if quota is None:
-            return None, False
-        period = _parse_int(_read(root, posixpath.join(posixpath.dirname(path),
-                                                       "cpu.cfs_period_us")))
-        if quota <= 0 or not period or period <= 0:
-            return None, True
-        return quota / period, True
-
-    limit, directory, why = _tightest(where, "cpu.cfs_quota_us", parse_v1)
-    if limit is None:
-        return None, f"cgroup v1 {why}" if why != "no limit" else \
-            "cgroup v1 cpu.cfs_quota_us is -1"
-    return float(limit), _source(where, "cpu.cfs_quota_us", directory)
-
-
-def _memory_limit(root: str, where: CgroupDir) -> tuple[int | None, str]:
-    filename = "memory.max" if where.version == 2 else "memory.limit_in_bytes"
-
-    def parse(path: str) -> tuple[int | None, bool]:
-        text = _read(root, path)
-        if text is None:
-            return None, False
-        value = _parse_int(text)  # "max" (v2) parses as None: no limit
-        if value is None or value <= 0 or value >= UNLIMITED_BYTES:
-            return None, True
-        return value, True
-
-    limit, directory, why = _tightest(where, filename, parse)
-    if limit is None:
-        if why != "no limit":
-            return None, f"cgroup v{where.version} {why}"
-        shown = "max" if where.version == 2 else "unlimited"
-        return None, f"cgroup v{where.version} {filename} is {shown}"
-    return int(limit), _source(where, filename, directory)
-
-
-def _cgroup_cpuset(root: str, where: CgroupDir) -> tuple[frozenset[int] | None, str]:
-    """The nearest cpuset: the effective set already folds in every ancestor's restriction."""
-    names = (("cpuset.cpus.effective",) if where.version == 2
-             else ("cpuset.effective_cpus", "cpuset.cpus"))
-    for directory in where.ancestors():
-        for name in names:
-            text = _read(root, posixpath.join(directory, name))
-            if text is None:
-                continue
-            cpus = parse_cpu_list(text)
-            if cpus:  # v1 leaves cpuset.cpus empty in a cgroup nobody configured
-                return cpus, _source(where, name, directory)
-    return None, f"cgroup v{where.version} {' / '.join(names)} not found"
-
 
 # --- the other facts --------------------------------------------------------------------------
 
@@ -427,9 +67,9 @@ def in_container(environ: Mapping[str, str] = os.environ, root: str = "/") -> tu
     if environ.get("KUBERNETES_SERVICE_HOST"):
         return True, "KUBERNETES_SERVICE_HOST is set"
     for marker in ("/.dockerenv", "/run/.containerenv"):
-        if os.path.exists(_host_path(root, marker)):
+        if os.path.exists(host_path(root, marker)):
             return True, f"{marker} exists"
-    text = _read(root, "/proc/self/cgroup")
+    text = read_under(root, "/proc/self/cgroup")
     reason = _container_cgroup(parse_proc_cgroup(text)) if text else None
     if reason:
         return True, reason
@@ -464,10 +104,10 @@ def _tmp_filesystem(mounts: list[Mount]) -> tuple[bool | None, str]:
 
 
 def _read_mounts(root: str) -> tuple[list[Mount], str]:
-    text = _read(root, "/proc/self/mountinfo")
+    text = read_under(root, "/proc/self/mountinfo")
     if text is not None:
         return parse_mountinfo(text), "/proc/self/mountinfo"
-    text = _read(root, "/proc/self/mounts")
+    text = read_under(root, "/proc/self/mounts")
     if text is not None:
         return parse_mounts(text), "/proc/self/mounts"
     return [], ""
@@ -520,7 +160,7 @@ class ContainerInfo:
     def describe(self) -> str:
         """One line for the start-up log."""
         if self.cpu_limit is not None:
-            cpu = f"cpu quota {_format_cpus(self.cpu_limit)} ({self.cpu_source})"
+            cpu = f"cpu quota {format_cpus(self.cpu_limit)} ({self.cpu_source})"
         else:
             cpu = f"no cpu quota ({self.cpu_source})"
         if self.cpuset:
@@ -553,25 +193,21 @@ def detect(root: str = "/", environ: Mapping[str, str] = os.environ,
     """
     real = os.path.abspath(root) == "/"
     mounts, _ = _read_mounts(root)
-    cgroup_text = _read(root, "/proc/self/cgroup")
+    cgroup_text = read_under(root, "/proc/self/cgroup")
     proc_cgroup = parse_proc_cgroup(cgroup_text) if cgroup_text else {}
     notes: list[str] = []
 
-    cpu_dir, why = locate_controller(root, "cpu", mounts, proc_cgroup)
-    if cpu_dir is None:
-        cpu_limit, cpu_source = None, why
-    else:
-        cpu_limit, cpu_source = _cpu_limit(root, cpu_dir)
-        if cpu_dir.note:
-            notes.append(f"cpu: {cpu_dir.note}")
-
-    mem_dir, why = locate_controller(root, "memory", mounts, proc_cgroup)
-    if mem_dir is None:
-        memory_limit, memory_source = None, why
-    else:
-        memory_limit, memory_source = _memory_limit(root, mem_dir)
-        if mem_dir.note:
-            notes.append(f"memory: {mem_dir.note}")
+    limits = {}
+    for controller, read_limit in (("cpu", read_cpu_limit), ("memory", read_memory_limit)):
+        where, why = locate_controller(root, controller, mounts, proc_cgroup)
+        if where is None:
+            limits[controller] = (where, None, why)
+        else:
+            limits[controller] = (where, *read_limit(root, where))
+            if where.note:
+                notes.append(f"{controller}: {where.note}")
+    cpu_dir, cpu_limit, cpu_source = limits["cpu"]
+    mem_dir, memory_limit, memory_source = limits["memory"]
 
     cpuset: frozenset[int] | None = None
     cpuset_source = ""
@@ -585,12 +221,12 @@ def detect(root: str = "/", environ: Mapping[str, str] = os.environ,
         if set_dir is None:
             cpuset_source = why
         else:
-            cpuset, cpuset_source = _cgroup_cpuset(root, set_dir)
+            cpuset, cpuset_source = read_cgroup_cpuset(root, set_dir)
 
     if real:
         host_cpus, host_source = os.cpu_count(), "os.cpu_count()"
     else:
-        online = _read(root, "/sys/devices/system/cpu/online")
+        online = read_under(root, "/sys/devices/system/cpu/online")
         parsed = parse_cpu_list(online) if online else None
         host_cpus = len(parsed) if parsed else None
         host_source = "/sys/devices/system/cpu/online" if host_cpus else \
@@ -604,7 +240,7 @@ def detect(root: str = "/", environ: Mapping[str, str] = os.environ,
     if cpu_limit is not None:
         if count is not None and count < cpu_limit:
             usable: float | None = float(count)
-            usable_source = f"cpu quota {_format_cpus(cpu_limit)} capped by {count_source}"
+            usable_source = f"cpu quota {format_cpus(cpu_limit)} capped by {count_source}"
         else:
             usable, usable_source = cpu_limit, f"cpu quota ({cpu_source})"
     elif count is not None:
@@ -623,7 +259,7 @@ def detect(root: str = "/", environ: Mapping[str, str] = os.environ,
         cpu_limit=cpu_limit, cpu_source=cpu_source,
         cpuset=cpuset, cpuset_source=cpuset_source,
         memory_limit=memory_limit, memory_source=memory_source,
-        memory_cgroup_dir=_host_path(root, mem_dir.path) if mem_dir else None,
+        memory_cgroup_dir=host_path(root, mem_dir.path) if mem_dir else None,
         memory_cgroup_version=mem_dir.version if mem_dir else None,
         host_cpus=host_cpus, host_cpus_source=host_source,
         usable_cpus=usable, usable_cpus_source=usable_source,
@@ -653,12 +289,12 @@ def oom_kill_count(target: ContainerInfo | str | os.PathLike) -> int | None:
         directory = os.fspath(target)
         names = ("memory.events", "memory.oom_control")
     for name in names:
-        text = _read_file(os.path.join(directory, name))
+        text = read_file(os.path.join(directory, name))
         if text is None:
             continue
         for line in text.splitlines():
             key, _, value = line.partition(" ")
             if key == "oom_kill":
-                return _parse_int(value)
+                return parse_int(value)
         return None
     return None

@@ -17,34 +17,25 @@ class ConfigError(Exception):
     """A setting has a value berth cannot use: the message names it and what is accepted."""
 
 
-def positive_int(value: Any) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise ValueError("a whole number >= 1") from None
-    if n < 1:
-        raise ValueError("a whole number >= 1")
-    return n
+def number(kind: type, minimum: float, what: str) -> Callable[[Any], Any]:
+    """A converter to `kind` (int or float) of at least `minimum`, finite; `what` is how the
+    error names what is accepted."""
+
+    def convert(value: Any):
+        try:
+            n = kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(what) from None
+        if not n >= minimum or n == float("inf"):
+            raise ValueError(what)
+        return n
+
+    return convert
 
 
-def non_negative_int(value: Any) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise ValueError("a whole number >= 0") from None
-    if n < 0:
-        raise ValueError("a whole number >= 0")
-    return n
-
-
-def non_negative_float(value: Any) -> float:
-    try:
-        n = float(value)
-    except (TypeError, ValueError):
-        raise ValueError("a number of seconds >= 0") from None
-    if not n >= 0 or n == float("inf"):
-        raise ValueError("a number of seconds >= 0")
-    return n
+positive_int = number(int, 1, "a whole number >= 1")
+non_negative_int = number(int, 0, "a whole number >= 0")
+non_negative_float = number(float, 0, "a number of seconds >= 0")
 
 
 def size_bytes(value: Any) -> int:
@@ -227,29 +218,29 @@ def worker_class(value: Any) -> str:
                   f"use -k gthread (or -k sync), or keep Gunicorn for async/ASGI workers")
 
 
-def is_current_user(value: Any) -> bool:
-    """Harmless --user: unset, or the user berth already runs as (a Dockerfile USER)."""
+def _is_current(value: Any, lookup: Callable[[str], int], current: int) -> bool:
+    """Unset, or the id (a number or a name `lookup` resolves) berth already runs as."""
     if value is None or value == "":
         return True
     try:
-        import pwd
-
-        uid = int(value) if str(value).isdigit() else pwd.getpwnam(str(value)).pw_uid
-    except (KeyError, ValueError, ImportError):
+        wanted = int(value) if str(value).isdigit() else lookup(str(value))
+    except (KeyError, ValueError):
         return False
-    return uid == os.geteuid()
+    return wanted == current
+
+
+def is_current_user(value: Any) -> bool:
+    """Harmless --user: unset, or the user berth already runs as (a Dockerfile USER)."""
+    import pwd
+
+    return _is_current(value, lambda name: pwd.getpwnam(name).pw_uid, os.geteuid())
 
 
 def is_current_group(value: Any) -> bool:
-    if value is None or value == "":
-        return True
-    try:
-        import grp
+    """Harmless --group: unset, or the group berth already runs as."""
+    import grp
 
-        gid = int(value) if str(value).isdigit() else grp.getgrnam(str(value)).gr_gid
-    except (KeyError, ValueError, ImportError):
-        return False
-    return gid == os.getegid()
+    return _is_current(value, lambda name: grp.getgrnam(name).gr_gid, os.getegid())
 
 
 def reload_engine(value: Any) -> str:

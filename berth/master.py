@@ -347,7 +347,7 @@ class Master:
                     self._kill(info.pid, signal.SIGKILL)
                     info.abort_at = 0.0
                 continue
-            if info.killed or slot.pid != info.pid:
+            if info.killed or slot.pid != info.pid or slot.generation != info.generation:
                 continue
             if slot.state != BOOTING and now - slot.heartbeat > self.loop_allowance:
                 self.abort(info, now - slot.heartbeat, slot)
@@ -371,7 +371,12 @@ class Master:
     def abort(self, info: WorkerInfo, silent: float, slot: Slot) -> None:
         """A worker whose loop went silent: dump every thread's stack (faulthandler, on
         SIGUSR2), give the worker_abort path a chance (SIGABRT), then SIGKILL."""
-        doing = f" while serving {slot.oldest_line!r}" if slot.oldest_line else ""
+        doing = ""
+        if slot.oldest_line:
+            doing = (f" while serving {slot.oldest_line!r} for "
+                     f"{time.monotonic() - slot.oldest_start:.1f} s")
+        if slot.in_flight:
+            doing += f" ({slot.in_flight} requests in flight)"
         info.killed = (f"killed by berth: its loop was silent for {silent:.1f} s "
                        f"(allowed {self.loop_allowance:g} s){doing}")
         self.log.error("worker %d: loop silent for %.1f s (allowed %g s)%s; dumping its "
@@ -561,7 +566,7 @@ class Master:
                 old.flags.clear()
         last = self.scoreboard.read(info.slot)
         self.scoreboard.clear(info.slot)
-        if not info.stopping and last.state == OUT_OF_SERVICE:
+        if not info.stopping and last.state == OUT_OF_SERVICE and last.over_deadline:
             info.stopping = OVERRAN
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)

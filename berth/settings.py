@@ -128,6 +128,8 @@ _STATSD = "StatsD metrics are coming (an open issue); until then none are sent."
 _CONTROL = ("berth has no control socket (gunicornc): control it with signals (HUP reload, "
             "TERM stop, TTIN/TTOU workers, USR1 reopen logs)")
 
+# The table. Entries of the same shape (the HTTP/2, ASGI and dirty-arbiter settings, say) are
+# declarations, not repeated code: each is one setting's own name, flags, default and note.
 SETTINGS: tuple[Setting, ...] = (
     # -- config file ------------------------------------------------------------------------
     S("config", ("-c", "--config"), text, None,

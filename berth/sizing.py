@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from berth.container import format_bytes, format_cpu_list
+from berth.cgroups import format_bytes, format_cpu_list
 
 MIN_WORKERS = 2  # one busy worker must never leave the container unable to answer a probe
 THREADS_PER_WORKER = 4

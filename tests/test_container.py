@@ -21,19 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from berth import container
-from berth.container import (
-    ContainerInfo,
-    default_bind,
-    detect,
+from berth import cgroups, container
+from berth.cgroups import (
     format_bytes,
     format_cpu_list,
-    in_container,
-    oom_kill_count,
     parse_cpu_list,
     parse_mountinfo,
     parse_proc_cgroup,
 )
+from berth.container import ContainerInfo, default_bind, detect, in_container, oom_kill_count
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "cgroup"
@@ -516,8 +512,9 @@ def test_end_to_end_oom_kill_count_sees_a_real_oom_kill(v1_cgroups):
 
 def test_module_has_no_print_or_subprocess():
     """Read once at start: plain file reads only, nothing spawned, nothing printed."""
-    source = Path(container.__file__).read_text()
-    assert "subprocess" not in source and "print(" not in source
+    for module in (container, cgroups):
+        source = Path(module.__file__).read_text()
+        assert "subprocess" not in source and "print(" not in source
 
 
 def test_berth_itself_sizes_from_the_real_v1_cgroup_it_runs_in(v1_cgroups, tmp_path):
