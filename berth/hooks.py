@@ -1,7 +1,7 @@
 """Gunicorn's server hooks, and the objects they receive.
 
 A Gunicorn config file may define functions such as `post_fork(server, worker)` or
-`pre_request(worker, req)`. berth loads them (`validate_hook`, used by `config.py`), and the
+`pre_request(worker, req)`. berth loads them (`validate_hook`, the converter of each hook setting), and the
 master and workers call them through `call_hook(cfg, name, *args)` at the same moments Gunicorn
 does. A hook that raises is logged with its traceback and berth carries on, as with Gunicorn
 (except that Gunicorn lets an exception in `on_starting` or `when_ready` kill the master; berth

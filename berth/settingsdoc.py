@@ -24,7 +24,7 @@ INTRO = """\
 <!-- Generated from berth/settings.py by `python -m berth.settingsdoc > docs/settings.md`;
      do not edit by hand (tests/test_config.py checks that it matches). -->
 
-Every setting is declared once, in `berth/config.py`; the command line, `--help`, the
+Every setting is declared once, in `berth/settings.py`; the command line, `--help`, the
 environment variables, config files, `--print-config`, `berth doctor` and this page come from
 that declaration. Names are Gunicorn's, so a Gunicorn command line or config file runs unchanged.
 
