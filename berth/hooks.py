@@ -3,9 +3,10 @@
 A Gunicorn config file may define functions such as `post_fork(server, worker)` or
 `pre_request(worker, req)`. berth loads them (`validate_hook`, each hook setting's converter,
 checks them against `settings.HOOK_ARGS`), and the master and workers call them through
-`call_hook(cfg, name, *args)` at the same moments Gunicorn does. A hook that raises is logged with its traceback and berth carries on, as with Gunicorn
-(except that Gunicorn lets an exception in `on_starting` or `when_ready` kill the master; berth
-keeps serving: a broken logging hook should not take the site down).
+`call_hook(cfg, name, *args)` at the same moments Gunicorn does. A hook that raises is logged
+with its traceback and berth carries on, as with Gunicorn (except that Gunicorn lets an
+exception in `on_starting` or `when_ready` kill the master; berth keeps serving: a broken
+logging hook should not take the site down).
 
 The hook arguments are small views with the attributes Gunicorn's documented examples use:
 `server.log`, `server.cfg`, `server.pid`, `worker.pid`, `worker.log`, `worker.age`,
