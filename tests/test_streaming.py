@@ -131,3 +131,20 @@ def test_timeout_0_disables_the_deadline_and_serves(berth):
     status, _, body = http_get(srv.port, "/silent?parts=1&every=0&s=1.5", timeout=10)
     assert status == 200 and body == b"part 0\nafter the silence\n"
     assert wait_for(lambda: "closed silent" in srv.stderr(), timeout=5)
+
+
+def test_a_request_waiting_for_a_busy_app_thread_is_not_the_apps_silence(berth):
+    """Two streams keep both app threads busy for 5 s; a third request waits in the queue for
+    longer than --timeout. The app has not been called yet: its deadline has not started."""
+    from proto_helpers import in_background
+
+    srv = berth(["-w", "1", "--threads", "2", "--timeout", "2", "stream_app:app"])
+    streams = [in_background(lambda i=i: http_get(srv.port, f"/stream?n=10&every=0.5&id=s{i}",
+                                                   timeout=20)) for i in range(2)]
+    time.sleep(0.5)  # both app threads are streaming now
+    status, _, body = http_get(srv.port, "/stream?n=1&every=0&id=third", timeout=20)
+    assert (status, body) == (200, b"part 0\n"), srv.stderr()
+    for thread, box in streams:
+        thread.join(20)
+        assert box["result"][0] == 200 and box["result"][2].count(b"part") == 10, box
+    assert "deadline" not in srv.stderr(), srv.stderr()

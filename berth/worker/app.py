@@ -255,7 +255,12 @@ class Responder:
             self.served = served  # (may lag by a request in flight: read by the tick only)
             if served == self.max_requests:
                 self.retire(inline)
-            if type(req) is HttpError:
+            if not inline:
+                conn.response = None  # (the last request's, until call_app makes this one's)
+                req.progress = time.monotonic()  # the app's deadline starts now (see sweep)
+            if conn.dead:  # the client left (or berth gave up) while it waited: no app call
+                keep = False
+            elif type(req) is HttpError:
                 self.send_error(conn, req, inline)
                 keep = False
             else:
@@ -279,7 +284,7 @@ class Responder:
                     req = conn.pending.popleft()
                     conn.active = req
                     if not inline:
-                        req.dispatched = req.progress = loop.now
+                        req.dispatched = loop.now
                     if type(req) is Request and req.expect_continue:
                         req.expect_continue = False
                         conn.lock.release()

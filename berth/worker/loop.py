@@ -293,8 +293,10 @@ class Loop:
         return sum(len(r.body) for r in pending if type(r) is Request) > self.body_budget
 
     def to_thread(self, conn: Connection, req) -> None:
-        """Queue `req` for an app thread; from now on `sweep` keeps its deadline."""
-        req.dispatched = req.progress = self.now
+        """Queue `req` for an app thread; `sweep` keeps its deadline once a thread runs the
+        app for it (waiting in the queue is not the app's silence: `progress` stays 0)."""
+        req.dispatched = self.now
+        req.progress = 0.0
         responder = self.responder
         responder.submit(conn, req)
         if self.accepting and responder.queued() >= self.threads:
