@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from berth import container, reloader
 from berth.hooks import ServerView, WorkerView, call_hook
 from berth.logs import AccessLog
-from berth.scoreboard import BOOTING, MAX_WORKERS, OUT_OF_SERVICE, RETIRING, Scoreboard, Slot
+from berth.scoreboard import BOOTING, OUT_OF_SERVICE, RETIRING, Scoreboard, Slot
+from berth.sizing import MAX_WORKERS
 from berth.sockets import create_listener, describe
 from berth.worker.process import EXIT_APP_LOAD_ERROR, Worker, private_memory
 
