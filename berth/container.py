@@ -557,21 +557,18 @@ def detect(root: str = "/", environ: Mapping[str, str] = os.environ,
     proc_cgroup = parse_proc_cgroup(cgroup_text) if cgroup_text else {}
     notes: list[str] = []
 
-    cpu_dir, why = locate_controller(root, "cpu", mounts, proc_cgroup)
-    if cpu_dir is None:
-        cpu_limit, cpu_source = None, why
-    else:
-        cpu_limit, cpu_source = _cpu_limit(root, cpu_dir)
-        if cpu_dir.note:
-            notes.append(f"cpu: {cpu_dir.note}")
+    def limit(controller: str, read) -> tuple[CgroupDir | None, float | int | None, str]:
+        """A controller's cgroup directory, its limit and where that was read (or why there is
+        none)."""
+        where, why = locate_controller(root, controller, mounts, proc_cgroup)
+        if where is None:
+            return None, None, why
+        if where.note:
+            notes.append(f"{controller}: {where.note}")
+        return (where, *read(root, where))
 
-    mem_dir, why = locate_controller(root, "memory", mounts, proc_cgroup)
-    if mem_dir is None:
-        memory_limit, memory_source = None, why
-    else:
-        memory_limit, memory_source = _memory_limit(root, mem_dir)
-        if mem_dir.note:
-            notes.append(f"memory: {mem_dir.note}")
+    _, cpu_limit, cpu_source = limit("cpu", _cpu_limit)
+    mem_dir, memory_limit, memory_source = limit("memory", _memory_limit)
 
     cpuset: frozenset[int] | None = None
     cpuset_source = ""
