@@ -52,8 +52,6 @@ ORPHAN_GRACE = 0.5  # an unknown zombie child this old is an orphan nobody waits
 # request --timeout; with --threads 1 the app runs on the loop and --timeout is the allowance.
 THREADED_LOOP_ALLOWANCE = 5.0
 OVERRAN = "retired: a request overran its deadline"
-RELOAD_SETTLE = 0.2  # --reload: act once files were quiet this long (an editor's save is a burst)
-RELOAD_SETTLE_MAX = 1.0  # ... but no later than this after the first change
 
 
 @dataclass
@@ -96,15 +94,12 @@ class Master:
         self.memory_checked = False
         self.server = ServerView(self)
         self.reload_reason = "reloaded (SIGHUP)"  # why the old generation is stopped
-        # --reload (all unused without it)
-        self.watcher: reloader.Watcher | None = None
-        self.watching_what: tuple = ()
-        self.reports_r = self.reports_w = -1
-        self.reports = reloader.Reports()
-        self.changes: set[str] = set()  # changed files not acted upon yet
-        self.change_first = self.change_due = 0.0
-        self.next_watch = 0.0
-        self.paused = False  # new code failed to start: no worker is started until a change
+        self.code: reloader.CodeReloader | None = None  # --reload
+
+    @property
+    def paused(self) -> bool:
+        """--reload: new code failed to start; no worker is started until the next change."""
+        return self.code is not None and self.code.paused
 
     @property
     def loop_allowance(self) -> float:
@@ -136,7 +131,7 @@ class Master:
         self.ready_r, self.ready_w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self.ready_r, False)
         if cfg.reload:
-            self.start_watching()
+            self.code = reloader.CodeReloader(cfg, self.log)
         self.sig_r, self.sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.sig_w, warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD,
@@ -168,15 +163,13 @@ class Master:
         self.sel = sel = selectors.DefaultSelector()
         sel.register(self.sig_r, selectors.EVENT_READ)
         sel.register(self.ready_r, selectors.EVENT_READ)
-        if self.watcher is not None:
-            sel.register(self.reports_r, selectors.EVENT_READ)
-            if self.watcher.fileno() is not None:
-                sel.register(self.watcher.fileno(), selectors.EVENT_READ)
+        for fd in self.code.fds() if self.code is not None else ():
+            sel.register(fd, selectors.EVENT_READ)
         next_tick = time.monotonic() + TICK
         while True:
             timeout = TICK
-            if self.change_due:
-                timeout = min(TICK, max(0.0, self.change_due - time.monotonic()))
+            if self.code is not None and self.code.due:
+                timeout = min(TICK, max(0.0, self.code.due - time.monotonic()))
             self._wait_events(timeout)
             while self.signals:  # before reaping: a SIGTERM sent to the whole process
                 sig = self.signals.popleft()  # group also stops the workers
@@ -195,10 +188,9 @@ class Master:
             if now >= next_tick:
                 next_tick = now + TICK
                 self.check_workers(now)
-                if self.watcher is not None and now >= self.next_watch:
-                    self.next_watch = now + reloader.INTERVAL
-                    self.files_changed(self.watcher.tick())
-            if self.change_due and now >= self.change_due:
+                if self.code is not None:
+                    self.code.tick(now)
+            if self.code is not None and self.code.due and now >= self.code.due:
                 self.reload_code()
             self.keep_count()
 
@@ -271,11 +263,8 @@ class Master:
             for fd in (self.sig_r, self.sig_w, self.ready_r):
                 os.close(fd)
             load_app = self.load_app
-            if self.watcher is not None:  # the master's ends; the worker reports its files
-                os.close(self.reports_r)
-                if self.watcher.fileno() is not None:
-                    os.close(self.watcher.fileno())
-                load_app = reloader.reporting(self.load_app, self.reports_w)
+            if self.code is not None:  # the worker reports the app's files to the master
+                load_app = self.code.for_worker(load_app)
             view.pid = os.getpid()
             call_hook(cfg, "post_fork", self.server, view)
             access_log = None
@@ -412,11 +401,11 @@ class Master:
                 return
             new.values["bind"] = self.cfg.bind
             self.cfg = new
-        if self.watcher is not None and (self.cfg.reload, self.cfg.reload_engine,
-                                         self.cfg.reload_extra_files) != self.watching_what:
-            self.log.warning("SIGHUP: the --reload settings take effect at the next start")
+        if self.code is not None:
+            if self.code.settings_of(self.cfg) != self.code.settings:
+                self.log.warning("SIGHUP: the --reload settings take effect at the next start")
+            self.code.paused = False
         call_hook(self.cfg, "on_reload", self.server)
-        self.paused = False
         self.generation += 1  # keep_count() starts the new generation's workers
         self.reload_reason = "reloaded (SIGHUP)"
         self.log.info("SIGHUP: reloading: starting %d workers of generation %d",
@@ -432,87 +421,14 @@ class Master:
             for info in old:
                 self.stop_worker(info, self.reload_reason)
 
-    # -- --reload -----------------------------------------------------------------------------
-
-    def start_watching(self) -> None:
-        """--reload: the report pipe (workers write the files they imported) and the watcher."""
-        cfg = self.cfg
-        self.reports_r, self.reports_w = os.pipe2(os.O_CLOEXEC)
-        os.set_blocking(self.reports_r, False)  # (the workers' end stays blocking)
-        self.watcher = reloader.make_watcher(cfg.reload_engine, cfg.reload_extra_files or (),
-                                             lambda line: self.log.warning("%s", line))
-        self.watching_what = (cfg.reload, cfg.reload_engine, cfg.reload_extra_files)
-        extra = f" and {len(cfg.reload_extra_files)} --reload-extra-file entries" \
-            if cfg.reload_extra_files else ""
-        self.log.warning("--reload is on (%s): workers are replaced when the app's source "
-                         "files%s change; for development only", self.watcher.engine, extra)
-
-    def read_reports(self) -> None:
-        """The files workers imported: watched from now on."""
-        while True:
-            try:
-                data = os.read(self.reports_r, 65536)
-            except BlockingIOError:
-                return
-            if not data:  # (the master holds a write end: never, but never spin either)
-                return
-            for pid, paths in self.reports.feed(data).items():
-                info = self.workers.get(pid)
-                since = None
-                if info is not None:  # when it was forked, on the files' (wall) clock
-                    since = time.time_ns() - int((time.monotonic() - info.started) * 1e9)
-                self.files_changed(self.watcher.add(paths, since))
-
-    def files_changed(self, paths: list[str]) -> None:
-        """Changed files: act once they have been quiet for a moment (one save, one reload)."""
-        if not paths or self.stopping:
-            return
-        now = time.monotonic()
-        if not self.changes:
-            self.change_first = now
-        self.changes.update(paths)
-        self.change_due = min(now + RELOAD_SETTLE, self.change_first + RELOAD_SETTLE_MAX)
-
     def reload_code(self) -> None:
         """--reload: a watched file changed: a new generation, as SIGHUP starts one (the
         configuration is not read again); the old workers drain once it is ready."""
-        changed = sorted(self.changes)
-        self.changes.clear()
-        self.change_due = 0.0
-        names = [_shown(p) for p in changed[:3]]
-        if len(changed) > 3:
-            names.append(f"{len(changed) - 3} more")
-        what = ", ".join(names)
-        self.paused = False
+        what = self.code.take_changes()
         self.generation += 1
         self.reload_reason = f"reloaded ({what} changed)"
         self.log.info("reload: %s changed; starting %d workers of generation %d", what,
                       self.cfg.workers, self.generation)
-
-    def new_code_failed(self, info: WorkerInfo, how: str, load_error: bool) -> None:
-        """--reload: a worker died before it was ready. Never stop berth and never respawn
-        into the same failure: the workers already serving keep serving, and the next change
-        (or SIGHUP) starts a new generation."""
-        what = ("could not load the app (traceback above)" if load_error
-                else f"{how} before it was ready")
-        if info.generation != self.generation:
-            self.log.warning("worker %d of generation %d %s (generation %d is starting)",
-                             info.pid, info.generation, what, self.generation)
-            return
-        if self.paused:
-            self.log.info("worker %d %s", info.pid, what)
-            return
-        self.paused = True
-        serving = [w for w in self.workers.values()
-                   if w.ready and not w.stopping and not w.killed]
-        if serving:
-            gens = sorted({w.generation for w in serving})
-            now = (f"the {len(serving)} workers of generation "
-                   f"{', '.join(map(str, gens))} keep serving")
-        else:
-            now = "no worker is serving"
-        self.log.error("worker %d %s; %s; waiting for the next change to start new workers "
-                       "(--reload)", info.pid, what, now)
 
     # -- reaping ----------------------------------------------------------------------------
 
@@ -579,8 +495,8 @@ class Master:
             self.log.debug("worker %d %s", info.pid, how)
             return
         load_error = os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_APP_LOAD_ERROR
-        if self.watcher is not None and not info.ready and (load_error or not reason):
-            self.new_code_failed(info, how, load_error)
+        if self.code is not None and not info.ready and (load_error or not reason):
+            self.code.worker_failed(info, how, load_error, self.generation, self.workers)
             return
         if load_error:
             self.log.error("worker %d could not load the app (traceback above); stopping",
@@ -681,8 +597,8 @@ class Master:
                     pass
             sock.close()
         self.reap_orphans()
-        if self.watcher is not None:
-            self.watcher.close()
+        if self.code is not None:
+            self.code.close()
         self.log.info("berth master %d: stopped", os.getpid())
 
     def _wait_events(self, timeout: float) -> None:
@@ -692,17 +608,8 @@ class Master:
                 self._drain(self.sig_r)
             elif key.fd == self.ready_r:
                 self.read_ready()
-            elif self.watcher is not None:
-                if key.fd == self.reports_r:
-                    self.read_reports()
-                else:
-                    self.files_changed(self.watcher.read_events())
-
-
-def _shown(path: str) -> str:
-    """A changed file as a log line names it: relative to the current directory when inside."""
-    rel = os.path.relpath(path)
-    return path if rel.startswith("..") else rel
+            elif self.code is not None:
+                self.code.readable(key.fd, self.workers)
 
 
 def _zombie_children() -> list[int]:
