@@ -119,6 +119,7 @@ class Master:
         # named once, while they are open: stop() closes them, and a worker's late "ready"
         # can still arrive after that
         self.listener_names = ", ".join(describe(s) for s in self.listeners)
+        self.unix_paths = [s.getsockname() for s in self.listeners if s.family == socket.AF_UNIX]
         if cfg.preload_app:
             try:
                 self.app = self.load_app()
@@ -590,12 +591,12 @@ class Master:
             if self.workers:
                 time.sleep(0.01)
         for sock in self.listeners:
-            if sock.family == socket.AF_UNIX:
-                try:
-                    os.unlink(sock.getsockname())
-                except OSError:
-                    pass
             sock.close()
+        for path in self.unix_paths:  # (a quick stop has closed their sockets already)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
         self.reap_orphans()
         if self.code is not None:
             self.code.close()
