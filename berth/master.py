@@ -5,6 +5,13 @@ a pipe each worker writes its pid to once it serves, and twice a second it reads
 (shared memory, no syscall) to check heartbeats, recycling wishes and memory. The master never
 runs the app (with `--preload` it imports it once, before forking).
 
+The same loop runs from start to exit through four phases: serving; in the shutdown delay
+(SIGTERM: serving on while readiness says 503); draining (workers finish what is in flight);
+stopping now (SIGINT/SIGQUIT). Each signal is handled in one place, `handle_signal`, which
+knows the phase: once berth is shutting down, a signal that asks for more work (SIGHUP, SIGTTIN,
+SIGTTOU) is logged as ignored with the reason, SIGUSR1 still reopens the logs, and SIGINT or
+SIGQUIT still cut a drain short.
+
 Every worker exit is logged once, with its real cause: the exit code or signal, or what berth
 did to it and why (missed heartbeat, recycled), or the kernel's OOM killer, read from the
 cgroup's own counter rather than guessed from a SIGKILL.
@@ -52,6 +59,20 @@ ORPHAN_GRACE = 0.5  # an unknown zombie child this old is an orphan nobody waits
 # request --timeout; with --threads 1 the app runs on the loop and --timeout is the allowance.
 THREADED_LOOP_ALLOWANCE = 5.0
 OVERRAN = "retired: a request overran its deadline"
+STOP_POLL = 0.05  # while workers stop: how often the loop looks for exits and the deadline
+
+# The master's phases. One loop runs through all of them; `handle_signal` says what each signal
+# does in each, and `loop` what a turn does.
+SERVING = "serving"
+DELAYING = "in the shutdown delay"  # SIGTERM: serving on; readiness says 503
+DRAINING = "draining"  # workers finish in-flight requests within --graceful-timeout
+QUITTING = "stopping now"  # SIGINT/SIGQUIT, or a failure: workers stop at once
+# Signals that ask for more work, once berth is shutting down: logged as ignored, and why.
+IGNORED_WHILE_STOPPING = {
+    signal.SIGHUP: "a reload would start workers only to stop them",
+    signal.SIGTTIN: "the number of workers no longer changes",
+    signal.SIGTTOU: "the number of workers no longer changes",
+}
 
 
 @dataclass
@@ -82,7 +103,8 @@ class Master:
         self.workers: dict[int, WorkerInfo] = {}
         self.generation = 1
         self.announced = False
-        self.stopping = False
+        self.phase = SERVING
+        self.deadline = 0.0  # the end of the shutdown delay, or of the stop
         self.signals: collections.deque = collections.deque()
         self.boot_failures: collections.deque = collections.deque()
         self.exit_code = 0
@@ -95,6 +117,11 @@ class Master:
         self.server = ServerView(self)
         self.reload_reason = "reloaded (SIGHUP)"  # why the old generation is stopped
         self.code: reloader.CodeReloader | None = None  # --reload
+
+    @property
+    def stopping(self) -> bool:
+        """Workers are being stopped: their exits are expected and none is started."""
+        return self.phase in (DRAINING, QUITTING)
 
     @property
     def paused(self) -> bool:
@@ -152,15 +179,18 @@ class Master:
         for _ in range(cfg.workers):
             self.spawn()
         self.loop()
+        self.finish_stop()
         call_hook(self.cfg, "on_exit", self.server)
         return self.exit_code
-
-    def _on_signal(self, signum, frame) -> None:
-        self.signals.append(signum)
 
     # -- the loop ---------------------------------------------------------------------------
 
     def loop(self) -> None:
+        """From the first fork to the stop's end. A turn waits for an event and handles the
+        signals that came (`wait_and_handle`), reaps, then does what the phase asks: serving
+        and through the shutdown delay, check the workers and keep their count (and, serving,
+        reload changed code); stopping, return once every worker is gone or the deadline has
+        passed (`finish_stop` then kills what is left)."""
         self.sel = sel = selectors.DefaultSelector()
         sel.register(self.sig_r, selectors.EVENT_READ)
         sel.register(self.ready_r, selectors.EVENT_READ)
@@ -168,48 +198,94 @@ class Master:
             sel.register(fd, selectors.EVENT_READ)
         next_tick = time.monotonic() + TICK
         while True:
-            timeout = TICK
-            if self.code is not None and self.code.due:
-                timeout = min(TICK, max(0.0, self.code.due - time.monotonic()))
-            self._wait_events(timeout)
-            while self.signals:  # before reaping: a SIGTERM sent to the whole process
-                sig = self.signals.popleft()  # group also stops the workers
-                if sig == signal.SIGTERM:
-                    self.shutdown()
-                    return
-                if sig in (signal.SIGINT, signal.SIGQUIT):
-                    self.stop(graceful=False)
-                    return
-                self.on_signal(sig)
+            self.wait_and_handle(self.wait_time(next_tick))
             self.reap()
-            if self.stopping:
-                self.stop(graceful=False)
-                return
             now = time.monotonic()
+            if self.phase == DELAYING and now >= self.deadline:
+                self.begin_stop(graceful=True)
+            if self.stopping:
+                if not self.workers or now >= self.deadline:
+                    return
+                continue
             if now >= next_tick:
                 next_tick = now + TICK
                 self.check_workers(now)
                 if self.code is not None:
                     self.code.tick(now)
-            if self.code is not None and self.code.due and now >= self.code.due:
+            if (self.phase == SERVING and self.code is not None and self.code.due
+                    and now >= self.code.due):
                 self.reload_code()
             self.keep_count()
 
-    def on_signal(self, sig: int) -> None:
-        if sig == signal.SIGHUP:
+    def wait_time(self, next_tick: float) -> float:
+        """How long the next wait may last: until the tick, the end of the shutdown delay or
+        the moment --reload acts, whichever is first; while workers stop, STOP_POLL."""
+        if self.stopping:
+            return STOP_POLL
+        until = next_tick
+        if self.phase == DELAYING:
+            until = min(until, self.deadline)
+        elif self.code is not None and self.code.due:
+            until = min(until, self.code.due)
+        return max(0.0, until - time.monotonic())
+
+    # -- signals ----------------------------------------------------------------------------
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signals.append(signum)
+
+    def wait_and_handle(self, timeout: float) -> None:
+        """Wait up to `timeout` for an event: a signal (its handler queued it and the wakeup
+        fd woke the selector), a worker's readiness, --reload's fds. Then handle every signal
+        that came, in order, each in the phase the one before it left."""
+        for key, _ in self.sel.select(timeout):
+            if key.fd == self.sig_r:
+                self._drain(self.sig_r)
+            elif key.fd == self.ready_r:
+                self.read_ready()
+            elif self.code is not None:
+                self.code.readable(key.fd, self.workers)
+        while self.signals:
+            self.handle_signal(self.signals.popleft())
+
+    def handle_signal(self, sig: int) -> None:
+        """What a signal does, in every phase. None is dropped silently: one that cannot act
+        any more says so and why."""
+        name = signal.Signals(sig).name
+        if sig == signal.SIGCHLD:
+            return  # the loop reaps after every wake-up
+        if sig == signal.SIGTERM:
+            if self.phase == SERVING:
+                self.begin_shutdown()
+            else:
+                self.log.info("SIGTERM: berth is already shutting down (%s); nothing changes",
+                              self.phase)
+        elif sig in (signal.SIGINT, signal.SIGQUIT):
+            if self.phase == QUITTING:
+                self.log.info("%s: berth is already stopping now", name)
+            else:  # serving, in the shutdown delay or draining: stop at once
+                self.begin_stop(graceful=False, why=name)
+        elif sig == signal.SIGUSR1:  # in every phase: workers write logs until they exit
+            self.reopen_logs()
+        elif sig == signal.SIGUSR2:
+            self.log.info("SIGUSR2 is not used by berth (no binary upgrade); ignored")
+        elif self.phase != SERVING:
+            self.log.warning("%s ignored: berth is shutting down (%s), and %s", name,
+                             self.phase, IGNORED_WHILE_STOPPING[sig])
+        elif sig == signal.SIGHUP:
             self.reload()
         elif sig == signal.SIGTTIN:
             self.set_workers(min(self.cfg.workers + 1, MAX_WORKERS), "SIGTTIN")
         elif sig == signal.SIGTTOU:
             self.set_workers(max(self.cfg.workers - 1, 1), "SIGTTOU")
-        elif sig == signal.SIGUSR1:
-            self.log.info("SIGUSR1: reopening log files")
-            from berth.logs import setup_error_log
-            self.log = setup_error_log(self.cfg.errorlog, self.cfg.loglevel)
-            for info in self.workers.values():
-                self._kill(info.pid, signal.SIGUSR1)
-        elif sig == signal.SIGUSR2:
-            self.log.info("SIGUSR2 is not used by berth (no binary upgrade); ignored")
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: reopen the log files (logrotate moved them), here and in every worker."""
+        self.log.info("SIGUSR1: reopening log files")
+        from berth.logs import setup_error_log
+        self.log = setup_error_log(self.cfg.errorlog, self.cfg.loglevel)
+        for info in self.workers.values():
+            self._kill(info.pid, signal.SIGUSR1)
 
     def set_workers(self, count: int, why: str) -> None:
         old = self.cfg.workers
@@ -225,8 +301,9 @@ class Master:
                 and not w.replaced]
 
     def keep_count(self) -> None:
-        """Start or stop workers so that the current generation has --workers of them."""
-        if self.stopping or self.paused:
+        """Start or stop workers so that the current generation has --workers of them
+        (none once berth stops, waits for a fix under --reload, or gave up)."""
+        if self.stopping or self.paused or self.exit_code:
             return
         active = self.active()
         for _ in range(self.cfg.workers - len(active)):
@@ -502,8 +579,7 @@ class Master:
         if load_error:
             self.log.error("worker %d could not load the app (traceback above); stopping",
                            info.pid)
-            self.exit_code = EXIT_APP_LOAD_ERROR
-            self.stopping = True
+            self.give_up(EXIT_APP_LOAD_ERROR)
             return
         if reason:
             self.log.info("worker %d exited: %s (%s)", info.pid, reason, how)
@@ -517,8 +593,7 @@ class Master:
             if len(self.boot_failures) >= BOOT_FAILURES_MAX:
                 self.log.error("%d workers died before becoming ready within %.0f s; stopping",
                                len(self.boot_failures), BOOT_FAILURE_WINDOW)
-                self.exit_code = 1
-                self.stopping = True
+                self.give_up(1)
 
     # -- stopping ---------------------------------------------------------------------------
 
@@ -536,53 +611,46 @@ class Master:
         except BlockingIOError:
             pass
 
-    def shutdown(self) -> None:
+    def give_up(self, exit_code: int) -> None:
+        """A failure berth cannot serve through (the app does not load, workers keep dying at
+        boot): exit with `exit_code` and start no more workers. Stop at once, unless in the
+        shutdown delay: then the delay and the drain go on as planned."""
+        self.exit_code = exit_code
+        if self.phase == SERVING:
+            self.begin_stop(graceful=False)
+
+    def begin_shutdown(self) -> None:
         """SIGTERM: serve on through --shutdown-delay (load balancers deregister us), then
-        drain (see `stop`). Further SIGTERMs change nothing; SIGINT/SIGQUIT stop at once."""
+        drain (see `begin_stop`)."""
         delay = self.cfg.shutdown_delay or 0.0
         self.scoreboard.set_shutting_down()  # readiness probes say 503 from now on
         self.log.info("SIGTERM: serving for %g s more (shutdown delay), then finishing "
                       "in-flight requests within %g s", delay, self.cfg.graceful_timeout)
-        deadline = time.monotonic() + delay
-        while time.monotonic() < deadline:
-            self._wait_events(min(TICK, max(0.0, deadline - time.monotonic())))
-            self.reap()
-            while self.signals:
-                sig = self.signals.popleft()
-                if sig in (signal.SIGINT, signal.SIGQUIT):
-                    self.stop(graceful=False)
-                    return
-            self.keep_count()
-            self.check_workers(time.monotonic())
-        self.stop(graceful=True)
+        if delay > 0:
+            self.phase, self.deadline = DELAYING, time.monotonic() + delay
+        else:  # at once, before the loop reaps: a SIGTERM to the whole process group also
+            self.begin_stop(graceful=True)  # stops the workers, and that is no failure
 
-    def stop(self, graceful: bool) -> None:
-        """Graceful: workers take what waits in the kernel queue, stop accepting, finish
-        in-flight requests within --graceful-timeout. Otherwise they stop at once. Whatever is
-        left then is killed."""
-        self.stopping = True
+    def begin_stop(self, graceful: bool, why: str = "") -> None:
+        """Graceful (DRAINING): workers take what waits in the kernel queue, stop accepting,
+        finish in-flight requests within --graceful-timeout. Quick (QUITTING, also from
+        DRAINING): they stop at once. The loop waits for them until the deadline."""
         if graceful:
-            sig, grace = signal.SIGTERM, self.cfg.graceful_timeout + 1.0
+            self.phase, sig, grace = DRAINING, signal.SIGTERM, self.cfg.graceful_timeout + 1.0
         else:
-            self.log.info("stopping now")
-            sig, grace = signal.SIGQUIT, KILL_GRACE_QUICK
+            self.log.info("%sstopping now", f"{why}: " if why else "")
+            self.phase, sig, grace = QUITTING, signal.SIGQUIT, KILL_GRACE_QUICK
+        self.deadline = time.monotonic() + grace
         for info in self.workers.values():
             self._kill(info.pid, sig)
         for sock in self.listeners:  # the workers hold the listeners until they have drained
             if sock.family == socket.AF_UNIX and graceful:
                 continue
             sock.close()
-        deadline = time.monotonic() + grace
-        while self.workers and time.monotonic() < deadline:
-            self.reap()
-            if self.workers:
-                self._wait_events(0.05)
-                while self.signals:
-                    if self.signals.popleft() in (signal.SIGINT, signal.SIGQUIT) and graceful:
-                        graceful = False
-                        deadline = time.monotonic() + KILL_GRACE_QUICK
-                        for info in self.workers.values():
-                            self._kill(info.pid, signal.SIGQUIT)
+
+    def finish_stop(self) -> None:
+        """After the loop: kill the workers still there, reap them, close and remove the
+        listeners, reap the last orphans."""
         for info in self.workers.values():
             self.log.warning("worker %d did not stop in time; killing it", info.pid)
             self._kill(info.pid, signal.SIGKILL)
@@ -601,16 +669,6 @@ class Master:
         if self.code is not None:
             self.code.close()
         self.log.info("berth master %d: stopped", os.getpid())
-
-    def _wait_events(self, timeout: float) -> None:
-        """Wait for a signal (its handler queued it) or a worker's readiness, or `timeout`."""
-        for key, _ in self.sel.select(timeout):
-            if key.fd == self.sig_r:
-                self._drain(self.sig_r)
-            elif key.fd == self.ready_r:
-                self.read_ready()
-            elif self.code is not None:
-                self.code.readable(key.fd, self.workers)
 
 
 def _zombie_children() -> list[int]:
