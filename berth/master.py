@@ -36,9 +36,9 @@ import socket
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
 
 from berth import container, reloader
+from berth.children import ExitReader, OrphanReaper, WorkerInfo, send_signal
 from berth.hooks import ServerView, WorkerView, call_hook
 from berth.logs import AccessLog
 from berth.scoreboard import BOOTING, OUT_OF_SERVICE, RETIRING, Scoreboard, Slot
@@ -52,7 +52,6 @@ KILL_GRACE_QUICK = 2.0  # SIGINT/SIGQUIT: seconds before leftovers are killed
 ABORT_GRACE = 1.0  # a silent worker: seconds from the stack dump to SIGKILL
 TICK = 0.5
 RSS_SAMPLES = 3  # consecutive samples over --max-worker-memory before a worker is recycled
-ORPHAN_GRACE = 0.5  # an unknown zombie child this old is an orphan nobody waits for: reap it
 # With app threads the loop never runs the app, but CPU-bound app threads hold the GIL and
 # delay its heartbeat: measured 0.88 s between two beats (0.5 s nominal) with 4 threads each
 # spinning for a second. So a threaded worker's loop gets at least this long, whatever the
@@ -75,23 +74,6 @@ IGNORED_WHILE_STOPPING = {
 }
 
 
-@dataclass
-class WorkerInfo:
-    pid: int
-    slot: int
-    generation: int
-    started: float
-    ready: bool = False
-    stopping: str = ""  # why berth asked it to stop (SIGTERM), if it did
-    killed: str = ""  # why berth killed it, if it did
-    abort_at: float = 0.0  # silent worker: when SIGKILL follows the stack dump
-    replaced: bool = False  # a replacement was started for it
-    replacement_for: int = 0  # the pid this worker replaces (recycling)
-    rss_over: int = 0
-    flags: set = field(default_factory=set)
-    view: WorkerView | None = None  # what hooks receive as `worker`
-
-
 class Master:
     def __init__(self, cfg, log, load_app, reload_config=None):
         self.cfg = cfg
@@ -110,8 +92,8 @@ class Master:
         self.exit_code = 0
         self.scoreboard = Scoreboard()
         self.info = container.detect()
-        self.oom_kills = container.oom_kill_count(self.info)
-        self.orphans: dict[int, float] = {}  # unknown zombie pid -> first seen
+        self.exits = ExitReader(self.info)
+        self.orphans = OrphanReaper(log)
         self.age = 0  # workers started so far (Gunicorn's worker.age)
         self.memory_checked = False
         self.server = ServerView(self)
@@ -234,6 +216,14 @@ class Master:
     def _on_signal(self, signum, frame) -> None:
         self.signals.append(signum)
 
+    @staticmethod
+    def _drain(fd: int) -> None:
+        try:
+            while os.read(fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+
     def wait_and_handle(self, timeout: float) -> None:
         """Wait up to `timeout` for an event: a signal (its handler queued it and the wakeup
         fd woke the selector), a worker's readiness, --reload's fds. Then handle every signal
@@ -285,7 +275,7 @@ class Master:
         from berth.logs import setup_error_log
         self.log = setup_error_log(self.cfg.errorlog, self.cfg.loglevel)
         for info in self.workers.values():
-            self._kill(info.pid, signal.SIGUSR1)
+            send_signal(info.pid, signal.SIGUSR1)
 
     def set_workers(self, count: int, why: str) -> None:
         old = self.cfg.workers
@@ -412,7 +402,7 @@ class Master:
             slot = self.scoreboard.read(info.slot)
             if info.abort_at:
                 if now >= info.abort_at:
-                    self._kill(info.pid, signal.SIGKILL)
+                    send_signal(info.pid, signal.SIGKILL)
                     info.abort_at = 0.0
                 continue
             if info.killed or slot.pid != info.pid:
@@ -444,9 +434,9 @@ class Master:
                        f"(allowed {self.loop_allowance:g} s){doing}")
         self.log.error("worker %d: loop silent for %.1f s (allowed %g s)%s; dumping its "
                        "stacks, then killing it", info.pid, silent, self.loop_allowance, doing)
-        self._kill(info.pid, signal.SIGUSR2)
+        send_signal(info.pid, signal.SIGUSR2)
         time.sleep(0.2)  # let faulthandler write the stacks before SIGABRT interrupts
-        self._kill(info.pid, signal.SIGABRT)
+        send_signal(info.pid, signal.SIGABRT)
         info.abort_at = time.monotonic() + ABORT_GRACE
         if not info.replaced:  # (a retiring worker's replacement is on its way already)
             info.replaced = True
@@ -466,7 +456,7 @@ class Master:
 
     def stop_worker(self, info: WorkerInfo, why: str) -> None:
         info.stopping = why
-        self._kill(info.pid, signal.SIGTERM)
+        send_signal(info.pid, signal.SIGTERM)
 
     def reload(self) -> None:
         """SIGHUP: new configuration and app in new workers; the old ones drain once the new
@@ -518,34 +508,7 @@ class Master:
                 done, status = pid, 0
             if done:
                 self.worker_exited(self.workers.pop(pid), status)
-        self.reap_orphans()
-
-    def reap_orphans(self) -> None:
-        """As PID 1, processes the app left behind become our children. Reap them, but only
-        once they have been zombies for a moment: a child that a hook or the app itself
-        waits for is reaped by its own waiter first, who gets its exit status."""
-        try:
-            first = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return
-        if first is None:
-            self.orphans.clear()
-            return
-        # waitid shows one zombie at a time; /proc shows them all (read only when one exists)
-        now = time.monotonic()
-        for pid in _zombie_children() or [first.si_pid]:
-            if pid in self.workers:
-                continue
-            seen = self.orphans.setdefault(pid, now)
-            if now - seen < ORPHAN_GRACE:
-                continue
-            try:
-                _, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                status = 0
-            self.orphans.pop(pid, None)
-            self.log.debug("reaped orphan process %d (exit status %d)", pid,
-                           os.waitstatus_to_exitcode(status))
+        self.orphans.reap(self.workers)
 
     def worker_exited(self, info: WorkerInfo, status: int) -> None:
         call_hook(self.cfg, "child_exit", self.server, info.view)
@@ -558,16 +521,7 @@ class Master:
         self.scoreboard.clear(info.slot)
         if not info.stopping and last.state == OUT_OF_SERVICE:
             info.stopping = OVERRAN
-        if os.WIFSIGNALED(status):
-            sig = os.WTERMSIG(status)
-            how = f"killed by signal {signal.Signals(sig).name}"
-            if sig == signal.SIGKILL and not info.killed:
-                oom = container.oom_kill_count(self.info)
-                if oom is not None and self.oom_kills is not None and oom > self.oom_kills:
-                    how = "killed by the kernel's OOM killer (the cgroup's oom_kill count rose)"
-                self.oom_kills = oom
-        else:
-            how = f"exited with code {os.waitstatus_to_exitcode(status)}"
+        how = self.exits.how(status, killed_by_berth=bool(info.killed))
         reason = info.killed or info.stopping
         if self.stopping:
             self.log.debug("worker %d %s", info.pid, how)
@@ -596,20 +550,6 @@ class Master:
                 self.give_up(1)
 
     # -- stopping ---------------------------------------------------------------------------
-
-    def _kill(self, pid: int, sig: int) -> None:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-    @staticmethod
-    def _drain(fd: int) -> None:
-        try:
-            while os.read(fd, 512):
-                pass
-        except BlockingIOError:
-            pass
 
     def give_up(self, exit_code: int) -> None:
         """A failure berth cannot serve through (the app does not load, workers keep dying at
@@ -642,7 +582,7 @@ class Master:
             self.phase, sig, grace = QUITTING, signal.SIGQUIT, KILL_GRACE_QUICK
         self.deadline = time.monotonic() + grace
         for info in self.workers.values():
-            self._kill(info.pid, sig)
+            send_signal(info.pid, sig)
         for sock in self.listeners:  # the workers hold the listeners until they have drained
             if sock.family == socket.AF_UNIX and graceful:
                 continue
@@ -653,7 +593,7 @@ class Master:
         listeners, reap the last orphans."""
         for info in self.workers.values():
             self.log.warning("worker %d did not stop in time; killing it", info.pid)
-            self._kill(info.pid, signal.SIGKILL)
+            send_signal(info.pid, signal.SIGKILL)
         while self.workers:
             self.reap()
             if self.workers:
@@ -665,27 +605,7 @@ class Master:
                 os.unlink(path)
             except OSError:
                 pass
-        self.reap_orphans()
+        self.orphans.reap(self.workers)
         if self.code is not None:
             self.code.close()
         self.log.info("berth master %d: stopped", os.getpid())
-
-
-def _zombie_children() -> list[int]:
-    """Our children that are zombies, from /proc (empty when /proc cannot tell)."""
-    pids = []
-    try:
-        for tid in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{tid}/children") as f:
-                pids.extend(int(p) for p in f.read().split())
-    except OSError:
-        return []
-    zombies = []
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rpartition(")")[2].split()[0] == "Z":
-                    zombies.append(pid)
-        except (OSError, IndexError):
-            continue
-    return zombies
