@@ -1,7 +1,10 @@
 """Error log and access log.
 
-Both write whole lines with one `os.write` each (a write of at most PIPE_BUF bytes to a pipe is
-atomic, so lines from several workers never interleave; files are opened with O_APPEND).
+Both write through `write_whole_lines`: pieces of whole lines, of at most PIPE_BUF bytes to a
+pipe or socket, so a line is one `os.write` (a write of at most PIPE_BUF bytes to a pipe is
+atomic, so lines from several workers never interleave; files are opened with O_APPEND). The
+error log waits until every line is written; the access log takes what the descriptor accepts
+now and keeps the rest.
 
 The access log never writes on the request path: a request appends its formatted line to a
 list, and the worker's loop writes the lines twice a second (and at exit) through a sink that
@@ -18,14 +21,17 @@ lines; checking that a line needs no escaping is a third of that cost.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import os
 import re
+import select
 import socket
 import stat
 import time
+from collections.abc import Callable
 
-PIPE_BUF = 4096
+PIPE_BUF = select.PIPE_BUF  # a pipe write of at most this many bytes is atomic
 ERROR_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S %z"
 
@@ -36,27 +42,42 @@ def open_log_fd(target: str, default_fd: int) -> int:
     return os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
 
 
-def write_lines(fd: int, data: bytes) -> None:
-    """Write `data` (whole lines) in pieces of at most PIPE_BUF bytes cut at line ends."""
+def write_whole_lines(write: Callable[[memoryview], int], data: bytes, start: int = 0,
+                      piece: int = PIPE_BUF) -> int:
+    """The one place log bytes are written. Write `data` from `start` with `write` (an
+    `os.write` or a socket send: returns the bytes taken, raises BlockingIOError when it would
+    block) in pieces of whole lines of at most `piece` bytes (a longer line is cut), until all
+    is written, `write` would block, or it took only part of a piece. Return the offset it got
+    to: the caller decides whether to wait and go on (the error log) or keep the rest for later
+    (the access log)."""
     view = memoryview(data)
-    start = 0
     end = len(data)
     while start < end:
         stop = end
-        if stop - start > PIPE_BUF:
-            cut = data.rfind(b"\n", start, start + PIPE_BUF)
-            stop = cut + 1 if cut >= start else start + PIPE_BUF
-        piece = view[start:stop]
-        while piece:
-            try:
-                n = os.write(fd, piece)
-            except InterruptedError:
-                continue
-            except BlockingIOError:
-                time.sleep(0.01)
-                continue
-            piece = piece[n:]
-        start = stop
+        if stop - start > piece:
+            cut = data.rfind(b"\n", start, start + piece)
+            stop = cut + 1 if cut >= start else start + piece
+        try:
+            n = write(view[start:stop])
+        except BlockingIOError:
+            break
+        start += n
+        if start < stop:  # a partial write (a socket or a file, never a pipe): stop here
+            break
+    return start
+
+
+def write_lines(fd: int, data: bytes) -> None:
+    """Write all of `data` (whole lines) to `fd`, waiting as long as it takes: the error log.
+    A line of at most PIPE_BUF bytes is one `os.write`. `fd` is blocking, unless someone made
+    the description we share non-blocking: then wait for room rather than lose the line."""
+    write = functools.partial(os.write, fd)
+    done = 0
+    while done < len(data):
+        got = write_whole_lines(write, data, done)
+        if got == done:
+            time.sleep(0.01)
+        done = got
 
 
 class WholeLineHandler(logging.Handler):
@@ -311,27 +332,12 @@ class LineSink:
     def write_some(self, data: bytes) -> int:
         """Write whole lines from the start of `data` until it would block; return bytes
         written."""
-        view = memoryview(data)
-        done = 0
-        total = len(data)
-        while done < total:
-            stop = total
-            if stop - done > self.piece:
-                cut = data.rfind(b"\n", done, done + self.piece)
-                stop = cut + 1 if cut >= done else done + self.piece
-            try:
-                if self.sock is not None:
-                    n = self.sock.send(view[done:stop], socket.MSG_DONTWAIT)
-                else:
-                    n = os.write(self.fd, view[done:stop])
-            except InterruptedError:
-                continue
-            except BlockingIOError:
-                break
-            done += n
-            if done < stop:  # a partial write (not to a pipe): try again later
-                break
-        return done
+        return write_whole_lines(self.write, data, 0, self.piece)
+
+    def write(self, data: memoryview) -> int:
+        if self.sock is not None:
+            return self.sock.send(data, socket.MSG_DONTWAIT)
+        return os.write(self.fd, data)
 
     def close(self) -> None:
         if self.sock is not None:

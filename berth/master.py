@@ -5,6 +5,13 @@ a pipe each worker writes its pid to once it serves, and twice a second it reads
 (shared memory, no syscall) to check heartbeats, recycling wishes and memory. The master never
 runs the app (with `--preload` it imports it once, before forking).
 
+The same loop runs from start to exit through four phases: serving; in the shutdown delay
+(SIGTERM: serving on while readiness says 503); draining (workers finish what is in flight);
+stopping now (SIGINT/SIGQUIT). Each signal is handled in one place, `handle_signal`, which
+knows the phase: once berth is shutting down, a signal that asks for more work (SIGHUP, SIGTTIN,
+SIGTTOU) is logged as ignored with the reason, SIGUSR1 still reopens the logs, and SIGINT or
+SIGQUIT still cut a drain short.
+
 Every worker exit is logged once, with its real cause: the exit code or signal, or what berth
 did to it and why (missed heartbeat, recycled), or the kernel's OOM killer, read from the
 cgroup's own counter rather than guessed from a SIGKILL.
@@ -29,12 +36,13 @@ import socket
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
 
 from berth import container, reloader
+from berth.children import ExitReader, OrphanReaper, WorkerInfo, send_signal
 from berth.hooks import ServerView, WorkerView, call_hook
 from berth.logs import AccessLog
-from berth.scoreboard import BOOTING, MAX_WORKERS, OUT_OF_SERVICE, RETIRING, Scoreboard, Slot
+from berth.scoreboard import BOOTING, OUT_OF_SERVICE, RETIRING, Scoreboard, Slot
+from berth.sizing import MAX_WORKERS
 from berth.sockets import create_listener, describe
 from berth.worker.process import EXIT_APP_LOAD_ERROR, Worker, private_memory
 
@@ -44,32 +52,26 @@ KILL_GRACE_QUICK = 2.0  # SIGINT/SIGQUIT: seconds before leftovers are killed
 ABORT_GRACE = 1.0  # a silent worker: seconds from the stack dump to SIGKILL
 TICK = 0.5
 RSS_SAMPLES = 3  # consecutive samples over --max-worker-memory before a worker is recycled
-ORPHAN_GRACE = 0.5  # an unknown zombie child this old is an orphan nobody waits for: reap it
 # With app threads the loop never runs the app, but CPU-bound app threads hold the GIL and
 # delay its heartbeat: measured 0.88 s between two beats (0.5 s nominal) with 4 threads each
 # spinning for a second. So a threaded worker's loop gets at least this long, whatever the
 # request --timeout; with --threads 1 the app runs on the loop and --timeout is the allowance.
 THREADED_LOOP_ALLOWANCE = 5.0
 OVERRAN = "retired: a request overran its deadline"
-RELOAD_SETTLE = 0.2  # --reload: act once files were quiet this long (an editor's save is a burst)
-RELOAD_SETTLE_MAX = 1.0  # ... but no later than this after the first change
+STOP_POLL = 0.05  # while workers stop: how often the loop looks for exits and the deadline
 
-
-@dataclass
-class WorkerInfo:
-    pid: int
-    slot: int
-    generation: int
-    started: float
-    ready: bool = False
-    stopping: str = ""  # why berth asked it to stop (SIGTERM), if it did
-    killed: str = ""  # why berth killed it, if it did
-    abort_at: float = 0.0  # silent worker: when SIGKILL follows the stack dump
-    replaced: bool = False  # a replacement was started for it
-    replacement_for: int = 0  # the pid this worker replaces (recycling)
-    rss_over: int = 0
-    flags: set = field(default_factory=set)
-    view: WorkerView | None = None  # what hooks receive as `worker`
+# The master's phases. One loop runs through all of them; `handle_signal` says what each signal
+# does in each, and `loop` what a turn does.
+SERVING = "serving"
+DELAYING = "in the shutdown delay"  # SIGTERM: serving on; readiness says 503
+DRAINING = "draining"  # workers finish in-flight requests within --graceful-timeout
+QUITTING = "stopping now"  # SIGINT/SIGQUIT, or a failure: workers stop at once
+# Signals that ask for more work, once berth is shutting down: logged as ignored, and why.
+IGNORED_WHILE_STOPPING = {
+    signal.SIGHUP: "a reload would start workers only to stop them",
+    signal.SIGTTIN: "the number of workers no longer changes",
+    signal.SIGTTOU: "the number of workers no longer changes",
+}
 
 
 class Master:
@@ -83,27 +85,30 @@ class Master:
         self.workers: dict[int, WorkerInfo] = {}
         self.generation = 1
         self.announced = False
-        self.stopping = False
+        self.phase = SERVING
+        self.deadline = 0.0  # the end of the shutdown delay, or of the stop
         self.signals: collections.deque = collections.deque()
         self.boot_failures: collections.deque = collections.deque()
         self.exit_code = 0
         self.scoreboard = Scoreboard()
         self.info = container.detect()
-        self.oom_kills = container.oom_kill_count(self.info)
-        self.orphans: dict[int, float] = {}  # unknown zombie pid -> first seen
+        self.exits = ExitReader(self.info)
+        self.orphans = OrphanReaper(log)
         self.age = 0  # workers started so far (Gunicorn's worker.age)
         self.memory_checked = False
         self.server = ServerView(self)
         self.reload_reason = "reloaded (SIGHUP)"  # why the old generation is stopped
-        # --reload (all unused without it)
-        self.watcher: reloader.Watcher | None = None
-        self.watching_what: tuple = ()
-        self.reports_r = self.reports_w = -1
-        self.reports = reloader.Reports()
-        self.changes: set[str] = set()  # changed files not acted upon yet
-        self.change_first = self.change_due = 0.0
-        self.next_watch = 0.0
-        self.paused = False  # new code failed to start: no worker is started until a change
+        self.code: reloader.CodeReloader | None = None  # --reload
+
+    @property
+    def stopping(self) -> bool:
+        """Workers are being stopped: their exits are expected and none is started."""
+        return self.phase in (DRAINING, QUITTING)
+
+    @property
+    def paused(self) -> bool:
+        """--reload: new code failed to start; no worker is started until the next change."""
+        return self.code is not None and self.code.paused
 
     @property
     def loop_allowance(self) -> float:
@@ -123,6 +128,7 @@ class Master:
         # named once, while they are open: stop() closes them, and a worker's late "ready"
         # can still arrive after that
         self.listener_names = ", ".join(describe(s) for s in self.listeners)
+        self.unix_paths = [s.getsockname() for s in self.listeners if s.family == socket.AF_UNIX]
         if cfg.preload_app:
             try:
                 self.app = self.load_app()
@@ -135,7 +141,7 @@ class Master:
         self.ready_r, self.ready_w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self.ready_r, False)
         if cfg.reload:
-            self.start_watching()
+            self.code = reloader.CodeReloader(cfg, self.log)
         self.sig_r, self.sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.sig_w, warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD,
@@ -155,67 +161,121 @@ class Master:
         for _ in range(cfg.workers):
             self.spawn()
         self.loop()
+        self.finish_stop()
         call_hook(self.cfg, "on_exit", self.server)
         return self.exit_code
-
-    def _on_signal(self, signum, frame) -> None:
-        self.signals.append(signum)
 
     # -- the loop ---------------------------------------------------------------------------
 
     def loop(self) -> None:
+        """From the first fork to the stop's end. A turn waits for an event and handles the
+        signals that came (`wait_and_handle`), reaps, then does what the phase asks: serving
+        and through the shutdown delay, check the workers and keep their count (and, serving,
+        reload changed code); stopping, return once every worker is gone or the deadline has
+        passed (`finish_stop` then kills what is left)."""
         self.sel = sel = selectors.DefaultSelector()
         sel.register(self.sig_r, selectors.EVENT_READ)
         sel.register(self.ready_r, selectors.EVENT_READ)
-        if self.watcher is not None:
-            sel.register(self.reports_r, selectors.EVENT_READ)
-            if self.watcher.fileno() is not None:
-                sel.register(self.watcher.fileno(), selectors.EVENT_READ)
+        for fd in self.code.fds() if self.code is not None else ():
+            sel.register(fd, selectors.EVENT_READ)
         next_tick = time.monotonic() + TICK
         while True:
-            timeout = TICK
-            if self.change_due:
-                timeout = min(TICK, max(0.0, self.change_due - time.monotonic()))
-            self._wait_events(timeout)
-            while self.signals:  # before reaping: a SIGTERM sent to the whole process
-                sig = self.signals.popleft()  # group also stops the workers
-                if sig == signal.SIGTERM:
-                    self.shutdown()
-                    return
-                if sig in (signal.SIGINT, signal.SIGQUIT):
-                    self.stop(graceful=False)
-                    return
-                self.on_signal(sig)
+            self.wait_and_handle(self.wait_time(next_tick))
             self.reap()
-            if self.stopping:
-                self.stop(graceful=False)
-                return
             now = time.monotonic()
+            if self.phase == DELAYING and now >= self.deadline:
+                self.begin_stop(graceful=True)
+            if self.stopping:
+                if not self.workers or now >= self.deadline:
+                    return
+                continue
             if now >= next_tick:
                 next_tick = now + TICK
                 self.check_workers(now)
-                if self.watcher is not None and now >= self.next_watch:
-                    self.next_watch = now + reloader.INTERVAL
-                    self.files_changed(self.watcher.tick())
-            if self.change_due and now >= self.change_due:
+                if self.code is not None:
+                    self.code.tick(now)
+            if (self.phase == SERVING and self.code is not None and self.code.due
+                    and now >= self.code.due):
                 self.reload_code()
             self.keep_count()
 
-    def on_signal(self, sig: int) -> None:
-        if sig == signal.SIGHUP:
+    def wait_time(self, next_tick: float) -> float:
+        """How long the next wait may last: until the tick, the end of the shutdown delay or
+        the moment --reload acts, whichever is first; while workers stop, STOP_POLL."""
+        if self.stopping:
+            return STOP_POLL
+        until = next_tick
+        if self.phase == DELAYING:
+            until = min(until, self.deadline)
+        elif self.code is not None and self.code.due:
+            until = min(until, self.code.due)
+        return max(0.0, until - time.monotonic())
+
+    # -- signals ----------------------------------------------------------------------------
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signals.append(signum)
+
+    @staticmethod
+    def _drain(fd: int) -> None:
+        try:
+            while os.read(fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def wait_and_handle(self, timeout: float) -> None:
+        """Wait up to `timeout` for an event: a signal (its handler queued it and the wakeup
+        fd woke the selector), a worker's readiness, --reload's fds. Then handle every signal
+        that came, in order, each in the phase the one before it left."""
+        for key, _ in self.sel.select(timeout):
+            if key.fd == self.sig_r:
+                self._drain(self.sig_r)
+            elif key.fd == self.ready_r:
+                self.read_ready()
+            elif self.code is not None:
+                self.code.readable(key.fd, self.workers)
+        while self.signals:
+            self.handle_signal(self.signals.popleft())
+
+    def handle_signal(self, sig: int) -> None:
+        """What a signal does, in every phase. None is dropped silently: one that cannot act
+        any more says so and why."""
+        name = signal.Signals(sig).name
+        if sig == signal.SIGCHLD:
+            return  # the loop reaps after every wake-up
+        if sig == signal.SIGTERM:
+            if self.phase == SERVING:
+                self.begin_shutdown()
+            else:
+                self.log.info("SIGTERM: berth is already shutting down (%s); nothing changes",
+                              self.phase)
+        elif sig in (signal.SIGINT, signal.SIGQUIT):
+            if self.phase == QUITTING:
+                self.log.info("%s: berth is already stopping now", name)
+            else:  # serving, in the shutdown delay or draining: stop at once
+                self.begin_stop(graceful=False, why=name)
+        elif sig == signal.SIGUSR1:  # in every phase: workers write logs until they exit
+            self.reopen_logs()
+        elif sig == signal.SIGUSR2:
+            self.log.info("SIGUSR2 is not used by berth (no binary upgrade); ignored")
+        elif self.phase != SERVING:
+            self.log.warning("%s ignored: berth is shutting down (%s), and %s", name,
+                             self.phase, IGNORED_WHILE_STOPPING[sig])
+        elif sig == signal.SIGHUP:
             self.reload()
         elif sig == signal.SIGTTIN:
             self.set_workers(min(self.cfg.workers + 1, MAX_WORKERS), "SIGTTIN")
         elif sig == signal.SIGTTOU:
             self.set_workers(max(self.cfg.workers - 1, 1), "SIGTTOU")
-        elif sig == signal.SIGUSR1:
-            self.log.info("SIGUSR1: reopening log files")
-            from berth.logs import setup_error_log
-            self.log = setup_error_log(self.cfg.errorlog, self.cfg.loglevel)
-            for info in self.workers.values():
-                self._kill(info.pid, signal.SIGUSR1)
-        elif sig == signal.SIGUSR2:
-            self.log.info("SIGUSR2 is not used by berth (no binary upgrade); ignored")
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: reopen the log files (logrotate moved them), here and in every worker."""
+        self.log.info("SIGUSR1: reopening log files")
+        from berth.logs import setup_error_log
+        self.log = setup_error_log(self.cfg.errorlog, self.cfg.loglevel)
+        for info in self.workers.values():
+            send_signal(info.pid, signal.SIGUSR1)
 
     def set_workers(self, count: int, why: str) -> None:
         old = self.cfg.workers
@@ -231,8 +291,9 @@ class Master:
                 and not w.replaced]
 
     def keep_count(self) -> None:
-        """Start or stop workers so that the current generation has --workers of them."""
-        if self.stopping or self.paused:
+        """Start or stop workers so that the current generation has --workers of them
+        (none once berth stops, waits for a fix under --reload, or gave up)."""
+        if self.stopping or self.paused or self.exit_code:
             return
         active = self.active()
         for _ in range(self.cfg.workers - len(active)):
@@ -270,11 +331,8 @@ class Master:
             for fd in (self.sig_r, self.sig_w, self.ready_r):
                 os.close(fd)
             load_app = self.load_app
-            if self.watcher is not None:  # the master's ends; the worker reports its files
-                os.close(self.reports_r)
-                if self.watcher.fileno() is not None:
-                    os.close(self.watcher.fileno())
-                load_app = reloader.reporting(self.load_app, self.reports_w)
+            if self.code is not None:  # the worker reports the app's files to the master
+                load_app = self.code.for_worker(load_app)
             view.pid = os.getpid()
             call_hook(cfg, "post_fork", self.server, view)
             access_log = None
@@ -344,7 +402,7 @@ class Master:
             slot = self.scoreboard.read(info.slot)
             if info.abort_at:
                 if now >= info.abort_at:
-                    self._kill(info.pid, signal.SIGKILL)
+                    send_signal(info.pid, signal.SIGKILL)
                     info.abort_at = 0.0
                 continue
             if info.killed or slot.pid != info.pid or slot.generation != info.generation:
@@ -381,9 +439,9 @@ class Master:
                        f"(allowed {self.loop_allowance:g} s){doing}")
         self.log.error("worker %d: loop silent for %.1f s (allowed %g s)%s; dumping its "
                        "stacks, then killing it", info.pid, silent, self.loop_allowance, doing)
-        self._kill(info.pid, signal.SIGUSR2)
+        send_signal(info.pid, signal.SIGUSR2)
         time.sleep(0.2)  # let faulthandler write the stacks before SIGABRT interrupts
-        self._kill(info.pid, signal.SIGABRT)
+        send_signal(info.pid, signal.SIGABRT)
         info.abort_at = time.monotonic() + ABORT_GRACE
         if not info.replaced:  # (a retiring worker's replacement is on its way already)
             info.replaced = True
@@ -403,7 +461,7 @@ class Master:
 
     def stop_worker(self, info: WorkerInfo, why: str) -> None:
         info.stopping = why
-        self._kill(info.pid, signal.SIGTERM)
+        send_signal(info.pid, signal.SIGTERM)
 
     def reload(self) -> None:
         """SIGHUP: new configuration and app in new workers; the old ones drain once the new
@@ -416,11 +474,11 @@ class Master:
                 return
             new.values["bind"] = self.cfg.bind
             self.cfg = new
-        if self.watcher is not None and (self.cfg.reload, self.cfg.reload_engine,
-                                         self.cfg.reload_extra_files) != self.watching_what:
-            self.log.warning("SIGHUP: the --reload settings take effect at the next start")
+        if self.code is not None:
+            if self.code.settings_of(self.cfg) != self.code.settings:
+                self.log.warning("SIGHUP: the --reload settings take effect at the next start")
+            self.code.paused = False
         call_hook(self.cfg, "on_reload", self.server)
-        self.paused = False
         self.generation += 1  # keep_count() starts the new generation's workers
         self.reload_reason = "reloaded (SIGHUP)"
         self.log.info("SIGHUP: reloading: starting %d workers of generation %d",
@@ -436,87 +494,14 @@ class Master:
             for info in old:
                 self.stop_worker(info, self.reload_reason)
 
-    # -- --reload -----------------------------------------------------------------------------
-
-    def start_watching(self) -> None:
-        """--reload: the report pipe (workers write the files they imported) and the watcher."""
-        cfg = self.cfg
-        self.reports_r, self.reports_w = os.pipe2(os.O_CLOEXEC)
-        os.set_blocking(self.reports_r, False)  # (the workers' end stays blocking)
-        self.watcher = reloader.make_watcher(cfg.reload_engine, cfg.reload_extra_files or (),
-                                             lambda line: self.log.warning("%s", line))
-        self.watching_what = (cfg.reload, cfg.reload_engine, cfg.reload_extra_files)
-        extra = f" and {len(cfg.reload_extra_files)} --reload-extra-file entries" \
-            if cfg.reload_extra_files else ""
-        self.log.warning("--reload is on (%s): workers are replaced when the app's source "
-                         "files%s change; for development only", self.watcher.engine, extra)
-
-    def read_reports(self) -> None:
-        """The files workers imported: watched from now on."""
-        while True:
-            try:
-                data = os.read(self.reports_r, 65536)
-            except BlockingIOError:
-                return
-            if not data:  # (the master holds a write end: never, but never spin either)
-                return
-            for pid, paths in self.reports.feed(data).items():
-                info = self.workers.get(pid)
-                since = None
-                if info is not None:  # when it was forked, on the files' (wall) clock
-                    since = time.time_ns() - int((time.monotonic() - info.started) * 1e9)
-                self.files_changed(self.watcher.add(paths, since))
-
-    def files_changed(self, paths: list[str]) -> None:
-        """Changed files: act once they have been quiet for a moment (one save, one reload)."""
-        if not paths or self.stopping:
-            return
-        now = time.monotonic()
-        if not self.changes:
-            self.change_first = now
-        self.changes.update(paths)
-        self.change_due = min(now + RELOAD_SETTLE, self.change_first + RELOAD_SETTLE_MAX)
-
     def reload_code(self) -> None:
         """--reload: a watched file changed: a new generation, as SIGHUP starts one (the
         configuration is not read again); the old workers drain once it is ready."""
-        changed = sorted(self.changes)
-        self.changes.clear()
-        self.change_due = 0.0
-        names = [_shown(p) for p in changed[:3]]
-        if len(changed) > 3:
-            names.append(f"{len(changed) - 3} more")
-        what = ", ".join(names)
-        self.paused = False
+        what = self.code.take_changes()
         self.generation += 1
         self.reload_reason = f"reloaded ({what} changed)"
         self.log.info("reload: %s changed; starting %d workers of generation %d", what,
                       self.cfg.workers, self.generation)
-
-    def new_code_failed(self, info: WorkerInfo, how: str, load_error: bool) -> None:
-        """--reload: a worker died before it was ready. Never stop berth and never respawn
-        into the same failure: the workers already serving keep serving, and the next change
-        (or SIGHUP) starts a new generation."""
-        what = ("could not load the app (traceback above)" if load_error
-                else f"{how} before it was ready")
-        if info.generation != self.generation:
-            self.log.warning("worker %d of generation %d %s (generation %d is starting)",
-                             info.pid, info.generation, what, self.generation)
-            return
-        if self.paused:
-            self.log.info("worker %d %s", info.pid, what)
-            return
-        self.paused = True
-        serving = [w for w in self.workers.values()
-                   if w.ready and not w.stopping and not w.killed]
-        if serving:
-            gens = sorted({w.generation for w in serving})
-            now = (f"the {len(serving)} workers of generation "
-                   f"{', '.join(map(str, gens))} keep serving")
-        else:
-            now = "no worker is serving"
-        self.log.error("worker %d %s; %s; waiting for the next change to start new workers "
-                       "(--reload)", info.pid, what, now)
 
     # -- reaping ----------------------------------------------------------------------------
 
@@ -528,34 +513,7 @@ class Master:
                 done, status = pid, 0
             if done:
                 self.worker_exited(self.workers.pop(pid), status)
-        self.reap_orphans()
-
-    def reap_orphans(self) -> None:
-        """As PID 1, processes the app left behind become our children. Reap them, but only
-        once they have been zombies for a moment: a child that a hook or the app itself
-        waits for is reaped by its own waiter first, who gets its exit status."""
-        try:
-            first = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return
-        if first is None:
-            self.orphans.clear()
-            return
-        # waitid shows one zombie at a time; /proc shows them all (read only when one exists)
-        now = time.monotonic()
-        for pid in _zombie_children() or [first.si_pid]:
-            if pid in self.workers:
-                continue
-            seen = self.orphans.setdefault(pid, now)
-            if now - seen < ORPHAN_GRACE:
-                continue
-            try:
-                _, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                status = 0
-            self.orphans.pop(pid, None)
-            self.log.debug("reaped orphan process %d (exit status %d)", pid,
-                           os.waitstatus_to_exitcode(status))
+        self.orphans.reap(self.workers)
 
     def worker_exited(self, info: WorkerInfo, status: int) -> None:
         call_hook(self.cfg, "child_exit", self.server, info.view)
@@ -568,29 +526,19 @@ class Master:
         self.scoreboard.clear(info.slot)
         if not info.stopping and last.state == OUT_OF_SERVICE and last.over_deadline:
             info.stopping = OVERRAN
-        if os.WIFSIGNALED(status):
-            sig = os.WTERMSIG(status)
-            how = f"killed by signal {signal.Signals(sig).name}"
-            if sig == signal.SIGKILL and not info.killed:
-                oom = container.oom_kill_count(self.info)
-                if oom is not None and self.oom_kills is not None and oom > self.oom_kills:
-                    how = "killed by the kernel's OOM killer (the cgroup's oom_kill count rose)"
-                self.oom_kills = oom
-        else:
-            how = f"exited with code {os.waitstatus_to_exitcode(status)}"
+        how = self.exits.how(status, killed_by_berth=bool(info.killed))
         reason = info.killed or info.stopping
         if self.stopping:
             self.log.debug("worker %d %s", info.pid, how)
             return
         load_error = os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_APP_LOAD_ERROR
-        if self.watcher is not None and not info.ready and (load_error or not reason):
-            self.new_code_failed(info, how, load_error)
+        if self.code is not None and not info.ready and (load_error or not reason):
+            self.code.worker_failed(info, how, load_error, self.generation, self.workers)
             return
         if load_error:
             self.log.error("worker %d could not load the app (traceback above); stopping",
                            info.pid)
-            self.exit_code = EXIT_APP_LOAD_ERROR
-            self.stopping = True
+            self.give_up(EXIT_APP_LOAD_ERROR)
             return
         if reason:
             self.log.info("worker %d exited: %s (%s)", info.pid, reason, how)
@@ -604,126 +552,65 @@ class Master:
             if len(self.boot_failures) >= BOOT_FAILURES_MAX:
                 self.log.error("%d workers died before becoming ready within %.0f s; stopping",
                                len(self.boot_failures), BOOT_FAILURE_WINDOW)
-                self.exit_code = 1
-                self.stopping = True
+                self.give_up(1)
 
     # -- stopping ---------------------------------------------------------------------------
 
-    def _kill(self, pid: int, sig: int) -> None:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
+    def give_up(self, exit_code: int) -> None:
+        """A failure berth cannot serve through (the app does not load, workers keep dying at
+        boot): exit with `exit_code` and start no more workers. Stop at once, unless in the
+        shutdown delay: then the delay and the drain go on as planned."""
+        self.exit_code = exit_code
+        if self.phase == SERVING:
+            self.begin_stop(graceful=False)
 
-    @staticmethod
-    def _drain(fd: int) -> None:
-        try:
-            while os.read(fd, 512):
-                pass
-        except BlockingIOError:
-            pass
-
-    def shutdown(self) -> None:
+    def begin_shutdown(self) -> None:
         """SIGTERM: serve on through --shutdown-delay (load balancers deregister us), then
-        drain (see `stop`). Further SIGTERMs change nothing; SIGINT/SIGQUIT stop at once."""
+        drain (see `begin_stop`)."""
         delay = self.cfg.shutdown_delay or 0.0
         self.scoreboard.set_shutting_down()  # readiness probes say 503 from now on
         self.log.info("SIGTERM: serving for %g s more (shutdown delay), then finishing "
                       "in-flight requests within %g s", delay, self.cfg.graceful_timeout)
-        deadline = time.monotonic() + delay
-        while time.monotonic() < deadline:
-            self._wait_events(min(TICK, max(0.0, deadline - time.monotonic())))
-            self.reap()
-            while self.signals:
-                sig = self.signals.popleft()
-                if sig in (signal.SIGINT, signal.SIGQUIT):
-                    self.stop(graceful=False)
-                    return
-            self.keep_count()
-            self.check_workers(time.monotonic())
-        self.stop(graceful=True)
+        if delay > 0:
+            self.phase, self.deadline = DELAYING, time.monotonic() + delay
+        else:  # at once, before the loop reaps: a SIGTERM to the whole process group also
+            self.begin_stop(graceful=True)  # stops the workers, and that is no failure
 
-    def stop(self, graceful: bool) -> None:
-        """Graceful: workers take what waits in the kernel queue, stop accepting, finish
-        in-flight requests within --graceful-timeout. Otherwise they stop at once. Whatever is
-        left then is killed."""
-        self.stopping = True
+    def begin_stop(self, graceful: bool, why: str = "") -> None:
+        """Graceful (DRAINING): workers take what waits in the kernel queue, stop accepting,
+        finish in-flight requests within --graceful-timeout. Quick (QUITTING, also from
+        DRAINING): they stop at once. The loop waits for them until the deadline."""
         if graceful:
-            sig, grace = signal.SIGTERM, self.cfg.graceful_timeout + 1.0
+            self.phase, sig, grace = DRAINING, signal.SIGTERM, self.cfg.graceful_timeout + 1.0
         else:
-            self.log.info("stopping now")
-            sig, grace = signal.SIGQUIT, KILL_GRACE_QUICK
+            self.log.info("%sstopping now", f"{why}: " if why else "")
+            self.phase, sig, grace = QUITTING, signal.SIGQUIT, KILL_GRACE_QUICK
+        self.deadline = time.monotonic() + grace
         for info in self.workers.values():
-            self._kill(info.pid, sig)
+            send_signal(info.pid, sig)
         for sock in self.listeners:  # the workers hold the listeners until they have drained
             if sock.family == socket.AF_UNIX and graceful:
                 continue
             sock.close()
-        deadline = time.monotonic() + grace
-        while self.workers and time.monotonic() < deadline:
-            self.reap()
-            if self.workers:
-                self._wait_events(0.05)
-                while self.signals:
-                    if self.signals.popleft() in (signal.SIGINT, signal.SIGQUIT) and graceful:
-                        graceful = False
-                        deadline = time.monotonic() + KILL_GRACE_QUICK
-                        for info in self.workers.values():
-                            self._kill(info.pid, signal.SIGQUIT)
+
+    def finish_stop(self) -> None:
+        """After the loop: kill the workers still there, reap them, close and remove the
+        listeners, reap the last orphans."""
         for info in self.workers.values():
             self.log.warning("worker %d did not stop in time; killing it", info.pid)
-            self._kill(info.pid, signal.SIGKILL)
+            send_signal(info.pid, signal.SIGKILL)
         while self.workers:
             self.reap()
             if self.workers:
                 time.sleep(0.01)
         for sock in self.listeners:
-            if sock.family == socket.AF_UNIX:
-                try:
-                    os.unlink(sock.getsockname())
-                except OSError:
-                    pass
             sock.close()
-        self.reap_orphans()
-        if self.watcher is not None:
-            self.watcher.close()
+        for path in self.unix_paths:  # (a quick stop has closed their sockets already)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self.orphans.reap(self.workers)
+        if self.code is not None:
+            self.code.close()
         self.log.info("berth master %d: stopped", os.getpid())
-
-    def _wait_events(self, timeout: float) -> None:
-        """Wait for a signal (its handler queued it) or a worker's readiness, or `timeout`."""
-        for key, _ in self.sel.select(timeout):
-            if key.fd == self.sig_r:
-                self._drain(self.sig_r)
-            elif key.fd == self.ready_r:
-                self.read_ready()
-            elif self.watcher is not None:
-                if key.fd == self.reports_r:
-                    self.read_reports()
-                else:
-                    self.files_changed(self.watcher.read_events())
-
-
-def _shown(path: str) -> str:
-    """A changed file as a log line names it: relative to the current directory when inside."""
-    rel = os.path.relpath(path)
-    return path if rel.startswith("..") else rel
-
-
-def _zombie_children() -> list[int]:
-    """Our children that are zombies, from /proc (empty when /proc cannot tell)."""
-    pids = []
-    try:
-        for tid in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{tid}/children") as f:
-                pids.extend(int(p) for p in f.read().split())
-    except OSError:
-        return []
-    zombies = []
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rpartition(")")[2].split()[0] == "Z":
-                    zombies.append(pid)
-        except (OSError, IndexError):
-            continue
-    return zombies

@@ -32,6 +32,12 @@ over the file) changes the inode even when it keeps the mtime. Two engines compa
 other side of some bind mounts (Docker Desktop file sharing from Windows, network filesystems):
 there, `--reload-engine poll` does.
 
+In the master, `CodeReloader` ties these together: it reads the reports, feeds the watcher,
+waits for a burst of changes to settle (0.2 s, at most 1 s) and says when the master should
+start a new generation; when new code fails to start it holds new workers back until the next
+change. The master starts and stops the workers and never looks at a file; this never
+touches a worker.
+
 Nothing here runs when `--reload` is off, and nothing here is on a worker's request path: the
 worker's side is one write at boot and a thread waking once a second.
 """
@@ -393,3 +399,143 @@ def make_watcher(engine: str, extra_files: Iterable[str] = (),
         except (OSError, AttributeError) as exc:
             warn(f"--reload: inotify is not available ({exc}); polling once a second instead")
     return Watcher(extra_files)
+
+
+# --- the master's side: when to start new workers ----------------------------------------------
+
+SETTLE = 0.2  # act once files were quiet this long (an editor's save is a burst)
+SETTLE_MAX = 1.0  # ... but no later than this after the first change
+
+
+class CodeReloader:
+    """`--reload` in the master. Its one job: say when the app's code changed, so that the
+    master starts a new generation of workers, and hold new workers back while new code fails
+    to start.
+
+    It owns the report pipe (the workers write the files they imported), the watcher, the
+    changes not acted upon yet and `paused`. The master registers `fds()` in its selector and
+    calls `readable()` for them, `tick()` twice a second, `take_changes()` once `due` has come,
+    `for_worker()` in a forked worker and `worker_failed()` when one died before it was ready.
+    """
+
+    def __init__(self, cfg, log):
+        self.log = log
+        self.reports_r, self.reports_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self.reports_r, False)  # (the workers' end stays blocking)
+        self.reports = Reports()
+        self.watcher = make_watcher(cfg.reload_engine, cfg.reload_extra_files or (),
+                                    lambda line: log.warning("%s", line))
+        self.settings = self.settings_of(cfg)
+        self.changes: set[str] = set()  # changed files not acted upon yet
+        self.first = 0.0  # when the first of them changed
+        self.due = 0.0  # when to act upon them (0: nothing changed)
+        self.next_poll = 0.0
+        self.paused = False  # new code failed to start: no worker is started until a change
+        extra = f" and {len(cfg.reload_extra_files)} --reload-extra-file entries" \
+            if cfg.reload_extra_files else ""
+        log.warning("--reload is on (%s): workers are replaced when the app's source files%s "
+                    "change; for development only", self.watcher.engine, extra)
+
+    @staticmethod
+    def settings_of(cfg) -> tuple:
+        """The settings read once, at start (SIGHUP does not change what is watched)."""
+        return (cfg.reload, cfg.reload_engine, cfg.reload_extra_files)
+
+    def fds(self) -> list[int]:
+        """What the master's selector waits on for --reload."""
+        fd = self.watcher.fileno()
+        return [self.reports_r] if fd is None else [self.reports_r, fd]
+
+    def readable(self, fd: int, workers: dict) -> None:
+        """One of `fds()` is readable. `workers`: the master's (pid -> info with `started`)."""
+        if fd == self.reports_r:
+            self.read_reports(workers)
+        else:
+            self.changed(self.watcher.read_events())
+
+    def read_reports(self, workers: dict) -> None:
+        """The files workers imported: watched from now on."""
+        while True:
+            try:
+                data = os.read(self.reports_r, 65536)
+            except BlockingIOError:
+                return
+            if not data:  # (the master holds a write end: never, but never spin either)
+                return
+            for pid, paths in self.reports.feed(data).items():
+                info = workers.get(pid)
+                since = None
+                if info is not None:  # when it was forked, on the files' (wall) clock
+                    since = time.time_ns() - int((time.monotonic() - info.started) * 1e9)
+                self.changed(self.watcher.add(paths, since))
+
+    def tick(self, now: float) -> None:
+        """Twice a second, from the master's tick: the poll engine stats once a second."""
+        if now >= self.next_poll:
+            self.next_poll = now + INTERVAL
+            self.changed(self.watcher.tick())
+
+    def changed(self, paths: list[str]) -> None:
+        """Changed files: act once they have been quiet for a moment (one save, one reload)."""
+        if not paths:
+            return
+        now = time.monotonic()
+        if not self.changes:
+            self.first = now
+        self.changes.update(paths)
+        self.due = min(now + SETTLE, self.first + SETTLE_MAX)
+
+    def take_changes(self) -> str:
+        """The time has come: what changed, as a log line names it (the master starts a new
+        generation, as SIGHUP does, without reading the configuration again)."""
+        changed = sorted(self.changes)
+        self.changes.clear()
+        self.due = 0.0
+        self.paused = False
+        names = [_shown(p) for p in changed[:3]]
+        if len(changed) > 3:
+            names.append(f"{len(changed) - 3} more")
+        return ", ".join(names)
+
+    def for_worker(self, load_app: Callable) -> Callable:
+        """In a forked worker: close the master's ends; the worker reports the app's files."""
+        os.close(self.reports_r)
+        if self.watcher.fileno() is not None:
+            os.close(self.watcher.fileno())
+        return reporting(load_app, self.reports_w)
+
+    def worker_failed(self, info, how: str, load_error: bool, generation: int,
+                      workers: dict) -> None:
+        """A worker died before it was ready. Never stop berth and never respawn into the
+        same failure: the workers already serving keep serving, and the next change (or
+        SIGHUP) starts a new generation. `generation` is the master's current one."""
+        what = ("could not load the app (traceback above)" if load_error
+                else f"{how} before it was ready")
+        if info.generation != generation:
+            self.log.warning("worker %d of generation %d %s (generation %d is starting)",
+                             info.pid, info.generation, what, generation)
+            return
+        if self.paused:
+            self.log.info("worker %d %s", info.pid, what)
+            return
+        self.paused = True
+        serving = [w for w in workers.values() if w.ready and not w.stopping and not w.killed]
+        if serving:
+            gens = sorted({w.generation for w in serving})
+            now = (f"the {len(serving)} workers of generation "
+                   f"{', '.join(map(str, gens))} keep serving")
+        else:
+            now = "no worker is serving"
+        self.log.error("worker %d %s; %s; waiting for the next change to start new workers "
+                       "(--reload)", info.pid, what, now)
+
+    def close(self) -> None:
+        self.watcher.close()
+        for fd in (self.reports_r, self.reports_w):
+            os.close(fd)
+
+
+def _shown(path: str) -> str:
+    """A changed file as a log line names it: relative to the current directory when inside."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel

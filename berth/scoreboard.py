@@ -15,7 +15,8 @@ import mmap
 import struct
 from dataclasses import dataclass
 
-MAX_WORKERS = 128  # the cap on --workers (documented)
+from berth.sizing import MAX_WORKERS  # the cap on --workers, declared once (sizing is pure)
+
 MAX_SLOTS = 2 * MAX_WORKERS
 
 # states

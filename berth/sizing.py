@@ -31,7 +31,7 @@ from berth.cgroups import format_bytes, format_cpu_list
 MIN_WORKERS = 2  # one busy worker must never leave the container unable to answer a probe
 THREADS_PER_WORKER = 4
 MEMORY_HEADROOM = 0.9  # all workers + one replacement must fit under this share of the limit
-MAX_WORKERS = 128  # as berth.scoreboard.MAX_WORKERS (not imported: this module stays pure)
+MAX_WORKERS = 128  # the cap on --workers (documented); berth.scoreboard sizes its slots by it
 
 
 @dataclass(frozen=True)

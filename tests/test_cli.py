@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -189,6 +190,16 @@ def test_bind_unix_socket(berth, tmp_path):
         sock.sendall(get_request("/hello", host="localhost"))
         status, _, body = read_response(sock)
     assert (status, body) == (200, HELLO)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_the_unix_socket_file_is_removed_at_exit_after_a_graceful_or_a_quick_stop(
+        berth, tmp_path, sig):
+    path = tmp_path / "berth.sock"
+    srv = berth(["-b", f"unix:{path}", "-w", "1", "proto_app:app"])
+    assert path.exists()
+    assert srv.stop(sig) == 0, srv.stderr()
+    assert not path.exists(), f"{path} left behind after {sig.name}"
 
 
 def _umask_of(pid: int) -> int:

@@ -458,11 +458,10 @@ def test_only_settings_an_open_issue_brings_are_accepted_and_ignored():
     """Item 9: a Gunicorn setting berth accepts does what it does in Gunicorn; the ones it
     ignores with a warning are only those another open issue implements."""
     coming = {"worker_connections", "secure_scheme_headers", "forwarded_allow_ips",
-              "forwarder_headers",
-              "proxy_allow_ips", "capture_output", "logconfig", "logconfig_dict",
-              "logconfig_json", "syslog_addr", "syslog", "syslog_prefix", "syslog_facility",
-              "statsd_host", "dogstatsd_tags", "statsd_prefix", "enable_backlog_metric",
-              "proc_name"}
+              "forwarder_headers", "proxy_allow_ips", "capture_output", "logconfig",
+              "logconfig_dict", "logconfig_json", "syslog_addr", "syslog", "syslog_prefix",
+              "syslog_facility", "statsd_host", "dogstatsd_tags", "statsd_prefix",
+              "enable_backlog_metric", "proc_name"}
     assert {s.name for s in SETTINGS if s.status == NOT_YET} == coming
 
 

@@ -1,14 +1,27 @@
-"""The access-log format, compiled (berth/logs.py): atoms and escaping, with plain dicts."""
+"""berth/logs.py without a server: the access-log format (atoms and escaping, with plain dicts)
+and the one writer both logs write lines through (with pipes and a socket pair)."""
 
 from __future__ import annotations
 
 import base64
+import fcntl
+import os
 import re
 import shlex
+import socket
+import threading
+import time
 
 import pytest
 
-from berth.logs import compile_access_format, escape
+from berth.logs import (
+    PIPE_BUF,
+    LineSink,
+    compile_access_format,
+    escape,
+    write_lines,
+    write_whole_lines,
+)
 
 DEFAULT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 
@@ -124,3 +137,89 @@ def test_environ_atom_is_the_requests_wsgi_environ_in_any_case(monkeypatch):
     out = line("%({remote_addr}e)s %({REMOTE_ADDR}e)s %({http_x_id}e)s %({wsgi.url_scheme}e)s "
                "%({berth_test_only_in_os_environ}e)s", e)
     assert out == "10.0.0.7 10.0.0.7 7 http -"
+
+
+# --- writing lines ----------------------------------------------------------------------------
+
+def small_pipe(blocking: bool) -> tuple[int, int]:
+    """A pipe that holds PIPE_BUF bytes (the least Linux allows), so a test can fill it."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    fcntl.fcntl(w, 1031, PIPE_BUF)  # F_SETPIPE_SZ
+    os.set_blocking(w, blocking)
+    return r, w
+
+
+def lines_of(size: int, count: int) -> bytes:
+    return b"".join(b"%0*d\n" % (size - 1, i) for i in range(count))
+
+
+def test_whole_line_writer_writes_one_piece_per_run_of_lines_that_fits_in_pipe_buf():
+    writes = []
+
+    def write(piece):
+        writes.append(bytes(piece))
+        return len(piece)
+
+    data = lines_of(1000, 9) + b"x" * (PIPE_BUF + 10) + b"\n"
+    assert write_whole_lines(write, data) == len(data)
+    assert b"".join(writes) == data
+    assert [len(w) for w in writes[:3]] == [4000, 4000, 1000]  # whole lines, <= PIPE_BUF
+    assert len(writes[3]) == PIPE_BUF  # a line longer than PIPE_BUF is cut
+
+
+def test_whole_line_writer_stops_at_a_line_end_when_a_non_blocking_pipe_is_full():
+    r, w = small_pipe(blocking=False)
+    try:
+        data = lines_of(1500, 4)
+        done = write_whole_lines(lambda piece: os.write(w, piece), data)
+        assert done == 3000  # two whole lines fit in the pipe's 4096 bytes, the third waits
+        assert os.read(r, 65536) == data[:done]
+        assert write_whole_lines(lambda piece: os.write(w, piece), data, done) == len(data)
+        assert os.read(r, 65536) == data[done:]
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_error_log_writes_every_line_even_when_its_descriptor_is_non_blocking():
+    r, w = small_pipe(blocking=False)
+    data = lines_of(1000, 20)
+    got = bytearray()
+
+    def read_slowly():
+        deadline = time.monotonic() + 10
+        while len(got) < len(data) and time.monotonic() < deadline:
+            time.sleep(0.02)
+            try:
+                got.extend(os.read(r, 65536))
+            except BlockingIOError:
+                pass
+
+    os.set_blocking(r, False)
+    reader = threading.Thread(target=read_slowly)
+    reader.start()
+    try:
+        write_lines(w, data)  # waits for the reader, never drops a line
+        reader.join(10)
+        assert bytes(got) == data
+    finally:
+        reader.join(10)
+        os.close(r)
+        os.close(w)
+
+
+def test_access_log_sink_on_a_socket_sends_whole_lines_without_blocking():
+    a, b = socket.socketpair()
+    try:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sink = LineSink("-", a.fileno())
+        data = lines_of(1000, 1000)  # far more than the socket buffers hold
+        t0 = time.monotonic()
+        done = sink.write_some(data)
+        assert time.monotonic() - t0 < 2
+        assert 0 < done < len(data)
+        assert done % 1000 == 0  # whole lines only
+        sink.close()
+    finally:
+        a.close()
+        b.close()

@@ -1,21 +1,23 @@
-"""berth/reloader.py in-process: what counts as a change, for each engine, and the report pipe
-between the workers and the master."""
+"""berth/reloader.py in-process: what counts as a change, for each engine, the report pipe
+between the workers and the master, and the master's side (when to reload, when to wait)."""
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 import select
 import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from berth import reloader
-from berth.reloader import InotifyWatcher, ModuleReporter, Reports, Watcher
+from berth.reloader import CodeReloader, InotifyWatcher, ModuleReporter, Reports, Watcher
 
 needs_inotify = pytest.mark.skipif(bool(reloader.inotify_unavailable()),
                                    reason="inotify is not available here")
@@ -212,3 +214,51 @@ def test_the_module_reporter_sends_modules_imported_later(tmp_path, monkeypatch)
         os.close(w)
         sys.modules.pop("reload_late_module", None)
     assert Reports().feed(second) == {os.getpid(): [str(late)]}
+
+
+# --- the master's side --------------------------------------------------------------------------
+
+def poll_reloader(tmp_path: Path, *files: Path) -> CodeReloader:
+    cfg = SimpleNamespace(reload=True, reload_engine="poll",
+                          reload_extra_files=[str(f) for f in files])
+    return CodeReloader(cfg, logging.getLogger("berth.test.reloader"))
+
+
+def test_the_master_acts_once_a_burst_of_changes_settles_and_is_told_what_changed(
+        tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    a, b = write(tmp_path / "a.py", "A = 1\n"), write(tmp_path / "b.py", "B = 1\n")
+    code = poll_reloader(tmp_path, a, b)
+    try:
+        assert "--reload is on (poll)" in caplog.text
+        code.tick(time.monotonic())
+        assert not code.due  # nothing changed yet
+        write(a, "A = 2\n", mtime_step=2)
+        write(b, "B = 2\n", mtime_step=2)
+        t0 = time.monotonic()
+        code.tick(t0 + reloader.INTERVAL)
+        assert t0 < code.due <= time.monotonic() + reloader.SETTLE
+        assert code.take_changes() == "a.py, b.py"
+        assert not code.due and not code.changes
+    finally:
+        code.close()
+
+
+def test_new_code_that_fails_holds_workers_back_until_the_next_change(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    code = poll_reloader(tmp_path)
+    try:
+        failed = SimpleNamespace(pid=41, generation=2, ready=False, stopping="", killed="")
+        serving = SimpleNamespace(pid=40, generation=1, ready=True, stopping="", killed="")
+        code.worker_failed(failed, "exited with code 1", False, 2, {40: serving, 41: failed})
+        assert code.paused
+        assert ("worker 41 exited with code 1 before it was ready; the 1 workers of generation "
+                "1 keep serving; waiting for the next change") in caplog.text
+        code.worker_failed(SimpleNamespace(pid=42, generation=2), "", True, 2, {40: serving})
+        assert "worker 42 could not load the app (traceback above)" in caplog.text
+        assert code.paused
+        code.changed([str(tmp_path / "app.py")])
+        code.take_changes()
+        assert not code.paused  # a change tries the new code again
+    finally:
+        code.close()

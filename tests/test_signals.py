@@ -152,3 +152,47 @@ def test_sigterm_as_the_first_request_is_answered_stops_cleanly(berth):
             bad.append((trial, code, err[-1500:]))
         srv.stop()
     assert not bad, f"{len(bad)} of 30 starts did not stop cleanly; the first:\n{bad[0]}"
+
+
+def test_signals_during_the_shutdown_delay_are_handled_or_logged_as_ignored_then_exit_0(berth):
+    srv = berth(["-w", "1", "--shutdown-delay", "2", "proto_app:app"])
+    t0 = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    srv.wait_for_log("SIGTERM: serving for 2 s more (shutdown delay)", timeout=5)
+    expected = {
+        signal.SIGHUP: "SIGHUP ignored: berth is shutting down (in the shutdown delay), and a "
+                       "reload would start workers only to stop them",
+        signal.SIGUSR1: "SIGUSR1: reopening log files",
+        signal.SIGTTIN: "SIGTTIN ignored: berth is shutting down (in the shutdown delay), and "
+                        "the number of workers no longer changes",
+    }
+    for sig, line in expected.items():
+        srv.signal(sig)
+        srv.wait_for_log(line, timeout=1.5)
+    assert time.monotonic() - t0 < 2, "the delay was over before the signals were logged"
+    assert http_get(srv.port, "/hello", timeout=5)[2] == HELLO  # still serving
+    code, _ = exit_within(srv, 15)
+    elapsed = time.monotonic() - t0
+    err = srv.stderr()
+    assert code == 0, f"exit code {code}\n{err}"
+    assert elapsed >= 2 - 0.05, f"exited {elapsed:.2f} s after SIGTERM, before the delay"
+    assert "SIGHUP: reloading" not in err and "SIGTTIN: 2 workers" not in err, err
+    assert len(re.findall(r"berth master \d+: stopped", err)) == 1, err
+
+
+def test_while_draining_sighup_is_logged_as_ignored_and_sigint_still_stops_at_once(berth):
+    srv = berth(["-w", "1", "--threads", "1", "--graceful-timeout", "20", "proto_app:app"])
+    in_background(lambda: http_get(srv.port, "/sleep?s=20", timeout=25))
+    time.sleep(0.3)  # the request is inside the app: the drain waits for it
+    t0 = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    srv.wait_for_log("SIGTERM: serving for 0 s more", timeout=5)
+    srv.signal(signal.SIGHUP)
+    srv.wait_for_log("SIGHUP ignored: berth is shutting down (draining), and a reload would "
+                     "start workers only to stop them", timeout=3)
+    assert srv.proc.poll() is None, "berth did not wait for the request in flight"
+    srv.signal(signal.SIGINT)
+    code, _ = exit_within(srv, 10)
+    assert code is not None, "berth still running 10 s after SIGINT during the drain"
+    assert time.monotonic() - t0 < 6, srv.stderr()
+    assert "SIGINT: stopping now" in srv.stderr()

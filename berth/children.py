@@ -1,0 +1,126 @@
+"""The master's child processes: the record it keeps of each worker, how a child ended, and the
+orphans it inherits as PID 1.
+
+What to do about a worker (start, replace, stop one) is the master's; this module only knows
+processes: it signals them, reads their exit status into the words of a log line and reaps the
+zombies nobody else waits for.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Container
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from berth import container
+
+if TYPE_CHECKING:
+    from berth.hooks import WorkerView
+
+ORPHAN_GRACE = 0.5  # an unknown zombie child this old is an orphan nobody waits for: reap it
+
+
+@dataclass
+class WorkerInfo:
+    pid: int
+    slot: int
+    generation: int
+    started: float
+    ready: bool = False
+    stopping: str = ""  # why berth asked it to stop (SIGTERM), if it did
+    killed: str = ""  # why berth killed it, if it did
+    abort_at: float = 0.0  # silent worker: when SIGKILL follows the stack dump
+    replaced: bool = False  # a replacement was started for it
+    replacement_for: int = 0  # the pid this worker replaces (recycling)
+    rss_over: int = 0
+    flags: set = field(default_factory=set)
+    view: WorkerView | None = None  # what hooks receive as `worker`
+
+
+def send_signal(pid: int, sig: int) -> None:
+    """Signal a child that may have exited already."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+class ExitReader:
+    """How a child ended, as a log line says it. A SIGKILL berth did not send is called an OOM
+    kill only when the cgroup's own `oom_kill` counter rose since the last look, never guessed
+    from the signal alone."""
+
+    def __init__(self, info: container.ContainerInfo):
+        self.info = info
+        self.oom_kills = container.oom_kill_count(info)
+
+    def how(self, status: int, killed_by_berth: bool) -> str:
+        if not os.WIFSIGNALED(status):
+            return f"exited with code {os.waitstatus_to_exitcode(status)}"
+        sig = os.WTERMSIG(status)
+        how = f"killed by signal {signal.Signals(sig).name}"
+        if sig == signal.SIGKILL and not killed_by_berth:
+            oom = container.oom_kill_count(self.info)
+            if oom is not None and self.oom_kills is not None and oom > self.oom_kills:
+                how = "killed by the kernel's OOM killer (the cgroup's oom_kill count rose)"
+            self.oom_kills = oom
+        return how
+
+
+class OrphanReaper:
+    """As PID 1, processes the app left behind become our children. Reap them, but only once
+    they have been zombies for a moment: a child that a hook or the app itself waits for is
+    reaped by its own waiter first, who gets its exit status."""
+
+    def __init__(self, log):
+        self.log = log
+        self.seen: dict[int, float] = {}  # unknown zombie pid -> first seen
+
+    def reap(self, known: Container[int]) -> None:
+        """Reap the zombies that are not in `known` (the master's workers) and have waited
+        ORPHAN_GRACE."""
+        try:
+            first = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if first is None:
+            self.seen.clear()
+            return
+        # waitid shows one zombie at a time; /proc shows them all (read only when one exists)
+        now = time.monotonic()
+        for pid in _zombie_children() or [first.si_pid]:
+            if pid in known:
+                continue
+            seen = self.seen.setdefault(pid, now)
+            if now - seen < ORPHAN_GRACE:
+                continue
+            try:
+                _, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                status = 0
+            self.seen.pop(pid, None)
+            self.log.debug("reaped orphan process %d (exit status %d)", pid,
+                           os.waitstatus_to_exitcode(status))
+
+
+def _zombie_children() -> list[int]:
+    """Our children that are zombies, from /proc (empty when /proc cannot tell)."""
+    pids = []
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.extend(int(p) for p in f.read().split())
+    except OSError:
+        return []
+    zombies = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rpartition(")")[2].split()[0] == "Z":
+                    zombies.append(pid)
+        except (OSError, IndexError):
+            continue
+    return zombies
