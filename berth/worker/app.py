@@ -187,6 +187,7 @@ class Responder:
         self.count = iter(range(1, 1 << 62))  # requests answered: next() is atomic (GIL)
         self.served = 0
         self.max_requests = max_requests or (1 << 62)
+        self.retired = False  # --max-requests reached (see retire)
         # Per-thread counters (no lock, no lost update): responses by status class and body
         # bytes, summed by the worker's tick for the scoreboard (`totals`).
         self.local = threading.local()
@@ -315,6 +316,7 @@ class Responder:
         connection, and no new connection is taken (the master starts the replacement and
         then stops this worker; the requests in progress are finished)."""
         self.keep_alive = False
+        self.retired = True  # (the loop's accept() looks at it before its wake-up arrives)
         if inline:
             self.loop.stop_accepting_for_good()
         else:

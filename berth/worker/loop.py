@@ -134,6 +134,9 @@ class Loop:
         """Accept a few connections; return whether more may be waiting."""
         # A few per wake-up: a burst of connections then spreads over the workers instead of
         # all landing in the one that woke first.
+        if self.responder.retired:  # an app thread reached --max-requests: its post() may be
+            self.stop_accepting_for_good()  # behind this event, so accept nothing more now
+            return False
         environs = self.responder.environs
         for _ in range(ACCEPT_BATCH):
             try:
