@@ -14,7 +14,6 @@ master starts its replacement at once, and this worker finishes the rest and exi
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import faulthandler
 import os
@@ -100,6 +99,11 @@ class Worker:
             self.log.error("worker %d crashed:\n%s", os.getpid(), traceback.format_exc())
             code = 1
         finally:
+            self.exit(code)
+
+    def exit(self, code: int) -> None:
+        """The loop has ended (on whichever thread ran it last): hooks, flush, exit."""
+        try:
             self.log.debug("worker %d: longest gap between heartbeats %.3f s (every %.1f s "
                            "when idle)", os.getpid(), self.max_tick_gap, TICK)
             self.view.alive = False
@@ -111,6 +115,7 @@ class Worker:
                     stream.flush()
                 except (OSError, ValueError):
                     pass
+        finally:
             os._exit(code)
 
     def _setup_process(self) -> None:
@@ -127,7 +132,6 @@ class Worker:
             os._exit(0)
         self._sig_r, self._sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._sig_w, warn_on_full_buffer=False)
-        self._signals: collections.deque = collections.deque()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -153,13 +157,17 @@ class Worker:
                                 signal_fd=self._sig_r, on_signals=self.on_signals,
                                 on_overrun=self.overrun, on_retire=lambda: self.beat(RETIRING))
         responder.loop = loop
+        if responder.crew is not None:
+            responder.crew.on_exit = self.exit  # the loop may end on any of its threads
         loop.setup()
         responder.start()
 
     # -- signals -------------------------------------------------------------------------------
 
     def _on_signal(self, signum, frame) -> None:
-        self._signals.append(signum)
+        """Nothing to do here: the wakeup pipe carries the signal's number to the loop, on
+        whichever thread runs it (this handler runs on the main thread only, which may be
+        answering a request or parked)."""
 
     def _on_abort(self, signum, frame) -> None:
         self.log.error("worker %d aborted: its loop was silent past --timeout", os.getpid())
@@ -169,13 +177,14 @@ class Worker:
         os._exit(1)
 
     def on_signals(self) -> None:
+        """The wakeup pipe is readable: one byte per signal, its number."""
+        received = b""
         try:
-            while os.read(self._sig_r, 512):
-                pass
+            while chunk := os.read(self._sig_r, 512):
+                received += chunk
         except BlockingIOError:
             pass
-        while self._signals:
-            sig = self._signals.popleft()
+        for sig in received:
             if sig == signal.SIGTERM:
                 self.start_drain()
             elif sig in (signal.SIGINT, signal.SIGQUIT):
@@ -231,6 +240,10 @@ class Worker:
         self.last_tick = now
         responder = self.responder
         responder.date.refresh()
+        if responder.crew is not None:
+            change = responder.crew.tick()
+            if change:
+                self.log.debug("worker %d: %s", os.getpid(), change)
         if self.access_log is not None:
             self.access_log.flush()
         loop = self.loop

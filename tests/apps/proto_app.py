@@ -22,6 +22,7 @@ Routes (query parameters in brackets):
   /bad-header [kind]          header value containing CR/LF (kind = crlf | lf | cr)
   /set-cookies                two Set-Cookie headers
   /sleep [s]                  sleeps s seconds, then answers
+  /thread [spin]              the name of the thread answering (after spin ms of computing)
   /big [n, chunked]           n bytes of big_pattern(); Content-Length unless chunked=1
   /status [code]              empty response with that status
   /closeable [tag, mode]      iterable whose close() writes marker "close-<tag>" (normal|raise|big)
@@ -319,6 +320,12 @@ def app(environ, start_response):
     if path == "/set-cookies":
         return _text(start_response, b"cookies", extra=[("Set-Cookie", "a=1; Path=/"),
                                                         ("Set-Cookie", "b=2; Path=/")])
+
+    if path == "/thread":
+        until = time.monotonic() + float(q.get("spin", "0")) / 1000
+        while time.monotonic() < until:
+            pass
+        return _text(start_response, threading.current_thread().name)
 
     if path == "/sleep":
         s = float(q.get("s", "1"))

@@ -1,0 +1,125 @@
+"""`--threads N > 1`: the threads take turns at the loop, and the loop's thread answers quick
+requests itself (berth/worker/crew.py). These tests prove the turns from outside: which thread
+answers, that a request that waits or computes never holds up the others, that requests that
+wait overlap, and that signals and exits work whichever thread runs the loop."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+from conftest import connect, http_get, read_response
+from proto_helpers import get_request, read_head, wait_for
+
+APP = ["--access-logfile", "none", "proto_app:app"]
+
+
+def thread_of(port: int, sock=None, path: str = "/thread") -> str:
+    if sock is None:
+        status, _, body = http_get(port, path)
+    else:
+        sock.sendall(get_request(path))
+        status, _, body = read_response(sock)
+    assert status == 200
+    return body.decode()
+
+
+def in_threads(fn, n: int) -> list:
+    """Run fn(i) in n threads at once; return their results (or exceptions)."""
+    results: list = [None] * n
+
+    def run(i):
+        try:
+            results[i] = fn(i)
+        except Exception as exc:  # noqa: BLE001 - reported by the caller
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return results
+
+
+def test_quick_requests_are_answered_by_the_loops_thread_without_a_hand_off(berth):
+    srv = berth(["-w", "1", "--threads", "4", *APP])
+    with connect(srv.port) as sock:
+        names = [thread_of(srv.port, sock) for _ in range(50)]
+    # the thread running the loop answered them (no hand-off): the answering thread changes
+    # only when a request ran long enough for the standby to take the loop over (rare; the
+    # machine may be busy), where with a queue to the app threads it changes all the time
+    switches = sum(a != b for a, b in zip(names, names[1:]))
+    assert switches <= 10, names
+
+
+def test_a_request_that_waits_does_not_hold_up_the_others(berth):
+    srv = berth(["-w", "1", "--threads", "4", *APP])
+    with connect(srv.port) as slow:
+        slow.sendall(get_request("/sleep?s=3"))
+        time.sleep(0.3)  # the loop's thread took it, and waits in the app
+        started = time.monotonic()
+        names = [thread_of(srv.port) for _ in range(5)]
+        assert http_get(srv.port, "/-/ready", timeout=2)[0] == 200
+        took = time.monotonic() - started
+        assert read_response(slow)[0] == 200
+    assert took < 2.5, f"requests waited {took:.1f}s behind a sleeping one"
+    assert all(names)
+
+
+def test_a_request_that_computes_does_not_hold_up_the_others(berth):
+    srv = berth(["-w", "1", "--threads", "4", *APP])
+    with connect(srv.port) as busy:
+        busy.sendall(get_request("/thread?spin=3000"))
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert http_get(srv.port, "/hello", timeout=2.5)[0] == 200
+        took = time.monotonic() - started
+        assert read_response(busy)[0] == 200
+    assert took < 2.5, f"a request waited {took:.1f}s behind a computing one"
+
+
+def test_requests_that_wait_overlap_on_the_app_threads(berth):
+    """Waits longer than the standby's look are overlapped (shorter ones too, once the worker
+    measured that the app waits: that is a matter of speed, for benchmarks/bench.py)."""
+    srv = berth(["-w", "1", "--threads", "4", *APP])
+
+    def client(i):
+        with connect(srv.port) as sock:
+            for _ in range(2):
+                sock.sendall(get_request("/sleep?s=0.5"))
+                assert read_response(sock)[0] == 200
+        return True
+
+    started = time.monotonic()
+    results = in_threads(client, 4)
+    took = time.monotonic() - started
+    assert results == [True] * 4, results
+    assert took < 3.0, f"{took:.2f}s for 4 s of waits: not overlapped (serial)"
+
+
+def test_the_loop_goes_on_while_its_thread_waits_for_a_slow_reader(berth):
+    srv = berth(["-w", "1", "--threads", "2", *APP])
+    with connect(srv.port) as stuck:
+        stuck.sendall(get_request("/big?n=50000000"))
+        read_head(stuck)  # ... and read no more: the answering thread waits for this reader
+        time.sleep(0.5)
+        for _ in range(5):
+            assert http_get(srv.port, "/hello", timeout=3)[0] == 200
+
+
+def test_sigterm_is_graceful_when_another_thread_runs_the_loop(berth):
+    srv = berth(["-w", "1", "--threads", "4", *APP])
+    # a long request on the loop's (main) thread: the standby takes the loop over
+    with connect(srv.port) as slow:
+        slow.sendall(get_request("/sleep?s=2"))
+        time.sleep(0.5)
+        other = thread_of(srv.port)
+        srv.signal(signal.SIGTERM)
+        status, _, body = read_response(slow)
+    assert (status, body) == (200, b"slept 2.0")
+    assert other.startswith("berth-app-"), other
+    assert wait_for(lambda: srv.proc.poll() is not None, timeout=15)
+    assert srv.proc.returncode == 0, srv.stderr()
+    assert "crashed" not in srv.stderr() and "internal error" not in srv.stderr()
