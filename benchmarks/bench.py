@@ -114,6 +114,15 @@ class Target:
 
 
 @dataclass(frozen=True)
+class LatencyTarget:
+    """`server`'s median p99 latency (over rounds, from wrk --latency) must stay below
+    `p99_below_ms`."""
+
+    server: str
+    p99_below_ms: float
+
+
+@dataclass(frozen=True)
 class BestOf:
     """A derived peer named `name`: whichever of `members` had the highest median req/s in this
     run, so that a peer with several configurations is judged in its best one. It exists only
@@ -132,7 +141,7 @@ class Scenario:
     pin_servers: bool = True
     wrk_headers: tuple[str, ...] = ()
     ceiling_rps: float | None = None
-    targets: tuple[Target, ...] = ()
+    targets: tuple[Target | LatencyTarget, ...] = ()
     best_of: tuple[BestOf, ...] = ()
     # MODULE:NAME of the app to also time in-process, with no server (benchmarks/inprocess.py),
     # to split each server's CPU us/req into the app's part and the server's share.
@@ -282,11 +291,25 @@ def build_scenarios(gunicorn_extra: Sequence[str]) -> dict[str, Scenario]:
         ),
         Scenario(
             name="hello-t4",
-            description="hello world, 1 worker, keep-alive, 50 connections; berth --threads 4",
+            description="hello world, 1 worker, keep-alive, 50 connections; berth --threads 4 "
+            "(the default) and --threads 1",
             connections=50,
-            servers=(berth("berth-t4", hello, workers=1, threads=4), gthread(hello)),
-            targets=(Target("berth-t4", 6.0, "gunicorn-gthread-t4"),),
-            notes=(PIN_NOTE, GTHREAD_NOTE),
+            servers=(
+                berth("berth-t4", hello, workers=1, threads=4),
+                berth("berth-t1", hello, workers=1, threads=1),
+                gthread(hello),
+            ),
+            targets=(
+                Target("berth-t4", 6.0, "gunicorn-gthread-t4"),
+                # The default thread pool must cost (almost) nothing when the app never blocks.
+                Target("berth-t4", 0.95, "berth-t1"),
+                LatencyTarget("berth-t4", 2.0),
+            ),
+            notes=(
+                PIN_NOTE,
+                "berth-t4: --threads 4, berth's default (--threads auto is 4)",
+                GTHREAD_NOTE,
+            ),
         ),
         Scenario(
             name="close",
@@ -873,9 +896,9 @@ def with_best(summaries: Mapping[str, Summary], picks: Mapping[str, str]) -> dic
 @dataclass
 class TargetResult:
     text: str
-    kind: Literal["ratio", "ceiling"]  # what `value` is: x versus, of ceiling
+    kind: Literal["ratio", "ceiling", "p99"]  # what `value` is: x versus, of ceiling, ms
     value: float | None
-    minimum: float
+    minimum: float  # for "p99": the bound `value` must stay below
     passed: bool | None  # None: not evaluated
     goal: float | None = None
     goal_met: bool | None = None
@@ -885,6 +908,8 @@ class TargetResult:
             return "not measured"
         if self.kind == "ceiling":
             return f"{self.value:.1%}"
+        if self.kind == "p99":
+            return _fmt_ms(self.value)
         goal = ""
         if self.goal is not None:
             goal = f" (goal {self.goal:g}x: {'met' if self.goal_met else 'not yet'})"
@@ -897,6 +922,18 @@ def evaluate(scenario: Scenario, summaries: Mapping[str, Summary]) -> list[Targe
     out = []
     for target in scenario.targets:
         ours = summaries.get(target.server)
+        if isinstance(target, LatencyTarget):
+            value = ours.p99_ms if ours else None
+            out.append(
+                TargetResult(
+                    text=f"{target.server} p99 < {target.p99_below_ms:g}ms",
+                    kind="p99",
+                    value=value,
+                    minimum=target.p99_below_ms,
+                    passed=None if value is None else value < target.p99_below_ms,
+                )
+            )
+            continue
         if target.versus is None:
             assert scenario.ceiling_rps is not None
             text = f"{target.server} >= {target.minimum:.0%} of {scenario.ceiling_rps:.0f} req/s"

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,20 @@ def test_best_of_needs_every_member() -> None:
     assert bench.pick_best(flask.best_of, summaries) == {}
     assert [t.passed for t in bench.evaluate(flask, summaries)] == [None, None]
     assert bench.evaluate(flask, summaries)[0].shown() == "not measured"
+
+
+def test_latency_and_ratio_targets_of_hello_t4() -> None:
+    hello_t4 = bench.build_scenarios(gunicorn_extra=())["hello-t4"]
+    fast = replace(_summary("berth-t4", 30_000), p99_ms=1.5)
+    summaries = {"berth-t4": fast, "berth-t1": _summary("berth-t1", 31_000)}
+    gthread, vs_t1, p99 = bench.evaluate(hello_t4, summaries)
+    assert gthread.passed is None  # gunicorn not measured
+    assert vs_t1.passed is True and vs_t1.value == pytest.approx(30 / 31)
+    assert p99.kind == "p99" and p99.passed is True and p99.text == "berth-t4 p99 < 2ms"
+    assert p99.shown() == "1.50ms"
+    summaries["berth-t4"] = replace(fast, rps=29_000, p99_ms=2.0)
+    _, vs_t1, p99 = bench.evaluate(hello_t4, summaries)
+    assert vs_t1.passed is False and p99.passed is False  # the bound itself is not below it
 
 
 def test_server_share_and_report_rows() -> None:
