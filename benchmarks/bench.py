@@ -150,10 +150,16 @@ class Scenario:
 
 
 def berth(
-    name: str, app: str, *, workers: int, threads: int, access_log: bool = False
+    name: str,
+    app: str,
+    *,
+    workers: int,
+    threads: int,
+    access_log: bool = False,
+    extra: Sequence[str] = (),
 ) -> ServerSpec:
     argv = [sys.executable, "-m", "berth", "-b", f"{HOST}:{PORT_PLACEHOLDER}"]
-    argv += ["-w", str(workers), "--threads", str(threads)]
+    argv += ["-w", str(workers), "--threads", str(threads), *extra]
     argv += ["--access-logfile", "-" if access_log else "none", "--chdir", str(BENCH_DIR), app]
     return ServerSpec(
         name=name,
@@ -189,10 +195,12 @@ def gunicorn(
     )
 
 
-def granian(name: str, app: str, *, workers: int, blocking_threads: int) -> ServerSpec:
+def granian(
+    name: str, app: str, *, workers: int, blocking_threads: int, extra: Sequence[str] = ()
+) -> ServerSpec:
     argv = [sys.executable, "-m", "granian", "--interface", "wsgi"]
     argv += ["--host", HOST, "--port", PORT_PLACEHOLDER]
-    argv += ["--workers", str(workers), "--blocking-threads", str(blocking_threads)]
+    argv += ["--workers", str(workers), "--blocking-threads", str(blocking_threads), *extra]
     argv += ["--no-access-log", "--working-dir", str(BENCH_DIR), app]
     return ServerSpec(
         name=name,
