@@ -23,8 +23,8 @@ worker's per-connection code paths and allocator pools have been used once. Then
 It reports (after - before) / connections in KiB for RSS, Pss and USS (Private_Clean +
 Private_Dirty: memory only this process uses, the honest measure of growth; the target is
 judged on it). Socket buffers are kernel memory and are in none of these. Both processes need
-a file descriptor per connection: the script raises its soft RLIMIT_NOFILE up to the hard
-limit (the server inherits it) and stops if that is not enough.
+a file descriptor per connection: the script raises its soft RLIMIT_NOFILE to what the
+connections need (the server inherits it) and stops if the hard limit is lower.
 
 Linux only; 127.0.0.1 only. Reuses bench.py's server start/stop helpers.
 """
