@@ -48,7 +48,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -103,11 +103,33 @@ class ServerSpec:
 
 @dataclass(frozen=True)
 class Target:
-    """`server` must reach `minimum` x the req/s of `versus`, or of `ceiling_rps` if None."""
+    """`server`'s median req/s must reach `minimum` x that of `versus`, or of `ceiling_rps` if
+    None. `versus` names a server or one of the scenario's `best_of` groups (then the group's
+    best member in this run). `goal`: a higher ratio aimed at, reported but never a FAIL."""
 
     server: str
     minimum: float
     versus: str | None = None
+    goal: float | None = None
+
+
+@dataclass(frozen=True)
+class LatencyTarget:
+    """`server`'s median p99 latency (over rounds, from wrk --latency) must stay below
+    `p99_below_ms`."""
+
+    server: str
+    p99_below_ms: float
+
+
+@dataclass(frozen=True)
+class BestOf:
+    """A derived peer named `name`: whichever of `members` had the highest median req/s in this
+    run, so that a peer with several configurations is judged in its best one. It exists only
+    when every member was measured (a best of the survivors could flatter us)."""
+
+    name: str
+    members: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -119,15 +141,25 @@ class Scenario:
     pin_servers: bool = True
     wrk_headers: tuple[str, ...] = ()
     ceiling_rps: float | None = None
-    targets: tuple[Target, ...] = ()
+    targets: tuple[Target | LatencyTarget, ...] = ()
+    best_of: tuple[BestOf, ...] = ()
+    # MODULE:NAME of the app to also time in-process, with no server (benchmarks/inprocess.py),
+    # to split each server's CPU us/req into the app's part and the server's share.
+    inprocess_app: str | None = None
     notes: tuple[str, ...] = ()
 
 
 def berth(
-    name: str, app: str, *, workers: int, threads: int, access_log: bool = False
+    name: str,
+    app: str,
+    *,
+    workers: int,
+    threads: int,
+    access_log: bool = False,
+    extra: Sequence[str] = (),
 ) -> ServerSpec:
     argv = [sys.executable, "-m", "berth", "-b", f"{HOST}:{PORT_PLACEHOLDER}"]
-    argv += ["-w", str(workers), "--threads", str(threads)]
+    argv += ["-w", str(workers), "--threads", str(threads), *extra]
     argv += ["--access-logfile", "-" if access_log else "none", "--chdir", str(BENCH_DIR), app]
     return ServerSpec(
         name=name,
@@ -163,10 +195,12 @@ def gunicorn(
     )
 
 
-def granian(name: str, app: str, *, workers: int, blocking_threads: int) -> ServerSpec:
+def granian(
+    name: str, app: str, *, workers: int, blocking_threads: int, extra: Sequence[str] = ()
+) -> ServerSpec:
     argv = [sys.executable, "-m", "granian", "--interface", "wsgi"]
     argv += ["--host", HOST, "--port", PORT_PLACEHOLDER]
-    argv += ["--workers", str(workers), "--blocking-threads", str(blocking_threads)]
+    argv += ["--workers", str(workers), "--blocking-threads", str(blocking_threads), *extra]
     argv += ["--no-access-log", "--working-dir", str(BENCH_DIR), app]
     return ServerSpec(
         name=name,
@@ -187,10 +221,20 @@ GRANIAN_NOTE = (
     "worker, default --runtime-threads 1, access log off (--no-access-log)"
 )
 PIN_NOTE = "server pinned to one CPU (taskset, inherited by its workers), wrk to another"
+T4_DEFAULT_NOTE = "berth-t4-default: --threads 4, berth's default (--threads auto is 4)"
+GRANIAN_BEST_NOTE = (
+    "granian-best: granian-bt1 or granian-bt4, whichever had the higher median req/s in this run "
+    "(granian judged in its best configuration)"
+)
+INPROCESS_NOTE = (
+    "app in-process: each round, the app's CPU us/req called with no server (inprocess.py, "
+    "pinned like the servers); share = a server's CPU us/req minus that"
+)
 
 
 def build_scenarios(gunicorn_extra: Sequence[str]) -> dict[str, Scenario]:
     hello, big, slow = "hello:app", "big:app", "slow:app"
+    flask, django = "flaskapp:app", "djangoapp:application"
 
     def gsync(app: str) -> ServerSpec:
         return gunicorn("gunicorn-sync", app, workers=1, worker_class="sync", extra=gunicorn_extra)
@@ -199,6 +243,34 @@ def build_scenarios(gunicorn_extra: Sequence[str]) -> dict[str, Scenario]:
         name = "gunicorn-gthread-t4" if workers == 1 else f"gunicorn-gthread-{workers}x4"
         return gunicorn(
             name, app, workers=workers, worker_class="gthread", threads=4, extra=gunicorn_extra
+        )
+
+    def framework(name: str, app: str, what: str) -> Scenario:
+        return Scenario(
+            name=name,
+            description=f"{what}, 1 worker, keep-alive, 50 connections",
+            connections=50,
+            servers=(
+                berth("berth-t1", app, workers=1, threads=1),
+                berth("berth-t4-default", app, workers=1, threads=4),
+                granian("granian-bt1", app, workers=1, blocking_threads=1),
+                granian("granian-bt4", app, workers=1, blocking_threads=4),
+                gthread(app),
+            ),
+            best_of=(BestOf("granian-best", ("granian-bt1", "granian-bt4")),),
+            targets=(
+                Target("berth-t4-default", 1.05, "granian-best", goal=1.1),
+                Target("berth-t1", 1.05, "granian-best"),
+            ),
+            inprocess_app=app,
+            notes=(
+                PIN_NOTE,
+                T4_DEFAULT_NOTE,
+                GTHREAD_NOTE,
+                GRANIAN_NOTE,
+                GRANIAN_BEST_NOTE,
+                INPROCESS_NOTE,
+            ),
         )
 
     scenarios = [
@@ -227,11 +299,25 @@ def build_scenarios(gunicorn_extra: Sequence[str]) -> dict[str, Scenario]:
         ),
         Scenario(
             name="hello-t4",
-            description="hello world, 1 worker, keep-alive, 50 connections; berth --threads 4",
+            description="hello world, 1 worker, keep-alive, 50 connections; berth --threads 4 "
+            "(the default) and --threads 1",
             connections=50,
-            servers=(berth("berth-t4", hello, workers=1, threads=4), gthread(hello)),
-            targets=(Target("berth-t4", 6.0, "gunicorn-gthread-t4"),),
-            notes=(PIN_NOTE, GTHREAD_NOTE),
+            servers=(
+                berth("berth-t4", hello, workers=1, threads=4),
+                berth("berth-t1", hello, workers=1, threads=1),
+                gthread(hello),
+            ),
+            targets=(
+                Target("berth-t4", 6.0, "gunicorn-gthread-t4"),
+                # The default thread pool must cost (almost) nothing when the app never blocks.
+                Target("berth-t4", 0.95, "berth-t1"),
+                LatencyTarget("berth-t4", 2.0),
+            ),
+            notes=(
+                PIN_NOTE,
+                "berth-t4: --threads 4, berth's default (--threads auto is 4)",
+                GTHREAD_NOTE,
+            ),
         ),
         Scenario(
             name="close",
@@ -278,6 +364,8 @@ def build_scenarios(gunicorn_extra: Sequence[str]) -> dict[str, Scenario]:
                 GRANIAN_NOTE,
             ),
         ),
+        framework("flask", flask, "Flask jsonify view"),
+        framework("django", django, "Django JsonResponse view behind the default middleware"),
     ]
     return {s.name: s for s in scenarios}
 
@@ -682,6 +770,71 @@ def measure(
     )
 
 
+INPROCESS_TIMEOUT_S = 180.0  # inprocess.py bounds itself at 120 s; this also covers imports
+INPROCESS_REPEATS = 3  # x 0.3 CPU seconds per round: enough for a median, short next to wrk
+
+
+@dataclass
+class InprocessRun:
+    """The scenario's app timed in-process (no server) once per round, on the server's CPU."""
+
+    round: int
+    ok: bool
+    us_per_request: float | None = None
+    repeats_us: list[float] | None = None
+    calls_per_repeat: int | None = None
+    error: str | None = None
+
+
+def inprocess_command(app: str, cpu: int | None) -> list[str]:
+    cmd = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    script = str(BENCH_DIR / "inprocess.py")
+    return cmd + [sys.executable, script, "--json", "--repeats", str(INPROCESS_REPEATS), app]
+
+
+def measure_inprocess(app: str, rnd: int, cpu: int | None) -> InprocessRun:
+    """Run inprocess.py in a subprocess, like a server: same CPU, cwd and environment."""
+    try:
+        done = subprocess.run(
+            inprocess_command(app, cpu),
+            check=False,
+            capture_output=True,
+            text=True,
+            cwd=BENCH_DIR,
+            env=server_env(),
+            stdin=subprocess.DEVNULL,
+            timeout=INPROCESS_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        return InprocessRun(rnd, ok=False, error=f"timed out after {INPROCESS_TIMEOUT_S:.0f} s")
+    if done.returncode != 0:
+        return InprocessRun(rnd, ok=False, error=_last_line(done.stderr or done.stdout))
+    try:
+        data = json.loads(done.stdout.strip().splitlines()[-1])
+        return InprocessRun(
+            rnd,
+            ok=True,
+            us_per_request=float(data["us_per_call"]),
+            repeats_us=[float(v) for v in data["repeats_us"]],
+            calls_per_repeat=int(data["calls_per_repeat"]),
+        )
+    except (ValueError, KeyError, IndexError, TypeError):
+        return InprocessRun(rnd, ok=False, error=f"unexpected output: {done.stdout[-300:]!r}")
+
+
+def add_server_share(summaries: Mapping[str, Summary], app_us: float | None) -> dict[str, Summary]:
+    """Each summary with `server_share_us_per_request` = its CPU us/req - the app's."""
+    return {
+        name: replace(
+            s,
+            server_share_us_per_request=None
+            if app_us is None or s.cpu_us_per_request is None
+            else s.cpu_us_per_request - app_us,
+        )
+        for name, s in summaries.items()
+    }
+
+
 @dataclass
 class Summary:
     server: str
@@ -696,6 +849,8 @@ class Summary:
     wrk_cpu_pct: float | None
     errors: int
     requests: int
+    # CPU us/req minus the app's in-process us/req (scenarios with an `inprocess_app` only)
+    server_share_us_per_request: float | None = None
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -731,35 +886,81 @@ def summarize(name: str, runs: Sequence[Run]) -> Summary | None:
     )
 
 
+def pick_best(groups: Sequence[BestOf], summaries: Mapping[str, Summary]) -> dict[str, str]:
+    """group name -> its member with the highest median req/s, for groups whose members all
+    have a summary."""
+    picks = {}
+    for group in groups:
+        if group.members and all(m in summaries for m in group.members):
+            picks[group.name] = max(group.members, key=lambda m: summaries[m].rps)
+    return picks
+
+
+def with_best(summaries: Mapping[str, Summary], picks: Mapping[str, str]) -> dict[str, Summary]:
+    """`summaries` plus each picked group under its own name (the member's summary)."""
+    return {**summaries, **{group: summaries[member] for group, member in picks.items()}}
+
+
 @dataclass
 class TargetResult:
     text: str
-    of_ceiling: bool  # value is a fraction of the ceiling, not a req/s ratio
+    kind: Literal["ratio", "ceiling", "p99"]  # what `value` is: x versus, of ceiling, ms
     value: float | None
-    minimum: float
+    minimum: float  # for "p99": the bound `value` must stay below
     passed: bool | None  # None: not evaluated
+    goal: float | None = None
+    goal_met: bool | None = None
+
+    def shown(self) -> str:
+        if self.value is None:
+            return "not measured"
+        if self.kind == "ceiling":
+            return f"{self.value:.1%}"
+        if self.kind == "p99":
+            return _fmt_ms(self.value)
+        goal = ""
+        if self.goal is not None:
+            goal = f" (goal {self.goal:g}x: {'met' if self.goal_met else 'not yet'})"
+        return f"{self.value:.2f}x{goal}"
 
 
-def evaluate(scenario: Scenario, summaries: dict[str, Summary]) -> list[TargetResult]:
+def evaluate(scenario: Scenario, summaries: Mapping[str, Summary]) -> list[TargetResult]:
+    picks = pick_best(scenario.best_of, summaries)
+    known = with_best(summaries, picks)
     out = []
     for target in scenario.targets:
         ours = summaries.get(target.server)
+        if isinstance(target, LatencyTarget):
+            value = ours.p99_ms if ours else None
+            out.append(
+                TargetResult(
+                    text=f"{target.server} p99 < {target.p99_below_ms:g}ms",
+                    kind="p99",
+                    value=value,
+                    minimum=target.p99_below_ms,
+                    passed=None if value is None else value < target.p99_below_ms,
+                )
+            )
+            continue
         if target.versus is None:
             assert scenario.ceiling_rps is not None
             text = f"{target.server} >= {target.minimum:.0%} of {scenario.ceiling_rps:.0f} req/s"
             value = ours.rps / scenario.ceiling_rps if ours else None
         else:
             text = f"{target.server} >= {target.minimum:g}x {target.versus}"
-            theirs = summaries.get(target.versus)
+            if target.versus in picks:
+                text += f" (= {picks[target.versus]})"
+            theirs = known.get(target.versus)
             value = ours.rps / theirs.rps if ours and theirs and theirs.rps else None
-        passed = None if value is None else value >= target.minimum
         out.append(
             TargetResult(
                 text=text,
-                of_ceiling=target.versus is None,
+                kind="ceiling" if target.versus is None else "ratio",
                 value=value,
                 minimum=target.minimum,
-                passed=passed,
+                passed=None if value is None else value >= target.minimum,
+                goal=target.goal,
+                goal_met=None if value is None or target.goal is None else value >= target.goal,
             )
         )
     return out
@@ -798,11 +999,15 @@ def _ratio(ours: float | None, theirs: float | None) -> str:
     return f"{ours / theirs:.2f}x" if ours is not None and theirs else "-"
 
 
-def ratio_tables(servers: Sequence[ServerSpec], summaries: dict[str, Summary]) -> list[str]:
+def ratio_tables(
+    servers: Sequence[ServerSpec], summaries: Mapping[str, Summary], groups: Sequence[str] = ()
+) -> list[str]:
     """berth / peer req/s for every berth server (baselines included), plus, with a baseline,
-    berth / its baseline for req/s and for CPU us/req (below 1 is cheaper)."""
+    berth / its baseline for req/s and for CPU us/req (below 1 is cheaper). `groups`: derived
+    peers (best-of groups) that have an entry in `summaries`, shown after the servers."""
     ours = [s.name for s in servers if s.family == "berth" and s.name in summaries]
     peers = [s.name for s in servers if s.family != "berth" and s.name in summaries]
+    peers += [g for g in groups if g in summaries]
     twins = {
         s.baseline_of: s.name
         for s in servers
@@ -838,11 +1043,14 @@ def ratio_tables(servers: Sequence[ServerSpec], summaries: dict[str, Summary]) -
 def report(
     scenario: Scenario,
     servers: Sequence[ServerSpec],
-    summaries: dict[str, Summary],
+    summaries: Mapping[str, Summary],
     runs: Sequence[Run],
     targets: Sequence[TargetResult],
     rounds: int,
+    app_us: float | None = None,
+    inproc: Sequence[InprocessRun] = (),
 ) -> str:
+    share = scenario.inprocess_app is not None
     header = [
         "server",
         "req/s",
@@ -850,6 +1058,7 @@ def report(
         "p50",
         "p99",
         "CPU us/req",
+        *(["share us/req"] if share else []),
         "srv CPU",
         "wrk CPU",
         "errors",
@@ -857,50 +1066,58 @@ def report(
     ]
     if scenario.ceiling_rps:
         header.insert(2, "% ceiling")
-    rows = []
-    for spec in servers:
-        s = summaries.get(spec.name)
+
+    def row(name: str, s: Summary | None) -> list[str]:
         if s is None:
-            row = [spec.name, "failed", "-", "-", "-", "-", "-", "-", "-", f"0/{rounds}"]
-            if scenario.ceiling_rps:
-                row.insert(2, "-")
-            rows.append(row)
-            continue
-        row = [
-            spec.name,
+            return [name, "failed"] + ["-"] * (len(header) - 3) + [f"0/{rounds}"]
+        cells = [
+            name,
             f"{s.rps:,.0f}",
             f"{s.rps_min:,.0f}..{s.rps_max:,.0f}",
             _fmt_ms(s.p50_ms),
             _fmt_ms(s.p99_ms),
             _fmt(s.cpu_us_per_request, ".1f"),
+            *([_fmt(s.server_share_us_per_request, ".1f")] if share else []),
             _fmt(s.server_cpu_pct, ".0f", "%"),
             _fmt(s.wrk_cpu_pct, ".0f", "%"),
             f"{s.errors:,}",
             f"{s.runs}/{rounds}",
         ]
         if scenario.ceiling_rps:
-            row.insert(2, f"{s.rps / scenario.ceiling_rps:.1%}")
-        rows.append(row)
-    parts = [table(header, rows)]
+            cells.insert(2, f"{s.rps / scenario.ceiling_rps:.1%}")
+        return cells
 
-    parts.extend(ratio_tables(servers, summaries))
+    rows = [row(spec.name, summaries.get(spec.name)) for spec in servers]
+    # Derived rows: a best-of group shows its picked member's numbers under its own name.
+    picks = pick_best(scenario.best_of, summaries)
+    rows += [row(f"{group} (= {member})", summaries[member]) for group, member in picks.items()]
+    parts = [table(header, rows)]
+    if share:
+        values = [r.us_per_request for r in inproc if r.ok and r.us_per_request is not None]
+        spread = f", {min(values):.1f}..{max(values):.1f}" if values else ""
+        parts.append(
+            f"\n  app in-process ({scenario.inprocess_app}, no server): "
+            f"{_fmt(app_us, '.1f')} us/req (median of {len(values)}/{len(inproc)} rounds{spread})"
+        )
+
+    parts.extend(ratio_tables(servers, with_best(summaries, picks), list(picks)))
     if targets:
         lines = ["\n  targets:"]
         for t in targets:
             status = {True: "PASS", False: "FAIL", None: "n/a "}[t.passed]
-            if t.value is None:
-                shown = "not measured"
-            elif t.of_ceiling:
-                shown = f"{t.value:.1%}"
-            else:
-                shown = f"{t.value:.2f}x"
-            lines.append(f"    [{status}] {t.text}: {shown}")
+            lines.append(f"    [{status}] {t.text}: {t.shown()}")
         parts.append("\n".join(lines))
     noisy = [r for r in runs if (r.foreign_cpu_pct or 0.0) > FOREIGN_CPU_WARN_PCT]
     if noisy:
         parts.append(
             f"\n  ! {len(noisy)} of {len(runs)} runs shared the server's CPU with other processes "
             f"(> {FOREIGN_CPU_WARN_PCT:.0f}% of it): rerun on a quiet machine before trusting this"
+        )
+    failed_inproc = [r for r in inproc if not r.ok]
+    if failed_inproc:
+        parts.append(
+            "\n  failed app in-process runs:\n"
+            + "\n".join(f"    round {r.round}: {r.error}" for r in failed_inproc)
         )
     failures = [r for r in runs if not r.ok]
     if failures:
@@ -1136,7 +1353,7 @@ def run_scenario(
     servers: Sequence[ServerSpec],
     settings: Settings,
     log_dir: Path,
-) -> tuple[list[Run], list[str]]:
+) -> tuple[list[Run], list[InprocessRun], list[str]]:
     server_cpu = settings.server_cpu if scenario.pin_servers else None
     commands = [
         ("" if s.baseline_of is None else f"PYTHONPATH=<git worktree of {s.source}> ")
@@ -1162,12 +1379,26 @@ def run_scenario(
         print(f"    {spec.name}: {cmd}")
     for cmd, label in zip(wrk_cmds, (["warm-up", "measured"] if settings.warmup else ["measured"])):
         print(f"    wrk {label}: {cmd}")
+    if scenario.inprocess_app:
+        inproc_cmd = shell_join(inprocess_command(scenario.inprocess_app, server_cpu))
+        print(f"    app in-process: {inproc_cmd}")
+        wrk_cmds.append(inproc_cmd)
     for note in scenario.notes:
         print(f"  note: {note}")
     print()
 
     runs: list[Run] = []
+    inproc: list[InprocessRun] = []
     for rnd in range(1, settings.rounds + 1):
+        if scenario.inprocess_app:
+            # Once per round, so that it shares the rounds' machine conditions with the servers.
+            app_run = measure_inprocess(scenario.inprocess_app, rnd, server_cpu)
+            inproc.append(app_run)
+            prefix = f"  [{scenario.name} round {rnd}/{settings.rounds}] {'app in-process':<22}"
+            if app_run.ok:
+                print(f"{prefix} {app_run.us_per_request:>10.1f} us/req (CPU, no server)")
+            else:
+                print(f"{prefix} FAILED: {app_run.error}")
         shift = (rnd - 1) % len(servers)
         for spec in [*servers[shift:], *servers[:shift]]:
             run = measure(scenario, spec, rnd, settings, log_dir)
@@ -1193,7 +1424,7 @@ def run_scenario(
                     )
             else:
                 print(f"{prefix} FAILED: {(run.error or '').splitlines()[0]}")
-    return runs, commands + wrk_cmds
+    return runs, inproc, commands + wrk_cmds
 
 
 def parse_args(argv: Sequence[str] | None, scenario_names: Sequence[str]) -> argparse.Namespace:
@@ -1270,13 +1501,17 @@ def bench_scenario(
     scenario: Scenario, servers: Sequence[ServerSpec], settings: Settings, log_dir: Path
 ) -> tuple[dict[str, Any], list[TargetResult]]:
     """Run, print the report, and return (JSON-ready results, target results)."""
-    runs, commands = run_scenario(scenario, servers, settings, log_dir)
+    runs, inproc, commands = run_scenario(scenario, servers, settings, log_dir)
     summaries = {
         s.name: summary
         for s in servers
         if (summary := summarize(s.name, [r for r in runs if r.server == s.name])) is not None
     }
+    app_us = _median([r.us_per_request for r in inproc if r.ok])
+    if scenario.inprocess_app:
+        summaries = add_server_share(summaries, app_us)
     targets = evaluate(scenario, summaries)
+    picks = pick_best(scenario.best_of, summaries)
     print()
     print(
         f"  results: median of {settings.rounds} rounds; errors = socket errors + non-2xx/3xx "
@@ -1284,8 +1519,13 @@ def bench_scenario(
         "  srv CPU / wrk CPU = CPU use of the server's process tree / of wrk, in % of one CPU\n"
         "  (a pinned server below ~100% is waiting, not working; wrk near 100% is the bottleneck)"
     )
-    print(report(scenario, servers, summaries, runs, targets, settings.rounds))
-    results = {
+    if scenario.inprocess_app:
+        print(
+            "  share us/req = CPU us/req - the app's CPU us/req in-process: what the server "
+            "itself spends per request"
+        )
+    print(report(scenario, servers, summaries, runs, targets, settings.rounds, app_us, inproc))
+    results: dict[str, Any] = {
         "description": scenario.description,
         "connections": scenario.connections,
         "pinned": scenario.pin_servers and settings.server_cpu is not None,
@@ -1293,8 +1533,18 @@ def bench_scenario(
         "notes": list(scenario.notes),
         "runs": [asdict(r) for r in runs],
         "summary": {name: asdict(summary) for name, summary in summaries.items()},
+        "best_of": {
+            g.name: {"members": list(g.members), "picked": picks.get(g.name)}
+            for g in scenario.best_of
+        },
         "targets": [asdict(t) for t in targets],
     }
+    if scenario.inprocess_app:
+        results["inprocess"] = {
+            "app": scenario.inprocess_app,
+            "us_per_request": app_us,
+            "runs": [asdict(r) for r in inproc],
+        }
     return results, targets
 
 
@@ -1316,6 +1566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{sc.name}: {sc.description}")
             for spec in sc.servers:
                 print(f"    {spec.name}")
+            for group in sc.best_of:
+                print(f"    {group.name} = the best of {', '.join(group.members)}")
         return 0
 
     wrk = shutil.which("wrk")

@@ -10,7 +10,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import bench  # benchmarks/ is on sys.path: pytest prepends the test file's directory
 import pytest
@@ -116,7 +119,7 @@ def test_targets() -> None:
     results = bench.evaluate(hello, summaries)
     assert [r.passed for r in results] == [True, None, False]  # granian missing: n/a
     sleep = bench.evaluate(scenarios["sleep"], {"berth-2x4": summary("berth-2x4", 156.0)})
-    assert sleep[0].of_ceiling and sleep[0].passed is True
+    assert sleep[0].kind == "ceiling" and sleep[0].passed is True
 
 
 def _summary(name: str, rps: float, cpu_us: float = 10.0) -> bench.Summary:
@@ -171,3 +174,122 @@ def test_ratio_tables_with_baseline(tmp_path: Path) -> None:
     ]
     # no baseline, no peers: no table
     assert bench.ratio_tables(hello.servers, {"berth-t1": summaries["berth-t1"]}) == []
+
+
+def test_best_of_group_is_the_faster_member_in_this_run() -> None:
+    flask = bench.build_scenarios(gunicorn_extra=())["flask"]
+    summaries = {
+        "berth-t1": _summary("berth-t1", 5_000),
+        "berth-t4-default": _summary("berth-t4-default", 5_400),
+        "granian-bt1": _summary("granian-bt1", 4_000),
+        "granian-bt4": _summary("granian-bt4", 5_000),
+    }
+    assert bench.pick_best(flask.best_of, summaries) == {"granian-best": "granian-bt4"}
+    t4, t1 = bench.evaluate(flask, summaries)
+    assert t4.text == "berth-t4-default >= 1.05x granian-best (= granian-bt4)"
+    assert t4.value == pytest.approx(1.08) and t4.passed is True and t4.goal_met is False
+    assert t4.shown() == "1.08x (goal 1.1x: not yet)"
+    assert t1.value == pytest.approx(1.0) and t1.passed is False and t1.goal is None
+    # the other member wins when it is the faster one; a met goal says so
+    summaries["granian-bt1"] = _summary("granian-bt1", 4_800)
+    summaries["granian-bt4"] = _summary("granian-bt4", 4_500)
+    t4, t1 = bench.evaluate(flask, summaries)
+    assert "(= granian-bt1)" in t4.text and t4.value == pytest.approx(1.125)
+    assert t4.goal_met is True and t4.shown().endswith("(goal 1.1x: met)")
+
+
+def test_best_of_needs_every_member() -> None:
+    # A best of the members that happened to run could flatter berth: not evaluated.
+    flask = bench.build_scenarios(gunicorn_extra=())["flask"]
+    summaries = {
+        "berth-t1": _summary("berth-t1", 5_000),
+        "berth-t4-default": _summary("berth-t4-default", 5_400),
+        "granian-bt1": _summary("granian-bt1", 4_000),
+    }
+    assert bench.pick_best(flask.best_of, summaries) == {}
+    assert [t.passed for t in bench.evaluate(flask, summaries)] == [None, None]
+    assert bench.evaluate(flask, summaries)[0].shown() == "not measured"
+
+
+def test_latency_and_ratio_targets_of_hello_t4() -> None:
+    hello_t4 = bench.build_scenarios(gunicorn_extra=())["hello-t4"]
+    fast = replace(_summary("berth-t4", 30_000), p99_ms=1.5)
+    summaries = {"berth-t4": fast, "berth-t1": _summary("berth-t1", 31_000)}
+    gthread, vs_t1, p99 = bench.evaluate(hello_t4, summaries)
+    assert gthread.passed is None  # gunicorn not measured
+    assert vs_t1.passed is True and vs_t1.value == pytest.approx(30 / 31)
+    assert p99.kind == "p99" and p99.passed is True and p99.text == "berth-t4 p99 < 2ms"
+    assert p99.shown() == "1.50ms"
+    summaries["berth-t4"] = replace(fast, rps=29_000, p99_ms=2.0)
+    _, vs_t1, p99 = bench.evaluate(hello_t4, summaries)
+    assert vs_t1.passed is False and p99.passed is False  # the bound itself is not below it
+
+
+def test_server_share_and_report_rows() -> None:
+    flask = bench.build_scenarios(gunicorn_extra=())["flask"]
+    summaries = {
+        "berth-t1": _summary("berth-t1", 5_000, cpu_us=150.0),
+        "granian-bt1": _summary("granian-bt1", 4_000, cpu_us=200.0),
+        "granian-bt4": _summary("granian-bt4", 4_500, cpu_us=190.0),
+    }
+    shared = bench.add_server_share(summaries, 100.0)
+    assert shared["berth-t1"].server_share_us_per_request == pytest.approx(50.0)
+    assert shared["granian-bt4"].server_share_us_per_request == pytest.approx(90.0)
+    assert bench.add_server_share(summaries, None)["berth-t1"].server_share_us_per_request is None
+    inproc = [bench.InprocessRun(1, ok=True, us_per_request=100.0), bench.InprocessRun(2, False)]
+    targets = bench.evaluate(flask, shared)
+    text = bench.report(flask, flask.servers, shared, [], targets, 2, 100.0, inproc)
+    lines = text.splitlines()
+    assert "share us/req" in lines[0]
+    best = next(line.split() for line in lines if line.startswith("  granian-best"))
+    assert best[:4] == ["granian-best", "(=", "granian-bt4)", "4,500"] and "90.0" in best
+    assert "app in-process (flaskapp:app, no server): 100.0 us/req (median of 1/2 rounds" in text
+    assert "failed app in-process runs:" in text
+    # the ratio table has the group as a peer column
+    (ratios,) = bench.ratio_tables(
+        flask.servers, bench.with_best(shared, {"granian-best": "granian-bt4"}), ["granian-best"]
+    )
+    row = next(line.split() for line in ratios.splitlines() if line.startswith("    berth-t1"))
+    assert row == ["berth-t1", "1.25x", "1.11x", "1.11x"]
+
+
+def test_inprocess_calls_the_app_as_a_server_would() -> None:
+    import inprocess
+
+    environ = inprocess.request_environ(8123)
+    assert environ["HTTP_HOST"] == "127.0.0.1:8123" and environ["SERVER_PROTOCOL"] == "HTTP/1.1"
+    assert environ["REQUEST_METHOD"] == "GET" and environ["PATH_INFO"] == "/"
+    assert not any(k.startswith("HTTP_") and k != "HTTP_HOST" for k in environ)
+
+    closed: list[bool] = []
+    seen: list[dict[str, Any]] = []
+
+    class Body:
+        def __iter__(self) -> Iterator[bytes]:
+            return iter([b"ab", b"cde"])
+
+        def close(self) -> None:
+            closed.append(True)
+
+    def app(env: dict[str, Any], start_response: Callable[..., Any]) -> Body:
+        seen.append(env)
+        env["app.wrote"] = True  # must not leak into the next request's environ
+        start_response("200 OK", [])
+        return Body()
+
+    assert inprocess.call_once(app, environ) == ("200 OK", 5)
+    assert inprocess.call_once(app, environ) == ("200 OK", 5)
+    assert closed == [True, True] and "app.wrote" not in environ
+    assert seen[0] is not seen[1] and seen[0]["wsgi.input"] is not seen[1]["wsgi.input"]
+
+    result = inprocess.measure("hello:app", repeats=2, seconds=0.01)
+    assert result.status == "200 OK" and result.body_bytes == 13
+    assert len(result.repeats_us) == 2 and result.us_per_call > 0
+
+
+def test_measure_inprocess_in_a_subprocess() -> None:
+    run = bench.measure_inprocess("hello:app", 1, cpu=None)
+    assert run.ok and run.us_per_request and run.us_per_request > 0, run.error
+    assert run.repeats_us and len(run.repeats_us) == bench.INPROCESS_REPEATS
+    broken = bench.measure_inprocess("no_such_module:app", 2, cpu=None)
+    assert not broken.ok and "no_such_module" in (broken.error or "")

@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""CPU time of a WSGI app per request, called in-process with no server: what any server has to
+spend on the app itself, so that a server's CPU us/req minus this is the server's own share.
+
+    python benchmarks/inprocess.py flaskapp:app
+    python benchmarks/inprocess.py djangoapp:application --repeats 5 --seconds 0.5 --json
+
+The app is imported from benchmarks/ (the current directory and this file's directory are put
+on sys.path) and called as a server would for wrk's request, `GET / HTTP/1.1` with only a
+`Host: 127.0.0.1:<port>` header: a fresh environ (a copy of a template, with its own empty
+`wsgi.input`), `start_response`, the body iterated to the end, then `close()`. After a warm-up,
+the calls are timed with `time.process_time` (CPU time, not wall time, so a busy neighbour on a
+shared machine slows the run but barely changes the number) in `--repeats` batches of about
+`--seconds` CPU seconds each; the median batch gives us/call. The garbage collector stays on,
+as in a server. Copying the environ template is included: a few hundred nanoseconds, which a
+server spends too. Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import io
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from wsgiref.util import FileWrapper
+
+BENCH_DIR = Path(__file__).resolve().parent
+WARMUP_CALLS = 500  # enough for lazy imports, caches and Django's URL resolver to settle
+CALIBRATE_S = 0.05  # a batch at least this long sizes the measured batches
+MAX_CALLS = 5_000_000  # per batch: bounds a batch of a no-op app
+MAX_TOTAL_S = 120.0  # wall-clock bound on the whole measurement
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def request_environ(port: int = 8000) -> dict[str, Any]:
+    """The environ template of wrk's `GET / HTTP/1.1` with `Host: 127.0.0.1:<port>`, with the
+    keys berth sets (PEP 3333's, plus RAW_URI as Gunicorn and berth give it)."""
+    return {
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "wsgi.file_wrapper": FileWrapper,
+        "wsgi.input_terminated": True,
+        "SCRIPT_NAME": "",
+        "SERVER_SOFTWARE": "inprocess",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": str(port),
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "40000",
+        "REQUEST_METHOD": "GET",
+        "RAW_URI": "/",
+        "PATH_INFO": "/",
+        "QUERY_STRING": "",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": f"127.0.0.1:{port}",
+    }
+
+
+def load_app(spec: str) -> WsgiApp:
+    """`module:name` (`name` may be dotted); `module` alone means `module:application`."""
+    module_name, _, attr = spec.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in (attr or "application").split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{spec}: {type(obj).__name__} object is not callable")
+    return obj
+
+
+def call_once(app: WsgiApp, template: dict[str, Any]) -> tuple[str, int]:
+    """One request as a server makes it; returns (status, body bytes)."""
+    environ = template.copy()  # apps write into the environ: each request gets its own
+    environ["wsgi.input"] = io.BytesIO(b"")
+    status = ""
+
+    def start_response(s: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+        nonlocal status
+        status = s
+
+    result = app(environ, start_response)
+    size = 0
+    try:
+        for chunk in result:
+            size += len(chunk)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return status, size
+
+
+def cpu_seconds(app: WsgiApp, template: dict[str, Any], calls: int) -> float:
+    """CPU time (this process, all threads) of `calls` calls."""
+    start = time.process_time()
+    for _ in range(calls):
+        call_once(app, template)
+    return time.process_time() - start
+
+
+@dataclass
+class InprocessResult:
+    app: str
+    us_per_call: float  # median over repeats
+    repeats_us: list[float]
+    calls_per_repeat: int
+    status: str
+    body_bytes: int
+
+
+def measure(
+    spec: str, *, repeats: int = 5, seconds: float = 0.3, port: int = 8000
+) -> InprocessResult:
+    """Load `spec`, check one response, warm up, then time `repeats` batches of calls."""
+    deadline = time.monotonic() + MAX_TOTAL_S
+    app = load_app(spec)
+    template = request_environ(port)
+    status, size = call_once(app, template)
+    if not status.startswith("200"):
+        raise RuntimeError(f"{spec}: GET / answered {status!r}, not 200")
+    cpu_seconds(app, template, WARMUP_CALLS)
+    # Size the batches: double until one takes CALIBRATE_S, then scale to `seconds`.
+    calls = 100
+    while (spent := cpu_seconds(app, template, calls)) < CALIBRATE_S and calls < MAX_CALLS:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{spec}: calibration took longer than {MAX_TOTAL_S:.0f} s")
+        calls *= 2
+    calls = max(1, min(MAX_CALLS, round(calls * seconds / max(spent, 1e-9))))
+    per_call: list[float] = []
+    for _ in range(repeats):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{spec}: measurement took longer than {MAX_TOTAL_S:.0f} s")
+        per_call.append(cpu_seconds(app, template, calls) / calls * 1e6)
+    return InprocessResult(
+        app=spec,
+        us_per_call=statistics.median(per_call),
+        repeats_us=per_call,
+        calls_per_repeat=calls,
+        status=status,
+        body_bytes=size,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="CPU time per request of a WSGI app called in-process (no server).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("app", help="MODULE:NAME, imported from benchmarks/")
+    parser.add_argument("--repeats", type=int, default=5, help="timed batches (median is kept)")
+    parser.add_argument("--seconds", type=float, default=0.3, help="CPU seconds per batch")
+    parser.add_argument("--port", type=int, default=8000, help="port in the Host header")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or not 0 < args.seconds <= 10:
+        parser.error("--repeats must be >= 1 and --seconds in (0, 10]")
+    # The benchmark apps live next to this file; the current directory comes first, as for a
+    # server started with --chdir.
+    sys.path[:0] = [str(Path.cwd()), str(BENCH_DIR)]
+    result = measure(args.app, repeats=args.repeats, seconds=args.seconds, port=args.port)
+    if args.json:
+        print(json.dumps(asdict(result)))
+    else:
+        spread = ", ".join(f"{v:.2f}" for v in result.repeats_us)
+        print(
+            f"{result.app}: {result.us_per_call:.2f} us/call in-process (median of "
+            f"{len(result.repeats_us)} x {result.calls_per_repeat:,} calls: {spread}); "
+            f"{result.status}, {result.body_bytes} body bytes"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
