@@ -364,6 +364,26 @@ def build_scenarios(gunicorn_extra: Sequence[str]) -> dict[str, Scenario]:
                 GRANIAN_NOTE,
             ),
         ),
+        Scenario(
+            name="wait",
+            description="1 ms wait app (a quick database call), 1 worker, keep-alive, "
+            "50 connections",
+            connections=50,
+            servers=(
+                berth("berth-t4", "wait:app", workers=1, threads=4),
+                berth("berth-t1", "wait:app", workers=1, threads=1),
+                gthread("wait:app"),
+                granian("granian-bt4", "wait:app", workers=1, blocking_threads=4),
+            ),
+            targets=(Target("berth-t4", 3.0, "berth-t1"),),
+            notes=(
+                PIN_NOTE,
+                "waits shorter than berth's rescue look (1 ms): with --threads 4 they must "
+                "overlap (berth-t4 >= 3x berth-t1, which waits one request at a time)",
+                GTHREAD_NOTE,
+                GRANIAN_NOTE,
+            ),
+        ),
         framework("flask", flask, "Flask jsonify view"),
         framework("django", django, "Django JsonResponse view behind the default middleware"),
     ]
