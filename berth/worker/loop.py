@@ -279,7 +279,8 @@ class Loop:
                 if conn.active is None and not pending and len(ready) == 1:
                     conn.active = req = ready.pop()  # the common case: one request, idle
                 else:
-                    pending.extend(ready)
+                    conn.line_up(ready)
+                    pending = conn.pending
                     ready.clear()
                     if conn.active is not None:
                         if self.pipeline_full(pending):
@@ -327,7 +328,7 @@ class Loop:
         if current is not None and current.streaming:  # its reader must not wait for more
             current.body_stream.fail(ClientDisconnected(f"request refused: {err}"))
         with conn.lock:
-            conn.pending.extend(conn.parser.ready)
+            conn.line_up(conn.parser.ready)
             conn.parser.ready.clear()
             if conn.closing or conn.dead:
                 # RFC 9112 9.6: the last response said `Connection: close` (or the client is
@@ -335,7 +336,7 @@ class Loop:
                 # (llhttp calls bytes after a `Connection: close` request an error.)
                 end = conn.active is None and not conn.out
             else:
-                conn.pending.append(err)
+                conn.line_up((err,))
                 if conn.active is not None:
                     return
                 conn.active = req = conn.pending.popleft()
