@@ -3,27 +3,12 @@ requests, counted with tracemalloc (allocations, not RSS: deterministic on a noi
 
 from __future__ import annotations
 
-import gc
 import select
 import socket
-import tracemalloc
+
+from conftest import allocated_per_item
 
 from berth.worker.connection import Connection
-
-
-def allocated_per_item(make, n: int = 200) -> float:
-    """Bytes of Python heap that `make()` allocates and keeps, per call, averaged over n."""
-    keep = []
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for _ in range(n):
-            keep.append(make())
-        after = tracemalloc.get_traced_memory()[0]
-    finally:
-        tracemalloc.stop()
-    return (after - before) / n
 
 
 class FakeLoop:

@@ -92,10 +92,10 @@ class Connection:
         "want_write",
     )
 
-    def __init__(self, sock: socket.socket, environ: dict, now: float, loop: LoopSide):
+    def __init__(self, sock: socket.socket, environ, now: float, loop: LoopSide):
         self.sock = sock
         self.fd = sock.fileno()
-        self.environ = environ
+        self.environ = environ  # its layer of the environ: the addresses (berth.wsgi.Addresses)
         self.loop = loop
         self.lock = threading.Lock()
         self.cond: threading.Condition | None = None
