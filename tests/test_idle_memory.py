@@ -6,7 +6,9 @@ from __future__ import annotations
 import select
 import socket
 
-from conftest import allocated_per_item
+import pytest
+from conftest import allocated_per_item, connect, read_response
+from proto_helpers import wait_for
 
 from berth.worker.connection import Connection
 
@@ -55,3 +57,77 @@ def test_a_connection_makes_its_queues_only_when_something_waits():
         loop.ep.close()
         a.close()
         b.close()
+
+
+def test_a_busy_connection_is_not_parked():
+    a, b = socket.socketpair()
+    loop = FakeLoop()
+    try:
+        conn = Connection(a, {}, 0.0, loop)
+        conn.parser = parser = object()
+        placeholder = object()
+        conn.active = "a request"
+        conn.park(placeholder)
+        assert conn.parser is parser
+        conn.active = None
+        conn.line_up(["next"])
+        conn.park(placeholder)
+        assert conn.parser is parser and conn.pending
+        conn.pending.popleft()
+        conn.response = "the last response"
+        conn.park(placeholder)
+        assert conn.parser is placeholder and conn.response is None
+        assert conn.pending == () and conn.out == ()
+    finally:
+        loop.ep.close()
+        a.close()
+        b.close()
+
+
+def get(sock, path: str) -> bytes:
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    status, _, body = read_response(sock)
+    assert status == 200
+    return body
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_idle_keep_alive_connections_hold_under_a_kib_each(berth, threads):
+    """A connection that sent a request, got its response and waits costs the worker its
+    Connection, socket, lock and addresses: its parser and its last response are let go."""
+    srv = berth(["-w", "1", "--threads", str(threads), "--keep-alive", "60",
+                 "--access-logfile", "none", "heap_app:app"],
+                env={"PYTHONTRACEMALLOC": "1"})
+    control = connect(srv.port)
+    idle = []
+    try:
+        for _ in range(20):  # warm the caches (targets, header names) on other connections
+            with connect(srv.port) as warm:
+                get(warm, "/")
+        before = int(get(control, "/heap"))
+        n = 200
+        for _ in range(n):
+            sock = connect(srv.port)
+            idle.append(sock)
+            assert get(sock, "/") == b"ok"
+        per_conn = []
+
+        def parked():
+            per_conn.append((int(get(control, "/heap")) - before) / n)
+            return per_conn[-1] < 1024
+
+        assert wait_for(parked, timeout=15, interval=0.5), per_conn
+        # what was let go comes back when the next request arrives
+        for sock in idle[:20]:
+            assert get(sock, "/port") == str(sock.getsockname()[1]).encode()
+        body = b"x" * (3 * 1024 * 1024)  # larger than --body-buffer-size: a streamed body
+        idle[0].sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                        % len(body) + body)
+        assert read_response(idle[0])[2] == str(len(body)).encode()
+        idle[1].sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /port HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(idle[1])[2] == b"ok"
+        assert read_response(idle[1])[2] == str(idle[1].getsockname()[1]).encode()
+    finally:
+        control.close()
+        for sock in idle:
+            sock.close()

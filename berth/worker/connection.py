@@ -122,6 +122,19 @@ class Connection:
         return (self.active is None and not self.pending and not self.out
                 and not self.lingering and not self.head_started and self.parser.current is None)
 
+    def park(self, no_parser) -> None:
+        """The loop thread, for a connection idle between requests for a while: let go of
+        what only a request needs (the parser, which becomes `no_parser` until bytes arrive;
+        the last response; a condition and queues now empty)."""
+        with self.lock:
+            if self.active is not None or self.pending or self.out:
+                return
+            self.response = None  # on an app thread: the last Response, its environ, Request
+            self.thread = 0
+            self.cond = None  # no one waits on it between requests
+            self.pending = self.out = NO_QUEUE
+        self.parser = no_parser
+
     def line_up(self, requests) -> None:
         """Under the lock: queue complete `requests` behind the one being answered
         (pipelining); the queue is made when the first one waits."""
