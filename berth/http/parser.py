@@ -131,6 +131,9 @@ class NoParser:
     def feed(self, data: bytes) -> None:
         raise RuntimeError("no parser: make one before feeding bytes")
 
+    def close(self) -> None:
+        pass
+
 
 NO_PARSER = NoParser()
 
@@ -197,6 +200,15 @@ class RequestParser:
             cls._flags = (cfg.header_map, cfg.permit_unconventional_http_version)
             cls._cfg = cfg
         return cls(*cls._options, stream_factory, *cls._flags)
+
+    def close(self) -> None:
+        """The connection is done with this parser (parked or closed). The httptools parser
+        holds this one's callbacks, and the stream factory often the connection that holds
+        this parser: without this, they wait for the garbage collector's next full collection
+        instead of being freed at once. `current` and `ready` stay readable; nothing may be
+        fed after it."""
+        self._parser = None
+        self.stream_factory = None
 
     # -- the one entry point ------------------------------------------------------------------
 

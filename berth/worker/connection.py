@@ -116,6 +116,7 @@ class Connection:
         self.paused_response: tuple | None = None  # (Response, iterable, iterator), inline
         self.response = None  # on an app thread: the Response, for the deadline's 504
         self.thread = 0  # ident of the app thread answering, for the deadline's stack
+        self.parser = None  # the loop sets it: a RequestParser, or its stand-in (see park)
 
     def idle(self) -> bool:
         """A keep-alive connection between requests: nothing read, queued, sent or answered."""
@@ -133,7 +134,8 @@ class Connection:
             self.thread = 0
             self.cond = None  # no one waits on it between requests
             self.pending = self.out = NO_QUEUE
-        self.parser = no_parser
+        parser, self.parser = self.parser, no_parser
+        parser.close()  # freed now, not at the garbage collector's next full collection
 
     def line_up(self, requests) -> None:
         """Under the lock: queue complete `requests` behind the one being answered
@@ -334,11 +336,14 @@ class Connection:
             return
         self.closed = True
         self.loop.forget(self)
+        if self.parser is not None:  # freed with the connection, not by the garbage collector
+            self.parser.close()
         with self.lock:
             for item in self.out:
                 if type(item) is FileSegment:
                     os.close(item.fd)
             self.out = NO_QUEUE
+            self.response = None  # (it refers to this connection: freed now, not by the GC)
             self.dead = True
             if self.cond is not None:
                 self.cond.notify_all()
