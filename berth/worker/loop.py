@@ -46,9 +46,10 @@ ACCEPT_BACKOFF = 0.1
 SHED_SHARE = 4
 SHED_MIN = ACCEPT_BATCH
 TICK = 0.5  # seconds between the worker's ticks (heartbeat, deadlines, Date, parent check)
-# A keep-alive connection idle this long lets go of its parser and last response (`park`): an
-# idle connection holds under a KiB; the next request makes a parser again (about 5 us).
-PARK_AFTER = 1.0
+# A keep-alive connection silent this long lets go of its parser and last response (`park`,
+# at the next tick): an idle connection holds under a KiB. The next request makes a parser
+# again (about 3 us: paid only after half a second of silence, never by a busy connection).
+PARK_AFTER = 0.5
 
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
