@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from conftest import allocated_per_item
 
 from berth import SERVER_SOFTWARE
 from berth.http.parser import RequestParser
@@ -38,7 +39,26 @@ def test_environ_has_every_pep3333_key_from_its_three_layers():
     assert env["wsgi.multithread"] is True and env["wsgi.multiprocess"] is False
     assert env["wsgi.file_wrapper"] is FileWrapper and env["SCRIPT_NAME"] == ""
     assert env["SERVER_SOFTWARE"] == SERVER_SOFTWARE
-    assert "REQUEST_METHOD" not in conn, "a request's keys leaked into the connection's layer"
+    assert "REQUEST_METHOD" not in conn.base, "a request's keys leaked into the shared layer"
+    assert "REMOTE_PORT" not in conn.base
+
+
+def test_connections_between_the_same_addresses_share_their_layer_but_for_the_port():
+    envs = Environs(multithread=False, multiprocess=False, script_name="")
+    conns = [envs.for_connection(("10.0.0.1", 8000), ("10.0.0.2", port))
+             for port in range(40000, 40200)]
+    assert all(c.base is conns[0].base for c in conns)
+    other = envs.for_connection(("10.0.0.1", 8000), ("10.0.0.3", 40000))
+    assert other.base is not conns[0].base and other["REMOTE_ADDR"] == "10.0.0.3"
+    req = parse_one(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert [envs.for_request(c, req)["REMOTE_PORT"] for c in conns[:3]] == [
+        "40000", "40001", "40002"]
+    assert conns[5].get("REMOTE_PORT") == "40005" and conns[5].get("NOPE", 1) == 1
+    # what a connection holds: its port, not a copy of the environ (about 600 bytes)
+    ports = iter(range(50000, 60000))
+    per_conn = allocated_per_item(
+        lambda: envs.for_connection(("10.0.0.1", 8000), ("10.0.0.2", next(ports))))
+    assert per_conn < 200, per_conn
 
 
 def test_unix_socket_connection_gets_gunicorns_placeholders():

@@ -32,6 +32,9 @@ LOW_WATER = 64 * 1024
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
 LINGER = 2.0  # seconds an error response's connection reads and drops before it closes
+# An empty queue (`pending`, `out`) until something waits in it: an empty deque costs 760
+# bytes, more than the rest of an idle connection, and most connections never queue anything.
+NO_QUEUE: tuple = ()
 
 
 class ClientDisconnected(Exception):
@@ -92,16 +95,16 @@ class Connection:
         "want_write",
     )
 
-    def __init__(self, sock: socket.socket, environ: dict, now: float, loop: LoopSide):
+    def __init__(self, sock: socket.socket, environ, now: float, loop: LoopSide):
         self.sock = sock
         self.fd = sock.fileno()
-        self.environ = environ
+        self.environ = environ  # its layer of the environ: the addresses (berth.wsgi.Addresses)
         self.loop = loop
         self.lock = threading.Lock()
         self.cond: threading.Condition | None = None
-        self.pending: collections.deque = collections.deque()
+        self.pending: collections.deque | tuple = NO_QUEUE  # a deque once one waits (line_up)
         self.active = None  # the Request (or HttpError) being answered
-        self.out: collections.deque = collections.deque()
+        self.out: collections.deque | tuple = NO_QUEUE  # a deque once bytes wait (_out_queue)
         self.out_size = 0
         self.want_write = False
         self.reading = True
@@ -116,11 +119,42 @@ class Connection:
         self.paused_response: tuple | None = None  # (Response, iterable, iterator), inline
         self.response = None  # on an app thread: the Response, for the deadline's 504
         self.thread = 0  # ident of the app thread answering, for the deadline's stack
+        self.parser = None  # the loop sets it: a RequestParser, or its stand-in (see park)
 
     def idle(self) -> bool:
         """A keep-alive connection between requests: nothing read, queued, sent or answered."""
         return (self.active is None and not self.pending and not self.out
                 and not self.lingering and not self.head_started and self.parser.current is None)
+
+    def park(self, no_parser) -> None:
+        """The loop thread, for a connection idle between requests for a while: let go of
+        what only a request needs (the parser, which becomes `no_parser` until bytes arrive;
+        the last response; a condition and queues now empty)."""
+        with self.lock:
+            if self.active is not None or self.pending or self.out:
+                return
+            self.response = None  # on an app thread: the last Response, its environ, Request
+            self.thread = 0
+            self.cond = None  # no one waits on it between requests
+            self.pending = self.out = NO_QUEUE
+        parser, self.parser = self.parser, no_parser
+        parser.close()  # freed now, not at the garbage collector's next full collection
+
+    def line_up(self, requests) -> None:
+        """Under the lock: queue complete `requests` behind the one being answered
+        (pipelining); the queue is made when the first one waits."""
+        if requests:
+            if self.pending is NO_QUEUE:
+                self.pending = collections.deque(requests)
+            else:
+                self.pending.extend(requests)
+
+    def _out_queue(self) -> collections.deque:
+        """Under the lock: the write-behind queue, made when the first bytes wait."""
+        out = self.out
+        if out is NO_QUEUE:
+            out = self.out = collections.deque()
+        return out
 
     # -- sending (any thread) ------------------------------------------------------------------
 
@@ -140,7 +174,7 @@ class Connection:
                 if n == len(data):
                     return
                 data = memoryview(data)[n:]
-            self.out.append(data)
+            self._out_queue().append(data)
             self.out_size += len(data)
             self._want_write(inline)
             if inline or self.out_size <= HIGH_WATER:
@@ -182,7 +216,7 @@ class Connection:
                     count -= n
                 if count == 0:
                     return
-            self.out.append(FileSegment(os.dup(fd), offset, count))
+            self._out_queue().append(FileSegment(os.dup(fd), offset, count))
             self._want_write(inline)
 
     def _want_write(self, inline: bool) -> None:
@@ -306,11 +340,14 @@ class Connection:
             return
         self.closed = True
         self.loop.forget(self)
+        if self.parser is not None:  # freed with the connection, not by the garbage collector
+            self.parser.close()
         with self.lock:
             for item in self.out:
                 if type(item) is FileSegment:
                     os.close(item.fd)
-            self.out.clear()
+            self.out = NO_QUEUE
+            self.response = None  # (it refers to this connection: freed now, not by the GC)
             self.dead = True
             if self.cond is not None:
                 self.cond.notify_all()
