@@ -13,10 +13,10 @@ So the N + 1 threads (N may run the app at once, one always runs the loop) take 
   and requests have been quick lately, it answers itself, as `--threads 1` does: no hand-off,
   no wake-up, one runnable thread.
 - One free thread is the *standby*. While the holder answers a request, the standby looks
-  every RESCUE_AFTER seconds; once the answer has taken longer than that (the app waits on a
-  database, or computes), the standby takes the baton and runs the loop. The old holder
+  every LOOK_EVERY seconds; once the answer has taken longer than RESCUE_AFTER (the app waits
+  on a database, or computes), the standby takes the baton and runs the loop. The old holder
   finishes its response as an app thread would, then is free again. So the loop never stays
-  away for more than about RESCUE_AFTER (plus a GIL switch interval when the app computes):
+  away for more than about 3 ms (plus a GIL switch interval when the app computes):
   probes, reading, accepting and the heartbeat go on.
 - A holder that must wait for a slow reader (more than the write-behind bound queued) hands
   the baton to the standby first: the holder never blocks.
@@ -25,7 +25,7 @@ So the N + 1 threads (N may run the app at once, one always runs the loop) take 
   holder queues the request for a free thread instead: requests that wait must overlap, and
   the hand-off costs little next to a wait. After a while it tries again (BACKOFF).
 - A standby with nothing to watch for a while (an idle worker) stops looking, and the next
-  answer wakes it: an idle worker does not wake up every RESCUE_AFTER.
+  answer wakes it: an idle worker does not wake up every LOOK_EVERY.
 
 Every decision is taken under one lock, held for a few statements and never around I/O or
 the app; a thread is woken through its own parked lock (`Hand`), with its task set.
@@ -40,11 +40,13 @@ import traceback
 
 # Seconds a holder may answer a request before the standby takes the loop. Short, because
 # the threads are there for apps that wait (a database, another service): a request that
-# waits longer than this overlaps with the next ones. Each look costs the standby a wake-up
-# and a GIL round-trip, so not shorter: at 1 ms, about 1,000 looks a second while requests
-# flow.
+# waits longer than this overlaps with the next ones.
 RESCUE_AFTER = 0.001
-IDLE_LOOKS = 50  # looks with no answer started (50 ms): the standby stops looking
+# Each look costs the standby a wake-up and a GIL round-trip (two context switches, about
+# four futex calls) while requests flow: every 2 ms, 500 a second. So a holder is rescued
+# between 1 and 3 ms into a long answer.
+LOOK_EVERY = 0.002
+IDLE_LOOKS = 25  # looks with no answer started (50 ms): the standby stops looking
 # An app that waits (off the CPU: a database, a sleep) gains from threads even when its waits
 # are shorter than RESCUE_AFTER: its requests should overlap, not queue behind the holder.
 # One answer in SAMPLE_EVERY that the holder gives has its app call measured: wall time and
@@ -187,9 +189,9 @@ class Crew:
             return self._take(hand)
 
     def _watch(self, hand: Hand):
-        """The standby: every RESCUE_AFTER, take the loop from a holder whose answer has
-        taken longer; rest when nothing happens. Returns a task given meanwhile (work, or
-        LEAD), or LEAD after a rescue."""
+        """The standby: every LOOK_EVERY, take the loop from a holder whose answer has taken
+        longer than RESCUE_AFTER; rest when nothing happens. Returns a task given meanwhile
+        (work, or LEAD), or LEAD after a rescue."""
         lock = self.lock
         answering = self.answering
         seen = -1
@@ -198,7 +200,7 @@ class Crew:
             if self.resting:
                 got = hand.park.acquire()
             else:
-                got = hand.park.acquire(timeout=RESCUE_AFTER)
+                got = hand.park.acquire(timeout=LOOK_EVERY)
             with lock:
                 if not got and hand.woken:  # woken just as the wait timed out
                     hand.park.acquire()
