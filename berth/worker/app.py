@@ -318,6 +318,8 @@ class Responder:
         loop = self.loop
         with conn.lock:
             conn.active = None
+            if not inline:
+                conn.response = None  # (its environ and request: an idle connection holds none)
             if keep and not conn.dead and not conn.closing:
                 if conn.pending:
                     req = conn.pending.popleft()
