@@ -98,7 +98,6 @@ class Request:
     dispatched = 0.0  # set by the server when it queues it for an app thread
     progress = 0.0  # the app's last sign of life (0 while it waits for the client): --timeout
     overran = False
-    measure = False  # the server times the app's call for this one (berth/worker/crew.py)
 
     def __init__(self):
         self.headers: dict[str, str] = {}

@@ -29,7 +29,6 @@ from berth.hooks import RequestView, ResponseView, call_hook, get_hook
 from berth.http.framing import CONTINUE, LAST_CHUNK, DateCache, chunk, error_response, frame
 from berth.http.parser import HttpError, Request
 from berth.worker.connection import HIGH_WATER, LINGER, ClientDisconnected, Connection
-from berth.worker.crew import Crew
 from berth.wsgi import Environs, FileWrapper
 
 PAUSED = object()  # call_app(): the loop goes on with this response when the client reads
@@ -185,12 +184,6 @@ class Responder:
         self.post_request = get_hook(cfg, "post_request")
         self.work: SimpleQueue = SimpleQueue()
         self.busy = [False] * self.threads  # app threads running a request (_app_thread)
-        # --threads N > 1: the threads take turns at the loop and answer quick requests on it
-        # (berth/worker/crew.py); --threads 1: the loop thread answers, one spare app thread
-        # takes the requests whose bodies stream in.
-        self.crew = Crew(self.threads, self._crew_answer, log, self._own_stats) \
-            if self.threads > 1 else None
-        self.hand = None  # the main thread's place in the crew
         self.count = iter(range(1, 1 << 62))  # requests answered: next() is atomic (GIL)
         self.served = 0
         self.max_requests = max_requests or (1 << 62)
@@ -205,9 +198,6 @@ class Responder:
     def start(self) -> None:
         """On the loop thread, before it serves: its counters, and the app threads."""
         self._own_stats()
-        if self.crew is not None:
-            self.hand = self.crew.start(self.threads)
-            return
         for i in range(self.threads):
             threading.Thread(target=self._app_thread, args=(i,), name=f"berth-app-{i}",
                              daemon=True).start()
@@ -221,7 +211,7 @@ class Responder:
         return [sum(column) for column in zip(*self.stats)] if self.stats else [0] * (BYTES + 1)
 
     def busy_threads(self) -> int:
-        return self.crew.busy() if self.crew is not None else sum(self.busy)
+        return sum(self.busy)
 
     def _app_thread(self, index: int) -> None:
         self._own_stats()
@@ -239,51 +229,23 @@ class Responder:
                 self.log.error("unexpected error in app thread:\n%s", traceback.format_exc())
             busy[index] = False
 
-    def _crew_answer(self, conn: Connection, req) -> None:
-        try:
-            self.answer(conn, req, False)
-        except BaseException:  # noqa: BLE001 - keep the thread alive
-            self.log.error("unexpected error in app thread:\n%s", traceback.format_exc())
-
     def submit(self, conn: Connection, req) -> None:
         """Queue `req` for an app thread (the loop calls this: `loop.to_thread`)."""
-        if self.crew is not None:
-            self.crew.submit(conn, req)
-        else:
-            self.work.put((conn, req))
+        self.work.put((conn, req))
 
     def queued(self) -> int:
-        return self.crew.queued() if self.crew is not None else self.work.qsize()
+        return self.work.qsize()
 
     # -- one request after another -------------------------------------------------------------
 
-    def dispatch(self, conn: Connection, req, may_lose: bool = False) -> bool:
+    def dispatch(self, conn: Connection, req) -> None:
         """Answer `req` (already `conn.active`): inline, or on an app thread. A request whose
-        body is still streaming in always goes to a thread: the loop must keep reading it.
-        With a crew, the loop's thread answers it itself only if the caller can give up the
-        loop (`may_lose`): returns True when this thread no longer runs it."""
+        body is still streaming in always goes to a thread: the loop must keep reading it."""
         if self.inline and (type(req) is HttpError or not req.streaming) or (
                 self.probes is not None and type(req) is Request and req.url in self.probes):
             self.answer(conn, req, True)  # a probe never waits behind the app threads
-            return False
-        crew = self.crew
-        if crew is not None:
-            if type(req) is HttpError:
-                self.answer(conn, req, True)  # no app: nothing to wait for
-                return False
-            if may_lose and not req.streaming:
-                now = self.loop.now
-                token = crew.begin_inline(now)
-                if token is not None:
-                    # the loop's thread answers as an app thread would (its deadline kept by
-                    # sweep, its sends never paused), and keeps the loop if it ends in time
-                    req.dispatched = now
-                    if crew.measure():
-                        req.measure = True
-                    self.answer(conn, req, False)
-                    return not crew.end_inline(token)
-        self.loop.to_thread(conn, req)
-        return False
+        else:
+            self.loop.to_thread(conn, req)
 
     def answer(self, conn: Connection, req, inline: bool) -> None:
         """Answer `req` and, while they are already waiting, the requests after it."""
@@ -386,12 +348,7 @@ class Responder:
             resp.started = time.monotonic()
         result = None
         try:
-            if req.measure:  # (crew: does the app wait? see berth/worker/crew.py)
-                cpu, wall = time.thread_time(), time.monotonic()
-                result = self.app(environ, resp.start_response)
-                self.crew.record(time.monotonic() - wall, time.thread_time() - cpu)
-            else:
-                result = self.app(environ, resp.start_response)
+            result = self.app(environ, resp.start_response)
             if type(result) is list and not resp.head_sent:
                 body = result[0] if len(result) == 1 else b"".join(result)
                 head = resp.make_head(len(body))

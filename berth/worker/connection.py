@@ -52,9 +52,6 @@ class LoopSide(Protocol):
     def forget(self, conn: Connection) -> None:
         """The connection is closing: the loop drops it."""
 
-    def before_wait(self) -> None:
-        """An answering thread is about to wait for a slow reader."""
-
 
 class FileSegment:
     """Part of a real file still to be sent with os.sendfile (the fd is our own dup)."""
@@ -185,7 +182,6 @@ class Connection:
                 req.progress = 0.0
             if self.cond is None:
                 self.cond = threading.Condition(self.lock)
-            self.loop.before_wait()  # (if this thread runs the loop, it hands it over first)
             while self.out_size > HIGH_WATER and not self.dead:
                 self.cond.wait()
             if req is not None:

@@ -21,7 +21,6 @@ import math
 import os
 import select
 import socket
-import threading
 from functools import partial
 
 from berth.http.framing import CONTINUE
@@ -95,34 +94,15 @@ class Loop:
 
     def run(self, tick, monotonic) -> None:
         """Until `alive` turns false: wait for events, handle them, call `tick(now)` every
-        TICK seconds. With a crew (--threads N > 1) its threads take turns at it."""
-        self.tick = tick
-        self.monotonic = monotonic
-        self.next_tick = monotonic() + TICK
-        crew = self.responder.crew
-        if crew is None:
-            self.run_baton()
-        else:
-            crew.loop = self
-            crew.serve(self.responder.hand)
-
-    def run_baton(self) -> None:
-        """The loop itself, on the thread holding it: returns when `alive` turns false, or
-        when this thread's answer ran long and the crew's standby took over (see crew.py)."""
+        TICK seconds."""
         poll = self.ep.poll
         conns = self.conns
         listeners = self.listeners
         wake_fd = self.wake_fd
         signal_fd = self.signal_fd
         on_readable = self.on_readable
-        tick = self.tick
-        monotonic = self.monotonic
-        crew = self.responder.crew
-        me = threading.get_ident()
+        next_tick = monotonic() + TICK
         while self.alive:
-            if crew is not None and crew.holder != me:  # (a safety net: not expected)
-                self.log.error("internal error: two threads ran the loop; one stops")
-                return
             # while accepting is paused, wake up soon enough to take it up again
             events = poll(TICK if self.accepting or self.retiring else ACCEPT_PAUSE_MAX)
             self.now = now = monotonic()
@@ -131,8 +111,7 @@ class Loop:
                 if conn is not None:
                     try:
                         if ev & EPOLLIN:
-                            if on_readable(conn, now):
-                                return  # another thread runs the loop now
+                            on_readable(conn, now)
                         elif ev & EPOLL_CLOSED:
                             self.on_hangup(conn)
                         if ev & EPOLLOUT and not conn.closed and conn.on_writable():
@@ -150,8 +129,8 @@ class Loop:
                     self.on_signals()
             if not self.accepting and self.may_accept_again(now):
                 self.set_accepting(True)
-            if now >= self.next_tick:
-                self.next_tick = now + TICK
+            if now >= next_tick:
+                next_tick = now + TICK
                 tick(now)
 
     # -- accepting -----------------------------------------------------------------------------
@@ -260,21 +239,20 @@ class Loop:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def on_readable(self, conn: Connection, now: float) -> bool:
-        """Read what `conn` sent; returns True when this thread no longer runs the loop."""
+    def on_readable(self, conn: Connection, now: float) -> None:
         try:
             data = conn.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
-            return False
+            return
         except OSError:
             data = b""
         if conn.lingering:
             if not data:
                 conn.close()
-            return False
+            return
         if not data:
             self.on_eof(conn)
-            return False
+            return
         conn.last_active = now
         parser = conn.parser
         if parser is NO_PARSER:  # a new connection, or one parked between requests
@@ -282,7 +260,8 @@ class Loop:
         try:
             parser.feed(data)
         except HttpError as err:
-            return self.reject(conn, err, may_lose=True)
+            self.reject(conn, err)
+            return
         if parser.in_head:
             if not conn.head_started:
                 conn.head_started = now
@@ -300,7 +279,7 @@ class Loop:
                 if conn.closing or conn.dead:  # its last response ends the connection
                     ready.clear()
                     conn.set_reading(False)
-                    return False
+                    return
                 pending = conn.pending
                 if conn.active is None and not pending and len(ready) == 1:
                     conn.active = req = ready.pop()  # the common case: one request, idle
@@ -311,10 +290,9 @@ class Loop:
                     if conn.active is not None:
                         if self.pipeline_full(pending):
                             conn.set_reading(False)
-                        return False
+                        return
                     conn.active = req = pending.popleft()
-            return self.responder.dispatch(conn, req, may_lose=True)
-        return False
+            self.responder.dispatch(conn, req)
 
     def pipeline_full(self, pending: collections.deque) -> bool:
         """Stop reading a connection whose waiting requests hold too much: at most
@@ -347,10 +325,8 @@ class Loop:
         except ClientDisconnected:
             pass
 
-    def reject(self, conn: Connection, err: HttpError, may_lose: bool = False) -> bool:
-        """A request berth refuses: answer it once earlier responses are out, then close.
-        (Requests parsed before it are answered first: see `dispatch` for `may_lose` and
-        what this returns.)"""
+    def reject(self, conn: Connection, err: HttpError) -> None:
+        """A request berth refuses: answer it once earlier responses are out, then close."""
         self.log.debug("bad request from %s: %s", conn.environ.get("REMOTE_ADDR"), err)
         conn.set_reading(False)
         current = conn.parser.current
@@ -367,14 +343,13 @@ class Loop:
             else:
                 conn.line_up((err,))
                 if conn.active is not None:
-                    return False
+                    return
                 conn.active = req = conn.pending.popleft()
                 end = None
         if end is None:
-            return self.responder.dispatch(conn, req, may_lose)
-        if end:
+            self.responder.dispatch(conn, req)
+        elif end:
             conn.close()
-        return False
 
     def on_eof(self, conn: Connection) -> None:
         conn.eof = True
@@ -407,13 +382,6 @@ class Loop:
             conn.update_events()
 
     # -- what app threads ask ------------------------------------------------------------------
-
-    def before_wait(self) -> None:
-        """An answering thread is about to wait for a slow reader: the loop must not wait
-        with it (crew: the holder hands the loop over first)."""
-        crew = self.responder.crew
-        if crew is not None:
-            crew.before_wait()
 
     def post(self, conn: Connection | None) -> None:
         """From an app thread: ask the loop to look at `conn` (see `attend`); None asks it to

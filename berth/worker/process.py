@@ -14,6 +14,7 @@ master starts its replacement at once, and this worker finishes the rest and exi
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import faulthandler
 import os
@@ -99,11 +100,6 @@ class Worker:
             self.log.error("worker %d crashed:\n%s", os.getpid(), traceback.format_exc())
             code = 1
         finally:
-            self.exit(code)
-
-    def exit(self, code: int) -> None:
-        """The loop has ended (on whichever thread ran it last): hooks, flush, exit."""
-        try:
             self.log.debug("worker %d: longest gap between heartbeats %.3f s (every %.1f s "
                            "when idle)", os.getpid(), self.max_tick_gap, TICK)
             self.view.alive = False
@@ -115,7 +111,6 @@ class Worker:
                     stream.flush()
                 except (OSError, ValueError):
                     pass
-        finally:
             os._exit(code)
 
     def _setup_process(self) -> None:
@@ -132,6 +127,7 @@ class Worker:
             os._exit(0)
         self._sig_r, self._sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._sig_w, warn_on_full_buffer=False)
+        self._signals: collections.deque = collections.deque()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -157,17 +153,13 @@ class Worker:
                                 signal_fd=self._sig_r, on_signals=self.on_signals,
                                 on_overrun=self.overrun, on_retire=lambda: self.beat(RETIRING))
         responder.loop = loop
-        if responder.crew is not None:
-            responder.crew.on_exit = self.exit  # the loop may end on any of its threads
         loop.setup()
         responder.start()
 
     # -- signals -------------------------------------------------------------------------------
 
     def _on_signal(self, signum, frame) -> None:
-        """Nothing to do here: the wakeup pipe carries the signal's number to the loop, on
-        whichever thread runs it (this handler runs on the main thread only, which may be
-        answering a request or parked)."""
+        self._signals.append(signum)
 
     def _on_abort(self, signum, frame) -> None:
         self.log.error("worker %d aborted: its loop was silent past --timeout", os.getpid())
@@ -177,14 +169,13 @@ class Worker:
         os._exit(1)
 
     def on_signals(self) -> None:
-        """The wakeup pipe is readable: one byte per signal, its number."""
-        received = b""
         try:
-            while chunk := os.read(self._sig_r, 512):
-                received += chunk
+            while os.read(self._sig_r, 512):
+                pass
         except BlockingIOError:
             pass
-        for sig in received:
+        while self._signals:
+            sig = self._signals.popleft()
             if sig == signal.SIGTERM:
                 self.start_drain()
             elif sig in (signal.SIGINT, signal.SIGQUIT):
@@ -240,10 +231,6 @@ class Worker:
         self.last_tick = now
         responder = self.responder
         responder.date.refresh()
-        if responder.crew is not None:
-            change = responder.crew.tick()
-            if change:
-                self.log.debug("worker %d: %s", os.getpid(), change)
         if self.access_log is not None:
             self.access_log.flush()
         loop = self.loop
