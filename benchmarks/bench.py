@@ -370,15 +370,15 @@ def build_scenarios(gunicorn_extra: Sequence[str]) -> dict[str, Scenario]:
             "50 connections",
             connections=50,
             servers=(
-                berth("berth-t4", "wait:app", workers=1, threads=4),
-                berth("berth-t1", "wait:app", workers=1, threads=1),
-                gthread("wait:app"),
-                granian("granian-bt4", "wait:app", workers=1, blocking_threads=4),
+                berth("berth-t4", "slow:wait", workers=1, threads=4),
+                berth("berth-t1", "slow:wait", workers=1, threads=1),
+                gthread("slow:wait"),
+                granian("granian-bt4", "slow:wait", workers=1, blocking_threads=4),
             ),
             targets=(Target("berth-t4", 3.0, "berth-t1"),),
             notes=(
                 PIN_NOTE,
-                "waits shorter than berth's rescue look (1 ms): with --threads 4 they must "
+                "short waits (1 ms): with --threads 4 they must "
                 "overlap (berth-t4 >= 3x berth-t1, which waits one request at a time)",
                 GTHREAD_NOTE,
                 GRANIAN_NOTE,
