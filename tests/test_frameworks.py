@@ -539,6 +539,20 @@ class _FrameworkCases:
             assert status == 200
             assert body == self.index_body
 
+    def test_head_on_a_streaming_route_claims_no_length(self, server):
+        # Werkzeug hands a HEAD an empty body; the GET would be chunked, so a length of 0
+        # would be false (and a cache or a client trusting it would be misled)
+        with Conn(server.port) as conn:
+            status, headers, body = conn.request("GET", self.r["stream"] + "?n=3&size=10")
+            assert status == 200 and len(body) == 30
+            assert "content-length" not in headers
+            status, headers, body = conn.request("HEAD", self.r["stream"] + "?n=3&size=10")
+            assert status == 200
+            assert "content-length" not in headers, headers
+            conn.assert_quiet()
+            status, headers, body = conn.request("GET", self.r["index"])
+            assert (status, body) == (200, self.index_body)
+
     # connections -----------------------------------------------------------------------
     def test_keep_alive_mixed_sequence(self, server, files_dir):
         """Every kind of response on one persistent connection, each framed correctly."""

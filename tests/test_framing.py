@@ -129,3 +129,36 @@ def test_error_response_is_complete_and_closes():
     assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert b"Connection: close" in head and b"Content-Length: %d" % len(body) in head
     assert error_response(400, head_only=True) == head + b"\r\n\r\n"
+
+
+def _uncached(version, status, headers, keep_alive, no_body, known_length):
+    from berth.http.framing import _frame
+    return _frame(version, status, headers, keep_alive, no_body, known_length)
+
+
+@pytest.mark.parametrize("before, after", [
+    ([("Content-Type", "application/json")], [("X-Request-Id", "abc")]),
+    ([], []),
+    ([("Connection", "close"), ("X-A", "1")], [("Keep-Alive", "timeout=5")]),  # hop-by-hop
+    ([("X-A", "1")], [("content-length", "7")]),  # two lengths: no template
+])
+@pytest.mark.parametrize("version, keep_alive, no_body", [
+    ("1.1", True, False), ("1.0", True, False), ("1.1", False, True)])
+def test_a_head_that_differs_only_in_its_content_length_is_framed_as_if_uncached(
+        before, after, version, keep_alive, no_body):
+    # a JSON API: the same headers, another length each time (the head is made from a
+    # template of the shape; it must be what framing from scratch gives, for every length)
+    for value in ("7", "12", "7", "0", "123456", "12"):
+        headers = [*before, ("Content-Length", value), *after]
+        for known in (None, 99):
+            assert frame(version, "200 OK", headers, keep_alive, no_body, known) == \
+                _uncached(version, "200 OK", list(headers), keep_alive, no_body, known)
+
+
+@pytest.mark.parametrize("value", ["12a", "-1", " 5", "1e3", "５", "", "+5"])
+def test_a_bad_content_length_is_refused_after_a_good_one_of_the_same_shape(value):
+    headers = [("X-Shape", "bad-after-good"), ("Content-Length", "5")]
+    frame("1.1", "200 OK", headers, True, False, None)
+    with pytest.raises(BadResponseHeaders, match="Content-Length"):
+        frame("1.1", "200 OK", [("X-Shape", "bad-after-good"), ("Content-Length", value)],
+              True, False, None)

@@ -83,6 +83,28 @@ def test_other_methods_are_passed_as_sent():
     assert env["REQUEST_METHOD"] == "PROPFIND"
 
 
+def test_a_repeated_request_line_gets_a_fresh_environ_with_its_own_headers_and_body():
+    # the same line again on a keep-alive connection reuses what was made for the last one
+    envs = Environs(True, False, "")
+    a = envs.for_connection(("10.0.0.1", 80), ("10.0.0.2", 1111))
+    b = envs.for_connection(("10.0.0.1", 80), ("10.0.0.2", 2222))
+    first = envs.for_request(a, parse_one(b"GET /x?q=1 HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\n"))
+    first["PATH_INFO"] = "/changed-by-the-app"
+    first["wsgi.url_scheme"] = "https"
+    again = envs.for_request(a, parse_one(b"GET /x?q=1 HTTP/1.1\r\nHost: h\r\nX-B: 2\r\n\r\n"))
+    assert (again["PATH_INFO"], again["QUERY_STRING"]) == ("/x", "q=1")
+    assert again["wsgi.url_scheme"] == "http"
+    assert "HTTP_X_A" not in again and again["HTTP_X_B"] == "2"
+    assert again["wsgi.input"] is not first["wsgi.input"]
+    post = envs.for_request(a, parse_one(
+        b"POST /x?q=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi"))
+    assert post["REQUEST_METHOD"] == "POST" and post["wsgi.input"].read() == b"hi"
+    old = envs.for_request(a, parse_one(b"GET /x?q=1 HTTP/1.0\r\n\r\n"))
+    assert old["SERVER_PROTOCOL"] == "HTTP/1.0"
+    other = envs.for_request(b, parse_one(b"GET /x?q=1 HTTP/1.0\r\n\r\n"))
+    assert other["REMOTE_PORT"] == "2222"
+
+
 @pytest.mark.parametrize("target,expected", [
     (b"/", ("/", "")),
     (b"/a?b=c#frag", ("/a", "b=c")),

@@ -27,7 +27,7 @@ Routes (query parameters in brackets):
   /status [code]              empty response with that status
   /closeable [tag, mode]      iterable whose close() writes marker "close-<tag>" (normal|raise|big)
   /close-counter              JSON {tag: count} of close() calls seen by this process
-  /pid                        JSON {pid, import_pid, cwd}
+  /pid                        JSON {pid, import_pid, cwd, multithread, gc_frozen}
   /osenv [key]                JSON {key: os.environ.get(key)}
 
 Markers go to the directory named by $PROTO_MARKER_DIR (if set).
@@ -36,6 +36,7 @@ Markers go to the directory named by $PROTO_MARKER_DIR (if set).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import json
@@ -364,7 +365,8 @@ def app(environ, start_response):
     if path == "/pid":
         return _json(start_response, {"pid": os.getpid(), "import_pid": IMPORT_PID,
                                       "cwd": os.getcwd(),
-                                      "multithread": environ.get("wsgi.multithread")})
+                                      "multithread": environ.get("wsgi.multithread"),
+                                      "gc_frozen": gc.get_freeze_count()})
 
     if path == "/osenv":
         key = q.get("key", "")
