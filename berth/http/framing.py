@@ -167,7 +167,7 @@ _shape_cache: dict[tuple, tuple] = {}
 def _frame_by_shape(key: tuple, headers: list) -> Framing | None:
     known = _known_names
     i = 0
-    for name, value in headers:
+    for name, _value in headers:
         if known.get(name) == "content-length":
             break
         i += 1
