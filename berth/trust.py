@@ -4,9 +4,10 @@
 Gunicorn's `validate_string_to_addr_list` does (gunicorn/config.py); `TrustList.trusts(peer)`
 answers as Gunicorn's `_ip_in_allow_list` and the `isinstance(peer_addr, tuple)` test in front
 of it (gunicorn/http/message.py) do, with one addition. The rules:
-  - a value is a comma-separated string (or, for berth's config file, a list of such strings);
-    each entry is an IPv4/IPv6 address, a CIDR network or `*`; whitespace around an entry and
-    empty entries are ignored (Gunicorn refuses `a, ,b` but takes `a,,b`; berth takes both);
+  - a value is a comma-separated string, or a list of such strings (berth's config file may
+    give one; Gunicorn refuses a list: "Not a string"); each entry is an IPv4/IPv6 address, a
+    CIDR network or `*`; whitespace around an entry and empty entries are ignored (Gunicorn
+    refuses `a, ,b` but takes `a,,b`; berth takes both);
   - a network with host bits set (`192.168.1.1/24`) is refused, as Gunicorn's strict
     `ipaddress.ip_network` refuses it: it is nearly always a typo for the network;
   - `*` anywhere in the list trusts everyone (Gunicorn tests `'*' in allow_list`);
@@ -53,7 +54,8 @@ class TrustList:
     __slots__ = ("entries", "_everyone", "_exact_text", "_exact4", "_exact6", "_nets4",
                  "_nets6")
 
-    def __init__(self, entries: tuple[str, ...], networks: Iterable[ipaddress._BaseNetwork]):
+    def __init__(self, entries: tuple[str, ...],
+                 networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]):
         self.entries = entries  # as written, for messages and `repr`
         self._everyone = "*" in entries
         exact_text, exact4, exact6, nets4, nets6 = set(), set(), set(), [], []
