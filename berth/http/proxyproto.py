@@ -1,9 +1,9 @@
 """The PROXY protocol header (HAProxy's, versions 1 and 2), sans-IO: bytes in, a header out.
 
-Spec: https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt (the text is unchanged since
-its 2020/03/05 revision). A proxy that relays raw TCP (HAProxy in TCP mode, stunnel, AWS NLB)
-writes one header at the start of the connection saying who the client was; the HTTP request
-follows.
+Spec: https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt, revision 2020/03/05 (the
+latest in HAProxy's doc/proxy-protocol.txt); section numbers below are its. A proxy that
+relays raw TCP (HAProxy in TCP mode, stunnel, AWS NLB) writes one header at the start of the
+connection saying who the client was; the HTTP request follows.
 
 `parse(buf)` looks at the bytes received so far on a new connection and returns one of:
   - `NEED_MORE`: what is there is the start of a header; call again with more bytes;
@@ -14,7 +14,8 @@ follows.
   - a `ProxyHeader`, whose `consumed` bytes are the header; the HTTP request starts after them;
 or raises `ProxyProtocolError(reason)`: the bytes are a header, but malformed or too long. The
 spec says to abort such a connection (2.1: "must be discarded and cause the receiver to abort
-the connection"); berth answers 400 and closes, as Gunicorn does for v1.
+the connection"): the server answers 400 and closes, as Gunicorn does for v1 (for v2 its
+`InvalidProxyHeader` is missing from the worker's list of client errors and becomes a 500).
 
 Version 1 (2.1), one line of text:
   - `PROXY TCP4 <src> <dst> <srcport> <dstport>\\r\\n` (`TCP6` likewise), fields separated by
@@ -32,11 +33,13 @@ length and that many bytes (addresses, then TLVs):
   - PROXY: the family AF_UNSPEC/INET/INET6/UNIX (0-3) and protocol UNSPEC/STREAM/DGRAM (0-2),
     other values rejected as the spec says; UNSPEC in either means the addresses are ignored.
     The address block must be as long as its family needs (12, 36, 216 bytes); the TLVs after
-    it are framed-checked (type, 16-bit length, value inside the block) and returned unread;
+    it are checked for framing (type, 16-bit length, a value inside the block) and returned
+    uninterpreted;
   - the length is bounded by `max_v2_length` (`V2_MAX_LENGTH`, see there), checked as soon as
     the length field is in, before the rest is waited for.
-A bad v1 is known when its CRLF (or the 107th byte) arrives; a bad v2 at the first bad byte of
-the fixed part. Which family overrides REMOTE_ADDR is `environ_additions`' business.
+A bad v1 line is known when its CRLF, a bare CR or LF, or its 107th byte arrives; a bad v2 at
+the first bad byte of its fixed 16, or when its whole length is in. Which family overrides
+REMOTE_ADDR is `environ_additions`' business.
 
 Gunicorn (27.0.1 `gunicorn/http/message.py`) differs, and where berth follows the spec instead:
   - it refuses `PROXY UNKNOWN` (400), v2 UDP, and v2 PROXY with UNSPEC protocol or UNIX
