@@ -313,6 +313,8 @@ def parse_config(argv: list[str], environ=os.environ, cwd: str | None = None,
     if not cfg.is_set("sendfile") and "SENDFILE" in environ:  # as Gunicorn reads it
         cfg.set("sendfile", environ["SENDFILE"].strip().lower() in ("y", "1", "yes", "true"),
                 "env SENDFILE")
+    if not cfg.is_set("forwarded_allow_ips") and "FORWARDED_ALLOW_IPS" in environ:  # Gunicorn's
+        cfg.set("forwarded_allow_ips", environ["FORWARDED_ALLOW_IPS"], "env FORWARDED_ALLOW_IPS")
 
     cfg.app_uri = cfg.wsgi_app or ""
     if cfg.app_uri:

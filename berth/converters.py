@@ -167,6 +167,50 @@ def header_map(value: Any) -> str:
     return word
 
 
+def address_list(value: Any) -> str:
+    """`forwarded_allow_ips`, `proxy_allow_ips`: addresses, CIDR networks or `*`, checked here
+    (berth/trust.py reads them) and kept as the comma-separated text Gunicorn shows."""
+    from berth.trust import TrustList
+
+    items = [value] if isinstance(value, str) else list(value or ())
+    try:
+        TrustList.parse(items, "")
+    except ValueError as exc:
+        detail = str(exc).split(": ", 1)[-1]
+        raise ValueError(f"IP addresses, CIDR networks or '*', comma-separated ({detail})") \
+            from None
+    return ",".join(str(item) for item in items)
+
+
+def proxy_protocol(value: Any) -> str:
+    """Gunicorn's modes (24.1+): off, v1, v2, auto; true/1 mean auto, false/0/none off."""
+    if value is True:
+        return "auto"
+    if is_off(value):
+        return "off"
+    word = str(value).strip().lower()
+    if word in ("true", "1", "yes", "on"):
+        return "auto"
+    if word not in ("v1", "v2", "auto"):
+        raise ValueError("off, v1, v2 or auto")
+    return word
+
+
+def scheme_headers(value: Any) -> dict:
+    """`secure_scheme_headers`: {header name: the exact value that means HTTPS}."""
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError("a dict of header names to values, both strings, such as "
+                         "{'X-FORWARDED-PROTO': 'https'}")
+    return {k.strip().upper(): v for k, v in value.items()}
+
+
+def name_list(value: Any) -> list:
+    """`forwarder_headers`: header names, comma-separated (or a list), kept upper-case."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    return [str(item).strip().upper() for item in items if str(item).strip()]
+
+
 GUNICORN_LOGGER = "gunicorn.glogging.Logger"
 
 

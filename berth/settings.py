@@ -28,6 +28,7 @@ from typing import Any
 from berth.converters import (
     GUNICORN_LOGGER,
     TLS_REASON,
+    address_list,
     anything,
     boolean,
     env_pair,
@@ -40,14 +41,17 @@ from berth.converters import (
     is_no_control_socket,
     is_off,
     log_level,
+    name_list,
     non_negative_float,
     non_negative_int,
     octal_mask,
     optional_text,
     positive_int,
+    proxy_protocol,
     refuse_if_on,
     refuse_unless,
     reload_engine,
+    scheme_headers,
     size_bytes,
     text,
     threads_or_auto,
@@ -122,7 +126,6 @@ class Setting:
 S = Setting
 
 # Why a setting is not implemented yet, naming the feature (an open issue) that brings it.
-_FWD = "forwarded headers are coming with proxy support (an open issue); until then "
 _LOGS = "the logging settings are coming (an open issue); until then "
 _STATSD = "StatsD metrics are coming (an open issue); until then none are sent."
 _CONTROL = ("berth has no control socket (gunicornc): control it with signals (HUP reload, "
@@ -330,15 +333,25 @@ SETTINGS: tuple[Setting, ...] = (
       note="Gunicorn itself no longer uses it; berth buffers bodies in memory up to "
            "--body-buffer-size and streams larger ones to the app: nothing is written to "
            "disk."),
-    S("secure_scheme_headers", (), anything,
+    S("secure_scheme_headers", (), scheme_headers,
       {"X-FORWARDED-PROTOCOL": "ssl", "X-FORWARDED-PROTO": "https", "X-FORWARDED-SSL": "on"},
-      "Headers from a trusted proxy that mark a request as HTTPS.", status=NOT_YET,
-      note=f"{_FWD}wsgi.url_scheme is always http: X-Forwarded-Proto is not read.",
+      "Headers from a trusted proxy (forwarded_allow_ips) that set wsgi.url_scheme: https "
+      "when the value matches exactly, http when it differs. Headers that disagree get 400. "
+      "From any other peer they change nothing.",
       default_text="Gunicorn's X-FORWARDED-* trio"),
-    S("forwarded_allow_ips", ("--forwarded-allow-ips",), text, "127.0.0.1,::1",
-      "Proxies trusted to set secure_scheme_headers and forwarder_headers.", "STRING",
-      status=NOT_YET, note=f"{_FWD}no forwarded header is trusted (wsgi.url_scheme is "
-                           "http, REMOTE_ADDR the peer)."),
+    S("forwarded_allow_ips", ("--forwarded-allow-ips",), address_list, "127.0.0.1,::1",
+      "Proxies trusted to set secure_scheme_headers, forwarder_headers and (with "
+      "--forwarded-remote-addr) the client's address: IP addresses, CIDR networks "
+      "(10.0.0.0/8), or '*' for every peer. A unix-socket peer is always trusted. When not "
+      "set, $FORWARDED_ALLOW_IPS is used, as in Gunicorn.", "STRING",
+      note="an IPv4-mapped peer (::ffff:127.0.0.1, seen on a dual-stack listener) also "
+           "matches its IPv4 entry; Gunicorn compares it as IPv6 only."),
+    S("forwarded_remote_addr", ("--forwarded-remote-addr",), boolean, False,
+      "Set REMOTE_ADDR (and REMOTE_PORT, 0 when not given) from a trusted peer's "
+      "X-Forwarded-For or Forwarded: for=, taking the right-most address that is not itself "
+      "in forwarded_allow_ips (with '*', only the right-most one: one hop). Never the "
+      "left-most: a client writes that one itself.", None, "store_true",
+      note="berth only: Gunicorn keeps the peer's address (its default, and berth's)."),
     S("pythonpath", ("--pythonpath",), text, None,
       "Comma-separated directories to add to the Python path.", "PATHS"),
     S("paste", ("--paste", "--paster"), refuse_unless(
@@ -349,17 +362,20 @@ SETTINGS: tuple[Setting, ...] = (
         is_falsy, "PasteDeploy apps are not supported: name the app as MODULE:NAME"), None,
       "Global PasteDeploy variables, repeatable.", "CONF", "append", status=REFUSED,
       note="PasteDeploy is not supported."),
-    S("proxy_protocol", ("--proxy-protocol",), refuse_unless(
-        is_off, "the PROXY protocol is not implemented yet (it is coming with proxy "
-                 "support); ignoring it would answer every request 400 and make REMOTE_ADDR "
-                 "the proxy's: turn it off at the proxy or keep Gunicorn"), "off",
-      "Accept the PROXY protocol header from a load balancer (off, v1, v2, auto).", "MODE",
-      "optional", status=REFUSED, const="auto",
-      note="accepted when off; otherwise exit 2."),
-    S("proxy_allow_ips", ("--proxy-allow-from",), text, "127.0.0.1,::1",
-      "Proxies allowed to send the PROXY protocol header.", "STRING", status=NOT_YET,
-      note="the PROXY protocol is coming with proxy support (an open issue); until then it is "
-           "refused (proxy_protocol) and this list is not used."),
+    S("proxy_protocol", ("--proxy-protocol",), proxy_protocol, "off",
+      "Read a PROXY protocol header (HAProxy's, v1 and/or v2: off, v1, v2, auto; the bare "
+      "flag is auto) before the first request of each connection: REMOTE_ADDR and "
+      "REMOTE_PORT become the client it names, and PROXY_PROTOCOL, PROXY_ADDR and "
+      "PROXY_PORT are set, for every request on the connection. A connection without one is "
+      "served as plain HTTP (probes). A header from a peer not in proxy_allow_ips gets 403; "
+      "a malformed or truncated one closes the connection, logged.", "MODE", "optional",
+      const="auto",
+      note="berth keeps the header for every request of a keep-alive connection (Gunicorn's "
+           "gthread worker, only for the first) and serves PROXY UNKNOWN, LOCAL, UNSPEC and "
+           "UDP headers with the real peer, as the spec says (Gunicorn: 400)."),
+    S("proxy_allow_ips", ("--proxy-allow-from",), address_list, "127.0.0.1,::1",
+      "Peers allowed to send a PROXY protocol header: IP addresses, CIDR networks, or '*'. "
+      "A unix-socket peer is always allowed.", "STRING"),
     S("protocol", ("--protocol",), refuse_unless(
         lambda v: str(v).strip().lower() == "http",
         "berth speaks HTTP only (not uwsgi): point the front end at berth over HTTP"), "http",
@@ -401,15 +417,17 @@ SETTINGS: tuple[Setting, ...] = (
       "Upper-case lower-case request methods.", None, "store_true", status=NOT_NEEDED,
       note="Gunicorn folds only the methods permit_unconventional_http_method lets through "
            "(refused by berth); without it, both answer a lower-case method 400 first."),
-    S("forwarder_headers", ("--forwarder-headers",), text, "SCRIPT_NAME,PATH_INFO",
-      "Headers a trusted proxy may use to set environ variables.", "STRING", status=NOT_YET,
-      note=f"{_FWD}no header sets SCRIPT_NAME or PATH_INFO."),
+    S("forwarder_headers", ("--forwarder-headers",), name_list, "SCRIPT_NAME,PATH_INFO",
+      "Header names with '_' that a trusted proxy (forwarded_allow_ips) may send, mapped into "
+      "the environ despite header_map: a SCRIPT_NAME header sets SCRIPT_NAME (and is taken "
+      "off the front of PATH_INFO), others become HTTP_<NAME> (REMOTE_USER: "
+      "HTTP_REMOTE_USER), as in Gunicorn.", "STRING", default_text="SCRIPT_NAME,PATH_INFO"),
     S("header_map", ("--header-map",), header_map, "drop",
       "Header names containing '_' (X_Forwarded_For would become the same environ key as "
       "X-Forwarded-For): drop them (the default), refuse the request (400), or dangerous: "
       "map them anyway, joined with the '-' one.", "STRING",
       note="With dangerous, a SCRIPT_NAME header does not set SCRIPT_NAME (in Gunicorn it "
-           "does): that comes with forwarder_headers."),
+           "does): list it in forwarder_headers (the default) for that."),
     S("root_path", ("--root-path",), text, "",
       "Root path of an ASGI app (Gunicorn's ASGI worker).", "STRING", status=NOT_NEEDED,
       note="ASGI only; for WSGI, set SCRIPT_NAME in the environment."),

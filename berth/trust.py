@@ -279,8 +279,8 @@ def _walk(nodes: list[str] | list[str | None], trust: TrustList) -> Address | No
         judged, and that hop itself is no address to give the app. The caller keeps the real
         peer. (RFC 7239 6.2/6.3 let a proxy hide a node; trusting what lies beyond it would let
         the client behind it choose its own address.);
-      - when every hop is trusted the left-most is the client (all of the path is trusted, as
-        nginx's `real_ip_recursive` decides).
+      - when every hop is trusted there is no client to name: None (the peer stays). The
+        left-most address is never taken for being left-most.
     """
     if not nodes:
         return None
@@ -294,7 +294,7 @@ def _walk(nodes: list[str] | list[str | None], trust: TrustList) -> Address | No
             return None
         if not trust.trusts_ip(address[0]):
             return address
-    return address
+    return None
 
 
 def client_from_forwarded(xff_values: list[str], forwarded_values: list[str],

@@ -19,6 +19,7 @@ from urllib.parse import unquote_to_bytes
 import httptools
 
 from berth import SERVER_SOFTWARE
+from berth.forwarded import Forwarding
 from berth.http.parser import Request
 
 # The common methods as str without a decode per request; any other token is decoded.
@@ -54,11 +55,14 @@ class Addresses:
     addresses), and `remote_port`. About 100 bytes a connection instead of a dict of its own
     (600): an idle keep-alive connection holds this much."""
 
-    __slots__ = ("base", "remote_port")
+    __slots__ = ("base", "forwarded", "remote_port")
 
-    def __init__(self, base: dict, remote_port: str):
+    def __init__(self, base: dict, remote_port: str, forwarded: frozenset | None = None):
         self.base = base
         self.remote_port = remote_port
+        # the peer is a trusted proxy: the request keys its forwarded headers use (see
+        # berth/forwarded.py); None for any other peer
+        self.forwarded = forwarded
 
     def __getitem__(self, key: str):
         return self.remote_port if key == "REMOTE_PORT" else self.base[key]
@@ -73,7 +77,8 @@ class Environs:
     (`for_request`). `SCRIPT_NAME` comes from the process environment, as with Gunicorn,
     and is taken off the front of PATH_INFO."""
 
-    def __init__(self, multithread: bool, multiprocess: bool, script_name: str | None = None):
+    def __init__(self, multithread: bool, multiprocess: bool, script_name: str | None = None,
+                 forwarding: Forwarding | None = None):
         self.script_name = os.environ.get("SCRIPT_NAME", "") if script_name is None \
             else script_name
         self.base = {
@@ -90,7 +95,9 @@ class Environs:
         }
         self.targets: dict[bytes, tuple[str, str, str]] = {}  # target -> RAW_URI, PATH, QUERY
         self.bases: dict[tuple, dict] = {}  # (server host, port, client host) -> base dict
-        self.unix = Addresses(self._base_with("localhost", 0, "127.0.0.1"), "0")
+        self.forwarding = forwarding
+        self.unix = Addresses(self._base_with("localhost", 0, "127.0.0.1"), "0",
+                              forwarding.trusts(None) if forwarding is not None else None)
 
     def for_connection(self, local: tuple | None, peer: tuple | None) -> Addresses:
         """The connection's addresses: `local` and `peer` as getsockname()/accept() give them
@@ -103,7 +110,25 @@ class Environs:
             if len(self.bases) >= ADDRESS_CACHE:
                 self.bases.clear()
             base = self.bases[key] = self._base_with(*key)
-        return Addresses(base, str(peer[1]))
+        forwarding = self.forwarding
+        return Addresses(base, str(peer[1]),
+                         forwarding.trusts(peer) if forwarding is not None else None)
+
+    def for_proxied(self, addresses: Addresses, extra: dict[str, str]) -> Addresses:
+        """The addresses a PROXY protocol header names (`extra`: its environ keys, from
+        berth/http/proxyproto.py) over the connection's; trust in forwarded headers stays
+        with the socket's peer."""
+        extra = dict(extra)
+        remote_port = extra.pop("REMOTE_PORT", addresses.remote_port)
+        base = addresses.base
+        key = (base["SERVER_NAME"], base["SERVER_PORT"], base["REMOTE_ADDR"],
+               *sorted(extra.items()))
+        proxied = self.bases.get(key)
+        if proxied is None:
+            if len(self.bases) >= ADDRESS_CACHE:
+                self.bases.clear()
+            proxied = self.bases[key] = {**base, **extra}
+        return Addresses(proxied, remote_port, addresses.forwarded)
 
     def _base_with(self, server_name: str, server_port: int, remote_addr: str) -> dict:
         environ = dict(self.base)
@@ -132,7 +157,11 @@ class Environs:
         environ["RAW_URI"], environ["PATH_INFO"], environ["QUERY_STRING"] = target
         environ["SERVER_PROTOCOL"] = req.server_protocol
         environ["wsgi.input"] = req.body_stream if req.streaming else io.BytesIO(req.body)
-        environ.update(req.headers)
+        headers = req.headers
+        environ.update(headers)
+        forwarded = addresses.forwarded
+        if forwarded is not None and not forwarded.isdisjoint(headers):
+            self.forwarding.apply(environ)
         return environ
 
 

@@ -325,7 +325,8 @@ def test_a_typical_gunicorn_command_line_parses():
     assert cfg.reuse_port is True and cfg.sendfile is False
     warnings = [line for level, line in cfg.notices if level == "warning"]
     infos = [line for level, line in cfg.notices if level == "info"]
-    for name in ("forwarded_allow_ips", "capture_output", "statsd_host",
+    assert cfg.forwarded_allow_ips == "*" and cfg.proxy_protocol == "off"
+    for name in ("capture_output", "statsd_host",
                  "proc_name", "worker_connections", "logconfig"):
         assert any(line.startswith(f"{name} (") and "not implemented" in line
                    for line in warnings), name
@@ -357,8 +358,6 @@ REFUSALS = [
     (["--ca-certs", "ca.pem"], "does not terminate TLS"),
     (["--ciphers", "HIGH"], "does not terminate TLS"),
     (["--do-handshake-on-connect"], "does not terminate TLS"),
-    (["--proxy-protocol"], "--proxy-protocol (proxy_protocol) = 'auto': the PROXY protocol"),
-    (["--proxy-protocol", "v2"], "PROXY protocol is not implemented"),
     (["--daemon"], "berth stays in the foreground"),
     (["--paste", "dev.ini"], "PasteDeploy"),
     (["--protocol", "uwsgi"], "HTTP only"),
@@ -437,8 +436,6 @@ def test_sendfile_follows_gunicorns_sendfile_variable_when_not_set(env, argv, ex
 def test_not_yet_warnings_name_the_feature_that_brings_them(tmp_path):
     write(tmp_path / "g.py", """\
         worker_connections = 10
-        forwarded_allow_ips = "*"
-        proxy_allow_ips = "*"
         capture_output = True
         statsd_host = "localhost:8125"
         proc_name = "web"
@@ -447,8 +444,6 @@ def test_not_yet_warnings_name_the_feature_that_brings_them(tmp_path):
     warnings = {line.split(" ", 1)[0]: line for level, line in cfg.notices
                 if level == "warning"}
     assert "per-worker connection cap is coming" in warnings["worker_connections"]
-    assert "forwarded headers are coming" in warnings["forwarded_allow_ips"]
-    assert "PROXY protocol is coming" in warnings["proxy_allow_ips"]
     assert "logging settings are coming" in warnings["capture_output"]
     assert "StatsD metrics are coming" in warnings["statsd_host"]
     assert "process titles are coming" in warnings["proc_name"]
@@ -457,8 +452,7 @@ def test_not_yet_warnings_name_the_feature_that_brings_them(tmp_path):
 def test_only_settings_an_open_issue_brings_are_accepted_and_ignored():
     """Item 9: a Gunicorn setting berth accepts does what it does in Gunicorn; the ones it
     ignores with a warning are only those another open issue implements."""
-    coming = {"worker_connections", "secure_scheme_headers", "forwarded_allow_ips",
-              "forwarder_headers", "proxy_allow_ips", "capture_output", "logconfig",
+    coming = {"worker_connections", "capture_output", "logconfig",
               "logconfig_dict", "logconfig_json", "syslog_addr", "syslog", "syslog_prefix",
               "syslog_facility", "statsd_host", "dogstatsd_tags", "statsd_prefix",
               "enable_backlog_metric", "proc_name"}
@@ -619,3 +613,56 @@ def test_python_module_config_is_found_in_the_launch_directory_and_reread(tmp_pa
         sys.modules.pop("berth_test_launch_dir_conf", None)
         if str(tmp_path) in sys.path:
             sys.path.remove(str(tmp_path))
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], "off"), (["--proxy-protocol", "--workers", "1"], "auto"),
+    (["--proxy-protocol", "v1"], "v1"),
+    (["--proxy-protocol", "v2"], "v2"), (["--proxy-protocol", "true"], "auto"),
+    (["--proxy-protocol", "off"], "off"), (["--proxy-protocol", "0"], "off"),
+])
+def test_proxy_protocol_takes_gunicorns_modes(argv, expected):
+    assert parse([*argv, "app:app"]).proxy_protocol == expected
+
+
+def test_a_bad_proxy_protocol_mode_names_the_accepted_ones():
+    with pytest.raises(ConfigError,
+                       match=r"--proxy-protocol \(proxy_protocol\).*off, v1, v2 or auto"):
+        parse(["--proxy-protocol", "v3", "app:app"])
+
+
+@pytest.mark.parametrize("flag, name", [("--forwarded-allow-ips", "forwarded_allow_ips"),
+                                        ("--proxy-allow-from", "proxy_allow_ips")])
+@pytest.mark.parametrize("value", ["10.0.0.1/8", "localhost", "10.0.0.0/33", "1.2.3"])
+def test_a_bad_trust_list_entry_is_refused_naming_the_setting(flag, name, value):
+    with pytest.raises(ConfigError, match=rf"{flag} \({name}\).*IP addresses, CIDR networks"):
+        parse([flag, f"127.0.0.1,{value}", "app:app"])
+
+
+def test_trust_lists_take_addresses_networks_and_star():
+    cfg = parse(["--forwarded-allow-ips", "10.0.0.0/8, fd00::/8,192.0.2.1",
+                 "--proxy-allow-from", "*", "app:app"])
+    assert cfg.forwarded_allow_ips == "10.0.0.0/8, fd00::/8,192.0.2.1"
+    assert cfg.proxy_allow_ips == "*"
+
+
+@pytest.mark.parametrize("env, argv, expected, source", [
+    ({}, [], "127.0.0.1,::1", "default"),
+    ({"FORWARDED_ALLOW_IPS": "10.0.0.0/8"}, [], "10.0.0.0/8", "env FORWARDED_ALLOW_IPS"),
+    ({"FORWARDED_ALLOW_IPS": "10.0.0.0/8"}, ["--forwarded-allow-ips", "*"], "*", "cli"),
+])
+def test_forwarded_allow_ips_follows_gunicorns_variable_when_not_set(env, argv, expected,
+                                                                      source):
+    cfg = parse([*argv, "app:app"], env=env)
+    assert (cfg.forwarded_allow_ips, cfg.source("forwarded_allow_ips")) == (expected, source)
+
+
+def test_a_bad_forwarded_allow_ips_variable_is_refused():
+    with pytest.raises(ConfigError, match="FORWARDED_ALLOW_IPS"):
+        parse(["app:app"], env={"FORWARDED_ALLOW_IPS": "nope"})
+
+
+def test_secure_scheme_headers_must_map_names_to_strings(tmp_path):
+    write(tmp_path / "g.py", "secure_scheme_headers = {'X-FORWARDED-PROTO': 1}\n")
+    with pytest.raises(ConfigError, match="secure_scheme_headers.*a dict of header names"):
+        parse(["-c", "g.py", "app:app"], cwd=tmp_path)

@@ -177,8 +177,11 @@ def test_field_lines_are_read_in_order_as_one_list():
     assert xff("198.51.100.20, 10.0.0.1", "6.6.6.6") == ("6.6.6.6", None)
 
 
-def test_when_every_hop_is_trusted_the_left_most_is_the_client():
-    assert xff("10.1.1.1, 10.2.2.2, 127.0.0.1") == ("10.1.1.1", None)
+def test_when_every_hop_is_trusted_none_is_named_and_the_left_most_is_never_taken():
+    assert xff("10.1.1.1, 10.2.2.2, 127.0.0.1") is None
+    # 10.1.1.1 is a trusted proxy: the client is the address it says it received from
+    assert xff("203.0.113.9, 10.1.1.1, 127.0.0.1") == ("203.0.113.9", None)
+    assert xff("6.6.6.6, 203.0.113.9, 10.1.1.1") == ("203.0.113.9", None)
 
 
 def test_with_a_star_list_only_the_right_most_hop_is_read():

@@ -30,7 +30,7 @@ import httptools
 
 # Reason phrases berth uses for its own error responses.
 REASONS = {
-    400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
+    400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 413: "Content Too Large",
     414: "URI Too Long", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
     501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout",
     505: "HTTP Version Not Supported",

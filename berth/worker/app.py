@@ -25,6 +25,7 @@ import traceback
 from queue import SimpleQueue
 from typing import Protocol
 
+from berth.forwarded import Forwarding
 from berth.hooks import RequestView, ResponseView, call_hook, get_hook
 from berth.http.framing import CONTINUE, LAST_CHUNK, DateCache, chunk, error_response, frame
 from berth.http.framing import _head_cache as head_cache
@@ -186,7 +187,8 @@ class Responder:
         self.stall = max(cfg.keepalive, cfg.header_timeout)  # a reader that reads nothing
         self.sendfile = cfg.sendfile  # --no-sendfile: files go through the iterable path
         self.date = DateCache()
-        self.environs = Environs(multithread=cfg.threads > 1, multiprocess=cfg.workers > 1)
+        self.environs = Environs(multithread=cfg.threads > 1, multiprocess=cfg.workers > 1,
+                                 forwarding=Forwarding.from_config(cfg))
         # probe paths answered without the app: request target -> "ready" | "live"
         self.probes = {path.encode("latin-1"): kind
                        for kind, path in (("ready", cfg.ready_path), ("live", cfg.live_path))

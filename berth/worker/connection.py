@@ -87,6 +87,7 @@ class Connection:
         "parser",
         "paused_response",
         "pending",
+        "preface",
         "reading",
         "sock",
         "want_write",
@@ -117,6 +118,7 @@ class Connection:
         self.response = None  # on an app thread: the Response, for the deadline's 504
         self.thread = 0  # ident of the app thread answering, for the deadline's stack
         self.parser = None  # the loop sets it: a RequestParser, or its stand-in (see park)
+        self.preface: bytes | None = None  # a PROXY header's bytes so far (--proxy-protocol)
 
     def idle(self) -> bool:
         """A keep-alive connection between requests: nothing read, queued, sent or answered."""

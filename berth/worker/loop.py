@@ -27,6 +27,7 @@ from berth.http.framing import CONTINUE
 from berth.http.parser import NO_PARSER, HttpError, Request, RequestParser
 from berth.worker.app import Responder
 from berth.worker.connection import ClientDisconnected, Connection
+from berth.worker.preface import ProxyPreface
 from berth.wsgi import StreamInput
 
 MAX_PIPELINE = 16  # complete requests queued on one connection before reading pauses
@@ -82,6 +83,8 @@ class Loop:
         self.body_budget = cfg.body_buffer_size
         self.timeout = cfg.timeout or math.inf  # --timeout 0: no deadline (as Gunicorn)
         self.now = 0.0  # the loop's clock, read once per wake-up
+        # --proxy-protocol: the header each new connection may start with (else None)
+        self.preface = ProxyPreface.from_config(cfg, responder.environs, log)
 
     def setup(self) -> None:
         self.ep = select.epoll()
@@ -162,6 +165,8 @@ class Loop:
                 environ = environs.for_connection(None, None)
             conn = Connection(sock, environ, now, self)
             conn.parser = NO_PARSER  # made when bytes arrive (on_readable)
+            if self.preface is not None:
+                conn.preface = b""  # a PROXY header may come first
             self.conns[conn.fd] = conn
             self.ep.register(conn.fd, EPOLLIN)
         return True
@@ -256,6 +261,14 @@ class Loop:
         conn.last_active = now
         parser = conn.parser
         if parser is NO_PARSER:  # a new connection, or one parked between requests
+            if conn.preface is not None:
+                try:
+                    data = self.preface.read(conn, data)
+                except HttpError as err:
+                    self.reject(conn, err)
+                    return
+                if data is None:
+                    return
             parser = conn.parser = self._make_parser(conn)
         try:
             parser.feed(data)
@@ -353,6 +366,8 @@ class Loop:
 
     def on_eof(self, conn: Connection) -> None:
         conn.eof = True
+        if conn.preface:
+            self.preface.truncated(conn)
         conn.set_reading(False)
         current = conn.parser.current
         if current is not None and current.streaming:
