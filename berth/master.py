@@ -42,7 +42,7 @@ from berth.children import ExitReader, OrphanReaper, WorkerInfo, send_signal
 from berth.hooks import ServerView, WorkerView, call_hook
 from berth.logs import AccessLog
 from berth.scoreboard import BOOTING, OUT_OF_SERVICE, RETIRING, Scoreboard, Slot
-from berth.sizing import MAX_WORKERS
+from berth.sizing import MAX_WORKERS, connection_bound, raise_open_files_limit
 from berth.sockets import create_listener, describe
 from berth.worker.process import EXIT_APP_LOAD_ERROR, Worker, private_memory
 
@@ -153,6 +153,15 @@ class Master:
                       os.getpid(), " (PID 1)" if os.getpid() == 1 else "", cfg.workers,
                       cfg.threads, f"timeout {cfg.timeout:g} s" if cfg.timeout else
                       "timeout 0 (no deadline)", cfg.decisions.shutdown)
+        before, after = raise_open_files_limit()
+        if after != before:
+            self.log.info("open files limit raised from %d to %d (the hard limit)", before, after)
+        bound, line = connection_bound(cfg.worker_connections, after)
+        if bound != cfg.worker_connections:
+            cfg.set("worker_connections", bound, "auto")
+            self.log.warning(line)
+        else:
+            self.log.info(line)
         if cfg.max_worker_memory:
             self.log.info("max worker memory %d MiB%s", cfg.max_worker_memory >> 20,
                           f" ({cfg.decisions.memory})" if cfg.decisions.memory else "")

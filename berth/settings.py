@@ -171,11 +171,12 @@ SETTINGS: tuple[Setting, ...] = (
       "worker's loop thread.", "INT|auto", section="Worker Processes",
       note="Gunicorn's default is 1.", default_text="auto"),
     S("worker_connections", ("--worker-connections",), positive_int, 1000,
-      "Maximum simultaneous clients per worker (Gunicorn: async and gthread workers).", "INT",
-      section="Worker Processes", status=NOT_YET,
-      note="the per-worker connection cap is coming (worker_connections, an open issue); until "
-           "then there is no cap: berth keeps idle and slow connections in its event loop at "
-           "a few KiB each."),
+      "Maximum open connections per worker. At the bound the worker closes its oldest "
+      "connections with no request in progress (idle keep-alive, or silent new ones) to make "
+      "room, and stops accepting only when none is left (siblings and the kernel backlog take "
+      "the rest). At start berth raises its soft open-files limit to the hard one and caps "
+      "the bound to fit; both are logged.", "INT", section="Worker Processes",
+      note="Gunicorn's gthread worker stops accepting at the bound instead of making room."),
     S("max_requests", ("--max-requests",), non_negative_int, 0,
       "Replace a worker after it has served this many requests (0 = never). Its "
       "replacement is ready before it stops: no request is lost.", "INT",

@@ -177,3 +177,35 @@ def memory_rule(limit: int, workers: int) -> str:
 def workers_need(worker_rss: int, workers: int, master_rss: int = 0) -> int:
     """Bytes that `workers` workers plus one replacement (and the master) use."""
     return (workers + 1) * worker_rss + max(0, master_rss)
+
+
+# Descriptors a worker keeps for itself besides its clients' sockets: the listeners, epoll,
+# its pipes and eventfd, the log streams, and the app's own (files, database connections).
+RESERVED_FILES = 64
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard one (containers often start at 1024 soft):
+    (before, after). Workers inherit it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        return soft, hard
+    return soft, soft
+
+
+def connection_bound(worker_connections: int, open_files: int) -> tuple[int, str]:
+    """Each worker's connection bound: --worker-connections, capped so that its clients'
+    sockets and RESERVED_FILES fit under the open-files limit; and the line that says so."""
+    room = max(1, open_files - RESERVED_FILES)
+    if worker_connections <= room:
+        return worker_connections, (f"at most {worker_connections} connections per worker "
+                                    f"(worker_connections; open files limit {open_files})")
+    return room, (f"at most {room} connections per worker: worker_connections "
+                  f"{worker_connections} capped by the open files limit {open_files} "
+                  f"(less {RESERVED_FILES} for the worker's own files)")

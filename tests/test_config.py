@@ -327,7 +327,7 @@ def test_a_typical_gunicorn_command_line_parses():
     infos = [line for level, line in cfg.notices if level == "info"]
     assert cfg.forwarded_allow_ips == "*" and cfg.proxy_protocol == "off"
     for name in ("capture_output", "statsd_host",
-                 "proc_name", "worker_connections", "logconfig"):
+                 "proc_name", "logconfig"):
         assert any(line.startswith(f"{name} (") and "not implemented" in line
                    for line in warnings), name
     for name in ("reuse_port", "umask", "sendfile"):  # implemented: nothing to say
@@ -443,7 +443,6 @@ def test_not_yet_warnings_name_the_feature_that_brings_them(tmp_path):
     cfg = parse(["-c", "g.py", "app:app"], cwd=tmp_path)
     warnings = {line.split(" ", 1)[0]: line for level, line in cfg.notices
                 if level == "warning"}
-    assert "per-worker connection cap is coming" in warnings["worker_connections"]
     assert "logging settings are coming" in warnings["capture_output"]
     assert "StatsD metrics are coming" in warnings["statsd_host"]
     assert "process titles are coming" in warnings["proc_name"]
@@ -452,7 +451,7 @@ def test_not_yet_warnings_name_the_feature_that_brings_them(tmp_path):
 def test_only_settings_an_open_issue_brings_are_accepted_and_ignored():
     """Item 9: a Gunicorn setting berth accepts does what it does in Gunicorn; the ones it
     ignores with a warning are only those another open issue implements."""
-    coming = {"worker_connections", "capture_output", "logconfig",
+    coming = {"capture_output", "logconfig",
               "logconfig_dict", "logconfig_json", "syslog_addr", "syslog", "syslog_prefix",
               "syslog_facility", "statsd_host", "dogstatsd_tags", "statsd_prefix",
               "enable_backlog_metric", "proc_name"}
@@ -558,16 +557,18 @@ def test_refused_or_wrong_flag_exits_2_with_one_line(tmp_path, args):
 
 
 def test_start_logs_the_sizing_line_once_and_the_ignored_settings(berth, tmp_path):
-    write(tmp_path / "gunicorn.conf.py", "worker_connections = 10\n")
+    write(tmp_path / "gunicorn.conf.py", "worker_connections = 10\nproc_name = 'web'\n")
     srv = berth(["--worker-tmp-dir", "/dev/shm", "proto_app:app"])
     assert http_get(srv.port, "/hello")[0] == 200
     err = srv.stderr()
     sizing = [ln for ln in err.splitlines() if re.search(r"\] workers=\d+ threads=\d+ \(", ln)]
     assert len(sizing) == 1, err
     assert "configuration file gunicorn.conf.py loaded (found in the current directory)" in err
-    assert re.search(r"\[WARNING\] worker_connections \(--worker-connections, from file "
-                     r"gunicorn.conf.py\) is not implemented in berth yet and is ignored: the "
-                     r"per-worker connection cap is coming", err), err
+    assert re.search(r"\[WARNING\] proc_name \(--name, from file "
+                     r"gunicorn.conf.py\) is not implemented in berth yet and is ignored: "
+                     r"process titles are coming", err), err
+    assert "[INFO] at most 10 connections per worker (worker_connections; open files limit" \
+        in err
     assert "[INFO] worker_tmp_dir (--worker-tmp-dir, from cli) is not needed" in err
 
 

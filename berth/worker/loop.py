@@ -46,6 +46,10 @@ OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 ACCEPT_BACKOFF = 0.1
 SHED_SHARE = 4
 SHED_MIN = ACCEPT_BATCH
+# At --worker-connections, room is made the same way, a smaller share at a time (the worker
+# is full, not failing): the oldest connections with no request in progress go first.
+BOUND_SHED_SHARE = 16
+SILENT_AFTER = 1.0  # a new connection that has sent nothing this long may go too
 TICK = 0.5  # seconds between the worker's ticks (heartbeat, deadlines, Date, parent check)
 # A keep-alive connection silent this long lets go of its parser and last response (`park`,
 # at the next tick): an idle connection holds under a KiB. The next request makes a parser
@@ -82,6 +86,9 @@ class Loop:
         self.threads = cfg.threads
         self.body_budget = cfg.body_buffer_size
         self.timeout = cfg.timeout or math.inf  # --timeout 0: no deadline (as Gunicorn)
+        self.max_conns = cfg.worker_connections  # (capped by the open-files limit at start)
+        self.full_logged = -1.0
+        self.full_shed = 0
         self.now = 0.0  # the loop's clock, read once per wake-up
         # --proxy-protocol: the header each new connection may start with (else None)
         self.preface = ProxyPreface.from_config(cfg, responder.environs, log)
@@ -146,7 +153,15 @@ class Loop:
             self.stop_accepting_for_good()  # behind this event, so accept nothing more now
             return False
         environs = self.responder.environs
-        for _ in range(ACCEPT_BATCH):
+        for i in range(ACCEPT_BATCH):
+            if len(self.conns) >= self.max_conns:
+                # room is made only for a connection known to wait (the first: the listener
+                # was readable); the next wake-up comes back for the rest
+                if i:
+                    return True
+                if not self.make_room(now):
+                    self.set_accepting(False)  # none can go: siblings and the backlog wait
+                    return False
             try:
                 sock, addr = lsock.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
@@ -177,17 +192,36 @@ class Loop:
     def _stream_input(self, conn: Connection, req: Request) -> StreamInput:
         return StreamInput(req.body, self.body_budget, lambda: self.post(conn))
 
+    def shed_idle(self, share: int) -> int:
+        """Close the oldest connections with no request in progress: idle keep-alive ones,
+        and new ones that have sent nothing yet (their clients reconnect: RFC 9112 9.3.1 lets
+        them retry). A `share` of them, at least SHED_MIN; return how many."""
+        idle = sorted((c for c in self.conns.values() if c.idle() or silent(c, self.now)),
+                      key=lambda c: c.last_active)
+        shed = idle[:max(SHED_MIN, len(idle) // share)]
+        for conn in shed:
+            conn.close()
+        return len(shed)
+
+    def make_room(self, now: float) -> bool:
+        """At --worker-connections: make room for a new connection; False if none can go."""
+        shed = self.shed_idle(BOUND_SHED_SHARE)
+        self.full_shed += shed
+        if now - self.full_logged >= 1.0:
+            self.log.info("at worker_connections (%d): closed %d connections with no request "
+                          "in progress (the oldest) to make room%s", self.max_conns,
+                          self.full_shed, "" if shed else "; none left: not accepting until "
+                          "one ends")
+            self.full_logged = now
+            self.full_shed = 0
+        return len(self.conns) < self.max_conns
+
     def out_of_descriptors(self, exc: OSError, now: float) -> None:
         """accept() failed for want of a file descriptor (or kernel memory). Degrade, never
         spin: close the oldest idle keep-alive connections to make room, stop polling the
         listeners for a short back-off, and say so at most once a second, with a count."""
         self.refused += 1
-        idle = sorted((c for c in self.conns.values() if c.idle()),
-                      key=lambda c: c.last_active)
-        shed = idle[:max(SHED_MIN, len(idle) // SHED_SHARE)]
-        for conn in shed:
-            conn.close()
-        self.shed += len(shed)
+        self.shed += self.shed_idle(SHED_SHARE)
         if now - self.refused_logged >= 1.0:
             self.log.warning("accept failed: %s (%d times); closed %d idle keep-alive "
                              "connections (the oldest) to make room; %d connections open",
@@ -200,6 +234,8 @@ class Loop:
     def may_accept_again(self, now: float) -> bool:
         """Accepting is paused: take it up again once the back-off after running out of file
         descriptors is over and the app threads have room, or have had the pause's maximum."""
+        if len(self.conns) >= self.max_conns:
+            return False  # (a tick makes room once a connection is idle: sweep)
         return now >= self.accept_resume and (
             not self.responder.queued() or now - self.paused_accepting > ACCEPT_PAUSE_MAX)
 
@@ -514,7 +550,15 @@ class Loop:
                 conn.close()
             elif parser is not NO_PARSER and now - conn.last_active > PARK_AFTER:
                 conn.park(NO_PARSER)
+        if not self.accepting and len(self.conns) >= self.max_conns and self.listeners:
+            self.make_room(now)  # full, with nothing idle at the last accept: maybe now
         return in_flight, oldest
+
+
+def silent(conn: Connection, now: float) -> bool:
+    """A new connection that has sent nothing for SILENT_AFTER (a preconnect, a slowloris)."""
+    return (conn.parser is NO_PARSER and conn.active is None and not conn.out
+            and not conn.lingering and not conn.preface and now - conn.last_active > SILENT_AFTER)
 
 
 def silent_since(req: Request, now: float) -> float:

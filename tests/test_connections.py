@@ -1,0 +1,128 @@
+"""--worker-connections, end to end: each worker holds at most that many connections, making
+room by closing its oldest connections with no request in progress; and the open-files limit
+raised at start, with the bound capped to fit."""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+
+from conftest import APPS, ROOT, BufferedSocket, free_port, read_response
+from proto_helpers import HELLO, get_request, http_get, many_sockets, pids_children, wait_for
+
+
+def sockets_of(pid: int) -> int:
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
+def private_kib(pid: int) -> int:
+    total = 0
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1])
+    return total
+
+
+def test_more_clients_than_every_workers_bound_a_new_client_is_served_memory_flat(berth):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    bound = 25
+    srv = berth(["-w", "2", "--threads", "2", "--worker-connections", str(bound),
+                 "--access-logfile", "none", "proto_app:app"])
+    workers = pids_children(srv.pid)
+    assert len(workers) == 2
+    # each worker's own sockets (listener, pipes are not sockets; the eventfd is not either)
+    own = {pid: sockets_of(pid) for pid in workers}
+    assert http_get(srv.port, "/hello")[2] == HELLO  # (warm: the app's first request)
+    before = {pid: private_kib(pid) for pid in workers}
+    clients = 400  # 8 times both bounds: half answered and idle (keep-alive), half silent
+    with many_sockets() as socks:
+        for i in range(clients):
+            s = BufferedSocket(socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(10)
+            s.connect(("127.0.0.1", srv.port))
+            if i % 2 == 0:
+                s.sendall(get_request("/hello"))
+                status, _, body = read_response_or_closed(s)
+                assert status in (200, None)
+            socks.append(s)
+        wait_for(lambda: all(sockets_of(pid) - own[pid] <= bound for pid in workers),
+                 timeout=10)
+        # a normal client is served, by one worker or the other
+        for _ in range(5):
+            assert http_get(srv.port, "/hello", timeout=10)[2] == HELLO
+        held = {pid: sockets_of(pid) - own[pid] for pid in workers}
+        after = {pid: private_kib(pid) for pid in workers}
+    print(f"connections held per worker: {held}; private KiB before {before}, after {after}")
+    assert all(n <= bound for n in held.values()), held
+    for pid in workers:  # 200 idle connections would hold ~1 MiB in one worker unbounded
+        assert after[pid] - before[pid] < 512, (before, after)
+    assert "at worker_connections (25): closed" in srv.stderr()
+
+
+def read_response_or_closed(sock):
+    try:
+        return read_response(sock)
+    except (ConnectionError, OSError):
+        return None, {}, b""
+
+
+def test_the_open_files_limit_is_raised_and_the_bound_capped_to_fit(tmp_path):
+    port = free_port()
+    env = dict(os.environ, BERTH_IN_CONTAINER="0", PYTHONPATH=f"{APPS}{os.pathsep}{ROOT}")
+
+    def limits():  # as a container that starts at 256 soft, 1000 hard
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 1000))
+
+    err = tmp_path / "err.log"
+    with open(err, "wb") as err_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "berth", "-b", f"127.0.0.1:{port}", "-w", "1",
+             "--worker-connections", "5000", "proto_app:app"],
+            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err_file,
+            stdin=subprocess.DEVNULL, preexec_fn=limits)
+    try:
+        wait_for(lambda: "ready: " in err.read_text(), timeout=20)
+        (worker,) = pids_children(proc.pid)
+        assert resource.prlimit(worker, resource.RLIMIT_NOFILE) == (1000, 1000)
+        assert http_get(port, "/hello")[2] == HELLO
+    finally:
+        proc.terminate()  # our own child, by pid
+        proc.wait(timeout=15)
+    text = err.read_text()
+    assert "open files limit raised from 256 to 1000 (the hard limit)" in text, text
+    assert "at most 936 connections per worker: worker_connections 5000 capped by the open " \
+           "files limit 1000" in text, text
+
+
+def test_when_every_connection_is_busy_the_worker_stops_accepting_and_resumes(berth):
+    srv = berth(["-w", "1", "--threads", "4", "--worker-connections", "3",
+                 "--access-logfile", "none", "proto_app:app"])
+    with many_sockets() as socks:
+        for _ in range(3):  # three requests in progress: nothing can be closed
+            s = BufferedSocket(socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(10)
+            s.connect(("127.0.0.1", srv.port))
+            s.sendall(get_request("/sleep?s=1.5"))
+            socks.append(s)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        status, _, body = http_get(srv.port, "/hello", timeout=10)  # waits in the backlog
+        waited = time.monotonic() - t0
+        assert (status, body) == (200, HELLO)
+        for s in socks:
+            assert read_response(s)[0] == 200  # nobody was cut off
+    print(f"the fourth client waited {waited:.2f} s")
+    assert waited > 0.5  # it was not accepted while the three were busy
