@@ -58,6 +58,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 HOST = "127.0.0.1"
 PORT_PLACEHOLDER = "{PORT}"
+CERT_PLACEHOLDER = "{CERT}"  # a self-signed certificate and key made for the run (bench_cert)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 READY_TIMEOUT_S = 30.0  # server start-up
@@ -96,8 +97,14 @@ class ServerSpec:
             return self.family
         return f"{self.family}@{self.name.removeprefix(self.baseline_of + '@')}"
 
+    @property
+    def tls(self) -> bool:
+        return CERT_PLACEHOLDER in self.argv
+
     def command(self, port: int | str, cpu: int | None) -> list[str]:
         argv = [arg.replace(PORT_PLACEHOLDER, str(port)) for arg in self.argv]
+        if self.tls:
+            argv = [arg.replace(CERT_PLACEHOLDER, bench_cert()) for arg in argv]
         return (["taskset", "-c", str(cpu)] if cpu is not None else []) + argv
 
 
@@ -320,6 +327,35 @@ def build_scenarios(gunicorn_extra: Sequence[str]) -> dict[str, Scenario]:
             ),
         ),
         Scenario(
+            name="tls",
+            description="hello world over TLS (the same self-signed certificate), 1 worker, "
+            "keep-alive, 50 connections",
+            connections=50,
+            servers=(
+                berth(
+                    "berth-t4", hello, workers=1, threads=4, extra=("--certfile", CERT_PLACEHOLDER)
+                ),
+                berth(
+                    "berth-t1", hello, workers=1, threads=1, extra=("--certfile", CERT_PLACEHOLDER)
+                ),
+                gunicorn(
+                    "gunicorn-gthread-t4",
+                    hello,
+                    workers=1,
+                    worker_class="gthread",
+                    threads=4,
+                    extra=(*gunicorn_extra, "--certfile", CERT_PLACEHOLDER),
+                ),
+            ),
+            targets=(Target("berth-t4", 4.0, "gunicorn-gthread-t4"),),
+            notes=(
+                PIN_NOTE,
+                GTHREAD_NOTE,
+                "both servers: --certfile with the same "
+                "trustme certificate and key (one PEM file); TLS 1.3",
+            ),
+        ),
+        Scenario(
             name="close",
             description="hello world, 1 worker, 'Connection: close', 50 connections",
             connections=50,
@@ -488,8 +524,33 @@ def server_env(pythonpath: Path = REPO_ROOT) -> dict[str, str]:
     return env
 
 
-def http_probe(port: int) -> bool:
-    conn = http.client.HTTPConnection(HOST, port, timeout=PROBE_TIMEOUT_S)
+def bench_cert() -> str:
+    """A certificate and key for 127.0.0.1 in one PEM file, made once per run (trustme, in
+    the bench extras): the same for every server of a TLS scenario."""
+    global _BENCH_CERT
+    if _BENCH_CERT is None:
+        try:
+            import trustme
+        except ImportError:
+            raise BenchError("the TLS scenario needs trustme: pip install -e '.[bench]'") from None
+        path = Path(tempfile.mkdtemp(prefix="berth-bench-cert-")) / "server.pem"
+        trustme.CA().issue_cert(HOST).private_key_and_cert_chain_pem.write_to_path(str(path))
+        _BENCH_CERT = str(path)
+    return _BENCH_CERT
+
+
+_BENCH_CERT: str | None = None
+
+
+def http_probe(port: int, tls: bool = False) -> bool:
+    if tls:
+        import ssl
+
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            HOST, port, timeout=PROBE_TIMEOUT_S, context=ssl._create_unverified_context()
+        )
+    else:
+        conn = http.client.HTTPConnection(HOST, port, timeout=PROBE_TIMEOUT_S)
     try:
         conn.request("GET", "/")
         response = conn.getresponse()
@@ -550,7 +611,9 @@ class ServerProcess:
             if (rc := self.proc.poll()) is not None:
                 raise BenchError(f"{self.spec.name} exited with status {rc} during start-up")
             text = log.read_text(errors="replace") if log.exists() else ""
-            if text.count(self.spec.ready_text) >= self.spec.ready_count and http_probe(self.port):
+            if text.count(self.spec.ready_text) >= self.spec.ready_count and http_probe(
+                self.port, self.spec.tls
+            ):
                 self.tree()
                 return
             if time.monotonic() > deadline:
@@ -675,12 +738,13 @@ def wrk_command(
     seconds: int,
     headers: Sequence[str],
     cpu: int | None,
+    scheme: str = "http",
 ) -> list[str]:
     cmd = ["taskset", "-c", str(cpu)] if cpu is not None else []
     cmd += [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     for header in headers:
         cmd += ["-H", header]
-    return cmd + [f"http://{HOST}:{port}/"]
+    return cmd + [f"{scheme}://{HOST}:{port}/"]
 
 
 def run_wrk(cmd: Sequence[str], seconds: int) -> WrkResult:
@@ -755,6 +819,7 @@ def measure(
                         seconds,
                         scenario.wrk_headers,
                         settings.client_cpu,
+                        "https" if spec.tls else "http",
                     ),
                     seconds,
                 )
@@ -1390,6 +1455,7 @@ def run_scenario(
                 seconds,
                 scenario.wrk_headers,
                 settings.client_cpu,
+                "https" if any(s.tls for s in servers) else "http",
             )
         )
         for seconds in ([settings.warmup] if settings.warmup else []) + [settings.duration]

@@ -34,6 +34,24 @@ def prepare_environment(cfg: Config) -> None:
     for pair in cfg.raw_env or ():
         key, _, value = pair.partition("=")
         os.environ[key.strip()] = value
+    if cfg.keyfile and not cfg.certfile:
+        raise ConfigError("--keyfile (keyfile) needs --certfile (certfile): the certificate "
+                          "chain to serve TLS with")
+    if cfg.certfile and cfg.proxy_protocol != "off":
+        raise ConfigError("--proxy-protocol (proxy_protocol) with --certfile (certfile) is not "
+                          "supported yet: the PROXY header comes before the TLS handshake; "
+                          "terminate TLS at the proxy, or drop one of them")
+    if cfg.certfile:  # loaded once here, so that a bad file is one line and exit 2
+        import ssl
+
+        from berth.worker.tls import make_context
+
+        try:
+            make_context(cfg)
+        except (OSError, ssl.SSLError, TypeError, ValueError) as exc:
+            key = f" with --keyfile (keyfile) {cfg.keyfile!r}" if cfg.keyfile else ""
+            raise ConfigError(f"--certfile (certfile) {cfg.certfile!r}{key}: cannot make the "
+                              f"TLS context: {exc}") from None
 
 
 # --- output -----------------------------------------------------------------------------------
@@ -115,13 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.check_config or cfg.print_config:
         log_start(cfg, log)
         return check_app(cfg, log)
-    log.info("%s", starting_line())
-    log_start(cfg, log)
     try:
         prepare_environment(cfg)
     except ConfigError as exc:
         print(f"berth: error: {exc}", file=sys.stderr)
         return 2
+    log.info("%s", starting_line())
+    log_start(cfg, log)
     from berth.master import Master
     from berth.sockets import BindError as _BindError
 

@@ -167,6 +167,21 @@ def header_map(value: Any) -> str:
     return word
 
 
+def cert_reqs(value: Any) -> int:
+    """0, 1, 2 or ssl's names (CERT_NONE, CERT_OPTIONAL, CERT_REQUIRED)."""
+    names = {"CERT_NONE": 0, "CERT_OPTIONAL": 1, "CERT_REQUIRED": 2}
+    word = str(getattr(value, "name", value)).strip().upper().removeprefix("VERIFYMODE.")
+    if word in names:
+        return names[word]
+    try:
+        n = int(word)
+    except ValueError:
+        n = -1
+    if n not in (0, 1, 2):
+        raise ValueError("0 (none), 1 (optional) or 2 (required)")
+    return n
+
+
 def address_list(value: Any) -> str:
     """`forwarded_allow_ips`, `proxy_allow_ips`: addresses, CIDR networks or `*`, checked here
     (berth/trust.py reads them) and kept as the comma-separated text Gunicorn shows."""
@@ -242,9 +257,6 @@ def is_off(value: Any) -> bool:
 def is_falsy(value: Any) -> bool:
     return not value
 
-
-TLS_REASON = ("berth does not terminate TLS: terminate it at the load balancer, ingress or a "
-              "sidecar proxy and serve plain HTTP behind it")
 
 SYNC_CLASSES = ("sync", "egg:gunicorn#sync", "gunicorn.workers.sync.SyncWorker")
 GTHREAD_CLASSES = ("gthread", "egg:gunicorn#gthread", "gunicorn.workers.gthread.ThreadWorker")

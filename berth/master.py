@@ -127,7 +127,8 @@ class Master:
             self.listeners.append(create_listener(addr, cfg.backlog, cfg.reuse_port, cfg.umask))
         # named once, while they are open: stop() closes them, and a worker's late "ready"
         # can still arrive after that
-        self.listener_names = ", ".join(describe(s) for s in self.listeners)
+        scheme = "https" if cfg.certfile else "http"
+        self.listener_names = ", ".join(describe(s, scheme) for s in self.listeners)
         self.unix_paths = [s.getsockname() for s in self.listeners if s.family == socket.AF_UNIX]
         if cfg.preload_app:
             try:

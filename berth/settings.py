@@ -27,10 +27,10 @@ from typing import Any
 
 from berth.converters import (
     GUNICORN_LOGGER,
-    TLS_REASON,
     address_list,
     anything,
     boolean,
+    cert_reqs,
     env_pair,
     header_map,
     hook,
@@ -507,33 +507,40 @@ SETTINGS: tuple[Setting, ...] = (
       "Gunicorn's internal default process name.", section="Process Naming",
       status=NOT_NEEDED, note="internal to Gunicorn."),
     # -- SSL --------------------------------------------------------------------------------
-    S("keyfile", ("--keyfile",), refuse_unless(is_falsy, TLS_REASON), None,
-      "TLS key file.", "FILE", section="SSL", status=REFUSED, note=TLS_REASON + "."),
-    S("certfile", ("--certfile",), refuse_unless(is_falsy, TLS_REASON), None,
-      "TLS certificate file.", "FILE", section="SSL", status=REFUSED, note=TLS_REASON + "."),
-    S("ssl_version", ("--ssl-version",), refuse_unless(
-        lambda v: str(v).strip() in ("2", "PROTOCOL_TLS", "TLS", "_SSLMethod.PROTOCOL_TLS")
-        or v is None, TLS_REASON), None,
-      "TLS protocol version.", "VERSION", section="SSL", status=REFUSED,
-      note=TLS_REASON + ".", default_text="TLS"),
-    S("cert_reqs", ("--cert-reqs",), refuse_unless(
-        lambda v: v is None or str(v).strip() in ("0", "CERT_NONE", "VerifyMode.CERT_NONE"),
-        TLS_REASON), None,
-      "Whether a client certificate is required.", "INT", section="SSL", status=REFUSED,
-      note=TLS_REASON + ".", default_text="0 (none)"),
-    S("ca_certs", ("--ca-certs",), refuse_unless(is_falsy, TLS_REASON), None,
-      "CA certificates file.", "FILE", section="SSL", status=REFUSED, note=TLS_REASON + "."),
-    S("suppress_ragged_eofs", ("--suppress-ragged-eofs",), refuse_unless(
-        lambda v: v is None or v is True or str(v).lower() in ("true", "1"), TLS_REASON), True,
-      "Suppress ragged TLS EOFs.", None, "store_true", section="SSL", status=REFUSED,
-      note=TLS_REASON + "."),
-    S("do_handshake_on_connect", ("--do-handshake-on-connect",), refuse_unless(
-        is_falsy, TLS_REASON), False,
-      "Do the TLS handshake on connect.", None, "store_true", section="SSL", status=REFUSED,
-      note=TLS_REASON + "."),
-    S("ciphers", ("--ciphers",), refuse_unless(is_falsy, TLS_REASON), None,
-      "TLS cipher suites.", "CIPHERS", section="SSL", status=REFUSED,
-      note=TLS_REASON + "."),
+    S("keyfile", ("--keyfile",), optional_text, None,
+      "TLS private key file (PEM); with certfile alone, the key is read from it.", "FILE",
+      section="SSL"),
+    S("certfile", ("--certfile",), optional_text, None,
+      "TLS certificate chain file (PEM). Set, every listener speaks TLS: the handshake, "
+      "reads and writes run on each worker's loop thread (a stalled handshake holds no app "
+      "thread and is closed at --header-timeout), wsgi.url_scheme is https, and "
+      "wsgi.file_wrapper reads and writes instead of sendfile.", "FILE", section="SSL"),
+    S("ssl_version", ("--ssl-version",), text, None,
+      "TLS protocol version (deprecated and ignored in Gunicorn).", "VERSION", section="SSL",
+      status=NOT_NEEDED, default_text="TLS",
+      note="ignored, as in Gunicorn: berth negotiates TLS 1.2 or 1.3 and never lower; use "
+           "the ssl_context hook to change the context."),
+    S("cert_reqs", ("--cert-reqs",), cert_reqs, 0,
+      "Client certificates: 0 not asked for, 1 optional (verified when sent), 2 required. "
+      "A verified certificate reaches the app as environ['berth.peercert'] (the "
+      "getpeercert() dict) and SSL_CLIENT_CERT (PEM).", "INT", section="SSL",
+      default_text="0 (none)"),
+    S("ca_certs", ("--ca-certs",), optional_text, None,
+      "CA certificates (PEM) that client certificates are verified against.", "FILE",
+      section="SSL"),
+    S("suppress_ragged_eofs", ("--suppress-ragged-eofs",), boolean, True,
+      "A client that closes without a TLS close_notify is taken as closed.", None,
+      "store_true", section="SSL", status=NOT_NEEDED,
+      note="berth always takes a ragged EOF as the client's close (it reads through memory "
+           "BIOs: nothing is raised to the app either way)."),
+    S("do_handshake_on_connect", ("--do-handshake-on-connect",), boolean, False,
+      "Do the TLS handshake when the connection is accepted.", None, "store_true",
+      section="SSL", status=NOT_NEEDED,
+      note="berth's loop does the handshake as soon as the client's first bytes arrive, "
+           "without a thread, either way."),
+    S("ciphers", ("--ciphers",), optional_text, None,
+      "TLS cipher suites (OpenSSL's cipher list format) for TLS 1.2.", "CIPHERS",
+      section="SSL"),
     # -- HTTP/2 -----------------------------------------------------------------------------
     S("http_protocols", ("--http-protocols",), refuse_unless(
         lambda v: v is None or str(v).strip().lower() in ("h1", "http/1.1"),
@@ -628,6 +635,7 @@ HOOK_ARGS: dict[str, tuple[str, ...]] = {
     "worker_exit": ("server", "worker"),
     "nworkers_changed": ("server", "new_value", "old_value"),
     "on_exit": ("server",),
+    "ssl_context": ("config", "default_ssl_context_factory"),
 }
 _HOOK_WHEN = {
     "on_starting": "in the master before it binds",
@@ -645,6 +653,8 @@ _HOOK_WHEN = {
     "worker_exit": "in a worker as it exits",
     "nworkers_changed": "in the master when the worker count changes",
     "on_exit": "in the master just before berth exits",
+    "ssl_context": "in the master and each worker to build the TLS context (it returns an "
+                   "ssl.SSLContext; default_ssl_context_factory() makes berth's)",
 }
 _DIRTY_HOOKS = ("on_dirty_starting", "dirty_post_fork", "dirty_worker_init",
                 "dirty_worker_exit")
@@ -661,10 +671,6 @@ def _hook_settings() -> tuple[Setting, ...]:
         else:
             out.append(S(name, (), hook(name), None, help_text, section="Server Hooks",
                          env=False))
-    out.append(S("ssl_context", (), refuse_unless(is_falsy, TLS_REASON), None,
-                 "Build the TLS context: ssl_context(config, default_ssl_context_factory).",
-                 section="Server Hooks", status=REFUSED, env=False,
-                 note=TLS_REASON + "."))
     for name in _DIRTY_HOOKS:
         out.append(S(name, (), anything, None, f"Gunicorn dirty-arbiter hook {name}.",
                      section="Server Hooks", status=NOT_NEEDED, env=False,

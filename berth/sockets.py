@@ -90,10 +90,10 @@ def create_listener(addr: str, backlog: int, reuse_port: bool = False,
     return sock
 
 
-def describe(sock: socket.socket) -> str:
+def describe(sock: socket.socket, scheme: str = "http") -> str:
     if sock.family == socket.AF_UNIX:
         return f"unix:{sock.getsockname()}"
     host, port = sock.getsockname()[:2]
     if sock.family == socket.AF_INET6:
-        return f"http://[{host}]:{port}"
-    return f"http://{host}:{port}"
+        return f"{scheme}://[{host}]:{port}"
+    return f"{scheme}://{host}:{port}"

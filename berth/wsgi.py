@@ -78,12 +78,12 @@ class Environs:
     and is taken off the front of PATH_INFO."""
 
     def __init__(self, multithread: bool, multiprocess: bool, script_name: str | None = None,
-                 forwarding: Forwarding | None = None):
+                 forwarding: Forwarding | None = None, scheme: str = "http"):
         self.script_name = os.environ.get("SCRIPT_NAME", "") if script_name is None \
             else script_name
         self.base = {
             "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "http",
+            "wsgi.url_scheme": scheme,  # https when berth terminates TLS
             "wsgi.errors": sys.stderr,
             "wsgi.multithread": multithread,
             "wsgi.multiprocess": multiprocess,
@@ -114,21 +114,23 @@ class Environs:
         return Addresses(base, str(peer[1]),
                          forwarding.trusts(peer) if forwarding is not None else None)
 
-    def for_proxied(self, addresses: Addresses, extra: dict[str, str]) -> Addresses:
-        """The addresses a PROXY protocol header names (`extra`: its environ keys, from
-        berth/http/proxyproto.py) over the connection's; trust in forwarded headers stays
-        with the socket's peer."""
+    def with_keys(self, addresses: Addresses, extra: dict, cache: bool = True) -> Addresses:
+        """The connection's layer with more keys: what a PROXY protocol header names (from
+        berth/http/proxyproto.py, cached like the addresses), or a TLS client's certificate
+        (`cache` False). Trust in forwarded headers stays with the socket's peer."""
         extra = dict(extra)
         remote_port = extra.pop("REMOTE_PORT", addresses.remote_port)
         base = addresses.base
+        if not cache:
+            return Addresses({**base, **extra}, remote_port, addresses.forwarded)
         key = (base["SERVER_NAME"], base["SERVER_PORT"], base["REMOTE_ADDR"],
                *sorted(extra.items()))
-        proxied = self.bases.get(key)
-        if proxied is None:
+        layer = self.bases.get(key)
+        if layer is None:
             if len(self.bases) >= ADDRESS_CACHE:
                 self.bases.clear()
-            proxied = self.bases[key] = {**base, **extra}
-        return Addresses(proxied, remote_port, addresses.forwarded)
+            layer = self.bases[key] = {**base, **extra}
+        return Addresses(layer, remote_port, addresses.forwarded)
 
     def _base_with(self, server_name: str, server_port: int, remote_addr: str) -> dict:
         environ = dict(self.base)

@@ -74,9 +74,9 @@ def test_loopback_bind_inside_a_container():
 
 
 def test_ignored_gunicorn_settings_are_listed_with_a_fix():
-    found = diagnose(cfg_for(["--worker-connections", "10"], fake_info(cpus=2)), fake_info(cpus=2),
+    found = diagnose(cfg_for(["--name", "web"], fake_info(cpus=2)), fake_info(cpus=2),
                      euid=1000)
-    assert any(f.problem.startswith("worker_connections (--worker-connections, from cli) is not "
+    assert any(f.problem.startswith("proc_name (--name, from cli) is not "
                                     "implemented")
                and "drop the setting" in f.fix for f in found)
 

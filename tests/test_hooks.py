@@ -33,7 +33,8 @@ HOOK_ARITY = {name: len(args) for name, args in HOOK_ARGS.items()}
 
 GUNICORN_HOOKS = ("on_starting", "on_reload", "when_ready", "pre_fork", "post_fork",
                   "post_worker_init", "worker_int", "worker_abort", "pre_exec", "pre_request",
-                  "post_request", "child_exit", "worker_exit", "nworkers_changed", "on_exit")
+                  "post_request", "child_exit", "worker_exit", "nworkers_changed", "on_exit",
+                  "ssl_context")
 
 
 def test_every_gunicorn_hook_has_its_arity():

@@ -185,10 +185,12 @@ class Responder:
         self.inline = cfg.threads == 1
         self.keep_alive = cfg.keepalive > 0  # turned off to drain or retire
         self.stall = max(cfg.keepalive, cfg.header_timeout)  # a reader that reads nothing
-        self.sendfile = cfg.sendfile  # --no-sendfile: files go through the iterable path
+        # --no-sendfile, or TLS: files go through the iterable path
+        self.sendfile = cfg.sendfile and not cfg.certfile
         self.date = DateCache()
         self.environs = Environs(multithread=cfg.threads > 1, multiprocess=cfg.workers > 1,
-                                 forwarding=Forwarding.from_config(cfg))
+                                 forwarding=Forwarding.from_config(cfg),
+                                 scheme="https" if cfg.certfile else "http")
         # probe paths answered without the app: request target -> "ready" | "live"
         self.probes = {path.encode("latin-1"): kind
                        for kind, path in (("ready", cfg.ready_path), ("live", cfg.live_path))

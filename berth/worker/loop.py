@@ -28,6 +28,7 @@ from berth.http.parser import NO_PARSER, HttpError, Request, RequestParser
 from berth.worker.app import Responder
 from berth.worker.connection import ClientDisconnected, Connection
 from berth.worker.preface import ProxyPreface
+from berth.worker.tls import TlsConnection, TlsSocket, make_context
 from berth.wsgi import StreamInput
 
 MAX_PIPELINE = 16  # complete requests queued on one connection before reading pauses
@@ -92,6 +93,7 @@ class Loop:
         self.now = 0.0  # the loop's clock, read once per wake-up
         # --proxy-protocol: the header each new connection may start with (else None)
         self.preface = ProxyPreface.from_config(cfg, responder.environs, log)
+        self.tls = make_context(cfg) if cfg.certfile else None  # every listener speaks TLS
 
     def setup(self) -> None:
         self.ep = select.epoll()
@@ -178,7 +180,10 @@ class Loop:
                 environ = environs.for_connection(sock.getsockname(), addr)
             else:
                 environ = environs.for_connection(None, None)
-            conn = Connection(sock, environ, now, self)
+            if self.tls is None:
+                conn = Connection(sock, environ, now, self)
+            else:
+                conn = TlsConnection(TlsSocket(sock, self.tls), environ, now, self, environs)
             conn.parser = NO_PARSER  # made when bytes arrive (on_readable)
             if self.preface is not None:
                 conn.preface = b""  # a PROXY header may come first

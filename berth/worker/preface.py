@@ -53,7 +53,7 @@ class ProxyPreface:
             return None
         conn.preface = None
         self._refuse_if_not_allowed(conn)
-        conn.environ = self.environs.for_proxied(conn.environ, environ_additions(header))
+        conn.environ = self.environs.with_keys(conn.environ, environ_additions(header))
         return buf[header.consumed:] or None
 
     def truncated(self, conn) -> None:

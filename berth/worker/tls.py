@@ -1,0 +1,140 @@
+"""TLS on the loop thread: `ssl.SSLObject` over memory BIOs, so that no socket operation ever
+blocks and a client that stalls in its handshake holds no thread (it is closed at
+--header-timeout, like any client that sends no request).
+
+A TLS connection is a `TlsConnection` whose `sock` is a `TlsSocket`: the loop's `recv()` gets
+plaintext from it (or BlockingIOError while a record is incomplete, or during the handshake);
+`send()` and everything else reach the real socket, so the write-behind queue holds
+ciphertext and drains as for plain HTTP. `TlsConnection.send` encrypts under the connection's
+lock, which is re-entrant here: encrypting and queueing are one step, so records leave in the
+order they were made, and the SSL object is only ever used by one thread at a time (OpenSSL
+requires it; CPython releases the GIL inside SSL_read and SSL_write).
+
+`make_context(cfg)` builds the context as Gunicorn does (`gunicorn/sock.py`), through the
+`ssl_context(config, default_ssl_context_factory)` hook when the config file defines one.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+
+from berth.worker.connection import ClientDisconnected, Connection
+
+
+def make_context(cfg) -> ssl.SSLContext:
+    """The server's TLS context (raises OSError or ssl.SSLError for unreadable files)."""
+
+    def default_ssl_context_factory() -> ssl.SSLContext:
+        # CLIENT_AUTH: a server context; Python's defaults: TLS 1.2 at least, no compression
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=cfg.ca_certs)
+        context.load_cert_chain(certfile=cfg.certfile, keyfile=cfg.keyfile)
+        context.verify_mode = ssl.VerifyMode(cfg.cert_reqs)
+        if cfg.ciphers:
+            context.set_ciphers(cfg.ciphers)
+        context.set_alpn_protocols(["http/1.1"])
+        return context
+
+    hook = cfg.ssl_context
+    context = hook(cfg, default_ssl_context_factory) if hook else default_ssl_context_factory()
+    if not isinstance(context, ssl.SSLContext):
+        raise TypeError(f"ssl_context returned {type(context).__name__}, not an ssl.SSLContext")
+    return context
+
+
+class TlsSocket:
+    """The socket a TLS connection shows the loop: `recv` decrypts, the rest is the real
+    socket's (see the module docstring)."""
+
+    __slots__ = ("conn", "incoming", "obj", "outgoing", "raw", "send", "shaken")
+
+    def __init__(self, raw, context: ssl.SSLContext):
+        self.raw = raw
+        self.send = raw.send  # ciphertext, from the write-behind queue or TlsConnection.send
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.shaken = False  # the handshake is done
+        self.conn: TlsConnection | None = None
+
+    def __getattr__(self, name: str):
+        return getattr(self.raw, name)  # fileno, close, shutdown, getpeername, family...
+
+    def recv(self, size: int) -> bytes:
+        """Loop thread: the plaintext the client's bytes carry; b"" at the end (a
+        close_notify, or a close without one); BlockingIOError when they carry none yet.
+        A failed handshake or a broken record raises OSError (the loop closes)."""
+        data = self.raw.recv(size)
+        if not data:
+            return b""
+        conn = self.conn
+        plain = []
+        closed = False
+        with conn.lock:
+            incoming = self.incoming
+            incoming.write(data)
+            obj = self.obj
+            try:
+                if not self.shaken:
+                    obj.do_handshake()
+                    self.shaken = True
+                    conn.handshaken()
+                # read while whole records may wait: a read that finds none raises, and
+                # making that exception costs more than the decryption of a request
+                while incoming.pending or obj.pending():
+                    part = obj.read(size)
+                    if not part:
+                        break
+                    plain.append(part)
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:  # the client's close_notify
+                closed = True
+            finally:
+                self.flush()  # handshake messages, session tickets, alerts
+        if plain:
+            return b"".join(plain)
+        if closed:
+            return b""
+        raise BlockingIOError
+
+    def flush(self) -> None:
+        """Under the lock: what the SSL object wrote goes out (or into the queue)."""
+        pending = self.outgoing.read()
+        if pending:
+            try:
+                Connection.send(self.conn, pending, True)
+            except ClientDisconnected:
+                pass
+
+
+class TlsConnection(Connection):
+    __slots__ = ("environs",)
+
+    def __init__(self, sock: TlsSocket, environ, now: float, loop, environs):
+        super().__init__(sock, environ, now, loop)
+        self.lock = threading.RLock()  # (see the module docstring)
+        self.environs = environs  # berth.wsgi.Environs: with_keys()
+        sock.conn = self
+
+    def handshaken(self) -> None:
+        """Under the lock, on the loop thread: a verified client certificate joins the
+        connection's environ."""
+        obj = self.sock.obj
+        cert = obj.getpeercert()
+        if cert:
+            der = obj.getpeercert(binary_form=True)
+            self.environ = self.environs.with_keys(
+                self.environ, {"berth.peercert": cert,
+                               "SSL_CLIENT_CERT": ssl.DER_cert_to_PEM_cert(der)}, cache=False)
+
+    def send(self, data: bytes, inline: bool) -> None:
+        with self.lock:
+            if self.dead:
+                raise ClientDisconnected()
+            sock = self.sock
+            sock.obj.write(data)  # into the memory BIO: all of it
+            Connection.send(self, sock.outgoing.read(), inline)
+
+    def sendfile(self, fd: int, offset: int, count: int, inline: bool) -> None:
+        raise AssertionError("no sendfile under TLS: the file goes through the iterable path")

@@ -1,0 +1,198 @@
+"""TLS, end to end: certificates made here by trustme, real clients (requests, curl,
+openssl s_client, Python's ssl), the handshake on the loop thread."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import APPS, ROOT, Server, free_port
+from proto_helpers import wait_for
+
+trustme = pytest.importorskip("trustme")
+requests = pytest.importorskip("requests")
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("certs")
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1", "localhost").private_key_and_cert_chain_pem.write_to_path(
+        d / "server.pem")
+    ca.cert_pem.write_to_path(d / "ca.pem")
+    ca.issue_cert("client@example.com").private_key_and_cert_chain_pem.write_to_path(
+        d / "client.pem")
+    other = trustme.CA()  # a client certificate that the server's CA did not sign
+    other.issue_cert("stranger@example.com").private_key_and_cert_chain_pem.write_to_path(
+        d / "stranger.pem")
+    return d
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory, certs):
+    srv = Server(["-w", "1", "--threads", "1", "--header-timeout", "2",
+                  "--certfile", str(certs / "server.pem"), "proto_app:app"],
+                 tmp_path_factory.mktemp("tls"))
+    yield srv
+    srv.stop()
+
+
+def url(srv, path: str) -> str:
+    return f"https://127.0.0.1:{srv.port}{path}"
+
+
+def test_requests_over_tls_keep_alive_and_the_scheme_is_https(tls, certs):
+    ca = str(certs / "ca.pem")  # (per request: a session's verify loses to $REQUESTS_CA_BUNDLE)
+    with requests.Session() as s:
+        for _ in range(3):
+            r = s.get(url(tls, "/hello"), verify=ca, timeout=10)
+            assert (r.status_code, r.content) == (200, b"Hello, world!\n")
+        env = s.get(url(tls, "/env"), verify=ca, timeout=10).json()["str"]
+    assert env["wsgi.url_scheme"] == "https"
+    assert "berth.peercert" not in env and "SSL_CLIENT_CERT" not in env
+    assert "https://127.0.0.1:" in tls.stderr()  # the ready line names the scheme
+
+
+def test_bodies_both_ways_and_a_file_without_sendfile(tls, certs, tmp_path):
+    ca = str(certs / "ca.pem")
+    body = os.urandom(3 << 20)
+    r = requests.post(url(tls, "/sha256"), data=body, verify=ca, timeout=30)
+    assert r.json()["sha256"] == hashlib.sha256(body).hexdigest()
+    r = requests.get(url(tls, "/big?n=5000000"), verify=ca, timeout=30)
+    assert len(r.content) == 5_000_000
+    f = tmp_path / "f.bin"
+    f.write_bytes(os.urandom(1 << 20) * 3)
+    r = requests.get(url(tls, f"/file?path={f}&cl=1"), verify=ca, timeout=30)
+    assert r.content == f.read_bytes()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl(tls, certs):
+    out = subprocess.run(["curl", "-sS", "--cacert", str(certs / "ca.pem"),
+                          url(tls, "/hello"), url(tls, "/hello")],
+                         capture_output=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"Hello, world!\n" * 2
+
+
+def test_a_stalled_handshake_holds_no_thread_and_times_out(tls, certs):
+    # --threads 1: the app runs on the loop thread; five clients stop in the middle of
+    # their handshake, and a normal client is served at once
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    stalled = []
+    for _ in range(5):
+        s = socket.create_connection(("127.0.0.1", tls.port), timeout=10)
+        s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello, cut short
+        stalled.append(s)
+    try:
+        t0 = time.monotonic()
+        with socket.create_connection(("127.0.0.1", tls.port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"Hello, world!\n")
+        print(f"served in {time.monotonic() - t0:.3f} s beside 5 stalled handshakes")
+        for s in stalled:  # closed at --header-timeout (2 s)
+            s.settimeout(10)
+            assert s.recv(100) == b""
+    finally:
+        for s in stalled:
+            s.close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_openssl_s_client_that_sends_nothing_is_closed_at_the_header_timeout(tls, certs):
+    proc = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{tls.port}",
+                             "-CAfile", str(certs / "ca.pem"), "-quiet"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=15)  # stdin stays open: it sends nothing
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("berth did not close a silent TLS client")
+    assert b"verify return:1" in err or b"depth=0" in err, err
+
+
+def test_plain_http_to_the_tls_port_is_closed(tls):
+    with socket.create_connection(("127.0.0.1", tls.port), timeout=10) as s:
+        s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = s.recv(65536)
+    assert not data.startswith(b"HTTP/1.1 200")
+
+
+def test_a_verified_client_certificate_reaches_the_app(berth, certs):
+    srv = berth(["-w", "1", "--certfile", str(certs / "server.pem"), "--cert-reqs", "2",
+                 "--ca-certs", str(certs / "ca.pem"), "proto_app:app"])
+    ca = str(certs / "ca.pem")
+    env = requests.get(url(srv, "/env"), verify=ca, cert=str(certs / "client.pem"),
+                       timeout=10).json()
+    assert env["str"]["SSL_CLIENT_CERT"].startswith("-----BEGIN CERTIFICATE-----")
+    assert "client@example.com" in env["other"]["berth.peercert"]
+    for cert in (None, str(certs / "stranger.pem")):  # required: none, or a stranger's, fails
+        with pytest.raises(requests.exceptions.RequestException):
+            requests.get(url(srv, "/hello"), verify=ca, cert=cert, timeout=10)
+    assert requests.get(url(srv, "/hello"), verify=ca, cert=str(certs / "client.pem"),
+                        timeout=10).status_code == 200
+
+
+def test_the_ssl_context_hook_builds_the_context(berth, certs, tmp_path):
+    (tmp_path / "tlsconf.py").write_text(
+        "import ssl\n"
+        "def ssl_context(config, default_ssl_context_factory):\n"
+        "    context = default_ssl_context_factory()\n"
+        "    context.minimum_version = ssl.TLSVersion.TLSv1_3\n"
+        "    return context\n")
+    srv = berth(["-w", "1", "-c", str(tmp_path / "tlsconf.py"), "--certfile",
+                 str(certs / "server.pem"), "--ssl-version", "TLSv1", "proto_app:app"])
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+        assert s.version() == "TLSv1.3"
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises(ssl.SSLError), \
+            socket.create_connection(("127.0.0.1", srv.port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1"):
+        pass
+    # --ssl-version is ignored, as in Gunicorn: said at start, never a lower minimum
+    wait_for(lambda: "ssl_version (--ssl-version, from cli) is not needed" in srv.stderr(), 5)
+
+
+def run_berth(args, cwd):
+    env = dict(os.environ, BERTH_IN_CONTAINER="0", PYTHONPATH=f"{APPS}{os.pathsep}{ROOT}")
+    return subprocess.run([sys.executable, "-m", "berth", "-b", f"127.0.0.1:{free_port()}",
+                           *args, "proto_app:app"], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=30)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--certfile", "missing.pem"], "--certfile (certfile) 'missing.pem'"),
+    (["--keyfile", "k.pem"], "--keyfile (keyfile) needs --certfile"),
+    (["--cert-reqs", "3"], "0 (none), 1 (optional) or 2 (required)"),
+])
+def test_bad_tls_settings_exit_2_with_one_line(tmp_path, args, words):
+    res = run_berth(args, str(tmp_path))
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert words in lines[0]
+
+
+def test_a_key_that_does_not_match_exits_2(tmp_path, certs):
+    other = trustme.CA().issue_cert("127.0.0.1")
+    other.private_key_pem.write_to_path(tmp_path / "otherkey.pem")
+    other.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    res = run_berth(["--certfile", str(certs / "server.pem"), "--keyfile",
+                     str(tmp_path / "otherkey.pem")], str(tmp_path))
+    assert res.returncode == 2 and "cannot make the TLS context" in res.stderr, res.stderr
+    json.dumps(res.stderr)  # (printable)
