@@ -36,6 +36,7 @@ def number(kind: type, minimum: float, what: str) -> Callable[[Any], Any]:
 positive_int = number(int, 1, "a whole number >= 1")
 non_negative_int = number(int, 0, "a whole number >= 0")
 non_negative_float = number(float, 0, "a number of seconds >= 0")
+positive_seconds = number(float, 0.001, "a number of seconds >= 0.001")
 
 
 def size_bytes(value: Any) -> int:

@@ -47,6 +47,7 @@ from berth.converters import (
     octal_mask,
     optional_text,
     positive_int,
+    positive_seconds,
     proxy_protocol,
     refuse_if_on,
     refuse_unless,
@@ -233,6 +234,10 @@ SETTINGS: tuple[Setting, ...] = (
     S("live_path", ("--live-path",), text, "/-/live",
       "Liveness probe, answered by the worker's loop thread: 200 while the loop runs. "
       "'' disables.", "PATH", section="Server", status=BERTH_ONLY),
+    S("check_timeout", ("--check-timeout",), positive_seconds, 5.0,
+      "`berth check`: seconds the URL (by default the readiness probe on the first --bind) "
+      "has to answer, connection included, before the check fails (exit 1).", "SECONDS",
+      section="Server", status=BERTH_ONLY),
     S("header_timeout", ("--header-timeout",), non_negative_float, 10.0,
       "Seconds a client has to send a whole request head, and the longest pause while "
       "it sends a body, before the connection is closed (408).", "SECONDS",
