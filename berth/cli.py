@@ -1,21 +1,23 @@
-"""`berth [options] MODULE:NAME` and `berth doctor`: parse the command line and dispatch.
+"""`berth [options] MODULE:NAME`, `berth doctor` and `berth check`: parse the command line
+and dispatch.
 
 The configuration itself (every source, its precedence, the start-up decisions) is
 `berth/config.py`'s; this module asks it for the Config, then runs what was asked: the
-server (`Master`), `--print-config`, `--check-config`, or `berth doctor`.
+server (`Master`), `--print-config`, `--check-config`, `berth doctor` or `berth check`.
+
+`berth check` runs every few seconds as a HEALTHCHECK, so this module imports what the server
+alone needs (logging, the master) only once it knows it serves.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import traceback
 
 from berth import __version__
 from berth.config import Config, ConfigError, load, render_config
 from berth.loader import load_app
-from berth.logs import setup_error_log
 
 
 def prepare_environment(cfg: Config) -> None:
@@ -58,6 +60,8 @@ def prepare_environment(cfg: Config) -> None:
 
 def starting_line() -> str:
     """The first line berth logs: what is starting (as Gunicorn's "Starting gunicorn 27.0.1")."""
+    import platform
+
     return (f"Starting berth {__version__} (Python {platform.python_version()}, "
             f"{platform.python_implementation()})")
 
@@ -116,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         from berth.doctor import main as doctor_main
 
         return doctor_main(argv[1:])
+    if argv[:1] == ["check"]:
+        from berth.check import main as check_main
+
+        return check_main(argv[1:])
+    from berth.logs import setup_error_log
+
     launch_dir = os.getcwd()
     try:
         cfg = load(argv, cwd=launch_dir)

@@ -173,6 +173,8 @@ def _epilog() -> str:
         "commands:",
         "  berth doctor [options] [MODULE:NAME]   explain the environment, the effective",
         "                                         configuration and what to fix",
+        "  berth check [URL] [options]            exit 0 when URL (default: the readiness",
+        "                                         probe on the first --bind) answers 2xx",
         "", about,
         flags("not needed with berth (an info line)", NOT_NEEDED),
         flags("not implemented yet (a warning)", NOT_YET),
