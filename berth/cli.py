@@ -15,7 +15,7 @@ import os
 import sys
 import traceback
 
-from berth import __version__
+from berth import __version__, proctitle
 from berth.config import Config, ConfigError, load, render_config
 from berth.loader import load_app
 
@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.check_config or cfg.print_config:
         log_start(cfg, log)
         return check_app(cfg, log)
+    proctitle.prepare()  # before --env changes the environment
     try:
         prepare_environment(cfg)
     except ConfigError as exc:

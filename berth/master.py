@@ -37,7 +37,7 @@ import sys
 import time
 import traceback
 
-from berth import container, reloader
+from berth import container, proctitle, reloader
 from berth.children import ExitReader, OrphanReaper, WorkerInfo, send_signal
 from berth.hooks import ServerView, WorkerView, call_hook
 from berth.logs import AccessLog
@@ -122,6 +122,9 @@ class Master:
 
     def run(self) -> int:
         cfg = self.cfg
+        if not proctitle.set_title("master", cfg) and cfg.proc_name:
+            self.log.info("proc_name %r is not shown: process titles need setproctitle (%s)",
+                          cfg.proc_name, proctitle.INSTALL_HINT)
         call_hook(cfg, "on_starting", self.server)
         for addr in cfg.bind:
             self.listeners.append(create_listener(addr, cfg.backlog, cfg.reuse_port, cfg.umask))
@@ -484,6 +487,7 @@ class Master:
                 return
             new.values["bind"] = self.cfg.bind
             self.cfg = new
+            proctitle.set_title("master", new)  # --name may have changed, as in Gunicorn
         if self.code is not None:
             if self.code.settings_of(self.cfg) != self.code.settings:
                 self.log.warning("SIGHUP: the --reload settings take effect at the next start")

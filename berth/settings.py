@@ -505,12 +505,16 @@ SETTINGS: tuple[Setting, ...] = (
       status=NOT_YET, note=_STATSD),
     # -- process naming ---------------------------------------------------------------------
     S("proc_name", ("-n", "--name"), optional_text, None,
-      "Process title base (setproctitle).", "STRING", section="Process Naming",
-      status=NOT_YET, note="process titles are coming (an open issue); until then they are "
-                           "not changed."),
-    S("default_proc_name", (), text, "gunicorn",
-      "Gunicorn's internal default process name.", section="Process Naming",
-      status=NOT_NEEDED, note="internal to Gunicorn."),
+      "The name in the process titles ps and top show: `berth: master [NAME]` and `berth: "
+      "worker [NAME]`, with setproctitle installed (pip install berth[proctitle]; without "
+      "it titles are not changed, and one info line at start says so). Default: "
+      "default_proc_name, else the app (MODULE:NAME).", "STRING", section="Process Naming",
+      note="Titles begin with `berth:` where Gunicorn's begin with `gunicorn:`.",
+      default_text="the app (MODULE:NAME)"),
+    S("default_proc_name", (), optional_text, None,
+      "The name in the process titles when --name is not given (config file or env).",
+      section="Process Naming", note="Gunicorn sets it to the app spec itself; berth uses "
+      "the app spec when it is not set.", default_text="the app (MODULE:NAME)"),
     # -- SSL --------------------------------------------------------------------------------
     S("keyfile", ("--keyfile",), optional_text, None,
       "TLS private key file (PEM); with certfile alone, the key is read from it.", "FILE",

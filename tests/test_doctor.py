@@ -74,9 +74,9 @@ def test_loopback_bind_inside_a_container():
 
 
 def test_ignored_gunicorn_settings_are_listed_with_a_fix():
-    found = diagnose(cfg_for(["--name", "web"], fake_info(cpus=2)), fake_info(cpus=2),
-                     euid=1000)
-    assert any(f.problem.startswith("proc_name (--name, from cli) is not "
+    found = diagnose(cfg_for(["--statsd-host", "localhost:8125"], fake_info(cpus=2)),
+                     fake_info(cpus=2), euid=1000)
+    assert any(f.problem.startswith("statsd_host (--statsd-host, from cli) is not "
                                     "implemented")
                and "drop the setting" in f.fix for f in found)
 

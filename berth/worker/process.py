@@ -25,6 +25,7 @@ import sys
 import time
 import traceback
 
+from berth import proctitle
 from berth.hooks import WorkerView, call_hook
 from berth.http.framing import error_response
 from berth.logs import setup_error_log
@@ -120,6 +121,7 @@ class Worker:
             os._exit(code)
 
     def _setup_process(self) -> None:
+        proctitle.set_title("worker", self.cfg)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
                     signal.SIGUSR1, signal.SIGCHLD, signal.SIGWINCH, signal.SIGTTIN,
                     signal.SIGTTOU):
