@@ -452,8 +452,8 @@ class AdminServer:
                 raise HttpError(431, "request head too large")
             conn.parser.feed(data)
         except HttpError as err:
-            self._answer(conn, response(err.status, f"{err.detail}\n".encode("latin-1", "replace"),
-                                        date=self.date))
+            detail = f"{err.detail}\n".encode("latin-1", "replace")
+            self._answer(conn, response(err.status, detail, date=self.date))
             return
         parser = conn.parser
         req = parser.ready[0] if parser.ready else parser.current
