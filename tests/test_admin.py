@@ -214,7 +214,7 @@ def test_every_endpoint_answers_while_every_app_thread_is_busy(berth, workers, t
     for i in range(1, total + 1):
         # one at a time: with --threads 1 a worker busy in the app no longer accepts, so the
         # next request goes to a worker that is still free
-        sleepers.append(in_background(lambda: http_get(srv.port, "/sleep?s=8", timeout=20)))
+        sleepers.append(in_background(lambda: http_get(srv.port, "/sleep?s=10", timeout=25)))
         m = settle(srv, lambda m, i=i: metric(m, "berth_app_threads", state="busy") >= i)
         assert metric(m, "berth_app_threads", state="busy") == i
     waiting = [socket.create_connection(("127.0.0.1", srv.port), timeout=5) for _ in range(3)]
@@ -247,7 +247,7 @@ def test_every_endpoint_answers_while_every_app_thread_is_busy(berth, workers, t
 
 
 def test_readyz_says_503_through_the_shutdown_delay(berth):
-    srv = start(berth, "-w", "1", "--threads", "2", "--shutdown-delay", "3")
+    srv = start(berth, "-w", "1", "--threads", "2", "--shutdown-delay", "5")
     assert admin_get(srv, "/readyz")[0] == 200
     srv.signal(signal.SIGTERM)
     sent = time.monotonic()
@@ -257,7 +257,7 @@ def test_readyz_says_503_through_the_shutdown_delay(berth):
     assert answer[2] == b"shutting down (in the shutdown delay)\n"
     assert admin_get(srv, "/livez")[0] == 200  # not dead: still serving
     assert http_get(srv.port, "/hello")[0] == 200
-    assert time.monotonic() - sent < 3, "the delay was over before the checks"
+    assert time.monotonic() - sent < 5, "the delay was over before the checks"
     assert status_of(srv)["phase"] == "in the shutdown delay"
     code, _ = exit_within(srv, 15)
     assert code == 0
@@ -294,7 +294,6 @@ def test_counters_never_go_back_when_workers_are_recycled_or_killed(berth):
     assert requests_total(m) == 10
     assert metric(m, "berth_worker_restarts_total", reason="max_requests") >= 2
     # a worker killed outright keeps what it had published
-    pids = {w["pid"] for w in status_of(srv)["workers"]}
     assert wait_for(lambda: len(status_of(srv)["workers"]) == 1, timeout=10)
     (pid,) = {w["pid"] for w in status_of(srv)["workers"]}
     assert http_get(srv.port, "/hello")[0] == 200
@@ -305,7 +304,6 @@ def test_counters_never_go_back_when_workers_are_recycled_or_killed(berth):
     m = scrape(srv)
     assert requests_total(m) >= before == 11
     assert metric(m, "berth_worker_restarts_total", reason="signal") == 1
-    assert pids  # (the first look had a worker)
 
 
 def test_status_lists_the_live_worker_pids_and_redacts_the_query(berth):
@@ -361,7 +359,7 @@ def test_a_worker_hung_past_timeout_is_replaced_and_livez_follows_the_rule(berth
     assert answers[-1][1] == 200 and any(w["pid"] != old for w in answers[-1][3]), \
         "no replacement serving within 10 s"
     assert "loop silent" in srv.stderr()
-    m = scrape(srv)
+    m = settle(srv, lambda m: metric(m, "berth_worker_restarts_total", reason="silent") == 1)
     assert metric(m, "berth_worker_restarts_total", reason="silent") == 1
     hung.join(timeout=5)
 
