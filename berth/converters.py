@@ -198,6 +198,25 @@ def address_list(value: Any) -> str:
     return ",".join(str(item) for item in items)
 
 
+def listen_address(value: Any) -> str:
+    """`admin_bind`: one address to listen on, HOST:PORT, [IPv6]:PORT or unix:PATH, checked as
+    `--bind` checks its addresses (berth/sockets.py) but without fd://N, which names a socket
+    handed over for the app's traffic."""
+    from berth.sockets import BindError, parse_bind
+
+    text = str(value).strip()
+    accepted = "HOST:PORT, [IPv6]:PORT or unix:PATH"
+    if not text or text.startswith("fd://"):
+        raise ValueError(accepted)
+    try:
+        parse_bind(text)
+    except BindError as exc:
+        detail = str(exc).split(": ", 1)[-1]  # (parse_bind names --bind: keep its reason)
+        raise ValueError(accepted if detail.startswith("expected") else
+                         f"{accepted} ({detail})") from None
+    return text
+
+
 def proxy_protocol(value: Any) -> str:
     """Gunicorn's modes (24.1+): off, v1, v2, auto; true/1 mean auto, false/0/none off."""
     if value is True:

@@ -30,6 +30,7 @@ DOCKER_STOP_WINDOW = 10.0  # `docker stop` default: SIGTERM, then SIGKILL 10 s l
 K8S_STOP_WINDOW = 30.0  # terminationGracePeriodSeconds default
 MASTER_MARGIN = 1.0  # the master needs about this long after the workers to exit cleanly
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+ADMIN_PORT = 9000  # what the --admin-bind advice suggests (nothing else claims it in berth)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,20 @@ def diagnose(cfg: Config, info: Any, euid: int | None = None) -> list[Finding]:
                     f"container can connect (published ports and the kubelet's probes fail)",
                     f"--bind 0.0.0.0:{port} (or drop --bind: in a container berth listens on "
                     f"0.0.0.0)"))
+        if cfg.admin_bind and _host(cfg.admin_bind) in LOOPBACK_HOSTS:
+            out.append(Finding(
+                f"admin listener on {cfg.admin_bind} inside a container: the kubelet's probes "
+                f"and Prometheus cannot reach it",
+                f"--admin-bind 0.0.0.0:{cfg.admin_bind.rpartition(':')[2]} (keep that port "
+                f"off the public network)"))
+
+    if (info.in_container or info.in_kubernetes) and not cfg.admin_bind:
+        out.append(Finding(
+            "no admin listener: probes go to the app's port, answered by a worker (none "
+            "answers while every worker hangs or restarts), and there are no metrics",
+            f"--admin-bind 0.0.0.0:{ADMIN_PORT}: the master answers /livez, /readyz, /metrics "
+            f"(Prometheus) and /status there, whatever the workers are doing; point the "
+            f"probes and the scraper at it, and keep the port off the public network"))
 
     for level, line in cfg.notices:
         if level == "warning":

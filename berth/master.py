@@ -38,6 +38,7 @@ import time
 import traceback
 
 from berth import container, proctitle, reloader
+from berth.admin import AdminServer
 from berth.children import ExitReader, OrphanReaper, WorkerInfo, send_signal
 from berth.hooks import ServerView, WorkerView, call_hook
 from berth.logs import AccessLog
@@ -99,6 +100,7 @@ class Master:
         self.server = ServerView(self)
         self.reload_reason = "reloaded (SIGHUP)"  # why the old generation is stopped
         self.code: reloader.CodeReloader | None = None  # --reload
+        self.admin: AdminServer | None = None  # --admin-bind
 
     @property
     def stopping(self) -> bool:
@@ -118,6 +120,11 @@ class Master:
             return self.cfg.timeout
         return max(self.cfg.timeout, THREADED_LOOP_ALLOWANCE)
 
+    def is_silent(self, slot: Slot, now: float) -> bool:
+        """The supervision rule: a worker past booting whose loop has not written its slot
+        within `loop_allowance`. check_workers kills it; /livez counts it as dead."""
+        return slot.state != BOOTING and now - slot.heartbeat > self.loop_allowance
+
     # -- start ------------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -133,6 +140,8 @@ class Master:
         scheme = "https" if cfg.certfile else "http"
         self.listener_names = ", ".join(describe(s, scheme) for s in self.listeners)
         self.unix_paths = [s.getsockname() for s in self.listeners if s.family == socket.AF_UNIX]
+        if cfg.admin_bind:
+            self.admin = AdminServer(self, cfg.admin_bind)
         if cfg.preload_app:
             try:
                 self.app = self.load_app()
@@ -191,11 +200,15 @@ class Master:
         sel.register(self.ready_r, selectors.EVENT_READ)
         for fd in self.code.fds() if self.code is not None else ():
             sel.register(fd, selectors.EVENT_READ)
+        if self.admin is not None:
+            self.admin.register(sel)
         next_tick = time.monotonic() + TICK
         while True:
             self.wait_and_handle(self.wait_time(next_tick))
             self.reap()
             now = time.monotonic()
+            if self.admin is not None:
+                self.admin.tick(now)
             if self.phase == DELAYING and now >= self.deadline:
                 self.begin_stop(graceful=True)
             if self.stopping:
@@ -239,10 +252,13 @@ class Master:
 
     def wait_and_handle(self, timeout: float) -> None:
         """Wait up to `timeout` for an event: a signal (its handler queued it and the wakeup
-        fd woke the selector), a worker's readiness, --reload's fds. Then handle every signal
-        that came, in order, each in the phase the one before it left."""
-        for key, _ in self.sel.select(timeout):
-            if key.fd == self.sig_r:
+        fd woke the selector), a worker's readiness, --reload's fds, the admin listener's
+        sockets (registered with their handler as data). Then handle every signal that came,
+        in order, each in the phase the one before it left."""
+        for key, events in self.sel.select(timeout):
+            if key.data is not None:
+                key.data(events)
+            elif key.fd == self.sig_r:
                 self._drain(self.sig_r)
             elif key.fd == self.ready_r:
                 self.read_ready()
@@ -343,6 +359,8 @@ class Master:
             signal.set_wakeup_fd(-1)
             for fd in (self.sig_r, self.sig_w, self.ready_r):
                 os.close(fd)
+            if self.admin is not None:
+                self.admin.close_in_child()
             load_app = self.load_app
             if self.code is not None:  # the worker reports the app's files to the master
                 load_app = self.code.for_worker(load_app)
@@ -420,7 +438,7 @@ class Master:
                 continue
             if info.killed or slot.pid != info.pid or slot.generation != info.generation:
                 continue
-            if slot.state != BOOTING and now - slot.heartbeat > self.loop_allowance:
+            if self.is_silent(slot, now):
                 self.abort(info, now - slot.heartbeat, slot)
                 continue
             if slot.state == RETIRING and not info.replaced and not self.paused:
@@ -542,6 +560,8 @@ class Master:
             info.stopping = OVERRAN
         how = self.exits.how(status, killed_by_berth=bool(info.killed))
         reason = info.killed or info.stopping
+        if self.admin is not None:  # its counts, read before the slot was cleared
+            self.admin.worker_exited(info, last, how)
         if self.stopping:
             self.log.debug("worker %d %s", info.pid, how)
             return
@@ -627,4 +647,6 @@ class Master:
         self.orphans.reap(self.workers)
         if self.code is not None:
             self.code.close()
+        if self.admin is not None:
+            self.admin.close()
         self.log.info("berth master %d: stopped", os.getpid())

@@ -7,6 +7,14 @@ Nothing here touches the filesystem.
 
 There are MAX_SLOTS slots: enough for the most workers berth runs (MAX_WORKERS) plus as many
 replacements starting during a reload or while workers are recycled.
+
+A worker whose loop thread runs the app itself (`--threads 1`) cannot write its slot until the
+app returns, so the slot would say "idle" through a request of any length. Such a worker keeps
+one more word per slot, outside the slot and its seqlock: when its loop starts the app it
+stores the time (an aligned 8-byte store, about 50 ns a request, measured), and 0 when the app
+returns. `read()` folds it in: the worker is busy, with one more request in flight and one more
+busy thread. What that request is (its line) is not stored: a line costs about 300 ns more per
+request, 3% of a hello-world request on the loop thread.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ class Slot:
     status_5xx: int = 0
     bytes_sent: int = 0
     over_deadline: int = 0
+    app_since: float = 0.0  # --threads 1: the loop thread runs the app since then (0: it does not)
 
     @property
     def state_name(self) -> str:
@@ -64,9 +73,12 @@ class Slot:
 class Scoreboard:
     def __init__(self, slots: int = MAX_SLOTS):
         self.slots = slots
-        # anonymous and shared across fork; after the slots, one cache line the master writes
-        self.mem = mmap.mmap(-1, slots * SLOT_SIZE + 64)
+        # anonymous and shared across fork; after the slots, one cache line the master writes,
+        # then each slot's app word (8-byte aligned)
+        self.mem = mmap.mmap(-1, slots * SLOT_SIZE + 64 + slots * 8)
         self._flag = slots * SLOT_SIZE
+        words = slots * SLOT_SIZE + 64
+        self._app_words = memoryview(self.mem)[words:words + slots * 8].cast("d")
 
     def set_shutting_down(self) -> None:
         """The master got SIGTERM: readiness probes answer 503 from now on."""
@@ -75,6 +87,11 @@ class Scoreboard:
     @property
     def shutting_down(self) -> bool:
         return self.mem[self._flag] == 1
+
+    def app_word(self, index: int) -> memoryview:
+        """Slot `index`'s app word, for the worker's loop thread: `word[0] = time.monotonic()`
+        when it starts running the app, `word[0] = 0.0` when the app returns."""
+        return self._app_words[index:index + 1]
 
     def write(self, index: int, slot: Slot) -> None:
         """Seqlock write: the sequence word is odd while the slot changes, so a reader never
@@ -103,8 +120,18 @@ class Scoreboard:
                 break
         (pid, generation, state, busy, heartbeat, served, in_flight, oldest_start, line,
          rss, uss, s2, s3, s4, s5, sent, over) = fields
-        return Slot(pid, generation, state, busy, heartbeat, served, in_flight, oldest_start,
+        slot = Slot(pid, generation, state, busy, heartbeat, served, in_flight, oldest_start,
                     line.rstrip(b"\0").decode("latin-1"), rss, uss, s2, s3, s4, s5, sent, over)
+        since = self._app_words[index]
+        if since:  # the loop thread is in the app: its slot was written before that
+            slot.app_since = since
+            if state == IDLE:
+                slot.state = BUSY
+            slot.in_flight += 1
+            slot.busy_threads += 1
+            if not oldest_start or since < oldest_start:
+                slot.oldest_start, slot.oldest_line = since, ""  # (its line is not stored)
+        return slot
 
     def free_index(self, taken: set[int]) -> int:
         for index in range(self.slots):
@@ -114,3 +141,4 @@ class Scoreboard:
 
     def clear(self, index: int) -> None:
         self.write(index, Slot())
+        self._app_words[index] = 0.0  # (a worker killed inside the app leaves it set)

@@ -40,6 +40,7 @@ from berth.converters import (
     is_falsy,
     is_no_control_socket,
     is_off,
+    listen_address,
     log_level,
     name_list,
     non_negative_float,
@@ -152,6 +153,12 @@ SETTINGS: tuple[Setting, ...] = (
       note="Gunicorn's default is 127.0.0.1:8000 everywhere, unreachable from outside a "
            "container.",
       default_text="0.0.0.0:$PORT, else 0.0.0.0:8000 in a container, 127.0.0.1:8000 outside"),
+    S("admin_bind", ("--admin-bind",), listen_address, None,
+      "Address of the admin listener, served by the master (never queued behind the app, so "
+      "it answers while every worker is busy or hung): /livez, /readyz, /metrics (Prometheus "
+      "text, from the scoreboard) and /status (JSON). HOST:PORT, [IPv6]:PORT or unix:PATH. "
+      "Off unless set. Keep it off the public network: it tells who runs what.",
+      "ADDRESS", section="Server Socket", status=BERTH_ONLY, default_text="off"),
     S("backlog", ("--backlog",), positive_int, 2048,
       "Maximum number of pending connections in the kernel queue.", "INT",
       section="Server Socket"),

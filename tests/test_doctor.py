@@ -13,8 +13,12 @@ from berth.config import load
 from berth.doctor import diagnose, report
 
 
-def cfg_for(argv, info, env=None, cwd="/nonexistent"):
+def cfg_for(argv, info, env=None, cwd="/nonexistent", admin=True):
+    """The config of `argv`. With an admin listener unless `admin` is false: the doctor
+    recommends one in a container, and the other tests look at the other findings."""
     environ = {"BERTH_IN_CONTAINER": "1"}
+    if admin:
+        environ["BERTH_ADMIN_BIND"] = "0.0.0.0:9000"
     environ.update(env or {})
     return load(list(argv), environ=environ, cwd=cwd, require_app=False, info=info)
 
@@ -71,6 +75,22 @@ def test_loopback_bind_inside_a_container():
     assert found[0].fix.startswith("--bind 0.0.0.0:8000")
     outside = dataclasses.replace(fake_info(cpus=2), in_container=False)
     assert diagnose(cfg_for(["-b", "127.0.0.1:8000"], outside), outside, euid=1000) == []
+
+
+def test_an_admin_listener_is_recommended_in_a_container():
+    info = fake_info(cpus=2)
+    found = diagnose(cfg_for(["-b", "0.0.0.0:8000"], info, admin=False), info, euid=1000)
+    assert [f.problem.split(":")[0] for f in found] == ["no admin listener"]
+    assert found[0].fix.startswith("--admin-bind 0.0.0.0:9000: the master answers /livez")
+    outside = dataclasses.replace(info, in_container=False)
+    assert diagnose(cfg_for([], outside, admin=False), outside, euid=1000) == []
+
+
+def test_an_admin_listener_on_loopback_inside_a_container():
+    info = fake_info(cpus=2)
+    found = problems(["-b", "0.0.0.0:8000", "--admin-bind", "127.0.0.1:9100"], info)
+    assert found == ["admin listener on 127.0.0.1:9100 inside a container: the kubelet's "
+                     "probes and Prometheus cannot reach it"]
 
 
 def test_ignored_gunicorn_settings_are_listed_with_a_fix():

@@ -3,7 +3,7 @@
 import os
 import time
 
-from berth.scoreboard import BUSY, MAX_SLOTS, MAX_WORKERS, SLOT_SIZE, Scoreboard, Slot
+from berth.scoreboard import BUSY, IDLE, MAX_SLOTS, MAX_WORKERS, SLOT_SIZE, Scoreboard, Slot
 
 
 def test_slot_round_trips_every_field():
@@ -44,3 +44,29 @@ def test_a_forked_child_writes_what_the_parent_reads():
 def test_free_index_skips_taken_slots():
     board = Scoreboard(3)
     assert board.free_index({0, 1}) == 2
+
+
+def test_the_loop_threads_app_word_makes_an_idle_slot_busy_until_cleared():
+    board = Scoreboard(4)
+    board.write(1, Slot(pid=7, state=IDLE, in_flight=0, busy_threads=0, heartbeat=5.0))
+    word = board.app_word(1)
+    word[0] = 100.0  # the worker's loop thread starts the app
+    seen = board.read(1)
+    assert (seen.state, seen.in_flight, seen.busy_threads) == (BUSY, 1, 1)
+    assert seen.app_since == seen.oldest_start == 100.0
+    assert board.read(0).app_since == 0.0 and board.read(2).app_since == 0.0
+    word[0] = 0.0  # the app returned
+    assert board.read(1).state == IDLE
+    word[0] = 100.0
+    board.clear(1)  # the worker died inside the app: its slot is freed with the word
+    assert board.read(1) == Slot()
+
+
+def test_an_older_request_on_an_app_thread_stays_the_oldest():
+    board = Scoreboard(2)
+    board.write(0, Slot(pid=7, state=BUSY, in_flight=1, busy_threads=1, oldest_start=50.0,
+                        oldest_line="POST /upload HTTP/1.1"))
+    board.app_word(0)[0] = 60.0
+    seen = board.read(0)
+    assert (seen.in_flight, seen.oldest_start, seen.oldest_line) == (2, 50.0,
+                                                                     "POST /upload HTTP/1.1")

@@ -171,7 +171,7 @@ class Responder:
     threads, and sends the responses."""
 
     def __init__(self, cfg, app, log, access_log, view, *, max_requests: int,
-                 heartbeat_if_due, ready):
+                 heartbeat_if_due, ready, running=None):
         self.cfg = cfg
         self.app = app
         self.log = log
@@ -180,6 +180,9 @@ class Responder:
         self.view = view  # what hooks receive as `worker`
         self.heartbeat_if_due = heartbeat_if_due  # inline progress keeps the loop alive
         self.ready = ready  # () -> bool: what the readiness probe says
+        # --threads 1: the scoreboard's app word of this worker (Scoreboard.app_word); a
+        # threaded worker runs only probes on its loop: they mark nothing the master reads
+        self.running = running if running is not None else [0.0]
         self.loop: LoopSide | None = None  # set by the worker once the loop exists
         self.threads = cfg.threads
         self.inline = cfg.threads == 1
@@ -279,8 +282,17 @@ class Responder:
             elif type(req) is HttpError:
                 self.send_error(conn, req, inline)
                 keep = False
+            elif inline:  # the loop thread runs the app: the scoreboard sees it busy
+                running = self.running
+                running[0] = time.monotonic()
+                try:
+                    keep = self.call_app(conn, req, True)
+                finally:
+                    running[0] = 0.0
+                if keep is PAUSED:
+                    return
             else:
-                keep = self.call_app(conn, req, inline)
+                keep = self.call_app(conn, req, False)
                 if keep is PAUSED:
                     return
             req = self.next_request(conn, keep, inline)

@@ -107,6 +107,13 @@ class Worker:
             self.log.error("worker %d crashed:\n%s", os.getpid(), traceback.format_exc())
             code = 1
         finally:
+            if self.responder is not None:
+                # the last counts reach the slot: the master adds them to its totals when it
+                # clears the slot, so the metrics lose none of this worker's requests
+                try:
+                    self.beat()
+                except Exception:  # noqa: BLE001 - exiting anyway
+                    pass
             self.log.debug("worker %d: longest gap between heartbeats %.3f s (every %.1f s "
                            "when idle)", os.getpid(), self.max_tick_gap, TICK)
             self.view.alive = False
@@ -156,7 +163,8 @@ class Worker:
         self.responder = responder = Responder(
             self.cfg, self.app, self.log, self.access_log, self.view,
             max_requests=self.max_requests, heartbeat_if_due=self.heartbeat_if_due,
-            ready=self.ready)
+            ready=self.ready, running=self.scoreboard.app_word(self.slot_index)
+            if self.scoreboard is not None and self.cfg.threads == 1 else None)
         self.loop = loop = Loop(self.cfg, self.listeners, self.log, responder,
                                 signal_fd=self._sig_r, on_signals=self.on_signals,
                                 on_overrun=self.overrun, on_retire=lambda: self.beat(RETIRING))

@@ -1,0 +1,444 @@
+"""The admin listener (--admin-bind): /livez, /readyz, /metrics and /status, served by the master.
+
+The first part checks the pure parts (the rules and the rendering) with views made by hand;
+the rest runs real servers on 127.0.0.1 (`tests/apps/proto_app.py`) and talks to both ports.
+Every wait is bounded; every admin answer must come within ANSWER_BOUND seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+
+import pytest
+from conftest import free_port
+from prometheus_client.parser import text_string_to_metric_families
+from proto_helpers import exit_within, http_get, in_background, pids_children, wait_for
+
+from berth.admin import (
+    RESTART_REASONS,
+    Seen,
+    Totals,
+    View,
+    liveness,
+    readiness,
+    redact,
+    render_metrics,
+    render_status,
+    restart_reason,
+)
+from berth.children import WorkerInfo
+from berth.master import OVERRAN
+from berth.scoreboard import BOOTING, BUSY, DRAINING, IDLE, Slot
+
+ANSWER_BOUND = 2.0  # seconds: an admin answer, whatever the workers are doing
+
+# -- the rules, with views made by hand --------------------------------------------------------
+
+
+def view(*workers: Seen, serving: bool = True, threads: int = 2, retired: Totals | None = None,
+         listeners=(("http://127.0.0.1:8000", 0),)) -> View:
+    return View(now=100.0, workers=list(workers), serving=serving,
+                phase="serving" if serving else "in the shutdown delay", allowance=30.0,
+                threads=threads, listeners=list(listeners), retired=retired or Totals(),
+                config={"workers": len(workers), "threads": threads})
+
+
+def worker(pid: int, state: int = IDLE, silent: bool = False, **fields) -> Seen:
+    return Seen(pid, 1, 5.0, Slot(pid=pid, state=state, heartbeat=99.5, **fields), silent)
+
+
+def test_livez_fails_only_when_every_worker_is_silent():
+    assert liveness(view(worker(1), worker(2, silent=True)))[0]
+    assert liveness(view(worker(1, BUSY, busy_threads=2, in_flight=2)))[0]  # busy is alive
+    assert liveness(view(worker(1, silent=True), worker(2, BOOTING)))[0]  # (its replacement)
+    assert liveness(view())[0]  # no worker yet: the master is starting them
+    ok, reason = liveness(view(worker(1, BUSY, silent=True), worker(2, silent=True)))
+    assert not ok and reason.startswith("every worker (2) has been silent longer than its "
+                                        "allowance (30 s)")
+
+
+def test_readyz_needs_a_worker_taking_requests_and_no_shutdown():
+    assert readiness(view(worker(1, BUSY, busy_threads=2)))[0]  # busy is still ready
+    assert not readiness(view(worker(1), serving=False))[0]
+    ok, reason = readiness(view(worker(1, BOOTING), worker(2, DRAINING),
+                                worker(3, BUSY, silent=True)))
+    assert not ok and reason == ("no worker can take requests (1 booting, 1 draining, "
+                                 "1 silent)")
+
+
+def families(text: str) -> dict:
+    """{(sample name, sorted labels): value}, parsed by prometheus_client."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_metrics_add_the_retired_counts_and_count_threads_per_serving_worker():
+    retired = Totals(responses=[10, 1, 2, 3], bytes_sent=1000, over_deadline=1)
+    retired.restarts["max_requests"] = 2
+    text = render_metrics(view(
+        worker(11, BUSY, busy_threads=2, in_flight=2, status_2xx=5, bytes_sent=50, rss=1 << 20),
+        worker(12, IDLE, status_4xx=1),
+        worker(13, DRAINING, busy_threads=1, in_flight=1),  # busy, but takes no more work
+        retired=retired, listeners=[("http://127.0.0.1:8000", 7), ("unix:/x", None)]))
+    for name in ("berth_requests_total", "berth_app_threads", "berth_listen_queue"):
+        assert f"# HELP {name} " in text and f"# TYPE {name} " in text
+    m = families(text)
+    assert m[("berth_requests_total", (("status_class", "2xx"),))] == 15
+    assert m[("berth_requests_total", (("status_class", "4xx"),))] == 3
+    assert m[("berth_response_bytes_total", ())] == 1050
+    assert m[("berth_requests_over_deadline_total", ())] == 1
+    assert m[("berth_requests_in_flight", ())] == 3
+    assert m[("berth_app_threads", (("state", "busy"),))] == 3
+    assert m[("berth_app_threads", (("state", "idle"),))] == 2  # 0 in 11, 2 in 12
+    assert m[("berth_workers", (("state", "busy"),))] == 1
+    assert m[("berth_workers", (("state", "out of service"),))] == 0
+    assert m[("berth_worker_restarts_total", (("reason", "max_requests"),))] == 2
+    assert m[("berth_worker_rss_bytes", (("pid", "11"),))] == 1 << 20
+    assert m[("berth_worker_heartbeat_age_seconds", (("pid", "12"),))] == 0.5
+    assert m[("berth_listen_queue", (("listener", "http://127.0.0.1:8000"),))] == 7
+    assert not any(name == "berth_listen_queue" and labels == (("listener", "unix:/x"),)
+                   for name, labels in m)
+
+
+def test_redact_keeps_only_the_path():
+    assert redact("GET /search?q=secret HTTP/1.1") == "GET /search HTTP/1.1"
+    assert redact("GET /a#frag HTTP/1.1") == "GET /a HTTP/1.1"
+    assert redact("GET http://u:pw@host/p?x=1 HTTP/1.1") == "GET /p HTTP/1.1"
+    assert redact("POST /cut-at-96-bytes?tok") == "POST /cut-at-96-bytes"
+    assert redact("GET / HTTP/1.0") == "GET / HTTP/1.0"
+
+
+def test_status_document_redacts_and_has_no_environment():
+    doc = render_status(view(worker(7, BUSY, in_flight=1, oldest_start=98.0,
+                                    oldest_line="GET /x?token=abc HTTP/1.1")))
+    assert doc["workers"][0]["oldest_request"] == {"line": "GET /x HTTP/1.1", "age_s": 2.0}
+    assert "abc" not in json.dumps(doc) and "raw_env" not in json.dumps(doc)
+
+
+def test_restart_reasons_come_from_what_the_master_recorded():
+    def info(**kw):
+        return WorkerInfo(1, 0, 1, 0.0, **kw)
+
+    killed = "killed by signal SIGKILL"
+    assert restart_reason(info(killed="killed by berth: its loop was silent"), killed) == "silent"
+    assert restart_reason(info(stopping=OVERRAN), "exited with code 0") == "deadline"
+    assert restart_reason(info(stopping="recycled after 5 requests (--max-requests)"),
+                          "exited with code 0") == "max_requests"
+    assert restart_reason(info(stopping="recycled: RSS 300 MiB over --max-worker-memory "
+                                        "256 MiB"), "exited with code 0") == "max_memory"
+    assert restart_reason(info(stopping="reloaded (SIGHUP)"), "exited with code 0") == "reload"
+    assert restart_reason(info(stopping="fewer workers asked (SIGTTOU)"), "x") is None
+    assert restart_reason(info(), killed) == "signal"
+    assert restart_reason(info(), "killed by the kernel's OOM killer (the cgroup's oom_kill "
+                                  "count rose)") == "oom_killed"
+    assert restart_reason(info(), "exited with code 1") == "exited"
+    assert set(Totals().restarts) == set(RESTART_REASONS)
+
+
+# -- real servers --------------------------------------------------------------------------------
+
+
+def start(berth, *args: str, **kw):
+    """A server of proto_app with an admin listener: srv.admin is its port."""
+    admin = free_port()
+    srv = berth(["--admin-bind", f"127.0.0.1:{admin}", "--access-logfile", "none", *args,
+                 "proto_app:app"], **kw)
+    srv.admin = admin
+    return srv
+
+
+def admin_get(srv, path: str, method: str = "GET") -> tuple[int, dict, bytes]:
+    """One admin request, read until the master closes; it must answer within ANSWER_BOUND."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", srv.admin), timeout=ANSWER_BOUND) as sock:
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: admin\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    took = time.monotonic() - started
+    assert took < ANSWER_BOUND, f"{path} took {took:.2f} s"
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def scrape(srv) -> dict:
+    status, headers, body = admin_get(srv, "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
+    return families(body.decode())
+
+
+def metric(m: dict, name: str, **labels) -> float:
+    return m[(name, tuple(sorted((k, str(v)) for k, v in labels.items())))]
+
+
+def requests_total(m: dict) -> float:
+    return sum(v for (name, _), v in m.items() if name == "berth_requests_total")
+
+
+def status_of(srv) -> dict:
+    status, headers, body = admin_get(srv, "/status")
+    assert status == 200 and headers["content-type"] == "application/json"
+    return json.loads(body)
+
+
+def settle(srv, pred, timeout: float = 5.0):
+    """Scrape until pred(metrics) holds (workers publish twice a second); the last scrape."""
+    last = {}
+
+    def check():
+        nonlocal last
+        last = scrape(srv)
+        return pred(last)
+
+    wait_for(check, timeout=timeout, interval=0.1)
+    return last
+
+
+@pytest.mark.parametrize("workers,threads", [(2, 1), (1, 4)])
+def test_every_endpoint_answers_while_every_app_thread_is_busy(berth, workers, threads):
+    srv = start(berth, "-w", str(workers), "--threads", str(threads), "--timeout", "30")
+    total = workers * threads
+    sleepers = []
+    for i in range(1, total + 1):
+        # one at a time: with --threads 1 a worker busy in the app no longer accepts, so the
+        # next request goes to a worker that is still free
+        sleepers.append(in_background(lambda: http_get(srv.port, "/sleep?s=10", timeout=25)))
+        m = settle(srv, lambda m, i=i: metric(m, "berth_app_threads", state="busy") >= i)
+        assert metric(m, "berth_app_threads", state="busy") == i
+    waiting = [socket.create_connection(("127.0.0.1", srv.port), timeout=5) for _ in range(3)]
+    try:
+        for path in ("/livez", "/readyz", "/metrics", "/status"):
+            assert admin_get(srv, path)[0] == 200, path
+        assert admin_get(srv, "/readyz")[2] == f"{workers} workers serving ({workers} busy)\n" \
+            .encode()
+        m = settle(srv, lambda m: metric(m, "berth_requests_in_flight") == total)
+        assert metric(m, "berth_app_threads", state="busy") == total
+        assert metric(m, "berth_app_threads", state="idle") == 0
+        assert metric(m, "berth_requests_in_flight") == total
+        assert metric(m, "berth_workers", state="busy") == workers
+        if threads == 1:  # no loop is free to accept: the 3 connections wait in the kernel
+            m = settle(srv, lambda m: metric(m, "berth_listen_queue",
+                                             listener=f"http://127.0.0.1:{srv.port}") == 3)
+            assert metric(m, "berth_listen_queue", listener=f"http://127.0.0.1:{srv.port}") == 3
+        doc = status_of(srv)
+        assert [w["state"] for w in doc["workers"]] == ["busy"] * workers
+        for w in doc["workers"]:
+            assert w["in_flight"] == threads and w["oldest_request"]["age_s"] > 0
+            if threads == 1:  # the loop runs the app: its line is not recorded
+                assert w["oldest_request"]["line"] is None
+    finally:
+        for sock in waiting:
+            sock.close()
+    for t, box in sleepers:
+        t.join(timeout=20)
+        assert box["result"][0] == 200
+
+
+def test_readyz_says_503_through_the_shutdown_delay(berth):
+    srv = start(berth, "-w", "1", "--threads", "2", "--shutdown-delay", "5")
+    assert admin_get(srv, "/readyz")[0] == 200
+    srv.signal(signal.SIGTERM)
+    sent = time.monotonic()
+    answer = wait_for(lambda: (lambda a: a if a[0] == 503 else None)(admin_get(srv, "/readyz")),
+                      timeout=1.5, interval=0.05)
+    assert answer, "/readyz still 200 after SIGTERM"
+    assert answer[2] == b"shutting down (in the shutdown delay)\n"
+    assert admin_get(srv, "/livez")[0] == 200  # not dead: still serving
+    assert http_get(srv.port, "/hello")[0] == 200
+    assert time.monotonic() - sent < 5, "the delay was over before the checks"
+    assert status_of(srv)["phase"] == "in the shutdown delay"
+    code, _ = exit_within(srv, 15)
+    assert code == 0
+
+
+def test_request_counters_match_a_known_mix_exactly(berth):
+    srv = start(berth, "-w", "2", "--threads", "2")
+    for _ in range(7):
+        assert http_get(srv.port, "/hello")[0] == 200
+    for _ in range(3):
+        assert http_get(srv.port, "/status?code=404")[0] == 404
+    m = settle(srv, lambda m: requests_total(m) >= 10)
+    time.sleep(1.1)  # two more heartbeats: nothing more may come
+    m = scrape(srv)
+    counts = {c: metric(m, "berth_requests_total", status_class=c)
+              for c in ("2xx", "3xx", "4xx", "5xx")}
+    assert counts == {"2xx": 7, "3xx": 0, "4xx": 3, "5xx": 0}
+    assert metric(m, "berth_response_bytes_total") == 7 * len(b"Hello, world!\n")
+    assert metric(m, "berth_requests_in_flight") == 0
+    assert metric(m, "berth_requests_over_deadline_total") == 0
+    assert sum(w["requests_served"] for w in status_of(srv)["workers"]) == 10
+
+
+def test_counters_never_go_back_when_workers_are_recycled_or_killed(berth):
+    srv = start(berth, "-w", "1", "--threads", "2", "--max-requests", "4")
+    seen = [0.0]
+    for i in range(10):
+        assert http_get(srv.port, "/hello")[0] == 200
+        now = requests_total(scrape(srv))
+        assert now >= seen[-1], f"went back from {seen[-1]} to {now} after request {i + 1}"
+        seen.append(now)
+    # the recycled workers published their last counts as they exited: exactly 10
+    m = settle(srv, lambda m: requests_total(m) == 10, timeout=8)
+    assert requests_total(m) == 10
+    assert metric(m, "berth_worker_restarts_total", reason="max_requests") >= 2
+    # a worker killed outright keeps what it had published
+    assert wait_for(lambda: len(status_of(srv)["workers"]) == 1, timeout=10)
+    (pid,) = {w["pid"] for w in status_of(srv)["workers"]}
+    assert http_get(srv.port, "/hello")[0] == 200
+    before = requests_total(settle(srv, lambda m: requests_total(m) == 11))
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: pid not in {w["pid"] for w in status_of(srv)["workers"]},
+                    timeout=5)
+    m = scrape(srv)
+    assert requests_total(m) >= before == 11
+    assert metric(m, "berth_worker_restarts_total", reason="signal") == 1
+
+
+def test_status_lists_the_live_worker_pids_and_redacts_the_query(berth):
+    srv = start(berth, "-w", "2", "--threads", "2")
+    doc = status_of(srv)
+    assert {w["pid"] for w in doc["workers"]} == set(pids_children(srv.pid))
+    assert doc["listeners"] == [{"address": f"http://127.0.0.1:{srv.port}", "listen_queue": 0}]
+    assert doc["config"]["workers"] == 2 and doc["config"]["threads"] == 2
+    t, box = in_background(lambda: http_get(srv.port, "/sleep?s=3&token=hunter2", timeout=10))
+
+    def oldest():
+        doc = status_of(srv)
+        lines = [w["oldest_request"]["line"] for w in doc["workers"] if w["oldest_request"]]
+        return (lines, doc) if lines else None
+
+    found = wait_for(oldest, timeout=2.5, interval=0.1)
+    assert found, "the sleeping request never showed in /status"
+    lines, doc = found
+    assert lines == ["GET /sleep HTTP/1.1"]
+    assert "hunter2" not in json.dumps(doc)
+    t.join(timeout=10)
+
+
+def test_a_worker_hung_past_timeout_is_replaced_and_livez_follows_the_rule(berth):
+    """`-w 1 --threads 1 --timeout 2`, a request that sleeps 30 s on the loop thread. What the
+    rule says, and what is checked: until 2 s of silence the worker is busy and alive (200,
+    heartbeat growing); past 2 s it is dead by the rule, but the master kills it and starts its
+    replacement at the same check, and a booting worker is alive. So /livez may say 503 only
+    between the worker passing its allowance and the master's next check (half a second at
+    most), and never before 2 s of silence; then it says 200 again with a new worker."""
+    srv = start(berth, "-w", "1", "--threads", "1", "--timeout", "2")
+    (old,) = {w["pid"] for w in status_of(srv)["workers"]}
+    hung, _ = in_background(lambda: http_get(srv.port, "/sleep?s=30", timeout=40))
+    started = time.monotonic()
+    answers = []  # (seconds since the request, /livez status, body, /status workers)
+    while time.monotonic() - started < 10:
+        status, _, body = admin_get(srv, "/livez")
+        workers = status_of(srv)["workers"]
+        answers.append((time.monotonic() - started, status, body, workers))
+        if any(w["pid"] != old and w["state"] == "idle" for w in workers):
+            break
+        time.sleep(0.15)
+    busy_alive = [a for a in answers if a[1] == 200 and any(
+        w["pid"] == old and w["state"] == "busy" and w["heartbeat_age_s"] > 1 for w in a[3])]
+    assert busy_alive, "never saw the busy worker counted alive"
+    for since, status, body, _ in answers:
+        if status == 503:
+            assert since > 2 - 0.2, f"dead before its allowance ({since:.2f} s)"
+            assert body.startswith(b"every worker (1) has been silent longer than its "
+                                   b"allowance (2 s)")
+        else:
+            assert status == 200 and b"alive" in body
+    assert answers[-1][1] == 200 and any(w["pid"] != old for w in answers[-1][3]), \
+        "no replacement serving within 10 s"
+    assert "loop silent" in srv.stderr()
+    m = settle(srv, lambda m: metric(m, "berth_worker_restarts_total", reason="silent") == 1)
+    assert metric(m, "berth_worker_restarts_total", reason="silent") == 1
+    hung.join(timeout=5)
+
+
+def test_only_get_and_head_on_the_known_paths(berth):
+    srv = start(berth, "-w", "1")
+    status, headers, body = admin_get(srv, "/metrics?x=1", method="POST")
+    assert status == 405 and headers["allow"] == "GET, HEAD"
+    assert admin_get(srv, "/", method="GET")[0] == 404
+    assert admin_get(srv, "/-/ready")[0] == 404  # (the workers' probe path, not the master's)
+    status, headers, body = admin_get(srv, "/status", method="HEAD")
+    assert status == 200 and body == b"" and int(headers["content-length"]) > 100
+    assert headers["connection"] == "close" and headers["cache-control"] == "no-store"
+
+
+def test_a_slow_or_oversized_client_is_cut_off_and_others_still_answered(berth):
+    srv = start(berth, "-w", "1")
+    slow = socket.create_connection(("127.0.0.1", srv.admin), timeout=5)
+    slow.sendall(b"GET /metrics HTTP/1.1\r\nHost: a\r\n")  # never finishes its head
+    assert admin_get(srv, "/livez")[0] == 200  # (meanwhile)
+    big = socket.create_connection(("127.0.0.1", srv.admin), timeout=5)
+    big.sendall(b"GET /status HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"a" * 9000 + b"\r\n\r\n")
+    assert big.recv(100).startswith(b"HTTP/1.1 431 ")
+    big.close()
+    started = time.monotonic()
+    data = b""
+    while chunk := slow.recv(4096):
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < 3  # the 2 s deadline, seen by a tick within 0.5 s
+    slow.close()
+
+
+def test_workers_do_not_hold_the_admin_socket(berth):
+    srv = start(berth, "-w", "2")
+    inode = None
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            parts = line.split()
+            if int(parts[1].split(":")[1], 16) == srv.admin and parts[3] == "0A":
+                inode = parts[9]
+    assert inode, "no listening socket on the admin port"
+
+    def sockets(pid):
+        out = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                out.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:
+                pass
+        return out
+
+    assert f"socket:[{inode}]" in sockets(srv.pid)
+    for pid in pids_children(srv.pid):
+        assert f"socket:[{inode}]" not in sockets(pid)
+
+
+def test_admin_on_a_unix_socket_is_removed_at_exit(berth, tmp_path):
+    path = tmp_path / "admin.sock"
+    srv = berth(["--admin-bind", f"unix:{path}", "-w", "1", "--access-logfile", "none",
+                 "proto_app:app"])
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(ANSWER_BOUND)
+        sock.connect(str(path))
+        sock.sendall(b"GET /livez HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200 OK\r\n")
+    assert srv.stop() == 0
+    assert not path.exists()
+
+
+def test_an_admin_address_in_use_is_one_line_and_exit_1(berth):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        srv = berth(["--admin-bind", f"127.0.0.1:{port}", "-w", "1", "proto_app:app"],
+                    wait_ready=False)
+        code, _ = exit_within(srv, 10)
+    assert code == 1
+    errors = [ln for ln in srv.stderr().splitlines() if "[ERROR]" in ln]
+    assert len(errors) == 1 and errors[0].endswith(
+        f"--admin-bind: cannot listen on 127.0.0.1:{port}: Address already in use")
