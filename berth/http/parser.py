@@ -39,8 +39,10 @@ REASONS = {
 
 # Header name (as received) -> (CGI/WSGI key, kind). The few names with a rule of their own get
 # a kind; every other name costs one dict lookup per request once seen.
-PLAIN, HOST, TRANSFER_ENCODING, EXPECT, CONTENT_LENGTH, UNDERSCORE = range(6)
-_SPECIAL_KINDS = {b"host": HOST, b"transfer-encoding": TRANSFER_ENCODING, b"expect": EXPECT,
+# (Host is plain: a second one is found where repeated fields are joined, a missing one by its
+# key, so the one field every request has costs no rule of its own.)
+PLAIN, TRANSFER_ENCODING, EXPECT, CONTENT_LENGTH, UNDERSCORE = range(5)
+_SPECIAL_KINDS = {b"transfer-encoding": TRANSFER_ENCODING, b"expect": EXPECT,
                   b"content-length": CONTENT_LENGTH}
 _header_info: dict[bytes, tuple[str, int]] = {}
 
@@ -181,7 +183,6 @@ class RequestParser:
         self._body_size = 0
         self._error: HttpError | None = None
         self._fields = 0
-        self._hosts = 0
         self._head_bytes = 0
         self._te: bytes | None = None
         self._expect = False
@@ -252,7 +253,6 @@ class RequestParser:
     def on_message_begin(self) -> None:
         self.current = Request()
         self._fields = 0
-        self._hosts = 0
         self._head_bytes = 0
         self.in_head = True
 
@@ -271,9 +271,7 @@ class RequestParser:
             raise self._fail(431, "header field too large")
         key, kind = _header_info.get(name) or header_info(name)
         if kind:
-            if kind == HOST:
-                self._hosts += 1
-            elif kind == TRANSFER_ENCODING:  # several lines are one list (RFC 9110 5.3)
+            if kind == TRANSFER_ENCODING:  # several lines are one list (RFC 9110 5.3)
                 self._te = value if self._te is None else self._te + b", " + value
                 return
             elif kind == EXPECT:
@@ -286,6 +284,8 @@ class RequestParser:
                 raise self._fail(400, f"header name {name.decode('latin-1')!r} contains '_'")
         headers = self.current.headers
         if key in headers:
+            if key == "HTTP_HOST":
+                raise self._fail(400, "more than one Host header")
             headers[key] += "," + value.decode("latin-1")
         else:
             headers[key] = value.decode("latin-1")
@@ -299,9 +299,8 @@ class RequestParser:
                 req.server_protocol = "HTTP/1.0"
             else:
                 version = self._other_version(req, version)
-        if self._hosts != 1 and (version == "1.1" or self._hosts > 1):
-            raise self._fail(400, "missing Host header" if not self._hosts
-                             else "more than one Host header")
+        if version == "1.1" and "HTTP_HOST" not in req.headers:
+            raise self._fail(400, "missing Host header")
         if self._te is not None:
             te, self._te = self._te, None
             if te.strip().lower() != b"chunked":
