@@ -513,3 +513,20 @@ def test_unread_streamed_body_is_dropped_with_the_access_log_off(berth):
                      + get_request("/path?next"))
         assert read_response(sock)[::2] == (200, HELLO)
         assert read_response(sock)[::2] == (200, b"/path?next")
+
+
+# --- parsing rules, checked with raw bytes against the running server ------------------------
+
+def environ_for(port: int, raw: bytes) -> dict:
+    """Send `raw` (a request for /env) and return the str values of the app's environ."""
+    with connect(port) as sock:
+        sock.sendall(raw)
+        status, _, body = read_response(sock)
+    assert status == 200, body
+    return json.loads(body)["str"]
+
+
+def test_header_value_reaches_the_app_without_trailing_whitespace(srv):
+    env = environ_for(srv.port, b"GET /env HTTP/1.1\r\nHost: a\r\nX-Value:\tabc\t\r\n"
+                                b"X-Other: d \r\n\r\n")
+    assert (env["HTTP_X_VALUE"], env["HTTP_X_OTHER"]) == ("abc", "d")

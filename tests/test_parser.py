@@ -289,3 +289,25 @@ def test_for_config_reads_the_configuration_once():
     assert (p.limit_line, p.limit_fields, p.body_limit) == (100, 5, 10)
     assert p.header_map == "refuse" and p.permit_other_versions
     assert RequestParser.for_config(Cfg()).header_map == "refuse" and Cfg.reads == 2
+
+
+# --- header values: optional whitespace is not part of the value (RFC 9110 5.5) ---------------
+
+def test_trailing_whitespace_is_trimmed_from_header_values():
+    (req,) = parse(b"GET / HTTP/1.1\r\nHost: h \r\nX-Value:\tabc\t\r\nX-Two: d \t \r\n"
+                   b"Accept: a \r\nAccept:\tb\t\r\nX-Inner: a  b\r\nX-Empty: \t\r\n\r\n").ready
+    assert req.headers == {"HTTP_HOST": "h", "HTTP_X_VALUE": "abc", "HTTP_X_TWO": "d",
+                           "HTTP_ACCEPT": "a,b", "HTTP_X_INNER": "a  b", "HTTP_X_EMPTY": ""}
+
+
+def test_obs_text_at_the_end_of_a_value_is_not_whitespace():
+    (req,) = parse(b"GET / HTTP/1.1\r\nHost: h\r\nX-Latin: caf\xa0 \r\nX-Nel: a\x85\r\n\r\n").ready
+    assert (req.headers["HTTP_X_LATIN"], req.headers["HTTP_X_NEL"]) == ("caf\xa0", "a\x85")
+
+
+def test_trailing_whitespace_does_not_hide_expect_100_continue_or_a_content_length():
+    p = parse(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\t\r\n"
+              b"Expect: 100-continue \r\n\r\n")
+    assert p.current.expect_continue and p.current.content_length == 3
+    p.feed(b"abc")
+    assert p.ready[0].body == b"abc" and p.ready[0].headers["CONTENT_LENGTH"] == "3"
