@@ -530,3 +530,22 @@ def test_header_value_reaches_the_app_without_trailing_whitespace(srv):
     env = environ_for(srv.port, b"GET /env HTTP/1.1\r\nHost: a\r\nX-Value:\tabc\t\r\n"
                                 b"X-Other: d \r\n\r\n")
     assert (env["HTTP_X_VALUE"], env["HTTP_X_OTHER"]) == ("abc", "d")
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "HEAD"])
+def test_asterisk_form_with_a_method_other_than_options_is_400_and_closed(srv, method):
+    resp, closed = send_raw(srv.port, f"{method} * HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+    assert status_of(resp) == 400 and closed
+
+
+def test_options_asterisk_reaches_the_app(srv):
+    status, _, body = read_response_once(srv.port, b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert (status, body) == (404, b"no route *")  # the app's own answer for a path it lacks
+
+
+@pytest.mark.parametrize("target", ["example.com:443", "1.2.3.4:443", "[::1]:443"])
+def test_connect_is_501_and_the_connection_closed(srv, target):
+    resp, closed = send_raw(srv.port, f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"
+                                      "GET /hello HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+    assert status_of(resp) == 501 and closed
+    assert resp.count(b"HTTP/1.1 ") == 1, "nothing after a CONNECT may be answered"

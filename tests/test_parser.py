@@ -204,8 +204,36 @@ def test_upgrade_request_is_served_as_plain_request_and_not_kept_alive():
     assert req.url == b"/ws" and not req.keep_alive
 
 
-def test_connect_and_authority_form_targets_are_400():
-    assert status_of(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n") == 400
+# --- request-target forms (RFC 9112 3.2) ------------------------------------------------------
+
+@pytest.mark.parametrize("method", [b"GET", b"HEAD", b"POST", b"DELETE", b"PROPFIND"])
+def test_asterisk_form_is_400_for_any_method_but_options(method):
+    assert status_of(method + b" * HTTP/1.1\r\nHost: h\r\n\r\n") == 400
+
+
+def test_options_asterisk_is_served():
+    (req,) = parse(b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n").ready
+    assert (req.method, req.url, req.keep_alive) == (b"OPTIONS", b"*", True)
+
+
+@pytest.mark.parametrize("target", [b"example.com:443", b"1.2.3.4:443", b"[::1]:443",
+                                    b"[2001:db8::1]:8443", b"/path", b"*", b"http://x/"])
+def test_connect_is_501_not_implemented(target):
+    raw = b"CONNECT " + target + b" HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+    assert status_of(raw) == 501
+
+
+def test_requests_before_a_connect_are_still_served():
+    p = RequestParser()
+    with pytest.raises(HttpError) as info:
+        p.feed(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
+               b"CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert info.value.status == 501 and [r.url for r in p.ready] == [b"/a"]
+
+
+@pytest.mark.parametrize("target", [b"example.com:443", b"1.2.3.4:443", b"[::1]:443"])
+def test_authority_form_with_another_method_is_400(target):
+    assert status_of(b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n") == 400
 
 
 def test_a_header_value_that_never_ends_is_431_once_the_head_is_too_large():

@@ -13,6 +13,8 @@ The rules it leaves to the server are enforced here, following RFC 9112:
   - a transfer coding other than plain `chunked` (e.g. `gzip, chunked`) → 501 (§6.1);
   - chunked on HTTP/1.0 → 400 (§6.1: a 1.0 message has no chunked framing);
   - a request line that is not `method SP target SP HTTP/d.d` → 400 (the client's error);
+  - the asterisk-form target `*` with a method other than OPTIONS → 400 (§3.2.4); CONNECT, in
+    any target form → 501 (berth is no tunnel; RFC 9110 §9.3.6) and the connection closes;
     a well-formed `HTTP/d.d` other than 1.0/1.1 → 505 (RFC 9110 §15.6.6), unless Gunicorn's
     `permit_unconventional_http_version` lets it through. llhttp checks the version's form and
     berth its value (llhttp's own list would answer 400 to HTTP/1.2);
@@ -66,6 +68,7 @@ def header_info(name: bytes) -> tuple[str, int]:
 
 
 NO_VERSION = "no HTTP version in the request line"
+CONNECT_NOT_IMPLEMENTED = "CONNECT is not implemented (berth is not a tunnel)"
 
 
 class HttpError(Exception):
@@ -222,9 +225,15 @@ class RequestParser:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            # An Upgrade request (e.g. websocket) or CONNECT: served as a plain request, the
-            # upgrade itself is not supported. Whatever follows the head is not HTTP/1.
-            for req in self.ready:
+            # An Upgrade request (e.g. websocket): served as a plain request, the upgrade itself
+            # is not supported. Whatever follows the head is not HTTP/1. llhttp ends a CONNECT
+            # here too: it is never served (CONNECT in origin-form lands here, the other
+            # forms in _check_target), and the requests before it are.
+            ready = self.ready
+            if ready and ready[-1].method == b"CONNECT":
+                ready.pop()
+                raise HttpError(501, CONNECT_NOT_IMPLEMENTED) from None
+            for req in ready:
                 req.keep_alive = False
             if self.current is not None:
                 self.current.keep_alive = False
@@ -321,8 +330,8 @@ class RequestParser:
             req.expect_continue = version == "1.1"
         req.method = parser.get_method()
         url = self._url
-        if url[:1] != b"/" and url != b"*" and not url.startswith((b"http://", b"https://")):
-            raise self._fail(400, "CONNECT and authority-form targets are not served")
+        if url[:1] != b"/":  # origin-form is the rule; the other forms have rules of their own
+            self._check_target(req.method, url)
         req.url = url
         self._url = b""
         req.version = version
@@ -374,6 +383,21 @@ class RequestParser:
         req.body_stream = self.stream_factory(req)
         req.body = b""
         self.ready.append(req)
+
+    def _check_target(self, method: bytes, url: bytes) -> None:
+        """A request-target other than origin-form (RFC 9112 §3.2): absolute-form is served;
+        asterisk-form only with OPTIONS (§3.2.4); CONNECT, whose target is authority-form, is
+        not implemented (berth is no tunnel: RFC 9110 §9.3.6); authority-form is CONNECT's
+        only (§3.2.3). llhttp refuses other targets before this."""
+        if method == b"CONNECT":
+            raise self._fail(501, CONNECT_NOT_IMPLEMENTED)
+        if url == b"*":
+            if method != b"OPTIONS":
+                raise self._fail(400, "asterisk-form target ('*') with a method other than "
+                                      "OPTIONS")
+        elif not url.startswith((b"http://", b"https://")):
+            raise self._fail(400, "request-target is neither origin-form nor http(s) "
+                                  "absolute-form")
 
     def _other_version(self, req: Request, version: str) -> str:
         """A version other than 1.0/1.1 (llhttp checked its form, HTTP/d.d): the version the
