@@ -549,3 +549,16 @@ def test_connect_is_501_and_the_connection_closed(srv, target):
                                       "GET /hello HTTP/1.1\r\nHost: a\r\n\r\n".encode())
     assert status_of(resp) == 501 and closed
     assert resp.count(b"HTTP/1.1 ") == 1, "nothing after a CONNECT may be answered"
+
+
+def test_trailer_fields_never_reach_the_environ(srv):
+    body = b"5\r\nhello\r\n0\r\nX-Trailer: t1\r\nHost: evil\r\n\r\n"
+    raw = (b"POST /env HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+           + b"GET /env HTTP/1.1\r\nHost: a\r\n\r\n")
+    with connect(srv.port) as sock:
+        sock.sendall(raw)
+        first = [read_response(sock) for _ in range(2)]
+    assert [status for status, _, _ in first] == [200, 200]
+    envs = [json.loads(body)["str"] for _, _, body in first]
+    assert [env["HTTP_HOST"] for env in envs] == ["a", "a"]
+    assert not [k for env in envs for k in env if "TRAILER" in k]

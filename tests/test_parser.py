@@ -339,3 +339,40 @@ def test_trailing_whitespace_does_not_hide_expect_100_continue_or_a_content_leng
     assert p.current.expect_continue and p.current.content_length == 3
     p.feed(b"abc")
     assert p.ready[0].body == b"abc" and p.ready[0].headers["CONTENT_LENGTH"] == "3"
+
+
+# --- trailer fields are discarded (RFC 9110 6.5.1) -----------------------------------------
+
+CHUNKED = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+
+
+def test_trailer_fields_do_not_become_headers():
+    (req,) = parse(CHUNKED + b"X-Trailer: t1\r\nX-Other: t2\r\n\r\n").ready
+    assert req.body == b"hello"
+    assert req.headers == {"HTTP_HOST": "h", "CONTENT_LENGTH": "5"}
+
+
+def test_a_trailer_named_like_a_head_field_changes_nothing():
+    p = parse(CHUNKED + b"Host: evil\r\nExpect: 100-continue\r\n\r\n"
+              b"POST /next HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\n")
+    (req,) = p.ready
+    assert req.headers["HTTP_HOST"] == "h" and "HTTP_EXPECT" not in req.headers
+    nxt = p.current  # its body has not arrived: the Expect trailer must not ask for it
+    assert nxt.url == b"/next" and not nxt.expect_continue
+
+
+def test_trailers_of_a_streamed_body_do_not_touch_the_released_request():
+    p = parse(CHUNKED.replace(b"0\r\n", b""), body_buffer_size=2)
+    (req,) = p.ready
+    headers = dict(req.headers)
+    p.feed(b"0\r\nX-Trailer: late\r\n\r\n")
+    assert req.complete and req.headers == headers
+
+
+def test_trailer_fields_are_bounded_like_header_fields():
+    many = b"".join(b"X-%d: 1\r\n" % i for i in range(6))
+    assert status_of(CHUNKED + many + b"\r\n", limit_request_fields=5) == 431
+    assert status_of(CHUNKED + b"X-Big: " + b"a" * 200 + b"\r\n\r\n",
+                     limit_request_field_size=100) == 431
+    (req,) = parse(CHUNKED + many[:-8] + b"\r\n", limit_request_fields=5).ready
+    assert req.body == b"hello"

@@ -19,6 +19,8 @@ The rules it leaves to the server are enforced here, following RFC 9112:
     `permit_unconventional_http_version` lets it through. llhttp checks the version's form and
     berth its value (llhttp's own list would answer 400 to HTTP/1.2);
   - trailing SP/HTAB is trimmed from header values (RFC 9110 §5.5; llhttp trims the leading);
+  - trailer fields (after a chunked body) are discarded, never merged into the headers
+    (RFC 9110 §6.5.1), and bounded as the head's fields are;
   - header names with `_` are dropped: `X_Forwarded_For` and `X-Forwarded-For` both become
     `HTTP_X_FORWARDED_FOR` in WSGI, so a client could spoof a proxy's header (as nginx and
     Gunicorn >= 22 do by default). Gunicorn's `header_map` chooses: `drop` (the default),
@@ -276,6 +278,9 @@ class RequestParser:
     def on_header(self, name: bytes, value: bytes) -> None:
         self._fields += 1
         if self._fields > self.limit_fields:
+            if not self.in_head:  # past the head: a trailer field (see on_headers_complete)
+                self._trailer(name, value)
+                return
             raise self._fail(431, "too many header fields")
         if len(name) + len(value) > self.limit_field:
             raise self._fail(431, "header field too large")
@@ -325,6 +330,10 @@ class RequestParser:
             if version == "1.0":
                 raise self._fail(400, "chunked transfer coding in an HTTP/1.0 request")
             req.chunked = True
+            # Fields after the last chunk are trailers: with the count at the limit, each
+            # takes on_header's over-the-limit branch to _trailer(), so the head's fields pay
+            # nothing for the rule.
+            self._fields = self.limit_fields
         if self._expect:
             self._expect = False
             req.expect_continue = version == "1.1"
@@ -383,6 +392,17 @@ class RequestParser:
         req.body_stream = self.stream_factory(req)
         req.body = b""
         self.ready.append(req)
+
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        """A trailer field: discarded, never merged into the headers (RFC 9110 §6.5.1: a
+        recipient may merge one only where the field's definition allows it; berth knows of
+        none the app needs, and a trailer names no rule a head field obeys, so a Host or
+        Expect after the body can change nothing). The trailer section is bounded as the
+        head is: as many fields, each as large."""
+        if self._fields > 2 * self.limit_fields:
+            raise self._fail(431, "too many trailer fields")
+        if len(name) + len(value) > self.limit_field:
+            raise self._fail(431, "trailer field too large")
 
     def _check_target(self, method: bytes, url: bytes) -> None:
         """A request-target other than origin-form (RFC 9112 §3.2): absolute-form is served;
