@@ -562,3 +562,11 @@ def test_trailer_fields_never_reach_the_environ(srv):
     envs = [json.loads(body)["str"] for _, _, body in first]
     assert [env["HTTP_HOST"] for env in envs] == ["a", "a"]
     assert not [k for env in envs for k in env if "TRAILER" in k]
+
+
+def test_chunk_extension_after_whitespace_is_accepted(srv):
+    payload = b"5 ;ext=1\r\nhello\r\n6\t;a=b\r\n world\r\n0\r\n\r\n"
+    req = get_request("/echo", method="POST", headers={"Transfer-Encoding": "chunked"},
+                      body=payload)
+    status, headers, body = read_response_once(srv.port, req)
+    assert (status, body, headers["x-content-length"]) == (200, b"hello world", "11")

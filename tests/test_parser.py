@@ -376,3 +376,20 @@ def test_trailer_fields_are_bounded_like_header_fields():
                      limit_request_field_size=100) == 431
     (req,) = parse(CHUNKED + many[:-8] + b"\r\n", limit_request_fields=5).ready
     assert req.body == b"hello"
+
+
+# --- chunk extensions: BWS before ';' (RFC 9112 7.1.1) ----------------------------------------
+
+CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize("size_line", [b"5 ;ext=1", b"5\t;ext=1", b"5 \t ;ext=\"a b\"",
+                                       b"5  ;a=1;b=2"])
+def test_whitespace_between_chunk_size_and_extension_is_accepted(size_line):
+    (req,) = parse(CHUNKED_HEAD + size_line + b"\r\nhello\r\n0 ;last\r\n\r\n").ready
+    assert req.body == b"hello" and req.headers["CONTENT_LENGTH"] == "5"
+
+
+@pytest.mark.parametrize("size_line", [b"5 x", b"5 5", b" 5", b"5\x0b;a", b"5 ;", b"0x5"])
+def test_a_chunk_size_line_that_is_not_size_bws_extensions_is_still_400(size_line):
+    assert status_of(CHUNKED_HEAD + size_line + b"\r\nhello\r\n0\r\n\r\n") == 400

@@ -25,6 +25,8 @@ The rules it leaves to the server are enforced here, following RFC 9112:
     `HTTP_X_FORWARDED_FOR` in WSGI, so a client could spoof a proxy's header (as nginx and
     Gunicorn >= 22 do by default). Gunicorn's `header_map` chooses: `drop` (the default),
     `refuse` (400) or `dangerous` (map them anyway);
+  - a chunk's size may be followed by SP/HTAB before its `;` extension (BWS, §7.1.1) or its
+    CRLF; llhttp still refuses BWS inside an extension (`5; a=b`, `5;a ;b`);
   - the request line, the number of header fields and the size of one field are bounded, with
     Gunicorn's names and defaults (4094, 100, 8190 bytes).
 """
@@ -182,7 +184,14 @@ class RequestParser:
         self._parser = httptools.HttpRequestParser(self)
         # llhttp still checks that the version is HTTP/d.d; which d.d berth serves is decided
         # in on_headers_complete, so that HTTP/1.2 gets 505 and a mangled line 400.
-        self._parser.set_dangerous_leniencies(lenient_version=True)
+        # lenient_spaces_after_chunk_size: RFC 9112 §7.1.1 allows BWS (SP/HTAB) between a
+        # chunk's size and its ';' extension, which strict llhttp refuses. The flag lets SP/HTAB
+        # follow the size, before ';' or the CRLF: the size itself stays strict ("5 5", " 5",
+        # "5 x" are 400), so there is still one reading of every size line that gets through
+        # (a size, then whitespace before CRLF, is not in the grammar: no reader takes it for
+        # another size). Set per parser, it costs a request nothing.
+        self._parser.set_dangerous_leniencies(lenient_version=True,
+                                              lenient_spaces_after_chunk_size=True)
         self.current: Request | None = None  # the request whose head or body is arriving
         self._url = b""
         self._body: list[bytes] = []
