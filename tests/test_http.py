@@ -570,3 +570,69 @@ def test_chunk_extension_after_whitespace_is_accepted(srv):
                       body=payload)
     status, headers, body = read_response_once(srv.port, req)
     assert (status, body, headers["x-content-length"]) == (200, b"hello world", "11")
+
+
+@pytest.mark.parametrize("method", ["BREW", "VERSION-CONTROL", "MKREDIRECTREF", "PURGE"])
+def test_an_extension_method_reaches_the_app_as_sent(srv, method):
+    raw = get_request("/echo", method=method, body=b"coffee")
+    status, headers, body = read_response_once(srv.port, raw + get_request("/path?after"))
+    assert (status, headers["x-method"], body) == (200, method, b"coffee")
+
+
+def test_extension_methods_pipelined_with_others_on_one_connection(srv):
+    methods = ["GET", "BREW", "POST", "MKREDIRECTREF", "VERSION-CONTROL", "PUT"]
+    with connect(srv.port) as sock:
+        sock.sendall(b"".join(get_request("/echo", method=m, body=m.encode()) for m in methods))
+        got = [read_response(sock) for _ in methods]
+    assert [(s, h["x-method"], b) for s, h, b in got] == [(200, m, m.encode()) for m in methods]
+
+
+def test_an_extension_method_split_across_tcp_segments(srv):
+    raw = get_request("/echo", method="MKREDIRECTREF", body=b"split")
+    with connect(srv.port) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for part in (raw[:2], raw[2:7], raw[7:]):  # "MK" is the start of llhttp's MKCOL
+            sock.sendall(part)
+            time.sleep(0.05)
+        status, headers, body = read_response(sock)
+    assert (status, headers["x-method"], body) == (200, "MKREDIRECTREF", b"split")
+
+
+@pytest.mark.parametrize("method", ["get", "Brew", "BR", "M" * 21, "BR#EW"])
+def test_an_unconventional_method_is_400_by_default(srv, method):
+    resp, closed = send_raw(srv.port, get_request("/echo", method=method))
+    assert status_of(resp) == 400 and closed
+
+
+@pytest.fixture(scope="module")
+def lenient(tmp_path_factory):
+    server = start_module_server(
+        tmp_path_factory, ["-w", "1", "--threads", "2", "--permit-unconventional-http-method",
+                           "proto_app:app"], name="methods")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def folding(tmp_path_factory):
+    server = start_module_server(
+        tmp_path_factory, ["-w", "1", "--threads", "2", "--permit-unconventional-http-method",
+                           "--casefold-http-method", "proto_app:app"], name="casefold")
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("method", ["get", "Brew", "BR", "M" * 40, "BR#EW"])
+def test_permit_unconventional_http_method_passes_any_token(lenient, method):
+    status, headers, _ = read_response_once(lenient.port, get_request("/echo", method=method))
+    assert (status, headers["x-method"]) == (200, method)
+
+
+@pytest.mark.parametrize(("method", "folded"), [("get", "GET"), ("brew", "BREW"),
+                                                ("Head", "HEAD")])
+def test_casefold_http_method_upper_cases_the_method(folding, method, folded):
+    with connect(folding.port) as sock:
+        sock.sendall(get_request("/echo", method=method) + get_request("/path?next"))
+        status, headers, body = read_response(sock, head_only=folded == "HEAD")
+        assert (status, headers["x-method"]) == (200, folded)
+        assert read_response(sock)[2] == b"/path?next"  # a HEAD response had no body

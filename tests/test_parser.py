@@ -304,6 +304,8 @@ def test_for_config_reads_the_configuration_once():
         limit_request_line, limit_request_fields, limit_request_field_size = 100, 5, 50
         body_buffer_size = 10
         permit_unconventional_http_version = True
+        permit_unconventional_http_method = True
+        casefold_http_method = True
 
         @property
         def header_map(self):
@@ -316,6 +318,7 @@ def test_for_config_reads_the_configuration_once():
     assert Cfg.reads == 1
     assert (p.limit_line, p.limit_fields, p.body_limit) == (100, 5, 10)
     assert p.header_map == "refuse" and p.permit_other_versions
+    assert p.permit_other_methods and p.casefold_methods
     assert RequestParser.for_config(Cfg()).header_map == "refuse" and Cfg.reads == 2
 
 
@@ -393,3 +396,165 @@ def test_whitespace_between_chunk_size_and_extension_is_accepted(size_line):
 @pytest.mark.parametrize("size_line", [b"5 x", b"5 5", b" 5", b"5\x0b;a", b"5 ;", b"0x5"])
 def test_a_chunk_size_line_that_is_not_size_bws_extensions_is_still_400(size_line):
     assert status_of(CHUNKED_HEAD + size_line + b"\r\nhello\r\n0\r\n\r\n") == 400
+
+
+# --- methods llhttp does not know: Gunicorn's rules (RFC 9110 9.1) --------------------------
+
+def line(method: bytes, target: bytes = b"/", extra: bytes = b"") -> bytes:
+    return method + b" " + target + b" HTTP/1.1\r\nHost: h\r\n" + extra + b"\r\n"
+
+
+CONVENTIONAL = [b"BREW", b"VERSION-CONTROL", b"MKREDIRECTREF", b"A1B", b"FOO_BAR", b"X.Y",
+                b"BREW!", b"M" * 20, b"123", b"ZZZ"]
+
+
+@pytest.mark.parametrize("method", CONVENTIONAL)
+def test_a_conventional_method_llhttp_does_not_know_is_served_as_sent(method):
+    (req,) = parse(line(method, b"/p?q=1")).ready
+    assert (req.method, req.url, req.headers) == (method, b"/p?q=1", {"HTTP_HOST": "h"})
+
+
+@pytest.mark.parametrize("method", [b"get", b"Brew", b"BR", b"M" * 21, b"BR#EW", b"BR(EW",
+                                    b"BR\"EW", b"BR\x7fEW", b"BR\xe9W"])
+def test_an_unconventional_method_is_400(method):
+    assert status_of(line(method)) == 400
+
+
+@pytest.mark.parametrize("method", [b"get", b"Brew", b"BR", b"M" * 40, b"BR#EW", b"x"])
+def test_permit_unconventional_http_method_serves_any_token(method):
+    (req,) = parse(line(method), permit_unconventional_http_method=True).ready
+    assert req.method == method
+
+
+@pytest.mark.parametrize("method", [b"BR(EW", b"BR\"EW", b"BR\x7fEW", b"BR\xe9W"])
+def test_permit_unconventional_http_method_still_wants_a_token(method):
+    assert status_of(line(method), permit_unconventional_http_method=True) == 400
+
+
+def test_a_method_over_the_request_line_limit_is_414():
+    assert status_of(line(b"M" * 200), permit_unconventional_http_method=True,
+                     limit_request_line=100) == 414
+
+
+@pytest.mark.parametrize(("sent", "served"), [(b"brew", b"BREW"), (b"get", b"GET"),
+                                              (b"Head", b"HEAD"), (b"BREW", b"BREW")])
+def test_casefold_http_method_upper_cases_what_permit_lets_through(sent, served):
+    (req,) = parse(line(sent), permit_unconventional_http_method=True,
+                   casefold_http_method=True).ready
+    assert req.method == served
+
+
+def test_casefold_http_method_alone_still_refuses_lower_case_first():
+    assert status_of(line(b"brew"), casefold_http_method=True) == 400  # as in Gunicorn
+
+
+def test_a_folded_connect_is_501():
+    raw = line(b"connect", b"h:443")
+    assert status_of(raw, permit_unconventional_http_method=True,
+                     casefold_http_method=True) == 501
+    assert status_of(line(b"connect", b"/x"), permit_unconventional_http_method=True,
+                     casefold_http_method=True) == 501
+
+
+def test_an_extension_method_takes_the_target_rules():
+    assert status_of(line(b"BREW", b"*")) == 400
+    assert status_of(line(b"BREW", b"h:443")) == 400
+    (req,) = parse(line(b"BREW", b"http://h/x")).ready
+    assert req.url == b"http://h/x"
+
+
+def test_an_extension_method_request_has_its_body_and_keeps_the_connection():
+    raw = line(b"BREW", b"/pot", b"Content-Length: 5\r\n") + b"hello"
+    raw += line(b"BREW", b"/chunked", b"Transfer-Encoding: chunked\r\n") + b"3\r\nabc\r\n0\r\n\r\n"
+    raw += line(b"GET", b"/after")
+    p = parse(raw)
+    assert [(r.method, r.url, r.body, r.keep_alive) for r in p.ready] == [
+        (b"BREW", b"/pot", b"hello", True), (b"BREW", b"/chunked", b"abc", True),
+        (b"GET", b"/after", b"", True)]
+
+
+def test_pipelined_extension_methods_among_others_in_one_read():
+    methods = [b"GET", b"BREW", b"POST", b"MKREDIRECTREF", b"VERSION-CONTROL", b"DELETE",
+               b"BREW"]
+    raw = b""
+    for i, m in enumerate(methods):
+        body = b"x" * i
+        raw += line(m, b"/%d" % i, b"Content-Length: %d\r\n" % i) + body
+    p = parse(b"\r\n" + raw)
+    assert [(r.method, r.url, r.body) for r in p.ready] == [
+        (m, b"/%d" % i, b"x" * i) for i, m in enumerate(methods)]
+
+
+RAW_MIX = (line(b"GET", b"/0") + line(b"BREW", b"/1", b"Content-Length: 3\r\n") + b"BRE"
+           + line(b"VERSION-CONTROL", b"/2")
+           + line(b"MKREDIRECTREF", b"/3", b"Transfer-Encoding: chunked\r\n")
+           + b"4\r\nMKRE\r\n0\r\n\r\n" + line(b"PROPFIND", b"/4"))
+MIX = [(b"GET", b"/0", b""), (b"BREW", b"/1", b"BRE"), (b"VERSION-CONTROL", b"/2", b""),
+       (b"MKREDIRECTREF", b"/3", b"MKRE"), (b"PROPFIND", b"/4", b"")]
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 5, 7, 13, 64])
+def test_extension_methods_split_across_reads_anywhere(step):
+    """Whatever the reads' boundaries (inside a method, a head, a body), the same requests."""
+    p = RequestParser()
+    got = []
+    for i in range(0, len(RAW_MIX), step):
+        p.feed(RAW_MIX[i:i + step])
+        got += p.ready
+        p.ready.clear()
+    assert [(r.method, r.url, r.body) for r in got] == MIX
+
+
+def test_a_body_spanning_reads_is_not_parsed_as_requests():
+    """The bytes after a body that began in an earlier read are found by its length, never by
+    searching: a request line inside the body stays body."""
+    body = b"x" * 10 + line(b"BREW", b"/smuggled") + b"y" * 10
+    raw = line(b"POST", b"/a", b"Content-Length: %d\r\n" % len(body))
+    p = RequestParser()
+    p.feed(raw + body[:5])
+    p.feed(body[5:] + line(b"BREW", b"/real"))
+    assert [(r.method, r.url) for r in p.ready] == [(b"POST", b"/a"), (b"BREW", b"/real")]
+    assert p.ready[0].body == body
+
+
+def test_a_head_spanning_reads_then_an_extension_method_in_the_same_read():
+    p = RequestParser()
+    p.feed(b"GET /a HTTP/1.1\r\nHost: h\r")
+    p.feed(b"\n\r\n" + line(b"BREW", b"/b"))
+    assert [(r.method, r.url) for r in p.ready] == [(b"GET", b"/a"), (b"BREW", b"/b")]
+
+
+def test_an_unfinished_extension_method_keeps_the_head_deadline_running():
+    p = parse(b"VERSION-CONT")
+    assert p.in_head and not p.ready and p.current is not None
+    p.feed(b"ROL / HTTP/1.1\r\nHost: h\r\n\r\n")
+    (req,) = p.ready
+    assert req.method == b"VERSION-CONTROL" and not p.in_head
+
+
+def test_an_unfinished_method_that_breaks_the_rules_is_400_at_once():
+    assert status_of(b"BREWBREWBREWBREWBREWB") == 400  # already over 20 characters
+    assert status_of(b"BRew") == 400
+
+
+def test_an_extension_method_after_a_chunked_body_that_spans_reads():
+    p = RequestParser()
+    p.feed(line(b"POST", b"/c", b"Transfer-Encoding: chunked\r\n") + b"4\r\nab")
+    p.feed(b"cd\r\n0\r\n\r\n" + line(b"BREW", b"/b"))
+    assert [(r.method, r.url, r.body) for r in p.ready] == [(b"POST", b"/c", b"abcd"),
+                                                            (b"BREW", b"/b", b"")]
+
+
+def test_an_extension_method_after_trailers_of_a_body_that_spans_reads_is_refused():
+    """The one place berth cannot find such a request line: after a chunked body that began
+    in an earlier read and ends with trailers (its end is found by searching for a bare last
+    chunk). A 400 and a closed connection, never a guess at where the request starts."""
+    p = RequestParser()
+    p.feed(line(b"POST", b"/c", b"Transfer-Encoding: chunked\r\n") + b"4\r\nab")
+    with pytest.raises(HttpError) as info:
+        p.feed(b"cd\r\n0\r\nX-T: 1\r\n\r\n" + line(b"BREW", b"/b"))
+    assert info.value.status == 400 and [r.url for r in p.ready] == [b"/c"]
+    p = RequestParser()  # a method llhttp knows is parsed as ever
+    p.feed(line(b"POST", b"/c", b"Transfer-Encoding: chunked\r\n") + b"4\r\nab")
+    p.feed(b"cd\r\n0\r\nX-T: 1\r\n\r\n" + line(b"PUT", b"/b"))
+    assert [r.url for r in p.ready] == [b"/c", b"/b"]

@@ -9,6 +9,10 @@ socket, so every rule is tested with byte strings.
 llhttp already rejects the request-smuggling classics (Content-Length with Transfer-Encoding,
 duplicate or signed lengths, obs-fold, bare LF, whitespace before the colon, control bytes).
 The rules it leaves to the server are enforced here, following RFC 9112:
+  - a method llhttp does not know (it knows a fixed list; RFC 9110 §9.1 makes methods open-ended
+    tokens) is served when Gunicorn's rules take it: an upper-case token of 3 to 20 characters
+    without '#', any token with `permit_unconventional_http_method`, upper-cased with
+    `casefold_http_method` (see RequestParser._extension_method); others get 400;
   - HTTP/1.1 without exactly one Host → 400 (§3.2);
   - a transfer coding other than plain `chunked` (e.g. `gzip, chunked`) → 501 (§6.1);
   - chunked on HTTP/1.0 → 400 (§6.1: a 1.0 message has no chunked framing);
@@ -71,7 +75,22 @@ def header_info(name: bytes) -> tuple[str, int]:
     return info
 
 
+# RFC 9110 §5.6.2: the characters of a token (a method); Gunicorn's METHOD_BADCHAR_RE: the ones
+# a conventional method does not have.
+_TOKEN_CHARS = (b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                b"abcdefghijklmnopqrstuvwxyz")
+_UNCONVENTIONAL_CHARS = b"abcdefghijklmnopqrstuvwxyz#"
+# What llhttp is given in place of a method it does not know: llhttp frames a request the same
+# whatever its method (CONNECT excepted, which berth answers 501 before this).
+_STAND_IN = b"GET"
+# What llhttp's feed_data() raises when it stops (HttpParserUpgrade is not an HttpParserError).
+_STOPS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
+
 NO_VERSION = "no HTTP version in the request line"
+AFTER_CHUNKED = ("a method llhttp does not know, in a read where a chunked body begun in an "
+                 "earlier read ended with a trailer or a last-chunk extension: where its "
+                 "request line starts is not known")
+MAX_SPLITS = 16  # pieces _resume() feeds one read in, at most
 CONNECT_NOT_IMPLEMENTED = "CONNECT is not implemented (berth is not a tunnel)"
 
 
@@ -148,6 +167,72 @@ class NoParser:
 NO_PARSER = NoParser()
 
 
+def _new_llhttp(protocol, cls=httptools.HttpRequestParser) -> httptools.HttpRequestParser:
+    """An llhttp parser with berth's leniencies.
+
+    lenient_version: llhttp still checks that the version is HTTP/d.d; which d.d berth serves is
+    decided in on_headers_complete, so that HTTP/1.2 gets 505 and a mangled line 400.
+
+    lenient_spaces_after_chunk_size: RFC 9112 §7.1.1 allows BWS (SP/HTAB) between a chunk's
+    size and its ';' extension, which strict llhttp refuses. The flag lets SP/HTAB follow the
+    size, before ';' or the CRLF: the size itself stays strict ("5 5", " 5", "5 x" are 400), so
+    there is still one reading of every size line that gets through (a size, then whitespace
+    before CRLF, is not in the grammar: no reader takes it for another size). Set per parser,
+    it costs a request nothing.
+    """
+    parser = cls(protocol)
+    parser.set_dangerous_leniencies(lenient_version=True, lenient_spaces_after_chunk_size=True)
+    return parser
+
+
+class _StandInMethod(httptools.HttpRequestParser):
+    """llhttp for the rest of a connection once a request line went in with the stand-in for a
+    method llhttp does not know (RequestParser._extension_method): get_method() answers the
+    method as sent, once (on_headers_complete asks once a request), then llhttp's own. A Python
+    subclass: each later request on that connection pays a Python call for it."""
+
+    sent: bytes | None = None
+
+    def get_method(self) -> bytes:
+        sent = self.sent
+        if sent is None:
+            return httptools.HttpRequestParser.get_method(self)
+        self.sent = None
+        return sent
+
+
+class _Resume:
+    """Stands in for llhttp between two reads of one request (RequestParser._suspend): the next
+    read's feed_data() is RequestParser._resume()."""
+
+    __slots__ = ("feed_data",)
+
+    def __init__(self, resume):
+        self.feed_data = resume
+
+
+class _EndCounter:
+    """The protocol of a scratch llhttp parser: it counts the requests that end."""
+
+    __slots__ = ("ends",)
+
+    def __init__(self):
+        self.ends = 0
+
+    def on_message_complete(self) -> None:
+        self.ends += 1
+
+
+def _requests_ending_in(data: bytes) -> int:
+    """How many requests end in `data`, parsed from where a request starts."""
+    counter = _EndCounter()
+    try:
+        _new_llhttp(counter).feed_data(data)
+    except _STOPS:
+        pass
+    return counter.ends
+
+
 class RequestParser:
     """Parses every request of one connection, in order.
 
@@ -159,15 +244,18 @@ class RequestParser:
     `stream_factory(request)` makes the object that receives a streamed body through
     `feed(bytes)` and, at its end, `feed(None)`.
 
-    `header_map` and `permit_unconventional_http_version` are Gunicorn's settings of those
-    names (see the module docstring). `RequestParser.for_config(cfg, stream_factory)` makes
-    one from berth's configuration.
+    `header_map`, `permit_unconventional_http_version`, `permit_unconventional_http_method`
+    and `casefold_http_method` are Gunicorn's settings of those names (see the module
+    docstring). `RequestParser.for_config(cfg, stream_factory)` makes one from berth's
+    configuration.
     """
 
     def __init__(self, limit_request_line: int = 4094, limit_request_fields: int = 100,
                  limit_request_field_size: int = 8190, body_buffer_size: int = 1024 * 1024,
                  stream_factory=CollectedBody, header_map: str = "drop",
-                 permit_unconventional_http_version: bool = False):
+                 permit_unconventional_http_version: bool = False,
+                 permit_unconventional_http_method: bool = False,
+                 casefold_http_method: bool = False):
         self.limit_line = limit_request_line or (1 << 62)
         self.limit_fields = limit_request_fields or 32768  # 0: Gunicorn's maximum
         # A header value without its CRLF grows inside llhttp with no callback: bound the whole
@@ -179,19 +267,17 @@ class RequestParser:
         self.stream_factory = stream_factory
         self.header_map = header_map
         self.permit_other_versions = permit_unconventional_http_version
+        if permit_unconventional_http_method:  # (class defaults otherwise: see below)
+            self.permit_other_methods = True
+        if casefold_http_method:
+            self.casefold_methods = True
         self.ready: list[Request] = []
         self.in_head = False
-        self._parser = httptools.HttpRequestParser(self)
-        # llhttp still checks that the version is HTTP/d.d; which d.d berth serves is decided
-        # in on_headers_complete, so that HTTP/1.2 gets 505 and a mangled line 400.
-        # lenient_spaces_after_chunk_size: RFC 9112 §7.1.1 allows BWS (SP/HTAB) between a
-        # chunk's size and its ';' extension, which strict llhttp refuses. The flag lets SP/HTAB
-        # follow the size, before ';' or the CRLF: the size itself stays strict ("5 5", " 5",
-        # "5 x" are 400), so there is still one reading of every size line that gets through
-        # (a size, then whitespace before CRLF, is not in the grammar: no reader takes it for
-        # another size). Set per parser, it costs a request nothing.
-        self._parser.set_dangerous_leniencies(lenient_version=True,
-                                              lenient_spaces_after_chunk_size=True)
+        # _parser is what feed() gives a read: llhttp (_llhttp), or _Resume between two reads
+        # of one request. (_new_llhttp's two lines, inlined: a connection's parser is made in
+        # the loop thread whenever bytes arrive on an idle one.)
+        self._parser = self._llhttp = parser = httptools.HttpRequestParser(self)
+        parser.set_dangerous_leniencies(lenient_version=True, lenient_spaces_after_chunk_size=True)
         self.current: Request | None = None  # the request whose head or body is arriving
         self._url = b""
         self._body: list[bytes] = []
@@ -201,6 +287,14 @@ class RequestParser:
         self._head_bytes = 0
         self._te: bytes | None = None
         self._expect = False
+
+    # The bytes of a request line whose method may not have ended (kept for _extension_method),
+    # the request they belong to, and whether llhttp has already stopped at that method.
+    _line: bytes | None = None
+    _line_of: Request | None = None
+    _method_unfinished = False
+    permit_other_methods = False  # permit_unconventional_http_method
+    casefold_methods = False  # casefold_http_method
 
     _cfg = None  # the configuration for_config() last read, and what it read from it
     _options: tuple = ()
@@ -213,7 +307,8 @@ class RequestParser:
         if cls._cfg is not cfg:
             cls._options = (cfg.limit_request_line, cfg.limit_request_fields,
                             cfg.limit_request_field_size, cfg.body_buffer_size)
-            cls._flags = (cfg.header_map, cfg.permit_unconventional_http_version)
+            cls._flags = (cfg.header_map, cfg.permit_unconventional_http_version,
+                          cfg.permit_unconventional_http_method, cfg.casefold_http_method)
             cls._cfg = cfg
         return cls(*cls._options, stream_factory, *cls._flags)
 
@@ -223,19 +318,133 @@ class RequestParser:
         this parser: without this, they wait for the garbage collector's next full collection
         instead of being freed at once. `current` and `ready` stay readable; nothing may be
         fed after it."""
-        self._parser = None
+        self._parser = self._llhttp = None
+        self._line = self._line_of = None
         self.stream_factory = None
 
     # -- the one entry point ------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)  # _resume() when the read continues a request
+        except _STOPS as exc:
+            self._parse(self._after_error(exc, data))
+            return
+        if self.current is not None:  # the read ends inside a request
+            self._suspend(data)
+
+    # -- reads that end inside a request, and what llhttp refuses ------------------------------
+
+    # httptools reports no byte offsets: where a request began in a read is known only when the
+    # read began where a request begins. So a read that ends inside a request leaves _Resume in
+    # llhttp's place (_suspend), and the next read is fed up to where that request can end
+    # (_resume); the requests after it then start at a known place again. That costs the common
+    # read (whole requests) nothing: feed() tests `current` once, after llhttp, as it tested
+    # `in_head` before.
+
+    def _suspend(self, piece: bytes | None) -> None:
+        """A read ends inside a request: the next goes to _resume() first. `piece`: the bytes
+        fed since a request last began at a known place (None: no such place), kept while the
+        request line's method may be unfinished (for _extension_method)."""
+        if self._parser is not self._llhttp:
+            return  # done already, by _resume() or _extension_method()
+        self._parser = _Resume(self._resume)
+        if self.in_head and not self._url and piece is not None:
+            self._line, self._line_of = piece, self.current
+
+    def _resume(self, data: bytes) -> None:
+        """feed() for a read that continues a request begun in an earlier one.
+
+        The read is fed in pieces that end where that request can end: its head at its empty
+        line (the first CRLF CRLF, or the end of one the read before began), a body at its
+        Content-Length, a chunked body at a last chunk without extension or trailer
+        ("0\r\n\r\n", as clients send it; a chunk's data may hold those bytes too, so at most
+        MAX_SPLITS such places are tried in one read). What follows the request then starts
+        where a request starts, and goes to feed(). When the request ends elsewhere (a chunked
+        body with trailers), where the next one begins is not known: a method llhttp does not
+        know there gets 400 (AFTER_CHUNKED), any other is parsed as ever.
+        """
+        self._parser = parser = self._llhttp
+        req = self.current
+        line = self._line if self._line_of is req else None
+        self._line = self._line_of = None
         if self.in_head:
             self._head_bytes += len(data)
             if self._head_bytes > self.limit_head:
                 raise HttpError(431, "request head too large")
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+            if line is not None:  # its request line had no whole method yet
+                line += data
+                if self._method_unfinished:  # llhttp stopped at it: see _extension_method
+                    self._parse(self._extension_method(line))
+                    return
+        size = len(data)
+        start = pieces = 0
+        known = True  # the pieces fed so far end inside `req`, or where a request ended
+        while start < size:
+            pieces += 1
+            end = (self._end_of_current(req, data, start) if known and pieces <= MAX_SPLITS
+                   else size)
+            piece = data[start:end] if start or end < size else data
+            try:
+                parser.feed_data(piece)
+            except httptools.HttpParserInvalidMethodError as exc:
+                if line is None or self.current is not req:
+                    raise HttpError(400, AFTER_CHUNKED) from None
+                self._parse(self._after_error(exc, piece, line))
+                return
+            except _STOPS as exc:
+                self._parse(self._after_error(exc, piece))
+                return
+            start = end
+            if self.current is None:  # a request ended at `end`: the rest starts one
+                if start < size:
+                    self.feed(data[start:])
+                return
+            if self.current is not req:  # one ended inside the piece, and another began
+                known = False
+        self._suspend(line if self.current is req else None)
+
+    def _end_of_current(self, req: Request, data: bytes, start: int) -> int:
+        """The first place after `start` in `data` where the request arriving can end (the
+        end of `data` when it cannot there)."""
+        size = len(data)
+        if self.in_head:
+            end = b"\r\n\r\n"
+        elif req.chunked:
+            end = b"0\r\n\r\n"
+        elif req.content_length is not None:
+            return min(size, start + req.content_length - self._body_size)
+        else:  # (a request without either ends with its head)
+            return size
+        n = len(end)
+        for k in range(start + 1, n):  # the end may have begun in the read before
+            if k <= size and data[:k] == end[n - k:]:
+                return k
+        i = data.find(end, max(0, start - n + 1))
+        while 0 <= i and i + n <= start:
+            i = data.find(end, i + 1)
+        return size if i < 0 else i + n
+
+    def _parse(self, data: bytes | None) -> None:
+        """feed() for the bytes _after_error() gives a new llhttp parser, as often as one read
+        needs (a loop: a read may hold hundreds of requests)."""
+        while data is not None:
+            try:
+                self._parser.feed_data(data)
+            except _STOPS as exc:
+                data = self._after_error(exc, data)
+                continue
+            if self.current is not None:
+                self._suspend(data)
+            return
+
+    def _after_error(self, exc: Exception, data: bytes,
+                     line: bytes | None = None) -> bytes | None:
+        """What llhttp's error `exc` means: raises the HttpError to answer, or returns the bytes
+        a new llhttp parser is to parse next (_extension_method), or None: nothing to parse.
+        `data` is what llhttp was fed; it starts where a request starts, unless `line` (bytes
+        from such a place through the end of `data`) is given."""
+        if isinstance(exc, httptools.HttpParserUpgrade):
             # An Upgrade request (e.g. websocket): served as a plain request, the upgrade itself
             # is not supported. Whatever follows the head is not HTTP/1. llhttp ends a CONNECT
             # here too: it is never served (CONNECT in origin-form lands here, the other
@@ -249,22 +458,83 @@ class RequestParser:
             if self.current is not None:
                 self.current.keep_alive = False
                 self.on_message_complete()
-        except httptools.HttpParserCallbackError as exc:
+            return None
+        if isinstance(exc, httptools.HttpParserCallbackError):
             err = self._error or exc.__context__
             if isinstance(err, HttpError):
                 if err.detail is NO_VERSION and self._url and (
-                        b" " + self._url + b" HTTP/0.9\r") in data:
+                        b" " + self._url + b" HTTP/0.9\r") in (line or data):
                     err = HttpError(505, "HTTP/0.9 not supported")
                 raise err from None
-            raise
-        except httptools.HttpParserInvalidMethodError:
-            raise HttpError(400, "invalid method") from None
-        except httptools.HttpParserInvalidURLError:
+            raise exc
+        if isinstance(exc, httptools.HttpParserInvalidMethodError):
+            if line is None:
+                line = data
+            return self._extension_method(line[self._last_request_end(line):])
+        if isinstance(exc, httptools.HttpParserInvalidURLError):
             raise HttpError(400, "invalid request target") from None
-        except httptools.HttpParserError as exc:
-            if self._error is not None:
-                raise self._error from None
-            raise HttpError(400, str(exc) or "malformed request") from None
+        if self._error is not None:
+            raise self._error from None
+        raise HttpError(400, str(exc) or "malformed request") from None
+
+    def _last_request_end(self, data: bytes) -> int:
+        """Where in `data` (which starts where a request starts) the last request that ends in
+        it ends; 0 if none does. A scratch llhttp parser counts the requests that end in
+        `data`, then in prefixes of it, halving the range: about log2(len) parses of at most
+        len bytes, only for a method llhttp does not know after other requests in one read."""
+        ends = _requests_ending_in(data)
+        if not ends:
+            return 0
+        low, high = 0, len(data)  # the shortest prefix in which `ends` requests end
+        while low < high:
+            mid = (low + high) // 2
+            if _requests_ending_in(data[:mid]) < ends:
+                low = mid + 1
+            else:
+                high = mid
+        return low
+
+    def _extension_method(self, line: bytes) -> bytes | None:
+        """A request line whose method llhttp does not know, from its first byte.
+
+        Methods are open-ended tokens (RFC 9110 §9.1); llhttp knows a fixed list. berth takes
+        the methods Gunicorn takes (_check_method), and gives llhttp, in a new parser, the line
+        with a stand-in method llhttp knows; on_headers_complete gives the request the method
+        as sent (_StandInMethod). Returns the bytes for that parser, or None when the method
+        has not ended yet (the line is kept for the next read); raises HttpError for a method
+        berth refuses.
+        """
+        line = line.lstrip(b"\r\n")  # llhttp skips empty lines before a request line
+        space = line.find(b" ")
+        method = line if space < 0 else line[:space]
+        self._check_method(method, ended=space >= 0)
+        if space < 0:  # llhttp stopped at the first byte it did not know; the token goes on
+            self._line, self._line_of = line, self.current
+            self._method_unfinished = True
+            self._parser = _Resume(self._resume)
+            return None
+        self._method_unfinished = False
+        if self.casefold_methods:
+            method = method.upper()
+        if method == b"CONNECT":
+            raise HttpError(501, CONNECT_NOT_IMPLEMENTED)
+        parser = self._parser = self._llhttp = _new_llhttp(self, _StandInMethod)
+        parser.sent = method
+        return _STAND_IN + line[space:]
+
+    def _check_method(self, method: bytes, ended: bool) -> None:
+        """Gunicorn's rules for a method (gunicorn/http/message.py): a token (RFC 9110 §9.1),
+        and, unless permit_unconventional_http_method, no lower case or '#' and 3 to 20
+        characters. `ended`: the whole method has arrived (else: what arrived so far)."""
+        if method.translate(None, _TOKEN_CHARS) or (ended and not method):
+            raise HttpError(400, "invalid method")
+        if self.permit_other_methods:
+            if len(method) > self.limit_line:
+                raise HttpError(414, "request line too long")
+        elif (len(method) > 20 or (ended and len(method) < 3)
+              or method.translate(None, _UNCONVENTIONAL_CHARS) != method):
+            raise HttpError(400, f"unconventional method {method[:24].decode('latin-1')!r} "
+                                 "(permit_unconventional_http_method allows it)")
 
     # -- httptools callbacks ------------------------------------------------------------------
 
@@ -363,6 +633,7 @@ class RequestParser:
         req = self.current
         if req.streaming:
             req.body_stream.feed(body)
+            self._body_size += len(body)
             return
         self._body.append(body)
         self._body_size += len(body)
@@ -375,6 +646,7 @@ class RequestParser:
             req.body_stream.feed(None)
             req.complete = True
             self.current = None
+            self._body_size = 0
             return
         body = self._body
         if body:
@@ -397,7 +669,6 @@ class RequestParser:
             req.headers["HTTP_TRANSFER_ENCODING"] = "chunked"
         req.body = b"".join(self._body)
         self._body.clear()
-        self._body_size = 0
         req.body_stream = self.stream_factory(req)
         req.body = b""
         self.ready.append(req)
