@@ -558,3 +558,28 @@ def test_an_extension_method_after_trailers_of_a_body_that_spans_reads_is_refuse
     p.feed(line(b"POST", b"/c", b"Transfer-Encoding: chunked\r\n") + b"4\r\nab")
     p.feed(b"cd\r\n0\r\nX-T: 1\r\n\r\n" + line(b"PUT", b"/b"))
     assert [r.url for r in p.ready] == [b"/c", b"/b"]
+
+
+@pytest.mark.parametrize("endless", [b"0\r\nX-Trailer: ", b"0\r\nX-Trail", b"5;ext="],
+                         ids=["trailer-value", "trailer-name", "chunk-extension"])
+def test_a_trailer_or_chunk_line_that_never_ends_is_431_once_over_the_head_limit(endless):
+    """llhttp keeps a trailer field's bytes until its line ends: without a bound, a client
+    could grow the worker's memory (and its copying) without end, as a header could."""
+    p = RequestParser(limit_request_fields=10, limit_request_field_size=100)
+    p.feed(CHUNKED_HEAD + b"5\r\nhello\r\n" + endless)
+    with pytest.raises(HttpError) as info:
+        for _ in range(100):
+            p.feed(b"a" * 1000)
+    assert info.value.status == 431
+
+
+def test_a_long_chunked_body_in_small_reads_is_not_bounded_by_the_head_limit():
+    p = RequestParser(limit_request_fields=10, limit_request_field_size=100,
+                      body_buffer_size=64)
+    p.feed(CHUNKED_HEAD)
+    for _ in range(2000):
+        p.feed(b"1\r\n")
+        p.feed(b"x\r\n")
+    p.feed(b"0\r\n\r\n")
+    (req,) = p.ready
+    assert b"".join(req.body_stream.chunks) == b"x" * 2000

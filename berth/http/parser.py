@@ -24,7 +24,8 @@ The rules it leaves to the server are enforced here, following RFC 9112:
     berth its value (llhttp's own list would answer 400 to HTTP/1.2);
   - trailing SP/HTAB is trimmed from header values (RFC 9110 §5.5; llhttp trims the leading);
   - trailer fields (after a chunked body) are discarded, never merged into the headers
-    (RFC 9110 §6.5.1), and bounded as the head's fields are;
+    (RFC 9110 §6.5.1), and bounded as the head's fields are; reads of a chunked body that bring
+    no chunk data (size lines, extensions, trailers) are bounded as a head is;
   - header names with `_` are dropped: `X_Forwarded_For` and `X-Forwarded-For` both become
     `HTTP_X_FORWARDED_FOR` in WSGI, so a client could spoof a proxy's header (as nginx and
     Gunicorn >= 22 do by default). Gunicorn's `header_map` chooses: `drop` (the default),
@@ -293,6 +294,7 @@ class RequestParser:
     _line: bytes | None = None
     _line_of: Request | None = None
     _method_unfinished = False
+    _no_data_bytes = 0  # a chunked body's bytes in reads that brought no chunk data (_resume)
     permit_other_methods = False  # permit_unconventional_http_method
     casefold_methods = False  # casefold_http_method
 
@@ -378,6 +380,7 @@ class RequestParser:
                     self._parse(self._extension_method(line))
                     return
         size = len(data)
+        body_before = self._body_size
         start = pieces = 0
         known = True  # the pieces fed so far end inside `req`, or where a request ended
         while start < size:
@@ -402,6 +405,15 @@ class RequestParser:
                 return
             if self.current is not req:  # one ended inside the piece, and another began
                 known = False
+        if self.current is req and req.chunked and not self.in_head:
+            # llhttp keeps a trailer field's bytes until its line ends (and reads a chunk's
+            # extensions to their end): reads that bring no chunk data are bounded as a head.
+            if self._body_size == body_before:
+                self._no_data_bytes += size
+                if self._no_data_bytes > self.limit_head:
+                    raise HttpError(431, "chunk-size lines or trailer section too large")
+            else:
+                self._no_data_bytes = 0
         self._suspend(line if self.current is req else None)
 
     def _end_of_current(self, req: Request, data: bytes, start: int) -> int:
@@ -609,6 +621,7 @@ class RequestParser:
             if version == "1.0":
                 raise self._fail(400, "chunked transfer coding in an HTTP/1.0 request")
             req.chunked = True
+            self._no_data_bytes = 0  # see _resume
             # Fields after the last chunk are trailers: with the count at the limit, each
             # takes on_header's over-the-limit branch to _trailer(), so the head's fields pay
             # nothing for the rule.
