@@ -17,11 +17,11 @@ The rules it leaves to the server are enforced here, following RFC 9112:
   - a transfer coding other than plain `chunked` (e.g. `gzip, chunked`) → 501 (§6.1);
   - chunked on HTTP/1.0 → 400 (§6.1: a 1.0 message has no chunked framing);
   - a request line that is not `method SP target SP HTTP/d.d` → 400 (the client's error);
-  - the asterisk-form target `*` with a method other than OPTIONS → 400 (§3.2.4); CONNECT, in
-    any target form → 501 (berth is no tunnel; RFC 9110 §9.3.6) and the connection closes;
     a well-formed `HTTP/d.d` other than 1.0/1.1 → 505 (RFC 9110 §15.6.6), unless Gunicorn's
     `permit_unconventional_http_version` lets it through. llhttp checks the version's form and
     berth its value (llhttp's own list would answer 400 to HTTP/1.2);
+  - the asterisk-form target `*` with a method other than OPTIONS → 400 (§3.2.4); CONNECT, in
+    any target form → 501 (berth is no tunnel; RFC 9110 §9.3.6) and the connection closes;
   - trailing SP/HTAB is trimmed from header values (RFC 9110 §5.5; llhttp trims the leading);
   - trailer fields (after a chunked body) are discarded, never merged into the headers
     (RFC 9110 §6.5.1), and bounded as the head's fields are; reads of a chunked body that bring
