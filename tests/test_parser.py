@@ -2,7 +2,7 @@
 
 import pytest
 
-from berth.http.parser import HttpError, RequestParser
+from berth.http.parser import AFTER_CHUNKED, HttpError, RequestParser
 
 
 def parse(data: bytes, **kw) -> RequestParser:
@@ -583,3 +583,53 @@ def test_a_long_chunked_body_in_small_reads_is_not_bounded_by_the_head_limit():
     p.feed(b"0\r\n\r\n")
     (req,) = p.ready
     assert b"".join(req.body_stream.chunks) == b"x" * 2000
+
+
+# --- found by fuzzing split pipelines (fuzz/fuzz_parser.py's comparison of reads) ------------
+
+def reads_of(raw: bytes, cuts: list[int]) -> list[bytes]:
+    return [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
+
+
+def parse_reads(reads: list[bytes], **kw) -> list[tuple]:
+    p = RequestParser(**kw)
+    got = []
+    for data in reads:
+        p.feed(data)
+        got += p.ready
+        p.ready.clear()
+    assert p.current is None
+    return [(r.method, r.url, b"".join(r.body_stream.chunks) if r.streaming else r.body)
+            for r in got]
+
+
+def test_the_rest_of_a_read_after_a_bare_last_chunk_inside_the_next_head_is_parsed():
+    """A read continuing a chunked body with trailers: the place that looked like a last chunk
+    ('Content-Length: 20\\r\\n\\r\\n' ends with '0\\r\\n\\r\\n') was inside the next request's
+    head. The bytes after it were dropped, and the following read parsed as that request's
+    body."""
+    raw = (b"POST /1 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"4\r\nabcd\r\n0\r\nX-T: 1\r\n\r\n"
+           b"PUT /2 HTTP/1.1\r\nHost: h\r\nContent-Length: 20\r\n\r\n" + b"b" * 20
+           + b"POST /3 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+             b"2\r\nEG\r\n0\r\n\r\n")
+    cuts = [raw.index(b"X-T") + 2, raw.index(b"EG") + 3]
+    assert parse_reads(reads_of(raw, cuts), body_buffer_size=8) == [
+        (b"POST", b"/1", b"abcd"), (b"PUT", b"/2", b"b" * 20), (b"POST", b"/3", b"EG")]
+
+
+def test_a_method_split_after_a_chunked_body_that_began_in_an_earlier_read():
+    """The read that ends a chunked body also begins the next request line ('PROPFIN', then
+    'DX' in the next read). Once, that request's start was taken for the read's, and the method
+    for 'ost: h...'; now the read is cut at the bare last chunk. With a trailer there is no
+    such place: the method llhttp does not know gets the documented 400, never a guess."""
+    raw = (b"GETS /0 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+           b"PROPFINDX /1 HTTP/1.1\r\nHost: h\r\n\r\n")
+    cuts = [raw.index(b"Host") + 1, raw.index(b"DX /1")]
+    assert parse_reads(reads_of(raw, cuts)) == [(b"GETS", b"/0", b""),
+                                                 (b"PROPFINDX", b"/1", b"")]
+    raw = raw.replace(b"0\r\n\r\nPROP", b"0\r\nX-T: 1\r\n\r\nPROP")
+    cuts = [raw.index(b"Host") + 1, raw.index(b"DX /1")]
+    with pytest.raises(HttpError) as info:
+        parse_reads(reads_of(raw, cuts))
+    assert info.value.detail == AFTER_CHUNKED
