@@ -202,16 +202,6 @@ class _StandInMethod(httptools.HttpRequestParser):
         return sent
 
 
-class _Resume:
-    """Stands in for llhttp between two reads of one request (RequestParser._suspend): the next
-    read's feed_data() is RequestParser._resume()."""
-
-    __slots__ = ("feed_data",)
-
-    def __init__(self, resume):
-        self.feed_data = resume
-
-
 class _EndCounter:
     """The protocol of a scratch llhttp parser: it counts the requests that end."""
 
@@ -274,9 +264,9 @@ class RequestParser:
             self.casefold_methods = True
         self.ready: list[Request] = []
         self.in_head = False
-        # _parser is what feed() gives a read: llhttp (_llhttp), or _Resume between two reads
-        # of one request. (_new_llhttp's two lines, inlined: a connection's parser is made in
-        # the loop thread whenever bytes arrive on an idle one.)
+        # _parser is what feed() gives a read: llhttp (_llhttp), or this parser itself between
+        # two reads of one request (its feed_data(): see _suspend). _new_llhttp's two lines,
+        # inlined: a connection's parser is made whenever bytes arrive on an idle one.
         self._parser = self._llhttp = parser = httptools.HttpRequestParser(self)
         parser.set_dangerous_leniencies(lenient_version=True, lenient_spaces_after_chunk_size=True)
         self.current: Request | None = None  # the request whose head or body is arriving
@@ -328,34 +318,52 @@ class RequestParser:
 
     def feed(self, data: bytes) -> None:
         try:
-            self._parser.feed_data(data)  # _resume() when the read continues a request
+            self._parser.feed_data(data)  # self.feed_data() when the read continues a request
         except _STOPS as exc:
             self._parse(self._after_error(exc, data))
             return
-        if self.current is not None:  # the read ends inside a request
-            self._suspend(data)
+        if self.current is not None and self._parser is not self:  # it ends inside a request
+            self._parser = self  # _suspend(data), inlined for a body that comes in later reads
+            if self.in_head and not self._url:
+                self._line, self._line_of = data, self.current
 
     # -- reads that end inside a request, and what llhttp refuses ------------------------------
 
     # httptools reports no byte offsets: where a request began in a read is known only when the
-    # read began where a request begins. So a read that ends inside a request leaves _Resume in
-    # llhttp's place (_suspend), and the next read is fed up to where that request can end
-    # (_resume); the requests after it then start at a known place again. That costs the common
-    # read (whole requests) nothing: feed() tests `current` once, after llhttp, as it tested
-    # `in_head` before.
+    # read began where a request begins. So a read that ends inside a request puts this parser
+    # in llhttp's place (_suspend), and the next read is fed up to where that request can end
+    # (feed_data, _resume); the requests after it then start at a known place again. That costs
+    # the common read (whole requests) nothing: feed() tests `current` once, after llhttp, as it
+    # tested `in_head` before; and a read that is only more of a body costs a few lines.
 
     def _suspend(self, piece: bytes | None) -> None:
-        """A read ends inside a request: the next goes to _resume() first. `piece`: the bytes
+        """A read ends inside a request: the next goes to feed_data() first. `piece`: the bytes
         fed since a request last began at a known place (None: no such place), kept while the
         request line's method may be unfinished (for _extension_method)."""
-        if self._parser is not self._llhttp:
-            return  # done already, by _resume() or _extension_method()
-        self._parser = _Resume(self._resume)
+        self._parser = self
         if self.in_head and not self._url and piece is not None:
             self._line, self._line_of = piece, self.current
 
+    def feed_data(self, data: bytes) -> None:
+        """feed() for a read that continues a request begun in an earlier one, while this parser
+        stands in for llhttp (_suspend). Most such reads are more of a body with a
+        Content-Length, all of it this request's: they go to llhttp whole. Others: _resume()."""
+        self._parser = parser = self._llhttp
+        req = self.current
+        if (not self.in_head and not req.chunked and req.content_length is not None
+                and len(data) <= req.content_length - self._body_size):
+            try:
+                parser.feed_data(data)
+            except _STOPS as exc:
+                self._parse(self._after_error(exc, data))
+                return
+            if self.current is not None:
+                self._parser = self
+            return
+        self._resume(data)
+
     def _resume(self, data: bytes) -> None:
-        """feed() for a read that continues a request begun in an earlier one.
+        """feed_data() for a read that may hold more than the request it continues.
 
         The read is fed in pieces that end where that request can end: its head at its empty
         line (the first CRLF CRLF, or the end of one the read before began), a body at its
@@ -366,7 +374,7 @@ class RequestParser:
         body with trailers), where the next one begins is not known: a method llhttp does not
         know there gets 400 (AFTER_CHUNKED), any other is parsed as ever.
         """
-        self._parser = parser = self._llhttp
+        parser = self._llhttp
         req = self.current
         line = self._line if self._line_of is req else None
         self._line = self._line_of = None
@@ -523,7 +531,7 @@ class RequestParser:
         if space < 0:  # llhttp stopped at the first byte it did not know; the token goes on
             self._line, self._line_of = line, self.current
             self._method_unfinished = True
-            self._parser = _Resume(self._resume)
+            self._parser = self
             return None
         self._method_unfinished = False
         if self.casefold_methods:
