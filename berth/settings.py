@@ -410,15 +410,12 @@ SETTINGS: tuple[Setting, ...] = (
       status=REFUSED, note="accepted when off; on exits 2 (a request-smuggling vector, "
                            "deprecated in Gunicorn): such headers get 400."),
     S("permit_unconventional_http_method", ("--permit-unconventional-http-method",),
-      refuse_if_on("berth parses methods with llhttp, which knows a fixed list (GET, HEAD, "
-                   "POST, PUT, DELETE, PATCH, OPTIONS, TRACE, WebDAV's, PURGE, QUERY...) and "
-                   "answers any other method 400; it cannot accept lower-case or unregistered "
-                   "methods"), False,
-      "Accept methods outside Gunicorn's conventional pattern (lower case, under 3 or over 20 "
-      "characters, '#').", None, "store_true", status=REFUSED,
-      note="accepted when off; on exits 2. berth accepts the methods llhttp knows and answers "
-           "others 400, where Gunicorn also passes any other upper-case token of 3 to 20 "
-           "characters to the app."),
+      boolean, False,
+      "Accept any token as a request method (RFC 9110 §9.1), not only Gunicorn's conventional "
+      "ones: upper-case tokens of 3 to 20 characters without '#'. Others get 400.", None,
+      "store_true",
+      note="Without it berth, as Gunicorn, serves every conventional method, those llhttp "
+           "does not know included (BREW, VERSION-CONTROL, MKREDIRECTREF)."),
     S("permit_unconventional_http_version", ("--permit-unconventional-http-version",),
       boolean, False,
       "Serve any well-formed HTTP/d.d request line, not only HTTP/1.0 and 1.1 (others get "
@@ -427,9 +424,9 @@ SETTINGS: tuple[Setting, ...] = (
       note="Gunicorn serves HTTP/1.2 to 1.9 even without it (berth: 505) and echoes the "
            "request's version in the status line."),
     S("casefold_http_method", ("--casefold-http-method",), boolean, False,
-      "Upper-case lower-case request methods.", None, "store_true", status=NOT_NEEDED,
-      note="Gunicorn folds only the methods permit_unconventional_http_method lets through "
-           "(refused by berth); without it, both answer a lower-case method 400 first."),
+      "Upper-case the request method once it passed the checks: with "
+      "--permit-unconventional-http-method, 'get' is served as GET (and 'connect' gets 501). "
+      "Without it a lower-case method gets 400 before it could be folded.", None, "store_true"),
     S("forwarder_headers", ("--forwarder-headers",), name_list, "SCRIPT_NAME,PATH_INFO",
       "Header names with '_' that a trusted proxy (forwarded_allow_ips) may send, mapped into "
       "the environ despite header_map: a SCRIPT_NAME header sets SCRIPT_NAME (and is taken "

@@ -73,10 +73,10 @@ STRICTER = """\
   `METHOD TARGET HTTP/d.d` is the client's error: 400, never 505.
 - **HTTP/1.1 without exactly one Host gets 400**, as RFC 9112 §3.2 requires; Gunicorn serves a
   request without Host.
-- **Methods are those llhttp knows** (GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE,
-  the WebDAV methods, PURGE, QUERY and a few more); any other gets 400, where Gunicorn
-  passes every upper-case token of 3 to 20 characters to the app.
-  `--permit-unconventional-http-method` is refused.
+- **Trailer fields are discarded**, never merged into the environ (RFC 9110 §6.5.1): they
+  arrive after the app has its environ, and a field sent after the body must not change what
+  the head said (a late Host or Expect). Gunicorn keeps them on its request object and answers
+  400 to a few names (Host, Authorization...).
 - **The access log escapes more**: besides `"` (as Gunicorn), `\\` as `\\\\` and every byte
   outside printable ASCII as `\\xHH` (Apache's style), so a client cannot forge fields or lines.
 """

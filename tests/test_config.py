@@ -362,7 +362,6 @@ REFUSALS = [
     (["--spew"], "--spew (spew) = True: tracing every line"),
     (["--strip-header-spaces"], "request-smuggling vector"),
     (["--permit-obsolete-folding"], "request-smuggling vector"),
-    (["--permit-unconventional-http-method"], "berth parses methods with llhttp"),
     (["--logger-class", "myapp.MyLogger"], "custom logger class is not supported"),
     (["--logger-class", "myapp.MyLogger"], "logconfig_dict"),
     (["--control-socket", "/run/app.ctl"], "berth has no control socket (gunicornc)"),
@@ -393,13 +392,19 @@ def test_refused_settings_at_a_value_that_changes_nothing_are_accepted(tmp_path)
         spew = False
         strip_header_spaces = False
         permit_obsolete_folding = False
-        permit_unconventional_http_method = False
         logger_class = "gunicorn.glogging.Logger"
         control_socket_mode = 0o600
         user = {pwd.getpwuid(os.geteuid()).pw_name!r}
         group = {grp.getgrgid(os.getegid()).gr_name!r}
     """)
     parse(["-c", "copied.py", "app:app"], cwd=tmp_path)
+
+
+def test_the_method_settings_are_read():
+    cfg = parse(["app:app", "--permit-unconventional-http-method", "--casefold-http-method"])
+    assert cfg.permit_unconventional_http_method and cfg.casefold_http_method
+    cfg = parse(["app:app"])
+    assert not cfg.permit_unconventional_http_method and not cfg.casefold_http_method
 
 
 def test_gunicorns_default_control_socket_path_is_accepted():

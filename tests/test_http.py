@@ -513,3 +513,126 @@ def test_unread_streamed_body_is_dropped_with_the_access_log_off(berth):
                      + get_request("/path?next"))
         assert read_response(sock)[::2] == (200, HELLO)
         assert read_response(sock)[::2] == (200, b"/path?next")
+
+
+# --- parsing rules, checked with raw bytes against the running server ------------------------
+
+def environ_for(port: int, raw: bytes) -> dict:
+    """Send `raw` (a request for /env) and return the str values of the app's environ."""
+    with connect(port) as sock:
+        sock.sendall(raw)
+        status, _, body = read_response(sock)
+    assert status == 200, body
+    return json.loads(body)["str"]
+
+
+def test_header_value_reaches_the_app_without_trailing_whitespace(srv):
+    env = environ_for(srv.port, b"GET /env HTTP/1.1\r\nHost: a\r\nX-Value:\tabc\t\r\n"
+                                b"X-Other: d \r\n\r\n")
+    assert (env["HTTP_X_VALUE"], env["HTTP_X_OTHER"]) == ("abc", "d")
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "HEAD"])
+def test_asterisk_form_with_a_method_other_than_options_is_400_and_closed(srv, method):
+    resp, closed = send_raw(srv.port, f"{method} * HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+    assert status_of(resp) == 400 and closed
+
+
+def test_options_asterisk_reaches_the_app(srv):
+    status, _, body = read_response_once(srv.port, b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert (status, body) == (404, b"no route *")  # the app's own answer for a path it lacks
+
+
+@pytest.mark.parametrize("target", ["example.com:443", "1.2.3.4:443", "[::1]:443"])
+def test_connect_is_501_and_the_connection_closed(srv, target):
+    resp, closed = send_raw(srv.port, f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"
+                                      "GET /hello HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+    assert status_of(resp) == 501 and closed
+    assert resp.count(b"HTTP/1.1 ") == 1, "nothing after a CONNECT may be answered"
+
+
+def test_trailer_fields_never_reach_the_environ(srv):
+    body = b"5\r\nhello\r\n0\r\nX-Trailer: t1\r\nHost: evil\r\n\r\n"
+    raw = (b"POST /env HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+           + b"GET /env HTTP/1.1\r\nHost: a\r\n\r\n")
+    with connect(srv.port) as sock:
+        sock.sendall(raw)
+        first = [read_response(sock) for _ in range(2)]
+    assert [status for status, _, _ in first] == [200, 200]
+    envs = [json.loads(body)["str"] for _, _, body in first]
+    assert [env["HTTP_HOST"] for env in envs] == ["a", "a"]
+    assert not [k for env in envs for k in env if "TRAILER" in k]
+
+
+def test_chunk_extension_after_whitespace_is_accepted(srv):
+    payload = b"5 ;ext=1\r\nhello\r\n6\t;a=b\r\n world\r\n0\r\n\r\n"
+    req = get_request("/echo", method="POST", headers={"Transfer-Encoding": "chunked"},
+                      body=payload)
+    status, headers, body = read_response_once(srv.port, req)
+    assert (status, body, headers["x-content-length"]) == (200, b"hello world", "11")
+
+
+@pytest.mark.parametrize("method", ["BREW", "VERSION-CONTROL", "MKREDIRECTREF", "PURGE"])
+def test_an_extension_method_reaches_the_app_as_sent(srv, method):
+    raw = get_request("/echo", method=method, body=b"coffee")
+    status, headers, body = read_response_once(srv.port, raw + get_request("/path?after"))
+    assert (status, headers["x-method"], body) == (200, method, b"coffee")
+
+
+def test_extension_methods_pipelined_with_others_on_one_connection(srv):
+    methods = ["GET", "BREW", "POST", "MKREDIRECTREF", "VERSION-CONTROL", "PUT"]
+    with connect(srv.port) as sock:
+        sock.sendall(b"".join(get_request("/echo", method=m, body=m.encode()) for m in methods))
+        got = [read_response(sock) for _ in methods]
+    assert [(s, h["x-method"], b) for s, h, b in got] == [(200, m, m.encode()) for m in methods]
+
+
+def test_an_extension_method_split_across_tcp_segments(srv):
+    raw = get_request("/echo", method="MKREDIRECTREF", body=b"split")
+    with connect(srv.port) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for part in (raw[:2], raw[2:7], raw[7:]):  # "MK" is the start of llhttp's MKCOL
+            sock.sendall(part)
+            time.sleep(0.05)
+        status, headers, body = read_response(sock)
+    assert (status, headers["x-method"], body) == (200, "MKREDIRECTREF", b"split")
+
+
+@pytest.mark.parametrize("method", ["get", "Brew", "BR", "M" * 21, "BR#EW"])
+def test_an_unconventional_method_is_400_by_default(srv, method):
+    resp, closed = send_raw(srv.port, get_request("/echo", method=method))
+    assert status_of(resp) == 400 and closed
+
+
+@pytest.fixture(scope="module")
+def lenient(tmp_path_factory):
+    server = start_module_server(
+        tmp_path_factory, ["-w", "1", "--threads", "2", "--permit-unconventional-http-method",
+                           "proto_app:app"], name="methods")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def folding(tmp_path_factory):
+    server = start_module_server(
+        tmp_path_factory, ["-w", "1", "--threads", "2", "--permit-unconventional-http-method",
+                           "--casefold-http-method", "proto_app:app"], name="casefold")
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("method", ["get", "Brew", "BR", "M" * 40, "BR#EW"])
+def test_permit_unconventional_http_method_passes_any_token(lenient, method):
+    status, headers, _ = read_response_once(lenient.port, get_request("/echo", method=method))
+    assert (status, headers["x-method"]) == (200, method)
+
+
+@pytest.mark.parametrize(("method", "folded"), [("get", "GET"), ("brew", "BREW"),
+                                                ("Head", "HEAD")])
+def test_casefold_http_method_upper_cases_the_method(folding, method, folded):
+    with connect(folding.port) as sock:
+        sock.sendall(get_request("/echo", method=method) + get_request("/path?next"))
+        status, headers, body = read_response(sock, head_only=folded == "HEAD")
+        assert (status, headers["x-method"]) == (200, folded)
+        assert read_response(sock)[2] == b"/path?next"  # a HEAD response had no body

@@ -9,6 +9,10 @@ socket, so every rule is tested with byte strings.
 llhttp already rejects the request-smuggling classics (Content-Length with Transfer-Encoding,
 duplicate or signed lengths, obs-fold, bare LF, whitespace before the colon, control bytes).
 The rules it leaves to the server are enforced here, following RFC 9112:
+  - a method llhttp does not know (it knows a fixed list; RFC 9110 §9.1 makes methods open-ended
+    tokens) is served when Gunicorn's rules take it: an upper-case token of 3 to 20 characters
+    without '#', any token with `permit_unconventional_http_method`, upper-cased with
+    `casefold_http_method` (see RequestParser._extension_method); others get 400;
   - HTTP/1.1 without exactly one Host → 400 (§3.2);
   - a transfer coding other than plain `chunked` (e.g. `gzip, chunked`) → 501 (§6.1);
   - chunked on HTTP/1.0 → 400 (§6.1: a 1.0 message has no chunked framing);
@@ -16,10 +20,18 @@ The rules it leaves to the server are enforced here, following RFC 9112:
     a well-formed `HTTP/d.d` other than 1.0/1.1 → 505 (RFC 9110 §15.6.6), unless Gunicorn's
     `permit_unconventional_http_version` lets it through. llhttp checks the version's form and
     berth its value (llhttp's own list would answer 400 to HTTP/1.2);
+  - the asterisk-form target `*` with a method other than OPTIONS → 400 (§3.2.4); CONNECT, in
+    any target form → 501 (berth is no tunnel; RFC 9110 §9.3.6) and the connection closes;
+  - trailing SP/HTAB is trimmed from header values (RFC 9110 §5.5; llhttp trims the leading);
+  - trailer fields (after a chunked body) are discarded, never merged into the headers
+    (RFC 9110 §6.5.1), and bounded as the head's fields are; reads of a chunked body that bring
+    no chunk data (size lines, extensions, trailers) are bounded as a head is;
   - header names with `_` are dropped: `X_Forwarded_For` and `X-Forwarded-For` both become
     `HTTP_X_FORWARDED_FOR` in WSGI, so a client could spoof a proxy's header (as nginx and
     Gunicorn >= 22 do by default). Gunicorn's `header_map` chooses: `drop` (the default),
     `refuse` (400) or `dangerous` (map them anyway);
+  - a chunk's size may be followed by SP/HTAB before its `;` extension (BWS, §7.1.1) or its
+    CRLF; llhttp still refuses BWS inside an extension (`5; a=b`, `5;a ;b`);
   - the request line, the number of header fields and the size of one field are bounded, with
     Gunicorn's names and defaults (4094, 100, 8190 bytes).
 """
@@ -39,8 +51,10 @@ REASONS = {
 
 # Header name (as received) -> (CGI/WSGI key, kind). The few names with a rule of their own get
 # a kind; every other name costs one dict lookup per request once seen.
-PLAIN, HOST, TRANSFER_ENCODING, EXPECT, CONTENT_LENGTH, UNDERSCORE = range(6)
-_SPECIAL_KINDS = {b"host": HOST, b"transfer-encoding": TRANSFER_ENCODING, b"expect": EXPECT,
+# (Host is plain: a second one is found where repeated fields are joined, a missing one by its
+# key, so the one field every request has costs no rule of its own.)
+PLAIN, TRANSFER_ENCODING, EXPECT, CONTENT_LENGTH, UNDERSCORE = range(5)
+_SPECIAL_KINDS = {b"transfer-encoding": TRANSFER_ENCODING, b"expect": EXPECT,
                   b"content-length": CONTENT_LENGTH}
 _header_info: dict[bytes, tuple[str, int]] = {}
 
@@ -62,7 +76,23 @@ def header_info(name: bytes) -> tuple[str, int]:
     return info
 
 
+# RFC 9110 §5.6.2: the characters of a token (a method); Gunicorn's METHOD_BADCHAR_RE: the ones
+# a conventional method does not have.
+_TOKEN_CHARS = (b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                b"abcdefghijklmnopqrstuvwxyz")
+_UNCONVENTIONAL_CHARS = b"abcdefghijklmnopqrstuvwxyz#"
+# What llhttp is given in place of a method it does not know: llhttp frames a request the same
+# whatever its method (CONNECT excepted, which berth answers 501 before this).
+_STAND_IN = b"GET"
+# What llhttp's feed_data() raises when it stops (HttpParserUpgrade is not an HttpParserError).
+_STOPS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
+
 NO_VERSION = "no HTTP version in the request line"
+AFTER_CHUNKED = ("a method llhttp does not know, in a read where a chunked body begun in an "
+                 "earlier read ended with a trailer or a last-chunk extension: where its "
+                 "request line starts is not known")
+MAX_SPLITS = 16  # pieces _resume() feeds one read in, at most
+CONNECT_NOT_IMPLEMENTED = "CONNECT is not implemented (berth is not a tunnel)"
 
 
 class HttpError(Exception):
@@ -138,6 +168,62 @@ class NoParser:
 NO_PARSER = NoParser()
 
 
+def _new_llhttp(protocol, cls=httptools.HttpRequestParser) -> httptools.HttpRequestParser:
+    """An llhttp parser with berth's leniencies.
+
+    lenient_version: llhttp still checks that the version is HTTP/d.d; which d.d berth serves is
+    decided in on_headers_complete, so that HTTP/1.2 gets 505 and a mangled line 400.
+
+    lenient_spaces_after_chunk_size: RFC 9112 §7.1.1 allows BWS (SP/HTAB) between a chunk's
+    size and its ';' extension, which strict llhttp refuses. The flag lets SP/HTAB follow the
+    size, before ';' or the CRLF: the size itself stays strict ("5 5", " 5", "5 x" are 400), so
+    there is still one reading of every size line that gets through (a size, then whitespace
+    before CRLF, is not in the grammar: no reader takes it for another size). Set per parser,
+    it costs a request nothing.
+    """
+    parser = cls(protocol)
+    parser.set_dangerous_leniencies(lenient_version=True, lenient_spaces_after_chunk_size=True)
+    return parser
+
+
+class _StandInMethod(httptools.HttpRequestParser):
+    """llhttp for the rest of a connection once a request line went in with the stand-in for a
+    method llhttp does not know (RequestParser._extension_method): get_method() answers the
+    method as sent, once (on_headers_complete asks once a request), then llhttp's own. A Python
+    subclass: each later request on that connection pays a Python call for it."""
+
+    sent: bytes | None = None
+
+    def get_method(self) -> bytes:
+        sent = self.sent
+        if sent is None:
+            return httptools.HttpRequestParser.get_method(self)
+        self.sent = None
+        return sent
+
+
+class _EndCounter:
+    """The protocol of a scratch llhttp parser: it counts the requests that end."""
+
+    __slots__ = ("ends",)
+
+    def __init__(self):
+        self.ends = 0
+
+    def on_message_complete(self) -> None:
+        self.ends += 1
+
+
+def _requests_ending_in(data: bytes) -> int:
+    """How many requests end in `data`, parsed from where a request starts."""
+    counter = _EndCounter()
+    try:
+        _new_llhttp(counter).feed_data(data)
+    except _STOPS:
+        pass
+    return counter.ends
+
+
 class RequestParser:
     """Parses every request of one connection, in order.
 
@@ -149,15 +235,18 @@ class RequestParser:
     `stream_factory(request)` makes the object that receives a streamed body through
     `feed(bytes)` and, at its end, `feed(None)`.
 
-    `header_map` and `permit_unconventional_http_version` are Gunicorn's settings of those
-    names (see the module docstring). `RequestParser.for_config(cfg, stream_factory)` makes
-    one from berth's configuration.
+    `header_map`, `permit_unconventional_http_version`, `permit_unconventional_http_method`
+    and `casefold_http_method` are Gunicorn's settings of those names (see the module
+    docstring). `RequestParser.for_config(cfg, stream_factory)` makes one from berth's
+    configuration.
     """
 
     def __init__(self, limit_request_line: int = 4094, limit_request_fields: int = 100,
                  limit_request_field_size: int = 8190, body_buffer_size: int = 1024 * 1024,
                  stream_factory=CollectedBody, header_map: str = "drop",
-                 permit_unconventional_http_version: bool = False):
+                 permit_unconventional_http_version: bool = False,
+                 permit_unconventional_http_method: bool = False,
+                 casefold_http_method: bool = False):
         self.limit_line = limit_request_line or (1 << 62)
         self.limit_fields = limit_request_fields or 32768  # 0: Gunicorn's maximum
         # A header value without its CRLF grows inside llhttp with no callback: bound the whole
@@ -169,22 +258,35 @@ class RequestParser:
         self.stream_factory = stream_factory
         self.header_map = header_map
         self.permit_other_versions = permit_unconventional_http_version
+        if permit_unconventional_http_method:  # (class defaults otherwise: see below)
+            self.permit_other_methods = True
+        if casefold_http_method:
+            self.casefold_methods = True
         self.ready: list[Request] = []
         self.in_head = False
-        self._parser = httptools.HttpRequestParser(self)
-        # llhttp still checks that the version is HTTP/d.d; which d.d berth serves is decided
-        # in on_headers_complete, so that HTTP/1.2 gets 505 and a mangled line 400.
-        self._parser.set_dangerous_leniencies(lenient_version=True)
+        # _parser is what feed() gives a read: llhttp (_llhttp), or this parser itself between
+        # two reads of one request (its feed_data(): see _suspend). _new_llhttp's two lines,
+        # inlined: a connection's parser is made whenever bytes arrive on an idle one.
+        self._parser = self._llhttp = parser = httptools.HttpRequestParser(self)
+        parser.set_dangerous_leniencies(lenient_version=True, lenient_spaces_after_chunk_size=True)
         self.current: Request | None = None  # the request whose head or body is arriving
         self._url = b""
         self._body: list[bytes] = []
         self._body_size = 0
         self._error: HttpError | None = None
         self._fields = 0
-        self._hosts = 0
         self._head_bytes = 0
         self._te: bytes | None = None
         self._expect = False
+
+    # The bytes of a request line whose method may not have ended (kept for _extension_method),
+    # the request they belong to, and whether llhttp has already stopped at that method.
+    _line: bytes | None = None
+    _line_of: Request | None = None
+    _method_unfinished = False
+    _no_data_bytes = 0  # a chunked body's bytes in reads that brought no chunk data (_resume)
+    permit_other_methods = False  # permit_unconventional_http_method
+    casefold_methods = False  # casefold_http_method
 
     _cfg = None  # the configuration for_config() last read, and what it read from it
     _options: tuple = ()
@@ -197,7 +299,8 @@ class RequestParser:
         if cls._cfg is not cfg:
             cls._options = (cfg.limit_request_line, cfg.limit_request_fields,
                             cfg.limit_request_field_size, cfg.body_buffer_size)
-            cls._flags = (cfg.header_map, cfg.permit_unconventional_http_version)
+            cls._flags = (cfg.header_map, cfg.permit_unconventional_http_version,
+                          cfg.permit_unconventional_http_method, cfg.casefold_http_method)
             cls._cfg = cfg
         return cls(*cls._options, stream_factory, *cls._flags)
 
@@ -207,42 +310,251 @@ class RequestParser:
         this parser: without this, they wait for the garbage collector's next full collection
         instead of being freed at once. `current` and `ready` stay readable; nothing may be
         fed after it."""
-        self._parser = None
+        self._parser = self._llhttp = None
+        self._line = self._line_of = None
         self.stream_factory = None
 
     # -- the one entry point ------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)  # self.feed_data() when the read continues a request
+        except _STOPS as exc:
+            self._parse(self._after_error(exc, data))
+            return
+        if self.current is not None and self._parser is not self:  # it ends inside a request
+            self._parser = self  # _suspend(data), inlined for a body that comes in later reads
+            if self.in_head and not self._url:
+                self._line, self._line_of = data, self.current
+
+    # -- reads that end inside a request, and what llhttp refuses ------------------------------
+
+    # httptools reports no byte offsets: where a request began in a read is known only when the
+    # read began where a request begins. So a read that ends inside a request puts this parser
+    # in llhttp's place (_suspend), and the next read is fed up to where that request can end
+    # (feed_data, _resume); the requests after it then start at a known place again. That costs
+    # the common read (whole requests) nothing: feed() tests `current` once, after llhttp, as it
+    # tested `in_head` before; and a read that is only more of a body costs a few lines.
+
+    def _suspend(self, piece: bytes | None) -> None:
+        """A read ends inside a request: the next goes to feed_data() first. `piece`: the bytes
+        fed since a request last began at a known place (None: no such place), kept while the
+        request line's method may be unfinished (for _extension_method)."""
+        self._parser = self
+        if self.in_head and not self._url and piece is not None:
+            self._line, self._line_of = piece, self.current
+
+    def feed_data(self, data: bytes) -> None:
+        """feed() for a read that continues a request begun in an earlier one, while this parser
+        stands in for llhttp (_suspend). Most such reads are more of a body with a
+        Content-Length, all of it this request's: they go to llhttp whole. Others: _resume()."""
+        self._parser = parser = self._llhttp
+        req = self.current
+        if (not self.in_head and not req.chunked and req.content_length is not None
+                and len(data) <= req.content_length - self._body_size):
+            try:
+                parser.feed_data(data)
+            except _STOPS as exc:
+                self._parse(self._after_error(exc, data))
+                return
+            if self.current is not None:
+                self._parser = self
+            return
+        self._resume(data)
+
+    def _resume(self, data: bytes) -> None:
+        """feed_data() for a read that may hold more than the request it continues.
+
+        The read is fed in pieces that end where that request can end: its head at its empty
+        line (the first CRLF CRLF, or the end of one the read before began), a body at its
+        Content-Length, a chunked body at a last chunk without extension or trailer
+        ("0\r\n\r\n", as clients send it; a chunk's data may hold those bytes too, so at most
+        MAX_SPLITS such places are tried in one read). What follows the request then starts
+        where a request starts, and goes to feed(). When the request ends elsewhere (a chunked
+        body with trailers), where the next one begins is not known: a method llhttp does not
+        know there gets 400 (AFTER_CHUNKED), any other is parsed as ever.
+        """
+        parser = self._llhttp
+        req = self.current
+        line = self._line if self._line_of is req else None
+        self._line = self._line_of = None
         if self.in_head:
             self._head_bytes += len(data)
             if self._head_bytes > self.limit_head:
                 raise HttpError(431, "request head too large")
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # An Upgrade request (e.g. websocket) or CONNECT: served as a plain request, the
-            # upgrade itself is not supported. Whatever follows the head is not HTTP/1.
-            for req in self.ready:
+            if line is not None:  # its request line had no whole method yet
+                line += data
+                if self._method_unfinished:  # llhttp stopped at it: see _extension_method
+                    self._parse(self._extension_method(line))
+                    return
+        size = len(data)
+        body_before = self._body_size
+        start = pieces = 0
+        known = True  # the pieces fed so far end inside `req`, or where a request ended
+        while start < size:
+            pieces += 1
+            end = (self._end_of_current(req, data, start) if known and pieces <= MAX_SPLITS
+                   else size)
+            piece = data[start:end] if start or end < size else data
+            try:
+                parser.feed_data(piece)
+            except httptools.HttpParserInvalidMethodError as exc:
+                if line is None or self.current is not req:
+                    raise HttpError(400, AFTER_CHUNKED) from None
+                self._parse(self._after_error(exc, piece, line))
+                return
+            except _STOPS as exc:
+                self._parse(self._after_error(exc, piece))
+                return
+            start = end
+            if self.current is None:  # a request ended at `end`: the rest starts one
+                if start < size:
+                    self.feed(data[start:])
+                return
+            if self.current is not req:  # one ended inside the piece, and another began
+                known = False
+        if self.current is req and req.chunked and not self.in_head:
+            # llhttp keeps a trailer field's bytes until its line ends (and reads a chunk's
+            # extensions to their end): reads that bring no chunk data are bounded as a head.
+            if self._body_size == body_before:
+                self._no_data_bytes += size
+                if self._no_data_bytes > self.limit_head:
+                    raise HttpError(431, "chunk-size lines or trailer section too large")
+            else:
+                self._no_data_bytes = 0
+        self._suspend(line if self.current is req else None)
+
+    def _end_of_current(self, req: Request, data: bytes, start: int) -> int:
+        """The first place after `start` in `data` where the request arriving can end (the
+        end of `data` when it cannot there)."""
+        size = len(data)
+        if self.in_head:
+            end = b"\r\n\r\n"
+        elif req.chunked:
+            end = b"0\r\n\r\n"
+        elif req.content_length is not None:
+            return min(size, start + req.content_length - self._body_size)
+        else:  # (a request without either ends with its head)
+            return size
+        n = len(end)
+        for k in range(start + 1, n):  # the end may have begun in the read before
+            if k <= size and data[:k] == end[n - k:]:
+                return k
+        i = data.find(end, max(0, start - n + 1))
+        while 0 <= i and i + n <= start:
+            i = data.find(end, i + 1)
+        return size if i < 0 else i + n
+
+    def _parse(self, data: bytes | None) -> None:
+        """feed() for the bytes _after_error() gives a new llhttp parser, as often as one read
+        needs (a loop: a read may hold hundreds of requests)."""
+        while data is not None:
+            try:
+                self._parser.feed_data(data)
+            except _STOPS as exc:
+                data = self._after_error(exc, data)
+                continue
+            if self.current is not None:
+                self._suspend(data)
+            return
+
+    def _after_error(self, exc: Exception, data: bytes,
+                     line: bytes | None = None) -> bytes | None:
+        """What llhttp's error `exc` means: raises the HttpError to answer, or returns the bytes
+        a new llhttp parser is to parse next (_extension_method), or None: nothing to parse.
+        `data` is what llhttp was fed; it starts where a request starts, unless `line` (bytes
+        from such a place through the end of `data`) is given."""
+        if isinstance(exc, httptools.HttpParserUpgrade):
+            # An Upgrade request (e.g. websocket): served as a plain request, the upgrade itself
+            # is not supported. Whatever follows the head is not HTTP/1. llhttp ends a CONNECT
+            # here too: it is never served (CONNECT in origin-form lands here, the other
+            # forms in _check_target), and the requests before it are.
+            ready = self.ready
+            if ready and ready[-1].method == b"CONNECT":
+                ready.pop()
+                raise HttpError(501, CONNECT_NOT_IMPLEMENTED) from None
+            for req in ready:
                 req.keep_alive = False
             if self.current is not None:
                 self.current.keep_alive = False
                 self.on_message_complete()
-        except httptools.HttpParserCallbackError as exc:
+            return None
+        if isinstance(exc, httptools.HttpParserCallbackError):
             err = self._error or exc.__context__
             if isinstance(err, HttpError):
                 if err.detail is NO_VERSION and self._url and (
-                        b" " + self._url + b" HTTP/0.9\r") in data:
+                        b" " + self._url + b" HTTP/0.9\r") in (line or data):
                     err = HttpError(505, "HTTP/0.9 not supported")
                 raise err from None
-            raise
-        except httptools.HttpParserInvalidMethodError:
-            raise HttpError(400, "invalid method") from None
-        except httptools.HttpParserInvalidURLError:
+            raise exc
+        if isinstance(exc, httptools.HttpParserInvalidMethodError):
+            if line is None:
+                line = data
+            return self._extension_method(line[self._last_request_end(line):])
+        if isinstance(exc, httptools.HttpParserInvalidURLError):
             raise HttpError(400, "invalid request target") from None
-        except httptools.HttpParserError as exc:
-            if self._error is not None:
-                raise self._error from None
-            raise HttpError(400, str(exc) or "malformed request") from None
+        if self._error is not None:
+            raise self._error from None
+        raise HttpError(400, str(exc) or "malformed request") from None
+
+    def _last_request_end(self, data: bytes) -> int:
+        """Where in `data` (which starts where a request starts) the last request that ends in
+        it ends; 0 if none does. A scratch llhttp parser counts the requests that end in
+        `data`, then in prefixes of it, halving the range: about log2(len) parses of at most
+        len bytes, only for a method llhttp does not know after other requests in one read."""
+        ends = _requests_ending_in(data)
+        if not ends:
+            return 0
+        low, high = 0, len(data)  # the shortest prefix in which `ends` requests end
+        while low < high:
+            mid = (low + high) // 2
+            if _requests_ending_in(data[:mid]) < ends:
+                low = mid + 1
+            else:
+                high = mid
+        return low
+
+    def _extension_method(self, line: bytes) -> bytes | None:
+        """A request line whose method llhttp does not know, from its first byte.
+
+        Methods are open-ended tokens (RFC 9110 §9.1); llhttp knows a fixed list. berth takes
+        the methods Gunicorn takes (_check_method), and gives llhttp, in a new parser, the line
+        with a stand-in method llhttp knows; on_headers_complete gives the request the method
+        as sent (_StandInMethod). Returns the bytes for that parser, or None when the method
+        has not ended yet (the line is kept for the next read); raises HttpError for a method
+        berth refuses.
+        """
+        line = line.lstrip(b"\r\n")  # llhttp skips empty lines before a request line
+        space = line.find(b" ")
+        method = line if space < 0 else line[:space]
+        self._check_method(method, ended=space >= 0)
+        if space < 0:  # llhttp stopped at the first byte it did not know; the token goes on
+            self._line, self._line_of = line, self.current
+            self._method_unfinished = True
+            self._parser = self
+            return None
+        self._method_unfinished = False
+        if self.casefold_methods:
+            method = method.upper()
+        if method == b"CONNECT":
+            raise HttpError(501, CONNECT_NOT_IMPLEMENTED)
+        parser = self._parser = self._llhttp = _new_llhttp(self, _StandInMethod)
+        parser.sent = method
+        return _STAND_IN + line[space:]
+
+    def _check_method(self, method: bytes, ended: bool) -> None:
+        """Gunicorn's rules for a method (gunicorn/http/message.py): a token (RFC 9110 §9.1),
+        and, unless permit_unconventional_http_method, no lower case or '#' and 3 to 20
+        characters. `ended`: the whole method has arrived (else: what arrived so far)."""
+        if method.translate(None, _TOKEN_CHARS) or (ended and not method):
+            raise HttpError(400, "invalid method")
+        if self.permit_other_methods:
+            if len(method) > self.limit_line:
+                raise HttpError(414, "request line too long")
+        elif (len(method) > 20 or (ended and len(method) < 3)
+              or method.translate(None, _UNCONVENTIONAL_CHARS) != method):
+            raise HttpError(400, f"unconventional method {method[:24].decode('latin-1')!r} "
+                                 "(permit_unconventional_http_method allows it)")
 
     # -- httptools callbacks ------------------------------------------------------------------
 
@@ -252,7 +564,6 @@ class RequestParser:
     def on_message_begin(self) -> None:
         self.current = Request()
         self._fields = 0
-        self._hosts = 0
         self._head_bytes = 0
         self.in_head = True
 
@@ -266,14 +577,21 @@ class RequestParser:
     def on_header(self, name: bytes, value: bytes) -> None:
         self._fields += 1
         if self._fields > self.limit_fields:
+            if not self.in_head:  # past the head: a trailer field (see on_headers_complete)
+                self._trailer(name, value)
+                return
             raise self._fail(431, "too many header fields")
         if len(name) + len(value) > self.limit_field:
             raise self._fail(431, "header field too large")
         key, kind = _header_info.get(name) or header_info(name)
+        # RFC 9110 5.5: the whitespace around a value is not part of it. llhttp drops the leading
+        # whitespace, not the trailing. The only whitespace llhttp lets into a value is SP and
+        # HTAB, so rstrip() without an argument (ASCII whitespace; obs-text such as 0xA0 stays)
+        # trims exactly those, and returns the value itself when there is none: about 165
+        # instructions a field, half of rstrip(b" \t")'s (no buffer for the argument).
+        value = value.rstrip()
         if kind:
-            if kind == HOST:
-                self._hosts += 1
-            elif kind == TRANSFER_ENCODING:  # several lines are one list (RFC 9110 5.3)
+            if kind == TRANSFER_ENCODING:  # several lines are one list (RFC 9110 5.3)
                 self._te = value if self._te is None else self._te + b", " + value
                 return
             elif kind == EXPECT:
@@ -286,6 +604,8 @@ class RequestParser:
                 raise self._fail(400, f"header name {name.decode('latin-1')!r} contains '_'")
         headers = self.current.headers
         if key in headers:
+            if key == "HTTP_HOST":
+                raise self._fail(400, "more than one Host header")
             headers[key] += "," + value.decode("latin-1")
         else:
             headers[key] = value.decode("latin-1")
@@ -299,9 +619,8 @@ class RequestParser:
                 req.server_protocol = "HTTP/1.0"
             else:
                 version = self._other_version(req, version)
-        if self._hosts != 1 and (version == "1.1" or self._hosts > 1):
-            raise self._fail(400, "missing Host header" if not self._hosts
-                             else "more than one Host header")
+        if version == "1.1" and "HTTP_HOST" not in req.headers:
+            raise self._fail(400, "missing Host header")
         if self._te is not None:
             te, self._te = self._te, None
             if te.strip().lower() != b"chunked":
@@ -310,13 +629,18 @@ class RequestParser:
             if version == "1.0":
                 raise self._fail(400, "chunked transfer coding in an HTTP/1.0 request")
             req.chunked = True
+            self._no_data_bytes = 0  # see _resume
+            # Fields after the last chunk are trailers: with the count at the limit, each
+            # takes on_header's over-the-limit branch to _trailer(), so the head's fields pay
+            # nothing for the rule.
+            self._fields = self.limit_fields
         if self._expect:
             self._expect = False
             req.expect_continue = version == "1.1"
         req.method = parser.get_method()
         url = self._url
-        if url[:1] != b"/" and url != b"*" and not url.startswith((b"http://", b"https://")):
-            raise self._fail(400, "CONNECT and authority-form targets are not served")
+        if url[:1] != b"/":  # origin-form is the rule; the other forms have rules of their own
+            self._check_target(req.method, url)
         req.url = url
         self._url = b""
         req.version = version
@@ -330,6 +654,7 @@ class RequestParser:
         req = self.current
         if req.streaming:
             req.body_stream.feed(body)
+            self._body_size += len(body)
             return
         self._body.append(body)
         self._body_size += len(body)
@@ -342,6 +667,7 @@ class RequestParser:
             req.body_stream.feed(None)
             req.complete = True
             self.current = None
+            self._body_size = 0
             return
         body = self._body
         if body:
@@ -364,10 +690,35 @@ class RequestParser:
             req.headers["HTTP_TRANSFER_ENCODING"] = "chunked"
         req.body = b"".join(self._body)
         self._body.clear()
-        self._body_size = 0
         req.body_stream = self.stream_factory(req)
         req.body = b""
         self.ready.append(req)
+
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        """A trailer field: discarded, never merged into the headers (RFC 9110 §6.5.1: a
+        recipient may merge one only where the field's definition allows it; berth knows of
+        none the app needs, and a trailer names no rule a head field obeys, so a Host or
+        Expect after the body can change nothing). The trailer section is bounded as the
+        head is: as many fields, each as large."""
+        if self._fields > 2 * self.limit_fields:
+            raise self._fail(431, "too many trailer fields")
+        if len(name) + len(value) > self.limit_field:
+            raise self._fail(431, "trailer field too large")
+
+    def _check_target(self, method: bytes, url: bytes) -> None:
+        """A request-target other than origin-form (RFC 9112 §3.2): absolute-form is served;
+        asterisk-form only with OPTIONS (§3.2.4); CONNECT, whose target is authority-form, is
+        not implemented (berth is no tunnel: RFC 9110 §9.3.6); authority-form is CONNECT's
+        only (§3.2.3). llhttp refuses other targets before this."""
+        if method == b"CONNECT":
+            raise self._fail(501, CONNECT_NOT_IMPLEMENTED)
+        if url == b"*":
+            if method != b"OPTIONS":
+                raise self._fail(400, "asterisk-form target ('*') with a method other than "
+                                      "OPTIONS")
+        elif not url.startswith((b"http://", b"https://")):
+            raise self._fail(400, "request-target is neither origin-form nor http(s) "
+                                  "absolute-form")
 
     def _other_version(self, req: Request, version: str) -> str:
         """A version other than 1.0/1.1 (llhttp checked its form, HTTP/d.d): the version the
