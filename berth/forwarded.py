@@ -4,8 +4,8 @@ with berth's `--forwarded-remote-addr`, REMOTE_ADDR from X-Forwarded-For / Forwa
 
 Whether the peer is trusted is decided once per connection (`berth/trust.py`, against the
 socket's peer, as Gunicorn does); from an untrusted peer none of these headers changes
-anything. For a trusted peer, the request pays one set intersection when it carries none of
-them (`Forwarding.keys`).
+anything. The parser marks the requests that carry one (`Request.forwarded`, see
+`berth.http.parser.mark_forwarding`): the others pay nothing here.
 """
 
 from __future__ import annotations
@@ -32,27 +32,27 @@ class Forwarding:
         self.scheme = tuple((environ_key(name), value)
                             for name, value in secure_scheme_headers.items())
         self.remote_addr = remote_addr
-        keys = {key for key, _ in self.scheme}
-        if remote_addr:
-            keys |= {XFF, FORWARDED}
-        # the request keys that make a trusted peer's request worth a look
-        self.keys = frozenset(keys)
 
     @classmethod
     def from_config(cls, cfg) -> Forwarding:
         return cls(TrustList.parse(cfg.forwarded_allow_ips, "forwarded_allow_ips"),
                    cfg.secure_scheme_headers, cfg.forwarded_remote_addr)
 
-    def trusts(self, peer) -> frozenset | None:
-        """For a connection: the keys to look for when `peer` (accept()'s address, or None
-        for a unix socket) is trusted, else None."""
-        if peer is None or self.trust.trusts(peer):
-            return self.keys
-        return None
+    def trusts(self, peer) -> bool:
+        """For a connection: whether `peer` (accept()'s address, or None for a unix socket)
+        is a trusted proxy."""
+        return peer is None or self.trust.trusts(peer)
 
-    def apply(self, environ: dict) -> None:
-        """A trusted peer's request that carries some of `keys`: set the scheme (400 when
-        the headers disagree, as Gunicorn) and, if asked, the client's address."""
+    def apply(self, environ: dict, req, trusted: bool, header_map: str) -> None:
+        """A marked request (`req.forwarded`): from a trusted peer, its forwarder headers
+        join the environ (a SCRIPT_NAME header sets SCRIPT_NAME), the scheme headers set the
+        scheme (400 when they disagree, as Gunicorn) and, if asked, the client's address is
+        read. From another peer, the forwarder headers are what header_map says of any name
+        with '_', and nothing else changes."""
+        if req.forwarder:
+            self._forwarder(environ, req.forwarder, trusted, header_map)
+        if not trusted:
+            return
         scheme = None
         for key, secure in self.scheme:
             value = environ.get(key)
@@ -76,3 +76,24 @@ class Forwarding:
                     host, port = client
                     environ["REMOTE_ADDR"] = host
                     environ["REMOTE_PORT"] = str(port or 0)
+
+    @staticmethod
+    def _forwarder(environ: dict, fields: list, trusted: bool, header_map: str) -> None:
+        for name, value in fields:
+            if not trusted:
+                if header_map == "drop":
+                    continue
+                if header_map == "refuse":
+                    raise HttpError(400, f"header name {name!r} contains '_'")
+            key = "HTTP_" + name.replace("-", "_")
+            environ[key] = f"{environ[key]},{value}" if key in environ else value
+            if name == "SCRIPT_NAME" and trusted:  # as Gunicorn's wsgi.create
+                path = environ["PATH_INFO"]
+                script_name = environ["SCRIPT_NAME"]
+                if script_name:  # (the environment's SCRIPT_NAME came off PATH_INFO already)
+                    path = script_name + path
+                if not path.startswith(value):
+                    raise HttpError(400, f"the path {path!r} does not start with the "
+                                         f"SCRIPT_NAME {value!r} the proxy sent")
+                environ["SCRIPT_NAME"] = value
+                environ["PATH_INFO"] = path[len(value):]

@@ -427,7 +427,7 @@ SETTINGS: tuple[Setting, ...] = (
       "Upper-case the request method once it passed the checks: with "
       "--permit-unconventional-http-method, 'get' is served as GET (and 'connect' gets 501). "
       "Without it a lower-case method gets 400 before it could be folded.", None, "store_true"),
-    S("forwarder_headers", ("--forwarder-headers",), name_list, "SCRIPT_NAME,PATH_INFO",
+    S("forwarder_headers", ("--forwarder-headers",), name_list, ["SCRIPT_NAME", "PATH_INFO"],
       "Header names with '_' that a trusted proxy (forwarded_allow_ips) may send, mapped into "
       "the environ despite header_map: a SCRIPT_NAME header sets SCRIPT_NAME (and is taken "
       "off the front of PATH_INFO), others become HTTP_<NAME> (REMOTE_USER: "

@@ -57,12 +57,10 @@ class Addresses:
 
     __slots__ = ("base", "forwarded", "remote_port")
 
-    def __init__(self, base: dict, remote_port: str, forwarded: frozenset | None = None):
+    def __init__(self, base: dict, remote_port: str, forwarded: bool = False):
         self.base = base
         self.remote_port = remote_port
-        # the peer is a trusted proxy: the request keys its forwarded headers use (see
-        # berth/forwarded.py); None for any other peer
-        self.forwarded = forwarded
+        self.forwarded = forwarded  # the peer is a trusted proxy (see berth/forwarded.py)
 
     def __getitem__(self, key: str):
         return self.remote_port if key == "REMOTE_PORT" else self.base[key]
@@ -78,7 +76,8 @@ class Environs:
     and is taken off the front of PATH_INFO."""
 
     def __init__(self, multithread: bool, multiprocess: bool, script_name: str | None = None,
-                 forwarding: Forwarding | None = None, scheme: str = "http"):
+                 forwarding: Forwarding | None = None, scheme: str = "http",
+                 header_map: str = "drop"):
         self.script_name = os.environ.get("SCRIPT_NAME", "") if script_name is None \
             else script_name
         self.base = {
@@ -96,8 +95,9 @@ class Environs:
         self.targets: dict[bytes, tuple[str, str, str]] = {}  # target -> RAW_URI, PATH, QUERY
         self.bases: dict[tuple, dict] = {}  # (server host, port, client host) -> base dict
         self.forwarding = forwarding
+        self.header_map = header_map  # (what a forwarder header from another peer becomes)
         self.unix = Addresses(self._base_with("localhost", 0, "127.0.0.1"), "0",
-                              forwarding.trusts(None) if forwarding is not None else None)
+                              forwarding is not None and forwarding.trusts(None))
 
     def for_connection(self, local: tuple | None, peer: tuple | None) -> Addresses:
         """The connection's addresses: `local` and `peer` as getsockname()/accept() give them
@@ -111,8 +111,7 @@ class Environs:
                 self.bases.clear()
             base = self.bases[key] = self._base_with(*key)
         forwarding = self.forwarding
-        return Addresses(base, str(peer[1]),
-                         forwarding.trusts(peer) if forwarding is not None else None)
+        return Addresses(base, str(peer[1]), forwarding is not None and forwarding.trusts(peer))
 
     def with_keys(self, addresses: Addresses, extra: dict, cache: bool = True) -> Addresses:
         """The connection's layer with more keys: what a PROXY protocol header names (from
@@ -159,11 +158,9 @@ class Environs:
         environ["RAW_URI"], environ["PATH_INFO"], environ["QUERY_STRING"] = target
         environ["SERVER_PROTOCOL"] = req.server_protocol
         environ["wsgi.input"] = req.body_stream if req.streaming else io.BytesIO(req.body)
-        headers = req.headers
-        environ.update(headers)
-        forwarded = addresses.forwarded
-        if forwarded is not None and not forwarded.isdisjoint(headers):
-            self.forwarding.apply(environ)
+        environ.update(req.headers)
+        if req.forwarded and self.forwarding is not None:  # (see berth/forwarded.py)
+            self.forwarding.apply(environ, req, addresses.forwarded, self.header_map)
         return environ
 
 

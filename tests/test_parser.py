@@ -306,6 +306,9 @@ def test_for_config_reads_the_configuration_once():
         permit_unconventional_http_version = True
         permit_unconventional_http_method = True
         casefold_http_method = True
+        secure_scheme_headers = {"X-FORWARDED-PROTO": "https"}
+        forwarder_headers = ["SCRIPT_NAME"]
+        forwarded_remote_addr = False
 
         @property
         def header_map(self):
@@ -633,3 +636,23 @@ def test_a_method_split_after_a_chunked_body_that_began_in_an_earlier_read():
     with pytest.raises(HttpError) as info:
         parse_reads(reads_of(raw, cuts))
     assert info.value.detail == AFTER_CHUNKED
+
+
+# --- what a trusted proxy may set: marked, and names with '_' kept aside ---------------------
+
+def test_forwarding_headers_mark_the_request_and_forwarder_names_are_kept_aside():
+    from berth.http.parser import mark_forwarding
+
+    mark_forwarding(["X-FORWARDED-PROTO", "SCRIPT_NAME"])
+    try:
+        (plain,) = parse(b"GET / HTTP/1.1\r\nHost: h\r\nX-Other: 1\r\n\r\n").ready
+        assert not plain.forwarded and plain.forwarder is None
+        (req,) = parse(b"GET / HTTP/1.1\r\nHost: h\r\nx-forwarded-proto: https\r\n"
+                       b"Script_Name: /app\r\nX_Other: 2\r\n\r\n").ready
+        assert req.forwarded and req.forwarder == [("SCRIPT_NAME", "/app")]
+        # the dash header stays a header; the '_' ones are not headers (X_Other: dropped)
+        assert req.headers == {"HTTP_HOST": "h", "HTTP_X_FORWARDED_PROTO": "https"}
+    finally:
+        mark_forwarding([])
+    (req,) = parse(b"GET / HTTP/1.1\r\nHost: h\r\nScript_Name: /app\r\n\r\n").ready
+    assert not req.forwarded and req.forwarder is None and "HTTP_SCRIPT_NAME" not in req.headers

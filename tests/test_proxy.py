@@ -139,6 +139,35 @@ def test_forwarded_allow_ips_comes_from_gunicorns_variable(berth):
     assert env["wsgi.url_scheme"] == "http"
 
 
+def test_forwarder_headers_from_a_trusted_proxy_set_script_name(proxied):
+    def env_at(source, path, headers):
+        with connect_from(source, proxied.port) as sock:
+            sock.sendall(request(path, headers))
+            status, _, body = read_response(sock)
+        return status, (json.loads(body)["str"] if status == 200 else body)
+
+    # a '_' name, as Gunicorn's forwarder_headers default (SCRIPT_NAME,PATH_INFO) allows
+    status, env = env_at(TRUSTED, "/app/env/x", [("SCRIPT_NAME", "/app")])
+    assert status == 200 and (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/app", "/env/x")
+    assert env["HTTP_SCRIPT_NAME"] == "/app"
+    # from another peer, a '_' name is dropped (header_map drop), as any other
+    status, env = env_at(UNTRUSTED, "/env/x", [("SCRIPT_NAME", "/app")])
+    assert status == 200 and env["SCRIPT_NAME"] == "" and "HTTP_SCRIPT_NAME" not in env
+    # a path that does not start with it: the proxy is misconfigured, the request refused
+    status, _ = env_at(TRUSTED, "/env", [("SCRIPT_NAME", "/app")])
+    assert status == 400
+    # a dash name is an ordinary header, never SCRIPT_NAME
+    status, env = env_at(TRUSTED, "/env", [("Script-Name", "/app")])
+    assert env["SCRIPT_NAME"] == "" and env["HTTP_SCRIPT_NAME"] == "/app"
+
+
+def test_forwarder_headers_are_configurable(berth):
+    srv = berth(["-w", "1", "--forwarder-headers", "REMOTE_USER", "proto_app:app"])
+    env = env_from("127.0.0.1", srv.port, [("REMOTE_USER", "alice"), ("SCRIPT_NAME", "/x")])
+    assert env["HTTP_REMOTE_USER"] == "alice"
+    assert "HTTP_SCRIPT_NAME" not in env and env["SCRIPT_NAME"] == ""
+
+
 # --- the PROXY protocol -------------------------------------------------------------------------
 
 def v2(command: int, family: int, addresses: bytes) -> bytes:

@@ -53,10 +53,24 @@ REASONS = {
 # a kind; every other name costs one dict lookup per request once seen.
 # (Host is plain: a second one is found where repeated fields are joined, a missing one by its
 # key, so the one field every request has costs no rule of its own.)
-PLAIN, TRANSFER_ENCODING, EXPECT, CONTENT_LENGTH, UNDERSCORE = range(5)
+PLAIN, TRANSFER_ENCODING, EXPECT, CONTENT_LENGTH, UNDERSCORE, FORWARDING, FORWARDER = range(7)
 _SPECIAL_KINDS = {b"transfer-encoding": TRANSFER_ENCODING, b"expect": EXPECT,
                   b"content-length": CONTENT_LENGTH}
 _header_info: dict[bytes, tuple[str, int]] = {}
+# What a trusted proxy's headers may change (berth/forwarded.py): names (upper case) that mark
+# their request, and the names with '_' (forwarder_headers) kept aside from the headers until
+# the peer is known to be trusted. Set by mark_forwarding(), from the configuration.
+_forwarding: frozenset[str] = frozenset()
+
+
+def mark_forwarding(names) -> None:
+    """Header names (any case) whose presence marks a request `forwarded`; with '_', they
+    are also kept in `Request.forwarder` instead of the headers (see on_header)."""
+    global _forwarding
+    names = frozenset(str(n).strip().upper() for n in names)
+    if names != _forwarding:
+        _forwarding = names
+        _header_info.clear()
 
 
 def header_info(name: bytes) -> tuple[str, int]:
@@ -65,7 +79,9 @@ def header_info(name: bytes) -> tuple[str, int]:
     info = _header_info.get(name)
     if info is None:
         upper = name.decode("latin-1").upper()
-        if b"_" in name:  # mapped as Gunicorn does: always HTTP_, never CONTENT_TYPE
+        if upper in _forwarding:
+            info = ("HTTP_" + upper.replace("-", "_"), FORWARDER if "_" in upper else FORWARDING)
+        elif b"_" in name:  # mapped as Gunicorn does: always HTTP_, never CONTENT_TYPE
             info = ("HTTP_" + upper.replace("-", "_"), UNDERSCORE)
         else:
             upper = upper.replace("-", "_")
@@ -128,6 +144,8 @@ class Request:
     dispatched = 0.0  # set by the server when it queues it for an app thread
     progress = 0.0  # the app's last sign of life (0 while it waits for the client): --timeout
     overran = False
+    forwarded = False  # a header a trusted proxy may set is here (see mark_forwarding)
+    forwarder: list[tuple[str, str]] | None = None  # forwarder_headers with '_', kept aside
 
     def __init__(self):
         self.headers: dict[str, str] = {}
@@ -302,6 +320,9 @@ class RequestParser:
             cls._flags = (cfg.header_map, cfg.permit_unconventional_http_version,
                           cfg.permit_unconventional_http_method, cfg.casefold_http_method)
             cls._cfg = cfg
+            mark_forwarding([*cfg.secure_scheme_headers, *cfg.forwarder_headers,
+                             *(("X-FORWARDED-FOR", "FORWARDED") if cfg.forwarded_remote_addr
+                               else ())])
         return cls(*cls._options, stream_factory, *cls._flags)
 
     def close(self) -> None:
@@ -598,6 +619,15 @@ class RequestParser:
                 self._expect = value.lower() == b"100-continue"
             elif kind == CONTENT_LENGTH:
                 self.current.content_length = int(value)
+            elif kind == FORWARDING:  # (and kept as a header)
+                self.current.forwarded = True
+            elif kind == FORWARDER:  # a name with '_': aside, until the peer is known
+                req = self.current
+                req.forwarded = True
+                if req.forwarder is None:
+                    req.forwarder = []
+                req.forwarder.append((name.decode("latin-1").upper(), value.decode("latin-1")))
+                return
             elif self.header_map == "drop":  # UNDERSCORE
                 return
             elif self.header_map == "refuse":

@@ -193,7 +193,8 @@ class Responder:
         self.date = DateCache()
         self.environs = Environs(multithread=cfg.threads > 1, multiprocess=cfg.workers > 1,
                                  forwarding=Forwarding.from_config(cfg),
-                                 scheme="https" if cfg.certfile else "http")
+                                 scheme="https" if cfg.certfile else "http",
+                                 header_map=cfg.header_map)
         # probe paths answered without the app: request target -> "ready" | "live"
         self.probes = {path.encode("latin-1"): kind
                        for kind, path in (("ready", cfg.ready_path), ("live", cfg.live_path))
