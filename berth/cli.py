@@ -39,10 +39,6 @@ def prepare_environment(cfg: Config) -> None:
     if cfg.keyfile and not cfg.certfile:
         raise ConfigError("--keyfile (keyfile) needs --certfile (certfile): the certificate "
                           "chain to serve TLS with")
-    if cfg.certfile and cfg.proxy_protocol != "off":
-        raise ConfigError("--proxy-protocol (proxy_protocol) with --certfile (certfile) is not "
-                          "supported yet: the PROXY header comes before the TLS handshake; "
-                          "terminate TLS at the proxy, or drop one of them")
     if cfg.certfile:  # loaded once here, so that a bad file is one line and exit 2
         import ssl
 

@@ -169,6 +169,29 @@ def test_the_ssl_context_hook_builds_the_context(berth, certs, tmp_path):
     wait_for(lambda: "ssl_version (--ssl-version, from cli) is not needed" in srv.stderr(), 5)
 
 
+def test_a_proxy_protocol_header_comes_before_the_handshake(berth, certs):
+    srv = berth(["-w", "1", "--certfile", str(certs / "server.pem"), "--proxy-protocol",
+                 "--proxy-allow-from", "127.0.0.1", "proto_app:app"])
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+
+    def env_through(header: bytes) -> dict:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as raw:
+            raw.sendall(header)
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                s.sendall(b"GET /env HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                reply = b""
+                while chunk := s.recv(65536):
+                    reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200 "), reply[:200]
+        return json.loads(reply.split(b"\r\n\r\n", 1)[1])["str"]
+
+    env = env_through(b"PROXY TCP4 203.0.113.7 192.0.2.1 51000 443\r\n")
+    assert (env["REMOTE_ADDR"], env["PROXY_PROTOCOL"], env["wsgi.url_scheme"]) == (
+        "203.0.113.7", "TCP4", "https")
+    env = env_through(b"")  # no header: TLS straight away
+    assert env["REMOTE_ADDR"] == "127.0.0.1" and "PROXY_PROTOCOL" not in env
+
+
 def run_berth(args, cwd):
     env = dict(os.environ, BERTH_IN_CONTAINER="0", PYTHONPATH=f"{APPS}{os.pathsep}{ROOT}")
     return subprocess.run([sys.executable, "-m", "berth", "-b", f"127.0.0.1:{free_port()}",

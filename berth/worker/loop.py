@@ -183,7 +183,8 @@ class Loop:
             if self.tls is None:
                 conn = Connection(sock, environ, now, self)
             else:
-                conn = TlsConnection(TlsSocket(sock, self.tls), environ, now, self, environs)
+                conn = TlsConnection(TlsSocket(sock, self.tls, self.preface and self.preface.read),
+                                     environ, now, self, environs)
             conn.parser = NO_PARSER  # made when bytes arrive (on_readable)
             if self.preface is not None:
                 conn.preface = b""  # a PROXY header may come first

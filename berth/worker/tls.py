@@ -19,6 +19,7 @@ from __future__ import annotations
 import ssl
 import threading
 
+from berth.http.parser import HttpError
 from berth.worker.connection import ClientDisconnected, Connection
 
 
@@ -46,10 +47,13 @@ class TlsSocket:
     """The socket a TLS connection shows the loop: `recv` decrypts, the rest is the real
     socket's (see the module docstring)."""
 
-    __slots__ = ("conn", "incoming", "obj", "outgoing", "raw", "send", "shaken")
+    __slots__ = ("before", "conn", "incoming", "obj", "outgoing", "raw", "send", "shaken")
 
-    def __init__(self, raw, context: ssl.SSLContext):
+    def __init__(self, raw, context: ssl.SSLContext, before=None):
         self.raw = raw
+        # --proxy-protocol: its header comes before the handshake, read by this
+        # (berth.worker.preface.ProxyPreface.read: the bytes after it, or None)
+        self.before = before
         self.send = raw.send  # ciphertext, from the write-behind queue or TlsConnection.send
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
@@ -68,6 +72,14 @@ class TlsSocket:
         if not data:
             return b""
         conn = self.conn
+        if conn.preface is not None:
+            try:
+                data = self.before(conn, data)
+            except HttpError:  # a peer not allowed: no plaintext 403 to a TLS client
+                conn.close()
+                data = None
+            if data is None:
+                raise BlockingIOError
         plain = []
         closed = False
         with conn.lock:
