@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             print(render_config(cfg))
             if not cfg.app_uri:
                 return 0
-        log = setup_error_log(cfg.errorlog, cfg.loglevel)
+        log = setup_error_log(cfg.errorlog, cfg.loglevel, cfg.log_format)
     except ConfigError as exc:
         print(f"berth: error: {exc}", file=sys.stderr)
         return 2

@@ -64,6 +64,13 @@ def log_level(value: Any) -> str:
     return text
 
 
+def log_format(value: Any) -> str:
+    word = str(value).strip().lower()
+    if word not in ("text", "json"):
+        raise ValueError("text or json")
+    return word
+
+
 def text(value: Any) -> str:
     return str(value)
 

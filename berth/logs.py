@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import json
 import logging
 import os
 import re
@@ -80,13 +81,33 @@ def write_lines(fd: int, data: bytes) -> None:
         done = got
 
 
+def rfc3339(now: float) -> str:
+    """`2026-12-01T14:05:09.123Z` (UTC, milliseconds)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """--log-format json, for the error log: one JSON object per record, the traceback (if
+    any) in one field. ASCII only: every control character and non-ASCII byte is escaped."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"timestamp": rfc3339(record.created), "level": record.levelname.lower(),
+                "pid": record.process, "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            line["exception"] = record.exc_text
+        return json.dumps(line)
+
+
 class WholeLineHandler(logging.Handler):
     """A logging handler writing each record as one `os.write` to a file descriptor."""
 
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, log_format: str = "text"):
         super().__init__()
         self.fd = fd
-        self.setFormatter(logging.Formatter(ERROR_FORMAT, DATE_FORMAT))
+        self.setFormatter(JsonFormatter() if log_format == "json"
+                          else logging.Formatter(ERROR_FORMAT, DATE_FORMAT))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -95,13 +116,13 @@ class WholeLineHandler(logging.Handler):
             self.handleError(record)
 
 
-def setup_error_log(target: str, level: str) -> logging.Logger:
+def setup_error_log(target: str, level: str, log_format: str = "text") -> logging.Logger:
     log = logging.getLogger("berth.error")
     for handler in list(log.handlers):
         log.removeHandler(handler)
         if isinstance(handler, WholeLineHandler) and handler.fd > 2:
             os.close(handler.fd)
-    log.addHandler(WholeLineHandler(open_log_fd(target, 2)))
+    log.addHandler(WholeLineHandler(open_log_fd(target, 2), log_format))
     log.setLevel(level.upper())
     log.propagate = False
     return log
@@ -300,6 +321,28 @@ def compile_access_format(fmt: str):
     return access_line
 
 
+def compile_json_access():
+    """--log-format json: `f(environ, status, sent, seconds, headers)` -> one JSON line
+    (bytes, newline included), ASCII only (json.dumps escapes the rest)."""
+    dumps = json.dumps
+    pid = os.getpid()
+
+    def access_line(e, status, sent, seconds, headers):
+        now = time.time()
+        method, path = e["REQUEST_METHOD"], e["PATH_INFO"]
+        return (dumps({
+            "timestamp": rfc3339(now), "level": "info", "pid": pid,
+            "message": f"{method} {e['RAW_URI']} {e['SERVER_PROTOCOL']} {status[:3]}",
+            "remote_addr": e.get("REMOTE_ADDR", ""), "method": method, "path": path,
+            "query": e["QUERY_STRING"], "status": int(status[:3]), "bytes": sent,
+            "duration_ms": round(seconds * 1000, 3), "user_agent": e.get("HTTP_USER_AGENT"),
+            "referer": e.get("HTTP_REFERER"), "request_id": e.get("berth.request_id"),
+        }) + "\n").encode()
+
+    access_line.needs_duration = True
+    return access_line
+
+
 class LineSink:
     """Where access-log bytes go, written without ever blocking the caller.
 
@@ -357,10 +400,11 @@ class AccessLog:
     """
 
     def __init__(self, target: str, fmt: str, error_log: logging.Logger,
-                 max_backlog: int = 4 << 20):
+                 max_backlog: int = 4 << 20, log_format: str = "text"):
         self.target = target
         self.sink = LineSink(target, 1)
-        self.format = compile_access_format(fmt)
+        self.json = log_format == "json"
+        self.format = compile_json_access() if self.json else compile_access_format(fmt)
         self.needs_duration = self.format.needs_duration
         self.error_log = error_log
         self.max_backlog = max_backlog

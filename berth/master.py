@@ -302,7 +302,7 @@ class Master:
         """SIGUSR1: reopen the log files (logrotate moved them), here and in every worker."""
         self.log.info("SIGUSR1: reopening log files")
         from berth.logs import setup_error_log
-        self.log = setup_error_log(self.cfg.errorlog, self.cfg.loglevel)
+        self.log = setup_error_log(self.cfg.errorlog, self.cfg.loglevel, self.cfg.log_format)
         for info in self.workers.values():
             send_signal(info.pid, signal.SIGUSR1)
 
@@ -368,7 +368,8 @@ class Master:
             call_hook(cfg, "post_fork", self.server, view)
             access_log = None
             if self.cfg.accesslog.lower() not in ("none", "off", ""):
-                access_log = AccessLog(self.cfg.accesslog, self.cfg.access_log_format, self.log)
+                access_log = AccessLog(self.cfg.accesslog, self.cfg.access_log_format, self.log,
+                                       log_format=self.cfg.log_format)
             worker = Worker(self.cfg, self.listeners, self.app, self.log, access_log,
                             self.ready_w, load_app, scoreboard=self.scoreboard,
                             slot=slot, generation=self.generation, max_requests=max_requests,

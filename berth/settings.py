@@ -41,6 +41,7 @@ from berth.converters import (
     is_no_control_socket,
     is_off,
     listen_address,
+    log_format,
     log_level,
     name_list,
     non_negative_float,
@@ -453,6 +454,14 @@ SETTINGS: tuple[Setting, ...] = (
     S("access_log_format", ("--access-logformat",), text,
       '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
       "Access log format, with Gunicorn's atoms.", "STRING", section="Logging"),
+    S("log_format", ("--log-format",), log_format, "text",
+      "text (Gunicorn's lines) or json: one JSON object per line for both logs, with "
+      "timestamp (RFC 3339, ms), level, pid and message; access lines add remote_addr, "
+      "method, path, query, status, bytes, duration_ms, user_agent, referer and request_id "
+      "(the client's X-Request-ID, else made from the pid and a counter; the app gets it as "
+      "environ['berth.request_id']); an error's traceback is one field, exception. With json, "
+      "--access-logformat is not used.", "FORMAT", section="Logging",
+      note="berth only."),
     S("errorlog", ("--error-logfile", "--log-file"), text, "-",
       "Error log: '-' for stderr (the default) or a file path.", "FILE", section="Logging"),
     S("loglevel", ("--log-level",), log_level, "info",

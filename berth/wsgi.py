@@ -9,6 +9,7 @@ through another: clients send the same few again and again.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import stat
 import sys
@@ -25,6 +26,7 @@ from berth.http.parser import Request
 # The common methods as str without a decode per request; any other token is decoded.
 METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 TARGET_CACHE = 512
+MAX_REQUEST_ID = 200  # a longer X-Request-ID is not taken (berth makes one): logs stay bounded
 ADDRESS_CACHE = 256  # (server address, client address) -> the base dict with them
 
 
@@ -77,7 +79,7 @@ class Environs:
 
     def __init__(self, multithread: bool, multiprocess: bool, script_name: str | None = None,
                  forwarding: Forwarding | None = None, scheme: str = "http",
-                 header_map: str = "drop"):
+                 header_map: str = "drop", request_ids: bool = False):
         self.script_name = os.environ.get("SCRIPT_NAME", "") if script_name is None \
             else script_name
         self.base = {
@@ -96,6 +98,10 @@ class Environs:
         self.bases: dict[tuple, dict] = {}  # (server host, port, client host) -> base dict
         self.forwarding = forwarding
         self.header_map = header_map  # (what a forwarder header from another peer becomes)
+        # --log-format json: each request gets berth.request_id (see for_request)
+        self.request_ids = request_ids
+        self.id_prefix = f"{os.getpid():x}-"
+        self.ids = itertools.count(1)
         self.unix = Addresses(self._base_with("localhost", 0, "127.0.0.1"), "0",
                               forwarding is not None and forwarding.trusts(None))
 
@@ -161,6 +167,10 @@ class Environs:
         environ.update(req.headers)
         if req.forwarded and self.forwarding is not None:  # (see berth/forwarded.py)
             self.forwarding.apply(environ, req, addresses.forwarded, self.header_map)
+        if self.request_ids:  # the client's X-Request-ID, or the pid and a counter
+            rid = environ.get("HTTP_X_REQUEST_ID")
+            environ["berth.request_id"] = rid if rid and len(rid) <= MAX_REQUEST_ID else (
+                self.id_prefix + f"{next(self.ids):x}")
         return environ
 
 

@@ -194,7 +194,8 @@ class Responder:
         self.environs = Environs(multithread=cfg.threads > 1, multiprocess=cfg.workers > 1,
                                  forwarding=Forwarding.from_config(cfg),
                                  scheme="https" if cfg.certfile else "http",
-                                 header_map=cfg.header_map)
+                                 header_map=cfg.header_map,
+                                 request_ids=cfg.log_format == "json")
         # probe paths answered without the app: request target -> "ready" | "live"
         self.probes = {path.encode("latin-1"): kind
                        for kind, path in (("ready", cfg.ready_path), ("live", cfg.live_path))

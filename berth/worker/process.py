@@ -198,7 +198,8 @@ class Worker:
                 call_hook(self.cfg, "worker_int", self.view)
                 self.loop.alive = False
             elif sig == signal.SIGUSR1:
-                setup_error_log(self.cfg.errorlog, self.cfg.loglevel)  # (the same logger)
+                setup_error_log(self.cfg.errorlog, self.cfg.loglevel,
+                                self.cfg.log_format)  # (the same logger)
                 if self.access_log is not None:
                     self.access_log.reopen()
 
