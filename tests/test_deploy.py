@@ -30,6 +30,7 @@ from berth.config import Config, load, parse_config  # noqa: E402
 from berth.container import detect  # noqa: E402
 from berth.loader import load_app  # noqa: E402
 from berth.scoreboard import BUSY, IDLE, Slot  # noqa: E402
+from berth.settings import SETTINGS  # noqa: E402
 from berth.sockets import parse_bind  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -499,3 +500,22 @@ def test_kustomizations_name_files_that_exist():
         for entry in kustomization.get("resources", []) + [
                 p["path"] for p in kustomization.get("patches", [])]:
             assert (where / entry).exists(), f"{where / entry} does not exist"
+
+
+# -- the README --------------------------------------------------------------------------------
+
+def readme_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    match = re.search(r"^## Running in containers\n(.*?)(?=^## )", text, re.S | re.M)
+    assert match, "README.md has no '## Running in containers' section"
+    return match.group(1)
+
+
+def test_readme_container_section_names_only_real_flags_and_links_deploy():
+    section = readme_section()
+    assert "(deploy/)" in section or "(deploy)" in section, "the section does not link deploy/"
+    flags = {flag for setting in SETTINGS for flag in setting.flags}
+    named = set(re.findall(r"`(--?[a-z][a-z-_]*)", section))
+    assert named, "the section names no flag"
+    unknown = sorted(f for f in named if f not in flags)
+    assert not unknown, f"flags that neither berth nor Gunicorn has: {unknown}"
