@@ -360,17 +360,18 @@ class LineSink:
             self.fd = open_log_fd(target, default_fd)
             return
         mode = os.fstat(default_fd).st_mode
-        self.fd = default_fd
+        self.fd = os.dup(default_fd)  # (its own: --capture-output may move stdout elsewhere)
         if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+            os.close(self.fd)
             self.piece = PIPE_BUF
             try:
                 self.fd = os.open(f"/proc/self/fd/{default_fd}",
                                   os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_APPEND)
             except OSError:
-                self.fd = default_fd  # no /proc: blocking writes, as Gunicorn does
+                self.fd = os.dup(default_fd)  # no /proc: blocking writes, as Gunicorn does
         elif stat.S_ISSOCK(mode):
             self.piece = PIPE_BUF
-            self.sock = socket.socket(fileno=os.dup(default_fd))
+            self.sock = socket.socket(fileno=self.fd)
 
     def write_some(self, data: bytes) -> int:
         """Write whole lines from the start of `data` until it would block; return bytes

@@ -467,9 +467,10 @@ SETTINGS: tuple[Setting, ...] = (
     S("loglevel", ("--log-level",), log_level, "info",
       "Error log level: debug, info, warning, error, critical.", "LEVEL", section="Logging"),
     S("capture_output", ("--capture-output",), boolean, False,
-      "Redirect the app's stdout/stderr to the error log file.", None, "store_true",
-      section="Logging", status=NOT_YET,
-      note=f"{_LOGS}the app's output goes to berth's own stdout and stderr."),
+      "Send what the app prints (its stdout and stderr) to the error log.", None,
+      "store_true", section="Logging",
+      note="Gunicorn does it only when the error log is a file; berth also when it is stderr "
+           "(stdout carries the access log)."),
     S("logger_class", ("--logger-class",), refuse_unless(
         is_default_logger, "a custom logger class is not supported: berth has its own error and "
                          "access logs; shape them with --access-logformat and --log-level, "

@@ -326,7 +326,7 @@ def test_a_typical_gunicorn_command_line_parses():
     warnings = [line for level, line in cfg.notices if level == "warning"]
     infos = [line for level, line in cfg.notices if level == "info"]
     assert cfg.forwarded_allow_ips == "*" and cfg.proxy_protocol == "off"
-    for name in ("capture_output", "statsd_host", "logconfig"):
+    for name in ("statsd_host", "logconfig"):
         assert any(line.startswith(f"{name} (") and "not implemented" in line
                    for line in warnings), name
     for name in ("reuse_port", "umask", "sendfile", "proc_name"):  # implemented: no line
@@ -435,14 +435,14 @@ def test_sendfile_follows_gunicorns_sendfile_variable_when_not_set(env, argv, ex
 def test_not_yet_warnings_name_the_feature_that_brings_them(tmp_path):
     write(tmp_path / "g.py", """\
         worker_connections = 10
-        capture_output = True
+        logconfig_dict = {"version": 1}
         statsd_host = "localhost:8125"
         proc_name = "web"
     """)
     cfg = parse(["-c", "g.py", "app:app"], cwd=tmp_path)
     warnings = {line.split(" ", 1)[0]: line for level, line in cfg.notices
                 if level == "warning"}
-    assert "logging settings are coming" in warnings["capture_output"]
+    assert "logging settings are coming" in warnings["logconfig_dict"]
     assert "StatsD metrics are coming" in warnings["statsd_host"]
     assert "proc_name" not in warnings  # process titles are implemented
 
@@ -450,7 +450,7 @@ def test_not_yet_warnings_name_the_feature_that_brings_them(tmp_path):
 def test_only_settings_an_open_issue_brings_are_accepted_and_ignored():
     """Item 9: a Gunicorn setting berth accepts does what it does in Gunicorn; the ones it
     ignores with a warning are only those another open issue implements."""
-    coming = {"capture_output", "logconfig",
+    coming = {"logconfig",
               "logconfig_dict", "logconfig_json", "syslog_addr", "syslog", "syslog_prefix",
               "syslog_facility", "statsd_host", "dogstatsd_tags", "statsd_prefix",
               "enable_backlog_metric"}

@@ -28,7 +28,7 @@ import traceback
 from berth import proctitle
 from berth.hooks import WorkerView, call_hook
 from berth.http.framing import error_response
-from berth.logs import setup_error_log
+from berth.logs import WholeLineHandler, setup_error_log
 from berth.scoreboard import (
     BOOTING,
     BUSY,
@@ -127,6 +127,21 @@ class Worker:
                     pass
             os._exit(code)
 
+    def _capture_output(self) -> None:
+        """--capture-output: what the app prints (stdout and stderr, its subprocesses' too)
+        goes to the error log: its file, or stderr. Gunicorn does it only for a file; berth
+        also for stderr, because stdout carries the access log (whose own descriptor is not
+        this one: see berth.logs.LineSink)."""
+        fd = next((h.fd for h in self.log.handlers if isinstance(h, WholeLineHandler)), 2)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os.dup2(fd, 1)
+        if fd != 2:
+            os.dup2(fd, 2)
+
     def _setup_process(self) -> None:
         proctitle.set_title("worker", self.cfg)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
@@ -152,6 +167,8 @@ class Worker:
         # worker_abort path, if the main thread still runs Python), then SIGKILL.
         faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True, chain=False)
         signal.signal(signal.SIGABRT, self._on_abort)
+        if self.cfg.capture_output:
+            self._capture_output()
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file on overlay disk
         try:
             self.statm = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)

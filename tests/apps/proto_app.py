@@ -28,6 +28,7 @@ Routes (query parameters in brackets):
   /closeable [tag, mode]      iterable whose close() writes marker "close-<tag>" (normal|raise|big)
   /close-counter              JSON {tag: count} of close() calls seen by this process
   /pid                        JSON {pid, import_pid, cwd, multithread, gc_frozen}
+  /print [text]               print(text) to stdout and text-on-stderr to stderr
   /osenv [key]                JSON {key: os.environ.get(key)}
 
 Markers go to the directory named by $PROTO_MARKER_DIR (if set).
@@ -367,6 +368,12 @@ def app(environ, start_response):
                                       "cwd": os.getcwd(),
                                       "multithread": environ.get("wsgi.multithread"),
                                       "gc_frozen": gc.get_freeze_count()})
+
+    if path == "/print":
+        text = q.get("text", "printed")
+        print(text, flush=True)
+        print(text + "-on-stderr", file=sys.stderr, flush=True)
+        return _json(start_response, {"printed": text})
 
     if path == "/osenv":
         key = q.get("key", "")
