@@ -90,6 +90,7 @@ class Totals:
     responses: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # 2xx 3xx 4xx 5xx
     bytes_sent: int = 0
     over_deadline: int = 0
+    log_dropped: int = 0
     restarts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RESTART_REASONS, 0))
 
     def add(self, slot: Slot) -> None:
@@ -98,6 +99,7 @@ class Totals:
             self.responses[i] += n
         self.bytes_sent += slot.bytes_sent
         self.over_deadline += slot.over_deadline
+        self.log_dropped += slot.log_dropped
 
 
 @dataclass
@@ -184,6 +186,10 @@ def render_metrics(view: View) -> str:
     family("berth_requests_over_deadline_total", "counter",
            "Requests whose app was silent past --timeout (answered 504 or cut off).",
            [((), retired.over_deadline + sum(s.over_deadline for s in slots))])
+    family("berth_log_lines_dropped_total", "counter",
+           "Access-log lines dropped because the log was not read fast enough "
+           "(--log-overflow drop).",
+           [((), retired.log_dropped + sum(s.log_dropped for s in slots))])
     family("berth_requests_in_flight", "gauge", "Requests being answered now.",
            [((), sum(s.in_flight for s in slots))])
     busy = idle = 0

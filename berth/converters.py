@@ -71,6 +71,13 @@ def log_format(value: Any) -> str:
     return word
 
 
+def log_overflow(value: Any) -> str:
+    word = str(value).strip().lower()
+    if word not in ("drop", "block"):
+        raise ValueError("drop or block")
+    return word
+
+
 def text(value: Any) -> str:
     return str(value)
 

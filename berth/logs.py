@@ -21,6 +21,7 @@ lines; checking that a line needs no escaping is a third of that cost.
 from __future__ import annotations
 
 import base64
+import errno
 import functools
 import json
 import logging
@@ -383,6 +384,9 @@ class LineSink:
             return self.sock.send(data, socket.MSG_DONTWAIT)
         return os.write(self.fd, data)
 
+    def fileno(self) -> int:
+        return self.sock.fileno() if self.sock is not None else self.fd
+
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
@@ -401,7 +405,8 @@ class AccessLog:
     """
 
     def __init__(self, target: str, fmt: str, error_log: logging.Logger,
-                 max_backlog: int = 4 << 20, log_format: str = "text"):
+                 max_backlog: int = 4 << 20, log_format: str = "text",
+                 overflow: str = "drop"):
         self.target = target
         self.sink = LineSink(target, 1)
         self.json = log_format == "json"
@@ -411,7 +416,9 @@ class AccessLog:
         self.max_backlog = max_backlog
         self.lines: list[bytes] = []
         self.backlog = b""
-        self.dropped = 0
+        self.dropped = 0  # since the last warning
+        self.dropped_total = 0  # for the scoreboard (berth_log_lines_dropped_total)
+        self.block = overflow == "block"  # --log-overflow block: wait for the reader instead
         self._taken: list[bytes] = []
         self._taken_len = 0
 
@@ -425,8 +432,9 @@ class AccessLog:
         data = self.backlog
         if taken:
             new = b"".join(taken)
-            if len(data) + len(new) > self.max_backlog:
+            if len(data) + len(new) > self.max_backlog and not self.block:
                 self.dropped += len(taken)
+                self.dropped_total += len(taken)
             else:
                 data += new
         if data:
@@ -437,10 +445,24 @@ class AccessLog:
                 if exc.errno != 32:
                     self.error_log.warning("access log write failed: %s", exc)
             self.backlog = data[written:]
+            if self.block and len(self.backlog) > self.max_backlog:
+                self._write_all()  # the loop waits for the reader: serving waits with it
         if self.dropped:
             dropped, self.dropped = self.dropped, 0
             self.error_log.warning("access log: %d lines dropped (the log is not read fast "
                                    "enough)", dropped)
+
+    def _write_all(self) -> None:
+        data = self.backlog
+        while data:
+            try:
+                data = data[self.sink.write_some(data):]
+            except OSError as exc:
+                if exc.errno != errno.EAGAIN:
+                    break  # (a reader gone: nothing to wait for)
+            if data:
+                select.select([], [self.sink.fileno()], [], 1.0)
+        self.backlog = b""
 
     def close(self, timeout: float = 2.0) -> None:
         """Write every line still queued (waiting up to `timeout` for a slow reader)."""

@@ -369,7 +369,8 @@ class Master:
             access_log = None
             if self.cfg.accesslog.lower() not in ("none", "off", ""):
                 access_log = AccessLog(self.cfg.accesslog, self.cfg.access_log_format, self.log,
-                                       log_format=self.cfg.log_format)
+                                       log_format=self.cfg.log_format,
+                                       overflow=self.cfg.log_overflow)
             worker = Worker(self.cfg, self.listeners, self.app, self.log, access_log,
                             self.ready_w, load_app, scoreboard=self.scoreboard,
                             slot=slot, generation=self.generation, max_requests=max_requests,

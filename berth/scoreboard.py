@@ -38,8 +38,9 @@ STATE_NAMES = ("free", "booting", "idle", "busy", "draining", "retiring", "out o
 LINE_SIZE = 96  # bytes kept of the oldest in-flight request's first line
 
 # pid, generation, state, busy threads, heartbeat, served, in flight, oldest start,
-# oldest line, rss, counters: responses 2xx 3xx 4xx 5xx, bytes sent, requests over deadline
-_SLOT = struct.Struct(f"=iIBHdQId{LINE_SIZE}sQQQQQQQQ")
+# oldest line, rss, counters: responses 2xx 3xx 4xx 5xx, bytes sent, requests over deadline,
+# access-log lines dropped
+_SLOT = struct.Struct(f"=iIBHdQId{LINE_SIZE}sQQQQQQQQQ")
 _SEQ = struct.Struct("=I")  # a seqlock word before each slot (see Scoreboard.write)
 SLOT_SIZE = (_SEQ.size + _SLOT.size + 63) // 64 * 64  # cache-line aligned: no shared lines
 
@@ -63,6 +64,7 @@ class Slot:
     status_5xx: int = 0
     bytes_sent: int = 0
     over_deadline: int = 0
+    log_dropped: int = 0  # access-log lines dropped (--log-overflow drop, a reader too slow)
     app_since: float = 0.0  # --threads 1: the loop thread runs the app since then (0: it does not)
 
     @property
@@ -100,7 +102,8 @@ class Scoreboard:
         data = _SLOT.pack(slot.pid, slot.generation, slot.state, slot.busy_threads,
                           slot.heartbeat, slot.served, slot.in_flight, slot.oldest_start, line,
                           slot.rss, slot.uss, slot.status_2xx, slot.status_3xx,
-                          slot.status_4xx, slot.status_5xx, slot.bytes_sent, slot.over_deadline)
+                          slot.status_4xx, slot.status_5xx, slot.bytes_sent, slot.over_deadline,
+                          slot.log_dropped)
         base = index * SLOT_SIZE
         mem = self.mem
         seq = _SEQ.unpack_from(mem, base)[0]
@@ -119,9 +122,10 @@ class Scoreboard:
             if _SEQ.unpack_from(mem, base)[0] == before:
                 break
         (pid, generation, state, busy, heartbeat, served, in_flight, oldest_start, line,
-         rss, uss, s2, s3, s4, s5, sent, over) = fields
+         rss, uss, s2, s3, s4, s5, sent, over, dropped) = fields
         slot = Slot(pid, generation, state, busy, heartbeat, served, in_flight, oldest_start,
-                    line.rstrip(b"\0").decode("latin-1"), rss, uss, s2, s3, s4, s5, sent, over)
+                    line.rstrip(b"\0").decode("latin-1"), rss, uss, s2, s3, s4, s5, sent, over,
+                    dropped)
         since = self._app_words[index]
         if since:  # the loop thread is in the app: its slot was written before that
             slot.app_since = since

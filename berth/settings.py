@@ -43,6 +43,7 @@ from berth.converters import (
     listen_address,
     log_format,
     log_level,
+    log_overflow,
     name_list,
     non_negative_float,
     non_negative_int,
@@ -462,6 +463,11 @@ SETTINGS: tuple[Setting, ...] = (
       "environ['berth.request_id']); an error's traceback is one field, exception. With json, "
       "--access-logformat is not used.", "FORMAT", section="Logging",
       note="berth only."),
+    S("log_overflow", ("--log-overflow",), log_overflow, "drop",
+      "When the access log is not read fast enough (a stalled pipe) and 4 MiB of lines wait in "
+      "a worker: drop (the default: serving goes on; the lines are counted in "
+      "berth_log_lines_dropped_total and a warning) or block (the worker waits for the "
+      "reader, and so do its requests).", "POLICY", section="Logging", note="berth only."),
     S("errorlog", ("--error-logfile", "--log-file"), text, "-",
       "Error log: '-' for stderr (the default) or a file path.", "FILE", section="Logging"),
     S("loglevel", ("--log-level",), log_level, "info",

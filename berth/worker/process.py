@@ -249,6 +249,8 @@ class Worker:
             slot.status_2xx, slot.status_3xx, slot.status_4xx, slot.status_5xx = totals[2:6]
             slot.bytes_sent = totals[BYTES]
             slot.busy_threads = responder.busy_threads()
+        if self.access_log is not None:
+            slot.log_dropped = self.access_log.dropped_total
         if self.statm >= 0:
             try:
                 slot.rss = int(os.pread(self.statm, 64, 0).split()[1]) * PAGE_SIZE

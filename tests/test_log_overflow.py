@@ -1,0 +1,121 @@
+"""A stalled access-log reader (stdout is a pipe nobody reads): with --log-overflow drop (the
+default) serving goes on, memory stays bounded and the dropped lines are counted in the
+metrics; with block, the worker waits for the reader."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from conftest import APPS, ROOT, free_port, read_response
+from proto_helpers import pids_children, wait_for
+
+UA = "x" * 2000  # each access line about 2 KB: the 4 MiB backlog fills in about 2,000 requests
+
+
+def start(tmp_path, *args):
+    port, admin = free_port(), free_port()
+    env = dict(os.environ, BERTH_IN_CONTAINER="0", PYTHONPATH=f"{APPS}{os.pathsep}{ROOT}")
+    err = tmp_path / "stderr.log"
+    with open(err, "wb") as err_file:
+        proc = subprocess.Popen(  # stdout: a pipe this test never reads
+            [sys.executable, "-m", "berth", "-b", f"127.0.0.1:{port}", "-w", "1",
+             "--threads", "1", "--admin-bind", f"127.0.0.1:{admin}", *args, "proto_app:app"],
+            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=err_file,
+            stdin=subprocess.DEVNULL)
+    wait_for(lambda: "ready: " in err.read_text(), timeout=20)
+    return proc, port, admin, err
+
+
+def get(sock, path="/hello"):
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nUser-Agent: {UA}\r\n\r\n".encode())
+    return read_response(sock)
+
+
+def connect(port, timeout=10):
+    from conftest import BufferedSocket
+
+    sock = BufferedSocket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def metric(admin, name):
+    with connect(admin) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        _, _, body = read_response(sock)
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_with_drop_a_stalled_reader_never_stops_serving_and_the_drops_are_counted(tmp_path):
+    proc, port, admin, err = start(tmp_path)
+    try:
+        (worker,) = pids_children(proc.pid)
+        with connect(port) as sock:
+            for _ in range(200):
+                assert get(sock)[0] == 200
+            before = rss_kib(worker)
+            t0 = time.monotonic()
+            for _ in range(5000):  # some 10 MB of access lines, none of them read
+                assert get(sock)[0] == 200
+            took = time.monotonic() - t0
+        after = rss_kib(worker)
+        wait_for(lambda: (metric(admin, "berth_log_lines_dropped_total") or 0) > 0, timeout=5)
+        dropped = metric(admin, "berth_log_lines_dropped_total")
+        print(f"5,000 requests in {took:.1f} s with nobody reading; {dropped:.0f} lines "
+              f"dropped; worker RSS {before} -> {after} KiB")
+        assert 1000 < dropped <= 5200
+        assert after - before < 16 * 1024  # the 4 MiB backlog, not 10 MB of lines
+        assert "access log:" in err.read_text() and "lines dropped" in err.read_text()
+    finally:
+        proc.terminate()  # our own child, by pid
+        try:
+            proc.communicate(timeout=15)  # (reads the pipe so that it can exit)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+def test_with_block_the_worker_waits_for_the_reader(tmp_path):
+    proc, port, admin, err = start(tmp_path, "--log-overflow", "block")
+    try:
+        stalled = False
+        with connect(port, timeout=3) as sock:
+            for _ in range(6000):
+                try:
+                    assert get(sock)[0] == 200
+                except TimeoutError:
+                    stalled = True
+                    break
+        assert stalled, "6,000 requests served with nobody reading the log under block"
+        drained = threading.Event()
+
+        def drain():
+            while proc.stdout.read(1 << 16):
+                drained.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        assert drained.wait(10)
+        with connect(port, timeout=10) as sock:  # the reader reads: serving goes on
+            assert get(sock)[0] == 200
+        assert metric(admin, "berth_log_lines_dropped_total") == 0
+    finally:
+        proc.terminate()  # our own child, by pid
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
