@@ -45,6 +45,7 @@ from berth.logs import AccessLog
 from berth.scoreboard import BOOTING, OUT_OF_SERVICE, RETIRING, Scoreboard, Slot
 from berth.sizing import MAX_WORKERS, connection_bound, raise_open_files_limit
 from berth.sockets import create_listener, describe
+from berth.statsd import LogCounter, Statsd, StatsdTee
 from berth.worker.process import EXIT_APP_LOAD_ERROR, Worker, private_memory
 
 BOOT_FAILURES_MAX = 5  # workers dying before they are ready, within BOOT_FAILURE_WINDOW
@@ -101,6 +102,9 @@ class Master:
         self.reload_reason = "reloaded (SIGHUP)"  # why the old generation is stopped
         self.code: reloader.CodeReloader | None = None  # --reload
         self.admin: AdminServer | None = None  # --admin-bind
+        self.statsd = Statsd.from_config(cfg)  # --statsd-host
+        if self.statsd is not None:
+            log.addHandler(LogCounter(self.statsd))
 
     @property
     def stopping(self) -> bool:
@@ -371,6 +375,13 @@ class Master:
                 access_log = AccessLog(self.cfg.accesslog, self.cfg.access_log_format, self.log,
                                        log_format=self.cfg.log_format,
                                        overflow=self.cfg.log_overflow)
+            if self.statsd is not None:  # the worker's own socket; the master's is not used
+                self.statsd.close()
+                statsd = Statsd.from_config(self.cfg)
+                for handler in [h for h in self.log.handlers if isinstance(h, LogCounter)]:
+                    self.log.removeHandler(handler)
+                self.log.addHandler(LogCounter(statsd))
+                access_log = StatsdTee(access_log, statsd)
             worker = Worker(self.cfg, self.listeners, self.app, self.log, access_log,
                             self.ready_w, load_app, scoreboard=self.scoreboard,
                             slot=slot, generation=self.generation, max_requests=max_requests,
@@ -428,9 +439,22 @@ class Master:
                              line.replace(f"workers={count} (lowered", f"workers={count} "
                                           "(would be lowered", 1), self.cfg.workers)
 
+    def send_statsd(self) -> None:
+        """Twice a second, with --statsd-host: the master's gauges and log counts."""
+        statsd = self.statsd
+        statsd.gauges["gunicorn.workers"] = len(self.workers)
+        if self.cfg.enable_backlog_metric:
+            from berth.admin import listen_queue
+
+            queues = [listen_queue(s) for s in self.listeners]
+            statsd.gauges["gunicorn.backlog"] = sum(q for q in queues if q is not None)
+        statsd.flush()
+
     def check_workers(self, now: float) -> None:
         """Twice a second: heartbeats, recycling wishes, memory."""
         cfg = self.cfg
+        if self.statsd is not None:
+            self.send_statsd()
         for info in list(self.workers.values()):
             slot = self.scoreboard.read(info.slot)
             if info.abort_at:

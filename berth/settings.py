@@ -131,7 +131,6 @@ S = Setting
 
 # Why a setting is not implemented yet, naming the feature (an open issue) that brings it.
 _LOGS = "the logging settings are coming (an open issue); until then "
-_STATSD = "StatsD metrics are coming (an open issue); until then none are sent."
 _CONTROL = ("berth has no control socket (gunicornc): control it with signals (HUP reload, "
             "TERM stop, TTIN/TTOU workers, USR1 reopen logs)")
 
@@ -512,17 +511,20 @@ SETTINGS: tuple[Setting, ...] = (
       status=NOT_NEEDED, note="it only matters in daemon mode, which berth refuses; berth "
                               "never closes or redirects stdio."),
     S("statsd_host", ("--statsd-host",), optional_text, None,
-      "StatsD server to send metrics to (HOST:PORT).", "STATSD_ADDR", section="Logging",
-      status=NOT_YET, note=_STATSD),
+      "StatsD server to send Gunicorn's metrics to (HOST:PORT, or unix:PATH), over UDP: "
+      "gunicorn.request.duration, gunicorn.requests, gunicorn.request.status.<code>, "
+      "gunicorn.log.<level>, gunicorn.workers.", "STATSD_ADDR", section="Logging",
+      note="Gunicorn sends three datagrams per request from the request's thread; berth "
+           "sends the same series from each worker's loop twice a second, several metrics "
+           "per datagram (counters summed over the half second)."),
     S("dogstatsd_tags", ("--dogstatsd-tags",), text, "",
-      "Tags for DogStatsD metrics.", "DOGSTATSD_TAGS", section="Logging", status=NOT_YET,
-      note=_STATSD),
+      "DogStatsD tags appended to every metric (key:value,...).", "DOGSTATSD_TAGS",
+      section="Logging"),
     S("statsd_prefix", ("--statsd-prefix",), text, "",
-      "Prefix of StatsD metric names.", "STATSD_PREFIX", section="Logging", status=NOT_YET,
-      note=_STATSD),
+      "Prefix of StatsD metric names (a '.' is added).", "STATSD_PREFIX", section="Logging"),
     S("enable_backlog_metric", ("--enable-backlog-metric",), boolean, False,
-      "Report the listen backlog as a metric.", None, "store_true", section="Logging",
-      status=NOT_YET, note=_STATSD),
+      "With --statsd-host: also send gunicorn.backlog, the connections waiting in the "
+      "listeners' accept queues.", None, "store_true", section="Logging"),
     # -- process naming ---------------------------------------------------------------------
     S("proc_name", ("-n", "--name"), optional_text, None,
       "The name in the process titles ps and top show: `berth: master [NAME]` and `berth: "

@@ -326,7 +326,7 @@ def test_a_typical_gunicorn_command_line_parses():
     warnings = [line for level, line in cfg.notices if level == "warning"]
     infos = [line for level, line in cfg.notices if level == "info"]
     assert cfg.forwarded_allow_ips == "*" and cfg.proxy_protocol == "off"
-    for name in ("statsd_host", "logconfig"):
+    for name in ("logconfig",):
         assert any(line.startswith(f"{name} (") and "not implemented" in line
                    for line in warnings), name
     for name in ("reuse_port", "umask", "sendfile", "proc_name"):  # implemented: no line
@@ -436,14 +436,14 @@ def test_not_yet_warnings_name_the_feature_that_brings_them(tmp_path):
     write(tmp_path / "g.py", """\
         worker_connections = 10
         logconfig_dict = {"version": 1}
-        statsd_host = "localhost:8125"
+        syslog = True
         proc_name = "web"
     """)
     cfg = parse(["-c", "g.py", "app:app"], cwd=tmp_path)
     warnings = {line.split(" ", 1)[0]: line for level, line in cfg.notices
                 if level == "warning"}
     assert "logging settings are coming" in warnings["logconfig_dict"]
-    assert "StatsD metrics are coming" in warnings["statsd_host"]
+    assert "logging settings are coming" in warnings["syslog"]
     assert "proc_name" not in warnings  # process titles are implemented
 
 
@@ -452,8 +452,7 @@ def test_only_settings_an_open_issue_brings_are_accepted_and_ignored():
     ignores with a warning are only those another open issue implements."""
     coming = {"logconfig",
               "logconfig_dict", "logconfig_json", "syslog_addr", "syslog", "syslog_prefix",
-              "syslog_facility", "statsd_host", "dogstatsd_tags", "statsd_prefix",
-              "enable_backlog_metric"}
+              "syslog_facility"}
     assert {s.name for s in SETTINGS if s.status == NOT_YET} == coming
 
 
@@ -504,7 +503,7 @@ def test_print_config_render_is_python_with_sources(tmp_path):
     assert re.match(r"threads = 4 +# auto: workers=3 threads=4 \(", lines["threads"])
     assert re.match(r"backlog = 2048 +# default$", lines["backlog"])
     assert "post_fork = <function post_fork>" in lines["post_fork"]
-    assert "statsd_host" not in lines  # not implemented and not given: not listed
+    assert "syslog_addr" not in lines  # not implemented and not given: not listed
     assert re.match(r"reuse_port = False +# default$", lines["reuse_port"])
 
 
@@ -559,16 +558,16 @@ def test_refused_or_wrong_flag_exits_2_with_one_line(tmp_path, args):
 
 def test_start_logs_the_sizing_line_once_and_the_ignored_settings(berth, tmp_path):
     write(tmp_path / "gunicorn.conf.py",
-          "worker_connections = 10\nstatsd_host = 'localhost:8125'\n")
+          "worker_connections = 10\nlogconfig_json = 'log.json'\n")
     srv = berth(["--worker-tmp-dir", "/dev/shm", "proto_app:app"])
     assert http_get(srv.port, "/hello")[0] == 200
     err = srv.stderr()
     sizing = [ln for ln in err.splitlines() if re.search(r"\] workers=\d+ threads=\d+ \(", ln)]
     assert len(sizing) == 1, err
     assert "configuration file gunicorn.conf.py loaded (found in the current directory)" in err
-    assert re.search(r"\[WARNING\] statsd_host \(--statsd-host, from file "
+    assert re.search(r"\[WARNING\] logconfig_json \(--log-config-json, from file "
                      r"gunicorn.conf.py\) is not implemented in berth yet and is ignored: "
-                     r"StatsD metrics are coming", err), err
+                     r"the logging settings are coming", err), err
     assert "[INFO] at most 10 connections per worker (worker_connections; open files limit" \
         in err
     assert "[INFO] worker_tmp_dir (--worker-tmp-dir, from cli) is not needed" in err

@@ -94,9 +94,9 @@ def test_an_admin_listener_on_loopback_inside_a_container():
 
 
 def test_ignored_gunicorn_settings_are_listed_with_a_fix():
-    found = diagnose(cfg_for(["--statsd-host", "localhost:8125"], fake_info(cpus=2)),
+    found = diagnose(cfg_for(["--log-syslog"], fake_info(cpus=2)),
                      fake_info(cpus=2), euid=1000)
-    assert any(f.problem.startswith("statsd_host (--statsd-host, from cli) is not "
+    assert any(f.problem.startswith("syslog (--log-syslog, from cli) is not "
                                     "implemented")
                and "drop the setting" in f.fix for f in found)
 

@@ -1,0 +1,161 @@
+"""StatsD metrics with Gunicorn's names (`--statsd-host`, `--statsd-prefix`, `--dogstatsd-tags`),
+sent over UDP (or a unix datagram socket) without ever blocking.
+
+Gunicorn sends three datagrams per request from the request's own thread. berth records the
+request (one list append, on the path of every request only when StatsD is on) and each
+worker's loop sends what was recorded twice a second, several metrics per datagram (StatsD
+and DogStatsD take newline-separated metrics): the same series and the same totals.
+  - per request: `gunicorn.request.duration:<ms>|ms`, and the counters `gunicorn.requests`
+    and `gunicorn.request.status.<code>` (summed over the half second: `:<n>|c|@1.0`);
+  - `gunicorn.log.critical|error|warning|exception` counters from the error log;
+  - the master: the gauge `gunicorn.workers` each tick, and, with `--enable-backlog-metric`,
+    `gunicorn.backlog` (connections waiting in the listeners' accept queues).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+from collections import Counter
+
+MAX_DATAGRAM = 1432  # fits an Ethernet MTU with IP and UDP headers
+
+
+def parse_address(value: str):
+    """`HOST:PORT` (Gunicorn's default port 8125 when it is missing) or `unix:PATH` / a
+    path: (family, address)."""
+    if value.startswith("unix:") or value.startswith("/"):
+        return socket.AF_UNIX, value.removeprefix("unix:")
+    host, _, port = value.rpartition(":") if ":" in value else (value, "", "8125")
+    host = host.strip("[]") or "localhost"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return family, (host, int(port or 8125))
+
+
+class Statsd:
+    """What one process sends (see the module docstring). `record()` is called per request,
+    `flush()` by the loop or the master's tick."""
+
+    def __init__(self, address: str, prefix: str = "", tags: str = ""):
+        family, self.address = parse_address(address)
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.prefix = re.sub(r"^(.+[^.]+)\.*$", "\\g<1>.", prefix)  # as Gunicorn's: one "."
+        self.tail = f"|#{tags}" if tags else ""
+        self.requests: list[tuple[str, float]] = []  # (status, seconds), appended per request
+        self.counts: Counter = Counter()  # other counters (log levels)
+        self.gauges: dict[str, float] = {}
+
+    @classmethod
+    def from_config(cls, cfg) -> Statsd | None:
+        if not cfg.statsd_host:
+            return None
+        return cls(cfg.statsd_host, cfg.statsd_prefix, cfg.dogstatsd_tags)
+
+    def record(self, status: str, seconds: float) -> None:
+        self.requests.append((status, seconds))
+
+    def lines(self) -> list[str]:
+        requests, self.requests = self.requests, []
+        counts, self.counts = self.counts, Counter()
+        gauges, self.gauges = self.gauges, {}
+        p, tail = self.prefix, self.tail
+        out = [f"{p}gunicorn.request.duration:{seconds * 1000:.3f}|ms{tail}"
+               for _, seconds in requests]
+        if requests:
+            out.append(f"{p}gunicorn.requests:{len(requests)}|c|@1.0{tail}")
+            by_status = Counter(status[:3] for status, _ in requests)
+            out += [f"{p}gunicorn.request.status.{code}:{n}|c|@1.0{tail}"
+                    for code, n in sorted(by_status.items())]
+        out += [f"{p}{name}:{n}|c|@1.0{tail}" for name, n in sorted(counts.items())]
+        out += [f"{p}{name}:{value:g}|g{tail}" for name, value in sorted(gauges.items())]
+        return out
+
+    def flush(self) -> None:
+        """Send what was recorded: whole metrics, newline-joined, a datagram at a time.
+        A full socket buffer or an absent server loses them, as UDP may."""
+        datagram: list[str] = []
+        size = 0
+        for line in self.lines():
+            if datagram and size + len(line) + 1 > MAX_DATAGRAM:
+                self._send("\n".join(datagram))
+                datagram, size = [], 0
+            datagram.append(line)
+            size += len(line) + 1
+        if datagram:
+            self._send("\n".join(datagram))
+
+    def _send(self, text: str) -> None:
+        try:
+            self.sock.sendto(text.encode("ascii", "replace"), self.address)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class LogCounter(logging.Handler):
+    """Counts the error log's warnings, errors, criticals and exceptions for StatsD."""
+
+    def __init__(self, statsd: Statsd):
+        super().__init__(logging.WARNING)
+        self.statsd = statsd
+
+    def emit(self, record: logging.LogRecord) -> None:
+        name = "exception" if record.exc_info and record.levelno >= logging.ERROR else \
+            record.levelname.lower()
+        self.statsd.counts[f"gunicorn.log.{name}"] += 1
+
+
+class StatsdTee:
+    """The worker's access log, as the responder sees it (`format`, `lines`, `flush`...),
+    with StatsD beside it: each request is recorded for StatsD, then formatted for the access
+    log if there is one. The request path is unchanged."""
+
+    needs_duration = True
+
+    def __init__(self, access_log, statsd: Statsd):
+        self.access_log = access_log
+        self.statsd = statsd
+        record = statsd.record
+        if access_log is None:
+            self.lines = _Discard()
+
+            def format(environ, status, sent, seconds, headers):
+                record(status, seconds)
+        else:
+            self.lines = access_log.lines
+            access_format = access_log.format
+
+            def format(environ, status, sent, seconds, headers):
+                record(status, seconds)
+                return access_format(environ, status, sent, seconds, headers)
+        self.format = format
+
+    def flush(self) -> None:
+        if self.access_log is not None:
+            self.access_log.flush()
+            self.lines = self.access_log.lines  # (flush swaps in a new list)
+        self.statsd.flush()
+
+    def close(self, timeout: float = 2.0) -> None:
+        if self.access_log is not None:
+            self.access_log.close(timeout)
+        self.statsd.flush()
+
+    def reopen(self) -> None:
+        if self.access_log is not None:
+            self.access_log.reopen()
+
+    @property
+    def dropped_total(self) -> int:
+        return self.access_log.dropped_total if self.access_log is not None else 0
+
+
+class _Discard(list):
+    """`lines` when there is no access log: nothing is kept."""
+
+    def append(self, item) -> None:
+        pass

@@ -1,0 +1,65 @@
+"""StatsD with Gunicorn's metric names, read from a UDP socket on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import Counter
+
+from proto_helpers import http_get
+
+
+def collect(sock: socket.socket, until, timeout: float = 10.0) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not until(lines):
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            break
+        lines += data.decode().split("\n")
+    return lines
+
+
+def test_gunicorns_metrics_arrive_over_udp_with_prefix_and_tags(berth):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        port = udp.getsockname()[1]
+        srv = berth(["-w", "1", "--statsd-host", f"127.0.0.1:{port}", "--statsd-prefix",
+                     "web", "--dogstatsd-tags", "env:test", "--enable-backlog-metric",
+                     "proto_app:app"])
+        for path in ("/hello", "/hello", "/hello", "/nope", "/nope", "/raise-before"):
+            http_get(srv.port, path)
+
+        def done(lines):
+            counts = Counter()
+            for line in lines:
+                name, _, rest = line.partition(":")
+                if name == "web.gunicorn.requests":
+                    counts["requests"] += int(rest.split("|")[0])
+            return counts["requests"] >= 6 and any("gunicorn.log.exception" in x for x in lines)
+
+        lines = collect(udp, done)
+    assert lines and all(line.endswith("|#env:test") for line in lines), lines[:5]
+    counters: Counter = Counter()
+    durations = []
+    gauges = {}
+    for line in lines:
+        name, _, rest = line.partition(":")
+        value, kind = rest.split("|")[:2]
+        if kind == "c":
+            counters[name] += int(value)
+        elif kind == "ms":
+            durations.append(float(value))
+        elif kind == "g":
+            gauges[name] = float(value)
+    assert counters["web.gunicorn.requests"] == 6
+    assert counters["web.gunicorn.request.status.200"] == 3
+    assert counters["web.gunicorn.request.status.404"] == 2
+    assert counters["web.gunicorn.request.status.500"] == 1
+    assert counters["web.gunicorn.log.exception"] >= 1
+    assert len([n for n in lines if n.startswith("web.gunicorn.request.duration:")]) == 6
+    assert all(d >= 0 for d in durations)
+    assert gauges.get("web.gunicorn.workers") == 1
+    assert "web.gunicorn.backlog" in gauges
