@@ -265,6 +265,42 @@ def render_status(view: View) -> dict:
     }
 
 
+def render_status_html(status: dict) -> str:
+    """/status for a browser: the same facts as a table, rendered here and refreshed every
+    second by the page itself (no JavaScript). Every value is escaped."""
+    from html import escape
+
+    def cell(value) -> str:
+        return f"<td>{escape('' if value is None else str(value))}</td>"
+
+    rows = []
+    for w in status["workers"]:
+        oldest = w["oldest_request"] or {}
+        request = oldest.get("line") or ("running" if oldest else "")
+        age = f"{oldest['age_s']:.1f} s" if oldest else ""
+        rows.append("<tr>" + "".join(cell(v) for v in (
+            w["pid"], w["generation"], w["state"], f"{w['age_s']:.0f} s", w["requests_served"],
+            w["in_flight"], w["busy_threads"], request, age, f"{w['rss_bytes'] >> 20} MiB",
+            f"{w['heartbeat_age_s']:.1f} s")) + "</tr>")
+    listeners = "".join(f"<li>{escape(str(item['address']))}: {item['listen_queue']} waiting"
+                        "</li>" for item in status["listeners"])
+    config = ", ".join(f"{escape(str(k))} {escape(str(v))}" for k, v in status["config"].items())
+    head = ("pid", "generation", "state", "age", "served", "in flight", "busy threads",
+            "oldest request", "its age", "RSS", "heartbeat")
+    return (
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\">"
+        "<meta http-equiv=\"refresh\" content=\"1\"><title>berth status</title>"
+        "<style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:left}"
+        "</style></head><body>"
+        f"<h1>berth {escape(status['berth'])}, master {status['pid']}</h1>"
+        f"<p>{escape(status['phase'])}; up {status['uptime_s']:.0f} s; live: "
+        f"{escape(status['live']['reason'])}; ready: {escape(status['ready']['reason'])}</p>"
+        "<table id=\"workers\"><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) +
+        "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        f"<h2>Listeners</h2><ul>{listeners}</ul><h2>Configuration</h2><p>{config}</p>"
+        "</body></html>\n")
+
+
 def restart_reason(info: WorkerInfo, how: str) -> str | None:
     """Why an exited worker was replaced (RESTART_REASONS), from what the master recorded
     (`WorkerInfo.killed`, `.stopping`: the words of its log line) and how it ended; None
@@ -465,7 +501,7 @@ class AdminServer:
         req = parser.ready[0] if parser.ready else parser.current
         if req is None or parser.in_head or not req.method:
             return  # the head is not complete yet
-        self._answer(conn, self.answer(req.method, req.url))
+        self._answer(conn, self.answer(req.method, req.url, req.headers.get("HTTP_ACCEPT", "")))
 
     def _answer(self, conn: _Conn, data: bytes) -> None:
         conn.answered = True
@@ -509,8 +545,8 @@ class AdminServer:
 
     # -- the endpoints ----------------------------------------------------------------------
 
-    def answer(self, method: bytes, url: bytes) -> bytes:
-        """The whole response to `method url`."""
+    def answer(self, method: bytes, url: bytes, accept: str = "") -> bytes:
+        """The whole response to `method url` (`accept`: the Accept header, for /status)."""
         self.date.refresh()
         head_only = method == b"HEAD"
         handler = self.routes.get(url.split(b"?", 1)[0])
@@ -521,7 +557,10 @@ class AdminServer:
         if method not in (b"GET", b"HEAD"):
             return response(405, b"only GET and HEAD\n", date=self.date,
                             extra=(("Allow", "GET, HEAD"),))
-        status, content_type, body = handler(self.view())
+        if handler == self.status and "text/html" in accept:  # a browser
+            status, content_type, body = self.status_page(self.view())
+        else:
+            status, content_type, body = handler(self.view())
         return response(status, body, content_type, head_only=head_only, date=self.date)
 
     def livez(self, view: View) -> tuple[int, str, bytes]:
@@ -538,6 +577,9 @@ class AdminServer:
     def status(self, view: View) -> tuple[int, str, bytes]:
         return 200, "application/json", (json.dumps(render_status(view), indent=1) +
                                          "\n").encode()
+
+    def status_page(self, view: View) -> tuple[int, str, bytes]:
+        return 200, "text/html; charset=utf-8", render_status_html(render_status(view)).encode()
 
     def view(self) -> View:
         """The master and its scoreboard, now."""

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import time
+from html.parser import HTMLParser
 
 import pytest
 from conftest import free_port
@@ -28,6 +29,7 @@ from berth.admin import (
     redact,
     render_metrics,
     render_status,
+    render_status_html,
     restart_reason,
 )
 from berth.children import WorkerInfo
@@ -154,11 +156,12 @@ def start(berth, *args: str, **kw):
     return srv
 
 
-def admin_get(srv, path: str, method: str = "GET") -> tuple[int, dict, bytes]:
+def admin_get(srv, path: str, method: str = "GET", accept: str = "") -> tuple[int, dict, bytes]:
     """One admin request, read until the master closes; it must answer within ANSWER_BOUND."""
     started = time.monotonic()
+    extra = f"Accept: {accept}\r\n" if accept else ""
     with socket.create_connection(("127.0.0.1", srv.admin), timeout=ANSWER_BOUND) as sock:
-        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: admin\r\n\r\n".encode())
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: admin\r\n{extra}\r\n".encode())
         data = b""
         while True:
             chunk = sock.recv(65536)
@@ -442,3 +445,69 @@ def test_an_admin_address_in_use_is_one_line_and_exit_1(berth):
     errors = [ln for ln in srv.stderr().splitlines() if "[ERROR]" in ln]
     assert len(errors) == 1 and errors[0].endswith(
         f"--admin-bind: cannot listen on 127.0.0.1:{port}: Address already in use")
+
+
+class _Table(HTMLParser):
+    """The cells of the page's workers table, and its refresh."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self.refresh = None
+        self._in_table = self._in_td = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "meta" and attrs.get("http-equiv") == "refresh":
+            self.refresh = attrs.get("content")
+        elif tag == "table" and attrs.get("id") == "workers":
+            self._in_table = True
+        elif tag == "tr" and self._in_table:
+            self.rows.append([])
+        elif tag == "td" and self._in_table:
+            self._in_td = True
+            self.rows[-1].append("")
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._in_table = False
+        elif tag == "td":
+            self._in_td = False
+
+    def handle_data(self, data):
+        if self._in_td:
+            self.rows[-1][-1] += data
+
+
+def table_of(html: str) -> _Table:
+    parser = _Table()
+    parser.feed(html)
+    return parser
+
+
+def test_the_status_page_is_the_same_table_escaped_and_refreshing():
+    doc = render_status(view(worker(7, BUSY, in_flight=1, oldest_start=98.0,
+                                    oldest_line="GET /<script>?token=abc HTTP/1.1")))
+    html = render_status_html(doc)
+    page = table_of(html)
+    assert page.refresh == "1" and "<script>" not in html and "abc" not in html
+    rows = [r for r in page.rows if r]
+    assert len(rows) == 1 and rows[0][0] == "7" and rows[0][2] == "busy"
+    assert rows[0][7] == "GET /<script> HTTP/1.1"  # (escaped in the page, text in the cell)
+
+
+def test_a_browser_gets_the_status_page_listing_the_workers_and_a_stuck_request(berth):
+    srv = start(berth, "-w", "2", "--threads", "1")
+    status, headers, body = admin_get(srv, "/status", accept="text/html,application/xhtml+xml")
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert {int(r[0]) for r in table_of(body.decode()).rows if r} == set(pids_children(srv.pid))
+    t, _ = in_background(lambda: http_get(srv.port, "/sleep?s=3", timeout=10))
+
+    def stuck():
+        rows = table_of(admin_get(srv, "/status", accept="text/html")[2].decode()).rows
+        return [r for r in rows if r and r[2] == "busy" and r[8]]
+
+    assert wait_for(stuck, timeout=2.5, interval=0.1), "the stuck request never showed"
+    # a client that does not ask for HTML still gets JSON
+    assert admin_get(srv, "/status")[1]["content-type"] == "application/json"
+    t.join(timeout=10)
