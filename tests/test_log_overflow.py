@@ -5,14 +5,13 @@ metrics; with block, the worker waits for the reader."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 
 import pytest
-from conftest import APPS, ROOT, free_port, read_response
+from conftest import APPS, ROOT, connect, free_port, read_response
 from proto_helpers import pids_children, wait_for
 
 UA = "x" * 1000  # each access line about 1 KB: a 4 MiB backlog fills in about 4,000 requests
@@ -35,15 +34,6 @@ def start(tmp_path, *args):
 def get(sock, path="/hello"):
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nUser-Agent: {UA}\r\n\r\n".encode())
     return read_response(sock)
-
-
-def connect(port, timeout=10):
-    from conftest import BufferedSocket
-
-    sock = BufferedSocket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    sock.connect(("127.0.0.1", port))
-    return sock
 
 
 def metric(admin, name):
