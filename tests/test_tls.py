@@ -10,12 +10,12 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import APPS, ROOT, Server, free_port
+from conftest import Server, free_port
 from proto_helpers import wait_for
+from test_cli import run_berth as run_cli
 
 trustme = pytest.importorskip("trustme")
 requests = pytest.importorskip("requests")
@@ -193,10 +193,8 @@ def test_a_proxy_protocol_header_comes_before_the_handshake(berth, certs):
 
 
 def run_berth(args, cwd):
-    env = dict(os.environ, BERTH_IN_CONTAINER="0", PYTHONPATH=f"{APPS}{os.pathsep}{ROOT}")
-    return subprocess.run([sys.executable, "-m", "berth", "-b", f"127.0.0.1:{free_port()}",
-                           *args, "proto_app:app"], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=30)
+    return run_cli(["-b", f"127.0.0.1:{free_port()}", *args, "proto_app:app"], timeout=30,
+                   cwd=cwd)
 
 
 @pytest.mark.parametrize("args, words", [
