@@ -42,7 +42,18 @@ from urllib.parse import urlsplit
 from berth import __version__
 from berth.http.framing import DateCache
 from berth.http.parser import REASONS, HttpError, RequestParser
-from berth.scoreboard import BOOTING, BUSY, IDLE, STATE_NAMES, Slot
+from berth.scoreboard import (
+    BOOTING,
+    BUSY,
+    DURATION_BOUNDS,
+    IDLE,
+    METHODS,
+    N_BUCKETS,
+    N_REQUESTS,
+    STATE_NAMES,
+    STATUS_CLASSES,
+    Slot,
+)
 from berth.sockets import BindError, create_listener, describe
 
 if TYPE_CHECKING:
@@ -87,16 +98,24 @@ class Seen:
 class Totals:
     """Counts of workers that are gone, kept so that counters never go back."""
 
-    responses: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # 2xx 3xx 4xx 5xx
+    requests: list[int] = field(default_factory=lambda: [0] * N_REQUESTS)  # see Slot
+    durations: list[int] = field(default_factory=lambda: [0] * N_BUCKETS)
+    duration_sum: float = 0.0
+    queued: int = 0
+    queued_seconds: float = 0.0
     bytes_sent: int = 0
     over_deadline: int = 0
     log_dropped: int = 0
     restarts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RESTART_REASONS, 0))
 
     def add(self, slot: Slot) -> None:
-        for i, n in enumerate((slot.status_2xx, slot.status_3xx, slot.status_4xx,
-                               slot.status_5xx)):
-            self.responses[i] += n
+        for name in ("requests", "durations"):
+            mine = getattr(self, name)
+            for i, n in enumerate(getattr(slot, name)):
+                mine[i] += n
+        self.duration_sum += slot.duration_sum
+        self.queued += slot.queued
+        self.queued_seconds += slot.queued_seconds
         self.bytes_sent += slot.bytes_sent
         self.over_deadline += slot.over_deadline
         self.log_dropped += slot.log_dropped
@@ -163,24 +182,49 @@ def render_metrics(view: View) -> str:
     """Prometheus text exposition 0.0.4: HELP and TYPE lines, then the samples."""
     out: list[str] = []
 
-    def family(name: str, kind: str, help_text: str, samples) -> None:
+    def family(name: str, kind: str, help_text: str, samples, suffix: str = "") -> None:
         out.append(f"# HELP {name} {help_text}")
         out.append(f"# TYPE {name} {kind}")
+        samples_of(name + suffix, samples)
+
+    def samples_of(name: str, samples) -> None:
         for labels, value in samples:
             text = ",".join(f'{k}="{_label(v)}"' for k, v in labels)
             out.append(f"{name}{{{text}}} {_number(value)}" if text
                        else f"{name} {_number(value)}")
 
+    def histogram(name: str, help_text: str, buckets, total: float, count: int,
+                  kind: str = "histogram") -> None:
+        family(name, kind, help_text, buckets, "_bucket")
+        samples_of(f"{name}_sum", [((), total)])
+        samples_of(f"{name}_count", [((), count)])
+
     slots = [w.slot for w in view.workers]
     retired = view.retired
-    responses = list(retired.responses)
+    total = Totals(list(retired.requests), list(retired.durations), retired.duration_sum,
+                   retired.queued, retired.queued_seconds)
     for slot in slots:
-        for i, n in enumerate((slot.status_2xx, slot.status_3xx, slot.status_4xx,
-                               slot.status_5xx)):
-            responses[i] += n
+        total.add(slot)
+    classes = len(STATUS_CLASSES)
     family("berth_requests_total", "counter",
-           "Responses sent, by status class (workers publish their counts twice a second).",
-           [((("status_class", f"{i + 2}xx"),), n) for i, n in enumerate(responses)])
+           "Responses sent, by method and status class (workers publish their counts twice "
+           "a second).",
+           [((("method", method), ("status_class", status_class)), total.requests[m * classes + c])
+            for m, method in enumerate(METHODS) for c, status_class in enumerate(STATUS_CLASSES)])
+    buckets, running = [], 0
+    for bound, n in zip((*DURATION_BOUNDS, "+Inf"), total.durations):
+        running += n
+        buckets.append(((("le", bound if bound == "+Inf" else repr(bound)),), running))
+    histogram("berth_request_duration_seconds",
+              "Seconds from the app call to the response's end (requests berth answers "
+              "itself, probes and rejected requests, count as 0).",
+              buckets, total.duration_sum, running)
+    histogram("berth_request_queue_seconds",
+              "Seconds requests waited for an app thread (a request the loop thread runs "
+              "itself does not wait and is not counted).", [], total.queued_seconds,
+              total.queued, kind="summary")
+    family("berth_request_queue_depth", "gauge", "Requests waiting for an app thread now.",
+           [((), sum(s.queue_depth for s in slots))])
     family("berth_response_bytes_total", "counter", "Response body bytes sent.",
            [((), retired.bytes_sent + sum(s.bytes_sent for s in slots))])
     family("berth_requests_over_deadline_total", "counter",

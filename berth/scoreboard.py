@@ -37,10 +37,23 @@ STATE_NAMES = ("free", "booting", "idle", "busy", "draining", "retiring", "out o
 
 LINE_SIZE = 96  # bytes kept of the oldest in-flight request's first line
 
+# What the request counters are broken down by (berth_requests_total{method,status_class},
+# berth_request_duration_seconds). A method outside METHODS counts as OTHER, and so does a
+# request the parser rejected (it has no method to trust).
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER")
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+# Upper bounds of the duration histogram's buckets, in seconds (and +Inf after them): from
+# half a millisecond, where a quick view answers, to the 30 s of a long request.
+DURATION_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0, 30.0)
+N_REQUESTS = len(METHODS) * len(STATUS_CLASSES)  # responses by method and status class
+N_BUCKETS = len(DURATION_BOUNDS) + 1
+
 # pid, generation, state, busy threads, heartbeat, served, in flight, oldest start,
-# oldest line, rss, counters: responses 2xx 3xx 4xx 5xx, bytes sent, requests over deadline,
-# access-log lines dropped
-_SLOT = struct.Struct(f"=iIBHdQId{LINE_SIZE}sQQQQQQQQQ")
+# oldest line, rss, uss, bytes sent, requests over deadline, access-log lines dropped,
+# queue depth, requests queued, seconds queued, duration sum, then the responses by method
+# and status class, then the duration buckets (each bucket's own count, not cumulative)
+_SLOT = struct.Struct(f"=iIBHdQId{LINE_SIZE}sQQQQQIQdd{N_REQUESTS}Q{N_BUCKETS}Q")
 _SEQ = struct.Struct("=I")  # a seqlock word before each slot (see Scoreboard.write)
 SLOT_SIZE = (_SEQ.size + _SLOT.size + 63) // 64 * 64  # cache-line aligned: no shared lines
 
@@ -58,13 +71,16 @@ class Slot:
     oldest_line: str = ""
     rss: int = 0  # bytes
     uss: int = 0  # bytes private to this worker (measured once, when it is ready)
-    status_2xx: int = 0
-    status_3xx: int = 0
-    status_4xx: int = 0
-    status_5xx: int = 0
     bytes_sent: int = 0
     over_deadline: int = 0
     log_dropped: int = 0  # access-log lines dropped (--log-overflow drop, a reader too slow)
+    queue_depth: int = 0  # requests waiting for an app thread now
+    queued: int = 0  # requests that went through the app threads' queue
+    queued_seconds: float = 0.0  # the time they waited there, summed
+    duration_sum: float = 0.0  # seconds, from the app call to the response's end, summed
+    # responses, index METHODS.index(method) * 5 + status class - 1
+    requests: tuple = (0,) * N_REQUESTS
+    durations: tuple = (0,) * N_BUCKETS  # responses per duration bucket (DURATION_BOUNDS)
     app_since: float = 0.0  # --threads 1: the loop thread runs the app since then (0: it does not)
 
     @property
@@ -101,9 +117,9 @@ class Scoreboard:
         line = slot.oldest_line.encode("latin-1", "replace")[:LINE_SIZE]
         data = _SLOT.pack(slot.pid, slot.generation, slot.state, slot.busy_threads,
                           slot.heartbeat, slot.served, slot.in_flight, slot.oldest_start, line,
-                          slot.rss, slot.uss, slot.status_2xx, slot.status_3xx,
-                          slot.status_4xx, slot.status_5xx, slot.bytes_sent, slot.over_deadline,
-                          slot.log_dropped)
+                          slot.rss, slot.uss, slot.bytes_sent, slot.over_deadline,
+                          slot.log_dropped, slot.queue_depth, slot.queued, slot.queued_seconds,
+                          slot.duration_sum, *slot.requests, *slot.durations)
         base = index * SLOT_SIZE
         mem = self.mem
         seq = _SEQ.unpack_from(mem, base)[0]
@@ -121,11 +137,9 @@ class Scoreboard:
             fields = _SLOT.unpack_from(mem, base + _SEQ.size)
             if _SEQ.unpack_from(mem, base)[0] == before:
                 break
-        (pid, generation, state, busy, heartbeat, served, in_flight, oldest_start, line,
-         rss, uss, s2, s3, s4, s5, sent, over, dropped) = fields
-        slot = Slot(pid, generation, state, busy, heartbeat, served, in_flight, oldest_start,
-                    line.rstrip(b"\0").decode("latin-1"), rss, uss, s2, s3, s4, s5, sent, over,
-                    dropped)
+        slot = Slot(*fields[:8], fields[8].rstrip(b"\0").decode("latin-1"), *fields[9:18],
+                    requests=fields[18:18 + N_REQUESTS], durations=fields[18 + N_REQUESTS:])
+        state = slot.state
         since = self._app_words[index]
         if since:  # the loop thread is in the app: its slot was written before that
             slot.app_since = since
@@ -133,7 +147,7 @@ class Scoreboard:
                 slot.state = BUSY
             slot.in_flight += 1
             slot.busy_threads += 1
-            if not oldest_start or since < oldest_start:
+            if not slot.oldest_start or since < slot.oldest_start:
                 slot.oldest_start, slot.oldest_line = since, ""  # (its line is not stored)
         return slot
 

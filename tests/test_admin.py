@@ -15,7 +15,7 @@ import time
 from html.parser import HTMLParser
 
 import pytest
-from conftest import free_port
+from conftest import connect, free_port, read_response
 from prometheus_client.parser import text_string_to_metric_families
 from proto_helpers import exit_within, http_get, in_background, pids_children, wait_for
 
@@ -34,7 +34,17 @@ from berth.admin import (
 )
 from berth.children import WorkerInfo
 from berth.master import OVERRAN
-from berth.scoreboard import BOOTING, BUSY, DRAINING, IDLE, Slot
+from berth.scoreboard import (
+    BOOTING,
+    BUSY,
+    DRAINING,
+    IDLE,
+    METHODS,
+    N_BUCKETS,
+    N_REQUESTS,
+    STATUS_CLASSES,
+    Slot,
+)
 
 ANSWER_BOUND = 2.0  # seconds: an admin answer, whatever the workers are doing
 
@@ -81,19 +91,47 @@ def families(text: str) -> dict:
     return out
 
 
+def requests_of(counts: dict) -> list[int]:
+    """A slot's `requests` from {(method, status class): n}."""
+    out = [0] * N_REQUESTS
+    for (method, status_class), n in counts.items():
+        out[METHODS.index(method) * len(STATUS_CLASSES) + STATUS_CLASSES.index(status_class)] = n
+    return out
+
+
 def test_metrics_add_the_retired_counts_and_count_threads_per_serving_worker():
-    retired = Totals(responses=[10, 1, 2, 3], bytes_sent=1000, over_deadline=1)
+    retired = Totals(requests=requests_of({("GET", "2xx"): 10, ("POST", "4xx"): 2}),
+                     durations=[8, 4] + [0] * (N_BUCKETS - 2), duration_sum=0.01,
+                     queued=3, queued_seconds=0.5, bytes_sent=1000, over_deadline=1)
     retired.restarts["max_requests"] = 2
     text = render_metrics(view(
-        worker(11, BUSY, busy_threads=2, in_flight=2, status_2xx=5, bytes_sent=50, rss=1 << 20),
-        worker(12, IDLE, status_4xx=1),
+        worker(11, BUSY, busy_threads=2, in_flight=2, bytes_sent=50, rss=1 << 20,
+               requests=requests_of({("GET", "2xx"): 5}), queue_depth=4, queued=2,
+               queued_seconds=0.25, durations=[0] * (N_BUCKETS - 1) + [5], duration_sum=200.0),
+        worker(12, IDLE, requests=requests_of({("OTHER", "4xx"): 1}), durations=[1] + [0] * 15),
         worker(13, DRAINING, busy_threads=1, in_flight=1),  # busy, but takes no more work
         retired=retired, listeners=[("http://127.0.0.1:8000", 7), ("unix:/x", None)]))
-    for name in ("berth_requests_total", "berth_app_threads", "berth_listen_queue"):
+    for name in ("berth_requests_total", "berth_app_threads", "berth_listen_queue",
+                 "berth_request_duration_seconds", "berth_request_queue_seconds"):
         assert f"# HELP {name} " in text and f"# TYPE {name} " in text
     m = families(text)
-    assert m[("berth_requests_total", (("status_class", "2xx"),))] == 15
-    assert m[("berth_requests_total", (("status_class", "4xx"),))] == 3
+
+    def requests(method, status_class):
+        return m[("berth_requests_total", (("method", method), ("status_class", status_class)))]
+
+    assert requests("GET", "2xx") == 15 and requests("POST", "4xx") == 2
+    assert requests("OTHER", "4xx") == 1 and requests("PUT", "5xx") == 0
+    assert sum(v for (name, _), v in m.items() if name == "berth_requests_total") == 18
+
+    def bucket(le):
+        return m[("berth_request_duration_seconds_bucket", (("le", le),))]
+
+    assert bucket("0.0005") == 9 and bucket("0.001") == 13 and bucket("30.0") == 13
+    assert bucket("+Inf") == 18 == m[("berth_request_duration_seconds_count", ())]
+    assert m[("berth_request_duration_seconds_sum", ())] == 200.01
+    assert m[("berth_request_queue_seconds_count", ())] == 5
+    assert m[("berth_request_queue_seconds_sum", ())] == 0.75
+    assert m[("berth_request_queue_depth", ())] == 4
     assert m[("berth_response_bytes_total", ())] == 1050
     assert m[("berth_requests_over_deadline_total", ())] == 1
     assert m[("berth_requests_in_flight", ())] == 3
@@ -266,22 +304,71 @@ def test_readyz_says_503_through_the_shutdown_delay(berth):
     assert code == 0
 
 
+def send(port: int, raw: bytes) -> int:
+    with connect(port) as sock:
+        sock.sendall(raw)
+        return read_response(sock, head_only=raw.startswith(b"HEAD"))[0]
+
+
 def test_request_counters_match_a_known_mix_exactly(berth):
     srv = start(berth, "-w", "2", "--threads", "2")
     for _ in range(7):
         assert http_get(srv.port, "/hello")[0] == 200
     for _ in range(3):
         assert http_get(srv.port, "/status?code=404")[0] == 404
-    m = settle(srv, lambda m: requests_total(m) >= 10)
+    mix = {("HEAD", "/hello", 200): 2, ("POST", "/status?code=302", 302): 3,
+           ("PUT", "/status?code=500", 500): 1, ("DELETE", "/hello", 200): 1,
+           ("PATCH", "/status?code=201", 201): 1, ("OPTIONS", "/hello", 200): 1,
+           ("PURGE", "/hello", 200): 2}
+    for (method, path, code), n in mix.items():
+        for _ in range(n):
+            raw = f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            body = "Content-Length: 0\r\n" if method in ("POST", "PUT", "PATCH") else ""
+            assert send(srv.port, (raw + body + "\r\n").encode()) == code
+    assert send(srv.port, b"GET /hello HTTP/1.1\r\nHost: x\r\nBad Header: x\r\n\r\n") == 400
+    app_requests = 10 + sum(mix.values())
+    total = app_requests + 1
+    m = settle(srv, lambda m: requests_total(m) >= total)
     time.sleep(1.1)  # two more heartbeats: nothing more may come
     m = scrape(srv)
-    counts = {c: metric(m, "berth_requests_total", status_class=c)
-              for c in ("2xx", "3xx", "4xx", "5xx")}
-    assert counts == {"2xx": 7, "3xx": 0, "4xx": 3, "5xx": 0}
-    assert metric(m, "berth_response_bytes_total") == 7 * len(b"Hello, world!\n")
+    seen = {(labels[0][1], labels[1][1]): v for (name, labels), v in m.items()
+            if name == "berth_requests_total" and v}
+    assert seen == {("GET", "2xx"): 7, ("GET", "4xx"): 3, ("HEAD", "2xx"): 2,
+                    ("POST", "3xx"): 3, ("PUT", "5xx"): 1, ("DELETE", "2xx"): 1,
+                    ("PATCH", "2xx"): 1, ("OPTIONS", "2xx"): 1, ("OTHER", "2xx"): 2,
+                    ("OTHER", "4xx"): 1}  # PURGE, and the request the parser refused
+    hello = len(b"Hello, world!\n")
+    assert metric(m, "berth_response_bytes_total") == (7 + 1 + 1 + 2) * hello
     assert metric(m, "berth_requests_in_flight") == 0
     assert metric(m, "berth_requests_over_deadline_total") == 0
-    assert sum(w["requests_served"] for w in status_of(srv)["workers"]) == 10
+    assert sum(w["requests_served"] for w in status_of(srv)["workers"]) == total
+    # every response is in the duration histogram; each bucket holds those below it
+    buckets = sorted((float(labels[0][1]), v) for (name, labels), v in m.items()
+                     if name == "berth_request_duration_seconds_bucket")
+    assert buckets[-1] == (float("inf"), total)
+    assert metric(m, "berth_request_duration_seconds_count") == total
+    assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:]))
+    assert buckets[0][1] >= 1  # (the refused request took no app time)
+    assert 0 < metric(m, "berth_request_duration_seconds_sum") < 10
+    # with app threads, every request waited in the queue, if only for microseconds (the
+    # refused one too: its 400 is sent in turn, by an app thread)
+    assert metric(m, "berth_request_queue_seconds_count") == total
+    assert 0 <= metric(m, "berth_request_queue_seconds_sum") < 10
+    assert metric(m, "berth_request_queue_depth") == 0
+
+
+def test_the_duration_histogram_sees_a_slow_request_and_the_queue_a_wait(berth):
+    srv = start(berth, "-w", "1", "--threads", "1", "--timeout", "30")
+    assert http_get(srv.port, "/sleep?s=0.3")[0] == 200
+    m = settle(srv, lambda m: requests_total(m) >= 1)
+
+    def bucket(le):
+        return metric(m, "berth_request_duration_seconds_bucket", le=le)
+
+    assert bucket("0.25") == 0 and bucket("0.5") == 1
+    assert 0.3 <= metric(m, "berth_request_duration_seconds_sum") < 0.5
+    # --threads 1 runs the app on the loop thread: nothing waits in a queue
+    assert metric(m, "berth_request_queue_seconds_count") == 0
 
 
 def test_counters_never_go_back_when_workers_are_recycled_or_killed(berth):

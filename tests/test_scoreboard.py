@@ -3,14 +3,26 @@
 import os
 import time
 
-from berth.scoreboard import BUSY, IDLE, MAX_SLOTS, MAX_WORKERS, SLOT_SIZE, Scoreboard, Slot
+from berth.scoreboard import (
+    BUSY,
+    IDLE,
+    MAX_SLOTS,
+    MAX_WORKERS,
+    N_BUCKETS,
+    N_REQUESTS,
+    SLOT_SIZE,
+    Scoreboard,
+    Slot,
+)
 
 
 def test_slot_round_trips_every_field():
     board = Scoreboard(4)
     slot = Slot(pid=1234, generation=3, state=BUSY, busy_threads=2, heartbeat=12.5, served=99,
                 in_flight=2, oldest_start=11.0, oldest_line="GET /x HTTP/1.1", rss=5 << 20,
-                uss=3 << 20, status_5xx=1, bytes_sent=4096, over_deadline=1)
+                uss=3 << 20, bytes_sent=4096, over_deadline=1, log_dropped=2, queue_depth=3,
+                queued=7, queued_seconds=0.25, duration_sum=1.5,
+                requests=tuple(range(1, N_REQUESTS + 1)), durations=tuple(range(N_BUCKETS)))
     board.write(2, slot)
     assert board.read(2) == slot
     assert board.read(1) == Slot()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+from bisect import bisect_right
 from queue import SimpleQueue
 from typing import Protocol
 
@@ -30,14 +31,26 @@ from berth.hooks import RequestView, ResponseView, call_hook, get_hook
 from berth.http.framing import CONTINUE, LAST_CHUNK, DateCache, chunk, error_response, frame
 from berth.http.framing import _head_cache as head_cache
 from berth.http.parser import HttpError, Request
+from berth.scoreboard import DURATION_BOUNDS, METHODS, N_BUCKETS, STATUS_CLASSES, Slot
 from berth.worker.connection import HIGH_WATER, LINGER, ClientDisconnected, Connection
 from berth.wsgi import Environs, FileWrapper
 
 PAUSED = object()  # call_app(): the loop goes on with this response when the client reads
 SMALL_JOIN = 64 * 1024  # below this, head and body are joined into one buffer for send()
-# Per-thread counters: counts[ord(status[0]) & 15] is the status class (2 for "2xx": a digit's
-# low nibble, 16 slots whatever the digit), counts[BYTES] the body bytes sent.
-BYTES = 16
+# Per-thread counters (see Responder.totals and berth.scoreboard for what they become):
+# counts[METHOD_ROW[method] + (ord(status[0]) & 15)] counts responses by method and status
+# class (a row of 16 per method: a digit's low nibble is its value, whatever the digit);
+# counts[BYTES] the body bytes sent; counts[DURATIONS + bisect(DURATION_BOUNDS, seconds)] the
+# duration histogram and counts[DURATION_SUM] its sum; counts[QUEUED] and counts[QUEUED_SUM]
+# the requests that waited for an app thread, and how long.
+METHOD_ROW = {m.encode(): 16 * i for i, m in enumerate(METHODS[:-1])}
+OTHER_ROW = 16 * (len(METHODS) - 1)
+BYTES = 16 * len(METHODS)
+DURATIONS = BYTES + 1
+DURATION_SUM = DURATIONS + N_BUCKETS
+QUEUED = DURATION_SUM + 1
+QUEUED_SUM = QUEUED + 1
+N_COUNTS = QUEUED_SUM + 1
 
 
 class LoopSide(Protocol):
@@ -176,7 +189,6 @@ class Responder:
         self.app = app
         self.log = log
         self.access_log = access_log
-        self.log_duration = access_log is not None and access_log.needs_duration
         self.view = view  # what hooks receive as `worker`
         self.heartbeat_if_due = heartbeat_if_due  # inline progress keeps the loop alive
         self.ready = ready  # () -> bool: what the readiness probe says
@@ -223,12 +235,38 @@ class Responder:
                              daemon=True).start()
 
     def _own_stats(self) -> None:
-        counts = [0] * (BYTES + 1)
+        counts = [0] * N_COUNTS
+        counts[DURATION_SUM] = counts[QUEUED_SUM] = 0.0
         self.local.counts = counts
         self.stats.append(counts)
 
-    def totals(self) -> list[int]:
-        return [sum(column) for column in zip(*self.stats)] if self.stats else [0] * (BYTES + 1)
+    def totals(self) -> list:
+        """Every thread's counters, summed (the tick reads them while requests go on: a
+        request counted in one field and not yet in another shows up at the next tick)."""
+        return [sum(column) for column in zip(*self.stats)] if self.stats else [0] * N_COUNTS
+
+    def publish(self, slot: Slot) -> None:
+        """The counters, as the scoreboard keeps them (berth.scoreboard's Slot)."""
+        totals = self.totals()
+        classes = len(STATUS_CLASSES)
+        slot.requests = tuple(totals[row + c] for row in range(0, BYTES, 16)
+                              for c in range(1, classes + 1))
+        slot.bytes_sent = totals[BYTES]
+        slot.durations = tuple(totals[DURATIONS:DURATION_SUM])
+        slot.duration_sum = totals[DURATION_SUM]
+        slot.queued, slot.queued_seconds = totals[QUEUED], totals[QUEUED_SUM]
+        slot.queue_depth = self.work.qsize()
+        slot.busy_threads = self.busy_threads()
+        slot.served = self.served
+
+    def count_response(self, req, status: str, sent: int, seconds: float) -> None:
+        """Count a response off the fast path (see call_app for the same, inlined)."""
+        counts = self.local.counts
+        method = req.method if type(req) is Request else b""
+        counts[METHOD_ROW.get(method, OTHER_ROW) + (ord(status[0]) & 15)] += 1
+        counts[BYTES] += sent
+        counts[DURATIONS + bisect_right(DURATION_BOUNDS, seconds)] += 1
+        counts[DURATION_SUM] += seconds
 
     def busy_threads(self) -> int:
         return sum(self.busy)
@@ -278,7 +316,10 @@ class Responder:
                 self.retire(inline)
             if not inline:
                 conn.response = None  # (the last request's, until call_app makes this one's)
-                req.progress = time.monotonic()  # the app's deadline starts now (see sweep)
+                req.progress = now = time.monotonic()  # the app's deadline starts now (sweep)
+                counts = self.local.counts
+                counts[QUEUED] += 1
+                counts[QUEUED_SUM] += now - req.dispatched  # (waiting for this thread)
             if conn.dead:  # the client left (or berth gave up) while it waited: no app call
                 keep = False
             elif type(req) is HttpError:
@@ -373,8 +414,7 @@ class Responder:
         if self.pre_request is not None or self.post_request is not None:
             resp.view = RequestView(environ)
             call_hook(self.cfg, "pre_request", self.view, resp.view)
-        if self.log_duration:
-            resp.started = time.monotonic()
+        resp.started = time.monotonic()
         result = None
         try:
             result = self.app(environ, resp.start_response)
@@ -411,15 +451,17 @@ class Responder:
                 # conclude(), inlined for the common case: every request comes here
                 if type(result) is not list:
                     self.close_iterable(result)
+                # count_response(), inlined
+                took = time.monotonic() - resp.started
                 counts = self.local.counts
-                counts[ord(resp.status[0]) & 15] += 1
+                counts[METHOD_ROW.get(req.method, OTHER_ROW) + (ord(resp.status[0]) & 15)] += 1
                 counts[BYTES] += resp.sent
+                counts[DURATIONS + bisect_right(DURATION_BOUNDS, took)] += 1
+                counts[DURATION_SUM] += took
                 access_log = self.access_log
                 if access_log is not None:
                     access_log.lines.append(access_log.format(
-                        environ, resp.status, resp.sent,
-                        time.monotonic() - resp.started if resp.started else 0.0,
-                        resp.headers))
+                        environ, resp.status, resp.sent, took, resp.headers))
                 return keep
         self.conclude(resp, result)
         return keep
@@ -440,7 +482,7 @@ class Responder:
         resp.headers = [("Content-Type", "text/plain"), ("Cache-Control", "no-store")]
         head = resp.make_head(len(body))
         conn.send(head if resp.no_body else head + body, inline)
-        self.local.counts[ord(status[0]) & 15] += 1
+        self.count_response(req, status, 0, 0.0)
         return resp.end_body()
 
     def conclude(self, resp: Response, result) -> None:
@@ -454,14 +496,12 @@ class Responder:
             call_hook(self.cfg, "post_request", self.view, resp.view, resp.environ,
                       ResponseView(resp.status, resp.headers, resp.sent))
         status = resp.status or "500"
-        counts = self.local.counts
-        counts[ord(status[0]) & 15] += 1
-        counts[BYTES] += resp.sent
+        took = time.monotonic() - resp.started if resp.started else 0.0
+        self.count_response(req, status, resp.sent, took)
         access_log = self.access_log
         if access_log is not None:
             access_log.lines.append(access_log.format(
-                resp.environ, status, resp.sent,
-                time.monotonic() - resp.started if resp.started else 0.0, resp.headers or ()))
+                resp.environ, status, resp.sent, took, resp.headers or ()))
 
     def send_body(self, resp: Response, result):
         """Send an iterable body (not a list): a real file with sendfile, else part by part."""
@@ -587,7 +627,7 @@ class Responder:
             conn.send(error_response(err.status, date=self.date), inline)
         except ClientDisconnected:
             pass
-        self.local.counts[err.status // 100] += 1
+        self.count_response(err, str(err.status), 0, 0.0)
         conn.lingering = time.monotonic() + LINGER  # read and drop what the client still sends
 
 

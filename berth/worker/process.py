@@ -39,7 +39,7 @@ from berth.scoreboard import (
     Scoreboard,
     Slot,
 )
-from berth.worker.app import BYTES, Responder, request_line
+from berth.worker.app import Responder, request_line
 from berth.worker.loop import TICK, Loop, silent_since
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -244,11 +244,7 @@ class Worker:
         slot.heartbeat = time.monotonic()
         responder = self.responder
         if responder is not None:
-            slot.served = responder.served
-            totals = responder.totals()
-            slot.status_2xx, slot.status_3xx, slot.status_4xx, slot.status_5xx = totals[2:6]
-            slot.bytes_sent = totals[BYTES]
-            slot.busy_threads = responder.busy_threads()
+            responder.publish(slot)
         if self.access_log is not None:
             slot.log_dropped = self.access_log.dropped_total
         if self.statm >= 0:
