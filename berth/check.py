@@ -64,9 +64,9 @@ def _show_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def parse_url(text: str) -> Target:
+def parse_url(text: str, command: str = "check") -> Target:
     """A URL given on the command line → Target (ConfigError when it is not one)."""
-    bad = ConfigError(f"check: bad URL {text!r}: {URL_FORMS}")
+    bad = ConfigError(f"{command}: bad URL {text!r}: {URL_FORMS}")
     scheme, sep, rest = text.partition("://")
     scheme = scheme.lower()
     if not sep or scheme not in ("http", "https") or any(c.isspace() for c in text):
@@ -132,7 +132,7 @@ def default_target(cfg: Config) -> Target:
 
 # -- the request -------------------------------------------------------------------------------
 
-def _reason(exc: BaseException, timeout: float) -> str:
+def why_no_answer(exc: BaseException, timeout: float) -> str:
     """Why there is no answer, in a few words."""
     import http.client
 
@@ -150,8 +150,11 @@ def _reason(exc: BaseException, timeout: float) -> str:
     return text[:1].lower() + text[1:]
 
 
-def probe(target: Target, timeout: float) -> tuple[bool, str]:
-    """GET the target: (answered 2xx in time, the one line that says so)."""
+def get(target: Target, timeout: float, agent: str = "berth-check",
+        body_limit: int = 1 << 20) -> tuple[int, bytes, int]:
+    """GET the target within `timeout` seconds, connecting included: (status, body, ms).
+    Raises OSError (TimeoutError past the deadline) or http.client.HTTPException; a body
+    longer than `body_limit` bytes is cut there."""
     import http.client
 
     deadline = time.monotonic() + timeout
@@ -198,18 +201,34 @@ def probe(target: Target, timeout: float) -> tuple[bool, str]:
     # HEALTHCHECK's own --timeout bounds the rest).
     conn = Connection(target.host, None if target.unix else target.port)
     start = time.monotonic()
+    answer = None
     try:
         conn.connect()
-        conn.sock.settimeout(left())
+        sock = conn.sock  # (getresponse hands it to the answer: conn.sock becomes None)
+        sock.settimeout(left())
         conn.request("GET", target.path, headers={
-            "User-Agent": f"berth-check/{__version__}", "Connection": "close"})
-        conn.sock.settimeout(left())
-        status = conn.getresponse().status
-    except (OSError, http.client.HTTPException) as exc:
-        return False, f"failed: {target.url}: {_reason(exc, timeout)}"
+            "User-Agent": f"{agent}/{__version__}", "Connection": "close"})
+        sock.settimeout(left())
+        answer = conn.getresponse()
+        body = b""
+        if body_limit:
+            sock.settimeout(left())
+            body = answer.read(body_limit)
     finally:
+        if answer is not None:
+            answer.close()
         conn.close()
-    ms = round((time.monotonic() - start) * 1000)
+    return answer.status, body, round((time.monotonic() - start) * 1000)
+
+
+def probe(target: Target, timeout: float) -> tuple[bool, str]:
+    """GET the target: (answered 2xx in time, the one line that says so)."""
+    import http.client
+
+    try:
+        status, _, ms = get(target, timeout, body_limit=0)
+    except (OSError, http.client.HTTPException) as exc:
+        return False, f"failed: {target.url}: {why_no_answer(exc, timeout)}"
     ok = 200 <= status < 300
     return ok, f"{'ok' if ok else 'failed'}: {target.url} {status} in {ms} ms"
 

@@ -1,9 +1,10 @@
-"""`berth [options] MODULE:NAME`, `berth doctor` and `berth check`: parse the command line
-and dispatch.
+"""`berth [options] MODULE:NAME`, `berth doctor`, `berth check` and `berth top`: parse the
+command line and dispatch.
 
 The configuration itself (every source, its precedence, the start-up decisions) is
 `berth/config.py`'s; this module asks it for the Config, then runs what was asked: the
-server (`Master`), `--print-config`, `--check-config`, `berth doctor` or `berth check`.
+server (`Master`), `--print-config`, `--check-config`, `berth doctor`, `berth check` or
+`berth top`.
 
 `berth check` runs every few seconds as a HEALTHCHECK, so this module imports what the server
 alone needs (logging, the master) only once it knows it serves.
@@ -120,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         from berth.check import main as check_main
 
         return check_main(argv[1:])
+    if argv[:1] == ["top"]:
+        from berth.top import main as top_main
+
+        return top_main(argv[1:])
     from berth.logs import setup_error_log
 
     launch_dir = os.getcwd()

@@ -175,6 +175,8 @@ def _epilog() -> str:
         "                                         configuration and what to fix",
         "  berth check [URL] [options]            exit 0 when URL (default: the readiness",
         "                                         probe on the first --bind) answers 2xx",
+        "  berth top [URL] [options]              the admin listener's /status (default:",
+        "                                         on --admin-bind), live in a terminal",
         "", about,
         flags("not needed with berth (an info line)", NOT_NEEDED),
         flags("not implemented yet (a warning)", NOT_YET),

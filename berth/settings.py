@@ -244,7 +244,8 @@ SETTINGS: tuple[Setting, ...] = (
       "'' disables.", "PATH", section="Server", status=BERTH_ONLY),
     S("check_timeout", ("--check-timeout",), positive_seconds, 5.0,
       "`berth check`: seconds the URL (by default the readiness probe on the first --bind) "
-      "has to answer, connection included, before the check fails (exit 1).", "SECONDS",
+      "has to answer, connection included, before the check fails (exit 1). Also `berth "
+      "top` when it prints one snapshot (stdout not a terminal).", "SECONDS",
       section="Server", status=BERTH_ONLY),
     S("header_timeout", ("--header-timeout",), non_negative_float, 10.0,
       "Seconds a client has to send a whole request head, and the longest pause while "
