@@ -122,12 +122,14 @@ def target_for_bind(address: str, path: str, tls: bool) -> Target:
 
 
 def default_target(cfg: Config) -> Target:
-    """Without URL: berth's readiness probe on the listener it answers on."""
+    """Without URL: the admin listener's /readyz (answered by the master, from shared
+    memory), or else berth's readiness probe on the first --bind."""
+    if cfg.admin_bind:  # (plain HTTP, with --certfile too)
+        return target_for_bind(cfg.admin_bind, "/readyz", tls=False)
     if not cfg.ready_path:
         raise ConfigError("check: the readiness probe is off (--ready-path ''): give berth "
                           "check the URL to check")
-    address = cfg.bind[0]  # once the admin listener exists: cfg.admin_bind or cfg.bind[0]
-    return target_for_bind(address, cfg.ready_path, tls=bool(cfg.certfile))
+    return target_for_bind(cfg.bind[0], cfg.ready_path, tls=bool(cfg.certfile))
 
 
 # -- the request -------------------------------------------------------------------------------

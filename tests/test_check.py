@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import APPS, ROOT, free_port
-from proto_helpers import http_get, wait_for
+from proto_helpers import http_get, in_background, wait_for
 from test_cli import run_berth
 
 from berth.check import default_target, parse_url, split_url
@@ -132,6 +132,25 @@ def test_without_url_it_checks_the_ready_path_on_the_first_bind(berth, tmp_path)
     assert one_line(res) == f"failed: http://127.0.0.1:{closed}/-/up: connection refused"
 
 
+def test_without_url_it_checks_the_admin_readyz_even_with_every_app_thread_busy(berth,
+                                                                                 tmp_path):
+    admin = free_port()
+    args = ["-w", "1", "--threads", "1", "--admin-bind", f"127.0.0.1:{admin}",
+            "--shutdown-delay", "5"]
+    srv = berth([*args, "--timeout", "30", "proto_app:app"])
+    readyz = f"http://127.0.0.1:{admin}/readyz"
+    t, _ = in_background(lambda: http_get(srv.port, "/sleep?s=4", timeout=10))
+    time.sleep(0.3)  # the one app thread (the loop itself) is in the app now
+    res = check(tmp_path, [*args, "--check-timeout", "2"])
+    assert res.returncode == 0, res.stderr
+    assert re.fullmatch(ok_line(readyz), one_line(res))
+    srv.signal(signal.SIGTERM)
+    res = check(tmp_path, [*args])
+    assert res.returncode == 1
+    assert re.fullmatch(rf"failed: {re.escape(readyz)} 503 in \d+ ms", one_line(res))
+    t.join(timeout=10)
+
+
 def test_without_url_it_reads_the_config_file_as_the_server_does(berth, tmp_path):
     srv = berth(["-w", "1", "--ready-path", "/-/up", "proto_app:app"])
     settings = f"bind = ['127.0.0.1:{srv.port}']\nready_path = '/-/up'\n"
@@ -234,6 +253,16 @@ def _target(argv, env=None):
 ])
 def test_the_default_target_is_the_ready_path_on_the_first_bind(argv, env, url):
     assert _target(argv, env).url == url
+
+
+@pytest.mark.parametrize(("argv", "url"), [
+    (["--admin-bind", "0.0.0.0:9100"], "http://127.0.0.1:9100/readyz"),
+    (["--admin-bind", "unix:/run/admin.sock", "--certfile", "c.pem"],
+     "http://unix:/run/admin.sock:/readyz"),  # (the admin listener is plain HTTP)
+    (["--admin-bind", "127.0.0.1:9101", "--ready-path", ""], "http://127.0.0.1:9101/readyz"),
+])
+def test_the_default_target_is_the_admin_readyz_when_there_is_one(argv, url):
+    assert _target(argv).url == url
 
 
 def test_the_default_target_over_tls_or_a_unix_socket():
