@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         from berth.top import main as top_main
 
         return top_main(argv[1:])
+    from berth import logconfig
     from berth.logs import setup_error_log
 
     launch_dir = os.getcwd()
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             if not cfg.app_uri:
                 return 0
         log = setup_error_log(cfg.errorlog, cfg.loglevel, cfg.log_format)
+        if logconfig.wanted(cfg):  # Gunicorn's logging settings: berth logs where they say
+            log = logconfig.apply(cfg, list(log.handlers)).error_log
     except ConfigError as exc:
         print(f"berth: error: {exc}", file=sys.stderr)
         return 2
@@ -179,3 +182,4 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if pidfile:
             _remove_pidfile(pidfile)
+        logconfig.drain()  # the users' handlers write what is queued

@@ -9,6 +9,7 @@ and the source is made by `berth/config.py`.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -357,3 +358,50 @@ def hook(name: str) -> Callable[[Any], Callable]:
 
     convert.__name__ = f"hook_{name}"
     return convert
+
+
+# -- syslog (Gunicorn's forms) ----------------------------------------------------------------
+
+SYSLOG_FACILITIES = {
+    "auth": 4, "authpriv": 10, "cron": 9, "daemon": 3, "ftp": 11, "kern": 0, "lpr": 6,
+    "mail": 2, "news": 7, "security": 4, "syslog": 5, "user": 1, "uucp": 8,
+    "local0": 16, "local1": 17, "local2": 18, "local3": 19, "local4": 20, "local5": 21,
+    "local6": 22, "local7": 23,
+}
+
+
+def syslog_facility(value: Any) -> str:
+    """The `syslog_facility` converter: one of Gunicorn's names."""
+    name = str(value).strip().lower()
+    if name not in SYSLOG_FACILITIES:
+        raise ValueError(", ".join(sorted(SYSLOG_FACILITIES)))
+    return name
+
+
+def syslog_address(value: Any) -> str:
+    """The `syslog_addr` converter: checked here, parsed by `parse_syslog_address`."""
+    parse_syslog_address(str(value))
+    return str(value)
+
+
+def parse_syslog_address(addr: str) -> tuple[int | None, Any]:
+    """Gunicorn's forms: `udp://HOST:PORT`, `tcp://HOST:PORT` (port 514 by default),
+    `unix://PATH`, `unix://PATH#dgram` or `#stream`: (socket type or None, address)."""
+    if addr.startswith("unix://"):
+        path, _, kind = addr[len("unix://"):].partition("#")
+        if not path or kind not in ("", "dgram", "stream"):
+            raise ValueError("unix://PATH, unix://PATH#dgram or unix://PATH#stream")
+        kinds = {"dgram": socket.SOCK_DGRAM, "stream": socket.SOCK_STREAM}
+        return kinds.get(kind), path
+    scheme, _, rest = addr.partition("://")
+    kind = {"udp": socket.SOCK_DGRAM, "tcp": socket.SOCK_STREAM}.get(scheme)
+    if kind is None:
+        raise ValueError("udp://HOST:PORT, tcp://HOST:PORT or unix://PATH")
+    if rest.startswith("["):
+        host, _, tail = rest[1:].partition("]")
+        port = tail[1:] if tail.startswith(":") else ""
+    else:
+        host, _, port = rest.partition(":")
+    if port and not port.isdigit() or port and not 0 < int(port) < 65536:
+        raise ValueError(f"{port!r} is not a port number")
+    return kind, ((host or "localhost").lower(), int(port or 514))

@@ -129,6 +129,20 @@ def setup_error_log(target: str, level: str, log_format: str = "text") -> loggin
     return log
 
 
+def reopen_error_log(target: str) -> None:
+    """SIGUSR1: the error log's file opened again (logrotate moved it), in place: the
+    handler keeps its descriptor number, wherever it is (berth.error, or gunicorn.error
+    under a logging configuration)."""
+    if target in ("-", "", None):
+        return
+    for name in ("berth.error", "gunicorn.error"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, WholeLineHandler) and handler.fd > 2:
+                fd = open_log_fd(target, 2)
+                os.dup2(fd, handler.fd)
+                os.close(fd)
+
+
 # -- access log ---------------------------------------------------------------------------------
 
 _ATOM = re.compile(r"%\(([^)]+)\)s")

@@ -37,11 +37,11 @@ import sys
 import time
 import traceback
 
-from berth import container, proctitle, reloader
+from berth import container, logconfig, proctitle, reloader
 from berth.admin import AdminServer
 from berth.children import ExitReader, OrphanReaper, WorkerInfo, send_signal
 from berth.hooks import ServerView, WorkerView, call_hook
-from berth.logs import AccessLog
+from berth.logs import AccessLog, reopen_error_log
 from berth.scoreboard import BOOTING, OUT_OF_SERVICE, RETIRING, Scoreboard, Slot
 from berth.sizing import MAX_WORKERS, connection_bound, raise_open_files_limit
 from berth.sockets import create_listener, describe
@@ -305,8 +305,8 @@ class Master:
     def reopen_logs(self) -> None:
         """SIGUSR1: reopen the log files (logrotate moved them), here and in every worker."""
         self.log.info("SIGUSR1: reopening log files")
-        from berth.logs import setup_error_log
-        self.log = setup_error_log(self.cfg.errorlog, self.cfg.loglevel, self.cfg.log_format)
+        reopen_error_log(self.cfg.errorlog)
+        logconfig.reopen_files()
         for info in self.workers.values():
             send_signal(info.pid, signal.SIGUSR1)
 
@@ -370,11 +370,13 @@ class Master:
                 load_app = self.code.for_worker(load_app)
             view.pid = os.getpid()
             call_hook(cfg, "post_fork", self.server, view)
+            logconfig.after_fork()
             access_log = None
             if self.cfg.accesslog.lower() not in ("none", "off", ""):
                 access_log = AccessLog(self.cfg.accesslog, self.cfg.access_log_format, self.log,
                                        log_format=self.cfg.log_format,
                                        overflow=self.cfg.log_overflow)
+            access_log = logconfig.access_log_for(self.cfg, access_log)
             if self.statsd is not None:  # the worker's own socket; the master's is not used
                 self.statsd.close()
                 statsd = Statsd.from_config(self.cfg)
@@ -521,6 +523,7 @@ class Master:
         send_signal(info.pid, signal.SIGTERM)
 
     def reload(self) -> None:
+        old = self.cfg
         """SIGHUP: new configuration and app in new workers; the old ones drain once the new
         ones are ready. Binds and a --preload'ed app stay as they are (as with Gunicorn)."""
         if self.reload_config is not None:
@@ -535,6 +538,10 @@ class Master:
         if self.code is not None:
             if self.code.settings_of(self.cfg) != self.code.settings:
                 self.log.warning("SIGHUP: the --reload settings take effect at the next start")
+        if logconfig.settings_of(old) != logconfig.settings_of(self.cfg):
+            self.log.warning("SIGHUP: the logging configuration settings (logconfig_dict, "
+                             "--log-config, --log-config-json, --log-syslog...) take effect at "
+                             "the next start")
             self.code.paused = False
         call_hook(self.cfg, "on_reload", self.server)
         self.generation += 1  # keep_count() starts the new generation's workers

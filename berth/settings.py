@@ -57,6 +57,8 @@ from berth.converters import (
     reload_engine,
     scheme_headers,
     size_bytes,
+    syslog_address,
+    syslog_facility,
     text,
     threads_or_auto,
     worker_class,
@@ -130,7 +132,10 @@ class Setting:
 S = Setting
 
 # Why a setting is not implemented yet, naming the feature (an open issue) that brings it.
-_LOGS = "the logging settings are coming (an open issue); until then "
+_LOGCONFIG = ("The handlers it installs run on a thread of their own behind a bounded queue "
+              "(--log-overflow applies), never on the request path; access records are made "
+              "only when it names gunicorn.access or berth.access (otherwise berth's own access "
+              "log writes the lines).")
 _CONTROL = ("berth has no control socket (gunicornc): control it with signals (HUP reload, "
             "TERM stop, TTIN/TTOU workers, USR1 reopen logs)")
 
@@ -449,9 +454,8 @@ SETTINGS: tuple[Setting, ...] = (
       "path, or 'none' to disable.", "FILE", section="Logging",
       note="Gunicorn's default is no access log."),
     S("disable_redirect_access_to_syslog", ("--disable-redirect-access-to-syslog",), boolean,
-      False, "Do not send access logs to syslog.", None, "store_true", section="Logging",
-      status=NOT_NEEDED, note="it only matters with syslog, which berth does not have yet (a "
-                              "warning): no access log goes to syslog either way."),
+      False, "With --log-syslog: do not send access lines to syslog.", None, "store_true",
+      section="Logging"),
     S("access_log_format", ("--access-logformat",), text,
       '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
       "Access log format, with Gunicorn's atoms.", "STRING", section="Logging"),
@@ -480,33 +484,35 @@ SETTINGS: tuple[Setting, ...] = (
     S("logger_class", ("--logger-class",), refuse_unless(
         is_default_logger, "a custom logger class is not supported: berth has its own error and "
                          "access logs; shape them with --access-logformat and --log-level, "
-                         "and configure logging with logconfig_dict (coming with the logging "
-                         "settings)"), GUNICORN_LOGGER,
+                         "and configure logging with logconfig_dict"), GUNICORN_LOGGER,
       "A Gunicorn logger class.", "STRING", section="Logging", status=REFUSED,
       note="accepted when it names Gunicorn's default; any other class exits 2 (use "
            "logconfig_dict)."),
     S("logconfig", ("--log-config",), optional_text, None,
-      "A logging.config file for the error log.", "FILE", section="Logging", status=NOT_YET,
-      note=f"{_LOGS}the error log is configured by --error-logfile and --log-level."),
+      "A logging.config.fileConfig file, applied as Gunicorn applies it (its loggers are "
+      "gunicorn.error and gunicorn.access; berth.error and berth.access too).", "FILE",
+      section="Logging", note=_LOGCONFIG),
     S("logconfig_dict", (), anything, {},
-      "A logging.config dictionary (config file only).", section="Logging", status=NOT_YET,
-      note=f"{_LOGS}the error log is configured by --error-logfile and --log-level.",
+      "A logging.config.dictConfig dictionary (config file only), merged over Gunicorn's "
+      "defaults as Gunicorn merges it.", section="Logging", note=_LOGCONFIG,
       default_text="{}"),
     S("logconfig_json", ("--log-config-json",), optional_text, None,
-      "A logging.config JSON file.", "FILE", section="Logging", status=NOT_YET,
-      note=f"{_LOGS}the error log is configured by --error-logfile and --log-level."),
-    S("syslog_addr", ("--log-syslog-to",), text, "udp://localhost:514",
-      "Syslog address.", "SYSLOG_ADDR", section="Logging", status=NOT_YET,
-      note=f"{_LOGS}no syslog output: logs are a stream on stdout and stderr."),
+      "A JSON file of a logging.config.dictConfig dictionary, as logconfig_dict.", "FILE",
+      section="Logging", note=_LOGCONFIG + " A missing file exits 2 (Gunicorn ignores it)."),
+    S("syslog_addr", ("--log-syslog-to",), syslog_address, "udp://localhost:514",
+      "Syslog address: udp://HOST:PORT, tcp://HOST:PORT or unix://PATH[#dgram|#stream].",
+      "SYSLOG_ADDR", section="Logging"),
     S("syslog", ("--log-syslog",), boolean, False,
-      "Send the logs to syslog.", None, "store_true", section="Logging", status=NOT_YET,
-      note=f"{_LOGS}no syslog output: logs are a stream on stdout and stderr."),
+      "Send the error log, and the access log unless --disable-redirect-access-to-syslog, to "
+      "syslog as well, tagged gunicorn.PREFIX.error and gunicorn.PREFIX.access (Gunicorn's "
+      "tags, so syslog rules keep working).", None, "store_true", section="Logging",
+      note="Written from a thread of its own, never by a request."),
     S("syslog_prefix", ("--log-syslog-prefix",), optional_text, None,
-      "Program name in syslog entries.", "SYSLOG_PREFIX", section="Logging",
-      status=NOT_YET, note=f"{_LOGS}no syslog output."),
-    S("syslog_facility", ("--log-syslog-facility",), text, "user",
-      "Syslog facility.", "SYSLOG_FACILITY", section="Logging", status=NOT_YET,
-      note=f"{_LOGS}no syslog output."),
+      "PREFIX in syslog tags (default: --name, else the app, its ':' as '.').",
+      "SYSLOG_PREFIX", section="Logging"),
+    S("syslog_facility", ("--log-syslog-facility",), syslog_facility, "user",
+      "Syslog facility: auth, authpriv, cron, daemon, ftp, kern, lpr, mail, news, syslog, "
+      "user, uucp, local0 to local7.", "SYSLOG_FACILITY", section="Logging"),
     S("enable_stdio_inheritance", ("-R", "--enable-stdio-inheritance"), boolean, False,
       "Keep stdio open in daemon mode.", None, "store_true", section="Logging",
       status=NOT_NEEDED, note="it only matters in daemon mode, which berth refuses; berth "

@@ -326,14 +326,12 @@ def test_a_typical_gunicorn_command_line_parses():
     warnings = [line for level, line in cfg.notices if level == "warning"]
     infos = [line for level, line in cfg.notices if level == "info"]
     assert cfg.forwarded_allow_ips == "*" and cfg.proxy_protocol == "off"
-    for name in ("logconfig",):
-        assert any(line.startswith(f"{name} (") and "not implemented" in line
-                   for line in warnings), name
-    for name in ("reuse_port", "umask", "sendfile", "proc_name"):  # implemented: no line
+    assert cfg.logconfig == "/etc/log.ini" and cfg.disable_redirect_access_to_syslog
+    for name in ("reuse_port", "umask", "sendfile", "proc_name", "logconfig",
+                 "disable_redirect_access_to_syslog"):  # implemented: no line
         assert not any(line.startswith(f"{name} (") for line in warnings + infos), name
     assert any(line.startswith("worker_tmp_dir (--worker-tmp-dir, from cli) is not needed")
                for line in infos)
-    assert any(line.startswith("disable_redirect_access_to_syslog") for line in infos)
     # Gunicorn's own default spelled out changes nothing and is not reported
     assert not any(line.startswith("logger_class") for line in warnings)
 
@@ -432,28 +430,24 @@ def test_sendfile_follows_gunicorns_sendfile_variable_when_not_set(env, argv, ex
     assert (cfg.sendfile, cfg.source("sendfile")) == (expected, source)
 
 
-def test_not_yet_warnings_name_the_feature_that_brings_them(tmp_path):
+def test_gunicorns_logging_settings_are_taken_without_a_warning(tmp_path):
     write(tmp_path / "g.py", """\
         worker_connections = 10
         logconfig_dict = {"version": 1}
         syslog = True
+        syslog_facility = "local7"
         proc_name = "web"
     """)
     cfg = parse(["-c", "g.py", "app:app"], cwd=tmp_path)
-    warnings = {line.split(" ", 1)[0]: line for level, line in cfg.notices
-                if level == "warning"}
-    assert "logging settings are coming" in warnings["logconfig_dict"]
-    assert "logging settings are coming" in warnings["syslog"]
-    assert "proc_name" not in warnings  # process titles are implemented
+    assert cfg.logconfig_dict == {"version": 1} and cfg.syslog
+    assert cfg.syslog_facility == "local7"
+    assert not [line for level, line in cfg.notices if level == "warning"]
 
 
-def test_only_settings_an_open_issue_brings_are_accepted_and_ignored():
-    """Item 9: a Gunicorn setting berth accepts does what it does in Gunicorn; the ones it
-    ignores with a warning are only those another open issue implements."""
-    coming = {"logconfig",
-              "logconfig_dict", "logconfig_json", "syslog_addr", "syslog", "syslog_prefix",
-              "syslog_facility"}
-    assert {s.name for s in SETTINGS if s.status == NOT_YET} == coming
+def test_no_setting_is_accepted_and_ignored():
+    """Item 9: a Gunicorn setting berth accepts does what it does in Gunicorn; none is
+    ignored with a warning any more (the last ones, logging's, are implemented)."""
+    assert {s.name for s in SETTINGS if s.status == NOT_YET} == set()
 
 
 def test_ssl_context_hook_must_take_two_arguments(tmp_path):
@@ -503,7 +497,6 @@ def test_print_config_render_is_python_with_sources(tmp_path):
     assert re.match(r"threads = 4 +# auto: workers=3 threads=4 \(", lines["threads"])
     assert re.match(r"backlog = 2048 +# default$", lines["backlog"])
     assert "post_fork = <function post_fork>" in lines["post_fork"]
-    assert "syslog_addr" not in lines  # not implemented and not given: not listed
     assert re.match(r"reuse_port = False +# default$", lines["reuse_port"])
 
 
@@ -558,16 +551,13 @@ def test_refused_or_wrong_flag_exits_2_with_one_line(tmp_path, args):
 
 def test_start_logs_the_sizing_line_once_and_the_ignored_settings(berth, tmp_path):
     write(tmp_path / "gunicorn.conf.py",
-          "worker_connections = 10\nlogconfig_json = 'log.json'\n")
+          "worker_connections = 10\n")
     srv = berth(["--worker-tmp-dir", "/dev/shm", "proto_app:app"])
     assert http_get(srv.port, "/hello")[0] == 200
     err = srv.stderr()
     sizing = [ln for ln in err.splitlines() if re.search(r"\] workers=\d+ threads=\d+ \(", ln)]
     assert len(sizing) == 1, err
     assert "configuration file gunicorn.conf.py loaded (found in the current directory)" in err
-    assert re.search(r"\[WARNING\] logconfig_json \(--log-config-json, from file "
-                     r"gunicorn.conf.py\) is not implemented in berth yet and is ignored: "
-                     r"the logging settings are coming", err), err
     assert "[INFO] at most 10 connections per worker (worker_connections; open files limit" \
         in err
     assert "[INFO] worker_tmp_dir (--worker-tmp-dir, from cli) is not needed" in err

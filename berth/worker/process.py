@@ -25,10 +25,10 @@ import sys
 import time
 import traceback
 
-from berth import proctitle
+from berth import logconfig, proctitle
 from berth.hooks import WorkerView, call_hook
 from berth.http.framing import error_response
-from berth.logs import WholeLineHandler, setup_error_log
+from berth.logs import WholeLineHandler, reopen_error_log
 from berth.scoreboard import (
     BOOTING,
     BUSY,
@@ -120,6 +120,7 @@ class Worker:
             call_hook(self.cfg, "worker_exit", self.server, self.view)
             if self.access_log is not None:
                 self.access_log.close()
+            logconfig.drain()
             for stream in (sys.stdout, sys.stderr):
                 try:
                     stream.flush()
@@ -199,6 +200,7 @@ class Worker:
         call_hook(self.cfg, "worker_abort", self.view)
         if self.access_log is not None:
             self.access_log.close(timeout=0.2)
+        logconfig.drain(0.2)
         os._exit(1)
 
     def on_signals(self) -> None:
@@ -215,8 +217,8 @@ class Worker:
                 call_hook(self.cfg, "worker_int", self.view)
                 self.loop.alive = False
             elif sig == signal.SIGUSR1:
-                setup_error_log(self.cfg.errorlog, self.cfg.loglevel,
-                                self.cfg.log_format)  # (the same logger)
+                reopen_error_log(self.cfg.errorlog)
+                logconfig.reopen_files()
                 if self.access_log is not None:
                     self.access_log.reopen()
 
@@ -245,8 +247,8 @@ class Worker:
         responder = self.responder
         if responder is not None:
             responder.publish(slot)
-        if self.access_log is not None:
-            slot.log_dropped = self.access_log.dropped_total
+        slot.log_dropped = logconfig.dropped() + (
+            self.access_log.dropped_total if self.access_log is not None else 0)
         if self.statm >= 0:
             try:
                 slot.rss = int(os.pread(self.statm, 64, 0).split()[1]) * PAGE_SIZE
