@@ -35,7 +35,6 @@ from berth.settings import (
     BY_NAME,
     IMPLEMENTED,
     NOT_NEEDED,
-    NOT_YET,
     REFUSED,
     SETTINGS,
     Setting,
@@ -173,13 +172,13 @@ def _epilog() -> str:
         "commands:",
         "  berth doctor [options] [MODULE:NAME]   explain the environment, the effective",
         "                                         configuration and what to fix",
-        "  berth check [URL] [options]            exit 0 when URL (default: the readiness",
-        "                                         probe on the first --bind) answers 2xx",
+        "  berth check [URL] [options]            exit 0 when URL (default: the admin /readyz,",
+        "                                         else the ready path on the first --bind)",
+        "                                         answers 2xx",
         "  berth top [URL] [options]              the admin listener's /status (default:",
         "                                         on --admin-bind), live in a terminal",
         "", about,
         flags("not needed with berth (an info line)", NOT_NEEDED),
-        flags("not implemented yet (a warning)", NOT_YET),
         flags("refused unless they change nothing (exit 2)", REFUSED)])
 
 
@@ -344,20 +343,16 @@ def parse_config(argv: list[str], environ=os.environ, cwd: str | None = None,
 
 
 def status_notices(cfg: Config) -> list[tuple[str, str]]:
-    """One line for each Gunicorn setting given that berth does not need or implement."""
+    """An info line for each Gunicorn setting given that berth does not need."""
     out = []
     for setting in SETTINGS:
-        if setting.status not in (NOT_NEEDED, NOT_YET) or not cfg.is_set(setting.name):
+        if setting.status != NOT_NEEDED or not cfg.is_set(setting.name):
             continue
         if cfg.values.get(setting.name) == setting.default:
             continue  # a copied config spelling out Gunicorn's default changes nothing
         named = f"{setting.name} ({setting.flag}, from {cfg.source(setting.name)})" \
             if setting.flags else f"{setting.name} (from {cfg.source(setting.name)})"
-        if setting.status == NOT_NEEDED:
-            out.append(("info", f"{named} is not needed with berth: {setting.note}"))
-        else:
-            out.append(("warning", f"{named} is not implemented in berth yet and is "
-                                   f"ignored: {setting.note}"))
+        out.append(("info", f"{named} is not needed with berth: {setting.note}"))
     return out
 
 

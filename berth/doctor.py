@@ -129,9 +129,7 @@ def diagnose(cfg: Config, info: Any, euid: int | None = None) -> list[Finding]:
 
     for level, line in cfg.notices:
         if level == "warning":
-            out.append(Finding(line, "drop the setting (berth ignores it), or keep Gunicorn "
-                                     "if you rely on it" if "not implemented" in line else
-                               "see the line itself"))
+            out.append(Finding(line, "see the line itself"))
     return out
 
 

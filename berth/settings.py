@@ -10,9 +10,8 @@ line and `--help`, the `BERTH_<NAME>` environment variables, config files (`conf
 
 Every Gunicorn setting has an entry, so that a Gunicorn command line or config file runs
 unchanged: implemented; accepted because berth makes it unnecessary (an info line when set);
-accepted but not implemented yet (a WARNING line naming the coming feature when set); or
-refused, when ignoring it would change security or meaning (TLS, `-k gevent`, `--user`): then
-one line and exit 2.
+or refused, when ignoring it would change security or meaning (TLS, `-k gevent`, `--user`):
+then one line and exit 2.
 
 Names and defaults follow Gunicorn where Gunicorn has the setting. Where berth's default differs
 on purpose (auto-sized workers and threads, access log to stdout, a 75 s keep-alive, an 8 s
@@ -71,14 +70,12 @@ from berth.converters import (
 IMPLEMENTED = "implemented"
 BERTH_ONLY = "berth only"  # berth's own setting; Gunicorn has no such setting
 NOT_NEEDED = "not needed"  # accepted; berth makes it unnecessary (an info line when set)
-NOT_YET = "not yet"  # accepted and ignored, with a WARNING line naming it when set
 REFUSED = "refused"  # accepted only at a value that changes nothing; otherwise exit 2
 
 STATUS_TEXT = {
     IMPLEMENTED: "implemented",
     BERTH_ONLY: "berth only",
     NOT_NEEDED: "accepted, not needed",
-    NOT_YET: "accepted, not yet implemented (warning)",
     REFUSED: "refused (exit 2)",
 }
 
@@ -131,7 +128,6 @@ class Setting:
 
 S = Setting
 
-# Why a setting is not implemented yet, naming the feature (an open issue) that brings it.
 _LOGCONFIG = ("The handlers it installs run on a thread of their own behind a bounded queue "
               "(--log-overflow applies), never on the request path; access records are made "
               "only when it names gunicorn.access or berth.access (otherwise berth's own access "

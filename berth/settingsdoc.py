@@ -11,7 +11,6 @@ from berth.settings import (
     HOOK_ARGS,
     IMPLEMENTED,
     NOT_NEEDED,
-    NOT_YET,
     REFUSED,
     SETTINGS,
     STATUS_TEXT,
@@ -158,13 +157,11 @@ def render() -> str:
         "Every setting of Gunicorn (its settings list as of Gunicorn 23, plus those added up "
         "to 27) and what berth does with it: *implemented* (it does what it does in "
         "Gunicorn); *accepted, not needed* (berth gives the same result without it: an info "
-        "line when it is set); *accepted, not yet implemented* (only settings that a feature "
-        "still to come implements: ignored, with a WARNING line naming the setting and that "
-        "feature when it is set to anything but Gunicorn's default); *refused* (ignoring it "
+        "line when it is set); *refused* (ignoring it "
         "would change security or meaning: berth accepts only a value that changes nothing, "
         "otherwise it prints one line and exits 2).\n")
     counts = {st: sum(1 for s in SETTINGS if s.status == st)
-              for st in (IMPLEMENTED, NOT_NEEDED, NOT_YET, REFUSED)}
+              for st in (IMPLEMENTED, NOT_NEEDED, REFUSED)}
     parts.append(", ".join(f"{STATUS_TEXT[st]}: {n}" for st, n in counts.items()) + ".\n")
     gunicorn = [s for s in SETTINGS if s.gunicorn]
     for section, items in _sections(gunicorn).items():

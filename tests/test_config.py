@@ -19,7 +19,7 @@ from test_sizing import info as fake_info
 
 from berth import settingsdoc
 from berth.config import ConfigError, build_parser, load, parse_config, render_config
-from berth.settings import BY_NAME, NOT_NEEDED, NOT_YET, REFUSED, SETTINGS
+from berth.settings import BERTH_ONLY, BY_NAME, IMPLEMENTED, NOT_NEEDED, REFUSED, SETTINGS
 
 BASE_ENV = {"BERTH_IN_CONTAINER": "0"}
 
@@ -44,7 +44,7 @@ def test_every_setting_has_a_name_help_section_and_status():
         assert s.name not in names, f"{s.name} declared twice"
         names.add(s.name)
         assert s.help and s.section and s.status
-        if s.status in (NOT_NEEDED, NOT_YET, REFUSED):
+        if s.status in (NOT_NEEDED, REFUSED):
             assert s.note, f"{s.name}: a setting berth does not implement says why"
 
 
@@ -444,10 +444,10 @@ def test_gunicorns_logging_settings_are_taken_without_a_warning(tmp_path):
     assert not [line for level, line in cfg.notices if level == "warning"]
 
 
-def test_no_setting_is_accepted_and_ignored():
+def test_every_setting_is_implemented_not_needed_or_refused():
     """Item 9: a Gunicorn setting berth accepts does what it does in Gunicorn; none is
-    ignored with a warning any more (the last ones, logging's, are implemented)."""
-    assert {s.name for s in SETTINGS if s.status == NOT_YET} == set()
+    accepted and ignored (the last ones, logging's, are implemented)."""
+    assert {s.status for s in SETTINGS} <= {IMPLEMENTED, BERTH_ONLY, NOT_NEEDED, REFUSED}
 
 
 def test_ssl_context_hook_must_take_two_arguments(tmp_path):

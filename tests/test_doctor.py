@@ -93,12 +93,12 @@ def test_an_admin_listener_on_loopback_inside_a_container():
                      "probes and Prometheus cannot reach it"]
 
 
-def test_ignored_gunicorn_settings_are_listed_with_a_fix():
-    found = diagnose(cfg_for(["--log-syslog"], fake_info(cpus=2)),
-                     fake_info(cpus=2), euid=1000)
-    assert any(f.problem.startswith("syslog (--log-syslog, from cli) is not "
-                                    "implemented")
-               and "drop the setting" in f.fix for f in found)
+def test_configuration_warnings_are_listed(tmp_path):
+    cfg = cfg_for(["--reload", "--reload-extra-file", "templates/**/*.html", "app:app"],
+                  fake_info(cpus=2), cwd=str(tmp_path))
+    found = diagnose(cfg, fake_info(cpus=2), euid=1000)
+    assert any("matches no file yet" in f.problem and f.fix == "see the line itself"
+               for f in found)
 
 
 def test_report_has_environment_decisions_configuration_and_warnings(tmp_path):

@@ -131,7 +131,8 @@ def test_log_config_json_and_a_file_handler_reopened_on_sigusr1(berth, tmp_path)
     assert http_get(srv.port, "/hello")[0] == 200
     assert wait_for(lambda: log.exists() and "GET /hello" in log.read_text(), timeout=5)
     line = log.read_text().splitlines()[0]
-    assert line.startswith('berth.access 127.0.0.1 - - [') and '"GET /hello HTTP/1.1" 200 14' in line
+    assert line.startswith("berth.access 127.0.0.1 - - [")
+    assert '"GET /hello HTTP/1.1" 200 14' in line
     assert "GET /hello" not in srv.stdout()  # the configuration took the access log
     log.rename(tmp_path / "access.log.1")
     srv.signal(signal.SIGUSR1)
