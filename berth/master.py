@@ -523,9 +523,9 @@ class Master:
         send_signal(info.pid, signal.SIGTERM)
 
     def reload(self) -> None:
-        old = self.cfg
         """SIGHUP: new configuration and app in new workers; the old ones drain once the new
         ones are ready. Binds and a --preload'ed app stay as they are (as with Gunicorn)."""
+        old = self.cfg
         if self.reload_config is not None:
             try:
                 new = self.reload_config()
@@ -538,11 +538,11 @@ class Master:
         if self.code is not None:
             if self.code.settings_of(self.cfg) != self.code.settings:
                 self.log.warning("SIGHUP: the --reload settings take effect at the next start")
+            self.code.paused = False
         if logconfig.settings_of(old) != logconfig.settings_of(self.cfg):
             self.log.warning("SIGHUP: the logging configuration settings (logconfig_dict, "
                              "--log-config, --log-config-json, --log-syslog...) take effect at "
                              "the next start")
-            self.code.paused = False
         call_hook(self.cfg, "on_reload", self.server)
         self.generation += 1  # keep_count() starts the new generation's workers
         self.reload_reason = "reloaded (SIGHUP)"

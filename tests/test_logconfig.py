@@ -316,3 +316,13 @@ def test_atoms_are_gunicorns():
     assert a["{x-trace-id}i"] == "t1" and a["{content-type}i"] == "text/plain"
     assert a["{x-out}o"] == "o" and a["{remote_addr}e"] == "10.1.2.3"
     assert a["{nothing}i"] == "-" and a["z"] == "-" and a["p"] == f"<{os.getpid()}>"
+
+
+def test_sighup_says_a_changed_logging_configuration_waits_for_the_next_start(berth, tmp_path):
+    conf = write_config(tmp_path, "workers = 1\n")
+    srv = berth(["-c", str(conf), "proto_app:app"])
+    conf.write_text("workers = 1\nsyslog = True\n")
+    srv.signal(signal.SIGHUP)
+    srv.wait_for_log("generation 2 ready", timeout=15)
+    assert "SIGHUP: the logging configuration settings (logconfig_dict" in srv.stderr()
+    assert http_get(srv.port, "/hello")[0] == 200
