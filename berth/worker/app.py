@@ -31,26 +31,22 @@ from berth.hooks import RequestView, ResponseView, call_hook, get_hook
 from berth.http.framing import CONTINUE, LAST_CHUNK, DateCache, chunk, error_response, frame
 from berth.http.framing import _head_cache as head_cache
 from berth.http.parser import HttpError, Request
-from berth.scoreboard import DURATION_BOUNDS, METHODS, N_BUCKETS, STATUS_CLASSES, Slot
+from berth.scoreboard import DURATION_BOUNDS, Slot
+from berth.worker import counts as counters
 from berth.worker.connection import HIGH_WATER, LINGER, ClientDisconnected, Connection
+from berth.worker.counts import (
+    BYTES,
+    DURATION_SUM,
+    DURATIONS,
+    METHOD_ROW,
+    OTHER_ROW,
+    QUEUED,
+    QUEUED_SUM,
+)
 from berth.wsgi import Environs, FileWrapper
 
 PAUSED = object()  # call_app(): the loop goes on with this response when the client reads
 SMALL_JOIN = 64 * 1024  # below this, head and body are joined into one buffer for send()
-# Per-thread counters (see Responder.totals and berth.scoreboard for what they become):
-# counts[METHOD_ROW[method] + (ord(status[0]) & 15)] counts responses by method and status
-# class (a row of 16 per method: a digit's low nibble is its value, whatever the digit);
-# counts[BYTES] the body bytes sent; counts[DURATIONS + bisect(DURATION_BOUNDS, seconds)] the
-# duration histogram and counts[DURATION_SUM] its sum; counts[QUEUED] and counts[QUEUED_SUM]
-# the requests that waited for an app thread, and how long.
-METHOD_ROW = {m.encode(): 16 * i for i, m in enumerate(METHODS[:-1])}
-OTHER_ROW = 16 * (len(METHODS) - 1)
-BYTES = 16 * len(METHODS)
-DURATIONS = BYTES + 1
-DURATION_SUM = DURATIONS + N_BUCKETS
-QUEUED = DURATION_SUM + 1
-QUEUED_SUM = QUEUED + 1
-N_COUNTS = QUEUED_SUM + 1
 
 
 class LoopSide(Protocol):
@@ -235,38 +231,21 @@ class Responder:
                              daemon=True).start()
 
     def _own_stats(self) -> None:
-        counts = [0] * N_COUNTS
-        counts[DURATION_SUM] = counts[QUEUED_SUM] = 0.0
+        counts = counters.new_counts()
         self.local.counts = counts
         self.stats.append(counts)
 
-    def totals(self) -> list:
-        """Every thread's counters, summed (the tick reads them while requests go on: a
-        request counted in one field and not yet in another shows up at the next tick)."""
-        return [sum(column) for column in zip(*self.stats)] if self.stats else [0] * N_COUNTS
-
     def publish(self, slot: Slot) -> None:
-        """The counters, as the scoreboard keeps them (berth.scoreboard's Slot)."""
-        totals = self.totals()
-        classes = len(STATUS_CLASSES)
-        slot.requests = tuple(totals[row + c] for row in range(0, BYTES, 16)
-                              for c in range(1, classes + 1))
-        slot.bytes_sent = totals[BYTES]
-        slot.durations = tuple(totals[DURATIONS:DURATION_SUM])
-        slot.duration_sum = totals[DURATION_SUM]
-        slot.queued, slot.queued_seconds = totals[QUEUED], totals[QUEUED_SUM]
+        """The counters and the threads, as the scoreboard keeps them."""
+        counters.publish(counters.totals(self.stats), slot)
         slot.queue_depth = self.work.qsize()
         slot.busy_threads = self.busy_threads()
         slot.served = self.served
 
     def count_response(self, req, status: str, sent: int, seconds: float) -> None:
-        """Count a response off the fast path (see call_app for the same, inlined)."""
-        counts = self.local.counts
-        method = req.method if type(req) is Request else b""
-        counts[METHOD_ROW.get(method, OTHER_ROW) + (ord(status[0]) & 15)] += 1
-        counts[BYTES] += sent
-        counts[DURATIONS + bisect_right(DURATION_BOUNDS, seconds)] += 1
-        counts[DURATION_SUM] += seconds
+        """Count a response off the fast path (call_app inlines the same)."""
+        counters.count(self.local.counts, req.method if type(req) is Request else b"",
+                       status, sent, seconds)
 
     def busy_threads(self) -> int:
         return sum(self.busy)
