@@ -28,7 +28,7 @@ from typing import Any
 
 from berth import __version__, configfile
 from berth.container import default_bind
-from berth.converters import ConfigError, Refused
+from berth.converters import UVICORN_CLASSES, ConfigError, Refused
 from berth.loader import AppSpecError, parse_app_uri
 from berth.settings import (
     BERTH_ONLY,
@@ -133,6 +133,10 @@ class Config:
     def set(self, name: str, value: Any, source: str = "cli") -> None:
         self.values[name] = convert_value(BY_NAME[name], value, source)
         self.sources[name] = source
+        if name == "worker_class" and isinstance(value, str) and value.strip() in \
+                UVICORN_CLASSES:
+            self.notices.append(("info", f"-k {value.strip()} ({source}): served by berth's "
+                                         f"ASGI worker (-k asgi)"))
 
     def source(self, name: str) -> str:
         return self.sources.get(name, "default")

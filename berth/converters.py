@@ -297,6 +297,12 @@ SYNC_CLASSES = ("sync", "egg:gunicorn#sync", "gunicorn.workers.sync.SyncWorker")
 GTHREAD_CLASSES = ("gthread", "egg:gunicorn#gthread", "gunicorn.workers.gthread.ThreadWorker")
 
 
+ASGI_CLASSES = ("asgi", "egg:gunicorn#asgi", "gunicorn.workers.gasgi.ASGIWorker")
+# served by berth's ASGI worker, with an info line saying so
+UVICORN_CLASSES = ("uvicorn.workers.UvicornWorker", "uvicorn.workers.UvicornH11Worker",
+                   "uvicorn_worker.UvicornWorker", "uvicorn_worker.UvicornH11Worker")
+
+
 def worker_class(value: Any) -> str:
     name = value if isinstance(value, str) else getattr(value, "__name__", repr(value))
     name = name.strip()
@@ -304,9 +310,31 @@ def worker_class(value: Any) -> str:
         return "sync"
     if name in GTHREAD_CLASSES:
         return "gthread"
-    raise Refused(f"berth runs WSGI apps with its own sync or gthread workers only, not "
-                  f"{name!r} (its event loop already keeps slow clients off the app threads); "
-                  f"use -k gthread (or -k sync), or keep Gunicorn for async/ASGI workers")
+    if name in ASGI_CLASSES or name in UVICORN_CLASSES:
+        return "asgi"
+    raise Refused(f"berth runs WSGI apps with its sync or gthread workers and ASGI apps with "
+                  f"its asgi worker, not {name!r} (its event loops already keep slow clients "
+                  f"off the app); use -k gthread (or -k sync) for WSGI, -k asgi for ASGI")
+
+
+def asgi_loop(value: Any) -> str:
+    word = str(value).strip().lower()
+    if word not in ("auto", "asyncio", "uvloop"):
+        raise ValueError("auto, asyncio or uvloop")
+    if word == "uvloop":
+        import importlib.util
+
+        if importlib.util.find_spec("uvloop") is None:
+            raise Refused("--asgi-loop uvloop: uvloop is not installed (pip install uvloop), "
+                          "or use auto (uvloop when installed) or asyncio")
+    return word
+
+
+def asgi_lifespan(value: Any) -> str:
+    word = str(value).strip().lower()
+    if word not in ("auto", "on", "off"):
+        raise ValueError("auto, on or off")
+    return word
 
 
 def _is_current(value: Any, lookup: Callable[[str], int], current: int) -> bool:

@@ -384,10 +384,13 @@ class Master:
                     self.log.removeHandler(handler)
                 self.log.addHandler(LogCounter(statsd))
                 access_log = StatsdTee(access_log, statsd)
-            worker = Worker(self.cfg, self.listeners, self.app, self.log, access_log,
-                            self.ready_w, load_app, scoreboard=self.scoreboard,
-                            slot=slot, generation=self.generation, max_requests=max_requests,
-                            view=view, server=self.server)
+            kind = Worker
+            if self.cfg.worker_class == "asgi":
+                from berth.asgi.worker import AsgiWorker as kind
+            worker = kind(self.cfg, self.listeners, self.app, self.log, access_log,
+                          self.ready_w, load_app, scoreboard=self.scoreboard,
+                          slot=slot, generation=self.generation, max_requests=max_requests,
+                          view=view, server=self.server)
             worker.run()
         finally:
             os._exit(1)

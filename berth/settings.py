@@ -28,6 +28,8 @@ from berth.converters import (
     GUNICORN_LOGGER,
     address_list,
     anything,
+    asgi_lifespan,
+    asgi_loop,
     boolean,
     cert_reqs,
     env_pair,
@@ -173,9 +175,12 @@ SETTINGS: tuple[Setting, ...] = (
       note="Gunicorn's default is 1 (or $WEB_CONCURRENCY).", default_text="auto"),
     S("worker_class", ("-k", "--worker-class"), worker_class, "gthread",
       "Worker type: gthread (app threads, the default) or sync (one request at a time per "
-      "worker: threads default to 1).", "STRING", section="Worker Processes",
-      note="sync and gthread, and Gunicorn's class paths for them; any other class "
-           "(gevent, eventlet, tornado, ASGI) exits 2."),
+      "worker: threads default to 1) for a WSGI app; asgi for an ASGI 3 app (one asyncio "
+      "event loop per worker; uvicorn.workers.UvicornWorker and "
+      "uvicorn_worker.UvicornWorker mean the same, with an info line).", "STRING",
+      section="Worker Processes",
+      note="sync, gthread and asgi, and Gunicorn's and Uvicorn's class paths for them; any "
+           "other class (gevent, eventlet, tornado) exits 2."),
     S("threads", ("--threads",), threads_or_auto, "auto",
       "App threads per worker, or auto (4, or 1 with -k sync). With 1, the app runs on the "
       "worker's loop thread.", "INT|auto", section="Worker Processes",
@@ -442,8 +447,9 @@ SETTINGS: tuple[Setting, ...] = (
       note="With dangerous, a SCRIPT_NAME header does not set SCRIPT_NAME (in Gunicorn it "
            "does): list it in forwarder_headers (the default) for that."),
     S("root_path", ("--root-path",), text, "",
-      "Root path of an ASGI app (Gunicorn's ASGI worker).", "STRING", status=NOT_NEEDED,
-      note="ASGI only; for WSGI, set SCRIPT_NAME in the environment."),
+      "-k asgi: the path the app is mounted at behind a proxy (scope['root_path'], and "
+      "the start of scope['path']).", "STRING",
+      note="ASGI only, as in Gunicorn; for WSGI, set SCRIPT_NAME in the environment."),
     # -- logging ----------------------------------------------------------------------------
     S("accesslog", ("--access-logfile",), text, "-",
       "Access log: '-' for stdout (the default: containers collect stdout), a file "
@@ -599,15 +605,20 @@ SETTINGS: tuple[Setting, ...] = (
       "HTTP/2 maximum header list size.", "INT", section="HTTP/2", status=NOT_NEEDED,
       note="berth does not speak HTTP/2."),
     # -- ASGI and parser choice -------------------------------------------------------------
-    S("asgi_loop", ("--asgi-loop",), text, "auto",
-      "Event loop of Gunicorn's ASGI worker.", "STRING", section="Worker Processes",
-      status=NOT_NEEDED, note="ASGI only; berth serves WSGI."),
-    S("asgi_lifespan", ("--asgi-lifespan",), text, "auto",
-      "ASGI lifespan handling.", "STRING", section="Worker Processes", status=NOT_NEEDED,
-      note="ASGI only; berth serves WSGI."),
+    S("asgi_loop", ("--asgi-loop",), asgi_loop, "auto",
+      "-k asgi: the event loop: auto (uvloop when it is installed), asyncio or uvloop.",
+      "STRING", section="Worker Processes"),
+    S("asgi_lifespan", ("--asgi-lifespan",), asgi_lifespan, "auto",
+      "-k asgi: the lifespan protocol: auto (run it; an app that raises on it has none), on "
+      "(required: a failure stops berth) or off.", "STRING", section="Worker Processes"),
     S("asgi_disconnect_grace_period", ("--asgi-disconnect-grace-period",), non_negative_int,
-      3, "ASGI disconnect grace period.", "INT", section="Worker Processes",
-      status=NOT_NEEDED, note="ASGI only; berth serves WSGI."),
+      3, "-k asgi: seconds an app gets, after its client went away (it receives "
+         "http.disconnect), before its task is cancelled; 0 cancels at once.", "INT",
+      section="Worker Processes"),
+    S("loop_block_warn", ("--loop-block-warn",), non_negative_float, 0.2,
+      "-k asgi: a callback that holds the event loop this many seconds is logged with the "
+      "stack of the code that blocks it, and counted (berth_loop_blocked_total); 0 turns "
+      "it off.", "SECONDS", section="Worker Processes", status=BERTH_ONLY),
     S("websocket_max_message_size", ("--websocket-max-message-size",), non_negative_int,
       16777216, "ASGI WebSocket message size limit.", "INT", section="Worker Processes",
       status=NOT_NEEDED, note="ASGI only; berth serves WSGI."),

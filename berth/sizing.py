@@ -102,7 +102,7 @@ def plan(info: Any, workers: int | str = "auto", threads: int | str = "auto",
                         f"starting {MAX_WORKERS} (auto sizing would start {auto_w})")
         n_workers = MAX_WORKERS
     if threads == "auto":
-        n_threads = 1 if worker_class == "sync" else THREADS_PER_WORKER
+        n_threads = 1 if worker_class in ("sync", "asgi") else THREADS_PER_WORKER
     else:
         n_threads = int(threads)
 
@@ -113,7 +113,7 @@ def plan(info: Any, workers: int | str = "auto", threads: int | str = "auto",
     else:
         w_how = f"from {workers_from or 'the configuration'}"
     if threads == "auto":
-        t_how = "1 for -k sync" if worker_class == "sync" else "auto"
+        t_how = f"1 for -k {worker_class}" if worker_class in ("sync", "asgi") else "auto"
     else:
         t_how = f"from {threads_from or 'the configuration'}"
     if w_how.startswith("auto") and t_how == "auto":

@@ -336,6 +336,18 @@ def test_a_typical_gunicorn_command_line_parses():
     assert not any(line.startswith("logger_class") for line in warnings)
 
 
+@pytest.mark.parametrize(("name", "kind", "notice"), [
+    ("asgi", "asgi", False), ("gunicorn.workers.gasgi.ASGIWorker", "asgi", False),
+    ("uvicorn.workers.UvicornWorker", "asgi", True), ("uvicorn_worker.UvicornWorker", "asgi", True),
+])
+def test_asgi_worker_classes_and_uvicorns(name, kind, notice):
+    cfg = parse(["-k", name, "app:app"])
+    assert cfg.worker_class == kind
+    lines = [line for level, line in cfg.notices if level == "info" and line.startswith("-k ")]
+    assert lines == ([f"-k {name} (cli): served by berth's ASGI worker (-k asgi)"] if notice
+                     else [])
+
+
 @pytest.mark.parametrize("name", ["sync", "egg:gunicorn#sync", "gunicorn.workers.sync.SyncWorker"])
 def test_sync_worker_class_aliases(name):
     assert parse(["-k", name, "app:app"]).worker_class == "sync"
@@ -348,7 +360,7 @@ def test_gthread_worker_class_aliases(name):
 
 REFUSALS = [
     (["-k", "gevent"], "--worker-class (worker_class) = 'gevent': berth runs WSGI apps"),
-    (["-k", "uvicorn.workers.UvicornWorker"], "'uvicorn.workers.UvicornWorker'"),
+    (["-k", "tornado"], "'tornado'"),
     (["-k", "eventlet"], "eventlet"),
     (["--daemon"], "berth stays in the foreground"),
     (["--paste", "dev.ini"], "PasteDeploy"),

@@ -103,6 +103,7 @@ class Worker:
             if self.ready_fd is not None:
                 os.write(self.ready_fd, os.getpid().to_bytes(4, "little"))
             self.loop.run(self.tick, time.monotonic)
+            self._after_loop()
         except BaseException:  # noqa: BLE001
             self.log.error("worker %d crashed:\n%s", os.getpid(), traceback.format_exc())
             code = 1
@@ -189,6 +190,10 @@ class Worker:
         responder.loop = loop
         loop.setup()
         responder.start()
+
+    def _after_loop(self) -> None:
+        """The loop has stopped, the process is about to exit (another kind of worker has
+        more to finish here)."""
 
     # -- signals -------------------------------------------------------------------------------
 

@@ -1,0 +1,551 @@
+"""One HTTP/1.1 connection of an ASGI worker: berth's parser in, the ASGI HTTP spec out.
+
+`HttpProtocol` is an asyncio protocol. Its bytes go through berth's own sans-IO parser
+(`AsgiParser`: `RequestParser` keeping the header list ASGI wants), so every HTTP rule and
+limit of the WSGI worker holds here too: the same 400/408/413/414/431/501/505 answers, the
+same smuggling defences, the same header_map. Requests on one connection are answered in
+order, one `Cycle` (one app call, one task) at a time; pipelined ones wait parsed.
+
+A `Cycle` is the app's view of one request (ASGI 3, HTTP spec 2.4):
+  - `receive()` gives the body: at once when it was buffered whole (up to
+    `--body-buffer-size`), else in the pieces it arrives in, reading paused while more than
+    HIGH_WATER bytes wait for the app (back-pressure); then `http.disconnect` once the
+    response is sent or the client is gone. `Expect: 100-continue` is answered when the app
+    first asks for the body.
+  - `send()` takes `http.response.start`, `http.response.body` (a response whose first body
+    message is its last gets a Content-Length; others are chunked on HTTP/1.1) and
+    `http.response.pathsend` (the file goes out with sendfile, or read and written through
+    TLS); it waits while the transport's buffer is above its high-water mark. After the
+    client is gone, send() raises `ClientDisconnected` (an OSError, as the spec asks).
+  - The head is framed by `berth.http.framing` (the WSGI worker's framing: its rules on
+    HEAD, 1xx/204/304, hop-by-hop headers and Content-Length, its cache of heads).
+  - An app that raises before it starts a response gets a 500; after, the connection is
+    closed (the response cannot be completed). Either way the traceback is logged.
+  - A client that goes away mid-request: the app's `receive()` returns `http.disconnect`,
+    and the task is cancelled `--asgi-disconnect-grace-period` seconds later if it is still
+    running (Gunicorn's setting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import deque
+from http import HTTPStatus
+from urllib.parse import unquote
+
+from berth.http.framing import (
+    CONTINUE,
+    LAST_CHUNK,
+    BadResponseHeaders,
+    chunk,
+    error_response,
+    frame,
+)
+from berth.http.parser import HttpError, Request, RequestParser
+
+HIGH_WATER = 256 * 1024  # body bytes waiting for the app before reading pauses
+MAX_PIPELINE = 16  # parsed requests waiting on one connection before reading pauses
+ASGI = {"version": "3.0", "spec_version": "2.4"}
+
+
+class ClientDisconnected(OSError):
+    """send() after the client went away (the ASGI spec: an OSError subclass)."""
+
+
+class AsgiParser(RequestParser):
+    """berth's parser, also keeping each request's header fields as ASGI gives them: a list
+    of (lower-case name, value) byte pairs in the order received, repeated names kept. A
+    name the parser drops (with '_', under header_map drop or refuse) is dropped here too."""
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.current.raw = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        in_head = self.in_head
+        super().on_header(name, value)
+        if in_head and (b"_" not in name or self.header_map == "dangerous"):
+            self.current.raw.append((name.lower(), value.rstrip()))
+
+
+class BodyStream:
+    """A body larger than the buffer: its pieces, as they arrive, for receive()."""
+
+    __slots__ = ("chunks", "done", "error", "proto", "size", "waiter")
+
+    def __init__(self, proto: HttpProtocol, first: bytes):
+        self.proto = proto
+        self.chunks: deque[bytes] = deque([first] if first else ())
+        self.size = len(first)
+        self.done = False
+        self.error: BaseException | None = None
+        self.waiter: asyncio.Future | None = None
+
+    def feed(self, data: bytes | None) -> None:
+        if data is None:
+            self.done = True
+        else:
+            self.chunks.append(data)
+            self.size += len(data)
+            if self.size > HIGH_WATER:
+                self.proto.pause_reading()
+        self._wake()
+
+    def fail(self, exc: BaseException) -> None:
+        self.error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next(self) -> tuple[bytes, bool]:
+        """(body bytes, more to come)."""
+        while not self.chunks and not self.done and self.error is None:
+            self.waiter = self.proto.loop.create_future()
+            await self.waiter
+            self.waiter = None
+        if self.error is not None and not self.chunks:
+            raise self.error
+        data = b"".join(self.chunks)
+        self.chunks.clear()
+        self.size = 0
+        self.proto.resume_reading()
+        return data, not self.done
+
+
+_reasons: dict[int, str] = {}
+
+
+def status_text(status: int) -> str:
+    """`200` -> `200 OK` (what the framing takes), cached."""
+    text = _reasons.get(status)
+    if text is None:
+        if type(status) is not int or not 100 <= status <= 999:
+            raise BadResponseHeaders(f"invalid status {status!r}")
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ""
+        text = f"{status} {phrase}".rstrip() if phrase else f"{status} "
+        _reasons[status] = text
+    return text
+
+
+def split_path(url: bytes) -> tuple[bytes, bytes]:
+    """A request target -> (raw path, query string)."""
+    if url[:1] != b"/":
+        if url == b"*":
+            return b"*", b""
+        import httptools
+
+        parsed = httptools.parse_url(url)  # absolute-form
+        return parsed.path or b"/", parsed.query or b""
+    path, _, query = url.partition(b"?")
+    if b"#" in query:
+        query = query.partition(b"#")[0]
+    elif b"#" in path:
+        path, query = path.partition(b"#")[0], b""
+    return path, query
+
+
+class Cycle:
+    """One request and its response (see the module docstring)."""
+
+    __slots__ = ("access_headers", "body_sent", "chunked", "complete", "disconnected",
+                 "framing", "keep_alive", "proto", "remaining", "req", "scope", "sent",
+                 "started", "status", "task", "waiter", "when")
+
+    def __init__(self, proto: HttpProtocol, req: Request, scope: dict):
+        self.proto = proto
+        self.req = req
+        self.scope = scope
+        self.started = False  # http.response.start received
+        self.status: str | None = None
+        self.access_headers: list | None = None
+        self.framing = None  # sent when the head is
+        self.chunked = False
+        self.remaining: int | None = None
+        self.complete = False
+        self.keep_alive = req.keep_alive
+        self.body_sent = False  # receive() has given the whole body
+        self.disconnected = False
+        self.sent = 0
+        self.waiter: asyncio.Future | None = None
+        self.task: asyncio.Task | None = None
+        self.when = time.monotonic()
+
+    # -- receive -----------------------------------------------------------------------------
+
+    async def receive(self) -> dict:
+        if not self.body_sent and not self.disconnected:
+            req = self.req
+            if req.expect_continue:
+                req.expect_continue = False
+                if not self.started:
+                    self.proto.write(CONTINUE)
+            if not req.streaming:
+                self.body_sent = True
+                return {"type": "http.request", "body": req.body, "more_body": False}
+            try:
+                body, more = await req.body_stream.next()
+            except ClientDisconnected:
+                self.disconnected = True
+                return {"type": "http.disconnect"}
+            self.body_sent = not more
+            return {"type": "http.request", "body": body, "more_body": more}
+        while not self.disconnected and not self.complete:
+            self.waiter = self.proto.loop.create_future()
+            await self.waiter
+        return {"type": "http.disconnect"}
+
+    def disconnect(self) -> None:
+        """The client is gone (or berth ends the connection)."""
+        self.disconnected = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        stream = self.req.body_stream
+        if stream is not None:
+            stream.fail(ClientDisconnected("the client went away"))
+
+    # -- send --------------------------------------------------------------------------------
+
+    async def send(self, message: dict) -> None:
+        kind = message["type"]
+        if self.disconnected:
+            raise ClientDisconnected("the client went away")
+        if kind == "http.response.start":
+            if self.started:
+                raise RuntimeError("http.response.start sent twice")
+            self.started = True
+            self.status = status_text(message["status"])
+            self.access_headers = [(name.decode("latin-1"), value.decode("latin-1"))
+                                   for name, value in message.get("headers", ())]
+            return
+        if not self.started:
+            raise RuntimeError(f"{kind} before http.response.start")
+        if self.complete:
+            raise RuntimeError(f"{kind} after the response ended")
+        proto = self.proto
+        if kind == "http.response.body":
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            if self.framing is None:
+                self._frame(None if more else len(body), body)
+            else:
+                self._body(body)
+            if not more:
+                self._end()
+            elif proto.write_paused:
+                await proto.drain()
+        elif kind == "http.response.pathsend":
+            await self._pathsend(message["path"])
+        else:
+            raise RuntimeError(f"unknown message type {kind!r}")
+
+    def _frame(self, known_length: int | None, body: bytes) -> None:
+        """The head, and the first body part with it."""
+        req = self.req
+        proto = self.proto
+        keep_alive = self.keep_alive and proto.server.keep_alive
+        framing = frame(req.version, self.status, self.access_headers, keep_alive,
+                        req.method == b"HEAD", known_length)
+        self.framing = framing
+        self.keep_alive = framing.keep_alive
+        self.chunked = framing.chunked
+        self.remaining = framing.remaining
+        head = framing.head + proto.server.date.ends[framing.own]
+        if framing.no_body or not body:
+            proto.write(head)
+            return
+        if self.remaining is not None:
+            body = body[:self.remaining]
+            self.remaining -= len(body)
+        self.sent += len(body)
+        proto.write(head + (chunk(body) if self.chunked else body))
+
+    def _body(self, body: bytes) -> None:
+        if not body or self.framing.no_body:
+            return
+        if self.remaining is not None:
+            body = body[:self.remaining]
+            self.remaining -= len(body)
+            if not body:
+                return
+        self.sent += len(body)
+        self.proto.write(chunk(body) if self.chunked else body)
+
+    def _end(self) -> None:
+        if self.chunked:
+            self.proto.write(LAST_CHUNK)
+        elif self.remaining:  # shorter than its Content-Length: the client cannot tell
+            self.keep_alive = False
+        self.complete = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _pathsend(self, path: str) -> None:
+        proto = self.proto
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if self.framing is not None:
+                raise RuntimeError("http.response.pathsend after a body was sent")
+            self._frame(size, b"")
+            if not self.framing.no_body and size:
+                if proto.write_paused:
+                    await proto.drain()
+                await proto.loop.sendfile(proto.transport, f, 0, self.remaining)
+                self.sent += self.remaining
+                self.remaining = 0
+        self._end()
+
+    # -- the app -----------------------------------------------------------------------------
+
+    async def run(self, app) -> None:
+        proto = self.proto
+        server = proto.server
+        try:
+            await app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            if not self.disconnected:
+                server.log.warning("request cancelled: %s", proto.describe(self.req))
+            self.keep_alive = False
+        except ClientDisconnected:
+            self.keep_alive = False
+        except BaseException as exc:  # noqa: BLE001 - the app's error: 500, never a dead worker
+            server.log.error("error in ASGI app: %s", proto.describe(self.req), exc_info=exc)
+            self._fail()
+        else:
+            if not self.complete:
+                if not self.started:
+                    server.log.error("ASGI app returned without a response: %s",
+                                     proto.describe(self.req))
+                self._fail()
+        finally:
+            proto.cycle_done(self)
+
+    def _fail(self) -> None:
+        """The app failed: 500 if nothing was sent yet, else the connection ends."""
+        self.keep_alive = False
+        if self.framing is None and not self.disconnected:
+            self.status = "500 Internal Server Error"
+            self.access_headers = []
+            self.proto.write(error_response(500, head_only=self.req.method == b"HEAD",
+                                            date=self.proto.server.date))
+        self.complete = True
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection (see the module docstring)."""
+
+    def __init__(self, server):
+        self.server = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser: AsgiParser | None = None
+        self.pending: deque[Request] = deque()
+        self.cycle: Cycle | None = None
+        self.closed = False
+        self.reading = True
+        self.read_paused_for: set[str] = set()
+        self.write_paused = False
+        self.drained: asyncio.Future | None = None
+        self.last_active = time.monotonic()
+        self.head_started = 0.0
+        self.client = None
+        self.server_addr = None
+
+    # -- the transport's callbacks ------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        server = self.server
+        server.conns.add(self)
+        sock = transport.get_extra_info("socket")
+        peer = transport.get_extra_info("peername")
+        here = transport.get_extra_info("sockname")
+        if isinstance(peer, tuple):
+            self.client = (peer[0], peer[1])
+            self.server_addr = (here[0], here[1])
+            if sock is not None:
+                import socket
+
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass
+        else:  # a unix socket: no client address (ASGI: None)
+            self.server_addr = (here, None) if here else None
+        self.trusted = server.forwarding.trusts(self.client[0] if self.client else None)
+        self.parser = AsgiParser.for_config(server.cfg, self._stream)
+
+    def _stream(self, req: Request) -> BodyStream:
+        return BodyStream(self, req.body)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        self.last_active = now
+        parser = self.parser
+        if parser.current is None and not parser.in_head:
+            self.head_started = now
+        try:
+            parser.feed(data)
+        except HttpError as err:
+            self.reject(err)
+            return
+        ready = parser.ready
+        if ready:
+            self.pending.extend(ready)
+            ready.clear()
+            if self.cycle is None:
+                self.next_request()
+            if len(self.pending) > MAX_PIPELINE:
+                self.pause_reading("pipeline")
+        current = parser.current
+        if (current is not None and current.expect_continue and self.cycle is None
+                and not self.pending and not current.streaming):
+            current.expect_continue = False  # its body is awaited before the app is called
+            self.write(CONTINUE)
+
+    def eof_received(self) -> bool | None:
+        if self.cycle is None and not self.pending:
+            self.close()
+        return True  # (keep the write side: responses in progress still go out)
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.pending.clear()
+        cycle = self.cycle
+        if cycle is not None and not cycle.complete:
+            cycle.disconnect()
+            self.server.disconnected(cycle)
+        else:
+            self.server.conns.discard(self)
+        drained = self.drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        drained = self.drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise ClientDisconnected("the client went away")
+        self.drained = self.loop.create_future()
+        await self.drained
+        if self.closed:
+            raise ClientDisconnected("the client went away")
+
+    # -- reading and writing ----------------------------------------------------------------
+
+    def pause_reading(self, why: str = "body") -> None:
+        self.read_paused_for.add(why)
+        if self.reading and not self.closed:
+            self.reading = False
+            self.transport.pause_reading()
+
+    def resume_reading(self, why: str = "body") -> None:
+        self.read_paused_for.discard(why)
+        if not self.reading and not self.read_paused_for and not self.closed:
+            self.reading = True
+            self.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+            if self.cycle is None:
+                self.server.conns.discard(self)
+
+    def reject(self, err: HttpError) -> None:
+        """A request berth refuses: its answer, then close (the requests before it that
+        were parsed are answered first)."""
+        self.pending.append(err)
+        if self.cycle is None:
+            self.next_request()
+
+    def describe(self, req: Request) -> str:
+        return (f"{req.method.decode('latin-1')} {req.url.decode('latin-1')} "
+                f"HTTP/{req.version}")
+
+    # -- one request after another -----------------------------------------------------------
+
+    def next_request(self) -> None:
+        server = self.server
+        while self.pending and not self.closed:
+            req = self.pending.popleft()
+            if len(self.pending) <= MAX_PIPELINE:
+                self.resume_reading("pipeline")
+            if type(req) is HttpError:
+                server.count(b"", str(req.status), 0, 0.0)
+                self.write(error_response(req.status, date=server.date))
+                self.close()
+                return
+            try:
+                scope = server.scope_for(self, req)
+            except HttpError as err:
+                self.pending.clear()
+                self.pending.append(err)
+                continue
+            self.cycle = cycle = Cycle(self, req, scope)
+            req.dispatched = cycle.when
+            server.active.add(cycle)
+            cycle.task = self.loop.create_task(cycle.run(server.app))
+            return
+
+    def cycle_done(self, cycle: Cycle) -> None:
+        server = self.server
+        server.active.discard(cycle)
+        self.cycle = None
+        self.last_active = time.monotonic()
+        server.finished(cycle)
+        if self.closed:
+            server.conns.discard(self)
+            return
+        if not cycle.keep_alive or (cycle.req.streaming and not cycle.req.complete):
+            self.close()  # (an unread streamed body: where the next request starts is lost)
+            return
+        if self.pending:
+            self.next_request()
+        elif server.draining:
+            self.close()
+        else:
+            current = self.parser.current
+            if current is not None and current.expect_continue and not current.streaming:
+                current.expect_continue = False
+                self.write(CONTINUE)
+
+
+def request_scope(proto: HttpProtocol, req: Request, root_path: str, scheme: str,
+                  state: dict | None) -> dict:
+    """The ASGI scope of one request (forwarded headers applied by the caller)."""
+    raw_path, query = split_path(req.url)
+    path = unquote(raw_path.decode("latin-1"), encoding="utf-8", errors="surrogateescape") \
+        if b"%" in raw_path else raw_path.decode("utf-8", "surrogateescape")
+    if root_path and not path.startswith(root_path):
+        path = root_path + path
+    scope = {
+        "type": "http", "asgi": ASGI, "http_version": req.version,
+        "server": proto.server_addr, "client": proto.client, "scheme": scheme,
+        "method": req.method.decode("ascii"), "root_path": root_path, "path": path,
+        "raw_path": raw_path, "query_string": query, "headers": req.raw,
+    }
+    if state is not None:
+        scope["state"] = state.copy()
+    return scope
+

@@ -1,0 +1,265 @@
+"""The ASGI worker's event loop: what `berth.worker.process.Worker` asks of a loop.
+
+`AsgiLoop` runs one asyncio loop (uvloop when `--asgi-loop` says so), serves the worker's
+listeners with `HttpProtocol`, and gives the process room what the WSGI loop gives it: `run`
+(with the worker's tick every TICK seconds), `alive`, `draining`, `conns`, `sweep` (each
+connection's deadlines, the requests in flight), `stop_listening`, and the responder's
+`date`, `served` and `publish` (the counters). So the heartbeat, the scoreboard, signals,
+--max-requests, the drain and the graceful timeout are the WSGI worker's own code.
+
+Deadlines, checked every tick: a request head not complete within --header-timeout gets 408;
+an idle keep-alive connection closes after --keepalive (and at once when draining); a body
+that stalls for --header-timeout is failed (the app's receive() gets http.disconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+from berth.asgi.protocol import Cycle, HttpProtocol, request_scope
+from berth.forwarded import Forwarding
+from berth.http.framing import DateCache
+from berth.http.parser import HttpError, Request
+from berth.scoreboard import Slot
+from berth.worker import counts as counters
+from berth.worker.loop import TICK
+
+
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """--asgi-loop: auto (uvloop when installed), asyncio or uvloop."""
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+class AsgiLoop:
+    """See the module docstring."""
+
+    def __init__(self, cfg, listeners: list[socket.socket], log, app, access_log, *,
+                 signal_fd: int, on_signals, max_requests: int, on_retire, ssl_context=None,
+                 loop: asyncio.AbstractEventLoop):
+        self.cfg = cfg
+        self.listeners = listeners
+        self.log = log
+        self.app = app
+        self.access_log = access_log
+        self.signal_fd = signal_fd
+        self.on_signals = on_signals
+        self.max_requests = max_requests or (1 << 62)
+        self.on_retire = on_retire
+        self.ssl_context = ssl_context
+        self.loop = loop
+        self.conns: set[HttpProtocol] = set()
+        self.active: set[Cycle] = set()
+        self.servers: list[asyncio.AbstractServer] = []
+        self.date = DateCache()
+        self.forwarding = Forwarding.from_config(cfg)
+        self.root_path = cfg.root_path.rstrip("/")
+        self.scheme = "https" if ssl_context is not None else "http"
+        self.state: dict | None = None  # the lifespan state (scope["state"] copies it)
+        self.counts = counters.new_counts()
+        self.served = 0
+        self.draining = False
+        self.retired = False
+        self.keep_alive = True
+        self._alive = True
+        self._stopped: asyncio.Future | None = None
+        self.grace = cfg.asgi_disconnect_grace_period
+
+    # -- the worker's side --------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    @alive.setter
+    def alive(self, value: bool) -> None:
+        self._alive = value
+        if not value and self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
+    def setup(self) -> None:
+        self.loop.add_reader(self.signal_fd, self.on_signals)
+
+    def run(self, tick, monotonic) -> None:
+        """Serve until `alive` turns false, calling `tick(now)` every TICK seconds."""
+        self.loop.run_until_complete(self._serve(tick, monotonic))
+
+    async def _serve(self, tick, monotonic) -> None:
+        loop = self.loop
+        self._stopped = loop.create_future()
+        if not self._alive:
+            return
+        for lsock in self.listeners:
+            lsock.setblocking(False)
+            self.servers.append(await loop.create_server(
+                self._protocol, sock=lsock, ssl=self.ssl_context, backlog=self.cfg.backlog))
+
+        def beat() -> None:
+            if self._alive:
+                tick(monotonic())
+                loop.call_later(TICK, beat)
+
+        loop.call_later(TICK, beat)
+        await self._stopped
+
+    def _protocol(self) -> HttpProtocol:
+        return HttpProtocol(self)
+
+    def publish(self, slot: Slot) -> None:
+        counters.publish(self.counts, slot)
+        slot.served = self.served
+        slot.busy_threads = 0  # (no app threads: an event loop's load is its busy share)
+        slot.queue_depth = 0
+
+    def sweep(self, now: float) -> tuple[int, Request | None]:
+        cfg = self.cfg
+        header_timeout = cfg.header_timeout
+        keepalive = cfg.keepalive
+        oldest = None
+        for cycle in self.active:
+            if oldest is None or cycle.when < oldest.when:
+                oldest = cycle
+        for proto in list(self.conns):
+            if proto.closed:
+                continue
+            cycle = proto.cycle
+            if cycle is not None or proto.pending:
+                current = proto.parser.current
+                if (current is not None and current.streaming and cycle is not None
+                        and cycle.req is current and not current.complete
+                        and now - proto.last_active > header_timeout):
+                    self.log.debug("request body stalled; closing")
+                    proto.close()
+                continue
+            parser = proto.parser
+            if parser.in_head or parser.current is not None:
+                if now - proto.head_started > header_timeout:
+                    proto.reject(HttpError(408, "request head timed out" if parser.in_head
+                                           else "request body timed out"))
+            elif self.draining or now - proto.last_active > keepalive:
+                proto.close()
+        return len(self.active), oldest.req if oldest is not None else None
+
+    def stop_listening(self, take_backlog: bool) -> None:
+        """Drain: take what already waits in the kernel's queue, stop listening, close idle
+        keep-alive connections; the connections with a request finish it."""
+        self.draining = True
+        self.keep_alive = False
+        take_backlog = take_backlog and not self.retired
+        for lsock in self.listeners:
+            while take_backlog:
+                try:
+                    sock, _ = lsock.accept()
+                except OSError:  # (BlockingIOError: the queue is empty)
+                    break
+                sock.setblocking(False)
+                self.loop.create_task(self.loop.connect_accepted_socket(
+                    self._protocol, sock, ssl=self.ssl_context))
+        for server in self.servers:
+            server.close()
+        for proto in list(self.conns):
+            if proto.cycle is None and not proto.pending and not (
+                    proto.parser is not None and proto.parser.current is not None):
+                proto.close()
+
+    # -- the protocols' side ------------------------------------------------------------------
+
+    def scope_for(self, proto: HttpProtocol, req: Request) -> dict:
+        scheme = self.scheme
+        client = proto.client
+        root_path = self.root_path
+        if req.forwarded:  # a header a trusted proxy may set: the WSGI rules, on an environ
+            environ = dict(req.headers)
+            environ.update({"wsgi.url_scheme": scheme, "PATH_INFO": "", "SCRIPT_NAME": ""})
+            self.forwarding.apply(environ, req, proto.trusted, self.cfg.header_map)
+            scheme = environ["wsgi.url_scheme"]
+            if "REMOTE_ADDR" in environ:
+                client = (environ["REMOTE_ADDR"], int(environ["REMOTE_PORT"]))
+        scope = request_scope(proto, req, root_path, scheme, self.state)
+        if client is not proto.client:
+            scope["client"] = client
+        return scope
+
+    def count(self, method: bytes, status: str, sent: int, seconds: float) -> None:
+        counters.count(self.counts, method, status, sent, seconds)
+
+    def finished(self, cycle: Cycle) -> None:
+        """A response is over: count it, log it, and check --max-requests."""
+        req = cycle.req
+        status = cycle.status or "500"
+        took = time.monotonic() - cycle.when
+        counters.count(self.counts, req.method, status, cycle.sent, took)
+        access_log = self.access_log
+        if access_log is not None:
+            access_log.lines.append(access_log.format(
+                self.environ_for_log(cycle), status, cycle.sent, took,
+                cycle.access_headers or ()))
+        self.served += 1
+        if self.served >= self.max_requests and not self.retired:
+            self.retire()
+
+    def environ_for_log(self, cycle: Cycle) -> dict:
+        """What the access log's atoms read, as a WSGI environ has it."""
+        req = cycle.req
+        scope = cycle.scope
+        environ = dict(req.headers)
+        client = scope.get("client")
+        raw_path, _, query = req.url.partition(b"?")
+        environ.update({
+            "REQUEST_METHOD": scope["method"], "RAW_URI": req.url.decode("latin-1"),
+            "PATH_INFO": scope["path"], "QUERY_STRING": scope["query_string"].decode("latin-1"),
+            "SERVER_PROTOCOL": req.server_protocol, "REMOTE_ADDR": client[0] if client else "",
+            "REMOTE_PORT": str(client[1]) if client else "", "wsgi.url_scheme": scope["scheme"],
+        })
+        return environ
+
+    def disconnected(self, cycle: Cycle) -> None:
+        """The client left while the app runs: it gets http.disconnect, and is cancelled
+        after the grace period if it has not finished by then."""
+        task = cycle.task
+        if task is None or task.done():
+            return
+        if self.grace <= 0:
+            task.cancel()
+        else:
+            self.loop.call_later(self.grace, lambda: task.done() or task.cancel())
+
+    def retire(self) -> None:
+        """--max-requests reached: no new connections; the master replaces this worker."""
+        self.retired = True
+        self.keep_alive = False
+        for server in self.servers:
+            server.close()
+        self.on_retire()
+
+    # -- the end -----------------------------------------------------------------------------
+
+    def shutdown(self, timeout: float) -> None:
+        """After `run`: the apps still running get http.disconnect, then are cancelled; the
+        connections close."""
+        loop = self.loop
+
+        async def finish() -> None:
+            for cycle in list(self.active):
+                cycle.disconnect()
+            tasks = [c.task for c in self.active if c.task is not None and not c.task.done()]
+            if tasks:
+                await asyncio.wait(tasks, timeout=timeout)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.wait(tasks, timeout=0.5)
+            for proto in list(self.conns):
+                proto.close()
+            for server in self.servers:
+                server.close()
+
+        loop.run_until_complete(finish())

@@ -1,0 +1,93 @@
+"""The ASGI worker process: the WSGI worker's process room (`berth.worker.process.Worker`:
+signals, heartbeat, scoreboard, --max-requests, drain) around an asyncio loop
+(`berth.asgi.server.AsgiLoop`) instead of berth's epoll loop and app threads.
+
+At start, after the app is imported: the event loop, the lifespan startup (a failure stops
+berth: the app-load exit code), the watchdog of the loop (`berth.asgi.watchdog`). At the end:
+the apps still running get http.disconnect and are cancelled, then the lifespan shutdown runs,
+all within --graceful-timeout: the drain keeps RESERVE seconds of it for these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import signal
+import time
+
+from berth.asgi.lifespan import Lifespan, LifespanFailed
+from berth.asgi.server import AsgiLoop, new_event_loop
+from berth.worker.process import EXIT_APP_LOAD_ERROR, Worker
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
+
+
+def asgi3(app):
+    """An ASGI 2 app (a class: instance per scope, then awaited with receive and send) as an
+    ASGI 3 callable; an ASGI 3 app as it is."""
+    if inspect.isclass(app) and not hasattr(app, "__await__"):  # (Uvicorn's test)
+        async def adapter(scope, receive, send):
+            await app(scope)(receive, send)
+
+        return adapter
+    return app
+
+
+class AsgiWorker(Worker):
+    lifespan: Lifespan | None = None
+
+    def reserve(self) -> float:
+        """Seconds of --graceful-timeout kept for the end (disconnects, lifespan shutdown)."""
+        return min(2.0, self.cfg.graceful_timeout / 4)
+
+    def _assemble(self) -> None:
+        cfg = self.cfg
+        loop = new_event_loop(cfg.asgi_loop)
+        asyncio.set_event_loop(loop)
+        ssl_context = None
+        if cfg.certfile:
+            from berth.worker.tls import make_context
+
+            ssl_context = make_context(cfg)
+        app = asgi3(self.app)
+        self.loop = self.responder = server = AsgiLoop(
+            cfg, self.listeners, self.log, app, self.access_log, signal_fd=self._sig_r,
+            on_signals=self.on_signals, max_requests=self.max_requests,
+            on_retire=lambda: self.beat_retiring(), ssl_context=ssl_context, loop=loop)
+        server.setup()
+        for sig in SIGNALS:  # (the loop's own wake-up: uvloop takes the wakeup fd)
+            loop.add_signal_handler(sig, self._on_async_signal, sig)
+        self.lifespan = Lifespan(app, cfg.asgi_lifespan, self.log)
+        try:
+            server.state = loop.run_until_complete(self.lifespan.startup())
+        except LifespanFailed as exc:
+            self.log.error("worker %d: ASGI lifespan startup failed: %s; stopping",
+                           os.getpid(), exc)
+            os._exit(EXIT_APP_LOAD_ERROR)
+
+    def beat_retiring(self) -> None:
+        from berth.scoreboard import RETIRING
+
+        self.beat(RETIRING)
+
+    def _on_async_signal(self, sig: int) -> None:
+        self._signals.append(sig)
+        self.on_signals()
+
+    def start_drain(self, take_backlog: bool = True, state=None) -> None:
+        if self.loop.draining:
+            return
+        if state is None:
+            super().start_drain(take_backlog)
+        else:
+            super().start_drain(take_backlog, state)
+        self.drain_deadline -= self.reserve()
+
+    def _after_loop(self) -> None:
+        server = self.loop
+        reserve = self.reserve()
+        started = time.monotonic()
+        server.shutdown(timeout=min(0.5, reserve / 2))
+        left = max(0.5, reserve - (time.monotonic() - started))
+        server.loop.run_until_complete(self.lifespan.shutdown(left))
