@@ -103,6 +103,7 @@ class Totals:
     duration_sum: float = 0.0
     queued: int = 0
     queued_seconds: float = 0.0
+    loop_blocked: int = 0
     bytes_sent: int = 0
     over_deadline: int = 0
     log_dropped: int = 0
@@ -116,6 +117,7 @@ class Totals:
         self.duration_sum += slot.duration_sum
         self.queued += slot.queued
         self.queued_seconds += slot.queued_seconds
+        self.loop_blocked += slot.loop_blocked
         self.bytes_sent += slot.bytes_sent
         self.over_deadline += slot.over_deadline
         self.log_dropped += slot.log_dropped
@@ -202,7 +204,7 @@ def render_metrics(view: View) -> str:
     slots = [w.slot for w in view.workers]
     retired = view.retired
     total = Totals(list(retired.requests), list(retired.durations), retired.duration_sum,
-                   retired.queued, retired.queued_seconds)
+                   retired.queued, retired.queued_seconds, retired.loop_blocked)
     for slot in slots:
         total.add(slot)
     classes = len(STATUS_CLASSES)
@@ -259,6 +261,16 @@ def render_metrics(view: View) -> str:
             for w in view.workers])
     family("berth_worker_rss_bytes", "gauge", "Resident memory of each worker.",
            [((("pid", w.pid),), w.slot.rss) for w in view.workers if w.slot.rss])
+    if view.config.get("worker_class") == "asgi":
+        family("berth_loop_blocked_total", "counter",
+               "Times a callback held a worker's event loop longer than --loop-block-warn "
+               "(each logged with the stack of the code that blocked it).",
+               [((), total.loop_blocked)])
+        family("berth_loop_busy_ratio", "gauge",
+               "Each worker's event-loop thread's CPU share over its last half second: the "
+               "ASGI worker's utilisation.",
+               [((("pid", w.pid),), round(w.slot.loop_busy, 4)) for w in view.workers
+                if w.slot.state not in (BOOTING,)])
     family("berth_listen_queue", "gauge",
            "Connections waiting in each TCP listener's accept queue.",
            [((("listener", name),), n) for name, n in view.listeners if n is not None])
@@ -296,6 +308,9 @@ def render_status(view: View) -> dict:
             "oldest_request": oldest, "rss_bytes": slot.rss,
             "heartbeat_age_s": round(max(0.0, view.now - slot.heartbeat), 3),
         })
+        if view.config.get("worker_class") == "asgi":
+            workers[-1].update(loop_busy=round(slot.loop_busy, 4),
+                               loop_blocked=slot.loop_blocked)
     live, live_reason = liveness(view)
     ready, ready_reason = readiness(view)
     return {

@@ -51,9 +51,11 @@ N_BUCKETS = len(DURATION_BOUNDS) + 1
 
 # pid, generation, state, busy threads, heartbeat, served, in flight, oldest start,
 # oldest line, rss, uss, bytes sent, requests over deadline, access-log lines dropped,
-# queue depth, requests queued, seconds queued, duration sum, then the responses by method
-# and status class, then the duration buckets (each bucket's own count, not cumulative)
-_SLOT = struct.Struct(f"=iIBHdQId{LINE_SIZE}sQQQQQIQdd{N_REQUESTS}Q{N_BUCKETS}Q")
+# queue depth, requests queued, seconds queued, duration sum, event-loop blocks, event-loop
+# busy share, then the responses by method and status class, then the duration buckets (each
+# bucket's own count, not cumulative)
+_SLOT = struct.Struct(f"=iIBHdQId{LINE_SIZE}sQQQQQIQddQd{N_REQUESTS}Q{N_BUCKETS}Q")
+_FIXED = 20  # fields before the responses
 _SEQ = struct.Struct("=I")  # a seqlock word before each slot (see Scoreboard.write)
 SLOT_SIZE = (_SEQ.size + _SLOT.size + 63) // 64 * 64  # cache-line aligned: no shared lines
 
@@ -78,6 +80,8 @@ class Slot:
     queued: int = 0  # requests that went through the app threads' queue
     queued_seconds: float = 0.0  # the time they waited there, summed
     duration_sum: float = 0.0  # seconds, from the app call to the response's end, summed
+    loop_blocked: int = 0  # -k asgi: times a callback held the event loop past --loop-block-warn
+    loop_busy: float = 0.0  # -k asgi: the event loop thread's CPU share over the last tick
     # responses, index METHODS.index(method) * 5 + status class - 1
     requests: tuple = (0,) * N_REQUESTS
     durations: tuple = (0,) * N_BUCKETS  # responses per duration bucket (DURATION_BOUNDS)
@@ -119,7 +123,8 @@ class Scoreboard:
                           slot.heartbeat, slot.served, slot.in_flight, slot.oldest_start, line,
                           slot.rss, slot.uss, slot.bytes_sent, slot.over_deadline,
                           slot.log_dropped, slot.queue_depth, slot.queued, slot.queued_seconds,
-                          slot.duration_sum, *slot.requests, *slot.durations)
+                          slot.duration_sum, slot.loop_blocked, slot.loop_busy,
+                          *slot.requests, *slot.durations)
         base = index * SLOT_SIZE
         mem = self.mem
         seq = _SEQ.unpack_from(mem, base)[0]
@@ -137,8 +142,9 @@ class Scoreboard:
             fields = _SLOT.unpack_from(mem, base + _SEQ.size)
             if _SEQ.unpack_from(mem, base)[0] == before:
                 break
-        slot = Slot(*fields[:8], fields[8].rstrip(b"\0").decode("latin-1"), *fields[9:18],
-                    requests=fields[18:18 + N_REQUESTS], durations=fields[18 + N_REQUESTS:])
+        slot = Slot(*fields[:8], fields[8].rstrip(b"\0").decode("latin-1"), *fields[9:_FIXED],
+                    requests=fields[_FIXED:_FIXED + N_REQUESTS],
+                    durations=fields[_FIXED + N_REQUESTS:])
         state = slot.state
         since = self._app_words[index]
         if since:  # the loop thread is in the app: its slot was written before that

@@ -65,6 +65,7 @@ class AsgiLoop:
         self.root_path = cfg.root_path.rstrip("/")
         self.scheme = "https" if ssl_context is not None else "http"
         self.state: dict | None = None  # the lifespan state (scope["state"] copies it)
+        self.watch = None  # the LoopWatch (berth.asgi.watchdog)
         self.counts = counters.new_counts()
         self.served = 0
         self.draining = False
@@ -116,6 +117,10 @@ class AsgiLoop:
 
     def publish(self, slot: Slot) -> None:
         counters.publish(self.counts, slot)
+        watch = self.watch
+        if watch is not None:
+            slot.loop_blocked = watch.blocked
+            slot.loop_busy = watch.busy_ratio()
         slot.served = self.served
         slot.busy_threads = 0  # (no app threads: an event loop's load is its busy share)
         slot.queue_depth = 0

@@ -18,6 +18,7 @@ import time
 
 from berth.asgi.lifespan import Lifespan, LifespanFailed
 from berth.asgi.server import AsgiLoop, new_event_loop
+from berth.asgi.watchdog import LoopWatch
 from berth.worker.process import EXIT_APP_LOAD_ERROR, Worker
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
@@ -56,6 +57,8 @@ class AsgiWorker(Worker):
             on_signals=self.on_signals, max_requests=self.max_requests,
             on_retire=lambda: self.beat_retiring(), ssl_context=ssl_context, loop=loop)
         server.setup()
+        server.watch = LoopWatch(loop, cfg.loop_block_warn, self.log)
+        server.watch.start()
         for sig in SIGNALS:  # (the loop's own wake-up: uvloop takes the wakeup fd)
             loop.add_signal_handler(sig, self._on_async_signal, sig)
         self.lifespan = Lifespan(app, cfg.asgi_lifespan, self.log)
@@ -91,3 +94,4 @@ class AsgiWorker(Worker):
         server.shutdown(timeout=min(0.5, reserve / 2))
         left = max(0.5, reserve - (time.monotonic() - started))
         server.loop.run_until_complete(self.lifespan.shutdown(left))
+        server.watch.stop()
