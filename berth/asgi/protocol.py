@@ -47,6 +47,7 @@ from berth.http.parser import HttpError, Request, RequestParser
 
 HIGH_WATER = 256 * 1024  # body bytes waiting for the app before reading pauses
 MAX_PIPELINE = 16  # parsed requests waiting on one connection before reading pauses
+FILE_PIECE = 256 * 1024  # pathsend without sendfile: bytes read and written at a time
 ASGI = {"version": "3.0", "spec_version": "2.4"}
 
 
@@ -155,7 +156,7 @@ def split_path(url: bytes) -> tuple[bytes, bytes]:
 class Cycle:
     """One request and its response (see the module docstring)."""
 
-    __slots__ = ("access_headers", "body_sent", "chunked", "complete", "disconnected",
+    __slots__ = ("access_headers", "body_sent", "chunked", "complete", "disconnected", "eof",
                  "framing", "keep_alive", "proto", "remaining", "req", "scope", "sent",
                  "started", "status", "task", "waiter", "when")
 
@@ -172,7 +173,8 @@ class Cycle:
         self.complete = False
         self.keep_alive = req.keep_alive
         self.body_sent = False  # receive() has given the whole body
-        self.disconnected = False
+        self.disconnected = False  # the connection is gone: send() raises
+        self.eof = False  # the client closed its side: receive() says http.disconnect
         self.sent = 0
         self.waiter: asyncio.Future | None = None
         self.task: asyncio.Task | None = None
@@ -181,7 +183,7 @@ class Cycle:
     # -- receive -----------------------------------------------------------------------------
 
     async def receive(self) -> dict:
-        if not self.body_sent and not self.disconnected:
+        if not self.body_sent and not self.disconnected and not self.eof:
             req = self.req
             if req.expect_continue:
                 req.expect_continue = False
@@ -197,17 +199,27 @@ class Cycle:
                 return {"type": "http.disconnect"}
             self.body_sent = not more
             return {"type": "http.request", "body": body, "more_body": more}
-        while not self.disconnected and not self.complete:
+        while not self.disconnected and not self.complete and not self.eof:
             self.waiter = self.proto.loop.create_future()
             await self.waiter
         return {"type": "http.disconnect"}
 
-    def disconnect(self) -> None:
-        """The client is gone (or berth ends the connection)."""
-        self.disconnected = True
+    def peer_closed(self) -> None:
+        """The client closed its side of the connection (EOF) while this request runs: the
+        app hears http.disconnect (as from Uvicorn: a client that leaves sends a FIN, and only
+        a write would show more); what it still sends goes out while the socket takes it."""
+        self.eof = True
+        self._wake()
+
+    def _wake(self) -> None:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def disconnect(self) -> None:
+        """The client is gone (or berth ends the connection)."""
+        self.disconnected = True
+        self._wake()
         stream = self.req.body_stream
         if stream is not None:
             stream.fail(ClientDisconnected("the client went away"))
@@ -285,9 +297,7 @@ class Cycle:
         elif self.remaining:  # shorter than its Content-Length: the client cannot tell
             self.keep_alive = False
         self.complete = True
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
     async def _pathsend(self, path: str) -> None:
         proto = self.proto
@@ -299,9 +309,18 @@ class Cycle:
             if not self.framing.no_body and size:
                 if proto.write_paused:
                     await proto.drain()
-                await proto.loop.sendfile(proto.transport, f, 0, self.remaining)
-                self.sent += self.remaining
-                self.remaining = 0
+                if isinstance(proto.loop, asyncio.BaseEventLoop):  # sendfile(2), or TLS writes
+                    await proto.loop.sendfile(proto.transport, f, 0, self.remaining)
+                    self.sent += self.remaining
+                    self.remaining = 0
+                else:  # uvloop has no sendfile: read and write
+                    while self.remaining:
+                        data = f.read(min(self.remaining, FILE_PIECE))
+                        if not data:
+                            break
+                        self._body(data)
+                        if proto.write_paused:
+                            await proto.drain()
         self._end()
 
     # -- the app -----------------------------------------------------------------------------
@@ -351,6 +370,7 @@ class HttpProtocol(asyncio.Protocol):
         self.pending: deque[Request] = deque()
         self.cycle: Cycle | None = None
         self.closed = False
+        self.eof = False  # the client closed its side
         self.reading = True
         self.read_paused_for: set[str] = set()
         self.write_paused = False
@@ -413,9 +433,17 @@ class HttpProtocol(asyncio.Protocol):
             self.write(CONTINUE)
 
     def eof_received(self) -> bool | None:
-        if self.cycle is None and not self.pending:
+        self.eof = True
+        current = self.parser.current if self.parser is not None else None
+        if current is not None and current.streaming:
+            current.body_stream.fail(ClientDisconnected("client closed before the body ended"))
+        cycle = self.cycle
+        if cycle is not None and not cycle.complete:
+            cycle.peer_closed()
+            self.server.disconnected(cycle)
+        elif cycle is None and not self.pending:
             self.close()
-        return True  # (keep the write side: responses in progress still go out)
+        return True  # (keep the write side: a half-close still gets what is sent)
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -517,7 +545,8 @@ class HttpProtocol(asyncio.Protocol):
         if self.closed:
             server.conns.discard(self)
             return
-        if not cycle.keep_alive or (cycle.req.streaming and not cycle.req.complete):
+        if not cycle.keep_alive or self.eof and not self.pending or (
+                cycle.req.streaming and not cycle.req.complete):
             self.close()  # (an unread streamed body: where the next request starts is lost)
             return
         if self.pending:

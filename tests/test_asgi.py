@@ -1,0 +1,287 @@
+"""`-k asgi`: the worker's own behaviour through real processes and sockets: the ASGI HTTP
+messages, lifespan, the watchdog of the event loop, disconnects, --max-requests, the drain.
+(The HTTP rules themselves are the conformance tests', run on both kinds of worker; the
+frameworks are tests/test_asgi_frameworks.py's.)"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import time
+
+import pytest
+from conftest import APPS, connect, free_port, read_response
+from proto_helpers import exit_within, http_get, in_background, pids_children, wait_for
+from test_admin import metric, scrape
+from test_cli import run_berth
+
+
+def start(berth, tmp_path, *args, env=None, admin=False, **kw):
+    markers = tmp_path / "markers"
+    markers.mkdir(exist_ok=True)
+    extra = []
+    if admin:
+        port = free_port()
+        extra = ["--admin-bind", f"127.0.0.1:{port}"]
+    srv = berth(["-k", "asgi", *extra, *args, "asgi_app:app"],
+                env={"ASGI_MARKERS": str(markers), **(env or {})}, **kw)
+    srv.markers = markers
+    if admin:
+        srv.admin = port
+    return srv
+
+
+def request(port: int, raw: bytes, timeout: float = 10.0):
+    with connect(port, timeout) as sock:
+        sock.sendall(raw)
+        return read_response(sock, head_only=raw.startswith(b"HEAD"))
+
+
+# -- the HTTP messages ----------------------------------------------------------------------
+
+def test_the_scope_has_what_the_spec_says(berth, tmp_path):
+    srv = start(berth, tmp_path, "--root-path", "/api")
+    status, headers, body = request(srv.port, b"GET /api/scope/a%20b?x=1&y=%20 HTTP/1.1\r\n"
+                                    b"Host: h\r\nX-One: 1\r\nX-Two: a\r\nX-Two: b\r\n\r\n")
+    assert status == 200
+    scope = json.loads(body)
+    assert scope["type"] == "http" and scope["asgi"] == {"version": "3.0", "spec_version": "2.4"}
+    assert scope["http_version"] == "1.1" and scope["method"] == "GET"
+    assert scope["scheme"] == "http" and scope["root_path"] == "/api"
+    assert scope["path"] == "/api/scope/a b" and scope["raw_path"] == "/api/scope/a%20b"
+    assert scope["query_string"] == "x=1&y=%20"
+    assert scope["server"] == ["127.0.0.1", srv.port]
+    assert scope["client"][0] == "127.0.0.1" and scope["client"][1] > 0
+    # every field as received, in order, names in lower case, repeated ones kept
+    assert scope["headers"] == [["host", "h"], ["x-one", "1"], ["x-two", "a"], ["x-two", "b"]]
+
+
+def test_bodies_buffered_or_streamed_and_responses_framed(berth, tmp_path):
+    srv = start(berth, tmp_path, "--body-buffer-size", "65536")
+    small = b"x" * 1000
+    status, headers, body = request(srv.port, b"POST /echo HTTP/1.1\r\nHost: h\r\n"
+                                    b"Content-Length: 1000\r\n\r\n" + small)
+    assert (status, body, headers["x-pieces"]) == (200, small, "1")
+    assert headers["content-length"] == "1000"  # one body message: a Content-Length
+    big = os.urandom(3 << 20)
+    status, headers, body = request(srv.port, b"POST /echo?slow=1 HTTP/1.1\r\nHost: h\r\n"
+                                    b"Content-Length: %d\r\n\r\n" % len(big) + big, timeout=30)
+    assert status == 200 and hashlib.sha256(body).digest() == hashlib.sha256(big).digest()
+    assert int(headers["x-pieces"]) > 1  # streamed to the app as it came
+    status, headers, body = request(srv.port, b"GET /stream?n=3 HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert headers["transfer-encoding"] == "chunked" and body == b"part 0\npart 1\npart 2\n"
+    status, headers, body = request(srv.port, b"GET /stream?n=3 HTTP/1.0\r\n\r\n")
+    assert body == b"part 0\npart 1\npart 2\n" and "transfer-encoding" not in headers
+    status, headers, body = request(srv.port, b"HEAD /hello HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert status == 200 and body == b""
+    status, headers, body = request(srv.port, b"GET /file HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert body == (APPS / "asgi_app.py").read_bytes()
+    assert headers["content-length"] == str(len(body))
+
+
+def test_expect_100_continue_is_answered_when_the_app_reads(berth, tmp_path):
+    srv = start(berth, tmp_path)
+    with connect(srv.port) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(b"hello")
+        assert read_response(sock)[2] == b"hello"
+
+
+def test_pipelined_requests_are_answered_in_order(berth, tmp_path):
+    srv = start(berth, tmp_path)
+    with connect(srv.port) as sock:
+        sock.sendall(b"GET /stream?n=2&delay=0.05 HTTP/1.1\r\nHost: h\r\n\r\n"
+                     b"GET /hello HTTP/1.1\r\nHost: h\r\n\r\n"
+                     b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc")
+        bodies = [read_response(sock)[2] for _ in range(3)]
+    assert bodies == [b"part 0\npart 1\n", b"Hello, world!\n", b"abc"]
+
+
+def test_an_app_error_is_a_500_before_the_head_and_a_cut_after(berth, tmp_path):
+    srv = start(berth, tmp_path)
+    status, _, body = request(srv.port, b"GET /raise HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert status == 500 and body == b"500 Internal Server Error\n"
+    with connect(srv.port) as sock:
+        sock.sendall(b"GET /raise-after HTTP/1.1\r\nHost: h\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 ") and b"half" in data
+    assert not data.endswith(b"0\r\n\r\n")  # no last chunk: the client sees it is cut
+    err = srv.wait_for_log("boom after the head")
+    assert "ValueError: boom before the response" in err
+    assert http_get(srv.port, "/hello")[0] == 200
+
+
+def test_forwarded_headers_from_a_trusted_proxy_set_the_scheme_and_client(berth, tmp_path):
+    srv = start(berth, tmp_path, "--forwarded-allow-ips", "127.0.0.1",
+                "--forwarded-remote-addr")
+    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"}
+    scope = json.loads(http_get(srv.port, "/scope", headers=headers)[2])
+    assert scope["scheme"] == "https" and scope["client"] == ["203.0.113.9", 0]
+    srv2 = start(berth, tmp_path, "--forwarded-allow-ips", "10.0.0.1")
+    scope = json.loads(http_get(srv2.port, "/scope", headers=headers)[2])
+    assert scope["scheme"] == "http" and scope["client"][0] == "127.0.0.1"
+
+
+# -- disconnects ----------------------------------------------------------------------------
+
+def test_a_client_gone_mid_stream_makes_receive_say_disconnect(berth, tmp_path):
+    srv = start(berth, tmp_path)
+    sock = connect(srv.port)
+    sock.sendall(b"GET /forever?id=a HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert b"tick" in sock.recv(4096)
+    sock.close()
+    assert wait_for(lambda: (srv.markers / "disconnect-a").exists(), timeout=5)
+
+
+def test_an_app_that_ignores_the_disconnect_is_cancelled_after_the_grace_period(berth,
+                                                                            tmp_path):
+    srv = start(berth, tmp_path, "--asgi-disconnect-grace-period", "1")
+    sock = connect(srv.port)
+    sock.sendall(b"GET /ignore-disconnect?id=b HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert b"started" in sock.recv(4096)
+    sock.close()
+    t0 = time.monotonic()
+    assert wait_for(lambda: (srv.markers / "cancelled-b").exists(), timeout=5)
+    assert time.monotonic() - t0 >= 0.8  # not before its grace period
+
+
+# -- lifespan -------------------------------------------------------------------------------
+
+def test_lifespan_state_reaches_each_request_and_shutdown_runs(berth, tmp_path):
+    srv = start(berth, tmp_path, "-w", "2")
+    assert json.loads(http_get(srv.port, "/state")[2]) == {"db": "connected"}
+    pids = pids_children(srv.pid)
+    assert {p.name for p in srv.markers.iterdir()} == {f"startup-{p}" for p in pids}
+    srv.signal(signal.SIGTERM)
+    code, _ = exit_within(srv, 10)
+    assert code == 0
+    assert {f"shutdown-{p}" for p in pids} <= {p.name for p in srv.markers.iterdir()}
+
+
+@pytest.mark.parametrize(("mode", "lifespan", "words"), [
+    ("fail", "auto", "ASGI lifespan startup failed: no database"),
+    ("raise", "on", "RuntimeError: this app has no lifespan"),
+])
+def test_a_failed_startup_stops_berth_with_the_error(tmp_path, mode, lifespan, words):
+    res = run_berth(["-k", "asgi", "-b", f"127.0.0.1:{free_port()}", "-w", "2",
+                     "--asgi-lifespan", lifespan, "asgi_app:app"],
+                    env={"ASGI_LIFESPAN": mode}, timeout=30)
+    assert res.returncode != 0
+    assert words in res.stderr
+    assert res.stderr.count(words) <= 2  # each worker once at most: no respawn loop
+
+
+def test_an_app_without_lifespan_is_served_under_auto(berth, tmp_path):
+    srv = start(berth, tmp_path, env={"ASGI_LIFESPAN": "raise"})
+    assert http_get(srv.port, "/hello")[0] == 200
+    assert "the ASGI app does not support lifespan" in srv.stderr()
+    assert json.loads(http_get(srv.port, "/state")[2]) is None
+
+
+# -- the event loop's watchdog --------------------------------------------------------------
+
+def test_a_blocked_loop_is_named_and_counted(berth, tmp_path):
+    srv = start(berth, tmp_path, "-w", "1", admin=True)
+    t, _ = in_background(lambda: http_get(srv.port, "/block?s=1", timeout=10))
+    err = srv.wait_for_log("the event loop was blocked", timeout=5)
+    line = next(ln for ln in err.splitlines() if "the event loop was blocked" in ln)
+    assert f"by app ({APPS / 'asgi_app.py'}:" in line and "(--loop-block-warn 0.2 s)" in line
+    assert 700 <= int(line.split("blocked for ")[1].split(" ms")[0]) <= 1500
+    t.join(timeout=10)
+    m = wait_for(lambda: (lambda m: m if metric(m, "berth_loop_blocked_total") else None)(
+        scrape(srv)), timeout=3)
+    assert metric(m, "berth_loop_blocked_total") == 1
+    (pid,) = pids_children(srv.pid)
+    assert 0 <= metric(m, "berth_loop_busy_ratio", pid=pid) <= 1
+
+
+def test_a_loop_blocked_past_timeout_is_replaced(berth, tmp_path):
+    srv = start(berth, tmp_path, "-w", "1", "--timeout", "2")
+    (first,) = pids_children(srv.pid)
+    t, _ = in_background(lambda: http_get(srv.port, "/block?s=30", timeout=15))
+    srv.wait_for_log(f"worker {first}: loop silent", timeout=10)
+    assert "by app (" in srv.stderr()  # told before the master ended it
+    assert wait_for(lambda: http_get(srv.port, "/hello", timeout=3)[0] == 200, timeout=10)
+    assert first not in pids_children(srv.pid)
+
+
+# -- the worker's life ---------------------------------------------------------------------
+
+def test_max_requests_recycles_the_worker(berth, tmp_path):
+    srv = start(berth, tmp_path, "-w", "1", "--max-requests", "3")
+    (first,) = pids_children(srv.pid)
+    for _ in range(3):
+        assert http_get(srv.port, "/hello")[0] == 200
+    assert wait_for(lambda: first not in pids_children(srv.pid) and pids_children(srv.pid),
+                    timeout=10)
+    assert http_get(srv.port, "/hello")[0] == 200
+
+
+def test_uvicorns_worker_class_is_served_by_berth(berth, tmp_path):
+    srv = berth(["-k", "uvicorn.workers.UvicornWorker", "asgi_app:app"])
+    assert http_get(srv.port, "/hello")[2] == b"Hello, world!\n"
+    assert ("-k uvicorn.workers.UvicornWorker (cli): served by berth's ASGI worker (-k asgi)"
+            in srv.stderr())
+
+
+def test_sigterm_drains_within_the_graceful_timeout(berth, tmp_path):
+    """The shutdown delay with readiness at 503, then the listener closes; an idle keep-alive
+    connection closes, a busy one after its response; a stream still going at the graceful
+    timeout gets http.disconnect; lifespan shutdown runs; exit 0, all within
+    --graceful-timeout."""
+    srv = start(berth, tmp_path, "-w", "1", "--shutdown-delay", "1", "--graceful-timeout", "4",
+                admin=True, env={"ASGI_LIFESPAN": "slow-shutdown"})
+    (pid,) = pids_children(srv.pid)
+    idle, busy = connect(srv.port), connect(srv.port)
+    for sock in (idle, busy):
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert read_response(sock)[0] == 200
+    stream = connect(srv.port)
+    stream.sendall(b"GET /forever?id=drain HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert b"tick" in stream.recv(4096)
+    t0 = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    assert wait_for(lambda: http_get(srv.admin, "/readyz")[0] == 503, timeout=1)
+    assert http_get(srv.port, "/hello")[0] == 200  # still served in the delay
+    time.sleep(max(0.0, 0.7 - (time.monotonic() - t0)))
+    busy.sendall(b"GET /stream?n=4&delay=0.25 HTTP/1.1\r\nHost: h\r\n\r\n")  # spans the end
+    status, _, body = read_response(busy)
+    assert status == 200 and body == b"part 0\npart 1\npart 2\npart 3\n"
+    assert busy.recv(10) == b""  # closed after its response
+    assert idle.recv(10) == b""  # closed when the drain began
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", srv.port), timeout=1).close()
+    code, _ = exit_within(srv, 8)
+    assert code == 0 and time.monotonic() - t0 <= 1 + 4 + 0.5
+    assert (srv.markers / "disconnect-drain").exists()
+    assert (srv.markers / f"shutdown-{pid}").exists()
+    for sock in (idle, busy, stream):
+        sock.close()
+
+
+def test_the_worker_serves_tls(berth, tmp_path):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, cafile = tmp_path / "cert.pem", tmp_path / "ca.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    ca.cert_pem.write_to_path(str(cafile))
+    srv = start(berth, tmp_path, "--certfile", str(certfile), "--keyfile", str(certfile))
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            sock.sendall(b"GET /scope HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+    assert json.loads(data.partition(b"\r\n\r\n")[2])["scheme"] == "https"
+
