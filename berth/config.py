@@ -342,6 +342,10 @@ def parse_config(argv: list[str], environ=os.environ, cwd: str | None = None,
         except BindError as exc:
             raise ConfigError(str(exc)) from None
     check_reload(cfg, cwd)
+    if cfg.worker_class == "asgi" and cfg.certfile and cfg.proxy_protocol != "off":
+        raise ConfigError("--proxy-protocol with --certfile is not supported with -k asgi yet "
+                          "(the PROXY header comes before the TLS handshake): use -k gthread, "
+                          "or end TLS at the proxy")
     cfg.notices.extend(status_notices(cfg))
     return cfg
 

@@ -285,3 +285,40 @@ def test_the_worker_serves_tls(berth, tmp_path):
                 data += chunk
     assert json.loads(data.partition(b"\r\n\r\n")[2])["scheme"] == "https"
 
+
+
+# -- the edge ------------------------------------------------------------------------------
+
+def test_the_proxy_protocol_names_the_client_and_is_refused_from_others(berth, tmp_path):
+    srv = start(berth, tmp_path, "--proxy-protocol", "--proxy-allow-from", "127.0.0.1")
+    status, _, body = request(srv.port, b"PROXY TCP4 198.51.100.7 10.0.0.1 4567 80\r\n"
+                              b"GET /scope HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert status == 200 and json.loads(body)["client"] == ["198.51.100.7", 4567]
+    status, _, body = request(srv.port, b"GET /scope HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert json.loads(body)["client"][0] == "127.0.0.1"  # no header: plain HTTP
+    srv2 = start(berth, tmp_path, "--proxy-protocol", "--proxy-allow-from", "10.9.9.9")
+    assert request(srv2.port, b"PROXY TCP4 198.51.100.7 10.0.0.1 4567 80\r\n"
+                   b"GET /scope HTTP/1.1\r\nHost: h\r\n\r\n")[0] == 403
+    with connect(srv.port) as sock:
+        sock.sendall(b"PROXY TCP4 nonsense\r\nGET / HTTP/1.1\r\n\r\n")
+        assert sock.recv(100) == b""  # a malformed header: closed, nothing answered
+    srv.wait_for_log("bad PROXY protocol header")
+
+
+def test_worker_connections_bound_the_connections_by_closing_idle_ones(berth, tmp_path):
+    srv = start(berth, tmp_path, "-w", "1", "--worker-connections", "3")
+    idle = [connect(srv.port) for _ in range(3)]
+    for sock in idle:
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert read_response(sock)[0] == 200
+    assert http_get(srv.port, "/hello")[0] == 200  # room made: the oldest idle one went
+    assert idle[0].recv(10) == b""
+    for sock in idle:
+        sock.close()
+
+
+def test_proxy_protocol_with_tls_is_refused_under_asgi(tmp_path):
+    res = run_berth(["-k", "asgi", "--proxy-protocol", "--certfile", "c.pem", "asgi_app:app"],
+                    cwd=str(tmp_path))
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "--proxy-protocol with --certfile is not supported with -k asgi" in res.stderr

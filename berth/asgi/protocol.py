@@ -370,6 +370,7 @@ class HttpProtocol(asyncio.Protocol):
         self.pending: deque[Request] = deque()
         self.cycle: Cycle | None = None
         self.closed = False
+        self.preface: bytes | None = None  # --proxy-protocol: bytes of a header not complete
         self.eof = False  # the client closed its side
         self.reading = True
         self.read_paused_for: set[str] = set()
@@ -403,6 +404,49 @@ class HttpProtocol(asyncio.Protocol):
             self.server_addr = (here, None) if here else None
         self.trusted = server.forwarding.trusts(self.client[0] if self.client else None)
         self.parser = AsgiParser.for_config(server.cfg, self._stream)
+        if server.proxy_mode != "off":
+            self.preface = b""  # a PROXY protocol header may come first
+        server.admit(self)
+
+    def _preface(self, data: bytes) -> bytes | None:
+        """--proxy-protocol: the bytes before the header is settled (see
+        berth.worker.preface, the WSGI loop's twin): the HTTP bytes, or None."""
+        from berth.http.proxyproto import NEED_MORE, NOT_PROXY, ProxyProtocolError, parse
+
+        server = self.server
+        buf = self.preface + data
+        allowed = self.client is None or server.proxy_trust.trusts(self.client)
+        try:
+            header = parse(buf, mode=server.proxy_mode)
+        except ProxyProtocolError as err:
+            self.preface = None
+            if allowed:
+                server.log.warning("bad PROXY protocol header from %s: %s; closing the "
+                                   "connection", self.client[0] if self.client else "a unix "
+                                   "socket", err.reason)
+                self.close()
+            else:
+                self._forbid()
+            return None
+        if header is NOT_PROXY:
+            self.preface = None
+            return buf
+        if header is NEED_MORE:
+            self.preface = bytes(buf)
+            return None
+        self.preface = None
+        if not allowed:
+            self._forbid()
+            return None
+        if header.names_client:
+            self.client = (str(header.src_addr), header.src_port)
+        return buf[header.consumed:] or None
+
+    def _forbid(self) -> None:
+        self.server.log.warning("PROXY protocol header from %s, which is not in "
+                                "proxy_allow_ips: 403", self.client[0])
+        self.write(error_response(403, date=self.server.date))
+        self.close()
 
     def _stream(self, req: Request) -> BodyStream:
         return BodyStream(self, req.body)
@@ -410,6 +454,10 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         now = time.monotonic()
         self.last_active = now
+        if self.preface is not None:
+            data = self._preface(data)
+            if data is None:
+                return
         parser = self.parser
         if parser.current is None and not parser.in_head:
             self.head_started = now
@@ -434,6 +482,12 @@ class HttpProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self.eof = True
+        if self.preface:
+            self.server.log.warning("truncated PROXY protocol header from %s (%d bytes); "
+                                    "closing the connection", self.client[0] if self.client
+                                    else "a unix socket", len(self.preface))
+            self.close()
+            return True
         current = self.parser.current if self.parser is not None else None
         if current is not None and current.streaming:
             current.body_stream.fail(ClientDisconnected("client closed before the body ended"))

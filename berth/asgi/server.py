@@ -20,9 +20,10 @@ import time
 
 from berth.asgi.protocol import Cycle, HttpProtocol, request_scope
 from berth.forwarded import Forwarding
-from berth.http.framing import DateCache
+from berth.http.framing import DateCache, error_response
 from berth.http.parser import HttpError, Request
 from berth.scoreboard import Slot
+from berth.trust import TrustList
 from berth.worker import counts as counters
 from berth.worker.loop import TICK
 
@@ -62,6 +63,9 @@ class AsgiLoop:
         self.servers: list[asyncio.AbstractServer] = []
         self.date = DateCache()
         self.forwarding = Forwarding.from_config(cfg)
+        self.proxy_mode = cfg.proxy_protocol
+        self.proxy_trust = TrustList.parse(cfg.proxy_allow_ips, "proxy_allow_ips")
+        self.max_conns = cfg.worker_connections
         self.root_path = cfg.root_path.rstrip("/")
         self.scheme = "https" if ssl_context is not None else "http"
         self.state: dict | None = None  # the lifespan state (scope["state"] copies it)
@@ -177,6 +181,24 @@ class AsgiLoop:
                 proto.close()
 
     # -- the protocols' side ------------------------------------------------------------------
+
+    def admit(self, proto: HttpProtocol) -> None:
+        """--worker-connections: at the bound, the oldest connections with no request in
+        progress close to make room (idle keep-alive ones first); with none, the new
+        connection gets 503 and closes (the WSGI worker leaves it in the listen queue)."""
+        if len(self.conns) <= self.max_conns:
+            return
+        idle = sorted((p for p in self.conns if p is not proto and p.cycle is None
+                       and not p.pending and p.parser is not None
+                       and p.parser.current is None and not p.closed),
+                      key=lambda p: p.last_active)
+        for old in idle[:max(1, len(self.conns) - self.max_conns)]:
+            old.close()
+        if len(self.conns) > self.max_conns:
+            self.log.warning("worker_connections (%d) reached and none idle: 503",
+                             self.max_conns)
+            proto.write(error_response(503, date=self.date))
+            proto.close()
 
     def scope_for(self, proto: HttpProtocol, req: Request) -> dict:
         scheme = self.scheme
