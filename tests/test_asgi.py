@@ -322,3 +322,22 @@ def test_proxy_protocol_with_tls_is_refused_under_asgi(tmp_path):
                     cwd=str(tmp_path))
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
     assert "--proxy-protocol with --certfile is not supported with -k asgi" in res.stderr
+
+
+def test_pre_and_post_request_hooks_run_as_in_gunicorns_asgi_worker(berth, tmp_path):
+    out = tmp_path / "hooks.log"
+    conf = tmp_path / "hooks.conf.py"
+    conf.write_text(f"""
+def pre_request(worker, req):
+    with open({str(out)!r}, "a") as f:
+        f.write(f"pre {{req.method}} {{req.path}} {{worker.pid}}\\n")
+
+def post_request(worker, req, environ, resp):
+    with open({str(out)!r}, "a") as f:
+        f.write(f"post {{req.method}} {{req.path}} {{resp.status}} {{resp.sent}}\\n")
+""")
+    srv = start(berth, tmp_path, "-c", str(conf), "-w", "1")
+    assert http_get(srv.port, "/hello?q=1")[0] == 200
+    (pid,) = pids_children(srv.pid)
+    assert wait_for(lambda: out.exists() and out.read_text().count("\n") == 2, timeout=3)
+    assert out.read_text() == f"pre GET /hello {pid}\npost GET /hello 200 OK 14\n"

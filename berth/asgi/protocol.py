@@ -587,6 +587,7 @@ class HttpProtocol(asyncio.Protocol):
             self.cycle = cycle = Cycle(self, req, scope)
             req.dispatched = cycle.when
             server.active.add(cycle)
+            server.started(cycle)
             cycle.task = self.loop.create_task(cycle.run(server.app))
             return
 

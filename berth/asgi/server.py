@@ -20,6 +20,7 @@ import time
 
 from berth.asgi.protocol import Cycle, HttpProtocol, request_scope
 from berth.forwarded import Forwarding
+from berth.hooks import RequestView, ResponseView, call_hook, get_hook
 from berth.http.framing import DateCache, error_response
 from berth.http.parser import HttpError, Request
 from berth.scoreboard import Slot
@@ -46,7 +47,7 @@ class AsgiLoop:
 
     def __init__(self, cfg, listeners: list[socket.socket], log, app, access_log, *,
                  signal_fd: int, on_signals, max_requests: int, on_retire, ssl_context=None,
-                 loop: asyncio.AbstractEventLoop):
+                 loop: asyncio.AbstractEventLoop, view=None):
         self.cfg = cfg
         self.listeners = listeners
         self.log = log
@@ -78,6 +79,9 @@ class AsgiLoop:
         self._alive = True
         self._stopped: asyncio.Future | None = None
         self.grace = cfg.asgi_disconnect_grace_period
+        self.view = view  # what hooks get as `worker`
+        self.pre_request = get_hook(cfg, "pre_request")
+        self.post_request = get_hook(cfg, "post_request")
 
     # -- the worker's side --------------------------------------------------------------------
 
@@ -219,17 +223,29 @@ class AsgiLoop:
     def count(self, method: bytes, status: str, sent: int, seconds: float) -> None:
         counters.count(self.counts, method, status, sent, seconds)
 
+    def started(self, cycle: Cycle) -> None:
+        """A request goes to the app: the pre_request hook, as Gunicorn's ASGI worker calls
+        it (its `req` is made from the request as a WSGI environ would have it)."""
+        if self.pre_request is not None:
+            call_hook(self.cfg, "pre_request", self.view,
+                      RequestView(self.environ_for_log(cycle)))
+
     def finished(self, cycle: Cycle) -> None:
-        """A response is over: count it, log it, and check --max-requests."""
+        """A response is over: count it, log it, the post_request hook, --max-requests."""
         req = cycle.req
         status = cycle.status or "500"
         took = time.monotonic() - cycle.when
         counters.count(self.counts, req.method, status, cycle.sent, took)
         access_log = self.access_log
+        environ = None
         if access_log is not None:
+            environ = self.environ_for_log(cycle)
             access_log.lines.append(access_log.format(
-                self.environ_for_log(cycle), status, cycle.sent, took,
-                cycle.access_headers or ()))
+                environ, status, cycle.sent, took, cycle.access_headers or ()))
+        if self.post_request is not None:
+            environ = environ or self.environ_for_log(cycle)
+            call_hook(self.cfg, "post_request", self.view, RequestView(environ), environ,
+                      ResponseView(status, cycle.access_headers, cycle.sent))
         self.served += 1
         if self.served >= self.max_requests and not self.retired:
             self.retire()

@@ -55,7 +55,8 @@ class AsgiWorker(Worker):
         self.loop = self.responder = server = AsgiLoop(
             cfg, self.listeners, self.log, app, self.access_log, signal_fd=self._sig_r,
             on_signals=self.on_signals, max_requests=self.max_requests,
-            on_retire=lambda: self.beat_retiring(), ssl_context=ssl_context, loop=loop)
+            on_retire=lambda: self.beat_retiring(), ssl_context=ssl_context, loop=loop,
+            view=self.view)
         server.setup()
         server.watch = LoopWatch(loop, cfg.loop_block_warn, self.log)
         server.watch.start()
