@@ -271,6 +271,8 @@ def render_metrics(view: View) -> str:
                "ASGI worker's utilisation.",
                [((("pid", w.pid),), round(w.slot.loop_busy, 4)) for w in view.workers
                 if w.slot.state not in (BOOTING,)])
+        family("berth_websockets_open", "gauge", "WebSocket connections open, per worker.",
+               [((("pid", w.pid),), w.slot.websockets_open) for w in view.workers])
     family("berth_listen_queue", "gauge",
            "Connections waiting in each TCP listener's accept queue.",
            [((("listener", name),), n) for name, n in view.listeners if n is not None])
@@ -310,7 +312,8 @@ def render_status(view: View) -> dict:
         })
         if view.config.get("worker_class") == "asgi":
             workers[-1].update(loop_busy=round(slot.loop_busy, 4),
-                               loop_blocked=slot.loop_blocked)
+                               loop_blocked=slot.loop_blocked,
+                               websockets_open=slot.websockets_open)
     live, live_reason = liveness(view)
     ready, ready_reason = readiness(view)
     return {

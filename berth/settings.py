@@ -620,8 +620,15 @@ SETTINGS: tuple[Setting, ...] = (
       "stack of the code that blocks it, and counted (berth_loop_blocked_total); 0 turns "
       "it off.", "SECONDS", section="Worker Processes", status=BERTH_ONLY),
     S("websocket_max_message_size", ("--websocket-max-message-size",), non_negative_int,
-      16777216, "ASGI WebSocket message size limit.", "INT", section="Worker Processes",
-      status=NOT_NEEDED, note="ASGI only; berth serves WSGI."),
+      16777216, "-k asgi: the largest WebSocket message taken, in bytes; a larger one closes "
+      "the connection with 1009 (0: no limit).", "INT", section="Worker Processes"),
+    S("ws_ping_interval", ("--ws-ping-interval",), non_negative_float, 20.0,
+      "-k asgi: seconds a WebSocket may be silent before berth pings it (0: never; "
+      "Uvicorn's name and default).", "SECONDS", section="Worker Processes",
+      status=BERTH_ONLY),
+    S("ws_ping_timeout", ("--ws-ping-timeout",), non_negative_float, 20.0,
+      "-k asgi: seconds to wait for the pong before closing with 1011 (Uvicorn's name and "
+      "default).", "SECONDS", section="Worker Processes", status=BERTH_ONLY),
     S("http_parser", ("--http-parser",), text, "auto",
       "HTTP parser implementation.", "STRING", section="Worker Processes",
       status=NOT_NEEDED, note="berth always parses with httptools (llhttp)."),

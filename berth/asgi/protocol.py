@@ -35,6 +35,8 @@ from collections import deque
 from http import HTTPStatus
 from urllib.parse import unquote
 
+import httptools
+
 from berth.http.framing import (
     CONTINUE,
     LAST_CHUNK,
@@ -64,11 +66,31 @@ class AsgiParser(RequestParser):
         super().on_message_begin()
         self.current.raw = []
 
+    upgrade_rest = b""  # the bytes after an Upgrade request's head (a WebSocket's first frames)
+
+    def _after_error(self, exc: Exception, data: bytes, line: bytes | None = None):
+        if isinstance(exc, httptools.HttpParserUpgrade) and exc.args:
+            self.upgrade_rest = bytes(data[exc.args[0]:])
+        return super()._after_error(exc, data, line)
+
     def on_header(self, name: bytes, value: bytes) -> None:
         in_head = self.in_head
         super().on_header(name, value)
         if in_head and (b"_" not in name or self.header_map == "dangerous"):
             self.current.raw.append((name.lower(), value.rstrip()))
+
+
+def is_websocket_upgrade(req: Request) -> bool:
+    """A GET asking to become a WebSocket (RFC 6455 §4.1)."""
+    if req.method != b"GET":
+        return False
+    upgrade = connection = b""
+    for name, value in req.raw:
+        if name == b"upgrade":
+            upgrade = value.lower()
+        elif name == b"connection":
+            connection = value.lower()
+    return upgrade == b"websocket" and b"upgrade" in connection
 
 
 class BodyStream:
@@ -371,6 +393,7 @@ class HttpProtocol(asyncio.Protocol):
         self.cycle: Cycle | None = None
         self.closed = False
         self.preface: bytes | None = None  # --proxy-protocol: bytes of a header not complete
+        self.ws = None  # a WebSocket Session, once this connection was upgraded
         self.eof = False  # the client closed its side
         self.reading = True
         self.read_paused_for: set[str] = set()
@@ -404,7 +427,7 @@ class HttpProtocol(asyncio.Protocol):
             self.server_addr = (here, None) if here else None
         self.trusted = server.forwarding.trusts(self.client[0] if self.client else None)
         self.parser = AsgiParser.for_config(server.cfg, self._stream)
-        if server.proxy_mode != "off":
+        if server.proxy_mode != "off":  # (berth.worker.preface's rules)
             self.preface = b""  # a PROXY protocol header may come first
         server.admit(self)
 
@@ -452,6 +475,9 @@ class HttpProtocol(asyncio.Protocol):
         return BodyStream(self, req.body)
 
     def data_received(self, data: bytes) -> None:
+        if self.ws is not None:
+            self.ws.feed(data)
+            return
         now = time.monotonic()
         self.last_active = now
         if self.preface is not None:
@@ -502,6 +528,8 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.closed = True
         self.pending.clear()
+        if self.ws is not None:
+            self.ws.lost()
         cycle = self.cycle
         if cycle is not None and not cycle.complete:
             cycle.disconnect()
@@ -577,6 +605,13 @@ class HttpProtocol(asyncio.Protocol):
                 server.count(b"", str(req.status), 0, 0.0)
                 self.write(error_response(req.status, date=server.date))
                 self.close()
+                return
+            if req.raw and not req.keep_alive and is_websocket_upgrade(req):
+                from berth.asgi.websocket import Session
+
+                self.pending.clear()
+                self.ws = Session(self, req, self.parser.upgrade_rest)
+                self.parser.upgrade_rest = b""
                 return
             try:
                 scope = server.scope_for(self, req)

@@ -61,6 +61,7 @@ class AsgiLoop:
         self.loop = loop
         self.conns: set[HttpProtocol] = set()
         self.active: set[Cycle] = set()
+        self.websockets: set = set()  # open WebSocket sessions (berth.asgi.websocket)
         self.servers: list[asyncio.AbstractServer] = []
         self.date = DateCache()
         self.forwarding = Forwarding.from_config(cfg)
@@ -125,6 +126,7 @@ class AsgiLoop:
 
     def publish(self, slot: Slot) -> None:
         counters.publish(self.counts, slot)
+        slot.websockets_open = len(self.websockets)
         watch = self.watch
         if watch is not None:
             slot.loop_blocked = watch.blocked
@@ -141,8 +143,10 @@ class AsgiLoop:
         for cycle in self.active:
             if oldest is None or cycle.when < oldest.when:
                 oldest = cycle
+        for session in list(self.websockets):
+            session.sweep(now, cfg.ws_ping_interval, cfg.ws_ping_timeout)
         for proto in list(self.conns):
-            if proto.closed:
+            if proto.closed or proto.ws is not None:
                 continue
             cycle = proto.cycle
             if cycle is not None or proto.pending:
@@ -179,8 +183,10 @@ class AsgiLoop:
                     self._protocol, sock, ssl=self.ssl_context))
         for server in self.servers:
             server.close()
+        for session in list(self.websockets):
+            session.going_away()
         for proto in list(self.conns):
-            if proto.cycle is None and not proto.pending and not (
+            if proto.cycle is None and proto.ws is None and not proto.pending and not (
                     proto.parser is not None and proto.parser.current is not None):
                 proto.close()
 
@@ -193,7 +199,7 @@ class AsgiLoop:
         if len(self.conns) <= self.max_conns:
             return
         idle = sorted((p for p in self.conns if p is not proto and p.cycle is None
-                       and not p.pending and p.parser is not None
+                       and p.ws is None and not p.pending and p.parser is not None
                        and p.parser.current is None and not p.closed),
                       key=lambda p: p.last_active)
         for old in idle[:max(1, len(self.conns) - self.max_conns)]:
@@ -276,6 +282,14 @@ class AsgiLoop:
         else:
             self.loop.call_later(self.grace, lambda: task.done() or task.cancel())
 
+    def websocket_done(self, session) -> None:
+        """A WebSocket's app returned."""
+        self.served += 1
+        if session.gone:
+            self.websockets.discard(session)
+        if self.served >= self.max_requests and not self.retired:
+            self.retire()
+
     def retire(self) -> None:
         """--max-requests reached: no new connections; the master replaces this worker."""
         self.retired = True
@@ -294,7 +308,10 @@ class AsgiLoop:
         async def finish() -> None:
             for cycle in list(self.active):
                 cycle.disconnect()
-            tasks = [c.task for c in self.active if c.task is not None and not c.task.done()]
+            for session in list(self.websockets):
+                session.lost()
+            tasks = [c.task for c in [*self.active, *self.websockets]
+                     if c.task is not None and not c.task.done()]
             if tasks:
                 await asyncio.wait(tasks, timeout=timeout)
                 for task in tasks:
