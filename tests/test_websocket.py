@@ -1,0 +1,185 @@
+"""WebSockets under `-k asgi` (berth/asgi/websocket.py), with the `websockets` client and raw
+sockets, against real berth processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+from conftest import connect, free_port, read_response
+from proto_helpers import exit_within, http_get, pids_children, wait_for
+from test_admin import metric, scrape
+
+websockets_sync = pytest.importorskip("websockets.sync.client")
+from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
+
+
+def start(berth, tmp_path, *args, admin=False, **kw):
+    markers = tmp_path / "markers"
+    markers.mkdir(exist_ok=True)
+    extra = []
+    if admin:
+        port = free_port()
+        extra = ["--admin-bind", f"127.0.0.1:{port}"]
+    srv = berth(["-k", "asgi", "-w", "1", *extra, *args, "ws_app:app"],
+                env={"ASGI_MARKERS": str(markers)}, **kw)
+    srv.markers = markers
+    if admin:
+        srv.admin = port
+    return srv
+
+
+def ws_connect(srv, path: str, **kw):
+    return websockets_sync.connect(f"ws://127.0.0.1:{srv.port}{path}", open_timeout=5,
+                                   close_timeout=5, **kw)
+
+
+def marker(srv, name: str, timeout: float = 5.0) -> str | None:
+    path = srv.markers / name
+    if wait_for(lambda: path.exists() and path.read_text(), timeout=timeout):
+        return path.read_text()
+    return None
+
+
+def raw_handshake(port: int, path: str = "/hold?id=raw") -> socket.socket:
+    """A WebSocket opened by hand: the tests then act as a client that misbehaves."""
+    sock = connect(port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                 f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    return sock
+
+
+def test_echo_of_text_bytes_fragments_and_large_messages_with_a_subprotocol(berth, tmp_path):
+    srv = start(berth, tmp_path)
+    with ws_connect(srv, "/echo", subprotocols=["chat", "other"], max_size=None) as ws:
+        assert ws.subprotocol == "chat"
+        assert ws.response.headers["x-berth-test"] == "1"
+        ws.send("héllo")
+        assert ws.recv() == "héllo"
+        ws.send(b"\x00\xff")
+        assert ws.recv() == b"\x00\xff"
+        big = os.urandom(3 << 20)
+        ws.send(big)
+        assert ws.recv() == big
+        ws.send(["frag", "mented ", "text"])  # one message in three frames
+        assert ws.recv() == "fragmented text"
+        ws.close(code=4001, reason="done")
+    assert marker(srv, "disconnect-echo") == "4001"  # the app saw the client's code
+
+
+def test_a_denied_handshake_is_a_403_or_the_apps_response(berth, tmp_path):
+    srv = start(berth, tmp_path)
+    with pytest.raises(InvalidStatus) as exc:
+        ws_connect(srv, "/deny").close()
+    assert exc.value.response.status_code == 403
+    with pytest.raises(InvalidStatus) as exc:
+        ws_connect(srv, "/deny-body").close()
+    assert exc.value.response.status_code == 401
+    assert exc.value.response.body == b"who are you?\n"
+    assert http_get(srv.port, "/anything")[2] == b"http\n"  # plain HTTP on the same port
+
+
+def test_the_http_rules_hold_for_the_upgrade_request(berth, tmp_path):
+    srv = start(berth, tmp_path)
+    with connect(srv.port) as sock:  # HTTP/1.1 without Host: 400, as for any request
+        sock.sendall(b"GET /echo HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     b"Sec-WebSocket-Version: 13\r\n\r\n")
+        assert read_response(sock)[0] == 400
+
+
+def test_a_message_over_the_limit_closes_with_1009(berth, tmp_path):
+    srv = start(berth, tmp_path, "--websocket-max-message-size", "1000")
+    with ws_connect(srv, "/echo?id=big") as ws:
+        ws.send("x" * 900)
+        assert ws.recv() == "x" * 900
+        ws.send("x" * 2000)
+        with pytest.raises(ConnectionClosed) as exc:
+            ws.recv()
+    assert exc.value.rcvd.code == 1009
+    assert marker(srv, "disconnect-big") == "1009"
+
+
+def test_a_client_that_vanishes_gives_the_app_1006(berth, tmp_path):
+    srv = start(berth, tmp_path)
+    sock = raw_handshake(srv.port, "/hold?id=gone")
+    sock.close()  # no close frame
+    assert marker(srv, "disconnect-gone") == "1006"
+
+
+def test_an_idle_peer_is_pinged_and_closed_with_1011_without_a_pong(berth, tmp_path):
+    srv = start(berth, tmp_path, "--ws-ping-interval", "0.5", "--ws-ping-timeout", "0.5")
+    with ws_connect(srv, "/echo?id=alive") as ws:  # this client answers pings by itself
+        time.sleep(2.5)
+        ws.send("still here")
+        assert ws.recv() == "still here"
+    sock = raw_handshake(srv.port, "/hold?id=mute")  # this one never reads nor answers
+    assert marker(srv, "disconnect-mute", timeout=6) == "1011"
+    sock.close()
+
+
+def test_a_client_faster_than_the_app_meets_back_pressure(berth, tmp_path):
+    srv = start(berth, tmp_path)
+    (pid,) = pids_children(srv.pid)
+
+    def rss() -> int:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) << 10
+
+    before = rss()
+    sent = [0]
+    with ws_connect(srv, "/slow?id=fast", max_size=None) as ws:
+        piece = b"x" * (256 << 10)
+
+        def flood():
+            try:
+                for _ in range(400):  # 100 MiB, if nothing held it back
+                    ws.send(piece)
+                    sent[0] += len(piece)
+            except ConnectionClosed:
+                pass
+
+        t = threading.Thread(target=flood, daemon=True)
+        t.start()
+        time.sleep(3)
+        grown = rss() - before
+        assert sent[0] < 40 << 20, sent[0]  # the client is held back: 0.2 s per message
+        assert grown < 32 << 20, grown  # and the worker holds a bounded amount
+    t.join(timeout=10)
+
+
+def test_a_drain_closes_every_websocket_with_1001_then_exits(berth, tmp_path):
+    srv = start(berth, tmp_path, "--shutdown-delay", "0.5", "--graceful-timeout", "4",
+                admin=True)
+    stack = contextlib.ExitStack()
+    clients = [stack.enter_context(ws_connect(srv, f"/echo?id=d{i}")) for i in range(3)]
+    for ws in clients:
+        ws.send("hi")
+        assert ws.recv() == "hi"
+    m = wait_for(lambda: (lambda m: m if sum(v for (n, _), v in m.items()
+                                             if n == "berth_websockets_open") == 3 else None)(
+        scrape(srv)), timeout=3)
+    (pid,) = pids_children(srv.pid)
+    assert metric(m, "berth_websockets_open", pid=pid) == 3
+    t0 = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    for ws in clients:
+        with pytest.raises(ConnectionClosed) as exc:
+            ws.recv(timeout=3)
+        assert exc.value.rcvd.code == 1001
+    stack.close()
+    code, _ = exit_within(srv, 6)
+    assert code == 0 and time.monotonic() - t0 < 4 + 0.5
+    assert [marker(srv, f"disconnect-d{i}") for i in range(3)] == ["1001"] * 3
