@@ -1,12 +1,15 @@
 """A one-module Django project served by Django's ASGI handler, for berth's ASGI end-to-end
 tests: `berth -k asgi asgi_django:application` (tests/apps on PYTHONPATH). Configured like
 djapp (the WSGI one): no database, no installed apps, no middleware. Async views, routes as in
-asgi_starlette's docstring, less /state and the raw ASGI ones:
+asgi_starlette's docstring, less /state and the raw ASGI ones, plus /slow:
 
     GET  /json?name=..   POST /json   GET /stream   GET /sse   POST /upload (request.FILES)
     GET  /forever?tag=   a StreamingHttpResponse over an endless async generator; Django's
                          handler awaits receive() beside the response, and on http.disconnect
                          cancels it: marker <tag> reads "CancelledError"
+    GET  /slow?tag=&seconds=   an async view that sleeps, then answers: marker <tag> reads
+                         "finished", or "CancelledError" if Django cancelled it because its
+                         client left (marker <tag>.started: the view began)
 
 Django's ASGI handler has no lifespan support: it raises on the lifespan scope, which berth's
 `--asgi-lifespan auto` takes as "no lifespan".
@@ -14,6 +17,7 @@ Django's ASGI handler has no lifespan support: it raises on the lifespan scope, 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 
@@ -34,7 +38,7 @@ if not settings.configured:
         LOGGING_CONFIG=None,
     )
 
-from asgi_parts import endless, loop_package, pattern_stream, sse_events
+from asgi_parts import endless, loop_package, mark, pattern_stream, sse_events
 from django.core.asgi import get_asgi_application
 from django.http import HttpResponseBadRequest, JsonResponse, StreamingHttpResponse
 from django.urls import path
@@ -92,12 +96,26 @@ async def forever(request):
                                  content_type="application/octet-stream")
 
 
+@require_safe
+async def slow(request):
+    tag = request.GET["tag"]
+    mark(f"{tag}.started", "started")
+    try:
+        await asyncio.sleep(float(request.GET.get("seconds", 4)))
+    except asyncio.CancelledError:
+        mark(tag, "CancelledError")
+        raise
+    mark(tag, "finished")
+    return JsonResponse({"framework": FRAMEWORK, "slept": True})
+
+
 urlpatterns = [
     path("json", json_view),
     path("stream", stream),
     path("sse", sse),
     path("upload", upload),
     path("forever", forever),
+    path("slow", slow),
 ]
 
 application = get_asgi_application()

@@ -16,6 +16,9 @@ bodies they stream, so each app only says how its framework responds with them.
   raw_forever             a raw ASGI 3 endpoint that streams until its client goes away and
                           learns of that as the ASGI spec says: `await receive()` returns
                           {"type": "http.disconnect"} (marker <tag>)
+  raw_wait                a raw ASGI 3 endpoint that sends its head and one chunk, then only
+                          waits on receive() (a long poll, an idle event stream): marker <tag>
+                          reads "http.disconnect", or "timeout" if it was not told in time
 """
 
 from __future__ import annotations
@@ -119,3 +122,31 @@ class RawForever:
 
 raw_forever = RawForever()
 
+
+class RawWait:
+    """GET ?tag=T&seconds=S (see the module docstring): after the first chunk it writes
+    nothing, so only the server's reading of the connection can tell it the client left."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        query = parse_qs(scope["query_string"].decode())
+        tag, seconds = query["tag"][0], float(query.get("seconds", ["4"])[0])
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream")]})
+        await send({"type": "http.response.body", "body": pattern_chunk(0, 64),
+                    "more_body": True})
+
+        async def until_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        try:
+            await asyncio.wait_for(until_disconnect(), seconds)
+        except asyncio.TimeoutError:
+            mark(tag, "timeout")
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        mark(tag, "http.disconnect")
+
+
+raw_wait = RawWait()

@@ -13,6 +13,8 @@ Routes (the same paths in asgi_fastapi and asgi_django, so the tests run the sam
                              generator learnt the client left
     GET  /raw-forever?tag=   asgi_parts.raw_forever: a raw ASGI endpoint that sees
                              http.disconnect from receive()
+    GET  /raw-wait?tag=&seconds=   asgi_parts.raw_wait: one chunk, then it only waits on
+                             receive() for http.disconnect
 
 The lifespan writes marker "lifespan-startup" and "lifespan-shutdown" (the worker's pid).
 """
@@ -31,6 +33,7 @@ from asgi_parts import (
     pattern_chunk,
     pattern_stream,
     raw_forever,
+    raw_wait,
     sse_events,
 )
 from starlette.applications import Starlette
@@ -123,6 +126,7 @@ app = Starlette(
         Route("/state", state),
         Route("/forever", forever),
         Route("/raw-forever", raw_forever),
+        Route("/raw-wait", raw_wait),
     ],
     lifespan=lifespan,
 )
