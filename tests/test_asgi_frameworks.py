@@ -255,8 +255,8 @@ LEAVERS = [
 ]
 
 
-def leaver_cases(loops=LOOPS, marks=lambda fw, path: ()) -> list:
-    return [pytest.param(fw, loop, path, saw, id=f"{fw}{path}-{loop}", marks=marks(fw, path))
+def leaver_cases(loops=LOOPS) -> list:
+    return [pytest.param(fw, loop, path, saw, id=f"{fw}{path}-{loop}")
             for fw, path, saw in LEAVERS for loop in loops]
 
 
@@ -267,20 +267,9 @@ def leave_after_first_chunk(srv: Server, path: str, tag: str) -> None:
     # leaving the block closes the response before its end: httpx closes the connection
 
 
-# A client that closes its connection while the app writes nothing: berth reads the FIN as a
-# half-close (the client may still want the response) and keeps the connection, so the app is
-# told http.disconnect only when a later write of its fails. (First in this section: the slow
-# view ends while the other tests run, not in the servers' drain.)
-EOF_IS_NOT_A_DISCONNECT = pytest.mark.xfail(strict=True, reason=(
-    "berth bug: HttpProtocol.eof_received (berth/asgi/protocol.py) keeps a connection whose "
-    "client sent FIN while a request is being served (a half-close), and nothing tells the "
-    "Cycle; receive() returns http.disconnect only after a write fails (connection_lost). An "
-    "app that is not writing (a slow view before its response, a long poll, an idle event "
-    "stream) never learns its client left: Django's handler cannot cancel the view. Uvicorn "
-    "takes the EOF as the disconnect."))
-
-
-@EOF_IS_NOT_A_DISCONNECT
+# A client that closes its connection while the app writes nothing: its FIN is the disconnect
+# (as with Uvicorn), so the app is told at once, not at its next write. (First in this
+# section: the slow view ends while the other tests run, not in the servers' drain.)
 def test_client_that_gives_up_on_a_slow_django_view_gets_it_cancelled(servers):
     srv = servers["django", "default"]
     tag = f"slow-{uuid.uuid4().hex}"
@@ -291,7 +280,6 @@ def test_client_that_gives_up_on_a_slow_django_view_gets_it_cancelled(servers):
     assert read_marker(srv.markers, tag).split() == ["CancelledError"]
 
 
-@EOF_IS_NOT_A_DISCONNECT
 def test_client_leaving_an_idle_stream_is_told_to_the_app_at_once(servers):
     srv = servers["starlette", "default"]
     tag = f"idle-{uuid.uuid4().hex}"
@@ -314,22 +302,9 @@ def test_client_leaving_mid_stream_is_seen_by_the_app(servers, fw, loop, path, s
 
 # Starlette (FastAPI's too) streams a StreamingResponse without listening for http.disconnect
 # when the server says ASGI spec 2.4, and turns the OSError that send() raises once the client
-# is gone into starlette.requests.ClientDisconnect, which it lets out of the app.
-STARLETTE_RAISES_ON_LEAVING = pytest.mark.xfail(strict=True, reason=(
-    "berth bug: berth says ASGI spec_version 2.4, so Starlette's StreamingResponse does not "
-    "listen for http.disconnect; its send() raises ClientDisconnected (an OSError), which "
-    "Starlette re-raises as starlette.requests.ClientDisconnect, and Cycle.run "
-    "(berth/asgi/protocol.py) logs every exception out of the app at ERROR with a traceback "
-    "('error in ASGI app'), even when the client had already left. Uvicorn (spec 2.3, a send() "
-    "after the disconnect is a no-op) logs nothing for the same client."))
-
-
-def starlette_streaming_response(fw: str, path: str):
-    return STARLETTE_RAISES_ON_LEAVING if fw != "django" and path != "/raw-forever" else ()
-
-
-@pytest.mark.parametrize("fw, loop, path, saw",
-                         leaver_cases(loops=["default"], marks=starlette_streaming_response))
+# is gone into starlette.requests.ClientDisconnect, which it lets out of the app: berth logs
+# that at debug, not as an app error.
+@pytest.mark.parametrize("fw, loop, path, saw", leaver_cases(loops=["default"]))
 def test_client_leaving_mid_stream_is_not_logged_as_an_app_error(servers, fw, loop, path, saw):
     srv = servers[fw, loop]
     tag = f"quiet-{uuid.uuid4().hex}"

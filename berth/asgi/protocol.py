@@ -359,7 +359,12 @@ class Cycle:
         except ClientDisconnected:
             self.keep_alive = False
         except BaseException as exc:  # noqa: BLE001 - the app's error: 500, never a dead worker
-            server.log.error("error in ASGI app: %s", proto.describe(self.req), exc_info=exc)
+            if self.disconnected or self.eof:  # (Starlette: ClientDisconnect, after a send)
+                server.log.debug("ASGI app ended by its client leaving: %s: %r",
+                                 proto.describe(self.req), exc)
+            else:
+                server.log.error("error in ASGI app: %s", proto.describe(self.req),
+                                 exc_info=exc)
             self._fail()
         else:
             if not self.complete:
