@@ -475,6 +475,12 @@ class HttpProtocol(asyncio.Protocol):
     def reject(self, err: HttpError) -> None:
         """A request berth refuses: its answer, then close (the requests before it that
         were parsed are answered first)."""
+        # The parser raises after the requests it completed in the same read: they are
+        # answered first (and a `Connection: close` among them ends the connection before the
+        # error, RFC 9112 9.6: llhttp calls bytes after such a request an error).
+        ready = self.parser.ready
+        self.pending.extend(ready)
+        ready.clear()
         self.pending.append(err)
         if self.cycle is None:
             self.next_request()
