@@ -1,4 +1,8 @@
-"""End-to-end HTTP/1.1 behaviour of berth through a real process and real sockets on 127.0.0.1."""
+"""End-to-end HTTP/1.1 behaviour of berth through a real process and real sockets on 127.0.0.1.
+
+Every test runs against both worker kinds (the `worker_kind` fixture: the WSGI app proto_app
+on -k gthread, its ASGI twin proto_asgi on -k asgi): the HTTP rules are berth's, not the
+worker's, and both must score the same."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from proto_helpers import (
     connect,
     get_request,
     http_get,
+    proto_args,
     read_head,
     read_until_closed,
     send_raw,
@@ -29,9 +34,9 @@ from proto_helpers import (
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    server = start_module_server(tmp_path_factory, ["-w", "1", "--threads", "4", "proto_app:app"],
-                                 name="http")
+def srv(tmp_path_factory, worker_kind):
+    server = start_module_server(tmp_path_factory, ["-w", "1", *proto_args(worker_kind)],
+                                 name=f"http-{worker_kind}")
     yield server
     server.stop()
 
@@ -82,7 +87,10 @@ def test_pipelined_connection_close_stops_after_that_response(srv):
 
 
 @pytest.mark.parametrize("after", [False, True], ids=["pipelined", "sent-after-the-500"])
-@pytest.mark.parametrize("path", ["/raise-before", "/str-body?how=yield", "/str-body?how=write"])
+@pytest.mark.parametrize("path", ["/raise-before", *(
+    pytest.param(path, marks=pytest.mark.asgi_xfail(
+        "-k asgi: a str body fails in the write, after the head was framed: no 500, the "
+        "connection just closes")) for path in ("/str-body?how=yield", "/str-body?how=write"))])
 def test_nothing_is_answered_after_a_500_with_connection_close(srv, path, after):
     """RFC 9112 9.6: after a response with `Connection: close`, no further request on that
     connection is processed. With app threads the loop could read the next request (llhttp:
@@ -191,6 +199,8 @@ def test_expect_100_continue_with_chunked_upload(srv):
     assert (status, got) == (200, b"abcd")
 
 
+@pytest.mark.asgi_xfail("-k asgi: a HEAD response with a Content-Length ends with the whole "
+                        "length unsent, so the connection closes")
 def test_head_has_same_headers_and_no_body(srv):
     _, get_headers, _ = http_get(srv.port, "/hello")
     with connect(srv.port) as sock:
@@ -209,6 +219,7 @@ def test_head_has_same_headers_and_no_body(srv):
     assert (s2, b2) == (200, b"/path?after-head")
 
 
+@pytest.mark.asgi_xfail("-k asgi: a chunked HEAD response gets a last chunk (0 CRLF CRLF)")
 def test_head_of_streaming_response_sends_no_body(srv):
     with connect(srv.port) as sock:
         sock.sendall(get_request("/stream?n=3", method="HEAD"))
@@ -429,10 +440,10 @@ def test_unread_body_larger_than_buffer_never_desyncs_the_connection(srv):
 
 
 @pytest.fixture(scope="module")
-def small_buffer(tmp_path_factory):
+def small_buffer(tmp_path_factory, worker_kind):
     server = start_module_server(
-        tmp_path_factory, ["-w", "1", "--threads", "2", "--body-buffer-size", "1024",
-                           "proto_app:app"], name="smallbuf")
+        tmp_path_factory, ["-w", "1", "--body-buffer-size", "1024", *proto_args(worker_kind, 2)],
+        name=f"smallbuf-{worker_kind}")
     yield server
     server.stop()
 
@@ -494,9 +505,11 @@ def test_expect_100_continue_with_body_above_buffer(small_buffer):
     assert resp == body
 
 
-@pytest.mark.parametrize("threads", ["1", "4"])
-def test_client_that_half_closes_after_its_request_gets_the_whole_response(berth, threads):
-    srv = berth(["-w", "1", "--threads", threads, "--access-logfile", "none", "proto_app:app"])
+@pytest.mark.parametrize("threads", [1, pytest.param(4, marks=pytest.mark.wsgi_only(
+    "app threads: -k asgi runs one event loop, its run with 1 is the whole of it"))])
+def test_client_that_half_closes_after_its_request_gets_the_whole_response(berth, worker_kind,
+                                                                            threads):
+    srv = berth(["-w", "1", "--access-logfile", "none", *proto_args(worker_kind, threads)])
     with connect(srv.port, timeout=20) as sock:
         sock.sendall(get_request("/big?n=8388608"))
         sock.shutdown(socket.SHUT_WR)
@@ -504,9 +517,11 @@ def test_client_that_half_closes_after_its_request_gets_the_whole_response(berth
     assert status == 200 and len(body) == 8388608
 
 
-def test_unread_streamed_body_is_dropped_with_the_access_log_off(berth):
+@pytest.mark.asgi_xfail("-k asgi closes a connection whose streamed body the app left unread: "
+                        "the reset loses the response")
+def test_unread_streamed_body_is_dropped_with_the_access_log_off(berth, worker_kind):
     # the same as above on the path without an access log (it once skipped dropping the body)
-    srv = berth(["-w", "1", "--threads", "1", "--access-logfile", "none", "proto_app:app"])
+    srv = berth(["-w", "1", "--access-logfile", "none", *proto_args(worker_kind, 1)])
     body = b"x" * (3 << 20)
     with connect(srv.port, timeout=20) as sock:
         sock.sendall(get_request("/hello", method="POST", body=body)
@@ -605,19 +620,20 @@ def test_an_unconventional_method_is_400_by_default(srv, method):
 
 
 @pytest.fixture(scope="module")
-def lenient(tmp_path_factory):
+def lenient(tmp_path_factory, worker_kind):
     server = start_module_server(
-        tmp_path_factory, ["-w", "1", "--threads", "2", "--permit-unconventional-http-method",
-                           "proto_app:app"], name="methods")
+        tmp_path_factory, ["-w", "1", "--permit-unconventional-http-method",
+                           *proto_args(worker_kind, 2)], name=f"methods-{worker_kind}")
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def folding(tmp_path_factory):
+def folding(tmp_path_factory, worker_kind):
     server = start_module_server(
-        tmp_path_factory, ["-w", "1", "--threads", "2", "--permit-unconventional-http-method",
-                           "--casefold-http-method", "proto_app:app"], name="casefold")
+        tmp_path_factory, ["-w", "1", "--permit-unconventional-http-method",
+                           "--casefold-http-method", *proto_args(worker_kind, 2)],
+        name=f"casefold-{worker_kind}")
     yield server
     server.stop()
 

@@ -1,4 +1,7 @@
-"""Request limits, malformed requests, header/body timeouts and slow clients, end to end."""
+"""Request limits, malformed requests, header/body timeouts and slow clients, end to end.
+
+The tests run against both worker kinds (the `worker_kind` fixture: -k gthread with
+proto_app, -k asgi with its twin proto_asgi): the limits are berth's, not the worker's."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from proto_helpers import (
     get_request,
     http_get,
     many_sockets,
+    proto_args,
     read_until_closed,
     send_raw,
     start_module_server,
@@ -23,30 +27,30 @@ from proto_helpers import (
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    server = start_module_server(tmp_path_factory, ["-w", "1", "--threads", "4", "proto_app:app"],
-                                 name="limits")
+def srv(tmp_path_factory, worker_kind):
+    server = start_module_server(tmp_path_factory, ["-w", "1", *proto_args(worker_kind)],
+                                 name=f"limits-{worker_kind}")
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def small_limits(tmp_path_factory):
+def small_limits(tmp_path_factory, worker_kind):
     server = start_module_server(
         tmp_path_factory,
-        ["-w", "1", "--threads", "2", "--limit-request-line", "200",
-         "--limit-request-fields", "5", "--limit-request-field_size", "100", "proto_app:app"],
-        name="smalllimits")
+        ["-w", "1", "--limit-request-line", "200", "--limit-request-fields", "5",
+         "--limit-request-field_size", "100", *proto_args(worker_kind, 2)],
+        name=f"smalllimits-{worker_kind}")
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def short_timeouts(tmp_path_factory):
+def short_timeouts(tmp_path_factory, worker_kind):
     server = start_module_server(
         tmp_path_factory,
-        ["-w", "1", "--threads", "2", "--header-timeout", "1", "--keep-alive", "2",
-         "proto_app:app"], name="timeouts")
+        ["-w", "1", "--header-timeout", "1", "--keep-alive", "2", *proto_args(worker_kind, 2)],
+        name=f"timeouts-{worker_kind}")
     yield server
     server.stop()
 
@@ -317,8 +321,8 @@ def test_idle_keep_alive_connection_stays_open_by_default(srv):
 # --- slow clients ---------------------------------------------------------------------------
 
 @pytest.fixture
-def single_thread(berth):
-    return berth(["-w", "1", "--threads", "1", "proto_app:app"])
+def single_thread(berth, worker_kind):
+    return berth(["-w", "1", *proto_args(worker_kind, 1)])
 
 
 def _timed_get(port, path="/hello", timeout=10):
@@ -376,14 +380,19 @@ def _cpu_seconds(pid: int) -> float:
 
 
 @pytest.mark.slow
-def test_at_the_file_descriptor_limit_berth_degrades_instead_of_spinning(berth):
+@pytest.mark.asgi_xfail(
+    "-k asgi accepts through the event loop's own server (create_server): at EMFILE uvloop's "
+    "libuv accepts and resets the waiting clients, asyncio logs and stops accepting for 1 s; "
+    "neither sheds the oldest idle keep-alive connections as berth's epoll loop does. Needs "
+    "berth's own accept in the ASGI loop (worker_connections for -k asgi, not yet)")
+def test_at_the_file_descriptor_limit_berth_degrades_instead_of_spinning(berth, worker_kind):
     """`ulimit -n 256`, one worker, 400 clients that each send one keep-alive request and
     stay idle: accept() fails with EMFILE. The worker sheds its oldest idle connections and
     backs off; a new client is answered within 2 s, the worker stays under half a CPU, and
     the error log does not flood."""
     from proto_helpers import pids_children
 
-    srv = berth(["-w", "1", "--threads", "1", "--access-logfile", "none", "proto_app:app"])
+    srv = berth(["-w", "1", "--access-logfile", "none", *proto_args(worker_kind, 1)])
     (worker,) = pids_children(srv.pid)
     for pid in (srv.pid, worker):  # as `ulimit -n 256` would have set it before the start
         resource.prlimit(pid, resource.RLIMIT_NOFILE, (256, 256))
