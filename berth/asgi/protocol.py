@@ -233,6 +233,10 @@ class Cycle:
         proto = self.proto
         if kind == "http.response.body":
             body = message.get("body", b"")
+            if type(body) is not bytes and not isinstance(body, (bytearray, memoryview)):
+                # (checked before anything is framed: an error before the head is a 500)
+                raise TypeError(f"http.response.body: body must be bytes, not "
+                                f"{type(body).__name__}")
             more = message.get("more_body", False)
             if self.framing is None:
                 self._frame(None if more else len(body), body)
