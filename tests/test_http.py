@@ -216,7 +216,6 @@ def test_head_has_same_headers_and_no_body(srv):
     assert (s2, b2) == (200, b"/path?after-head")
 
 
-@pytest.mark.asgi_xfail("-k asgi: a chunked HEAD response gets a last chunk (0 CRLF CRLF)")
 def test_head_of_streaming_response_sends_no_body(srv):
     with connect(srv.port) as sock:
         sock.sendall(get_request("/stream?n=3", method="HEAD"))

@@ -284,7 +284,8 @@ class Cycle:
         self.proto.write(chunk(body) if self.chunked else body)
 
     def _end(self) -> None:
-        if self.chunked:
+        no_body = self.framing.no_body  # (HEAD: a head framed as GET's, and nothing after it)
+        if self.chunked and not no_body:
             self.proto.write(LAST_CHUNK)
         elif self.remaining:  # shorter than its Content-Length: the client cannot tell
             self.keep_alive = False
