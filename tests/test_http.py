@@ -196,8 +196,6 @@ def test_expect_100_continue_with_chunked_upload(srv):
     assert (status, got) == (200, b"abcd")
 
 
-@pytest.mark.asgi_xfail("-k asgi: a HEAD response with a Content-Length ends with the whole "
-                        "length unsent, so the connection closes")
 def test_head_has_same_headers_and_no_body(srv):
     _, get_headers, _ = http_get(srv.port, "/hello")
     with connect(srv.port) as sock:

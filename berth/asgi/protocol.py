@@ -287,8 +287,8 @@ class Cycle:
         no_body = self.framing.no_body  # (HEAD: a head framed as GET's, and nothing after it)
         if self.chunked and not no_body:
             self.proto.write(LAST_CHUNK)
-        elif self.remaining:  # shorter than its Content-Length: the client cannot tell
-            self.keep_alive = False
+        elif self.remaining and not no_body:  # shorter than its Content-Length: the client
+            self.keep_alive = False  # cannot tell where it ends
         self.complete = True
         waiter = self.waiter
         if waiter is not None and not waiter.done():
