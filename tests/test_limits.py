@@ -259,9 +259,12 @@ def test_drip_fed_head_closed_after_header_timeout(short_timeouts):
 
 def test_idle_new_connection_closed_after_header_timeout(short_timeouts):
     with connect(short_timeouts.port) as sock:
-        data, closed, _elapsed = _closed_within(sock, 8)
+        data, closed, elapsed = _closed_within(sock, 8)
     assert closed
     assert data == b"" or status_of(data) == 408
+    # closed by --header-timeout 1 (ticks of 0.5 s), not by --keep-alive 2: a new connection
+    # owes its first head as any other
+    assert elapsed < 1.9, f"a silent new connection was closed after {elapsed:.2f} s"
 
 
 def test_request_split_across_writes_within_timeout_is_served(short_timeouts):
@@ -272,6 +275,19 @@ def test_request_split_across_writes_within_timeout_is_served(short_timeouts):
         sock.sendall(req[10:])
         status, _, body = read_response(sock)
     assert (status, body) == (200, HELLO)
+
+
+def test_body_sent_slowly_without_a_long_pause_is_served(short_timeouts):
+    # --header-timeout bounds a body's longest pause, not its whole upload
+    body = b"0123456789"
+    with connect(short_timeouts.port) as sock:
+        sock.sendall(get_request("/echo", method="POST",
+                                 headers={"Content-Length": str(len(body))}))
+        for i in range(len(body)):  # 2 s in all, a byte every 0.2 s
+            time.sleep(0.2)
+            sock.sendall(body[i:i + 1])
+        status, _, got = read_response(sock)
+    assert (status, got) == (200, body)
 
 
 def test_chunked_body_without_final_chunk_never_reaches_app(short_timeouts):

@@ -361,7 +361,7 @@ class HttpProtocol(asyncio.Protocol):
         self.write_paused = False
         self.drained: asyncio.Future | None = None
         self.last_active = time.monotonic()
-        self.head_started = 0.0
+        self.head_started = self.last_active  # a new connection owes a head (--header-timeout)
         self.client = None
         self.server_addr = None
 
@@ -396,13 +396,15 @@ class HttpProtocol(asyncio.Protocol):
         now = time.monotonic()
         self.last_active = now
         parser = self.parser
-        if parser.current is None and not parser.in_head:
-            self.head_started = now
         try:
             parser.feed(data)
         except HttpError as err:
             self.reject(err)
             return
+        if not parser.in_head:
+            self.head_started = 0.0  # (a body's deadline is its longest pause: last_active)
+        elif not self.head_started:
+            self.head_started = now
         ready = parser.ready
         if ready:
             self.pending.extend(ready)
