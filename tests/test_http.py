@@ -511,8 +511,6 @@ def test_client_that_half_closes_after_its_request_gets_the_whole_response(berth
     assert status == 200 and len(body) == 8388608
 
 
-@pytest.mark.asgi_xfail("-k asgi closes a connection whose streamed body the app left unread: "
-                        "the reset loses the response")
 def test_unread_streamed_body_is_dropped_with_the_access_log_off(berth, worker_kind):
     # the same as above on the path without an access log (it once skipped dropping the body)
     srv = berth(["-w", "1", "--access-logfile", "none", *proto_args(worker_kind, 1)])

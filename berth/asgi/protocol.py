@@ -11,7 +11,8 @@ A `Cycle` is the app's view of one request (ASGI 3, HTTP spec 2.4):
     `--body-buffer-size`), else in the pieces it arrives in, reading paused while more than
     HIGH_WATER bytes wait for the app (back-pressure); then `http.disconnect` once the
     response is sent or the client is gone. `Expect: 100-continue` is answered when the app
-    first asks for the body.
+    first asks for the body. What the app leaves unread of a streamed body is read and
+    dropped, and the connection goes on to its next request.
   - `send()` takes `http.response.start`, `http.response.body` (a response whose first body
     message is its last gets a Content-Length; others are chunked on HTTP/1.1) and
     `http.response.pathsend` (the file goes out with sendfile, or read and written through
@@ -73,7 +74,7 @@ class AsgiParser(RequestParser):
 class BodyStream:
     """A body larger than the buffer: its pieces, as they arrive, for receive()."""
 
-    __slots__ = ("chunks", "done", "error", "proto", "size", "waiter")
+    __slots__ = ("chunks", "discarding", "done", "error", "proto", "size", "waiter")
 
     def __init__(self, proto: HttpProtocol, first: bytes):
         self.proto = proto
@@ -82,16 +83,27 @@ class BodyStream:
         self.done = False
         self.error: BaseException | None = None
         self.waiter: asyncio.Future | None = None
+        self.discarding = False
 
     def feed(self, data: bytes | None) -> None:
         if data is None:
             self.done = True
+        elif self.discarding:
+            return
         else:
             self.chunks.append(data)
             self.size += len(data)
             if self.size > HIGH_WATER:
                 self.proto.pause_reading()
         self._wake()
+
+    def discard(self) -> None:
+        """The app is done without reading it all: the rest is read and dropped as it
+        arrives, so the connection gets to the next request (as the WSGI worker does)."""
+        self.discarding = True
+        self.chunks.clear()
+        self.size = 0
+        self.proto.resume_reading()
 
     def fail(self, exc: BaseException) -> None:
         self.error = exc
@@ -530,9 +542,13 @@ class HttpProtocol(asyncio.Protocol):
         if self.closed:
             server.conns.discard(self)
             return
-        if not cycle.keep_alive or (cycle.req.streaming and not cycle.req.complete):
-            self.close()  # (an unread streamed body: where the next request starts is lost)
+        if not cycle.keep_alive:
+            self.close()
             return
+        if cycle.req.streaming and not cycle.req.complete:
+            # closing with the body unread would reset the connection: the client could lose
+            # the response it has not read yet (RFC 9112 9.6); the parser knows where it ends
+            cycle.req.body_stream.discard()
         if self.pending:
             self.next_request()
         elif server.draining:
