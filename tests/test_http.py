@@ -30,6 +30,7 @@ from proto_helpers import (
     send_raw,
     start_module_server,
     status_of,
+    wait_for,
 )
 
 
@@ -644,3 +645,54 @@ def test_casefold_http_method_upper_cases_the_method(folding, method, folded):
         status, headers, body = read_response(sock, head_only=folded == "HEAD")
         assert (status, headers["x-method"]) == (200, folded)
         assert read_response(sock)[2] == b"/path?next"  # a HEAD response had no body
+
+
+# --- header names with `_`, and responses berth cannot send whole ---------------------------
+
+def test_header_names_with_underscore_are_dropped(srv):
+    env = environ_for(srv.port, get_request("/env", headers={"X_Foo": "underscore",
+                                                             "X-Bar": "dash"}))
+    assert env["HTTP_X_BAR"] == "dash"
+    assert "HTTP_X_FOO" not in env
+
+
+def test_underscore_header_cannot_shadow_dash_header(srv):
+    env = environ_for(srv.port, get_request("/env", headers={"X-Foo": "dash",
+                                                             "X_Foo": "underscore"}))
+    assert env["HTTP_X_FOO"] == "dash"
+
+
+def test_header_map_refuse_answers_400_end_to_end(berth, worker_kind):
+    srv = berth(["-w", "1", "--header-map", "refuse", *proto_args(worker_kind)])
+    resp, closed = send_raw(srv.port, get_request("/env", headers={"X_Foo": "under"}))
+    assert status_of(resp) == 400 and closed
+    assert http_get(srv.port, "/hello")[2] == HELLO
+
+
+@pytest.mark.parametrize("cl", ["0", "1"], ids=["chunked", "content-length"])
+def test_exception_after_response_started_truncates_and_closes(srv, cl):
+    with connect(srv.port) as sock:
+        sock.sendall(get_request(f"/raise-after?cl={cl}"))
+        raw, closed = read_until_closed(sock, timeout=10)
+    assert closed, "connection must be closed when the body generator raises"
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert status_of(head) == 200
+    assert b"partial-1" in body
+    if cl == "1":
+        assert len(body) < 1000
+    else:
+        assert b"transfer-encoding: chunked" in head.lower()
+        assert not body.endswith(b"0\r\n\r\n"), "a truncated body must not look complete"
+    assert wait_for(lambda: "proto-boom-after-start-response" in srv.stderr())
+    assert http_get(srv.port, "/hello")[2] == HELLO
+
+
+@pytest.mark.parametrize("kind", ["crlf", "lf", "cr"])
+def test_crlf_in_response_header_value_gives_500_never_split(srv, kind):
+    raw, _ = send_raw(srv.port, get_request(f"/bad-header?kind={kind}",
+                                            headers={"Connection": "close"}))
+    assert status_of(raw) == 500, raw[:300]
+    head = raw.partition(b"\r\n\r\n")[0]
+    assert b"x-injected" not in head.lower()
+    assert b"should-not-be-sent" not in raw
+    assert b"\r\nX-Bad:" not in head

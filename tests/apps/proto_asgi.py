@@ -28,6 +28,9 @@ Routes (query parameters in brackets), as in proto_app.py:
   /raise-before               raises before http.response.start
   /str-body [how]             a str body (an app error, 500 as nothing was sent): in the last
                               body message (how=yield) or in one with more_body (how=write)
+  /raise-after [cl]           starts a response (Content-Length 1000 if cl=1), sends two
+                              parts, then raises
+  /bad-header [kind]          header value containing CR/LF (kind = crlf | lf | cr)
   anything else               404 "no route <path>"
 
 X-Content-Length: WSGI's CONTENT_LENGTH, which berth sets to the dechunked length for a
@@ -216,5 +219,17 @@ async def app(scope, receive, send):
         more = q.get("how") == "write"
         await send({"type": "http.response.body", "body": "a str, not bytes", "more_body": more})
         return await send({"type": "http.response.body", "body": b""})
+
+    if path == "/raise-after":
+        headers = [TEXT] + ([(b"content-length", b"1000")] if q.get("cl") == "1" else [])
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for part in (b"partial-1\n", b"partial-2\n"):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        raise RuntimeError("proto-boom-after-start-response")
+
+    if path == "/bad-header":
+        sep = {"crlf": b"\r\n", "lf": b"\n", "cr": b"\r"}[q.get("kind", "crlf")]
+        body = b"should-not-be-sent"
+        return await _respond(send, body, headers=[(b"x-bad", b"ok" + sep + b"X-Injected: 1")])
 
     return await _respond(send, f"no route {path}".encode(), status=404)
