@@ -100,6 +100,29 @@ class Server:
         return self.proc.returncode
 
 
+@pytest.fixture(scope="module", params=["wsgi", "asgi"])
+def worker_kind(request) -> str:
+    """The HTTP conformance tests run once per worker kind: "wsgi" (-k gthread, proto_app)
+    and "asgi" (-k asgi, its twin proto_asgi); `proto_helpers.proto_args(kind)` starts it.
+    Module-scoped, so a module's servers start once per kind."""
+    return request.param
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """On the "asgi" run of a test: `@pytest.mark.wsgi_only(reason)` skips it,
+    `@pytest.mark.asgi_xfail(reason)` expects it to fail (strict: a pass is an error)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or callspec.params.get("worker_kind") != "asgi":
+            continue
+        for name, add in (("wsgi_only", pytest.mark.skip),
+                          ("asgi_xfail", lambda reason: pytest.mark.xfail(strict=True,
+                                                                          reason=reason))):
+            mark = item.get_closest_marker(name)
+            if mark is not None:
+                item.add_marker(add(reason=mark.args[0]))
+
+
 @pytest.fixture
 def berth(tmp_path):
     """Factory: `srv = berth(["-w", "1", "hello:app"])`; every server is stopped at teardown."""

@@ -33,6 +33,7 @@ __all__ = [
     "get_request",
     "http_get",
     "marker_dir",
+    "proto_args",
     "read_head",
     "read_until_closed",
     "send_raw",
@@ -47,6 +48,15 @@ def big_sha256(n: int) -> str:
     for part in big_pattern(n):
         h.update(part)
     return h.hexdigest()
+
+
+def proto_args(kind: str, threads: int = 4) -> list[str]:
+    """The worker class and app of a conformance server, last on its command line: for
+    "wsgi" gthread with `threads` app threads and proto_app; for "asgi" one event loop
+    (--threads is not the ASGI worker's) and the twin proto_asgi."""
+    if kind == "asgi":
+        return ["-k", "asgi", "proto_asgi:app"]
+    return ["-k", "gthread", "--threads", str(threads), "proto_app:app"]
 
 
 def start_module_server(tmp_path_factory, args, env=None, name="srv", **kw) -> Server:

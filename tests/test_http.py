@@ -1,4 +1,8 @@
-"""End-to-end HTTP/1.1 behaviour of berth through a real process and real sockets on 127.0.0.1."""
+"""End-to-end HTTP/1.1 behaviour of berth through a real process and real sockets on 127.0.0.1.
+
+Every test runs against both worker kinds (the `worker_kind` fixture: the WSGI app proto_app
+on -k gthread, its ASGI twin proto_asgi on -k asgi): the HTTP rules are berth's, not the
+worker's, and both must score the same."""
 
 from __future__ import annotations
 
@@ -20,18 +24,20 @@ from proto_helpers import (
     connect,
     get_request,
     http_get,
+    proto_args,
     read_head,
     read_until_closed,
     send_raw,
     start_module_server,
     status_of,
+    wait_for,
 )
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    server = start_module_server(tmp_path_factory, ["-w", "1", "--threads", "4", "proto_app:app"],
-                                 name="http")
+def srv(tmp_path_factory, worker_kind):
+    server = start_module_server(tmp_path_factory, ["-w", "1", *proto_args(worker_kind)],
+                                 name=f"http-{worker_kind}")
     yield server
     server.stop()
 
@@ -429,10 +435,10 @@ def test_unread_body_larger_than_buffer_never_desyncs_the_connection(srv):
 
 
 @pytest.fixture(scope="module")
-def small_buffer(tmp_path_factory):
+def small_buffer(tmp_path_factory, worker_kind):
     server = start_module_server(
-        tmp_path_factory, ["-w", "1", "--threads", "2", "--body-buffer-size", "1024",
-                           "proto_app:app"], name="smallbuf")
+        tmp_path_factory, ["-w", "1", "--body-buffer-size", "1024", *proto_args(worker_kind, 2)],
+        name=f"smallbuf-{worker_kind}")
     yield server
     server.stop()
 
@@ -494,9 +500,11 @@ def test_expect_100_continue_with_body_above_buffer(small_buffer):
     assert resp == body
 
 
-@pytest.mark.parametrize("threads", ["1", "4"])
-def test_client_that_half_closes_after_its_request_gets_the_whole_response(berth, threads):
-    srv = berth(["-w", "1", "--threads", threads, "--access-logfile", "none", "proto_app:app"])
+@pytest.mark.parametrize("threads", [1, pytest.param(4, marks=pytest.mark.wsgi_only(
+    "app threads: -k asgi runs one event loop, its run with 1 is the whole of it"))])
+def test_client_that_half_closes_after_its_request_gets_the_whole_response(berth, worker_kind,
+                                                                            threads):
+    srv = berth(["-w", "1", "--access-logfile", "none", *proto_args(worker_kind, threads)])
     with connect(srv.port, timeout=20) as sock:
         sock.sendall(get_request("/big?n=8388608"))
         sock.shutdown(socket.SHUT_WR)
@@ -504,9 +512,9 @@ def test_client_that_half_closes_after_its_request_gets_the_whole_response(berth
     assert status == 200 and len(body) == 8388608
 
 
-def test_unread_streamed_body_is_dropped_with_the_access_log_off(berth):
+def test_unread_streamed_body_is_dropped_with_the_access_log_off(berth, worker_kind):
     # the same as above on the path without an access log (it once skipped dropping the body)
-    srv = berth(["-w", "1", "--threads", "1", "--access-logfile", "none", "proto_app:app"])
+    srv = berth(["-w", "1", "--access-logfile", "none", *proto_args(worker_kind, 1)])
     body = b"x" * (3 << 20)
     with connect(srv.port, timeout=20) as sock:
         sock.sendall(get_request("/hello", method="POST", body=body)
@@ -605,19 +613,20 @@ def test_an_unconventional_method_is_400_by_default(srv, method):
 
 
 @pytest.fixture(scope="module")
-def lenient(tmp_path_factory):
+def lenient(tmp_path_factory, worker_kind):
     server = start_module_server(
-        tmp_path_factory, ["-w", "1", "--threads", "2", "--permit-unconventional-http-method",
-                           "proto_app:app"], name="methods")
+        tmp_path_factory, ["-w", "1", "--permit-unconventional-http-method",
+                           *proto_args(worker_kind, 2)], name=f"methods-{worker_kind}")
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def folding(tmp_path_factory):
+def folding(tmp_path_factory, worker_kind):
     server = start_module_server(
-        tmp_path_factory, ["-w", "1", "--threads", "2", "--permit-unconventional-http-method",
-                           "--casefold-http-method", "proto_app:app"], name="casefold")
+        tmp_path_factory, ["-w", "1", "--permit-unconventional-http-method",
+                           "--casefold-http-method", *proto_args(worker_kind, 2)],
+        name=f"casefold-{worker_kind}")
     yield server
     server.stop()
 
@@ -636,3 +645,54 @@ def test_casefold_http_method_upper_cases_the_method(folding, method, folded):
         status, headers, body = read_response(sock, head_only=folded == "HEAD")
         assert (status, headers["x-method"]) == (200, folded)
         assert read_response(sock)[2] == b"/path?next"  # a HEAD response had no body
+
+
+# --- header names with `_`, and responses berth cannot send whole ---------------------------
+
+def test_header_names_with_underscore_are_dropped(srv):
+    env = environ_for(srv.port, get_request("/env", headers={"X_Foo": "underscore",
+                                                             "X-Bar": "dash"}))
+    assert env["HTTP_X_BAR"] == "dash"
+    assert "HTTP_X_FOO" not in env
+
+
+def test_underscore_header_cannot_shadow_dash_header(srv):
+    env = environ_for(srv.port, get_request("/env", headers={"X-Foo": "dash",
+                                                             "X_Foo": "underscore"}))
+    assert env["HTTP_X_FOO"] == "dash"
+
+
+def test_header_map_refuse_answers_400_end_to_end(berth, worker_kind):
+    srv = berth(["-w", "1", "--header-map", "refuse", *proto_args(worker_kind)])
+    resp, closed = send_raw(srv.port, get_request("/env", headers={"X_Foo": "under"}))
+    assert status_of(resp) == 400 and closed
+    assert http_get(srv.port, "/hello")[2] == HELLO
+
+
+@pytest.mark.parametrize("cl", ["0", "1"], ids=["chunked", "content-length"])
+def test_exception_after_response_started_truncates_and_closes(srv, cl):
+    with connect(srv.port) as sock:
+        sock.sendall(get_request(f"/raise-after?cl={cl}"))
+        raw, closed = read_until_closed(sock, timeout=10)
+    assert closed, "connection must be closed when the body generator raises"
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert status_of(head) == 200
+    assert b"partial-1" in body
+    if cl == "1":
+        assert len(body) < 1000
+    else:
+        assert b"transfer-encoding: chunked" in head.lower()
+        assert not body.endswith(b"0\r\n\r\n"), "a truncated body must not look complete"
+    assert wait_for(lambda: "proto-boom-after-start-response" in srv.stderr())
+    assert http_get(srv.port, "/hello")[2] == HELLO
+
+
+@pytest.mark.parametrize("kind", ["crlf", "lf", "cr"])
+def test_crlf_in_response_header_value_gives_500_never_split(srv, kind):
+    raw, _ = send_raw(srv.port, get_request(f"/bad-header?kind={kind}",
+                                            headers={"Connection": "close"}))
+    assert status_of(raw) == 500, raw[:300]
+    head = raw.partition(b"\r\n\r\n")[0]
+    assert b"x-injected" not in head.lower()
+    assert b"should-not-be-sent" not in raw
+    assert b"\r\nX-Bad:" not in head

@@ -1,4 +1,7 @@
-"""Request limits, malformed requests, header/body timeouts and slow clients, end to end."""
+"""Request limits, malformed requests, header/body timeouts and slow clients, end to end.
+
+The tests run against both worker kinds (the `worker_kind` fixture: -k gthread with
+proto_app, -k asgi with its twin proto_asgi): the limits are berth's, not the worker's."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from proto_helpers import (
     get_request,
     http_get,
     many_sockets,
+    proto_args,
     read_until_closed,
     send_raw,
     start_module_server,
@@ -23,30 +27,30 @@ from proto_helpers import (
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    server = start_module_server(tmp_path_factory, ["-w", "1", "--threads", "4", "proto_app:app"],
-                                 name="limits")
+def srv(tmp_path_factory, worker_kind):
+    server = start_module_server(tmp_path_factory, ["-w", "1", *proto_args(worker_kind)],
+                                 name=f"limits-{worker_kind}")
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def small_limits(tmp_path_factory):
+def small_limits(tmp_path_factory, worker_kind):
     server = start_module_server(
         tmp_path_factory,
-        ["-w", "1", "--threads", "2", "--limit-request-line", "200",
-         "--limit-request-fields", "5", "--limit-request-field_size", "100", "proto_app:app"],
-        name="smalllimits")
+        ["-w", "1", "--limit-request-line", "200", "--limit-request-fields", "5",
+         "--limit-request-field_size", "100", *proto_args(worker_kind, 2)],
+        name=f"smalllimits-{worker_kind}")
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def short_timeouts(tmp_path_factory):
+def short_timeouts(tmp_path_factory, worker_kind):
     server = start_module_server(
         tmp_path_factory,
-        ["-w", "1", "--threads", "2", "--header-timeout", "1", "--keep-alive", "2",
-         "proto_app:app"], name="timeouts")
+        ["-w", "1", "--header-timeout", "1", "--keep-alive", "2", *proto_args(worker_kind, 2)],
+        name=f"timeouts-{worker_kind}")
     yield server
     server.stop()
 
@@ -255,9 +259,12 @@ def test_drip_fed_head_closed_after_header_timeout(short_timeouts):
 
 def test_idle_new_connection_closed_after_header_timeout(short_timeouts):
     with connect(short_timeouts.port) as sock:
-        data, closed, _elapsed = _closed_within(sock, 8)
+        data, closed, elapsed = _closed_within(sock, 8)
     assert closed
     assert data == b"" or status_of(data) == 408
+    # closed by --header-timeout 1 (ticks of 0.5 s), not by --keep-alive 2: a new connection
+    # owes its first head as any other
+    assert elapsed < 1.9, f"a silent new connection was closed after {elapsed:.2f} s"
 
 
 def test_request_split_across_writes_within_timeout_is_served(short_timeouts):
@@ -268,6 +275,19 @@ def test_request_split_across_writes_within_timeout_is_served(short_timeouts):
         sock.sendall(req[10:])
         status, _, body = read_response(sock)
     assert (status, body) == (200, HELLO)
+
+
+def test_body_sent_slowly_without_a_long_pause_is_served(short_timeouts):
+    # --header-timeout bounds a body's longest pause, not its whole upload
+    body = b"0123456789"
+    with connect(short_timeouts.port) as sock:
+        sock.sendall(get_request("/echo", method="POST",
+                                 headers={"Content-Length": str(len(body))}))
+        for i in range(len(body)):  # 2 s in all, a byte every 0.2 s
+            time.sleep(0.2)
+            sock.sendall(body[i:i + 1])
+        status, _, got = read_response(sock)
+    assert (status, got) == (200, body)
 
 
 def test_chunked_body_without_final_chunk_never_reaches_app(short_timeouts):
@@ -317,8 +337,8 @@ def test_idle_keep_alive_connection_stays_open_by_default(srv):
 # --- slow clients ---------------------------------------------------------------------------
 
 @pytest.fixture
-def single_thread(berth):
-    return berth(["-w", "1", "--threads", "1", "proto_app:app"])
+def single_thread(berth, worker_kind):
+    return berth(["-w", "1", *proto_args(worker_kind, 1)])
 
 
 def _timed_get(port, path="/hello", timeout=10):
@@ -376,14 +396,19 @@ def _cpu_seconds(pid: int) -> float:
 
 
 @pytest.mark.slow
-def test_at_the_file_descriptor_limit_berth_degrades_instead_of_spinning(berth):
+@pytest.mark.asgi_xfail(
+    "-k asgi accepts through the event loop's own server (create_server): at EMFILE uvloop's "
+    "libuv accepts and resets the waiting clients, asyncio logs and stops accepting for 1 s; "
+    "neither sheds the oldest idle keep-alive connections as berth's epoll loop does. Needs "
+    "berth's own accept in the ASGI loop (worker_connections for -k asgi, not yet)")
+def test_at_the_file_descriptor_limit_berth_degrades_instead_of_spinning(berth, worker_kind):
     """`ulimit -n 256`, one worker, 400 clients that each send one keep-alive request and
     stay idle: accept() fails with EMFILE. The worker sheds its oldest idle connections and
     backs off; a new client is answered within 2 s, the worker stays under half a CPU, and
     the error log does not flood."""
     from proto_helpers import pids_children
 
-    srv = berth(["-w", "1", "--threads", "1", "--access-logfile", "none", "proto_app:app"])
+    srv = berth(["-w", "1", "--access-logfile", "none", *proto_args(worker_kind, 1)])
     (worker,) = pids_children(srv.pid)
     for pid in (srv.pid, worker):  # as `ulimit -n 256` would have set it before the start
         resource.prlimit(pid, resource.RLIMIT_NOFILE, (256, 256))

@@ -11,7 +11,8 @@ A `Cycle` is the app's view of one request (ASGI 3, HTTP spec 2.4):
     `--body-buffer-size`), else in the pieces it arrives in, reading paused while more than
     HIGH_WATER bytes wait for the app (back-pressure); then `http.disconnect` once the
     response is sent or the client is gone. `Expect: 100-continue` is answered when the app
-    first asks for the body.
+    first asks for the body. What the app leaves unread of a streamed body is read and
+    dropped, and the connection goes on to its next request.
   - `send()` takes `http.response.start`, `http.response.body` (a response whose first body
     message is its last gets a Content-Length; others are chunked on HTTP/1.1) and
     `http.response.pathsend` (the file goes out with sendfile, or read and written through
@@ -96,7 +97,7 @@ def is_websocket_upgrade(req: Request) -> bool:
 class BodyStream:
     """A body larger than the buffer: its pieces, as they arrive, for receive()."""
 
-    __slots__ = ("chunks", "done", "error", "proto", "size", "waiter")
+    __slots__ = ("chunks", "discarding", "done", "error", "proto", "size", "waiter")
 
     def __init__(self, proto: HttpProtocol, first: bytes):
         self.proto = proto
@@ -105,16 +106,27 @@ class BodyStream:
         self.done = False
         self.error: BaseException | None = None
         self.waiter: asyncio.Future | None = None
+        self.discarding = False
 
     def feed(self, data: bytes | None) -> None:
         if data is None:
             self.done = True
+        elif self.discarding:
+            return
         else:
             self.chunks.append(data)
             self.size += len(data)
             if self.size > HIGH_WATER:
                 self.proto.pause_reading()
         self._wake()
+
+    def discard(self) -> None:
+        """The app is done without reading it all: the rest is read and dropped as it
+        arrives, so the connection gets to the next request (as the WSGI worker does)."""
+        self.discarding = True
+        self.chunks.clear()
+        self.size = 0
+        self.proto.resume_reading()
 
     def fail(self, exc: BaseException) -> None:
         self.error = exc
@@ -267,6 +279,10 @@ class Cycle:
         proto = self.proto
         if kind == "http.response.body":
             body = message.get("body", b"")
+            if type(body) is not bytes and not isinstance(body, (bytearray, memoryview)):
+                # (checked before anything is framed: an error before the head is a 500)
+                raise TypeError(f"http.response.body: body must be bytes, not "
+                                f"{type(body).__name__}")
             more = message.get("more_body", False)
             if self.framing is None:
                 self._frame(None if more else len(body), body)
@@ -314,10 +330,11 @@ class Cycle:
         self.proto.write(chunk(body) if self.chunked else body)
 
     def _end(self) -> None:
-        if self.chunked:
+        no_body = self.framing.no_body  # (HEAD: a head framed as GET's, and nothing after it)
+        if self.chunked and not no_body:
             self.proto.write(LAST_CHUNK)
-        elif self.remaining:  # shorter than its Content-Length: the client cannot tell
-            self.keep_alive = False
+        elif self.remaining and not no_body:  # shorter than its Content-Length: the client
+            self.keep_alive = False  # cannot tell where it ends
         self.complete = True
         self._wake()
 
@@ -405,7 +422,7 @@ class HttpProtocol(asyncio.Protocol):
         self.write_paused = False
         self.drained: asyncio.Future | None = None
         self.last_active = time.monotonic()
-        self.head_started = 0.0
+        self.head_started = self.last_active  # a new connection owes a head (--header-timeout)
         self.client = None
         self.server_addr = None
 
@@ -490,13 +507,15 @@ class HttpProtocol(asyncio.Protocol):
             if data is None:
                 return
         parser = self.parser
-        if parser.current is None and not parser.in_head:
-            self.head_started = now
         try:
             parser.feed(data)
         except HttpError as err:
             self.reject(err)
             return
+        if not parser.in_head:
+            self.head_started = 0.0  # (a body's deadline is its longest pause: last_active)
+        elif not self.head_started:
+            self.head_started = now
         ready = parser.ready
         if ready:
             self.pending.extend(ready)
@@ -590,6 +609,12 @@ class HttpProtocol(asyncio.Protocol):
     def reject(self, err: HttpError) -> None:
         """A request berth refuses: its answer, then close (the requests before it that
         were parsed are answered first)."""
+        # The parser raises after the requests it completed in the same read: they are
+        # answered first (and a `Connection: close` among them ends the connection before the
+        # error, RFC 9112 9.6: llhttp calls bytes after such a request an error).
+        ready = self.parser.ready
+        self.pending.extend(ready)
+        ready.clear()
         self.pending.append(err)
         if self.cycle is None:
             self.next_request()
@@ -640,10 +665,13 @@ class HttpProtocol(asyncio.Protocol):
         if self.closed:
             server.conns.discard(self)
             return
-        if not cycle.keep_alive or self.eof and not self.pending or (
-                cycle.req.streaming and not cycle.req.complete):
-            self.close()  # (an unread streamed body: where the next request starts is lost)
+        if not cycle.keep_alive or self.eof and not self.pending:
+            self.close()
             return
+        if cycle.req.streaming and not cycle.req.complete:
+            # closing with the body unread would reset the connection: the client could lose
+            # the response it has not read yet (RFC 9112 9.6); the parser knows where it ends
+            cycle.req.body_stream.discard()
         if self.pending:
             self.next_request()
         elif server.draining:

@@ -7,9 +7,11 @@ connection's deadlines, the requests in flight), `stop_listening`, and the respo
 `date`, `served` and `publish` (the counters). So the heartbeat, the scoreboard, signals,
 --max-requests, the drain and the graceful timeout are the WSGI worker's own code.
 
-Deadlines, checked every tick: a request head not complete within --header-timeout gets 408;
-an idle keep-alive connection closes after --keepalive (and at once when draining); a body
-that stalls for --header-timeout is failed (the app's receive() gets http.disconnect).
+Deadlines, checked every tick, as the WSGI loop keeps them: a request head not complete within
+--header-timeout of its first bytes gets 408, and a new connection that sends nothing that long
+is closed; a body that pauses longer than --header-timeout gets 408 before the app is called,
+and is failed after (the app's receive() gets http.disconnect); an idle keep-alive connection
+closes after --keepalive (and at once when draining).
 """
 
 from __future__ import annotations
@@ -158,10 +160,15 @@ class AsgiLoop:
                     proto.close()
                 continue
             parser = proto.parser
-            if parser.in_head or parser.current is not None:
+            if proto.head_started:  # a head is awaited, since its first bytes or the accept
                 if now - proto.head_started > header_timeout:
-                    proto.reject(HttpError(408, "request head timed out" if parser.in_head
-                                           else "request body timed out"))
+                    if parser.in_head:
+                        proto.reject(HttpError(408, "request head timed out"))
+                    else:  # (nothing sent at all: nothing to answer)
+                        proto.close()
+            elif parser.current is not None:  # a body: no pause longer than the timeout
+                if now - proto.last_active > header_timeout:
+                    proto.reject(HttpError(408, "request body timed out"))
             elif self.draining or now - proto.last_active > keepalive:
                 proto.close()
         return len(self.active), oldest.req if oldest is not None else None
