@@ -342,6 +342,10 @@ def parse_config(argv: list[str], environ=os.environ, cwd: str | None = None,
         except BindError as exc:
             raise ConfigError(str(exc)) from None
     check_reload(cfg, cwd)
+    if cfg.worker_class == "asgi" and cfg.threads not in (1, "auto"):
+        cfg.notices.append(("info", f"threads ({cfg.source('threads')}) does not apply to -k "
+                                    f"asgi (one event loop per worker): 1"))
+        cfg.values["threads"] = 1
     if cfg.worker_class == "asgi" and cfg.certfile and cfg.proxy_protocol != "off":
         raise ConfigError("--proxy-protocol with --certfile is not supported with -k asgi yet "
                           "(the PROXY header comes before the TLS handshake): use -k gthread, "

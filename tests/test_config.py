@@ -336,6 +336,13 @@ def test_a_typical_gunicorn_command_line_parses():
     assert not any(line.startswith("logger_class") for line in warnings)
 
 
+def test_threads_do_not_apply_to_the_asgi_worker():
+    cfg = parse(["-k", "asgi", "--threads", "4", "app:app"])
+    assert cfg.threads == 1
+    assert ("info", "threads (cli) does not apply to -k asgi (one event loop per worker): 1") \
+        in cfg.notices
+
+
 @pytest.mark.parametrize(("name", "kind", "notice"), [
     ("asgi", "asgi", False), ("gunicorn.workers.gasgi.ASGIWorker", "asgi", False),
     ("uvicorn.workers.UvicornWorker", "asgi", True), ("uvicorn_worker.UvicornWorker", "asgi", True),

@@ -396,11 +396,6 @@ def _cpu_seconds(pid: int) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.asgi_xfail(
-    "-k asgi accepts through the event loop's own server (create_server): at EMFILE uvloop's "
-    "libuv accepts and resets the waiting clients, asyncio logs and stops accepting for 1 s; "
-    "neither sheds the oldest idle keep-alive connections as berth's epoll loop does. Needs "
-    "berth's own accept in the ASGI loop (worker_connections for -k asgi, not yet)")
 def test_at_the_file_descriptor_limit_berth_degrades_instead_of_spinning(berth, worker_kind):
     """`ulimit -n 256`, one worker, 400 clients that each send one keep-alive request and
     stay idle: accept() fails with EMFILE. The worker sheds its oldest idle connections and

@@ -451,7 +451,6 @@ class HttpProtocol(asyncio.Protocol):
         self.parser = AsgiParser.for_config(server.cfg, self._stream)
         if server.proxy_mode != "off":  # (berth.worker.preface's rules)
             self.preface = b""  # a PROXY protocol header may come first
-        server.admit(self)
 
     def _preface(self, data: bytes) -> bytes | None:
         """--proxy-protocol: the bytes before the header is settled (see
@@ -559,7 +558,7 @@ class HttpProtocol(asyncio.Protocol):
             cycle.disconnect()
             self.server.disconnected(cycle)
         else:
-            self.server.conns.discard(self)
+            self.server.forget(self)
         drained = self.drained
         if drained is not None and not drained.done():
             drained.set_result(None)
@@ -604,7 +603,7 @@ class HttpProtocol(asyncio.Protocol):
             self.closed = True
             self.transport.close()
             if self.cycle is None:
-                self.server.conns.discard(self)
+                self.server.forget(self)
 
     def reject(self, err: HttpError) -> None:
         """A request berth refuses: its answer, then close (the requests before it that
@@ -618,6 +617,11 @@ class HttpProtocol(asyncio.Protocol):
         self.pending.append(err)
         if self.cycle is None:
             self.next_request()
+
+    def idle(self) -> bool:
+        """No request in progress (idle keep-alive, or nothing sent yet): may be shed."""
+        return (self.cycle is None and self.ws is None and not self.pending
+                and not self.closed and (self.parser is None or self.parser.current is None))
 
     def describe(self, req: Request) -> str:
         return (f"{req.method.decode('latin-1')} {req.url.decode('latin-1')} "
@@ -663,7 +667,7 @@ class HttpProtocol(asyncio.Protocol):
         self.last_active = time.monotonic()
         server.finished(cycle)
         if self.closed:
-            server.conns.discard(self)
+            server.forget(self)
             return
         if not cycle.keep_alive or self.eof and not self.pending:
             self.close()

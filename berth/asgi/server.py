@@ -7,6 +7,12 @@ connection's deadlines, the requests in flight), `stop_listening`, and the respo
 `date`, `served` and `publish` (the counters). So the heartbeat, the scoreboard, signals,
 --max-requests, the drain and the graceful timeout are the WSGI worker's own code.
 
+Accepting is berth's, as in the WSGI loop (not the event loop's server): a few connections per
+wake-up, at --worker-connections the oldest connections with no request in progress close to
+make room and, with none, accepting pauses until one ends (the others wait in the listen
+queue, for this worker or its siblings); out of file descriptors (EMFILE) it sheds idle
+connections and backs off instead of spinning; a drain first takes what waits in the queue.
+
 Deadlines, checked every tick, as the WSGI loop keeps them: a request head not complete within
 --header-timeout of its first bytes gets 408, and a new connection that sends nothing that long
 is closed; a body that pauses longer than --header-timeout gets 408 before the app is called,
@@ -23,12 +29,20 @@ import time
 from berth.asgi.protocol import Cycle, HttpProtocol, request_scope
 from berth.forwarded import Forwarding
 from berth.hooks import RequestView, ResponseView, call_hook, get_hook
-from berth.http.framing import DateCache, error_response
+from berth.http.framing import DateCache
 from berth.http.parser import HttpError, Request
 from berth.scoreboard import Slot
 from berth.trust import TrustList
 from berth.worker import counts as counters
-from berth.worker.loop import TICK
+from berth.worker.loop import (
+    ACCEPT_BACKOFF,
+    ACCEPT_BATCH,
+    BOUND_SHED_SHARE,
+    OUT_OF_RESOURCES,
+    SHED_MIN,
+    SHED_SHARE,
+    TICK,
+)
 
 
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
@@ -64,7 +78,10 @@ class AsgiLoop:
         self.conns: set[HttpProtocol] = set()
         self.active: set[Cycle] = set()
         self.websockets: set = set()  # open WebSocket sessions (berth.asgi.websocket)
-        self.servers: list[asyncio.AbstractServer] = []
+        self.accepting = False
+        self.accept_resume = 0.0  # after running out of file descriptors: not before then
+        self.refused = self.shed = 0  # (counts for the next EMFILE line)
+        self.refused_logged = self.full_logged = 0.0
         self.date = DateCache()
         self.forwarding = Forwarding.from_config(cfg)
         self.proxy_mode = cfg.proxy_protocol
@@ -112,8 +129,7 @@ class AsgiLoop:
             return
         for lsock in self.listeners:
             lsock.setblocking(False)
-            self.servers.append(await loop.create_server(
-                self._protocol, sock=lsock, ssl=self.ssl_context, backlog=self.cfg.backlog))
+        self.set_accepting(True)
 
         def beat() -> None:
             if self._alive:
@@ -125,6 +141,100 @@ class AsgiLoop:
 
     def _protocol(self) -> HttpProtocol:
         return HttpProtocol(self)
+
+    # -- accepting ----------------------------------------------------------------------------
+
+    def set_accepting(self, accepting: bool) -> None:
+        if accepting == self.accepting or (accepting and (self.draining or self.retired)):
+            return
+        self.accepting = accepting
+        for lsock in self.listeners:
+            if accepting:
+                self.loop.add_reader(lsock.fileno(), self._accept, lsock)
+            else:
+                self.loop.remove_reader(lsock.fileno())
+
+    def _accept(self, lsock: socket.socket) -> None:
+        now = time.monotonic()
+        for i in range(ACCEPT_BATCH):
+            if len(self.conns) >= self.max_conns and not self.make_room(now, first=not i):
+                self.set_accepting(False)  # until one ends (forget) or a tick makes room
+                return
+            try:
+                sock, _ = lsock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno in OUT_OF_RESOURCES:
+                    self.out_of_descriptors(exc, now)
+                else:
+                    self.log.warning("accept failed: %s", exc)
+                return
+            self.take(sock)
+
+    def take(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        if self.ssl_context is None:
+            transport_for = self.loop.connect_accepted_socket(self._protocol, sock)
+        else:
+            transport_for = self.loop.connect_accepted_socket(
+                self._protocol, sock, ssl=self.ssl_context,
+                ssl_handshake_timeout=self.cfg.header_timeout)
+        self.loop.create_task(self._connected(transport_for, sock))
+
+    async def _connected(self, transport_for, sock: socket.socket) -> None:
+        try:
+            await transport_for
+        except (OSError, asyncio.TimeoutError) as exc:  # (a failed or stalled TLS handshake)
+            self.log.debug("connection not established: %r", exc)
+            sock.close()
+
+    def shed_idle(self, share: int) -> int:
+        """Close the oldest connections with no request in progress (idle keep-alive ones,
+        and new ones that have sent nothing); a `share` of them, at least SHED_MIN."""
+        idle = sorted((p for p in self.conns if p.idle()), key=lambda p: p.last_active)
+        shed = idle[:max(SHED_MIN, len(idle) // share)]
+        for proto in shed:
+            proto.close()
+        return len(shed)
+
+    def make_room(self, now: float, first: bool = True) -> bool:
+        """At --worker-connections: room for one more connection; False if none can go."""
+        if not first:
+            return False  # (room is made for a connection known to wait: the first)
+        shed = self.shed_idle(BOUND_SHED_SHARE)
+        if now - self.full_logged >= 1.0:
+            self.log.info("at worker_connections (%d): closed %d connections with no request "
+                          "in progress (the oldest) to make room%s", self.max_conns, shed,
+                          "" if shed else "; none left: not accepting until one ends")
+            self.full_logged = now
+        return len(self.conns) < self.max_conns
+
+    def out_of_descriptors(self, exc: OSError, now: float) -> None:
+        """No file descriptor for accept(): shed the oldest idle connections, stop accepting
+        for a short back-off, say so at most once a second."""
+        self.refused += 1
+        self.shed += self.shed_idle(SHED_SHARE)
+        if now - self.refused_logged >= 1.0:
+            self.log.warning("accept failed: %s (%d times); closed %d idle keep-alive "
+                             "connections (the oldest) to make room; %d connections open",
+                             exc.strerror, self.refused, self.shed, len(self.conns))
+            self.refused_logged = now
+            self.refused = self.shed = 0
+        self.accept_resume = now + ACCEPT_BACKOFF
+        self.set_accepting(False)
+        self.loop.call_later(ACCEPT_BACKOFF, self.may_accept_again)
+
+    def may_accept_again(self) -> None:
+        if (not self.accepting and time.monotonic() >= self.accept_resume
+                and len(self.conns) < self.max_conns):
+            self.set_accepting(True)
+
+    def forget(self, proto: HttpProtocol) -> None:
+        """A connection is over."""
+        self.conns.discard(proto)
+        if not self.accepting and len(self.conns) < self.max_conns:
+            self.may_accept_again()
 
     def publish(self, slot: Slot) -> None:
         counters.publish(self.counts, slot)
@@ -171,51 +281,32 @@ class AsgiLoop:
                     proto.reject(HttpError(408, "request body timed out"))
             elif self.draining or now - proto.last_active > keepalive:
                 proto.close()
+        if not self.accepting:
+            self.may_accept_again()
         return len(self.active), oldest.req if oldest is not None else None
 
     def stop_listening(self, take_backlog: bool) -> None:
         """Drain: take what already waits in the kernel's queue, stop listening, close idle
         keep-alive connections; the connections with a request finish it."""
+        take_backlog = take_backlog and not self.retired
+        self.set_accepting(False)
         self.draining = True
         self.keep_alive = False
-        take_backlog = take_backlog and not self.retired
         for lsock in self.listeners:
             while take_backlog:
                 try:
                     sock, _ = lsock.accept()
                 except OSError:  # (BlockingIOError: the queue is empty)
                     break
-                sock.setblocking(False)
-                self.loop.create_task(self.loop.connect_accepted_socket(
-                    self._protocol, sock, ssl=self.ssl_context))
-        for server in self.servers:
-            server.close()
+                self.take(sock)
+            lsock.close()
         for session in list(self.websockets):
             session.going_away()
         for proto in list(self.conns):
-            if proto.cycle is None and proto.ws is None and not proto.pending and not (
-                    proto.parser is not None and proto.parser.current is not None):
+            if proto.idle():
                 proto.close()
 
     # -- the protocols' side ------------------------------------------------------------------
-
-    def admit(self, proto: HttpProtocol) -> None:
-        """--worker-connections: at the bound, the oldest connections with no request in
-        progress close to make room (idle keep-alive ones first); with none, the new
-        connection gets 503 and closes (the WSGI worker leaves it in the listen queue)."""
-        if len(self.conns) <= self.max_conns:
-            return
-        idle = sorted((p for p in self.conns if p is not proto and p.cycle is None
-                       and p.ws is None and not p.pending and p.parser is not None
-                       and p.parser.current is None and not p.closed),
-                      key=lambda p: p.last_active)
-        for old in idle[:max(1, len(self.conns) - self.max_conns)]:
-            old.close()
-        if len(self.conns) > self.max_conns:
-            self.log.warning("worker_connections (%d) reached and none idle: 503",
-                             self.max_conns)
-            proto.write(error_response(503, date=self.date))
-            proto.close()
 
     def scope_for(self, proto: HttpProtocol, req: Request) -> dict:
         scheme = self.scheme
@@ -299,10 +390,9 @@ class AsgiLoop:
 
     def retire(self) -> None:
         """--max-requests reached: no new connections; the master replaces this worker."""
+        self.set_accepting(False)
         self.retired = True
         self.keep_alive = False
-        for server in self.servers:
-            server.close()
         self.on_retire()
 
     # -- the end -----------------------------------------------------------------------------
@@ -326,7 +416,5 @@ class AsgiLoop:
                 await asyncio.wait(tasks, timeout=0.5)
             for proto in list(self.conns):
                 proto.close()
-            for server in self.servers:
-                server.close()
 
         loop.run_until_complete(finish())
