@@ -54,6 +54,12 @@ FILE_PIECE = 256 * 1024  # pathsend without sendfile: bytes read and written at 
 ASGI = {"version": "3.0", "spec_version": "2.4"}
 
 
+def wake(waiter: asyncio.Future | None) -> None:
+    """Resolve a future someone may be awaiting (a receive(), a drain), once."""
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
 class ClientDisconnected(OSError):
     """send() after the client went away (the ASGI spec: an OSError subclass)."""
 
@@ -118,7 +124,7 @@ class BodyStream:
             self.size += len(data)
             if self.size > HIGH_WATER:
                 self.proto.pause_reading()
-        self._wake()
+        wake(self.waiter)
 
     def discard(self) -> None:
         """The app is done without reading it all: the rest is read and dropped as it
@@ -130,12 +136,7 @@ class BodyStream:
 
     def fail(self, exc: BaseException) -> None:
         self.error = exc
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        wake(self.waiter)
 
     async def next(self) -> tuple[bytes, bool]:
         """(body bytes, more to come)."""
@@ -243,17 +244,12 @@ class Cycle:
         app hears http.disconnect (as from Uvicorn: a client that leaves sends a FIN, and only
         a write would show more); what it still sends goes out while the socket takes it."""
         self.eof = True
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        wake(self.waiter)
 
     def disconnect(self) -> None:
         """The client is gone (or berth ends the connection)."""
         self.disconnected = True
-        self._wake()
+        wake(self.waiter)
         stream = self.req.body_stream
         if stream is not None:
             stream.fail(ClientDisconnected("the client went away"))
@@ -336,7 +332,7 @@ class Cycle:
         elif self.remaining and not no_body:  # shorter than its Content-Length: the client
             self.keep_alive = False  # cannot tell where it ends
         self.complete = True
-        self._wake()
+        wake(self.waiter)
 
     async def _pathsend(self, path: str) -> None:
         proto = self.proto
@@ -559,18 +555,14 @@ class HttpProtocol(asyncio.Protocol):
             self.server.disconnected(cycle)
         else:
             self.server.forget(self)
-        drained = self.drained
-        if drained is not None and not drained.done():
-            drained.set_result(None)
+        wake(self.drained)
 
     def pause_writing(self) -> None:
         self.write_paused = True
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        drained = self.drained
-        if drained is not None and not drained.done():
-            drained.set_result(None)
+        wake(self.drained)
 
     async def drain(self) -> None:
         if self.closed:

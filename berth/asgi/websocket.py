@@ -44,7 +44,7 @@ from wsproto.events import (
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from berth.asgi.protocol import ClientDisconnected, request_scope
+from berth.asgi.protocol import ClientDisconnected, request_scope, wake
 
 HIGH_WATER = 1 << 20  # message bytes waiting for the app before reading pauses
 CLOSE_TIMEOUT = 5.0  # seconds to wait for the peer's close frame after sending ours
@@ -169,9 +169,7 @@ class Session:
     def _deliver(self, message: dict, size: int = 0) -> None:
         self.inbox.append(message)
         self.inbox_bytes += size
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        wake(self.waiter)
 
     # -- the app ------------------------------------------------------------------------------
 
