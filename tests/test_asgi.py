@@ -19,19 +19,25 @@ from test_admin import metric, scrape
 from test_cli import run_berth
 
 
-def start(berth, tmp_path, *args, env=None, admin=False, **kw):
+def start_asgi(berth, tmp_path, app: str, *args, env=None, admin=False, **kw):
+    """A `-k asgi` server of `app`, its ASGI_MARKERS folder as `srv.markers`; with `admin`,
+    an admin listener whose port is `srv.admin`."""
     markers = tmp_path / "markers"
     markers.mkdir(exist_ok=True)
     extra = []
     if admin:
         port = free_port()
         extra = ["--admin-bind", f"127.0.0.1:{port}"]
-    srv = berth(["-k", "asgi", *extra, *args, "asgi_app:app"],
+    srv = berth(["-k", "asgi", *extra, *args, app],
                 env={"ASGI_MARKERS": str(markers), **(env or {})}, **kw)
     srv.markers = markers
     if admin:
         srv.admin = port
     return srv
+
+
+def start(berth, tmp_path, *args, **kw):
+    return start_asgi(berth, tmp_path, "asgi_app:app", *args, **kw)
 
 
 def request(port: int, raw: bytes, timeout: float = 10.0):

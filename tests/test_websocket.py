@@ -12,27 +12,17 @@ import threading
 import time
 
 import pytest
-from conftest import connect, free_port, read_response
+from conftest import connect, read_response
 from proto_helpers import exit_within, http_get, pids_children, wait_for
 from test_admin import metric, scrape
+from test_asgi import start_asgi
 
 websockets_sync = pytest.importorskip("websockets.sync.client")
 from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
 
 
-def start(berth, tmp_path, *args, admin=False, **kw):
-    markers = tmp_path / "markers"
-    markers.mkdir(exist_ok=True)
-    extra = []
-    if admin:
-        port = free_port()
-        extra = ["--admin-bind", f"127.0.0.1:{port}"]
-    srv = berth(["-k", "asgi", "-w", "1", *extra, *args, "ws_app:app"],
-                env={"ASGI_MARKERS": str(markers)}, **kw)
-    srv.markers = markers
-    if admin:
-        srv.admin = port
-    return srv
+def start(berth, tmp_path, *args, **kw):
+    return start_asgi(berth, tmp_path, "ws_app:app", "-w", "1", *args, **kw)
 
 
 def ws_connect(srv, path: str, **kw):
