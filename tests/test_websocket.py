@@ -173,3 +173,92 @@ def test_a_drain_closes_every_websocket_with_1001_then_exits(berth, tmp_path):
     code, _ = exit_within(srv, 6)
     assert code == 0 and time.monotonic() - t0 < 4 + 0.5
     assert [marker(srv, f"disconnect-d{i}") for i in range(3)] == ["1001"] * 3
+
+
+# -- the frames (berth.asgi.websocket's own layer after the handshake) ----------------------
+
+def masked(opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"\x01\x02\x03\x04",
+           rsv: int = 0) -> bytes:
+    n = len(payload)
+    head = bytes(((0x80 if fin else 0) | rsv | opcode,))
+    head += bytes((0x80 | n,)) if n < 126 else (bytes((0x80 | 126,)) + n.to_bytes(2, "big")
+                                                  if n < 65536 else
+                                                  bytes((0x80 | 127,)) + n.to_bytes(8, "big"))
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_frame_reader_reads_what_clients_send_in_any_pieces():
+    from berth.asgi.websocket import BINARY, CLOSE, CONTINUATION, PING, TEXT, FrameReader
+
+    data = (masked(TEXT, b"hello") + masked(BINARY, bytes(300)) + masked(PING, b"p")
+            + masked(TEXT, b"frag", fin=False) + masked(CONTINUATION, b"ment")
+            + masked(BINARY, os.urandom(70000)) + masked(CLOSE, (1000).to_bytes(2, "big")))
+    whole = FrameReader(1 << 20).feed(data)
+    reader = FrameReader(1 << 20)
+    pieces = []
+    for i in range(0, len(data), 7):  # 7 bytes at a time: every header cut somewhere
+        pieces += reader.feed(data[i:i + 7])
+    assert pieces == whole
+    assert [(op, fin) for op, fin, _ in whole] == [(TEXT, True), (BINARY, True), (PING, True),
+                                                   (TEXT, False), (CONTINUATION, True),
+                                                   (BINARY, True), (CLOSE, True)]
+    assert whole[0][2] == b"hello" and whole[1][2] == bytes(300) and len(whole[5][2]) == 70000
+
+
+@pytest.mark.parametrize(("data", "code"), [
+    (masked(1, b"x")[:1] + bytes((1,)) + b"x", 1002),  # not masked
+    (masked(1, b"x", rsv=0x40), 1002),  # RSV1 without an extension
+    (masked(9, b"x" * 126), 1002),  # a control frame over 125 bytes
+    (masked(9, b"x", fin=False), 1002),  # a fragmented control frame
+    (masked(0, b"x"), 1002),  # a continuation with no message begun
+    (masked(1, b"a", fin=False) + masked(1, b"b"), 1002),  # a new message inside one
+    (masked(3, b"x"), 1002),  # a reserved opcode
+    (masked(2, b"x" * 101), 1009),  # over max_size (100)
+    (masked(2, b"x" * 60, fin=False) + masked(0, b"x" * 60), 1009),  # so is the whole message
+])
+def test_frame_reader_refuses_what_breaks_the_base_framing(data, code):
+    from berth.asgi.websocket import FrameError, FrameReader
+
+    with pytest.raises(FrameError) as exc:
+        FrameReader(100).feed(data)
+    assert exc.value.code == code
+
+
+def test_server_frames_are_unmasked_with_the_right_length_form():
+    from berth.asgi.websocket import frame, unmask, valid_close_code
+
+    assert frame(1, b"hi") == b"\x81\x02hi"
+    assert frame(2, bytes(200))[:4] == b"\x82\x7e\x00\xc8"
+    assert frame(2, bytes(70000))[:10] == b"\x82\x7f" + (70000).to_bytes(8, "big")
+    assert unmask(unmask(b"payload!", b"abcd"), b"abcd") == b"payload!"
+    assert [c for c in (999, 1000, 1004, 1005, 1006, 1011, 1015, 2999, 3000, 4999, 5000)
+            if valid_close_code(c)] == [1000, 1011, 3000, 4999]
+
+
+@pytest.mark.parametrize(("frame_bytes", "code"), [
+    (masked(1, b"\xff\xfe"), 1007),  # text that is not UTF-8
+    (masked(1, b"x")[:1] + bytes((1,)) + b"x", 1002),  # an unmasked frame
+    (masked(8, (1005).to_bytes(2, "big")), 1002),  # a close code never sent on the wire
+])
+def test_a_bad_frame_fails_the_connection_with_its_code(berth, tmp_path, frame_bytes, code):
+    srv = start(berth, tmp_path)
+    sock = raw_handshake(srv.port, "/echo?id=bad")
+    sock.sendall(frame_bytes)
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    assert data[:1] == b"\x88" and int.from_bytes(data[2:4], "big") == code
+    assert marker(srv, "disconnect-bad") == str(code)
+    sock.close()
+
+
+def test_pings_are_answered_and_the_close_code_echoed(berth, tmp_path):
+    srv = start(berth, tmp_path)
+    sock = raw_handshake(srv.port, "/echo?id=pp")
+    sock.sendall(masked(9, b"are you there"))
+    assert sock.recv(100) == b"\x8a\x0dare you there"  # the pong carries the ping's data
+    sock.sendall(masked(8, (4002).to_bytes(2, "big") + b"bye"))
+    assert sock.recv(100) == b"\x88\x02" + (4002).to_bytes(2, "big")
+    assert sock.recv(100) == b""  # then the server closes the TCP connection
+    assert marker(srv, "disconnect-pp") == "4002"
+    sock.close()
