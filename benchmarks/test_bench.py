@@ -293,3 +293,44 @@ def test_measure_inprocess_in_a_subprocess() -> None:
     assert run.repeats_us and len(run.repeats_us) == bench.INPROCESS_REPEATS
     broken = bench.measure_inprocess("no_such_module:app", 2, cpu=None)
     assert not broken.ok and "no_such_module" in (broken.error or "")
+
+
+def test_asgi_scenarios_run_every_server_on_one_uvloop_worker_without_access_log() -> None:
+    scenarios = bench.build_scenarios(gunicorn_extra=("--no-control-socket",))
+    for name, app in (("asgi-hello", "asgihello:app"), ("asgi-fastapi", "fastapiapp:app")):
+        sc = scenarios[name]
+        servers = {s.name: s for s in sc.servers}
+        assert list(servers) == ["berth-asgi", "uvicorn", "gunicorn-asgi", "granian-asgi"]
+        assert all(s.argv[-1] == app for s in sc.servers)
+        berth, uvicorn, gunicorn, granian = (" ".join(s.argv) for s in sc.servers)
+        assert "-k asgi -w 1 " in berth and "--threads" not in berth
+        assert "--access-logfile none" in berth  # berth's loop: its default (auto = uvloop)
+        assert "--workers 1 --loop uvloop --http httptools" in uvicorn
+        assert "--no-access-log" in uvicorn and servers["uvicorn"].ready_stream == "stderr"
+        assert "-w 1 -k asgi" in gunicorn and "--asgi-loop uvloop" in gunicorn
+        assert "--no-control-socket" in gunicorn and "--access-logfile" not in gunicorn  # off
+        assert "--interface asgi" in granian and "--workers 1" in granian
+        assert "--loop uvloop" in granian and "--no-access-log" in granian
+        assert "--blocking-threads" not in granian
+        (target,) = sc.targets
+        assert isinstance(target, bench.Target)
+        assert (target.server, target.minimum, target.versus) == ("berth-asgi", 1.0, "uvicorn")
+    assert scenarios["asgi-hello"].targets[0].goal == 1.3
+    # the WSGI servers keep their flags: no -k, --threads as given
+    hello_t1 = " ".join(scenarios["hello-t1"].servers[0].argv)
+    assert " -k " not in hello_t1 and "-w 1 --threads 1 --access-logfile none" in hello_t1
+
+
+def test_asgi_hello_target_and_goal() -> None:
+    hello = bench.build_scenarios(gunicorn_extra=())["asgi-hello"]
+    summaries = {
+        "berth-asgi": _summary("berth-asgi", 45_000),
+        "uvicorn": _summary("uvicorn", 40_000),
+    }
+    (gate,) = bench.evaluate(hello, summaries)
+    assert gate.passed is True and gate.goal_met is False
+    assert gate.shown() == "1.12x (goal 1.3x: not yet)"
+    summaries["berth-asgi"] = _summary("berth-asgi", 54_000)
+    assert bench.evaluate(hello, summaries)[0].shown() == "1.35x (goal 1.3x: met)"
+    (ratios,) = bench.ratio_tables(hello.servers, summaries)
+    assert ratios.splitlines()[-1].split() == ["berth-asgi", "1.35x"]
