@@ -318,7 +318,9 @@ def build_scenarios(gunicorn_extra: Sequence[str]) -> dict[str, Scenario]:
             ),
         )
 
-    def asgi(name: str, app: str, what: str, targets: tuple[Target, ...]) -> Scenario:
+    def asgi(
+        name: str, app: str, what: str, targets: tuple[Target, ...], inprocess: bool = False
+    ) -> Scenario:
         return Scenario(
             name=name,
             description=f"{what}, 1 worker, keep-alive, 50 connections",
@@ -343,7 +345,8 @@ def build_scenarios(gunicorn_extra: Sequence[str]) -> dict[str, Scenario]:
                 ),
             ),
             targets=targets,
-            notes=(PIN_NOTE, ASGI_NOTE),
+            inprocess_app=app if inprocess else None,
+            notes=(PIN_NOTE, ASGI_NOTE, *([INPROCESS_NOTE] if inprocess else [])),
         )
 
     scenarios = [
@@ -499,6 +502,7 @@ def build_scenarios(gunicorn_extra: Sequence[str]) -> dict[str, Scenario]:
             fastapi,
             "FastAPI JSON endpoint (async, a dict)",
             (Target("berth-asgi", 1.0, "uvicorn"),),
+            inprocess=True,
         ),
     ]
     return {s.name: s for s in scenarios}
