@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark berth against Gunicorn (sync, gthread) and Granian with wrk.
+"""Benchmark berth against Gunicorn (sync, gthread, asgi), Granian and Uvicorn with wrk.
 
 Run from the repository root:
 
@@ -67,7 +67,7 @@ WRK_SLACK_S = 30.0  # wrk may take this much longer than -d before we give up on
 PROBE_TIMEOUT_S = 5.0
 FOREIGN_CPU_WARN_PCT = 5.0  # warn when others use more than this much of the server's CPU
 
-Family = Literal["berth", "gunicorn", "granian"]
+Family = Literal["berth", "gunicorn", "granian", "uvicorn"]
 Stream = Literal["stdout", "stderr"]
 
 
@@ -161,12 +161,18 @@ def berth(
     app: str,
     *,
     workers: int,
-    threads: int,
+    threads: int | None,
+    worker_class: str | None = None,
     access_log: bool = False,
     extra: Sequence[str] = (),
 ) -> ServerSpec:
+    """`threads` None: no --threads (-k asgi has no app threads); `worker_class` None: no -k
+    (berth's default, gthread)."""
     argv = [sys.executable, "-m", "berth", "-b", f"{HOST}:{PORT_PLACEHOLDER}"]
-    argv += ["-w", str(workers), "--threads", str(threads), *extra]
+    argv += ["-k", worker_class] if worker_class else []
+    argv += ["-w", str(workers)]
+    argv += ["--threads", str(threads)] if threads is not None else []
+    argv += extra
     argv += ["--access-logfile", "-" if access_log else "none", "--chdir", str(BENCH_DIR), app]
     return ServerSpec(
         name=name,
@@ -203,11 +209,20 @@ def gunicorn(
 
 
 def granian(
-    name: str, app: str, *, workers: int, blocking_threads: int, extra: Sequence[str] = ()
+    name: str,
+    app: str,
+    *,
+    workers: int,
+    blocking_threads: int | None,
+    interface: Literal["wsgi", "asgi"] = "wsgi",
+    extra: Sequence[str] = (),
 ) -> ServerSpec:
-    argv = [sys.executable, "-m", "granian", "--interface", "wsgi"]
-    argv += ["--host", HOST, "--port", PORT_PLACEHOLDER]
-    argv += ["--workers", str(workers), "--blocking-threads", str(blocking_threads), *extra]
+    """`blocking_threads` None: Granian's default (for ASGI, where the app runs on the loop)."""
+    argv = [sys.executable, "-m", "granian", "--interface", interface]
+    argv += ["--host", HOST, "--port", PORT_PLACEHOLDER, "--workers", str(workers)]
+    if blocking_threads is not None:
+        argv += ["--blocking-threads", str(blocking_threads)]
+    argv += extra
     argv += ["--no-access-log", "--working-dir", str(BENCH_DIR), app]
     return ServerSpec(
         name=name,
@@ -216,6 +231,22 @@ def granian(
         ready_stream="stdout",
         ready_text="Started worker-",
         ready_count=workers,
+    )
+
+
+def uvicorn(name: str, app: str, *, extra: Sequence[str] = ()) -> ServerSpec:
+    """Uvicorn on uvloop and httptools (what `uvicorn[standard]` picks by default), one
+    process: with --workers 1 Uvicorn serves in the process it starts in, no supervisor."""
+    argv = [sys.executable, "-m", "uvicorn", "--host", HOST, "--port", PORT_PLACEHOLDER]
+    argv += ["--workers", "1", "--loop", "uvloop", "--http", "httptools", *extra]
+    argv += ["--no-access-log", "--app-dir", str(BENCH_DIR), app]
+    return ServerSpec(
+        name=name,
+        family="uvicorn",
+        argv=tuple(argv),
+        ready_stream="stderr",
+        ready_text="Uvicorn running on",
+        ready_count=1,
     )
 
 
@@ -233,6 +264,12 @@ GRANIAN_BEST_NOTE = (
     "granian-best: granian-bt1 or granian-bt4, whichever had the higher median req/s in this run "
     "(granian judged in its best configuration)"
 )
+ASGI_NOTE = (
+    "every server on uvloop, 1 worker, access log off: berth -k asgi (--asgi-loop auto, its "
+    "default: uvloop when installed), uvicorn --loop uvloop --http httptools, gunicorn -k asgi "
+    "--asgi-loop uvloop (its pure-Python parser unless gunicorn_h1c is installed), granian "
+    "--interface asgi --loop uvloop (default --runtime-threads 1)"
+)
 INPROCESS_NOTE = (
     "app in-process: each round, the app's CPU us/req called with no server (inprocess.py, "
     "pinned like the servers); share = a server's CPU us/req minus that"
@@ -242,6 +279,7 @@ INPROCESS_NOTE = (
 def build_scenarios(gunicorn_extra: Sequence[str]) -> dict[str, Scenario]:
     hello, big, slow = "hello:app", "big:app", "slow:app"
     flask, django = "flaskapp:app", "djangoapp:application"
+    asgi_hello, fastapi = "asgihello:app", "fastapiapp:app"
 
     def gsync(app: str) -> ServerSpec:
         return gunicorn("gunicorn-sync", app, workers=1, worker_class="sync", extra=gunicorn_extra)
@@ -278,6 +316,37 @@ def build_scenarios(gunicorn_extra: Sequence[str]) -> dict[str, Scenario]:
                 GRANIAN_BEST_NOTE,
                 INPROCESS_NOTE,
             ),
+        )
+
+    def asgi(
+        name: str, app: str, what: str, targets: tuple[Target, ...], inprocess: bool = False
+    ) -> Scenario:
+        return Scenario(
+            name=name,
+            description=f"{what}, 1 worker, keep-alive, 50 connections",
+            connections=50,
+            servers=(
+                berth("berth-asgi", app, workers=1, threads=None, worker_class="asgi"),
+                uvicorn("uvicorn", app),
+                gunicorn(
+                    "gunicorn-asgi",
+                    app,
+                    workers=1,
+                    worker_class="asgi",
+                    extra=(*gunicorn_extra, "--asgi-loop", "uvloop"),
+                ),
+                granian(
+                    "granian-asgi",
+                    app,
+                    workers=1,
+                    blocking_threads=None,
+                    interface="asgi",
+                    extra=("--loop", "uvloop"),
+                ),
+            ),
+            targets=targets,
+            inprocess_app=app if inprocess else None,
+            notes=(PIN_NOTE, ASGI_NOTE, *([INPROCESS_NOTE] if inprocess else [])),
         )
 
     scenarios = [
@@ -422,6 +491,19 @@ def build_scenarios(gunicorn_extra: Sequence[str]) -> dict[str, Scenario]:
         ),
         framework("flask", flask, "Flask jsonify view"),
         framework("django", django, "Django JsonResponse view behind the default middleware"),
+        asgi(
+            "asgi-hello",
+            asgi_hello,
+            "ASGI hello world (a raw ASGI app)",
+            (Target("berth-asgi", 1.0, "uvicorn", goal=1.3),),
+        ),
+        asgi(
+            "asgi-fastapi",
+            fastapi,
+            "FastAPI JSON endpoint (async, a dict)",
+            (Target("berth-asgi", 1.0, "uvicorn"),),
+            inprocess=True,
+        ),
     ]
     return {s.name: s for s in scenarios}
 
@@ -513,7 +595,7 @@ def server_env(pythonpath: Path = REPO_ROOT) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("GUNICORN_", "GRANIAN_", "BERTH_"))
+        if not k.startswith(("GUNICORN_", "GRANIAN_", "UVICORN_", "BERTH_"))
         and k not in ("PORT", "WEB_CONCURRENCY", "PYTHONPATH")
     }
     env["BERTH_IN_CONTAINER"] = "0"
@@ -1358,6 +1440,18 @@ def check_package(name: str) -> Availability:
     return Availability(True, version=version)
 
 
+def check_gunicorn() -> Availability:
+    """Gunicorn, and whether its C parser (gunicorn_h1c, `gunicorn[fast]`) is installed: with
+    `--http-parser auto` (its default) Gunicorn >= 25 uses it when it is, else parses in Python."""
+    avail = check_package("gunicorn")
+    if avail.ok:
+        h1c = check_package("gunicorn_h1c")
+        avail.version = f"{avail.version} (" + (
+            f"gunicorn_h1c {h1c.version})" if h1c.ok else "no gunicorn_h1c: Python parser)"
+        )
+    return avail
+
+
 def gunicorn_extra_args() -> list[str]:
     """Gunicorn >= 24 opens a control socket under ~/.gunicorn by default; turn it off."""
     try:
@@ -1515,7 +1609,7 @@ def run_scenario(
 
 def parse_args(argv: Sequence[str] | None, scenario_names: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Benchmark berth against gunicorn and granian with wrk.",
+        description="Benchmark berth against gunicorn, granian and uvicorn with wrk.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
@@ -1687,8 +1781,9 @@ def run_all(
     )
     availability: dict[str, Availability] = {
         "berth": check_berth(),
-        "gunicorn": check_package("gunicorn"),
+        "gunicorn": check_gunicorn(),
         "granian": check_package("granian"),
+        "uvicorn": check_package("uvicorn"),
     }
     if baseline is not None:
         availability[f"berth@{baseline.short}"] = check_berth(baseline.path)

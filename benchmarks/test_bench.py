@@ -293,3 +293,99 @@ def test_measure_inprocess_in_a_subprocess() -> None:
     assert run.repeats_us and len(run.repeats_us) == bench.INPROCESS_REPEATS
     broken = bench.measure_inprocess("no_such_module:app", 2, cpu=None)
     assert not broken.ok and "no_such_module" in (broken.error or "")
+
+
+def test_asgi_scenarios_run_every_server_on_one_uvloop_worker_without_access_log() -> None:
+    scenarios = bench.build_scenarios(gunicorn_extra=("--no-control-socket",))
+    for name, app in (("asgi-hello", "asgihello:app"), ("asgi-fastapi", "fastapiapp:app")):
+        sc = scenarios[name]
+        servers = {s.name: s for s in sc.servers}
+        assert list(servers) == ["berth-asgi", "uvicorn", "gunicorn-asgi", "granian-asgi"]
+        assert all(s.argv[-1] == app for s in sc.servers)
+        berth, uvicorn, gunicorn, granian = (" ".join(s.argv) for s in sc.servers)
+        assert "-k asgi -w 1 " in berth and "--threads" not in berth
+        assert "--access-logfile none" in berth  # berth's loop: its default (auto = uvloop)
+        assert "--workers 1 --loop uvloop --http httptools" in uvicorn
+        assert "--no-access-log" in uvicorn and servers["uvicorn"].ready_stream == "stderr"
+        assert "-w 1 -k asgi" in gunicorn and "--asgi-loop uvloop" in gunicorn
+        assert "--no-control-socket" in gunicorn and "--access-logfile" not in gunicorn  # off
+        assert "--interface asgi" in granian and "--workers 1" in granian
+        assert "--loop uvloop" in granian and "--no-access-log" in granian
+        assert "--blocking-threads" not in granian
+        (target,) = sc.targets
+        assert isinstance(target, bench.Target)
+        assert (target.server, target.minimum, target.versus) == ("berth-asgi", 1.0, "uvicorn")
+    assert scenarios["asgi-hello"].targets[0].goal == 1.3
+    # the WSGI servers keep their flags: no -k, --threads as given
+    hello_t1 = " ".join(scenarios["hello-t1"].servers[0].argv)
+    assert " -k " not in hello_t1 and "-w 1 --threads 1 --access-logfile none" in hello_t1
+
+
+def test_asgi_hello_target_and_goal() -> None:
+    hello = bench.build_scenarios(gunicorn_extra=())["asgi-hello"]
+    summaries = {
+        "berth-asgi": _summary("berth-asgi", 45_000),
+        "uvicorn": _summary("uvicorn", 40_000),
+    }
+    (gate,) = bench.evaluate(hello, summaries)
+    assert gate.passed is True and gate.goal_met is False
+    assert gate.shown() == "1.12x (goal 1.3x: not yet)"
+    summaries["berth-asgi"] = _summary("berth-asgi", 54_000)
+    assert bench.evaluate(hello, summaries)[0].shown() == "1.35x (goal 1.3x: met)"
+    (ratios,) = bench.ratio_tables(hello.servers, summaries)
+    assert ratios.splitlines()[-1].split() == ["berth-asgi", "1.35x"]
+
+
+def test_inprocess_calls_an_asgi_app_as_berth_would() -> None:
+    import asyncio
+
+    import asgihello
+    import hello
+    import inprocess
+
+    assert inprocess.is_asgi(asgihello.app) and not inprocess.is_asgi(hello.app)
+    scope = inprocess.request_scope(8123)
+    assert scope["headers"] == [(b"host", b"127.0.0.1:8123")] and scope["path"] == "/"
+    # the ASGI hello sends the WSGI hello's body and headers (names in lower case)
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    asyncio.run(asgihello.app(dict(scope), receive, send))
+    start, body = sent
+    assert start["status"] == 200 and body["body"] == hello.BODY
+    assert [(n.decode(), v.decode()) for n, v in start["headers"]] == [
+        (name.lower(), value) for name, value in hello.HEADERS
+    ]
+
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(scope)
+        scope["app.wrote"] = True  # must not leak into the next request's scope
+        assert (await receive())["type"] == "http.request"
+        assert (await receive())["type"] == "http.disconnect"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ab", "more_body": True})
+        await send({"type": "http.response.body", "body": b"cde"})
+
+    assert asyncio.run(inprocess.call_once_asgi(app, scope)) == ("200 OK", 5)
+    assert asyncio.run(inprocess.call_once_asgi(app, scope)) == ("200 OK", 5)
+    assert seen[0] is not seen[1] and "app.wrote" not in scope
+
+    result = inprocess.measure("asgihello:app", repeats=2, seconds=0.01)
+    assert result.status == "200 OK" and result.body_bytes == 13
+    assert len(result.repeats_us) == 2 and result.us_per_call > 0
+
+
+def test_inprocess_times_the_fastapi_app_in_its_scenario() -> None:
+    pytest.importorskip("fastapi")
+    assert bench.build_scenarios(gunicorn_extra=())["asgi-fastapi"].inprocess_app == (
+        "fastapiapp:app"
+    )
+    run = bench.measure_inprocess("fastapiapp:app", 1, cpu=None)
+    assert run.ok and run.us_per_request and run.us_per_request > 0, run.error
