@@ -39,8 +39,8 @@ APPS = {
     "fastapi": "ws_frameworks:fastapi_app",
     "channels": "ws_frameworks:channels_app",
 }
-ECHO_PATH = {"starlette": "/echo", "fastapi": "/ws", "channels": "/echo"}  # FastAPI: a
-# broadcast, which is an echo to a lone client
+# FastAPI's is a broadcast: an echo to a lone client
+ECHO_PATH = {"starlette": "/echo", "fastapi": "/ws", "channels": "/echo"}
 MiB = 1 << 20
 WAIT_S = 10.0  # the bound of any one wait (a recv, a marker, a handshake)
 
@@ -185,6 +185,16 @@ def test_a_text_message_split_inside_a_utf8_character_is_assembled(servers):
         data += chunk
     assert data == b"\x81" + bytes([len(word)]) + word
     sock.close()
+
+
+def test_the_channels_style_router_sends_http_to_django_and_websockets_to_the_consumer(servers):
+    srv = servers["channels"]
+    status, _, body = http_get(srv.port, "/")
+    assert (status, body) == (200, b"Hello from Django on berth!\n")
+    with ws_connect(srv, "/echo?id=router") as ws:
+        ws.send("to the consumer")
+        assert ws.recv(timeout=WAIT_S) == "to the consumer"
+    assert marker(srv, "router") == "1000"
 
 
 # -- FastAPI: a broadcast to several clients ---------------------------------------------------
