@@ -9,9 +9,9 @@ Run from the repository root:
 
 Method:
 
-* Each measurement starts the server fresh on a free 127.0.0.1 port, pinned to one CPU
-  (`taskset -c 1`: berth's master and worker alike), with 1 worker; the client is pinned to
-  the other CPU (`-c 0`).
+* Each round starts every server fresh on a free 127.0.0.1 port, pinned to one CPU
+  (`taskset -c 1`: berth's master and worker alike), with 1 worker, and measures them one
+  right after the other (the others idle); the client is pinned to the other CPU (`-c 0`).
 * The client (this file with `--client`, in `--client-procs` processes) opens `--connections`
   WebSockets, no extension offered, and on each does request/response: one masked text frame
   of `--size` bytes, wait for the echo, the next. It is raw sockets on asyncio (uvloop when
@@ -23,9 +23,10 @@ Method:
   CPU's busy time (/proc/stat) are read: a server below 90 % of its CPU while the client is
   above 90 % of its own is flagged `client-bound` (the ratio then says nothing about the
   servers), and CPU time taken by other processes on either CPU is shown (`other`).
-* Rounds alternate the servers, their order rotated each round. The report gives each
-  server's median msg/s and CPU µs per message, and berth's ratio to each peer per round (the
-  two ran within seconds of each other) and of the medians.
+* Rounds alternate the servers, their order rotated each round: on this shared VM a server's
+  msg/s drifts by 20 % within a minute even when no other process runs, so the ratio of two
+  runs seconds apart is steadier than either number. The report gives each server's median
+  msg/s and CPU µs per message, and berth's ratio to each peer per round and of the medians.
 
 Standard library, plus Uvicorn (and uvloop, httptools) for the peers; Linux only (/proc,
 taskset).
@@ -345,35 +346,52 @@ class Result:
         return max(self.other_server_cpu_pct, self.other_client_cpu_pct) > QUIET_PCT
 
 
-def measure(name: str, args: argparse.Namespace, log_dir: Path) -> Result:
+@dataclass
+class Running:
+    name: str
+    proc: subprocess.Popen
+    port: int
+    log: Path
+
+
+def start_server(name: str, args: argparse.Namespace, log_dir: Path) -> Running:
     port = free_port()
     argv = [a.replace("{PORT}", str(port)) for a in SERVERS[name]]
     env = dict(os.environ, PYTHONPATH=f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    err = open(log_dir / f"{name}.log", "wb")  # (the last run's)
-    server = subprocess.Popen(["taskset", "-c", str(args.server_cpu), *argv], env=env,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-    clients: list[subprocess.Popen] = []
+    log = log_dir / f"{name}.log"  # (the last round's)
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(["taskset", "-c", str(args.server_cpu), *argv], env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    return Running(name, proc, port, log)
+
+
+def wait_ready(server: Running) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not echo_once(server.port):
+        if server.proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{server.name} did not start: see {server.log}")
+        time.sleep(0.1)
+
+
+def measure(server: Running, args: argparse.Namespace) -> Result:
+    """One run of the clients against a started server."""
+    start = time.monotonic() + START_SLACK_S
+    per_proc = [args.connections // args.client_procs + (i < args.connections % args.client_procs)
+                for i in range(args.client_procs)]
+    clients = []
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not echo_once(port):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not start: see {err.name}")
-            time.sleep(0.1)
-        start = time.monotonic() + START_SLACK_S
-        per_proc = [args.connections // args.client_procs + (i < args.connections
-                                                             % args.client_procs)
-                    for i in range(args.client_procs)]
         for n in per_proc:
             clients.append(subprocess.Popen(
                 ["taskset", "-c", str(args.client_cpu), sys.executable, __file__, "--client",
-                 "--port", str(port), "--connections", str(n), "--size", str(args.size),
+                 "--port", str(server.port), "--connections", str(n), "--size", str(args.size),
                  "--start", repr(start), "--warmup", str(args.warmup),
                  "--duration", str(args.duration)], stdout=subprocess.PIPE, text=True))
+        pid = server.proc.pid
         t0 = start + args.warmup
         time.sleep(max(0.0, t0 - time.monotonic()))
-        s0, b0, c0 = tree_cpu(server.pid), cpu_busy(args.server_cpu), cpu_busy(args.client_cpu)
+        s0, b0, c0 = tree_cpu(pid), cpu_busy(args.server_cpu), cpu_busy(args.client_cpu)
         time.sleep(max(0.0, t0 + args.duration - time.monotonic()))
-        s1, b1, c1 = tree_cpu(server.pid), cpu_busy(args.server_cpu), cpu_busy(args.client_cpu)
+        s1, b1, c1 = tree_cpu(pid), cpu_busy(args.server_cpu), cpu_busy(args.client_cpu)
         reports = []
         for proc in clients:
             out, _ = proc.communicate(timeout=args.duration + 30)
@@ -383,25 +401,47 @@ def measure(name: str, args: argparse.Namespace, log_dir: Path) -> Result:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        stop(server)
-        err.close()
     late = max(r["late_s"] for r in reports)
     if late > 0:
         print(f"  warning: the clients connected {late:.2f} s late; raise START_SLACK_S",
               file=sys.stderr)
     for r in reports:
         for e in r["errors"]:
-            print(f"  {name}: client error: {e}", file=sys.stderr)
+            print(f"  {server.name}: client error: {e}", file=sys.stderr)
     messages = sum(r["messages"] for r in reports)
     client_cpu = sum(r["cpu_s"] for r in reports)
     d = args.duration
     return Result(
-        server=name, msgs_per_s=messages / d, server_cpu_pct=100 * (s1 - s0) / d,
+        server=server.name, msgs_per_s=messages / d, server_cpu_pct=100 * (s1 - s0) / d,
         client_cpu_pct=100 * client_cpu / d,
         us_per_msg=1e6 * (s1 - s0) / messages if messages else float("nan"),
         other_server_cpu_pct=max(0.0, 100 * ((b1 - b0) - (s1 - s0)) / d),
         other_client_cpu_pct=max(0.0, 100 * ((c1 - c0) - client_cpu) / d),
         errors=sum(r["error_count"] for r in reports))
+
+
+def run_round(i: int, names: list[str], args: argparse.Namespace,
+              log_dir: Path) -> dict[str, Result]:
+    """Every server started fresh and idle while another is measured; measured in an order
+    rotated by i, one right after another (seconds apart: the machine drifts less)."""
+    servers = []
+    try:
+        for name in names:
+            servers.append(start_server(name, args, log_dir))
+        for server in servers:
+            wait_ready(server)
+        order = servers[i % len(servers):] + servers[:i % len(servers)]
+        results = {}
+        for server in order:
+            results[server.name] = r = measure(server, args)
+            print(f"round {i + 1} {server.name:<16} {r.msgs_per_s:>8,.0f} msg/s "
+                  f"{r.us_per_msg:5.1f} µs/msg  server {r.server_cpu_pct:.0f}% "
+                  f"client {r.client_cpu_pct:.0f}%  others {r.other_server_cpu_pct:.0f}% "
+                  f"{r.other_client_cpu_pct:.0f}%", flush=True)
+        return {name: results[name] for name in names}
+    finally:
+        for server in servers:
+            stop(server.proc)
 
 
 def stop(server: subprocess.Popen) -> None:
@@ -513,16 +553,7 @@ def main() -> None:
         done = sum(map(quiet, rounds)) if args.until_quiet else len(rounds)
         if done >= args.rounds or len(rounds) >= 3 * args.rounds:
             break
-        i = len(rounds)
-        order = names[i % len(names):] + names[:i % len(names)]
-        results = {}
-        for name in order:
-            results[name] = r = measure(name, args, log_dir)
-            print(f"round {i + 1} {name:<16} {r.msgs_per_s:>8,.0f} msg/s {r.us_per_msg:5.1f} "
-                  f"µs/msg  server {r.server_cpu_pct:.0f}% client {r.client_cpu_pct:.0f}%  "
-                  f"others {r.other_server_cpu_pct:.0f}% {r.other_client_cpu_pct:.0f}%",
-                  flush=True)
-        rounds.append(results)
+        rounds.append(run_round(len(rounds), names, args, log_dir))
     report(rounds, names)
     if args.json:
         args.json.write_text(json.dumps([{n: vars(r) for n, r in rs.items()} for rs in rounds],
