@@ -22,7 +22,9 @@ Method:
   same window the server's CPU time (utime+stime of its process tree), the client's, and each
   CPU's busy time (/proc/stat) are read: a server below 90 % of its CPU while the client is
   above 90 % of its own is flagged `client-bound` (the ratio then says nothing about the
-  servers), and CPU time taken by other processes on either CPU is shown (`other`).
+  servers), and CPU time taken by other processes on either CPU is shown (`others`). A run
+  whose server was below 90 % of its CPU, or lost over 10 % of it to others, is `disturbed`;
+  a round with a disturbed run is summarised apart, and `--until-quiet` repeats it.
 * Rounds alternate the servers, their order rotated each round: on this shared VM a server's
   msg/s drifts by 20 % within a minute even when no other process runs, so the ratio of two
   runs seconds apart is steadier than either number. The report gives each server's median
@@ -58,7 +60,7 @@ READY_TIMEOUT_S = 30.0
 STOP_GRACE_S = 10.0
 START_SLACK_S = 2.0  # from launching the clients to their first message: time to connect
 BOUND_PCT = 90.0  # CPU use above which a process counts as saturated
-QUIET_PCT = 10.0  # a run where other processes took more of either CPU is "disturbed"
+QUIET_PCT = 10.0  # a run where other processes took more of the server's CPU is "disturbed"
 
 UVICORN = [sys.executable, "-m", "uvicorn", "--host", HOST, "--port", "{PORT}",
            "--loop", "uvloop", "--http", "httptools", "--workers", "1", "--no-access-log",
@@ -343,7 +345,8 @@ class Result:
 
     @property
     def disturbed(self) -> bool:
-        return max(self.other_server_cpu_pct, self.other_client_cpu_pct) > QUIET_PCT
+        """The server was not the bottleneck with its CPU to itself: its msg/s says little."""
+        return self.other_server_cpu_pct > QUIET_PCT or self.server_cpu_pct < BOUND_PCT
 
 
 @dataclass
@@ -484,14 +487,15 @@ def summary(label: str, rounds: list[dict[str, Result]], names: list[str]) -> No
         if n != "berth" and "berth" in medians:
             per_round = sorted(r["berth"].msgs_per_s / r[n].msgs_per_s for r in rounds)
             cpu = statistics.median(r[n].us_per_msg / r["berth"].us_per_msg for r in rounds)
-            print(f"  berth / {n}: {medians['berth'] / medians[n]:.2f}x msg/s (medians; per "
-                  f"round {', '.join(f'{x:.2f}' for x in per_round)}); {n} spends {cpu:.2f}x "
-                  f"berth's CPU per message")
+            print(f"  berth / {n}: {medians['berth'] / medians[n]:.2f}x msg/s of the medians, "
+                  f"{statistics.median(per_round):.2f}x the median round (rounds: "
+                  f"{', '.join(f'{x:.2f}' for x in per_round)}); {n} spends {cpu:.2f}x berth's "
+                  f"CPU per message")
 
 
 def report(rounds: list[dict[str, Result]], names: list[str]) -> None:
     print(f"\n{'round':<6}" + "".join(f"{n:>28}" for n in names)
-          + "".join(f"{'berth/' + n:>16}" for n in names if n != "berth"))
+          + "".join(f"{'berth/' + n:>{max(16, len(n) + 9)}}" for n in names if n != "berth"))
     for i, results in enumerate(rounds):
         row = f"{i + 1:<6}"
         for n in names:
@@ -501,10 +505,12 @@ def report(rounds: list[dict[str, Result]], names: list[str]) -> None:
                     f"{r.other_server_cpu_pct:>4.0f}%{flag}")
         for n in names:
             if n != "berth" and "berth" in results:
-                row += f"{results['berth'].msgs_per_s / results[n].msgs_per_s:>15.2f}x"
+                ratio = results["berth"].msgs_per_s / results[n].msgs_per_s
+                row += f"{ratio:>{max(16, len(n) + 9) - 1}.2f}x"
         print(row)
     print("  (msg/s; CPU use of the server, of the client, of others on the server's CPU; C: "
-          f"client-bound; !: others took over {QUIET_PCT:.0f} % of either CPU)\n")
+          f"client-bound; !: disturbed, the server below {BOUND_PCT:.0f} % of its CPU or others "
+          f"over {QUIET_PCT:.0f} %)\n")
     summary(f"all {len(rounds)} rounds", rounds, names)
     calm = [r for r in rounds if quiet(r)]
     if calm and len(calm) < len(rounds):
