@@ -92,10 +92,18 @@ def marker(srv: Server, name: str) -> str | None:
     return None
 
 
-def worker_rss(srv: Server) -> int:
+def worker_rss(srv: Server, field: str = "VmRSS") -> int:
+    """The worker's resident memory (VmHWM: its peak so far)."""
     (pid,) = pids_children(srv.pid)
     with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) << 10
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) << 10
+
+
+def deflated(data: bytes) -> bytes:
+    """`data` as one permessage-deflate message (RFC 7692 §7.2.1: the sync flush's tail
+    dropped)."""
+    deflate = zlib.compressobj(wbits=-15)
+    return (deflate.compress(data) + deflate.flush(zlib.Z_SYNC_FLUSH))[:-4]
 
 
 def raw_websocket(port: int, path: str, extensions: str | None = None) -> socket.socket:
@@ -298,21 +306,31 @@ def test_the_websockets_clients_default_deflate_offer_is_accepted(servers):
 @pytest.mark.xfail(strict=True, reason="berth decodes (and inflates) a whole read before it "
                    "checks the unread bytes against HIGH_WATER: 256 KiB of compressed frames "
                    "become up to 256 MiB of messages in one go, held for a slow app")
-def test_compressed_messages_faster_than_the_app_keep_memory_bounded(berth, tmp_path):
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    srv = berth(["-k", "asgi", "-w", "1", APPS["starlette"]], env={"WS_MARKERS": str(markers)})
-    before = worker_rss(srv)
-    sock = raw_websocket(srv.port, "/slow?id=bomb", extensions="permessage-deflate")
+def test_compressed_messages_faster_than_the_app_keep_memory_bounded(berth):
+    """Held back, the worker would hold 1 MiB of unread messages and one being inflated (4 MiB);
+    one 64 KiB read of these frames is 64 MiB."""
+    srv = berth(["-k", "asgi", "-w", "1", APPS["starlette"]])
+    before = worker_rss(srv, "VmHWM")
+    sock = raw_websocket(srv.port, "/slow", extensions="permessage-deflate")
     assert "permessage-deflate" in sock.head
-    deflate = zlib.compressobj(wbits=-15)
-    payload = (deflate.compress(bytes(4 * MiB)) + deflate.flush(zlib.Z_SYNC_FLUSH))[:-4]
-    frame = client_frame(0x2, payload, rsv1=True)  # 4 MiB of zeros in 4 KiB
+    frame = client_frame(0x2, deflated(bytes(4 * MiB)), rsv1=True)  # 4 MiB of zeros in 4 KiB
     sock.sendall(frame * 100)  # 400 MiB of messages in 400 KiB
-    peak = before
-    deadline = time.monotonic() + 1.5
-    while time.monotonic() < deadline:
-        peak = max(peak, worker_rss(srv))
-        time.sleep(0.05)
+    time.sleep(1.0)  # the app reads one message every 0.1 s
+    grown = worker_rss(srv, "VmHWM") - before
     vanish(sock, reset=True)
-    assert peak - before < 32 * MiB, f"the worker grew {(peak - before) >> 20} MiB"
+    assert grown < 24 * MiB, f"the worker's peak grew {grown >> 20} MiB"
+
+
+@pytest.mark.xfail(strict=True, reason="wsproto inflates all of a read's compressed bytes at "
+                   "once and berth checks --websocket-max-message-size after: a 127 KiB frame "
+                   "becomes 128 MiB in memory (and blocks the loop) before the 1009 close")
+def test_a_compressed_frame_over_the_limit_is_refused_before_it_is_inflated(berth):
+    srv = berth(["-k", "asgi", "-w", "1", APPS["starlette"]])  # the limit: 16 MiB
+    before = worker_rss(srv, "VmHWM")
+    sock = raw_websocket(srv.port, "/echo", extensions="permessage-deflate")
+    sock.sendall(client_frame(0x2, deflated(bytes(128 * MiB)), rsv1=True))
+    close = sock.recv(4)
+    assert close[:1] == b"\x88" and close[2:4] == struct.pack("!H", 1009)  # too big
+    sock.close()
+    grown = worker_rss(srv, "VmHWM") - before
+    assert grown < 48 * MiB, f"the worker's peak grew {grown >> 20} MiB"
