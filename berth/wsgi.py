@@ -21,7 +21,7 @@ import httptools
 
 from berth import SERVER_SOFTWARE
 from berth.forwarded import Forwarding
-from berth.http.parser import Request
+from berth.http.parser import HASH_BYTE, PERCENT_BYTE, Request
 
 # The common methods as str without a decode per request; any other token is decoded.
 METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
@@ -41,12 +41,12 @@ def split_target(url: bytes) -> tuple[str, str]:
         query = parsed.query or b""
     else:
         path, _, query = url.partition(b"?")
-        if b"#" in query:
+        if HASH_BYTE in query:
             query = query.partition(b"#")[0]
-        elif b"#" in path:  # `/a#frag?x`: the `?` is inside the fragment
+        elif HASH_BYTE in path:  # `/a#frag?x`: the `?` is inside the fragment
             path = path.partition(b"#")[0]
             query = b""
-    if b"%" in path:
+    if PERCENT_BYTE in path:
         path = unquote_to_bytes(path)
     return path.decode("latin-1"), query.decode("latin-1")
 

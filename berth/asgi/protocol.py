@@ -46,7 +46,14 @@ from berth.http.framing import (
     error_response,
     frame,
 )
-from berth.http.parser import HttpError, Request, RequestParser
+from berth.http.parser import (
+    HASH_BYTE,
+    PERCENT_BYTE,
+    UNDERSCORE_BYTE,
+    HttpError,
+    Request,
+    RequestParser,
+)
 
 HIGH_WATER = 256 * 1024  # body bytes waiting for the app before reading pauses
 MAX_PIPELINE = 16  # parsed requests waiting on one connection before reading pauses
@@ -83,7 +90,7 @@ class AsgiParser(RequestParser):
     def on_header(self, name: bytes, value: bytes) -> None:
         in_head = self.in_head
         super().on_header(name, value)
-        if in_head and (b"_" not in name or self.header_map == "dangerous"):
+        if in_head and (UNDERSCORE_BYTE not in name or self.header_map == "dangerous"):
             self.current.raw.append((name.lower(), value.rstrip()))
 
 
@@ -181,9 +188,9 @@ def split_path(url: bytes) -> tuple[bytes, bytes]:
         parsed = httptools.parse_url(url)  # absolute-form
         return parsed.path or b"/", parsed.query or b""
     path, _, query = url.partition(b"?")
-    if b"#" in query:
+    if HASH_BYTE in query:
         query = query.partition(b"#")[0]
-    elif b"#" in path:
+    elif HASH_BYTE in path:
         path, query = path.partition(b"#")[0], b""
     return path, query
 
@@ -684,7 +691,7 @@ def request_scope(proto: HttpProtocol, req: Request, root_path: str, scheme: str
     """The ASGI scope of one request (forwarded headers applied by the caller)."""
     raw_path, query = split_path(req.url)
     path = unquote(raw_path.decode("latin-1"), encoding="utf-8", errors="surrogateescape") \
-        if b"%" in raw_path else raw_path.decode("utf-8", "surrogateescape")
+        if PERCENT_BYTE in raw_path else raw_path.decode("utf-8", "surrogateescape")
     if root_path and not path.startswith(root_path):
         path = root_path + path
     scope = {

@@ -49,6 +49,10 @@ REASONS = {
 }
 
 
+# Bytes looked for in every request, as ints: `35 in data` is a byte search, where `b"#" in
+# data` first tries the bytes as an int and builds a TypeError (CPython 3.11: 290 against 40 ns).
+HASH_BYTE, PERCENT_BYTE, UNDERSCORE_BYTE = ord("#"), ord("%"), ord("_")
+
 # Header name (as received) -> (CGI/WSGI key, kind). The few names with a rule of their own get
 # a kind; every other name costs one dict lookup per request once seen.
 # (Host is plain: a second one is found where repeated fields are joined, a missing one by its
@@ -81,7 +85,7 @@ def header_info(name: bytes) -> tuple[str, int]:
         upper = name.decode("latin-1").upper()
         if upper in _forwarding:
             info = ("HTTP_" + upper.replace("-", "_"), FORWARDER if "_" in upper else FORWARDING)
-        elif b"_" in name:  # mapped as Gunicorn does: always HTTP_, never CONTENT_TYPE
+        elif UNDERSCORE_BYTE in name:  # mapped as Gunicorn does: always HTTP_, never CONTENT_TYPE
             info = ("HTTP_" + upper.replace("-", "_"), UNDERSCORE)
         else:
             upper = upper.replace("-", "_")
