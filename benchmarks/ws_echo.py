@@ -20,9 +20,10 @@ Method:
   and so measured itself. Every echo is checked.
 * After `--warmup` seconds (not counted) messages are counted for `--duration` seconds. In the
   same window the server's CPU time (utime+stime of its process tree), the client's, and each
-  CPU's busy time (/proc/stat) are read: a server below 90 % of its CPU while the client is
-  above 90 % of its own is flagged `client-bound` (the ratio then says nothing about the
-  servers), and CPU time taken by other processes on either CPU is shown (`others`). A run
+  CPU's busy time (/proc/stat) are read: a server below 90 % of its CPU while the client's CPU
+  is above 90 % busy (with the client, or with other processes) is flagged `client-bound`
+  (the ratio then says nothing about the servers), and CPU time taken by other processes on
+  either CPU is shown (`others`). A run
   whose server was below 90 % of its CPU, or lost over 10 % of it to others, is `disturbed`;
   a round with a disturbed run is summarised apart, and `--until-quiet` repeats it.
 * Rounds alternate the servers, their order rotated each round: on this shared VM a server's
@@ -341,7 +342,9 @@ class Result:
 
     @property
     def client_bound(self) -> bool:
-        return self.client_cpu_pct > BOUND_PCT and self.server_cpu_pct < BOUND_PCT
+        """The client's CPU was full (the client, or others there) and the server's not."""
+        return (self.client_cpu_pct + self.other_client_cpu_pct > BOUND_PCT
+                and self.server_cpu_pct < BOUND_PCT)
 
     @property
     def disturbed(self) -> bool:
@@ -508,9 +511,9 @@ def report(rounds: list[dict[str, Result]], names: list[str]) -> None:
                 ratio = results["berth"].msgs_per_s / results[n].msgs_per_s
                 row += f"{ratio:>{max(16, len(n) + 9) - 1}.2f}x"
         print(row)
-    print("  (msg/s; CPU use of the server, of the client, of others on the server's CPU; C: "
-          f"client-bound; !: disturbed, the server below {BOUND_PCT:.0f} % of its CPU or others "
-          f"over {QUIET_PCT:.0f} %)\n")
+    print("  (msg/s; CPU use of the server, of the client, of others on the server's CPU;\n"
+          "   C: client-bound, the client's CPU full and not the server's; !: disturbed, the "
+          f"server below {BOUND_PCT:.0f} % of its CPU or others over {QUIET_PCT:.0f} %)\n")
     summary(f"all {len(rounds)} rounds", rounds, names)
     calm = [r for r in rounds if quiet(r)]
     if calm and len(calm) < len(rounds):
@@ -518,8 +521,9 @@ def report(rounds: list[dict[str, Result]], names: list[str]) -> None:
     elif not calm:
         print("every round was disturbed by other work on the machine: rerun when it is quiet")
     if any(r.client_bound for rs in rounds for r in rs.values()):
-        print("warning: the client saturated its CPU before a server did: those ratios do not "
-              "measure the servers (try --client-procs 2, or fewer connections)")
+        print("warning: the client's CPU was full before a server's was (C): those rounds do "
+              "not measure the servers (others on the client's CPU, or a client too slow: try "
+              "--client-procs 2)")
 
 
 def main() -> None:
