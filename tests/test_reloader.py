@@ -10,6 +10,7 @@ import os
 import select
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -201,8 +202,24 @@ def test_the_module_reporter_sends_modules_imported_later(tmp_path, monkeypatch)
     r, w = os.pipe()
     try:
         reporter = ModuleReporter(w)
+        # every module this process imported goes first: more than a pipe holds when other
+        # test files ran here before, so it is read while it is written (as the master does)
+        got: list[bytes] = []
+        written = threading.Event()
+
+        def read_all() -> None:
+            while True:
+                if select.select([r], [], [], 0.05)[0]:
+                    got.append(os.read(r, 1 << 16))
+                elif written.is_set():
+                    return
+
+        reader = threading.Thread(target=read_all, daemon=True)
+        reader.start()
         assert reporter.send_new()
-        first = os.read(r, 1 << 20)
+        written.set()
+        reader.join(timeout=10)
+        first = b"".join(got)
         assert os.fsencode(reloader.__file__) in first
         assert reporter.send_new()  # nothing new: nothing written
         import reload_late_module  # noqa: F401
