@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 
@@ -147,7 +148,11 @@ def test_a_client_faster_than_the_app_meets_back_pressure(berth, tmp_path):
         grown = rss() - before
         assert sent[0] < 40 << 20, sent[0]  # the client is held back: 0.2 s per message
         assert grown < 32 << 20, grown  # and the worker holds a bounded amount
+        # (a close handshake would wait behind the backlog: the client resets instead)
+        ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        ws.socket.close()
     t.join(timeout=10)
+    assert marker(srv, "disconnect-fast") == "1006"
 
 
 def test_a_drain_closes_every_websocket_with_1001_then_exits(berth, tmp_path):

@@ -191,10 +191,8 @@ class Session:
             return
         try:
             frames = self.frames.feed(data)
-        except FrameError as err:  # _Fail the WebSocket Connection_ (RFC 6455 §7.1.7)
+        except FrameError as err:
             self._fail_close(err.code, err.reason)
-            self.gone = True  # (nothing more is read)
-            self.proto.close()
             return
         for opcode, fin, payload in frames:
             if opcode < CLOSE:
@@ -405,18 +403,23 @@ class Session:
             data = reason.encode("utf-8")
         self._write(frame(CLOSE, code.to_bytes(2, "big") + data))
 
-    def _fail_close(self, code: int, reason: str) -> None:
-        """berth ends the connection (too big, a protocol error, a missed pong, a deploy): the
-        app hears websocket.disconnect with that code at once."""
+    def _fail_close(self, code: int, reason: str, handshake: bool = False) -> None:
+        """berth ends the connection (too big, not UTF-8, a protocol error, a missed pong, a
+        deploy): the app hears websocket.disconnect with that code at once. With `handshake`
+        (a deploy) the peer's close frame is awaited; otherwise this is _Fail the WebSocket
+        Connection_ (RFC 6455 §7.1.7): the TCP connection closes after the frame."""
         if self.closed:
             return
         self._close(code, reason)
         self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
+        if not handshake:
+            self.gone = True  # (nothing more is read)
+            self.proto.close()
 
     def going_away(self) -> None:
         """The worker drains (a deploy): 1001 to the peer and to the app."""
         if self.accepted:
-            self._fail_close(GOING_AWAY, "server shutting down")
+            self._fail_close(GOING_AWAY, "server shutting down", handshake=True)
 
     def sweep(self, now: float, interval: float, timeout: float) -> None:
         """Every tick: an unanswered close, the idle ping and its pong."""
