@@ -34,15 +34,8 @@ from berth.http.parser import HttpError, Request
 from berth.scoreboard import Slot
 from berth.trust import TrustList
 from berth.worker import counts as counters
-from berth.worker.loop import (
-    ACCEPT_BACKOFF,
-    ACCEPT_BATCH,
-    BOUND_SHED_SHARE,
-    OUT_OF_RESOURCES,
-    SHED_MIN,
-    SHED_SHARE,
-    TICK,
-)
+from berth.worker.admission import ACCEPT_BACKOFF, ACCEPT_BATCH, OUT_OF_RESOURCES, Admission
+from berth.worker.loop import TICK
 
 
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
@@ -58,7 +51,7 @@ def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-class AsgiLoop:
+class AsgiLoop(Admission):
     """See the module docstring."""
 
     def __init__(self, cfg, listeners: list[socket.socket], log, app, access_log, *,
@@ -79,9 +72,6 @@ class AsgiLoop:
         self.active: set[Cycle] = set()
         self.websockets: set = set()  # open WebSocket sessions (berth.asgi.websocket)
         self.accepting = False
-        self.accept_resume = 0.0  # after running out of file descriptors: not before then
-        self.refused = self.shed = 0  # (counts for the next EMFILE line)
-        self.refused_logged = self.full_logged = 0.0
         self.date = DateCache()
         self.forwarding = Forwarding.from_config(cfg)
         self.proxy_mode = cfg.proxy_protocol
@@ -157,7 +147,8 @@ class AsgiLoop:
     def _accept(self, lsock: socket.socket) -> None:
         now = time.monotonic()
         for i in range(ACCEPT_BATCH):
-            if len(self.conns) >= self.max_conns and not self.make_room(now, first=not i):
+            # (room is made for a connection known to wait: the first of a wake-up)
+            if len(self.conns) >= self.max_conns and (i or not self.make_room(now)):
                 self.set_accepting(False)  # until one ends (forget) or a tick makes room
                 return
             try:
@@ -189,40 +180,11 @@ class AsgiLoop:
             self.log.debug("connection not established: %r", exc)
             sock.close()
 
-    def shed_idle(self, share: int) -> int:
-        """Close the oldest connections with no request in progress (idle keep-alive ones,
-        and new ones that have sent nothing); a `share` of them, at least SHED_MIN."""
-        idle = sorted((p for p in self.conns if p.idle()), key=lambda p: p.last_active)
-        shed = idle[:max(SHED_MIN, len(idle) // share)]
-        for proto in shed:
-            proto.close()
-        return len(shed)
-
-    def make_room(self, now: float, first: bool = True) -> bool:
-        """At --worker-connections: room for one more connection; False if none can go."""
-        if not first:
-            return False  # (room is made for a connection known to wait: the first)
-        shed = self.shed_idle(BOUND_SHED_SHARE)
-        if now - self.full_logged >= 1.0:
-            self.log.info("at worker_connections (%d): closed %d connections with no request "
-                          "in progress (the oldest) to make room%s", self.max_conns, shed,
-                          "" if shed else "; none left: not accepting until one ends")
-            self.full_logged = now
-        return len(self.conns) < self.max_conns
+    def sheddable(self):
+        return (p for p in self.conns if p.idle())
 
     def out_of_descriptors(self, exc: OSError, now: float) -> None:
-        """No file descriptor for accept(): shed the oldest idle connections, stop accepting
-        for a short back-off, say so at most once a second."""
-        self.refused += 1
-        self.shed += self.shed_idle(SHED_SHARE)
-        if now - self.refused_logged >= 1.0:
-            self.log.warning("accept failed: %s (%d times); closed %d idle keep-alive "
-                             "connections (the oldest) to make room; %d connections open",
-                             exc.strerror, self.refused, self.shed, len(self.conns))
-            self.refused_logged = now
-            self.refused = self.shed = 0
-        self.accept_resume = now + ACCEPT_BACKOFF
-        self.set_accepting(False)
+        super().out_of_descriptors(exc, now)
         self.loop.call_later(ACCEPT_BACKOFF, self.may_accept_again)
 
     def may_accept_again(self) -> None:

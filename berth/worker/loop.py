@@ -16,7 +16,6 @@ once the worker retires (`--max-requests`) or drains.
 from __future__ import annotations
 
 import collections
-import errno
 import math
 import os
 import select
@@ -25,6 +24,7 @@ from functools import partial
 
 from berth.http.framing import CONTINUE
 from berth.http.parser import NO_PARSER, HttpError, Request, RequestParser
+from berth.worker.admission import ACCEPT_BATCH, OUT_OF_RESOURCES, Admission
 from berth.worker.app import Responder
 from berth.worker.connection import ClientDisconnected, Connection
 from berth.worker.preface import ProxyPreface
@@ -33,23 +33,10 @@ from berth.wsgi import StreamInput
 
 MAX_PIPELINE = 16  # complete requests queued on one connection before reading pauses
 RECV_SIZE = 64 * 1024
-ACCEPT_BATCH = 4
 # A worker whose queue is full stops accepting so that idle workers take new connections, but
 # never for longer than this: when every worker is saturated, a connection must not starve in
 # the kernel queue while accepted ones are served again and again.
 ACCEPT_PAUSE_MAX = 0.1
-# Out of file descriptors (EMFILE, ENFILE) or kernel memory: accept() fails at once, again and
-# again, while the listener stays readable. Back off for a moment and close the oldest idle
-# keep-alive connections to make room (their clients reconnect: RFC 9112 9.3.1 lets them
-# retry): a quarter of them, at least a few, so a backlog of waiting clients gets in within a
-# few rounds instead of spinning until idle connections time out.
-OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-ACCEPT_BACKOFF = 0.1
-SHED_SHARE = 4
-SHED_MIN = ACCEPT_BATCH
-# At --worker-connections, room is made the same way, a smaller share at a time (the worker
-# is full, not failing): the oldest connections with no request in progress go first.
-BOUND_SHED_SHARE = 16
 SILENT_AFTER = 1.0  # a new connection that has sent nothing this long may go too
 TICK = 0.5  # seconds between the worker's ticks (heartbeat, deadlines, Date, parent check)
 # A keep-alive connection silent this long lets go of its parser and last response (`park`,
@@ -62,7 +49,7 @@ EPOLLOUT = select.EPOLLOUT
 EPOLL_CLOSED = select.EPOLLHUP | select.EPOLLERR
 
 
-class Loop:
+class Loop(Admission):
     def __init__(self, cfg, listeners: list[socket.socket], log, responder: Responder, *,
                  signal_fd: int, on_signals, on_overrun, on_retire):
         self.cfg = cfg
@@ -79,17 +66,12 @@ class Loop:
         self.alive = True
         self.accepting = True
         self.paused_accepting = 0.0
-        self.accept_resume = 0.0  # no accepting before then (out of file descriptors)
         self.retiring = False  # --max-requests reached: no new connections
         self.draining = False  # SIGTERM or an overrun: no new connections, then exit
-        self.refused = self.shed = 0  # accept() failures and shed connections, since logged
-        self.refused_logged = -1.0
         self.threads = cfg.threads
         self.body_budget = cfg.body_buffer_size
         self.timeout = cfg.timeout or math.inf  # --timeout 0: no deadline (as Gunicorn)
         self.max_conns = cfg.worker_connections  # (capped by the open-files limit at start)
-        self.full_logged = -1.0
-        self.full_shed = 0
         self.now = 0.0  # the loop's clock, read once per wake-up
         # --proxy-protocol: the header each new connection may start with (else None)
         self.preface = ProxyPreface.from_config(cfg, responder.environs, log)
@@ -198,44 +180,11 @@ class Loop:
     def _stream_input(self, conn: Connection, req: Request) -> StreamInput:
         return StreamInput(req.body, self.body_budget, lambda: self.post(conn))
 
-    def shed_idle(self, share: int) -> int:
-        """Close the oldest connections with no request in progress: idle keep-alive ones,
-        and new ones that have sent nothing yet (their clients reconnect: RFC 9112 9.3.1 lets
-        them retry). A `share` of them, at least SHED_MIN; return how many."""
-        idle = sorted((c for c in self.conns.values() if c.idle() or silent(c, self.now)),
-                      key=lambda c: c.last_active)
-        shed = idle[:max(SHED_MIN, len(idle) // share)]
-        for conn in shed:
-            conn.close()
-        return len(shed)
-
-    def make_room(self, now: float) -> bool:
-        """At --worker-connections: make room for a new connection; False if none can go."""
-        shed = self.shed_idle(BOUND_SHED_SHARE)
-        self.full_shed += shed
-        if now - self.full_logged >= 1.0:
-            self.log.info("at worker_connections (%d): closed %d connections with no request "
-                          "in progress (the oldest) to make room%s", self.max_conns,
-                          self.full_shed, "" if shed else "; none left: not accepting until "
-                          "one ends")
-            self.full_logged = now
-            self.full_shed = 0
-        return len(self.conns) < self.max_conns
-
-    def out_of_descriptors(self, exc: OSError, now: float) -> None:
-        """accept() failed for want of a file descriptor (or kernel memory). Degrade, never
-        spin: close the oldest idle keep-alive connections to make room, stop polling the
-        listeners for a short back-off, and say so at most once a second, with a count."""
-        self.refused += 1
-        self.shed += self.shed_idle(SHED_SHARE)
-        if now - self.refused_logged >= 1.0:
-            self.log.warning("accept failed: %s (%d times); closed %d idle keep-alive "
-                             "connections (the oldest) to make room; %d connections open",
-                             exc.strerror, self.refused, self.shed, len(self.conns))
-            self.refused_logged = now
-            self.refused = self.shed = 0
-        self.accept_resume = now + ACCEPT_BACKOFF
-        self.set_accepting(False)
+    def sheddable(self):
+        """Connections with no request in progress: idle keep-alive ones, and new ones that
+        have sent nothing for SILENT_AFTER (see berth.worker.admission)."""
+        now = self.now
+        return (c for c in self.conns.values() if c.idle() or silent(c, now))
 
     def may_accept_again(self, now: float) -> bool:
         """Accepting is paused: take it up again once the back-off after running out of file
