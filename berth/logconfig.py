@@ -43,7 +43,7 @@ from typing import Any
 
 from berth.config import ConfigError
 from berth.converters import SYSLOG_FACILITIES, parse_syslog_address
-from berth.logs import _basic_user
+from berth.logs import AccessTee, _basic_user
 
 # Gunicorn's defaults (gunicorn/glogging.py), under every logging configuration
 CONFIG_DEFAULTS: dict[str, Any] = {
@@ -398,19 +398,16 @@ def atoms(environ: dict, status: str, sent: int, seconds: float, headers) -> dic
     return found
 
 
-class AccessRecords:
+class AccessRecords(AccessTee):
     """The worker's access log when a logging configuration (or syslog) takes access lines:
     each response becomes a record of the access logger (`msg` the format, `args` the atoms,
     as Gunicorn's), handed to the queue; berth's own access log, when it still writes
-    (`own`), formats its line beside it. The responder sees the AccessLog interface."""
-
-    needs_duration = True
+    (`own`), formats its line beside it."""
 
     def __init__(self, logger: logging.Logger, fmt: str, own=None):
+        super().__init__(own)
         self.logger = logger
         self.fmt = fmt
-        self.own = own
-        self.lines = own.lines if own is not None else _Discard()
 
     def format(self, environ, status, sent, seconds, headers):
         logger = self.logger
@@ -418,34 +415,13 @@ class AccessRecords:
             logger.handle(logger.makeRecord(
                 logger.name, logging.INFO, __file__, 0, self.fmt,
                 (SafeAtoms(atoms(environ, status, sent, seconds, headers)),), None))
-        if self.own is not None:
-            return self.own.format(environ, status, sent, seconds, headers)
+        if self.inner is not None:
+            return self.inner.format(environ, status, sent, seconds, headers)
         return None
 
-    def flush(self) -> None:
-        if self.own is not None:
-            self.own.flush()
-            self.lines = self.own.lines  # (flush swaps in a new list)
-
     def close(self, timeout: float = 2.0) -> None:
-        if self.own is not None:
-            self.own.close(timeout)
+        super().close(timeout)
         drain(timeout)
-
-    def reopen(self) -> None:
-        if self.own is not None:
-            self.own.reopen()
-
-    @property
-    def dropped_total(self) -> int:
-        return self.own.dropped_total if self.own is not None else 0
-
-
-class _Discard(list):
-    """`lines` when berth's own access log does not write: nothing is kept."""
-
-    def append(self, item) -> None:
-        pass
 
 
 def access_log_for(cfg, own):

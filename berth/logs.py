@@ -491,3 +491,39 @@ class AccessLog:
             old = self.sink
             self.sink = LineSink(self.target, 1)
             old.close()
+
+
+class Discard(list):
+    """`lines` when no access log of berth's own writes: nothing is kept."""
+
+    def append(self, item) -> None:
+        pass
+
+
+class AccessTee:
+    """Something beside the worker's own access log (`inner`, or None when it is off), seen
+    by the responder as an access log (`format`, `lines`, `flush`, `close`, `reopen`,
+    `dropped_total`): subclasses set `format` and add to `flush` and `close`."""
+
+    needs_duration = True
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.lines = inner.lines if inner is not None else Discard()
+
+    def flush(self) -> None:
+        if self.inner is not None:
+            self.inner.flush()
+            self.lines = self.inner.lines  # (flush swaps in a new list)
+
+    def close(self, timeout: float = 2.0) -> None:
+        if self.inner is not None:
+            self.inner.close(timeout)
+
+    def reopen(self) -> None:
+        if self.inner is not None:
+            self.inner.reopen()
+
+    @property
+    def dropped_total(self) -> int:
+        return self.inner.dropped_total if self.inner is not None else 0

@@ -19,6 +19,8 @@ import re
 import socket
 from collections import Counter
 
+from berth.logs import AccessTee
+
 MAX_DATAGRAM = 1432  # fits an Ethernet MTU with IP and UDP headers
 
 
@@ -109,24 +111,18 @@ class LogCounter(logging.Handler):
         self.statsd.counts[f"gunicorn.log.{name}"] += 1
 
 
-class StatsdTee:
-    """The worker's access log, as the responder sees it (`format`, `lines`, `flush`...),
-    with StatsD beside it: each request is recorded for StatsD, then formatted for the access
-    log if there is one. The request path is unchanged."""
-
-    needs_duration = True
+class StatsdTee(AccessTee):
+    """The worker's access log with StatsD beside it: each request is recorded for StatsD,
+    then formatted for the access log if there is one. The request path is unchanged."""
 
     def __init__(self, access_log, statsd: Statsd):
-        self.access_log = access_log
+        super().__init__(access_log)
         self.statsd = statsd
         record = statsd.record
         if access_log is None:
-            self.lines = _Discard()
-
             def format(environ, status, sent, seconds, headers):
                 record(status, seconds)
         else:
-            self.lines = access_log.lines
             access_format = access_log.format
 
             def format(environ, status, sent, seconds, headers):
@@ -135,27 +131,9 @@ class StatsdTee:
         self.format = format
 
     def flush(self) -> None:
-        if self.access_log is not None:
-            self.access_log.flush()
-            self.lines = self.access_log.lines  # (flush swaps in a new list)
+        super().flush()
         self.statsd.flush()
 
     def close(self, timeout: float = 2.0) -> None:
-        if self.access_log is not None:
-            self.access_log.close(timeout)
+        super().close(timeout)
         self.statsd.flush()
-
-    def reopen(self) -> None:
-        if self.access_log is not None:
-            self.access_log.reopen()
-
-    @property
-    def dropped_total(self) -> int:
-        return self.access_log.dropped_total if self.access_log is not None else 0
-
-
-class _Discard(list):
-    """`lines` when there is no access log: nothing is kept."""
-
-    def append(self, item) -> None:
-        pass
