@@ -46,6 +46,10 @@ from berth.worker.counts import (
 from berth.wsgi import Environs, FileWrapper
 
 PAUSED = object()  # call_app(): the loop goes on with this response when the client reads
+# On the loop thread, complete responses are held back and sent together after the other
+# requests of the wake-up (berth/worker/connection.py); before the app runs for a request,
+# those held longer than this go out first.
+CORK_AGE = 0.001
 SMALL_JOIN = 64 * 1024  # below this, head and body are joined into one buffer for send()
 
 
@@ -54,6 +58,10 @@ class LoopSide(Protocol):
 
     now: float  # the loop's clock, read once per wake-up
     accepting: bool
+    corked: list  # connections with responses held back (Connection.put)
+    flushed_at: float  # when they were last sent
+
+    def flush(self) -> None: ...
 
     def to_thread(self, conn: Connection, req) -> None: ...
     def attend(self, conn: Connection) -> None: ...
@@ -117,6 +125,14 @@ class Response:
         head, self.remaining, self.chunked, self.no_body, self.keep_alive, own = framing
         self.head_sent = True
         return head + self.responder.date.ends[own]
+
+    def send_whole(self, data: bytes) -> None:
+        """Send the whole response (its head, and all of its body if any): on the loop
+        thread, a response that keeps its connection is held back for the loop's flush."""
+        if self.inline and self.keep_alive:
+            self.conn.put(data)
+        else:
+            self.conn.send(data, self.inline)
 
     def write_callable(self, data: bytes) -> None:
         """The WSGI `write()` callable. On the loop thread (inline) the app cannot be paused
@@ -306,7 +322,10 @@ class Responder:
                 keep = False
             elif inline:  # the loop thread runs the app: the scoreboard sees it busy
                 running = self.running
-                running[0] = time.monotonic()
+                running[0] = started = time.monotonic()
+                loop = self.loop
+                if loop.corked and started - loop.flushed_at > CORK_AGE:
+                    loop.flush()  # responses held back go out before an app of unknown length
                 try:
                     keep = self.call_app(conn, req, True)
                 finally:
@@ -402,14 +421,14 @@ class Responder:
                 # (an empty body on HEAD: the GET's length is not known, so none is claimed)
                 head = resp.make_head(len(body) if body or not resp.no_body else None)
                 if resp.no_body or not body:
-                    conn.send(head, inline)
+                    resp.send_whole(head)
                 else:
                     if resp.remaining is not None and len(body) > resp.remaining:
                         body = body[:resp.remaining]
                     resp.remaining -= len(body)
                     resp.sent = len(body)
                     if len(body) < SMALL_JOIN:
-                        conn.send(head + body, inline)
+                        resp.send_whole(head + body)
                     else:
                         conn.send(head, inline)
                         conn.send(body, inline)
@@ -531,7 +550,10 @@ class Responder:
                 if resp.chunked:
                     data = chunk(data)
                 if len(data) < SMALL_JOIN:
-                    conn.send(head + data, True)
+                    if remaining == len(data):  # the whole body (Content-Length): no stream
+                        resp.send_whole(head + data)
+                    else:
+                        conn.send(head + data, True)
                 else:
                     conn.send(head, True)
                     conn.send(data, True)

@@ -8,10 +8,17 @@ connection. On the loop thread (inline) nothing waits: the caller pauses its res
 (see `berth/worker/app.py`). Real files go out with `os.sendfile`; their unsent rest is queued
 as (fd, offset, count): no bytes held at all.
 
+The loop thread, answering inline, holds each complete keep-alive response back (`put`) and
+sends them all after the other requests of its wake-up (`Loop.flush`). Sending one response
+between two app calls costs far more than its instructions: the kernel's network path (and,
+for a client on the same machine, waking it) evicts the app's code and data from the caches
+each time (measured on Flask and Django: the README's performance section). A held response
+waits at most CORK_AGE plus one app call (`Responder.answer`); a stream is never held.
+
 Threads touch a connection only under its lock: `active` (the request being answered),
 `pending` (complete requests waiting their turn: pipelining), the queue and its flags. Only
 the loop thread registers, re-arms or closes a socket; an app thread asks it to through
-`loop.post(conn)`. The connection knows its loop only through three names (`LoopSide`): it
+`loop.post(conn)`. The connection knows its loop only through four names (`LoopSide`): it
 imports nothing of the worker's other rooms.
 
 The states of a connection, and what moves it between them, are drawn in docs/design.md.
@@ -45,6 +52,8 @@ class LoopSide(Protocol):
     """What a connection asks of the loop that owns it."""
 
     ep: select.epoll
+
+    corked: list[Connection]  # put() since the loop's last flush
 
     def post(self, conn: Connection) -> None:
         """From an app thread: ask the loop thread to look at `conn`."""
@@ -190,6 +199,19 @@ class Connection:
                 req.progress = time.monotonic()
             if self.dead:
                 raise ClientDisconnected()
+
+    def put(self, data: bytes) -> None:
+        """The loop thread, for a complete keep-alive response: queue it to go out when the
+        loop flushes (`Loop.flush`, after the other requests of its wake-up): the sends of a
+        batch then follow one another instead of alternating with the apps (see module)."""
+        with self.lock:
+            if self.dead:
+                raise ClientDisconnected()
+            self._out_queue().append(data)
+            self.out_size += len(data)
+            if not self.want_write:  # (already set: EPOLLOUT is armed and drains it too)
+                self.want_write = True
+                self.loop.corked.append(self)
 
     def sendfile(self, fd: int, offset: int, count: int, inline: bool) -> None:
         """Send `count` bytes of the real file `fd` from `offset`; queue what the socket does

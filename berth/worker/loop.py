@@ -20,6 +20,7 @@ import math
 import os
 import select
 import socket
+import time
 from functools import partial
 
 from berth.http.framing import CONTINUE
@@ -62,6 +63,8 @@ class Loop(Admission):
         self.on_retire = on_retire  # --max-requests reached: the process says so
         self.conns: dict[int, Connection] = {}
         self.inbox: collections.deque = collections.deque()
+        self.corked: list[Connection] = []  # complete responses held back (Connection.put)
+        self.flushed_at = 0.0  # when they were last sent: the oldest held is younger
         self.wake_pending = False
         self.alive = True
         self.accepting = True
@@ -126,6 +129,31 @@ class Loop(Admission):
             if now >= next_tick:
                 next_tick = now + TICK
                 tick(now)
+            if self.corked:
+                self.flush()
+        if self.corked:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the responses held back since the last flush (`Connection.put`); what a
+        socket does not take waits for it to turn writable, as any write-behind does."""
+        corked = self.corked
+        self.corked = []
+        resume = self.responder.resume
+        for conn in corked:
+            if conn.closed:
+                continue
+            try:
+                if conn.on_writable():
+                    resume(conn)
+                elif conn.want_write:
+                    conn.update_events()
+            except Exception:
+                self.log.exception("internal error on a connection; closing it")
+                conn.mark_dead()
+                if conn.active is None:
+                    conn.close()
+        self.flushed_at = time.monotonic()
 
     # -- accepting -----------------------------------------------------------------------------
 

@@ -148,5 +148,13 @@ class TlsConnection(Connection):
             sock.obj.write(data)  # into the memory BIO: all of it
             Connection.send(self, sock.outgoing.read(), inline)
 
+    def put(self, data: bytes) -> None:
+        with self.lock:
+            if self.dead:
+                raise ClientDisconnected()
+            sock = self.sock
+            sock.obj.write(data)
+            Connection.put(self, sock.outgoing.read())
+
     def sendfile(self, fd: int, offset: int, count: int, inline: bool) -> None:
         raise AssertionError("no sendfile under TLS: the file goes through the iterable path")
