@@ -18,7 +18,8 @@ Method (see benchmarks/README.md for the targets):
 * Rounds alternate the servers: in round r every server of the scenario runs once, in an order
   rotated by r, so slow drifts of the machine hit every server alike.
 * The server's CPU time is utime+stime of its whole process tree, read from /proc before and
-  after the measured run, divided by the requests wrk completed.
+  after the measured run, divided by the requests wrk completed; `kernel` is its stime part
+  (system calls and the network stack: where sending responses one by one shows).
 * The report shows medians over rounds, error counts, and berth / peer req/s ratios.
 * `--baseline REF` adds, next to every berth server, the same server run from a temporary
   `git worktree` of commit REF (named e.g. `berth-t1@1a2b3c4`), and reports berth / baseline.
@@ -518,6 +519,7 @@ class ProcStat:
     pid: int
     ppid: int
     cpu_ticks: int  # utime + stime + cutime + cstime
+    sys_ticks: int  # stime + cstime: the kernel's part (system calls, the network stack)
     start_ticks: int  # identifies the process across PID reuse
 
 
@@ -534,6 +536,7 @@ def read_stat(pid: int) -> ProcStat | None:
         pid=pid,
         ppid=int(fields[1]),
         cpu_ticks=utime + stime + cutime + cstime,
+        sys_ticks=stime + cstime,
         start_ticks=int(fields[19]),
     )
 
@@ -674,8 +677,11 @@ class ServerProcess:
         self._known.update((st.pid, st.start_ticks) for st in tree)
         return tree
 
-    def cpu_seconds(self) -> float:
-        return sum(st.cpu_ticks for st in self.tree()) / CLK_TCK
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU seconds of the tree so far: (all, the kernel's part)."""
+        tree = self.tree()
+        return (sum(st.cpu_ticks for st in tree) / CLK_TCK,
+                sum(st.sys_ticks for st in tree) / CLK_TCK)
 
     def log_tail(self, lines: int = 15) -> str:
         parts = []
@@ -879,6 +885,7 @@ class Run:
     wrk: WrkResult | None = None
     cpu_seconds: float | None = None
     cpu_us_per_request: float | None = None
+    sys_us_per_request: float | None = None  # the kernel's part of cpu_us_per_request
     affinity: list[int] | None = None  # CPUs the server's processes were allowed to use
     # Pinned runs: busy time of the server's CPU not spent by the server, in % of the run. More
     # than a few % means something else (another benchmark, a build) shared the CPU.
@@ -915,15 +922,18 @@ def measure(
                 except OSError:
                     pass
             busy_before = cpu_busy_seconds(cpu) if cpu is not None else 0.0
-            cpu_before = server.cpu_seconds()
+            cpu_before, sys_before = server.cpu_seconds()
             result = wrk(settings.duration)
-            cpu_used = server.cpu_seconds() - cpu_before
+            cpu_after, sys_after = server.cpu_seconds()
+            cpu_used = cpu_after - cpu_before
+            sys_used = sys_after - sys_before
             busy = cpu_busy_seconds(cpu) - busy_before if cpu is not None else None
             if server.proc.poll() is not None:
                 raise BenchError(f"{spec.name} died during the run\n{server.log_tail()}")
     except BenchError as exc:
         return Run(server=spec.name, round=rnd, ok=False, error=str(exc))
     per_request = cpu_used / result.requests * 1e6 if result.requests else None
+    sys_per_request = sys_used / result.requests * 1e6 if result.requests else None
     foreign = None if busy is None else max(0.0, busy - cpu_used) / result.seconds * 100
     return Run(
         server=spec.name,
@@ -932,6 +942,7 @@ def measure(
         wrk=result,
         cpu_seconds=cpu_used,
         cpu_us_per_request=per_request,
+        sys_us_per_request=sys_per_request,
         affinity=sorted(affinity),
         foreign_cpu_pct=foreign,
     )
@@ -1018,6 +1029,7 @@ class Summary:
     requests: int
     # CPU us/req minus the app's in-process us/req (scenarios with an `inprocess_app` only)
     server_share_us_per_request: float | None = None
+    sys_us_per_request: float | None = None  # the kernel's part of cpu_us_per_request
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -1050,6 +1062,7 @@ def summarize(name: str, runs: Sequence[Run]) -> Summary | None:
         wrk_cpu_pct=_median([w.client_cpu_seconds / w.seconds * 100 for w in results if w.seconds]),
         errors=sum(w.errors for w in results),
         requests=sum(w.requests for w in results),
+        sys_us_per_request=_median([r.sys_us_per_request for r in good]),
     )
 
 
@@ -1225,6 +1238,7 @@ def report(
         "p50",
         "p99",
         "CPU us/req",
+        "kernel",
         *(["share us/req"] if share else []),
         "srv CPU",
         "wrk CPU",
@@ -1244,6 +1258,7 @@ def report(
             _fmt_ms(s.p50_ms),
             _fmt_ms(s.p99_ms),
             _fmt(s.cpu_us_per_request, ".1f"),
+            _fmt(s.sys_us_per_request, ".1f"),
             *([_fmt(s.server_share_us_per_request, ".1f")] if share else []),
             _fmt(s.server_cpu_pct, ".0f", "%"),
             _fmt(s.wrk_cpu_pct, ".0f", "%"),
@@ -1697,7 +1712,8 @@ def bench_scenario(
         f"  results: median of {settings.rounds} rounds; errors = socket errors + non-2xx/3xx "
         "responses, summed over rounds;\n"
         "  srv CPU / wrk CPU = CPU use of the server's process tree / of wrk, in % of one CPU\n"
-        "  (a pinned server below ~100% is waiting, not working; wrk near 100% is the bottleneck)"
+        "  (a pinned server below ~100% is waiting, not working; wrk near 100% is the bottleneck)\n"
+        "  kernel = the part of CPU us/req spent in the kernel (system calls, the network stack)"
     )
     if scenario.inprocess_app:
         print(
