@@ -114,10 +114,7 @@ class Loop(Admission):
                         if ev & EPOLLOUT and not conn.closed and conn.on_writable():
                             self.responder.resume(conn)
                     except Exception:
-                        self.log.exception("internal error on a connection; closing it")
-                        conn.mark_dead()
-                        if conn.active is None:
-                            conn.close()
+                        self.broken(conn)
                 elif fd in listeners:
                     self.accept(listeners[fd], now)
                 elif fd == wake_fd:
@@ -149,11 +146,15 @@ class Loop(Admission):
                 elif conn.want_write:
                     conn.update_events()
             except Exception:
-                self.log.exception("internal error on a connection; closing it")
-                conn.mark_dead()
-                if conn.active is None:
-                    conn.close()
+                self.broken(conn)
         self.flushed_at = time.monotonic()
+
+    def broken(self, conn: Connection) -> None:
+        """In an except block: berth's own error on a connection; it is closed."""
+        self.log.exception("internal error on a connection; closing it")
+        conn.mark_dead()
+        if conn.active is None:
+            conn.close()
 
     # -- accepting -----------------------------------------------------------------------------
 
