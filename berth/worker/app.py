@@ -49,7 +49,7 @@ PAUSED = object()  # call_app(): the loop goes on with this response when the cl
 # On the loop thread, complete responses are held back and sent together after the other
 # requests of the wake-up (berth/worker/connection.py); before the app runs for a request,
 # those held longer than this go out first.
-CORK_AGE = 0.001
+HOLD_AT_MOST = 0.001
 SMALL_JOIN = 64 * 1024  # below this, head and body are joined into one buffer for send()
 
 
@@ -58,8 +58,8 @@ class LoopSide(Protocol):
 
     now: float  # the loop's clock, read once per wake-up
     accepting: bool
-    corked: list  # connections with responses held back (Connection.put)
-    flushed_at: float  # when they were last sent
+    holding: list  # connections with responses held back (Connection.put)
+    held_since: float  # when the first of them was held
 
     def flush(self) -> None: ...
 
@@ -322,10 +322,12 @@ class Responder:
                 keep = False
             elif inline:  # the loop thread runs the app: the scoreboard sees it busy
                 running = self.running
-                running[0] = started = time.monotonic()
+                started = time.monotonic()
                 loop = self.loop
-                if loop.corked and started - loop.flushed_at > CORK_AGE:
+                if loop.holding and started - loop.held_since > HOLD_AT_MOST:
                     loop.flush()  # responses held back go out before an app of unknown length
+                    started = time.monotonic()  # (a resumed response may have run meanwhile)
+                running[0] = started
                 try:
                     keep = self.call_app(conn, req, True)
                 finally:

@@ -13,7 +13,7 @@ sends them all after the other requests of its wake-up (`Loop.flush`). Sending o
 between two app calls costs far more than its instructions: the kernel's network path (and,
 for a client on the same machine, waking it) evicts the app's code and data from the caches
 each time (measured on Flask and Django: the README's performance section). A held response
-waits at most CORK_AGE plus one app call (`Responder.answer`); a stream is never held.
+waits at most HOLD_AT_MOST plus one app call (`Responder.answer`); a stream is never held.
 
 Threads touch a connection only under its lock: `active` (the request being answered),
 `pending` (complete requests waiting their turn: pipelining), the queue and its flags. Only
@@ -53,7 +53,8 @@ class LoopSide(Protocol):
 
     ep: select.epoll
 
-    corked: list[Connection]  # put() since the loop's last flush
+    holding: list[Connection]  # put() since the loop's last flush
+    held_since: float  # when the first of them was put
 
     def post(self, conn: Connection) -> None:
         """From an app thread: ask the loop thread to look at `conn`."""
@@ -87,6 +88,7 @@ class Connection:
         "events",
         "fd",
         "head_started",
+        "held",
         "last_active",
         "lingering",
         "lock",
@@ -113,7 +115,8 @@ class Connection:
         self.active = None  # the Request (or HttpError) being answered
         self.out: collections.deque | tuple = NO_QUEUE  # a deque once bytes wait (_out_queue)
         self.out_size = 0
-        self.want_write = False
+        self.want_write = False  # EPOLLOUT is armed (or the loop is asked to arm it)
+        self.held = False  # put() queued bytes that the loop's next flush sends
         self.reading = True
         self.events = EPOLLIN
         self.closing = False  # close once the current response is out
@@ -203,15 +206,26 @@ class Connection:
     def put(self, data: bytes) -> None:
         """The loop thread, for a complete keep-alive response: queue it to go out when the
         loop flushes (`Loop.flush`, after the other requests of its wake-up): the sends of a
-        batch then follow one another instead of alternating with the apps (see module)."""
+        batch then follow one another instead of alternating with the apps (see module).
+        Whatever is sent after it on this connection queues behind it."""
         with self.lock:
             if self.dead:
                 raise ClientDisconnected()
             self._out_queue().append(data)
             self.out_size += len(data)
-            if not self.want_write:  # (already set: EPOLLOUT is armed and drains it too)
-                self.want_write = True
-                self.loop.corked.append(self)
+            if not self.held:
+                self.held = True
+                loop = self.loop
+                if not loop.holding:
+                    loop.held_since = time.monotonic()
+                loop.holding.append(self)
+
+    def after_flush(self) -> None:
+        """The loop thread, after its flush has sent what this connection held (and resumed a
+        paused response): bytes the socket did not take wait for it to turn writable."""
+        with self.lock:
+            if self.out and not self.dead and not self.closed:
+                self._want_write(True)
 
     def sendfile(self, fd: int, offset: int, count: int, inline: bool) -> None:
         """Send `count` bytes of the real file `fd` from `offset`; queue what the socket does
@@ -308,10 +322,12 @@ class Connection:
                 return False
             self.want_write = False
             done = self.active is None and (self.closing or self.dead)
-        if done:
-            self.close()
-        else:
+        if not done:
             self.update_events()
+        elif self.lingering and not self.dead:  # an error response is out: read, then close
+            self.linger()
+        else:
+            self.close()
         return False
 
     def mark_dead(self) -> None:

@@ -20,7 +20,6 @@ import math
 import os
 import select
 import socket
-import time
 from functools import partial
 
 from berth.http.framing import CONTINUE
@@ -63,8 +62,8 @@ class Loop(Admission):
         self.on_retire = on_retire  # --max-requests reached: the process says so
         self.conns: dict[int, Connection] = {}
         self.inbox: collections.deque = collections.deque()
-        self.corked: list[Connection] = []  # complete responses held back (Connection.put)
-        self.flushed_at = 0.0  # when they were last sent: the oldest held is younger
+        self.holding: list[Connection] = []  # complete responses held back (Connection.put)
+        self.held_since = 0.0  # when the first of them was held
         self.wake_pending = False
         self.alive = True
         self.accepting = True
@@ -126,28 +125,27 @@ class Loop(Admission):
             if now >= next_tick:
                 next_tick = now + TICK
                 tick(now)
-            if self.corked:
+            if self.holding:
                 self.flush()
-        if self.corked:
+        if self.holding:
             self.flush()
 
     def flush(self) -> None:
         """Send the responses held back since the last flush (`Connection.put`); what a
         socket does not take waits for it to turn writable, as any write-behind does."""
-        corked = self.corked
-        self.corked = []
+        holding = self.holding
+        self.holding = []
         resume = self.responder.resume
-        for conn in corked:
+        for conn in holding:
+            conn.held = False
             if conn.closed:
                 continue
             try:
                 if conn.on_writable():
                     resume(conn)
-                elif conn.want_write:
-                    conn.update_events()
+                conn.after_flush()
             except Exception:
                 self.broken(conn)
-        self.flushed_at = time.monotonic()
 
     def broken(self, conn: Connection) -> None:
         """In an except block: berth's own error on a connection; it is closed."""
