@@ -1,6 +1,7 @@
 """The loop thread sends the responses of one wake-up together, after the apps have run
-(`Connection.put`, `Loop.flush`): each client still gets its own responses, in order, and
-the sends follow one another instead of alternating with the reads and the app calls."""
+(`Connection.put`, `Loop.flush`; under `-k asgi`, the writes of one event-loop iteration,
+`HttpProtocol.write`): each client still gets its own responses, in order, and the sends
+follow one another instead of alternating with the reads and the app calls."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ STRACE = shutil.which("strace")
 CLIENTS = 8
 
 
-def requests_in_one_wake_up(port: int, paths: list[list[str | bytes]]) -> list[BufferedSocket]:
+def requests_in_one_wake_up(port: int, paths: list[list[str | bytes]],
+                            sleep: str = "/sleep?s=0.4") -> list[BufferedSocket]:
     """One connection per item of `paths`, its requests (a path, or raw bytes) sent in one
     segment (pipelined) while the worker's only thread sleeps in the app for another
     connection: when it wakes, every request is waiting, and one epoll wake-up returns them
@@ -30,11 +32,11 @@ def requests_in_one_wake_up(port: int, paths: list[list[str | bytes]]) -> list[B
         for s in socks:  # each connection's first request: its parser exists, warm
             s.sendall(get_request("/hello"))
             assert read_response(s)[0] == 200
-        sleeper.sendall(get_request("/sleep?s=0.4"))
+        sleeper.sendall(get_request(sleep))
         time.sleep(0.15)  # the worker is in the app now
         for s, ps in zip(socks, paths, strict=True):
             s.sendall(b"".join(p if type(p) is bytes else get_request(p) for p in ps))
-        assert read_response(sleeper)[2] == b"slept 0.4"
+        assert read_response(sleeper)[0] == 200
     finally:
         sleeper.close()
     return socks
@@ -169,3 +171,46 @@ def test_the_sends_of_a_wake_up_follow_its_app_calls_not_alternate_with_them(ber
     # slow machine may split the batch; alternating (rsrsrs...) is what it was before.
     runs = len(re.findall("s+", pattern))
     assert runs <= CLIENTS // 2, f"sends alternate with reads: {pattern}"
+
+
+@pytest.mark.skipif(STRACE is None, reason="strace is not installed (apt-get install strace)")
+def test_asgi_the_writes_of_an_iteration_follow_its_app_steps_not_alternate_with_them(
+        berth, tmp_path):
+    """-k asgi (the asyncio loop, whose sockets use recvfrom and sendto): the 8 requests of one
+    wake-up run their apps (each makes a getsid() call the trace shows), then their
+    responses are sent one after another; each send used to follow its own app step."""
+    srv = berth(["-w", "1", "-k", "asgi", "--asgi-loop", "asyncio", "--access-logfile", "none",
+                 "asgi_app:app"])
+    (worker,) = pids_children(srv.pid)
+    trace = tmp_path / "strace.out"
+    with open(tmp_path / "strace.err", "wb") as err:
+        cmd = [STRACE, "-f", "-qq", "--seccomp-bpf", "-s", "512",
+               "-e", "trace=recvfrom,sendto,getsid", "-o", str(trace), "-p", str(worker)]
+        tracer = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        def traced() -> bool:
+            s = connect(srv.port)
+            try:
+                s.sendall(get_request("/mark?warm"))
+                read_response(s)
+            finally:
+                s.close()
+            return trace.exists() and "getsid(" in trace.read_text(errors="replace")
+
+        wait_for(traced, timeout=20, interval=0.3)
+        mark = len(trace.read_text(errors="replace"))
+        socks = requests_in_one_wake_up(srv.port, [[f"/mark?c={c}"] for c in range(CLIENTS)],
+                                        sleep="/block?s=0.4")
+        for c, s in enumerate(socks):
+            assert read_response(s)[2] == f"c={c}".encode()
+            s.close()
+    finally:
+        os.kill(tracer.pid, signal.SIGINT)
+        tracer.wait(timeout=20)
+    text = trace.read_text(errors="replace")[mark:]
+    text = text[text.index("blocked"):].split("\n", 1)[1]  # after the blocking request's answer
+    calls = re.findall(r"^\d+\s+(getsid|sendto)\(", text, re.M)
+    pattern = "".join("g" if c == "getsid" else "s" for c in calls)
+    assert pattern.count("g") == CLIENTS and pattern.count("s") >= CLIENTS, pattern
+    # batched: gggggggg ssssssss; before: gsgsgsgs...
+    assert len(re.findall("s+", pattern)) <= CLIENTS // 4, f"sends alternate with apps: {pattern}"

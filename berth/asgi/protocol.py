@@ -58,6 +58,7 @@ from berth.http.parser import (
 HIGH_WATER = 256 * 1024  # body bytes waiting for the app before reading pauses
 MAX_PIPELINE = 16  # parsed requests waiting on one connection before reading pauses
 FILE_PIECE = 256 * 1024  # pathsend without sendfile: bytes read and written at a time
+HOLD_LIMIT = 64 * 1024  # write(): bytes of one connection held until the iteration ends
 ASGI = {"version": "3.0", "spec_version": "2.4"}
 
 
@@ -351,6 +352,7 @@ class Cycle:
             if not self.framing.no_body and size:
                 if proto.write_paused:
                     await proto.drain()
+                proto.flush()  # the head, before the file
                 if isinstance(proto.loop, asyncio.BaseEventLoop):  # sendfile(2), or TLS writes
                     await proto.loop.sendfile(proto.transport, f, 0, self.remaining)
                     self.sent += self.remaining
@@ -423,6 +425,8 @@ class HttpProtocol(asyncio.Protocol):
         self.reading = True
         self.read_paused_for: set[str] = set()
         self.write_paused = False
+        self.held: list[bytes] | None = None  # writes of this loop iteration (write)
+        self.held_size = 0
         self.drained: asyncio.Future | None = None
         self.last_active = time.monotonic()
         self.head_started = self.last_active  # a new connection owes a head (--header-timeout)
@@ -594,11 +598,35 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
-        if not self.closed:
-            self.transport.write(data)
+        """Writes wait for the end of the loop iteration (the server's flush_held), so the
+        responses the iteration made go out one after another, not between the apps' steps;
+        past HOLD_LIMIT bytes they go at once (the transport's flow control then applies)."""
+        if self.closed:
+            return
+        held = self.held
+        if held is None:
+            if len(data) >= HOLD_LIMIT:
+                self.transport.write(data)
+                return
+            self.held = [data]
+            self.held_size = len(data)
+            self.server.hold(self)
+            return
+        held.append(data)
+        self.held_size += len(data)
+        if self.held_size >= HOLD_LIMIT:
+            self.flush()
+
+    def flush(self) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            if not self.closed:
+                self.transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def close(self) -> None:
         if not self.closed:
+            self.flush()
             self.closed = True
             self.transport.close()
             if self.cycle is None:

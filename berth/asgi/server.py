@@ -92,6 +92,9 @@ class AsgiLoop(Admission):
         self.view = view  # what hooks get as `worker`
         self.pre_request = get_hook(cfg, "pre_request")
         self.post_request = get_hook(cfg, "post_request")
+        # connections whose writes of this loop iteration wait (HttpProtocol.write): sent
+        # together by flush_held, the first callback of the next iteration
+        self.holding: list[HttpProtocol] = []
 
     # -- the worker's side --------------------------------------------------------------------
 
@@ -191,6 +194,16 @@ class AsgiLoop(Admission):
         if (not self.accepting and time.monotonic() >= self.accept_resume
                 and len(self.conns) < self.max_conns):
             self.set_accepting(True)
+
+    def hold(self, proto: HttpProtocol) -> None:
+        if not self.holding:
+            self.loop.call_soon(self.flush_held)
+        self.holding.append(proto)
+
+    def flush_held(self) -> None:
+        holding, self.holding = self.holding, []
+        for proto in holding:
+            proto.flush()
 
     def forget(self, proto: HttpProtocol) -> None:
         """A connection is over."""

@@ -11,7 +11,8 @@ Routes: /hello; /scope (the scope as JSON, headers decoded); /state (scope["stat
 0.1 s until the client goes; writes the marker "disconnect-<id>" when receive() says so);
 /ignore-disconnect (streams nothing and never reads: sleeps; writes "cancelled-<id>" when
 cancelled); /block?s= (time.sleep on the loop: the watchdog's case); /file (pathsend of this
-file); /raise (an exception before the response); /raise-after (after the head).
+file); /raise (an exception before the response); /raise-after (after the head); /mark
+(calls getsid(), a system call a tracer sees, and answers the query string).
 """
 
 import asyncio
@@ -128,6 +129,10 @@ async def app(scope, receive, send):
         except asyncio.CancelledError:
             mark(f"cancelled-{tag}")
             raise
+    elif path == "/mark":  # a system call strace sees (tests/test_batching.py), then the query
+        os.getsid(0)
+        await start(send)
+        await send({"type": "http.response.body", "body": scope["query_string"]})
     elif path == "/block":
         time.sleep(float(query.get("s", 1)))  # a blocking call in async code: the bug
         await start(send)
