@@ -25,6 +25,13 @@ A `Cycle` is the app's view of one request (ASGI 3, HTTP spec 2.4):
   - A client that goes away mid-request: the app's `receive()` returns `http.disconnect`,
     and the task is cancelled `--asgi-disconnect-grace-period` seconds later if it is still
     running (Gunicorn's setting).
+
+Writing (`HttpProtocol.write`): what a connection writes during one event-loop iteration is
+held and joined, and the server sends every connection's as the first callback of the next
+iteration (`AsgiLoop.flush_held`), so sends follow one another instead of alternating with
+the tasks' steps (the WSGI loop's reason: berth/worker/connection.py). From HOLD_LIMIT bytes
+a connection writes at once, so the transport's flow control still bounds a stream; close()
+and pathsend's sendfile send what is held first.
 """
 
 from __future__ import annotations
