@@ -214,3 +214,37 @@ def test_asgi_the_writes_of_an_iteration_follow_its_app_steps_not_alternate_with
     assert pattern.count("g") == CLIENTS and pattern.count("s") >= CLIENTS, pattern
     # batched: gggggggg ssssssss; before: gsgsgsgs...
     assert len(re.findall("s+", pattern)) <= CLIENTS // 4, f"sends alternate with apps: {pattern}"
+
+
+@pytest.mark.parametrize("kind", ["memoryview", "bytearray"])
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+def test_asgi_a_buffer_the_app_refills_after_each_part_is_sent_as_it_was(berth, kind, version):
+    srv = berth(["-w", "1", "-k", "asgi", "--access-logfile", "none", "asgi_app:app"])
+    s = connect(srv.port)
+    try:
+        s.sendall(get_request(f"/reuse?as={kind}", version=version))
+        assert read_response(s)[2] == b"AAAABBBBCCCC"
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+def test_a_response_is_out_before_a_slow_post_request_hook_ends(berth, tmp_path, kind):
+    """A held response would wait for the post_request hook (called once the response is
+    over): with such a hook, responses are sent before it runs. The hook sleeps 1.5 s, then
+    leaves a file: the client has the response while the file is not there yet."""
+    done = tmp_path / "hook-done"
+    conf = tmp_path / "hooks.py"
+    conf.write_text("import time\n\n\ndef post_request(worker, req, environ, resp):\n"
+                    f"    time.sleep(1.5)\n    open({str(done)!r}, 'w').close()\n")
+    app = ["-k", "asgi", "asgi_app:app"] if kind == "asgi" else ["--threads", "1",
+                                                                 "proto_app:app"]
+    srv = berth(["-w", "1", "--access-logfile", "none", "-c", str(conf), *app])
+    s = connect(srv.port)
+    try:
+        s.sendall(get_request("/hello"))
+        assert read_response(s)[0] == 200
+        assert not done.exists(), "the response waited for the post_request hook"
+        assert wait_for(done.exists, timeout=10)  # (the hook did run)
+    finally:
+        s.close()

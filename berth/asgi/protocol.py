@@ -610,6 +610,8 @@ class HttpProtocol(asyncio.Protocol):
         past HOLD_LIMIT bytes they go at once (the transport's flow control then applies)."""
         if self.closed:
             return
+        if type(data) is not bytes:  # the app may refill its bytearray before the flush
+            data = bytes(data)
         held = self.held
         if held is None:
             if len(data) >= HOLD_LIMIT:
@@ -699,6 +701,8 @@ class HttpProtocol(asyncio.Protocol):
         server.active.discard(cycle)
         self.cycle = None
         self.last_active = time.monotonic()
+        if server.post_request is not None:
+            self.flush()  # the response is out before the hook runs (it may take its time)
         server.finished(cycle)
         if self.closed:
             server.forget(self)

@@ -128,9 +128,10 @@ class Response:
 
     def send_whole(self, data: bytes) -> None:
         """Send the whole response (its head, and all of its body if any): on the loop
-        thread, a response that keeps its connection is held back for the loop's flush."""
-        if self.inline and self.keep_alive:
-            self.conn.put(data)
+        thread, a response that keeps its connection is held back for the loop's flush,
+        unless a post_request hook (which may take its time) runs before the flush."""
+        if self.inline and self.keep_alive and self.responder.post_request is None:
+            self.conn.put(data)  # (with a post_request hook it goes out before the hook runs)
         else:
             self.conn.send(data, self.inline)
 

@@ -12,7 +12,8 @@ Routes: /hello; /scope (the scope as JSON, headers decoded); /state (scope["stat
 /ignore-disconnect (streams nothing and never reads: sleeps; writes "cancelled-<id>" when
 cancelled); /block?s= (time.sleep on the loop: the watchdog's case); /file (pathsend of this
 file); /raise (an exception before the response); /raise-after (after the head); /mark
-(calls getsid(), a system call a tracer sees, and answers the query string).
+(calls getsid(), a system call a tracer sees, and answers the query string); /reuse?as=
+(a body of 12 bytes sent from one 4-byte buffer refilled between the parts).
 """
 
 import asyncio
@@ -133,6 +134,14 @@ async def app(scope, receive, send):
         os.getsid(0)
         await start(send)
         await send({"type": "http.response.body", "body": scope["query_string"]})
+    elif path == "/reuse":  # one buffer refilled for each part (memoryview or bytearray)
+        buf = bytearray(4)
+        await start(send, headers=[(b"content-length", b"12")])
+        for part in (b"AAAA", b"BBBB", b"CCCC"):
+            buf[:] = part
+            body = memoryview(buf) if query.get("as") == "memoryview" else buf
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
     elif path == "/block":
         time.sleep(float(query.get("s", 1)))  # a blocking call in async code: the bug
         await start(send)
