@@ -121,51 +121,56 @@ def test_a_stream_behind_a_held_response_goes_on_for_a_slow_reader(berth):
         s.close()
 
 
-def send_runs(trace: str) -> tuple[int, int, str]:
-    """From the worker thread's trace after the sleeping request's response: how many
-    recvfrom, how many sendto, and how many runs of consecutive sendto calls (without
-    batching, every response is its own run)."""
-    calls = re.findall(r"^\d+\s+(recvfrom|sendto)\(", trace, re.M)
-    pattern = "".join("r" if c == "recvfrom" else "s" for c in calls)
-    return pattern.count("r"), pattern.count("s"), pattern
-
-
-@pytest.mark.skipif(STRACE is None, reason="strace is not installed (apt-get install strace)")
-def test_the_sends_of_a_wake_up_follow_its_app_calls_not_alternate_with_them(berth, tmp_path):
-    srv = berth(["-w", "1", "--threads", "1", "--access-logfile", "none", "proto_app:app"])
+def traced_wake_up(srv, tmp_path, calls: str, paths: list[str], warm: str,
+                   sleep: str, sleep_answer: bytes) -> str:
+    """strace the worker's `calls` (only they stop it: seccomp) while one wake-up brings a
+    request on each of len(paths) connections (`requests_in_one_wake_up`; `warm` is sent
+    until the tracer shows it is attached); return the trace after the answer to `sleep`
+    (whose body holds `sleep_answer`)."""
     (worker,) = pids_children(srv.pid)
     trace = tmp_path / "strace.out"
-    log = tmp_path / "strace.err"
-    with open(log, "wb") as err:
-        # only these two calls stop the worker (seccomp): the rest runs at full speed
-        cmd = [STRACE, "-f", "-qq", "--seccomp-bpf", "-s", "512", "-e", "trace=recvfrom,sendto",
+    first = calls.split(",")[-1] + "("  # a call the warm-up request makes
+    with open(tmp_path / "strace.err", "wb") as err:
+        cmd = [STRACE, "-f", "-qq", "--seccomp-bpf", "-s", "512", "-e", f"trace={calls}",
                "-o", str(trace), "-p", str(worker)]
         tracer = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
     try:
-        # attached once a request is seen in the trace
         def traced() -> bool:
             s = connect(srv.port)
             try:
-                s.sendall(get_request("/hello"))
+                s.sendall(get_request(warm))
                 read_response(s)
             finally:
                 s.close()
-            return trace.exists() and "sendto(" in trace.read_text(errors="replace")
+            return trace.exists() and first in trace.read_text(errors="replace")
 
         wait_for(traced, timeout=20, interval=0.3)
         mark = len(trace.read_text(errors="replace"))
-        socks = requests_in_one_wake_up(srv.port, [[f"/path?c={c}"] for c in range(CLIENTS)])
-        for c, s in enumerate(socks):
-            assert read_response(s)[2] == f"/path?c={c}".encode()
+        socks = requests_in_one_wake_up(srv.port, [[p] for p in paths], sleep=sleep)
+        for p, s in zip(paths, socks, strict=True):
+            assert read_response(s)[2] in (p.encode(), p.split("?", 1)[1].encode())
             s.close()
     finally:
         os.kill(tracer.pid, signal.SIGINT)
         tracer.wait(timeout=20)
     text = trace.read_text(errors="replace")[mark:]
-    # from the sleeper's response on: its send, then the wake-up with the 8 requests
-    text = text[text.index("slept 0.4"):]
-    recvs, sends, pattern = send_runs(text.split("\n", 1)[1])
-    assert recvs >= CLIENTS and sends >= CLIENTS, pattern
+    return text[text.index(sleep_answer.decode()):].split("\n", 1)[1]
+
+
+def pattern_of(text: str, letters: dict[str, str]) -> str:
+    """The traced calls in order, one letter each."""
+    calls = re.findall(r"^\d+\s+(\w+)\(", text, re.M)
+    return "".join(letters[c] for c in calls if c in letters)
+
+
+@pytest.mark.skipif(STRACE is None, reason="strace is not installed (apt-get install strace)")
+def test_the_sends_of_a_wake_up_follow_its_app_calls_not_alternate_with_them(berth, tmp_path):
+    srv = berth(["-w", "1", "--threads", "1", "--access-logfile", "none", "proto_app:app"])
+    text = traced_wake_up(srv, tmp_path, "recvfrom,sendto",
+                          [f"/path?c={c}" for c in range(CLIENTS)], "/hello",
+                          "/sleep?s=0.4", b"slept 0.4")
+    pattern = pattern_of(text, {"recvfrom": "r", "sendto": "s"})
+    assert pattern.count("r") >= CLIENTS and pattern.count("s") >= CLIENTS, pattern
     # Batched: the 8 reads, then the 8 sends. Under strace each call is slower, and a
     # response held for more than a millisecond goes out before the next app call, so a
     # slow machine may split the batch; alternating (rsrsrs...) is what it was before.
@@ -181,36 +186,10 @@ def test_asgi_the_writes_of_an_iteration_follow_its_app_steps_not_alternate_with
     responses are sent one after another; each send used to follow its own app step."""
     srv = berth(["-w", "1", "-k", "asgi", "--asgi-loop", "asyncio", "--access-logfile", "none",
                  "asgi_app:app"])
-    (worker,) = pids_children(srv.pid)
-    trace = tmp_path / "strace.out"
-    with open(tmp_path / "strace.err", "wb") as err:
-        cmd = [STRACE, "-f", "-qq", "--seccomp-bpf", "-s", "512",
-               "-e", "trace=recvfrom,sendto,getsid", "-o", str(trace), "-p", str(worker)]
-        tracer = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        def traced() -> bool:
-            s = connect(srv.port)
-            try:
-                s.sendall(get_request("/mark?warm"))
-                read_response(s)
-            finally:
-                s.close()
-            return trace.exists() and "getsid(" in trace.read_text(errors="replace")
-
-        wait_for(traced, timeout=20, interval=0.3)
-        mark = len(trace.read_text(errors="replace"))
-        socks = requests_in_one_wake_up(srv.port, [[f"/mark?c={c}"] for c in range(CLIENTS)],
-                                        sleep="/block?s=0.4")
-        for c, s in enumerate(socks):
-            assert read_response(s)[2] == f"c={c}".encode()
-            s.close()
-    finally:
-        os.kill(tracer.pid, signal.SIGINT)
-        tracer.wait(timeout=20)
-    text = trace.read_text(errors="replace")[mark:]
-    text = text[text.index("blocked"):].split("\n", 1)[1]  # after the blocking request's answer
-    calls = re.findall(r"^\d+\s+(getsid|sendto)\(", text, re.M)
-    pattern = "".join("g" if c == "getsid" else "s" for c in calls)
+    text = traced_wake_up(srv, tmp_path, "recvfrom,sendto,getsid",
+                          [f"/mark?c={c}" for c in range(CLIENTS)], "/mark?warm",
+                          "/block?s=0.4", b"blocked")
+    pattern = pattern_of(text, {"getsid": "g", "sendto": "s"})
     assert pattern.count("g") == CLIENTS and pattern.count("s") >= CLIENTS, pattern
     # batched: gggggggg ssssssss; before: gsgsgsgs...
     assert len(re.findall("s+", pattern)) <= CLIENTS // 4, f"sends alternate with apps: {pattern}"
