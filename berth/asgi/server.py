@@ -203,7 +203,11 @@ class AsgiLoop(Admission):
     def flush_held(self) -> None:
         holding, self.holding = self.holding, []
         for proto in holding:
-            proto.flush()
+            try:
+                proto.flush()
+            except Exception:  # noqa: BLE001 - one broken transport must not strand the rest
+                self.log.exception("internal error sending on a connection; closing it")
+                proto.close()
 
     def forget(self, proto: HttpProtocol) -> None:
         """A connection is over."""
