@@ -21,22 +21,9 @@ import asyncio
 import hashlib
 import json
 
-from django.conf import settings
+from django_settings import configure
 
-if not settings.configured:
-    settings.configure(
-        DEBUG=False,
-        SECRET_KEY="berth-tests-not-secret",
-        ALLOWED_HOSTS=["127.0.0.1", "localhost", "testserver"],
-        ROOT_URLCONF=__name__,
-        INSTALLED_APPS=[],
-        MIDDLEWARE=[],
-        DATABASES={},
-        USE_TZ=True,
-        # uploads above 1 MiB go to a temporary file (TemporaryFileUploadHandler)
-        FILE_UPLOAD_MAX_MEMORY_SIZE=1024 * 1024,
-        LOGGING_CONFIG=None,
-    )
+configure(__name__)
 
 from asgi_parts import endless, loop_package, mark, pattern_stream, sse_events
 from django.core.asgi import get_asgi_application

@@ -26,7 +26,7 @@ import logging
 import os
 from pathlib import Path
 
-from django.conf import settings
+from django_settings import configure
 
 # test_disallowed_host_is_400 sends a bad Host on purpose: keep its log out of stderr, which the
 # tests scan for unexpected tracebacks (LOGGING_CONFIG=None leaves other errors on stderr).
@@ -35,21 +35,7 @@ logging.getLogger("django.security.DisallowedHost").setLevel(logging.CRITICAL)
 HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
 
-if not settings.configured:
-    settings.configure(
-        DEBUG=False,
-        SECRET_KEY="berth-tests-not-secret",
-        ALLOWED_HOSTS=["127.0.0.1", "localhost", "testserver"],
-        ROOT_URLCONF=__name__,
-        INSTALLED_APPS=[],
-        MIDDLEWARE=[],
-        DATABASES={},
-        USE_TZ=True,
-        DATA_UPLOAD_MAX_MEMORY_SIZE=8 * 1024 * 1024,
-        # uploads above 1 MiB go to a temporary file (TemporaryFileUploadHandler)
-        FILE_UPLOAD_MAX_MEMORY_SIZE=1024 * 1024,
-        LOGGING_CONFIG=None,
-    )
+configure(__name__, DATA_UPLOAD_MAX_MEMORY_SIZE=8 * 1024 * 1024)
 
 from django.core.wsgi import get_wsgi_application
 from django.http import (

@@ -46,19 +46,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 from urllib.parse import parse_qs
 
-from proto_app import HELLO, big_pattern
+from proto_app import HELLO, _marker, big_pattern
 
 TEXT = (b"content-type", b"text/plain")
-
-
-def _marker(name: str) -> None:
-    d = os.environ.get("PROTO_MARKER_DIR")
-    if d:
-        with open(os.path.join(d, name), "a") as f:
-            f.write(f"{os.getpid()}\n")
 
 
 def _qs(scope) -> dict[str, str]:
