@@ -350,9 +350,9 @@ def test_request_counters_match_a_known_mix_exactly(berth):
     assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:]))
     assert buckets[0][1] >= 1  # (the refused request took no app time)
     assert 0 < metric(m, "berth_request_duration_seconds_sum") < 10
-    # with app threads, every request waited in the queue, if only for microseconds (the
-    # refused one too: its 400 is sent in turn, by an app thread)
-    assert metric(m, "berth_request_queue_seconds_count") == total
+    # only requests handed to an app thread wait in its queue: with an app thread standing by,
+    # the loop thread answers them itself (berth/worker/baton.py); none is counted twice
+    assert 0 <= metric(m, "berth_request_queue_seconds_count") <= total
     assert 0 <= metric(m, "berth_request_queue_seconds_sum") < 10
     assert metric(m, "berth_request_queue_depth") == 0
 

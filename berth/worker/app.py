@@ -33,6 +33,7 @@ from berth.http.framing import _head_cache as head_cache
 from berth.http.parser import HttpError, Request
 from berth.scoreboard import DURATION_BOUNDS, Slot
 from berth.worker import counts as counters
+from berth.worker.baton import TAKE_LOOP, Baton, Deposed
 from berth.worker.connection import HIGH_WATER, LINGER, ClientDisconnected, Connection
 from berth.worker.counts import (
     BYTES,
@@ -205,12 +206,15 @@ class Responder:
         self.view = view  # what hooks receive as `worker`
         self.heartbeat_if_due = heartbeat_if_due  # inline progress keeps the loop alive
         self.ready = ready  # () -> bool: what the readiness probe says
-        # --threads 1: the scoreboard's app word of this worker (Scoreboard.app_word); a
-        # threaded worker runs only probes on its loop: they mark nothing the master reads
+        # the scoreboard's app word of this worker (Scoreboard.app_word): the loop thread's
+        # inline app call, which the master counts as a busy thread
         self.running = running if running is not None else [0.0]
         self.loop: LoopSide | None = None  # set by the worker once the loop exists
         self.threads = cfg.threads
+        # Whether the loop thread answers a request itself: always with one thread; with app
+        # threads while one of them stands by to take the loop over (berth/worker/baton.py)
         self.inline = cfg.threads == 1
+        self.baton = Baton(self, self.running) if cfg.threads > 1 else None
         self.keep_alive = cfg.keepalive > 0  # turned off to drain or retire
         self.stall = max(cfg.keepalive, cfg.header_timeout)  # a reader that reads nothing
         # --no-sendfile, or TLS: files go through the iterable path
@@ -228,7 +232,9 @@ class Responder:
         self.pre_request = get_hook(cfg, "pre_request")
         self.post_request = get_hook(cfg, "post_request")
         self.work: SimpleQueue = SimpleQueue()
-        self.busy = [False] * self.threads  # app threads running a request (_app_thread)
+        # thread ident -> running a request on an app thread (a dict store is atomic: no
+        # lock, no counter; the loop thread joins the app threads when it hands the loop over)
+        self.busy: dict[int, bool] = {}
         self.count = iter(range(1, 1 << 62))  # requests answered: next() is atomic (GIL)
         self.served = 0
         self.max_requests = max_requests or (1 << 62)
@@ -243,6 +249,8 @@ class Responder:
     def start(self) -> None:
         """On the loop thread, before it serves: its counters, and the app threads."""
         self._own_stats()
+        if self.baton is not None:
+            self.baton.leader = threading.get_ident()
         for i in range(self.threads):
             threading.Thread(target=self._app_thread, args=(i,), name=f"berth-app-{i}",
                              daemon=True).start()
@@ -265,23 +273,40 @@ class Responder:
                        status, sent, seconds)
 
     def busy_threads(self) -> int:
-        return sum(self.busy)
+        return sum(self.busy.values())
 
     def _app_thread(self, index: int) -> None:
         self._own_stats()
+        self.serve()
+
+    def serve(self) -> None:
+        """An app thread's life: answer the requests queued for the app threads, and stand
+        by to take the loop over (berth/worker/baton.py). A loop thread that hands the loop
+        over comes here too. Never returns: the process exits from the loop's thread."""
         get = self.work.get
-        busy = self.busy  # one flag per thread (a list store is atomic): no lock, no counter
+        busy = self.busy
+        me = threading.get_ident()
+        busy[me] = False
+        baton = self.baton
         while True:
-            item = get()
-            if item is None:
-                return
+            if baton is not None and not baton.watcher and baton.stand_by(me):
+                item = baton.wait(me, get)
+                if item is None:
+                    continue
+            else:
+                item = get()
+            if item is TAKE_LOOP:
+                baton.take(me)
+                continue
             conn, req = item
-            busy[index] = True
+            busy[me] = True
             try:
                 self.answer(conn, req, False)
             except BaseException:  # noqa: BLE001 - keep the thread alive
                 self.log.error("unexpected error in app thread:\n%s", traceback.format_exc())
-            busy[index] = False
+            busy[me] = False
+            if baton is not None:
+                baton.quiet = False  # a request came: stand by again
 
     def submit(self, conn: Connection, req) -> None:
         """Queue `req` for an app thread (the loop calls this: `loop.to_thread`)."""
@@ -302,9 +327,12 @@ class Responder:
             self.loop.to_thread(conn, req)
 
     def answer(self, conn: Connection, req, inline: bool) -> None:
-        """Answer `req` and, while they are already waiting, the requests after it."""
+        """Answer `req` and, while they are already waiting, the requests after it. On the
+        loop thread, if an app thread takes the loop over meanwhile (berth/worker/baton.py),
+        this thread goes on as an app thread, then raises Deposed."""
         if not inline:
             conn.thread = threading.get_ident()
+        deposed = False
         while True:
             served = next(self.count)  # atomic under the GIL, unlike `+= 1` across threads
             self.served = served  # (may lag by a request in flight: read by the tick only)
@@ -332,19 +360,25 @@ class Responder:
                 try:
                     keep = self.call_app(conn, req, True)
                 finally:
-                    running[0] = 0.0
+                    if not req.dispatched:  # (else the loop's new thread owns the word)
+                        running[0] = 0.0
                 if keep is PAUSED:
                     return
+                if req.dispatched:  # an app thread took the loop over: this is one now
+                    inline, deposed = False, True
             else:
                 keep = self.call_app(conn, req, False)
                 if keep is PAUSED:
                     return
             req = self.next_request(conn, keep, inline)
             if req is None:
-                return
+                break
             if inline and (not self.inline or type(req) is not HttpError and req.streaming):
                 self.loop.to_thread(conn, req)  # the app runs on a thread
                 return
+        if deposed:
+            self.busy[threading.get_ident()] = False
+            raise Deposed()
 
     def next_request(self, conn: Connection, keep: bool, inline: bool):
         """A response is out: return the next waiting request (now active), or None."""
@@ -418,7 +452,11 @@ class Responder:
         resp.started = time.monotonic()
         result = None
         try:
-            result = self.app(environ, resp.start_response)
+            if inline and self.baton is not None:
+                result = self.baton.lead(resp, self.app, environ, resp.start_response)
+                inline = resp.inline  # False: an app thread took the loop over meanwhile
+            else:
+                result = self.app(environ, resp.start_response)
             if type(result) is list and not resp.head_sent:
                 body = result[0] if len(result) == 1 else b"".join(result)
                 # (an empty body on HEAD: the GET's length is not known, so none is claimed)
@@ -446,7 +484,7 @@ class Responder:
             self.log.debug("client disconnected: %s", request_line(req))
             keep = False
         except Exception:  # noqa: BLE001 - the app's error: 500, never a dead worker
-            keep = self.app_error(conn, resp, inline)
+            keep = self.app_error(conn, resp, resp.inline)
         else:
             if self.post_request is None and not req.streaming:
                 # conclude(), inlined for the common case: every request comes here
@@ -522,6 +560,10 @@ class Responder:
         it = iter(result)
         if resp.inline:
             return self.pump(resp, result, it)
+        return self.send_rest(resp, it)
+
+    def send_rest(self, resp: Response, it):
+        """Send the body's parts as an app thread does: each send waits for a slow reader."""
         write = resp.write
         for data in it:
             if data:
@@ -531,13 +573,26 @@ class Responder:
     def pump_first(self, resp: Response, result):
         """pump(), with the first part sent by hand: a framework's response (Flask, Django)
         is an iterable of one part, which goes out with the head in one send, without
-        write()'s layers. Measured: 4.7k fewer instructions per Flask request."""
+        write()'s layers. Measured: 4.7k fewer instructions per Flask request.
+
+        With app threads, taking a part is app code that may wait (a generator): it runs
+        under the baton's lead (berth/worker/baton.py), and a body of more than one part, a
+        stream, is handed over: it goes on as on an app thread, and the loop goes to one."""
         it = iter(result)
-        for data in it:
-            if data:
-                break
+        baton = self.baton
+        if baton is None:
+            for data in it:
+                if data:
+                    break
+            else:
+                return resp.end_body()
         else:
-            return resp.end_body()
+            data = baton.lead(resp, first_part, it)
+            if data is None:
+                return resp.end_body()
+            if not resp.inline:  # an app thread took the loop over meanwhile
+                resp.write(data)
+                return self.send_rest(resp, it)
         if type(data) is bytes and not resp.head_sent:
             conn = resp.conn
             head = resp.make_head(None)
@@ -562,6 +617,15 @@ class Responder:
                     conn.send(data, True)
         else:
             resp.write(data)
+        if baton is not None:
+            data = baton.lead(resp, first_part, it)
+            if data is None:  # one part: the common case
+                return resp.end_body()
+            if resp.inline and not baton.hand_over(resp):
+                resp.write(data)  # no app thread is surely idle: the loop thread pumps it
+            else:
+                resp.write(data)
+                return self.send_rest(resp, it)
         if resp.conn.out_size > HIGH_WATER:
             resp.conn.paused_response = (resp, result, it)
             return PAUSED
@@ -597,7 +661,10 @@ class Responder:
         self.conclude(resp, result)
         req = self.next_request(conn, keep, True)
         if req is not None:
-            self.dispatch(conn, req)
+            if self.baton is None:
+                self.dispatch(conn, req)
+            else:  # (the loop's own frames are below: never answered inline, see baton.py)
+                self.loop.to_thread(conn, req)
 
     def close_iterable(self, result) -> None:
         if type(result) is list:
@@ -633,6 +700,14 @@ class Responder:
             pass
         self.count_response(err, str(err.status), 0, 0.0)
         conn.lingering = time.monotonic() + LINGER  # read and drop what the client still sends
+
+
+def first_part(it):
+    """The next non-empty part of a body, or None at its end."""
+    for data in it:
+        if data:
+            return data
+    return None
 
 
 def request_line(req: Request) -> str:

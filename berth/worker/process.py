@@ -2,7 +2,9 @@
 
 `Worker.run()` is the worker's main. It loads the app (unless the master preloaded it), puts
 together the loop (`loop.py`) and the Responder that runs the app (`app.py`), says "ready" to
-the master, and runs the loop until the worker is told to stop or drains.
+the master, and runs the loop until the worker is told to stop or drains. With app threads
+the loop may move to another thread (`berth/worker/baton.py`); the process then exits from
+there (`take_loop`), and the main thread serves as an app thread meanwhile.
 
 Twice a second the loop calls `tick`: the worker writes its scoreboard slot (the heartbeat the
 master watches, with its state, counters and RSS: a memory store, no file), flushes the access
@@ -40,6 +42,7 @@ from berth.scoreboard import (
     Slot,
 )
 from berth.worker.app import Responder, request_line
+from berth.worker.baton import Deposed
 from berth.worker.loop import TICK, Loop, silent_since
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -102,12 +105,37 @@ class Worker:
             self.last_tick = time.monotonic()
             if self.ready_fd is not None:
                 os.write(self.ready_fd, os.getpid().to_bytes(4, "little"))
-            self.loop.run(self.tick, time.monotonic)
+            try:
+                self.loop.run(self.tick, time.monotonic)
+                deposed = False
+            except Deposed:
+                deposed = True
+            if deposed:  # an app thread runs the loop now: this one becomes one too
+                self.responder.serve()  # (never returns: take_loop's thread ends the process)
             self._after_loop()
         except BaseException:  # noqa: BLE001
             self.log.error("worker %d crashed:\n%s", os.getpid(), traceback.format_exc())
             code = 1
         finally:
+            self.exit(code)
+
+    def take_loop(self) -> None:
+        """On an app thread: run the loop from now on (berth/worker/baton.py). Returns when
+        this thread hands it over in turn; the process exits here when the loop ends."""
+        code = 0
+        try:
+            self.loop.run(self.tick, time.monotonic)
+            self._after_loop()
+        except Deposed:
+            return
+        except BaseException:  # noqa: BLE001
+            self.log.error("worker %d crashed:\n%s", os.getpid(), traceback.format_exc())
+            code = 1
+        self.exit(code)
+
+    def exit(self, code: int) -> None:
+        """The last counts, the worker_exit hook, the logs flushed; then the process ends."""
+        try:
             if self.responder is not None:
                 # the last counts reach the slot: the master adds them to its totals when it
                 # clears the slot, so the metrics lose none of this worker's requests
@@ -127,6 +155,7 @@ class Worker:
                     stream.flush()
                 except (OSError, ValueError):
                     pass
+        finally:
             os._exit(code)
 
     def _capture_output(self) -> None:
@@ -183,11 +212,13 @@ class Worker:
             self.cfg, self.app, self.log, self.access_log, self.view,
             max_requests=self.max_requests, heartbeat_if_due=self.heartbeat_if_due,
             ready=self.ready, running=self.scoreboard.app_word(self.slot_index)
-            if self.scoreboard is not None and self.cfg.threads == 1 else None)
+            if self.scoreboard is not None else None)
         self.loop = loop = Loop(self.cfg, self.listeners, self.log, responder,
                                 signal_fd=self._sig_r, on_signals=self.on_signals,
                                 on_overrun=self.overrun, on_retire=lambda: self.beat(RETIRING))
         responder.loop = loop
+        if responder.baton is not None:
+            responder.baton.take_loop = self.take_loop
         loop.setup()
         responder.start()
 

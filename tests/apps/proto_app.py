@@ -9,7 +9,8 @@ Routes (query parameters in brackets):
   /sha256                     reads the body in 64 KiB pieces -> JSON {len, sha256, content_length}
   /env...                     JSON {"str": str environ values, "other": {key: repr(value)}}
   /input [op]                 exercises wsgi.input read(n)/readline(n)/readlines/iteration -> JSON
-  /stream [n, delay]          generator of n parts "part-<i>\\n", no Content-Length
+  /stream [n, delay, who]     generator of n parts "part-<i>\\n", no Content-Length (who=1:
+                              "part-<i>@<thread name>\\n")
   /write                      write(b"one-"), write(b"two-"), then returns [b"three-", b"four"]
   /file [path, cl]            wsgi.file_wrapper over the file at `path` (Content-Length if cl=1)
   /file-like [n]              wsgi.file_wrapper over an in-memory file-like object (no fileno)
@@ -21,7 +22,9 @@ Routes (query parameters in brackets):
   /exc-info                   start_response 200, then replaces it with a 500 via exc_info
   /bad-header [kind]          header value containing CR/LF (kind = crlf | lf | cr)
   /set-cookies                two Set-Cookie headers
-  /sleep [s]                  sleeps s seconds, then answers
+  /sleep [s, who]             sleeps s seconds, then answers (who=1: and names its thread)
+  /overlap [s]                sleeps s seconds; JSON {"most": the most app calls of /overlap
+                              this process has run at once so far}
   /thread [spin]              the name of the thread answering (after spin ms of computing)
   /big [n, chunked]           n bytes of big_pattern(); Content-Length unless chunked=1
   /status [code]              empty response with that status
@@ -51,6 +54,7 @@ from wsgiref.validate import validator
 IMPORT_PID = os.getpid()
 _lock = threading.Lock()
 _close_counts: dict[str, int] = {}
+_overlap = [0, 0]  # /overlap: calls running now, the most at once
 
 HELLO = b"Hello, world!\n"
 BLOCK = 65536
@@ -239,11 +243,14 @@ def app(environ, start_response):
         n = int(q.get("n", "5"))
         delay = float(q.get("delay", "0"))
 
+        who = q.get("who") == "1"
+
         def gen():
             for i in range(n):
                 if delay:
                     time.sleep(delay)
-                yield f"part-{i}\n".encode()
+                at = f"@{threading.current_thread().name}" if who else ""
+                yield f"part-{i}{at}\n".encode()
 
         start_response("200 OK", [("Content-Type", "text/plain")])
         return gen()
@@ -332,7 +339,18 @@ def app(environ, start_response):
     if path == "/sleep":
         s = float(q.get("s", "1"))
         time.sleep(s)
+        if q.get("who") == "1":
+            return _text(start_response, f"slept {s} on {threading.current_thread().name}")
         return _text(start_response, f"slept {s}")
+
+    if path == "/overlap":
+        with _lock:
+            _overlap[0] += 1
+            _overlap[1] = max(_overlap)
+        time.sleep(float(q.get("s", "0.5")))
+        with _lock:
+            _overlap[0] -= 1
+        return _json(start_response, {"most": _overlap[1]})
 
     if path == "/big":
         n = int(q.get("n", str(1 << 20)))

@@ -1,0 +1,175 @@
+"""Who runs the loop. With app threads (`--threads` above 1) the loop thread still answers
+requests itself, as with one thread, while an idle app thread stands by to take the loop over.
+
+Handing every request to an app thread costs a wake-up and two GIL hand-offs per request: with
+four threads, hello world ran at 0.77x to 0.86x of one thread, and Flask and Django lost the
+batching of their sends (the README's performance section). So the loop thread runs the app
+inline whenever an app thread stands by: the *watcher*. It waits for work with a timeout of
+WATCH_EVERY, and when it finds the loop thread inside one app call for longer than TAKEOVER,
+it takes the loop over (`watch`). The old loop thread finishes that response as an app thread
+would (while inside the app its sends never touch the loop's state, see `lead`), then joins the
+app threads: `Deposed` unwinds its loop frames (the events it had not handled yet are reported
+again: epoll is level-triggered). A response that turns out to be a stream of several parts is
+handed over at once (`hand_over`): it goes on on the thread its iterator started on, and the
+loop goes to an idle app thread.
+
+What this keeps true:
+- the loop is held by the app for about TAKEOVER + WATCH_EVERY at most (heartbeat, probes,
+  slow clients and deadlines go on), where an app thread's GIL allows;
+- no more than --threads app calls at once: the loop thread's inline call takes the place of
+  the watcher, who is idle, and inline calls happen only while one stands by;
+- a server with fast requests pays no hand-off per request.
+
+After a takeover the app is one that waits (sleep, I/O): requests go to the app threads for
+BACK_OFF before the loop thread tries again. A watcher that sees no request answered for
+PARK_AFTER stops waking up (an idle server sleeps); the next request goes to an app thread,
+which stands by again once it has answered.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from queue import Empty
+
+WATCH_EVERY = 0.01  # the watcher's wake-ups while it stands by
+TAKEOVER = 0.01  # an inline app call older than this loses the loop to the watcher
+BACK_OFF = 1.0  # after a takeover: requests go to the app threads for this long
+PARK_AFTER = 1.0  # a watcher that sees no request answered for this long stops waking up
+TAKE_LOOP = object()  # queued for an app thread: run the loop from now on (hand_over)
+
+
+class Deposed(BaseException):
+    """Raised on a thread that ran the loop, once it has finished the response it was answering
+    when another thread took the loop over: its loop frames unwind, it joins the app threads.
+    (A BaseException: the loop's `except Exception` handlers let it through.)"""
+
+
+class Baton:
+    """The loop's hand-over between threads (see module). Everything that decides who runs
+    the loop is done under `lock`; the loop thread's per-request cost is one lock round."""
+
+    def __init__(self, responder, running):
+        self.responder = responder  # its `inline`, `busy`, `work` and `served`
+        self.running = running  # the scoreboard's app word: the loop thread's app call
+        self.lock = threading.Lock()
+        self.since = 0.0  # when the loop thread's current app call started (0: none)
+        self.current = None  # that call's Response
+        self.leader = threading.get_ident()  # the thread that runs the loop
+        self.watcher = 0  # the app thread standing by (its ident; 0: none)
+        self.quiet = False  # the watcher parked: no app thread stands by until one answers
+        self.back_off_until = 0.0
+        self.seen_served = -1  # the watcher's view of `responder.served`, and since when
+        self.seen_at = 0.0
+        self.take_loop = None  # set by the worker: run the loop on this thread (until Deposed)
+
+    # -- on the loop thread ------------------------------------------------------------------
+
+    def lead(self, resp, call, *args):
+        """Run app code `call(*args)` for `resp` on the loop thread, as an app thread would: its
+        sends (the WSGI write()) are an app thread's, so that the watcher may take the loop
+        over meanwhile. If it did, `resp.req.dispatched` is set and `resp.inline` stays False:
+        the caller finishes the response as an app thread."""
+        resp.inline = False
+        self.current = resp
+        self.since = time.monotonic()
+        try:
+            return call(*args)
+        finally:
+            with self.lock:
+                self.since = 0.0
+                self.current = None
+            if not resp.req.dispatched:
+                resp.inline = True
+
+    def hand_over(self, resp) -> bool:
+        """`resp` is a stream: let an idle app thread take the loop, and go on with the stream
+        on this thread as an app thread. False if no app thread is surely idle."""
+        responder = self.responder
+        with self.lock:
+            if not self.watcher or responder.work.qsize():
+                return False
+            self._depose(resp, time.monotonic())
+        responder.work.put(TAKE_LOOP)
+        return True
+
+    def _depose(self, resp, progress: float) -> None:
+        """Under the lock: the loop thread's response becomes an app thread's (its deadline
+        kept by the loop's sweep, its thread counted busy)."""
+        req = resp.req
+        conn = resp.conn
+        req.dispatched = resp.started or progress
+        req.progress = req.progress or progress
+        conn.response = resp
+        conn.thread = self.leader
+        responder = self.responder
+        responder.busy[self.leader] = True
+        responder.inline = False
+        self.watcher = 0
+        self.running[0] = 0.0
+        resp.inline = False
+
+    # -- on an app thread ----------------------------------------------------------------------
+
+    def stand_by(self, me: int) -> bool:
+        """An idle app thread: become the watcher if there is none (and not parked)."""
+        with self.lock:
+            if self.watcher or self.quiet:
+                return False
+            self.watcher = me
+            now = time.monotonic()
+            self.responder.inline = now >= self.back_off_until
+            self.seen_served = self.responder.served
+            self.seen_at = now
+        return True
+
+    def wait(self, me: int, get):
+        """The watcher waits for work, watching the loop thread meanwhile. Returns an item of
+        work, or None once it is no longer the watcher."""
+        while self.watcher == me:
+            try:
+                item = get(timeout=WATCH_EVERY)
+            except Empty:
+                item = None
+            if item is None:  # (outside the except: what the loop logs has no context)
+                self.watch(me)
+                continue
+            with self.lock:
+                if self.watcher == me:
+                    self.watcher = 0
+                    self.responder.inline = False
+            return item
+        return None
+
+    def watch(self, me: int) -> None:
+        """The watcher's turn: take the loop over from an app call that runs long (and run
+        the loop until deposed in turn); end a back-off; park when nothing happens."""
+        now = time.monotonic()
+        since = self.since
+        responder = self.responder
+        if since and now - since > TAKEOVER:
+            with self.lock:
+                if self.since != since or self.watcher != me:
+                    return  # the call ended meanwhile
+                self._depose(self.current, since)
+                self.leader = me
+                self.back_off_until = now + BACK_OFF
+            self.take_loop()
+            return
+        served = responder.served
+        if served != self.seen_served:
+            self.seen_served = served
+            self.seen_at = now
+        park = not since and now - self.seen_at > PARK_AFTER
+        if park or (not responder.inline and now >= self.back_off_until):
+            with self.lock:
+                if self.watcher == me:
+                    if park:
+                        self.watcher = 0
+                        self.quiet = True
+                    responder.inline = not park
+
+    def take(self, me: int) -> None:
+        """TAKE_LOOP: this app thread runs the loop (until deposed in turn)."""
+        self.leader = me
+        self.take_loop()

@@ -1,0 +1,141 @@
+"""With app threads the loop thread answers requests itself while one app thread stands by to
+take the loop over (berth/worker/baton.py), seen from outside: fast requests run on the loop
+thread, one that waits loses the loop to another thread at once, a stream goes on on its own
+thread, --threads is still the most app calls at once, the process stops cleanly wherever the
+loop is, and an idle worker does not wake up a hundred times a second."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+from conftest import connect, http_get, read_response
+from proto_helpers import get_request, wait_for
+
+APP = ["--access-logfile", "none", "proto_app:app"]
+
+
+def names_on_one_connection(port: int, n: int) -> list[str]:
+    """The thread that answered each of n /thread requests on one keep-alive connection."""
+    names = []
+    with connect(port) as sock:
+        for _ in range(n):
+            sock.sendall(get_request("/thread"))
+            status, _, body = read_response(sock)
+            assert status == 200
+            names.append(body.decode())
+    return names
+
+
+def test_fast_requests_run_on_the_loop_thread_with_four_app_threads(berth):
+    srv = berth(["-w", "1", "--threads", "4", *APP])
+    names = names_on_one_connection(srv.port, 30)
+    # (the first may go to an app thread: one stands by once it has answered a request)
+    assert names[-20:] == ["MainThread"] * 20, names
+
+
+def test_a_request_that_waits_loses_the_loop_and_the_others_go_on(berth):
+    srv = berth(["-w", "1", "--threads", "4", *APP])
+    names_on_one_connection(srv.port, 3)  # an app thread stands by
+    with connect(srv.port) as slow:
+        slow.sendall(get_request("/sleep?s=2&who=1"))
+        time.sleep(0.3)
+        started = time.monotonic()
+        others = [http_get(srv.port, "/thread", timeout=5)[2].decode() for _ in range(5)]
+        ready = http_get(srv.port, "/-/ready", timeout=5)[0]
+        took = time.monotonic() - started
+        status, _, body = read_response(slow)
+    assert (status, body) == (200, b"slept 2.0 on MainThread")  # it began on the loop thread
+    assert ready == 200
+    assert all(name.startswith("berth-app-") for name in others), others
+    assert took < 1.5, f"requests waited {took:.1f}s behind the sleeping one"
+
+
+def test_no_more_than_threads_app_calls_run_at_once(berth):
+    srv = berth(["-w", "1", "--threads", "2", *APP])
+    names_on_one_connection(srv.port, 3)  # the loop thread answers inline from now on
+    results: list = [None] * 6
+
+    def call(i):
+        results[i] = http_get(srv.port, "/overlap?s=0.4", timeout=20)
+
+    clients = [threading.Thread(target=call, args=(i,)) for i in range(6)]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join(timeout=30)
+    assert all(r is not None and r[0] == 200 for r in results), results
+    most = max(json.loads(r[2])["most"] for r in results)
+    assert most == 2, f"{most} app calls at once with --threads 2"
+
+
+def test_a_stream_stays_on_its_thread_while_the_loop_moves(berth):
+    srv = berth(["-w", "1", "--threads", "4", *APP])
+    names_on_one_connection(srv.port, 3)
+    with connect(srv.port) as streaming:
+        # parts at once: the second part hands the loop over to an app thread
+        streaming.sendall(get_request("/stream?n=200&who=1"))
+        status, _, body = read_response(streaming)
+        assert status == 200
+        parts = body.decode().split()
+        assert len(parts) == 200
+        assert {p.split("@")[1] for p in parts} == {"MainThread"}, set(parts)
+        # parts that wait: the first wait loses the loop; the rest still come from MainThread
+        streaming.sendall(get_request("/stream?n=4&delay=0.4&who=1"))
+        time.sleep(0.2)
+        started = time.monotonic()
+        other = http_get(srv.port, "/thread", timeout=5)
+        took = time.monotonic() - started
+        status, _, body = read_response(streaming)
+    parts = body.decode().split()
+    assert status == 200 and len(parts) == 4
+    assert len({p.split("@")[1] for p in parts}) == 1, parts  # one thread for the stream
+    assert other[0] == 200 and other[2] != parts[0].split("@")[1].encode()
+    assert took < 1.0, f"a request waited {took:.1f}s behind a stream"
+
+
+def test_sigterm_exits_cleanly_once_the_loop_has_moved_to_an_app_thread(berth):
+    srv = berth(["-w", "1", "--threads", "2", *APP])
+    names_on_one_connection(srv.port, 3)
+    with connect(srv.port) as slow:
+        slow.sendall(get_request("/sleep?s=1&who=1"))
+        time.sleep(0.3)
+        # answered meanwhile: another thread runs the loop
+        assert http_get(srv.port, "/hello", timeout=0.6)[0] == 200
+        assert read_response(slow)[2] == b"slept 1.0 on MainThread"
+    # the main thread is one of the app threads now; the process ends from the loop's
+    with connect(srv.port) as busy:
+        busy.sendall(get_request("/sleep?s=1"))
+        time.sleep(0.3)
+        srv.signal(signal.SIGTERM)
+        assert read_response(busy)[::2] == (200, b"slept 1.0")
+    assert wait_for(lambda: srv.proc.poll() is not None, timeout=15)
+    assert srv.proc.returncode == 0, srv.stderr()
+    assert "crashed" not in srv.stderr() and "internal error" not in srv.stderr()
+    assert "Traceback" not in srv.stderr(), srv.stderr()
+
+
+def test_an_idle_worker_with_app_threads_stops_waking_up(berth):
+    srv = berth(["-w", "1", "--threads", "4", *APP])
+    pid = json.loads(http_get(srv.port, "/pid")[2])["pid"]
+    names_on_one_connection(srv.port, 3)  # an app thread stands by, waking every 10 ms
+
+    def wake_ups() -> int:
+        total = 0
+        for status in Path(f"/proc/{pid}/task").glob("*/status"):
+            for line in status.read_text().splitlines():
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    total += int(line.split()[1])
+        return total
+
+    time.sleep(1.5)  # it parks after a second without a request
+    before = wake_ups()
+    time.sleep(2.0)
+    woke = wake_ups() - before
+    # the loop's ticks wake it twice a second; a watcher standing by would wake 200 times
+    assert woke < 40, f"{woke} wake-ups in 2 s of idleness"
+    # and the next requests are answered, on the loop thread again after the first
+    assert names_on_one_connection(srv.port, 5)[-3:] == ["MainThread"] * 3
