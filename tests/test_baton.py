@@ -72,6 +72,28 @@ def test_no_more_than_threads_app_calls_run_at_once(berth):
     assert most == 2, f"{most} app calls at once with --threads 2"
 
 
+def test_short_waits_go_to_the_app_threads_and_overlap(berth):
+    # 2 ms waits never lose the loop to a takeover; measured calls show the app waits
+    srv = berth(["-w", "1", "--threads", "4", *APP])
+    names_on_one_connection(srv.port, 3)
+    most = [0] * 8
+
+    def client(i):
+        with connect(srv.port) as sock:
+            for _ in range(40):
+                sock.sendall(get_request("/overlap?s=0.002"))
+                status, _, body = read_response(sock)
+                assert status == 200
+                most[i] = max(most[i], json.loads(body)["most"])
+
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join(timeout=60)
+    assert max(most) >= 3, f"at most {max(most)} waits overlapped with --threads 4"
+
+
 def test_a_stream_stays_on_its_thread_while_the_loop_moves(berth):
     srv = berth(["-w", "1", "--threads", "4", *APP])
     names_on_one_connection(srv.port, 3)

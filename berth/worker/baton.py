@@ -20,8 +20,12 @@ What this keeps true:
   the watcher, who is idle, and inline calls happen only while one stands by;
 - a server with fast requests pays no hand-off per request.
 
-After a takeover the app is one that waits (sleep, I/O): requests go to the app threads for
-BACK_OFF before the loop thread tries again. A watcher that sees no request answered for
+An app whose requests wait (on a database, a sleep) needs the app threads even when each wait
+is short: one at a time on the loop thread, waits of 1 ms would cap a worker at 1,000 requests
+a second. So one app call in SAMPLE_EVERY also has its thread's CPU time measured: when two
+such calls in a row spent more than WAITED of their time, and at least WAITED_AT_LEAST, off
+the CPU, requests go to the app threads for BACK_OFF, as they do after a takeover, before the
+loop thread tries again (`lead`). A watcher that sees no request answered for
 PARK_AFTER stops waking up (an idle server sleeps); the next request goes to an app thread,
 which stands by again once it has answered.
 """
@@ -36,6 +40,9 @@ WATCH_EVERY = 0.01  # the watcher's wake-ups while it stands by
 TAKEOVER = 0.01  # an inline app call older than this loses the loop to the watcher
 BACK_OFF = 1.0  # after a takeover: requests go to the app threads for this long
 PARK_AFTER = 1.0  # a watcher that sees no request answered for this long stops waking up
+SAMPLE_EVERY = 32  # inline app calls per one whose CPU time is measured (a system call each)
+WAITED = 0.25  # a measured call that spent more than this share of its time off the CPU
+WAITED_AT_LEAST = 0.0001  # and at least this long: it waited (twice in a row: back off)
 TAKE_LOOP = object()  # queued for an app thread: run the loop from now on (hand_over)
 
 
@@ -59,6 +66,8 @@ class Baton:
         self.watcher = 0  # the app thread standing by (its ident; 0: none)
         self.quiet = False  # the watcher parked: no app thread stands by until one answers
         self.back_off_until = 0.0
+        self.sample = SAMPLE_EVERY  # inline calls until the next measured one
+        self.waited = 0  # measured calls in a row that waited
         self.seen_served = -1  # the watcher's view of `responder.served`, and since when
         self.seen_at = 0.0
         self.take_loop = None  # set by the worker: run the loop on this thread (until Deposed)
@@ -72,6 +81,9 @@ class Baton:
         the caller finishes the response as an app thread."""
         resp.inline = False
         self.current = resp
+        self.sample -= 1
+        if not self.sample:
+            return self.measure(resp, call, args)
         self.since = time.monotonic()
         try:
             return call(*args)
@@ -79,6 +91,30 @@ class Baton:
             with self.lock:
                 self.since = 0.0
                 self.current = None
+            if not resp.req.dispatched:
+                resp.inline = True
+
+    def measure(self, resp, call, args):
+        """lead(), for one call in SAMPLE_EVERY: does the app wait (see module)?"""
+        self.sample = SAMPLE_EVERY
+        cpu = time.thread_time()
+        self.since = since = time.monotonic()
+        try:
+            return call(*args)
+        finally:
+            took = time.monotonic() - since
+            off_cpu = took - (time.thread_time() - cpu)
+            with self.lock:
+                self.since = 0.0
+                self.current = None
+                if off_cpu > WAITED * took and off_cpu > WAITED_AT_LEAST:
+                    self.waited += 1
+                    if self.waited >= 2:
+                        self.waited = 0
+                        self.back_off_until = since + took + BACK_OFF
+                        self.responder.inline = False
+                else:
+                    self.waited = 0
             if not resp.req.dispatched:
                 resp.inline = True
 
