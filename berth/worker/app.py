@@ -1,9 +1,11 @@
 """Running the app for requests: the WSGI `Response`, probes, error answers, app threads.
 
 The loop hands each complete request to `Responder.dispatch`: with `--threads 1` the app runs
-right there on the loop thread (inline: no hand-off, the fastest path), otherwise the request
-is queued for the app threads. A request whose body is still streaming in always goes to a
-thread, since the loop must keep reading it.
+right there on the loop thread (inline: no hand-off, the fastest path). With app threads it
+does too while one of them stands by to take the loop over (`berth/worker/baton.py`: the
+loop thread then runs app code as an app thread would, and may lose the loop meanwhile);
+otherwise the request is queued for the app threads. A request whose body is still streaming
+in always goes to a thread, since the loop must keep reading it.
 
 `answer` runs the app for one request and goes on with the requests already waiting on the
 same connection (pipelining), in order. `call_app` is the WSGI call itself: a list body is

@@ -24,8 +24,10 @@ An app whose requests wait (on a database, a sleep) needs the app threads even w
 is short: one at a time on the loop thread, waits of 1 ms would cap a worker at 1,000 requests
 a second. So one app call in SAMPLE_EVERY also has its thread's CPU time measured: when two
 such calls in a row spent more than WAITED of their time, and at least WAITED_AT_LEAST, off
-the CPU, requests go to the app threads for BACK_OFF, as they do after a takeover, before the
-loop thread tries again (`lead`). A watcher that sees no request answered for
+the CPU, requests go to the app threads for a while, as they do after a takeover, before the
+loop thread tries again (`lead`). The first two calls after that are measured, and each back-off
+in a row lasts twice the one before (BACK_OFF up to BACK_OFF_MOST): an app that always waits
+costs two inline calls every 16 s; a measured call that did not wait starts again from BACK_OFF. A watcher that sees no request answered for
 PARK_AFTER stops waking up (an idle server sleeps); the next request goes to an app thread,
 which stands by again once it has answered.
 """
@@ -38,7 +40,8 @@ from queue import Empty
 
 WATCH_EVERY = 0.01  # the watcher's wake-ups while it stands by
 TAKEOVER = 0.01  # an inline app call older than this loses the loop to the watcher
-BACK_OFF = 1.0  # after a takeover: requests go to the app threads for this long
+BACK_OFF = 1.0  # after a takeover: requests go to the app threads for this long (doubling,
+BACK_OFF_MOST = 16.0  # up to this, while each try waits again)
 PARK_AFTER = 1.0  # a watcher that sees no request answered for this long stops waking up
 SAMPLE_EVERY = 32  # inline app calls per one whose CPU time is measured (a system call each)
 WAITED = 0.25  # a measured call that spent more than this share of its time off the CPU
@@ -68,6 +71,7 @@ class Baton:
         self.back_off_until = 0.0
         self.sample = SAMPLE_EVERY  # inline calls until the next measured one
         self.waited = 0  # measured calls in a row that waited
+        self.back_off = BACK_OFF  # the next back-off's length
         self.seen_served = -1  # the watcher's view of `responder.served`, and since when
         self.seen_at = 0.0
         self.take_loop = None  # set by the worker: run the loop on this thread (until Deposed)
@@ -96,7 +100,6 @@ class Baton:
 
     def measure(self, resp, call, args):
         """lead(), for one call in SAMPLE_EVERY: does the app wait (see module)?"""
-        self.sample = SAMPLE_EVERY
         cpu = time.thread_time()
         self.since = since = time.monotonic()
         try:
@@ -107,14 +110,18 @@ class Baton:
             with self.lock:
                 self.since = 0.0
                 self.current = None
-                if off_cpu > WAITED * took and off_cpu > WAITED_AT_LEAST:
+                if resp.req.dispatched:  # taken over: that backed off already
+                    self.sample = 1
+                elif off_cpu > WAITED * took and off_cpu > WAITED_AT_LEAST:
                     self.waited += 1
                     if self.waited >= 2:
-                        self.waited = 0
-                        self.back_off_until = since + took + BACK_OFF
-                        self.responder.inline = False
+                        self.back_off_now(since + took)
+                    else:
+                        self.sample = 1  # is the next one waiting too?
                 else:
                     self.waited = 0
+                    self.sample = SAMPLE_EVERY
+                    self.back_off = BACK_OFF
             if not resp.req.dispatched:
                 resp.inline = True
 
@@ -144,6 +151,14 @@ class Baton:
         self.watcher = 0
         self.running[0] = 0.0
         resp.inline = False
+
+    def back_off_now(self, now: float) -> None:
+        """Under the lock: the app waits; requests go to the app threads for a while."""
+        self.back_off_until = now + self.back_off
+        self.back_off = min(self.back_off * 2, BACK_OFF_MOST)
+        self.responder.inline = False
+        self.waited = 0
+        self.sample = 1  # the first calls after it are measured
 
     # -- on an app thread ----------------------------------------------------------------------
 
@@ -189,7 +204,7 @@ class Baton:
                     return  # the call ended meanwhile
                 self._depose(self.current, since)
                 self.leader = me
-                self.back_off_until = now + BACK_OFF
+                self.back_off_now(now)
             self.take_loop()
             return
         served = responder.served
