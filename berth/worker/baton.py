@@ -27,9 +27,11 @@ such calls in a row spent more than WAITED of their time, and at least WAITED_AT
 the CPU, requests go to the app threads for a while, as they do after a takeover, before the
 loop thread tries again (`lead`). The first two calls after that are measured, and each back-off
 in a row lasts twice the one before (BACK_OFF up to BACK_OFF_MOST): an app that always waits
-costs two inline calls every 16 s; a measured call that did not wait starts again from BACK_OFF. A watcher that sees no request answered for
-PARK_AFTER stops waking up (an idle server sleeps); the next request goes to an app thread,
-which stands by again once it has answered.
+costs two inline calls every 16 s; a measured call that did not wait starts again from
+BACK_OFF.
+
+A watcher that sees no request answered for PARK_AFTER stops waking up (an idle server
+sleeps); the next request goes to an app thread, which stands by again once it has answered.
 """
 
 from __future__ import annotations
