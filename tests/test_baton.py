@@ -119,6 +119,95 @@ def test_a_stream_stays_on_its_thread_while_the_loop_moves(berth):
     assert took < 1.0, f"a request waited {took:.1f}s behind a stream"
 
 
+def test_the_ticks_go_on_while_streams_move_the_loop(berth):
+    # every stream hands the loop to another thread: the tick (heartbeat, deadlines, the Date
+    # header) must still come twice a second
+    srv = berth(["-w", "1", "--threads", "4", *APP])
+    names_on_one_connection(srv.port, 3)
+    dates = set()
+    with connect(srv.port) as sock:
+        started = time.monotonic()
+        for _ in range(200):
+            if time.monotonic() - started > 3.2:
+                break
+            sock.sendall(get_request("/stream?n=2"))
+            status, headers, _ = read_response(sock)
+            assert status == 200
+            dates.add(headers["date"])
+            time.sleep(0.05)
+    assert len(dates) >= 3, f"the Date header changed {len(dates) - 1} times in 3 s"
+
+
+def test_responses_held_when_the_loop_is_taken_over_go_out_at_once(berth):
+    srv = berth(["-w", "1", "--threads", "4", *APP])
+    names_on_one_connection(srv.port, 3)
+    with connect(srv.port) as busy, connect(srv.port) as fast, connect(srv.port) as slow:
+        busy.sendall(get_request("/thread?spin=8"))  # the loop thread computes meanwhile:
+        time.sleep(0.002)
+        started = time.monotonic()  # these two arrive together, in one wake-up of the loop
+        fast.sendall(get_request("/hello"))
+        slow.sendall(get_request("/sleep?s=1.5&who=1"))
+        assert read_response(fast)[0] == 200
+        took = time.monotonic() - started
+        assert read_response(busy)[0] == 200
+        assert read_response(slow)[2] == b"slept 1.5 on MainThread"  # it lost the loop
+    # held back for the loop's flush, it went out when the next thread took the loop (not
+    # after that thread's first wait for events: 0.5 s)
+    assert took < 0.35, f"/hello took {took:.2f}s"
+
+
+def test_a_slow_close_on_the_loop_thread_loses_the_loop_too(berth):
+    srv = berth(["-w", "1", "--threads", "4", *APP])
+    names_on_one_connection(srv.port, 3)
+    with connect(srv.port) as sock:
+        sock.sendall(get_request("/closeable?mode=slow"))
+        assert read_response(sock)[2] == b"c-1\n"  # (sent before close() runs)
+        time.sleep(0.2)
+        started = time.monotonic()
+        assert http_get(srv.port, "/-/ready", timeout=5)[0] == 200
+        took = time.monotonic() - started
+    assert took < 0.5, f"a probe waited {took:.2f}s behind the app's close()"
+
+
+def test_a_request_queued_in_the_same_wake_up_does_not_exceed_the_threads(berth):
+    # a request whose body streams in goes to an app thread; one answered inline right after
+    # it must not leave the loop thread without a watcher, nor run a third app call
+    srv = berth(["-w", "1", "--threads", "2", *APP])
+
+    def upload(s: float) -> bytes:
+        return (f"POST /overlap?s={s} HTTP/1.1\r\nHost: x\r\n"
+                "Content-Length: 2000000\r\n\r\n").encode()
+
+    with connect(srv.port) as sock, connect(srv.port) as first:
+        for _ in range(3):
+            sock.sendall(get_request("/hello"))
+            read_response(sock)
+        first.sendall(upload(4))  # on an app thread for 4 s
+        time.sleep(0.1)
+        for _ in range(3):  # the other one stands by again
+            sock.sendall(get_request("/thread"))
+            read_response(sock)
+        with connect(srv.port) as a, connect(srv.port) as b:
+            sock.sendall(get_request("/thread?spin=8"))  # the loop thread computes meanwhile
+            time.sleep(0.002)
+            a.sendall(upload(1))  # queued for the app thread standing by
+            b.sendall(get_request("/overlap?s=2"))  # answered by the loop thread
+            assert read_response(sock)[0] == 200
+            time.sleep(0.3)
+            started = time.monotonic()
+            assert http_get(srv.port, "/-/ready", timeout=5)[0] == 200
+            took = time.monotonic() - started
+            b_status, _, b_body = read_response(b)
+            a.sendall(b"a" * 2000000)
+            a_status, _, a_body = read_response(a)
+        first.sendall(b"f" * 2000000)
+        f_status, _, f_body = read_response(first)
+    assert (a_status, b_status, f_status) == (200, 200, 200)
+    most = max(json.loads(body)["most"] for body in (a_body, b_body, f_body))
+    assert most <= 2, f"{most} app calls at once with --threads 2"
+    assert took < 0.5, f"a probe waited {took:.2f}s"
+
+
 def test_sigterm_exits_cleanly_once_the_loop_has_moved_to_an_app_thread(berth):
     srv = berth(["-w", "1", "--threads", "2", *APP])
     names_on_one_connection(srv.port, 3)
@@ -138,6 +227,21 @@ def test_sigterm_exits_cleanly_once_the_loop_has_moved_to_an_app_thread(berth):
     assert srv.proc.returncode == 0, srv.stderr()
     assert "crashed" not in srv.stderr() and "internal error" not in srv.stderr()
     assert "Traceback" not in srv.stderr(), srv.stderr()
+
+
+def test_sigterm_is_seen_whichever_thread_runs_the_loop(berth):
+    # Python runs signal handlers on the main thread only; once a stream has handed the loop
+    # to an app thread, the main thread waits for work: the loop must still see SIGTERM
+    for _ in range(3):
+        srv = berth(["-w", "1", "--threads", "4", *APP])
+        with connect(srv.port) as sock:
+            sock.sendall(get_request("/stream?n=200"))
+            assert read_response(sock)[0] == 200
+        started = time.monotonic()
+        srv.signal(signal.SIGTERM)
+        assert srv.wait(timeout=15) == 0, srv.stderr()
+        took = time.monotonic() - started
+        assert took < 4, f"stopped after {took:.1f}s (the graceful timeout is 8 s)"
 
 
 def test_an_idle_worker_with_app_threads_stops_waking_up(berth):

@@ -291,14 +291,18 @@ class Responder:
         busy[me] = False
         baton = self.baton
         while True:
-            if baton is not None and not baton.watcher and baton.stand_by(me):
+            if baton is not None and (baton.watcher == me
+                                      or not baton.watcher and baton.stand_by(me)):
                 item = baton.wait(me, get)
                 if item is None:
                     continue
             else:
                 item = get()
-            if item is TAKE_LOOP:
-                baton.take(me)
+            if type(item) is not tuple:  # the baton's: run the loop, or stand by
+                if item is TAKE_LOOP:
+                    baton.take(me)
+                else:
+                    baton.stand_by(me, summoned=True)
                 continue
             conn, req = item
             busy[me] = True
@@ -322,7 +326,8 @@ class Responder:
     def dispatch(self, conn: Connection, req) -> None:
         """Answer `req` (already `conn.active`): inline, or on an app thread. A request whose
         body is still streaming in always goes to a thread: the loop must keep reading it."""
-        if self.inline and (type(req) is HttpError or not req.streaming) or (
+        if self.inline and (type(req) is HttpError or not req.streaming) and (
+                self.baton is None or not self.work.qsize()) or (  # (baton.py: `wait`)
                 self.probes is not None and type(req) is Request and req.url in self.probes):
             self.answer(conn, req, True)  # a probe never waits behind the app threads
         else:
@@ -361,6 +366,13 @@ class Responder:
                 running[0] = started
                 try:
                     keep = self.call_app(conn, req, True)
+                except Exception:
+                    if not req.dispatched:
+                        raise
+                    # taken over: this thread must not go back to the loop's frames
+                    self.log.error("unexpected error in app thread:\n%s",
+                                   traceback.format_exc())
+                    keep = False
                 finally:
                     if not req.dispatched:  # (else the loop's new thread owns the word)
                         running[0] = 0.0
@@ -450,7 +462,11 @@ class Responder:
             conn.response = resp
         if self.pre_request is not None or self.post_request is not None:
             resp.view = RequestView(environ)
-            call_hook(self.cfg, "pre_request", self.view, resp.view)
+            if inline and self.baton is not None:  # (a hook is app code: baton.py)
+                self.baton.lead(resp, call_hook, self.cfg, "pre_request", self.view, resp.view)
+                inline = resp.inline
+            else:
+                call_hook(self.cfg, "pre_request", self.view, resp.view)
         resp.started = time.monotonic()
         result = None
         try:
@@ -491,7 +507,10 @@ class Responder:
             if self.post_request is None and not req.streaming:
                 # conclude(), inlined for the common case: every request comes here
                 if type(result) is not list:
-                    self.close_iterable(result)
+                    if resp.inline and self.baton is not None:  # (app code: baton.py)
+                        self.baton.lead(resp, self.close_iterable, result)
+                    else:
+                        self.close_iterable(result)
                 # count_response(), inlined
                 took = time.monotonic() - resp.started
                 counts = self.local.counts
@@ -506,6 +525,16 @@ class Responder:
                 return keep
         self.conclude(resp, result)
         return keep
+
+    def finish_app(self, resp: Response, result) -> None:
+        """The app's part of ending a response: the iterable's close(), the post_request hook."""
+        self.close_iterable(result)
+        req = resp.req
+        if req.streaming and not req.complete:
+            req.body_stream.discard()
+        if self.post_request is not None:
+            call_hook(self.cfg, "post_request", self.view, resp.view, resp.environ,
+                      ResponseView(resp.status, resp.headers, resp.sent))
 
     def answer_probe(self, conn: Connection, req: Request, inline: bool) -> bool:
         """Readiness and liveness, answered without the app: ready is 503 once the server is
@@ -526,16 +555,15 @@ class Responder:
         self.count_response(req, status, 0, 0.0)
         return resp.end_body()
 
-    def conclude(self, resp: Response, result) -> None:
+    def conclude(self, resp: Response, result, lead: bool = True) -> None:
         """The response is over (sent, failed or abandoned): close the iterable, call the
-        post_request hook, count and log it."""
-        self.close_iterable(result)
+        post_request hook (app code: with app threads, the loop thread runs it under the
+        baton's lead unless `lead` is False), count and log it."""
+        if lead and resp.inline and self.baton is not None:
+            self.baton.lead(resp, self.finish_app, resp, result)
+        else:
+            self.finish_app(resp, result)
         req = resp.req
-        if req.streaming and not req.complete:
-            req.body_stream.discard()
-        if self.post_request is not None:
-            call_hook(self.cfg, "post_request", self.view, resp.view, resp.environ,
-                      ResponseView(resp.status, resp.headers, resp.sent))
         status = resp.status or "500"
         took = time.monotonic() - resp.started if resp.started else 0.0
         self.count_response(req, status, resp.sent, took)
@@ -560,7 +588,7 @@ class Responder:
                     resp.remaining -= count
                 return resp.end_body()
         it = iter(result)
-        if resp.inline:
+        if resp.inline and (self.baton is None or not self.baton.hand_over(resp)):
             return self.pump(resp, result, it)
         return self.send_rest(resp, it)
 
@@ -660,7 +688,7 @@ class Responder:
             keep = False
         except Exception:  # noqa: BLE001
             keep = self.app_error(conn, resp, True)
-        self.conclude(resp, result)
+        self.conclude(resp, result, lead=False)  # (never taken over here: see dispatch below)
         req = self.next_request(conn, keep, True)
         if req is not None:
             if self.baton is None:

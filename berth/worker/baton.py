@@ -49,6 +49,7 @@ SAMPLE_EVERY = 32  # inline app calls per one whose CPU time is measured (a syst
 WAITED = 0.25  # a measured call that spent more than this share of its time off the CPU
 WAITED_AT_LEAST = 0.0001  # and at least this long: it waited (twice in a row: back off)
 TAKE_LOOP = object()  # queued for an app thread: run the loop from now on (hand_over)
+WATCH = object()  # queued for an app thread: stand by (`lead` found no watcher)
 
 
 class Deposed(BaseException):
@@ -76,6 +77,7 @@ class Baton:
         self.back_off = BACK_OFF  # the next back-off's length
         self.seen_served = -1  # the watcher's view of `responder.served`, and since when
         self.seen_at = 0.0
+        self.summoned = False  # a WATCH is queued
         self.take_loop = None  # set by the worker: run the loop on this thread (until Deposed)
 
     # -- on the loop thread ------------------------------------------------------------------
@@ -90,7 +92,11 @@ class Baton:
         self.sample -= 1
         if not self.sample:
             return self.measure(resp, call, args)
-        self.since = time.monotonic()
+        # (the app's sign of life, as on an app thread: a send waiting for a slow reader
+        # sets it to 0 meanwhile, which a takeover keeps)
+        resp.req.progress = self.since = time.monotonic()
+        if not self.watcher:  # it left just now (see wait): another must stand by
+            self.summon()
         try:
             return call(*args)
         finally:
@@ -103,7 +109,9 @@ class Baton:
     def measure(self, resp, call, args):
         """lead(), for one call in SAMPLE_EVERY: does the app wait (see module)?"""
         cpu = time.thread_time()
-        self.since = since = time.monotonic()
+        resp.req.progress = self.since = since = time.monotonic()
+        if not self.watcher:
+            self.summon()
         try:
             return call(*args)
         finally:
@@ -138,13 +146,21 @@ class Baton:
         responder.work.put(TAKE_LOOP)
         return True
 
+    def summon(self) -> None:
+        """The loop thread runs app code with no watcher (it parked or took work just as the
+        call began): the next idle app thread stands by."""
+        with self.lock:
+            if self.watcher or self.summoned:
+                return
+            self.summoned = True
+        self.responder.work.put(WATCH)
+
     def _depose(self, resp, progress: float) -> None:
         """Under the lock: the loop thread's response becomes an app thread's (its deadline
         kept by the loop's sweep, its thread counted busy)."""
         req = resp.req
         conn = resp.conn
         req.dispatched = resp.started or progress
-        req.progress = req.progress or progress
         conn.response = resp
         conn.thread = self.leader
         responder = self.responder
@@ -164,9 +180,12 @@ class Baton:
 
     # -- on an app thread ----------------------------------------------------------------------
 
-    def stand_by(self, me: int) -> bool:
+    def stand_by(self, me: int, summoned: bool = False) -> bool:
         """An idle app thread: become the watcher if there is none (and not parked)."""
         with self.lock:
+            if summoned:
+                self.summoned = False
+                self.quiet = False
             if self.watcher or self.quiet:
                 return False
             self.watcher = me
@@ -187,10 +206,21 @@ class Baton:
             if item is None:  # (outside the except: what the loop logs has no context)
                 self.watch(me)
                 continue
+            if item is WATCH:
+                with self.lock:
+                    self.summoned = False
+                continue
             with self.lock:
-                if self.watcher == me:
+                # The watcher leaves only while the loop thread runs no app code (`lead`
+                # sets `since`, then looks for a watcher: one of the two sees the other).
+                stay = self.since and self.watcher == me
+                if not stay and self.watcher == me:
                     self.watcher = 0
                     self.responder.inline = False
+            if stay:  # (queued just before an inline call began): for another thread
+                self.responder.work.put(item)
+                time.sleep(WATCH_EVERY / 10)
+                continue
             return item
         return None
 
@@ -216,7 +246,7 @@ class Baton:
         park = not since and now - self.seen_at > PARK_AFTER
         if park or (not responder.inline and now >= self.back_off_until):
             with self.lock:
-                if self.watcher == me:
+                if self.watcher == me and not (park and self.since):
                     if park:
                         self.watcher = 0
                         self.quiet = True

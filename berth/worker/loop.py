@@ -75,6 +75,7 @@ class Loop(Admission):
         self.timeout = cfg.timeout or math.inf  # --timeout 0: no deadline (as Gunicorn)
         self.max_conns = cfg.worker_connections  # (capped by the open-files limit at start)
         self.now = 0.0  # the loop's clock, read once per wake-up
+        self.next_tick = 0.0  # (kept here: the loop may move to another thread, baton.py)
         # --proxy-protocol: the header each new connection may start with (else None)
         self.preface = ProxyPreface.from_config(cfg, responder.environs, log)
         self.tls = make_context(cfg) if cfg.certfile else None  # every listener speaks TLS
@@ -97,11 +98,17 @@ class Loop(Admission):
         wake_fd = self.wake_fd
         signal_fd = self.signal_fd
         on_readable = self.on_readable
-        next_tick = monotonic() + TICK
+        if not self.next_tick:
+            self.next_tick = monotonic() + TICK
+        if self.holding:  # (held by the thread that ran the loop before this one)
+            self.flush()
         while self.alive:
             # while accepting is paused, wake up soon enough to take it up again
             events = poll(TICK if self.accepting or self.retiring else ACCEPT_PAUSE_MAX)
             self.now = now = monotonic()
+            if now >= self.next_tick:  # (first: this thread may lose the loop below, baton.py)
+                self.next_tick = now + TICK
+                tick(now)
             for fd, ev in events:
                 conn = conns.get(fd)
                 if conn is not None:
@@ -122,9 +129,6 @@ class Loop(Admission):
                     self.on_signals()
             if not self.accepting and self.may_accept_again(now):
                 self.set_accepting(True)
-            if now >= next_tick:
-                next_tick = now + TICK
-                tick(now)
             if self.holding:
                 self.flush()
         if self.holding:

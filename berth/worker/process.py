@@ -229,7 +229,9 @@ class Worker:
     # -- signals -------------------------------------------------------------------------------
 
     def _on_signal(self, signum, frame) -> None:
-        self._signals.append(signum)
+        """Nothing: the signal's number reaches the loop through the wakeup pipe (on_signals).
+        (This handler runs on the main thread only, which may be an app thread waiting for
+        work when the loop runs on another: berth/worker/baton.py.)"""
 
     def _on_abort(self, signum, frame) -> None:
         self.log.error("worker %d aborted: its loop was silent past --timeout", os.getpid())
@@ -240,9 +242,10 @@ class Worker:
         os._exit(1)
 
     def on_signals(self) -> None:
+        """The signal pipe is readable: it holds one byte per signal, its number."""
         try:
-            while os.read(self._sig_r, 512):
-                pass
+            while data := os.read(self._sig_r, 512):
+                self._signals.extend(data)
         except BlockingIOError:
             pass
         while self._signals:

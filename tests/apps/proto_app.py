@@ -28,7 +28,8 @@ Routes (query parameters in brackets):
   /thread [spin]              the name of the thread answering (after spin ms of computing)
   /big [n, chunked]           n bytes of big_pattern(); Content-Length unless chunked=1
   /status [code]              empty response with that status
-  /closeable [tag, mode]      iterable whose close() writes marker "close-<tag>" (normal|raise|big)
+  /closeable [tag, mode]      iterable whose close() writes marker "close-<tag>"
+                              (mode: normal | raise | big | slow, one part and a 1 s close())
   /close-counter              JSON {tag: count} of close() calls seen by this process
   /pid                        JSON {pid, import_pid, cwd, multithread, gc_frozen}
   /print [text]               print(text) to stdout and text-on-stderr to stderr
@@ -127,10 +128,11 @@ class MarkedBytesIO(io.BytesIO):
 class Closeable:
     """Iterable that records its close() call."""
 
-    def __init__(self, tag: str, parts, raise_after: int | None = None):
+    def __init__(self, tag: str, parts, raise_after: int | None = None, close_takes: float = 0):
         self.tag = tag
         self.parts = list(parts) if not callable(parts) else parts
         self.raise_after = raise_after
+        self.close_takes = close_takes
 
     def __iter__(self):
         parts = self.parts() if callable(self.parts) else self.parts
@@ -140,6 +142,7 @@ class Closeable:
             yield p
 
     def close(self):
+        time.sleep(self.close_takes)
         with _lock:
             _close_counts[self.tag] = _close_counts.get(self.tag, 0) + 1
         _marker(f"close-{self.tag}")
@@ -375,6 +378,8 @@ def app(environ, start_response):
             return Closeable(tag, [b"c-1\n", b"c-2\n", b"c-3\n"], raise_after=1)
         if mode == "big":
             return Closeable(tag, lambda: big_pattern(32 << 20))
+        if mode == "slow":  # one part, and a close() that takes a second
+            return Closeable(tag, [b"c-1\n"], close_takes=1.0)
         return Closeable(tag, [b"c-1\n", b"c-2\n"])
 
     if path == "/close-counter":
