@@ -404,9 +404,10 @@ def test_status_lists_the_live_worker_pids_and_redacts_the_query(berth):
     assert doc["config"]["workers"] == 2 and doc["config"]["threads"] == 2
     t, box = in_background(lambda: http_get(srv.port, "/sleep?s=3&token=hunter2", timeout=10))
 
-    def oldest():
+    def oldest():  # (a request the loop thread runs itself shows no line: see the README)
         doc = status_of(srv)
-        lines = [w["oldest_request"]["line"] for w in doc["workers"] if w["oldest_request"]]
+        lines = [w["oldest_request"]["line"] for w in doc["workers"]
+                 if w["oldest_request"] and w["oldest_request"]["line"]]
         return (lines, doc) if lines else None
 
     found = wait_for(oldest, timeout=2.5, interval=0.1)

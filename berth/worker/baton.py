@@ -9,9 +9,17 @@ WATCH_EVERY, and when it finds the loop thread inside one app call for longer th
 it takes the loop over (`watch`). The old loop thread finishes that response as an app thread
 would (while inside the app its sends never touch the loop's state, see `lead`), then joins the
 app threads: `Deposed` unwinds its loop frames (the events it had not handled yet are reported
-again: epoll is level-triggered). A response that turns out to be a stream of several parts is
-handed over at once (`hand_over`): it goes on on the thread its iterator started on, and the
-loop goes to an idle app thread.
+again: epoll is level-triggered). App code on the loop thread is the app call, taking the
+body's first parts, the iterable's close() and the request hooks: each runs under `lead`. A
+response that turns out to be a stream of several parts is handed over at once (`hand_over`):
+it goes on on the thread its iterator started on, and the loop goes to an idle app thread.
+
+The loop thread answers inline only while the app threads' queue is empty
+(`Responder.dispatch`), and the watcher leaves its post only while the loop thread runs no app
+code; should `lead` still find no watcher, it summons one (WATCH). The loop's tick runs first
+in each of its turns and the loop's state lives on the Loop, so the loop may move between
+threads as often as it likes; signals reach it through the wakeup pipe's bytes, whichever
+thread runs it (Python runs signal handlers on the main thread only).
 
 What this keeps true:
 - the loop is held by the app for about TAKEOVER + WATCH_EVERY at most (heartbeat, probes,
