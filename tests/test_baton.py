@@ -169,6 +169,35 @@ def test_a_slow_close_on_the_loop_thread_loses_the_loop_too(berth):
     assert took < 0.5, f"a probe waited {took:.2f}s behind the app's close()"
 
 
+def test_a_slow_iter_on_the_loop_thread_loses_the_loop_too(berth):
+    srv = berth(["-w", "1", "--threads", "4", *APP])
+    names_on_one_connection(srv.port, 3)
+    with connect(srv.port) as sock:
+        sock.sendall(get_request("/slow-iter?s=1.5"))
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert http_get(srv.port, "/-/ready", timeout=5)[0] == 200
+        took = time.monotonic() - started
+        assert read_response(sock)[2] == b"iterated\n"
+    assert took < 0.5, f"a probe waited {took:.2f}s behind the body's __iter__"
+
+
+def test_sigterm_is_seen_while_the_app_runs_its_own_event_loop_on_the_main_thread(berth):
+    # uvloop points the signal wakeup fd at itself while it runs: the worker's own pipe gets
+    # nothing, and the main thread (taken over, still in the app) must record the signal
+    srv = berth(["-w", "1", "--threads", "4", *APP])
+    names_on_one_connection(srv.port, 3)
+    with connect(srv.port) as sock:
+        sock.sendall(get_request("/uvloop?s=2"))
+        time.sleep(0.5)
+        started = time.monotonic()
+        srv.signal(signal.SIGTERM)
+        assert read_response(sock)[2] == b"ran uvloop"
+        assert srv.wait(timeout=15) == 0, srv.stderr()
+        took = time.monotonic() - started
+    assert took < 5, f"stopped {took:.1f}s after SIGTERM (the graceful timeout is 8 s)"
+
+
 def test_a_request_queued_in_the_same_wake_up_does_not_exceed_the_threads(berth):
     # a request whose body streams in goes to an app thread; one answered inline right after
     # it must not leave the loop thread without a watcher, nor run a third app call

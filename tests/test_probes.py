@@ -4,7 +4,8 @@ import signal
 import threading
 import time
 
-from conftest import http_get
+from conftest import connect, http_get, read_response
+from proto_helpers import get_request
 
 
 def test_probes_answer_while_every_app_thread_is_busy(berth):
@@ -42,3 +43,16 @@ def test_probe_paths_can_be_moved_or_disabled(berth):
     assert http_get(srv.port, "/healthz")[2] == b"ready\n"
     status, _, body = http_get(srv.port, "/-/live")
     assert body != b"live\n"  # the app answered it
+
+
+def test_a_probe_keeps_its_connection_and_the_request_pipelined_after_it_is_answered(berth):
+    srv = berth(["-w", "1", "--threads", "1", "--access-logfile", "none", "proto_app:app"])
+    with connect(srv.port) as sock:
+        sock.sendall(get_request("/-/ready") + get_request("/-/live") + get_request("/hello"))
+        first, second, third = (read_response(sock) for _ in range(3))
+        assert (first[0], first[2]) == (200, b"ready\n")
+        assert "close" not in first[1].get("connection", "")
+        assert (second[0], second[2]) == (200, b"live\n")
+        assert (third[0], third[2]) == (200, b"Hello, world!\n")
+        sock.sendall(get_request("/-/ready"))  # and the connection is still open
+        assert read_response(sock)[0] == 200

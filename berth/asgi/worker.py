@@ -76,7 +76,7 @@ class AsgiWorker(Worker):
         self.beat(RETIRING)
 
     def _on_async_signal(self, sig: int) -> None:
-        self._signals.append(sig)
+        self._signals.add(sig)
         self.on_signals()
 
     def start_drain(self, take_backlog: bool = True, state=None) -> None:

@@ -387,7 +387,8 @@ class Responder:
             req = self.next_request(conn, keep, inline)
             if req is None:
                 break
-            if inline and (not self.inline or type(req) is not HttpError and req.streaming):
+            if inline and (not self.inline or type(req) is not HttpError and req.streaming
+                           or self.baton is not None and self.work.qsize()):
                 self.loop.to_thread(conn, req)  # the app runs on a thread
                 return
         if deposed:
@@ -552,6 +553,7 @@ class Responder:
         resp.headers = [("Content-Type", "text/plain"), ("Cache-Control", "no-store")]
         head = resp.make_head(len(body))
         conn.send(head if resp.no_body else head + body, inline)
+        resp.remaining = 0  # (the whole body went: the connection is kept)
         self.count_response(req, status, 0, 0.0)
         return resp.end_body()
 
@@ -587,8 +589,12 @@ class Responder:
                     resp.sent = count
                     resp.remaining -= count
                 return resp.end_body()
-        it = iter(result)
-        if resp.inline and (self.baton is None or not self.baton.hand_over(resp)):
+        baton = self.baton
+        if resp.inline and baton is not None:  # (an __iter__ may do the app's work)
+            it = baton.lead(resp, iter, result)
+        else:
+            it = iter(result)
+        if resp.inline and (baton is None or not baton.hand_over(resp)):
             return self.pump(resp, result, it)
         return self.send_rest(resp, it)
 
@@ -608,16 +614,17 @@ class Responder:
         With app threads, taking a part is app code that may wait (a generator): it runs
         under the baton's lead (berth/worker/baton.py), and a body of more than one part, a
         stream, is handed over: it goes on as on an app thread, and the loop goes to one."""
-        it = iter(result)
         baton = self.baton
         if baton is None:
+            it = iter(result)
             for data in it:
                 if data:
                     break
             else:
                 return resp.end_body()
-        else:
-            data = baton.lead(resp, first_part, it)
+        else:  # (an __iter__ may do the app's work: Django's async streaming does)
+            it = baton.lead(resp, iter, result)
+            data = baton.lead(resp, first_part, it) if resp.inline else first_part(it)
             if data is None:
                 return resp.end_body()
             if not resp.inline:  # an app thread took the loop over meanwhile

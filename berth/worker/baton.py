@@ -109,8 +109,9 @@ class Baton:
             return call(*args)
         finally:
             with self.lock:
-                self.since = 0.0
-                self.current = None
+                if self.current is resp:  # (else it was taken over: not this thread's now)
+                    self.since = 0.0
+                    self.current = None
             if not resp.req.dispatched:
                 resp.inline = True
 
@@ -126,8 +127,9 @@ class Baton:
             took = time.monotonic() - since
             off_cpu = took - (time.thread_time() - cpu)
             with self.lock:
-                self.since = 0.0
-                self.current = None
+                if self.current is resp:
+                    self.since = 0.0
+                    self.current = None
                 if resp.req.dispatched:  # taken over: that backed off already
                     self.sample = 1
                 elif off_cpu > WAITED * took and off_cpu > WAITED_AT_LEAST:
@@ -148,9 +150,12 @@ class Baton:
         on this thread as an app thread. False if no app thread is surely idle."""
         responder = self.responder
         with self.lock:
-            if not self.watcher or responder.work.qsize():
-                return False
-            self._depose(resp, time.monotonic())
+            handed = self.watcher and not responder.work.qsize()
+            if handed:
+                self._depose(resp, time.monotonic())
+        if not handed:
+            self.summon()  # (the stream stays on the loop thread: at least let one stand by)
+            return False
         responder.work.put(TAKE_LOOP)
         return True
 
@@ -169,6 +174,8 @@ class Baton:
         req = resp.req
         conn = resp.conn
         req.dispatched = resp.started or progress
+        self.since = 0.0  # (the loop's new thread has no app call yet)
+        self.current = None
         conn.response = resp
         conn.thread = self.leader
         responder = self.responder
@@ -225,12 +232,24 @@ class Baton:
                 if not stay and self.watcher == me:
                     self.watcher = 0
                     self.responder.inline = False
-            if stay:  # (queued just before an inline call began): for another thread
-                self.responder.work.put(item)
-                time.sleep(WATCH_EVERY / 10)
-                continue
+            if stay:  # (queued just before an inline call began): held until the call ends
+                return self.hold(me, item)
             return item
         return None
+
+    def hold(self, me: int, item):
+        """The watcher got work while the loop thread runs app code: it keeps watching until
+        that call ends (or it takes the loop over and comes back), then answers the work."""
+        while True:
+            time.sleep(WATCH_EVERY)
+            self.watch(me)
+            with self.lock:
+                if self.watcher != me:  # it took the loop, and was deposed in turn (or parked)
+                    return item
+                if not self.since:
+                    self.watcher = 0
+                    self.responder.inline = False
+                    return item
 
     def watch(self, me: int) -> None:
         """The watcher's turn: take the loop over from an app call that runs long (and run

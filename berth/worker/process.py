@@ -16,7 +16,6 @@ master starts its replacement at once, and this worker finishes the rest and exi
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import faulthandler
 import gc
@@ -188,7 +187,7 @@ class Worker:
             os._exit(0)
         self._sig_r, self._sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._sig_w, warn_on_full_buffer=False)
-        self._signals: collections.deque = collections.deque()
+        self._signals: set[int] = set()  # received, not yet handled (see _on_signal)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -229,9 +228,16 @@ class Worker:
     # -- signals -------------------------------------------------------------------------------
 
     def _on_signal(self, signum, frame) -> None:
-        """Nothing: the signal's number reaches the loop through the wakeup pipe (on_signals).
-        (This handler runs on the main thread only, which may be an app thread waiting for
-        work when the loop runs on another: berth/worker/baton.py.)"""
+        """Python runs this on the main thread only, at its next bytecode: the loop may run on
+        another thread meanwhile (berth/worker/baton.py) and read the wakeup pipe first, so the
+        pipe's bytes count too (on_signals); and while the app runs an event loop of its own on
+        the main thread (uvloop), the wakeup bytes go to that loop, so this records the signal
+        and wakes the loop itself. Each signal is handled once (`_signals` is a set)."""
+        self._signals.add(signum)
+        try:
+            os.write(self._sig_w, b"\0")
+        except OSError:
+            pass
 
     def _on_abort(self, signum, frame) -> None:
         self.log.error("worker %d aborted: its loop was silent past --timeout", os.getpid())
@@ -245,11 +251,12 @@ class Worker:
         """The signal pipe is readable: it holds one byte per signal, its number."""
         try:
             while data := os.read(self._sig_r, 512):
-                self._signals.extend(data)
+                self._signals.update(data)
         except BlockingIOError:
             pass
+        self._signals.discard(0)  # (_on_signal's wake-up)
         while self._signals:
-            sig = self._signals.popleft()
+            sig = self._signals.pop()
             if sig == signal.SIGTERM:
                 self.start_drain()
             elif sig in (signal.SIGINT, signal.SIGQUIT):

@@ -23,6 +23,9 @@ Routes (query parameters in brackets):
   /bad-header [kind]          header value containing CR/LF (kind = crlf | lf | cr)
   /set-cookies                two Set-Cookie headers
   /sleep [s, who]             sleeps s seconds, then answers (who=1: and names its thread)
+  /slow-iter [s]              a body whose __iter__ takes s seconds before its one part
+  /uvloop [s]                 runs a uvloop event loop for s seconds (as an app calling async
+                              code may), then answers
   /overlap [s]                sleeps s seconds; JSON {"most": the most app calls of /overlap
                               this process has run at once so far}
   /thread [spin]              the name of the thread answering (after spin ms of computing)
@@ -345,6 +348,27 @@ def app(environ, start_response):
         if q.get("who") == "1":
             return _text(start_response, f"slept {s} on {threading.current_thread().name}")
         return _text(start_response, f"slept {s}")
+
+    if path == "/slow-iter":
+        class SlowIter:
+            def __iter__(self):
+                time.sleep(float(q.get("s", "1")))
+                return iter([b"iterated\n"])
+
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return SlowIter()
+
+    if path == "/uvloop":
+        import asyncio
+
+        import uvloop
+
+        loop = uvloop.new_event_loop()  # (it takes the signal wakeup fd while it runs)
+        try:
+            loop.run_until_complete(asyncio.sleep(float(q.get("s", "1"))))
+        finally:
+            loop.close()
+        return _text(start_response, "ran uvloop")
 
     if path == "/overlap":
         with _lock:
