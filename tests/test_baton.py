@@ -156,29 +156,30 @@ def test_responses_held_when_the_loop_is_taken_over_go_out_at_once(berth):
     assert took < 0.35, f"/hello took {took:.2f}s"
 
 
+def probe_behind(port: int, path: str, body: bytes) -> float:
+    """How long a readiness probe waits while the loop thread answers `path` (whose response
+    must be `body`), 0.2 s into it."""
+    with connect(port) as sock:
+        sock.sendall(get_request(path))
+        time.sleep(0.2)
+        started = time.monotonic()
+        assert http_get(port, "/-/ready", timeout=5)[0] == 200
+        took = time.monotonic() - started
+        assert read_response(sock)[2] == body
+    return took
+
+
 def test_a_slow_close_on_the_loop_thread_loses_the_loop_too(berth):
     srv = berth(["-w", "1", "--threads", "4", *APP])
     names_on_one_connection(srv.port, 3)
-    with connect(srv.port) as sock:
-        sock.sendall(get_request("/closeable?mode=slow"))
-        assert read_response(sock)[2] == b"c-1\n"  # (sent before close() runs)
-        time.sleep(0.2)
-        started = time.monotonic()
-        assert http_get(srv.port, "/-/ready", timeout=5)[0] == 200
-        took = time.monotonic() - started
+    took = probe_behind(srv.port, "/closeable?mode=slow", b"c-1\n")  # (sent before close())
     assert took < 0.5, f"a probe waited {took:.2f}s behind the app's close()"
 
 
 def test_a_slow_iter_on_the_loop_thread_loses_the_loop_too(berth):
     srv = berth(["-w", "1", "--threads", "4", *APP])
     names_on_one_connection(srv.port, 3)
-    with connect(srv.port) as sock:
-        sock.sendall(get_request("/slow-iter?s=1.5"))
-        time.sleep(0.3)
-        started = time.monotonic()
-        assert http_get(srv.port, "/-/ready", timeout=5)[0] == 200
-        took = time.monotonic() - started
-        assert read_response(sock)[2] == b"iterated\n"
+    took = probe_behind(srv.port, "/slow-iter?s=1.5", b"iterated\n")
     assert took < 0.5, f"a probe waited {took:.2f}s behind the body's __iter__"
 
 

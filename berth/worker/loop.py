@@ -98,17 +98,18 @@ class Loop(Admission):
         wake_fd = self.wake_fd
         signal_fd = self.signal_fd
         on_readable = self.on_readable
+        self.now = now = monotonic()
         if not self.next_tick:
-            self.next_tick = monotonic() + TICK
+            self.next_tick = now + TICK
+        elif now >= self.next_tick:  # (a thread that loses the loop mid-turn skips its tick)
+            self.next_tick = now + TICK
+            tick(now)
         if self.holding:  # (held by the thread that ran the loop before this one)
             self.flush()
         while self.alive:
             # while accepting is paused, wake up soon enough to take it up again
             events = poll(TICK if self.accepting or self.retiring else ACCEPT_PAUSE_MAX)
             self.now = now = monotonic()
-            if now >= self.next_tick:  # (first: this thread may lose the loop below, baton.py)
-                self.next_tick = now + TICK
-                tick(now)
             for fd, ev in events:
                 conn = conns.get(fd)
                 if conn is not None:
@@ -129,6 +130,9 @@ class Loop(Admission):
                     self.on_signals()
             if not self.accepting and self.may_accept_again(now):
                 self.set_accepting(True)
+            if now >= self.next_tick:  # (after the events: a request that came with the
+                self.next_tick = now + TICK  # drain's tick is answered, not closed idle)
+                tick(now)
             if self.holding:
                 self.flush()
         if self.holding:
