@@ -30,9 +30,10 @@ What this keeps true:
 
 An app whose requests wait (on a database, a sleep) needs the app threads even when each wait
 is short: one at a time on the loop thread, waits of 1 ms would cap a worker at 1,000 requests
-a second. So one app call in SAMPLE_EVERY also has its thread's CPU time measured: when two
-such calls in a row spent more than WAITED of their time, and at least WAITED_AT_LEAST, off
-the CPU, requests go to the app threads for a while, as they do after a takeover, before the
+a second. So one app call in SAMPLE_EVERY also has its thread's CPU time and voluntary context
+switches measured (getrusage): when two such calls in a row blocked (a voluntary switch) and
+spent more than WAITED of their time, and at least WAITED_AT_LEAST, off the CPU, requests go to
+the app threads for a while, as they do after a takeover, before the
 loop thread tries again (`lead`). The first two calls after that are measured, and each back-off
 in a row lasts twice the one before (BACK_OFF up to BACK_OFF_MOST): an app that always waits
 costs two inline calls every 16 s; a measured call that did not wait starts again from
@@ -44,6 +45,7 @@ sleeps); the next request goes to an app thread, which stands by again once it h
 
 from __future__ import annotations
 
+import resource
 import threading
 import time
 from queue import Empty
@@ -56,6 +58,8 @@ PARK_AFTER = 1.0  # a watcher that sees no request answered for this long stops 
 SAMPLE_EVERY = 32  # inline app calls per one whose CPU time is measured (a system call each)
 WAITED = 0.25  # a measured call that spent more than this share of its time off the CPU
 WAITED_AT_LEAST = 0.0001  # and at least this long: it waited (twice in a row: back off)
+getrusage = resource.getrusage
+RUSAGE_THREAD = resource.RUSAGE_THREAD
 TAKE_LOOP = object()  # queued for an app thread: run the loop from now on (hand_over)
 WATCH = object()  # queued for an app thread: stand by (`lead` found no watcher)
 
@@ -117,7 +121,9 @@ class Baton:
 
     def measure(self, resp, call, args):
         """lead(), for one call in SAMPLE_EVERY: does the app wait (see module)?"""
-        cpu = time.thread_time()
+        # (blocked, not preempted: a busy machine or a CPU quota takes the CPU away too, but
+        # without a voluntary context switch)
+        usage = getrusage(RUSAGE_THREAD)
         resp.req.progress = self.since = since = time.monotonic()
         if not self.watcher:
             self.summon()
@@ -125,14 +131,16 @@ class Baton:
             return call(*args)
         finally:
             took = time.monotonic() - since
-            off_cpu = took - (time.thread_time() - cpu)
+            after = getrusage(RUSAGE_THREAD)
+            blocked = after.ru_nvcsw > usage.ru_nvcsw
+            off_cpu = took - (after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime)
             with self.lock:
                 if self.current is resp:
                     self.since = 0.0
                     self.current = None
                 if resp.req.dispatched:  # taken over: that backed off already
                     self.sample = 1
-                elif off_cpu > WAITED * took and off_cpu > WAITED_AT_LEAST:
+                elif blocked and off_cpu > WAITED * took and off_cpu > WAITED_AT_LEAST:
                     self.waited += 1
                     if self.waited >= 2:
                         self.back_off_now(since + took)
