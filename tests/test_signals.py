@@ -196,3 +196,21 @@ def test_while_draining_sighup_is_logged_as_ignored_and_sigint_still_stops_at_on
     assert code is not None, "berth still running 10 s after SIGINT during the drain"
     assert time.monotonic() - t0 < 6, srv.stderr()
     assert "SIGINT: stopping now" in srv.stderr()
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_a_keep_alive_connection_used_just_before_sigterm_gets_its_next_answer(berth, threads):
+    # A load balancer reuses its idle connections: the drain must not close one under the
+    # request that arrives a moment later; it answers it with Connection: close instead
+    srv = berth(["-w", "1", "--threads", str(threads), "--access-logfile", "none",
+                 "proto_app:app"])
+    with connect(srv.port) as sock:
+        sock.sendall(get_request("/hello"))
+        assert read_response(sock)[::2] == (200, HELLO)
+        srv.signal(signal.SIGTERM)
+        time.sleep(0.3)  # the worker drains by now
+        sock.sendall(get_request("/hello"))
+        status, headers, body = read_response(sock)
+    assert (status, body) == (200, HELLO)
+    assert headers.get("connection") == "close"
+    assert srv.wait(timeout=15) == 0

@@ -43,6 +43,10 @@ TICK = 0.5  # seconds between the worker's ticks (heartbeat, deadlines, Date, pa
 # at the next tick): an idle connection holds under a KiB. The next request makes a parser
 # again (about 3 us: paid only after half a second of silence, never by a busy connection).
 PARK_AFTER = 0.5
+# Draining, an idle keep-alive connection is closed once it has been idle this long: a load
+# balancer reusing it meanwhile gets its answer with `Connection: close`, instead of a
+# connection closed under its request (HAProxy then drops the client's connection unanswered).
+DRAIN_IDLE = 1.0
 
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
@@ -536,7 +540,8 @@ class Loop(Admission):
             elif parser.current is not None:
                 if now - conn.last_active > header_timeout:
                     self.reject(conn, HttpError(408, "request body timed out"))
-            elif self.draining or self.retiring or now - conn.last_active > keepalive:
+            elif now - conn.last_active > (min(DRAIN_IDLE, keepalive)
+                                           if self.draining or self.retiring else keepalive):
                 conn.close()
             elif parser is not NO_PARSER and now - conn.last_active > PARK_AFTER:
                 conn.park(NO_PARSER)
