@@ -623,8 +623,7 @@ class Responder:
             else:
                 return resp.end_body()
         else:  # (an __iter__ may do the app's work: Django's async streaming does)
-            it = baton.lead(resp, iter, result)
-            data = baton.lead(resp, first_part, it) if resp.inline else first_part(it)
+            it, data = baton.lead(resp, start_body, result)
             if data is None:
                 return resp.end_body()
             if not resp.inline:  # an app thread took the loop over meanwhile
@@ -737,6 +736,12 @@ class Responder:
             pass
         self.count_response(err, str(err.status), 0, 0.0)
         conn.lingering = time.monotonic() + LINGER  # read and drop what the client still sends
+
+
+def start_body(result) -> tuple:
+    """The body's iterator and its first non-empty part (None if there is none)."""
+    it = iter(result)
+    return it, first_part(it)
 
 
 def first_part(it):
