@@ -70,9 +70,11 @@ def test_with_drop_a_stalled_reader_never_stops_serving_and_the_drops_are_counte
         print(f"24,000 requests in {took:.1f} s with nobody reading; {dropped:.0f} lines "
               f"dropped; worker RSS after each 6,000: {rss} KiB")
         assert 10000 < dropped <= 24000
-        # bounded: rounds 3 and 4 (12 MB more lines) leave the worker's memory where round 2
-        # did (unbounded, it would grow by those 12 MB)
-        assert rss[3] - rss[1] < 6 * 1024, rss
+        # bounded: rounds 3 and 4 (12 MB more lines) leave the worker's memory near the highest
+        # of rounds 1 and 2 (unbounded, it would grow by those 12 MB). The highest, not round 2's:
+        # the 4 MiB backlog may have just been dropped and its memory returned when round 2 is
+        # read, and refilled when round 4 is.
+        assert max(rss[2:]) - max(rss[:2]) < 6 * 1024, rss
         assert "access log:" in err.read_text() and "lines dropped" in err.read_text()
     finally:
         proc.terminate()  # our own child, by pid
