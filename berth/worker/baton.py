@@ -72,14 +72,17 @@ class Deposed(BaseException):
 
 class Baton:
     """The loop's hand-over between threads (see module). Everything that decides who runs
-    the loop is done under `lock`; the loop thread's per-request cost is one lock round."""
+    the loop is done under `lock`, on the app threads' side. The loop thread takes no lock per
+    request: its app call is an entry of `calls`, which it adds and pops, and the watcher takes
+    the loop over only by popping that entry first (under `lock`); a dict's pop is one atomic
+    step, so exactly one of the two pops it, and a thread that was deposed never touches the
+    entry of its successor's call."""
 
     def __init__(self, responder, running):
         self.responder = responder  # its `inline`, `busy`, `work` and `served`
         self.running = running  # the scoreboard's app word: the loop thread's app call
         self.lock = threading.Lock()
-        self.since = 0.0  # when the loop thread's current app call started (0: none)
-        self.current = None  # that call's Response
+        self.calls: dict = {}  # the loop thread's app call: its Response -> when it started
         self.leader = threading.get_ident()  # the thread that runs the loop
         self.watcher = 0  # the app thread standing by (its ident; 0: none)
         self.quiet = False  # the watcher parked: no app thread stands by until one answers
@@ -100,22 +103,21 @@ class Baton:
         over meanwhile. If it did, `resp.req.dispatched` is set and `resp.inline` stays False:
         the caller finishes the response as an app thread."""
         resp.inline = False
-        self.current = resp
         self.sample -= 1
         if not self.sample:
             return self.measure(resp, call, args)
+        calls = self.calls
         # (the app's sign of life, as on an app thread: a send waiting for a slow reader
         # sets it to 0 meanwhile, which a takeover keeps)
-        resp.req.progress = self.since = time.monotonic()
+        calls[resp] = resp.req.progress = time.monotonic()
         if not self.watcher:  # it left just now (see wait): another must stand by
             self.summon()
         try:
             return call(*args)
         finally:
-            with self.lock:
-                if self.current is resp:  # (else it was taken over: not this thread's now)
-                    self.since = 0.0
-                    self.current = None
+            if calls.pop(resp, None) is None:  # the watcher took it: let it finish deposing
+                self.lock.acquire()
+                self.lock.release()
             if not resp.req.dispatched:
                 resp.inline = True
 
@@ -124,7 +126,7 @@ class Baton:
         # (blocked, not preempted: a busy machine or a CPU quota takes the CPU away too, but
         # without a voluntary context switch)
         usage = getrusage(RUSAGE_THREAD)
-        resp.req.progress = self.since = since = time.monotonic()
+        self.calls[resp] = resp.req.progress = since = time.monotonic()
         if not self.watcher:
             self.summon()
         try:
@@ -134,10 +136,8 @@ class Baton:
             after = getrusage(RUSAGE_THREAD)
             blocked = after.ru_nvcsw > usage.ru_nvcsw
             off_cpu = took - (after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime)
-            with self.lock:
-                if self.current is resp:
-                    self.since = 0.0
-                    self.current = None
+            self.calls.pop(resp, None)
+            with self.lock:  # (after a takeover: once the watcher has deposed this thread)
                 if resp.req.dispatched:  # taken over: that backed off already
                     self.sample = 1
                 elif blocked and off_cpu > WAITED * took and off_cpu > WAITED_AT_LEAST:
@@ -182,8 +182,6 @@ class Baton:
         req = resp.req
         conn = resp.conn
         req.dispatched = resp.started or progress
-        self.since = 0.0  # (the loop's new thread has no app call yet)
-        self.current = None
         conn.response = resp
         conn.thread = self.leader
         responder = self.responder
@@ -235,8 +233,8 @@ class Baton:
                 continue
             with self.lock:
                 # The watcher leaves only while the loop thread runs no app code (`lead`
-                # sets `since`, then looks for a watcher: one of the two sees the other).
-                stay = self.since and self.watcher == me
+                # adds its call, then looks for a watcher: one of the two sees the other).
+                stay = self.calls and self.watcher == me
                 if not stay and self.watcher == me:
                     self.watcher = 0
                     self.responder.inline = False
@@ -254,7 +252,7 @@ class Baton:
             with self.lock:
                 if self.watcher != me:  # it took the loop, and was deposed in turn (or parked)
                     return item
-                if not self.since:
+                if not self.calls:
                     self.watcher = 0
                     self.responder.inline = False
                     return item
@@ -263,17 +261,22 @@ class Baton:
         """The watcher's turn: take the loop over from an app call that runs long (and run
         the loop until deposed in turn); end a back-off; park when nothing happens."""
         now = time.monotonic()
-        since = self.since
+        calls = list(self.calls.items())  # (one step: the loop thread may change it)
         responder = self.responder
-        if since and now - since > TAKEOVER:
-            with self.lock:
-                if self.since != since or self.watcher != me:
-                    return  # the call ended meanwhile
-                self._depose(self.current, since)
-                self.leader = me
-                self.back_off_now(now)
-            self.take_loop()
-            return
+        if calls:
+            resp, since = calls[0]
+            if now - since > TAKEOVER:
+                with self.lock:
+                    # (the loop thread pops its call when it ends: whoever pops first has it)
+                    if self.watcher != me or self.calls.pop(resp, None) is None:
+                        return  # the call ended meanwhile
+                    self._depose(resp, since)
+                    self.leader = me
+                    self.back_off_now(now)
+                self.take_loop()
+                return
+        else:
+            since = 0.0
         served = responder.served
         if served != self.seen_served:
             self.seen_served = served
@@ -281,7 +284,7 @@ class Baton:
         park = not since and now - self.seen_at > PARK_AFTER
         if park or (not responder.inline and now >= self.back_off_until):
             with self.lock:
-                if self.watcher == me and not (park and self.since):
+                if self.watcher == me and not (park and self.calls):
                     if park:
                         self.watcher = 0
                         self.quiet = True
