@@ -76,8 +76,10 @@ def worker_instructions(root: Path, requests: int, app: str, threads: int) -> in
            f"--callgrind-out-file={out_dir}/callgrind.%p", sys.executable, "-m", "berth",
            "-b", f"127.0.0.1:{port}", "-w", "1", "--threads", str(threads),
            "--access-logfile", "none", "--chdir", str(BENCH_DIR), app]
-    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    # cwd: `python -m` puts the current directory first on sys.path, before PYTHONPATH: run
+    # from a checkout, every measurement would import that checkout's berth, baselines too
+    proc = subprocess.Popen(cmd, env=env, cwd=BENCH_DIR, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
