@@ -398,7 +398,9 @@ class Responder:
     def next_request(self, conn: Connection, keep: bool, inline: bool):
         """A response is out: return the next waiting request (now active), or None."""
         loop = self.loop
-        with conn.lock:
+        lock = conn.lock
+        lock.acquire()
+        try:
             conn.active = None
             if not inline:
                 conn.response = None  # (its environ and request: an idle connection holds none)
@@ -410,19 +412,21 @@ class Responder:
                         req.dispatched = loop.now
                     if type(req) is Request and req.expect_continue:
                         req.expect_continue = False
-                        conn.lock.release()
+                        lock.release()
                         try:
                             conn.send(CONTINUE, inline)
                         except ClientDisconnected:
                             pass
                         finally:
-                            conn.lock.acquire()
+                            lock.acquire()
                     return req
                 if conn.eof:
                     conn.closing = True
             else:
                 conn.closing = True
             attend = conn.closing or not conn.reading or conn.parser.current is not None
+        finally:
+            lock.release()
         conn.last_active = loop.now
         if not loop.accepting:
             attend = True  # the loop re-checks whether to take new connections again

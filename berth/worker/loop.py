@@ -318,7 +318,9 @@ class Loop(Admission):
                     conn.set_reading(False)
         ready = parser.ready
         if ready:
-            with conn.lock:
+            lock = conn.lock
+            lock.acquire()
+            try:
                 if conn.closing or conn.dead:  # its last response ends the connection
                     ready.clear()
                     conn.set_reading(False)
@@ -335,6 +337,8 @@ class Loop(Admission):
                             conn.set_reading(False)
                         return
                     conn.active = req = pending.popleft()
+            finally:
+                lock.release()
             self.responder.dispatch(conn, req)
 
     def pipeline_full(self, pending: collections.deque) -> bool:
@@ -454,10 +458,14 @@ class Loop(Admission):
         """Bring the loop's view of `conn` up to date after an app thread changed it."""
         if conn.closed:
             return
-        with conn.lock:
+        lock = conn.lock
+        lock.acquire()
+        try:
             idle = conn.active is None
             flushed = not conn.out
             end = idle and (conn.dead or (conn.closing and flushed))
+        finally:
+            lock.release()
         if end:
             if conn.lingering and not conn.dead:
                 conn.linger()
