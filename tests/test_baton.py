@@ -2,7 +2,9 @@
 take the loop over (berth/worker/baton.py), seen from outside: fast requests run on the loop
 thread, one that waits loses the loop to another thread at once, a stream goes on on its own
 thread, --threads is still the most app calls at once, the process stops cleanly wherever the
-loop is, and an idle worker does not wake up a hundred times a second."""
+loop is, and an idle worker does not wake up a hundred times a second. One test, the last,
+drives the Baton itself in-process, with real threads and its real lock: a race of two threads
+that no request from outside can time."""
 
 from __future__ import annotations
 
@@ -296,3 +298,74 @@ def test_an_idle_worker_with_app_threads_stops_waking_up(berth):
     # and the next requests are answered, on the loop thread again after the first (once the
     # app thread that answered it stands by)
     assert "MainThread" in names_on_one_connection(srv.port, 10)[1:]
+
+
+def test_a_watcher_that_saw_one_call_never_takes_over_the_next_call_of_the_same_response():
+    """The real Baton and a real watcher thread, in-process: the watcher sees the loop thread's
+    first app call of a response past TAKEOVER, then waits for the baton's lock (held by another
+    app thread) while that call ends and the response's next call (its body's first part)
+    begins. It must not take the young call over (it did once, when the calls of one response
+    shared one entry): the takeover comes only once the call it deposes is TAKEOVER old."""
+    from queue import SimpleQueue
+
+    from berth.worker import baton as baton_mod
+
+    class Req:
+        dispatched = 0.0
+        progress = 0.0
+
+    class Conn:
+        response = None
+        thread = 0
+
+    class Resp:  # what Baton reads of a Response
+        def __init__(self):
+            self.req, self.conn, self.started, self.inline = Req(), Conn(), 0.0, True
+
+    class Responder:  # what Baton reads of the Responder
+        inline = True
+        served = 0
+
+        def __init__(self):
+            self.busy, self.work = {}, SimpleQueue()
+
+    baton = baton_mod.Baton(Responder(), [0.0])
+    baton.sample = 1 << 30  # no measured calls (getrusage) in this test
+    took = []  # (the call running when the watcher took the loop, its age then)
+    running = {"call": 0, "since": 0.0}
+    baton.take_loop = lambda: took.append(
+        (running["call"], time.monotonic() - running["since"]))
+    standing = threading.Event()
+
+    def watcher():
+        me = threading.get_ident()
+        baton.stand_by(me)
+        standing.set()
+        baton.wait(me, SimpleQueue().get)  # returns once it is no longer the watcher
+
+    watching = threading.Thread(target=watcher, daemon=True)
+    watching.start()
+    assert standing.wait(5)
+
+    def hold_the_lock():  # another app thread, inside the baton's lock for 30 ms
+        with baton.lock:
+            time.sleep(0.030)
+
+    holder = threading.Thread(target=hold_the_lock)
+    resp = Resp()
+
+    def call(n, seconds, then=None):
+        def run():
+            running["call"], running["since"] = n, resp.req.progress  # (the lead's start)
+            if then is not None:
+                then()
+            time.sleep(seconds)
+        return run
+
+    baton.lead(resp, call(1, 0.025, holder.start))  # the app: 25 ms, the lock busy for 30
+    if not resp.req.dispatched:
+        baton.lead(resp, call(2, 0.060))  # its body's first part: 60 ms, same response
+    holder.join(5)
+    baton.watcher = 0  # (lets the watcher go if it took nothing)
+    watching.join(5)
+    assert took and all(age >= baton_mod.TAKEOVER for _, age in took), took

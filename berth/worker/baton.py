@@ -73,16 +73,18 @@ class Deposed(BaseException):
 class Baton:
     """The loop's hand-over between threads (see module). Everything that decides who runs
     the loop is done under `lock`, on the app threads' side. The loop thread takes no lock per
-    request: its app call is an entry of `calls`, which it adds and pops, and the watcher takes
+    request: each app call is an entry of `calls`, which it adds and pops, and the watcher takes
     the loop over only by popping that entry first (under `lock`); a dict's pop is one atomic
-    step, so exactly one of the two pops it, and a thread that was deposed never touches the
-    entry of its successor's call."""
+    step, so exactly one of the two pops it. An entry's key is the call's Response and start:
+    a response runs several calls in a row (the app, then its body's first parts), and a
+    watcher that saw an old one must not pop the next; a thread that was deposed never touches
+    its successor's entries."""
 
     def __init__(self, responder, running):
         self.responder = responder  # its `inline`, `busy`, `work` and `served`
         self.running = running  # the scoreboard's app word: the loop thread's app call
         self.lock = threading.Lock()
-        self.calls: dict = {}  # the loop thread's app call: its Response -> when it started
+        self.calls: dict = {}  # the loop thread's app call: (Response, start) -> start
         self.leader = threading.get_ident()  # the thread that runs the loop
         self.watcher = 0  # the app thread standing by (its ident; 0: none)
         self.quiet = False  # the watcher parked: no app thread stands by until one answers
@@ -109,13 +111,15 @@ class Baton:
         calls = self.calls
         # (the app's sign of life, as on an app thread: a send waiting for a slow reader
         # sets it to 0 meanwhile, which a takeover keeps)
-        calls[resp] = resp.req.progress = time.monotonic()
+        resp.req.progress = since = time.monotonic()
+        key = (resp, since)
+        calls[key] = since
         if not self.watcher:  # it left just now (see wait): another must stand by
             self.summon()
         try:
             return call(*args)
         finally:
-            if calls.pop(resp, None) is None:  # the watcher took it: let it finish deposing
+            if calls.pop(key, None) is None:  # taken over: let the depose finish
                 self.lock.acquire()
                 self.lock.release()
             if not resp.req.dispatched:
@@ -126,7 +130,9 @@ class Baton:
         # (blocked, not preempted: a busy machine or a CPU quota takes the CPU away too, but
         # without a voluntary context switch)
         usage = getrusage(RUSAGE_THREAD)
-        self.calls[resp] = resp.req.progress = since = time.monotonic()
+        resp.req.progress = since = time.monotonic()
+        key = (resp, since)
+        self.calls[key] = since
         if not self.watcher:
             self.summon()
         try:
@@ -136,7 +142,7 @@ class Baton:
             after = getrusage(RUSAGE_THREAD)
             blocked = after.ru_nvcsw > usage.ru_nvcsw
             off_cpu = took - (after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime)
-            self.calls.pop(resp, None)
+            self.calls.pop(key, None)
             with self.lock:  # (after a takeover: once the watcher has deposed this thread)
                 if resp.req.dispatched:  # taken over: that backed off already
                     self.sample = 1
@@ -261,14 +267,15 @@ class Baton:
         """The watcher's turn: take the loop over from an app call that runs long (and run
         the loop until deposed in turn); end a back-off; park when nothing happens."""
         now = time.monotonic()
-        calls = list(self.calls.items())  # (one step: the loop thread may change it)
+        calls = list(self.calls)  # (one step: the loop thread may change it)
         responder = self.responder
         if calls:
-            resp, since = calls[0]
+            key = calls[0]
+            resp, since = key
             if now - since > TAKEOVER:
                 with self.lock:
                     # (the loop thread pops its call when it ends: whoever pops first has it)
-                    if self.watcher != me or self.calls.pop(resp, None) is None:
+                    if self.watcher != me or self.calls.pop(key, None) is None:
                         return  # the call ended meanwhile
                     self._depose(resp, since)
                     self.leader = me
