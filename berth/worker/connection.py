@@ -232,13 +232,12 @@ class Connection:
 
     def after_flush(self) -> None:
         """The loop thread, after its flush has sent what this connection held (and resumed a
-        paused response): bytes the socket did not take wait for it to turn writable. (An
-        empty queue needs no lock: bytes an app thread queues meanwhile arrange their own
-        wake-up, see `send`.)"""
-        if self.out:
-            with self.lock:
-                if self.out and not self.dead and not self.closed:
-                    self._want_write(True)
+        paused response): bytes the socket did not take wait for it to turn writable. Called
+        only with bytes queued (`Loop.flush`: an empty queue needs no lock, as bytes an app
+        thread queues meanwhile arrange their own wake-up, see `send`)."""
+        with self.lock:
+            if self.out and not self.dead and not self.closed:
+                self._want_write(True)
 
     def sendfile(self, fd: int, offset: int, count: int, inline: bool) -> None:
         """Send `count` bytes of the real file `fd` from `offset`; queue what the socket does
@@ -340,7 +339,8 @@ class Connection:
         finally:
             lock.release()
         if not done:
-            self.update_events()
+            if self.events & EPOLLOUT:  # (else nothing changed: a held response went at once)
+                self.update_events()
         elif self.lingering and not self.dead:  # an error response is out: read, then close
             self.linger()
         else:

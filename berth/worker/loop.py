@@ -155,7 +155,8 @@ class Loop(Admission):
             try:
                 if conn.on_writable():
                     resume(conn)
-                conn.after_flush()
+                if conn.out:
+                    conn.after_flush()
             except Exception:
                 self.broken(conn)
 
