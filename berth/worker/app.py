@@ -661,10 +661,11 @@ class Responder:
             data = baton.lead(resp, first_part, it)
             if data is None:  # one part: the common case
                 return resp.end_body()
-            if resp.inline and not baton.hand_over(resp):
-                resp.write(data)  # no app thread is surely idle: the loop thread pumps it
-            else:
-                resp.write(data)
+            # a stream: handed over (or already taken), unless no app thread is surely idle,
+            # and then the loop thread pumps it
+            handed = not resp.inline or baton.hand_over(resp)
+            resp.write(data)
+            if handed:
                 return self.send_rest(resp, it)
         if resp.conn.out_size > HIGH_WATER:
             resp.conn.paused_response = (resp, result, it)

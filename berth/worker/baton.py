@@ -16,10 +16,11 @@ it goes on on the thread its iterator started on, and the loop goes to an idle a
 
 The loop thread answers inline only while the app threads' queue is empty
 (`Responder.dispatch`), and the watcher leaves its post only while the loop thread runs no app
-code; should `lead` still find no watcher, it summons one (WATCH). The loop's tick runs first
-in each of its turns and the loop's state lives on the Loop, so the loop may move between
-threads as often as it likes; signals reach it through the wakeup pipe's bytes, whichever
-thread runs it (Python runs signal handlers on the main thread only).
+code; should `lead` still find no watcher, it summons one (WATCH). The loop's tick is due by
+a time kept on the Loop (checked when a thread starts running it and after each turn's
+events), as is the rest of the loop's state, so the loop may move between threads as often as
+it likes; signals reach it through the wakeup pipe's bytes, whichever thread runs it (Python
+runs signal handlers on the main thread only).
 
 What this keeps true:
 - the loop is held by the app for about TAKEOVER + WATCH_EVERY at most (heartbeat, probes,

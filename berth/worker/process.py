@@ -110,6 +110,7 @@ class Worker:
             except Deposed:
                 deposed = True
             if deposed:  # an app thread runs the loop now: this one becomes one too
+                # (outside the except: the Deposed and the loop frames it holds are let go)
                 self.responder.serve()  # (never returns: take_loop's thread ends the process)
             self._after_loop()
         except BaseException:  # noqa: BLE001
