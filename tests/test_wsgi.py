@@ -362,6 +362,36 @@ def test_close_called_when_iteration_raises(srv):
     assert _wait_marker(srv, "raise")
 
 
+def test_close_called_when_taking_the_first_part_raises(srv):
+    raw, closed = send_raw(srv.port, get_request("/closeable?tag=raise-first&mode=raise-first"))
+    assert status_of(raw) == 500 and closed
+    assert _wait_marker(srv, "raise-first")
+
+
+def close_counts(srv, tag: str, want: int) -> dict:
+    """The app's close() counts, once `tag`'s reached `want` (or after 5 s)."""
+    deadline = time.monotonic() + 5
+    counts = {}
+    while time.monotonic() < deadline:
+        counts = json.loads(request(srv.port, get_request("/close-counter"))[2])
+        if counts.get(tag) == want:
+            break
+        time.sleep(0.05)
+    return counts
+
+
+def test_close_called_once_per_response_of_one_sized_part(srv):
+    # (with app threads the loop thread closes such a body as soon as its end is seen)
+    with connect(srv.port) as sock:
+        for _ in range(3):
+            sock.sendall(get_request("/closeable?tag=sized&mode=sized"))
+            status, headers, body = read_response(sock)
+            assert (status, body) == (200, b"c-1\n")
+            assert "transfer-encoding" not in {k.lower() for k in headers}
+    time.sleep(0.2)  # (a second close() of the last one would have run by now)
+    assert close_counts(srv, "sized", 3).get("sized") == 3
+
+
 def test_close_called_when_client_disconnects_mid_body(srv):
     with connect(srv.port) as sock:
         sock.sendall(get_request("/closeable?tag=disconnect&mode=big"))
@@ -373,14 +403,7 @@ def test_close_called_when_client_disconnects_mid_body(srv):
 def test_close_counter_route_counts_per_process(srv):
     request(srv.port, get_request("/closeable?tag=counted"))
     request(srv.port, get_request("/closeable?tag=counted"))
-    deadline = time.monotonic() + 5
-    counts = {}
-    while time.monotonic() < deadline:
-        counts = json.loads(request(srv.port, get_request("/close-counter"))[2])
-        if counts.get("counted") == 2:
-            break
-        time.sleep(0.05)
-    assert counts.get("counted") == 2
+    assert close_counts(srv, "counted", 2).get("counted") == 2
 
 
 # --- wsgiref validator ----------------------------------------------------------------------

@@ -32,7 +32,8 @@ Routes (query parameters in brackets):
   /big [n, chunked]           n bytes of big_pattern(); Content-Length unless chunked=1
   /status [code]              empty response with that status
   /closeable [tag, mode]      iterable whose close() writes marker "close-<tag>"
-                              (mode: normal | raise | big | slow, one part and a 1 s close())
+                              (mode: normal | raise | raise-first | big | sized,
+                              one part with a Content-Length | slow, one part and a 1 s close())
   /close-counter              JSON {tag: count} of close() calls seen by this process
   /pid                        JSON {pid, import_pid, cwd, multithread, gc_frozen}
   /print [text]               print(text) to stdout and text-on-stderr to stderr
@@ -397,9 +398,14 @@ def app(environ, start_response):
     if path == "/closeable":
         tag = q.get("tag", "x")
         mode = q.get("mode", "normal")
+        if mode == "sized":  # one part, framed by Content-Length (not chunked)
+            start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
+            return Closeable(tag, [b"c-1\n"])
         start_response("200 OK", [("Content-Type", "text/plain")])
         if mode == "raise":
             return Closeable(tag, [b"c-1\n", b"c-2\n", b"c-3\n"], raise_after=1)
+        if mode == "raise-first":  # taking the first part raises
+            return Closeable(tag, [b"c-1\n"], raise_after=0)
         if mode == "big":
             return Closeable(tag, lambda: big_pattern(32 << 20))
         if mode == "slow":  # one part, and a close() that takes a second
