@@ -336,6 +336,29 @@ def test_exception_before_start_response_gives_500_and_traceback_in_stderr(srv):
     assert http_get(srv.port, "/hello")[2] == HELLO
 
 
+@pytest.mark.parametrize("threads", ["1", "4"])
+def test_sys_exit_in_a_view_answers_500_and_the_worker_is_replaced_gracefully(berth, threads):
+    srv = berth(["-w", "1", "--threads", threads, "proto_app:app"])
+    first = json.loads(http_get(srv.port, "/pid")[2])["pid"]
+    with connect(srv.port) as other:  # in flight when the app exits: it finishes
+        other.sendall(get_request("/sleep?s=1"))
+        time.sleep(0.3)
+        raw, closed = send_raw(srv.port, get_request("/exit"))
+        assert status_of(raw) == 500 and closed
+        assert read_response(other)[:3:2] == (200, b"slept 1.0")
+    pids = []
+
+    def replaced():
+        pids.append(json.loads(http_get(srv.port, "/pid")[2])["pid"])
+        return pids[-1] != first
+
+    assert wait_for(replaced, timeout=15), pids
+    assert wait_for(lambda: not os.path.exists(f"/proc/{first}"), timeout=15)
+    err = srv.stderr()
+    assert "SystemExit: 3" in err and "the app raised SystemExit" in err
+    assert "retiring: the app raised SystemExit" in err and "--max-requests" not in err
+
+
 # --- close() of the returned iterable --------------------------------------------------------
 
 def _wait_marker(srv, tag, timeout=5.0):

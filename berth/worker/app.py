@@ -21,6 +21,7 @@ worker gives (`LoopSide` below): this room imports nothing above it.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import traceback
@@ -441,9 +442,10 @@ class Responder:
         return None
 
     def retire(self, inline: bool) -> None:
-        """--max-requests reached: from this response on, every response closes its
-        connection, and no new connection is taken (the master starts the replacement and
-        then stops this worker; the requests in progress are finished)."""
+        """--max-requests reached (or the app raised SystemExit): from this response on,
+        every response closes its connection, and no new connection is taken (the master
+        starts the replacement and then stops this worker; the requests in progress are
+        finished)."""
         self.keep_alive = False
         self.retired = True  # (the loop's accept() looks at it before its wake-up arrives)
         if inline:
@@ -509,8 +511,8 @@ class Responder:
         except ClientDisconnected:
             self.log.debug("client disconnected: %s", request_line(req))
             keep = False
-        except Exception:  # noqa: BLE001 - the app's error: 500, never a dead worker
-            keep = self.app_error(conn, resp, resp.inline)
+        except (Exception, SystemExit):  # noqa: BLE001 - the app's error: 500, never a dead
+            keep = self.app_error(conn, resp, resp.inline)  # worker (SystemExit: app_exited)
         else:
             if self.post_request is None and not req.streaming:
                 # conclude(), inlined for the common case: every request comes here
@@ -706,7 +708,7 @@ class Responder:
                 return
         except ClientDisconnected:
             keep = False
-        except Exception:  # noqa: BLE001
+        except (Exception, SystemExit):  # noqa: BLE001
             keep = self.app_error(conn, resp, True)
         self.conclude(resp, result, lead=False)  # (never taken over here: see dispatch below)
         req = self.next_request(conn, keep, True)
@@ -733,8 +735,10 @@ class Responder:
         if close is not None:
             try:
                 close()
-            except Exception:
+            except (Exception, SystemExit):
                 self.log.exception("error closing the app's response iterable")
+                if sys.exc_info()[0] is SystemExit:
+                    self.app_exited()
 
     # -- errors ----------------------------------------------------------------------------------
 
@@ -742,6 +746,8 @@ class Responder:
         """The app raised (or broke the protocol): log it, answer 500 if nothing was sent
         (else the connection just closes). Never a dead worker."""
         self.log.exception("Error handling request %s", request_line(resp.req))
+        if sys.exc_info()[0] is SystemExit:
+            self.app_exited()
         if not resp.head_sent:
             resp.status = "500 Internal Server Error"
             resp.headers = []
@@ -751,6 +757,15 @@ class Responder:
             except ClientDisconnected:
                 pass
         return False
+
+    def app_exited(self) -> None:
+        """The app raised SystemExit (sys.exit() in a view): it wants this process gone.
+        Gunicorn's worker dies on the spot, with every request in it (on an app thread, berth
+        would have left the client waiting); berth retires it as --max-requests does: this
+        response is a 500, the others in flight finish, the master starts a replacement."""
+        self.log.error("the app raised SystemExit: this worker finishes its requests in "
+                       "flight and is replaced")
+        self.retire(False)  # (from any thread: the loop takes it from its inbox)
 
     def send_error(self, conn: Connection, err: HttpError, inline: bool) -> None:
         """A request berth refuses: its error response, then the connection lingers."""

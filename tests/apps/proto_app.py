@@ -16,6 +16,7 @@ Routes (query parameters in brackets):
   /file-like [n]              wsgi.file_wrapper over an in-memory file-like object (no fileno)
                               whose close() writes marker "close-filelike"
   /raise-before               raises before start_response
+  /exit                       sys.exit(3)
   /raise-after [cl]           starts a response, yields one part, then raises
   /str-body [how]             a str body (an app error, 500): yielded (how=yield, default)
                               or written with the write() callable (how=write)
@@ -293,6 +294,9 @@ def app(environ, start_response):
 
     if path == "/raise-before":
         raise RuntimeError("proto-boom-before-start-response")
+
+    if path == "/exit":
+        sys.exit(3)
 
     if path == "/str-body":
         write = start_response("200 OK", [("Content-Type", "text/plain")])
