@@ -31,6 +31,25 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.parametrize(("kind", "app", "sleep"), [
+    ("gthread", "super_app:app", "SUPER_APP_IMPORT_SLEEP"),
+    ("asgi", "asgi_app:app", "ASGI_IMPORT_SLEEP"),
+])
+def test_sigterm_while_a_worker_boots_stops_it_once_booted(berth, kind, app, sleep):
+    # (the worker cannot interrupt the app's import; it must not wait for
+    # --graceful-timeout and the master's kill after it either)
+    srv = berth(["-w", "1", "-k", kind, "--graceful-timeout", "20", app],
+                env={sleep: "1.5"}, wait_ready=False)
+    assert wait_for(lambda: pids_children(srv.pid), timeout=10)
+    time.sleep(0.5)  # importing the app
+    assert "ready: " not in srv.stderr()
+    srv.signal(signal.SIGTERM)
+    code, took = exit_within(srv, 15)
+    assert code == 0, srv.stderr()
+    assert took < 10, took
+    assert "did not stop in time" not in srv.stderr()
+
+
 def test_sigterm_lets_in_flight_request_finish_then_exits_0(berth):
     srv = berth(["-w", "1", "--threads", "1", "proto_app:app"])
     t, box = in_background(lambda: http_get(srv.port, "/sleep?s=1", timeout=15))

@@ -109,6 +109,10 @@ class AsgiLoop(Admission):
             self._stopped.set_result(None)
 
     def setup(self) -> None:
+        # (non-blocking from here: a SIGTERM read during the lifespan startup drains, and the
+        # drain's accept() takes the backlog until the queue is empty)
+        for lsock in self.listeners:
+            lsock.setblocking(False)
         self.loop.add_reader(self.signal_fd, self.on_signals)
 
     def run(self, tick, monotonic) -> None:
@@ -120,8 +124,6 @@ class AsgiLoop(Admission):
         self._stopped = loop.create_future()
         if not self._alive:
             return
-        for lsock in self.listeners:
-            lsock.setblocking(False)
         self.set_accepting(True)
 
         def beat() -> None:

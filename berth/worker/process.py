@@ -100,7 +100,8 @@ class Worker:
             gc.collect()
             gc.freeze()
             self.slot.uss = private_memory()
-            self.beat(IDLE)
+            # (a SIGTERM during the ASGI lifespan startup may have begun the drain already)
+            self.beat(self.slot.state if self.loop.draining else IDLE)
             self.last_tick = time.monotonic()
             if self.ready_fd is not None:
                 os.write(self.ready_fd, os.getpid().to_bytes(4, "little"))

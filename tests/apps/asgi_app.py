@@ -3,7 +3,8 @@ watchdog, disconnects, the drain), apart from any framework.
 
 Environment: ASGI_MARKERS, a folder where the app writes what it saw (lifespan events,
 disconnects, cancellations); ASGI_LIFESPAN: "ok" (default), "fail" (lifespan.startup.failed),
-"raise" (an exception on the lifespan scope), "slow-shutdown".
+"raise" (an exception on the lifespan scope), "slow-shutdown"; ASGI_IMPORT_SLEEP: seconds the
+import takes (the worker boots meanwhile).
 
 Routes: /hello; /scope (the scope as JSON, headers decoded); /state (scope["state"]);
 /echo (the body, read with receive() piece by piece; sizes of the pieces in a header);
@@ -24,6 +25,8 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 MARKERS = Path(os.environ.get("ASGI_MARKERS", "/nonexistent"))
+if os.environ.get("ASGI_IMPORT_SLEEP"):
+    time.sleep(float(os.environ["ASGI_IMPORT_SLEEP"]))
 
 
 def mark(name: str, text: str = "") -> None:
