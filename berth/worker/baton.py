@@ -60,6 +60,7 @@ SAMPLE_EVERY = 32  # inline app calls per one whose CPU time is measured (a syst
 WAITED = 0.25  # a measured call that spent more than this share of its time off the CPU
 WAITED_AT_LEAST = 0.0001  # and at least this long: it waited (twice in a row: back off)
 getrusage = resource.getrusage
+monotonic = time.monotonic
 RUSAGE_THREAD = resource.RUSAGE_THREAD
 TAKE_LOOP = object()  # queued for an app thread: run the loop from now on (hand_over)
 WATCH = object()  # queued for an app thread: stand by (`lead` found no watcher)
@@ -76,16 +77,18 @@ class Baton:
     the loop is done under `lock`, on the app threads' side. The loop thread takes no lock per
     request: each app call is an entry of `calls`, which it adds and pops, and the watcher takes
     the loop over only by popping that entry first (under `lock`); a dict's pop is one atomic
-    step, so exactly one of the two pops it. An entry's key is the call's Response and start:
-    a response runs several calls in a row (the app, then its body's first parts), and a
-    watcher that saw an old one must not pop the next; a thread that was deposed never touches
-    its successor's entries."""
+    step, so exactly one of the two pops it. An entry's key is the call's start (its value the
+    Response): a response runs several calls in a row (the app, then its body's parts), and a
+    watcher that saw an old one must not pop the next, which started later. (Two calls with
+    one start, on a clock too coarse to tell them apart, are both as old as the watcher
+    reckons: the one it pops has run past TAKEOVER too.) A thread that was deposed never
+    touches its successor's entries."""
 
     def __init__(self, responder, running):
         self.responder = responder  # its `inline`, `busy`, `work` and `served`
         self.running = running  # the scoreboard's app word: the loop thread's app call
         self.lock = threading.Lock()
-        self.calls: dict = {}  # the loop thread's app call: (Response, start) -> start
+        self.calls: dict = {}  # the loop thread's app call: start -> Response
         self.leader = threading.get_ident()  # the thread that runs the loop
         self.watcher = 0  # the app thread standing by (its ident; 0: none)
         self.quiet = False  # the watcher parked: no app thread stands by until one answers
@@ -112,15 +115,14 @@ class Baton:
         calls = self.calls
         # (the app's sign of life, as on an app thread: a send waiting for a slow reader
         # sets it to 0 meanwhile, which a takeover keeps)
-        resp.req.progress = since = time.monotonic()
-        key = (resp, since)
-        calls[key] = since
+        resp.req.progress = since = monotonic()
+        calls[since] = resp
         if not self.watcher:  # it left just now (see wait): another must stand by
             self.summon()
         try:
             return call(*args)
         finally:
-            if calls.pop(key, None) is None:  # taken over: let the depose finish
+            if calls.pop(since, None) is None:  # taken over: let the depose finish
                 self.lock.acquire()
                 self.lock.release()
             if not resp.req.dispatched:
@@ -131,9 +133,8 @@ class Baton:
         # (blocked, not preempted: a busy machine or a CPU quota takes the CPU away too, but
         # without a voluntary context switch)
         usage = getrusage(RUSAGE_THREAD)
-        resp.req.progress = since = time.monotonic()
-        key = (resp, since)
-        self.calls[key] = since
+        resp.req.progress = since = monotonic()
+        self.calls[since] = resp
         if not self.watcher:
             self.summon()
         try:
@@ -143,7 +144,7 @@ class Baton:
             after = getrusage(RUSAGE_THREAD)
             blocked = after.ru_nvcsw > usage.ru_nvcsw
             off_cpu = took - (after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime)
-            self.calls.pop(key, None)
+            self.calls.pop(since, None)
             with self.lock:  # (after a takeover: once the watcher has deposed this thread)
                 if resp.req.dispatched:  # taken over: that backed off already
                     self.sample = 1
@@ -268,15 +269,14 @@ class Baton:
         """The watcher's turn: take the loop over from an app call that runs long (and run
         the loop until deposed in turn); end a back-off; park when nothing happens."""
         now = time.monotonic()
-        calls = list(self.calls)  # (one step: the loop thread may change it)
+        calls = list(self.calls.items())  # (one step: the loop thread may change it)
         responder = self.responder
         if calls:
-            key = calls[0]
-            resp, since = key
+            since, resp = calls[0]
             if now - since > TAKEOVER:
                 with self.lock:
                     # (the loop thread pops its call when it ends: whoever pops first has it)
-                    if self.watcher != me or self.calls.pop(key, None) is None:
+                    if self.watcher != me or self.calls.pop(since, None) is None:
                         return  # the call ended meanwhile
                     self._depose(resp, since)
                     self.leader = me
