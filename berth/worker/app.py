@@ -33,7 +33,6 @@ from berth.forwarded import Forwarding
 from berth.hooks import RequestView, ResponseView, call_hook, get_hook
 from berth.http.framing import CONTINUE, LAST_CHUNK, DateCache, chunk, error_response, frame
 from berth.http.framing import _head_cache as head_cache
-from berth.http.framing import _known_names as known_names
 from berth.http.parser import HttpError, Request
 from berth.scoreboard import DURATION_BOUNDS, Slot
 from berth.worker import counts as counters
@@ -51,7 +50,6 @@ from berth.worker.counts import (
 from berth.wsgi import Environs, FileWrapper
 
 PAUSED = object()  # call_app(): the loop goes on with this response when the client reads
-LOOK = object()  # run_app(): the body's second part is still to be looked for
 # On the loop thread, complete responses are held back and sent together after the other
 # requests of the wake-up (berth/worker/connection.py); before the app runs for a request,
 # those held longer than this go out first.
@@ -89,8 +87,8 @@ class Response:
     environ: dict | None = None
     view = None  # what pre_request/post_request hooks receive as `req`
     result = None  # an iterable body taken under the baton's lead (run_app), and
-    first: tuple | None = None  # its iterator, first part and second (or LOOK): start_body
-    closed = False  # its close() was called (run_app, next_or_close)
+    first: tuple | None = None  # its iterator and first part (start_body)
+    closed = False  # its close() was called (next_or_close)
 
     def __init__(self, responder: Responder, conn: Connection, req: Request, inline: bool):
         self.responder = responder
@@ -640,13 +638,11 @@ class Responder:
             first = resp.first  # (taken in the app's lead: run_app)
             if first is None:
                 first = baton.lead(resp, start_body, result)
-            it, data, second = first
+            it, data = first
             if data is None:
                 return resp.end_body()
             if not resp.inline:  # an app thread took the loop over meanwhile
                 resp.write(data)
-                if second is not LOOK and second is not None:
-                    resp.write(second)
                 return self.send_rest(resp, it)
         if type(data) is bytes and not resp.head_sent:
             conn = resp.conn
@@ -673,9 +669,7 @@ class Responder:
         else:
             resp.write(data)
         if baton is not None:
-            if second is LOOK:
-                second = baton.lead(resp, self.next_or_close, resp, it, result)
-            data = second
+            data = baton.lead(resp, self.next_or_close, resp, it, result)
             if data is None:  # one part: the common case
                 return resp.end_body()
             # a stream: handed over (or already taken), unless no app thread is surely idle,
@@ -784,39 +778,20 @@ class Responder:
 
 
 def run_app(app, environ, resp: Response):
-    """The app call, on the loop thread with app threads (under the baton's lead). For an
-    iterable body (a framework's response) the same lead takes its iterator and first part
-    (`Response.first`); and when that part is the whole body, as its Content-Length says,
-    also the look for a second part and close(), before the head is made: such a response
-    is held for the loop's flush (Connection.put), after all of this, in any case. So a
-    Flask or Django request takes one lead instead of four: a lead costs about 4.4k
-    instructions (callgrind), 1% of a Flask request."""
+    """The app call, on the loop thread with app threads (under the baton's lead): for an
+    iterable body (a framework's response) it also takes the iterator and the first part, in
+    the same lead: a lead costs about 4.4k instructions (callgrind), 1% of a Flask request."""
     result = app(environ, resp.start_response)
-    if type(result) is list or type(result) is FileWrapper:
-        return result
-    resp.result = result  # (for conclude, should taking the first part raise)
-    it = iter(result)
-    data = first_part(it)
-    second = LOOK
-    if (type(data) is bytes and len(data) < SMALL_JOIN and resp.keep_alive and not resp.no_body
-            and not resp.head_sent and resp.responder.post_request is None):  # (held: send_whole)
-        known = known_names  # (names framed before; another spelling just takes two leads)
-        for name, value in resp.headers:
-            if known.get(name) == "content-length":
-                if value == str(len(data)):
-                    second = first_part(it)
-                    if second is None:
-                        resp.closed = True
-                        resp.responder.close_iterable(result)
-                break
-    resp.first = (it, data, second)
+    if type(result) is not list and type(result) is not FileWrapper:
+        resp.result = result  # (for conclude, should taking the first part raise)
+        resp.first = start_body(result)
     return result
 
 
 def start_body(result) -> tuple:
-    """The body's iterator, its first non-empty part (None if there is none), and LOOK."""
+    """The body's iterator and its first non-empty part (None if there is none)."""
     it = iter(result)
-    return it, first_part(it), LOOK
+    return it, first_part(it)
 
 
 def first_part(it):
