@@ -473,10 +473,10 @@ class Master:
                 self.abort(info, now - slot.heartbeat, slot)
                 continue
             if slot.state == RETIRING and not info.replaced and not self.paused:
-                if cfg.max_requests and slot.served >= cfg.max_requests:
-                    self.replace(info, f"recycled after {slot.served} requests (--max-requests)")
-                else:  # (Responder.app_exited)
+                if slot.app_exit:  # (Responder.app_exited)
                     self.replace(info, "retiring: the app raised SystemExit")
+                else:
+                    self.replace(info, f"recycled after {slot.served} requests (--max-requests)")
             elif slot.state == OUT_OF_SERVICE and not info.stopping and not info.replaced:
                 # the worker put itself out of service (a request overran its deadline)
                 info.replaced = True

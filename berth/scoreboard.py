@@ -52,10 +52,10 @@ N_BUCKETS = len(DURATION_BOUNDS) + 1
 # pid, generation, state, busy threads, heartbeat, served, in flight, oldest start,
 # oldest line, rss, uss, bytes sent, requests over deadline, access-log lines dropped,
 # queue depth, requests queued, seconds queued, duration sum, event-loop blocks, event-loop
-# busy share, open WebSockets, then the responses by method and status class, then the
-# duration buckets (each bucket's own count, not cumulative)
-_SLOT = struct.Struct(f"=iIBHdQId{LINE_SIZE}sQQQQQIQddQdI{N_REQUESTS}Q{N_BUCKETS}Q")
-_FIXED = 21  # fields before the responses
+# busy share, open WebSockets, the app's SystemExit, then the responses by method and status
+# class, then the duration buckets (each bucket's own count, not cumulative)
+_SLOT = struct.Struct(f"=iIBHdQId{LINE_SIZE}sQQQQQIQddQdIB{N_REQUESTS}Q{N_BUCKETS}Q")
+_FIXED = 22  # fields before the responses
 _SEQ = struct.Struct("=I")  # a seqlock word before each slot (see Scoreboard.write)
 SLOT_SIZE = (_SEQ.size + _SLOT.size + 63) // 64 * 64  # cache-line aligned: no shared lines
 
@@ -83,6 +83,7 @@ class Slot:
     loop_blocked: int = 0  # -k asgi: times a callback held the event loop past --loop-block-warn
     loop_busy: float = 0.0  # -k asgi: the event loop thread's CPU share over the last tick
     websockets_open: int = 0  # -k asgi: WebSocket connections open now
+    app_exit: int = 0  # 1: retiring because the app raised SystemExit (not --max-requests)
     # responses, index METHODS.index(method) * 5 + status class - 1
     requests: tuple = (0,) * N_REQUESTS
     durations: tuple = (0,) * N_BUCKETS  # responses per duration bucket (DURATION_BOUNDS)
@@ -125,7 +126,7 @@ class Scoreboard:
                           slot.rss, slot.uss, slot.bytes_sent, slot.over_deadline,
                           slot.log_dropped, slot.queue_depth, slot.queued, slot.queued_seconds,
                           slot.duration_sum, slot.loop_blocked, slot.loop_busy,
-                          slot.websockets_open, *slot.requests, *slot.durations)
+                          slot.websockets_open, slot.app_exit, *slot.requests, *slot.durations)
         base = index * SLOT_SIZE
         mem = self.mem
         seq = _SEQ.unpack_from(mem, base)[0]

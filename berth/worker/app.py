@@ -245,6 +245,7 @@ class Responder:
         self.served = 0
         self.max_requests = max_requests or (1 << 62)
         self.retired = False  # --max-requests reached (see retire)
+        self.app_exit = False  # the app raised SystemExit (app_exited)
         # Per-thread counters (no lock, no lost update): responses by status class and body
         # bytes, summed by the worker's tick for the scoreboard (`totals`).
         self.local = threading.local()
@@ -765,6 +766,7 @@ class Responder:
         response is a 500, the others in flight finish, the master starts a replacement."""
         self.log.error("the app raised SystemExit: this worker finishes its requests in "
                        "flight and is replaced")
+        self.app_exit = True  # (the scoreboard tells the master why it retires)
         self.retire(False)  # (from any thread: the loop takes it from its inbox)
 
     def send_error(self, conn: Connection, err: HttpError, inline: bool) -> None:

@@ -216,12 +216,18 @@ class Worker:
             if self.scoreboard is not None else None)
         self.loop = loop = Loop(self.cfg, self.listeners, self.log, responder,
                                 signal_fd=self._sig_r, on_signals=self.on_signals,
-                                on_overrun=self.overrun, on_retire=lambda: self.beat(RETIRING))
+                                on_overrun=self.overrun, on_retire=self.retiring)
         responder.loop = loop
         if responder.baton is not None:
             responder.baton.take_loop = self.take_loop
         loop.setup()
         responder.start()
+
+    def retiring(self) -> None:
+        """The loop stopped accepting for good: --max-requests, or the app's SystemExit (the
+        master names the one it was)."""
+        self.slot.app_exit = int(self.responder.app_exit)
+        self.beat(RETIRING)
 
     def _after_loop(self) -> None:
         """The loop has stopped, the process is about to exit (another kind of worker has
