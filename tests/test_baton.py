@@ -178,6 +178,19 @@ def test_a_slow_close_on_the_loop_thread_loses_the_loop_too(berth):
     assert took < 0.5, f"a probe waited {took:.2f}s behind the app's close()"
 
 
+def test_a_held_response_does_not_wait_for_a_slow_close(berth):
+    # (held for the loop's flush, it goes out when the watcher takes the loop over)
+    srv = berth(["-w", "1", "--threads", "4", *APP])
+    names_on_one_connection(srv.port, 3)
+    with connect(srv.port) as sock:
+        started = time.monotonic()
+        sock.sendall(get_request("/closeable?tag=held&mode=sized-slow"))
+        status, headers, body = read_response(sock)
+        took = time.monotonic() - started
+    assert (status, body, headers.get("content-length")) == (200, b"c-1\n", "4")
+    assert took < 0.5, f"the response waited {took:.2f}s for the app's close()"
+
+
 def test_a_slow_iter_on_the_loop_thread_loses_the_loop_too(berth):
     srv = berth(["-w", "1", "--threads", "4", *APP])
     names_on_one_connection(srv.port, 3)

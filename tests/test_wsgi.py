@@ -338,7 +338,9 @@ def test_exception_before_start_response_gives_500_and_traceback_in_stderr(srv):
 
 @pytest.mark.parametrize("threads", ["1", "4"])
 def test_sys_exit_in_a_view_answers_500_and_the_worker_is_replaced_gracefully(berth, threads):
-    srv = berth(["-w", "1", "--threads", threads, "proto_app:app"])
+    # (a --max-requests far away with its jitter: the master still names SystemExit)
+    srv = berth(["-w", "1", "--threads", threads, "--max-requests", "1",
+                 "--max-requests-jitter", "1000000", "proto_app:app"])
     first = json.loads(http_get(srv.port, "/pid")[2])["pid"]
     with connect(srv.port) as other:  # in flight when the app exits: it finishes
         other.sendall(get_request("/sleep?s=1"))
@@ -385,10 +387,22 @@ def test_close_called_when_iteration_raises(srv):
     assert _wait_marker(srv, "raise")
 
 
-def test_close_called_when_taking_the_first_part_raises(srv):
-    raw, closed = send_raw(srv.port, get_request("/closeable?tag=raise-first&mode=raise-first"))
-    assert status_of(raw) == 500 and closed
-    assert _wait_marker(srv, "raise-first")
+def test_close_called_when_taking_the_first_part_on_the_loop_thread_raises(berth):
+    # (a fresh server: its loop thread is the main thread until a stream is handed over)
+    srv = berth(["-w", "1", "--threads", "4", "proto_app:app"])
+    with connect(srv.port) as sock:
+        deadline = time.monotonic() + 10  # until an app thread stands by (baton.py)
+        while True:
+            sock.sendall(get_request("/thread"))
+            name = read_response(sock)[2]
+            if name == b"MainThread":
+                break
+            assert time.monotonic() < deadline, f"the loop thread never answered: {name}"
+            time.sleep(0.05)
+        sock.sendall(get_request("/closeable?tag=raise-first&mode=raise-first"))
+        assert read_response(sock)[0] == 500
+        assert sock.recv(10) == b""
+    assert close_counts(srv, "raise-first", 1).get("raise-first") == 1
 
 
 def close_counts(srv, tag: str, want: int) -> dict:

@@ -34,7 +34,8 @@ Routes (query parameters in brackets):
   /status [code]              empty response with that status
   /closeable [tag, mode]      iterable whose close() writes marker "close-<tag>"
                               (mode: normal | raise | raise-first | big | sized,
-                              one part with a Content-Length | slow, one part and a 1 s close())
+                              one part with a Content-Length | slow, one part and a 1 s close()
+                              | sized-slow, both)
   /close-counter              JSON {tag: count} of close() calls seen by this process
   /pid                        JSON {pid, import_pid, cwd, multithread, gc_frozen}
   /print [text]               print(text) to stdout and text-on-stderr to stderr
@@ -402,9 +403,9 @@ def app(environ, start_response):
     if path == "/closeable":
         tag = q.get("tag", "x")
         mode = q.get("mode", "normal")
-        if mode == "sized":  # one part, framed by Content-Length (not chunked)
+        if mode in ("sized", "sized-slow"):  # one part, framed by Content-Length (not chunked)
             start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
-            return Closeable(tag, [b"c-1\n"])
+            return Closeable(tag, [b"c-1\n"], close_takes=1.0 if mode == "sized-slow" else 0)
         start_response("200 OK", [("Content-Type", "text/plain")])
         if mode == "raise":
             return Closeable(tag, [b"c-1\n", b"c-2\n", b"c-3\n"], raise_after=1)
