@@ -782,7 +782,7 @@ class Responder:
 def run_app(app, environ, resp: Response):
     """The app call, on the loop thread with app threads (under the baton's lead): for an
     iterable body (a framework's response) it also takes the iterator and the first part, in
-    the same lead: a lead costs about 4.4k instructions (callgrind), 1% of a Flask request."""
+    the same lead: a lead costs about 4k instructions (callgrind), 1% of a Flask request."""
     result = app(environ, resp.start_response)
     if type(result) is not list and type(result) is not FileWrapper:
         resp.result = result  # (for conclude, should taking the first part raise)
