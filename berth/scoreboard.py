@@ -36,6 +36,7 @@ FREE, BOOTING, IDLE, BUSY, DRAINING, RETIRING, OUT_OF_SERVICE = range(7)
 STATE_NAMES = ("free", "booting", "idle", "busy", "draining", "retiring", "out of service")
 
 LINE_SIZE = 96  # bytes kept of the oldest in-flight request's first line
+NO_CONNS = 1 << 62  # a connections word: this slot's worker takes no connections now
 
 # What the request counters are broken down by (berth_requests_total{method,status_class},
 # berth_request_duration_seconds). A method outside METHODS counts as OTHER, and so does a
@@ -98,11 +99,15 @@ class Scoreboard:
     def __init__(self, slots: int = MAX_SLOTS):
         self.slots = slots
         # anonymous and shared across fork; after the slots, one cache line the master writes,
-        # then each slot's app word (8-byte aligned)
-        self.mem = mmap.mmap(-1, slots * SLOT_SIZE + 64 + slots * 8)
+        # then each slot's app word, then its connections word (8-byte aligned)
+        self.mem = mmap.mmap(-1, slots * SLOT_SIZE + 64 + slots * 16)
         self._flag = slots * SLOT_SIZE
         words = slots * SLOT_SIZE + 64
         self._app_words = memoryview(self.mem)[words:words + slots * 8].cast("d")
+        conns = words + slots * 8
+        self._conn_words = memoryview(self.mem)[conns:conns + slots * 8].cast("q")
+        for index in range(slots):
+            self._conn_words[index] = NO_CONNS
 
     def set_shutting_down(self) -> None:
         """The master got SIGTERM: readiness probes answer 503 from now on."""
@@ -116,6 +121,11 @@ class Scoreboard:
         """Slot `index`'s app word, for the worker's loop thread: `word[0] = time.monotonic()`
         when it starts running the app, `word[0] = 0.0` when the app returns."""
         return self._app_words[index:index + 1]
+
+    def conn_words(self) -> memoryview:
+        """Each slot's open connections while its worker takes new ones, else NO_CONNS:
+        written by the worker's loop, read by its siblings' (`Loop.accept`)."""
+        return self._conn_words
 
     def write(self, index: int, slot: Slot) -> None:
         """Seqlock write: the sequence word is odd while the slot changes, so a reader never
@@ -168,3 +178,4 @@ class Scoreboard:
     def clear(self, index: int) -> None:
         self.write(index, Slot())
         self._app_words[index] = 0.0  # (a worker killed inside the app leaves it set)
+        self._conn_words[index] = NO_CONNS

@@ -4,6 +4,8 @@ raised at start, with the bound capped to fit."""
 
 from __future__ import annotations
 
+import collections
+import json
 import os
 import resource
 import socket
@@ -11,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from conftest import APPS, ROOT, BufferedSocket, free_port, read_response
+from conftest import APPS, ROOT, BufferedSocket, connect, free_port, read_response
 from proto_helpers import HELLO, get_request, http_get, many_sockets, pids_children, wait_for
 
 
@@ -70,6 +72,33 @@ def test_more_clients_than_every_workers_bound_a_new_client_is_served_memory_fla
     for pid in workers:  # 200 idle connections would hold ~1 MiB in one worker unbounded
         assert after[pid] - before[pid] < 512, (before, after)
     assert "at worker_connections (25): closed" in srv.stderr()
+
+
+def test_a_burst_of_keep_alive_connections_spreads_over_the_workers(berth):
+    # wrk opens its connections before it sends anything, and a load balancer its pool: with
+    # both workers' loops on one CPU, the first to wake used to take most or all of a burst
+    # (keep-alive then pins them there; Loop.accept)
+    srv = berth(["-w", "2", "--threads", "4", "--access-logfile", "none", "proto_app:app"])
+    workers = pids_children(srv.pid)
+    assert len(workers) == 2
+    cpu = min(os.sched_getaffinity(0))
+    for pid in workers:  # (the main thread: the loop's, which accepts)
+        os.sched_setaffinity(pid, {cpu})
+    fewest = []
+    for _ in range(5):
+        socks = [connect(srv.port) for _ in range(32)]
+        try:
+            time.sleep(0.3)
+            for sock in socks:
+                sock.sendall(get_request("/pid"))
+            served = collections.Counter(
+                json.loads(read_response(sock)[2])["pid"] for sock in socks)
+        finally:
+            for sock in socks:
+                sock.close()
+        fewest.append(min(served[pid] for pid in workers))
+        time.sleep(0.5)  # (the workers see the closes)
+    assert sorted(fewest)[2] >= 10, fewest  # the median burst: 10 of 32 or more on each
 
 
 def read_response_or_closed(sock):

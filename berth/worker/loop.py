@@ -24,6 +24,7 @@ from functools import partial
 
 from berth.http.framing import CONTINUE
 from berth.http.parser import NO_PARSER, HttpError, Request, RequestParser
+from berth.scoreboard import NO_CONNS
 from berth.worker.admission import ACCEPT_BATCH, OUT_OF_RESOURCES, Admission
 from berth.worker.app import Responder
 from berth.worker.connection import ClientDisconnected, Connection
@@ -37,6 +38,13 @@ RECV_SIZE = 64 * 1024
 # never for longer than this: when every worker is saturated, a connection must not starve in
 # the kernel queue while accepted ones are served again and again.
 ACCEPT_PAUSE_MAX = 0.1
+# Accepts balanced across the workers: a worker with BALANCE_SLACK connections more than a
+# sibling that takes new ones too leaves a burst to it for DEFER, then accepts what is still
+# waiting; if the sibling took none meanwhile (busy, stuck), it defers no more for
+# DEFER_AGAIN: such a sibling costs new connections a few ms at most. See Loop.accept.
+BALANCE_SLACK = 2
+DEFER = 0.005
+DEFER_AGAIN = 0.1
 SILENT_AFTER = 1.0  # a new connection that has sent nothing this long may go too
 TICK = 0.5  # seconds between the worker's ticks (heartbeat, deadlines, Date, parent check)
 # A keep-alive connection silent this long lets go of its parser and last response (`park`,
@@ -55,7 +63,8 @@ EPOLL_CLOSED = select.EPOLLHUP | select.EPOLLERR
 
 class Loop(Admission):
     def __init__(self, cfg, listeners: list[socket.socket], log, responder: Responder, *,
-                 signal_fd: int, on_signals, on_overrun, on_retire):
+                 signal_fd: int, on_signals, on_overrun, on_retire, conn_words=None,
+                 slot: int = 0):
         self.cfg = cfg
         self.log = log
         self.responder = responder
@@ -65,6 +74,14 @@ class Loop(Admission):
         self.on_overrun = on_overrun  # (conn, req, now): a request's app is silent too long
         self.on_retire = on_retire  # --max-requests reached: the process says so
         self.conns: dict[int, Connection] = {}
+        # the scoreboard's connections words (each worker's, see Loop.accept); None: not
+        # balanced (no scoreboard, or this worker takes no more connections)
+        self.conn_words = conn_words
+        self.slot = slot
+        self.scan = 2 * cfg.workers + 2  # the slots workers use (the lowest free ones)
+        self.defer_until = 0.0  # deferring to a sibling until then (set_accepting(False))
+        self.defer_after = 0.0  # no deferring again before then
+        self.deferred_least = 0  # the fewest connections of a worker when this one deferred
         self.inbox: collections.deque = collections.deque()
         self.holding: list[Connection] = []  # complete responses held back (Connection.put)
         self.held_since = 0.0  # when the first of them was held
@@ -92,6 +109,7 @@ class Loop(Admission):
         self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.ep.register(self.wake_fd, EPOLLIN)
         self.ep.register(self.signal_fd, EPOLLIN)
+        self.publish()  # (its siblings count it from now on)
 
     def run(self, tick, monotonic) -> None:
         """Until `alive` turns false: wait for events, handle them, call `tick(now)` every
@@ -112,7 +130,8 @@ class Loop(Admission):
             self.flush()
         while self.alive:
             # while accepting is paused, wake up soon enough to take it up again
-            events = poll(TICK if self.accepting or self.retiring else ACCEPT_PAUSE_MAX)
+            events = poll(TICK if self.accepting or self.retiring else
+                          DEFER if self.defer_until else ACCEPT_PAUSE_MAX)
             self.now = now = monotonic()
             for fd, ev in events:
                 conn = conns.get(fd)
@@ -170,12 +189,41 @@ class Loop(Admission):
     # -- accepting -----------------------------------------------------------------------------
 
     def accept(self, lsock: socket.socket, now: float) -> bool:
-        """Accept a few connections; return whether more may be waiting."""
-        # A few per wake-up: a burst of connections then spreads over the workers instead of
-        # all landing in the one that woke first.
+        """Accept a few connections; return whether more may be waiting.
+
+        A burst of connections (a load balancer's pool, wrk's 32 at once) spreads over the
+        workers: the kernel wakes the first worker registered on the listener whenever it
+        waits (EPOLLEXCLUSIVE), and on a busy CPU that one could take the whole burst before
+        its app threads have any queue to pause it, where keep-alive then pins them. So each
+        worker publishes its open connections (`publish`), and one with BALANCE_SLACK more
+        than a sibling that takes new ones too stops accepting for DEFER: the next
+        connection wakes the sibling (first on the listener's queue now: a registration
+        goes to its end)."""
         if self.responder.retired:  # an app thread reached --max-requests: its post() may be
             self.stop_accepting_for_good()  # behind this event, so accept nothing more now
             return False
+        words = self.conn_words
+        if words is not None and now >= self.defer_after:
+            least = min(words[:self.scan])
+            if len(self.conns) >= least + BALANCE_SLACK:
+                self.deferred_least = least
+                self.defer_until = now + DEFER
+                self.set_accepting(False)
+                return False
+        more = self.accept_some(lsock, now)
+        self.publish()
+        return more
+
+    def publish(self) -> None:
+        """This worker's open connections, for its siblings' accept (NO_CONNS while it takes
+        none: paused for its queue or out of descriptors; deferring is not pausing)."""
+        words = self.conn_words
+        if words is not None:
+            words[self.slot] = (len(self.conns) if self.accepting or self.defer_until
+                                else NO_CONNS)
+
+    def accept_some(self, lsock: socket.socket, now: float) -> bool:
+        """Up to ACCEPT_BATCH connections; return whether more may be waiting."""
         environs = self.responder.environs
         for i in range(ACCEPT_BATCH):
             if len(self.conns) >= self.max_conns:
@@ -231,6 +279,13 @@ class Loop(Admission):
         descriptors is over and the app threads have room, or have had the pause's maximum."""
         if len(self.conns) >= self.max_conns:
             return False  # (a tick makes room once a connection is idle: sweep)
+        if self.defer_until:  # (deferring to a sibling: Loop.accept)
+            if now < self.defer_until:
+                return False
+            self.defer_until = 0.0
+            words = self.conn_words
+            if words is not None and min(words[:self.scan]) <= self.deferred_least:
+                self.defer_after = now + DEFER_AGAIN  # its siblings took none: busy, stuck
         return now >= self.accept_resume and (
             not self.responder.queued() or now - self.paused_accepting > ACCEPT_PAUSE_MAX)
 
@@ -247,6 +302,7 @@ class Loop(Admission):
                 self.ep.register(fd, EPOLLIN | select.EPOLLEXCLUSIVE)
             else:
                 self.ep.unregister(fd)
+        self.publish()
 
     def stop_accepting_for_good(self) -> None:
         """--max-requests reached: no new connection, and the idle ones are closed (their
@@ -254,6 +310,7 @@ class Loop(Admission):
         if self.retiring or self.draining:
             return
         self.set_accepting(False)
+        self.conn_words = None  # (set_accepting published NO_CONNS)
         self.retiring = True
         for conn in [c for c in self.conns.values() if c.idle()]:
             conn.close()
@@ -263,6 +320,9 @@ class Loop(Admission):
         """Drain: take what already waits in the kernel's queue (unless retiring: its
         replacement takes them), then close the listeners and keep-alive."""
         self.draining = True
+        if self.conn_words is not None:
+            self.conn_words[self.slot] = NO_CONNS
+            self.conn_words = None
         self.responder.keep_alive = False
         take_backlog = take_backlog and not self.retiring
         for fd, lsock in list(self.listeners.items()):
@@ -492,6 +552,8 @@ class Loop(Admission):
         except (FileNotFoundError, ValueError, OSError):
             pass
         self.conns.pop(conn.fd, None)
+        if self.conn_words is not None:
+            self.publish()
 
     # -- deadlines -----------------------------------------------------------------------------
 

@@ -216,7 +216,11 @@ class Worker:
             if self.scoreboard is not None else None)
         self.loop = loop = Loop(self.cfg, self.listeners, self.log, responder,
                                 signal_fd=self._sig_r, on_signals=self.on_signals,
-                                on_overrun=self.overrun, on_retire=self.retiring)
+                                on_overrun=self.overrun, on_retire=self.retiring,
+                                conn_words=self.scoreboard.conn_words()  # (balanced
+                                if self.scoreboard is not None and self.cfg.workers > 1
+                                else None,  # accepts: more than one worker)
+                                slot=self.slot_index)
         responder.loop = loop
         if responder.baton is not None:
             responder.baton.take_loop = self.take_loop
