@@ -276,16 +276,22 @@ class Loop(Admission):
 
     def may_accept_again(self, now: float) -> bool:
         """Accepting is paused: take it up again once the back-off after running out of file
-        descriptors is over and the app threads have room, or have had the pause's maximum."""
-        if len(self.conns) >= self.max_conns:
-            return False  # (a tick makes room once a connection is idle: sweep)
-        if self.defer_until:  # (deferring to a sibling: Loop.accept)
-            if now < self.defer_until:
+        descriptors is over and the app threads have room, or have had the pause's maximum.
+        A deferral to a sibling (Loop.accept) ends after DEFER whatever the queue: the worker
+        was accepting when it deferred."""
+        deferred = self.defer_until
+        if deferred:
+            if now < deferred:
                 return False
             self.defer_until = 0.0
             words = self.conn_words
             if words is not None and min(words[:self.scan]) <= self.deferred_least:
                 self.defer_after = now + DEFER_AGAIN  # its siblings took none: busy, stuck
+            self.publish()  # (NO_CONNS until it accepts again)
+        if len(self.conns) >= self.max_conns:
+            return False  # (a tick makes room once a connection is idle: sweep)
+        if deferred:
+            return now >= self.accept_resume
         return now >= self.accept_resume and (
             not self.responder.queued() or now - self.paused_accepting > ACCEPT_PAUSE_MAX)
 
@@ -310,7 +316,10 @@ class Loop(Admission):
         if self.retiring or self.draining:
             return
         self.set_accepting(False)
-        self.conn_words = None  # (set_accepting published NO_CONNS)
+        self.defer_until = 0.0
+        if self.conn_words is not None:  # (set_accepting did not publish if it was deferring)
+            self.conn_words[self.slot] = NO_CONNS
+            self.conn_words = None
         self.retiring = True
         for conn in [c for c in self.conns.values() if c.idle()]:
             conn.close()
@@ -320,6 +329,7 @@ class Loop(Admission):
         """Drain: take what already waits in the kernel's queue (unless retiring: its
         replacement takes them), then close the listeners and keep-alive."""
         self.draining = True
+        self.defer_until = 0.0
         if self.conn_words is not None:
             self.conn_words[self.slot] = NO_CONNS
             self.conn_words = None
