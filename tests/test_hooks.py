@@ -6,6 +6,7 @@ fires at its moment, with the attributes Gunicorn's documented examples use.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -15,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import http_get
+from proto_helpers import HELLO, wait_for
 
 from berth.config import Config
 from berth.hooks import (
@@ -238,6 +240,32 @@ def wait_records(path, pred, timeout=10.0) -> list[list[str]]:
             return records
         time.sleep(0.05)
     return read_records(path)
+
+
+@pytest.mark.parametrize("hook", ["pre_request", "post_request"])
+def test_sys_exit_in_a_request_hook_retires_the_worker_gracefully(berth, tmp_path, hook):
+    (tmp_path / "exit.conf.py").write_text(textwrap.dedent(f"""
+        import sys
+
+        def {hook}(worker, req, *args):
+            if req.path == "/hello":
+                sys.exit(3)
+        """))
+    srv = berth(["-c", "exit.conf.py", "-w", "1", "--threads", "4", "proto_app:app"])
+    first = json.loads(http_get(srv.port, "/pid")[2])["pid"]
+    # (the request itself is answered: the hook's exception is logged, as any other is)
+    assert http_get(srv.port, "/hello")[:3:2] == (200, HELLO)
+    pids = []
+
+    def replaced():
+        pids.append(json.loads(http_get(srv.port, "/pid")[2])["pid"])
+        return pids[-1] != first
+
+    assert wait_for(replaced, timeout=15), pids
+    assert wait_for(lambda: not os.path.exists(f"/proc/{first}"), timeout=15)
+    err = srv.stderr()
+    assert f"the {hook} hook raised SystemExit" in err
+    assert "retiring: the app raised SystemExit" in err
 
 
 def test_hooks_fire_at_their_moments(berth, tmp_path):

@@ -474,10 +474,10 @@ class Responder:
         if self.pre_request is not None or self.post_request is not None:
             resp.view = RequestView(environ)
             if inline and self.baton is not None:  # (a hook is app code: baton.py)
-                self.baton.lead(resp, call_hook, self.cfg, "pre_request", self.view, resp.view)
+                self.baton.lead(resp, self.request_hook, "pre_request", resp.view)
                 inline = resp.inline
             else:
-                call_hook(self.cfg, "pre_request", self.view, resp.view)
+                self.request_hook("pre_request", resp.view)
         resp.started = time.monotonic()
         result = None
         try:
@@ -547,8 +547,17 @@ class Responder:
         if req.streaming and not req.complete:
             req.body_stream.discard()
         if self.post_request is not None:
-            call_hook(self.cfg, "post_request", self.view, resp.view, resp.environ,
-                      ResponseView(resp.status, resp.headers, resp.sent))
+            self.request_hook("post_request", resp.view, resp.environ,
+                              ResponseView(resp.status, resp.headers, resp.sent))
+
+    def request_hook(self, name: str, *args) -> None:
+        """The pre_request or post_request hook (call_hook logs an exception, and the request
+        goes on); a SystemExit in it retires the worker, as the app's does (app_exited)."""
+        try:
+            call_hook(self.cfg, name, self.view, *args)
+        except SystemExit:
+            self.log.exception("the %s hook raised SystemExit", name)
+            self.app_exited()
 
     def answer_probe(self, conn: Connection, req: Request, inline: bool) -> bool:
         """Readiness and liveness, answered without the app: ready is 503 once the server is
