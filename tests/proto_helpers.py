@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -157,6 +158,18 @@ def wait_for(pred, timeout: float = 5.0, interval: float = 0.05):
         if time.monotonic() > deadline:
             return val
         time.sleep(interval)
+
+
+def served_by(port: int) -> int:
+    """The PID of the worker that answers proto_app's /pid."""
+    return json.loads(http_get(port, "/pid")[2])["pid"]
+
+
+def wait_replaced(port: int, old: int, timeout: float = 15.0) -> bool:
+    """Whether another worker than `old` answers, and `old` is gone, within `timeout` each
+    (a worker retired and replaced)."""
+    return bool(wait_for(lambda: served_by(port) != old, timeout=timeout)
+                and wait_for(lambda: not os.path.exists(f"/proc/{old}"), timeout=timeout))
 
 
 @contextlib.contextmanager

@@ -6,7 +6,6 @@ fires at its moment, with the attributes Gunicorn's documented examples use.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -16,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import http_get
-from proto_helpers import HELLO, wait_for
+from proto_helpers import HELLO, served_by, wait_replaced
 
 from berth.config import Config
 from berth.hooks import (
@@ -252,17 +251,10 @@ def test_sys_exit_in_a_request_hook_retires_the_worker_gracefully(berth, tmp_pat
                 sys.exit(3)
         """))
     srv = berth(["-c", "exit.conf.py", "-w", "1", "--threads", "4", "proto_app:app"])
-    first = json.loads(http_get(srv.port, "/pid")[2])["pid"]
+    first = served_by(srv.port)
     # (the request itself is answered: the hook's exception is logged, as any other is)
     assert http_get(srv.port, "/hello")[:3:2] == (200, HELLO)
-    pids = []
-
-    def replaced():
-        pids.append(json.loads(http_get(srv.port, "/pid")[2])["pid"])
-        return pids[-1] != first
-
-    assert wait_for(replaced, timeout=15), pids
-    assert wait_for(lambda: not os.path.exists(f"/proc/{first}"), timeout=15)
+    assert wait_replaced(srv.port, first)
     err = srv.stderr()
     assert f"the {hook} hook raised SystemExit" in err
     assert "retiring: the app raised SystemExit" in err

@@ -26,9 +26,11 @@ from proto_helpers import (
     pids_children,
     read_head,
     send_raw,
+    served_by,
     start_module_server,
     status_of,
     wait_for,
+    wait_replaced,
 )
 
 
@@ -341,21 +343,14 @@ def test_sys_exit_in_a_view_answers_500_and_the_worker_is_replaced_gracefully(be
     # (a --max-requests far away with its jitter: the master still names SystemExit)
     srv = berth(["-w", "1", "--threads", threads, "--max-requests", "1",
                  "--max-requests-jitter", "1000000", "proto_app:app"])
-    first = json.loads(http_get(srv.port, "/pid")[2])["pid"]
+    first = served_by(srv.port)
     with connect(srv.port) as other:  # in flight when the app exits: it finishes
         other.sendall(get_request("/sleep?s=1"))
         time.sleep(0.3)
         raw, closed = send_raw(srv.port, get_request("/exit"))
         assert status_of(raw) == 500 and closed
         assert read_response(other)[:3:2] == (200, b"slept 1.0")
-    pids = []
-
-    def replaced():
-        pids.append(json.loads(http_get(srv.port, "/pid")[2])["pid"])
-        return pids[-1] != first
-
-    assert wait_for(replaced, timeout=15), pids
-    assert wait_for(lambda: not os.path.exists(f"/proc/{first}"), timeout=15)
+    assert wait_replaced(srv.port, first)
     err = srv.stderr()
     assert "SystemExit: 3" in err and "the app raised SystemExit" in err
     assert "retiring: the app raised SystemExit" in err and "--max-requests" not in err
