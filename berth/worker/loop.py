@@ -310,16 +310,20 @@ class Loop(Admission):
                 self.ep.unregister(fd)
         self.publish()
 
+    def withdraw(self) -> None:
+        """This worker takes no more connections: its siblings stop counting it (publish)."""
+        self.defer_until = 0.0
+        if self.conn_words is not None:
+            self.conn_words[self.slot] = NO_CONNS
+            self.conn_words = None
+
     def stop_accepting_for_good(self) -> None:
         """--max-requests reached: no new connection, and the idle ones are closed (their
         clients go to the other workers); what is in progress is finished."""
         if self.retiring or self.draining:
             return
         self.set_accepting(False)
-        self.defer_until = 0.0
-        if self.conn_words is not None:  # (set_accepting did not publish if it was deferring)
-            self.conn_words[self.slot] = NO_CONNS
-            self.conn_words = None
+        self.withdraw()  # (set_accepting did not publish if it was deferring)
         self.retiring = True
         for conn in [c for c in self.conns.values() if c.idle()]:
             conn.close()
@@ -329,10 +333,7 @@ class Loop(Admission):
         """Drain: take what already waits in the kernel's queue (unless retiring: its
         replacement takes them), then close the listeners and keep-alive."""
         self.draining = True
-        self.defer_until = 0.0
-        if self.conn_words is not None:
-            self.conn_words[self.slot] = NO_CONNS
-            self.conn_words = None
+        self.withdraw()
         self.responder.keep_alive = False
         take_backlog = take_backlog and not self.retiring
         for fd, lsock in list(self.listeners.items()):
@@ -562,7 +563,7 @@ class Loop(Admission):
         except (FileNotFoundError, ValueError, OSError):
             pass
         self.conns.pop(conn.fd, None)
-        if self.conn_words is not None:
+        if self.conn_words is not None:  # (one worker: no call per closed connection)
             self.publish()
 
     # -- deadlines -----------------------------------------------------------------------------

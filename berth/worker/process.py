@@ -214,12 +214,12 @@ class Worker:
             max_requests=self.max_requests, heartbeat_if_due=self.heartbeat_if_due,
             ready=self.ready, running=self.scoreboard.app_word(self.slot_index)
             if self.scoreboard is not None else None)
+        # accepts are balanced across the workers (Loop.accept): with one, there is nothing to
+        balanced = self.scoreboard is not None and self.cfg.workers > 1
         self.loop = loop = Loop(self.cfg, self.listeners, self.log, responder,
                                 signal_fd=self._sig_r, on_signals=self.on_signals,
                                 on_overrun=self.overrun, on_retire=self.retiring,
-                                conn_words=self.scoreboard.conn_words()  # (balanced
-                                if self.scoreboard is not None and self.cfg.workers > 1
-                                else None,  # accepts: more than one worker)
+                                conn_words=self.scoreboard.conn_words() if balanced else None,
                                 slot=self.slot_index)
         responder.loop = loop
         if responder.baton is not None:
