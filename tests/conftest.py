@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+import weakref
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,9 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+_STARTED: list = []  # weak references to every Server, in the order started (see the report hook)
 
 
 class Server:
@@ -53,6 +57,7 @@ class Server:
                                      stdin=subprocess.DEVNULL)
         self.pid = self.proc.pid
         self.url = f"http://127.0.0.1:{self.port}"
+        _STARTED.append(weakref.ref(self))
         if wait_ready:
             self.wait_for_log("ready: ", timeout=20)
 
@@ -98,6 +103,42 @@ class Server:
             self._out.close()
             self._err.close()
         return self.proc.returncode
+
+
+_FIRST_OF_TEST = pytest.StashKey[int]()
+TAIL_LINES = 40
+
+
+def pytest_runtest_setup(item) -> None:
+    item.stash[_FIRST_OF_TEST] = len(_STARTED)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report ends with the last lines of the stderr of each berth it used
+    (started by the test or its fixtures, or handed to it by a wider fixture), and whether it
+    was still running: a server that died under a module's tests says why."""
+    report = (yield).get_result()
+    if report.when != "call" or not report.failed:
+        return
+    for srv in _servers_of(item):
+        code = srv.proc.poll()
+        try:
+            lines = srv.stderr().splitlines()[-TAIL_LINES:]
+        except (OSError, ValueError):
+            continue
+        state = "running" if code is None else f"exited {code}"
+        report.sections.append((f"berth pid {srv.pid}, port {srv.port} ({state}): stderr",
+                                "\n".join(lines)))
+
+
+def _servers_of(item) -> list[Server]:
+    found = [ref() for ref in _STARTED[item.stash.get(_FIRST_OF_TEST, len(_STARTED)):]]
+    for value in getattr(item, "funcargs", {}).values():
+        values = value.values() if isinstance(value, dict) else (
+            value if isinstance(value, (list, tuple)) else (value,))
+        found += [v for v in values if isinstance(v, Server)]
+    return list({id(s): s for s in found if s is not None}.values())
 
 
 @pytest.fixture(scope="module", params=["wsgi", "asgi"])
