@@ -58,6 +58,7 @@ N_BUCKETS = len(DURATION_BOUNDS) + 1
 _SLOT = struct.Struct(f"=iIBHdQId{LINE_SIZE}sQQQQQIQddQdIB{N_REQUESTS}Q{N_BUCKETS}Q")
 _FIXED = 22  # fields before the responses
 _SEQ = struct.Struct("=I")  # a seqlock word before each slot (see Scoreboard.write)
+READ_TRIES = 1000  # reads of a slot that is being written, before taking it as it is
 SLOT_SIZE = (_SEQ.size + _SLOT.size + 63) // 64 * 64  # cache-line aligned: no shared lines
 
 
@@ -129,7 +130,9 @@ class Scoreboard:
 
     def write(self, index: int, slot: Slot) -> None:
         """Seqlock write: the sequence word is odd while the slot changes, so a reader never
-        takes a half-written slot (pack_into zeroes the record before it fills it in)."""
+        takes a half-written slot (pack_into zeroes the record before it fills it in). A
+        worker killed mid-write leaves it odd: the master's next write (`clear`) makes it
+        even again."""
         line = slot.oldest_line.encode("latin-1", "replace")[:LINE_SIZE]
         data = _SLOT.pack(slot.pid, slot.generation, slot.state, slot.busy_threads,
                           slot.heartbeat, slot.served, slot.in_flight, slot.oldest_start, line,
@@ -139,20 +142,18 @@ class Scoreboard:
                           slot.websockets_open, slot.app_exit, *slot.requests, *slot.durations)
         base = index * SLOT_SIZE
         mem = self.mem
-        seq = _SEQ.unpack_from(mem, base)[0]
-        _SEQ.pack_into(mem, base, (seq + 1) & 0xFFFFFFFF)
+        seq = _SEQ.unpack_from(mem, base)[0] | 1
+        _SEQ.pack_into(mem, base, seq)
         mem[base + _SEQ.size:base + _SEQ.size + _SLOT.size] = data
-        _SEQ.pack_into(mem, base, (seq + 2) & 0xFFFFFFFF)
+        _SEQ.pack_into(mem, base, (seq + 1) & 0xFFFFFFFF)
 
     def read(self, index: int) -> Slot:
         base = index * SLOT_SIZE
         mem = self.mem
-        for _ in range(1000):
+        for _ in range(READ_TRIES):  # (then its writer died mid-write: take it as it is)
             before = _SEQ.unpack_from(mem, base)[0]
-            if before & 1:
-                continue
             fields = _SLOT.unpack_from(mem, base + _SEQ.size)
-            if _SEQ.unpack_from(mem, base)[0] == before:
+            if not before & 1 and _SEQ.unpack_from(mem, base)[0] == before:
                 break
         slot = Slot(*fields[:8], fields[8].rstrip(b"\0").decode("latin-1"), *fields[9:_FIXED],
                     requests=fields[_FIXED:_FIXED + N_REQUESTS],

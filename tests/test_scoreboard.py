@@ -1,6 +1,7 @@
 """The scoreboard is shared memory: what a forked worker writes, the master reads."""
 
 import os
+import signal
 import time
 
 from berth.scoreboard import (
@@ -13,6 +14,7 @@ from berth.scoreboard import (
     SLOT_SIZE,
     Scoreboard,
     Slot,
+    _SEQ,
 )
 
 
@@ -51,6 +53,30 @@ def test_a_forked_child_writes_what_the_parent_reads():
     os.waitpid(pid, 0)
     seen = board.read(3)
     assert seen.pid == pid and seen.state == BUSY and seen.heartbeat > 0
+
+
+def test_a_worker_killed_mid_write_leaves_a_slot_the_master_can_read_and_clear():
+    """A worker SIGKILLed between the two sequence writes leaves its slot's word odd for good.
+    Reading it (the master's check, /status) must not fail, and clearing it (the master,
+    once it has reaped the worker) must make it readable again."""
+    board = Scoreboard(2)
+    board.write(1, Slot(pid=4321, state=BUSY, served=7))
+    pid = os.fork()
+    if pid == 0:  # what write() does first, then the SIGKILL
+        try:
+            seq = _SEQ.unpack_from(board.mem, SLOT_SIZE)[0]
+            _SEQ.pack_into(board.mem, SLOT_SIZE, seq + 1)
+        finally:
+            os.kill(os.getpid(), signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert _SEQ.unpack_from(board.mem, SLOT_SIZE)[0] & 1
+    torn = board.read(1)  # as it is: the fields the dead worker left
+    assert (torn.pid, torn.served) == (4321, 7)
+    board.clear(1)
+    assert not _SEQ.unpack_from(board.mem, SLOT_SIZE)[0] & 1
+    assert board.read(1) == Slot()
+    board.write(1, Slot(pid=99))
+    assert board.read(1).pid == 99 and not _SEQ.unpack_from(board.mem, SLOT_SIZE)[0] & 1
 
 
 def test_free_index_skips_taken_slots():
