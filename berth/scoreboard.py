@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import mmap
 import struct
+import time
 from dataclasses import dataclass
 
 from berth.sizing import MAX_WORKERS  # the cap on --workers, declared once (sizing is pure)
@@ -58,7 +59,8 @@ N_BUCKETS = len(DURATION_BOUNDS) + 1
 _SLOT = struct.Struct(f"=iIBHdQId{LINE_SIZE}sQQQQQIQddQdIB{N_REQUESTS}Q{N_BUCKETS}Q")
 _FIXED = 22  # fields before the responses
 _SEQ = struct.Struct("=I")  # a seqlock word before each slot (see Scoreboard.write)
-READ_TRIES = 1000  # reads of a slot that is being written, before taking it as it is
+SPINS = 1000  # reads of a slot being written before the reader sleeps between reads
+WRITER_GONE = 0.2  # seconds a slot may stay mid-write before its writer is taken for dead
 SLOT_SIZE = (_SEQ.size + _SLOT.size + 63) // 64 * 64  # cache-line aligned: no shared lines
 
 
@@ -148,13 +150,7 @@ class Scoreboard:
         _SEQ.pack_into(mem, base, (seq + 1) & 0xFFFFFFFF)
 
     def read(self, index: int) -> Slot:
-        base = index * SLOT_SIZE
-        mem = self.mem
-        for _ in range(READ_TRIES):  # (then its writer died mid-write: take it as it is)
-            before = _SEQ.unpack_from(mem, base)[0]
-            fields = _SLOT.unpack_from(mem, base + _SEQ.size)
-            if not before & 1 and _SEQ.unpack_from(mem, base)[0] == before:
-                break
+        fields = self._fields(index * SLOT_SIZE)
         slot = Slot(*fields[:8], fields[8].rstrip(b"\0").decode("latin-1"), *fields[9:_FIXED],
                     requests=fields[_FIXED:_FIXED + N_REQUESTS],
                     durations=fields[_FIXED + N_REQUESTS:])
@@ -169,6 +165,30 @@ class Scoreboard:
             if not slot.oldest_start or since < slot.oldest_start:
                 slot.oldest_start, slot.oldest_line = since, ""  # (its line is not stored)
         return slot
+
+    def _fields(self, base: int) -> tuple:
+        """The slot's fields, whole. A writer preempted mid-write (a busy machine takes its CPU
+        away between the two sequence writes, for milliseconds) is waited for: after SPINS
+        reads, with a sleep between reads. A writer killed mid-write leaves the word odd for
+        good: after WRITER_GONE the fields are taken as they are (the master reaps the worker
+        and clears its slot)."""
+        mem = self.mem
+        spins = SPINS
+        gone_at = 0.0
+        while True:
+            before = _SEQ.unpack_from(mem, base)[0]
+            fields = _SLOT.unpack_from(mem, base + _SEQ.size)
+            if not before & 1 and _SEQ.unpack_from(mem, base)[0] == before:
+                return fields
+            if spins:
+                spins -= 1
+                continue
+            now = time.monotonic()
+            if not gone_at:
+                gone_at = now + WRITER_GONE
+            elif now >= gone_at:
+                return fields
+            time.sleep(0.001)
 
     def free_index(self, taken: set[int]) -> int:
         for index in range(self.slots):

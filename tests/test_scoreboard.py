@@ -13,6 +13,7 @@ from berth.scoreboard import (
     N_REQUESTS,
     SLOT_SIZE,
     Scoreboard,
+    WRITER_GONE,
     Slot,
     _SEQ,
 )
@@ -70,13 +71,41 @@ def test_a_worker_killed_mid_write_leaves_a_slot_the_master_can_read_and_clear()
             os.kill(os.getpid(), signal.SIGKILL)
     os.waitpid(pid, 0)
     assert _SEQ.unpack_from(board.mem, SLOT_SIZE)[0] & 1
-    torn = board.read(1)  # as it is: the fields the dead worker left
+    started = time.monotonic()
+    torn = board.read(1)  # as it is, once WRITER_GONE has passed: what the dead worker left
+    assert time.monotonic() - started >= WRITER_GONE
     assert (torn.pid, torn.served) == (4321, 7)
     board.clear(1)
     assert not _SEQ.unpack_from(board.mem, SLOT_SIZE)[0] & 1
     assert board.read(1) == Slot()
     board.write(1, Slot(pid=99))
     assert board.read(1).pid == 99 and not _SEQ.unpack_from(board.mem, SLOT_SIZE)[0] & 1
+
+
+def test_a_read_waits_for_a_writer_that_lost_its_cpu_mid_write():
+    """On a busy machine a worker can be preempted between the two sequence writes for
+    milliseconds: the master's read then gets the slot it went on to write, whole (it once
+    gave up after 1,000 quick reads and raised, which stopped the master)."""
+    board = Scoreboard(2)
+    board.write(0, Slot(pid=1, served=1))
+    odd_r, odd_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # write() held up after its first sequence write
+        try:
+            seq = _SEQ.unpack_from(board.mem, 0)[0]
+            _SEQ.pack_into(board.mem, 0, seq + 1)
+            os.write(odd_w, b"x")
+            time.sleep(0.05)  # (the record half-written meanwhile: zeroes, as pack_into leaves it)
+            board.mem[_SEQ.size:SLOT_SIZE] = bytes(SLOT_SIZE - _SEQ.size)
+            board.write(0, Slot(pid=2, served=2))  # (a write from an odd word ends even)
+        finally:
+            os._exit(0)
+    os.read(odd_r, 1)
+    seen = board.read(0)
+    os.waitpid(pid, 0)
+    assert (seen.pid, seen.served) == (2, 2)
+    os.close(odd_r)
+    os.close(odd_w)
 
 
 def test_free_index_skips_taken_slots():
