@@ -78,7 +78,7 @@ def test_berth_in_a_container_sizes_serves_reaps_survives_an_oom_kill_and_stops(
         with open(err_path, "wb") as err:
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env,
                                     cwd=str(tmp_path), stdin=subprocess.DEVNULL)
-        ready = wait_for(lambda: "ready: " in err_path.read_text() or proc.poll() is not None,
+        ready = wait_for(lambda p=proc: "ready: " in err_path.read_text() or p.poll() is not None,
                          timeout=30, interval=0.1)
         if "Address already in use" not in err_path.read_text():
             break
