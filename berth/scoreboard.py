@@ -127,7 +127,7 @@ class Scoreboard:
 
     def conn_words(self) -> memoryview:
         """Each slot's open connections while its worker takes new ones, else NO_CONNS:
-        written by the worker's loop, read by its siblings' (`Loop.accept`)."""
+        written by the worker's loop, read by its siblings' (berth.worker.admission)."""
         return self._conn_words
 
     def write(self, index: int, slot: Slot) -> None:

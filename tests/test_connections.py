@@ -13,8 +13,17 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import APPS, ROOT, BufferedSocket, connect, free_port, read_response
-from proto_helpers import HELLO, get_request, http_get, many_sockets, pids_children, wait_for
+from proto_helpers import (
+    HELLO,
+    get_request,
+    http_get,
+    many_sockets,
+    pids_children,
+    proto_args,
+    wait_for,
+)
 
 
 def sockets_of(pid: int) -> int:
@@ -74,11 +83,12 @@ def test_more_clients_than_every_workers_bound_a_new_client_is_served_memory_fla
     assert "at worker_connections (25): closed" in srv.stderr()
 
 
-def test_a_burst_of_keep_alive_connections_spreads_over_the_workers(berth):
+@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+def test_a_burst_of_keep_alive_connections_spreads_over_the_workers(berth, kind):
     # wrk opens its connections before it sends anything, and a load balancer its pool: with
     # both workers' loops on one CPU, the first to wake used to take most or all of a burst
-    # (keep-alive then pins them there; Loop.accept)
-    srv = berth(["-w", "2", "--threads", "4", "--access-logfile", "none", "proto_app:app"])
+    # (keep-alive then pins them there; berth.worker.admission)
+    srv = berth(["-w", "2", "--access-logfile", "none", *proto_args(kind)])
     workers = pids_children(srv.pid)
     assert len(workers) == 2
     cpu = min(os.sched_getaffinity(0))

@@ -5,6 +5,7 @@ import signal
 import time
 
 from berth.scoreboard import (
+    _SEQ,
     BUSY,
     IDLE,
     MAX_SLOTS,
@@ -12,10 +13,9 @@ from berth.scoreboard import (
     N_BUCKETS,
     N_REQUESTS,
     SLOT_SIZE,
-    Scoreboard,
     WRITER_GONE,
+    Scoreboard,
     Slot,
-    _SEQ,
 )
 
 

@@ -11,7 +11,8 @@ Accepting is berth's, as in the WSGI loop (not the event loop's server): a few c
 wake-up, at --worker-connections the oldest connections with no request in progress close to
 make room and, with none, accepting pauses until one ends (the others wait in the listen
 queue, for this worker or its siblings); out of file descriptors (EMFILE) it sheds idle
-connections and backs off instead of spinning; a drain first takes what waits in the queue.
+connections and backs off instead of spinning; a drain first takes what waits in the queue;
+with more than one worker, a burst is balanced across them (berth.worker.admission).
 
 Deadlines, checked every tick, as the WSGI loop keeps them: a request head not complete within
 --header-timeout of its first bytes gets 408, and a new connection that sends nothing that long
@@ -34,7 +35,13 @@ from berth.http.parser import HttpError, Request
 from berth.scoreboard import Slot
 from berth.trust import TrustList
 from berth.worker import counts as counters
-from berth.worker.admission import ACCEPT_BACKOFF, ACCEPT_BATCH, OUT_OF_RESOURCES, Admission
+from berth.worker.admission import (
+    ACCEPT_BACKOFF,
+    ACCEPT_BATCH,
+    DEFER,
+    OUT_OF_RESOURCES,
+    Admission,
+)
 from berth.worker.loop import TICK
 
 
@@ -72,6 +79,7 @@ class AsgiLoop(Admission):
         self.active: set[Cycle] = set()
         self.websockets: set = set()  # open WebSocket sessions (berth.asgi.websocket)
         self.accepting = False
+        self.connecting = 0  # accepted sockets whose protocol is not made yet (open_conns)
         self.date = DateCache()
         self.forwarding = Forwarding.from_config(cfg)
         self.proxy_mode = cfg.proxy_protocol
@@ -148,9 +156,18 @@ class AsgiLoop(Admission):
                 self.loop.add_reader(lsock.fileno(), self._accept, lsock)
             else:
                 self.loop.remove_reader(lsock.fileno())
+        self.publish_conns()
 
     def _accept(self, lsock: socket.socket) -> None:
         now = time.monotonic()
+        # (every worker's reader wakes: a deferring one's siblings still listen)
+        if self.conn_words is not None and self.defer(now):
+            self.loop.call_later(DEFER, self.deferred)
+            return
+        self.accept_some(lsock, now)
+        self.publish_conns()
+
+    def accept_some(self, lsock: socket.socket, now: float) -> None:
         for i in range(ACCEPT_BATCH):
             # (room is made for a connection known to wait: the first of a wake-up)
             if len(self.conns) >= self.max_conns and (i or not self.make_room(now)):
@@ -168,6 +185,9 @@ class AsgiLoop(Admission):
                 return
             self.take(sock)
 
+    def open_conns(self) -> int:
+        return len(self.conns) + self.connecting
+
     def take(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         if self.ssl_context is None:
@@ -176,6 +196,7 @@ class AsgiLoop(Admission):
             transport_for = self.loop.connect_accepted_socket(
                 self._protocol, sock, ssl=self.ssl_context,
                 ssl_handshake_timeout=self.cfg.header_timeout)
+        self.connecting += 1
         self.loop.create_task(self._connected(transport_for, sock))
 
     async def _connected(self, transport_for, sock: socket.socket) -> None:
@@ -184,6 +205,8 @@ class AsgiLoop(Admission):
         except (OSError, asyncio.TimeoutError) as exc:  # (a failed or stalled TLS handshake)
             self.log.debug("connection not established: %r", exc)
             sock.close()
+        finally:
+            self.connecting -= 1
 
     def sheddable(self):
         return (p for p in self.conns if p.idle())
@@ -193,9 +216,20 @@ class AsgiLoop(Admission):
         self.loop.call_later(ACCEPT_BACKOFF, self.may_accept_again)
 
     def may_accept_again(self) -> None:
-        if (not self.accepting and time.monotonic() >= self.accept_resume
+        now = time.monotonic()
+        if self.defer_until and not self.end_deferral(now):
+            return  # (`deferred` comes back at its end)
+        if (not self.accepting and now >= self.accept_resume
                 and len(self.conns) < self.max_conns):
             self.set_accepting(True)
+
+    def deferred(self) -> None:
+        """DEFER after a deferral began (a timer may fire a little early)."""
+        left = self.defer_until - time.monotonic()
+        if left > 0:
+            self.loop.call_later(left, self.deferred)
+        else:
+            self.may_accept_again()
 
     def hold(self, proto: HttpProtocol) -> None:
         if not self.holding:
@@ -216,6 +250,8 @@ class AsgiLoop(Admission):
         self.conns.discard(proto)
         if not self.accepting and len(self.conns) < self.max_conns:
             self.may_accept_again()
+        elif self.conn_words is not None:  # (one worker: no call per closed connection)
+            self.publish_conns()
 
     def publish(self, slot: Slot) -> None:
         counters.publish(self.counts, slot)
@@ -271,6 +307,7 @@ class AsgiLoop(Admission):
         keep-alive connections; the connections with a request finish it."""
         take_backlog = take_backlog and not self.retired
         self.set_accepting(False)
+        self.withdraw()
         self.draining = True
         self.keep_alive = False
         for lsock in self.listeners:
@@ -372,6 +409,7 @@ class AsgiLoop(Admission):
     def retire(self) -> None:
         """--max-requests reached: no new connections; the master replaces this worker."""
         self.set_accepting(False)
+        self.withdraw()
         self.retired = True
         self.keep_alive = False
         self.on_retire()

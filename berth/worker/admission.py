@@ -9,14 +9,25 @@ within a few rounds instead of spinning until idle connections time out. At
 --worker-connections, room is made the same way, a smaller share at a time (the worker is
 full, not failing). Each says so at most once a second, with counts.
 
-A loop using `Admission` has `conns`, `max_conns`, `log`, `set_accepting(bool)` and
-`sheddable()` (its connections with no request in progress; each has `last_active` and
-`close()`), and sets `now` before it calls these.
+With more than one worker, accepts are balanced across them (`balance_with`). A burst of
+connections (a load balancer's pool, wrk's connections, opened before anything is sent) goes
+to whichever worker wakes first, and on a busy CPU that one could take the whole burst, where
+keep-alive then pins it. So each worker publishes its open connections in the scoreboard
+(`publish_conns`), and one with BALANCE_SLACK more than a sibling that takes new ones too
+stops accepting for DEFER (`defer`): the next connection goes to a sibling. If no sibling
+took one meanwhile (busy, stuck), it defers no more for DEFER_AGAIN (`end_deferral`): such a
+sibling costs new connections a few ms at most.
+
+A loop using `Admission` has `conns`, `max_conns`, `log`, `accepting`, `set_accepting(bool)`
+(which calls `publish_conns`) and `sheddable()` (its connections with no request in progress;
+each has `last_active` and `close()`), and sets `now` before it calls these.
 """
 
 from __future__ import annotations
 
 import errno
+
+from berth.scoreboard import NO_CONNS
 
 ACCEPT_BATCH = 4  # connections taken per wake-up (a burst spreads over the workers)
 OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -24,12 +35,74 @@ ACCEPT_BACKOFF = 0.1  # seconds without accepting after accept() ran out of desc
 SHED_SHARE = 4
 SHED_MIN = ACCEPT_BATCH
 BOUND_SHED_SHARE = 16
+BALANCE_SLACK = 2
+DEFER = 0.005
+DEFER_AGAIN = 0.1
 
 
 class Admission:
     accept_resume = 0.0  # no accepting before then (out of file descriptors)
     refused = shed = full_shed = 0  # since the last line about them
     refused_logged = full_logged = -1.0
+    conn_words = None  # every worker's open connections (the scoreboard's), when balancing
+    slot = 0  # this worker's word
+    scan = 0  # the words workers use (the lowest free slots)
+    defer_until = 0.0  # deferring to a sibling until then (not accepting meanwhile)
+    defer_after = 0.0  # no deferring again before then
+    deferred_least = 0  # the fewest connections of a worker when this one deferred
+
+    # -- balance across the workers (see module) ----------------------------------------------
+
+    def balance_with(self, conn_words, slot: int, workers: int) -> None:
+        self.conn_words = conn_words
+        self.slot = slot
+        self.scan = 2 * workers + 2  # (a replacement starts before the worker it replaces ends)
+
+    def open_conns(self) -> int:
+        return len(self.conns)
+
+    def publish_conns(self) -> None:
+        """This worker's open connections, for its siblings (NO_CONNS while it takes none:
+        paused or out of descriptors; deferring is not pausing)."""
+        words = self.conn_words
+        if words is not None:
+            words[self.slot] = (self.open_conns() if self.accepting or self.defer_until
+                                else NO_CONNS)
+
+    def defer(self, now: float) -> bool:
+        """Before accepting, when balancing: whether to leave new connections to a sibling
+        for DEFER (then accepting is off until `end_deferral`)."""
+        if now < self.defer_after:
+            return False
+        least = min(self.conn_words[:self.scan])
+        if self.open_conns() < least + BALANCE_SLACK:
+            return False
+        self.deferred_least = least
+        self.defer_until = now + DEFER
+        self.set_accepting(False)
+        return True
+
+    def end_deferral(self, now: float) -> bool:
+        """While deferring: False until DEFER has passed (whatever the queue: the worker was
+        accepting when it deferred), then end it and return True."""
+        if now < self.defer_until:
+            return False
+        self.defer_until = 0.0
+        words = self.conn_words
+        if words is not None and min(words[:self.scan]) <= self.deferred_least:
+            self.defer_after = now + DEFER_AGAIN  # its siblings took none: busy, stuck
+        self.publish_conns()  # (NO_CONNS until it accepts again)
+        return True
+
+    def withdraw(self) -> None:
+        """This worker takes no more connections (retiring, draining): its siblings stop
+        counting it."""
+        self.defer_until = 0.0
+        if self.conn_words is not None:
+            self.conn_words[self.slot] = NO_CONNS
+            self.conn_words = None
+
+    # -- room -----------------------------------------------------------------------------------
 
     def shed_idle(self, share: int) -> int:
         """Close the oldest connections with no request in progress: a `share` of them, at

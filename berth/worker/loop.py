@@ -24,8 +24,7 @@ from functools import partial
 
 from berth.http.framing import CONTINUE
 from berth.http.parser import NO_PARSER, HttpError, Request, RequestParser
-from berth.scoreboard import NO_CONNS
-from berth.worker.admission import ACCEPT_BATCH, OUT_OF_RESOURCES, Admission
+from berth.worker.admission import ACCEPT_BATCH, DEFER, OUT_OF_RESOURCES, Admission
 from berth.worker.app import Responder
 from berth.worker.connection import ClientDisconnected, Connection
 from berth.worker.preface import ProxyPreface
@@ -38,13 +37,6 @@ RECV_SIZE = 64 * 1024
 # never for longer than this: when every worker is saturated, a connection must not starve in
 # the kernel queue while accepted ones are served again and again.
 ACCEPT_PAUSE_MAX = 0.1
-# Accepts balanced across the workers: a worker with BALANCE_SLACK connections more than a
-# sibling that takes new ones too leaves a burst to it for DEFER, then accepts what is still
-# waiting; if the sibling took none meanwhile (busy, stuck), it defers no more for
-# DEFER_AGAIN: such a sibling costs new connections a few ms at most. See Loop.accept.
-BALANCE_SLACK = 2
-DEFER = 0.005
-DEFER_AGAIN = 0.1
 SILENT_AFTER = 1.0  # a new connection that has sent nothing this long may go too
 TICK = 0.5  # seconds between the worker's ticks (heartbeat, deadlines, Date, parent check)
 # A keep-alive connection silent this long lets go of its parser and last response (`park`,
@@ -63,8 +55,7 @@ EPOLL_CLOSED = select.EPOLLHUP | select.EPOLLERR
 
 class Loop(Admission):
     def __init__(self, cfg, listeners: list[socket.socket], log, responder: Responder, *,
-                 signal_fd: int, on_signals, on_overrun, on_retire, conn_words=None,
-                 slot: int = 0):
+                 signal_fd: int, on_signals, on_overrun, on_retire):
         self.cfg = cfg
         self.log = log
         self.responder = responder
@@ -74,14 +65,6 @@ class Loop(Admission):
         self.on_overrun = on_overrun  # (conn, req, now): a request's app is silent too long
         self.on_retire = on_retire  # --max-requests reached: the process says so
         self.conns: dict[int, Connection] = {}
-        # the scoreboard's connections words (each worker's, see Loop.accept); None: not
-        # balanced (no scoreboard, or this worker takes no more connections)
-        self.conn_words = conn_words
-        self.slot = slot
-        self.scan = 2 * cfg.workers + 2  # the slots workers use (the lowest free ones)
-        self.defer_until = 0.0  # deferring to a sibling until then (set_accepting(False))
-        self.defer_after = 0.0  # no deferring again before then
-        self.deferred_least = 0  # the fewest connections of a worker when this one deferred
         self.inbox: collections.deque = collections.deque()
         self.holding: list[Connection] = []  # complete responses held back (Connection.put)
         self.held_since = 0.0  # when the first of them was held
@@ -109,7 +92,7 @@ class Loop(Admission):
         self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.ep.register(self.wake_fd, EPOLLIN)
         self.ep.register(self.signal_fd, EPOLLIN)
-        self.publish()  # (its siblings count it from now on)
+        self.publish_conns()  # (its siblings count it from now on)
 
     def run(self, tick, monotonic) -> None:
         """Until `alive` turns false: wait for events, handle them, call `tick(now)` every
@@ -191,36 +174,19 @@ class Loop(Admission):
     def accept(self, lsock: socket.socket, now: float) -> bool:
         """Accept a few connections; return whether more may be waiting.
 
-        A burst of connections (a load balancer's pool, wrk's 32 at once) spreads over the
-        workers: the kernel wakes the first worker registered on the listener whenever it
-        waits (EPOLLEXCLUSIVE), and on a busy CPU that one could take the whole burst before
-        its app threads have any queue to pause it, where keep-alive then pins them. So each
-        worker publishes its open connections (`publish`), and one with BALANCE_SLACK more
-        than a sibling that takes new ones too stops accepting for DEFER: the next
-        connection wakes the sibling (first on the listener's queue now: a registration
-        goes to its end)."""
+        The kernel wakes the first worker registered on the listener whenever it waits
+        (EPOLLEXCLUSIVE), and on a busy CPU that one could take a whole burst before its app
+        threads have any queue to pause it: one that defers to a sibling (berth.worker.
+        admission) unregisters, and so the next connection wakes the sibling (first on the
+        listener's queue now: a registration goes to its end)."""
         if self.responder.retired:  # an app thread reached --max-requests: its post() may be
             self.stop_accepting_for_good()  # behind this event, so accept nothing more now
             return False
-        words = self.conn_words
-        if words is not None and now >= self.defer_after:
-            least = min(words[:self.scan])
-            if len(self.conns) >= least + BALANCE_SLACK:
-                self.deferred_least = least
-                self.defer_until = now + DEFER
-                self.set_accepting(False)
-                return False
+        if self.conn_words is not None and self.defer(now):
+            return False
         more = self.accept_some(lsock, now)
-        self.publish()
+        self.publish_conns()
         return more
-
-    def publish(self) -> None:
-        """This worker's open connections, for its siblings' accept (NO_CONNS while it takes
-        none: paused for its queue or out of descriptors; deferring is not pausing)."""
-        words = self.conn_words
-        if words is not None:
-            words[self.slot] = (len(self.conns) if self.accepting or self.defer_until
-                                else NO_CONNS)
 
     def accept_some(self, lsock: socket.socket, now: float) -> bool:
         """Up to ACCEPT_BATCH connections; return whether more may be waiting."""
@@ -277,17 +243,10 @@ class Loop(Admission):
     def may_accept_again(self, now: float) -> bool:
         """Accepting is paused: take it up again once the back-off after running out of file
         descriptors is over and the app threads have room, or have had the pause's maximum.
-        A deferral to a sibling (Loop.accept) ends after DEFER whatever the queue: the worker
-        was accepting when it deferred."""
+        A deferral to a sibling ends after DEFER (Admission.end_deferral)."""
         deferred = self.defer_until
-        if deferred:
-            if now < deferred:
-                return False
-            self.defer_until = 0.0
-            words = self.conn_words
-            if words is not None and min(words[:self.scan]) <= self.deferred_least:
-                self.defer_after = now + DEFER_AGAIN  # its siblings took none: busy, stuck
-            self.publish()  # (NO_CONNS until it accepts again)
+        if deferred and not self.end_deferral(now):
+            return False
         if len(self.conns) >= self.max_conns:
             return False  # (a tick makes room once a connection is idle: sweep)
         if deferred:
@@ -308,14 +267,7 @@ class Loop(Admission):
                 self.ep.register(fd, EPOLLIN | select.EPOLLEXCLUSIVE)
             else:
                 self.ep.unregister(fd)
-        self.publish()
-
-    def withdraw(self) -> None:
-        """This worker takes no more connections: its siblings stop counting it (publish)."""
-        self.defer_until = 0.0
-        if self.conn_words is not None:
-            self.conn_words[self.slot] = NO_CONNS
-            self.conn_words = None
+        self.publish_conns()
 
     def stop_accepting_for_good(self) -> None:
         """--max-requests reached: no new connection, and the idle ones are closed (their
@@ -564,7 +516,7 @@ class Loop(Admission):
             pass
         self.conns.pop(conn.fd, None)
         if self.conn_words is not None:  # (one worker: no call per closed connection)
-            self.publish()
+            self.publish_conns()
 
     # -- deadlines -----------------------------------------------------------------------------
 

@@ -214,18 +214,21 @@ class Worker:
             max_requests=self.max_requests, heartbeat_if_due=self.heartbeat_if_due,
             ready=self.ready, running=self.scoreboard.app_word(self.slot_index)
             if self.scoreboard is not None else None)
-        # accepts are balanced across the workers (Loop.accept): with one, there is nothing to
-        balanced = self.scoreboard is not None and self.cfg.workers > 1
         self.loop = loop = Loop(self.cfg, self.listeners, self.log, responder,
                                 signal_fd=self._sig_r, on_signals=self.on_signals,
-                                on_overrun=self.overrun, on_retire=self.retiring,
-                                conn_words=self.scoreboard.conn_words() if balanced else None,
-                                slot=self.slot_index)
+                                on_overrun=self.overrun, on_retire=self.retiring)
+        self.balance(loop)
         responder.loop = loop
         if responder.baton is not None:
             responder.baton.take_loop = self.take_loop
         loop.setup()
         responder.start()
+
+    def balance(self, loop) -> None:
+        """Balance the loop's accepts against its siblings' (berth.worker.admission): with
+        one worker there is nothing to balance."""
+        if self.scoreboard is not None and self.cfg.workers > 1:
+            loop.balance_with(self.scoreboard.conn_words(), self.slot_index, self.cfg.workers)
 
     def retiring(self) -> None:
         """The loop stopped accepting for good: --max-requests, or the app's SystemExit (the

@@ -31,6 +31,7 @@ Routes (query parameters in brackets), as in proto_app.py:
   /raise-after [cl]           starts a response (Content-Length 1000 if cl=1), sends two
                               parts, then raises
   /bad-header [kind]          header value containing CR/LF (kind = crlf | lf | cr)
+  /pid                        JSON {pid}: which worker answered
   anything else               404 "no route <path>"
 
 X-Content-Length: WSGI's CONTENT_LENGTH, which berth sets to the dechunked length for a
@@ -46,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 from urllib.parse import parse_qs
 
 from proto_app import HELLO, _marker, big_pattern
@@ -119,6 +121,9 @@ async def app(scope, receive, send):
 
     if path in ("/hello", "/"):
         return await _respond(send, HELLO)
+
+    if path == "/pid":
+        return await _json(send, {"pid": os.getpid()})
 
     if path == "/path":
         return await _respond(send, f"{path}?{scope['query_string'].decode('latin-1')}".encode())
