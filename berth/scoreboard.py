@@ -111,6 +111,7 @@ class Scoreboard:
         self._conn_words = memoryview(self.mem)[conns:conns + slots * 8].cast("q")
         for index in range(slots):
             self._conn_words[index] = NO_CONNS
+        self._stuck: dict[int, int] = {}  # a slot's odd word a read waited WRITER_GONE for
 
     def set_shutting_down(self) -> None:
         """The master got SIGTERM: readiness probes answer 503 from now on."""
@@ -132,7 +133,7 @@ class Scoreboard:
 
     def write(self, index: int, slot: Slot) -> None:
         """Seqlock write: the sequence word is odd while the slot changes, so a reader never
-        takes a half-written slot (pack_into zeroes the record before it fills it in). A
+        takes a half-written slot (the record is copied in between the two). A
         worker killed mid-write leaves it odd: the master's next write (`clear`) makes it
         even again."""
         line = slot.oldest_line.encode("latin-1", "replace")[:LINE_SIZE]
@@ -171,7 +172,8 @@ class Scoreboard:
         away between the two sequence writes, for milliseconds) is waited for: after SPINS
         reads, with a sleep between reads. A writer killed mid-write leaves the word odd for
         good: after WRITER_GONE the fields are taken as they are (the master reaps the worker
-        and clears its slot)."""
+        and clears its slot), and so at once by the next reads while the word stays the same
+        (a writer stopped, not dead: SIGSTOP)."""
         mem = self.mem
         spins = SPINS
         gone_at = 0.0
@@ -183,10 +185,13 @@ class Scoreboard:
             if spins:
                 spins -= 1
                 continue
+            if self._stuck.get(base) == before:
+                return fields
             now = time.monotonic()
             if not gone_at:
                 gone_at = now + WRITER_GONE
             elif now >= gone_at:
+                self._stuck[base] = before
                 return fields
             time.sleep(0.001)
 

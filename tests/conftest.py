@@ -107,6 +107,7 @@ class Server:
 
 _FIRST_OF_TEST = pytest.StashKey[int]()
 TAIL_LINES = 40
+TAIL_BYTES = 64 << 10
 
 
 def pytest_runtest_setup(item) -> None:
@@ -124,8 +125,10 @@ def pytest_runtest_makereport(item, call):
     for srv in _servers_of(item):
         code = srv.proc.poll()
         try:
-            lines = srv.stderr().splitlines()[-TAIL_LINES:]
-        except (OSError, ValueError):
+            with open(srv.err_path, "rb") as err:
+                err.seek(max(0, err.seek(0, os.SEEK_END) - TAIL_BYTES))
+                lines = err.read().decode(errors="replace").splitlines()[-TAIL_LINES:]
+        except OSError:
             continue
         state = "running" if code is None else f"exited {code}"
         report.sections.append((f"berth pid {srv.pid}, port {srv.port} ({state}): stderr",

@@ -4,6 +4,7 @@ import os
 import signal
 import time
 
+from berth import scoreboard
 from berth.scoreboard import (
     _SEQ,
     BUSY,
@@ -75,6 +76,9 @@ def test_a_worker_killed_mid_write_leaves_a_slot_the_master_can_read_and_clear()
     torn = board.read(1)  # as it is, once WRITER_GONE has passed: what the dead worker left
     assert time.monotonic() - started >= WRITER_GONE
     assert (torn.pid, torn.served) == (4321, 7)
+    started = time.monotonic()
+    assert board.read(1).pid == 4321  # the same odd word again: at once
+    assert time.monotonic() - started < WRITER_GONE
     board.clear(1)
     assert not _SEQ.unpack_from(board.mem, SLOT_SIZE)[0] & 1
     assert board.read(1) == Slot()
@@ -82,10 +86,11 @@ def test_a_worker_killed_mid_write_leaves_a_slot_the_master_can_read_and_clear()
     assert board.read(1).pid == 99 and not _SEQ.unpack_from(board.mem, SLOT_SIZE)[0] & 1
 
 
-def test_a_read_waits_for_a_writer_that_lost_its_cpu_mid_write():
+def test_a_read_waits_for_a_writer_that_lost_its_cpu_mid_write(monkeypatch):
     """On a busy machine a worker can be preempted between the two sequence writes for
     milliseconds: the master's read then gets the slot it went on to write, whole (it once
     gave up after 1,000 quick reads and raised, which stopped the master)."""
+    monkeypatch.setattr(scoreboard, "WRITER_GONE", 10.0)  # (however slow the child is)
     board = Scoreboard(2)
     board.write(0, Slot(pid=1, served=1))
     odd_r, odd_w = os.pipe()
@@ -95,17 +100,19 @@ def test_a_read_waits_for_a_writer_that_lost_its_cpu_mid_write():
             seq = _SEQ.unpack_from(board.mem, 0)[0]
             _SEQ.pack_into(board.mem, 0, seq + 1)
             os.write(odd_w, b"x")
-            time.sleep(0.05)  # (the record half-written meanwhile: zeroes, as pack_into leaves it)
+            time.sleep(0.05)  # (the record half-written meanwhile: zeroes)
             board.mem[_SEQ.size:SLOT_SIZE] = bytes(SLOT_SIZE - _SEQ.size)
             board.write(0, Slot(pid=2, served=2))  # (a write from an odd word ends even)
         finally:
             os._exit(0)
-    os.read(odd_r, 1)
-    seen = board.read(0)
-    os.waitpid(pid, 0)
+    os.close(odd_w)  # (a child that dies before writing: the read below sees EOF)
+    try:
+        assert os.read(odd_r, 1) == b"x"
+        seen = board.read(0)
+    finally:
+        os.close(odd_r)
+        os.waitpid(pid, 0)
     assert (seen.pid, seen.served) == (2, 2)
-    os.close(odd_r)
-    os.close(odd_w)
 
 
 def test_free_index_skips_taken_slots():
