@@ -37,6 +37,8 @@ def asgi3(app):
 
 class AsgiWorker(Worker):
     lifespan: Lifespan | None = None
+    starting = False  # the lifespan startup runs (the signals are read from its start)
+    drain_asked: tuple | None = None  # a drain asked for meanwhile: (take_backlog, state, when)
 
     def reserve(self) -> float:
         """Seconds of --graceful-timeout kept for the end (disconnects, lifespan shutdown)."""
@@ -64,12 +66,18 @@ class AsgiWorker(Worker):
         for sig in SIGNALS:  # (the loop's own wake-up: uvloop takes the wakeup fd)
             loop.add_signal_handler(sig, self._on_async_signal, sig)
         self.lifespan = Lifespan(app, cfg.asgi_lifespan, self.log)
+        self.starting = True
         try:
             server.state = loop.run_until_complete(self.lifespan.startup())
         except LifespanFailed as exc:
             self.log.error("worker %d: ASGI lifespan startup failed: %s; stopping",
                            os.getpid(), exc)
             os._exit(EXIT_APP_LOAD_ERROR)
+        self.starting = False
+        if self.drain_asked is not None:
+            take_backlog, state, asked = self.drain_asked
+            self.start_drain(take_backlog, state)
+            self.drain_deadline -= time.monotonic() - asked  # (counted from the SIGTERM)
 
     def beat_retiring(self) -> None:
         from berth.scoreboard import RETIRING
@@ -82,6 +90,9 @@ class AsgiWorker(Worker):
 
     def start_drain(self, take_backlog: bool = True, state=None) -> None:
         if self.loop.draining:
+            return
+        if self.starting:  # the requests waiting in the listen queue need the app started
+            self.drain_asked = self.drain_asked or (take_backlog, state, time.monotonic())
             return
         if state is None:
             super().start_drain(take_backlog)
