@@ -173,18 +173,25 @@ def test_lifespan_state_reaches_each_request_and_shutdown_runs(berth, tmp_path):
 
 def test_requests_waiting_when_a_sigterm_comes_during_startup_wait_for_it(berth, tmp_path):
     """A SIGTERM while the worker boots drains it once booted (test_signals): what waits in
-    the listen queue is served, after the lifespan startup has completed, not beside it."""
+    the listen queue is served, after the lifespan startup has completed, not beside it, and
+    whole (the drain counts a taken connection before its protocol is made)."""
     srv = start(berth, tmp_path, "-w", "1", "--graceful-timeout", "20", wait_ready=False,
                 env={"ASGI_IMPORT_SLEEP": "1", "ASGI_LIFESPAN": "slow-startup"})
     assert wait_for(lambda: pids_children(srv.pid), timeout=10)
-    t, box = in_background(lambda: http_get(srv.port, "/state", timeout=15))
-    time.sleep(0.3)  # importing the app; the request waits in the listen queue
+    state, state_box = in_background(lambda: http_get(srv.port, "/state", timeout=15))
+    stream, stream_box = in_background(
+        lambda: http_get(srv.port, "/stream?n=5&delay=0.2", timeout=15))
+    time.sleep(0.3)  # importing the app; the requests wait in the listen queue
     assert "ready: " not in srv.stderr()
     srv.signal(signal.SIGTERM)
-    t.join(15)
-    assert "error" not in box, box.get("error")
-    status, _, body = box["result"]
+    state.join(15)
+    stream.join(15)
+    assert "error" not in state_box, state_box.get("error")
+    status, _, body = state_box["result"]
     assert (status, json.loads(body)) == (200, {"db": "connected"})
+    assert "result" in stream_box, stream_box  # (a cut body: an error, or no end in 15 s)
+    status, _, body = stream_box["result"]
+    assert (status, body) == (200, b"".join(b"part %d\n" % i for i in range(5)))
     code, took = exit_within(srv, 15)
     assert code == 0, srv.stderr()
     assert "did not stop in time" not in srv.stderr()

@@ -113,12 +113,15 @@ class AsgiLoop(Admission):
     @alive.setter
     def alive(self, value: bool) -> None:
         self._alive = value
-        if not value and self._stopped is not None and not self._stopped.done():
-            self._stopped.set_result(None)
+        if not value:  # (SIGINT, SIGQUIT: no connection is taken while the worker stops)
+            self.set_accepting(False)
+            self.withdraw()
+            if self._stopped is not None and not self._stopped.done():
+                self._stopped.set_result(None)
 
     def setup(self) -> None:
-        # (non-blocking from here: a SIGTERM read during the lifespan startup drains, and the
-        # drain's accept() takes the backlog until the queue is empty)
+        # (non-blocking from here: the drain's accept() takes the backlog until the queue is
+        # empty, and a drain asked for during the lifespan startup begins once it completes)
         for lsock in self.listeners:
             lsock.setblocking(False)
         self.loop.add_reader(self.signal_fd, self.on_signals)
@@ -207,6 +210,8 @@ class AsgiLoop(Admission):
             sock.close()
         finally:
             self.connecting -= 1
+            if self.conn_words is not None:
+                self.publish_conns()
 
     def sheddable(self):
         return (p for p in self.conns if p.idle())

@@ -74,7 +74,7 @@ class AsgiWorker(Worker):
                            os.getpid(), exc)
             os._exit(EXIT_APP_LOAD_ERROR)
         self.starting = False
-        if self.drain_asked is not None:
+        if self.drain_asked is not None and server.alive:  # (not after a SIGINT, SIGQUIT)
             take_backlog, state, asked = self.drain_asked
             self.start_drain(take_backlog, state)
             self.drain_deadline -= time.monotonic() - asked  # (counted from the SIGTERM)

@@ -346,7 +346,7 @@ class Worker:
             busy = slot.busy_threads
             # (an app thread whose connection berth ended, e.g. past its deadline, is waited
             # for too: its iterable's close() runs when the app's blocked call returns)
-            if not loop.conns and not busy:
+            if not loop.open_conns() and not busy:  # (ASGI: with those accepted, not yet made)
                 loop.alive = False
             elif now > self.drain_deadline:
                 self.log.warning("worker %d: graceful timeout; closing %d connections, %d app "
