@@ -337,6 +337,33 @@ def test_the_proxy_protocol_names_the_client_and_is_refused_from_others(berth, t
     srv.wait_for_log("bad PROXY protocol header")
 
 
+def test_worker_connections_count_tls_handshakes_in_progress(berth, tmp_path):
+    """Clients that open a TCP connection and never start the TLS handshake hold a socket each
+    until --header-timeout: they count against --worker-connections like any other, and the
+    rest wait in the listen queue (for this worker or a sibling)."""
+    trustme = pytest.importorskip("trustme")
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    certfile = tmp_path / "cert.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    srv = start(berth, tmp_path, "-w", "1", "--worker-connections", "4", "--header-timeout",
+                "30", "--certfile", str(certfile), "--keyfile", str(certfile))
+    (worker,) = pids_children(srv.pid)
+
+    def sockets() -> int:
+        return sum(os.readlink(f"/proc/{worker}/fd/{fd}").startswith("socket:")
+                   for fd in os.listdir(f"/proc/{worker}/fd"))
+
+    own = sockets()  # (the listener, the signal socketpair of the event loop)
+    silent = [connect(srv.port) for _ in range(12)]
+    try:
+        wait_for(lambda: sockets() - own >= 4, timeout=5)
+        time.sleep(0.5)  # (more would have been taken by now)
+        assert sockets() - own == 4
+    finally:
+        for sock in silent:
+            sock.close()
+
+
 def test_worker_connections_bound_the_connections_by_closing_idle_ones(berth, tmp_path):
     srv = start(berth, tmp_path, "-w", "1", "--worker-connections", "3")
     idle = [connect(srv.port) for _ in range(3)]

@@ -172,10 +172,14 @@ class AsgiLoop(Admission):
 
     def accept_some(self, lsock: socket.socket, now: float) -> None:
         for i in range(ACCEPT_BATCH):
-            # (room is made for a connection known to wait: the first of a wake-up)
-            if len(self.conns) >= self.max_conns and (i or not self.make_room(now)):
-                self.set_accepting(False)  # until one ends (forget) or a tick makes room
-                return
+            # (room is made only for a connection known to wait, the first of a wake-up: the
+            # next wake-up comes back for the rest; a TLS handshake in progress counts)
+            if self.open_conns() >= self.max_conns:
+                if i:
+                    return
+                if not self.make_room(now):
+                    self.set_accepting(False)  # until one ends (forget) or a tick makes room
+                    return
             try:
                 sock, _ = lsock.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
@@ -210,7 +214,9 @@ class AsgiLoop(Admission):
             sock.close()
         finally:
             self.connecting -= 1
-            if self.conn_words is not None:
+            if not self.accepting:
+                self.may_accept_again()  # (at --worker-connections: a handshake failed)
+            elif self.conn_words is not None:
                 self.publish_conns()
 
     def sheddable(self):
@@ -225,7 +231,7 @@ class AsgiLoop(Admission):
         if self.defer_until and not self.end_deferral(now):
             return  # (`deferred` comes back at its end)
         if (not self.accepting and now >= self.accept_resume
-                and len(self.conns) < self.max_conns):
+                and self.open_conns() < self.max_conns):
             self.set_accepting(True)
 
     def deferred(self) -> None:
@@ -253,7 +259,7 @@ class AsgiLoop(Admission):
     def forget(self, proto: HttpProtocol) -> None:
         """A connection is over."""
         self.conns.discard(proto)
-        if not self.accepting and len(self.conns) < self.max_conns:
+        if not self.accepting and self.open_conns() < self.max_conns:
             self.may_accept_again()
         elif self.conn_words is not None:  # (one worker: no call per closed connection)
             self.publish_conns()

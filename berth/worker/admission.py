@@ -135,7 +135,7 @@ class Admission:
                           "one ends")
             self.full_logged = now
             self.full_shed = 0
-        return len(self.conns) < self.max_conns
+        return self.open_conns() < self.max_conns
 
     def out_of_descriptors(self, exc: OSError, now: float) -> None:
         """accept() failed for want of a file descriptor (or kernel memory). Degrade, never
