@@ -364,6 +364,25 @@ def test_worker_connections_count_tls_handshakes_in_progress(berth, tmp_path):
             sock.close()
 
 
+def test_a_full_worker_takes_new_connections_once_its_requests_end(berth, tmp_path):
+    """At --worker-connections with every request in progress, accepting pauses; once those
+    connections are idle keep-alive ones, the next tick makes room for the client that waits
+    in the listen queue, not the end of --keep-alive."""
+    srv = start_asgi(berth, tmp_path, "proto_asgi:app", "-w", "1", "--worker-connections", "2",
+                     "--keep-alive", "30")
+    busy = [connect(srv.port) for _ in range(2)]
+    for sock in busy:
+        sock.sendall(b"GET /sleep?s=1 HTTP/1.1\r\nHost: h\r\n\r\n")
+    time.sleep(0.3)  # (both inside the app)
+    started = time.monotonic()
+    status, _, body = http_get(srv.port, "/hello", timeout=10)
+    assert (status, body) == (200, b"Hello, world!\n")
+    assert time.monotonic() - started < 5  # (one second of sleep, then a tick)
+    for sock in busy:
+        assert read_response(sock)[0] == 200
+        sock.close()
+
+
 def test_worker_connections_bound_the_connections_by_closing_idle_ones(berth, tmp_path):
     srv = start(berth, tmp_path, "-w", "1", "--worker-connections", "3")
     idle = [connect(srv.port) for _ in range(3)]
