@@ -59,7 +59,7 @@ def test_with_drop_a_stalled_reader_never_stops_serving_and_the_drops_are_counte
         with connect(port) as sock:
             t0 = time.monotonic()
             rss = []
-            for _ in range(4):
+            for _ in range(6):
                 for _ in range(6000):  # some 6 MB of access lines each round, none read
                     assert get(sock)[0] == 200
                 time.sleep(0.6)  # (a tick: what waited is dropped)
@@ -67,14 +67,15 @@ def test_with_drop_a_stalled_reader_never_stops_serving_and_the_drops_are_counte
             took = time.monotonic() - t0
         wait_for(lambda: (metric(admin, "berth_log_lines_dropped_total") or 0) > 0, timeout=5)
         dropped = metric(admin, "berth_log_lines_dropped_total")
-        print(f"24,000 requests in {took:.1f} s with nobody reading; {dropped:.0f} lines "
+        print(f"36,000 requests in {took:.1f} s with nobody reading; {dropped:.0f} lines "
               f"dropped; worker RSS after each 6,000: {rss} KiB")
-        assert 10000 < dropped <= 24000
-        # bounded: rounds 3 and 4 (12 MB more lines) leave the worker's memory near the highest
-        # of rounds 1 and 2 (unbounded, it would grow by those 12 MB). The highest, not round 2's:
-        # the 4 MiB backlog may have just been dropped and its memory returned when round 2 is
-        # read, and refilled when round 4 is.
-        assert max(rss[2:]) - max(rss[:2]) < 6 * 1024, rss
+        assert 20000 < dropped <= 36000
+        # bounded: rounds 4 to 6 (18 MB more lines) leave the worker's memory near the highest
+        # of rounds 1 to 3 (unbounded, it would grow by those 18 MB). The highest, not round 3's:
+        # the 4 MiB backlog may have just been dropped and its memory returned when round 3 is
+        # read, and refilled when round 6 is; and on a loaded machine the allocator's arenas
+        # once grew by 9 MB in one round and then stayed (CI: 31.9, 29.9, 40.9, 40.9 MiB).
+        assert max(rss[3:]) - max(rss[:3]) < 12 * 1024, rss
         assert "access log:" in err.read_text() and "lines dropped" in err.read_text()
     finally:
         proc.terminate()  # our own child, by pid
