@@ -205,3 +205,4 @@ class Scoreboard:
         self.write(index, Slot())
         self._app_words[index] = 0.0  # (a worker killed inside the app leaves it set)
         self._conn_words[index] = NO_CONNS
+        self._stuck.pop(index * SLOT_SIZE, None)  # (its next worker starts afresh)

@@ -310,9 +310,7 @@ class AsgiLoop(Admission):
             elif self.draining or now - proto.last_active > keepalive:
                 proto.close()
         if not self.accepting:
-            if (self.open_conns() >= self.max_conns and not self.draining
-                    and not self.retired):
-                self.make_room(now)  # full, with nothing idle at the last accept: maybe now
+            self.room_at_tick(now, not (self.draining or self.retired))
             self.may_accept_again()
         return len(self.active), oldest.req if oldest is not None else None
 

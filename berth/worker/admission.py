@@ -137,6 +137,13 @@ class Admission:
             self.full_shed = 0
         return self.open_conns() < self.max_conns
 
+    def room_at_tick(self, now: float, listening: bool) -> None:
+        """Each tick, while not accepting: a worker that was full with nothing idle at its
+        last accept makes room now if a connection has become idle since (nothing else would
+        until a keep-alive expires)."""
+        if not self.accepting and listening and self.open_conns() >= self.max_conns:
+            self.make_room(now)
+
     def out_of_descriptors(self, exc: OSError, now: float) -> None:
         """accept() failed for want of a file descriptor (or kernel memory). Degrade, never
         spin: shed the oldest idle connections, stop accepting for ACCEPT_BACKOFF, and say so

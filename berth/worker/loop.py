@@ -579,8 +579,7 @@ class Loop(Admission):
                 conn.close()
             elif parser is not NO_PARSER and now - conn.last_active > PARK_AFTER:
                 conn.park(NO_PARSER)
-        if not self.accepting and len(self.conns) >= self.max_conns and self.listeners:
-            self.make_room(now)  # full, with nothing idle at the last accept: maybe now
+        self.room_at_tick(now, bool(self.listeners))
         return in_flight, oldest
 
 
