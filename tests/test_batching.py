@@ -9,12 +9,13 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 
 import pytest
 from conftest import BufferedSocket, connect, read_response
-from proto_helpers import HELLO, get_request, pids_children, wait_for
+from proto_helpers import HELLO, big_pattern, get_request, pids_children, wait_for
 
 STRACE = shutil.which("strace")
 CLIENTS = 8
@@ -81,6 +82,35 @@ def test_a_closing_response_behind_a_held_one_goes_out_after_it_then_the_connect
     finally:
         for s in socks:
             s.close()
+
+
+@pytest.mark.parametrize("threads", ["1", "4"])
+def test_a_held_response_the_socket_takes_in_part_arrives_whole_when_the_client_reads(
+        berth, threads):
+    """A flush whose send of a held response (Connection.send_held) is taken in part: the
+    rest waits for the socket to turn writable, and nothing is sent twice or lost. The
+    client reads nothing while it asks for response after response, one per wake-up, until
+    the server's socket buffer (autotuned: about 2 MB here) takes only part of one."""
+    srv = berth(["-w", "1", "--threads", threads, "--access-logfile", "none",
+                 "proto_app:app"])
+    n, count = 60000, 100  # under the 64 KiB a response may be held at; 6 MB in all
+    want = b"".join(big_pattern(n))
+    s = BufferedSocket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)  # (before connect: the window)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", srv.port))
+    try:
+        for _ in range(count):
+            s.sendall(get_request(f"/big?n={n}"))
+            time.sleep(0.005)  # (each its own wake-up: a queue of one at its flush)
+        for i in range(count):
+            status, _, body = read_response(s)
+            assert (status, len(body)) == (200, n), i
+            assert body == want, i
+        s.sendall(get_request("/path?x=1"))  # the connection goes on
+        assert read_response(s)[::2] == (200, b"/path?x=1")
+    finally:
+        s.close()
 
 
 def test_an_error_behind_a_held_response_lingers_so_the_client_reads_both_not_a_reset(berth):

@@ -219,7 +219,10 @@ class Connection:
         try:
             if self.dead:
                 raise ClientDisconnected()
-            self._out_queue().append(data)
+            out = self.out
+            if out is NO_QUEUE:  # (_out_queue, inlined: every response held comes here)
+                out = self.out = collections.deque()
+            out.append(data)
             self.out_size += len(data)
             if not self.held:
                 self.held = True
@@ -229,6 +232,34 @@ class Connection:
                 loop.holding.append(self)
         finally:
             lock.release()
+
+    def send_held(self) -> bool:
+        """The loop thread's flush (`Loop.flush`), for a connection that held a response back:
+        on_writable(), with the common case first, in a few lines: the queue is that one
+        response, nothing waits on the connection, and the socket takes it whole. Anything
+        else (or a send that fails) is on_writable()'s to sort out."""
+        lock = self.lock
+        lock.acquire()
+        try:
+            out = self.out
+            if (len(out) == 1 and not self.want_write and self.cond is None
+                    and self.paused_response is None and not self.closing):
+                item = out[0]
+                if type(item) is bytes:
+                    try:
+                        n = self.sock.send(item)
+                    except OSError:  # (not taken, or gone: on_writable tries again)
+                        n = 0
+                    if n == len(item):
+                        out.popleft()
+                        self.out_size -= n
+                        return False
+                    if n:
+                        out[0] = memoryview(item)[n:]
+                        self.out_size -= n
+        finally:
+            lock.release()
+        return self.on_writable()
 
     def after_flush(self) -> None:
         """The loop thread, after its flush has sent what this connection held (and resumed a

@@ -155,7 +155,7 @@ class Loop(Admission):
             if conn.closed:
                 continue
             try:
-                if conn.on_writable():
+                if conn.send_held():
                     resume(conn)
                 if conn.out:
                     conn.after_flush()
