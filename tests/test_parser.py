@@ -90,6 +90,54 @@ def test_http10_keep_alive_is_honoured():
     assert req.keep_alive
 
 
+# The version of a request that begins a read is read from its bytes (HTTP11_LINE_END), the
+# others' from llhttp: each request still gets its own.
+
+def test_each_request_of_a_read_gets_its_own_version():
+    raw = (b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
+           b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+           b"GET /c HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    reqs = parse(raw).ready
+    assert [(r.url, r.version, r.keep_alive) for r in reqs] == [
+        (b"/a", "1.1", True), (b"/b", "1.0", True), (b"/c", "1.1", False)]
+    assert reqs[1].server_protocol == "HTTP/1.0"
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_the_version_after_empty_lines_before_the_request_line(version):
+    raw = b"\r\n\r\nGET /x HTTP/%s\r\nHost: h\r\n\r\n" % version.encode()
+    (req,) = parse(raw).ready
+    assert (req.url, req.version, req.server_protocol) == (b"/x", version, f"HTTP/{version}")
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.2"])
+def test_a_version_other_than_1_1_that_begins_a_read_is_not_taken_for_1_1(version):
+    p = RequestParser(permit_unconventional_http_version=True)
+    p.feed(b"GET /x HTTP/%s\r\nHost: h\r\n\r\n" % version.encode())
+    (req,) = p.ready
+    assert req.server_protocol == f"HTTP/{version}"
+
+
+def test_a_request_after_a_streamed_body_in_the_same_read_is_read_for_its_own_version():
+    # A chunked body streamed (its request went out in an earlier read) ends with a trailer,
+    # so where it ends is not known before llhttp parses it: the request after it is parsed in
+    # the same piece, with no earlier request of this read in `ready`. Its version must not be
+    # read at the read's start, where the chunk's data has " HTTP/1.1\r\n" at the place a
+    # "GET /x" request line's version would be.
+    p = RequestParser(body_buffer_size=4)
+    p.feed(b"POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"8\r\nstreamed\r\n")
+    (post,) = p.ready
+    assert post.streaming
+    p.ready.clear()  # (as the server does after each read)
+    data = b"f\r\nabc HTTP/1.1\r\nd\r\n0\r\nX: y\r\n\r\nGET /x HTTP/1.0\r\n\r\n"
+    assert data[len(b"GET /x"):].startswith(b" HTTP/1.1\r\n")
+    p.feed(data)
+    (get,) = p.ready
+    assert (get.url, get.version, get.keep_alive) == (b"/x", "1.0", False)
+    assert post.complete
+
+
 def test_unknown_transfer_coding_is_501():
     raw = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"
     assert status_of(raw) == 501
