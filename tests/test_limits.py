@@ -324,6 +324,22 @@ def test_idle_keep_alive_connection_closed_after_keep_alive_timeout(short_timeou
     assert elapsed >= 0.5
 
 
+@pytest.mark.parametrize("threads", ["1", "4"])
+def test_the_keep_alive_window_starts_when_a_slow_response_is_out(berth, threads):
+    """--keep-alive 2 and a response that took 1.5 s: the connection stays open 2 s from the
+    response's end, not from the request's arrival (the client's next request, 1.2 s after
+    the response, is answered: closing under it would lose it)."""
+    srv = berth(["-w", "1", "--threads", threads, "--keep-alive", "2",
+                 "--access-logfile", "none", "proto_app:app"])
+    with connect(srv.port) as sock:
+        for _ in range(2):
+            sock.sendall(get_request("/sleep?s=1.5"))
+            assert read_response(sock)[0] == 200
+            time.sleep(1.2)
+            sock.sendall(get_request("/hello"))
+            assert read_response(sock)[0] == 200
+
+
 def test_idle_keep_alive_connection_stays_open_by_default(srv):
     with connect(srv.port) as sock:
         sock.sendall(get_request("/hello"))

@@ -432,7 +432,9 @@ class Responder:
             attend = conn.closing or not conn.reading or conn.parser.current is not None
         finally:
             lock.release()
-        conn.last_active = loop.now
+        # The keep-alive window starts now, when the response is out: not at the loop's
+        # wake-up (loop.now), older by the app call (inline) or by the loop's wait.
+        conn.last_active = time.monotonic()
         if not loop.accepting:
             attend = True  # the loop re-checks whether to take new connections again
         if attend:

@@ -243,7 +243,7 @@ class Connection:
         try:
             out = self.out
             if (len(out) == 1 and not self.want_write and self.cond is None
-                    and self.paused_response is None and not self.closing):
+                    and self.paused_response is None and not self.closing and not self.dead):
                 item = out[0]
                 if type(item) is bytes:
                     try:
