@@ -370,7 +370,7 @@ class Responder:
                     started = time.monotonic()  # (a resumed response may have run meanwhile)
                 running[0] = started
                 try:
-                    keep = self.call_app(conn, req, True)
+                    keep = self.call_app(conn, req, True, started)
                 except Exception:
                     if not req.dispatched:
                         raise
@@ -386,7 +386,7 @@ class Responder:
                 if req.dispatched:  # an app thread took the loop over: this is one now
                     inline, deposed = False, True
             else:
-                keep = self.call_app(conn, req, False)
+                keep = self.call_app(conn, req, False, now)
                 if keep is PAUSED:
                     return
             req = self.next_request(conn, keep, inline)
@@ -458,9 +458,10 @@ class Responder:
 
     # -- one request -----------------------------------------------------------------------------
 
-    def call_app(self, conn: Connection, req: Request, inline: bool):
+    def call_app(self, conn: Connection, req: Request, inline: bool, started: float):
         """Run the app for one request; return keep-alive (bool), or PAUSED when the loop
-        thread goes on with the body once the client has read what is queued."""
+        thread goes on with the body once the client has read what is queued. `started`:
+        the caller's clock, just read: where the response's duration starts."""
         if self.probes is not None and req.url in self.probes:
             return self.answer_probe(conn, req, inline)
         resp = Response(self, conn, req, inline)
@@ -480,7 +481,8 @@ class Responder:
                 inline = resp.inline
             else:
                 self.request_hook("pre_request", resp.view)
-        resp.started = time.monotonic()
+            started = time.monotonic()  # (the hook's time is not the response's)
+        resp.started = started
         result = None
         try:
             if inline and self.baton is not None:
