@@ -382,3 +382,59 @@ def test_a_watcher_that_saw_one_call_never_takes_over_the_next_call_of_the_same_
     baton.watcher = 0  # (lets the watcher go if it took nothing)
     watching.join(5)
     assert took and all(age >= baton_mod.TAKEOVER for _, age in took), took
+
+
+def test_a_measured_call_during_which_the_watcher_ran_is_not_taken_for_a_wait():
+    """The real Baton, in-process, with real threads and getrusage. A measured app call that
+    loses the GIL to the watcher (which takes it a hundred times a second; on a busy CPU it
+    can be preempted while it holds it) shows a voluntary switch and time off the CPU, as an
+    app's wait on a database does. Two such calls in a row sent the requests to the app
+    threads for a second, again and again under CPU hogs. A call during which the watcher
+    ran gives no verdict now; a call that really waits still counts."""
+    from queue import SimpleQueue
+
+    from berth.worker import baton as baton_mod
+
+    class Req:
+        dispatched = 0.0
+        progress = 0.0
+
+    class Resp:
+        def __init__(self):
+            self.req, self.started, self.inline = Req(), 0.0, True
+
+    class Responder:
+        inline = True
+        served = 0
+
+        def __init__(self):
+            self.busy, self.work = {}, SimpleQueue()
+
+    def spin(seconds: float) -> None:  # Python bytecode all along: it wants the GIL
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
+
+    responder = Responder()
+    baton = baton_mod.Baton(responder, [0.0])
+    watcher = baton.watcher = threading.get_ident() + 1  # (one stands by: no summon)
+    baton.seen_at = time.monotonic()
+
+    def app_losing_the_gil_to_the_watcher():
+        def watcher_turn():
+            baton.watch(watcher)  # its turn, early in the call: no takeover
+            spin(0.020)  # and it keeps the GIL busy, as a preempted holder does
+        helper = threading.Thread(target=watcher_turn)
+        helper.start()
+        spin(0.030)
+        helper.join()
+
+    for _ in range(3):
+        baton.sample = 1  # (the next lead is measured)
+        baton.lead(Resp(), app_losing_the_gil_to_the_watcher)
+    assert responder.inline and baton.waited == 0 and baton.back_off_until == 0.0
+
+    for _ in range(2):  # an app that waits (a sleep: the GIL released, off the CPU)
+        baton.sample = 1
+        baton.lead(Resp(), time.sleep, 0.005)
+    assert not responder.inline and baton.back_off_until > 0.0
