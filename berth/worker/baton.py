@@ -96,7 +96,6 @@ class Baton:
         self.sample = SAMPLE_EVERY  # inline calls until the next measured one
         self.waited = 0  # measured calls in a row that waited
         self.back_off = BACK_OFF  # the next back-off's length
-        self.watches = 0  # the watcher's turns so far (measure: did it run during a call?)
         self.seen_served = -1  # the watcher's view of `responder.served`, and since when
         self.seen_at = 0.0
         self.summoned = False  # a WATCH is queued
@@ -134,7 +133,6 @@ class Baton:
         # (blocked, not preempted: a busy machine or a CPU quota takes the CPU away too, but
         # without a voluntary context switch)
         usage = getrusage(RUSAGE_THREAD)
-        watches = self.watches
         resp.req.progress = since = monotonic()
         self.calls[since] = resp
         if not self.watcher:
@@ -149,11 +147,6 @@ class Baton:
             self.calls.pop(since, None)
             with self.lock:  # (after a takeover: once the watcher has deposed this thread)
                 if resp.req.dispatched:  # taken over: that backed off already
-                    self.sample = 1
-                elif self.watches != watches:
-                    # The watcher ran meanwhile: the call may have waited for the GIL it took
-                    # (on a busy CPU, as long as the watcher was preempted holding it), which
-                    # getrusage tells from no wait of the app's. No verdict: measure the next.
                     self.sample = 1
                 elif blocked and off_cpu > WAITED * took and off_cpu > WAITED_AT_LEAST:
                     self.waited += 1
@@ -275,7 +268,6 @@ class Baton:
     def watch(self, me: int) -> None:
         """The watcher's turn: take the loop over from an app call that runs long (and run
         the loop until deposed in turn); end a back-off; park when nothing happens."""
-        self.watches += 1
         now = time.monotonic()
         calls = list(self.calls.items())  # (one step: the loop thread may change it)
         responder = self.responder
