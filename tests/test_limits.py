@@ -340,6 +340,28 @@ def test_the_keep_alive_window_starts_when_a_slow_response_is_out(berth, threads
             assert read_response(sock)[0] == 200
 
 
+def test_the_keep_alive_window_of_a_held_response_starts_when_it_is_flushed(berth):
+    """--threads 1: A's response is held for the loop's flush (Connection.put) while B's
+    request, read in the same wake-up, runs 1.5 s in the app; A's keep-alive window starts
+    when its response goes out, after B's call, not when it was held (a review found it
+    closed 0.5 s after A had its response)."""
+    srv = berth(["-w", "1", "--threads", "1", "--keep-alive", "2", "--access-logfile", "none",
+                 "proto_app:app"])
+    with connect(srv.port) as c, connect(srv.port) as a, connect(srv.port) as b:
+        c.sendall(get_request("/sleep?s=0.3"))  # keeps the loop busy while A and B arrive
+        time.sleep(0.1)
+        a.sendall(get_request("/hello"))
+        time.sleep(0.02)
+        b.sendall(get_request("/sleep?s=1.5"))
+        assert read_response(c)[0] == 200
+        assert read_response(a)[0] == 200
+        answered = time.monotonic()
+        assert read_response(b)[0] == 200
+        time.sleep(max(0.0, 1.2 - (time.monotonic() - answered)))
+        a.sendall(get_request("/hello"))
+        assert read_response(a)[0] == 200
+
+
 def test_idle_keep_alive_connection_stays_open_by_default(srv):
     with connect(srv.port) as sock:
         sock.sendall(get_request("/hello"))

@@ -406,6 +406,11 @@ class Responder:
         lock = conn.lock
         lock.acquire()
         try:
+            # The keep-alive window starts now, when the response is out (or held for the
+            # loop's flush, which starts it again): not at the loop's wake-up (loop.now),
+            # older by the app call or by the loop's wait. (Before `active` is cleared: the
+            # sweep must not see the connection idle with the request's old time.)
+            conn.last_active = time.monotonic()
             conn.active = None
             if not inline:
                 conn.response = None  # (its environ and request: an idle connection holds none)
@@ -432,9 +437,6 @@ class Responder:
             attend = conn.closing or not conn.reading or conn.parser.current is not None
         finally:
             lock.release()
-        # The keep-alive window starts now, when the response is out: not at the loop's
-        # wake-up (loop.now), older by the app call (inline) or by the loop's wait.
-        conn.last_active = time.monotonic()
         if not loop.accepting:
             attend = True  # the loop re-checks whether to take new connections again
         if attend:

@@ -20,6 +20,7 @@ import math
 import os
 import select
 import socket
+import time
 from functools import partial
 
 from berth.http.framing import CONTINUE
@@ -150,10 +151,12 @@ class Loop(Admission):
         holding = self.holding
         self.holding = []
         resume = self.responder.resume
+        now = time.monotonic()  # (they go out now: their keep-alive windows start)
         for conn in holding:
             conn.held = False
             if conn.closed:
                 continue
+            conn.last_active = now
             try:
                 if conn.send_held():
                     resume(conn)
