@@ -214,10 +214,7 @@ class AsgiLoop(Admission):
             sock.close()
         finally:
             self.connecting -= 1
-            if not self.accepting:
-                self.may_accept_again()  # (at --worker-connections: a handshake failed)
-            elif self.conn_words is not None:
-                self.publish_conns()
+            self.conns_changed()  # (at --worker-connections: a handshake failed, room made)
 
     def sheddable(self):
         return (p for p in self.conns if p.idle())
@@ -259,6 +256,11 @@ class AsgiLoop(Admission):
     def forget(self, proto: HttpProtocol) -> None:
         """A connection is over."""
         self.conns.discard(proto)
+        self.conns_changed()
+
+    def conns_changed(self) -> None:
+        """The open connections changed: accept again if that made room, else tell the
+        siblings the count."""
         if not self.accepting and self.open_conns() < self.max_conns:
             self.may_accept_again()
         elif self.conn_words is not None:  # (one worker: no call per closed connection)
