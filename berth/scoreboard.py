@@ -105,6 +105,8 @@ class Scoreboard:
         # then each slot's app word, then its connections word (8-byte aligned)
         self.mem = mmap.mmap(-1, slots * SLOT_SIZE + 64 + slots * 16)
         self._flag = slots * SLOT_SIZE
+        # (in the master's line) the slots workers have used: what a worker balances over
+        self._in_use = memoryview(self.mem)[self._flag + 8:self._flag + 16].cast("q")
         words = slots * SLOT_SIZE + 64
         self._app_words = memoryview(self.mem)[words:words + slots * 8].cast("d")
         conns = words + slots * 8
@@ -130,6 +132,13 @@ class Scoreboard:
         """Each slot's open connections while its worker takes new ones, else NO_CONNS:
         written by the worker's loop, read by its siblings' (berth.worker.admission)."""
         return self._conn_words
+
+    def slots_in_use(self) -> memoryview:
+        """One word: how many of the first slots workers have used, so far (the master writes
+        it as it starts workers, `free_index`): the connections words a worker balances
+        over. It is read at each balancing, not at fork: a worker started alone (`-w 1`)
+        balances with the siblings SIGTTIN gives it later."""
+        return self._in_use
 
     def write(self, index: int, slot: Slot) -> None:
         """Seqlock write: the sequence word is odd while the slot changes, so a reader never
@@ -196,8 +205,12 @@ class Scoreboard:
             time.sleep(0.001)
 
     def free_index(self, taken: set[int]) -> int:
+        """The lowest slot not taken, for a worker about to start (counted in `slots_in_use`
+        from now on)."""
         for index in range(self.slots):
             if index not in taken:
+                if index >= self._in_use[0]:
+                    self._in_use[0] = index + 1
                 return index
         raise RuntimeError(f"no free scoreboard slot (the cap is {self.slots})")
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -83,14 +85,25 @@ def test_more_clients_than_every_workers_bound_a_new_client_is_served_memory_fla
     assert "at worker_connections (25): closed" in srv.stderr()
 
 
-@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
-def test_a_burst_of_keep_alive_connections_spreads_over_the_workers(berth, kind):
+@pytest.mark.parametrize("kind,started", [("wsgi", "-w 2"), ("asgi", "-w 2"),
+                                           ("wsgi", "-w 1, then SIGTTIN"),
+                                           ("asgi", "-w 1, then SIGTTIN")])
+def test_a_burst_of_keep_alive_connections_spreads_over_the_workers(berth, kind, started):
     # wrk opens its connections before it sends anything, and a load balancer its pool: with
     # both workers' loops on one CPU, the first to wake used to take most or all of a burst
-    # (keep-alive then pins them there; berth.worker.admission)
-    srv = berth(["-w", "2", "--access-logfile", "none", *proto_args(kind)])
+    # (keep-alive then pins them there; berth.worker.admission). A worker forked while it was
+    # the only one balances too, once SIGTTIN gives it a sibling.
+    one_first = started != "-w 2"
+    srv = berth(["-w", "1" if one_first else "2", "--access-logfile", "none",
+                 "--log-level", "debug", *proto_args(kind)])
+    if one_first:
+        (first,) = pids_children(srv.pid)
+        srv.signal(signal.SIGTTIN)
+        assert wait_for(lambda: len(re.findall(r"worker \d+ ready", srv.stderr())) >= 2,
+                        timeout=20), srv.stderr()
     workers = pids_children(srv.pid)
     assert len(workers) == 2
+    assert not one_first or first in workers
     cpu = min(os.sched_getaffinity(0))
     for pid in workers:  # (the main thread: the loop's, which accepts)
         os.sched_setaffinity(pid, {cpu})

@@ -115,9 +115,13 @@ def test_a_read_waits_for_a_writer_that_lost_its_cpu_mid_write(monkeypatch):
     assert (seen.pid, seen.served) == (2, 2)
 
 
-def test_free_index_skips_taken_slots():
-    board = Scoreboard(3)
-    assert board.free_index({0, 1}) == 2
+def test_free_index_skips_taken_slots_and_counts_the_slots_in_use():
+    board = Scoreboard(4)
+    in_use = board.slots_in_use()
+    assert in_use[0] == 0
+    assert board.free_index(set()) == 0 and in_use[0] == 1
+    assert board.free_index({0, 1}) == 2 and in_use[0] == 3
+    assert board.free_index({1}) == 0 and in_use[0] == 3  # (it only grows)
 
 
 def test_the_loop_threads_app_word_makes_an_idle_slot_busy_until_cleared():

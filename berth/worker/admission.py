@@ -9,7 +9,8 @@ within a few rounds instead of spinning until idle connections time out. At
 --worker-connections, room is made the same way, a smaller share at a time (the worker is
 full, not failing). Each says so at most once a second, with counts.
 
-With more than one worker, accepts are balanced across them (`balance_with`). A burst of
+With more than one worker, accepts are balanced across them (`balance_with`; a worker started
+alone too, once SIGTTIN gives it siblings: the slots it scans are read at each turn). A burst of
 connections (a load balancer's pool, wrk's connections, opened before anything is sent) goes
 to whichever worker wakes first, and on a busy CPU that one could take the whole burst, where
 keep-alive then pins it. So each worker publishes its open connections in the scoreboard
@@ -51,7 +52,7 @@ class Admission:
     refused_logged = full_logged = -1.0
     conn_words = None  # every worker's open connections (the scoreboard's), when balancing
     slot = 0  # this worker's word
-    scan = 0  # the words workers use (the lowest free slots)
+    slots_in_use = None  # the scoreboard's count of the slots workers use (the lowest)
     defer_until = 0.0  # deferring to a sibling until then (not accepting meanwhile)
     defer_after = 0.0  # no deferring again before then
     deferred_least = 0  # the fewest connections of a worker when this one deferred
@@ -59,10 +60,14 @@ class Admission:
 
     # -- balance across the workers (see module) ----------------------------------------------
 
-    def balance_with(self, conn_words, slot: int, workers: int) -> None:
+    def balance_with(self, conn_words, slots_in_use, slot: int) -> None:
         self.conn_words = conn_words
+        self.slots_in_use = slots_in_use  # (the scoreboard's word: it grows with SIGTTIN)
         self.slot = slot
-        self.scan = 2 * workers + 2  # (a replacement starts before the worker it replaces ends)
+
+    def least_conns(self) -> int:
+        """The fewest open connections of a worker taking new ones (this one included)."""
+        return min(self.conn_words[:self.slots_in_use[0]])
 
     def open_conns(self) -> int:
         return len(self.conns)
@@ -78,9 +83,9 @@ class Admission:
     def defer(self, now: float) -> bool:
         """Before accepting, when balancing: whether to leave new connections to a sibling
         for DEFER (then accepting is off until `end_deferral`)."""
-        if now < self.defer_after:
-            return False
-        least = min(self.conn_words[:self.scan])
+        if now < self.defer_after or self.slots_in_use[0] < 2:
+            return False  # (one worker: no sibling to leave them to, until SIGTTIN)
+        least = self.least_conns()
         if self.open_conns() < least + BALANCE_SLACK:
             return False
         self.deferred_least = least
@@ -95,7 +100,7 @@ class Admission:
             return False
         self.defer_until = 0.0
         words = self.conn_words
-        if words is not None and min(words[:self.scan]) <= self.deferred_least:
+        if words is not None and self.least_conns() <= self.deferred_least:
             self.unanswered += 1  # its siblings took none: not scheduled in time, or stuck
             if self.unanswered >= UNANSWERED:
                 self.unanswered = 0

@@ -225,10 +225,11 @@ class Worker:
         responder.start()
 
     def balance(self, loop) -> None:
-        """Balance the loop's accepts against its siblings' (berth.worker.admission): with
-        one worker there is nothing to balance."""
-        if self.scoreboard is not None and self.cfg.workers > 1:
-            loop.balance_with(self.scoreboard.conn_words(), self.slot_index, self.cfg.workers)
+        """Balance the loop's accepts against its siblings' (berth.worker.admission), with
+        one worker too: SIGTTIN may give it siblings later."""
+        if self.scoreboard is not None:
+            loop.balance_with(self.scoreboard.conn_words(), self.scoreboard.slots_in_use(),
+                              self.slot_index)
 
     def retiring(self) -> None:
         """The loop stopped accepting for good: --max-requests, or the app's SystemExit (the
