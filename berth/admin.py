@@ -563,7 +563,13 @@ class AdminServer:
         req = parser.ready[0] if parser.ready else parser.current
         if req is None or parser.in_head or not req.method:
             return  # the head is not complete yet
-        self._answer(conn, self.answer(req.method, req.url, req.headers.get("HTTP_ACCEPT", "")))
+        try:
+            data = self.answer(req.method, req.url, req.headers.get("HTTP_ACCEPT", ""))
+        except Exception:  # noqa: BLE001 - a defect of berth's: 500, and the master goes on
+            self.master.log.exception("internal error answering %s on the admin listener",
+                                      req.url.decode("latin-1"))
+            data = response(500, b"internal error: see the server's log\n", date=self.date)
+        self._answer(conn, data)
 
     def _answer(self, conn: _Conn, data: bytes) -> None:
         conn.answered = True

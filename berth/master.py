@@ -61,6 +61,12 @@ RSS_SAMPLES = 3  # consecutive samples over --max-worker-memory before a worker 
 THREADED_LOOP_ALLOWANCE = 5.0
 OVERRAN = "retired: a request overran its deadline"
 STOP_POLL = 0.05  # while workers stop: how often the loop looks for exits and the deadline
+# A turn of the master's loop that raises (a defect of berth's) is logged with its traceback,
+# and the loop goes on after a pause: the workers serve on. After MASTER_FAILURES turns in a
+# row berth stops as on SIGTERM (in-flight requests are finished) and exits 1; after twice as
+# many it kills what is left.
+MASTER_FAILURES = 5
+MASTER_FAILURE_PAUSE = 0.1
 
 # The master's phases. One loop runs through all of them; `handle_signal` says what each signal
 # does in each, and `loop` what a turn does.
@@ -186,8 +192,10 @@ class Master:
         call_hook(cfg, "nworkers_changed", self.server, cfg.workers, None)
         for _ in range(cfg.workers):
             self.spawn()
-        self.loop()
-        self.finish_stop()
+        try:
+            self.loop()
+        finally:  # (whatever happened, no worker outlives the master)
+            self.finish_stop()
         call_hook(self.cfg, "on_exit", self.server)
         return self.exit_code
 
@@ -207,27 +215,49 @@ class Master:
         if self.admin is not None:
             self.admin.register(sel)
         next_tick = time.monotonic() + TICK
+        failed = 0  # turns in a row that raised
         while True:
-            self.wait_and_handle(self.wait_time(next_tick))
-            self.reap()
-            now = time.monotonic()
-            if self.admin is not None:
-                self.admin.tick(now)
-            if self.phase == DELAYING and now >= self.deadline:
-                self.begin_stop(graceful=True)
-            if self.stopping:
-                if not self.workers or now >= self.deadline:
-                    return
+            try:
+                next_tick = self.turn(next_tick)
+            except Exception:  # noqa: BLE001 - a defect of berth's: the workers serve on
+                failed += 1
+                self.log.exception("internal error in the master's loop (%d turn%s in a row); "
+                                   "the workers serve on", failed, "s" if failed > 1 else "")
+                if failed == MASTER_FAILURES:
+                    self.log.error("the master's loop failed %d turns in a row: stopping "
+                                   "(in-flight requests are finished)", failed)
+                    self.exit_code = 1
+                    if not self.stopping:
+                        self.begin_stop(graceful=True)
+                elif failed >= 2 * MASTER_FAILURES:
+                    return  # (finish_stop kills what is left)
+                time.sleep(MASTER_FAILURE_PAUSE)  # (a turn failing before its wait: no spin)
                 continue
-            if now >= next_tick:
-                next_tick = now + TICK
-                self.check_workers(now)
-                if self.code is not None:
-                    self.code.tick(now)
-            if (self.phase == SERVING and self.code is not None and self.code.due
-                    and now >= self.code.due):
-                self.reload_code()
-            self.keep_count()
+            failed = 0
+            if next_tick is None:
+                return
+
+    def turn(self, next_tick: float) -> float | None:
+        """One turn of the loop; return when the next tick is due, or None once stopped."""
+        self.wait_and_handle(self.wait_time(next_tick))
+        self.reap()
+        now = time.monotonic()
+        if self.admin is not None:
+            self.admin.tick(now)
+        if self.phase == DELAYING and now >= self.deadline:
+            self.begin_stop(graceful=True)
+        if self.stopping:
+            return None if not self.workers or now >= self.deadline else next_tick
+        if now >= next_tick:
+            next_tick = now + TICK
+            self.check_workers(now)
+            if self.code is not None:
+                self.code.tick(now)
+        if (self.phase == SERVING and self.code is not None and self.code.due
+                and now >= self.code.due):
+            self.reload_code()
+        self.keep_count()
+        return next_tick
 
     def wait_time(self, next_tick: float) -> float:
         """How long the next wait may last: until the tick, the end of the shutdown delay or

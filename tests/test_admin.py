@@ -484,6 +484,27 @@ def test_a_slow_or_oversized_client_is_cut_off_and_others_still_answered(berth):
     slow.close()
 
 
+def test_an_endpoint_that_raises_answers_500_and_the_master_serves_on(berth, tmp_path):
+    # a defect in rendering (put there by a config file, which runs in the master) used to
+    # reach the master's loop and stop the server
+    conf = tmp_path / "faulty.py"
+    conf.write_text("import berth.admin\n\n\n"
+                    "def render_metrics(view):\n"
+                    "    raise ValueError('injected fault in render_metrics')\n\n\n"
+                    "berth.admin.render_metrics = render_metrics\n")
+    srv = start(berth, "-c", str(conf), "-w", "1")
+    for _ in range(3):
+        status, _, body = admin_get(srv, "/metrics")
+        assert (status, body) == (500, b"internal error: see the server's log\n")
+    assert admin_get(srv, "/livez")[0] == 200
+    assert status_of(srv)["workers"]
+    assert http_get(srv.port, "/hello")[0] == 200
+    err = srv.stderr()
+    assert err.count("internal error answering /metrics on the admin listener") == 3, err
+    assert "ValueError: injected fault in render_metrics" in err, err
+    assert srv.proc.poll() is None
+
+
 def test_workers_do_not_hold_the_admin_socket(berth):
     srv = start(berth, "-w", "2")
     inode = None

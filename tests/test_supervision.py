@@ -391,3 +391,65 @@ def test_workers_dying_at_boot_stop_the_master_with_non_zero_exit(berth):
     assert "workers died before becoming ready" in err, err
     assert "exited unexpectedly: exited with code 3" in err, err
     assert "ready: " not in err
+
+
+# -- a defect in the master's own loop ---------------------------------------------------------
+
+FAULTY_TURNS = '''
+import berth.master
+
+_check_workers = berth.master.Master.check_workers
+_calls = [0]
+
+
+def check_workers(self, now):
+    _calls[0] += 1
+    if {which}:
+        raise RuntimeError("injected fault in check_workers, call %d" % _calls[0])
+    return _check_workers(self, now)
+
+
+berth.master.Master.check_workers = check_workers
+'''
+
+
+def test_a_turn_of_the_master_that_raises_is_logged_and_the_workers_serve_on(berth, tmp_path):
+    # a config file (Python, run in the master) puts a fault in one tick's check of the
+    # workers: before, the master died with the traceback and its workers with it
+    conf = tmp_path / "faulty.py"
+    conf.write_text(FAULTY_TURNS.format(which="_calls[0] == 2"))
+    srv = berth(["-c", str(conf), "-w", "1", "super_app:app"])
+    srv.wait_for_log("injected fault in check_workers, call 2", timeout=10)
+    err = srv.stderr()
+    assert "internal error in the master's loop (1 turn in a row); the workers serve on" in err
+    assert "Traceback" in err, err
+    worker = pids_children(srv.pid)
+    time.sleep(1.2)  # (two ticks more: the loop goes on)
+    assert pids_children(srv.pid) == worker and srv.proc.poll() is None
+    assert _calls_logged(srv) == 1
+    assert http_get(srv.port, "/")[0] == 200
+    srv.signal(signal.SIGTERM)
+    code, _ = exit_within(srv, 10)
+    assert code == 0, srv.stderr()
+    assert "the master's loop failed" not in srv.stderr()
+
+
+def _calls_logged(srv) -> int:
+    return srv.stderr().count("RuntimeError: injected fault")
+
+
+def test_a_master_whose_loop_keeps_failing_stops_gracefully_and_exits_1(berth, tmp_path):
+    conf = tmp_path / "faulty.py"
+    conf.write_text(FAULTY_TURNS.format(which="_calls[0] >= 6"))  # (3 s after the start)
+    srv = berth(["-c", str(conf), "-w", "1", "super_app:app"])
+    # a request in flight when the master gives up is finished, not cut
+    thread, box = in_background(lambda: http_get(srv.port, "/sleep?s=2", timeout=15))
+    code, _ = exit_within(srv, 15)
+    thread.join(15)
+    err = srv.stderr()
+    assert code == 1, err
+    assert "the master's loop failed 5 turns in a row: stopping (in-flight requests are " \
+           "finished)" in err, err
+    assert _calls_logged(srv) == 5, err  # (stopping, the loop no longer checks the workers)
+    assert box.get("result") and box["result"][0] == 200, (box, err)
+    assert re.search(r"berth master \d+: stopped", err), err
