@@ -104,6 +104,8 @@ class Totals:
     queued: int = 0
     queued_seconds: float = 0.0
     loop_blocked: int = 0
+    switches_slow_call: int = 0
+    switches_app_waits: int = 0
     bytes_sent: int = 0
     over_deadline: int = 0
     log_dropped: int = 0
@@ -118,6 +120,8 @@ class Totals:
         self.queued += slot.queued
         self.queued_seconds += slot.queued_seconds
         self.loop_blocked += slot.loop_blocked
+        self.switches_slow_call += slot.switches_slow_call
+        self.switches_app_waits += slot.switches_app_waits
         self.bytes_sent += slot.bytes_sent
         self.over_deadline += slot.over_deadline
         self.log_dropped += slot.log_dropped
@@ -204,7 +208,8 @@ def render_metrics(view: View) -> str:
     slots = [w.slot for w in view.workers]
     retired = view.retired
     total = Totals(list(retired.requests), list(retired.durations), retired.duration_sum,
-                   retired.queued, retired.queued_seconds, retired.loop_blocked)
+                   retired.queued, retired.queued_seconds, retired.loop_blocked,
+                   retired.switches_slow_call, retired.switches_app_waits)
     for slot in slots:
         total.add(slot)
     classes = len(STATUS_CLASSES)
@@ -273,6 +278,14 @@ def render_metrics(view: View) -> str:
                 if w.slot.state not in (BOOTING,)])
         family("berth_websockets_open", "gauge", "WebSocket connections open, per worker.",
                [((("pid", w.pid),), w.slot.websockets_open) for w in view.workers])
+    if view.threads > 1 and view.config.get("worker_class") != "asgi":
+        family("berth_app_thread_switches_total", "counter",
+               "Times a worker's loop thread, which runs quick app calls itself, sent the "
+               "requests to its app threads for a while (1 s, doubling while it recurs): "
+               "slow_call, an app call ran past 10 ms and an app thread took the loop over; "
+               "app_waits, app calls waited off the CPU (a database, a sleep).",
+               [((("reason", "slow_call"),), total.switches_slow_call),
+                ((("reason", "app_waits"),), total.switches_app_waits)])
     family("berth_listen_queue", "gauge",
            "Connections waiting in each TCP listener's accept queue.",
            [((("listener", name),), n) for name, n in view.listeners if n is not None])
@@ -310,6 +323,9 @@ def render_status(view: View) -> dict:
             "oldest_request": oldest, "rss_bytes": slot.rss,
             "heartbeat_age_s": round(max(0.0, view.now - slot.heartbeat), 3),
         })
+        if view.threads > 1 and view.config.get("worker_class") != "asgi":
+            workers[-1]["app_thread_switches"] = {"slow_call": slot.switches_slow_call,
+                                                  "app_waits": slot.switches_app_waits}
         if view.config.get("worker_class") == "asgi":
             workers[-1].update(loop_busy=round(slot.loop_busy, 4),
                                loop_blocked=slot.loop_blocked,

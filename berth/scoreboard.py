@@ -54,10 +54,11 @@ N_BUCKETS = len(DURATION_BOUNDS) + 1
 # pid, generation, state, busy threads, heartbeat, served, in flight, oldest start,
 # oldest line, rss, uss, bytes sent, requests over deadline, access-log lines dropped,
 # queue depth, requests queued, seconds queued, duration sum, event-loop blocks, event-loop
-# busy share, open WebSockets, the app's SystemExit, then the responses by method and status
-# class, then the duration buckets (each bucket's own count, not cumulative)
-_SLOT = struct.Struct(f"=iIBHdQId{LINE_SIZE}sQQQQQIQddQdIB{N_REQUESTS}Q{N_BUCKETS}Q")
-_FIXED = 22  # fields before the responses
+# busy share, open WebSockets, the app's SystemExit, the loop thread's switches to the app
+# threads (a slow call, an app that waits), then the responses by method and status class,
+# then the duration buckets (each bucket's own count, not cumulative)
+_SLOT = struct.Struct(f"=iIBHdQId{LINE_SIZE}sQQQQQIQddQdIBQQ{N_REQUESTS}Q{N_BUCKETS}Q")
+_FIXED = 24  # fields before the responses
 _SEQ = struct.Struct("=I")  # a seqlock word before each slot (see Scoreboard.write)
 SPINS = 1000  # reads of a slot being written before the reader sleeps between reads
 WRITER_GONE = 0.2  # seconds a slot may stay mid-write before its writer is taken for dead
@@ -88,6 +89,11 @@ class Slot:
     loop_busy: float = 0.0  # -k asgi: the event loop thread's CPU share over the last tick
     websockets_open: int = 0  # -k asgi: WebSocket connections open now
     app_exit: int = 0  # 1: retiring because the app raised SystemExit (not --max-requests)
+    # --threads above 1: times the loop thread sent the app calls to the app threads for a
+    # while (berth.worker.baton): an app thread took the loop over from a slow call; measured
+    # calls waited off the CPU
+    switches_slow_call: int = 0
+    switches_app_waits: int = 0
     # responses, index METHODS.index(method) * 5 + status class - 1
     requests: tuple = (0,) * N_REQUESTS
     durations: tuple = (0,) * N_BUCKETS  # responses per duration bucket (DURATION_BOUNDS)
@@ -151,7 +157,8 @@ class Scoreboard:
                           slot.rss, slot.uss, slot.bytes_sent, slot.over_deadline,
                           slot.log_dropped, slot.queue_depth, slot.queued, slot.queued_seconds,
                           slot.duration_sum, slot.loop_blocked, slot.loop_busy,
-                          slot.websockets_open, slot.app_exit, *slot.requests, *slot.durations)
+                          slot.websockets_open, slot.app_exit, slot.switches_slow_call,
+                          slot.switches_app_waits, *slot.requests, *slot.durations)
         base = index * SLOT_SIZE
         mem = self.mem
         seq = _SEQ.unpack_from(mem, base)[0] | 1

@@ -16,8 +16,18 @@ from pathlib import Path
 
 from conftest import connect, http_get, read_response
 from proto_helpers import get_request, wait_for
+from test_admin import metric, settle, start
 
 APP = ["--access-logfile", "none", "proto_app:app"]
+
+
+def switches(srv, answered: int) -> tuple[float, float]:
+    """berth_app_thread_switches_total (slow_call, app_waits), once the worker has published
+    at least `answered` responses."""
+    m = settle(srv, lambda m: sum(v for (name, _), v in m.items()
+                                  if name == "berth_requests_total") >= answered)
+    return (metric(m, "berth_app_thread_switches_total", reason="slow_call"),
+            metric(m, "berth_app_thread_switches_total", reason="app_waits"))
 
 
 def names_on_one_connection(port: int, n: int) -> list[str]:
@@ -33,14 +43,15 @@ def names_on_one_connection(port: int, n: int) -> list[str]:
 
 
 def test_fast_requests_run_on_the_loop_thread_with_four_app_threads(berth):
-    srv = berth(["-w", "1", "--threads", "4", *APP])
+    srv = start(berth, "-w", "1", "--threads", "4")
     names = names_on_one_connection(srv.port, 30)
     # (the first may go to an app thread: one stands by once it has answered a request)
     assert names[-20:] == ["MainThread"] * 20, names
+    assert switches(srv, 30) == (0, 0)  # (a switch would send the next second's elsewhere)
 
 
 def test_a_request_that_waits_loses_the_loop_and_the_others_go_on(berth):
-    srv = berth(["-w", "1", "--threads", "4", *APP])
+    srv = start(berth, "-w", "1", "--threads", "4")
     names_on_one_connection(srv.port, 3)  # an app thread stands by
     with connect(srv.port) as slow:
         slow.sendall(get_request("/sleep?s=2&who=1"))
@@ -54,6 +65,7 @@ def test_a_request_that_waits_loses_the_loop_and_the_others_go_on(berth):
     assert ready == 200
     assert all(name.startswith("berth-app-") for name in others), others
     assert took < 1.5, f"requests waited {took:.1f}s behind the sleeping one"
+    assert switches(srv, 9) == (1, 0)  # the one takeover, counted (berth_app_thread_switches)
 
 
 def test_no_more_than_threads_app_calls_run_at_once(berth):
@@ -76,7 +88,7 @@ def test_no_more_than_threads_app_calls_run_at_once(berth):
 
 def test_short_waits_go_to_the_app_threads_and_overlap(berth):
     # 2 ms waits never lose the loop to a takeover; measured calls show the app waits
-    srv = berth(["-w", "1", "--threads", "4", *APP])
+    srv = start(berth, "-w", "1", "--threads", "4")
     names_on_one_connection(srv.port, 3)
     most = [0] * 8
 
@@ -94,6 +106,7 @@ def test_short_waits_go_to_the_app_threads_and_overlap(berth):
     for t in clients:
         t.join(timeout=60)
     assert max(most) >= 3, f"at most {max(most)} waits overlapped with --threads 4"
+    assert switches(srv, 323)[1] >= 1  # the app waits: counted
 
 
 def test_a_stream_stays_on_its_thread_while_the_loop_moves(berth):

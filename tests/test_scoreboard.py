@@ -25,7 +25,9 @@ def test_slot_round_trips_every_field():
     slot = Slot(pid=1234, generation=3, state=BUSY, busy_threads=2, heartbeat=12.5, served=99,
                 in_flight=2, oldest_start=11.0, oldest_line="GET /x HTTP/1.1", rss=5 << 20,
                 uss=3 << 20, bytes_sent=4096, over_deadline=1, log_dropped=2, queue_depth=3,
-                queued=7, queued_seconds=0.25, duration_sum=1.5,
+                queued=7, queued_seconds=0.25, duration_sum=1.5, loop_blocked=4,
+                loop_busy=0.5, websockets_open=6, app_exit=1, switches_slow_call=8,
+                switches_app_waits=9,
                 requests=tuple(range(1, N_REQUESTS + 1)), durations=tuple(range(N_BUCKETS)))
     board.write(2, slot)
     assert board.read(2) == slot

@@ -273,6 +273,10 @@ class Responder:
         slot.queue_depth = self.work.qsize()
         slot.busy_threads = self.busy_threads()
         slot.served = self.served
+        baton = self.baton
+        if baton is not None:
+            slot.switches_slow_call = baton.slow_calls
+            slot.switches_app_waits = baton.app_waits
 
     def count_response(self, req, status: str, sent: int, seconds: float) -> None:
         """Count a response off the fast path (call_app inlines the same)."""

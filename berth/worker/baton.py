@@ -100,6 +100,9 @@ class Baton:
         self.seen_at = 0.0
         self.summoned = False  # a WATCH is queued
         self.take_loop = None  # set by the worker: run the loop on this thread (until Deposed)
+        # times requests went to the app threads for a while (berth_app_thread_switches_total):
+        self.slow_calls = 0  # a watcher took the loop over from a slow call
+        self.app_waits = 0  # measured calls waited off the CPU
 
     # -- on the loop thread ------------------------------------------------------------------
 
@@ -152,6 +155,7 @@ class Baton:
                     self.waited += 1
                     if self.waited >= 2:
                         self.back_off_now(since + took)
+                        self.app_waits += 1
                     else:
                         self.sample = 1  # is the next one waiting too?
                 else:
@@ -281,6 +285,7 @@ class Baton:
                     self._depose(resp, since)
                     self.leader = me
                     self.back_off_now(now)
+                    self.slow_calls += 1
                 self.take_loop()
                 return
         else:
