@@ -17,7 +17,7 @@ from html.parser import HTMLParser
 import pytest
 from conftest import connect, free_port, read_response
 from prometheus_client.parser import text_string_to_metric_families
-from proto_helpers import exit_within, http_get, in_background, pids_children, wait_for
+from proto_helpers import exit_within, get_request, http_get, in_background, pids_children, wait_for
 
 from berth.admin import (
     RESTART_REASONS,
@@ -369,6 +369,21 @@ def test_the_duration_histogram_sees_a_slow_request_and_the_queue_a_wait(berth):
     assert 0.3 <= metric(m, "berth_request_duration_seconds_sum") < 0.5
     # --threads 1 runs the app on the loop thread: nothing waits in a queue
     assert metric(m, "berth_request_queue_seconds_count") == 0
+
+
+def test_a_pipelined_request_after_a_slow_one_on_an_app_thread_did_not_queue(berth):
+    # the request after a 1.2 s one on the same connection is taken up by the app thread
+    # that answered it, at once: its queue time is ~0, not the age of the loop's last wake-up
+    # (up to a tick, 0.5 s, which it used to be counted with)
+    srv = start(berth, "-w", "1", "--threads", "4", "--timeout", "30")
+    with connect(srv.port, 10) as sock:
+        sock.sendall(get_request("/sleep?s=1.2") + get_request("/hello"))
+        assert read_response(sock)[0] == 200
+        assert read_response(sock)[0] == 200
+    m = settle(srv, lambda m: requests_total(m) >= 2)
+    count = metric(m, "berth_request_queue_seconds_count")
+    assert count >= 1  # (the /hello at least went through an app thread's queue)
+    assert metric(m, "berth_request_queue_seconds_sum") < 0.05, m
 
 
 def test_counters_never_go_back_when_workers_are_recycled_or_killed(berth):

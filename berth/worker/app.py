@@ -414,7 +414,7 @@ class Responder:
             # loop's flush, which starts it again): not at the loop's wake-up (loop.now),
             # older by the app call or by the loop's wait. (Before `active` is cleared: the
             # sweep must not see the connection idle with the request's old time.)
-            conn.last_active = time.monotonic()
+            conn.last_active = now = time.monotonic()
             conn.active = None
             if not inline:
                 conn.response = None  # (its environ and request: an idle connection holds none)
@@ -423,7 +423,7 @@ class Responder:
                     req = conn.pending.popleft()
                     conn.active = req
                     if not inline:
-                        req.dispatched = loop.now
+                        req.dispatched = now  # (not loop.now: up to a tick old here)
                     if type(req) is Request and req.expect_continue:
                         req.expect_continue = False
                         lock.release()
