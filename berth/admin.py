@@ -17,8 +17,8 @@ Endpoints (GET and HEAD; another method on them is 405, another path 404):
   /metrics  Prometheus text exposition, version 0.0.4 (`render_metrics`).
   /status   JSON: each worker, the listeners, a summary of the configuration (`render_status`).
 
-Counters never go back: the master hands each exiting worker's last slot to `worker_exited`,
-which adds its counts to the retired totals before the slot is cleared (a worker publishes its
+Counters never go back: the master hands each exiting worker's last slot to `keep_counts`,
+which adds its counts to the retired totals as the slot is cleared (a worker publishes its
 counts once more as it exits; one killed outright loses what it served since its last beat,
 at most half a second).
 
@@ -278,8 +278,8 @@ def render_metrics(view: View) -> str:
                 if w.slot.state not in (BOOTING,)])
         family("berth_websockets_open", "gauge", "WebSocket connections open, per worker.",
                [((("pid", w.pid),), w.slot.websockets_open) for w in view.workers])
-    if view.threads > 1 and view.config.get("worker_class") != "asgi":
-        family("berth_app_thread_switches_total", "counter",
+    if view.config.get("worker_class") != "asgi":  # (0 with --threads 1: kept across a
+        family("berth_app_thread_switches_total", "counter",  # SIGHUP that changes it)
                "Times a worker's loop thread, which runs quick app calls itself, sent the "
                "requests to its app threads for a while (1 s, doubling while it recurs): "
                "slow_call, an app call ran past 10 ms and an app thread took the loop over; "
@@ -494,9 +494,12 @@ class AdminServer:
         if not self.accepting and len(self.conns) < MAX_CONNECTIONS and self.sel is not None:
             self._accepting(True)
 
-    def worker_exited(self, info: WorkerInfo, last: Slot, how: str) -> None:
-        """A worker is gone: keep its counts (before its slot is cleared) and why."""
+    def keep_counts(self, last: Slot) -> None:
+        """A worker is gone: keep its counts (its slot as it was before it was cleared)."""
         self.retired.add(last)
+
+    def worker_exited(self, info: WorkerInfo, how: str) -> None:
+        """A worker is gone: count why, if it was a restart."""
         if self.master.stopping:
             return
         reason = restart_reason(info, how)
@@ -584,7 +587,8 @@ class AdminServer:
         except Exception:  # noqa: BLE001 - a defect of berth's: 500, and the master goes on
             self.master.log.exception("internal error answering %s on the admin listener",
                                       req.url.decode("latin-1"))
-            data = response(500, b"internal error: see the server's log\n", date=self.date)
+            data = response(500, b"internal error: see the server's log\n", date=self.date,
+                            head_only=req.method == b"HEAD")
         self._answer(conn, data)
 
     def _answer(self, conn: _Conn, data: bytes) -> None:

@@ -48,6 +48,16 @@ def send_signal(pid: int, sig: int) -> None:
         pass
 
 
+def signal_name(sig: int) -> str:
+    """SIGTERM, SIGRTMIN+1, or the number of a signal Python has no name for."""
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        if signal.SIGRTMIN < sig <= signal.SIGRTMAX:
+            return f"SIGRTMIN+{sig - signal.SIGRTMIN}"
+        return str(sig)
+
+
 class ExitReader:
     """How a child ended, as a log line says it. A SIGKILL berth did not send is called an OOM
     kill only when the cgroup's own `oom_kill` counter rose since the last look, never guessed
@@ -61,7 +71,7 @@ class ExitReader:
         if not os.WIFSIGNALED(status):
             return f"exited with code {os.waitstatus_to_exitcode(status)}"
         sig = os.WTERMSIG(status)
-        how = f"killed by signal {signal.Signals(sig).name}"
+        how = f"killed by signal {signal_name(sig)}"
         if sig == signal.SIGKILL and not killed_by_berth:
             oom = container.oom_kill_count(self.info)
             if oom is not None and self.oom_kills is not None and oom > self.oom_kills:

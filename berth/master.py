@@ -36,6 +36,7 @@ import socket
 import sys
 import time
 import traceback
+from functools import partial
 
 from berth import container, logconfig, proctitle, reloader
 from berth.admin import AdminServer
@@ -63,8 +64,8 @@ OVERRAN = "retired: a request overran its deadline"
 STOP_POLL = 0.05  # while workers stop: how often the loop looks for exits and the deadline
 # A turn of the master's loop that raises (a defect of berth's) is logged with its traceback,
 # and the loop goes on after a pause: the workers serve on. After MASTER_FAILURES turns in a
-# row berth stops as on SIGTERM (in-flight requests are finished) and exits 1; after twice as
-# many it kills what is left.
+# row berth shuts down as on SIGTERM (readiness 503, the shutdown delay, in-flight requests
+# finished within --graceful-timeout) and exits 1 (`turn_failed`).
 MASTER_FAILURES = 5
 MASTER_FAILURE_PAUSE = 0.1
 
@@ -221,21 +222,33 @@ class Master:
                 next_tick = self.turn(next_tick)
             except Exception:  # noqa: BLE001 - a defect of berth's: the workers serve on
                 failed += 1
-                self.log.exception("internal error in the master's loop (%d turn%s in a row); "
-                                   "the workers serve on", failed, "s" if failed > 1 else "")
-                if failed == MASTER_FAILURES:
-                    self.log.error("the master's loop failed %d turns in a row: stopping "
-                                   "(in-flight requests are finished)", failed)
-                    self.exit_code = 1
-                    if not self.stopping:
-                        self.begin_stop(graceful=True)
-                elif failed >= 2 * MASTER_FAILURES:
-                    return  # (finish_stop kills what is left)
+                if self.turn_failed(failed):
+                    return
                 time.sleep(MASTER_FAILURE_PAUSE)  # (a turn failing before its wait: no spin)
                 continue
             failed = 0
             if next_tick is None:
                 return
+
+    def turn_failed(self, failed: int) -> bool:
+        """A turn raised, the `failed`th in a row: log it; at MASTER_FAILURES, shut down as on
+        SIGTERM. What the turn would have done for the phase is done here, so that the delay
+        and the drain end by their deadlines. Return whether the loop is over."""
+        serving = self.phase == SERVING
+        self.log.exception("internal error in the master's loop (%d turn%s in a row)%s", failed,
+                           "s" if failed > 1 else "", "; the workers serve on" if serving else "")
+        if failed >= MASTER_FAILURES and serving:
+            self.log.error("the master's loop failed %d turns in a row: shutting down "
+                           "(in-flight requests are finished), then exit 1", failed)
+            self.exit_code = self.exit_code or 1
+            self.begin_shutdown("internal errors")
+        now = time.monotonic()
+        if self.phase == DELAYING and now >= self.deadline:
+            self.begin_stop(graceful=True)
+        if self.stopping:
+            self.reap_plainly()
+            return not self.workers or now >= self.deadline  # (finish_stop kills the rest)
+        return False
 
     def turn(self, next_tick: float) -> float | None:
         """One turn of the loop; return when the next tick is due, or None once stopped."""
@@ -606,6 +619,17 @@ class Master:
 
     # -- reaping ----------------------------------------------------------------------------
 
+    def reap_plainly(self) -> None:
+        """Reap the workers that exited, with none of `reap`'s bookkeeping (which may be what
+        fails: `turn_failed`, `finish_stop`)."""
+        for pid in list(self.workers):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                self.workers.pop(pid, None)
+
     def reap(self) -> None:
         for pid in list(self.workers):
             try:
@@ -625,12 +649,14 @@ class Master:
                 old.flags.clear()
         last = self.scoreboard.read(info.slot)
         self.scoreboard.clear(info.slot)
+        if self.admin is not None:  # its counts, read before the slot was cleared (first:
+            self.admin.keep_counts(last)  # whatever follows, counters never go back)
         if not info.stopping and last.state == OUT_OF_SERVICE and last.over_deadline:
             info.stopping = OVERRAN
         how = self.exits.how(status, killed_by_berth=bool(info.killed))
         reason = info.killed or info.stopping
-        if self.admin is not None:  # its counts, read before the slot was cleared
-            self.admin.worker_exited(info, last, how)
+        if self.admin is not None:
+            self.admin.worker_exited(info, how)
         if self.stopping:
             self.log.debug("worker %d %s", info.pid, how)
             return
@@ -667,13 +693,13 @@ class Master:
         if self.phase == SERVING:
             self.begin_stop(graceful=False)
 
-    def begin_shutdown(self) -> None:
+    def begin_shutdown(self, why: str = "SIGTERM") -> None:
         """SIGTERM: serve on through --shutdown-delay (load balancers deregister us), then
         drain (see `begin_stop`)."""
         delay = self.cfg.shutdown_delay or 0.0
         self.scoreboard.set_shutting_down()  # readiness probes say 503 from now on
-        self.log.info("SIGTERM: serving for %g s more (shutdown delay), then finishing "
-                      "in-flight requests within %g s", delay, self.cfg.graceful_timeout)
+        self.log.info("%s: serving for %g s more (shutdown delay), then finishing "
+                      "in-flight requests within %g s", why, delay, self.cfg.graceful_timeout)
         if delay > 0:
             self.phase, self.deadline = DELAYING, time.monotonic() + delay
         else:  # at once, before the loop reaps: a SIGTERM to the whole process group also
@@ -703,7 +729,10 @@ class Master:
             self.log.warning("worker %d did not stop in time; killing it", info.pid)
             send_signal(info.pid, signal.SIGKILL)
         while self.workers:
-            self.reap()
+            try:
+                self.reap()
+            except Exception:  # noqa: BLE001 - logged by the loop already: no bookkeeping now
+                self.reap_plainly()
             if self.workers:
                 time.sleep(0.01)
         for sock in self.listeners:
@@ -713,9 +742,14 @@ class Master:
                 os.unlink(path)
             except OSError:
                 pass
-        self.orphans.reap(self.workers)
+        last = [partial(self.orphans.reap, self.workers)]
         if self.code is not None:
-            self.code.close()
+            last.append(self.code.close)
         if self.admin is not None:
-            self.admin.close()
+            last.append(self.admin.close)
+        for step in last:
+            try:
+                step()
+            except Exception:  # noqa: BLE001 - the rest of the cleanup still runs
+                self.log.exception("internal error while stopping")
         self.log.info("berth master %d: stopped", os.getpid())

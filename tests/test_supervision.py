@@ -14,6 +14,7 @@ import signal
 import time
 
 import pytest
+from conftest import free_port
 from loadgen import LoadGen
 from proto_helpers import exit_within, http_get, in_background, pids_children, wait_for
 
@@ -438,18 +439,49 @@ def _calls_logged(srv) -> int:
     return srv.stderr().count("RuntimeError: injected fault")
 
 
-def test_a_master_whose_loop_keeps_failing_stops_gracefully_and_exits_1(berth, tmp_path):
+FAULTY_ADMIN_TICKS = '''
+import time
+
+import berth.admin
+
+_tick = berth.admin.AdminServer.tick
+_since = time.monotonic()
+
+
+def tick(self, now):
+    if now - _since > 3:
+        raise RuntimeError("injected fault in the admin tick")
+    return _tick(self, now)
+
+
+berth.admin.AdminServer.tick = tick
+'''
+
+
+@pytest.mark.parametrize("where", ["check_workers", "admin tick"])
+def test_a_master_whose_loop_keeps_failing_shuts_down_gracefully_and_exits_1(berth, tmp_path,
+                                                                             where):
+    # the check of the workers runs only while serving; the admin listener's tick runs in
+    # every turn, while draining too: either way the drain lasts until the request is done
     conf = tmp_path / "faulty.py"
-    conf.write_text(FAULTY_TURNS.format(which="_calls[0] >= 6"))  # (3 s after the start)
-    srv = berth(["-c", str(conf), "-w", "1", "super_app:app"])
+    if where == "check_workers":
+        conf.write_text(FAULTY_TURNS.format(which="_calls[0] >= 6"))  # (3 s after the start)
+        args = []
+    else:
+        conf.write_text(FAULTY_ADMIN_TICKS)
+        args = ["--admin-bind", f"127.0.0.1:{free_port()}"]
+    srv = berth(["-c", str(conf), "-w", "1", *args, "super_app:app"])
     # a request in flight when the master gives up is finished, not cut
-    thread, box = in_background(lambda: http_get(srv.port, "/sleep?s=2", timeout=15))
-    code, _ = exit_within(srv, 15)
-    thread.join(15)
+    thread, box = in_background(lambda: http_get(srv.port, "/sleep?s=4", timeout=20))
+    code, _ = exit_within(srv, 20)
+    thread.join(20)
     err = srv.stderr()
     assert code == 1, err
-    assert "the master's loop failed 5 turns in a row: stopping (in-flight requests are " \
-           "finished)" in err, err
-    assert _calls_logged(srv) == 5, err  # (stopping, the loop no longer checks the workers)
+    assert "the master's loop failed 5 turns in a row: shutting down (in-flight requests " \
+           "are finished), then exit 1" in err, err
+    assert "internal errors: serving for 0 s more (shutdown delay)" in err, err
     assert box.get("result") and box["result"][0] == 200, (box, err)
+    assert "did not stop in time" not in err, err
     assert re.search(r"berth master \d+: stopped", err), err
+    if where == "check_workers":
+        assert _calls_logged(srv) == 5, err  # (stopping, the loop no longer checks the workers)
