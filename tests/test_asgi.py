@@ -337,6 +337,23 @@ def test_the_proxy_protocol_names_the_client_and_is_refused_from_others(berth, t
     srv.wait_for_log("bad PROXY protocol header")
 
 
+def test_a_proxy_header_begun_then_stalled_or_cut_is_closed_and_logged(berth, tmp_path):
+    srv = start(berth, tmp_path, "--proxy-protocol", "--header-timeout", "1")
+    with connect(srv.port) as sock:
+        sock.sendall(b"PROXY TCP4 203.0.113.7 ")
+        sock.settimeout(10)
+        assert sock.recv(100) == b""
+    srv.wait_for_log("truncated PROXY protocol header from 127.0.0.1 (23 bytes; nothing more "
+                     "within --header-timeout, 1 s); closing the connection")
+    with connect(srv.port) as sock:
+        sock.sendall(b"PROXY TCP4 203.0.113.7 19")
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(10)
+        assert sock.recv(100) == b""
+    srv.wait_for_log("truncated PROXY protocol header from 127.0.0.1 (25 bytes; the client "
+                     "closed); closing the connection")
+
+
 def test_worker_connections_count_tls_handshakes_in_progress(berth, tmp_path):
     """Clients that open a TCP connection and never start the TLS handshake hold a socket each
     until --header-timeout: they count against --worker-connections like any other, and the

@@ -466,6 +466,14 @@ class HttpProtocol(asyncio.Protocol):
         if server.proxy_mode != "off":  # (berth.worker.preface's rules)
             self.preface = b""  # a PROXY protocol header may come first
 
+    def truncated_preface(self, header_timeout: float | None = None) -> None:
+        """The client closed in the middle of a PROXY header, or sent nothing more of it
+        within `header_timeout` (the caller closes the connection)."""
+        from berth.http.proxyproto import truncated
+
+        self.server.log.warning(truncated(self.client[0] if self.client else "a unix socket",
+                                          len(self.preface), header_timeout))
+
     def _preface(self, data: bytes) -> bytes | None:
         """--proxy-protocol: the bytes before the header is settled (see
         berth.worker.preface, the WSGI loop's twin): the HTTP bytes, or None."""
@@ -546,9 +554,7 @@ class HttpProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         self.eof = True
         if self.preface:
-            self.server.log.warning("truncated PROXY protocol header from %s (%d bytes); "
-                                    "closing the connection", self.client[0] if self.client
-                                    else "a unix socket", len(self.preface))
+            self.truncated_preface()
             self.close()
             return True
         current = self.parser.current if self.parser is not None else None

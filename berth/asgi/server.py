@@ -263,7 +263,7 @@ class AsgiLoop(Admission):
         siblings the count."""
         if not self.accepting and self.open_conns() < self.max_conns:
             self.may_accept_again()
-        elif self.conn_words is not None:  # (one worker: no call per closed connection)
+        elif self.conn_words is not None:  # (no scoreboard, no siblings: nothing to publish)
             self.publish_conns()
 
     def publish(self, slot: Slot) -> None:
@@ -305,6 +305,8 @@ class AsgiLoop(Admission):
                     if parser.in_head:
                         proto.reject(HttpError(408, "request head timed out"))
                     else:  # (nothing sent at all: nothing to answer)
+                        if proto.preface:  # a PROXY header begun, then nothing more
+                            proto.truncated_preface(header_timeout)
                         proto.close()
             elif parser.current is not None:  # a body: no pause longer than the timeout
                 if now - proto.last_active > header_timeout:

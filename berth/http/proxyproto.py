@@ -282,6 +282,15 @@ def _tlvs(block: bytes, start: int) -> tuple[tuple[int, bytes], ...]:
 
 # --- The WSGI environ ---------------------------------------------------------------------------
 
+def truncated(peer: str, size: int, header_timeout: float | None = None) -> str:
+    """The warning for a header the client began and did not finish: it closed the connection
+    (`header_timeout` None), or sent nothing more within --header-timeout."""
+    why = ("the client closed" if header_timeout is None
+           else f"nothing more within --header-timeout, {header_timeout:g} s")
+    return (f"truncated PROXY protocol header from {peer} ({size} bytes; {why}); closing the "
+            "connection")
+
+
 def environ_additions(header: ProxyHeader | None) -> dict[str, str]:
     """The environ keys a header sets, as Gunicorn's `proxy_environ` (gunicorn/http/wsgi.py)
     sets them, applied over the peer's REMOTE_ADDR/REMOTE_PORT for every request on the

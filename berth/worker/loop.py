@@ -518,7 +518,7 @@ class Loop(Admission):
         except (FileNotFoundError, ValueError, OSError):
             pass
         self.conns.pop(conn.fd, None)
-        if self.conn_words is not None:  # (one worker: no call per closed connection)
+        if self.conn_words is not None:  # (no scoreboard, no siblings: nothing to publish)
             self.publish_conns()
 
     # -- deadlines -----------------------------------------------------------------------------
@@ -573,6 +573,8 @@ class Loop(Admission):
                     if parser.in_head:
                         self.reject(conn, HttpError(408, "request head timed out"))
                     else:
+                        if conn.preface:  # a PROXY header begun, then nothing more
+                            self.preface.truncated(conn, header_timeout)
                         conn.close()
             elif parser.current is not None:
                 if now - conn.last_active > header_timeout:

@@ -14,7 +14,14 @@ from __future__ import annotations
 import socket
 
 from berth.http.parser import HttpError
-from berth.http.proxyproto import NEED_MORE, NOT_PROXY, ProxyProtocolError, environ_additions, parse
+from berth.http.proxyproto import (
+    NEED_MORE,
+    NOT_PROXY,
+    ProxyProtocolError,
+    environ_additions,
+    parse,
+    truncated,
+)
 from berth.trust import TrustList
 
 
@@ -56,10 +63,10 @@ class ProxyPreface:
         conn.environ = self.environs.with_keys(conn.environ, environ_additions(header))
         return buf[header.consumed:] or None
 
-    def truncated(self, conn) -> None:
-        """The client closed in the middle of a header."""
-        self.log.warning("truncated PROXY protocol header from %s (%d bytes); closing the "
-                         "connection", self._peer_text(conn), len(conn.preface))
+    def truncated(self, conn, header_timeout: float | None = None) -> None:
+        """The client closed in the middle of a header, or sent nothing more of it within
+        `header_timeout` (the caller closes the connection)."""
+        self.log.warning(truncated(self._peer_text(conn), len(conn.preface), header_timeout))
         conn.preface = None
 
     def _refuse_if_not_allowed(self, conn) -> None:
