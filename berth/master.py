@@ -52,7 +52,8 @@ from berth.worker.process import EXIT_APP_LOAD_ERROR, Worker, private_memory
 BOOT_FAILURES_MAX = 5  # workers dying before they are ready, within BOOT_FAILURE_WINDOW
 BOOT_FAILURE_WINDOW = 60.0
 KILL_GRACE_QUICK = 2.0  # SIGINT/SIGQUIT: seconds before leftovers are killed
-ABORT_GRACE = 1.0  # a silent worker: seconds from the stack dump to SIGKILL
+STACKS_GRACE = 0.2  # a silent worker: seconds from the stack dump (SIGUSR2) to SIGABRT
+ABORT_GRACE = 1.0  # and from SIGABRT to SIGKILL
 TICK = 0.5
 RSS_SAMPLES = 3  # consecutive samples over --max-worker-memory before a worker is recycled
 # With app threads the loop never runs the app, but CPU-bound app threads hold the GIL and
@@ -506,6 +507,9 @@ class Master:
         for info in list(self.workers.values()):
             slot = self.scoreboard.read(info.slot)
             if info.abort_at:
+                if info.sigabrt_at and now >= info.sigabrt_at:
+                    send_signal(info.pid, signal.SIGABRT)
+                    info.sigabrt_at = 0.0
                 if now >= info.abort_at:
                     send_signal(info.pid, signal.SIGKILL)
                     info.abort_at = 0.0
@@ -548,9 +552,11 @@ class Master:
         self.log.error("worker %d: loop silent for %.1f s (allowed %g s)%s; dumping its "
                        "stacks, then killing it", info.pid, silent, self.loop_allowance, doing)
         send_signal(info.pid, signal.SIGUSR2)
-        time.sleep(0.2)  # let faulthandler write the stacks before SIGABRT interrupts
-        send_signal(info.pid, signal.SIGABRT)
-        info.abort_at = time.monotonic() + ABORT_GRACE
+        # SIGABRT at a later tick, once faulthandler has written the stacks (the master does
+        # not wait for it here: its admin listener answers meanwhile)
+        now = time.monotonic()
+        info.sigabrt_at = now + STACKS_GRACE
+        info.abort_at = now + STACKS_GRACE + ABORT_GRACE
         if not info.replaced:  # (a retiring worker's replacement is on its way already)
             info.replaced = True
             if not self.paused:

@@ -411,6 +411,24 @@ def test_counters_never_go_back_when_workers_are_recycled_or_killed(berth):
     assert metric(m, "berth_worker_restarts_total", reason="signal") == 1
 
 
+def test_the_admin_listener_does_not_wait_while_silent_workers_are_killed(berth):
+    # the master used to sleep 0.2 s per silent worker (between its stack dump and SIGABRT)
+    # in its loop: four hung workers held every admin answer for about 0.8 s
+    srv = start(berth, "-w", "4", "--threads", "1", "--timeout", "2")
+    hung = [in_background(lambda: http_get(srv.port, "/sleep?s=30", timeout=40))
+            for _ in range(8)]
+    slowest, started = 0.0, time.monotonic()
+    while time.monotonic() - started < 6 and srv.stderr().count("loop silent") < 4:
+        t0 = time.monotonic()
+        admin_get(srv, "/livez")
+        slowest = max(slowest, time.monotonic() - t0)
+        time.sleep(0.02)
+    assert srv.stderr().count("loop silent") >= 4, srv.stderr()
+    assert slowest < 0.5, f"an admin answer waited {slowest:.2f} s"
+    for thread, _ in hung:
+        thread.join(timeout=1)
+
+
 def test_a_worker_killed_by_a_real_time_signal_is_logged_and_keeps_its_counts(berth):
     # Python has no name for SIGRTMIN+1: naming it raised in the master, which then lost the
     # worker's counts (berth_requests_total went from 10 to 0) and never logged the exit
