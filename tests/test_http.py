@@ -88,7 +88,8 @@ def test_pipelined_connection_close_stops_after_that_response(srv):
 
 
 @pytest.mark.parametrize("after", [False, True], ids=["pipelined", "sent-after-the-500"])
-@pytest.mark.parametrize("path", ["/raise-before", "/str-body?how=yield", "/str-body?how=write"])
+@pytest.mark.parametrize("path", ["/raise-before", "/str-body?how=yield", "/str-body?how=write",
+                                  "/str-body?how=list"])
 def test_nothing_is_answered_after_a_500_with_connection_close(srv, path, after):
     """RFC 9112 9.6: after a response with `Connection: close`, no further request on that
     connection is processed. With app threads the loop could read the next request (llhttp:

@@ -62,6 +62,16 @@ def test_stream_yielding_every_half_second_for_three_timeouts_arrives_whole(bert
 
 
 @pytest.mark.parametrize("threads", ["1", "4"])
+def test_empty_parts_are_progress_too(berth, threads):
+    # each body part the app yields counts as progress, an empty one too (it was not: 504
+    # at --timeout with app threads, the worker killed with --threads 1)
+    srv = berth(["-w", "1", "--threads", threads, "--timeout", "2", "stream_app:app"])
+    status, _, body = http_get(srv.port, "/empty?n=12&every=0.5", timeout=20)  # 6 s
+    assert (status, body) == (200, b"end\n"), srv.stderr()
+    assert "deadline" not in srv.stderr() and "silent" not in srv.stderr(), srv.stderr()
+
+
+@pytest.mark.parametrize("threads", ["1", "4"])
 def test_write_callable_stream_is_progress_too(berth, threads):
     srv = berth(["-w", "1", "--threads", threads, "--timeout", "2", "stream_app:app"])
     status, _, body = http_get(srv.port, "/write?n=10&every=0.5", timeout=20)  # 5 s

@@ -115,6 +115,14 @@ class Response:
         self.headers = headers
         return self.write_callable
 
+    def progress(self) -> None:
+        """An empty body part is the app's progress too (write() does the same for the
+        others): --timeout measures its silence."""
+        if self.inline:
+            self.responder.heartbeat_if_due()
+        else:
+            self.req.progress = time.monotonic()
+
     def make_head(self, known_length: int | None) -> bytes:
         """The response head; decides the framing (length, chunked, or close-delimited)."""
         status = self.status
@@ -497,7 +505,9 @@ class Responder:
             else:
                 result = self.app(environ, resp.start_response)
             if type(result) is list and not resp.head_sent:
-                body = result[0] if len(result) == 1 else b"".join(result)
+                # (join refuses a part that is not bytes-like before the head is made: 500)
+                body = (result[0] if len(result) == 1 and type(result[0]) is bytes
+                        else b"".join(result))
                 # (an empty body on HEAD: the GET's length is not known, so none is claimed)
                 head = resp.make_head(len(body) if body or not resp.no_body else None)
                 if resp.no_body or not body:
@@ -636,6 +646,8 @@ class Responder:
         for data in it:
             if data:
                 write(data)
+            else:
+                resp.progress()
         return resp.end_body()
 
     def pump_first(self, resp: Response, result):
@@ -652,12 +664,13 @@ class Responder:
             for data in it:
                 if data:
                     break
+                resp.progress()
             else:
                 return resp.end_body()
         else:  # (an __iter__ may do the app's work: Django's async streaming does)
             first = resp.first  # (taken in the app's lead: run_app)
             if first is None:
-                first = baton.lead(resp, start_body, result)
+                first = baton.lead(resp, start_body, result, resp)
             it, data = first
             if data is None:
                 return resp.end_body()
@@ -716,6 +729,8 @@ class Responder:
                 if conn.out_size > HIGH_WATER:
                     conn.paused_response = (resp, result, it)
                     return PAUSED
+            else:
+                resp.progress()
         return resp.end_body()
 
     def resume(self, conn: Connection) -> None:
@@ -742,7 +757,7 @@ class Responder:
         """first_part(it), and at the body's end the iterable's close() in the same lead of
         the baton (one lead less per request, see run_app), unless a last chunk is still to
         be sent: Gunicorn sends it before close() too."""
-        data = first_part(it)
+        data = first_part(it, resp)
         if data is None and not resp.chunked:
             resp.closed = True
             self.close_iterable(result)
@@ -805,21 +820,22 @@ def run_app(app, environ, resp: Response):
     result = app(environ, resp.start_response)
     if type(result) is not list and type(result) is not FileWrapper:
         resp.result = result  # (for conclude, should taking the first part raise)
-        resp.first = start_body(result)
+        resp.first = start_body(result, resp)
     return result
 
 
-def start_body(result) -> tuple:
+def start_body(result, resp: Response) -> tuple:
     """The body's iterator and its first non-empty part (None if there is none)."""
     it = iter(result)
-    return it, first_part(it)
+    return it, first_part(it, resp)
 
 
-def first_part(it):
-    """The next non-empty part of a body, or None at its end."""
+def first_part(it, resp: Response):
+    """The next non-empty part of a body, or None at its end (an empty one is progress)."""
     for data in it:
         if data:
             return data
+        resp.progress()
     return None
 
 

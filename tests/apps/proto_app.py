@@ -18,8 +18,9 @@ Routes (query parameters in brackets):
   /raise-before               raises before start_response
   /exit                       sys.exit(3)
   /raise-after [cl]           starts a response, yields one part, then raises
-  /str-body [how]             a str body (an app error, 500): yielded (how=yield, default)
-                              or written with the write() callable (how=write)
+  /str-body [how]             a str body (an app error, 500): yielded (how=yield, default),
+                              written with the write() callable (how=write), or a list of
+                              one str (how=list)
   /exc-info                   start_response 200, then replaces it with a 500 via exc_info
   /bad-header [kind]          header value containing CR/LF (kind = crlf | lf | cr)
   /set-cookies                two Set-Cookie headers
@@ -304,6 +305,8 @@ def app(environ, start_response):
         if q.get("how") == "write":
             write("a str, not bytes")
             return []
+        if q.get("how") == "list":
+            return ["a str, not bytes"]
         return iter(["a str, not bytes"])
 
     if path == "/raise-after":

@@ -5,6 +5,8 @@ Routes (query parameters in brackets):
                               each; chunked (no Content-Length)
   /silent [parts, every, s]   yields `parts` parts, then sleeps s seconds (silent), then tries
                               to yield one more part
+  /empty [n, every]           yields n empty parts (b""), sleeping `every` seconds before
+                              each, then "end\n" (a keep-alive comment's worth of progress)
   /write [n, every]           the same as /stream through the legacy write() callable
   /slowread [mb]              mb MiB in 64 KiB parts as fast as the client takes them
   /upload                     reads wsgi.input to its end in 64 KiB reads; answers its size
@@ -41,6 +43,13 @@ def _parts(route, ident, n, every, silent_after=None, silence=0.0):
         _said(route, ident)
 
 
+def _empty(n, every):
+    for _ in range(n):
+        time.sleep(every)
+        yield b""
+    yield b"end\n"
+
+
 def app(environ, start_response):
     path = environ.get("PATH_INFO", "/")
     q = _q(environ)
@@ -52,6 +61,9 @@ def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])
         return _parts("silent", ident, int(q.get("parts", "2")), float(q.get("every", "0.1")),
                       silent_after=True, silence=float(q.get("s", "5")))
+    if path == "/empty":
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        return _empty(int(q.get("n", "10")), float(q.get("every", "0.5")))
     if path == "/write":
         write = start_response("200 OK", [("Content-Type", "text/plain")])
         every = float(q.get("every", "0.5"))
