@@ -106,6 +106,7 @@ class Master:
         self.orphans = OrphanReaper(log)
         self.age = 0  # workers started so far (Gunicorn's worker.age)
         self.memory_checked = False
+        self.fewer_why = "SIGTTOU"  # why the count was lowered last (set_workers)
         self.server = ServerView(self)
         self.reload_reason = "reloaded (SIGHUP)"  # why the old generation is stopped
         self.code: reloader.CodeReloader | None = None  # --reload
@@ -356,6 +357,7 @@ class Master:
 
     def set_workers(self, count: int, why: str) -> None:
         old = self.cfg.workers
+        self.fewer_why = why  # (what keep_count's retirements name)
         if count != old:
             self.cfg.values["workers"] = count
             self.log.info("%s: %d workers", why, count)
@@ -377,7 +379,7 @@ class Master:
             self.spawn()
         if len(active) > self.cfg.workers:
             for info in sorted(active, key=lambda w: w.started)[:len(active) - self.cfg.workers]:
-                self.retire(info, "fewer workers asked (SIGTTOU)")
+                self.retire(info, f"fewer workers asked ({self.fewer_why})")
 
     # -- workers ----------------------------------------------------------------------------
 
@@ -469,24 +471,38 @@ class Master:
     def cap_workers_by_memory(self, info: WorkerInfo) -> None:
         """Once the first worker serves, its own memory (USS) is known: never run more
         workers than the container's memory limit holds, all of them plus one replacement
-        under 90% of it (sizing.MEMORY_HEADROOM). A configured count only gets a warning."""
+        under 80% of it (sizing.MEMORY_HEADROOM). A configured count only gets a warning."""
         limit = self.info.memory_limit
-        uss = self.scoreboard.read(info.slot).uss
+        slot = self.scoreboard.read(info.slot)
+        uss = slot.uss
         if not limit or not uss:
             return
-        from berth.sizing import cap_for_memory
+        from berth.sizing import cap_for_memory, format_bytes, recycle_bound
 
-        master_uss = private_memory() if self.cfg.preload_app else 0
-        count, line = cap_for_memory(limit, uss, self.cfg.workers, master_uss)
-        if line is None:
-            return
-        if self.cfg.decisions.workers_auto:
-            self.log.warning("%s", line)
-            self.set_workers(count, "memory limit")
-        else:
-            self.log.warning("%s; --workers %d was set explicitly, so it is kept",
-                             line.replace(f"workers={count} (lowered", f"workers={count} "
-                                          "(would be lowered", 1), self.cfg.workers)
+        cfg = self.cfg
+        master_uss = private_memory() if cfg.preload_app else 0
+        count, line = cap_for_memory(limit, uss, cfg.workers, master_uss)
+        if line is not None:
+            if cfg.decisions.workers_auto:
+                self.log.warning("%s", line)
+                self.set_workers(count, "memory limit")
+            else:
+                self.log.warning("%s; --workers %d was set explicitly, so it is kept",
+                                 line.replace(f"workers={count} (lowered", f"workers={count} "
+                                              "(would be lowered", 1), cfg.workers)
+        if cfg.sources.get("max_worker_memory") == "auto" and slot.rss:
+            # the share, now that a worker's own memory and its RSS are known, for the count
+            # that runs (compared with RSS: a fresh worker must not be over it)
+            bound = recycle_bound(limit, cfg.workers, uss, slot.rss, master_uss)
+            cfg.values["max_worker_memory"] = bound
+            if bound:
+                self.log.info("max worker memory %d MiB (auto: a worker's share for %d "
+                              "workers + 1 replacement, plus the %s of its RSS it shares)",
+                              bound >> 20, cfg.workers, format_bytes(max(0, slot.rss - uss)))
+            else:
+                self.log.warning("max worker memory: off (auto): a fresh worker's RSS, %s, "
+                                 "is at its share of the memory limit already; recycling it "
+                                 "would never end", format_bytes(slot.rss))
 
     def send_statsd(self) -> None:
         """Twice a second, with --statsd-host: the master's gauges and log counts."""
@@ -504,6 +520,8 @@ class Master:
         cfg = self.cfg
         if self.statsd is not None:
             self.send_statsd()
+        # one replacement at a time for memory: the memory rule has room for one
+        replacing = any(w.replaced for w in self.workers.values())
         for info in list(self.workers.values()):
             slot = self.scoreboard.read(info.slot)
             if info.abort_at:
@@ -534,7 +552,8 @@ class Master:
                     self.spawn()
             if cfg.max_worker_memory and slot.rss and not info.replaced and not self.paused:
                 info.rss_over = info.rss_over + 1 if slot.rss > cfg.max_worker_memory else 0
-                if info.rss_over >= RSS_SAMPLES:
+                if info.rss_over >= RSS_SAMPLES and not replacing:
+                    replacing = True
                     self.replace(info, f"recycled: RSS {slot.rss >> 20} MiB over "
                                        f"--max-worker-memory {cfg.max_worker_memory >> 20} MiB")
 

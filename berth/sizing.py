@@ -11,10 +11,10 @@ default (`--workers auto --threads auto`) is:
   must never leave the container unable to answer);
 - threads: 4 per worker (app threads wait on I/O far more often than they compute);
 - memory: all workers plus one replacement (recycling starts the new worker before the old
-  one stops) must fit under 90% of the memory limit. That one rule gives the default
-  `--max-worker-memory` (`worker_memory_share`: each worker's share) and, once the first worker
-  has booted and its size is known, caps the worker count (`cap_for_memory`, called by the
-  master).
+  one stops) must fit under 80% of the memory limit. That one rule gives the default
+  `--max-worker-memory` (`worker_memory_share`: each worker's share; `recycle_bound` once a
+  worker has booted) and, once the first worker has booted and its size is known, caps the
+  worker count (`cap_for_memory`, called by the master).
 
 Everything here is pure: the inputs are a `ContainerInfo` (or anything with the same fields)
 and numbers, the outputs a decision and the one line that explains it.
@@ -30,7 +30,7 @@ from berth.cgroups import format_bytes, format_cpu_list
 
 MIN_WORKERS = 2  # one busy worker must never leave the container unable to answer a probe
 THREADS_PER_WORKER = 4
-MEMORY_HEADROOM = 0.9  # all workers + one replacement must fit under this share of the limit
+MEMORY_HEADROOM = 0.8  # all workers + one replacement must fit under this share of the limit
 MAX_WORKERS = 128  # the cap on --workers (documented); berth.scoreboard sizes its slots by it
 
 
@@ -137,7 +137,7 @@ def cap_for_memory(limit: int | None, worker_rss: int, workers: int,
 
     `worker_rss` is one worker's own memory (its unique pages: with `--preload` the app's pages
     are shared with the master and counted in `master_rss`). All workers plus one replacement
-    (recycling starts the new worker before the old one stops) must fit under 90% of `limit`.
+    (recycling starts the new worker before the old one stops) must fit under 80% of `limit`.
     Returns (count, warning line or None); the count never goes below 1 nor above `workers`.
     """
     if not limit or worker_rss <= 0 or workers <= 1:
@@ -166,6 +166,18 @@ def worker_memory_share(limit: int | None, workers: int) -> int:
     if not limit:
         return 0
     return int(limit * MEMORY_HEADROOM / (workers + 1))
+
+
+def recycle_bound(limit: int, workers: int, worker_uss: int, worker_rss: int,
+                  master_uss: int = 0) -> int:
+    """The automatic --max-worker-memory once a worker has booted: its share of the memory
+    rule (`workers` + 1 replacement, and the master) in unique pages, plus what its RSS holds
+    that is not its own (shared libraries; the app's pages with --preload), since the bound
+    is compared with RSS. 0 (no recycling by memory) when a fresh worker is at its bound
+    already: its replacement would be recycled in turn, for ever."""
+    share = (limit * MEMORY_HEADROOM - max(0, master_uss)) / (workers + 1)
+    bound = int(share + max(0, worker_rss - worker_uss))
+    return bound if bound > worker_rss else 0
 
 
 def memory_rule(limit: int, workers: int) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -515,6 +516,55 @@ def test_module_has_no_print_or_subprocess():
     for module in (container, cgroups):
         source = Path(module.__file__).read_text()
         assert "subprocess" not in source and "print(" not in source
+
+
+def test_a_worker_near_its_memory_share_is_not_recycled_for_ever(v1_cgroups, tmp_path):
+    """120 MiB limit, an app holding 35 MiB: 2 workers + 1 do not fit under 80%, so the count
+    goes down to 1; the automatic --max-worker-memory is then worked out for that 1 worker
+    and from the worker's RSS. It used to stay at 2 workers' share (36 MiB, against an RSS
+    of 56): the worker was recycled every 1.5 s, for ever."""
+    mem = v1_cgroups("memory", {"memory.limit_in_bytes": str(120 * MiB)})
+    (tmp_path / "blob_app.py").write_text(
+        "BLOB = bytearray(b'\\x01') * (35 << 20)\n\n\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Length', '3')])\n"
+        "    return [b'ok\\n']\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    err = tmp_path / "stderr.log"
+    join = (f"echo $$ > {os.path.join(mem, 'cgroup.procs')} && "
+            f"exec {sys.executable} -m berth -b 127.0.0.1:{port} --access-logfile none "
+            "blob_app:app")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), BERTH_IN_CONTAINER="0")
+    for key in ("WEB_CONCURRENCY", "PORT", "KUBERNETES_SERVICE_HOST"):
+        env.pop(key, None)
+    with open(err, "wb") as err_file:
+        proc = subprocess.Popen(["sh", "-c", join], stdout=subprocess.DEVNULL, stderr=err_file,
+                                env=env, cwd=str(tmp_path))
+        try:
+            deadline = time.monotonic() + 20
+            while "ready: " not in err.read_text() and time.monotonic() < deadline:
+                assert proc.poll() is None, err.read_text()
+                time.sleep(0.05)
+            time.sleep(4)  # (8 ticks: a worker over its bound is recycled after 3)
+            log = err.read_text()
+            assert "workers=1 (lowered from 2 by the memory limit)" in log, log
+            assert "exited: fewer workers asked (memory limit)" in log, log
+            assert re.search(r"max worker memory \d+ MiB \(auto: a worker's share for 1 "
+                             r"workers \+ 1 replacement, plus the [\d.]+ MiB of its RSS it "
+                             r"shares\)", log), log
+            assert "recycled: RSS" not in log and "OOM" not in log, log
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert c.recv(100).startswith(b"HTTP/1.1 200")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
 
 
 def test_berth_itself_sizes_from_the_real_v1_cgroup_it_runs_in(v1_cgroups, tmp_path):

@@ -13,6 +13,7 @@ from berth.sizing import (
     cap_for_memory,
     describe_inputs,
     plan,
+    recycle_bound,
 )
 
 MiB = 1024 * 1024
@@ -128,20 +129,20 @@ def test_describe_inputs_for_a_cpuset_without_affinity():
 # --- the memory cap ------------------------------------------------------------------------
 
 def test_memory_cap_keeps_the_count_when_everything_fits():
-    # 4 workers + 1 replacement x 60 MiB = 300 MiB <= 90% of 512 MiB (460.8)
+    # 4 workers + 1 replacement x 60 MiB = 300 MiB <= 80% of 512 MiB (409.6)
     assert cap_for_memory(512 * MiB, 60 * MiB, 4) == (4, None)
 
 
-def test_memory_cap_lowers_the_count_so_workers_plus_one_fit_under_90_percent():
+def test_memory_cap_lowers_the_count_so_workers_plus_one_fit_under_80_percent():
     count, line = cap_for_memory(512 * MiB, 100 * MiB, 8)
-    assert count == 3  # (3 + 1) x 100 = 400 <= 460.8; (4 + 1) x 100 = 500 is not
+    assert count == 3  # (3 + 1) x 100 = 400 <= 409.6; (4 + 1) x 100 = 500 is not
     assert line.startswith("workers=3 (lowered from 8 by the memory limit)")
     assert "100 MiB" in line and "512 MiB" in line
 
 
 def test_memory_cap_counts_the_master():
     count, line = cap_for_memory(1024 * MiB, 100 * MiB, 8, master_rss=300 * MiB)
-    assert count == 5  # 921.6 - 300 = 621.6 -> 6 fit, minus the replacement
+    assert count == 4  # 819.2 - 300 = 519.2 -> 5 fit, minus the replacement
     assert "the master 300 MiB" in line
 
 
@@ -149,6 +150,16 @@ def test_memory_cap_goes_down_to_one_with_a_warning_when_even_that_does_not_fit(
     count, line = cap_for_memory(256 * MiB, 200 * MiB, 2)
     assert count == 1
     assert "even 1 worker and its replacement do not fit" in line
+
+
+def test_the_automatic_recycle_bound_is_the_share_plus_what_rss_shares():
+    # 2 workers + 1 in 80% of 300 MiB: 80 MiB each of unique pages; RSS 30 MiB over the
+    # unique 50 (libraries): the RSS bound is 110 MiB
+    assert recycle_bound(300 * MiB, 2, 50 * MiB, 80 * MiB) == 110 * MiB
+    # with --preload the master's unique pages come off first: (240 - 60) / 3 + 40
+    assert recycle_bound(300 * MiB, 2, 20 * MiB, 60 * MiB, master_uss=60 * MiB) == 100 * MiB
+    # a fresh worker already at its bound: no recycling (it would never end)
+    assert recycle_bound(120 * MiB, 2, 34 * MiB, 40 * MiB) == 0
 
 
 def test_memory_cap_without_a_limit_or_a_measurement_changes_nothing():
