@@ -111,6 +111,20 @@ def _remove_pidfile(path: str) -> None:
         pass
 
 
+def check_access_log(cfg, base: str) -> None:
+    """A file access log is opened by each worker after fork: one that cannot be written
+    must stop berth here with one line (as Gunicorn does), not make every worker die."""
+    target = str(cfg.accesslog or "")
+    if target.lower() in ("-", "none", "off", ""):
+        return
+    try:  # (relative to --chdir, where the workers open it)
+        os.close(os.open(os.path.join(base, target),
+                         os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    except OSError as exc:
+        raise ConfigError(f"--access-logfile (accesslog): cannot write to {target!r}: "
+                          f"{exc.strerror}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["doctor"]:
@@ -136,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             if not cfg.app_uri:
                 return 0
         log = setup_error_log(cfg.errorlog, cfg.loglevel, cfg.log_format)
+        check_access_log(cfg, os.path.join(launch_dir, cfg.chdir or ""))
         if logconfig.wanted(cfg):  # Gunicorn's logging settings: berth logs where they say
             log = logconfig.apply(cfg, list(log.handlers)).error_log
     except ConfigError as exc:

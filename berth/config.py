@@ -94,6 +94,9 @@ def convert_value(setting: Setting, value: Any, source: str = "cli") -> Any:
     value and what is accepted."""
     try:
         if setting.action == "append":
+            if not isinstance(value, (str, list, tuple)):
+                raise ValueError(f"a string or a list of strings ({setting.metavar or 'text'}"
+                                 f"{', e.g. 127.0.0.1:8000' if setting.name == 'bind' else ''})")
             items = [value] if isinstance(value, str) else list(value)
             return [setting.convert(v) for v in items]
         return setting.convert(value)

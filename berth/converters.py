@@ -147,6 +147,21 @@ def optional_text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def statsd_address(value: Any) -> str | None:
+    """HOST:PORT (a port of 1 to 65535; 8125 when there is none), or unix:PATH / a path:
+    checked here, where berth.statsd would fail at its first datagram."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text.startswith(("unix:", "/")) and ":" in text:
+        host, _, port = text.rpartition(":")
+        if not (port.isdigit() and 0 < int(port) < 65536 and host.strip("[]")):
+            raise ValueError("HOST:PORT with a port of 1 to 65535, or unix:PATH")
+    elif not text or text == "unix:":
+        raise ValueError("HOST:PORT with a port of 1 to 65535, or unix:PATH")
+    return text
+
+
 class Refused(ValueError):
     """A value berth will not run with: ignoring it would change security or meaning.
 

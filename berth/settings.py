@@ -58,6 +58,7 @@ from berth.converters import (
     reload_engine,
     scheme_headers,
     size_bytes,
+    statsd_address,
     syslog_address,
     syslog_facility,
     text,
@@ -519,7 +520,7 @@ SETTINGS: tuple[Setting, ...] = (
       "Keep stdio open in daemon mode.", None, "store_true", section="Logging",
       status=NOT_NEEDED, note="it only matters in daemon mode, which berth refuses; berth "
                               "never closes or redirects stdio."),
-    S("statsd_host", ("--statsd-host",), optional_text, None,
+    S("statsd_host", ("--statsd-host",), statsd_address, None,
       "StatsD server to send Gunicorn's metrics to (HOST:PORT, or unix:PATH), over UDP: "
       "gunicorn.request.duration, gunicorn.requests, gunicorn.request.status.<code>, "
       "gunicorn.log.<level>, gunicorn.workers.", "STATSD_ADDR", section="Logging",

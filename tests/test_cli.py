@@ -68,6 +68,11 @@ BAD_VALUES = [
     (["--body-buffer-size", "huge"], "body-buffer-size"),
     (["--log-level", "loud"], "log-level"),
     (["-b", "127.0.0.1:notaport"], "bind"),
+    # these passed --check-config and then failed at run time: a traceback, or five workers
+    # dying with nothing naming the setting
+    (["--statsd-host", "host:abc"], "statsd-host"),
+    (["--statsd-host", "localhost:99999"], "statsd-host"),
+    (["--access-logfile", "/nonexistent-berth-dir/access.log"], "access-logfile"),
 ]
 
 
@@ -79,6 +84,12 @@ def test_bad_flag_value_exits_2_naming_the_setting(args, setting):
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, f"expected one line:\n{res.stderr}"
     assert setting in lines[0].lower(), f"the line does not name {setting!r}: {lines[0]}"
+
+
+@pytest.mark.parametrize(("args", "setting"), BAD_VALUES[-3:], ids=[b[1] for b in BAD_VALUES[-3:]])
+def test_check_config_refuses_what_the_run_would_fail_on(args, setting):
+    res = run_berth(["--check-config", *args, "proto_app:app"], timeout=20)
+    assert res.returncode == 2 and setting in res.stderr, (res.returncode, res.stderr)
 
 
 def test_missing_app_argument_exits_2():

@@ -249,6 +249,8 @@ def test_python_module_config(tmp_path, monkeypatch):
      r"^bad\.py: unknown setting 'post_frok' \(did you mean 'post_fork'\?\)$"),
     ("workers = 'many'\n", r"^bad\.py: workers: invalid value 'many'; expected a whole"),
     ("timeout = -1\n", r"^bad\.py: timeout: invalid value -1; expected a number"),
+    ("bind = 8000\n", r"^bad\.py: bind: invalid value 8000; expected a string or a list of "
+                      r"strings \(ADDRESS, e\.g\. 127\.0\.0\.1:8000\)$"),
     ("post_fork = 3\n", r"^bad\.py: post_fork: invalid value 3; expected a function taking 2"),
     ("def post_fork(server):\n    pass\n",
      r"^bad\.py: post_fork: invalid value <function post_fork.*>; expected a function taking "
