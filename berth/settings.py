@@ -372,7 +372,7 @@ SETTINGS: tuple[Setting, ...] = (
       "Set REMOTE_ADDR (and REMOTE_PORT, 0 when not given) from a trusted peer's "
       "X-Forwarded-For or Forwarded: for=, taking the right-most address that is not itself "
       "in forwarded_allow_ips (with '*', only the right-most one: one hop). Never the "
-      "left-most: a client writes that one itself.", None, "store_true",
+      "left-most: a client writes that one itself.", None, "store_true", status=BERTH_ONLY,
       note="berth only: Gunicorn keeps the peer's address (its default, and berth's)."),
     S("pythonpath", ("--pythonpath",), text, None,
       "Comma-separated directories to add to the Python path.", "PATHS"),
@@ -468,13 +468,14 @@ SETTINGS: tuple[Setting, ...] = (
       "method, path, query, status, bytes, duration_ms, user_agent, referer and request_id "
       "(the client's X-Request-ID, else made from the pid and a counter; the app gets it as "
       "environ['berth.request_id']); an error's traceback is one field, exception. With json, "
-      "--access-logformat is not used.", "FORMAT", section="Logging",
+      "--access-logformat is not used.", "FORMAT", section="Logging", status=BERTH_ONLY,
       note="berth only."),
     S("log_overflow", ("--log-overflow",), log_overflow, "drop",
       "When the access log is not read fast enough (a stalled pipe) and 4 MiB of lines wait in "
       "a worker: drop (the default: serving goes on; the lines are counted in "
       "berth_log_lines_dropped_total and a warning) or block (the worker waits for the "
-      "reader, and so do its requests).", "POLICY", section="Logging", note="berth only."),
+      "reader, and so do its requests).", "POLICY", section="Logging", status=BERTH_ONLY,
+      note="berth only."),
     S("errorlog", ("--error-logfile", "--log-file"), text, "-",
       "Error log: '-' for stderr (the default) or a file path.", "FILE", section="Logging"),
     S("loglevel", ("--log-level",), log_level, "info",

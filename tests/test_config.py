@@ -65,6 +65,13 @@ def test_every_gunicorn_setting_is_declared():
             assert flag in BY_NAME[s.name].flags, f"{s.name}: Gunicorn's flag {flag} missing"
 
 
+def test_a_setting_in_the_gunicorn_table_is_one_of_gunicorns():
+    gunicorn_config = pytest.importorskip("gunicorn.config")
+    known = {s.name for s in gunicorn_config.KNOWN_SETTINGS}
+    extra = [s.name for s in SETTINGS if s.gunicorn and s.name not in known]
+    assert not extra, f"marked as Gunicorn's, but Gunicorn has no such setting: {extra}"
+
+
 def test_committed_settings_doc_matches_the_table():
     committed = (ROOT / "docs" / "settings.md").read_text()
     assert committed == settingsdoc.render(), (
