@@ -8,6 +8,7 @@ check what the child's `detect()` reports.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -518,6 +519,45 @@ def test_module_has_no_print_or_subprocess():
         assert "subprocess" not in source and "print(" not in source
 
 
+@contextlib.contextmanager
+def berth_in_cgroups(groups: list[str], args: str, cwd: Path):
+    """berth started inside real cgroups (its shell joins them, then execs it), ready:
+    yields (port, stderr path); SIGTERM by PID at the end."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    err = cwd / "stderr.log"
+    join = "".join(f"echo $$ > {os.path.join(group, 'cgroup.procs')} && " for group in groups)
+    join += (f"exec {sys.executable} -m berth -b 127.0.0.1:{port} --access-logfile none "
+             + args)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), BERTH_IN_CONTAINER="0")
+    for key in ("WEB_CONCURRENCY", "PORT", "KUBERNETES_SERVICE_HOST"):
+        env.pop(key, None)
+    with open(err, "wb") as err_file:
+        proc = subprocess.Popen(["sh", "-c", join], stdout=subprocess.DEVNULL, stderr=err_file,
+                                env=env, cwd=str(cwd))
+        try:
+            deadline = time.monotonic() + 20
+            while "ready: " not in err.read_text() and time.monotonic() < deadline:
+                assert proc.poll() is None, err.read_text()
+                time.sleep(0.05)
+            assert "ready: " in err.read_text(), err.read_text()
+            yield port, err
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+def get_200(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+        c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        return c.recv(100).startswith(b"HTTP/1.1 200")
+
+
 def test_a_worker_near_its_memory_share_is_not_recycled_for_ever(v1_cgroups, tmp_path):
     """120 MiB limit, an app holding 35 MiB: 2 workers + 1 do not fit under 80%, so the count
     goes down to 1; the automatic --max-worker-memory is then worked out for that 1 worker
@@ -529,42 +569,16 @@ def test_a_worker_near_its_memory_share_is_not_recycled_for_ever(v1_cgroups, tmp
         "def app(environ, start_response):\n"
         "    start_response('200 OK', [('Content-Length', '3')])\n"
         "    return [b'ok\\n']\n")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    err = tmp_path / "stderr.log"
-    join = (f"echo $$ > {os.path.join(mem, 'cgroup.procs')} && "
-            f"exec {sys.executable} -m berth -b 127.0.0.1:{port} --access-logfile none "
-            "blob_app:app")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), BERTH_IN_CONTAINER="0")
-    for key in ("WEB_CONCURRENCY", "PORT", "KUBERNETES_SERVICE_HOST"):
-        env.pop(key, None)
-    with open(err, "wb") as err_file:
-        proc = subprocess.Popen(["sh", "-c", join], stdout=subprocess.DEVNULL, stderr=err_file,
-                                env=env, cwd=str(tmp_path))
-        try:
-            deadline = time.monotonic() + 20
-            while "ready: " not in err.read_text() and time.monotonic() < deadline:
-                assert proc.poll() is None, err.read_text()
-                time.sleep(0.05)
-            time.sleep(4)  # (8 ticks: a worker over its bound is recycled after 3)
-            log = err.read_text()
-            assert "workers=1 (lowered from 2 by the memory limit)" in log, log
-            assert "exited: fewer workers asked (memory limit)" in log, log
-            assert re.search(r"max worker memory \d+ MiB \(auto: a worker's share for 1 "
-                             r"workers \+ 1 replacement, plus the [\d.]+ MiB of its RSS it "
-                             r"shares\)", log), log
-            assert "recycled: RSS" not in log and "OOM" not in log, log
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
-                c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                assert c.recv(100).startswith(b"HTTP/1.1 200")
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+    with berth_in_cgroups([mem], "blob_app:app", tmp_path) as (port, err):
+        time.sleep(4)  # (8 ticks: a worker over its bound is recycled after 3)
+        log = err.read_text()
+        assert "workers=1 (lowered from 2 by the memory limit)" in log, log
+        assert "exited: fewer workers asked (memory limit)" in log, log
+        assert re.search(r"max worker memory \d+ MiB \(auto: a worker's share for 1 "
+                         r"workers \+ 1 replacement, plus the [\d.]+ MiB of its RSS it "
+                         r"shares\)", log), log
+        assert "recycled: RSS" not in log and "OOM" not in log, log
+        assert get_200(port)
 
 
 def test_berth_itself_sizes_from_the_real_v1_cgroup_it_runs_in(v1_cgroups, tmp_path):
@@ -572,38 +586,11 @@ def test_berth_itself_sizes_from_the_real_v1_cgroup_it_runs_in(v1_cgroups, tmp_p
     detects it, logs its sizing decision with those inputs, and serves."""
     cpu = v1_cgroups("cpu", {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "50000"})
     mem = v1_cgroups("memory", {"memory.limit_in_bytes": str(256 * MiB)})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    err = tmp_path / "stderr.log"
-    join = (f"echo $$ > {os.path.join(cpu, 'cgroup.procs')} && "
-            f"echo $$ > {os.path.join(mem, 'cgroup.procs')} && "
-            f"exec {sys.executable} -m berth -b 127.0.0.1:{port} --access-logfile none "
-            "--chdir " + str(ROOT / "examples") + " hello:app")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), BERTH_IN_CONTAINER="0")
-    for key in ("WEB_CONCURRENCY", "PORT", "KUBERNETES_SERVICE_HOST"):
-        env.pop(key, None)
-    with open(err, "wb") as err_file:
-        proc = subprocess.Popen(["sh", "-c", join], stdout=subprocess.DEVNULL, stderr=err_file,
-                                env=env, cwd=str(tmp_path))
-        try:
-            deadline = time.monotonic() + 20
-            while "ready: " not in err.read_text() and time.monotonic() < deadline:
-                assert proc.poll() is None, err.read_text()
-                time.sleep(0.05)
-            log = err.read_text()
-            assert "ready: " in log, log
-            sizing = next(line for line in log.splitlines() if "workers=" in line)
-            assert "workers=2 threads=4" in sizing  # 0.5 CPU rounds to 1: at least 2
-            assert "cpu quota 0.5" in sizing and "256 MiB" in sizing, sizing
-            assert "max worker memory" in log and "256 MiB memory limit" in log, log
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
-                c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                assert c.recv(100).startswith(b"HTTP/1.1 200")
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+    with berth_in_cgroups([cpu, mem], f"--chdir {ROOT / 'examples'} hello:app",
+                          tmp_path) as (port, err):
+        log = err.read_text()
+        sizing = next(line for line in log.splitlines() if "workers=" in line)
+        assert "workers=2 threads=4" in sizing  # 0.5 CPU rounds to 1: at least 2
+        assert "cpu quota 0.5" in sizing and "256 MiB" in sizing, sizing
+        assert "max worker memory" in log and "256 MiB memory limit" in log, log
+        assert get_200(port)
