@@ -115,8 +115,8 @@ def check_access_log(cfg, base: str) -> None:
     """A file access log is opened by each worker after fork: one that cannot be written
     must stop berth here with one line (as Gunicorn does), not make every worker die."""
     target = str(cfg.accesslog or "")
-    if target.lower() in ("-", "none", "off", ""):
-        return
+    if target.lower() in ("-", "none", "off", "") or not os.path.isdir(base):
+        return  # (a --chdir that does not exist is refused by its own check, later)
     try:  # (relative to --chdir, where the workers open it)
         os.close(os.open(os.path.join(base, target),
                          os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644))

@@ -94,10 +94,12 @@ def convert_value(setting: Setting, value: Any, source: str = "cli") -> Any:
     value and what is accepted."""
     try:
         if setting.action == "append":
-            if not isinstance(value, (str, list, tuple)):
+            try:
+                items = [value] if isinstance(value, str) else list(value)
+            except TypeError:  # (a number, None: not a list of anything)
                 raise ValueError(f"a string or a list of strings ({setting.metavar or 'text'}"
-                                 f"{', e.g. 127.0.0.1:8000' if setting.name == 'bind' else ''})")
-            items = [value] if isinstance(value, str) else list(value)
+                                 f"{', e.g. 127.0.0.1:8000' if setting.name == 'bind' else ''})"
+                                 ) from None
             return [setting.convert(v) for v in items]
         return setting.convert(value)
     except Refused as exc:

@@ -149,16 +149,17 @@ def optional_text(value: Any) -> str | None:
 
 def statsd_address(value: Any) -> str | None:
     """HOST:PORT (a port of 1 to 65535; 8125 when there is none), or unix:PATH / a path:
-    checked here, where berth.statsd would fail at its first datagram."""
+    checked here (berth.statsd.parse_address), where berth.statsd would fail at its first
+    datagram."""
     if value is None:
         return None
+    from berth.statsd import parse_address
+
     text = str(value).strip()
-    if not text.startswith(("unix:", "/")) and ":" in text:
-        host, _, port = text.rpartition(":")
-        if not (port.isdigit() and 0 < int(port) < 65536 and host.strip("[]")):
-            raise ValueError("HOST:PORT with a port of 1 to 65535, or unix:PATH")
-    elif not text or text == "unix:":
-        raise ValueError("HOST:PORT with a port of 1 to 65535, or unix:PATH")
+    try:
+        parse_address(text)
+    except ValueError:
+        raise ValueError("HOST:PORT with a port of 1 to 65535, or unix:PATH") from None
     return text
 
 

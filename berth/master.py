@@ -248,7 +248,10 @@ class Master:
         if self.phase == DELAYING and now >= self.deadline:
             self.begin_stop(graceful=True)
         if self.stopping:
-            self.reap_plainly()
+            try:  # (its bookkeeping first: the counts kept, the child_exit hook)
+                self.reap()
+            except Exception:  # noqa: BLE001 - logged with the turn that failed
+                self.reap_plainly()
             return not self.workers or now >= self.deadline  # (finish_stop kills the rest)
         return False
 
@@ -259,6 +262,7 @@ class Master:
         now = time.monotonic()
         if self.admin is not None:
             self.admin.tick(now)
+        self.advance_aborts(now)
         if self.phase == DELAYING and now >= self.deadline:
             self.begin_stop(graceful=True)
         if self.stopping:
@@ -520,17 +524,9 @@ class Master:
         cfg = self.cfg
         if self.statsd is not None:
             self.send_statsd()
-        # one replacement at a time for memory: the memory rule has room for one
-        replacing = any(w.replaced for w in self.workers.values())
         for info in list(self.workers.values()):
             slot = self.scoreboard.read(info.slot)
-            if info.abort_at:
-                if info.sigabrt_at and now >= info.sigabrt_at:
-                    send_signal(info.pid, signal.SIGABRT)
-                    info.sigabrt_at = 0.0
-                if now >= info.abort_at:
-                    send_signal(info.pid, signal.SIGKILL)
-                    info.abort_at = 0.0
+            if info.abort_at:  # (advance_aborts)
                 continue
             if info.killed or slot.pid != info.pid or slot.generation != info.generation:
                 continue
@@ -552,10 +548,25 @@ class Master:
                     self.spawn()
             if cfg.max_worker_memory and slot.rss and not info.replaced and not self.paused:
                 info.rss_over = info.rss_over + 1 if slot.rss > cfg.max_worker_memory else 0
-                if info.rss_over >= RSS_SAMPLES and not replacing:
-                    replacing = True
+                # (one replacement at a time, whatever started it: the memory rule has
+                # room for one)
+                if info.rss_over >= RSS_SAMPLES and not any(
+                        w.replaced for w in self.workers.values()):
                     self.replace(info, f"recycled: RSS {slot.rss >> 20} MiB over "
                                        f"--max-worker-memory {cfg.max_worker_memory >> 20} MiB")
+
+    def advance_aborts(self, now: float) -> None:
+        """Every turn, whatever the phase: a silent worker's SIGABRT once its stacks are
+        written (`abort`), then its SIGKILL ABORT_GRACE after that."""
+        for info in self.workers.values():
+            if info.abort_at:
+                if info.sigabrt_at and now >= info.sigabrt_at:
+                    send_signal(info.pid, signal.SIGABRT)
+                    info.sigabrt_at = 0.0
+                    info.abort_at = max(info.abort_at, now + ABORT_GRACE)
+                elif not info.sigabrt_at and now >= info.abort_at:
+                    send_signal(info.pid, signal.SIGKILL)
+                    info.abort_at = 0.0
 
     def abort(self, info: WorkerInfo, silent: float, slot: Slot) -> None:
         """A worker whose loop went silent: dump every thread's stack (faulthandler, on
@@ -608,6 +619,9 @@ class Master:
                 return
             new.values["bind"] = self.cfg.bind
             self.cfg = new
+            # the memory cap and the automatic --max-worker-memory are worked out again for
+            # the new configuration, at its first ready worker
+            self.memory_checked = False
             proctitle.set_title("master", new)  # --name may have changed, as in Gunicorn
         if self.code is not None:
             if self.code.settings_of(self.cfg) != self.code.settings:

@@ -25,12 +25,25 @@ MAX_DATAGRAM = 1432  # fits an Ethernet MTU with IP and UDP headers
 
 
 def parse_address(value: str):
-    """`HOST:PORT` (Gunicorn's default port 8125 when it is missing) or `unix:PATH` / a
-    path: (family, address)."""
+    """`HOST:PORT`, `[IPv6]:PORT`, `tcp://` before either (Gunicorn's default port 8125 and
+    host localhost when one is missing), or `unix:PATH` / a path: (family, address).
+    ValueError for a port that is not 1 to 65535 (checked when the setting is read)."""
+    value = value.strip()
     if value.startswith("unix:") or value.startswith("/"):
-        return socket.AF_UNIX, value.removeprefix("unix:")
-    host, _, port = value.rpartition(":") if ":" in value else (value, "", "8125")
+        path = value.removeprefix("unix:")
+        if not path:
+            raise ValueError("no path")
+        return socket.AF_UNIX, path
+    value = value.removeprefix("tcp://")
+    if value.startswith("[") and value.endswith("]"):
+        host, port = value, ""
+    elif ":" in value:
+        host, _, port = value.rpartition(":")
+    else:
+        host, port = value, ""
     host = host.strip("[]") or "localhost"
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"port {port!r}")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     return family, (host, int(port or 8125))
 

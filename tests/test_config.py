@@ -272,6 +272,14 @@ def test_bad_config_file_is_one_line_naming_the_file(tmp_path, body, pattern):
     assert re.search(pattern, str(exc.value)), str(exc.value)
 
 
+def test_a_list_setting_takes_any_iterable_of_strings(tmp_path):
+    # (as Gunicorn does: a set, a generator)
+    write(tmp_path / "c.py", 'bind = {"127.0.0.1:19210"}\n'
+                             'raw_env = (f"K{i}=v" for i in range(2))\n')
+    cfg = parse(["-c", "c.py", "app:app"], cwd=tmp_path)
+    assert cfg.bind == ["127.0.0.1:19210"] and cfg.raw_env == ["K0=v", "K1=v"]
+
+
 def test_a_helper_close_to_a_setting_the_file_also_sets_is_not_a_typo(tmp_path):
     write(tmp_path / "c.py", 'log_level = "debug"\nloglevel = log_level\n')
     assert parse(["-c", "c.py", "app:app"], cwd=tmp_path).loglevel == "debug"

@@ -6,7 +6,11 @@ import socket
 import time
 from collections import Counter
 
+import pytest
 from proto_helpers import http_get
+
+from berth.converters import statsd_address
+from berth.statsd import parse_address
 
 
 def collect(sock: socket.socket, until, timeout: float = 10.0) -> list[str]:
@@ -63,3 +67,24 @@ def test_gunicorns_metrics_arrive_over_udp_with_prefix_and_tags(berth):
     assert all(d >= 0 for d in durations)
     assert gauges.get("web.gunicorn.workers") == 1
     assert "web.gunicorn.backlog" in gauges
+
+
+@pytest.mark.parametrize(("value", "address"), [
+    ("localhost:9125", ("localhost", 9125)),
+    ("localhost", ("localhost", 8125)),
+    (":8125", ("localhost", 8125)),
+    ("[::1]", ("::1", 8125)),
+    ("[::1]:9125", ("::1", 9125)),
+    ("tcp://127.0.0.1:9125", ("127.0.0.1", 9125)),
+    ("unix:/run/statsd.sock", "/run/statsd.sock"),
+])
+def test_statsd_addresses_gunicorn_takes_are_taken(value, address):
+    # (Gunicorn 27's validate_statsd_address takes each of these)
+    assert statsd_address(value) == value
+    assert parse_address(value)[1] == address
+
+
+@pytest.mark.parametrize("value", ["host:abc", "localhost:99999", "localhost:0", "unix:"])
+def test_a_bad_statsd_address_is_refused_when_the_setting_is_read(value):
+    with pytest.raises(ValueError, match="HOST:PORT with a port of 1 to 65535"):
+        statsd_address(value)

@@ -278,6 +278,22 @@ def test_worker_past_a_deadline_finishes_its_other_requests_then_exits_as_retire
     assert srv.proc.poll() is None
 
 
+def test_a_silent_worker_is_aborted_even_when_a_stop_begins_just_after_its_stack_dump(berth):
+    # its SIGABRT follows the stack dump by a moment: a SIGTERM in between must not leave it
+    # waiting for --graceful-timeout (it did: 9 s, and worker_abort never ran)
+    srv = berth(["-w", "1", "--threads", "1", "--timeout", "1", "--graceful-timeout", "20",
+                 "super_app:app"])
+    victim = pid_of(srv)
+    in_background(lambda: http_get(srv.port, "/spin?s=30", timeout=40))
+    srv.wait_for_log(f"worker {victim}: loop silent", timeout=15)
+    srv.signal(signal.SIGTERM)
+    code, took = exit_within(srv, 15)
+    err = srv.stderr()
+    assert code == 0, err
+    assert took < 8, f"stopped {took:.1f} s after SIGTERM\n{err}"
+    assert f"worker {victim} aborted: its loop was silent past --timeout" in err, err
+
+
 def test_app_blocking_the_loop_is_dumped_killed_and_replaced(berth):
     srv = berth(["-w", "1", "--threads", "1", "--timeout", "1", "super_app:app"])
     victim = pid_of(srv)
