@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     def reload_config() -> Config:
         """SIGHUP: the command line, environment and config file, read again."""
         new = load(argv, cwd=launch_dir)
+        check_access_log(new, os.getcwd())  # (one the workers cannot open: the old one kept)
         log_start(new, log, levels=("warning",))
         return new
 

@@ -153,6 +153,22 @@ def test_sigterm_with_shutdown_delay_serves_through_the_delay_then_exits_0(berth
     assert len(during) >= 20, f"only {len(during)} requests served during the delay"
 
 
+def test_sighup_to_an_access_log_the_workers_cannot_open_keeps_the_old_config(berth, tmp_path):
+    # the new workers would each die opening it, five times, and then berth would stop
+    conf = tmp_path / "berth.conf.py"
+    good = tmp_path / "access.log"
+    conf.write_text(f"accesslog = {str(good)!r}\n")
+    srv = berth(["-c", str(conf), "-w", "1", "super_app:app"])
+    (first,) = wait_workers(srv, lambda ws: len(ws) == 1, timeout=5)
+    conf.write_text(f"accesslog = {str(tmp_path / 'no-such-dir' / 'access.log')!r}\n")
+    srv.signal(signal.SIGHUP)
+    srv.wait_for_log("SIGHUP: configuration not reloaded: --access-logfile (accesslog): "
+                     "cannot write to", timeout=10)
+    assert http_get(srv.port, "/")[0] == 200
+    assert live_workers(srv) == {first}
+    assert wait_for(lambda: "GET / " in good.read_text(), timeout=5)
+
+
 def test_sighup_under_load_replaces_every_worker_without_failed_requests(berth):
     srv = berth(["-w", "2", "--threads", "2", "--access-logfile", "none", "super_app:app"])
     old = wait_workers(srv, lambda ws: len(ws) == 2, timeout=10)
