@@ -32,8 +32,8 @@ class WorkerInfo:
     ready: bool = False
     stopping: str = ""  # why berth asked it to stop (SIGTERM), if it did
     killed: str = ""  # why berth killed it, if it did
-    abort_at: float = 0.0  # silent worker: when SIGKILL follows the stack dump
-    sigabrt_at: float = 0.0  # and SIGABRT before it (once faulthandler wrote the stacks)
+    sigabrt_at: float = 0.0  # silent worker: when SIGABRT follows the stack dump
+    abort_at: float = 0.0  # and when SIGKILL follows the SIGABRT
     replaced: bool = False  # a replacement was started for it
     replacement_for: int = 0  # the pid this worker replaces (recycling)
     rss_over: int = 0

@@ -244,16 +244,19 @@ class Master:
                            "(in-flight requests are finished), then exit 1", failed)
             self.exit_code = self.exit_code or 1
             self.begin_shutdown("internal errors")
-        now = time.monotonic()
-        if self.phase == DELAYING and now >= self.deadline:
-            self.begin_stop(graceful=True)
         if self.stopping:
             try:  # (its bookkeeping first: the counts kept, the child_exit hook)
                 self.reap()
             except Exception:  # noqa: BLE001 - logged with the turn that failed
                 self.reap_plainly()
-            return not self.workers or now >= self.deadline  # (finish_stop kills the rest)
-        return False
+        return self.stopped(time.monotonic())  # (finish_stop kills the rest)
+
+    def stopped(self, now: float) -> bool:
+        """Every turn, a failed one too: end the shutdown delay at its deadline; whether the
+        stop is over (every worker gone, or its deadline passed)."""
+        if self.phase == DELAYING and now >= self.deadline:
+            self.begin_stop(graceful=True)
+        return self.stopping and (not self.workers or now >= self.deadline)
 
     def turn(self, next_tick: float) -> float | None:
         """One turn of the loop; return when the next tick is due, or None once stopped."""
@@ -263,10 +266,10 @@ class Master:
         if self.admin is not None:
             self.admin.tick(now)
         self.advance_aborts(now)
-        if self.phase == DELAYING and now >= self.deadline:
-            self.begin_stop(graceful=True)
+        if self.stopped(now):
+            return None
         if self.stopping:
-            return None if not self.workers or now >= self.deadline else next_tick
+            return next_tick
         if now >= next_tick:
             next_tick = now + TICK
             self.check_workers(now)
@@ -526,8 +529,6 @@ class Master:
             self.send_statsd()
         for info in list(self.workers.values()):
             slot = self.scoreboard.read(info.slot)
-            if info.abort_at:  # (advance_aborts)
-                continue
             if info.killed or slot.pid != info.pid or slot.generation != info.generation:
                 continue
             if self.is_silent(slot, now):
@@ -559,14 +560,13 @@ class Master:
         """Every turn, whatever the phase: a silent worker's SIGABRT once its stacks are
         written (`abort`), then its SIGKILL ABORT_GRACE after that."""
         for info in self.workers.values():
-            if info.abort_at:
-                if info.sigabrt_at and now >= info.sigabrt_at:
-                    send_signal(info.pid, signal.SIGABRT)
-                    info.sigabrt_at = 0.0
-                    info.abort_at = max(info.abort_at, now + ABORT_GRACE)
-                elif not info.sigabrt_at and now >= info.abort_at:
-                    send_signal(info.pid, signal.SIGKILL)
-                    info.abort_at = 0.0
+            if info.sigabrt_at and now >= info.sigabrt_at:
+                send_signal(info.pid, signal.SIGABRT)
+                info.sigabrt_at = 0.0
+                info.abort_at = now + ABORT_GRACE
+            elif info.abort_at and now >= info.abort_at:
+                send_signal(info.pid, signal.SIGKILL)
+                info.abort_at = 0.0
 
     def abort(self, info: WorkerInfo, silent: float, slot: Slot) -> None:
         """A worker whose loop went silent: dump every thread's stack (faulthandler, on
@@ -584,9 +584,7 @@ class Master:
         send_signal(info.pid, signal.SIGUSR2)
         # SIGABRT at a later tick, once faulthandler has written the stacks (the master does
         # not wait for it here: its admin listener answers meanwhile)
-        now = time.monotonic()
-        info.sigabrt_at = now + STACKS_GRACE
-        info.abort_at = now + STACKS_GRACE + ABORT_GRACE
+        info.sigabrt_at = time.monotonic() + STACKS_GRACE
         if not info.replaced:  # (a retiring worker's replacement is on its way already)
             info.replaced = True
             if not self.paused:
