@@ -22,6 +22,7 @@ from __future__ import annotations
 import mmap
 import struct
 import time
+import zlib
 from dataclasses import dataclass
 
 from berth.sizing import MAX_WORKERS  # the cap on --workers, declared once (sizing is pure)
@@ -60,9 +61,11 @@ N_BUCKETS = len(DURATION_BOUNDS) + 1
 _SLOT = struct.Struct(f"=iIBHdQId{LINE_SIZE}sQQQQQIQddQdIBQQ{N_REQUESTS}Q{N_BUCKETS}Q")
 _FIXED = 24  # fields before the responses
 _SEQ = struct.Struct("=I")  # a seqlock word before each slot (see Scoreboard.write)
+_SUM = struct.Struct("=I")  # then the record's CRC-32, then the record
+_DATA = _SEQ.size + _SUM.size  # where the record starts in its slot
 SPINS = 1000  # reads of a slot being written before the reader sleeps between reads
 WRITER_GONE = 0.2  # seconds a slot may stay mid-write before its writer is taken for dead
-SLOT_SIZE = (_SEQ.size + _SLOT.size + 63) // 64 * 64  # cache-line aligned: no shared lines
+SLOT_SIZE = (_DATA + _SLOT.size + 63) // 64 * 64  # cache-line aligned: no shared lines
 
 
 @dataclass
@@ -117,9 +120,9 @@ class Scoreboard:
         self._app_words = memoryview(self.mem)[words:words + slots * 8].cast("d")
         conns = words + slots * 8
         self._conn_words = memoryview(self.mem)[conns:conns + slots * 8].cast("q")
+        self._stuck: dict[int, int] = {}  # a slot's word a read waited WRITER_GONE for
         for index in range(slots):
-            self._conn_words[index] = NO_CONNS
-        self._stuck: dict[int, int] = {}  # a slot's odd word a read waited WRITER_GONE for
+            self.clear(index)  # (an empty record with its checksum)
 
     def set_shutting_down(self) -> None:
         """The master got SIGTERM: readiness probes answer 503 from now on."""
@@ -150,7 +153,9 @@ class Scoreboard:
         """Seqlock write: the sequence word is odd while the slot changes, so a reader never
         takes a half-written slot (the record is copied in between the two). A
         worker killed mid-write leaves it odd: the master's next write (`clear`) makes it
-        even again."""
+        even again. Python has no memory barriers to order these stores as other CPUs see
+        them: on x86 they are seen in program order, on ARM64 they may not be, so the record
+        carries its CRC-32 and a read takes it only when the two agree (`_fields`)."""
         line = slot.oldest_line.encode("latin-1", "replace")[:LINE_SIZE]
         data = _SLOT.pack(slot.pid, slot.generation, slot.state, slot.busy_threads,
                           slot.heartbeat, slot.served, slot.in_flight, slot.oldest_start, line,
@@ -163,7 +168,8 @@ class Scoreboard:
         mem = self.mem
         seq = _SEQ.unpack_from(mem, base)[0] | 1
         _SEQ.pack_into(mem, base, seq)
-        mem[base + _SEQ.size:base + _SEQ.size + _SLOT.size] = data
+        mem[base + _DATA:base + _DATA + _SLOT.size] = data
+        _SUM.pack_into(mem, base + _SEQ.size, zlib.crc32(data))
         _SEQ.pack_into(mem, base, (seq + 1) & 0xFFFFFFFF)
 
     def read(self, index: int) -> Slot:
@@ -184,31 +190,36 @@ class Scoreboard:
         return slot
 
     def _fields(self, base: int) -> tuple:
-        """The slot's fields, whole. A writer preempted mid-write (a busy machine takes its CPU
+        """The slot's fields, whole: read while the sequence word is even and the same before
+        and after, and matching their checksum (a record seen half-written, however the
+        CPU ordered the stores). A writer preempted mid-write (a busy machine takes its CPU
         away between the two sequence writes, for milliseconds) is waited for: after SPINS
         reads, with a sleep between reads. A writer killed mid-write leaves the word odd for
         good: after WRITER_GONE the fields are taken as they are (the master reaps the worker
         and clears its slot), and so at once by the next reads while the word stays the same
         (a writer stopped, not dead: SIGSTOP)."""
         mem = self.mem
+        start, end = base + _DATA, base + _DATA + _SLOT.size
         spins = SPINS
         gone_at = 0.0
         while True:
             before = _SEQ.unpack_from(mem, base)[0]
-            fields = _SLOT.unpack_from(mem, base + _SEQ.size)
-            if not before & 1 and _SEQ.unpack_from(mem, base)[0] == before:
-                return fields
+            total = _SUM.unpack_from(mem, base + _SEQ.size)[0]
+            data = mem[start:end]
+            if (not before & 1 and _SEQ.unpack_from(mem, base)[0] == before
+                    and zlib.crc32(data) == total):
+                return _SLOT.unpack(data)
             if spins:
                 spins -= 1
                 continue
             if self._stuck.get(base) == before:
-                return fields
+                return _SLOT.unpack(data)
             now = time.monotonic()
             if not gone_at:
                 gone_at = now + WRITER_GONE
             elif now >= gone_at:
                 self._stuck[base] = before
-                return fields
+                return _SLOT.unpack(data)
             time.sleep(0.001)
 
     def free_index(self, taken: set[int]) -> int:

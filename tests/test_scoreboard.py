@@ -6,6 +6,7 @@ import time
 
 from berth import scoreboard
 from berth.scoreboard import (
+    _DATA,
     _SEQ,
     BUSY,
     IDLE,
@@ -115,6 +116,52 @@ def test_a_read_waits_for_a_writer_that_lost_its_cpu_mid_write(monkeypatch):
         os.close(odd_r)
         os.waitpid(pid, 0)
     assert (seen.pid, seen.served) == (2, 2)
+
+
+def test_a_record_seen_before_its_checksum_is_not_taken(monkeypatch):
+    """Where stores may be seen out of program order (ARM64; Python has no barriers), a read
+    can find the sequence word even and unchanged around a record that is half new. The
+    record's CRC-32 then disagrees: the read waits for the whole write, as it does for an
+    odd word, instead of taking a heartbeat or a pid made of two records."""
+    monkeypatch.setattr(scoreboard, "WRITER_GONE", 10.0)  # (however slow the child is)
+    board = Scoreboard(2)
+    board.write(0, Slot(pid=1, served=1, heartbeat=5.0))
+    new = Slot(pid=2, served=2, heartbeat=6.0, requests=(7,) * N_REQUESTS,
+               durations=(8,) * N_BUCKETS)
+    torn_r, torn_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the new record's bytes visible, its checksum and sequence not yet
+        try:
+            scratch = Scoreboard(1)
+            scratch.write(0, new)
+            half = _DATA + (SLOT_SIZE - _DATA) // 2  # (its pid, served and heartbeat: old)
+            board.mem[half:SLOT_SIZE] = scratch.mem[half:SLOT_SIZE]
+            os.write(torn_w, b"x")
+            time.sleep(0.05)
+            board.write(0, new)
+        finally:
+            os._exit(0)
+    os.close(torn_w)
+    try:
+        assert os.read(torn_r, 1) == b"x"
+        assert _SEQ.unpack_from(board.mem, 0)[0] % 2 == 0  # (the word says: whole)
+        seen = board.read(0)
+    finally:
+        os.close(torn_r)
+        os.waitpid(pid, 0)
+    assert seen == new
+
+
+def test_a_record_that_never_matches_its_checksum_is_read_after_writer_gone():
+    board = Scoreboard(1)
+    board.write(0, Slot(pid=3, served=4))
+    board.mem[_DATA] ^= 0xFF  # (pid's low byte changed, the checksum not)
+    started = time.monotonic()
+    seen = board.read(0)  # taken as it is once WRITER_GONE has passed: never a hang
+    assert time.monotonic() - started >= WRITER_GONE
+    assert seen.served == 4 and seen.pid != 3
+    board.clear(0)
+    assert board.read(0) == Slot()
 
 
 def test_free_index_skips_taken_slots_and_counts_the_slots_in_use():
