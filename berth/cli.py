@@ -117,9 +117,17 @@ def check_access_log(cfg, base: str) -> None:
     target = str(cfg.accesslog or "")
     if target.lower() in ("-", "none", "off", "") or not os.path.isdir(base):
         return  # (a --chdir that does not exist is refused by its own check, later)
-    try:  # (relative to --chdir, where the workers open it)
-        os.close(os.open(os.path.join(base, target),
-                         os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    path = os.path.join(base, target)  # (relative to --chdir, where the workers open it)
+    try:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC))
+        except FileNotFoundError:  # tried by making it, then left for the workers to make
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                 0o644))
+            except FileExistsError:
+                return  # (made meanwhile: by an old generation's worker, on SIGHUP)
+            os.unlink(path)  # (--check-config leaves no file behind)
     except OSError as exc:
         raise ConfigError(f"--access-logfile (accesslog): cannot write to {target!r}: "
                           f"{exc.strerror}") from None

@@ -92,6 +92,25 @@ def test_check_config_refuses_what_the_run_would_fail_on(args, setting):
     assert res.returncode == 2 and setting in res.stderr, (res.returncode, res.stderr)
 
 
+def test_check_config_tries_the_access_log_without_leaving_one_behind(tmp_path):
+    """Gunicorn's --check-config makes no file; berth's tries the access log (so that one
+    the workers could not write is refused) and leaves neither a new file nor a changed one.
+    A path the workers cannot open for writing (here a folder) is refused."""
+    new_log = tmp_path / "access.log"
+    res = run_berth(["--check-config", "--access-logfile", str(new_log), "proto_app:app"],
+                    timeout=20)
+    assert res.returncode == 0, res.stderr
+    assert not new_log.exists()
+    kept = tmp_path / "kept.log"
+    kept.write_bytes(b"a line\n")
+    res = run_berth(["--check-config", "--access-logfile", str(kept), "proto_app:app"],
+                    timeout=20)
+    assert res.returncode == 0 and kept.read_bytes() == b"a line\n", res.stderr
+    res = run_berth(["--check-config", "--access-logfile", str(tmp_path), "proto_app:app"],
+                    timeout=20)
+    assert res.returncode == 2 and "access-logfile" in res.stderr, (res.returncode, res.stderr)
+
+
 def test_missing_app_argument_exits_2():
     res = run_berth([], timeout=20)
     assert res.returncode == 2
