@@ -246,7 +246,8 @@ def test_sigttin_adds_a_worker_and_sigttou_removes_one(berth):
 # -- deadlines: a slow request, a blocked loop, a slow boot ----------------------------------
 
 def test_request_past_timeout_gets_504_its_stack_is_logged_and_worker_replaced(berth):
-    srv = berth(["-w", "1", "--threads", "2", "--timeout", "1", "super_app:app"])
+    srv = berth(["-w", "1", "--threads", "2", "--timeout", "1", "--access-logfile", "-",
+                 "super_app:app"])
     victim = pid_of(srv)
     t0 = time.monotonic()
     status, _, _ = http_get(srv.port, "/deadline", timeout=10)
@@ -254,6 +255,10 @@ def test_request_past_timeout_gets_504_its_stack_is_logged_and_worker_replaced(b
     assert status == 504
     assert took < 4, f"504 after {took:.1f} s with --timeout 1"
     err = srv.wait_for_log(f"worker {victim} exited", timeout=10)
+    # the access log says what the client got, once (it said 200 and the app's bytes, logged
+    # when the app returned, after the 504)
+    lines = [ln for ln in srv.stdout().splitlines() if "/deadline" in ln]
+    assert len(lines) == 1 and '"GET /deadline HTTP/1.1" 504 0' in lines[0], srv.stdout()
     assert "request over its deadline" in err, err
     assert "sleepy_function_for_deadline" in err, f"the stack does not name the function:\n{err}"
     line = exit_line(err, victim)

@@ -89,6 +89,7 @@ class Response:
     result = None  # an iterable body taken under the baton's lead (run_app), and
     first: tuple | None = None  # its iterator and first part (start_body)
     closed = False  # its close() was called (next_or_close)
+    overrun = False  # berth answered 504 for it at --timeout, and counted and logged that
 
     def __init__(self, responder: Responder, conn: Connection, req: Request, inline: bool):
         self.responder = responder
@@ -607,14 +608,23 @@ class Responder:
             self.baton.lead(resp, self.finish_app, resp, result)
         else:
             self.finish_app(resp, result)
-        req = resp.req
-        status = resp.status or "500"
+        if resp.overrun:
+            return  # (what the client got, the 504, is counted and logged: concluded_overrun)
+        self.count_and_log(resp, resp.status or "500", resp.sent, resp.headers or ())
+
+    def concluded_overrun(self, resp: Response) -> None:
+        """The loop answered 504 for `resp`'s request, past --timeout (and marked it
+        `overrun`): that is its response, counted and logged now (the app may return later,
+        or never), with none of the app's bytes."""
+        self.count_and_log(resp, "504 Gateway Timeout", 0, ())
+
+    def count_and_log(self, resp: Response, status: str, sent: int, headers) -> None:
         took = time.monotonic() - resp.started if resp.started else 0.0
-        self.count_response(req, status, resp.sent, took)
+        self.count_response(resp.req, status, sent, took)
         access_log = self.access_log
         if access_log is not None:
-            access_log.lines.append(access_log.format(
-                resp.environ, status, resp.sent, took, resp.headers or ()))
+            access_log.lines.append(access_log.format(resp.environ, status, sent, took,
+                                                      headers))
 
     def send_body(self, resp: Response, result):
         """Send an iterable body (not a list): a real file with sendfile, else part by part."""

@@ -371,11 +371,15 @@ class Worker:
             resp = conn.response
             answer = (resp is None or not resp.head_sent) and not conn.out and not conn.dead
             conn.dead = True  # the app thread's writes fail from now on
+            if answer and resp is not None:
+                resp.overrun = True  # (its thread must not log the response it makes)
         if answer:
             try:
                 conn.sock.send(error_response(504, date=self.responder.date))
             except OSError:
                 pass
+            if resp is not None:  # (None: the app is not called yet; its thread logs it)
+                self.responder.concluded_overrun(resp)
         conn.close()
         if not self.loop.draining:
             self.start_drain(take_backlog=False, state=OUT_OF_SERVICE)
