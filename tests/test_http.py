@@ -24,6 +24,7 @@ from proto_helpers import (
     connect,
     get_request,
     http_get,
+    pids_children,
     proto_args,
     read_head,
     read_until_closed,
@@ -511,6 +512,33 @@ def test_client_that_half_closes_after_its_request_gets_the_whole_response(berth
         sock.shutdown(socket.SHUT_WR)
         status, _, body = read_response(sock)
     assert status == 200 and len(body) == 8388608
+
+
+@pytest.mark.parametrize("threads", [1, pytest.param(4, marks=pytest.mark.wsgi_only(
+    "app threads: -k asgi runs one event loop, its run with 1 is the whole of it"))])
+def test_pipelined_requests_a_client_does_not_read_cost_the_queue_bound_not_a_response_each(
+        berth, worker_kind, threads):
+    """A client pipelining requests for whole (list) responses and reading none: the loop
+    thread answered each as it was read, and queued the responses without bound (1.2 GB in
+    2 s with 30 KB responses, from one connection). Now it stops at the write-behind bound
+    until the client reads, and every response then arrives, in order."""
+    srv = berth(["-w", "1", "--access-logfile", "none", *proto_args(worker_kind, threads)])
+    worker = pids_children(srv.proc.pid)[0]
+    n, size = 200, 100_000  # 20 MB of responses for 9 KB of requests
+
+    def rss() -> int:
+        with open(f"/proc/{worker}/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) << 10
+
+    before = rss()
+    with connect(srv.port, timeout=20) as sock:
+        sock.sendall(b"".join(get_request(f"/big?n={size + i}&list=1") for i in range(n)))
+        wait_for(lambda: rss() - before > 8 << 20, timeout=1.0, interval=0.1)
+        grew = rss() - before
+        for i in range(n):
+            status, headers, body = read_response(sock)
+            assert (status, len(body)) == (200, size + i), i
+    assert grew < 8 << 20, f"the worker grew by {grew >> 20} MiB"
 
 
 def test_unread_streamed_body_is_dropped_with_the_access_log_off(berth, worker_kind):

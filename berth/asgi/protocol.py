@@ -541,7 +541,7 @@ class HttpProtocol(asyncio.Protocol):
         if ready:
             self.pending.extend(ready)
             ready.clear()
-            if self.cycle is None:
+            if self.cycle is None and not self.write_paused:
                 self.next_request()
             if len(self.pending) > MAX_PIPELINE:
                 self.pause_reading("pipeline")
@@ -582,11 +582,18 @@ class HttpProtocol(asyncio.Protocol):
         wake(self.drained)
 
     def pause_writing(self) -> None:
+        """The transport holds more than its high-water mark: the client is not reading.
+        Its next requests are neither read nor started until it has read that down (one
+        client pipelining requests it never reads costs the bound, not a response each)."""
         self.write_paused = True
+        self.pause_reading("writes")
 
     def resume_writing(self) -> None:
         self.write_paused = False
         wake(self.drained)
+        self.resume_reading("writes")
+        if self.cycle is None and self.pending and self.ws is None:
+            self.next_request()
 
     async def drain(self) -> None:
         if self.closed:
@@ -721,7 +728,8 @@ class HttpProtocol(asyncio.Protocol):
             # the response it has not read yet (RFC 9112 9.6); the parser knows where it ends
             cycle.req.body_stream.discard()
         if self.pending:
-            self.next_request()
+            if not self.write_paused:  # (else resume_writing goes on)
+                self.next_request()
         elif server.draining:
             self.close()
         else:

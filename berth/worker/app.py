@@ -37,7 +37,13 @@ from berth.http.parser import HttpError, Request
 from berth.scoreboard import DURATION_BOUNDS, Slot
 from berth.worker import counts as counters
 from berth.worker.baton import TAKE_LOOP, Baton, Deposed
-from berth.worker.connection import HIGH_WATER, LINGER, ClientDisconnected, Connection
+from berth.worker.connection import (
+    HIGH_WATER,
+    LINGER,
+    WAIT_FOR_READER,
+    ClientDisconnected,
+    Connection,
+)
 from berth.worker.counts import (
     BYTES,
     DURATION_SUM,
@@ -417,6 +423,7 @@ class Responder:
         """A response is out: return the next waiting request (now active), or None."""
         loop = self.loop
         lock = conn.lock
+        wait = False
         lock.acquire()
         try:
             # The keep-alive window starts now, when the response is out (or held for the
@@ -428,7 +435,11 @@ class Responder:
             if not inline:
                 conn.response = None  # (its environ and request: an idle connection holds none)
             if keep and not conn.dead and not conn.closing:
-                if conn.pending:
+                if inline and conn.out_size > HIGH_WATER:  # its client reads none of it
+                    conn.paused_response = WAIT_FOR_READER  # (resume() goes on)
+                    conn.reading = False
+                    wait = True
+                elif conn.pending:
                     req = conn.pending.popleft()
                     conn.active = req
                     if not inline:
@@ -443,13 +454,16 @@ class Responder:
                         finally:
                             lock.acquire()
                     return req
-                if conn.eof:
+                elif conn.eof:
                     conn.closing = True
             else:
                 conn.closing = True
             attend = conn.closing or not conn.reading or conn.parser.current is not None
         finally:
             lock.release()
+        if wait:
+            conn.update_events()
+            return None
         if not loop.accepting:
             attend = True  # the loop re-checks whether to take new connections again
         if attend:
@@ -744,24 +758,35 @@ class Responder:
         return resp.end_body()
 
     def resume(self, conn: Connection) -> None:
-        """The client read what was queued (or is gone): go on with a paused response."""
+        """The client read what was queued (or is gone): go on with a paused response, or
+        with the requests after the last one answered (WAIT_FOR_READER)."""
         resp, result, it = conn.paused_response
         conn.paused_response = None
-        try:
-            keep = self.pump(resp, result, it)
+        if resp is None:
+            keep = not conn.dead
+        else:
+            keep = self.pump_paused(conn, resp, result, it)
             if keep is PAUSED:
                 return
-        except ClientDisconnected:
-            keep = False
-        except (Exception, SystemExit):  # noqa: BLE001
-            keep = self.app_error(conn, resp, True)
-        self.conclude(resp, result, lead=False)  # (never taken over here: see dispatch below)
         req = self.next_request(conn, keep, True)
         if req is not None:
             if self.baton is None:
                 self.dispatch(conn, req)
             else:  # (the loop's own frames are below: never answered inline, see baton.py)
                 self.loop.to_thread(conn, req)
+
+    def pump_paused(self, conn: Connection, resp: Response, result, it):
+        """resume()'s part for a paused response: the rest of its body, then its end."""
+        try:
+            keep = self.pump(resp, result, it)
+            if keep is PAUSED:
+                return keep
+        except ClientDisconnected:
+            keep = False
+        except (Exception, SystemExit):  # noqa: BLE001
+            keep = self.app_error(conn, resp, True)
+        self.conclude(resp, result, lead=False)  # (never taken over here: see resume)
+        return keep
 
     def next_or_close(self, resp: Response, it, result):
         """first_part(it), and at the body's end the iterable's close() in the same lead of

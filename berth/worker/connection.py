@@ -38,6 +38,12 @@ from typing import Protocol
 
 HIGH_WATER = 256 * 1024  # write-behind bytes per connection before an app thread waits
 LOW_WATER = 64 * 1024
+# Connection.paused_response while no response is in progress: the loop thread answered as
+# much as its client has left unread (more than HIGH_WATER queued), so the connection's next
+# requests are neither read nor answered until the client has read the queue down (then
+# Responder.resume goes on with them). One client pipelining requests it never reads costs
+# at most that, not a response each.
+WAIT_FOR_READER = (None, None, None)
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
 LINGER = 2.0  # seconds an error response's connection reads and drops before it closes
@@ -294,6 +300,7 @@ class Connection:
                 if count == 0:
                     return
             self._out_queue().append(FileSegment(os.dup(fd), offset, count))
+            self.out_size += count  # (what the client has still to read, bytes or file)
             self._want_write(inline)
 
     def _want_write(self, inline: bool) -> None:
@@ -344,6 +351,7 @@ class Connection:
                             raise ConnectionError("file ended early")
                         item.offset += n
                         item.remaining -= n
+                        self.out_size -= n
                         if not item.remaining:
                             os.close(item.fd)
                             out.popleft()

@@ -27,7 +27,7 @@ from berth.http.framing import CONTINUE
 from berth.http.parser import NO_PARSER, HttpError, Request, RequestParser
 from berth.worker.admission import ACCEPT_BATCH, DEFER, OUT_OF_RESOURCES, Admission
 from berth.worker.app import Responder
-from berth.worker.connection import ClientDisconnected, Connection
+from berth.worker.connection import WAIT_FOR_READER, ClientDisconnected, Connection
 from berth.worker.preface import ProxyPreface
 from berth.worker.tls import TlsConnection, TlsSocket, make_context
 from berth.wsgi import StreamInput
@@ -502,7 +502,8 @@ class Loop(Admission):
         if idle and conn.closing:
             conn.update_events()  # writes still queued: closed when they are out
             return
-        reading = not conn.eof and not conn.dead and not self.pipeline_full(conn.pending)
+        reading = (not conn.eof and not conn.dead and not self.pipeline_full(conn.pending)
+                   and conn.paused_response is not WAIT_FOR_READER)
         current = conn.parser.current
         if current is not None and current.streaming and current.body_stream.paused:
             reading = False

@@ -31,7 +31,8 @@ Routes (query parameters in brackets):
   /overlap [s]                sleeps s seconds; JSON {"most": the most app calls of /overlap
                               this process has run at once so far}
   /thread [spin]              the name of the thread answering (after spin ms of computing)
-  /big [n, chunked]           n bytes of big_pattern(); Content-Length unless chunked=1
+  /big [n, chunked, list]     n bytes of big_pattern(); Content-Length unless chunked=1;
+                              list=1: as a list of one bytes object
   /status [code]              empty response with that status
   /closeable [tag, mode]      iterable whose close() writes marker "close-<tag>"
                               (mode: normal | raise | raise-first | big | sized,
@@ -394,6 +395,8 @@ def app(environ, start_response):
         if q.get("chunked") != "1":
             headers.append(("Content-Length", str(n)))
         start_response("200 OK", headers)
+        if q.get("list") == "1":
+            return [b"".join(big_pattern(n))]
         return big_pattern(n)
 
     if path == "/status":

@@ -21,7 +21,8 @@ Routes (query parameters in brackets), as in proto_app.py:
                               ","), with REQUEST_METHOD, PATH_INFO, QUERY_STRING,
                               SERVER_PROTOCOL}: what test_http reads from the WSGI environ
   /stream [n, delay]          n parts "part-<i>\\n", no Content-Length
-  /big [n, chunked]           n bytes of big_pattern(); Content-Length unless chunked=1
+  /big [n, chunked, list]     n bytes of big_pattern(); Content-Length unless chunked=1;
+                              list=1: the whole body in one message
   /status [code]              empty response with that status, header X-Status
   /set-cookies                two Set-Cookie headers
   /sleep [s]                  sleeps s seconds, then answers
@@ -186,6 +187,10 @@ async def app(scope, receive, send):
         headers = [(b"content-type", b"application/octet-stream")]
         if q.get("chunked") != "1":
             headers.append((b"content-length", str(n).encode()))
+        if q.get("list") == "1":  # one message with the whole body (a WSGI list)
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            return await send({"type": "http.response.body",
+                               "body": b"".join(big_pattern(n))})
 
         async def blocks():
             for block in big_pattern(n):
