@@ -75,6 +75,8 @@ def log_start(cfg: Config, log, levels=("info", "warning")) -> None:
     if "warning" in levels:
         for line in decisions.sizing_warnings:
             log.warning("%s", line)
+        if decisions.shutdown_warning:
+            log.warning("%s", decisions.shutdown_warning)
 
 
 def check_app(cfg: Config, log) -> int:

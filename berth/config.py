@@ -377,6 +377,12 @@ def status_notices(cfg: Config) -> list[tuple[str, str]]:
 
 # -- decisions: what depends on where berth runs ------------------------------------------------
 
+DOCKER_STOP_WINDOW = 10.0  # `docker stop` default: SIGTERM, then SIGKILL 10 s later
+K8S_STOP_WINDOW = 30.0  # terminationGracePeriodSeconds default
+MASTER_MARGIN = 1.0  # the master needs about this long after the workers to exit cleanly
+STOP_MARGIN = 2.0  # what the automatic graceful timeout leaves of the window: that, and slack
+
+
 @dataclasses.dataclass
 class Decisions:
     """What berth decided from where it runs, each with its reason: logged at start, shown by
@@ -388,6 +394,7 @@ class Decisions:
     auto_workers: int = 0  # what auto sizing chooses here (a configured count is held to it)
     workers_auto: bool = False  # the worker count is berth's: the memory cap may lower it
     shutdown: str = ""  # the SIGTERM plan: shutdown delay and graceful timeout, and why
+    shutdown_warning: str = ""  # that plan outlasts the platform's stop window
     memory: str = ""  # why --max-worker-memory is what it is, when berth chose it
 
     def reason(self, name: str) -> str:
@@ -422,16 +429,27 @@ def decide(cfg: Config, environ=os.environ, info=None) -> None:
     decisions.workers_auto = raw_workers == "auto"
 
     in_k8s = bool(environ.get("KUBERNETES_SERVICE_HOST"))
-    where = ("in Kubernetes: inside its 30 s termination grace period" if in_k8s else
-             "not in Kubernetes: inside Docker's 10 s stop window")
-    if cfg.values.get("graceful_timeout") is None:
-        cfg.values["graceful_timeout"] = 20.0 if in_k8s else 8.0
-        cfg.sources["graceful_timeout"] = "auto"
+    window = K8S_STOP_WINDOW if in_k8s else DOCKER_STOP_WINDOW
+    place = (f"Kubernetes' {window:g} s termination grace period" if in_k8s else
+             f"Docker's {window:g} s stop window, not in Kubernetes")
     if cfg.values.get("shutdown_delay") is None:
         cfg.values["shutdown_delay"] = 5.0 if in_k8s else 0.0
         cfg.sources["shutdown_delay"] = "auto"
+    if cfg.values.get("graceful_timeout") is None:
+        # what the window leaves after the shutdown delay (20 s and 8 s with the defaults'
+        # delays), however long a delay is set
+        left = window - cfg.shutdown_delay - STOP_MARGIN
+        cfg.values["graceful_timeout"] = max(1.0, min(20.0 if in_k8s else 8.0, left))
+        cfg.sources["graceful_timeout"] = "auto"
+    takes = cfg.shutdown_delay + cfg.graceful_timeout
+    fits = takes + MASTER_MARGIN <= window
     decisions.shutdown = (f"on SIGTERM: shutdown delay {cfg.shutdown_delay:g} s, graceful "
-                          f"timeout {cfg.graceful_timeout:g} s ({where})")
+                          f"timeout {cfg.graceful_timeout:g} s "
+                          f"({'inside' if fits else 'longer than'} {place})")
+    decisions.shutdown_warning = "" if fits else (
+        f"a stop may take {takes:g} s (shutdown delay + graceful timeout), longer than "
+        f"{place.split(',')[0]}: requests still running then are cut off by SIGKILL "
+        f"(`berth doctor` says how to fit)")
 
     if cfg.values.get("max_worker_memory") is None:
         cfg.sources["max_worker_memory"] = "auto"

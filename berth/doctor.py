@@ -24,11 +24,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from berth import __version__
-from berth.config import Config, ConfigError, config_rows, load
+from berth.config import (
+    DOCKER_STOP_WINDOW,
+    K8S_STOP_WINDOW,
+    MASTER_MARGIN,
+    Config,
+    ConfigError,
+    config_rows,
+    load,
+)
 
-DOCKER_STOP_WINDOW = 10.0  # `docker stop` default: SIGTERM, then SIGKILL 10 s later
-K8S_STOP_WINDOW = 30.0  # terminationGracePeriodSeconds default
-MASTER_MARGIN = 1.0  # the master needs about this long after the workers to exit cleanly
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 ADMIN_PORT = 9000  # what the --admin-bind advice suggests (nothing else claims it in berth)
 
@@ -69,10 +74,15 @@ def diagnose(cfg: Config, info: Any, euid: int | None = None) -> list[Finding]:
                     where += f" minus the {delay:g} s shutdown delay"
                 more = (f"or give the container more time: docker run --stop-timeout {need}, "
                         f"compose stop_grace_period: {need}s")
+            if left < 1.0:
+                fix = f"a --shutdown-delay under {window - MASTER_MARGIN - 1.0:g} s"
+            elif cfg.source("graceful_timeout") == "auto":
+                fix = f"--graceful-timeout {left:g}"
+            else:  # (the automatic one fits what the window leaves after the delay)
+                fix = f"--graceful-timeout {left:g} (or drop it: berth picks one that fits)"
             out.append(Finding(
                 f"graceful timeout {graceful:g} s is longer than {where}: requests still "
-                f"running then are cut off by SIGKILL",
-                f"--graceful-timeout {left:g} (or drop it: berth picks one that fits), {more}"))
+                f"running then are cut off by SIGKILL", f"{fix}, {more}"))
 
     usable = info.usable_cpus
     quota = info.cpu_limit

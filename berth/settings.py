@@ -212,7 +212,9 @@ SETTINGS: tuple[Setting, ...] = (
     S("graceful_timeout", ("--graceful-timeout",), non_negative_float, None,
       "Seconds in-flight requests get to finish after SIGTERM. Default 8 (inside "
       "Docker's 10 s stop window; Gunicorn's 30 s is not), 20 in Kubernetes (inside its "
-      "30 s terminationGracePeriodSeconds, after the shutdown delay).", "SECONDS",
+      "30 s terminationGracePeriodSeconds, after the shutdown delay); less when a longer "
+      "--shutdown-delay is set, so that the stop still fits (the window less the delay and "
+      "2 s, at least 1 s). A stop longer than the window is warned of at start.", "SECONDS",
       section="Worker Processes", note="Gunicorn's default is 30 s, longer than Docker's "
       "10 s stop window.", default_text="8, or 20 in Kubernetes"),
     S("shutdown_delay", ("--shutdown-delay",), non_negative_float, None,

@@ -51,6 +51,32 @@ def test_graceful_timeout_in_kubernetes_counts_the_shutdown_delay():
     assert "terminationGracePeriodSeconds: 32" in found[0].fix
 
 
+def test_a_shutdown_delay_shortens_the_automatic_graceful_timeout_to_fit_the_window():
+    # the automatic graceful timeout was 8 s whatever the delay: --shutdown-delay 5 made a
+    # 13 s stop in Docker's 10 s window, and the start-up line said "inside" it
+    info = fake_info(cpus=2)
+    cfg = cfg_for(["--shutdown-delay", "5"], info)
+    assert cfg.graceful_timeout == 3.0 and cfg.source("graceful_timeout") == "auto"
+    assert "inside Docker's 10 s stop window" in cfg.decisions.shutdown
+    assert not cfg.decisions.shutdown_warning
+    assert problems(["--shutdown-delay", "5"], info) == []
+    # a delay that leaves no room: a warning at start, and doctor says to shorten the delay
+    cfg = cfg_for(["--shutdown-delay", "9"], info)
+    assert "longer than Docker's 10 s stop window" in cfg.decisions.shutdown
+    assert cfg.decisions.shutdown_warning.startswith("a stop may take 10 s")
+    found = diagnose(cfg, info, euid=1000)
+    assert "a --shutdown-delay under 8 s" in found[0].fix, found[0].fix
+
+
+def test_a_set_graceful_timeout_longer_than_the_window_is_warned_of_at_start():
+    cfg = cfg_for(["--graceful-timeout", "30"], fake_info(cpus=2))
+    assert "graceful timeout 30 s (longer than Docker's 10 s" in cfg.decisions.shutdown
+    assert "cut off by SIGKILL" in cfg.decisions.shutdown_warning
+    env = {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}
+    cfg = cfg_for(["--graceful-timeout", "30"], fake_info(cpus=2), env)
+    assert "longer than Kubernetes' 30 s termination grace period" in cfg.decisions.shutdown
+
+
 def test_more_workers_than_the_cpu_quota():
     info = fake_info(cpu_limit=2.0, cpus=16)
     found = problems(["-w", "4"], info)
