@@ -12,7 +12,7 @@ import socket
 import time
 
 import pytest
-from proto_helpers import connect, get_request, http_get, read_head, wait_for
+from proto_helpers import connect, get_request, http_get, in_background, read_head, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -118,6 +118,30 @@ def test_slow_reader_of_a_long_download_is_not_cut(berth):
             time.sleep(0.02)
     assert got == 8 << 20, f"got {got} bytes:\n{srv.stderr()}"
     assert "deadline" not in srv.stderr(), srv.stderr()
+
+
+def test_a_client_too_slow_for_write_on_the_loop_thread_is_let_go_of_at_timeout(berth):
+    """With --threads 1 the write() callable waits on the loop thread for its client (it
+    cannot be paused): a client that reads the response that slowly held every other
+    connection of the worker for as long as it trickled (a whole 40 s test). Now its
+    waits are bounded by --timeout, as Gunicorn's sync worker is killed then."""
+    srv = berth(["-w", "1", "--threads", "1", "--timeout", "2", "stream_app:app"])
+    with connect(srv.port, timeout=30) as slow:
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        slow.sendall(get_request("/writeread?mb=64"))
+        time.sleep(0.3)  # (the loop thread is in write() now)
+        t0 = time.monotonic()
+        other, box = in_background(lambda: http_get(srv.port, "/slowread?mb=0", timeout=20))
+        while other.is_alive() and time.monotonic() - t0 < 15:
+            if not slow.recv(16384):  # a trickle: 16 KiB every 20 ms (0.8 MiB/s)
+                break
+            time.sleep(0.02)
+        other.join(5)
+        waited = time.monotonic() - t0
+    assert box.get("result", (None,))[0] == 200, box
+    assert waited < 10, f"the other client waited {waited:.1f} s"
+    err = srv.wait_for_log("too slowly", timeout=5)
+    assert "(--timeout 2); its connection is closed" in err, err
 
 
 def test_slow_upload_read_by_the_app_is_not_its_silence(berth):

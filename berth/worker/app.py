@@ -21,6 +21,7 @@ worker gives (`LoopSide` below): this room imports nothing above it.
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -95,6 +96,7 @@ class Response:
     result = None  # an iterable body taken under the baton's lead (run_app), and
     first: tuple | None = None  # its iterator and first part (start_body)
     closed = False  # its close() was called (next_or_close)
+    reader_waited = 0.0  # seconds the loop thread waited in write() for the client to read
     overrun = False  # berth answered 504 for it at --timeout, and counted and logged that
 
     def __init__(self, responder: Responder, conn: Connection, req: Request, inline: bool):
@@ -160,12 +162,23 @@ class Response:
     def write_callable(self, data: bytes) -> None:
         """The WSGI `write()` callable. On the loop thread (inline) the app cannot be paused
         in the middle of its call, so above the write-behind bound the loop waits for the
-        client here, as Gunicorn's sync worker would: memory stays bounded."""
+        client here, as Gunicorn's sync worker would: memory stays bounded. Every other
+        connection of the worker waits meanwhile (with --threads 1), so a client that reads
+        that slowly is let go of once the waits of its response pass --timeout (Gunicorn's
+        sync worker is killed then)."""
         self.write(data)
         conn = self.conn
         if self.inline and conn.out_size > HIGH_WATER:
             responder = self.responder
-            conn.wait_for_reader(responder.stall, responder.heartbeat_if_due)
+            budget = responder.reader_budget - self.reader_waited
+            self.reader_waited += conn.wait_for_reader(responder.stall,
+                                                       responder.heartbeat_if_due, budget)
+            if conn.dead:
+                responder.log.warning(
+                    "a client read the response of %s too slowly: the loop thread waited "
+                    "%.0f s for it in write() (--timeout %g); its connection is closed",
+                    request_line(self.req), self.reader_waited, responder.cfg.timeout)
+                raise ClientDisconnected()
 
     def write(self, data: bytes) -> None:
         """Send part of the body (the WSGI `write()` callable, and each item of the iterable)."""
@@ -238,6 +251,7 @@ class Responder:
         self.baton = Baton(self, self.running) if cfg.threads > 1 else None
         self.keep_alive = cfg.keepalive > 0  # turned off to drain or retire
         self.stall = max(cfg.keepalive, cfg.header_timeout)  # a reader that reads nothing
+        self.reader_budget = cfg.timeout or math.inf  # write()'s waits for one response
         # --no-sendfile, or TLS: files go through the iterable path
         self.sendfile = cfg.sendfile and not cfg.certfile
         self.date = DateCache()

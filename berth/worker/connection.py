@@ -311,23 +311,35 @@ class Connection:
             else:
                 self.loop.post(self)
 
-    def wait_for_reader(self, stall: float, heartbeat) -> None:
+    def wait_for_reader(self, stall: float, heartbeat, budget: float) -> float:
         """Inline only: block until the client has read the queue down to LOW_WATER (or is
-        gone, or has read nothing for `stall` seconds). The loop is alive meanwhile: it calls
-        `heartbeat()` every half second."""
+        gone, or has read nothing for `stall` seconds: then ClientDisconnected). Returns the
+        seconds waited; past `budget` of them the client is let go of too (`dead`), and the
+        caller says why. The loop is alive meanwhile: it calls `heartbeat()` every half
+        second."""
         poller = select.poll()
         poller.register(self.fd, select.POLLOUT)
-        waited_since = time.monotonic()
+        started = waited_since = time.monotonic()
+        now = started
         while self.out_size > LOW_WATER and not self.dead:
             heartbeat()
-            if poller.poll(500):
-                self.on_writable()
-                waited_since = self.last_active
-            elif time.monotonic() - waited_since > stall:
+            if now - started > budget:
                 self.mark_dead()
                 break
-        if self.dead:
+            if poller.poll(500):
+                before = self.out_size
+                self.on_writable()
+                now = time.monotonic()
+                if self.out_size < before:  # (POLLOUT with no room taken is no progress)
+                    waited_since = now
+            else:
+                now = time.monotonic()
+                if now - waited_since > stall:
+                    self.mark_dead()
+                    raise ClientDisconnected()
+        if self.dead and now - started <= budget:
             raise ClientDisconnected()
+        return now - started
 
     # -- the loop thread -----------------------------------------------------------------------
 

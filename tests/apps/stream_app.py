@@ -10,6 +10,7 @@ Routes (query parameters in brackets):
   /write [n, every]           the same as /stream through the legacy write() callable
   /slowread [mb]              mb MiB in 64 KiB parts as fast as the client takes them
   /upload                     reads wsgi.input to its end in 64 KiB reads; answers its size
+  /writeread [mb]             mb MiB in 64 KiB parts through the write() callable
 Every generator's close() and `finally` print "closed <route> <id>" to stderr, where the
 test reads it (the id is the query parameter `id`, default "-").
 """
@@ -77,6 +78,14 @@ def app(environ, start_response):
                                   ("Content-Length", str(size))])
         block = b"x" * 65536
         return (block for _ in range(size // 65536))
+    if path == "/writeread":
+        size = int(q.get("mb", "8")) << 20
+        write = start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                          ("Content-Length", str(size))])
+        block = b"x" * 65536
+        for _ in range(size // 65536):
+            write(block)
+        return []
     if path == "/upload":
         stream = environ["wsgi.input"]
         total = 0
