@@ -392,6 +392,7 @@ class Master:
 
     def spawn(self, replacing: WorkerInfo | None = None) -> WorkerInfo:
         slot = self.scoreboard.free_index({w.slot for w in self.workers.values()})
+        self.scoreboard.clear(slot)  # (its stop word too: the last worker's may be set)
         self.scoreboard.write(slot, Slot(state=BOOTING, generation=self.generation,
                                          heartbeat=time.monotonic()))
         cfg = self.cfg
@@ -603,6 +604,7 @@ class Master:
 
     def stop_worker(self, info: WorkerInfo, why: str) -> None:
         info.stopping = why
+        self.scoreboard.ask_to_stop(info.slot)
         send_signal(info.pid, signal.SIGTERM)
 
     def reload(self) -> None:
@@ -753,6 +755,7 @@ class Master:
             self.phase, sig, grace = QUITTING, signal.SIGQUIT, KILL_GRACE_QUICK
         self.deadline = time.monotonic() + grace
         for info in self.workers.values():
+            self.scoreboard.ask_to_stop(info.slot)
             send_signal(info.pid, sig)
         for sock in self.listeners:  # the workers hold the listeners until they have drained
             if sock.family == socket.AF_UNIX and graceful:

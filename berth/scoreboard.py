@@ -112,7 +112,7 @@ class Scoreboard:
         self.slots = slots
         # anonymous and shared across fork; after the slots, one cache line the master writes,
         # then each slot's app word, then its connections word (8-byte aligned)
-        self.mem = mmap.mmap(-1, slots * SLOT_SIZE + 64 + slots * 16)
+        self.mem = mmap.mmap(-1, slots * SLOT_SIZE + 64 + slots * 24)
         self._flag = slots * SLOT_SIZE
         # (in the master's line) the slots workers have used: what a worker balances over
         self._in_use = memoryview(self.mem)[self._flag + 8:self._flag + 16].cast("q")
@@ -120,6 +120,8 @@ class Scoreboard:
         self._app_words = memoryview(self.mem)[words:words + slots * 8].cast("d")
         conns = words + slots * 8
         self._conn_words = memoryview(self.mem)[conns:conns + slots * 8].cast("q")
+        stops = conns + slots * 8
+        self._stop_words = memoryview(self.mem)[stops:stops + slots * 8].cast("q")
         self._stuck: dict[int, int] = {}  # a slot's word a read waited WRITER_GONE for
         for index in range(slots):
             self.clear(index)  # (an empty record with its checksum)
@@ -141,6 +143,17 @@ class Scoreboard:
         """Each slot's open connections while its worker takes new ones, else NO_CONNS:
         written by the worker's loop, read by its siblings' (berth.worker.admission)."""
         return self._conn_words
+
+    def ask_to_stop(self, index: int) -> None:
+        """The master, before it sends slot `index`'s worker SIGTERM (or SIGQUIT): the signal
+        is its. A SIGTERM a worker gets while its word is 0 came from elsewhere: a stop sent
+        to the whole process group (systemd's KillMode=control-group, dumb-init, `timeout`)
+        reaches the master too, and the worker follows the master's shutdown delay instead
+        (berth.worker.process)."""
+        self._stop_words[index] = 1
+
+    def stop_asked(self, index: int) -> bool:
+        return self._stop_words[index] != 0
 
     def slots_in_use(self) -> memoryview:
         """One word: how many of the first slots workers have used, so far (the master writes
@@ -236,4 +249,5 @@ class Scoreboard:
         self.write(index, Slot())
         self._app_words[index] = 0.0  # (a worker killed inside the app leaves it set)
         self._conn_words[index] = NO_CONNS
+        self._stop_words[index] = 0
         self._stuck.pop(index * SLOT_SIZE, None)  # (its next worker starts afresh)

@@ -36,7 +36,8 @@ class Server:
     """A running berth: `url`, `port`, `stdout()`, `stderr()`, `stop()`, `signal()`."""
 
     def __init__(self, args: list[str], tmp: Path, env: dict | None = None, port: int | None = None,
-                 wait_ready: bool = True, bind: bool = True, pass_fds=(), cwd: Path | None = None):
+                 wait_ready: bool = True, bind: bool = True, pass_fds=(), cwd: Path | None = None,
+                 new_session: bool = False):
         self.port = port or free_port()
         self.tmp = tmp
         self.out_path = tmp / f"stdout-{self.port}.log"
@@ -54,7 +55,8 @@ class Server:
         self._err = open(self.err_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=self._err, env=full_env,
                                      cwd=str(cwd or tmp), pass_fds=pass_fds,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL,
+                                     start_new_session=new_session)  # (its own group: killpg)
         self.pid = self.proc.pid
         self.url = f"http://127.0.0.1:{self.port}"
         _STARTED.append(weakref.ref(self))

@@ -14,9 +14,17 @@ import signal
 import time
 
 import pytest
-from conftest import free_port
+from conftest import free_port, read_response
 from loadgen import LoadGen
-from proto_helpers import exit_within, http_get, in_background, pids_children, wait_for
+from proto_helpers import (
+    connect,
+    exit_within,
+    get_request,
+    http_get,
+    in_background,
+    pids_children,
+    wait_for,
+)
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -151,6 +159,66 @@ def test_sigterm_with_shutdown_delay_serves_through_the_delay_then_exits_0(berth
                        f"{gen.summary()}\n{err[-3000:]}")
     during = gen.successes(since=t_sig + 0.1, until=t_sig + delay - 0.1)
     assert len(during) >= 20, f"only {len(during)} requests served during the delay"
+
+
+def test_sigterm_to_the_whole_process_group_keeps_the_shutdown_delay(berth):
+    """systemd (KillMode=control-group), dumb-init and `timeout` send SIGTERM to every process
+    of the group: the workers took theirs as the master's and drained at once, inside the
+    shutdown delay, and the master started new ones while it was shutting down (requests
+    failed meanwhile). Now a worker follows the master's delay."""
+    delay = 2.0
+    srv = berth(["-w", "2", "--threads", "2", "--shutdown-delay", "2", "--access-logfile",
+                 "none", "super_app:app"], new_session=True)
+    workers = set(pids_children(srv.pid))
+    gen = LoadGen(srv.port, connections=4, pause=0.002, max_seconds=30).start()
+    try:
+        assert gen.wait_for_total(100, timeout=10), gen.summary()
+        t_sig = time.monotonic()
+        os.killpg(srv.pid, signal.SIGTERM)  # (its own group: new_session)
+        code, _ = exit_within(srv, delay + 10)
+    finally:
+        gen.stop()
+    err = srv.stderr()
+    assert code == 0, f"exit code {code}\n{err}"
+    assert "SIGTERM to the process group; serving on" in err, err
+    assert "exited unexpectedly" not in err and err.count("ready: 2 workers") == 1, err
+    fails = gen.failures(until=t_sig + delay)
+    assert not fails, f"requests failed in the shutdown delay:\n{gen.summary()}\n{err}"
+    assert len(gen.successes(since=t_sig + delay - 0.5, until=t_sig + delay)) > 0, \
+        gen.summary()
+    assert workers and set(pids_children(srv.pid)) <= workers
+
+
+def test_a_connection_idle_when_the_drain_begins_is_still_answered_a_moment_later(berth):
+    # idle for a second or more when SIGTERM came, it was closed at once: a load balancer
+    # reusing it then saw a connection closed under its request
+    srv = berth(["-w", "1", "--keep-alive", "5", "super_app:app"])
+    with connect(srv.port, timeout=10) as sock:
+        sock.sendall(get_request("/pid"))
+        assert read_response(sock)[0] == 200
+        time.sleep(1.3)
+        srv.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        sock.sendall(get_request("/pid"))
+        status, headers, _ = read_response(sock)
+    assert status == 200 and headers.get("connection") == "close", (status, headers)
+    assert exit_within(srv, 10)[0] == 0
+
+
+def test_sigterm_to_one_worker_alone_drains_it_and_it_is_replaced(berth):
+    srv = berth(["-w", "1", "--threads", "2", "super_app:app"])
+    victim = pid_of(srv)
+    os.kill(victim, signal.SIGTERM)  # (an operator's `kill <pid>`: not the master's)
+    err = srv.wait_for_log(f"worker {victim} exited", timeout=10)
+
+    def replaced():
+        try:
+            return int(json.loads(http_get(srv.port, "/pid", timeout=2)[2])["pid"]) != victim
+        except (OSError, ValueError, KeyError):
+            return False
+
+    assert wait_for(replaced, timeout=10, interval=0.1), err
+    assert srv.proc.poll() is None
 
 
 def test_sighup_to_an_access_log_the_workers_cannot_open_keeps_the_old_config(berth, tmp_path):

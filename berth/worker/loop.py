@@ -75,6 +75,7 @@ class Loop(Admission):
         self.paused_accepting = 0.0
         self.retiring = False  # --max-requests reached: no new connections
         self.draining = False  # SIGTERM or an overrun: no new connections, then exit
+        self.drain_began = 0.0
         self.threads = cfg.threads
         self.body_budget = cfg.body_buffer_size
         self.timeout = cfg.timeout or math.inf  # --timeout 0: no deadline (as Gunicorn)
@@ -288,6 +289,7 @@ class Loop(Admission):
         """Drain: take what already waits in the kernel's queue (unless retiring: its
         replacement takes them), then close the listeners and keep-alive."""
         self.draining = True
+        self.drain_began = time.monotonic()
         self.withdraw()
         self.responder.keep_alive = False
         take_backlog = take_backlog and not self.retiring
@@ -580,8 +582,13 @@ class Loop(Admission):
             elif parser.current is not None:
                 if now - conn.last_active > header_timeout:
                     self.reject(conn, HttpError(408, "request body timed out"))
-            elif now - conn.last_active > (min(DRAIN_IDLE, keepalive)
-                                           if self.draining or self.retiring else keepalive):
+            elif self.draining:  # idle a second since the drain began, at least: a client
+                # reusing one then gets its answer (with Connection: close), not a close under
+                # its request
+                if now - max(conn.last_active, self.drain_began) > min(DRAIN_IDLE, keepalive):
+                    conn.close()
+            elif now - conn.last_active > (min(DRAIN_IDLE, keepalive) if self.retiring
+                                           else keepalive):
                 conn.close()
             elif parser is not NO_PARSER and now - conn.last_active > PARK_AFTER:
                 conn.park(NO_PARSER)

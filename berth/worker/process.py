@@ -46,6 +46,9 @@ from berth.worker.loop import TICK, Loop, silent_since
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 EXIT_APP_LOAD_ERROR = 4  # as Gunicorn: the app could not be loaded; the master stops
+# A SIGTERM not from the master (berth.scoreboard.ask_to_stop) drains the worker after this
+# long, unless the master says meanwhile that it is shutting down (it got it too)
+TERM_FROM_ELSEWHERE_WAIT = 1.0
 
 
 class Worker:
@@ -71,6 +74,7 @@ class Worker:
         self.view = view if view is not None else WorkerView(cfg, log, pid=os.getpid())
         self.server = server
         self.last_tick = self.max_tick_gap = 0.0
+        self.term_from_elsewhere = 0.0  # when a SIGTERM not from the master came (on_signals)
         self.responder: Responder | None = None
         self.loop: Loop | None = None
 
@@ -274,7 +278,14 @@ class Worker:
         while self._signals:
             sig = self._signals.pop()
             if sig == signal.SIGTERM:
-                self.start_drain()
+                if self.scoreboard is None or self.scoreboard.stop_asked(self.slot_index):
+                    self.start_drain()
+                elif not self.term_from_elsewhere:
+                    # not the master's: sent to the whole process group, the master has it
+                    # too and keeps this worker serving through the shutdown delay. Unless
+                    # the master says it is shutting down within a moment, it was this
+                    # worker's alone (`kill <pid>`): then it drains (tick).
+                    self.term_from_elsewhere = time.monotonic()
             elif sig in (signal.SIGINT, signal.SIGQUIT):
                 call_hook(self.cfg, "worker_int", self.view)
                 self.loop.alive = False
@@ -334,6 +345,16 @@ class Worker:
             self.log.info("worker %d: the master is gone; exiting", os.getpid())
             loop.alive = False
             return
+        if self.term_from_elsewhere and not loop.draining:
+            if self.scoreboard.stop_asked(self.slot_index):
+                self.term_from_elsewhere = 0.0  # (the master's SIGTERM came: on_signals)
+            elif self.scoreboard.shutting_down:
+                self.term_from_elsewhere = 0.0
+                self.log.info("worker %d: SIGTERM to the process group; serving on until "
+                              "the master asks (its shutdown delay)", os.getpid())
+            elif now - self.term_from_elsewhere >= TERM_FROM_ELSEWHERE_WAIT:
+                self.term_from_elsewhere = 0.0
+                self.start_drain()
         in_flight, oldest = loop.sweep(now)
         slot = self.slot
         slot.in_flight = in_flight
