@@ -99,6 +99,8 @@ class Master:
         self.deadline = 0.0  # the end of the shutdown delay, or of the stop
         self.signals: collections.deque = collections.deque()
         self.boot_failures: collections.deque = collections.deque()
+        # new code failed to start: no worker is started until the next change (--reload)
+        self.paused = False
         self.exit_code = 0
         self.scoreboard = Scoreboard()
         self.info = container.detect()
@@ -119,11 +121,6 @@ class Master:
     def stopping(self) -> bool:
         """Workers are being stopped: their exits are expected and none is started."""
         return self.phase in (DRAINING, QUITTING)
-
-    @property
-    def paused(self) -> bool:
-        """--reload: new code failed to start; no worker is started until the next change."""
-        return self.code is not None and self.code.paused
 
     @property
     def loop_allowance(self) -> float:
@@ -624,7 +621,7 @@ class Master:
         if self.code is not None:
             if self.code.settings_of(self.cfg) != self.code.settings:
                 self.log.warning("SIGHUP: the --reload settings take effect at the next start")
-            self.code.paused = False
+        self.paused = False
         if logconfig.settings_of(old) != logconfig.settings_of(self.cfg):
             self.log.warning("SIGHUP: the logging configuration settings (logconfig_dict, "
                              "--log-config, --log-config-json, --log-syslog...) take effect at "
@@ -649,6 +646,7 @@ class Master:
         """--reload: a watched file changed: a new generation, as SIGHUP starts one (the
         configuration is not read again); the old workers drain once it is ready."""
         what = self.code.take_changes()
+        self.paused = False
         self.generation += 1
         self.reload_reason = f"reloaded ({what} changed)"
         self.log.info("reload: %s changed; starting %d workers of generation %d", what,
@@ -698,27 +696,60 @@ class Master:
             self.log.debug("worker %d %s", info.pid, how)
             return
         load_error = os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_APP_LOAD_ERROR
-        if self.code is not None and not info.ready and (load_error or not reason):
-            self.code.worker_failed(info, how, load_error, self.generation, self.workers)
-            return
-        if load_error:
-            self.log.error("worker %d could not load the app (traceback above); stopping",
-                           info.pid)
-            self.give_up(EXIT_APP_LOAD_ERROR)
-            return
-        if reason:
+        if not info.ready and (load_error or not reason):
+            self.start_failed(info, how, load_error)
+        elif reason:
             self.log.info("worker %d exited: %s (%s)", info.pid, reason, how)
+        else:
+            self.log.warning("worker %d exited unexpectedly: %s", info.pid, how)
+
+    def start_failed(self, info: WorkerInfo, how: str, load_error: bool) -> None:
+        """A worker died before it was ready: the app does not load, or the worker dies
+        booting. Never respawn into the same failure: berth stops (exit 4 with the traceback
+        above; exit 1 once BOOT_FAILURES_MAX workers died within BOOT_FAILURE_WINDOW, since
+        one may die of something passing). Under --reload any such failure is held back
+        instead (`hold_back`)."""
+        what = ("could not load the app (traceback above)" if load_error
+                else f"{how} before it was ready")
+        if self.code is not None and info.generation != self.generation:  # superseded
+            self.log.warning("worker %d of generation %d %s (generation %d is starting)",
+                             info.pid, info.generation, what, self.generation)
             return
-        self.log.warning("worker %d exited unexpectedly: %s", info.pid, how)
-        if not info.ready:
+        if self.paused:
+            self.log.info("worker %d %s", info.pid, what)
+            return
+        failure = f"worker {info.pid} {what}"
+        if self.code is None and not load_error:
+            self.log.warning("worker %d exited unexpectedly: %s", info.pid, how)
             now = time.monotonic()
             self.boot_failures.append(now)
             while self.boot_failures and now - self.boot_failures[0] > BOOT_FAILURE_WINDOW:
                 self.boot_failures.popleft()
-            if len(self.boot_failures) >= BOOT_FAILURES_MAX:
-                self.log.error("%d workers died before becoming ready within %.0f s; stopping",
-                               len(self.boot_failures), BOOT_FAILURE_WINDOW)
-                self.give_up(1)
+            if len(self.boot_failures) < BOOT_FAILURES_MAX:
+                return  # keep_count starts another one
+            failure = (f"{len(self.boot_failures)} workers died before becoming ready within "
+                       f"{BOOT_FAILURE_WINDOW:.0f} s")
+        if self.code is None:
+            self.log.error("%s; stopping", failure)
+            self.give_up(EXIT_APP_LOAD_ERROR if load_error else 1)
+            return
+        self.hold_back(failure)
+
+    def hold_back(self, failure: str) -> None:
+        """New code does not start: the workers already serving keep serving, and no worker
+        is started (no respawn loop, no boot-failure count, recycling waits) until the next
+        change or SIGHUP (`paused`)."""
+        self.paused = True
+        serving = [w for w in self.workers.values()
+                   if w.ready and not w.stopping and not w.killed]
+        if serving:
+            gens = sorted({w.generation for w in serving})
+            now = (f"the {len(serving)} workers of generation "
+                   f"{', '.join(map(str, gens))} keep serving")
+        else:
+            now = "no worker is serving"
+        self.log.error("%s; %s; waiting for the next change to start new workers (--reload)",
+                       failure, now)
 
     # -- stopping ---------------------------------------------------------------------------
 
