@@ -21,8 +21,11 @@ EXIT_3 = 3 << 8
 
 @pytest.fixture
 def sent(monkeypatch) -> list:
+    """The signals the master sends (none reaches a process), and no process title is set
+    (it would be pytest's)."""
     calls: list = []
     monkeypatch.setattr(master_module, "send_signal", lambda pid, sig: calls.append((pid, sig)))
+    monkeypatch.setattr(master_module.proctitle, "set_title", lambda role, cfg: False)
     return calls
 
 
@@ -35,8 +38,16 @@ def make_master(reload: bool = False) -> Master:
 
 def worker(m: Master, pid: int, generation: int, ready: bool) -> WorkerInfo:
     info = m.workers[pid] = WorkerInfo(pid, slot=pid % 100, generation=generation,
-                                       started=0.0, ready=ready)
+                                       started=0.0, ready=ready,
+                                       view=SimpleNamespace(cfg=m.cfg))  # (its WorkerView)
     return info
+
+
+def sighup(m: Master) -> SimpleNamespace:
+    """What `reload` does to these records: a new configuration, a new generation."""
+    m.cfg = SimpleNamespace(statsd_host=None, proc_name="after the reload")
+    m.generation += 1
+    return m.cfg
 
 
 def died(m: Master, info: WorkerInfo, status: int) -> None:
@@ -75,3 +86,46 @@ def test_at_first_start_workers_dying_at_boot_stop_berth_at_the_fifth(sent, capl
     assert m.exit_code == 1
     assert (f"{BOOT_FAILURES_MAX} workers died before becoming ready within 60 s; stopping"
             in caplog.text)
+
+
+def test_a_reload_whose_app_does_not_load_is_held_back_while_the_old_workers_serve(sent, caplog):
+    m = make_master()
+    before = m.cfg
+    worker(m, 40, generation=1, ready=True)
+    worker(m, 41, generation=1, ready=True)
+    sighup(m)
+    died(m, worker(m, 42, generation=2, ready=False), LOAD_ERROR)
+    assert not m.exit_code and m.phase == master_module.SERVING and not sent
+    assert m.paused == ("SIGHUP: reload failed: worker 42 could not load the app (traceback "
+                        "above); the 2 workers of generation 1 keep serving with the old code "
+                        "and configuration; no new worker is started until the next SIGHUP")
+    assert m.paused in caplog.text
+    assert m.cfg is before  # the old workers are supervised by their own configuration
+    died(m, worker(m, 43, generation=2, ready=False), LOAD_ERROR)  # its sibling: one line
+    assert caplog.text.count("SIGHUP: reload failed") == 1 and not m.exit_code
+
+
+def test_a_reload_whose_workers_die_at_boot_is_held_back_at_the_fifth(sent, caplog):
+    m = make_master()
+    worker(m, 40, generation=1, ready=True)
+    sighup(m)
+    for pid in range(41, 41 + BOOT_FAILURES_MAX - 1):
+        died(m, worker(m, pid, generation=2, ready=False), EXIT_3)
+        assert not m.paused  # one may die of something passing: it is started again
+    died(m, worker(m, 50, generation=2, ready=False), EXIT_3)
+    assert m.paused.startswith(f"SIGHUP: reload failed: {BOOT_FAILURES_MAX} workers died "
+                               "before becoming ready within 60 s; the 1 workers of "
+                               "generation 1 keep serving")
+    assert not m.exit_code and not m.boot_failures  # (the next try counts its own)
+
+
+def test_a_superseded_generation_that_fails_is_only_logged(sent, caplog):
+    m = make_master()
+    first = worker(m, 40, generation=1, ready=False)  # SIGHUP while the first one boots
+    sighup(m)
+    died(m, first, LOAD_ERROR)
+    assert not m.exit_code and not m.paused
+    assert ("worker 40 of generation 1 could not load the app (traceback above) (generation 2 "
+            "is starting)") in caplog.text
+    died(m, worker(m, 41, generation=2, ready=False), LOAD_ERROR)  # nothing older serves
+    assert m.exit_code == EXIT_APP_LOAD_ERROR
