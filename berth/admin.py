@@ -15,7 +15,8 @@ Endpoints (GET and HEAD; another method on them is 405, another path 404):
   /readyz   200 while berth serves (503 from SIGTERM on, the shutdown delay included) and at
             least one worker can take work: idle or busy (busy is still ready), not silent.
   /metrics  Prometheus text exposition, version 0.0.4 (`render_metrics`).
-  /status   JSON: each worker, the listeners, a summary of the configuration (`render_status`).
+  /status   JSON: each worker, the listeners, a summary of the configuration, and why new
+            workers are held back after a failed reload (`render_status`).
 
 Counters never go back: the master hands each exiting worker's last slot to `keep_counts`,
 which adds its counts to the retired totals as the slot is cleared (a worker publishes its
@@ -142,6 +143,7 @@ class View:
     config: dict
     pid: int = 0
     uptime: float = 0.0
+    held_back: str = ""  # why no new worker is started (a failed reload), as logged
 
 
 # -- the endpoints: pure functions of a View --------------------------------------------------
@@ -337,6 +339,7 @@ def render_status(view: View) -> dict:
         "phase": view.phase,
         "live": {"ok": live, "reason": live_reason},
         "ready": {"ok": ready, "reason": ready_reason},
+        "held_back": view.held_back or None,
         "workers": workers,
         "listeners": [{"address": name, "listen_queue": n} for name, n in view.listeners],
         "config": view.config,
@@ -365,6 +368,7 @@ def render_status_html(status: dict) -> str:
     config = ", ".join(f"{escape(str(k))} {escape(str(v))}" for k, v in status["config"].items())
     head = ("pid", "generation", "state", "age", "served", "in flight", "busy threads",
             "oldest request", "its age", "RSS", "heartbeat")
+    held = f"<p><strong>{escape(status['held_back'])}</strong></p>" if status["held_back"] else ""
     return (
         "<!doctype html>\n<html><head><meta charset=\"utf-8\">"
         "<meta http-equiv=\"refresh\" content=\"1\"><title>berth status</title>"
@@ -373,7 +377,7 @@ def render_status_html(status: dict) -> str:
         f"<h1>berth {escape(status['berth'])}, master {status['pid']}</h1>"
         f"<p>{escape(status['phase'])}; up {status['uptime_s']:.0f} s; live: "
         f"{escape(status['live']['reason'])}; ready: {escape(status['ready']['reason'])}</p>"
-        "<table id=\"workers\"><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) +
+        f"{held}<table id=\"workers\"><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) +
         "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
         f"<h2>Listeners</h2><ul>{listeners}</ul><h2>Configuration</h2><p>{config}</p>"
         "</body></html>\n")
@@ -686,6 +690,7 @@ class AdminServer:
             allowance=master.loop_allowance, threads=cfg.threads,
             listeners=[(name, listen_queue(sock)) for name, sock in self.listeners],
             retired=self.retired, pid=os.getpid(), uptime=now - self.started,
+            held_back=master.paused,
             config={"workers": cfg.workers, "threads": cfg.threads,
                     "worker_class": cfg.worker_class, "timeout": cfg.timeout,
                     "graceful_timeout": cfg.graceful_timeout,

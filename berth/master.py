@@ -20,7 +20,11 @@ With `--reload` the master also watches the app's source files (`berth/reloader.
 report which files they imported through a pipe, an inotify fd or a once-a-second poll says
 which changed) and starts a new generation of workers on a change. New code that does not
 start (an import error, or any death before ready) never stops berth then: the workers already
-serving keep serving, nothing is respawned, and the next change tries again.
+serving keep serving, nothing is respawned, and the next change tries again. A SIGHUP reload
+whose new generation does not start (an import error, or BOOT_FAILURES_MAX deaths before ready)
+is held back the same way while the old generation serves (`start_failed`): a broken deploy
+must not stop healthy workers. Only at first start, with nothing to keep serving, does berth
+stop instead of respawning into the same failure.
 """
 
 from __future__ import annotations
@@ -99,6 +103,9 @@ class Master:
         self.deadline = 0.0  # the end of the shutdown delay, or of the stop
         self.signals: collections.deque = collections.deque()
         self.boot_failures: collections.deque = collections.deque()
+        # new code failed to start: why (as logged); no worker is started until the next
+        # SIGHUP (or, under --reload, change)
+        self.paused = ""
         self.exit_code = 0
         self.scoreboard = Scoreboard()
         self.info = container.detect()
@@ -119,11 +126,6 @@ class Master:
     def stopping(self) -> bool:
         """Workers are being stopped: their exits are expected and none is started."""
         return self.phase in (DRAINING, QUITTING)
-
-    @property
-    def paused(self) -> bool:
-        """--reload: new code failed to start; no worker is started until the next change."""
-        return self.code is not None and self.code.paused
 
     @property
     def loop_allowance(self) -> float:
@@ -378,7 +380,7 @@ class Master:
 
     def keep_count(self) -> None:
         """Start or stop workers so that the current generation has --workers of them
-        (none once berth stops, waits for a fix under --reload, or gave up)."""
+        (none once berth stops, holds back new code that failed to start, or gave up)."""
         if self.stopping or self.paused or self.exit_code:
             return
         active = self.active()
@@ -609,7 +611,8 @@ class Master:
 
     def reload(self) -> None:
         """SIGHUP: new configuration and app in new workers; the old ones drain once the new
-        ones are ready. Binds and a --preload'ed app stay as they are (as with Gunicorn)."""
+        ones are ready, and serve on if the new ones do not start (`start_failed`). Binds and
+        a --preload'ed app stay as they are (as with Gunicorn)."""
         old = self.cfg
         if self.reload_config is not None:
             try:
@@ -626,7 +629,7 @@ class Master:
         if self.code is not None:
             if self.code.settings_of(self.cfg) != self.code.settings:
                 self.log.warning("SIGHUP: the --reload settings take effect at the next start")
-            self.code.paused = False
+        self.paused = ""
         if logconfig.settings_of(old) != logconfig.settings_of(self.cfg):
             self.log.warning("SIGHUP: the logging configuration settings (logconfig_dict, "
                              "--log-config, --log-config-json, --log-syslog...) take effect at "
@@ -651,6 +654,7 @@ class Master:
         """--reload: a watched file changed: a new generation, as SIGHUP starts one (the
         configuration is not read again); the old workers drain once it is ready."""
         what = self.code.take_changes()
+        self.paused = ""
         self.generation += 1
         self.reload_reason = f"reloaded ({what} changed)"
         self.log.info("reload: %s changed; starting %d workers of generation %d", what,
@@ -700,27 +704,84 @@ class Master:
             self.log.debug("worker %d %s", info.pid, how)
             return
         load_error = os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_APP_LOAD_ERROR
-        if self.code is not None and not info.ready and (load_error or not reason):
-            self.code.worker_failed(info, how, load_error, self.generation, self.workers)
-            return
-        if load_error:
-            self.log.error("worker %d could not load the app (traceback above); stopping",
-                           info.pid)
-            self.give_up(EXIT_APP_LOAD_ERROR)
-            return
-        if reason:
+        if not info.ready and (load_error or not reason):
+            self.start_failed(info, how, load_error)
+        elif reason:
             self.log.info("worker %d exited: %s (%s)", info.pid, reason, how)
+        else:
+            self.log.warning("worker %d exited unexpectedly: %s", info.pid, how)
+        if self.paused and self.code is None and not any(
+                w.generation < self.generation for w in self.serving()):
+            # a failed reload kept the old workers serving, and the last of them is gone:
+            # waiting keeps nothing serving any more, so the new generation is tried again,
+            # under the rule of a first start (it stops berth if it fails again)
+            self.paused = ""
+            self.log.warning("no worker of the old generation is left; starting generation %d "
+                             "again", self.generation)
+
+    def serving(self) -> list[WorkerInfo]:
+        """The workers that have been ready and that berth is not stopping."""
+        return [w for w in self.workers.values() if w.ready and not w.stopping and not w.killed]
+
+    def start_failed(self, info: WorkerInfo, how: str, load_error: bool) -> None:
+        """A worker died before it was ready: the app does not load, or the worker dies
+        booting. Never respawn into the same failure. At first start berth stops (exit 4 with
+        the traceback above; exit 1 once BOOT_FAILURES_MAX workers died within
+        BOOT_FAILURE_WINDOW, since one may die of something passing). In a reload (SIGHUP),
+        while older workers serve, the same failures are held back instead (`hold_back`): a
+        broken deploy must not stop healthy workers. Under --reload, any failure is held
+        back at once."""
+        what = ("could not load the app (traceback above)" if load_error
+                else f"{how} before it was ready")
+        if info.generation != self.generation:  # superseded: nothing restarts its generation
+            self.log.warning("worker %d of generation %d %s (generation %d is starting)",
+                             info.pid, info.generation, what, self.generation)
             return
-        self.log.warning("worker %d exited unexpectedly: %s", info.pid, how)
-        if not info.ready:
+        if self.paused:
+            self.log.info("worker %d %s", info.pid, what)
+            return
+        failure = f"worker {info.pid} {what}"
+        if self.code is None and not load_error:
+            self.log.warning("worker %d exited unexpectedly: %s", info.pid, how)
             now = time.monotonic()
             self.boot_failures.append(now)
             while self.boot_failures and now - self.boot_failures[0] > BOOT_FAILURE_WINDOW:
                 self.boot_failures.popleft()
-            if len(self.boot_failures) >= BOOT_FAILURES_MAX:
-                self.log.error("%d workers died before becoming ready within %.0f s; stopping",
-                               len(self.boot_failures), BOOT_FAILURE_WINDOW)
-                self.give_up(1)
+            if len(self.boot_failures) < BOOT_FAILURES_MAX:
+                return  # keep_count starts another one
+            failure = (f"{len(self.boot_failures)} workers died before becoming ready within "
+                       f"{BOOT_FAILURE_WINDOW:.0f} s")
+        older = [w for w in self.serving() if w.generation < info.generation]
+        if self.code is None and not older:
+            self.log.error("%s; stopping", failure)
+            self.give_up(EXIT_APP_LOAD_ERROR if load_error else 1)
+            return
+        self.hold_back(failure, older)
+
+    def hold_back(self, failure: str, older: list[WorkerInfo]) -> None:
+        """New code does not start: the workers already serving keep serving, and no worker
+        is started (no respawn loop, recycling waits: a new worker would load the same code)
+        until the next SIGHUP or, under --reload, change (`paused`). `older`: the serving
+        workers of older generations."""
+        self.boot_failures.clear()  # (the next try counts its own)
+        serving = self.serving()
+        if serving:
+            gens = sorted({w.generation for w in serving})
+            now = (f"the {len(serving)} workers of generation "
+                   f"{', '.join(map(str, gens))} keep serving")
+        else:
+            now = "no worker is serving"
+        if self.code is not None:
+            self.paused = (f"{failure}; {now}; waiting for the next change to start new "
+                           "workers (--reload)")
+        else:
+            # the old workers run the configuration they were started with: supervise them
+            # (and start the next try) by it, not by the one that came with the failed reload
+            self.cfg = max(older, key=lambda w: w.generation).view.cfg
+            proctitle.set_title("master", self.cfg)
+            self.paused = (f"SIGHUP: reload failed: {failure}; {now} with the old code and "
+                           "configuration; no new worker is started until the next SIGHUP")
+        self.log.error("%s", self.paused)
 
     # -- stopping ---------------------------------------------------------------------------
 

@@ -34,9 +34,9 @@ there, `--reload-engine poll` does.
 
 In the master, `CodeReloader` ties these together: it reads the reports, feeds the watcher,
 waits for a burst of changes to settle (0.2 s, at most 1 s) and says when the master should
-start a new generation; when new code fails to start it holds new workers back until the next
-change. The master starts and stops the workers and never looks at a file; this never
-touches a worker.
+start a new generation. The master starts and stops the workers (and holds new ones back while
+new code fails to start: `Master.start_failed`) and never looks at a file; this never touches
+a worker.
 
 Nothing here runs when `--reload` is off, and nothing here is on a worker's request path: the
 worker's side is one write at boot and a thread waking once a second.
@@ -409,13 +409,12 @@ SETTLE_MAX = 1.0  # ... but no later than this after the first change
 
 class CodeReloader:
     """`--reload` in the master. Its one job: say when the app's code changed, so that the
-    master starts a new generation of workers, and hold new workers back while new code fails
-    to start.
+    master starts a new generation of workers.
 
-    It owns the report pipe (the workers write the files they imported), the watcher, the
-    changes not acted upon yet and `paused`. The master registers `fds()` in its selector and
-    calls `readable()` for them, `tick()` twice a second, `take_changes()` once `due` has come,
-    `for_worker()` in a forked worker and `worker_failed()` when one died before it was ready.
+    It owns the report pipe (the workers write the files they imported), the watcher and the
+    changes not acted upon yet. The master registers `fds()` in its selector and calls
+    `readable()` for them, `tick()` twice a second, `take_changes()` once `due` has come and
+    `for_worker()` in a forked worker.
     """
 
     def __init__(self, cfg, log):
@@ -430,7 +429,6 @@ class CodeReloader:
         self.first = 0.0  # when the first of them changed
         self.due = 0.0  # when to act upon them (0: nothing changed)
         self.next_poll = 0.0
-        self.paused = False  # new code failed to start: no worker is started until a change
         extra = f" and {len(cfg.reload_extra_files)} --reload-extra-file entries" \
             if cfg.reload_extra_files else ""
         log.warning("--reload is on (%s): workers are replaced when the app's source files%s "
@@ -491,7 +489,6 @@ class CodeReloader:
         changed = sorted(self.changes)
         self.changes.clear()
         self.due = 0.0
-        self.paused = False
         names = [_shown(p) for p in changed[:3]]
         if len(changed) > 3:
             names.append(f"{len(changed) - 3} more")
@@ -503,31 +500,6 @@ class CodeReloader:
         if self.watcher.fileno() is not None:
             os.close(self.watcher.fileno())
         return reporting(load_app, self.reports_w)
-
-    def worker_failed(self, info, how: str, load_error: bool, generation: int,
-                      workers: dict) -> None:
-        """A worker died before it was ready. Never stop berth and never respawn into the
-        same failure: the workers already serving keep serving, and the next change (or
-        SIGHUP) starts a new generation. `generation` is the master's current one."""
-        what = ("could not load the app (traceback above)" if load_error
-                else f"{how} before it was ready")
-        if info.generation != generation:
-            self.log.warning("worker %d of generation %d %s (generation %d is starting)",
-                             info.pid, info.generation, what, generation)
-            return
-        if self.paused:
-            self.log.info("worker %d %s", info.pid, what)
-            return
-        self.paused = True
-        serving = [w for w in workers.values() if w.ready and not w.stopping and not w.killed]
-        if serving:
-            gens = sorted({w.generation for w in serving})
-            now = (f"the {len(serving)} workers of generation "
-                   f"{', '.join(map(str, gens))} keep serving")
-        else:
-            now = "no worker is serving"
-        self.log.error("worker %d %s; %s; waiting for the next change to start new workers "
-                       "(--reload)", info.pid, what, now)
 
     def close(self) -> None:
         self.watcher.close()

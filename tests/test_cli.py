@@ -152,6 +152,7 @@ def test_import_error_exits_nonzero_with_traceback(tmp_path):
                     cwd=str(tmp_path))
     assert time.monotonic() - t0 < 30
     _assert_exits_with_error(res, "Traceback", "berth_test_module_that_does_not_exist")
+    assert res.returncode == 4, res.stderr  # (a failed reload holds back instead: not here)
     # no respawn loop: the import is not retried over and over
     assert res.stderr.count("berth_test_module_that_does_not_exist") < 10
 

@@ -259,23 +259,3 @@ def test_the_master_acts_once_a_burst_of_changes_settles_and_is_told_what_change
         assert not code.due and not code.changes
     finally:
         code.close()
-
-
-def test_new_code_that_fails_holds_workers_back_until_the_next_change(tmp_path, caplog):
-    caplog.set_level(logging.INFO)
-    code = poll_reloader(tmp_path)
-    try:
-        failed = SimpleNamespace(pid=41, generation=2, ready=False, stopping="", killed="")
-        serving = SimpleNamespace(pid=40, generation=1, ready=True, stopping="", killed="")
-        code.worker_failed(failed, "exited with code 1", False, 2, {40: serving, 41: failed})
-        assert code.paused
-        assert ("worker 41 exited with code 1 before it was ready; the 1 workers of generation "
-                "1 keep serving; waiting for the next change") in caplog.text
-        code.worker_failed(SimpleNamespace(pid=42, generation=2), "", True, 2, {40: serving})
-        assert "worker 42 could not load the app (traceback above)" in caplog.text
-        assert code.paused
-        code.changed([str(tmp_path / "app.py")])
-        code.take_changes()
-        assert not code.paused  # a change tries the new code again
-    finally:
-        code.close()

@@ -262,6 +262,104 @@ def test_sighup_under_load_replaces_every_worker_without_failed_requests(berth):
     assert srv.stop() == 0
 
 
+DEPLOYED_APP = """\
+import os
+
+
+def app(environ, start_response):
+    data = b"{version}"
+    start_response("200 OK", [("Content-Type", "text/plain"), ("X-Pid", str(os.getpid())),
+                              ("Content-Length", str(len(data)))])
+    return [data]
+"""
+
+
+def deploy(tmp_path, text: str) -> None:
+    """Replace the app module as a deploy does (a new file renamed over the old one)."""
+    new = tmp_path / "deployed_app.py.new"
+    new.write_text(text)
+    os.replace(new, tmp_path / "deployed_app.py")
+
+
+def start_deployed(berth, tmp_path, *args: str):
+    """A berth serving `deployed_app` from tmp_path (PYTHONDONTWRITEBYTECODE: a deploy within
+    the same second as the last, of the same size, cannot be hidden by a cached .pyc)."""
+    deploy(tmp_path, DEPLOYED_APP.format(version="v1"))
+    return berth([*args, "--access-logfile", "none", "--chdir", str(tmp_path),
+                  "deployed_app:app"], env={"PYTHONDONTWRITEBYTECODE": "1"})
+
+
+def test_sighup_to_a_broken_deploy_keeps_the_old_workers_serving_until_a_fixed_one(
+        berth, tmp_path):
+    admin = free_port()
+    srv = start_deployed(berth, tmp_path, "-w", "2", "--threads", "2",
+                         "--admin-bind", f"127.0.0.1:{admin}")
+    old = wait_workers(srv, lambda ws: len(ws) == 2, timeout=10)
+    assert old
+    gen = LoadGen(srv.port, connections=2, pause=0.02, max_seconds=20).start()
+    try:
+        assert gen.wait_for_total(20, timeout=10), gen.summary()
+        deploy(tmp_path, "raise RuntimeError('a broken deploy')\n")
+        t_hup = time.monotonic()
+        srv.signal(signal.SIGHUP)
+        srv.wait_for_log("SIGHUP: reload failed: worker ", timeout=10)
+        err = srv.stderr()
+        assert ("could not load the app (traceback above); the 2 workers of generation 1 keep "
+                "serving with the old code and configuration; no new worker is started until "
+                "the next SIGHUP") in err, err
+        assert "RuntimeError: a broken deploy" in err
+        for _ in range(10):  # ~2 s: the probes say 200, nothing is respawned, berth stays up
+            assert http_get(admin, "/readyz")[0] == 200
+            assert http_get(admin, "/livez")[0] == 200
+            time.sleep(0.2)
+        err = srv.stderr()
+        # each of the 2 workers of generation 2 tried once (its own line, the master's line)
+        assert err.count("the app failed to load") == 2, err
+        assert err.count("could not load the app") == 2, err
+        assert srv.proc.poll() is None and live_workers(srv) == old
+        status = json.loads(http_get(admin, "/status")[2])
+        assert status["held_back"].startswith("SIGHUP: reload failed: "), status
+        assert {w["pid"] for w in status["workers"]} == old, status
+        assert gen.pids(since=t_hup) <= old, (gen.pids(since=t_hup), old)
+
+        deploy(tmp_path, DEPLOYED_APP.format(version="v2-fixed"))
+        srv.signal(signal.SIGHUP)
+        for pid in old:
+            srv.wait_for_log(f"worker {pid} exited: reloaded (SIGHUP)", timeout=10)
+        new = wait_workers(srv, lambda ws: len(ws) == 2 and not ws & old, timeout=10)
+        assert new, f"workers after the second SIGHUP: {live_workers(srv)}, before: {old}"
+        assert http_get(srv.port, "/")[2] == b"v2-fixed"
+        assert json.loads(http_get(admin, "/status")[2])["held_back"] is None
+        assert gen.wait_for_total(gen.total() + 20, timeout=10), gen.summary()
+    finally:
+        gen.stop()
+    assert len(gen.successes(since=t_hup)) >= 40, gen.summary()
+    assert not gen.failures(), f"{gen.summary()}\n{srv.stderr()[-3000:]}"
+    assert srv.stop() == 0
+
+
+def test_sighup_to_code_whose_workers_die_at_boot_keeps_the_old_worker_until_it_is_gone(
+        berth, tmp_path):
+    srv = start_deployed(berth, tmp_path, "-w", "1")
+    (old,) = wait_workers(srv, lambda ws: len(ws) == 1, timeout=10)
+    deploy(tmp_path, "import os\nos._exit(3)\n")
+    srv.signal(signal.SIGHUP)
+    srv.wait_for_log("SIGHUP: reload failed: 5 workers died before becoming ready within 60 s; "
+                     "the 1 workers of generation 1 keep serving", timeout=10)
+    time.sleep(0.5)
+    assert http_get(srv.port, "/")[2] == b"v1"
+    assert srv.stderr().count("exited unexpectedly: exited with code 3") == 5
+    assert srv.proc.poll() is None and live_workers(srv) == {old}
+    # once no old worker is left, waiting keeps nothing serving: the new code is tried again,
+    # as at a first start, and stops berth since it still fails
+    os.kill(old, signal.SIGKILL)  # the worker of the berth this test started, by PID
+    code, _ = exit_within(srv, 10)
+    err = srv.stderr()
+    assert code == 1, err
+    assert "no worker of the old generation is left; starting generation 2 again" in err
+    assert err.count("exited unexpectedly: exited with code 3") == 10, err
+
+
 def test_sigwinch_is_ignored(berth):
     srv = berth(["-w", "1", "super_app:app"])
     workers = live_workers(srv)
