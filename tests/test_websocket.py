@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from conftest import connect, read_response
+from conftest import Server, connect, read_response
 from proto_helpers import exit_within, http_get, pids_children, wait_for
 from test_admin import metric, scrape
 from test_asgi import start_asgi
@@ -36,6 +36,20 @@ def marker(srv, name: str, timeout: float = 5.0) -> str | None:
     if wait_for(lambda: path.exists() and path.read_text(), timeout=timeout):
         return path.read_text()
     return None
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One server for the tests that neither stop nor reconfigure it (a trusted proxy's
+    headers are applied: the default --forwarded-allow-ips, --forwarded-remote-addr)."""
+    tmp = tmp_path_factory.mktemp("ws")
+    markers = tmp / "markers"
+    markers.mkdir()
+    srv = Server(["-k", "asgi", "-w", "1", "--forwarded-remote-addr", "ws_app:app"], tmp,
+                 env={"ASGI_MARKERS": str(markers)})
+    srv.markers = markers
+    yield srv
+    srv.stop()
 
 
 def raw_handshake(port: int, path: str = "/hold?id=raw") -> socket.socket:
@@ -101,6 +115,36 @@ def test_a_message_over_the_limit_closes_with_1009(berth, tmp_path):
             ws.recv()
     assert exc.value.rcvd.code == 1009
     assert marker(srv, "disconnect-big") == "1009"
+
+
+def read_frame(sock: socket.socket) -> tuple[int, bytes]:
+    """One server frame, unmasked and short (the control frames): (opcode, payload)."""
+    head = b""
+    while len(head) < 2:
+        data = sock.recv(2 - len(head))
+        assert data, "the server closed before a frame"
+        head += data
+    n = head[1]
+    assert n < 126
+    payload = b""
+    while len(payload) < n:
+        data = sock.recv(n - len(payload))
+        assert data, "the server closed inside a frame"
+        payload += data
+    return head[0] & 0x0F, payload
+
+
+def test_after_its_own_close_the_app_hears_the_disconnect(shared):
+    sock = raw_handshake(shared.port, "/close?id=answered&code=4000")
+    assert read_frame(sock) == (8, (4000).to_bytes(2, "big"))
+    sock.sendall(masked(8, (4002).to_bytes(2, "big")))  # the answer: the app hears its code
+    assert sock.recv(100) == b""  # then the server ends the TCP connection
+    sock.close()
+    assert marker(shared, "disconnect-answered") == "4002"
+    sock = raw_handshake(shared.port, "/close?id=unanswered&code=4000")
+    assert read_frame(sock)[0] == 8
+    sock.close()  # no answer, the connection ends (as at the close timeout): 1006
+    assert marker(shared, "disconnect-unanswered") == "1006"
 
 
 def test_a_client_that_vanishes_gives_the_app_1006(berth, tmp_path):

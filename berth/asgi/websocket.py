@@ -22,7 +22,9 @@ the server's duties:
     1011 when no pong comes within `--ws-ping-timeout` (Uvicorn's names and defaults);
   - the close handshake (RFC 6455 §7): the app's close is sent and the peer's awaited (at most
     CLOSE_TIMEOUT); the peer's close is answered; a peer that vanishes (no close frame) gives
-    the app `websocket.disconnect` with 1006;
+    the app `websocket.disconnect` with 1006. The app hears `websocket.disconnect` once
+    whichever side closed: after its own close, with the peer's answering code (1006 when
+    none came before the connection ended), so an app that closes, then receives, ends;
   - deploys: when the worker starts draining, every open WebSocket gets a 1001 close ("going
     away") and its app `websocket.disconnect` with 1001 at once; the drain waits for the close
     handshakes, within --graceful-timeout.
@@ -154,8 +156,7 @@ class Session:
         self.accepted = False
         self.closed = False  # a close was sent or received: no more messages
         self.gone = False  # the transport is gone
-        self.close_code: int | None = None
-        self.close_reason = ""
+        self.told = False  # websocket.disconnect is in the inbox
         self.inbox: deque[dict] = deque()
         self.inbox_bytes = 0
         self.waiter: asyncio.Future | None = None
@@ -263,20 +264,27 @@ class Session:
 
     def _peer_closed(self, code: int, reason: str) -> None:
         """The peer's close frame: answered with its code (RFC 6455 §5.5.1) unless ours was
-        sent first; then the server closes the TCP connection (§7.1.1)."""
+        sent first (then it is the answer the app hears); then the server closes the TCP
+        connection (§7.1.1)."""
         if not self.closed:
             self.closed = True
             self._write(frame(CLOSE, b"" if code == NO_STATUS else code.to_bytes(2, "big")))
-            self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self._disconnected(code, reason)
         self.proto.close()
 
     def lost(self) -> None:
         """The transport is gone (no close frame, or after the handshake ended)."""
         self.gone = True
-        if not self.closed:
-            self.closed = True
-            self._deliver({"type": "websocket.disconnect", "code": ABNORMAL, "reason": ""})
+        self.closed = True
+        self._disconnected(ABNORMAL, "")
         self.server.websockets.discard(self)
+
+    def _disconnected(self, code: int, reason: str) -> None:
+        """The connection is over for the app: its receive() says so, from now on (the
+        first cause heard is the one it gets)."""
+        if not self.told:
+            self.told = True
+            self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
 
     def _deliver(self, message: dict, size: int = 0) -> None:
         self.inbox.append(message)
@@ -317,10 +325,7 @@ class Session:
         if not self.connected_sent:
             self.connected_sent = True
             return {"type": "websocket.connect"}
-        while not self.inbox:
-            if self.gone and self.closed:
-                return {"type": "websocket.disconnect", "code": self.close_code or ABNORMAL,
-                        "reason": self.close_reason}
+        while not self.inbox:  # (never for ever: lost() puts websocket.disconnect in it)
             self.waiter = self.proto.loop.create_future()
             await self.waiter
             self.waiter = None
@@ -332,7 +337,6 @@ class Session:
         if self.inbox_bytes <= HIGH_WATER // 2:
             self.proto.resume_reading("ws")
         if message["type"] == "websocket.disconnect":
-            self.close_code, self.close_reason = message["code"], message.get("reason", "")
             self.inbox.append(message)  # (every later receive() says it again)
         return message
 
@@ -411,7 +415,7 @@ class Session:
         if self.closed:
             return
         self._close(code, reason)
-        self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self._disconnected(code, reason)
         if not handshake:
             self.gone = True  # (nothing more is read)
             self.proto.close()

@@ -4,7 +4,8 @@ ASGI_MARKERS: a folder where the app writes "disconnect-<id>" holding the close 
 Paths: /echo (echoes text and bytes; the subprotocol: the client's first); /deny (closes before
 accepting: a 403); /deny-body (a denial response: 401 with a body); /slow (reads one message
 every 0.2 s: a client sending faster meets back-pressure); /hold?id= (accepts, waits for the
-disconnect and records its code).
+disconnect and records its code); /close?id=&code= (accepts, closes with that code, then waits
+for the disconnect and records its code).
 """
 
 import asyncio
@@ -65,3 +66,7 @@ async def app(scope, receive, send):
     elif path == "/hold":
         message = await receive()
         mark(f"disconnect-{query.get('id', 'hold')}", str(message.get("code")))
+    elif path == "/close":
+        await send({"type": "websocket.close", "code": int(query.get("code", 1000))})
+        message = await receive()
+        mark(f"disconnect-{query.get('id', 'close')}", str(message.get("code")))
