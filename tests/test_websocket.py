@@ -226,6 +226,27 @@ def test_a_drain_closes_every_websocket_with_1001_then_exits(berth, tmp_path):
     assert [marker(srv, f"disconnect-d{i}") for i in range(3)] == ["1001"] * 3
 
 
+def test_a_drain_waits_for_websocket_apps_and_cancels_the_late_before_the_lifespan_ends(
+        berth, tmp_path):
+    srv = start(berth, tmp_path, "--graceful-timeout", "1.5")
+    with contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(ws_connect(srv, f"/linger?id={name}&sleep={sleep}"))
+                   for name, sleep in (("quick", 0.6), ("stuck", 60))]
+        srv.signal(signal.SIGTERM)
+        for ws in clients:
+            with pytest.raises(ConnectionClosed) as exc:
+                ws.recv(timeout=3)
+            assert exc.value.rcvd.code == 1001
+    code, _ = exit_within(srv, 4)
+    assert code == 0
+    # the cleanup after websocket.disconnect was waited for, within --graceful-timeout; the
+    # one still running then was cancelled (its finally ran), before the lifespan shutdown
+    assert marker(srv, "cleaned-quick", timeout=0) == "done"
+    assert marker(srv, "finally-quick", timeout=0) == "returned"
+    assert marker(srv, "finally-stuck", timeout=0) == "cancelled"
+    assert marker(srv, "lifespan-shutdown", timeout=0) == "0"
+
+
 # -- the frames (berth.asgi.websocket's own layer after the handshake) ----------------------
 
 def masked(opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"\x01\x02\x03\x04",

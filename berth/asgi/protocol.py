@@ -577,7 +577,7 @@ class HttpProtocol(asyncio.Protocol):
         if cycle is not None and not cycle.complete:
             cycle.disconnect()
             self.server.disconnected(cycle)
-        else:
+        elif self.ws is None or not self.ws.running:  # (else websocket_done forgets it)
             self.server.forget(self)
         wake(self.drained)
 
@@ -644,7 +644,7 @@ class HttpProtocol(asyncio.Protocol):
             self.flush()
             self.closed = True
             self.transport.close()
-            if self.cycle is None:
+            if self.cycle is None and (self.ws is None or not self.ws.running):
                 self.server.forget(self)
 
     def reject(self, err: HttpError) -> None:

@@ -27,7 +27,9 @@ the server's duties:
     none came before the connection ended), so an app that closes, then receives, ends;
   - deploys: when the worker starts draining, every open WebSocket gets a 1001 close ("going
     away") and its app `websocket.disconnect` with 1001 at once; the drain waits for the close
-    handshakes, within --graceful-timeout.
+    handshakes and for the apps to return (a connection counts as open while its app runs),
+    within --graceful-timeout; the apps still running then are cancelled, before the lifespan
+    shutdown.
 """
 
 from __future__ import annotations
@@ -163,6 +165,7 @@ class Session:
         self.parts: list = []
         self.max_size = server.cfg.websocket_max_message_size or (1 << 62)
         self.task: asyncio.Task | None = None
+        self.running = False  # the app runs: the connection counts as open (websocket_done)
         self.denial_started = False
         self.last_seen = time.monotonic()
         self.ping_sent = 0.0
@@ -296,6 +299,7 @@ class Session:
     def _start(self) -> None:
         server = self.server
         server.websockets.add(self)
+        self.running = True
         self.task = self.proto.loop.create_task(self.run(server.app))
 
     async def run(self, app) -> None:
@@ -319,6 +323,7 @@ class Session:
             elif self.accepted and not self.closed:
                 self._close(1000, "")
         finally:
+            self.running = False
             server.websocket_done(self)
 
     async def receive(self) -> dict:
