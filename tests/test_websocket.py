@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -103,6 +104,17 @@ def test_the_http_rules_hold_for_the_upgrade_request(berth, tmp_path):
                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                      b"Sec-WebSocket-Version: 13\r\n\r\n")
         assert read_response(sock)[0] == 400
+
+
+def test_a_trusted_proxys_headers_make_the_websocket_scope_as_the_http_one(shared):
+    proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"}
+    with ws_connect(shared, "/scope", additional_headers=proxied) as ws:
+        scope = json.loads(ws.recv())
+    assert scope["scheme"] == "wss" and scope["client"] == ["203.0.113.9", 0]
+    assert scope["server"] == ["127.0.0.1", shared.port]
+    with ws_connect(shared, "/scope") as ws:
+        scope = json.loads(ws.recv())
+    assert scope["scheme"] == "ws" and scope["client"][0] == "127.0.0.1"
 
 
 def test_a_message_over_the_limit_closes_with_1009(berth, tmp_path):

@@ -682,19 +682,19 @@ class HttpProtocol(asyncio.Protocol):
                 self.write(error_response(req.status, date=server.date))
                 self.close()
                 return
-            if req.raw and not req.keep_alive and is_websocket_upgrade(req):
-                from berth.asgi.websocket import Session
-
-                self.pending.clear()
-                self.ws = Session(self, req, self.parser.upgrade_rest)
-                self.parser.upgrade_rest = b""
-                return
             try:
-                scope = server.scope_for(self, req)
+                scope = server.scope_for(self, req)  # (a WebSocket's too: the proxy's headers)
             except HttpError as err:
                 self.pending.clear()
                 self.pending.append(err)
                 continue
+            if req.raw and not req.keep_alive and is_websocket_upgrade(req):
+                from berth.asgi.websocket import Session
+
+                self.pending.clear()
+                self.ws = Session(self, req, self.parser.upgrade_rest, scope)
+                self.parser.upgrade_rest = b""
+                return
             self.cycle = cycle = Cycle(self, req, scope)
             req.dispatched = cycle.when
             server.active.add(cycle)

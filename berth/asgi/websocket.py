@@ -43,7 +43,7 @@ from wsproto.events import AcceptConnection, RejectConnection, RejectData
 from wsproto.events import Request as WsRequest
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from berth.asgi.protocol import ClientDisconnected, request_scope, wake
+from berth.asgi.protocol import ClientDisconnected, wake
 
 HIGH_WATER = 1 << 20  # message bytes waiting for the app before reading pauses
 CLOSE_TIMEOUT = 5.0  # seconds to wait for the peer's close frame after sending ours
@@ -150,7 +150,9 @@ class FrameReader:
 class Session:
     """One WebSocket connection and its app (see the module docstring)."""
 
-    def __init__(self, proto, req, rest: bytes):
+    def __init__(self, proto, req, rest: bytes, scope: dict):
+        """`scope`: the request's HTTP scope (`AsgiLoop.scope_for`: a trusted proxy's
+        headers applied), made the WebSocket's here."""
         self.proto = proto
         self.server = server = proto.server
         self.req = req
@@ -171,9 +173,8 @@ class Session:
         self.ping_sent = 0.0
         self.close_sent_at = 0.0
         self.connected_sent = False
-        scope = request_scope(proto, req, server.root_path, "wss" if server.scheme == "https"
-                              else "ws", server.state)
         scope["type"] = "websocket"
+        scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"
         del scope["method"]
         scope["subprotocols"] = []
         scope["extensions"] = {"websocket.http.response": {}}

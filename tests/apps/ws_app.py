@@ -7,11 +7,13 @@ every 0.2 s: a client sending faster meets back-pressure); /hold?id= (accepts, w
 disconnect and records its code); /close?id=&code= (accepts, closes with that code, then waits
 for the disconnect and records its code); /linger?id=&sleep= (accepts, waits for the
 disconnect, then cleans up for `sleep` seconds: "cleaned-<id>" when done, "finally-<id>"
-saying whether it was cancelled). The lifespan shutdown records in "lifespan-shutdown" how
-many /linger apps still ran.
+saying whether it was cancelled); /scope (accepts, sends parts of its scope as JSON, waits for
+the disconnect). The lifespan shutdown records in "lifespan-shutdown" how many /linger apps
+still ran.
 """
 
 import asyncio
+import json
 import os
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -71,6 +73,12 @@ async def app(scope, receive, send):
     elif path == "/hold":
         message = await receive()
         mark(f"disconnect-{query.get('id', 'hold')}", str(message.get("code")))
+    elif path == "/scope":
+        await send({"type": "websocket.send", "text": json.dumps(
+            {key: scope[key] for key in ("scheme", "client", "server", "path")}
+            | {"raw_path": scope["raw_path"].decode("latin-1")})})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
     elif path == "/linger":
         await linger(receive, query["id"], float(query["sleep"]))
     elif path == "/close":
