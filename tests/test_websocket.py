@@ -117,6 +117,12 @@ def test_a_trusted_proxys_headers_make_the_websocket_scope_as_the_http_one(share
     assert scope["scheme"] == "ws" and scope["client"][0] == "127.0.0.1"
 
 
+def test_an_escape_that_is_not_utf8_is_a_replacement_character_in_the_path(shared):
+    with ws_connect(shared, "/scope/%ff%C3%A9") as ws:
+        scope = json.loads(ws.recv())
+    assert scope["path"] == "/scope/\ufffdé" and scope["raw_path"] == "/scope/%ff%C3%A9"
+
+
 def test_a_message_over_the_limit_closes_with_1009(berth, tmp_path):
     srv = start(berth, tmp_path, "--websocket-max-message-size", "1000")
     with ws_connect(srv, "/echo?id=big") as ws:

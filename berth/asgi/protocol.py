@@ -735,8 +735,10 @@ def request_scope(proto: HttpProtocol, req: Request, root_path: str, scheme: str
                   state: dict | None) -> dict:
     """The ASGI scope of one request (forwarded headers applied by the caller)."""
     raw_path, query = split_path(req.url)
-    path = unquote(raw_path.decode("latin-1"), encoding="utf-8", errors="surrogateescape") \
-        if PERCENT_BYTE in raw_path else raw_path.decode("utf-8", "surrogateescape")
+    # unquote()'s defaults, as Uvicorn: UTF-8, and an escape that is not UTF-8 becomes U+FFFD,
+    # never a lone surrogate ("%ff" -> "\udcff"), which breaks any app that encodes the path
+    # (Starlette: a 500 for any client who sends one); raw_path keeps the bytes
+    path = unquote(raw_path) if PERCENT_BYTE in raw_path else raw_path.decode("utf-8", "replace")
     if root_path and not path.startswith(root_path):
         path = root_path + path
     scope = {

@@ -7,7 +7,7 @@ every 0.2 s: a client sending faster meets back-pressure); /hold?id= (accepts, w
 disconnect and records its code); /close?id=&code= (accepts, closes with that code, then waits
 for the disconnect and records its code); /linger?id=&sleep= (accepts, waits for the
 disconnect, then cleans up for `sleep` seconds: "cleaned-<id>" when done, "finally-<id>"
-saying whether it was cancelled); /scope (accepts, sends parts of its scope as JSON, waits for
+saying whether it was cancelled); /scope... (accepts, sends parts of its scope as JSON, waits for
 the disconnect). The lifespan shutdown records in "lifespan-shutdown" how many /linger apps
 still ran.
 """
@@ -73,7 +73,7 @@ async def app(scope, receive, send):
     elif path == "/hold":
         message = await receive()
         mark(f"disconnect-{query.get('id', 'hold')}", str(message.get("code")))
-    elif path == "/scope":
+    elif path.startswith("/scope"):
         await send({"type": "websocket.send", "text": json.dumps(
             {key: scope[key] for key in ("scheme", "client", "server", "path")}
             | {"raw_path": scope["raw_path"].decode("latin-1")})})
