@@ -123,6 +123,19 @@ def test_an_escape_that_is_not_utf8_is_a_replacement_character_in_the_path(share
     assert scope["path"] == "/scope/\ufffdé" and scope["raw_path"] == "/scope/%ff%C3%A9"
 
 
+@pytest.mark.parametrize(("version", "key"), [
+    ("1.1", "abc"),  # not base64
+    ("1.1", base64.b64encode(bytes(15)).decode()),  # base64, not 16 bytes
+    ("1.0", base64.b64encode(bytes(16)).decode()),  # RFC 6455 asks for HTTP/1.1 or higher
+])
+def test_a_handshake_that_rfc_6455_refuses_is_a_400(shared, version, key):
+    with connect(shared.port) as sock:
+        sock.sendall(f"GET /echo HTTP/{version}\r\nHost: h\r\nUpgrade: websocket\r\n"
+                     f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                     f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
+        assert read_response(sock)[0] == 400
+
+
 def test_a_message_over_the_limit_closes_with_1009(berth, tmp_path):
     srv = start(berth, tmp_path, "--websocket-max-message-size", "1000")
     with ws_connect(srv, "/echo?id=big") as ws:

@@ -2,10 +2,12 @@
 
 A GET with `Upgrade: websocket` that berth's parser took (so the HTTP rules held for it) ends
 its connection's HTTP life: its bytes go to a `Session`, which runs the app with a websocket
-scope. wsproto (sans-IO, as berth's HTTP layer) does the opening handshake and a denial's
-response; after the handshake the frames are berth's own (`FrameReader`, `frame`): wsproto's
-general machinery cost about 30 µs a small message, two thirds of a whole echo, and berth
-needs only the base protocol, since it offers no extension. Here are the ASGI messages and
+scope. wsproto (sans-IO, as berth's HTTP layer) does the opening handshake (berth adds what
+RFC 6455 §4.2.1 asks and wsproto does not check: HTTP/1.1 or higher, a Sec-WebSocket-Key of 16
+bytes in base64; else 400) and a denial's response; after the handshake the frames are
+berth's own (`FrameReader`, `frame`): wsproto's general machinery cost about 30 µs a small
+message, two thirds of a whole echo, and berth needs only the base protocol, since it offers
+no extension. Here are the ASGI messages and
 the server's duties:
   - `websocket.accept` (with a subprotocol and headers), or a denial: `websocket.close`
     before accepting is a 403, and `websocket.http.response.start`/`.body` (the
@@ -35,7 +37,9 @@ the server's duties:
 from __future__ import annotations
 
 import asyncio
+import binascii
 import time
+from base64 import b64decode
 from collections import deque
 
 from wsproto import ConnectionType, WSConnection
@@ -79,6 +83,22 @@ def unmask(data: bytes, mask: bytes) -> bytes:
 def valid_close_code(code: int) -> bool:
     """A code a peer may send (RFC 6455 §7.4; 1005, 1006 and 1015 are never sent)."""
     return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def handshake_fault(req) -> str | None:
+    """Why RFC 6455 §4.2.1 refuses an opening handshake (400) that wsproto would take (it
+    reads the head berth rebuilds as HTTP/1.1, and takes any key), or None."""
+    if req.version < "1.1":  # (HTTP/d.d, one digit each: llhttp checked the form)
+        return f"a WebSocket handshake on HTTP/{req.version}"
+    for name, value in req.raw:
+        if name == b"sec-websocket-key":
+            try:
+                if len(b64decode(value, validate=True)) == 16:
+                    continue
+            except binascii.Error:
+                pass
+            return "a Sec-WebSocket-Key that is not 16 bytes in base64"
+    return None
 
 
 class FrameError(Exception):
@@ -183,6 +203,11 @@ class Session:
             name + b": " + value + b"\r\n" for name, value in req.raw) + b"\r\n"
         self.frames: FrameReader | None = None  # once accepted
         self.message_opcode = TEXT
+        fault = handshake_fault(req)
+        if fault is not None:
+            server.log.debug("WebSocket handshake refused: %s", fault)
+            self._refuse()
+            return
         self.feed(head + rest)
 
     # -- bytes from the peer ------------------------------------------------------------------
@@ -219,15 +244,22 @@ class Session:
             events = list(self.ws.events())
         except RemoteProtocolError as err:
             hint = getattr(err, "event_hint", None)
-            self._write(self.ws.send(hint) if hint is not None else
-                        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
-                        b"Connection: close\r\n\r\n")
-            self.proto.close()
+            if hint is None:
+                self._refuse()
+            else:
+                self._write(self.ws.send(hint))
+                self.proto.close()
             return
         for event in events:
             if isinstance(event, WsRequest):
                 self.scope["subprotocols"] = list(event.subprotocols)
                 self._start()
+
+    def _refuse(self) -> None:
+        """A handshake that is not one: 400, and the connection closes."""
+        self._write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
+                    b"Connection: close\r\n\r\n")
+        self.proto.close()
 
     def _data(self, opcode: int, fin: bool, payload: bytes) -> None:
         if self.closed:
