@@ -178,6 +178,18 @@ def test_after_its_own_close_the_app_hears_the_disconnect(shared):
     assert marker(shared, "disconnect-unanswered") == "1006"
 
 
+@pytest.mark.parametrize(("code", "payload"), [
+    (1005, b""),  # "no status code": a close frame without one
+    (1006, (1011).to_bytes(2, "big")),  # never sent on the wire (RFC 6455 §7.4.1): 1011
+    (1015, (1011).to_bytes(2, "big")),
+    (4999, (4999).to_bytes(2, "big")),  # a code that may be sent goes as it is
+])
+def test_an_apps_close_code_that_a_frame_may_not_carry_is_not_sent(shared, code, payload):
+    sock = raw_handshake(shared.port, f"/close?id=c{code}&code={code}")
+    assert read_frame(sock) == (8, payload)
+    sock.close()
+
+
 def test_a_client_that_vanishes_gives_the_app_1006(berth, tmp_path):
     srv = start(berth, tmp_path)
     sock = raw_handshake(srv.port, "/hold?id=gone")

@@ -22,11 +22,12 @@ the server's duties:
     for the app, and send() waits while the transport's buffer is above its high-water mark;
   - pings are answered; with `--ws-ping-interval` berth pings an idle peer and closes with
     1011 when no pong comes within `--ws-ping-timeout` (Uvicorn's names and defaults);
-  - the close handshake (RFC 6455 §7): the app's close is sent and the peer's awaited (at most
-    CLOSE_TIMEOUT); the peer's close is answered; a peer that vanishes (no close frame) gives
-    the app `websocket.disconnect` with 1006. The app hears `websocket.disconnect` once
-    whichever side closed: after its own close, with the peer's answering code (1006 when
-    none came before the connection ended), so an app that closes, then receives, ends;
+  - the close handshake (RFC 6455 §7): the app's close is sent (a code no close frame may
+    carry is not: see _close) and the peer's awaited (at most CLOSE_TIMEOUT); the peer's close
+    is answered; a peer that vanishes (no close frame) gives the app `websocket.disconnect`
+    with 1006. The app hears `websocket.disconnect` once whichever side closed: after its own
+    close, with the peer's answering code (1006 when none came before the connection ended),
+    so an app that closes, then receives, ends;
   - deploys: when the worker starts draining, every open WebSocket gets a 1001 close ("going
     away") and its app `websocket.disconnect` with 1001 at once; the drain waits for the close
     handshakes and for the apps to return (a connection counts as open while its app runs),
@@ -436,9 +437,19 @@ class Session:
         self.proto.close()
 
     def _close(self, code: int, reason: str) -> None:
-        """Send our close frame; the peer's answer ends the connection (or CLOSE_TIMEOUT)."""
+        """Send our close frame; the peer's answer ends the connection (or CLOSE_TIMEOUT).
+        An app's code that a close frame may not carry (RFC 6455 §7.4): 1005 ("no status
+        code") is a frame without one, so without a reason either (§5.5.1), as wsproto sends
+        it; the others (1006, 1015, reserved or out of range) are 1011 with the reason: a
+        client fails a connection on an invalid code, and 1000 (wsproto's choice for 1006 and
+        1015) would hide that the app's end was abnormal."""
         self.closed = True
         self.close_sent_at = time.monotonic()
+        if code == NO_STATUS:
+            self._write(frame(CLOSE, b""))
+            return
+        if not valid_close_code(code):
+            code = INTERNAL_ERROR
         data = reason.encode("utf-8")
         while len(data) > 123:  # (a control frame's payload is at most 125 bytes)
             reason = reason[:-1]
