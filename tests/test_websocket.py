@@ -136,6 +136,21 @@ def test_a_handshake_that_rfc_6455_refuses_is_a_400(shared, version, key):
         assert read_response(sock)[0] == 400
 
 
+@pytest.mark.parametrize("upgrade", ["websocket, h2c", "h2c, WebSocket"])
+def test_an_upgrade_listing_websocket_among_others_is_a_websocket(shared, upgrade):
+    with connect(shared.port) as sock:
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(f"GET /echo HTTP/1.1\r\nHost: h\r\nUpgrade: {upgrade}\r\n"
+                     f"Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                     f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = sock.recv(1)
+            assert data, head
+            head += data
+    assert head.startswith(b"HTTP/1.1 101 ") and b"upgrade: websocket\r\n" in head.lower()
+
+
 def test_a_message_over_the_limit_closes_with_1009(berth, tmp_path):
     srv = start(berth, tmp_path, "--websocket-max-message-size", "1000")
     with ws_connect(srv, "/echo?id=big") as ws:

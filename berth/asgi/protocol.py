@@ -103,16 +103,18 @@ class AsgiParser(RequestParser):
 
 
 def is_websocket_upgrade(req: Request) -> bool:
-    """A GET asking to become a WebSocket (RFC 6455 §4.1)."""
+    """A GET asking to become a WebSocket (RFC 6455 §4.1): `websocket` among the protocols
+    the Upgrade field lists (`Upgrade: websocket, h2c` too: RFC 9110 §7.8), in any case."""
     if req.method != b"GET":
         return False
-    upgrade = connection = b""
+    websocket = connection = False
     for name, value in req.raw:
         if name == b"upgrade":
-            upgrade = value.lower()
+            websocket = websocket or b"websocket" in (
+                token.strip() for token in value.lower().split(b","))
         elif name == b"connection":
-            connection = value.lower()
-    return upgrade == b"websocket" and b"upgrade" in connection
+            connection = connection or b"upgrade" in value.lower()
+    return websocket and connection
 
 
 class BodyStream:

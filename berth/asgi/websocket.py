@@ -200,8 +200,11 @@ class Session:
         scope["subprotocols"] = []
         scope["extensions"] = {"websocket.http.response": {}}
         self.scope = scope
+        # wsproto reads the head again, rebuilt from what berth's parser took; its Upgrade is
+        # the protocol chosen (wsproto wants exactly `websocket`; a client may list others)
         head = b"GET " + req.url + b" HTTP/1.1\r\n" + b"".join(
-            name + b": " + value + b"\r\n" for name, value in req.raw) + b"\r\n"
+            name + b": " + (b"websocket" if name == b"upgrade" else value) + b"\r\n"
+            for name, value in req.raw) + b"\r\n"
         self.frames: FrameReader | None = None  # once accepted
         self.message_opcode = TEXT
         fault = handshake_fault(req)
