@@ -63,6 +63,11 @@ def test_the_scope_has_what_the_spec_says(berth, tmp_path):
     assert scope["client"][0] == "127.0.0.1" and scope["client"][1] > 0
     # every field as received, in order, names in lower case, repeated ones kept
     assert scope["headers"] == [["host", "h"], ["x-one", "1"], ["x-two", "a"], ["x-two", "b"]]
+    # an escape that is not UTF-8: U+FFFD (as Uvicorn), never a lone surrogate an app cannot
+    # encode; raw_path keeps the bytes
+    scope = json.loads(request(srv.port, b"GET /api/scope/%ff%C3%A9 HTTP/1.1\r\n"
+                               b"Host: h\r\n\r\n")[2])
+    assert scope["path"] == "/api/scope/\ufffdé" and scope["raw_path"] == "/api/scope/%ff%C3%A9"
 
 
 def test_bodies_buffered_or_streamed_and_responses_framed(berth, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -13,7 +14,7 @@ import threading
 import time
 
 import pytest
-from conftest import connect, read_response
+from conftest import Server, connect, read_response
 from proto_helpers import exit_within, http_get, pids_children, wait_for
 from test_admin import metric, scrape
 from test_asgi import start_asgi
@@ -36,6 +37,20 @@ def marker(srv, name: str, timeout: float = 5.0) -> str | None:
     if wait_for(lambda: path.exists() and path.read_text(), timeout=timeout):
         return path.read_text()
     return None
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One server for the tests that neither stop nor reconfigure it (a trusted proxy's
+    headers are applied: the default --forwarded-allow-ips, --forwarded-remote-addr)."""
+    tmp = tmp_path_factory.mktemp("ws")
+    markers = tmp / "markers"
+    markers.mkdir()
+    srv = Server(["-k", "asgi", "-w", "1", "--forwarded-remote-addr", "ws_app:app"], tmp,
+                 env={"ASGI_MARKERS": str(markers)})
+    srv.markers = markers
+    yield srv
+    srv.stop()
 
 
 def raw_handshake(port: int, path: str = "/hold?id=raw") -> socket.socket:
@@ -91,6 +106,51 @@ def test_the_http_rules_hold_for_the_upgrade_request(berth, tmp_path):
         assert read_response(sock)[0] == 400
 
 
+def test_a_trusted_proxys_headers_make_the_websocket_scope_as_the_http_one(shared):
+    proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"}
+    with ws_connect(shared, "/scope", additional_headers=proxied) as ws:
+        scope = json.loads(ws.recv())
+    assert scope["scheme"] == "wss" and scope["client"] == ["203.0.113.9", 0]
+    assert scope["server"] == ["127.0.0.1", shared.port]
+    with ws_connect(shared, "/scope") as ws:
+        scope = json.loads(ws.recv())
+    assert scope["scheme"] == "ws" and scope["client"][0] == "127.0.0.1"
+
+
+def test_an_escape_that_is_not_utf8_is_a_replacement_character_in_the_path(shared):
+    with ws_connect(shared, "/scope/%ff%C3%A9") as ws:
+        scope = json.loads(ws.recv())
+    assert scope["path"] == "/scope/\ufffdé" and scope["raw_path"] == "/scope/%ff%C3%A9"
+
+
+@pytest.mark.parametrize(("version", "key"), [
+    ("1.1", "abc"),  # not base64
+    ("1.1", base64.b64encode(bytes(15)).decode()),  # base64, not 16 bytes
+    ("1.0", base64.b64encode(bytes(16)).decode()),  # RFC 6455 asks for HTTP/1.1 or higher
+])
+def test_a_handshake_that_rfc_6455_refuses_is_a_400(shared, version, key):
+    with connect(shared.port) as sock:
+        sock.sendall(f"GET /echo HTTP/{version}\r\nHost: h\r\nUpgrade: websocket\r\n"
+                     f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                     f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
+        assert read_response(sock)[0] == 400
+
+
+@pytest.mark.parametrize("upgrade", ["websocket, h2c", "h2c, WebSocket"])
+def test_an_upgrade_listing_websocket_among_others_is_a_websocket(shared, upgrade):
+    with connect(shared.port) as sock:
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(f"GET /echo HTTP/1.1\r\nHost: h\r\nUpgrade: {upgrade}\r\n"
+                     f"Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                     f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = sock.recv(1)
+            assert data, head
+            head += data
+    assert head.startswith(b"HTTP/1.1 101 ") and b"upgrade: websocket\r\n" in head.lower()
+
+
 def test_a_message_over_the_limit_closes_with_1009(berth, tmp_path):
     srv = start(berth, tmp_path, "--websocket-max-message-size", "1000")
     with ws_connect(srv, "/echo?id=big") as ws:
@@ -101,6 +161,48 @@ def test_a_message_over_the_limit_closes_with_1009(berth, tmp_path):
             ws.recv()
     assert exc.value.rcvd.code == 1009
     assert marker(srv, "disconnect-big") == "1009"
+
+
+def read_frame(sock: socket.socket) -> tuple[int, bytes]:
+    """One server frame, unmasked and short (the control frames): (opcode, payload)."""
+    head = b""
+    while len(head) < 2:
+        data = sock.recv(2 - len(head))
+        assert data, "the server closed before a frame"
+        head += data
+    n = head[1]
+    assert n < 126
+    payload = b""
+    while len(payload) < n:
+        data = sock.recv(n - len(payload))
+        assert data, "the server closed inside a frame"
+        payload += data
+    return head[0] & 0x0F, payload
+
+
+def test_after_its_own_close_the_app_hears_the_disconnect(shared):
+    sock = raw_handshake(shared.port, "/close?id=answered&code=4000")
+    assert read_frame(sock) == (8, (4000).to_bytes(2, "big"))
+    sock.sendall(masked(8, (4002).to_bytes(2, "big")))  # the answer: the app hears its code
+    assert sock.recv(100) == b""  # then the server ends the TCP connection
+    sock.close()
+    assert marker(shared, "disconnect-answered") == "4002"
+    sock = raw_handshake(shared.port, "/close?id=unanswered&code=4000")
+    assert read_frame(sock)[0] == 8
+    sock.close()  # no answer, the connection ends (as at the close timeout): 1006
+    assert marker(shared, "disconnect-unanswered") == "1006"
+
+
+@pytest.mark.parametrize(("code", "payload"), [
+    (1005, b""),  # "no status code": a close frame without one
+    (1006, (1011).to_bytes(2, "big")),  # never sent on the wire (RFC 6455 §7.4.1): 1011
+    (1015, (1011).to_bytes(2, "big")),
+    (4999, (4999).to_bytes(2, "big")),  # a code that may be sent goes as it is
+])
+def test_an_apps_close_code_that_a_frame_may_not_carry_is_not_sent(shared, code, payload):
+    sock = raw_handshake(shared.port, f"/close?id=c{code}&code={code}")
+    assert read_frame(sock) == (8, payload)
+    sock.close()
 
 
 def test_a_client_that_vanishes_gives_the_app_1006(berth, tmp_path):
@@ -180,6 +282,27 @@ def test_a_drain_closes_every_websocket_with_1001_then_exits(berth, tmp_path):
     code, _ = exit_within(srv, 6)
     assert code == 0 and time.monotonic() - t0 < 4 + 0.5
     assert [marker(srv, f"disconnect-d{i}") for i in range(3)] == ["1001"] * 3
+
+
+def test_a_drain_waits_for_websocket_apps_and_cancels_the_late_before_the_lifespan_ends(
+        berth, tmp_path):
+    srv = start(berth, tmp_path, "--graceful-timeout", "1.5")
+    with contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(ws_connect(srv, f"/linger?id={name}&sleep={sleep}"))
+                   for name, sleep in (("quick", 0.6), ("stuck", 60))]
+        srv.signal(signal.SIGTERM)
+        for ws in clients:
+            with pytest.raises(ConnectionClosed) as exc:
+                ws.recv(timeout=3)
+            assert exc.value.rcvd.code == 1001
+    code, _ = exit_within(srv, 4)
+    assert code == 0
+    # the cleanup after websocket.disconnect was waited for, within --graceful-timeout; the
+    # one still running then was cancelled (its finally ran), before the lifespan shutdown
+    assert marker(srv, "cleaned-quick", timeout=0) == "done"
+    assert marker(srv, "finally-quick", timeout=0) == "returned"
+    assert marker(srv, "finally-stuck", timeout=0) == "cancelled"
+    assert marker(srv, "lifespan-shutdown", timeout=0) == "0"
 
 
 # -- the frames (berth.asgi.websocket's own layer after the handshake) ----------------------

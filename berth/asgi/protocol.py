@@ -103,16 +103,18 @@ class AsgiParser(RequestParser):
 
 
 def is_websocket_upgrade(req: Request) -> bool:
-    """A GET asking to become a WebSocket (RFC 6455 §4.1)."""
+    """A GET asking to become a WebSocket (RFC 6455 §4.1): `websocket` among the protocols
+    the Upgrade field lists (`Upgrade: websocket, h2c` too: RFC 9110 §7.8), in any case."""
     if req.method != b"GET":
         return False
-    upgrade = connection = b""
+    websocket = connection = False
     for name, value in req.raw:
         if name == b"upgrade":
-            upgrade = value.lower()
+            websocket = websocket or b"websocket" in (
+                token.strip() for token in value.lower().split(b","))
         elif name == b"connection":
-            connection = value.lower()
-    return upgrade == b"websocket" and b"upgrade" in connection
+            connection = connection or b"upgrade" in value.lower()
+    return websocket and connection
 
 
 class BodyStream:
@@ -577,7 +579,7 @@ class HttpProtocol(asyncio.Protocol):
         if cycle is not None and not cycle.complete:
             cycle.disconnect()
             self.server.disconnected(cycle)
-        else:
+        elif self.ws is None or not self.ws.running:  # (else websocket_done forgets it)
             self.server.forget(self)
         wake(self.drained)
 
@@ -651,7 +653,7 @@ class HttpProtocol(asyncio.Protocol):
             self.flush()
             self.closed = True
             self.transport.close()
-            if self.cycle is None:
+            if self.cycle is None and (self.ws is None or not self.ws.running):
                 self.server.forget(self)
 
     def reject(self, err: HttpError) -> None:
@@ -689,19 +691,19 @@ class HttpProtocol(asyncio.Protocol):
                 self.write(error_response(req.status, date=server.date))
                 self.close()
                 return
-            if req.raw and not req.keep_alive and is_websocket_upgrade(req):
-                from berth.asgi.websocket import Session
-
-                self.pending.clear()
-                self.ws = Session(self, req, self.parser.upgrade_rest)
-                self.parser.upgrade_rest = b""
-                return
             try:
-                scope = server.scope_for(self, req)
+                scope = server.scope_for(self, req)  # (a WebSocket's too: the proxy's headers)
             except HttpError as err:
                 self.pending.clear()
                 self.pending.append(err)
                 continue
+            if req.raw and not req.keep_alive and is_websocket_upgrade(req):
+                from berth.asgi.websocket import Session
+
+                self.pending.clear()
+                self.ws = Session(self, req, self.parser.upgrade_rest, scope)
+                self.parser.upgrade_rest = b""
+                return
             self.cycle = cycle = Cycle(self, req, scope)
             req.dispatched = cycle.when
             server.active.add(cycle)
@@ -743,8 +745,10 @@ def request_scope(proto: HttpProtocol, req: Request, root_path: str, scheme: str
                   state: dict | None) -> dict:
     """The ASGI scope of one request (forwarded headers applied by the caller)."""
     raw_path, query = split_path(req.url)
-    path = unquote(raw_path.decode("latin-1"), encoding="utf-8", errors="surrogateescape") \
-        if PERCENT_BYTE in raw_path else raw_path.decode("utf-8", "surrogateescape")
+    # unquote()'s defaults, as Uvicorn: UTF-8, and an escape that is not UTF-8 becomes U+FFFD,
+    # never a lone surrogate ("%ff" -> "\udcff"), which breaks any app that encodes the path
+    # (Starlette: a 500 for any client who sends one); raw_path keeps the bytes
+    path = unquote(raw_path) if PERCENT_BYTE in raw_path else raw_path.decode("utf-8", "replace")
     if root_path and not path.startswith(root_path):
         path = root_path + path
     scope = {

@@ -415,10 +415,14 @@ class AsgiLoop(Admission):
             self.loop.call_later(self.grace, lambda: task.done() or task.cancel())
 
     def websocket_done(self, session) -> None:
-        """A WebSocket's app returned."""
+        """A WebSocket's app returned. Its connection counted as open until now, even once
+        closed, as an HTTP request's does while its app runs: so a drain waits for the app's
+        own end (its cleanup after websocket.disconnect) before the lifespan shutdown."""
         self.served += 1
         if session.gone:
             self.websockets.discard(session)
+        if session.proto.closed:
+            self.forget(session.proto)
         if self.served >= self.max_requests and not self.retired:
             self.retire()
 
@@ -440,9 +444,10 @@ class AsgiLoop(Admission):
         async def finish() -> None:
             for cycle in list(self.active):
                 cycle.disconnect()
-            for session in list(self.websockets):
+            sessions = [p.ws for p in self.conns if p.ws is not None]  # (closed ones too)
+            for session in sessions:
                 session.lost()
-            tasks = [c.task for c in [*self.active, *self.websockets]
+            tasks = [c.task for c in [*self.active, *sessions]
                      if c.task is not None and not c.task.done()]
             if tasks:
                 await asyncio.wait(tasks, timeout=timeout)

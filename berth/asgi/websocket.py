@@ -2,10 +2,12 @@
 
 A GET with `Upgrade: websocket` that berth's parser took (so the HTTP rules held for it) ends
 its connection's HTTP life: its bytes go to a `Session`, which runs the app with a websocket
-scope. wsproto (sans-IO, as berth's HTTP layer) does the opening handshake and a denial's
-response; after the handshake the frames are berth's own (`FrameReader`, `frame`): wsproto's
-general machinery cost about 30 µs a small message, two thirds of a whole echo, and berth
-needs only the base protocol, since it offers no extension. Here are the ASGI messages and
+scope. wsproto (sans-IO, as berth's HTTP layer) does the opening handshake (berth adds what
+RFC 6455 §4.2.1 asks and wsproto does not check: HTTP/1.1 or higher, a Sec-WebSocket-Key of 16
+bytes in base64; else 400) and a denial's response; after the handshake the frames are
+berth's own (`FrameReader`, `frame`): wsproto's general machinery cost about 30 µs a small
+message, two thirds of a whole echo, and berth needs only the base protocol, since it offers
+no extension. Here are the ASGI messages and
 the server's duties:
   - `websocket.accept` (with a subprotocol and headers), or a denial: `websocket.close`
     before accepting is a 403, and `websocket.http.response.start`/`.body` (the
@@ -20,18 +22,25 @@ the server's duties:
     for the app, and send() waits while the transport's buffer is above its high-water mark;
   - pings are answered; with `--ws-ping-interval` berth pings an idle peer and closes with
     1011 when no pong comes within `--ws-ping-timeout` (Uvicorn's names and defaults);
-  - the close handshake (RFC 6455 §7): the app's close is sent and the peer's awaited (at most
-    CLOSE_TIMEOUT); the peer's close is answered; a peer that vanishes (no close frame) gives
-    the app `websocket.disconnect` with 1006;
+  - the close handshake (RFC 6455 §7): the app's close is sent (a code no close frame may
+    carry is not: see _close) and the peer's awaited (at most CLOSE_TIMEOUT); the peer's close
+    is answered; a peer that vanishes (no close frame) gives the app `websocket.disconnect`
+    with 1006. The app hears `websocket.disconnect` once whichever side closed: after its own
+    close, with the peer's answering code (1006 when none came before the connection ended),
+    so an app that closes, then receives, ends;
   - deploys: when the worker starts draining, every open WebSocket gets a 1001 close ("going
     away") and its app `websocket.disconnect` with 1001 at once; the drain waits for the close
-    handshakes, within --graceful-timeout.
+    handshakes and for the apps to return (a connection counts as open while its app runs),
+    within --graceful-timeout; the apps still running then are cancelled, before the lifespan
+    shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import binascii
 import time
+from base64 import b64decode
 from collections import deque
 
 from wsproto import ConnectionType, WSConnection
@@ -39,7 +48,7 @@ from wsproto.events import AcceptConnection, RejectConnection, RejectData
 from wsproto.events import Request as WsRequest
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from berth.asgi.protocol import ClientDisconnected, request_scope, wake
+from berth.asgi.protocol import ClientDisconnected, wake
 
 HIGH_WATER = 1 << 20  # message bytes waiting for the app before reading pauses
 CLOSE_TIMEOUT = 5.0  # seconds to wait for the peer's close frame after sending ours
@@ -75,6 +84,22 @@ def unmask(data: bytes, mask: bytes) -> bytes:
 def valid_close_code(code: int) -> bool:
     """A code a peer may send (RFC 6455 §7.4; 1005, 1006 and 1015 are never sent)."""
     return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def handshake_fault(req) -> str | None:
+    """Why RFC 6455 §4.2.1 refuses an opening handshake (400) that wsproto would take (it
+    reads the head berth rebuilds as HTTP/1.1, and takes any key), or None."""
+    if req.version < "1.1":  # (HTTP/d.d, one digit each: llhttp checked the form)
+        return f"a WebSocket handshake on HTTP/{req.version}"
+    for name, value in req.raw:
+        if name == b"sec-websocket-key":
+            try:
+                if len(b64decode(value, validate=True)) == 16:
+                    continue
+            except binascii.Error:
+                pass
+            return "a Sec-WebSocket-Key that is not 16 bytes in base64"
+    return None
 
 
 class FrameError(Exception):
@@ -146,7 +171,9 @@ class FrameReader:
 class Session:
     """One WebSocket connection and its app (see the module docstring)."""
 
-    def __init__(self, proto, req, rest: bytes):
+    def __init__(self, proto, req, rest: bytes, scope: dict):
+        """`scope`: the request's HTTP scope (`AsgiLoop.scope_for`: a trusted proxy's
+        headers applied), made the WebSocket's here."""
         self.proto = proto
         self.server = server = proto.server
         self.req = req
@@ -154,30 +181,37 @@ class Session:
         self.accepted = False
         self.closed = False  # a close was sent or received: no more messages
         self.gone = False  # the transport is gone
-        self.close_code: int | None = None
-        self.close_reason = ""
+        self.told = False  # websocket.disconnect is in the inbox
         self.inbox: deque[dict] = deque()
         self.inbox_bytes = 0
         self.waiter: asyncio.Future | None = None
         self.parts: list = []
         self.max_size = server.cfg.websocket_max_message_size or (1 << 62)
         self.task: asyncio.Task | None = None
+        self.running = False  # the app runs: the connection counts as open (websocket_done)
         self.denial_started = False
         self.last_seen = time.monotonic()
         self.ping_sent = 0.0
         self.close_sent_at = 0.0
         self.connected_sent = False
-        scope = request_scope(proto, req, server.root_path, "wss" if server.scheme == "https"
-                              else "ws", server.state)
         scope["type"] = "websocket"
+        scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"
         del scope["method"]
         scope["subprotocols"] = []
         scope["extensions"] = {"websocket.http.response": {}}
         self.scope = scope
+        # wsproto reads the head again, rebuilt from what berth's parser took; its Upgrade is
+        # the protocol chosen (wsproto wants exactly `websocket`; a client may list others)
         head = b"GET " + req.url + b" HTTP/1.1\r\n" + b"".join(
-            name + b": " + value + b"\r\n" for name, value in req.raw) + b"\r\n"
+            name + b": " + (b"websocket" if name == b"upgrade" else value) + b"\r\n"
+            for name, value in req.raw) + b"\r\n"
         self.frames: FrameReader | None = None  # once accepted
         self.message_opcode = TEXT
+        fault = handshake_fault(req)
+        if fault is not None:
+            server.log.debug("WebSocket handshake refused: %s", fault)
+            self._refuse()
+            return
         self.feed(head + rest)
 
     # -- bytes from the peer ------------------------------------------------------------------
@@ -214,15 +248,22 @@ class Session:
             events = list(self.ws.events())
         except RemoteProtocolError as err:
             hint = getattr(err, "event_hint", None)
-            self._write(self.ws.send(hint) if hint is not None else
-                        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
-                        b"Connection: close\r\n\r\n")
-            self.proto.close()
+            if hint is None:
+                self._refuse()
+            else:
+                self._write(self.ws.send(hint))
+                self.proto.close()
             return
         for event in events:
             if isinstance(event, WsRequest):
                 self.scope["subprotocols"] = list(event.subprotocols)
                 self._start()
+
+    def _refuse(self) -> None:
+        """A handshake that is not one: 400, and the connection closes."""
+        self._write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
+                    b"Connection: close\r\n\r\n")
+        self.proto.close()
 
     def _data(self, opcode: int, fin: bool, payload: bytes) -> None:
         if self.closed:
@@ -263,20 +304,27 @@ class Session:
 
     def _peer_closed(self, code: int, reason: str) -> None:
         """The peer's close frame: answered with its code (RFC 6455 §5.5.1) unless ours was
-        sent first; then the server closes the TCP connection (§7.1.1)."""
+        sent first (then it is the answer the app hears); then the server closes the TCP
+        connection (§7.1.1)."""
         if not self.closed:
             self.closed = True
             self._write(frame(CLOSE, b"" if code == NO_STATUS else code.to_bytes(2, "big")))
-            self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self._disconnected(code, reason)
         self.proto.close()
 
     def lost(self) -> None:
         """The transport is gone (no close frame, or after the handshake ended)."""
         self.gone = True
-        if not self.closed:
-            self.closed = True
-            self._deliver({"type": "websocket.disconnect", "code": ABNORMAL, "reason": ""})
+        self.closed = True
+        self._disconnected(ABNORMAL, "")
         self.server.websockets.discard(self)
+
+    def _disconnected(self, code: int, reason: str) -> None:
+        """The connection is over for the app: its receive() says so, from now on (the
+        first cause heard is the one it gets)."""
+        if not self.told:
+            self.told = True
+            self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
 
     def _deliver(self, message: dict, size: int = 0) -> None:
         self.inbox.append(message)
@@ -288,6 +336,7 @@ class Session:
     def _start(self) -> None:
         server = self.server
         server.websockets.add(self)
+        self.running = True
         self.task = self.proto.loop.create_task(self.run(server.app))
 
     async def run(self, app) -> None:
@@ -311,16 +360,14 @@ class Session:
             elif self.accepted and not self.closed:
                 self._close(1000, "")
         finally:
+            self.running = False
             server.websocket_done(self)
 
     async def receive(self) -> dict:
         if not self.connected_sent:
             self.connected_sent = True
             return {"type": "websocket.connect"}
-        while not self.inbox:
-            if self.gone and self.closed:
-                return {"type": "websocket.disconnect", "code": self.close_code or ABNORMAL,
-                        "reason": self.close_reason}
+        while not self.inbox:  # (never for ever: lost() puts websocket.disconnect in it)
             self.waiter = self.proto.loop.create_future()
             await self.waiter
             self.waiter = None
@@ -332,7 +379,6 @@ class Session:
         if self.inbox_bytes <= HIGH_WATER // 2:
             self.proto.resume_reading("ws")
         if message["type"] == "websocket.disconnect":
-            self.close_code, self.close_reason = message["code"], message.get("reason", "")
             self.inbox.append(message)  # (every later receive() says it again)
         return message
 
@@ -394,9 +440,19 @@ class Session:
         self.proto.close()
 
     def _close(self, code: int, reason: str) -> None:
-        """Send our close frame; the peer's answer ends the connection (or CLOSE_TIMEOUT)."""
+        """Send our close frame; the peer's answer ends the connection (or CLOSE_TIMEOUT).
+        An app's code that a close frame may not carry (RFC 6455 §7.4): 1005 ("no status
+        code") is a frame without one, so without a reason either (§5.5.1), as wsproto sends
+        it; the others (1006, 1015, reserved or out of range) are 1011 with the reason: a
+        client fails a connection on an invalid code, and 1000 (wsproto's choice for 1006 and
+        1015) would hide that the app's end was abnormal."""
         self.closed = True
         self.close_sent_at = time.monotonic()
+        if code == NO_STATUS:
+            self._write(frame(CLOSE, b""))
+            return
+        if not valid_close_code(code):
+            code = INTERNAL_ERROR
         data = reason.encode("utf-8")
         while len(data) > 123:  # (a control frame's payload is at most 125 bytes)
             reason = reason[:-1]
@@ -411,7 +467,7 @@ class Session:
         if self.closed:
             return
         self._close(code, reason)
-        self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self._disconnected(code, reason)
         if not handshake:
             self.gone = True  # (nothing more is read)
             self.proto.close()

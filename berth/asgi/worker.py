@@ -4,8 +4,9 @@ signals, heartbeat, scoreboard, --max-requests, drain) around an asyncio loop
 
 At start, after the app is imported: the event loop, the lifespan startup (a failure stops
 berth: the app-load exit code), the watchdog of the loop (`berth.asgi.watchdog`). At the end:
-the apps still running get http.disconnect and are cancelled, then the lifespan shutdown runs,
-all within --graceful-timeout: the drain keeps RESERVE seconds of it for these.
+the apps still running (HTTP and WebSocket) get their disconnect and are cancelled, then the
+lifespan shutdown runs, all within --graceful-timeout: the drain keeps RESERVE seconds of it
+for these.
 """
 
 from __future__ import annotations
