@@ -189,17 +189,19 @@ def test_sigterm_to_the_whole_process_group_keeps_the_shutdown_delay(berth):
     assert workers and set(pids_children(srv.pid)) <= workers
 
 
-def test_a_connection_idle_when_the_drain_begins_is_still_answered_a_moment_later(berth):
-    # idle for a second or more when SIGTERM came, it was closed at once: a load balancer
-    # reusing it then saw a connection closed under its request
-    srv = berth(["-w", "1", "--keep-alive", "5", "super_app:app"])
+@pytest.mark.parametrize("app", [["super_app:app"], ["-k", "asgi", "proto_asgi:app"]],
+                         ids=["wsgi", "asgi"])
+def test_a_connection_idle_when_the_drain_begins_is_still_answered_a_moment_later(berth, app):
+    # idle for a second or more when SIGTERM came, it was closed at once (-k asgi: any idle
+    # one): a load balancer reusing it then saw a connection closed under its request
+    srv = berth(["-w", "1", "--keep-alive", "5", *app])
     with connect(srv.port, timeout=10) as sock:
-        sock.sendall(get_request("/pid"))
+        sock.sendall(get_request("/"))
         assert read_response(sock)[0] == 200
         time.sleep(1.3)
         srv.signal(signal.SIGTERM)
         time.sleep(0.3)
-        sock.sendall(get_request("/pid"))
+        sock.sendall(get_request("/"))
         status, headers, _ = read_response(sock)
     assert status == 200 and headers.get("connection") == "close", (status, headers)
     assert exit_within(srv, 10)[0] == 0

@@ -42,7 +42,7 @@ from berth.worker.admission import (
     OUT_OF_RESOURCES,
     Admission,
 )
-from berth.worker.loop import TICK
+from berth.worker.loop import DRAIN_IDLE, TICK
 
 
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
@@ -92,6 +92,7 @@ class AsgiLoop(Admission):
         self.counts = counters.new_counts()
         self.served = 0
         self.draining = False
+        self.drain_began = 0.0
         self.retired = False
         self.keep_alive = True
         self._alive = True
@@ -311,7 +312,12 @@ class AsgiLoop(Admission):
             elif parser.current is not None:  # a body: no pause longer than the timeout
                 if now - proto.last_active > header_timeout:
                     proto.reject(HttpError(408, "request body timed out"))
-            elif self.draining or now - proto.last_active > keepalive:
+            elif self.draining:  # idle a second since the drain began, at least: a client
+                # reusing one then gets its answer (with Connection: close), not a close
+                # under its request (as berth.worker.loop)
+                if now - max(proto.last_active, self.drain_began) > min(DRAIN_IDLE, keepalive):
+                    proto.close()
+            elif now - proto.last_active > keepalive:
                 proto.close()
         if not self.accepting:
             self.room_at_tick(now, not (self.draining or self.retired))
@@ -319,12 +325,14 @@ class AsgiLoop(Admission):
         return len(self.active), oldest.req if oldest is not None else None
 
     def stop_listening(self, take_backlog: bool) -> None:
-        """Drain: take what already waits in the kernel's queue, stop listening, close idle
-        keep-alive connections; the connections with a request finish it."""
+        """Drain: take what already waits in the kernel's queue, stop listening; idle
+        keep-alive connections are closed a second after (sweep); the connections with a
+        request finish it."""
         take_backlog = take_backlog and not self.retired
         self.set_accepting(False)
         self.withdraw()
         self.draining = True
+        self.drain_began = time.monotonic()
         self.keep_alive = False
         for lsock in self.listeners:
             while take_backlog:
@@ -336,9 +344,6 @@ class AsgiLoop(Admission):
             lsock.close()
         for session in list(self.websockets):
             session.going_away()
-        for proto in list(self.conns):
-            if proto.idle():
-                proto.close()
 
     # -- the protocols' side ------------------------------------------------------------------
 
