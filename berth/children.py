@@ -89,10 +89,16 @@ class OrphanReaper:
     def __init__(self, log):
         self.log = log
         self.seen: dict[int, float] = {}  # unknown zombie pid -> first seen
+        # Only PID 1 (or a child subreaper) is given orphans. Otherwise an unknown child is a
+        # hook's own (subprocess.Popen in when_ready, waited for in on_exit): never ours to
+        # reap, however long it waits (its waiter would get no exit status).
+        self.adopts = os.getpid() == 1 or _is_subreaper()
 
     def reap(self, known: Container[int]) -> None:
         """Reap the zombies that are not in `known` (the master's workers) and have waited
-        ORPHAN_GRACE."""
+        ORPHAN_GRACE (as PID 1 only: `adopts`)."""
+        if not self.adopts:
+            return
         try:
             first = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
@@ -115,6 +121,21 @@ class OrphanReaper:
             self.seen.pop(pid, None)
             self.log.debug("reaped orphan process %d (exit status %d)", pid,
                            os.waitstatus_to_exitcode(status))
+
+
+def _is_subreaper() -> bool:
+    """Whether this process is a child subreaper (prctl PR_GET_CHILD_SUBREAPER): orphans
+    below it are reparented to it, as to PID 1."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        flag = ctypes.c_int(0)
+        if libc.prctl(37, ctypes.byref(flag), 0, 0, 0) != 0:  # PR_GET_CHILD_SUBREAPER
+            return False
+        return flag.value != 0
+    except (OSError, AttributeError):
+        return False
 
 
 def _zombie_children() -> list[int]:
