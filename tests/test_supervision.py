@@ -444,6 +444,25 @@ def test_request_past_timeout_gets_504_its_stack_is_logged_and_worker_replaced(b
     assert srv.proc.poll() is None
 
 
+def test_a_request_queued_behind_hung_app_threads_gets_503_not_a_closed_connection(berth):
+    # every app thread past its deadline, the worker out of service: a request still waiting
+    # for a thread got nothing until the drain gave up (--graceful-timeout later), then an
+    # empty reply. It never reached the app: 503 (safe to retry) once it has waited --timeout
+    srv = berth(["-w", "1", "--threads", "2", "--timeout", "2", "super_app:app"])
+    boxes = []
+    for _ in range(3):
+        boxes.append(in_background(lambda: http_get(srv.port, "/sleep?s=4", timeout=15)))
+        time.sleep(0.05)
+    started = time.monotonic()
+    for thread, _ in boxes:
+        thread.join(15)
+    took = time.monotonic() - started
+    statuses = sorted(box["result"][0] for _, box in boxes if "result" in box)
+    assert statuses == [503, 504, 504], ([box for _, box in boxes], srv.stderr())
+    assert took < 5, f"answered after {took:.1f} s"
+    assert "answered 503, the app never saw it" in srv.stderr()
+
+
 @pytest.mark.slow
 def test_worker_past_a_deadline_finishes_its_other_requests_then_exits_as_retired(berth):
     srv = berth(["-w", "1", "--threads", "3", "--timeout", "2", "super_app:app"])

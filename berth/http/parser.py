@@ -152,6 +152,7 @@ class Request:
     dispatched = 0.0  # set by the server when it queues it for an app thread
     progress = 0.0  # the app's last sign of life (0 while it waits for the client): --timeout
     overran = False
+    queued = False  # waiting in the app threads' queue (Loop.to_thread), not taken up yet
     forwarded = False  # a header a trusted proxy may set is here (see mark_forwarding)
     forwarder: list[tuple[str, str]] | None = None  # forwarder_headers with '_', kept aside
 

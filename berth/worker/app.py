@@ -386,6 +386,11 @@ class Responder:
             if not inline:
                 conn.response = None  # (the last request's, until call_app makes this one's)
                 req.progress = now = time.monotonic()  # the app's deadline starts now (sweep)
+                if req.queued:  # taken up: not to be shed from now on (`shed`, under the lock)
+                    lock = conn.lock
+                    lock.acquire()
+                    req.queued = False
+                    lock.release()
                 counts = self.local.counts
                 counts[QUEUED] += 1
                 counts[QUEUED_SUM] += now - req.dispatched  # (waiting for this thread)
@@ -486,6 +491,26 @@ class Responder:
             else:
                 loop.post(conn)
         return None
+
+    def shed(self, conn: Connection, req, now: float) -> None:
+        """The loop's sweep, in a drain (out of service after an overrun, or stopping): `req`
+        has waited for an app thread past --timeout, every one of them taken (hung, as like
+        as not). It never reached the app, so it gets 503 now, which a client may retry,
+        instead of a connection closed when the drain gives up."""
+        with conn.lock:
+            if not req.queued or conn.dead or conn.out:  # (taken up meanwhile, or mid-reply)
+                return
+            req.queued = False
+            conn.dead = True  # (an app thread that takes it up later makes no app call)
+        try:
+            conn.sock.send(error_response(503, date=self.date))
+        except OSError:
+            pass
+        self.count_response(req, "503", 0, now - req.dispatched)
+        self.log.warning("%s waited %.1f s for an app thread in a worker that is draining "
+                         "(--timeout %g): answered 503, the app never saw it",
+                         request_line(req), now - req.dispatched, self.cfg.timeout)
+        conn.close()
 
     def retire(self, inline: bool) -> None:
         """--max-requests reached (or the app raised SystemExit): from this response on,

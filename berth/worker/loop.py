@@ -382,6 +382,7 @@ class Loop(Admission):
         app for it (waiting in the queue is not the app's silence: `progress` stays 0)."""
         req.dispatched = self.now
         req.progress = 0.0
+        req.queued = True
         responder = self.responder
         responder.submit(conn, req)
         if self.accepting and responder.queued() >= self.threads:
@@ -540,6 +541,10 @@ class Loop(Admission):
             if active is not None and type(active) is Request:
                 in_flight += 1
                 if active.dispatched:  # on an app thread: the loop keeps its deadline
+                    if (active.queued and self.draining
+                            and now - active.dispatched > self.timeout):
+                        self.responder.shed(conn, active, now)
+                        continue
                     if now - silent_since(active, now) > self.timeout:
                         if not active.overran:
                             active.overran = True
