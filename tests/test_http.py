@@ -128,6 +128,50 @@ def test_unread_request_body_does_not_break_next_pipelined_request(srv):
     assert (s2, b2) == (200, b"/path?next")
 
 
+H2C = {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c",
+       "HTTP2-Settings": "AAMAAABkAAQAAP__"}
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked", "body-in-a-later-read"])
+def test_an_upgrade_the_server_does_not_take_keeps_the_body_and_the_connection(srv, framing):
+    """`curl --http2 -d ...` asks for h2c. RFC 9110 7.8: a server that ignores Upgrade processes
+    the request as plain HTTP/1.1, body included (llhttp stops at such a request's head as if
+    it had none), and the pipelined request after it is parsed where that body ends."""
+    if framing == "chunked":
+        head = get_request("/echo", method="POST",
+                           headers={**H2C, "Transfer-Encoding": "chunked"})
+        body = b"5\r\nhello\r\n6\r\n=world\r\n0\r\n\r\n"
+    else:
+        head = get_request("/echo", method="POST", headers={**H2C, "Content-Length": "11"})
+        body = b"hello=world"
+    with connect(srv.port) as sock:
+        if framing == "body-in-a-later-read":
+            sock.sendall(head)
+            time.sleep(0.05)
+            head = b""
+        sock.sendall(head + body + get_request("/path?next"))
+        s1, h1, b1 = read_response(sock)
+        s2, _, b2 = read_response(sock)
+    assert (s1, b1, h1["x-content-length"]) == (200, b"hello=world", "11")
+    assert h1.get("connection", "").lower() != "close"
+    assert (s2, b2) == (200, b"/path?next")
+
+
+@pytest.mark.wsgi_only("the ASGI worker switches to the WebSocket protocol (test_websocket.py)")
+def test_a_websocket_handshake_to_a_wsgi_app_is_served_as_plain_http(srv):
+    """The WSGI worker never switches protocols: the handshake is a plain GET (the app cannot
+    answer 101), and the request after it on the connection is parsed and served."""
+    handshake = get_request("/path?ws", headers={
+        "Connection": "upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    with connect(srv.port) as sock:
+        sock.sendall(handshake + get_request("/path?next"))
+        s1, h1, b1 = read_response(sock)
+        s2, _, b2 = read_response(sock)
+    assert (s1, b1, s2, b2) == (200, b"/path?ws", 200, b"/path?next")
+    assert h1.get("connection", "").lower() != "close"
+
+
 def test_chunked_request_body_is_dechunked_for_app(srv):
     chunks = [b"hello ", b"chunked ", b"world" * 100, b"!"]
     payload = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
