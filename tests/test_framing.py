@@ -57,8 +57,8 @@ def test_head_request_has_the_length_but_no_body():
     assert f.no_body and f.keep_alive
 
 
-@pytest.mark.parametrize("status", ["204 No Content", "304 Not Modified", "100 Continue"])
-def test_204_304_and_1xx_carry_no_body_and_no_framing(status):
+@pytest.mark.parametrize("status", ["204 No Content", "304 Not Modified"])
+def test_204_and_304_carry_no_body_and_no_framing(status):
     f = frame("1.1", status, [("ETag", '"x"')], True, False, None)
     assert f.head == f"HTTP/1.1 {status}\r\nETag: \"x\"\r\n".encode()
     assert (f.no_body, f.remaining, f.chunked, f.keep_alive) == (True, 0, False, True)
@@ -102,6 +102,15 @@ def test_header_injection_and_invalid_headers_are_refused(headers):
 def test_a_bad_status_is_refused(status):
     with pytest.raises(BadResponseHeaders, match="status"):
         frame("1.1", status, [], True, False, None)
+
+
+@pytest.mark.parametrize("status", ["100 Continue", "101 Switching Protocols", "103 Early Hints",
+                                    "199"])
+def test_an_interim_status_is_refused_as_the_response(status):
+    """RFC 9110 15.2: a 1xx is interim; as the response, the client would wait for the final
+    one and read the next response as this request's (berth sends `100 Continue` itself)."""
+    with pytest.raises(BadResponseHeaders, match="interim status"):
+        frame("1.1", status, [("Content-Length", "0")], True, False, None)
 
 
 def test_framing_is_cached_and_unhashable_headers_still_work():

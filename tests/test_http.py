@@ -741,3 +741,15 @@ def test_crlf_in_response_header_value_gives_500_never_split(srv, kind):
     assert b"x-injected" not in head.lower()
     assert b"should-not-be-sent" not in raw
     assert b"\r\nX-Bad:" not in head
+
+
+@pytest.mark.parametrize("code", [100, 101, 103])
+def test_an_interim_status_from_the_app_gives_500_and_no_desync(srv, code):
+    """RFC 9110 15.2: a 1xx is interim, never the response. Sent as the answer, the client
+    waits for the final one and takes the next request's response for it."""
+    with connect(srv.port) as sock:
+        sock.sendall(get_request(f"/status?code={code}") + get_request("/path?next"))
+        raw, closed = read_until_closed(sock, timeout=5)
+    assert status_of(raw) == 500, raw[:300]
+    assert closed and raw.count(b"HTTP/1.1 ") == 1, raw[:600]
+    assert wait_for(lambda: f"interim status {code}" in srv.stderr())

@@ -4,7 +4,10 @@
 delimited and returns a `Framing`: the head (without `Date`/`Server` and the final CRLF,
 which `DateCache` appends), how many body bytes the Content-Length still allows, whether the
 body is chunked, whether it has one at all, and whether the connection stays open. The rules:
-  - HEAD, 1xx, 204 and 304 carry no body (RFC 9110 6.4.1);
+  - HEAD, 204 and 304 carry no body (RFC 9110 6.4.1);
+  - a 1xx status is refused (`BadResponseHeaders`): it is interim (RFC 9110 15.2), and sent as
+    the response the client would wait for the final one and take the next response for it
+    (berth sends `100 Continue` itself);
   - the app's Content-Length frames the body (it must be digits: else `BadResponseHeaders`);
   - else a length berth knows (a list body, a file) is sent as Content-Length;
   - else chunked on HTTP/1.1, and on HTTP/1.0 the close of the connection ends the body;
@@ -82,6 +85,9 @@ def status_line(version: str, status: str) -> bytes:
         if "\r" in status or "\n" in status or len(status) < 3 or not status[:3].isdigit() \
                 or (len(status) > 3 and status[3] != " "):
             raise BadResponseHeaders(f"invalid status {status!r}")
+        if status[0] == "1":
+            raise BadResponseHeaders(f"interim status {status[:3]} as the response (a 1xx is "
+                                     "never final: RFC 9110 15.2)")
         line = f"HTTP/{version} {status}\r\n".encode("latin-1")
         if len(_status_lines) < 512:
             _status_lines[key] = line
@@ -213,7 +219,7 @@ def _frame(version: str, status: str, headers: list, keep_alive: bool, no_body: 
     extra = ""
     remaining = None
     chunked = False
-    if code[0] == "1" or code == "204" or code == "304":
+    if code == "204" or code == "304":
         no_body = True
         remaining = 0
     elif length is not None:
