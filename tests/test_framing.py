@@ -92,13 +92,15 @@ def test_a_bad_content_length_from_the_app_is_refused(value):
     [("X A", "1")],
     [("X-A:", "1")],
     [("X-A", 5)],
+    [("X-A\x00", "1")],
 ])
 def test_header_injection_and_invalid_headers_are_refused(headers):
     with pytest.raises(BadResponseHeaders):
         frame("1.1", "200 OK", headers, True, False, None)
 
 
-@pytest.mark.parametrize("status", ["200\r\nX: y", "2000 OK", "OK", "20 OK", "200OK"])
+@pytest.mark.parametrize("status", ["200\r\nX: y", "2000 OK", "OK", "20 OK", "200OK",
+                                    "200 O\x00K", "200 \x7f"])
 def test_a_bad_status_is_refused(status):
     with pytest.raises(BadResponseHeaders, match="status"):
         frame("1.1", status, [], True, False, None)
@@ -111,6 +113,20 @@ def test_an_interim_status_is_refused_as_the_response(status):
     one and read the next response as this request's (berth sends `100 Continue` itself)."""
     with pytest.raises(BadResponseHeaders, match="interim status"):
         frame("1.1", status, [("Content-Length", "0")], True, False, None)
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\x08", "\x0b", "\x0c", "\x1b", "\x1f",
+                                  "\x7f"])
+@pytest.mark.parametrize("cached", [False, True], ids=["first", "after-a-good-head"])
+def test_a_control_character_in_a_header_value_is_refused(char, cached):
+    """RFC 9110 5.5: a field value has no CTL but HTAB (NUL is called out: it must not be
+    generated). Checked where CR and LF are, when a head is framed the first time."""
+    good = [("X-A", "a\tb\x80\xff"), ("Content-Length", "1")]
+    if cached:
+        assert frame("1.1", "200 OK", good, True, False, None).remaining == 1
+    with pytest.raises(BadResponseHeaders, match="control character"):
+        frame("1.1", "200 OK", [("X-A", f"a{char}b"), ("Content-Length", "1")], True, False,
+              None)
 
 
 def test_framing_is_cached_and_unhashable_headers_still_work():

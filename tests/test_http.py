@@ -743,6 +743,16 @@ def test_crlf_in_response_header_value_gives_500_never_split(srv, kind):
     assert b"\r\nX-Bad:" not in head
 
 
+@pytest.mark.parametrize("kind", ["nul", "del", "esc"])
+def test_a_control_character_in_a_response_header_value_gives_500(srv, kind):
+    """RFC 9110 5.5: NUL, DEL and the C0 controls but HTAB are not field-value characters (a
+    NUL ends a C string in the next proxy or client). Refused as CR and LF are: 500."""
+    raw, _ = send_raw(srv.port, get_request(f"/bad-header?kind={kind}",
+                                            headers={"Connection": "close"}))
+    assert status_of(raw) == 500, raw[:300]
+    assert b"should-not-be-sent" not in raw and b"X-Bad:" not in raw
+
+
 @pytest.mark.parametrize("code", [100, 101, 103])
 def test_an_interim_status_from_the_app_gives_500_and_no_desync(srv, code):
     """RFC 9110 15.2: a 1xx is interim, never the response. Sent as the answer, the client

@@ -20,7 +20,9 @@ Header bytes are built once per response with as little Python work as possible:
 same status and headers again and again, so a framed head is cached, keyed by everything that
 shaped it; status lines and the `Date`/`Server` suffix are cached, header names the app used
 before are known to be valid, and CR/LF anywhere in a name or value is found with two
-`str.count` calls over the whole block instead of a test per header. Nothing here touches a
+`str.count` calls over the whole block instead of a test per header (another control
+character with one regex search). All of it runs when a head is framed, not when it is
+found in the cache: a head the cache knows costs no check. Nothing here touches a
 socket: every rule is tested with byte strings (`tests/test_framing.py`).
 """
 
@@ -35,6 +37,9 @@ from berth import SERVER_SOFTWARE
 from berth.http.parser import REASONS
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+# RFC 9110 5.5: a field value is VCHAR, obs-text, SP and HTAB; NUL is called out as dangerous
+# (it ends a C string in the next proxy). CR and LF are counted apart: they end each line.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _known_names: dict[str, str] = {}  # header name as the app wrote it -> lower-cased
 
 
@@ -83,7 +88,7 @@ def status_line(version: str, status: str) -> bytes:
     line = _status_lines.get(key)
     if line is None:
         if "\r" in status or "\n" in status or len(status) < 3 or not status[:3].isdigit() \
-                or (len(status) > 3 and status[3] != " "):
+                or (len(status) > 3 and status[3] != " ") or _CONTROL.search(status):
             raise BadResponseHeaders(f"invalid status {status!r}")
         if status[0] == "1":
             raise BadResponseHeaders(f"interim status {status[:3]} as the response (a 1xx is "
@@ -106,7 +111,7 @@ def scan_headers(headers: list) -> tuple[str, str | None, int]:
     """Validate the app's headers: (header block text, Content-Length value, flags).
 
     Raises `BadResponseHeaders` for a name that is not an HTTP token, a value that is not a
-    str, and CR or LF in any name or value.
+    str, CR or LF in any name or value, and another control character but HTAB in a value.
     """
     lines = []
     length = None
@@ -131,6 +136,8 @@ def scan_headers(headers: list) -> tuple[str, str | None, int]:
     block = "".join(lines)
     if block.count("\n") != len(lines) or block.count("\r") != len(lines):
         raise BadResponseHeaders("CR or LF in a response header")
+    if _CONTROL.search(block) is not None:  # (names are tokens: it is in a value)
+        raise BadResponseHeaders("a control character in a response header value")
     return block, length, flags
 
 
