@@ -115,6 +115,12 @@ def test_an_interim_status_is_refused_as_the_response(status):
         frame("1.1", status, [("Content-Length", "0")], True, False, None)
 
 
+def test_a_status_without_a_reason_phrase_keeps_the_space_after_the_code():
+    """RFC 9112 4: status-line = HTTP-version SP status-code SP [ reason-phrase ]."""
+    assert frame("1.1", "200", [], True, False, 0).head.startswith(b"HTTP/1.1 200 \r\n")
+    assert frame("1.0", "404 ", [], False, False, 0).head.startswith(b"HTTP/1.0 404 \r\n")
+
+
 @pytest.mark.parametrize("char", ["\x00", "\x01", "\x08", "\x0b", "\x0c", "\x1b", "\x1f",
                                   "\x7f"])
 @pytest.mark.parametrize("cached", [False, True], ids=["first", "after-a-good-head"])

@@ -93,6 +93,8 @@ def status_line(version: str, status: str) -> bytes:
         if status[0] == "1":
             raise BadResponseHeaders(f"interim status {status[:3]} as the response (a 1xx is "
                                      "never final: RFC 9110 15.2)")
+        if len(status) == 3:  # RFC 9112 4: the SP after the code stays without a reason
+            status += " "
         line = f"HTTP/{version} {status}\r\n".encode("latin-1")
         if len(_status_lines) < 512:
             _status_lines[key] = line
