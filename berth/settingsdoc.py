@@ -76,6 +76,10 @@ STRICTER = """\
   arrive after the app has its environ, and a field sent after the body must not change what
   the head said (a late Host or Expect). Gunicorn keeps them on its request object and answers
   400 to a few names (Host, Authorization...).
+- **An app's 1xx status gets 500**, the app's error (logged): a 1xx is interim, never the
+  response (RFC 9110 §15.2), and sent as one the client would wait for the final response and
+  take the next one for it; berth sends `100 Continue` itself. Gunicorn sends it as the
+  response and closes the connection.
 - **The access log escapes more**: besides `"` (as Gunicorn), `\\` as `\\\\` and every byte
   outside printable ASCII as `\\xHH` (Apache's style), so a client cannot forge fields or lines.
 """

@@ -57,8 +57,8 @@ def test_head_request_has_the_length_but_no_body():
     assert f.no_body and f.keep_alive
 
 
-@pytest.mark.parametrize("status", ["204 No Content", "304 Not Modified", "100 Continue"])
-def test_204_304_and_1xx_carry_no_body_and_no_framing(status):
+@pytest.mark.parametrize("status", ["204 No Content", "304 Not Modified"])
+def test_204_and_304_carry_no_body_and_no_framing(status):
     f = frame("1.1", status, [("ETag", '"x"')], True, False, None)
     assert f.head == f"HTTP/1.1 {status}\r\nETag: \"x\"\r\n".encode()
     assert (f.no_body, f.remaining, f.chunked, f.keep_alive) == (True, 0, False, True)
@@ -92,16 +92,47 @@ def test_a_bad_content_length_from_the_app_is_refused(value):
     [("X A", "1")],
     [("X-A:", "1")],
     [("X-A", 5)],
+    [("X-A\x00", "1")],
 ])
 def test_header_injection_and_invalid_headers_are_refused(headers):
     with pytest.raises(BadResponseHeaders):
         frame("1.1", "200 OK", headers, True, False, None)
 
 
-@pytest.mark.parametrize("status", ["200\r\nX: y", "2000 OK", "OK", "20 OK", "200OK"])
+@pytest.mark.parametrize("status", ["200\r\nX: y", "2000 OK", "OK", "20 OK", "200OK",
+                                    "200 O\x00K", "200 \x7f"])
 def test_a_bad_status_is_refused(status):
     with pytest.raises(BadResponseHeaders, match="status"):
         frame("1.1", status, [], True, False, None)
+
+
+@pytest.mark.parametrize("status", ["100 Continue", "101 Switching Protocols", "103 Early Hints",
+                                    "199"])
+def test_an_interim_status_is_refused_as_the_response(status):
+    """RFC 9110 15.2: a 1xx is interim; as the response, the client would wait for the final
+    one and read the next response as this request's (berth sends `100 Continue` itself)."""
+    with pytest.raises(BadResponseHeaders, match="interim status"):
+        frame("1.1", status, [("Content-Length", "0")], True, False, None)
+
+
+def test_a_status_without_a_reason_phrase_keeps_the_space_after_the_code():
+    """RFC 9112 4: status-line = HTTP-version SP status-code SP [ reason-phrase ]."""
+    assert frame("1.1", "200", [], True, False, 0).head.startswith(b"HTTP/1.1 200 \r\n")
+    assert frame("1.0", "404 ", [], False, False, 0).head.startswith(b"HTTP/1.0 404 \r\n")
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\x08", "\x0b", "\x0c", "\x1b", "\x1f",
+                                  "\x7f"])
+@pytest.mark.parametrize("cached", [False, True], ids=["first", "after-a-good-head"])
+def test_a_control_character_in_a_header_value_is_refused(char, cached):
+    """RFC 9110 5.5: a field value has no CTL but HTAB (NUL is called out: it must not be
+    generated). Checked where CR and LF are, when a head is framed the first time."""
+    good = [("X-A", "a\tb\x80\xff"), ("Content-Length", "1")]
+    if cached:
+        assert frame("1.1", "200 OK", good, True, False, None).remaining == 1
+    with pytest.raises(BadResponseHeaders, match="control character"):
+        frame("1.1", "200 OK", [("X-A", f"a{char}b"), ("Content-Length", "1")], True, False,
+              None)
 
 
 def test_framing_is_cached_and_unhashable_headers_still_work():

@@ -129,6 +129,50 @@ def test_unread_request_body_does_not_break_next_pipelined_request(srv):
     assert (s2, b2) == (200, b"/path?next")
 
 
+H2C = {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c",
+       "HTTP2-Settings": "AAMAAABkAAQAAP__"}
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked", "body-in-a-later-read"])
+def test_an_upgrade_the_server_does_not_take_keeps_the_body_and_the_connection(srv, framing):
+    """`curl --http2 -d ...` asks for h2c. RFC 9110 7.8: a server that ignores Upgrade processes
+    the request as plain HTTP/1.1, body included (llhttp stops at such a request's head as if
+    it had none), and the pipelined request after it is parsed where that body ends."""
+    if framing == "chunked":
+        head = get_request("/echo", method="POST",
+                           headers={**H2C, "Transfer-Encoding": "chunked"})
+        body = b"5\r\nhello\r\n6\r\n=world\r\n0\r\n\r\n"
+    else:
+        head = get_request("/echo", method="POST", headers={**H2C, "Content-Length": "11"})
+        body = b"hello=world"
+    with connect(srv.port) as sock:
+        if framing == "body-in-a-later-read":
+            sock.sendall(head)
+            time.sleep(0.05)
+            head = b""
+        sock.sendall(head + body + get_request("/path?next"))
+        s1, h1, b1 = read_response(sock)
+        s2, _, b2 = read_response(sock)
+    assert (s1, b1, h1["x-content-length"]) == (200, b"hello=world", "11")
+    assert h1.get("connection", "").lower() != "close"
+    assert (s2, b2) == (200, b"/path?next")
+
+
+@pytest.mark.wsgi_only("the ASGI worker switches to the WebSocket protocol (test_websocket.py)")
+def test_a_websocket_handshake_to_a_wsgi_app_is_served_as_plain_http(srv):
+    """The WSGI worker never switches protocols: the handshake is a plain GET (the app cannot
+    answer 101), and the request after it on the connection is parsed and served."""
+    handshake = get_request("/path?ws", headers={
+        "Connection": "upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    with connect(srv.port) as sock:
+        sock.sendall(handshake + get_request("/path?next"))
+        s1, h1, b1 = read_response(sock)
+        s2, _, b2 = read_response(sock)
+    assert (s1, b1, s2, b2) == (200, b"/path?ws", 200, b"/path?next")
+    assert h1.get("connection", "").lower() != "close"
+
+
 def test_chunked_request_body_is_dechunked_for_app(srv):
     chunks = [b"hello ", b"chunked ", b"world" * 100, b"!"]
     payload = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
@@ -725,3 +769,25 @@ def test_crlf_in_response_header_value_gives_500_never_split(srv, kind):
     assert b"x-injected" not in head.lower()
     assert b"should-not-be-sent" not in raw
     assert b"\r\nX-Bad:" not in head
+
+
+@pytest.mark.parametrize("kind", ["nul", "del", "esc"])
+def test_a_control_character_in_a_response_header_value_gives_500(srv, kind):
+    """RFC 9110 5.5: NUL, DEL and the C0 controls but HTAB are not field-value characters (a
+    NUL ends a C string in the next proxy or client). Refused as CR and LF are: 500."""
+    raw, _ = send_raw(srv.port, get_request(f"/bad-header?kind={kind}",
+                                            headers={"Connection": "close"}))
+    assert status_of(raw) == 500, raw[:300]
+    assert b"should-not-be-sent" not in raw and b"X-Bad:" not in raw
+
+
+@pytest.mark.parametrize("code", [100, 101, 103])
+def test_an_interim_status_from_the_app_gives_500_and_no_desync(srv, code):
+    """RFC 9110 15.2: a 1xx is interim, never the response. Sent as the answer, the client
+    waits for the final one and takes the next request's response for it."""
+    with connect(srv.port) as sock:
+        sock.sendall(get_request(f"/status?code={code}") + get_request("/path?next"))
+        raw, closed = read_until_closed(sock, timeout=5)
+    assert status_of(raw) == 500, raw[:300]
+    assert closed and raw.count(b"HTTP/1.1 ") == 1, raw[:600]
+    assert wait_for(lambda: f"interim status {code}" in srv.stderr())

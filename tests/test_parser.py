@@ -246,10 +246,55 @@ def test_absolute_form_target_is_kept_raw():
     assert req.url == b"http://example.com/x?y=1"
 
 
-def test_upgrade_request_is_served_as_plain_request_and_not_kept_alive():
-    p = parse(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-    (req,) = p.ready
-    assert req.url == b"/ws" and not req.keep_alive
+UPGRADE = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+NEXT = b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n"
+
+
+def test_an_upgrade_request_is_parsed_as_plain_http_and_kept_alive():
+    """RFC 9110 7.8: a server that does not switch protocols processes the request as if
+    Upgrade were absent (llhttp stops at its head): the next request is parsed after it."""
+    p = parse(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+              + NEXT)
+    assert [(r.url, r.keep_alive, r.complete) for r in p.ready] == [
+        (b"/ws", True, True), (b"/next", True, True)]
+
+
+@pytest.mark.parametrize("framing, body", [
+    (b"Content-Length: 11\r\n", b"hello=world"),
+    (b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n6;x=1\r\n=world\r\n0\r\nT: 1\r\n\r\n"),
+], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("step", [0, 1, 7], ids=["whole", "byte-by-byte", "by-7-bytes"])
+def test_an_upgrade_request_keeps_its_body_and_the_framing_after_it(framing, body, step):
+    raw = b"POST /up HTTP/1.1\r\nHost: h\r\n" + UPGRADE + framing + b"\r\n" + body + NEXT
+    p = RequestParser()
+    for i in range(0, len(raw), step or len(raw)):
+        p.feed(raw[i:i + (step or len(raw))])
+    up, nxt = p.ready
+    assert (up.url, up.body, up.headers["CONTENT_LENGTH"], up.keep_alive) == (
+        b"/up", b"hello=world", "11", True)
+    assert (nxt.url, nxt.body, nxt.complete) == (b"/next", b"", True)
+    assert p.current is None and not p.in_head
+
+
+def test_an_upgrade_request_larger_than_the_buffer_streams_its_body():
+    raw = b"POST /up HTTP/1.1\r\nHost: h\r\n" + UPGRADE + b"Content-Length: 100\r\n\r\n"
+    p = parse(raw + b"x" * 60, body_buffer_size=50)
+    (up,) = p.ready
+    assert up.streaming and not up.complete
+    p.feed(b"y" * 40 + NEXT)
+    assert up.complete and b"".join(up.body_stream.chunks) == b"x" * 60 + b"y" * 40
+    assert up.body_stream.done and [r.url for r in p.ready] == [b"/up", b"/next"]
+
+
+def test_many_upgrade_requests_with_bodies_in_one_read_are_parsed_in_a_loop():
+    one = b"POST / HTTP/1.1\r\nHost: h\r\n" + UPGRADE + b"Content-Length: 1\r\n\r\nx"
+    p = parse(one * 2000 + NEXT)  # (a recursion per request would exceed Python's limit)
+    assert len(p.ready) == 2001 and all(r.body == b"x" for r in p.ready[:-1])
+
+
+def test_a_connect_is_still_refused_after_an_upgrade_request():
+    assert status_of(b"POST / HTTP/1.1\r\nHost: h\r\n" + UPGRADE + b"Content-Length: 1\r\n\r\nx"
+                     b"CONNECT /x HTTP/1.1\r\nHost: h\r\n\r\n") == 501
 
 
 # --- request-target forms (RFC 9112 3.2) ------------------------------------------------------

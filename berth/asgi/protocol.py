@@ -43,8 +43,6 @@ from collections import deque
 from http import HTTPStatus
 from urllib.parse import unquote
 
-import httptools
-
 from berth.http.framing import (
     CONTINUE,
     LAST_CHUNK,
@@ -88,12 +86,15 @@ class AsgiParser(RequestParser):
         super().on_message_begin()
         self.current.raw = []
 
-    upgrade_rest = b""  # the bytes after an Upgrade request's head (a WebSocket's first frames)
+    upgrade_rest = b""  # the bytes after a WebSocket handshake's head (its first frames)
 
-    def _after_error(self, exc: Exception, data: bytes, line: bytes | None = None):
-        if isinstance(exc, httptools.HttpParserUpgrade) and exc.args:
-            self.upgrade_rest = bytes(data[exc.args[0]:])
-        return super()._after_error(exc, data, line)
+    def _switches_protocol(self, req: Request, rest: bytes) -> bool:
+        """A WebSocket handshake switches (berth.asgi.websocket); any other Upgrade request
+        is served as plain HTTP/1.1."""
+        if is_websocket_upgrade(req):
+            self.upgrade_rest = bytes(rest)
+            return True
+        return False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         in_head = self.in_head

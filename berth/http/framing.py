@@ -4,7 +4,10 @@
 delimited and returns a `Framing`: the head (without `Date`/`Server` and the final CRLF,
 which `DateCache` appends), how many body bytes the Content-Length still allows, whether the
 body is chunked, whether it has one at all, and whether the connection stays open. The rules:
-  - HEAD, 1xx, 204 and 304 carry no body (RFC 9110 6.4.1);
+  - HEAD, 204 and 304 carry no body (RFC 9110 6.4.1);
+  - a 1xx status is refused (`BadResponseHeaders`): it is interim (RFC 9110 15.2), and sent as
+    the response the client would wait for the final one and take the next response for it
+    (berth sends `100 Continue` itself);
   - the app's Content-Length frames the body (it must be digits: else `BadResponseHeaders`);
   - else a length berth knows (a list body, a file) is sent as Content-Length;
   - else chunked on HTTP/1.1, and on HTTP/1.0 the close of the connection ends the body;
@@ -17,7 +20,9 @@ Header bytes are built once per response with as little Python work as possible:
 same status and headers again and again, so a framed head is cached, keyed by everything that
 shaped it; status lines and the `Date`/`Server` suffix are cached, header names the app used
 before are known to be valid, and CR/LF anywhere in a name or value is found with two
-`str.count` calls over the whole block instead of a test per header. Nothing here touches a
+`str.count` calls over the whole block instead of a test per header (another control
+character with one regex search). All of it runs when a head is framed, not when it is
+found in the cache: a head the cache knows costs no check. Nothing here touches a
 socket: every rule is tested with byte strings (`tests/test_framing.py`).
 """
 
@@ -32,6 +37,9 @@ from berth import SERVER_SOFTWARE
 from berth.http.parser import REASONS
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+# RFC 9110 5.5: a field value is VCHAR, obs-text, SP and HTAB; NUL is called out as dangerous
+# (it ends a C string in the next proxy). CR and LF are counted apart: they end each line.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _known_names: dict[str, str] = {}  # header name as the app wrote it -> lower-cased
 
 
@@ -80,8 +88,13 @@ def status_line(version: str, status: str) -> bytes:
     line = _status_lines.get(key)
     if line is None:
         if "\r" in status or "\n" in status or len(status) < 3 or not status[:3].isdigit() \
-                or (len(status) > 3 and status[3] != " "):
+                or (len(status) > 3 and status[3] != " ") or _CONTROL.search(status):
             raise BadResponseHeaders(f"invalid status {status!r}")
+        if status[0] == "1":
+            raise BadResponseHeaders(f"interim status {status[:3]} as the response (a 1xx is "
+                                     "never final: RFC 9110 15.2)")
+        if len(status) == 3:  # RFC 9112 4: the SP after the code stays without a reason
+            status += " "
         line = f"HTTP/{version} {status}\r\n".encode("latin-1")
         if len(_status_lines) < 512:
             _status_lines[key] = line
@@ -100,7 +113,7 @@ def scan_headers(headers: list) -> tuple[str, str | None, int]:
     """Validate the app's headers: (header block text, Content-Length value, flags).
 
     Raises `BadResponseHeaders` for a name that is not an HTTP token, a value that is not a
-    str, and CR or LF in any name or value.
+    str, CR or LF in any name or value, and another control character but HTAB in a value.
     """
     lines = []
     length = None
@@ -125,6 +138,8 @@ def scan_headers(headers: list) -> tuple[str, str | None, int]:
     block = "".join(lines)
     if block.count("\n") != len(lines) or block.count("\r") != len(lines):
         raise BadResponseHeaders("CR or LF in a response header")
+    if _CONTROL.search(block) is not None:  # (names are tokens: it is in a value)
+        raise BadResponseHeaders("a control character in a response header value")
     return block, length, flags
 
 
@@ -213,7 +228,7 @@ def _frame(version: str, status: str, headers: list, keep_alive: bool, no_body: 
     extra = ""
     remaining = None
     chunked = False
-    if code[0] == "1" or code == "204" or code == "304":
+    if code == "204" or code == "304":
         no_body = True
         remaining = 0
     elif length is not None:

@@ -14,6 +14,11 @@ The rules it leaves to the server are enforced here, following RFC 9112:
     without '#', any token with `permit_unconventional_http_method`, upper-cased with
     `casefold_http_method` (see RequestParser._extension_method); others get 400;
   - HTTP/1.1 without exactly one Host → 400 (§3.2);
+  - a request asking to upgrade (`Connection: upgrade` and `Upgrade`: h2c, websocket) is
+    served as plain HTTP/1.1, body included, and the connection's framing kept (RFC 9110
+    §7.8): llhttp stops at its head, taking it for bodiless, and a new llhttp parses what
+    follows (_ignore_upgrade), unless the server switches protocols (the ASGI worker's
+    WebSocket handshake: _switches_protocol);
   - a transfer coding other than plain `chunked` (e.g. `gzip, chunked`) → 501 (§6.1);
   - chunked on HTTP/1.0 → 400 (§6.1: a 1.0 message has no chunked framing);
   - a request line that is not `method SP target SP HTTP/d.d` → 400 (the client's error);
@@ -395,9 +400,9 @@ class RequestParser:
             if self.current is not None:
                 self._parser = self
             return
-        self._resume(data)
+        self._parse(self._resume(data))
 
-    def _resume(self, data: bytes) -> None:
+    def _resume(self, data: bytes) -> bytes | None:
         """feed_data() for a read that may hold more than the request it continues.
 
         The read is fed in pieces that end where that request can end: its head at its empty
@@ -405,9 +410,11 @@ class RequestParser:
         Content-Length, a chunked body at a last chunk without extension or trailer
         ("0\r\n\r\n", as clients send it; a chunk's data may hold those bytes too, so at most
         MAX_SPLITS such places are tried in one read). What follows the request then starts
-        where a request starts, and goes to feed(). When the request ends elsewhere (a chunked
-        body with trailers), where the next one begins is not known: a method llhttp does not
-        know there gets 400 (AFTER_CHUNKED), any other is parsed as ever.
+        where a request starts: returned, for _parse() (as _after_error's bytes are: so a read
+        that brings many such requests is parsed in a loop, not a recursion). When the request
+        ends elsewhere (a chunked body with trailers), where the next one begins is not known:
+        a method llhttp does not know there gets 400 (AFTER_CHUNKED), any other is parsed as
+        ever.
         """
         parser = self._llhttp
         req = self.current
@@ -420,8 +427,7 @@ class RequestParser:
             if line is not None:  # its request line had no whole method yet
                 line += data
                 if self._method_unfinished:  # llhttp stopped at it: see _extension_method
-                    self._parse(self._extension_method(line))
-                    return
+                    return self._extension_method(line)
         size = len(data)
         body_before = self._body_size
         start = pieces = 0
@@ -436,16 +442,14 @@ class RequestParser:
             except httptools.HttpParserInvalidMethodError as exc:
                 if line is None or self.current is not req:
                     raise HttpError(400, AFTER_CHUNKED) from None
-                self._parse(self._after_error(exc, piece, line))
-                return
-            except _STOPS as exc:
-                self._parse(self._after_error(exc, piece))
-                return
+                return self._after_error(exc, piece, line)
+            except httptools.HttpParserUpgrade as exc:  # (what follows the piece is wanted)
+                return self._after_error(exc, data[start:])
+            except httptools.HttpParserError as exc:
+                return self._after_error(exc, piece)
             start = end
             if self.current is None:  # a request ended at `end`: the rest starts one
-                if start < size:
-                    self.feed(data[start:])
-                return
+                return data[start:] if start < size else None
             if self.current is not req:  # one ended inside the piece, and another began
                 known = False
         if self.current is req and req.chunked and not self.in_head:
@@ -458,6 +462,7 @@ class RequestParser:
             else:
                 self._no_data_bytes = 0
         self._suspend(line if self.current is req else None)
+        return None
 
     def _end_of_current(self, req: Request, data: bytes, start: int) -> int:
         """The first place after `start` in `data` where the request arriving can end (the
@@ -496,24 +501,25 @@ class RequestParser:
     def _after_error(self, exc: Exception, data: bytes,
                      line: bytes | None = None) -> bytes | None:
         """What llhttp's error `exc` means: raises the HttpError to answer, or returns the bytes
-        a new llhttp parser is to parse next (_extension_method), or None: nothing to parse.
-        `data` is what llhttp was fed; it starts where a request starts, unless `line` (bytes
-        from such a place through the end of `data`) is given."""
+        a new llhttp parser is to parse next (_extension_method, _ignore_upgrade), or None:
+        nothing to parse. `data` is what llhttp was fed; it starts where a request starts,
+        unless `line` (bytes from such a place through the end of `data`) is given."""
         if isinstance(exc, httptools.HttpParserUpgrade):
-            # An Upgrade request (e.g. websocket): served as a plain request, the upgrade itself
-            # is not supported. Whatever follows the head is not HTTP/1. llhttp ends a CONNECT
-            # here too: it is never served (CONNECT in origin-form lands here, the other
-            # forms in _check_target), and the requests before it are.
+            # llhttp stops after the head of a request with `Connection: upgrade` and an
+            # `Upgrade` field, having ended it there (bodiless), and after a CONNECT: that is
+            # never served (CONNECT in origin-form lands here, the other forms in
+            # _check_target), and the requests before it are.
             ready = self.ready
-            if ready and ready[-1].method == b"CONNECT":
+            req = ready[-1]
+            if req.method == b"CONNECT":
                 ready.pop()
                 raise HttpError(501, CONNECT_NOT_IMPLEMENTED) from None
-            for req in ready:
-                req.keep_alive = False
-            if self.current is not None:
-                self.current.keep_alive = False
-                self.on_message_complete()
-            return None
+            rest = data[exc.args[0]:]
+            if self._switches_protocol(req, rest):  # what follows its head is not HTTP/1
+                for req in ready:
+                    req.keep_alive = False
+                return None
+            return self._ignore_upgrade(req, rest)
         if isinstance(exc, httptools.HttpParserCallbackError):
             err = self._error or exc.__context__
             if isinstance(err, HttpError):
@@ -531,6 +537,40 @@ class RequestParser:
         if self._error is not None:
             raise self._error from None
         raise HttpError(400, str(exc) or "malformed request") from None
+
+    def _switches_protocol(self, req: Request, rest: bytes) -> bool:
+        """Whether the connection stops speaking HTTP/1 after `req`, which asks to upgrade
+        (`rest`: the bytes after its head, then the new protocol's). The WSGI worker never
+        switches; the ASGI worker's parser does for a WebSocket handshake."""
+        return False
+
+    def _ignore_upgrade(self, req: Request, rest: bytes) -> bytes | None:
+        """Serve an Upgrade request as if it had no Upgrade field (RFC 9110 §7.8: a server
+        that does not switch must process the message as usual, body included): the bytes
+        after its head (`rest`) are its body, then the next requests, for a new llhttp (the
+        stopped one cannot go on). Returns what _resume() returns."""
+        parser = self._parser = self._llhttp = _new_llhttp(self)
+        if not req.chunked and not req.content_length:
+            return rest  # the next request begins after the head
+        # llhttp ended the request at its head: it goes back to arriving, and the new llhttp is
+        # put inside a body framed as its own, by a head of that framing. The request that
+        # head begins is then replaced by `req`: it must not stream meanwhile (and `req` was
+        # not streamed: see on_headers_complete).
+        self.ready.pop()
+        req.complete = False
+        if req.chunked:  # (on_message_complete gave it the length of an empty body)
+            req.content_length = None
+            del req.headers["CONTENT_LENGTH"]
+            framing = b"Transfer-Encoding: chunked"
+        else:
+            framing = b"Content-Length: %d" % req.content_length
+        limit, self.body_limit = self.body_limit, 1 << 62
+        parser.feed_data(b"PUT / HTTP/1.1\r\nHost: h\r\n" + framing + b"\r\n\r\n")
+        self.body_limit = limit
+        self.current = req
+        if not req.chunked and req.content_length > limit:
+            self._stream(req)
+        return self._resume(rest)
 
     def _last_request_end(self, data: bytes) -> int:
         """Where in `data` (which starts where a request starts) the last request that ends in
@@ -700,8 +740,10 @@ class RequestParser:
         req.version = version
         req.keep_alive = parser.should_keep_alive()
         self.in_head = False
+        # (An Upgrade request's body is read after llhttp stops at its head, and streamed
+        # then: see _ignore_upgrade.)
         if (req.content_length is not None and req.content_length > self.body_limit
-                and not req.chunked):
+                and not req.chunked and not parser.should_upgrade()):
             self._stream(req)
 
     def on_body(self, body: bytes) -> None:

@@ -22,7 +22,8 @@ Routes (query parameters in brackets):
                               written with the write() callable (how=write), or a list of
                               one str (how=list)
   /exc-info                   start_response 200, then replaces it with a 500 via exc_info
-  /bad-header [kind]          header value containing CR/LF (kind = crlf | lf | cr)
+  /bad-header [kind]          header value containing CR/LF or a control character
+                              (kind = crlf | lf | cr | nul | del | esc)
   /set-cookies                two Set-Cookie headers
   /sleep [s, who]             sleeps s seconds, then answers (who=1: and names its thread)
   /slow-iter [s]              a body whose __iter__ takes s seconds before its one part
@@ -335,7 +336,8 @@ def app(environ, start_response):
             return [body]
 
     if path == "/bad-header":
-        sep = {"crlf": "\r\n", "lf": "\n", "cr": "\r"}[q.get("kind", "crlf")]
+        sep = {"crlf": "\r\n", "lf": "\n", "cr": "\r", "nul": "\x00", "del": "\x7f",
+               "esc": "\x1b"}[q.get("kind", "crlf")]
         body = b"should-not-be-sent"
         start_response("200 OK", [("Content-Type", "text/plain"),
                                   ("X-Bad", f"ok{sep}X-Injected: 1"),

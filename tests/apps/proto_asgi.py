@@ -31,7 +31,8 @@ Routes (query parameters in brackets), as in proto_app.py:
                               body message (how=yield) or in one with more_body (how=write)
   /raise-after [cl]           starts a response (Content-Length 1000 if cl=1), sends two
                               parts, then raises
-  /bad-header [kind]          header value containing CR/LF (kind = crlf | lf | cr)
+  /bad-header [kind]          header value containing CR/LF or a control character
+                              (kind = crlf | lf | cr | nul | del | esc)
   /pid                        JSON {pid}: which worker answered
   anything else               404 "no route <path>"
 
@@ -230,7 +231,8 @@ async def app(scope, receive, send):
         raise RuntimeError("proto-boom-after-start-response")
 
     if path == "/bad-header":
-        sep = {"crlf": b"\r\n", "lf": b"\n", "cr": b"\r"}[q.get("kind", "crlf")]
+        sep = {"crlf": b"\r\n", "lf": b"\n", "cr": b"\r", "nul": b"\x00", "del": b"\x7f",
+               "esc": b"\x1b"}[q.get("kind", "crlf")]
         body = b"should-not-be-sent"
         return await _respond(send, body, headers=[(b"x-bad", b"ok" + sep + b"X-Injected: 1")])
 
