@@ -285,7 +285,13 @@ class RequestParser:
         # head by bytes, as the sum of the per-line limits allows.
         self.limit_head = (limit_request_line or 8190) + self.limit_fields * (
             (limit_request_field_size or 8190) + 4) + 4096
-        self.limit_field = limit_request_field_size or (1 << 62)
+        # Gunicorn's limits count whole lines: a request line without its CRLF, a field line
+        # with it. The callbacks see the target, and a field's name and value: the target
+        # is checked against what the shortest line ("GET " target " HTTP/1.1") leaves, then
+        # exactly (on_url); a field as "name: value" with its CRLF.
+        self.limit_target = self.limit_line - len(b"GET  HTTP/1.1")
+        self.limit_field = (limit_request_field_size - len(b": \r\n")
+                            if limit_request_field_size else 1 << 62)
         self.body_limit = body_buffer_size
         self.stream_factory = stream_factory
         self.header_map = header_map
@@ -646,7 +652,8 @@ class RequestParser:
         if self._url:
             url = self._url + url
         self._url = url
-        if len(url) > self.limit_line:
+        if len(url) > self.limit_target and (
+                len(url) + len(self._parser.get_method()) + len(b"  HTTP/1.1") > self.limit_line):
             raise self._fail(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
