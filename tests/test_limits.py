@@ -95,6 +95,28 @@ def test_large_header_field_under_limit_is_fine(srv):
     assert (status, body) == (200, HELLO)
 
 
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_the_limits_count_whole_lines_as_gunicorn_does(srv, method):
+    """Gunicorn's --limit-request-line (4094) is the request line without its CRLF, and its
+    --limit-request-field_size (8190) a field line with it: the same bytes meet the same
+    answer (checked against Gunicorn 27). berth counted the target alone, and a field's
+    name and value alone."""
+    def line_of(total: int) -> bytes:
+        target = "/path?" + "a" * (total - len(f"{method}  HTTP/1.1") - len("/path?"))
+        return f"{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+
+    assert status_of(send_raw(srv.port, line_of(4094))[0]) == 200
+    assert_rejected(srv.port, line_of(4095), {414})
+
+    def field_of(line: int) -> bytes:  # "X-A: v...v" + CRLF = `line` bytes
+        value = b"v" * (line - len(b"X-A: \r\n"))
+        return (f"{method} /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".encode()
+                + b"X-A: " + value + b"\r\n\r\n")
+
+    assert status_of(send_raw(srv.port, field_of(8190))[0]) == 200
+    assert_rejected(srv.port, field_of(8191), {431})
+
+
 # --- custom limits --------------------------------------------------------------------------
 
 def test_custom_limit_request_line(small_limits):

@@ -256,6 +256,11 @@ def _requests_ending_in(data: bytes) -> int:
     return counter.ends
 
 
+# on_url counts the whole request line once the target is this close to the limit: longer
+# than any method llhttp knows (VERSION-CONTROL, 15), and than most extension methods
+METHOD_ROOM = 24
+
+
 class RequestParser:
     """Parses every request of one connection, in order.
 
@@ -286,10 +291,10 @@ class RequestParser:
         self.limit_head = (limit_request_line or 8190) + self.limit_fields * (
             (limit_request_field_size or 8190) + 4) + 4096
         # Gunicorn's limits count whole lines: a request line without its CRLF, a field line
-        # with it. The callbacks see the target, and a field's name and value: the target
-        # is checked against what the shortest line ("GET " target " HTTP/1.1") leaves, then
-        # exactly (on_url); a field as "name: value" with its CRLF.
-        self.limit_target = self.limit_line - len(b"GET  HTTP/1.1")
+        # with it. The callbacks see the target, and a field's name and value: a target that
+        # a line with a long method (METHOD_ROOM) would take past the limit has its line
+        # counted exactly (on_url); a field is counted as "name: value" with its CRLF.
+        self.limit_target = self.limit_line - len(b"  HTTP/1.1") - METHOD_ROOM
         self.limit_field = (limit_request_field_size - len(b": \r\n")
                             if limit_request_field_size else 1 << 62)
         self.body_limit = body_buffer_size
