@@ -53,17 +53,22 @@ def shared(tmp_path_factory):
     srv.stop()
 
 
-def raw_handshake(port: int, path: str = "/hold?id=raw") -> socket.socket:
-    """A WebSocket opened by hand: the tests then act as a client that misbehaves."""
+def raw_handshake(port: int, path: str = "/hold?id=raw", upgrade: str = "websocket",
+                  connection: str = "Upgrade") -> socket.socket:
+    """A WebSocket opened by hand: the tests then act as a client that misbehaves
+    (`sock.head`: the 101)."""
     sock = connect(port)
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
-                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: h\r\nUpgrade: {upgrade}\r\n"
+                 f"Connection: {connection}\r\nSec-WebSocket-Key: {key}\r\n"
                  f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
     head = b""
     while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert head.startswith(b"HTTP/1.1 101 ")
+        byte = sock.recv(1)
+        assert byte, head
+        head += byte
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    sock.head = head
     return sock
 
 
@@ -138,17 +143,8 @@ def test_a_handshake_that_rfc_6455_refuses_is_a_400(shared, version, key):
 
 @pytest.mark.parametrize("upgrade", ["websocket, h2c", "h2c, WebSocket"])
 def test_an_upgrade_listing_websocket_among_others_is_a_websocket(shared, upgrade):
-    with connect(shared.port) as sock:
-        key = base64.b64encode(os.urandom(16)).decode()
-        sock.sendall(f"GET /echo HTTP/1.1\r\nHost: h\r\nUpgrade: {upgrade}\r\n"
-                     f"Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                     f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            data = sock.recv(1)
-            assert data, head
-            head += data
-    assert head.startswith(b"HTTP/1.1 101 ") and b"upgrade: websocket\r\n" in head.lower()
+    with raw_handshake(shared.port, "/echo", upgrade, "keep-alive, Upgrade") as sock:
+        assert b"upgrade: websocket\r\n" in sock.head.lower()
 
 
 def test_a_message_over_the_limit_closes_with_1009(berth, tmp_path):
