@@ -39,6 +39,32 @@ class WorkerInfo:
     rss_over: int = 0
     flags: set = field(default_factory=set)
     view: WorkerView | None = None  # what hooks receive as `worker`
+    stacks_fd: int = -1  # its stacks file (`stacks_file`), or -1: its stacks go to stderr
+
+
+def stacks_file() -> int:
+    """An anonymous memory file for a worker's threads' stacks (faulthandler writes them there
+    from C on SIGUSR2, so it works while the worker's Python code is stuck; the master logs
+    them, `take_stacks`), or -1 where there is no memfd_create (then they go to stderr).
+    Nothing touches a filesystem; the master holds one fd per worker (at most 256: 128 workers
+    and their replacements), and each worker only its own (`Master.spawn` closes the others)."""
+    try:
+        return os.memfd_create("berth-stacks", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):
+        return -1
+
+
+def take_stacks(info: WorkerInfo) -> str:
+    """What the exited worker's faulthandler wrote to its stacks file ('' if nothing); the file
+    is closed. (The worker's writes moved the offset they share with the master: pread.)"""
+    if info.stacks_fd < 0:
+        return ""
+    try:
+        size = os.fstat(info.stacks_fd).st_size
+        return os.pread(info.stacks_fd, size, 0).decode("utf-8", "replace") if size else ""
+    finally:
+        os.close(info.stacks_fd)
+        info.stacks_fd = -1
 
 
 def send_signal(pid: int, sig: int) -> None:

@@ -44,7 +44,14 @@ from functools import partial
 
 from berth import container, logconfig, proctitle, reloader
 from berth.admin import AdminServer
-from berth.children import ExitReader, OrphanReaper, WorkerInfo, send_signal
+from berth.children import (
+    ExitReader,
+    OrphanReaper,
+    WorkerInfo,
+    send_signal,
+    stacks_file,
+    take_stacks,
+)
 from berth.hooks import ServerView, WorkerView, call_hook
 from berth.logs import AccessLog, reopen_error_log
 from berth.scoreboard import BOOTING, OUT_OF_SERVICE, RETIRING, Scoreboard, Slot
@@ -406,10 +413,17 @@ class Master:
         call_hook(cfg, "pre_fork", self.server, view)
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        stacks_fd = stacks_file()
+        try:
+            pid = os.fork()
+        except OSError:
+            if stacks_fd >= 0:
+                os.close(stacks_fd)
+            raise
         if pid:
             view.pid = pid
-            info = WorkerInfo(pid, slot, self.generation, time.monotonic(), view=view)
+            info = WorkerInfo(pid, slot, self.generation, time.monotonic(), view=view,
+                              stacks_fd=stacks_fd)
             if replacing is not None:
                 info.replacement_for = replacing.pid
             self.workers[pid] = info
@@ -419,6 +433,9 @@ class Master:
             signal.set_wakeup_fd(-1)
             for fd in (self.sig_r, self.sig_w, self.ready_r):
                 os.close(fd)
+            for other in self.workers.values():  # (O_CLOEXEC closes them only at an exec)
+                if other.stacks_fd >= 0:
+                    os.close(other.stacks_fd)
             if self.admin is not None:
                 self.admin.close_in_child()
             load_app = self.load_app
@@ -446,7 +463,7 @@ class Master:
             worker = kind(self.cfg, self.listeners, self.app, self.log, access_log,
                           self.ready_w, load_app, scoreboard=self.scoreboard,
                           slot=slot, generation=self.generation, max_requests=max_requests,
-                          view=view, server=self.server)
+                          view=view, server=self.server, stacks_fd=stacks_fd)
             worker.run()
         finally:
             os._exit(1)
@@ -573,7 +590,8 @@ class Master:
 
     def abort(self, info: WorkerInfo, silent: float, slot: Slot) -> None:
         """A worker whose loop went silent: dump every thread's stack (faulthandler, on
-        SIGUSR2), give the worker_abort path a chance (SIGABRT), then SIGKILL."""
+        SIGUSR2, into its stacks file: logged once it is reaped), give the worker_abort path a
+        chance (SIGABRT), then SIGKILL."""
         doing = ""
         if slot.oldest_line:
             doing = (f" while serving {slot.oldest_line!r} for "
@@ -671,7 +689,9 @@ class Master:
             except ChildProcessError:
                 done = pid
             if done:
-                self.workers.pop(pid, None)
+                info = self.workers.pop(pid)
+                if info.stacks_fd >= 0:
+                    os.close(info.stacks_fd)
 
     def reap(self) -> None:
         for pid in list(self.workers):
@@ -684,6 +704,10 @@ class Master:
         self.orphans.reap(self.workers)
 
     def worker_exited(self, info: WorkerInfo, status: int) -> None:
+        stacks = take_stacks(info)  # (dumped by `abort`; it is complete now that it exited)
+        if stacks:
+            self.log.error("worker %d: the stacks of its threads (faulthandler, on SIGUSR2):\n%s",
+                           info.pid, stacks.rstrip("\n"))
         call_hook(self.cfg, "child_exit", self.server, info.view)
         if info.replacement_for and not info.ready:
             old = self.workers.get(info.replacement_for)

@@ -17,6 +17,7 @@ from conftest import APPS, connect, free_port, read_response
 from proto_helpers import exit_within, http_get, in_background, pids_children, wait_for
 from test_admin import metric, scrape
 from test_cli import run_berth
+from test_supervision import stacks_record
 
 
 def start_asgi(berth, tmp_path, app: str, *args, env=None, admin=False, **kw):
@@ -248,6 +249,9 @@ def test_a_loop_blocked_past_timeout_is_replaced(berth, tmp_path):
     assert wait_for(lambda: http_get(srv.port, "/hello", timeout=3)[0] == 200, timeout=10)
     # (SIGABRT, then SIGKILL within ABORT_GRACE: it may outlive its replacement's start)
     assert wait_for(lambda: first not in pids_children(srv.pid), timeout=5)
+    # its threads' stacks, as for a WSGI worker: one record of the error log, naming the app
+    record = stacks_record(srv.wait_for_log(f"worker {first} exited", timeout=5), first)
+    assert "[ERROR]" in record and "asgi_app.py" in record, record
 
 
 # -- the worker's life ---------------------------------------------------------------------

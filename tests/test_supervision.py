@@ -526,6 +526,44 @@ def test_app_blocking_the_loop_is_dumped_killed_and_replaced(berth):
     assert srv.proc.poll() is None
 
 
+def stacks_record(text: str, pid: int) -> str:
+    """The master's log record of worker `pid`'s stack dump: its first line and the dump."""
+    start = text.index(f"worker {pid}: the stacks of its threads")
+    return text[text.rindex("\n", 0, start) + 1:text.index(f"worker {pid} exited", start)]
+
+
+def test_a_silent_workers_stacks_go_to_the_error_log_file_not_to_raw_stderr(berth, tmp_path):
+    # faulthandler used to write them to the worker's raw stderr, past --error-logfile
+    log = tmp_path / "error.log"
+    srv = berth(["-w", "1", "--threads", "1", "--timeout", "1", "--error-logfile", str(log),
+                 "super_app:app"], wait_ready=False)
+    assert wait_for(lambda: log.exists() and "ready: " in log.read_text(), timeout=20), \
+        srv.stderr()
+    victim = pid_of(srv)
+    in_background(lambda: http_get(srv.port, "/spin?s=30", timeout=20))
+    assert wait_for(lambda: f"worker {victim} exited: killed by berth" in log.read_text(),
+                    timeout=15), log.read_text()
+    record = stacks_record(log.read_text(), victim)
+    assert f"[{srv.pid}] [ERROR] worker {victim}: the stacks of its threads" in record, record
+    assert "Thread 0x" in record and "spin_the_loop" in record, record
+    assert "spin_the_loop" not in srv.stderr() and "Thread 0x" not in srv.stderr(), \
+        srv.stderr()
+
+
+def test_a_silent_workers_stacks_are_one_json_log_record(berth):
+    # every stderr line is a JSON object: the dump used to add some twenty raw lines
+    srv = berth(["-w", "1", "--threads", "1", "--timeout", "1", "--log-format", "json",
+                 "super_app:app"])
+    victim = pid_of(srv)
+    in_background(lambda: http_get(srv.port, "/spin?s=30", timeout=20))
+    srv.wait_for_log(f"worker {victim} exited: killed by berth", timeout=15)
+    records = [json.loads(line) for line in srv.stderr().splitlines()]
+    (dump,) = [r for r in records if "spin_the_loop" in r["message"]]
+    assert dump["level"] == "error" and dump["pid"] == srv.pid, dump
+    assert dump["message"].startswith(f"worker {victim}: the stacks of its threads"), dump
+    assert "Thread 0x" in dump["message"], dump
+
+
 @pytest.mark.slow
 def test_slow_app_import_does_not_count_against_timeout(berth):
     srv = berth(["-w", "1", "--timeout", "1", "super_app:app"],

@@ -55,7 +55,7 @@ class Worker:
     def __init__(self, cfg, listeners: list, app, log, access_log,
                  ready_fd: int | None, load_app=None, scoreboard: Scoreboard | None = None,
                  slot: int = 0, generation: int = 0, max_requests: int = 0,
-                 view=None, server=None):
+                 view=None, server=None, stacks_fd: int = -1):
         self.cfg = cfg
         self.listeners = listeners
         self.app = app
@@ -73,6 +73,7 @@ class Worker:
         self.statm = -1
         self.view = view if view is not None else WorkerView(cfg, log, pid=os.getpid())
         self.server = server
+        self.stacks_fd = stacks_fd  # where its threads' stacks go on SIGUSR2 (-1: stderr)
         self.last_tick = self.max_tick_gap = 0.0
         self.term_from_elsewhere = 0.0  # when a SIGTERM not from the master came (on_signals)
         self.responder: Responder | None = None
@@ -198,10 +199,12 @@ class Worker:
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGWINCH, signal.SIG_IGN)
-        # A silent worker: the master sends SIGUSR2 (every thread's stack to stderr, written
-        # by faulthandler from C, so it works while Python code is stuck), then SIGABRT (the
+        # A silent worker: the master sends SIGUSR2 (every thread's stack, written by
+        # faulthandler from C, so it works while Python code is stuck, to the stacks file the
+        # master logs once the worker is gone: berth.children.stacks_file), then SIGABRT (the
         # worker_abort path, if the main thread still runs Python), then SIGKILL.
-        faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True, chain=False)
+        faulthandler.register(signal.SIGUSR2, all_threads=True, chain=False,
+                              file=self.stacks_fd if self.stacks_fd >= 0 else sys.stderr)
         signal.signal(signal.SIGABRT, self._on_abort)
         if self.cfg.capture_output:
             self._capture_output()
