@@ -20,6 +20,10 @@ from berth import container
 if TYPE_CHECKING:
     from berth.hooks import WorkerView
 
+# what the master handles (Master._on_signal): blocked across a worker's fork until the
+# worker has its own handlers (Master.spawn, Worker._setup_process)
+MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD, signal.SIGHUP,
+                  signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU)
 ORPHAN_GRACE = 0.5  # an unknown zombie child this old is an orphan nobody waits for: reap it
 
 

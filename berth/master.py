@@ -45,6 +45,7 @@ from functools import partial
 from berth import container, logconfig, proctitle, reloader
 from berth.admin import AdminServer
 from berth.children import (
+    MASTER_SIGNALS,
     ExitReader,
     OrphanReaper,
     WorkerInfo,
@@ -179,9 +180,7 @@ class Master:
             self.code = reloader.CodeReloader(cfg, self.log)
         self.sig_r, self.sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.sig_w, warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD,
-                    signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN,
-                    signal.SIGTTOU):
+        for sig in MASTER_SIGNALS:
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGWINCH, signal.SIG_IGN)  # docker run -it: terminal resizes
         self.log.info("berth master %d%s: %d workers x %d threads, %s; %s",
@@ -414,13 +413,19 @@ class Master:
         sys.stdout.flush()
         sys.stderr.flush()
         stacks_fd = stacks_file()
+        # Signals wait from the fork until the worker has its own handlers: one that came in
+        # between ran the master's handler in the child and was lost (a SIGTERM just after a
+        # replacement started: a worker that never drained). The worker unblocks them.
+        signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
         try:
             pid = os.fork()
         except OSError:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
             if stacks_fd >= 0:
                 os.close(stacks_fd)
             raise
         if pid:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)  # (the child's stay)
             view.pid = pid
             info = WorkerInfo(pid, slot, self.generation, time.monotonic(), view=view,
                               stacks_fd=stacks_fd)

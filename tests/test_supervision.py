@@ -207,6 +207,35 @@ def test_a_connection_idle_when_the_drain_begins_is_still_answered_a_moment_late
     assert exit_within(srv, 10)[0] == 0
 
 
+SLOW_POST_FORK = """
+import os
+import sys
+import time
+
+
+def post_fork(server, worker):
+    if worker.age > 1:  # (the second worker: SIGTTIN's)
+        print("post_fork", os.getpid(), file=sys.stderr, flush=True)
+        time.sleep(1.0)
+"""
+
+
+def test_a_sigterm_between_a_workers_fork_and_its_handlers_is_not_lost(berth, tmp_path):
+    # it ran the master's handler copied into the child, and was lost: the worker booted
+    # and served on, and the stop waited for the graceful timeout
+    (tmp_path / "slow.conf.py").write_text(SLOW_POST_FORK)
+    srv = berth(["-c", "slow.conf.py", "-w", "1", "--graceful-timeout", "15",
+                 "super_app:app"])
+    srv.signal(signal.SIGTTIN)
+    srv.wait_for_log("post_fork", timeout=10)
+    started = time.monotonic()
+    srv.signal(signal.SIGTERM)  # (the master sends the new worker SIGTERM in its hook)
+    code, err = exit_within(srv, 20)
+    took = time.monotonic() - started
+    assert code == 0 and took < 8, f"stopped after {took:.1f} s\n{srv.stderr()}"
+    assert "did not stop in time" not in srv.stderr()
+
+
 def test_sigterm_to_one_worker_alone_drains_it_and_it_is_replaced(berth):
     srv = berth(["-w", "1", "--threads", "2", "super_app:app"])
     victim = pid_of(srv)
