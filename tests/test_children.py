@@ -41,6 +41,8 @@ def _is_zombie(pid: int) -> bool:
 def test_an_orphan_is_reaped_after_its_grace_and_a_known_child_never(caplog):
     caplog.set_level(logging.DEBUG)
     reaper = OrphanReaper(logging.getLogger("berth.test.children"))
+    assert not reaper.adopts  # (this test is not PID 1: see the next test)
+    reaper.adopts = True  # as PID 1, whose orphans these stand for
     known = subprocess.Popen(["true"])
     orphan = subprocess.Popen(["true"])
     try:
@@ -58,3 +60,20 @@ def test_an_orphan_is_reaped_after_its_grace_and_a_known_child_never(caplog):
     finally:
         assert known.wait(5) == 0
         orphan.wait(5)  # (already reaped: Popen tells 0)
+
+
+def test_outside_pid_1_an_unknown_child_is_never_reaped():
+    # not PID 1 (nor a subreaper), the master is given no orphans: an unknown child is a
+    # hook's, whose wait() must get its exit status however late it comes
+    reaper = OrphanReaper(logging.getLogger("berth.test.children"))
+    child = subprocess.Popen(["sh", "-c", "exit 7"])
+    try:
+        deadline = time.monotonic() + 5
+        while not _is_zombie(child.pid):
+            assert time.monotonic() < deadline, "the child did not exit"
+            time.sleep(0.01)
+        time.sleep(ORPHAN_GRACE + 0.1)
+        reaper.reap(set())
+        assert _is_zombie(child.pid)
+    finally:
+        assert child.wait(5) == 7
