@@ -226,8 +226,7 @@ class Worker:
             ready=self.ready, running=self.scoreboard.app_word(self.slot_index)
             if self.scoreboard is not None else None)
         self.loop = loop = Loop(self.cfg, self.listeners, self.log, responder,
-                                signal_fd=self._sig_r, on_signals=self.on_signals,
-                                on_overrun=self.overrun, on_retire=self.retiring)
+                                signal_fd=self._sig_r, process=self)
         self.balance(loop)
         responder.loop = loop
         if responder.baton is not None:
