@@ -13,10 +13,11 @@ import signal
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from conftest import connect, http_get, read_response
-from proto_helpers import get_request, wait_for
-from test_admin import metric, settle, start
+from proto_helpers import get_request, in_background, wait_for
+from test_admin import metric, settle, start, status_of
 
 APP = ["--access-logfile", "none", "proto_app:app"]
 
@@ -351,6 +352,7 @@ def test_a_watcher_that_saw_one_call_never_takes_over_the_next_call_of_the_same_
     class Responder:  # what Baton reads of the Responder
         inline = True
         served = 0
+        loop = SimpleNamespace(next_tick=0.0)
 
         def __init__(self):
             self.busy, self.work = {}, SimpleQueue()
@@ -395,3 +397,22 @@ def test_a_watcher_that_saw_one_call_never_takes_over_the_next_call_of_the_same_
     baton.watcher = 0  # (lets the watcher go if it took nothing)
     watching.join(5)
     assert took and all(age >= baton_mod.TAKEOVER for _, age in took), took
+
+
+def test_a_request_taken_over_from_the_loop_thread_shows_busy_in_status_throughout(berth):
+    # the takeover cleared the loop thread's app word, and the slot, written before the call,
+    # said idle until the new loop thread's tick: /status showed the worker idle, with the
+    # request gone, for up to half a second (a browser test caught it under load)
+    srv = start(berth, "-w", "1", "--threads", "2")
+    names_on_one_connection(srv.port, 3)
+    t, box = in_background(lambda: http_get(srv.port, "/sleep?s=1.5", timeout=10))
+    seen = []
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        worker = status_of(srv)["workers"][0]
+        seen.append((worker["state"], bool(worker["oldest_request"]) or worker["in_flight"]))
+        time.sleep(0.01)
+    t.join(10)
+    assert box["result"][0] == 200
+    first_busy = next(i for i, (state, _) in enumerate(seen) if state == "busy")
+    assert all(state == "busy" for state, _ in seen[first_busy:]), seen

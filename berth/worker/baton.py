@@ -201,6 +201,10 @@ class Baton:
         responder.inline = False
         self.watcher = 0
         self.running[0] = 0.0
+        # the loop's next thread ticks first thing: its slot then shows the request in flight
+        # at once (until then the slot, written before the call, and the cleared word would
+        # show this worker idle: /status did, to a browser, for up to a tick)
+        responder.loop.next_tick = time.monotonic()
         resp.inline = False
 
     def back_off_now(self, now: float) -> None:
