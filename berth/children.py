@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 # worker has its own handlers (Master.spawn, Worker._setup_process)
 MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD, signal.SIGHUP,
                   signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU)
+EARLY_SIGNALS: list[int] = []  # in a new worker: what came before its handlers (early_signals)
 ORPHAN_GRACE = 0.5  # an unknown zombie child this old is an orphan nobody waits for: reap it
 
 
@@ -151,6 +152,20 @@ class OrphanReaper:
             self.seen.pop(pid, None)
             self.log.debug("reaped orphan process %d (exit status %d)", pid,
                            os.waitstatus_to_exitcode(status))
+
+
+def early_signals() -> None:
+    """In a new worker, first thing after the fork: the master's signals, blocked across it
+    (Master.spawn), are recorded in EARLY_SIGNALS until the worker's own handlers replay them
+    (Worker._setup_process), and unblocked now: what the worker starts meanwhile (a post_fork
+    hook's subprocess) must not inherit them blocked."""
+    for sig in MASTER_SIGNALS:
+        signal.signal(sig, _record_early)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
+
+
+def _record_early(signum, frame) -> None:
+    EARLY_SIGNALS.append(signum)
 
 
 def _is_subreaper() -> bool:

@@ -46,6 +46,7 @@ from berth import container, logconfig, proctitle, reloader
 from berth.admin import AdminServer
 from berth.children import (
     MASTER_SIGNALS,
+    early_signals,
     ExitReader,
     OrphanReaper,
     WorkerInfo,
@@ -413,9 +414,10 @@ class Master:
         sys.stdout.flush()
         sys.stderr.flush()
         stacks_fd = stacks_file()
-        # Signals wait from the fork until the worker has its own handlers: one that came in
-        # between ran the master's handler in the child and was lost (a SIGTERM just after a
-        # replacement started: a worker that never drained). The worker unblocks them.
+        # Signals wait across the fork: one that reached the child before it had handlers of
+        # its own ran the master's handler there and was lost (a SIGTERM just after a
+        # replacement started: a worker that never drained). The child records them from its
+        # first step (early_signals) for the worker's handlers.
         signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
         try:
             pid = os.fork()
@@ -425,7 +427,7 @@ class Master:
                 os.close(stacks_fd)
             raise
         if pid:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)  # (the child's stay)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
             view.pid = pid
             info = WorkerInfo(pid, slot, self.generation, time.monotonic(), view=view,
                               stacks_fd=stacks_fd)
@@ -435,6 +437,7 @@ class Master:
             return info
         # the worker process
         try:
+            early_signals()  # (before anything else: see there)
             signal.set_wakeup_fd(-1)
             for fd in (self.sig_r, self.sig_w, self.ready_r):
                 os.close(fd)

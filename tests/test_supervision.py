@@ -236,6 +236,32 @@ def test_a_sigterm_between_a_workers_fork_and_its_handlers_is_not_lost(berth, tm
     assert "did not stop in time" not in srv.stderr()
 
 
+HELPER_IN_POST_FORK = """
+import subprocess
+import sys
+
+helpers = []
+
+
+def post_fork(server, worker):
+    helpers.append(subprocess.Popen(["sleep", "30"]))
+    print("helper", helpers[-1].pid, file=sys.stderr, flush=True)
+"""
+
+
+def test_a_process_a_post_fork_hook_starts_inherits_no_blocked_signal(berth, tmp_path):
+    # the master blocks its signals across a worker's fork: the hook's child kept them
+    # blocked for its whole life (a mask survives exec), and ignored SIGTERM
+    (tmp_path / "helper.conf.py").write_text(HELPER_IN_POST_FORK)
+    srv = berth(["-c", "helper.conf.py", "-w", "1", "super_app:app"])
+    err = srv.wait_for_log("helper", timeout=10)
+    helper = int(re.search(r"helper (\d+)", err).group(1))
+    with open(f"/proc/{helper}/status") as f:
+        blocked = next(int(ln.split()[1], 16) for ln in f if ln.startswith("SigBlk:"))
+    os.kill(helper, signal.SIGTERM)
+    assert blocked == 0, f"the hook's child blocks signals {blocked:#x}"
+
+
 def test_sigterm_to_one_worker_alone_drains_it_and_it_is_replaced(berth):
     srv = berth(["-w", "1", "--threads", "2", "super_app:app"])
     victim = pid_of(srv)

@@ -27,7 +27,7 @@ import time
 import traceback
 
 from berth import logconfig, proctitle
-from berth.children import MASTER_SIGNALS
+from berth.children import EARLY_SIGNALS
 from berth.hooks import WorkerView, call_hook
 from berth.http.framing import error_response
 from berth.logs import WholeLineHandler, reopen_error_log
@@ -207,9 +207,12 @@ class Worker:
         faulthandler.register(signal.SIGUSR2, all_threads=True, chain=False,
                               file=self.stacks_fd if self.stacks_fd >= 0 else sys.stderr)
         signal.signal(signal.SIGABRT, self._on_abort)
-        # the master blocked its signals across the fork (Master.spawn): those sent since are
-        # delivered now, to this worker's handlers
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
+        # the signals that came between the fork and these handlers (berth.children
+        # early_signals): this worker's to handle now
+        for sig in EARLY_SIGNALS:
+            if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1):
+                self._on_signal(sig, None)
+        EARLY_SIGNALS.clear()
         if self.cfg.capture_output:
             self._capture_output()
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file on overlay disk
