@@ -503,7 +503,8 @@ def test_a_request_queued_behind_hung_app_threads_gets_503_not_a_closed_connecti
     # every app thread past its deadline, the worker out of service: a request still waiting
     # for a thread got nothing until the drain gave up (--graceful-timeout later), then an
     # empty reply. It never reached the app: 503 (safe to retry) once it has waited --timeout
-    srv = berth(["-w", "1", "--threads", "2", "--timeout", "2", "super_app:app"])
+    srv = berth(["-w", "1", "--threads", "2", "--timeout", "2", "--access-logfile", "-",
+                 "super_app:app"])
     boxes = []
     for _ in range(3):
         boxes.append(in_background(lambda: http_get(srv.port, "/sleep?s=4", timeout=15)))
@@ -516,6 +517,10 @@ def test_a_request_queued_behind_hung_app_threads_gets_503_not_a_closed_connecti
     assert statuses == [503, 504, 504], ([box for _, box in boxes], srv.stderr())
     assert took < 5, f"answered after {took:.1f} s"
     assert "answered 503, the app never saw it" in srv.stderr()
+    # the access log says what each client got (the 503 had no line: a review found it)
+    wait_for(lambda: srv.stdout().count('"GET /sleep?s=4 HTTP/1.1"') >= 3, timeout=5)
+    lines = [ln for ln in srv.stdout().splitlines() if "/sleep?s=4" in ln]
+    assert sorted(ln.split('" ')[1][:3] for ln in lines) == ["503", "504", "504"], lines
 
 
 @pytest.mark.slow

@@ -586,10 +586,13 @@ class HttpProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """The transport holds more than its high-water mark: the client is not reading.
-        Its next requests are neither read nor started until it has read that down (one
-        client pipelining requests it never reads costs the bound, not a response each)."""
+        Its next requests are not started until it has read that down, nor read between
+        requests (one client pipelining requests it never reads costs the bound, not a
+        response each)."""
         self.write_paused = True
-        self.pause_reading("writes")
+        if self.cycle is None and self.ws is None:  # (a request in progress reads on: its
+            # body, a WebSocket's pongs and close; the pipeline's bound holds the rest)
+            self.pause_reading("writes")
 
     def resume_writing(self) -> None:
         self.write_paused = False

@@ -510,7 +510,17 @@ class Responder:
             conn.sock.send(error_response(503, date=self.date))
         except OSError:
             pass
-        self.count_response(req, "503", 0, now - req.dispatched)
+        took = now - req.dispatched
+        self.count_response(req, "503", 0, took)
+        access_log = self.access_log
+        if access_log is not None:
+            try:
+                environ = self.environs.for_request(conn.environ, req)
+            except Exception:  # noqa: BLE001 - (a target only an app call would have refused)
+                environ = None
+            if environ is not None:
+                access_log.lines.append(access_log.format(
+                    environ, "503 Service Unavailable", 0, took, ()))
         self.log.warning("%s waited %.1f s for an app thread in a worker that is draining "
                          "(--timeout %g): answered 503, the app never saw it",
                          request_line(req), now - req.dispatched, self.cfg.timeout)
