@@ -41,6 +41,7 @@ from berth.worker.admission import (
     DEFER,
     OUT_OF_RESOURCES,
     Admission,
+    AdmissionState,
 )
 from berth.worker.loop import DRAIN_IDLE, TICK
 
@@ -64,6 +65,7 @@ class AsgiLoop(Admission):
     def __init__(self, cfg, listeners: list[socket.socket], log, app, access_log, *,
                  signal_fd: int, on_signals, max_requests: int, on_retire, ssl_context=None,
                  loop: asyncio.AbstractEventLoop, view=None):
+        self.admit = AdmissionState()
         self.cfg = cfg
         self.listeners = listeners
         self.log = log
@@ -165,7 +167,7 @@ class AsgiLoop(Admission):
     def _accept(self, lsock: socket.socket) -> None:
         now = time.monotonic()
         # (every worker's reader wakes: a deferring one's siblings still listen)
-        if self.conn_words is not None and self.defer(now):
+        if self.admit.conn_words is not None and self.defer(now):
             self.loop.call_later(DEFER, self.deferred)
             return
         self.accept_some(lsock, now)
@@ -226,15 +228,15 @@ class AsgiLoop(Admission):
 
     def may_accept_again(self) -> None:
         now = time.monotonic()
-        if self.defer_until and not self.end_deferral(now):
+        if self.admit.defer_until and not self.end_deferral(now):
             return  # (`deferred` comes back at its end)
-        if (not self.accepting and now >= self.accept_resume
+        if (not self.accepting and now >= self.admit.accept_resume
                 and self.open_conns() < self.max_conns):
             self.set_accepting(True)
 
     def deferred(self) -> None:
         """DEFER after a deferral began (a timer may fire a little early)."""
-        left = self.defer_until - time.monotonic()
+        left = self.admit.defer_until - time.monotonic()
         if left > 0:
             self.loop.call_later(left, self.deferred)
         else:
@@ -264,7 +266,7 @@ class AsgiLoop(Admission):
         siblings the count."""
         if not self.accepting and self.open_conns() < self.max_conns:
             self.may_accept_again()
-        elif self.conn_words is not None:  # (no scoreboard, no siblings: nothing to publish)
+        elif self.admit.conn_words is not None:  # (no scoreboard, no siblings: none to publish)
             self.publish_conns()
 
     def publish(self, slot: Slot) -> None:

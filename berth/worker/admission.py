@@ -46,28 +46,41 @@ UNANSWERED = 3  # deferrals in a row that no sibling answered, before DEFER_AGAI
 DEFER_AGAIN = 0.1  # seconds with no deferral then
 
 
+class AdmissionState:
+    """What Admission keeps, in one slotted object (`Admission.admit`): on the loop itself it
+    made up to 13 more instance attributes, and past 29 every attribute read of the loop's,
+    on every request, loses its specialization (see berth.worker.loop.Loop)."""
+
+    __slots__ = ("accept_resume", "refused", "shed", "full_shed", "refused_logged",
+                 "full_logged", "conn_words", "slot", "slots_in_use", "defer_until",
+                 "defer_after", "deferred_least", "unanswered")
+
+    def __init__(self):
+        self.accept_resume = 0.0  # no accepting before then (out of file descriptors)
+        self.refused = self.shed = self.full_shed = 0  # since the last line about them
+        self.refused_logged = self.full_logged = -1.0
+        self.conn_words = None  # every worker's open connections (the scoreboard's), balancing
+        self.slot = 0  # this worker's word
+        self.slots_in_use = None  # the scoreboard's count of the slots workers use (the lowest)
+        self.defer_until = 0.0  # deferring to a sibling until then (not accepting meanwhile)
+        self.defer_after = 0.0  # no deferring again before then
+        self.deferred_least = 0  # the fewest connections of a worker when this one deferred
+        self.unanswered = 0  # deferrals in a row during which no sibling took a connection
+
+
 class Admission:
-    accept_resume = 0.0  # no accepting before then (out of file descriptors)
-    refused = shed = full_shed = 0  # since the last line about them
-    refused_logged = full_logged = -1.0
-    conn_words = None  # every worker's open connections (the scoreboard's), when balancing
-    slot = 0  # this worker's word
-    slots_in_use = None  # the scoreboard's count of the slots workers use (the lowest)
-    defer_until = 0.0  # deferring to a sibling until then (not accepting meanwhile)
-    defer_after = 0.0  # no deferring again before then
-    deferred_least = 0  # the fewest connections of a worker when this one deferred
-    unanswered = 0  # deferrals in a row during which no sibling took a connection
+    admit: AdmissionState  # made by the subclass's __init__
 
     # -- balance across the workers (see module) ----------------------------------------------
 
     def balance_with(self, conn_words, slots_in_use, slot: int) -> None:
-        self.conn_words = conn_words
-        self.slots_in_use = slots_in_use  # (the scoreboard's word: it grows with SIGTTIN)
-        self.slot = slot
+        self.admit.conn_words = conn_words
+        self.admit.slots_in_use = slots_in_use  # (the scoreboard's word: it grows with SIGTTIN)
+        self.admit.slot = slot
 
     def least_conns(self) -> int:
         """The fewest open connections of a worker taking new ones (this one included)."""
-        return min(self.conn_words[:self.slots_in_use[0]])
+        return min(self.admit.conn_words[:self.admit.slots_in_use[0]])
 
     def open_conns(self) -> int:
         return len(self.conns)
@@ -75,48 +88,49 @@ class Admission:
     def publish_conns(self) -> None:
         """This worker's open connections, for its siblings (NO_CONNS while it takes none:
         paused or out of descriptors; deferring is not pausing)."""
-        words = self.conn_words
+        admit = self.admit
+        words = admit.conn_words
         if words is not None:
-            words[self.slot] = (self.open_conns() if self.accepting or self.defer_until
-                                else NO_CONNS)
+            words[admit.slot] = (self.open_conns() if self.accepting or admit.defer_until
+                                 else NO_CONNS)
 
     def defer(self, now: float) -> bool:
         """Before accepting, when balancing: whether to leave new connections to a sibling
         for DEFER (then accepting is off until `end_deferral`)."""
-        if now < self.defer_after or self.slots_in_use[0] < 2:
+        if now < self.admit.defer_after or self.admit.slots_in_use[0] < 2:
             return False  # (one worker: no sibling to leave them to, until SIGTTIN)
         least = self.least_conns()
         if self.open_conns() < least + BALANCE_SLACK:
             return False
-        self.deferred_least = least
-        self.defer_until = now + DEFER
+        self.admit.deferred_least = least
+        self.admit.defer_until = now + DEFER
         self.set_accepting(False)
         return True
 
     def end_deferral(self, now: float) -> bool:
         """While deferring: False until DEFER has passed (whatever the queue: the worker was
         accepting when it deferred), then end it and return True."""
-        if now < self.defer_until:
+        if now < self.admit.defer_until:
             return False
-        self.defer_until = 0.0
-        words = self.conn_words
-        if words is not None and self.least_conns() <= self.deferred_least:
-            self.unanswered += 1  # its siblings took none: not scheduled in time, or stuck
-            if self.unanswered >= UNANSWERED:
-                self.unanswered = 0
-                self.defer_after = now + DEFER_AGAIN
+        self.admit.defer_until = 0.0
+        words = self.admit.conn_words
+        if words is not None and self.least_conns() <= self.admit.deferred_least:
+            self.admit.unanswered += 1  # its siblings took none: not scheduled in time, or stuck
+            if self.admit.unanswered >= UNANSWERED:
+                self.admit.unanswered = 0
+                self.admit.defer_after = now + DEFER_AGAIN
         else:
-            self.unanswered = 0
+            self.admit.unanswered = 0
         self.publish_conns()  # (NO_CONNS until it accepts again)
         return True
 
     def withdraw(self) -> None:
         """This worker takes no more connections (retiring, draining): its siblings stop
         counting it."""
-        self.defer_until = 0.0
-        if self.conn_words is not None:
-            self.conn_words[self.slot] = NO_CONNS
-            self.conn_words = None
+        self.admit.defer_until = 0.0
+        if self.admit.conn_words is not None:
+            self.admit.conn_words[self.admit.slot] = NO_CONNS
+            self.admit.conn_words = None
 
     # -- room -----------------------------------------------------------------------------------
 
@@ -132,14 +146,14 @@ class Admission:
     def make_room(self, now: float) -> bool:
         """At --worker-connections: make room for a new connection; False if none can go."""
         shed = self.shed_idle(BOUND_SHED_SHARE)
-        self.full_shed += shed
-        if now - self.full_logged >= 1.0:
+        self.admit.full_shed += shed
+        if now - self.admit.full_logged >= 1.0:
             self.log.info("at worker_connections (%d): closed %d connections with no request "
                           "in progress (the oldest) to make room%s", self.max_conns,
-                          self.full_shed, "" if shed else "; none left: not accepting until "
+                          self.admit.full_shed, "" if shed else "; none left: not accepting until "
                           "one ends")
-            self.full_logged = now
-            self.full_shed = 0
+            self.admit.full_logged = now
+            self.admit.full_shed = 0
         return self.open_conns() < self.max_conns
 
     def room_at_tick(self, now: float, listening: bool) -> None:
@@ -153,13 +167,13 @@ class Admission:
         """accept() failed for want of a file descriptor (or kernel memory). Degrade, never
         spin: shed the oldest idle connections, stop accepting for ACCEPT_BACKOFF, and say so
         at most once a second, with a count."""
-        self.refused += 1
-        self.shed += self.shed_idle(SHED_SHARE)
-        if now - self.refused_logged >= 1.0:
+        self.admit.refused += 1
+        self.admit.shed += self.shed_idle(SHED_SHARE)
+        if now - self.admit.refused_logged >= 1.0:
             self.log.warning("accept failed: %s (%d times); closed %d idle keep-alive "
                              "connections (the oldest) to make room; %d connections open",
-                             exc.strerror, self.refused, self.shed, len(self.conns))
-            self.refused_logged = now
-            self.refused = self.shed = 0
-        self.accept_resume = now + ACCEPT_BACKOFF
+                             exc.strerror, self.admit.refused, self.admit.shed, len(self.conns))
+            self.admit.refused_logged = now
+            self.admit.refused = self.admit.shed = 0
+        self.admit.accept_resume = now + ACCEPT_BACKOFF
         self.set_accepting(False)

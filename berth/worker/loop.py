@@ -25,7 +25,13 @@ from functools import partial
 
 from berth.http.framing import CONTINUE
 from berth.http.parser import NO_PARSER, HttpError, Request, RequestParser
-from berth.worker.admission import ACCEPT_BATCH, DEFER, OUT_OF_RESOURCES, Admission
+from berth.worker.admission import (
+    ACCEPT_BATCH,
+    DEFER,
+    OUT_OF_RESOURCES,
+    Admission,
+    AdmissionState,
+)
 from berth.worker.app import Responder
 from berth.worker.connection import WAIT_FOR_READER, ClientDisconnected, Connection
 from berth.worker.preface import ProxyPreface
@@ -57,13 +63,14 @@ EPOLL_CLOSED = select.EPOLLHUP | select.EPOLLERR
 class Loop(Admission):
     def __init__(self, cfg, listeners: list[socket.socket], log, responder: Responder, *,
                  signal_fd: int, process):
-        # At most 29 instance attributes, Admission's included (29 now): CPython 3.11 shares
-        # a class's instance-dict keys up to 30, and past them every attribute read of the
-        # loop's, on every request, loses its specialization (at 32, 1.4% of hello world's
-        # instructions, measured). Hence one `process` for its three calls, and `draining`
-        # holding when the drain began.
+        # At most 29 instance attributes (27 now, Admission's state in one: `admit`): CPython
+        # 3.11 shares a class's instance-dict keys up to 30, and past them every attribute
+        # read of the loop's, on every request, loses its specialization (at 32, 1.4% of
+        # hello world's instructions, measured). Hence one `process` for its three calls,
+        # `draining` holding when the drain began, and `admit`.
         self.cfg = cfg
         self.log = log
+        self.admit = AdmissionState()
         self.responder = responder
         self.listeners = {s.fileno(): s for s in listeners}
         self.signal_fd = signal_fd
@@ -121,7 +128,7 @@ class Loop(Admission):
         while self.alive:
             # while accepting is paused, wake up soon enough to take it up again
             events = poll(TICK if self.accepting or self.retiring else
-                          DEFER if self.defer_until else ACCEPT_PAUSE_MAX)
+                          DEFER if self.admit.defer_until else ACCEPT_PAUSE_MAX)
             self.now = now = monotonic()
             for fd, ev in events:
                 conn = conns.get(fd)
@@ -191,7 +198,7 @@ class Loop(Admission):
         if self.responder.retired:  # an app thread reached --max-requests: its post() may be
             self.stop_accepting_for_good()  # behind this event, so accept nothing more now
             return False
-        if self.conn_words is not None and self.defer(now):
+        if self.admit.conn_words is not None and self.defer(now):
             return False
         more = self.accept_some(lsock, now)
         self.publish_conns()
@@ -253,14 +260,14 @@ class Loop(Admission):
         """Accepting is paused: take it up again once the back-off after running out of file
         descriptors is over and the app threads have room, or have had the pause's maximum.
         A deferral to a sibling ends after DEFER (Admission.end_deferral)."""
-        deferred = self.defer_until
+        deferred = self.admit.defer_until
         if deferred and not self.end_deferral(now):
             return False
         if len(self.conns) >= self.max_conns:
             return False  # (a tick makes room once a connection is idle: sweep)
         if deferred:
-            return now >= self.accept_resume
-        return now >= self.accept_resume and (
+            return now >= self.admit.accept_resume
+        return now >= self.admit.accept_resume and (
             not self.responder.queued() or now - self.paused_accepting > ACCEPT_PAUSE_MAX)
 
     def set_accepting(self, accepting: bool) -> None:
@@ -526,7 +533,7 @@ class Loop(Admission):
         except (FileNotFoundError, ValueError, OSError):
             pass
         self.conns.pop(conn.fd, None)
-        if self.conn_words is not None:  # (no scoreboard, no siblings: nothing to publish)
+        if self.admit.conn_words is not None:  # (no scoreboard, no siblings: none to publish)
             self.publish_conns()
 
     # -- deadlines -----------------------------------------------------------------------------
