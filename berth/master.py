@@ -46,10 +46,10 @@ from berth import container, logconfig, proctitle, reloader
 from berth.admin import AdminServer
 from berth.children import (
     MASTER_SIGNALS,
-    early_signals,
     ExitReader,
     OrphanReaper,
     WorkerInfo,
+    early_signals,
     send_signal,
     stacks_file,
     take_stacks,

@@ -14,15 +14,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import signal
 import time
 
 from berth.asgi.lifespan import Lifespan, LifespanFailed
 from berth.asgi.server import AsgiLoop, new_event_loop
 from berth.asgi.watchdog import LoopWatch
-from berth.worker.process import EXIT_APP_LOAD_ERROR, Worker
+from berth.worker.process import EXIT_APP_LOAD_ERROR, WORKER_SIGNALS, Worker
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
 
 
 def asgi3(app):
@@ -64,7 +62,7 @@ class AsgiWorker(Worker):
         server.setup()
         server.watch = LoopWatch(loop, cfg.loop_block_warn, self.log)
         server.watch.start()
-        for sig in SIGNALS:  # (the loop's own wake-up: uvloop takes the wakeup fd)
+        for sig in WORKER_SIGNALS:  # (the loop's own wake-up: uvloop takes the wakeup fd)
             loop.add_signal_handler(sig, self._on_async_signal, sig)
         self.lifespan = Lifespan(app, cfg.asgi_lifespan, self.log)
         self.starting = True

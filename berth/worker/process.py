@@ -50,6 +50,8 @@ EXIT_APP_LOAD_ERROR = 4  # as Gunicorn: the app could not be loaded; the master 
 # A SIGTERM not from the master (berth.scoreboard.ask_to_stop) drains the worker after this
 # long, unless the master says meanwhile that it is shutting down (it got it too)
 TERM_FROM_ELSEWHERE_WAIT = 1.0
+# the signals a worker handles (`_on_signal`, then `on_signals`)
+WORKER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
 
 
 class Worker:
@@ -196,7 +198,7 @@ class Worker:
         self._sig_r, self._sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._sig_w, warn_on_full_buffer=False)
         self._signals: set[int] = set()  # received, not yet handled (see _on_signal)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1):
+        for sig in WORKER_SIGNALS:
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGWINCH, signal.SIG_IGN)
@@ -210,7 +212,7 @@ class Worker:
         # the signals that came between the fork and these handlers (berth.children
         # early_signals): this worker's to handle now
         for sig in EARLY_SIGNALS:
-            if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1):
+            if sig in WORKER_SIGNALS:
                 self._on_signal(sig, None)
         EARLY_SIGNALS.clear()
         if self.cfg.capture_output:
