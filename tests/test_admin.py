@@ -415,9 +415,18 @@ def test_the_admin_listener_does_not_wait_while_silent_workers_are_killed(berth)
     # the master used to sleep 0.2 s per silent worker (between its stack dump and SIGABRT)
     # in its loop: four hung workers held every admin answer for about 0.8 s
     srv = start(berth, "-w", "4", "--threads", "1", "--timeout", "2")
-    hung = [in_background(lambda: http_get(srv.port, "/sleep?s=30", timeout=40))
-            for _ in range(8)]
-    slowest, started = 0.0, time.monotonic()
+    # one hung request in each worker: a worker may accept several of a burst before its loop
+    # hangs in the first, so requests are added until all four are busy (the admin answers
+    # are timed meanwhile too)
+    hung, slowest, started = [], 0.0, time.monotonic()
+    while len(hung) < 16 and time.monotonic() - started < 3:
+        t0 = time.monotonic()
+        busy = sum(w["in_flight"] > 0 for w in status_of(srv)["workers"])
+        slowest = max(slowest, time.monotonic() - t0)
+        if busy == 4:
+            break
+        hung.append(in_background(lambda: http_get(srv.port, "/sleep?s=30", timeout=40)))
+        time.sleep(0.1)
     while time.monotonic() - started < 6 and srv.stderr().count("loop silent") < 4:
         t0 = time.monotonic()
         admin_get(srv, "/livez")

@@ -157,19 +157,26 @@ def test_the_ticks_go_on_while_streams_move_the_loop(berth):
 def test_responses_held_when_the_loop_is_taken_over_go_out_at_once(berth):
     srv = berth(["-w", "1", "--threads", "4", *APP])
     names_on_one_connection(srv.port, 3)
-    with connect(srv.port) as busy, connect(srv.port) as fast, connect(srv.port) as slow:
-        busy.sendall(get_request("/thread?spin=8"))  # the loop thread computes meanwhile:
-        time.sleep(0.002)
-        started = time.monotonic()  # these two arrive together, in one wake-up of the loop
-        fast.sendall(get_request("/hello"))
-        slow.sendall(get_request("/sleep?s=1.5&who=1"))
-        assert read_response(fast)[0] == 200
-        took = time.monotonic() - started
-        assert read_response(busy)[0] == 200
-        assert read_response(slow)[2] == b"slept 1.5 on MainThread"  # it lost the loop
-    # held back for the loop's flush, it went out when the next thread took the loop (not
-    # after that thread's first wait for events: 0.5 s)
-    assert took < 0.35, f"/hello took {took:.2f}s"
+    tries = []
+    # held back for the loop's flush, /hello goes out when the next thread takes the loop (not
+    # after that thread's first wait for events: 0.5 s). The defect takes 0.5 s every time; a
+    # loaded machine can delay one try past the bound, so the best of three is judged.
+    for n in range(3):
+        with connect(srv.port) as busy, connect(srv.port) as fast, connect(srv.port) as slow:
+            busy.sendall(get_request("/thread?spin=8"))  # the loop thread computes meanwhile:
+            time.sleep(0.002)
+            started = time.monotonic()  # these two arrive together, in one wake-up of the loop
+            fast.sendall(get_request("/hello"))
+            slow.sendall(get_request("/sleep?s=1.5&who=1"))
+            assert read_response(fast)[0] == 200
+            tries.append(time.monotonic() - started)
+            assert read_response(busy)[0] == 200
+            slept = read_response(slow)[2]
+            # the thread that had the loop ran it: it lost the loop (first the main thread)
+            assert slept == b"slept 1.5 on MainThread" if n == 0 else slept.startswith(b"slept")
+        if tries[-1] < 0.35:
+            break
+    assert min(tries) < 0.35, f"/hello took {', '.join(f'{t:.2f}s' for t in tries)}"
 
 
 def probe_behind(port: int, path: str, body: bytes) -> float:
