@@ -216,6 +216,21 @@ def test_a_failed_startup_stops_berth_with_the_error(tmp_path, mode, lifespan, w
     assert res.stderr.count(words) <= 2  # each worker once at most: no respawn loop
 
 
+def test_a_startup_that_takes_long_is_logged_while_it_waits_and_then_served(berth, tmp_path):
+    # it used to wait in silence: a worker that never became ready, with nothing in the log
+    srv = start(berth, tmp_path, "-w", "1", "--timeout", "1", wait_ready=False,
+                env={"ASGI_LIFESPAN": "slow-startup", "ASGI_STARTUP_S": "3.5"})
+    err = srv.wait_for_log("after 2 s", timeout=15)
+    assert "the ASGI app's lifespan startup has not completed after 1 s; the worker serves " \
+           "no request until it does" in err
+    assert "ready: " not in err
+    srv.wait_for_log("ready: ", timeout=15)
+    assert json.loads(http_get(srv.port, "/state")[2]) == {"db": "connected"}
+    err = srv.stderr()
+    assert "after 4 s" not in err  # (doubling: 1, 2, 4; it completed at 3.5)
+    assert "loop silent" not in err and "killed" not in err  # a long startup is not a hang
+
+
 def test_an_app_without_lifespan_is_served_under_auto(berth, tmp_path):
     srv = start(berth, tmp_path, env={"ASGI_LIFESPAN": "raise"})
     assert http_get(srv.port, "/hello")[0] == 200

@@ -14,6 +14,7 @@ of it (what FastAPI and Starlette read as `request.state`).
 from __future__ import annotations
 
 import asyncio
+import os
 
 from berth.asgi.protocol import ASGI
 
@@ -23,8 +24,9 @@ class LifespanFailed(Exception):
 
 
 class Lifespan:
-    def __init__(self, app, mode: str, log):
+    def __init__(self, app, mode: str, log, warn_after: float = 30.0):
         self.app = app
+        self.warn_after = warn_after  # 0: never
         self.mode = mode
         self.log = log
         self.state: dict = {}
@@ -46,7 +48,7 @@ class Lifespan:
         scope = {"type": "lifespan", "asgi": ASGI, "state": self.state}
         self.task = loop.create_task(self._main(scope))
         await self.inbox.put({"type": "lifespan.startup"})
-        await asyncio.wait([self.started, self.task], return_when=asyncio.FIRST_COMPLETED)
+        await self._wait_for_startup()
         if self.started.done():
             failure = self.started.result()
             if failure is not None:
@@ -63,6 +65,22 @@ class Lifespan:
             raise LifespanFailed("the app returned without answering lifespan.startup")
         self.supported = False
         return None
+
+    async def _wait_for_startup(self) -> None:
+        """Until the app answers startup or ends. A startup still waiting after `warn_after`
+        seconds (--timeout) is logged, and again each time the wait doubles: it is not bounded
+        (a migration may take long), but a worker that serves nothing says why."""
+        waited, step = 0.0, self.warn_after
+        while True:
+            done, _ = await asyncio.wait({self.started, self.task}, timeout=step or None,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if done:
+                return
+            waited += step
+            self.log.warning("worker %d: the ASGI app's lifespan startup has not completed "
+                             "after %.0f s; the worker serves no request until it does",
+                             os.getpid(), waited)
+            step = waited
 
     async def _main(self, scope: dict) -> None:
         try:

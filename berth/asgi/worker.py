@@ -64,7 +64,7 @@ class AsgiWorker(Worker):
         server.watch.start()
         for sig in WORKER_SIGNALS:  # (the loop's own wake-up: uvloop takes the wakeup fd)
             loop.add_signal_handler(sig, self._on_async_signal, sig)
-        self.lifespan = Lifespan(app, cfg.asgi_lifespan, self.log)
+        self.lifespan = Lifespan(app, cfg.asgi_lifespan, self.log, cfg.timeout)
         self.starting = True
         try:
             server.state = loop.run_until_complete(self.lifespan.startup())
