@@ -365,6 +365,32 @@ def test_multiple_set_cookie_headers_preserved(srv):
     assert cookies == ["a=1; Path=/", "b=2; Path=/"]
 
 
+@pytest.mark.parametrize("parts", ["list=1", "list=0"])
+def test_a_body_longer_than_the_apps_content_length_is_cut_and_logged_once(srv, parts):
+    # Gunicorn cuts in silence (and Uvicorn raises): the cut is what the client gets either way,
+    # and a log line tells the operator why downloads end early
+    url = f"/lying?give=10&claim=4&{parts}"
+    with connect(srv.port) as sock:
+        sock.sendall(get_request(url) + get_request("/hello"))
+        status, headers, body = read_response(sock)
+        assert (status, headers["content-length"], body) == (200, "4", b"xxxx")
+        assert read_response(sock)[2] == HELLO  # the next response is framed right
+    line = f"response to GET {url} HTTP/1.1 is longer than its Content-Length"
+    assert wait_for(lambda: line in srv.stderr(), timeout=5), srv.stderr()[-2000:]
+    assert srv.stderr().count(line) == 1
+
+
+@pytest.mark.parametrize("parts", ["list=1", "list=0"])
+def test_a_body_shorter_than_the_apps_content_length_closes_the_connection_and_is_logged(
+        srv, parts):
+    url = f"/lying?give=3&claim=8&{parts}"
+    raw, closed = send_raw(srv.port, get_request(url))
+    assert closed and status_of(raw) == 200
+    assert raw.partition(b"\r\n\r\n")[2] == b"xxx"  # then the end: the client sees it cut
+    line = f"response to GET {url} HTTP/1.1 is 5 bytes shorter than its Content-Length"
+    assert wait_for(lambda: line in srv.stderr(), timeout=5), srv.stderr()[-2000:]
+
+
 def test_absolute_form_request_target(srv):
     status, _, body = read_response_once(
         srv.port, get_request(f"http://127.0.0.1:{srv.port}/path?abs=1"))

@@ -210,8 +210,8 @@ class Cycle:
     """One request and its response (see the module docstring)."""
 
     __slots__ = ("access_headers", "body_sent", "chunked", "complete", "disconnected", "eof",
-                 "framing", "keep_alive", "proto", "remaining", "req", "scope", "sent",
-                 "started", "status", "task", "waiter", "when")
+                 "framing", "keep_alive", "overlong", "proto", "remaining", "req", "scope",
+                 "sent", "started", "status", "task", "waiter", "when")
 
     def __init__(self, proto: HttpProtocol, req: Request, scope: dict):
         self.proto = proto
@@ -223,6 +223,7 @@ class Cycle:
         self.framing = None  # sent when the head is
         self.chunked = False
         self.remaining: int | None = None
+        self.overlong = False  # the app gave more than its Content-Length (logged once: _cut)
         self.complete = False
         self.keep_alive = req.keep_alive
         self.body_sent = False  # receive() has given the whole body
@@ -327,7 +328,8 @@ class Cycle:
             proto.write(head)
             return
         if self.remaining is not None:
-            body = body[:self.remaining]
+            if len(body) > self.remaining:
+                body = self._cut(body)
             self.remaining -= len(body)
         self.sent += len(body)
         proto.write(head + (chunk(body) if self.chunked else body))
@@ -336,7 +338,8 @@ class Cycle:
         if not body or self.framing.no_body:
             return
         if self.remaining is not None:
-            body = body[:self.remaining]
+            if len(body) > self.remaining:
+                body = self._cut(body)
             self.remaining -= len(body)
             if not body:
                 return
@@ -349,8 +352,21 @@ class Cycle:
             self.proto.write(LAST_CHUNK)
         elif self.remaining and not no_body:  # shorter than its Content-Length: the client
             self.keep_alive = False  # cannot tell where it ends
+            self.proto.server.log.warning(
+                "the ASGI app's response to %s is %d bytes shorter than its Content-Length: "
+                "its connection is closed", self.proto.describe(self.req), self.remaining)
         self.complete = True
         wake(self.waiter)
+
+    def _cut(self, body: bytes) -> bytes:
+        """What of `body` the Content-Length still allows (less than all of it); the first
+        cut is logged (the app's bug: its users see cut bodies)."""
+        if not self.overlong:
+            self.overlong = True
+            self.proto.server.log.warning(
+                "the ASGI app's response to %s is longer than its Content-Length: the bytes "
+                "past it are not sent", self.proto.describe(self.req))
+        return body[:self.remaining]
 
     async def _pathsend(self, path: str) -> None:
         proto = self.proto

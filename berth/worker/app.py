@@ -98,6 +98,7 @@ class Response:
     closed = False  # its close() was called (next_or_close)
     reader_waited = 0.0  # seconds the loop thread waited in write() for the client to read
     overrun = False  # berth answered 504 for it at --timeout, and counted and logged that
+    overlong = False  # the app gave more than its Content-Length (logged once: cut())
 
     def __init__(self, responder: Responder, conn: Connection, req: Request, inline: bool):
         self.responder = responder
@@ -123,6 +124,17 @@ class Response:
         self.status = status
         self.headers = headers
         return self.write_callable
+
+    def cut(self, data: bytes) -> bytes:
+        """What of `data` the response's Content-Length still allows (less than all of it).
+        The first cut is logged: Gunicorn drops the rest in silence, but a wrong length is the
+        app's bug, and its users see cut bodies."""
+        if not self.overlong:
+            self.overlong = True
+            self.responder.log.warning(
+                "the app's response to %s is longer than its Content-Length: the bytes past "
+                "it are not sent", request_line(self.req))
+        return data[:self.remaining]
 
     def progress(self) -> None:
         """An empty body part is the app's progress too (write() does the same for the
@@ -202,7 +214,7 @@ class Response:
             return
         if self.remaining is not None:
             if len(data) > self.remaining:
-                data = data[:self.remaining]
+                data = self.cut(data)
             self.remaining -= len(data)
         self.sent += len(data)
         if self.chunked:
@@ -225,7 +237,11 @@ class Response:
         elif self.chunked and not self.no_body:
             self.conn.send(LAST_CHUNK, self.inline)
         if self.remaining and not self.no_body:
-            return False  # less than the promised Content-Length: the client must not wait
+            # less than the promised Content-Length: the client must not wait for the rest
+            self.responder.log.warning(
+                "the app's response to %s is %d bytes shorter than its Content-Length: its "
+                "connection is closed", request_line(self.req), self.remaining)
+            return False
         return self.keep_alive
 
 
@@ -582,7 +598,7 @@ class Responder:
                     resp.send_whole(head)
                 else:
                     if resp.remaining is not None and len(body) > resp.remaining:
-                        body = body[:resp.remaining]
+                        body = resp.cut(body)
                     resp.remaining -= len(body)
                     resp.sent = len(body)
                     if len(body) < SMALL_JOIN:
@@ -763,7 +779,7 @@ class Responder:
                 remaining = resp.remaining
                 if remaining is not None:
                     if len(data) > remaining:
-                        data = data[:remaining]
+                        data = resp.cut(data)
                     resp.remaining = remaining - len(data)
                 resp.sent = len(data)
                 if resp.chunked:

@@ -35,6 +35,8 @@ Routes (query parameters in brackets):
   /big [n, chunked, list]     n bytes of big_pattern(); Content-Length unless chunked=1;
                               list=1: as a list of one bytes object
   /status [code]              empty response with that status
+  /lying [give, claim, list]  Content-Length `claim` over a body of `give` bytes "x": in two
+                              parts (a generator), or one (a list, list=1)
   /closeable [tag, mode]      iterable whose close() writes marker "close-<tag>"
                               (mode: normal | raise | raise-first | big | sized,
                               one part with a Content-Length | slow, one part and a 1 s close()
@@ -400,6 +402,13 @@ def app(environ, start_response):
         if q.get("list") == "1":
             return [b"".join(big_pattern(n))]
         return big_pattern(n)
+
+    if path == "/lying":
+        give = int(q.get("give", "10"))
+        start_response("200 OK", [("Content-Length", q.get("claim", "5"))])
+        if q.get("list") == "1":
+            return [b"x" * give]
+        return iter([b"x" * (give // 2), b"x" * (give - give // 2)])
 
     if path == "/status":
         code = int(q.get("code", "204"))

@@ -24,6 +24,8 @@ Routes (query parameters in brackets), as in proto_app.py:
   /big [n, chunked, list]     n bytes of big_pattern(); Content-Length unless chunked=1;
                               list=1: the whole body in one message
   /status [code]              empty response with that status, header X-Status
+  /lying [give, claim, list]  content-length `claim` over a body of `give` bytes "x": in two
+                              messages, or one (list=1)
   /set-cookies                two Set-Cookie headers
   /sleep [s]                  sleeps s seconds, then answers
   /raise-before               raises before http.response.start
@@ -204,6 +206,16 @@ async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": code,
                     "headers": [(b"x-status", str(code).encode())]})
         return await send({"type": "http.response.body", "body": b""})
+
+    if path == "/lying":
+        give = int(q.get("give", "10"))
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", q.get("claim", "5").encode())]})
+        if q.get("list") == "1":
+            return await send({"type": "http.response.body", "body": b"x" * give})
+        await send({"type": "http.response.body", "body": b"x" * (give // 2),
+                    "more_body": True})
+        return await send({"type": "http.response.body", "body": b"x" * (give - give // 2)})
 
     if path == "/set-cookies":
         return await _respond(send, b"cookies", headers=[(b"set-cookie", b"a=1; Path=/"),
