@@ -64,6 +64,23 @@ def test_204_and_304_carry_no_body_and_no_framing(status):
     assert (f.no_body, f.remaining, f.chunked, f.keep_alive) == (True, 0, False, True)
 
 
+@pytest.mark.parametrize("length", ["0", "7"])
+def test_a_204_never_carries_the_apps_content_length(length):
+    # RFC 9110 8.6: a server MUST NOT send one (Envoy answers 502 to a 204 with a length);
+    # Django sets one on every response. Asked twice: the second comes from the caches.
+    headers = [("Content-Length", length), ("X-A", "1"), ("Connection", "close")]
+    for _ in range(2):
+        f = frame("1.1", "204 No Content", headers, True, False, int(length))
+        assert f.head == b"HTTP/1.1 204 No Content\r\nX-A: 1\r\nConnection: close\r\n"
+        assert (f.no_body, f.remaining, f.keep_alive) == (True, 0, False)
+
+
+def test_a_304_keeps_the_content_length_of_the_get():
+    f = frame("1.1", "304 Not Modified", [("Content-Length", "120")], True, False, None)
+    assert f.head == b"HTTP/1.1 304 Not Modified\r\nContent-Length: 120\r\n"
+    assert (f.no_body, f.remaining) == (True, 0)
+
+
 def test_hop_by_hop_headers_are_dropped_and_connection_close_is_honoured():
     headers = [*CT, ("Connection", "close"), ("Keep-Alive", "timeout=5"),
                ("Transfer-Encoding", "chunked"), ("Upgrade", "h2c"), ("X-Kept", "1")]

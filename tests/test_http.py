@@ -341,6 +341,19 @@ def test_204_and_304_have_no_body(srv, code):
         assert head2.startswith(b"HTTP/1.1 200"), head2
 
 
+def test_a_204_drops_the_apps_content_length_and_a_304_keeps_it(srv):
+    # RFC 9110 8.6: never a Content-Length on a 204 (Envoy answers 502 to one; Django sets
+    # one on every response); a 304's is the GET's length, and the client reads no body
+    with connect(srv.port) as sock:
+        sock.sendall(get_request("/status?code=204&cl=7") + get_request("/status?code=304&cl=9")
+                     + get_request("/path?after"))
+        head = read_head(sock)
+        assert status_of(head) == 204 and b"content-length" not in head.lower(), head
+        head = read_head(sock)
+        assert status_of(head) == 304 and b"\r\ncontent-length: 9\r\n" in head.lower(), head
+        assert read_response(sock)[2] == b"/path?after"
+
+
 def test_date_and_server_headers_present(srv):
     status, headers, _ = http_get(srv.port, "/hello")
     assert status == 200

@@ -4,7 +4,8 @@
 delimited and returns a `Framing`: the head (without `Date`/`Server` and the final CRLF,
 which `DateCache` appends), how many body bytes the Content-Length still allows, whether the
 body is chunked, whether it has one at all, and whether the connection stays open. The rules:
-  - HEAD, 204 and 304 carry no body (RFC 9110 6.4.1);
+  - HEAD, 204 and 304 carry no body (RFC 9110 6.4.1), and a 204 no Content-Length either
+    (RFC 9110 8.6: an app's is dropped, as Gunicorn does; a 304's is the GET's, and kept);
   - a 1xx status is refused (`BadResponseHeaders`): it is interim (RFC 9110 15.2), and sent as
     the response the client would wait for the final one and take the next response for it
     (berth sends `100 Continue` itself);
@@ -194,7 +195,7 @@ def _frame_by_shape(key: tuple, headers: list) -> Framing | None:
     if entry is None:
         framing = _frame(key[0], key[4], headers, key[1], key[2], key[3])  # (validates them)
         value = headers[i][1]
-        if framing.remaining != int(value) or any(
+        if framing.remaining != int(value) or key[4][:3] == "204" or any(
                 known.get(n) == "content-length" for n, _ in headers[i + 1:]):
             return framing  # (a 204 or 304, or two Content-Lengths: no template)
         mark = b": " + value.encode("latin-1") + b"\r\n"
@@ -222,6 +223,9 @@ _tuple_new = tuple.__new__  # a Framing without namedtuple's Python-level __new_
 def _frame(version: str, status: str, headers: list, keep_alive: bool, no_body: bool,
            known_length: int | None) -> Framing:
     block, length, flags = scan_headers(headers)
+    if length is not None and status[:3] == "204":  # (Django sets one on every response)
+        headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
+        block, length, flags = scan_headers(headers)
     if flags & HOP_BY_HOP_SEEN:
         block, keep_alive = _drop_hop_by_hop(headers, keep_alive)
     code = status[:3]

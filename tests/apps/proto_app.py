@@ -34,7 +34,7 @@ Routes (query parameters in brackets):
   /thread [spin]              the name of the thread answering (after spin ms of computing)
   /big [n, chunked, list]     n bytes of big_pattern(); Content-Length unless chunked=1;
                               list=1: as a list of one bytes object
-  /status [code]              empty response with that status
+  /status [code, cl]          empty response with that status (and Content-Length cl)
   /lying [give, claim, list]  Content-Length `claim` over a body of `give` bytes "x": in two
                               parts (a generator), or one (a list, list=1)
   /closeable [tag, mode]      iterable whose close() writes marker "close-<tag>"
@@ -414,7 +414,10 @@ def app(environ, start_response):
         code = int(q.get("code", "204"))
         reasons = {204: "No Content", 304: "Not Modified", 200: "OK", 404: "Not Found",
                    201: "Created", 418: "I'm a teapot"}
-        start_response(f"{code} {reasons.get(code, 'Status')}", [("X-Status", str(code))])
+        headers = [("X-Status", str(code))]
+        if "cl" in q:  # (as Django sets one on every response, a 204's too)
+            headers.append(("Content-Length", q["cl"]))
+        start_response(f"{code} {reasons.get(code, 'Status')}", headers)
         return []
 
     if path == "/closeable":

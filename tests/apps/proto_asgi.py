@@ -23,7 +23,8 @@ Routes (query parameters in brackets), as in proto_app.py:
   /stream [n, delay]          n parts "part-<i>\\n", no Content-Length
   /big [n, chunked, list]     n bytes of big_pattern(); Content-Length unless chunked=1;
                               list=1: the whole body in one message
-  /status [code]              empty response with that status, header X-Status
+  /status [code, cl]          empty response with that status, header X-Status (and
+                              content-length cl)
   /lying [give, claim, list]  content-length `claim` over a body of `give` bytes "x": in two
                               messages, or one (list=1)
   /set-cookies                two Set-Cookie headers
@@ -203,8 +204,10 @@ async def app(scope, receive, send):
 
     if path == "/status":
         code = int(q.get("code", "204"))
-        await send({"type": "http.response.start", "status": code,
-                    "headers": [(b"x-status", str(code).encode())]})
+        headers = [(b"x-status", str(code).encode())]
+        if "cl" in q:
+            headers.append((b"content-length", q["cl"].encode()))
+        await send({"type": "http.response.start", "status": code, "headers": headers})
         return await send({"type": "http.response.body", "body": b""})
 
     if path == "/lying":
