@@ -102,12 +102,15 @@ class Environs:
         self.request_ids = request_ids
         self.id_prefix = f"{os.getpid():x}-"
         self.ids = itertools.count(1)
-        self.unix = Addresses(self._base_with("localhost", 0, "127.0.0.1"), "0",
+        # a unix socket's peer has no address: REMOTE_ADDR is empty and REMOTE_PORT unset, as
+        # in Gunicorn (not 127.0.0.1, which an app's "only from localhost" check would pass);
+        # SERVER_NAME and SERVER_PORT come from each request's Host (unix_server_keys)
+        self.unix = Addresses(self._base_with("localhost", 0, ""), "",
                               forwarding is not None and forwarding.trusts(None))
 
     def for_connection(self, local: tuple | None, peer: tuple | None) -> Addresses:
         """The connection's addresses: `local` and `peer` as getsockname()/accept() give them
-        for TCP; None for a unix socket (as Gunicorn: localhost, 127.0.0.1)."""
+        for TCP; None for a unix socket (see `self.unix`)."""
         if local is None:
             return self.unix
         key = (local[0], local[1], peer[0])
@@ -147,7 +150,6 @@ class Environs:
     def for_request(self, addresses: Addresses, req: Request) -> dict:
         """The environ for one request (raises for a target that cannot be split: a 400)."""
         environ = addresses.base.copy()
-        environ["REMOTE_PORT"] = addresses.remote_port
         url = req.url
         target = self.targets.get(url)
         if target is None:
@@ -165,6 +167,11 @@ class Environs:
         environ["SERVER_PROTOCOL"] = req.server_protocol
         environ["wsgi.input"] = req.body_stream if req.streaming else io.BytesIO(req.body)
         environ.update(req.headers)
+        port = addresses.remote_port
+        if port:
+            environ["REMOTE_PORT"] = port
+        else:  # a unix socket's peer (see __init__)
+            unix_server_keys(environ)
         if req.forwarded and self.forwarding is not None:  # (see berth/forwarded.py)
             self.forwarding.apply(environ, req, addresses.forwarded, self.header_map)
         if self.request_ids:  # the client's X-Request-ID, or the pid and a counter
@@ -172,6 +179,23 @@ class Environs:
             environ["berth.request_id"] = rid if rid and len(rid) <= MAX_REQUEST_ID else (
                 self.id_prefix + f"{next(self.ids):x}")
         return environ
+
+
+def unix_server_keys(environ: dict) -> None:
+    """SERVER_NAME and SERVER_PORT of a request on a unix socket, which has neither: from its
+    Host header, as Gunicorn does (port 80, or 443 for https, when Host names none; an IPv6
+    literal keeps its brackets). Without a Host (HTTP/1.0) they stay localhost and 0."""
+    host = environ.get("HTTP_HOST")
+    if not host:
+        return
+    if host.startswith("["):
+        name, _, port = host.partition("]")
+        name += "]"
+        port = port[1:] if port.startswith(":") else ""
+    else:
+        name, _, port = host.partition(":")
+    environ["SERVER_NAME"] = name
+    environ["SERVER_PORT"] = port or ("443" if environ["wsgi.url_scheme"] == "https" else "80")
 
 
 class StreamInput:

@@ -223,6 +223,25 @@ def test_bind_unix_socket(berth, tmp_path):
     assert (status, body) == (200, HELLO)
 
 
+def test_a_request_on_a_unix_socket_has_no_client_address_as_in_gunicorn(berth, tmp_path):
+    # nginx in front on a unix socket: every request used to say REMOTE_ADDR 127.0.0.1
+    # (passing "only from localhost" checks) and SERVER_NAME localhost, SERVER_PORT 0
+    path = tmp_path / "berth.sock"
+    srv = berth(["-b", f"unix:{path}", "-w", "1", "proto_app:app"])
+    with BufferedSocket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        sock.sendall(get_request("/env", host="shop.example.com"))
+        status, _, body = read_response(sock)
+    env = json.loads(body)["str"]
+    assert status == 200
+    assert env["REMOTE_ADDR"] == "" and "REMOTE_PORT" not in env
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("shop.example.com", "80")
+    assert wait_for(lambda: '"GET /env HTTP/1.1" 200' in srv.stdout())
+    line = next(ln for ln in srv.stdout().splitlines() if "GET /env" in ln)
+    assert not line.startswith("127.0.0.1"), line  # (%(h)s: the empty address, as Gunicorn)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_the_unix_socket_file_is_removed_at_exit_after_a_graceful_or_a_quick_stop(
         berth, tmp_path, sig):

@@ -61,10 +61,23 @@ def test_connections_between_the_same_addresses_share_their_layer_but_for_the_po
     assert per_conn < 200, per_conn
 
 
-def test_unix_socket_connection_gets_gunicorns_placeholders():
-    conn = Environs(False, False, "").for_connection(None, None)
-    assert (conn["SERVER_NAME"], conn["SERVER_PORT"], conn["REMOTE_ADDR"]) == (
-        "localhost", "0", "127.0.0.1")
+@pytest.mark.parametrize(("host", "scheme", "name", "port"), [
+    (b"Host: shop.example.com\r\n", "http", "shop.example.com", "80"),
+    (b"Host: shop.example.com\r\n", "https", "shop.example.com", "443"),
+    (b"Host: shop.example.com:8080\r\n", "http", "shop.example.com", "8080"),
+    (b"Host: [::1]:8443\r\n", "http", "[::1]", "8443"),
+    (b"Host: [::1]\r\n", "http", "[::1]", "80"),
+    (b"", "http", "localhost", "0"),  # (HTTP/1.0 without Host)
+])
+def test_a_unix_socket_request_has_no_client_address_and_its_server_from_host(
+        host, scheme, name, port):
+    # as Gunicorn: REMOTE_ADDR empty, no REMOTE_PORT, SERVER_* from Host. berth said 127.0.0.1,
+    # which an app's "only from localhost" check passed for every client of the proxy
+    envs = Environs(False, False, "", scheme=scheme)
+    env = envs.for_request(envs.for_connection(None, None),
+                           parse_one(b"GET / HTTP/1.0\r\n" + host + b"\r\n"))
+    assert env["REMOTE_ADDR"] == "" and "REMOTE_PORT" not in env
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == (name, port)
 
 
 def test_script_name_is_taken_off_path_info():
