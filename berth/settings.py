@@ -208,7 +208,10 @@ SETTINGS: tuple[Setting, ...] = (
       "request has its stack logged, gets a 504 if nothing was sent (else its connection "
       "is closed), and its worker is replaced. Booting (importing the app) does not "
       "count. 0 disables both checks, as in Gunicorn.", "SECONDS",
-      section="Worker Processes"),
+      section="Worker Processes",
+      note="Gunicorn's gthread worker never ends a request at --timeout (only its sync worker "
+           "does, by killing the worker); berth's bounds the app's silence with app threads "
+           "too: a longer view needs a larger --timeout, or 0."),
     S("graceful_timeout", ("--graceful-timeout",), non_negative_float, None,
       "Seconds in-flight requests get to finish after SIGTERM. Default 8 (inside "
       "Docker's 10 s stop window; Gunicorn's 30 s is not), 20 in Kubernetes (inside its "
