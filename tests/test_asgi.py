@@ -323,6 +323,22 @@ def test_sigterm_drains_within_the_graceful_timeout(berth, tmp_path):
         sock.close()
 
 
+def test_a_slow_lifespan_shutdown_gets_what_the_requests_left_of_the_graceful_timeout(
+        berth, tmp_path):
+    # it got only the reserve (2 s of 8) even when no request was running: a pool that takes
+    # 2.5 s to close was abandoned with 5 s of the window left
+    srv = start(berth, tmp_path, "-w", "1", "--graceful-timeout", "8",
+                env={"ASGI_LIFESPAN": "slow-shutdown", "ASGI_SHUTDOWN_S": "2.5"})
+    (pid,) = pids_children(srv.pid)
+    assert http_get(srv.port, "/hello")[0] == 200
+    t0 = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    code, _ = exit_within(srv, 10)
+    assert code == 0 and time.monotonic() - t0 <= 8 + 0.5
+    assert (srv.markers / f"shutdown-{pid}").exists(), srv.stderr()
+    assert "lifespan shutdown did not finish" not in srv.stderr()
+
+
 def test_the_worker_serves_tls(berth, tmp_path):
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()

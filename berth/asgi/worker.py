@@ -5,8 +5,8 @@ signals, heartbeat, scoreboard, --max-requests, drain) around an asyncio loop
 At start, after the app is imported: the event loop, the lifespan startup (a failure stops
 berth: the app-load exit code), the watchdog of the loop (`berth.asgi.watchdog`). At the end:
 the apps still running (HTTP and WebSocket) get their disconnect and are cancelled, then the
-lifespan shutdown runs, all within --graceful-timeout: the drain keeps RESERVE seconds of it
-for these.
+lifespan shutdown runs, all within --graceful-timeout: the drain keeps `reserve()` seconds of
+it for these.
 """
 
 from __future__ import annotations
@@ -40,8 +40,11 @@ class AsgiWorker(Worker):
     drain_asked: tuple | None = None  # a drain asked for meanwhile: (take_backlog, state, when)
 
     def reserve(self) -> float:
-        """Seconds of --graceful-timeout kept for the end (disconnects, lifespan shutdown)."""
-        return min(2.0, self.cfg.graceful_timeout / 4)
+        """Seconds of --graceful-timeout kept for the end (disconnects, cancellations, lifespan
+        shutdown): at most 1 s, so the requests get the rest (Uvicorn gives them all of it;
+        berth keeps the end inside the stop window). The lifespan shutdown gets whatever the
+        requests leave of the window, at least this."""
+        return min(1.0, self.cfg.graceful_timeout / 4)
 
     def _assemble(self) -> None:
         cfg = self.cfg
@@ -102,8 +105,10 @@ class AsgiWorker(Worker):
     def _after_loop(self) -> None:
         server = self.loop
         reserve = self.reserve()
-        started = time.monotonic()
+        # the end of --graceful-timeout after a drain (whose deadline kept the reserve back),
+        # else (a quick stop) the reserve from now
+        end = (self.drain_deadline if self.drain_deadline else time.monotonic()) + reserve
         server.shutdown(timeout=min(0.5, reserve / 2))
-        left = max(0.5, reserve - (time.monotonic() - started))
+        left = max(0.5, end - time.monotonic())
         server.loop.run_until_complete(self.lifespan.shutdown(left))
         server.watch.stop()

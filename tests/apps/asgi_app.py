@@ -3,8 +3,8 @@ watchdog, disconnects, the drain), apart from any framework.
 
 Environment: ASGI_MARKERS, a folder where the app writes what it saw (lifespan events,
 disconnects, cancellations); ASGI_LIFESPAN: "ok" (default), "fail" (lifespan.startup.failed),
-"raise" (an exception on the lifespan scope), "slow-shutdown", "slow-startup" (ASGI_STARTUP_S
-seconds, 0.5 by default, before it completes); ASGI_IMPORT_SLEEP: seconds the import takes (the worker boots meanwhile).
+"raise" (an exception on the lifespan scope), "slow-shutdown" (ASGI_SHUTDOWN_S seconds, 0.3 by
+default), "slow-startup" (ASGI_STARTUP_S seconds, 0.5 by default, before it completes); ASGI_IMPORT_SLEEP: seconds the import takes (the worker boots meanwhile).
 
 Routes: /hello; /scope (the scope as JSON, headers decoded); /state (scope["state"]);
 /echo (the body, read with receive() piece by piece; sizes of the pieces in a header);
@@ -51,7 +51,7 @@ async def lifespan(scope, receive, send):
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             if mode == "slow-shutdown":
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(float(os.environ.get("ASGI_SHUTDOWN_S", "0.3")))
             mark(f"shutdown-{os.getpid()}")
             await send({"type": "lifespan.shutdown.complete"})
             return
