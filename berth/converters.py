@@ -23,6 +23,8 @@ def number(kind: type, minimum: float, what: str) -> Callable[[Any], Any]:
     error names what is accepted."""
 
     def convert(value: Any):
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(what)  # (int() would cut `workers = cpus * 1.5` silently)
         try:
             n = kind(value)
         except (TypeError, ValueError):

@@ -256,6 +256,8 @@ def test_python_module_config(tmp_path, monkeypatch):
      r"^bad\.py: unknown setting 'post_frok' \(did you mean 'post_fork'\?\)$"),
     ("workers = 'many'\n", r"^bad\.py: workers: invalid value 'many'; expected a whole"),
     ("timeout = -1\n", r"^bad\.py: timeout: invalid value -1; expected a number"),
+    ("workers = 4 * 0.75 + 0.2\n",  # (was cut to 3 in silence; Gunicorn refuses any float)
+     r"^bad\.py: workers: invalid value 3\.2; expected a whole number >= 1, or auto$"),
     ("bind = 8000\n", r"^bad\.py: bind: invalid value 8000; expected a string or a list of "
                       r"strings \(ADDRESS, e\.g\. 127\.0\.0\.1:8000\)$"),
     ("post_fork = 3\n", r"^bad\.py: post_fork: invalid value 3; expected a function taking 2"),
