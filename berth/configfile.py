@@ -124,8 +124,10 @@ def settings_from_namespace(namespace: dict[str, Any], label: str) -> dict[str, 
     """The settings a config file's names give: {name: raw value}.
 
     Modules, classes, private names and unknown helpers are skipped; `None` means "not set"
-    (so `accesslog = os.environ.get("ACCESS_LOG")` keeps the default when the variable is
-    unset). A name one typo away from a setting the file does not set is an error.
+    (`workers = os.environ.get("WORKERS")` keeps the default when the variable is unset),
+    except for `accesslog`: None is Gunicorn's default there and means no access log, which
+    berth's default (stdout) is not, so `accesslog = None` turns it off, as in Gunicorn. A
+    name one typo away from a setting the file does not set is an error.
     """
     found: dict[str, Any] = {}
     unknown: list[str] = []
@@ -138,6 +140,8 @@ def settings_from_namespace(namespace: dict[str, Any], label: str) -> dict[str, 
                 continue  # a file cannot name another file (as Gunicorn)
             if value is not None:
                 found[name] = value
+            elif name == "accesslog":  # (tiangolo's images: ACCESS_LOG="" gives None: off)
+                found[name] = "none"
             continue
         unknown.append(name)
     names = [n for n in BY_NAME if n not in namespace]

@@ -460,7 +460,8 @@ SETTINGS: tuple[Setting, ...] = (
     S("accesslog", ("--access-logfile",), text, "-",
       "Access log: '-' for stdout (the default: containers collect stdout), a file "
       "path, or 'none' to disable.", "FILE", section="Logging",
-      note="Gunicorn's default is no access log."),
+      note="Gunicorn's default is no access log; a config file's accesslog = None (that "
+           "default, e.g. from an unset variable) turns it off here too."),
     S("disable_redirect_access_to_syslog", ("--disable-redirect-access-to-syslog",), boolean,
       False, "With --log-syslog: do not send access lines to syslog.", None, "store_true",
       section="Logging"),

@@ -39,7 +39,8 @@ Lowest precedence first; each source replaces the value of the one before:
    become values (`workers = 4`, `bind = ["0.0.0.0:8000"]`, `accesslog = "-"`), functions named
    after a [server hook](#server-hooks) become hooks; other names (imports, helpers) are
    ignored, except a near-miss of a setting the file does not set (`wokers = 4`), which stops
-   berth. A name set to `None` keeps its default;
+   berth. A name set to `None` keeps its default (but `accesslog = None`, Gunicorn's default,
+   turns the access log off, as in Gunicorn);
 3. **`GUNICORN_CMD_ARGS`**, then **`BERTH_CMD_ARGS`**: flags, as on the command line;
 4. **`BERTH_<SETTING>`** variables: the setting's name in capitals (`BERTH_WORKERS=4`,
    `BERTH_PRELOAD_APP=true`). Repeatable settings take several values separated by spaces

@@ -199,18 +199,22 @@ def test_config_file_helpers_imports_and_none_are_ignored(tmp_path):
         import os
         port = os.environ.get("APP_PORT", "9005")
         bind = f"127.0.0.1:{port}"
-        accesslog = os.environ.get("NO_SUCH_VARIABLE")   # None: keep the default
+        timeout = os.environ.get("NO_SUCH_VARIABLE")   # None: keep the default
+        accesslog = os.environ.get("NO_SUCH_VARIABLE")   # but None is Gunicorn's "off" here
         _private = 1
         def helper():
             return 2
         class Thing:
             pass
-        workers = helper()
+        threads = helper()
     """)
     cfg = parse(["app:app"], cwd=tmp_path)
     assert cfg.bind == ["127.0.0.1:9005"]
-    assert cfg.workers == 2
-    assert cfg.accesslog == "-" and cfg.source("accesslog") == "default"
+    assert cfg.threads == 2
+    assert cfg.timeout == 30 and cfg.source("timeout") == "default"
+    # Gunicorn's accesslog None (its default) is no access log, where berth's default is
+    # stdout: an explicit None keeps Gunicorn's meaning (it kept stdout before)
+    assert cfg.accesslog == "none" and cfg.source("accesslog") != "default"
 
 
 def test_berth_conf_is_preferred_over_gunicorn_conf_and_that_is_noted(tmp_path):
