@@ -56,6 +56,22 @@ def test_a_request_that_waits_does_not_hold_up_the_others(berth):
     assert all(names)
 
 
+def test_a_bad_request_pipelined_behind_one_an_app_thread_answers_gets_its_400(berth):
+    # An app thread took the refusal up from the connection's queue, then read a field only a
+    # Request had: the 400 never went out, and the connection stayed open for ever.
+    srv = berth(["-w", "1", "--threads", "4", *APP])
+    for _ in range(3):  # an app call seen to wait: the requests after it go to app threads
+        assert http_get(srv.port, "/sleep?s=0.05")[0] == 200
+    with connect(srv.port) as sock:
+        sock.sendall(get_request("/sleep?s=0.05") + b"GET /2 HTTP/1.1\r\nHost: h\r\n"
+                     b"Bad Header: x\r\n\r\n" + get_request("/hello"))
+        assert read_response(sock)[0] == 200
+        assert read_response(sock)[0] == 400
+        sock.settimeout(5)
+        assert sock.recv(100) == b""  # closed after it; /hello is never answered
+    assert "unexpected error" not in srv.stderr(), srv.stderr()
+
+
 def test_a_request_that_computes_does_not_hold_up_the_others(berth):
     srv = berth(["-w", "1", "--threads", "4", *APP])
     with connect(srv.port) as busy:

@@ -125,7 +125,13 @@ CONNECT_NOT_IMPLEMENTED = "CONNECT is not implemented (berth is not a tunnel)"
 
 
 class HttpError(Exception):
-    """A request berth refuses: answered with `status` and the connection closed."""
+    """A request berth refuses: answered with `status` and the connection closed. It waits in
+    a connection's queue as a Request does, and an app thread may take it up: it has the
+    fields the server keeps of a queued request (see Request)."""
+
+    dispatched = 0.0
+    progress = 0.0
+    queued = False
 
     def __init__(self, status: int, detail: str):
         super().__init__(f"{status} {detail}")
