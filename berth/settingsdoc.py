@@ -73,6 +73,9 @@ STRICTER = """\
   `METHOD TARGET HTTP/d.d` is the client's error: 400, never 505.
 - **HTTP/1.1 without exactly one Host gets 400**, as RFC 9112 §3.2 requires; Gunicorn serves a
   request without Host.
+- **A Host that is not `host[:port]` gets 400** in any version (a space, `/`, `@`, a port that
+  is not digits), as RFC 9110 §7.2 requires; Gunicorn serves it, and an app, a cache or a
+  router keyed on the host then sees two hosts, a path or a user.
 - **Trailer fields are discarded**, never merged into the environ (RFC 9110 §6.5.1): they
   arrive after the app has its environ, and a field sent after the body must not change what
   the head said (a late Host or Expect). Gunicorn keeps them on its request object and answers

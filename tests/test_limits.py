@@ -179,6 +179,11 @@ def test_two_host_headers_get_400(srv):
     assert_rejected(srv.port, raw, {400})
 
 
+def test_a_host_with_a_space_or_a_user_gets_400(srv):
+    for host in (b"h evil", b"u@h"):
+        assert_rejected(srv.port, b"GET /hello HTTP/1.1\r\nHost: " + host + b"\r\n\r\n", {400})
+
+
 def test_transfer_encoding_gzip_chunked_gets_501(srv):
     raw = (b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
            b"3\r\nabc\r\n0\r\n\r\n")

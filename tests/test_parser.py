@@ -80,6 +80,35 @@ def test_two_host_headers_are_400():
     assert status_of(b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n") == 400
 
 
+@pytest.mark.parametrize("host", [b"h, evil", b"h/evil", b"h evil", b"u@h", b"h:abc", b"[::1",
+                                  b"h:80:81"])
+@pytest.mark.parametrize("version", [b"1.1", b"1.0"])
+def test_a_host_that_is_not_host_and_port_is_400(host, version):
+    # RFC 9110 7.2 and RFC 9112 3.2: a Host with an invalid value MUST get 400 (Gunicorn
+    # serves it: an app or a cache keyed on it sees two hosts, a path or a user)
+    raw = b"GET / HTTP/" + version + b"\r\nHost: " + host + b"\r\n\r\n"
+    assert status_of(raw) == 400
+    assert status_of(raw) == 400  # (not remembered as good the second time either)
+
+
+def test_a_bad_host_after_good_ones_on_one_connection_is_400():
+    # (a connection's Host is compared with its last request's: a change is checked again)
+    p = parse(b"GET / HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert len(p.ready) == 2
+    with pytest.raises(HttpError) as info:
+        p.feed(b"GET / HTTP/1.1\r\nHost: h@evil\r\n\r\n")
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize("host", [b"h", b"example.com:8080", b"127.0.0.1:80", b"[::1]:8443",
+                                  b"[::1]", b"a_b.example.", b"h,alias", b"xn--bcher-kva.de",
+                                  b""])
+def test_a_host_of_any_valid_form_is_served(host):
+    # (an empty Host is what a client sends for a target with no authority: RFC 9110 7.2)
+    (req,) = parse(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n").ready
+    assert req.headers["HTTP_HOST"] == host.decode()
+
+
 def test_http10_without_host_is_fine_and_not_keep_alive():
     (req,) = parse(b"GET / HTTP/1.0\r\n\r\n").ready
     assert req.version == "1.0" and not req.keep_alive

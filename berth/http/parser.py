@@ -13,7 +13,8 @@ The rules it leaves to the server are enforced here, following RFC 9112:
     tokens) is served when Gunicorn's rules take it: an upper-case token of 3 to 20 characters
     without '#', any token with `permit_unconventional_http_method`, upper-cased with
     `casefold_http_method` (see RequestParser._extension_method); others get 400;
-  - HTTP/1.1 without exactly one Host → 400 (§3.2);
+  - HTTP/1.1 without exactly one Host → 400 (§3.2), and a Host that is not `host[:port]`
+    (RFC 9110 §7.2: a space, `/`, `@`, a port that is not digits) → 400 in any version;
   - a request asking to upgrade (`Connection: upgrade` and `Upgrade`: h2c, websocket) is
     served as plain HTTP/1.1, body included, and the connection's framing kept (RFC 9110
     §7.8): llhttp stops at its head, taking it for bodiless, and a new llhttp parses what
@@ -43,6 +44,8 @@ The rules it leaves to the server are enforced here, following RFC 9112:
 
 from __future__ import annotations
 
+import re
+
 import httptools
 
 # Reason phrases berth uses for its own error responses.
@@ -66,6 +69,13 @@ PLAIN, TRANSFER_ENCODING, EXPECT, CONTENT_LENGTH, UNDERSCORE, FORWARDING, FORWAR
 _SPECIAL_KINDS = {b"transfer-encoding": TRANSFER_ENCODING, b"expect": EXPECT,
                   b"content-length": CONTENT_LENGTH}
 _header_info: dict[bytes, tuple[str, int]] = {}
+# RFC 9110 7.2: Host = uri-host [ ":" port ]; uri-host is an IP literal in brackets or a
+# reg-name (unreserved, sub-delims, pct-encoded; an IPv4 address is one), empty included.
+# Values found good are kept: a server sees the same few, so a connection's first Host costs a
+# set lookup, not a match, and the next ones a comparison with the one before.
+_HOST = re.compile(r"(?:\[[0-9A-Za-z:._~!$&'()*+,;=-]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)"
+                   r"(?::[0-9]*)?\Z")
+_good_hosts: set[str] = set()
 # What a trusted proxy's headers may change (berth/forwarded.py): names (upper case) that mark
 # their request, and the names with '_' (forwarder_headers) kept aside from the headers until
 # the peer is known to be trusted. Set by mark_forwarding(), from the configuration.
@@ -335,6 +345,7 @@ class RequestParser:
     _method_unfinished = False
     _no_data_bytes = 0  # a chunked body's bytes in reads that brought no chunk data (_resume)
     _read: bytes | None = None  # the read feed() gives llhttp, while it parses it
+    _host: str | None = None  # the last request's Host value, found good (_check_host)
     permit_other_methods = False  # permit_unconventional_http_method
     casefold_methods = False  # casefold_http_method
 
@@ -712,6 +723,17 @@ class RequestParser:
         else:
             headers[key] = value.decode("latin-1")
 
+    def _check_host(self, host: str) -> None:
+        """A Host other than the connection's last request's: 400 unless it is `host[:port]`
+        (see _HOST)."""
+        if host not in _good_hosts:
+            if _HOST.match(host) is None:
+                raise self._fail(400, f"invalid Host header {host[:100]!r}")
+            if len(_good_hosts) >= 256:
+                _good_hosts.clear()
+            _good_hosts.add(host)
+        self._host = host
+
     def on_headers_complete(self) -> None:
         req = self.current
         parser = self._parser
@@ -733,8 +755,14 @@ class RequestParser:
                 req.server_protocol = "HTTP/1.0"
             else:
                 version = self._other_version(req, version)
-        if version == "1.1" and "HTTP_HOST" not in req.headers:
-            raise self._fail(400, "missing Host header")
+        try:
+            host = req.headers["HTTP_HOST"]
+        except KeyError:
+            if version == "1.1":
+                raise self._fail(400, "missing Host header") from None
+        else:  # (the connection's last Host: a str comparison, where hashing a new str costs)
+            if host != self._host:
+                self._check_host(host)
         if self._te is not None:
             te, self._te = self._te, None
             if te.strip().lower() != b"chunked":
