@@ -5,12 +5,22 @@ with berth's `--forwarded-remote-addr`, REMOTE_ADDR from X-Forwarded-For / Forwa
 Whether the peer is trusted is decided once per connection (`berth/trust.py`, against the
 socket's peer, as Gunicorn does); from an untrusted peer none of these headers changes
 anything. The parser marks the requests that carry one (`Request.forwarded`, see
-`berth.http.parser.mark_forwarding`): the others pay nothing here.
+`berth.http.parser.mark_forwarding`, which `Forwarding.from_config` calls): the others pay
+nothing here.
+
+The scheme, as Gunicorn decides it (`HeaderPolicy._apply_header_policy` in
+gunicorn/http/message.py, the same for its ASGI worker): each line of a `secure_scheme_headers`
+field is judged alone, its whole value (without the whitespace around it) compared with the
+configured one, case-sensitively: equal means https, anything else http. The first line decides;
+a later line that judges otherwise gets 400. So `X-Forwarded-Proto: https, http` on one line
+is http (it is not `https`), as a proxy chain that appends gives it, and the lines
+`X-Forwarded-Proto: https` and `X-Forwarded-Proto: http` get 400. The parser keeps each line
+(`Request.scheme_fields`): joined, the two cannot be told apart.
 """
 
 from __future__ import annotations
 
-from berth.http.parser import HttpError
+from berth.http.parser import HttpError, mark_forwarding
 from berth.trust import TrustList, client_from_forwarded
 
 XFF = "HTTP_X_FORWARDED_FOR"
@@ -26,17 +36,26 @@ class Forwarding:
     """The forwarded-header rules of one configuration (see the module docstring)."""
 
     def __init__(self, trust: TrustList, secure_scheme_headers: dict[str, str],
-                 remote_addr: bool):
+                 remote_addr: bool, forwarder_headers=()):
         self.trust = trust
-        # (environ key, the value meaning https), in the configuration's order
-        self.scheme = tuple((environ_key(name), value)
-                            for name, value in secure_scheme_headers.items())
+        # NAME -> the value meaning https, as latin-1 bytes (what the parser keeps of a line);
+        # None for a value no line can equal. (Any case: Gunicorn wants the names upper-case.)
+        self.secure = {name.strip().upper(): _latin1(value)
+                       for name, value in secure_scheme_headers.items()}
         self.remote_addr = remote_addr
+        # the names the parser marks (mark_forwarding): each scheme header's lines kept apart
+        self.scheme_names = tuple(secure_scheme_headers)
+        self.marked = (*forwarder_headers,
+                       *(("X-FORWARDED-FOR", "FORWARDED") if remote_addr else ()))
 
     @classmethod
     def from_config(cls, cfg) -> Forwarding:
-        return cls(TrustList.parse(cfg.forwarded_allow_ips, "forwarded_allow_ips"),
-                   cfg.secure_scheme_headers, cfg.forwarded_remote_addr)
+        """The configuration's rules; the parser is told which headers mark a request."""
+        forwarding = cls(TrustList.parse(cfg.forwarded_allow_ips, "forwarded_allow_ips"),
+                         cfg.secure_scheme_headers, cfg.forwarded_remote_addr,
+                         cfg.forwarder_headers)
+        mark_forwarding(forwarding.marked, forwarding.scheme_names)
+        return forwarding
 
     def trusts(self, peer) -> bool:
         """For a connection: whether `peer` (accept()'s address, or None for a unix socket)
@@ -53,20 +72,11 @@ class Forwarding:
             self._forwarder(environ, req.forwarder, trusted, header_map)
         if not trusted:
             return
-        scheme = None
-        for key, secure in self.scheme:
-            value = environ.get(key)
-            if value is None:
-                continue
-            # repeated fields arrive joined with ","; Gunicorn judges each one
-            for part in value.split(","):
-                this = "https" if part.strip() == secure else "http"
-                if scheme is None:
-                    scheme = this
-                elif this != scheme:
-                    raise HttpError(400, "conflicting scheme headers")
-        if scheme is not None:
-            environ["wsgi.url_scheme"] = scheme
+        lines = req.scheme_fields
+        if lines or req.forwarder:
+            scheme = self._scheme(lines or (), req.forwarder or ())
+            if scheme is not None:
+                environ["wsgi.url_scheme"] = scheme
         if self.remote_addr:
             xff, fwd = environ.get(XFF), environ.get(FORWARDED)
             if xff is not None or fwd is not None:
@@ -76,6 +86,22 @@ class Forwarding:
                     host, port = client
                     environ["REMOTE_ADDR"] = host
                     environ["REMOTE_PORT"] = str(port or 0)
+
+    def _scheme(self, lines, forwarder) -> str | None:
+        """Gunicorn's decision over the scheme header lines (see the module docstring): the
+        first decides, one that disagrees is a 400; None without any. `lines` are the parser's
+        (name, value) bytes; a scheme header named with '_' is among the `forwarder` fields,
+        (NAME, value) text. (All must agree: the order does not change the answer.)"""
+        secure = self.secure
+        judged = [value == secure[name.decode("latin-1").upper()] for name, value in lines]
+        for name, value in forwarder:
+            if name in secure:
+                judged.append(value.encode("latin-1") == secure[name])
+        if not judged:
+            return None
+        if judged.count(judged[0]) != len(judged):
+            raise HttpError(400, "conflicting scheme headers")
+        return "https" if judged[0] else "http"
 
     @staticmethod
     def _forwarder(environ: dict, fields: list, trusted: bool, header_map: str) -> None:
@@ -97,3 +123,12 @@ class Forwarding:
                                          f"SCRIPT_NAME {value!r} the proxy sent")
                 environ["SCRIPT_NAME"] = value
                 environ["PATH_INFO"] = path[len(value):]
+
+
+def _latin1(value) -> bytes | None:
+    """A configured value as the bytes a header line would carry; None when no line can
+    (not text, or not latin-1)."""
+    try:
+        return value.encode("latin-1")
+    except (AttributeError, UnicodeEncodeError):
+        return None

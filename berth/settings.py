@@ -360,8 +360,9 @@ SETTINGS: tuple[Setting, ...] = (
     S("secure_scheme_headers", (), scheme_headers,
       {"X-FORWARDED-PROTOCOL": "ssl", "X-FORWARDED-PROTO": "https", "X-FORWARDED-SSL": "on"},
       "Headers from a trusted proxy (forwarded_allow_ips) that set wsgi.url_scheme: https "
-      "when the value matches exactly, http when it differs. Headers that disagree get 400. "
-      "From any other peer they change nothing.",
+      "when a line's whole value matches exactly, http when it differs (so 'https, http' on "
+      "one line is http). Lines that disagree get 400. From any other peer they change "
+      "nothing.",
       default_text="Gunicorn's X-FORWARDED-* trio"),
     S("forwarded_allow_ips", ("--forwarded-allow-ips",), address_list, "127.0.0.1,::1",
       "Proxies trusted to set secure_scheme_headers, forwarder_headers and (with "

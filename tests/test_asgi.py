@@ -141,6 +141,20 @@ def test_forwarded_headers_from_a_trusted_proxy_set_the_scheme_and_client(berth,
     assert scope["scheme"] == "http" and scope["client"][0] == "127.0.0.1"
 
 
+def test_a_scheme_header_line_is_judged_whole_as_gunicorn_does(berth, tmp_path):
+    # the WSGI rules (tests/test_proxy.py), on the scope: one line "https, http" is http
+    srv = start(berth, tmp_path)  # the default --forwarded-allow-ips trusts 127.0.0.1
+    for value in ("https, http", "http, https"):
+        status, _, body = http_get(srv.port, "/scope", headers={"X-Forwarded-Proto": value})
+        assert status == 200 and json.loads(body)["scheme"] == "http", value
+    status, _, body = http_get(srv.port, "/scope", headers={"X-Forwarded-Proto": "https"})
+    assert json.loads(body)["scheme"] == "https"
+    # two lines that disagree: 400, as Gunicorn's -k asgi
+    status, _, _ = request(srv.port, b"GET /scope HTTP/1.1\r\nHost: h\r\n"
+                           b"X-Forwarded-Proto: https\r\nX-Forwarded-Proto: http\r\n\r\n")
+    assert status == 400
+
+
 # -- disconnects ----------------------------------------------------------------------------
 
 def test_a_client_gone_mid_stream_makes_receive_say_disconnect(berth, tmp_path):
