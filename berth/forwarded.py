@@ -16,15 +16,32 @@ a later line that judges otherwise gets 400. So `X-Forwarded-Proto: https, http`
 is http (it is not `https`), as a proxy chain that appends gives it, and the lines
 `X-Forwarded-Proto: https` and `X-Forwarded-Proto: http` get 400. The parser keeps each line
 (`Request.scheme_fields`): joined, the two cannot be told apart.
+
+Under Uvicorn's worker classes (`-k uvicorn.workers.UvicornWorker`: berth.config's
+`uvicorn_proxy_headers`), what the user left at its default follows Uvicorn's
+ProxyHeadersMiddleware (uvicorn/middleware/proxy_headers.py, 0.55), which is what an app
+behind Gunicorn with that worker had, Gunicorn's secure_scheme_headers never being read there:
+  - the scheme comes from the last X-Forwarded-Proto line alone, stripped: `http`, `https`,
+    `ws` or `wss` becomes the scope's scheme (a WebSocket's: `ws` or `wss`), anything else
+    changes nothing, and no combination is a 400;
+  - the client is the X-Forwarded-For entry Uvicorn takes (`berth.trust.client_as_uvicorn`),
+    with its port or 0; Forwarded is not read.
+The trust in the peer stays berth's (Gunicorn's): a unix-socket peer is trusted, where Uvicorn,
+which sees no client address there, trusts one only under `*`.
 """
 
 from __future__ import annotations
 
 from berth.http.parser import HttpError, mark_forwarding
-from berth.trust import TrustList, client_from_forwarded
+from berth.trust import TrustList, client_as_uvicorn, client_from_forwarded
 
 XFF = "HTTP_X_FORWARDED_FOR"
 FORWARDED = "HTTP_FORWARDED"
+UVICORN_SCHEME_HEADER = "X-FORWARDED-PROTO"
+UVICORN_SCHEMES = frozenset(("http", "https", "ws", "wss"))  # what Uvicorn takes from it
+# the headers each way of reading the client reads
+CLIENT_HEADERS = {None: (), "berth": ("X-FORWARDED-FOR", "FORWARDED"),
+                  "uvicorn": ("X-FORWARDED-FOR",)}
 
 
 def environ_key(header_name: str) -> str:
@@ -36,24 +53,32 @@ class Forwarding:
     """The forwarded-header rules of one configuration (see the module docstring)."""
 
     def __init__(self, trust: TrustList, secure_scheme_headers: dict[str, str],
-                 remote_addr: bool, forwarder_headers=()):
+                 remote_addr: bool, forwarder_headers=(), scheme_rule: str = "gunicorn",
+                 client_rule: str = "berth"):
         self.trust = trust
-        # NAME -> the value meaning https, as latin-1 bytes (what the parser keeps of a line);
-        # None for a value no line can equal. (Any case: Gunicorn wants the names upper-case.)
-        self.secure = {name.strip().upper(): _latin1(value)
-                       for name, value in secure_scheme_headers.items()}
-        self.remote_addr = remote_addr
-        # the names the parser marks (mark_forwarding): each scheme header's lines kept apart
-        self.scheme_names = tuple(secure_scheme_headers)
-        self.marked = (*forwarder_headers,
-                       *(("X-FORWARDED-FOR", "FORWARDED") if remote_addr else ()))
+        # scheme_rule "uvicorn": the last X-Forwarded-Proto line, as Uvicorn reads it;
+        # "gunicorn": secure_scheme_headers, NAME -> the value meaning https, as latin-1 bytes
+        # (what the parser keeps of a line), None for a value no line can equal. (Names in any
+        # case: Gunicorn wants them upper-case.)
+        self.uvicorn_scheme = scheme_rule == "uvicorn"
+        self.secure = {} if self.uvicorn_scheme else {
+            name.strip().upper(): _latin1(value) for name, value in secure_scheme_headers.items()}
+        # how the client is read: None (the peer stays), "berth" (client_from_forwarded) or
+        # "uvicorn" (client_as_uvicorn)
+        self.client = (client_rule if client_rule == "uvicorn" else "berth") if remote_addr \
+            else None
+        # the names the parser marks (mark_forwarding), a scheme header's lines kept apart
+        self.scheme_names = (UVICORN_SCHEME_HEADER,) if self.uvicorn_scheme else \
+            tuple(secure_scheme_headers)
+        self.marked = (*forwarder_headers, *CLIENT_HEADERS[self.client])
 
     @classmethod
     def from_config(cls, cfg) -> Forwarding:
         """The configuration's rules; the parser is told which headers mark a request."""
+        decisions = cfg.decisions
         forwarding = cls(TrustList.parse(cfg.forwarded_allow_ips, "forwarded_allow_ips"),
                          cfg.secure_scheme_headers, cfg.forwarded_remote_addr,
-                         cfg.forwarder_headers)
+                         cfg.forwarder_headers, decisions.scheme_rule, decisions.client_rule)
         mark_forwarding(forwarding.marked, forwarding.scheme_names)
         return forwarding
 
@@ -65,27 +90,41 @@ class Forwarding:
     def apply(self, environ: dict, req, trusted: bool, header_map: str) -> None:
         """A marked request (`req.forwarded`): from a trusted peer, its forwarder headers
         join the environ (a SCRIPT_NAME header sets SCRIPT_NAME), the scheme headers set the
-        scheme (400 when they disagree, as Gunicorn) and, if asked, the client's address is
-        read. From another peer, the forwarder headers are what header_map says of any name
-        with '_', and nothing else changes."""
+        scheme (400 when they disagree, as Gunicorn; or as Uvicorn reads X-Forwarded-Proto)
+        and, if asked, the client's address is read (berth's way, or Uvicorn's). From another
+        peer, the forwarder headers are what header_map says of any name with '_', and
+        nothing else changes."""
         if req.forwarder:
             self._forwarder(environ, req.forwarder, trusted, header_map)
         if not trusted:
             return
         lines = req.scheme_fields
-        if lines or req.forwarder:
+        if self.uvicorn_scheme:
+            if lines:
+                value = lines[-1][1].decode("latin-1").strip()
+                if value in UVICORN_SCHEMES:
+                    environ["wsgi.url_scheme"] = value
+        elif lines or req.forwarder:
             scheme = self._scheme(lines or (), req.forwarder or ())
             if scheme is not None:
                 environ["wsgi.url_scheme"] = scheme
-        if self.remote_addr:
-            xff, fwd = environ.get(XFF), environ.get(FORWARDED)
+        rule = self.client
+        if rule is None:
+            return
+        client = None
+        xff = environ.get(XFF)
+        if rule == "uvicorn":
+            if xff is not None:
+                client = client_as_uvicorn(xff, self.trust)
+        else:
+            fwd = environ.get(FORWARDED)
             if xff is not None or fwd is not None:
                 client = client_from_forwarded([xff] if xff else [], [fwd] if fwd else [],
                                                self.trust)
-                if client is not None:
-                    host, port = client
-                    environ["REMOTE_ADDR"] = host
-                    environ["REMOTE_PORT"] = str(port or 0)
+        if client is not None:
+            host, port = client
+            environ["REMOTE_ADDR"] = host
+            environ["REMOTE_PORT"] = str(port or 0)
 
     def _scheme(self, lines, forwarder) -> str | None:
         """Gunicorn's decision over the scheme header lines (see the module docstring): the

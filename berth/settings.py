@@ -375,8 +375,11 @@ SETTINGS: tuple[Setting, ...] = (
       "Set REMOTE_ADDR (and REMOTE_PORT, 0 when not given) from a trusted peer's "
       "X-Forwarded-For or Forwarded: for=, taking the right-most address that is not itself "
       "in forwarded_allow_ips (with '*', only the right-most one: one hop). Never the "
-      "left-most: a client writes that one itself.", None, "store_true", status=BERTH_ONLY,
-      note="berth only: Gunicorn keeps the peer's address (its default, and berth's)."),
+      "left-most: a client writes that one itself. Under -k uvicorn.workers.UvicornWorker, "
+      "on unless given, choosing the client from X-Forwarded-For as Uvicorn does.", None,
+      "store_true", status=BERTH_ONLY,
+      note="berth only: Gunicorn keeps the peer's address (its default, and berth's); "
+           "with UvicornWorker, Uvicorn names the client (on by default)."),
     S("pythonpath", ("--pythonpath",), text, None,
       "Comma-separated directories to add to the Python path.", "PATHS"),
     S("paste", ("--paste", "--paster"), refuse_unless(
