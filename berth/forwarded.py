@@ -57,19 +57,24 @@ class Forwarding:
                  client_rule: str = "berth"):
         self.trust = trust
         # scheme_rule "uvicorn": the last X-Forwarded-Proto line, as Uvicorn reads it;
-        # "gunicorn": secure_scheme_headers, NAME -> the value meaning https, as latin-1 bytes
-        # (what the parser keeps of a line), None for a value no line can equal. (Names in any
-        # case: Gunicorn wants them upper-case.)
+        # "gunicorn": secure_scheme_headers, the value meaning https as latin-1 bytes (what the
+        # parser keeps of a line; None for a value no line can equal), by environ key (the
+        # parser's key for a scheme line) and, for a name with '_' (a forwarder field), by
+        # NAME. (Names in any case: Gunicorn wants them upper-case.)
         self.uvicorn_scheme = scheme_rule == "uvicorn"
-        self.secure = {} if self.uvicorn_scheme else {
-            name.strip().upper(): _latin1(value) for name, value in secure_scheme_headers.items()}
+        if self.uvicorn_scheme:
+            secure_scheme_headers = {UVICORN_SCHEME_HEADER: ""}
+        names = {name.strip().upper(): _latin1(value)
+                 for name, value in secure_scheme_headers.items()}
+        self.secure = {environ_key(name): value for name, value in names.items()
+                       if "_" not in name}
+        self.secure_named = {name: value for name, value in names.items() if "_" in name}
         # how the client is read: None (the peer stays), "berth" (client_from_forwarded) or
         # "uvicorn" (client_as_uvicorn)
         self.client = (client_rule if client_rule == "uvicorn" else "berth") if remote_addr \
             else None
         # the names the parser marks (mark_forwarding), a scheme header's lines kept apart
-        self.scheme_names = (UVICORN_SCHEME_HEADER,) if self.uvicorn_scheme else \
-            tuple(secure_scheme_headers)
+        self.scheme_names = tuple(names)
         self.marked = (*forwarder_headers, *CLIENT_HEADERS[self.client])
 
     @classmethod
@@ -104,6 +109,9 @@ class Forwarding:
                 value = lines[-1][1].decode("latin-1").strip()
                 if value in UVICORN_SCHEMES:
                     environ["wsgi.url_scheme"] = value
+        elif req.forwarder is None and lines is not None and len(lines) == 1:  # most often
+            key, value = lines[0]
+            environ["wsgi.url_scheme"] = "https" if value == self.secure.get(key) else "http"
         elif lines or req.forwarder:
             scheme = self._scheme(lines or (), req.forwarder or ())
             if scheme is not None:
@@ -129,13 +137,13 @@ class Forwarding:
     def _scheme(self, lines, forwarder) -> str | None:
         """Gunicorn's decision over the scheme header lines (see the module docstring): the
         first decides, one that disagrees is a 400; None without any. `lines` are the parser's
-        (name, value) bytes; a scheme header named with '_' is among the `forwarder` fields,
+        (key, value bytes); a scheme header named with '_' is among the `forwarder` fields,
         (NAME, value) text. (All must agree: the order does not change the answer.)"""
-        secure = self.secure
-        judged = [value == secure[name.decode("latin-1").upper()] for name, value in lines]
+        secure, named = self.secure, self.secure_named
+        judged = [value == secure.get(key) for key, value in lines]
         for name, value in forwarder:
-            if name in secure:
-                judged.append(value.encode("latin-1") == secure[name])
+            if name in named:
+                judged.append(value.encode("latin-1") == named[name])
         if not judged:
             return None
         if judged.count(judged[0]) != len(judged):

@@ -167,7 +167,7 @@ class Request:
     queued = False  # waiting in the app threads' queue (Loop.to_thread), not taken up yet
     forwarded = False  # a header a trusted proxy may set is here (see mark_forwarding)
     forwarder: list[tuple[str, str]] | None = None  # forwarder_headers with '_', kept aside
-    scheme_fields: list[tuple[bytes, bytes]] | None = None  # each scheme header line, as received
+    scheme_fields: list[tuple[str, bytes]] | None = None  # (key, value) of each scheme line
 
     def __init__(self):
         self.headers: dict[str, str] = {}
@@ -696,9 +696,9 @@ class RequestParser:
                 req = self.current
                 req.forwarded = True
                 if req.scheme_fields is None:
-                    req.scheme_fields = [(name, value)]
+                    req.scheme_fields = [(key, value)]
                 else:
-                    req.scheme_fields.append((name, value))
+                    req.scheme_fields.append((key, value))
             elif kind == FORWARDER:  # a name with '_': aside, until the peer is known
                 req = self.current
                 req.forwarded = True
