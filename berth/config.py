@@ -123,6 +123,9 @@ class Config:
     sources: dict = dataclasses.field(default_factory=dict)
     notices: list = dataclasses.field(default_factory=list)
     decisions: Decisions = dataclasses.field(default_factory=lambda: Decisions())
+    # the Uvicorn worker class the worker_class setting names ('' for any other): berth's ASGI
+    # worker serves it, reading proxy headers as Uvicorn does (see uvicorn_proxy_headers)
+    uvicorn_worker: str = ""
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -138,10 +141,9 @@ class Config:
     def set(self, name: str, value: Any, source: str = "cli") -> None:
         self.values[name] = convert_value(BY_NAME[name], value, source)
         self.sources[name] = source
-        if name == "worker_class" and isinstance(value, str) and value.strip() in \
-                UVICORN_CLASSES:
-            self.notices.append(("info", f"-k {value.strip()} ({source}): served by berth's "
-                                         f"ASGI worker (-k asgi)"))
+        if name == "worker_class":
+            given = value.strip() if isinstance(value, str) else ""
+            self.uvicorn_worker = given if given in UVICORN_CLASSES else ""
 
     def source(self, name: str) -> str:
         return self.sources.get(name, "default")
@@ -347,6 +349,7 @@ def parse_config(argv: list[str], environ=os.environ, cwd: str | None = None,
         except BindError as exc:
             raise ConfigError(str(exc)) from None
     check_reload(cfg, cwd)
+    uvicorn_proxy_headers(cfg)
     if cfg.worker_class == "asgi" and cfg.threads not in (1, "auto"):
         cfg.notices.append(("info", f"threads ({cfg.source('threads')}) does not apply to -k "
                                     f"asgi (one event loop per worker): 1"))
@@ -357,6 +360,43 @@ def parse_config(argv: list[str], environ=os.environ, cwd: str | None = None,
                           "or end TLS at the proxy")
     cfg.notices.extend(status_notices(cfg))
     return cfg
+
+
+def uvicorn_proxy_headers(cfg: Config) -> None:
+    """`-k uvicorn.workers.UvicornWorker` (or UvicornH11Worker, or uvicorn_worker's) is served
+    by berth's ASGI worker, reading the proxy headers as that worker does under Gunicorn:
+    UvicornWorker hands Gunicorn's forwarded_allow_ips to Uvicorn's Config (uvicorn/workers.py),
+    whose proxy_headers is on by default, so ProxyHeadersMiddleware sets the scheme from
+    X-Forwarded-Proto and the client from X-Forwarded-For, for a peer in that list (Uvicorn's
+    rules: berth/forwarded.py). So here --forwarded-remote-addr is on, choosing the client as
+    Uvicorn does, and X-Forwarded-Proto gives the scheme, as Uvicorn reads it. A setting given
+    explicitly keeps its own meaning: --forwarded-remote-addr (on: berth's choice of the client;
+    off: the peer stays) and secure_scheme_headers (Gunicorn's rule, with those headers).
+    One info line says which."""
+    name = cfg.uvicorn_worker
+    if not name:
+        return
+    decisions = cfg.decisions
+    if cfg.is_set("secure_scheme_headers"):
+        scheme = f"secure_scheme_headers ({cfg.source('secure_scheme_headers')}) set the scheme"
+    else:
+        decisions.scheme_rule = "uvicorn"
+        scheme = "X-Forwarded-Proto sets the scheme"
+    flag = _label(BY_NAME["forwarded_remote_addr"], cfg.source("forwarded_remote_addr"))
+    if not cfg.is_set("forwarded_remote_addr"):
+        cfg.values["forwarded_remote_addr"] = True
+        cfg.sources["forwarded_remote_addr"] = "auto"
+        decisions.client_rule = "uvicorn"
+        decisions.proxy_headers = f"on under -k {name}, taking the client Uvicorn takes"
+        client = ("X-Forwarded-For the client (--forwarded-remote-addr on, taking the "
+                  "address Uvicorn takes)")
+    elif cfg.forwarded_remote_addr:
+        client = f"X-Forwarded-For or Forwarded the client, as {flag} picks it"
+    else:
+        client = f"the client stays the peer ({flag} is off)"
+    cfg.notices.append(("info", f"-k {name} ({cfg.source('worker_class')}): served by berth's "
+                                f"ASGI worker (-k asgi), with Uvicorn's proxy headers: from a "
+                                f"peer in --forwarded-allow-ips, {scheme} and {client}"))
 
 
 def status_notices(cfg: Config) -> list[tuple[str, str]]:
@@ -385,8 +425,9 @@ STOP_MARGIN = 2.0  # what the automatic graceful timeout leaves of the window: t
 
 @dataclasses.dataclass
 class Decisions:
-    """What berth decided from where it runs, each with its reason: logged at start, shown by
-    `--print-config` (beside the values, whose source is `auto`) and `berth doctor`."""
+    """What berth decided from where it runs (and, for the proxy headers, from the worker
+    class), each with its reason: logged at start, shown by `--print-config` (beside the
+    values, whose source is `auto`) and `berth doctor`."""
 
     bind: str = ""  # why this address, when no --bind was given
     sizing: str = ""  # the one start-up line of the sizing (workers and threads)
@@ -396,12 +437,19 @@ class Decisions:
     shutdown: str = ""  # the SIGTERM plan: shutdown delay and graceful timeout, and why
     shutdown_warning: str = ""  # that plan outlasts the platform's stop window
     memory: str = ""  # why --max-worker-memory is what it is, when berth chose it
+    # How a trusted proxy's headers are read (berth/forwarded.py): Gunicorn's scheme rule and
+    # berth's choice of the client, or Uvicorn's, under its worker classes
+    # (uvicorn_proxy_headers: decided from the worker class, not from where berth runs).
+    scheme_rule: str = "gunicorn"  # or "uvicorn": X-Forwarded-Proto as Uvicorn reads it
+    client_rule: str = "berth"  # or "uvicorn": the X-Forwarded-For entry Uvicorn takes
+    proxy_headers: str = ""  # why --forwarded-remote-addr is on, when berth turned it on
 
     def reason(self, name: str) -> str:
         """The reason behind an `auto` value of setting `name` ('' if none)."""
         return {"bind": self.bind, "workers": self.sizing, "threads": self.sizing,
                 "graceful_timeout": self.shutdown, "shutdown_delay": self.shutdown,
-                "max_worker_memory": self.memory}.get(name, "")
+                "max_worker_memory": self.memory,
+                "forwarded_remote_addr": self.proxy_headers}.get(name, "")
 
 
 def decide(cfg: Config, environ=os.environ, info=None) -> None:

@@ -363,8 +363,9 @@ SETTINGS: tuple[Setting, ...] = (
     S("secure_scheme_headers", (), scheme_headers,
       {"X-FORWARDED-PROTOCOL": "ssl", "X-FORWARDED-PROTO": "https", "X-FORWARDED-SSL": "on"},
       "Headers from a trusted proxy (forwarded_allow_ips) that set wsgi.url_scheme: https "
-      "when the value matches exactly, http when it differs. Headers that disagree get 400. "
-      "From any other peer they change nothing.",
+      "when a line's whole value matches exactly, http when it differs (so 'https, http' on "
+      "one line is http). Lines that disagree get 400. From any other peer they change "
+      "nothing.",
       default_text="Gunicorn's X-FORWARDED-* trio"),
     S("forwarded_allow_ips", ("--forwarded-allow-ips",), address_list, "127.0.0.1,::1",
       "Proxies trusted to set secure_scheme_headers, forwarder_headers and (with "
@@ -377,8 +378,11 @@ SETTINGS: tuple[Setting, ...] = (
       "Set REMOTE_ADDR (and REMOTE_PORT, 0 when not given) from a trusted peer's "
       "X-Forwarded-For or Forwarded: for=, taking the right-most address that is not itself "
       "in forwarded_allow_ips (with '*', only the right-most one: one hop). Never the "
-      "left-most: a client writes that one itself.", None, "store_true", status=BERTH_ONLY,
-      note="berth only: Gunicorn keeps the peer's address (its default, and berth's)."),
+      "left-most: a client writes that one itself. Under -k uvicorn.workers.UvicornWorker, "
+      "on unless given, choosing the client from X-Forwarded-For as Uvicorn does.", None,
+      "store_true", status=BERTH_ONLY,
+      note="berth only: Gunicorn keeps the peer's address (its default, and berth's); "
+           "with UvicornWorker, Uvicorn names the client (on by default)."),
     S("pythonpath", ("--pythonpath",), text, None,
       "Comma-separated directories to add to the Python path.", "PATHS"),
     S("paste", ("--paste", "--paster"), refuse_unless(

@@ -24,7 +24,8 @@ of it (gunicorn/http/message.py) do, with one addition. The rules:
 
 `client_from_forwarded()` picks the client's address from X-Forwarded-For / Forwarded for
 berth's `--forwarded-remote-addr` (Gunicorn has no such setting: it never rewrites
-REMOTE_ADDR from a header). Its rules are in its docstring.
+REMOTE_ADDR from a header). Its rules are in its docstring. `client_as_uvicorn()` picks it as
+Uvicorn's ProxyHeadersMiddleware does, for `-k uvicorn.workers.UvicornWorker`.
 """
 
 from __future__ import annotations
@@ -333,3 +334,60 @@ def client_from_forwarded(xff_values: list[str], forwarded_values: list[str],
     if ipaddress.ip_address(xff[0]) != ipaddress.ip_address(fwd[0]):
         return None
     return fwd
+
+
+# --- X-Forwarded-For as Uvicorn reads it ---------------------------------------------------------
+
+def client_as_uvicorn(xff: str, trust: TrustList) -> tuple[str, int] | None:
+    """The client Uvicorn's ProxyHeadersMiddleware names from `xff` (the X-Forwarded-For lines
+    joined with ","), or None where it keeps the peer: what an app had under Gunicorn with
+    `-k uvicorn.workers.UvicornWorker`, for `berth -k` that class. Uvicorn 0.55's rules
+    (uvicorn/middleware/proxy_headers.py, `_TrustedHosts.get_trusted_client_address`), which
+    differ from `client_from_forwarded`'s:
+      - the entries are the text between commas, stripped; empty ones count (`a, ` ends in
+        an empty entry, which names no client: the peer stays);
+      - with `*` the left-most entry is taken, whatever it is (berth's: the right-most);
+      - else, right to left, the first entry whose host is not trusted, even one that is no
+        address (`unknown` becomes the client's host); when all are trusted, the left-most;
+      - an entry is `host`, `host:port` or `[v6]`, `[v6]:port`; the port is 0 when none is
+        given or it is not a number (then the whole entry is the host, brackets and all);
+      - Forwarded is not read.
+    Trust is judged by `trust.trusts_ip` (an IPv4-mapped host matches its IPv4 entry; Uvicorn
+    compares the address objects, where it does not)."""
+    entries = [item.strip() for item in xff.split(",")]
+    if trust.everyone:
+        host, port = _uvicorn_host_port(entries[0])
+    else:
+        for entry in reversed(entries):
+            host, port = _uvicorn_host_port(entry)
+            if not host or not trust.trusts_ip(host):
+                break
+        else:
+            host, port = _uvicorn_host_port(entries[0])
+    return (host, port) if host else None
+
+
+def _uvicorn_host_port(value: str) -> tuple[str, int]:
+    """Uvicorn's `_parse_host_port`: `1.2.3.4:80`, `[::1]:80`, `[::1]`, `::1`, `1.2.3.4`; a
+    port that int() does not read leaves the whole entry as the host (IPv4) or the host
+    without one (IPv6 in brackets)."""
+    if value.startswith("["):
+        end = value.find("]")
+        if end == -1:
+            return value, 0
+        host, rest = value[1:end], value[end + 1:]
+        if not rest:
+            return host, 0
+        if not rest.startswith(":"):
+            return value, 0
+        try:
+            return host, int(rest[1:])
+        except ValueError:
+            return host, 0
+    if value.count(":") == 1:
+        host, port = value.rsplit(":", 1)
+        try:
+            return host, int(port)
+        except ValueError:
+            return value, 0
+    return value, 0

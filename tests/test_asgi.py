@@ -13,7 +13,7 @@ import socket
 import time
 
 import pytest
-from conftest import APPS, connect, free_port, read_response
+from conftest import APPS, BufferedSocket, connect, free_port, read_response
 from proto_helpers import exit_within, http_get, in_background, pids_children, wait_for
 from test_admin import metric, scrape
 from test_cli import run_berth
@@ -139,6 +139,20 @@ def test_forwarded_headers_from_a_trusted_proxy_set_the_scheme_and_client(berth,
     srv2 = start(berth, tmp_path, "--forwarded-allow-ips", "10.0.0.1")
     scope = json.loads(http_get(srv2.port, "/scope", headers=headers)[2])
     assert scope["scheme"] == "http" and scope["client"][0] == "127.0.0.1"
+
+
+def test_a_scheme_header_line_is_judged_whole_as_gunicorn_does(berth, tmp_path):
+    # the WSGI rules (tests/test_proxy.py), on the scope: one line "https, http" is http
+    srv = start(berth, tmp_path)  # the default --forwarded-allow-ips trusts 127.0.0.1
+    for value in ("https, http", "http, https"):
+        status, _, body = http_get(srv.port, "/scope", headers={"X-Forwarded-Proto": value})
+        assert status == 200 and json.loads(body)["scheme"] == "http", value
+    status, _, body = http_get(srv.port, "/scope", headers={"X-Forwarded-Proto": "https"})
+    assert json.loads(body)["scheme"] == "https"
+    # two lines that disagree: 400, as Gunicorn's -k asgi
+    status, _, _ = request(srv.port, b"GET /scope HTTP/1.1\r\nHost: h\r\n"
+                           b"X-Forwarded-Proto: https\r\nX-Forwarded-Proto: http\r\n\r\n")
+    assert status == 400
 
 
 # -- disconnects ----------------------------------------------------------------------------
@@ -284,8 +298,52 @@ def test_max_requests_recycles_the_worker(berth, tmp_path):
 def test_uvicorns_worker_class_is_served_by_berth(berth, tmp_path):
     srv = berth(["-k", "uvicorn.workers.UvicornWorker", "asgi_app:app"])
     assert http_get(srv.port, "/hello")[2] == b"Hello, world!\n"
-    assert ("-k uvicorn.workers.UvicornWorker (cli): served by berth's ASGI worker (-k asgi)"
-            in srv.stderr())
+    assert ("-k uvicorn.workers.UvicornWorker (cli): served by berth's ASGI worker (-k asgi), "
+            "with Uvicorn's proxy headers" in srv.stderr())
+
+
+def test_uvicorns_worker_class_reads_proxy_headers_as_uvicorn_does(berth, tmp_path):
+    """Under Gunicorn, UvicornWorker hands forwarded_allow_ips (default 127.0.0.1,::1) to
+    Uvicorn, whose ProxyHeadersMiddleware is on by default: from a trusted peer the app's
+    client is the X-Forwarded-For entry Uvicorn takes, with port 0, and X-Forwarded-Proto
+    (the last line, if http, https, ws or wss) its scheme; never a 400."""
+    srv = berth(["-k", "uvicorn.workers.UvicornWorker", "--access-logfile", "-",
+                 "--access-logformat", "%(h)s %(r)s", "asgi_app:app"])
+
+    def scope_of(*headers, source="127.0.0.1"):
+        with BufferedSocket() as sock:
+            sock.settimeout(10)
+            sock.bind((source, 0))
+            sock.connect(("127.0.0.1", srv.port))
+            sock.sendall(b"GET /scope HTTP/1.1\r\nHost: h\r\n" + b"".join(
+                f"{name}: {value}\r\n".encode() for name, value in headers) + b"\r\n")
+            status, _, body = read_response(sock)
+        assert status == 200, body
+        scope = json.loads(body)
+        return scope["scheme"], tuple(scope["client"])
+
+    xff = "X-Forwarded-For"
+    assert scope_of((xff, "203.0.113.7")) == ("http", ("203.0.113.7", 0))
+    assert scope_of((xff, "6.6.6.6, 203.0.113.7, 127.0.0.1")) == ("http", ("203.0.113.7", 0))
+    assert scope_of((xff, "203.0.113.7:4711")) == ("http", ("203.0.113.7", 4711))
+    # where Uvicorn's choice is not berth's --forwarded-remote-addr's: every entry trusted
+    # gives the left-most, and an entry that is no address is the client all the same
+    assert scope_of((xff, "127.0.0.1, ::1")) == ("http", ("127.0.0.1", 0))
+    assert scope_of((xff, "6.6.6.6, unknown")) == ("http", ("unknown", 0))
+    scheme, (host, port) = scope_of(("Forwarded", "for=203.0.113.7"))  # not read
+    assert host == "127.0.0.1" and port > 0
+    proto = "X-Forwarded-Proto"
+    assert scope_of((proto, "https"))[0] == "https"
+    assert scope_of((proto, "wss"))[0] == "wss"
+    assert scope_of((proto, "https, http"))[0] == "http"
+    assert scope_of((proto, "https"), (proto, "http"))[0] == "http"  # the last line
+    assert scope_of((proto, "https"), ("X-Forwarded-Ssl", "off"))[0] == "https"
+    assert scope_of(("X-Forwarded-Ssl", "on"))[0] == "http"
+    # from a peer not in --forwarded-allow-ips, they are only headers
+    scheme, (host, _) = scope_of((xff, "203.0.113.7"), (proto, "https"), source="127.0.0.3")
+    assert (scheme, host) == ("http", "127.0.0.3")
+    # the access log (Gunicorn's format, berth's) names the same client
+    srv.wait_for_log("203.0.113.7 GET /scope", stream="stdout")
 
 
 def test_sigterm_drains_within_the_graceful_timeout(berth, tmp_path):

@@ -374,8 +374,37 @@ def test_asgi_worker_classes_and_uvicorns(name, kind, notice):
     cfg = parse(["-k", name, "app:app"])
     assert cfg.worker_class == kind
     lines = [line for level, line in cfg.notices if level == "info" and line.startswith("-k ")]
-    assert lines == ([f"-k {name} (cli): served by berth's ASGI worker (-k asgi)"] if notice
-                     else [])
+    assert lines == ([f"-k {name} (cli): served by berth's ASGI worker (-k asgi), with "
+                      f"Uvicorn's proxy headers: from a peer in --forwarded-allow-ips, "
+                      f"X-Forwarded-Proto sets the scheme and X-Forwarded-For the client "
+                      f"(--forwarded-remote-addr on, taking the address Uvicorn takes)"]
+                     if notice else [])
+    # as Uvicorn reads them by default under Gunicorn (its proxy_headers is on)
+    assert cfg.forwarded_remote_addr is notice
+    assert cfg.source("forwarded_remote_addr") == ("auto" if notice else "default")
+    rules = ("uvicorn", "uvicorn") if notice else ("gunicorn", "berth")
+    assert (cfg.decisions.scheme_rule, cfg.decisions.client_rule) == rules
+
+
+def test_under_uvicorns_worker_class_a_setting_given_keeps_berths_meaning(tmp_path):
+    write(tmp_path / "gunicorn.conf.py", """\
+        worker_class = "uvicorn.workers.UvicornH11Worker"
+        secure_scheme_headers = {"X-SCHEME": "https"}
+        forwarded_remote_addr = False
+        """)
+    cfg = parse(["app:app"], cwd=tmp_path)
+    assert not cfg.forwarded_remote_addr
+    assert (cfg.decisions.scheme_rule, cfg.decisions.client_rule) == ("gunicorn", "berth")
+    assert ("info", "-k uvicorn.workers.UvicornH11Worker (file gunicorn.conf.py): served by "
+                    "berth's ASGI worker (-k asgi), with Uvicorn's proxy headers: from a peer in "
+                    "--forwarded-allow-ips, secure_scheme_headers (file gunicorn.conf.py) set "
+                    "the scheme and the client stays the peer (gunicorn.conf.py: "
+                    "forwarded_remote_addr is off)") in cfg.notices
+    cfg = parse(["--forwarded-remote-addr", "app:app"], cwd=tmp_path)
+    assert cfg.forwarded_remote_addr and cfg.decisions.client_rule == "berth"
+    # the class given last decides: -k asgi is Gunicorn's own worker, with Gunicorn's rules
+    cfg = parse(["-k", "asgi", "app:app"], cwd=tmp_path)
+    assert cfg.uvicorn_worker == "" and not any("Uvicorn" in line for _, line in cfg.notices)
 
 
 @pytest.mark.parametrize("name", ["sync", "egg:gunicorn#sync", "gunicorn.workers.sync.SyncWorker"])

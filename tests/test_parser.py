@@ -778,3 +778,24 @@ def test_forwarding_headers_mark_the_request_and_forwarder_names_are_kept_aside(
         mark_forwarding([])
     (req,) = parse(b"GET / HTTP/1.1\r\nHost: h\r\nScript_Name: /app\r\n\r\n").ready
     assert not req.forwarded and req.forwarder is None and "HTTP_SCRIPT_NAME" not in req.headers
+
+
+def test_each_line_of_a_scheme_header_is_kept_as_received():
+    """A scheme header's lines are judged one by one (berth/forwarded.py, as Gunicorn): joined,
+    `https, http` on one line and the lines `https` and `http` would be the same value."""
+    from berth.http.parser import mark_forwarding
+
+    mark_forwarding(["X-FORWARDED-FOR"], ["X-FORWARDED-PROTO"])
+    try:
+        (one,) = parse(b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: https, http \r\n"
+                       b"\r\n").ready
+        assert one.forwarded and one.scheme_fields == [("HTTP_X_FORWARDED_PROTO", b"https, http")]
+        (two,) = parse(b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: https\r\n"
+                       b"x-forwarded-proto: http\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n").ready
+        assert two.scheme_fields == [("HTTP_X_FORWARDED_PROTO", b"https"),
+                                     ("HTTP_X_FORWARDED_PROTO", b"http")]
+        assert two.headers["HTTP_X_FORWARDED_PROTO"] == "https,http"  # the environ's join
+        (other,) = parse(b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n").ready
+        assert other.forwarded and other.scheme_fields is None
+    finally:
+        mark_forwarding([])

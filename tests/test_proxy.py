@@ -89,6 +89,27 @@ def test_scheme_headers_that_disagree_get_400_from_a_trusted_peer_only(proxied):
     assert env["wsgi.url_scheme"] == "http" and env["HTTP_X_FORWARDED_SSL"] == "off"
 
 
+def test_a_scheme_header_line_is_judged_whole_as_gunicorn_does(proxied):
+    # Gunicorn compares each line's whole value with the configured one: a list on one line
+    # (a proxy chain that appends) is not "https", so http, never a 400
+    for value in ("https, http", "http, https", "https,https"):
+        env = env_from(TRUSTED, proxied.port, [("X-Forwarded-Proto", value)])
+        assert env["wsgi.url_scheme"] == "http", value
+        assert env["HTTP_X_FORWARDED_PROTO"] == value
+    # the other scheme headers too; and one line that agrees with another is no conflict
+    assert env_from(TRUSTED, proxied.port, [("X-Forwarded-Ssl", "on, on")])[
+        "wsgi.url_scheme"] == "http"
+    assert env_from(TRUSTED, proxied.port, [("X-Forwarded-Proto", "https, http"),
+                                            ("X-Forwarded-Ssl", "off")])[
+        "wsgi.url_scheme"] == "http"
+    # lines are still judged one by one: "https, http" (http) and "https" disagree
+    with connect_from(TRUSTED, proxied.port) as sock:
+        sock.sendall(request(headers=[("X-Forwarded-Proto", "https, http"),
+                                      ("X-Forwarded-Proto", "https")]))
+        raw, closed = read_until_closed(sock, timeout=5)
+    assert raw.startswith(b"HTTP/1.1 400 ") and closed
+
+
 def test_the_client_is_the_right_most_untrusted_forwarded_address(proxied):
     # 6.6.6.6 was written by the client itself; 10.1.2.3 is a trusted proxy (10.0.0.0/8)
     env = env_from(TRUSTED, proxied.port, [("X-Forwarded-For", "6.6.6.6, 203.0.113.7, 10.1.2.3")])

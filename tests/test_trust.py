@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from berth.trust import TrustList, client_from_forwarded
+from berth.trust import TrustList, client_as_uvicorn, client_from_forwarded
 
 
 def tl(value) -> TrustList:
@@ -283,3 +285,50 @@ def test_both_headers_disagreeing_give_no_client():
 def test_an_empty_header_does_not_count_as_present():
     assert client_from_forwarded(["198.51.100.20"], [""], LOCAL) == ("198.51.100.20", None)
     assert client_from_forwarded([" "], ["for=198.51.100.20"], LOCAL) == ("198.51.100.20", None)
+
+
+# --- X-Forwarded-For as Uvicorn reads it (-k uvicorn.workers.UvicornWorker) -------------------
+
+UVICORN_CASES = [  # (trusted list, X-Forwarded-For, the client Uvicorn names or None: the peer)
+    ("127.0.0.1", "203.0.113.7", ("203.0.113.7", 0)),
+    ("127.0.0.1", "6.6.6.6, 203.0.113.7, 127.0.0.1", ("203.0.113.7", 0)),
+    ("127.0.0.1,::1", "127.0.0.1, ::1", ("127.0.0.1", 0)),  # all trusted: the left-most
+    ("127.0.0.1", "127.0.0.1, ::1", ("::1", 0)),
+    ("127.0.0.1,::1", "10.9.9.9, ::1, 127.0.0.1", ("10.9.9.9", 0)),
+    ("127.0.0.1", "6.6.6.6, unknown", ("unknown", 0)),  # not an address, still the client
+    ("127.0.0.1", "6.6.6.6, ", None),  # an empty last entry: the peer stays
+    ("127.0.0.1", "", None),
+    ("127.0.0.1", "203.0.113.7:4711", ("203.0.113.7", 4711)),
+    ("127.0.0.1", "203.0.113.7:http", ("203.0.113.7:http", 0)),
+    ("127.0.0.1", "[2001:db8::1]:4711", ("2001:db8::1", 4711)),
+    ("127.0.0.1", "[2001:db8::1]", ("2001:db8::1", 0)),
+    ("127.0.0.1", "[2001:db8::1]x", ("[2001:db8::1]x", 0)),
+    ("127.0.0.1", "[2001:db8::1", ("[2001:db8::1", 0)),
+    ("127.0.0.1", "2001:db8::1", ("2001:db8::1", 0)),
+    ("10.0.0.0/8,127.0.0.1", "203.0.113.7,10.1.2.3 ,\t127.0.0.1", ("203.0.113.7", 0)),
+    ("*", "6.6.6.6, 203.0.113.7", ("6.6.6.6", 0)),  # with '*' the left-most
+    ("*", ", 203.0.113.7", None),
+]
+
+
+@pytest.mark.parametrize(("trusted", "xff", "client"), UVICORN_CASES)
+def test_the_client_as_uvicorn_names_it(trusted, xff, client):
+    assert client_as_uvicorn(xff, tl(trusted)) == client
+
+
+@pytest.mark.parametrize(("trusted", "xff", "client"), UVICORN_CASES)
+def test_the_client_as_uvicorn_agrees_with_uvicorns_own_code(trusted, xff, client):
+    """The same cases through Uvicorn's ProxyHeadersMiddleware, when it is installed: as
+    UvicornWorker sets it up under Gunicorn (forwarded_allow_ips as Gunicorn's list)."""
+    proxy_headers = pytest.importorskip("uvicorn.middleware.proxy_headers")
+    seen = {}
+
+    async def app(scope, receive, send):
+        seen["client"] = scope["client"]
+
+    peer = ("127.0.0.1", 50000)
+    middleware = proxy_headers.ProxyHeadersMiddleware(
+        app, trusted_hosts=[e.strip() for e in trusted.split(",")])
+    scope = {"type": "http", "client": peer, "headers": [(b"x-forwarded-for", xff.encode())]}
+    asyncio.run(middleware(scope, None, None))
+    assert seen["client"] == (client or peer)

@@ -122,6 +122,17 @@ def test_a_trusted_proxys_headers_make_the_websocket_scope_as_the_http_one(share
     assert scope["scheme"] == "ws" and scope["client"][0] == "127.0.0.1"
 
 
+def test_under_uvicorns_worker_class_the_websocket_scheme_is_read_as_uvicorn_does(berth,
+                                                                                  tmp_path):
+    # Uvicorn: X-Forwarded-Proto http/https/ws/wss, "http" becoming "ws" (Traefik sends wss)
+    srv = start(berth, tmp_path, "-k", "uvicorn.workers.UvicornWorker")
+    for proto, scheme in (("wss", "wss"), ("https", "wss"), ("ws", "ws"), ("http", "ws")):
+        with ws_connect(srv, "/scope", additional_headers={
+                "X-Forwarded-Proto": proto, "X-Forwarded-For": "203.0.113.9"}) as ws:
+            scope = json.loads(ws.recv())
+        assert (scope["scheme"], scope["client"]) == (scheme, ["203.0.113.9", 0]), proto
+
+
 def test_an_escape_that_is_not_utf8_is_a_replacement_character_in_the_path(shared):
     with ws_connect(shared, "/scope/%ff%C3%A9") as ws:
         scope = json.loads(ws.recv())

@@ -195,7 +195,8 @@ class Session:
         self.close_sent_at = 0.0
         self.connected_sent = False
         scope["type"] = "websocket"
-        scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"
+        # (wss also when a proxy said so, read as Uvicorn reads X-Forwarded-Proto)
+        scope["scheme"] = "wss" if scope["scheme"] in ("https", "wss") else "ws"
         del scope["method"]
         scope["subprotocols"] = []
         scope["extensions"] = {"websocket.http.response": {}}

@@ -65,7 +65,8 @@ HASH_BYTE, PERCENT_BYTE, UNDERSCORE_BYTE = ord("#"), ord("%"), ord("_")
 # a kind; every other name costs one dict lookup per request once seen.
 # (Host is plain: a second one is found where repeated fields are joined, a missing one by its
 # key, so the one field every request has costs no rule of its own.)
-PLAIN, TRANSFER_ENCODING, EXPECT, CONTENT_LENGTH, UNDERSCORE, FORWARDING, FORWARDER = range(7)
+PLAIN, TRANSFER_ENCODING, EXPECT, CONTENT_LENGTH, UNDERSCORE, FORWARDING, FORWARDER, SCHEME = \
+    range(8)
 _SPECIAL_KINDS = {b"transfer-encoding": TRANSFER_ENCODING, b"expect": EXPECT,
                   b"content-length": CONTENT_LENGTH}
 _header_info: dict[bytes, tuple[str, int]] = {}
@@ -77,18 +78,23 @@ _HOST = re.compile(r"(?:\[[0-9A-Za-z:._~!$&'()*+,;=-]+\]|[0-9A-Za-z._~!$&'()*+,;
                    r"(?::[0-9]*)?\Z")
 _good_hosts: set[str] = set()
 # What a trusted proxy's headers may change (berth/forwarded.py): names (upper case) that mark
-# their request, and the names with '_' (forwarder_headers) kept aside from the headers until
-# the peer is known to be trusted. Set by mark_forwarding(), from the configuration.
+# their request, the names with '_' (forwarder_headers) kept aside from the headers until the
+# peer is known to be trusted, and the scheme headers, whose lines are also kept one by one
+# (Request.scheme_fields). Set by mark_forwarding(), from the configuration.
 _forwarding: frozenset[str] = frozenset()
+_scheme: frozenset[str] = frozenset()
 
 
-def mark_forwarding(names) -> None:
+def mark_forwarding(names, scheme_names=()) -> None:
     """Header names (any case) whose presence marks a request `forwarded`; with '_', they
-    are also kept in `Request.forwarder` instead of the headers (see on_header)."""
-    global _forwarding
-    names = frozenset(str(n).strip().upper() for n in names)
-    if names != _forwarding:
-        _forwarding = names
+    are also kept in `Request.forwarder` instead of the headers (see on_header). Each line of
+    a field named in `scheme_names` (without '_') also goes to `Request.scheme_fields`: the
+    scheme is judged line by line, as Gunicorn does, which the joined value cannot tell."""
+    global _forwarding, _scheme
+    scheme = frozenset(str(n).strip().upper() for n in scheme_names)
+    names = frozenset(str(n).strip().upper() for n in names) | scheme
+    if names != _forwarding or scheme != _scheme:
+        _forwarding, _scheme = names, scheme
         _header_info.clear()
 
 
@@ -99,7 +105,8 @@ def header_info(name: bytes) -> tuple[str, int]:
     if info is None:
         upper = name.decode("latin-1").upper()
         if upper in _forwarding:
-            info = ("HTTP_" + upper.replace("-", "_"), FORWARDER if "_" in upper else FORWARDING)
+            info = ("HTTP_" + upper.replace("-", "_"), FORWARDER if "_" in upper else
+                    SCHEME if upper in _scheme else FORWARDING)
         elif UNDERSCORE_BYTE in name:  # mapped as Gunicorn does: always HTTP_, never CONTENT_TYPE
             info = ("HTTP_" + upper.replace("-", "_"), UNDERSCORE)
         else:
@@ -176,6 +183,7 @@ class Request:
     queued = False  # waiting in the app threads' queue (Loop.to_thread), not taken up yet
     forwarded = False  # a header a trusted proxy may set is here (see mark_forwarding)
     forwarder: list[tuple[str, str]] | None = None  # forwarder_headers with '_', kept aside
+    scheme_fields: list[tuple[str, bytes]] | None = None  # (key, value) of each scheme line
 
     def __init__(self):
         self.headers: dict[str, str] = {}
@@ -363,9 +371,6 @@ class RequestParser:
             cls._flags = (cfg.header_map, cfg.permit_unconventional_http_version,
                           cfg.permit_unconventional_http_method, cfg.casefold_http_method)
             cls._cfg = cfg
-            mark_forwarding([*cfg.secure_scheme_headers, *cfg.forwarder_headers,
-                             *(("X-FORWARDED-FOR", "FORWARDED") if cfg.forwarded_remote_addr
-                               else ())])
         return cls(*cls._options, stream_factory, *cls._flags)
 
     def close(self) -> None:
@@ -704,6 +709,13 @@ class RequestParser:
                 self.current.content_length = int(value)
             elif kind == FORWARDING:  # (and kept as a header)
                 self.current.forwarded = True
+            elif kind == SCHEME:  # each line kept too, to be judged alone (and kept as a header)
+                req = self.current
+                req.forwarded = True
+                if req.scheme_fields is None:
+                    req.scheme_fields = [(key, value)]
+                else:
+                    req.scheme_fields.append((key, value))
             elif kind == FORWARDER:  # a name with '_': aside, until the peer is known
                 req = self.current
                 req.forwarded = True
