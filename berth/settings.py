@@ -707,7 +707,9 @@ _HOOK_WHEN = {
     "post_request": "in a worker after a response",
     "child_exit": "in the master after a worker exited",
     "worker_exit": "in a worker as it exits",
-    "nworkers_changed": "in the master when the worker count changes",
+    "nworkers_changed": "in the master when the worker count is set: at start before "
+                        "on_starting (old_value None), on SIGTTIN/SIGTTOU, and on each SIGHUP "
+                        "before on_reload (as Gunicorn: even when the count stays the same)",
     "on_exit": "in the master just before berth exits",
     "ssl_context": "in the master and each worker to build the TLS context (it returns an "
                    "ssl.SSLContext; default_ssl_context_factory() makes berth's)",

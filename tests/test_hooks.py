@@ -272,6 +272,8 @@ def test_hooks_fire_at_their_moments(berth, tmp_path):
     records = wait_records(log, lambda r: any(x[0] == "post_request" for x in r))
     names = [r[0] for r in records]
     assert names.count("on_starting") == 1 and ["on_starting", master, "2"] in records
+    # the count is set first, as in Gunicorn's Arbiter.setup(), before on_starting
+    assert records[:2] == [["nworkers_changed", "2", "None"], ["on_starting", master, "2"]]
     assert ["when_ready", master] in records
     assert names.count("pre_fork") >= 2 and all(r[1] == master for r in records
                                                 if r[0] == "pre_fork")
@@ -288,8 +290,9 @@ def test_hooks_fire_at_their_moments(berth, tmp_path):
 
     srv.signal(signal.SIGTTIN)
     assert wait_records(log, lambda r: ["nworkers_changed", "3", "2"] in r)
-    srv.signal(signal.SIGHUP)
-    assert wait_records(log, lambda r: ["on_reload", master] in r)
+    srv.signal(signal.SIGHUP)  # (-w 2 again: the count SIGTTIN raised goes back)
+    records = wait_records(log, lambda r: ["on_reload", master] in r)
+    assert records.index(["nworkers_changed", "2", "3"]) < records.index(["on_reload", master])
 
     srv.stop()
     records = read_records(log)
@@ -300,6 +303,26 @@ def test_hooks_fire_at_their_moments(berth, tmp_path):
     children = [r for r in records if r[0] == "child_exit"]
     assert children and all(r[1] == master != r[2] for r in children)  # in the master
     assert {r[2] for r in exits} <= {r[2] for r in children}
+
+
+def test_sighup_calls_nworkers_changed_with_the_new_and_the_old_count(berth, tmp_path):
+    # a reload that changed the worker count called no hook. Gunicorn's reload runs setup(),
+    # whose `num_workers = cfg.workers` calls it, changed or not, before on_reload.
+    log = tmp_path / "hooks.log"
+    conf = tmp_path / "gunicorn.conf.py"
+    hooks = textwrap.dedent(HOOKS_CONF)
+    conf.write_text("workers = 2\n" + hooks)
+    srv = berth(["--threads", "1", "proto_app:app"], env={"HOOK_LOG": str(log)})
+    conf.write_text("workers = 3\n" + hooks)
+    srv.signal(signal.SIGHUP)
+    srv.wait_for_log("generation 2 ready (3 workers)")
+    srv.signal(signal.SIGHUP)  # the same count: called all the same, as by Gunicorn
+    srv.wait_for_log("generation 3 ready (3 workers)")
+    master = str(srv.pid)
+    assert [r for r in read_records(log) if r[0] in ("nworkers_changed", "on_reload")] == [
+        ["nworkers_changed", "2", "None"],
+        ["nworkers_changed", "3", "2"], ["on_reload", master],
+        ["nworkers_changed", "3", "3"], ["on_reload", master]]
 
 
 SIDECAR_CONF = """
