@@ -411,7 +411,8 @@ class Master:
         if cfg.max_requests:
             max_requests = cfg.max_requests + random.randint(0, cfg.max_requests_jitter)
         self.age += 1
-        view = WorkerView(cfg, self.log, age=self.age)
+        view = WorkerView(cfg, self.log, age=self.age, max_requests=max_requests,
+                          sockets=self.listeners)
         call_hook(cfg, "pre_fork", self.server, view)
         sys.stdout.flush()
         sys.stderr.flush()
