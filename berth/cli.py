@@ -21,6 +21,25 @@ from berth.config import Config, ConfigError, load, render_config
 from berth.loader import load_app
 
 
+def env_of(cfg: Config) -> dict[str, str]:
+    """--env (raw_env) as {KEY: VALUE} (its converter has checked that each pair has a '=')."""
+    env = {}
+    for pair in cfg.raw_env or ():
+        key, _, value = pair.partition("=")
+        env[key.strip()] = value
+    return env
+
+
+def restore_env(keys, launch_env: dict[str, str]) -> None:
+    """Put the variables `keys` back as berth found them at launch: the value they had, or
+    none (Gunicorn's reload does this for the keys of the old --env, with its env_orig)."""
+    for key in keys:
+        if key in launch_env:
+            os.environ[key] = launch_env[key]
+        else:
+            os.environ.pop(key, None)
+
+
 def prepare_environment(cfg: Config) -> None:
     """--chdir, --pythonpath, --env: applied before the app is imported."""
     if cfg.chdir:
@@ -34,9 +53,7 @@ def prepare_environment(cfg: Config) -> None:
     if cfg.pythonpath:
         for path in reversed([p.strip() for p in cfg.pythonpath.split(",") if p.strip()]):
             sys.path.insert(0, os.path.abspath(path))
-    for pair in cfg.raw_env or ():
-        key, _, value = pair.partition("=")
-        os.environ[key.strip()] = value
+    os.environ.update(env_of(cfg))
     if cfg.keyfile and not cfg.certfile:
         raise ConfigError("--keyfile (keyfile) needs --certfile (certfile): the certificate "
                           "chain to serve TLS with")
@@ -173,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         log_start(cfg, log)
         return check_app(cfg, log)
     proctitle.prepare()  # before --env changes the environment
+    launch_env = dict(os.environ)  # (what SIGHUP restores the old --env keys to)
+    applied = env_of(cfg)  # the --env variables set in the master, which workers inherit
     try:
         prepare_environment(cfg)
     except ConfigError as exc:
@@ -187,9 +206,20 @@ def main(argv: list[str] | None = None) -> int:
         log.info("listening on %s: %s", cfg.bind[0], cfg.decisions.bind)
 
     def reload_config() -> Config:
-        """SIGHUP: the command line, environment and config file, read again."""
-        new = load(argv, cwd=launch_dir)
-        check_access_log(new, os.getcwd())  # (one the workers cannot open: the old one kept)
+        """SIGHUP: the command line, environment and config file, read again, and the new
+        --env set for the new workers, as Gunicorn's reload does: the keys of the old --env go
+        back to their value at launch (or away) first, so the configuration is read from the
+        environment it was read from at start, then the new pairs are set."""
+        nonlocal applied
+        restore_env(applied, launch_env)
+        try:
+            new = load(argv, cwd=launch_dir)
+            check_access_log(new, os.getcwd())  # (one the workers cannot open: the old one kept)
+        except BaseException:
+            os.environ.update(applied)  # not reloaded: the old --env stays with the old config
+            raise
+        applied = env_of(new)
+        os.environ.update(applied)
         log_start(new, log, levels=("warning",))
         return new
 

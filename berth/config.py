@@ -343,11 +343,19 @@ def parse_config(argv: list[str], environ=os.environ, cwd: str | None = None,
         cfg.values["bind"] = [addr]
         cfg.sources["bind"] = "auto"
         cfg.decisions.bind = why
+    binds: dict[tuple, str] = {}  # the address bound -> the first --bind that names it
     for addr in cfg.bind:
         try:
-            parse_bind(addr)
+            where = parse_bind(addr)
         except BindError as exc:
             raise ConfigError(str(exc)) from None
+        if where in binds:  # (Gunicorn binds it twice: "Connection in use", exit 1)
+            same = "is given twice" if addr == binds[where] else f"is {binds[where]} again"
+            cfg.notices.append(("warning", f"--bind {addr} {same}: berth listens on it once"))
+        else:
+            binds[where] = addr
+    if len(binds) < len(cfg.bind):
+        cfg.values["bind"] = list(binds.values())
     check_reload(cfg, cwd)
     uvicorn_proxy_headers(cfg)
     if cfg.worker_class == "asgi" and cfg.threads not in (1, "auto"):

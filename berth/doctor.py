@@ -47,6 +47,8 @@ class Finding:
 def _host(addr: str) -> str | None:
     if addr.startswith(("unix:", "fd://")):
         return None
+    if addr.startswith("tcp://"):  # (Gunicorn's spelling: berth/sockets.py)
+        addr = addr[6:]
     if addr.startswith("["):
         return addr[:addr.find("]") + 1] if "]" in addr else addr
     return addr.rpartition(":")[0] if ":" in addr else addr

@@ -11,20 +11,34 @@ logging hook should not take the site down).
 The hook arguments are small views with the attributes Gunicorn's documented examples use:
 `server.log`, `server.cfg`, `server.pid`, `worker.pid`, `worker.log`, `worker.age`,
 `req.method`, `req.path`, `req.query`, `req.headers` (a list of (NAME, value) tuples with
-upper-case names), `resp.status`, `resp.status_code`, `resp.headers`. They are built only when
-a hook is set: `get_hook(cfg, name)` is None otherwise, so the request path pays one dict lookup,
-done once per worker.
+upper-case names), `resp.status`, `resp.status_code`, `resp.headers`, and the others of
+Gunicorn's that have a true value in berth, in Gunicorn's shapes (`req.remote_addr` is the
+peer's (host, port)). They are built only when a hook is set: `get_hook(cfg, name)` is None
+otherwise, so the request path pays one dict lookup, done once per worker.
+
+Gunicorn's attributes that have no true value in berth are left out, so that reading one fails
+loudly instead of giving a number that means something else: `worker.tmp` (Gunicorn's
+heartbeat file: berth's workers beat in a shared-memory scoreboard), `worker.timeout` (in
+Gunicorn half of --timeout, the interval its workers notify at: berth's beat every 0.5 s
+whatever the timeout; the setting is `worker.cfg.timeout`) and `worker.nr` (Gunicorn counts a
+request after pre_request and before the app; berth's WSGI worker counts it before pre_request
+and its ASGI worker once the response is over, so a hook would read a count off by one).
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import socket
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from berth import SERVER_SOFTWARE
+from berth.proctitle import process_name
 from berth.settings import HOOK_ARGS
+from berth.sockets import split_bind
 
 # Hooks berth accepts in a config file but never calls (logged at start when set).
 NEVER_CALLED = {"pre_exec": "berth has no SIGUSR2 binary upgrade, so nothing is re-executed"}
@@ -149,6 +163,16 @@ class ServerView:
         return self._master.cfg.workers
 
     @property
+    def address(self) -> list:
+        """Gunicorn's `cfg.address`: each --bind parsed, (host, port) for TCP, the path of a
+        unix socket, the number of an fd://N."""
+        return [gunicorn_address(addr) for addr in self._master.cfg.bind]
+
+    @property
+    def proc_name(self) -> str:  # the NAME in `berth: master [NAME]` (Gunicorn's cfg.proc_name)
+        return process_name(self._master.cfg)
+
+    @property
     def LISTENERS(self) -> list:  # noqa: N802 - Gunicorn's name
         return list(getattr(self._master, "listeners", []))
 
@@ -169,11 +193,14 @@ class WorkerView:
     `pid` is the worker's pid (None in `pre_fork`, before it exists, where Gunicorn shows
     "[booting]"), `ppid` the master's, `age` the worker's sequence number (1 for the first
     worker the master started, counting every spawn, as Gunicorn's `worker.age`), `booted`
-    whether it has loaded the app, `alive` False once it has been asked to stop.
+    whether it has loaded the app, `alive` False once it has been asked to stop,
+    `max_requests` the requests after which it retires (--max-requests plus its jitter, or
+    sys.maxsize without, as in Gunicorn), `sockets` the listening sockets it serves.
     """
 
     def __init__(self, cfg: Any, log: Any, pid: int | None = None, age: int = 0,
-                 ppid: int | None = None, app: Any = None):
+                 ppid: int | None = None, app: Any = None, max_requests: int = 0,
+                 sockets: list | None = None):
         self.cfg = cfg
         self.log = log
         self.pid = pid
@@ -183,6 +210,8 @@ class WorkerView:
         self.booted = False
         self.alive = True
         self.started = time.time()
+        self.max_requests = max_requests or sys.maxsize
+        self.sockets = list(sockets or ())
 
     @property
     def wsgi(self) -> Any:  # Gunicorn's worker.wsgi: the WSGI callable
@@ -196,14 +225,17 @@ class RequestView:
     """The `req` argument of pre_request/post_request (Gunicorn's http.message.Request).
 
     Built from the request's WSGI environ; `headers` is computed on first use. `version` is a
-    tuple such as (1, 1); `headers` a list of (NAME, value) with upper-case names.
+    tuple such as (1, 1); `headers` a list of (NAME, value) with upper-case names. `peer` is
+    the connection's peer address, or a function that returns it (socket.getpeername: nothing
+    is asked of the socket unless a hook reads `remote_addr` or `peer_addr`).
     """
 
-    __slots__ = ("environ", "_headers")
+    __slots__ = ("environ", "_headers", "_peer")
 
-    def __init__(self, environ: dict):
+    def __init__(self, environ: dict, peer: Any = None):
         self.environ = environ
         self._headers: list[tuple[str, str]] | None = None
+        self._peer = peer
 
     @property
     def method(self) -> str:
@@ -250,12 +282,24 @@ class RequestView:
         return self.environ.get("wsgi.url_scheme", "http")
 
     @property
-    def remote_addr(self) -> Any:
-        return self.environ.get("REMOTE_ADDR")
-
-    @property
     def peer_addr(self) -> Any:
-        return self.environ.get("REMOTE_ADDR"), self.environ.get("REMOTE_PORT")
+        """Gunicorn's `req.peer_addr`, the address accept() gave for the connection: (host,
+        port) over IPv4, (host, port, flowinfo, scope_id) over IPv6, '' over a unix socket.
+        The connection's peer, behind a PROXY header or forwarded headers too (REMOTE_ADDR
+        says whom they name)."""
+        peer = self._peer
+        if peer is None or callable(peer):
+            try:
+                peer = peer() if peer is not None else None
+            except OSError:  # (the client is gone)
+                peer = None
+            if peer is None:  # what the environ says
+                host, port = self.environ.get("REMOTE_ADDR"), self.environ.get("REMOTE_PORT")
+                peer = (host, int(port)) if port and str(port).isdigit() else host or ""
+            self._peer = peer
+        return peer
+
+    remote_addr = peer_addr  # (Gunicorn's Request sets both to the same address)
 
     @property
     def body(self) -> Any:
@@ -281,15 +325,20 @@ class ResponseView:
     """The `resp` argument of post_request (Gunicorn's http.wsgi.Response).
 
     `status` is the status line the app gave ("200 OK"), `status_code` its number, `headers`
-    the app's (name, value) list, `sent` the body bytes sent.
+    the app's (name, value) list, `sent` the body bytes sent, `chunked` whether the body went
+    with chunked transfer coding, `version` what the Server header said (Gunicorn's
+    Response.version is its Server header's value).
     """
 
-    __slots__ = ("status", "headers", "sent")
+    __slots__ = ("status", "headers", "sent", "chunked")
+    version = SERVER_SOFTWARE
 
-    def __init__(self, status: str | None, headers: list | None, sent: int = 0):
+    def __init__(self, status: str | None, headers: list | None, sent: int = 0,
+                 chunked: bool = False):
         self.status = status
         self.headers = list(headers or ())
         self.sent = sent
+        self.chunked = chunked
 
     @property
     def status_code(self) -> int | None:
@@ -310,3 +359,12 @@ class ResponseView:
 
     def __repr__(self) -> str:
         return f"<response {self.status}>"
+
+
+def gunicorn_address(addr: str) -> Any:
+    """A --bind value as Gunicorn's `util.parse_address` gives it: (host, port) with the host
+    lower-cased, a unix socket's path, or the number of an fd://N."""
+    family, where = split_bind(addr)
+    if family in (socket.AF_INET, socket.AF_INET6):
+        return where[0].lower(), where[1]
+    return where

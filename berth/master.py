@@ -156,6 +156,9 @@ class Master:
         if not proctitle.set_title("master", cfg) and cfg.proc_name:
             self.log.info("proc_name %r is not shown: process titles need setproctitle (%s)",
                           cfg.proc_name, proctitle.INSTALL_HINT)
+        # the count is set first, before on_starting: Gunicorn's Arbiter.__init__ runs setup(),
+        # whose `num_workers = cfg.workers` calls the hook, before start() calls on_starting
+        call_hook(cfg, "nworkers_changed", self.server, cfg.workers, None)
         call_hook(cfg, "on_starting", self.server)
         for addr in cfg.bind:
             self.listeners.append(create_listener(addr, cfg.backlog, cfg.reuse_port, cfg.umask))
@@ -201,7 +204,6 @@ class Master:
             self.log.info("max worker memory %d MiB%s", cfg.max_worker_memory >> 20,
                           f" ({cfg.decisions.memory})" if cfg.decisions.memory else "")
         call_hook(cfg, "when_ready", self.server)
-        call_hook(cfg, "nworkers_changed", self.server, cfg.workers, None)
         for _ in range(cfg.workers):
             self.spawn()
         try:
@@ -409,7 +411,8 @@ class Master:
         if cfg.max_requests:
             max_requests = cfg.max_requests + random.randint(0, cfg.max_requests_jitter)
         self.age += 1
-        view = WorkerView(cfg, self.log, age=self.age)
+        view = WorkerView(cfg, self.log, age=self.age, max_requests=max_requests,
+                          sockets=self.listeners)
         call_hook(cfg, "pre_fork", self.server, view)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -660,6 +663,9 @@ class Master:
             self.log.warning("SIGHUP: the logging configuration settings (logconfig_dict, "
                              "--log-config, --log-config-json, --log-syslog...) take effect at "
                              "the next start")
+        # as Gunicorn's reload: setup() sets num_workers again, which calls the hook with the
+        # new count and the one it replaces, even when they are equal; then on_reload
+        call_hook(self.cfg, "nworkers_changed", self.server, self.cfg.workers, old.workers)
         call_hook(self.cfg, "on_reload", self.server)
         self.generation += 1  # keep_count() starts the new generation's workers
         self.reload_reason = "reloaded (SIGHUP)"
@@ -809,8 +815,12 @@ class Master:
         else:
             # the old workers run the configuration they were started with: supervise them
             # (and start the next try) by it, not by the one that came with the failed reload
+            failed = self.cfg
             self.cfg = max(older, key=lambda w: w.generation).view.cfg
             proctitle.set_title("master", self.cfg)
+            if self.cfg.workers != failed.workers:  # the count kept is the old one again
+                call_hook(self.cfg, "nworkers_changed", self.server, self.cfg.workers,
+                          failed.workers)
             self.paused = (f"SIGHUP: reload failed: {failure}; {now} with the old code and "
                            "configuration; no new worker is started until the next SIGHUP")
         self.log.error("%s", self.paused)

@@ -152,9 +152,11 @@ SETTINGS: tuple[Setting, ...] = (
       section="Config File"),
     # -- sockets ----------------------------------------------------------------------------
     S("bind", ("-b", "--bind"), text, None,
-      "Address to listen on, repeatable: HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N. "
-      "Default: 0.0.0.0:$PORT when $PORT is set, else 0.0.0.0:8000 inside a container "
-      "and 127.0.0.1:8000 outside one.", "ADDRESS", "append", section="Server Socket",
+      "Address to listen on, repeatable: HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N "
+      "(tcp://HOST:PORT and unix://PATH too, read as Gunicorn reads them); an address given "
+      "twice is listened on once (Gunicorn exits: \"Connection in use\"). Default: "
+      "0.0.0.0:$PORT when $PORT is set, else 0.0.0.0:8000 inside a container and "
+      "127.0.0.1:8000 outside one.", "ADDRESS", "append", section="Server Socket",
       note="Gunicorn's default is 127.0.0.1:8000 everywhere, unreachable from outside a "
            "container.",
       default_text="0.0.0.0:$PORT, else 0.0.0.0:8000 in a container, 127.0.0.1:8000 outside"),
@@ -715,7 +717,9 @@ _HOOK_WHEN = {
     "post_request": "in a worker after a response",
     "child_exit": "in the master after a worker exited",
     "worker_exit": "in a worker as it exits",
-    "nworkers_changed": "in the master when the worker count changes",
+    "nworkers_changed": "in the master when the worker count is set: at start before "
+                        "on_starting (old_value None), on SIGTTIN/SIGTTOU, and on each SIGHUP "
+                        "before on_reload (as Gunicorn: even when the count stays the same)",
     "on_exit": "in the master just before berth exits",
     "ssl_context": "in the master and each worker to build the TLS context (it returns an "
                    "ssl.SSLContext; default_ssl_context_factory() makes berth's)",

@@ -1,4 +1,5 @@
-"""Listening sockets from bind addresses: HOST:PORT, [IPv6]:PORT, unix:PATH, fd://N."""
+"""Listening sockets from bind addresses: HOST:PORT, [IPv6]:PORT, unix:PATH, fd://N (and the
+other spellings of them Gunicorn reads: `tcp://HOST:PORT`, `unix://PATH`)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,19 @@ class BindError(Exception):
     pass
 
 
-def parse_bind(addr: str) -> tuple[int, object]:
-    """A bind string → (family, address); `fd://N` → (-1, N)."""
+EXPECTED = "expected HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N"
+
+
+def split_bind(addr: str) -> tuple[int, object]:
+    """A bind string as written → (family, address), no name resolved: `unix:PATH` →
+    (AF_UNIX, PATH); `fd://N` → (-1, N); `HOST:PORT`, `[IPv6]:PORT`, `HOST` (port 8000) or
+    `:PORT` (host 0.0.0.0) → (AF_INET, or AF_INET6 for an IPv6 host, (host, port)).
+
+    The forms Gunicorn's `util.parse_address` reads, read as it reads them: `unix://PATH` is
+    `unix:PATH`, and a `tcp://` prefix is dropped. (Gunicorn also lower-cases the host: that
+    changes no name or address, only an IPv6 scope's interface name, so berth keeps it.)"""
     if addr.startswith("unix:"):
-        path = addr[5:]
+        path = addr[7:] if addr.startswith("unix://") else addr[5:]
         if not path:
             raise BindError(f"--bind {addr!r}: unix: needs a path")
         return socket.AF_UNIX, path
@@ -23,23 +33,30 @@ def parse_bind(addr: str) -> tuple[int, object]:
             return -1, int(addr[5:])
         except ValueError:
             raise BindError(f"--bind {addr!r}: fd:// needs a file descriptor number") from None
-    if addr.startswith("["):
-        host, sep, rest = addr[1:].partition("]")
+    netloc = addr[6:] if addr.startswith("tcp://") else addr
+    if netloc.startswith("["):
+        host, sep, rest = netloc[1:].partition("]")
         if not sep:
             raise BindError(f"--bind {addr!r}: missing ']'")
         port = rest[1:] if rest.startswith(":") else "8000"
-        family = socket.AF_INET6
     else:
-        host, sep, port = addr.rpartition(":")
+        host, sep, port = netloc.rpartition(":")
         if not sep:
-            host, port = addr, "8000"
-        family = socket.AF_INET
+            host, port = netloc, "8000"
     if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise BindError(f"--bind {addr!r}: expected HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N")
+        raise BindError(f"--bind {addr!r}: {EXPECTED}")
     host = host or "0.0.0.0"
-    if family == socket.AF_INET and ":" in host:
-        family = socket.AF_INET6
+    return (socket.AF_INET6 if ":" in host else socket.AF_INET), (host, int(port))
+
+
+def parse_bind(addr: str) -> tuple[int, object]:
+    """A bind string → (family, address) to bind, checked here so that an address that cannot
+    be bound is refused with the configuration (exit 2), not at start: an IPv4 host name is
+    resolved (its address is returned), an IPv6 host must be one getaddrinfo takes. `fd://N` →
+    (-1, N). Raises BindError."""
+    family, where = split_bind(addr)
     if family == socket.AF_INET:
+        host, port = where
         try:
             socket.inet_aton(host)
         except OSError:
@@ -47,7 +64,14 @@ def parse_bind(addr: str) -> tuple[int, object]:
                 host = socket.gethostbyname(host)
             except OSError:
                 raise BindError(f"--bind {addr!r}: cannot resolve {host!r}") from None
-    return family, (host, int(port))
+        return family, (host, port)
+    if family == socket.AF_INET6:
+        try:  # (a host with a ':' is no name: numeric, a scope as in `fe80::1%eth0` taken)
+            socket.getaddrinfo(where[0], where[1], socket.AF_INET6, socket.SOCK_STREAM, 0,
+                               socket.AI_NUMERICHOST)
+        except (OSError, UnicodeError):
+            raise BindError(f"--bind {addr!r}: {where[0]!r} is not an IPv6 address") from None
+    return family, where
 
 
 def create_listener(addr: str, backlog: int, reuse_port: bool = False,

@@ -16,6 +16,8 @@ import pytest
 from conftest import APPS, ROOT, free_port, read_response
 from proto_helpers import HELLO, BufferedSocket, get_request, http_get, pids_children, wait_for
 
+from berth.sockets import split_bind
+
 
 def run_berth(args, timeout=20, env=None, cwd=None) -> subprocess.CompletedProcess:
     """Run berth to completion (for commands that must exit by themselves)."""
@@ -68,12 +70,16 @@ BAD_VALUES = [
     (["--body-buffer-size", "huge"], "body-buffer-size"),
     (["--log-level", "loud"], "log-level"),
     (["-b", "127.0.0.1:notaport"], "bind"),
-    # these passed --check-config and then failed at run time: a traceback, or five workers
-    # dying with nothing naming the setting
+]
+# these passed --check-config and then failed at run time: a traceback, five workers dying
+# with nothing naming the setting, or a bind refused by the kernel
+RUN_TIME_FAILURES = [
     (["--statsd-host", "host:abc"], "statsd-host"),
     (["--statsd-host", "localhost:99999"], "statsd-host"),
     (["--access-logfile", "/nonexistent-berth-dir/access.log"], "access-logfile"),
+    (["-b", "[zz::1]:8000"], "bind"),
 ]
+BAD_VALUES += RUN_TIME_FAILURES
 
 
 @pytest.mark.parametrize(("args", "setting"), BAD_VALUES, ids=[b[1] for b in BAD_VALUES])
@@ -86,7 +92,8 @@ def test_bad_flag_value_exits_2_naming_the_setting(args, setting):
     assert setting in lines[0].lower(), f"the line does not name {setting!r}: {lines[0]}"
 
 
-@pytest.mark.parametrize(("args", "setting"), BAD_VALUES[-3:], ids=[b[1] for b in BAD_VALUES[-3:]])
+@pytest.mark.parametrize(("args", "setting"), RUN_TIME_FAILURES,
+                         ids=[b[1] for b in RUN_TIME_FAILURES])
 def test_check_config_refuses_what_the_run_would_fail_on(args, setting):
     res = run_berth(["--check-config", *args, "proto_app:app"], timeout=20)
     assert res.returncode == 2 and setting in res.stderr, (res.returncode, res.stderr)
@@ -189,6 +196,43 @@ def test_bind_is_repeatable(berth):
     srv = berth(["-b", f"127.0.0.1:{second}", "-w", "1", "proto_app:app"])
     assert http_get(srv.port, "/hello")[2] == HELLO
     assert http_get(second, "/hello")[2] == HELLO
+
+
+def test_a_tcp_scheme_bind_is_served_as_by_gunicorn(berth, tmp_path):
+    # `tcp://HOST:PORT` passed --check-config, then stopped berth at start ("Name or service
+    # not known"); Gunicorn's util.parse_address drops the prefix
+    port = free_port()
+    bind = f"tcp://127.0.0.1:{port}"
+    assert run_berth(["--check-config", "-b", bind, "proto_app:app"]).returncode == 0
+    berth(["-b", bind, "-w", "1", "proto_app:app"], bind=False, port=port)
+    assert http_get(port, "/hello")[2] == HELLO
+
+
+def test_an_address_bound_twice_is_listened_on_once(berth):
+    # berth exited 1 ("Address already in use"); Gunicorn retries for 5 s, then exits 1
+    port = free_port()
+    bind = f"127.0.0.1:{port}"
+    srv = berth(["-b", bind, "-b", bind, "-b", f"tcp://{bind}", "-w", "1", "proto_app:app"],
+                bind=False, port=port)
+    assert http_get(port, "/hello")[2] == HELLO
+    err = srv.stderr()
+    assert f"--bind {bind} is given twice: berth listens on it once" in err
+    assert f"--bind tcp://{bind} is {bind} again: berth listens on it once" in err
+
+
+@pytest.mark.parametrize(("bind", "expected"), [
+    ("tcp://127.0.0.1:8001", (socket.AF_INET, ("127.0.0.1", 8001))),
+    ("tcp://[::1]:8001", (socket.AF_INET6, ("::1", 8001))),
+    ("unix:/run/b.sock", (socket.AF_UNIX, "/run/b.sock")),
+    ("unix:///run/b.sock", (socket.AF_UNIX, "/run/b.sock")),
+    ("unix://b.sock", (socket.AF_UNIX, "b.sock")),  # relative, as for Gunicorn
+    ("[localhost]:8001", (socket.AF_INET, ("localhost", 8001))),
+])
+def test_binds_are_read_as_gunicorns_parse_address_reads_them(bind, expected):
+    assert split_bind(bind) == expected
+    gunicorn_util = pytest.importorskip("gunicorn.util")
+    family, where = expected
+    assert gunicorn_util.parse_address(bind) == where
 
 
 def test_bind_ipv6_loopback(berth):

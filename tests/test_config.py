@@ -7,6 +7,7 @@ the ones at the bottom run `python -m berth` and check what a person sees.
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import textwrap
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, free_port, http_get
+from proto_helpers import served_by, wait_for, wait_replaced
 from test_cli import run_berth
 from test_sizing import info as fake_info
 
@@ -641,6 +643,34 @@ def test_sighup_rereads_the_config_file(berth, tmp_path):
     srv.signal(signal.SIGHUP)
     srv.wait_for_log("starting 2 workers of generation 2", timeout=10)
     assert http_get(srv.port, "/hello")[0] == 200
+
+
+def test_sighup_gives_the_new_workers_the_changed_raw_env(berth, tmp_path):
+    # the new workers saw the launch's --env for ever. Gunicorn's reload puts the old --env's
+    # keys back as they were at launch (or removes them), then sets the new ones.
+    conf = write(tmp_path / "gunicorn.conf.py",
+                 'raw_env = ["DROPIN_FOO=one", "DROPIN_KEPT=file", "DROPIN_GONE=x"]\n')
+    srv = berth(["-w", "1", "--threads", "1", "proto_app:app"],
+                env={"DROPIN_KEPT": "launch"})
+
+    def osenv(key):
+        return json.loads(http_get(srv.port, f"/osenv?key={key}")[2])[key]
+
+    assert [osenv(k) for k in ("DROPIN_FOO", "DROPIN_KEPT", "DROPIN_GONE")] == [
+        "one", "file", "x"]
+    old = served_by(srv.port)
+    conf.write_text('raw_env = ["DROPIN_FOO=two"]\n')
+    srv.signal(signal.SIGHUP)
+    assert wait_replaced(srv.port, old, timeout=10)
+    assert [osenv(k) for k in ("DROPIN_FOO", "DROPIN_KEPT", "DROPIN_GONE")] == [
+        "two", "launch", None]
+    # a file that no longer reads is not applied: a worker started later keeps the --env too
+    conf.write_text('raw_env = ["DROPIN_FOO=three"\n')
+    srv.signal(signal.SIGHUP)
+    srv.wait_for_log("configuration not reloaded")
+    srv.signal(signal.SIGTTIN)
+    assert wait_for(lambda: len({served_by(srv.port) for _ in range(6)}) == 2, timeout=10)
+    assert {osenv("DROPIN_FOO") for _ in range(6)} == {"two"}
 
 
 def test_pidfile_is_written_and_removed(berth, tmp_path):

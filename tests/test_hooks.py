@@ -6,17 +6,21 @@ fires at its moment, with the attributes Gunicorn's documented examples use.
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import signal
+import socket
+import sys
 import textwrap
 import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import http_get
-from proto_helpers import HELLO, served_by, wait_replaced
+from conftest import BufferedSocket, connect, http_get, read_response
+from proto_helpers import HELLO, get_request, served_by, wait_for, wait_replaced
 
+from berth import SERVER_SOFTWARE
 from berth.config import Config
 from berth.hooks import (
     HookError,
@@ -131,7 +135,27 @@ def test_request_view_has_gunicorns_request_attributes():
     assert headers == {"CONTENT-TYPE": "text/plain", "CONTENT-LENGTH": "3",
                        "HOST": "example.com", "X-REQUEST-ID": "abc"}
     assert all(isinstance(h, tuple) and len(h) == 2 for h in req.headers)
-    assert req.remote_addr == "127.0.0.1"
+    # Gunicorn's shape: the (host, port) tuple, the port a number (here from the environ)
+    assert req.remote_addr == req.peer_addr == ("127.0.0.1", 5555)
+
+
+def test_request_view_reads_the_peer_from_the_socket_only_when_asked():
+    asked = []
+
+    def getpeername():
+        asked.append(1)
+        return ("::1", 5556, 0, 0)
+
+    req = RequestView(dict(ENVIRON), getpeername)
+    assert not asked
+    assert req.remote_addr == req.peer_addr == ("::1", 5556, 0, 0) and asked == [1]
+
+    def gone():
+        raise OSError(107, "Transport endpoint is not connected")
+
+    assert RequestView(dict(ENVIRON), gone).peer_addr == ("127.0.0.1", 5555)
+    unix = dict(ENVIRON, REMOTE_ADDR="", REMOTE_PORT="")
+    assert RequestView(unix).remote_addr == ""  # (Gunicorn: what accept() gives, '')
 
 
 def test_request_view_without_raw_uri_uses_path_info():
@@ -144,6 +168,7 @@ def test_request_view_without_raw_uri_uses_path_info():
 def test_response_view_has_status_status_code_and_headers():
     resp = ResponseView("404 Not Found", [("Content-Type", "text/plain"),
                                           ("Content-Length", "9")], sent=9)
+    assert resp.chunked is False and resp.version == SERVER_SOFTWARE  # (the Server header)
     assert resp.status == "404 Not Found"
     assert resp.status_code == 404
     assert resp.headers == [("Content-Type", "text/plain"), ("Content-Length", "9")]
@@ -169,6 +194,9 @@ def test_worker_view_attributes():
     log = logging.getLogger("w")
     worker = WorkerView(Config(), log, pid=1234, age=5, ppid=1)
     assert (worker.pid, worker.ppid, worker.age, worker.log) == (1234, 1, 5, log)
+    assert worker.max_requests == sys.maxsize and worker.sockets == []  # (as Gunicorn's)
+    for missing in ("tmp", "timeout", "nr"):  # no true value in berth (berth/hooks.py)
+        assert not hasattr(worker, missing)
     assert worker.cfg.loglevel == "info"
     assert "[booting]" in repr(WorkerView(Config(), log))
 
@@ -224,6 +252,13 @@ def on_exit(server):
 '''
 
 
+def read_records_text(path) -> list[str]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line for line in f.read().splitlines() if line.strip()]
+
+
 def read_records(path) -> list[list[str]]:
     if not os.path.exists(path):
         return []
@@ -272,6 +307,8 @@ def test_hooks_fire_at_their_moments(berth, tmp_path):
     records = wait_records(log, lambda r: any(x[0] == "post_request" for x in r))
     names = [r[0] for r in records]
     assert names.count("on_starting") == 1 and ["on_starting", master, "2"] in records
+    # the count is set first, as in Gunicorn's Arbiter.setup(), before on_starting
+    assert records[:2] == [["nworkers_changed", "2", "None"], ["on_starting", master, "2"]]
     assert ["when_ready", master] in records
     assert names.count("pre_fork") >= 2 and all(r[1] == master for r in records
                                                 if r[0] == "pre_fork")
@@ -288,8 +325,9 @@ def test_hooks_fire_at_their_moments(berth, tmp_path):
 
     srv.signal(signal.SIGTTIN)
     assert wait_records(log, lambda r: ["nworkers_changed", "3", "2"] in r)
-    srv.signal(signal.SIGHUP)
-    assert wait_records(log, lambda r: ["on_reload", master] in r)
+    srv.signal(signal.SIGHUP)  # (-w 2 again: the count SIGTTIN raised goes back)
+    records = wait_records(log, lambda r: ["on_reload", master] in r)
+    assert records.index(["nworkers_changed", "2", "3"]) < records.index(["on_reload", master])
 
     srv.stop()
     records = read_records(log)
@@ -300,6 +338,89 @@ def test_hooks_fire_at_their_moments(berth, tmp_path):
     children = [r for r in records if r[0] == "child_exit"]
     assert children and all(r[1] == master != r[2] for r in children)  # in the master
     assert {r[2] for r in exits} <= {r[2] for r in children}
+
+
+def test_sighup_calls_nworkers_changed_with_the_new_and_the_old_count(berth, tmp_path):
+    # a reload that changed the worker count called no hook. Gunicorn's reload runs setup(),
+    # whose `num_workers = cfg.workers` calls it, changed or not, before on_reload.
+    log = tmp_path / "hooks.log"
+    conf = tmp_path / "gunicorn.conf.py"
+    hooks = textwrap.dedent(HOOKS_CONF)
+    conf.write_text("workers = 2\n" + hooks)
+    srv = berth(["--threads", "1", "proto_app:app"], env={"HOOK_LOG": str(log)})
+    conf.write_text("workers = 3\n" + hooks)
+    srv.signal(signal.SIGHUP)
+    srv.wait_for_log("generation 2 ready (3 workers)")
+    srv.signal(signal.SIGHUP)  # the same count: called all the same, as by Gunicorn
+    srv.wait_for_log("generation 3 ready (3 workers)")
+    master = str(srv.pid)
+    assert [r for r in read_records(log) if r[0] in ("nworkers_changed", "on_reload")] == [
+        ["nworkers_changed", "2", "None"],
+        ["nworkers_changed", "3", "2"], ["on_reload", master],
+        ["nworkers_changed", "3", "3"], ["on_reload", master]]
+
+
+OBJECTS_CONF = '''
+import os
+
+def _record(**values):
+    with open(os.environ["HOOK_LOG"], "a") as f:
+        f.write(repr(values) + "\\n")
+
+def pre_fork(server, worker):
+    _record(hook="pre_fork", max_requests=worker.max_requests, address=server.address,
+            sockets=sorted(str(s.getsockname()) for s in worker.sockets),
+            proc_name=server.proc_name)
+
+def pre_request(worker, req):
+    _record(hook="pre_request", path=req.path, remote_addr=req.remote_addr,
+            peer_addr=req.peer_addr)
+
+def post_request(worker, req, environ, resp):
+    _record(hook="post_request", path=req.path, remote_addr=req.remote_addr,
+            version=resp.version, chunked=resp.chunked)
+'''
+
+
+@pytest.mark.parametrize("kind", ["gthread", "asgi"])
+def test_hook_objects_have_gunicorns_attributes_in_gunicorns_shapes(berth, tmp_path, kind):
+    # req.remote_addr was the string '127.0.0.1' and req.peer_addr's port a string; Gunicorn
+    # gives both the address accept() returned: ('127.0.0.1', 56648), '' over a unix socket
+    log = tmp_path / "hooks.log"
+    path = tmp_path / "berth.sock"
+    (tmp_path / "objects.conf.py").write_text(OBJECTS_CONF)
+    app = ["-k", "asgi", "proto_asgi:app"] if kind == "asgi" else ["proto_app:app"]
+    srv = berth(["-c", "objects.conf.py", "-b", f"unix:{path}", "-w", "1", "-n", "shop",
+                 "--max-requests", "100", *app], env={"HOOK_LOG": str(log)})
+    with connect(srv.port) as sock:
+        client = sock.getsockname()
+        sock.sendall(get_request("/hello"))
+        assert read_response(sock)[0] == 200
+        sock.sendall(get_request("/stream?n=2"))  # (no length: chunked on HTTP/1.1)
+        assert read_response(sock)[0] == 200
+    with BufferedSocket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        sock.sendall(get_request("/hello", host="localhost"))
+        assert read_response(sock)[0] == 200
+
+    def records():
+        return [ast.literal_eval(line) for line in read_records_text(log)]
+
+    wait_for(lambda: sum(r["hook"] == "post_request" for r in records()) == 3)
+    fork, *requests = records()
+    assert fork == {"hook": "pre_fork", "max_requests": 100, "proc_name": "shop",
+                    "address": [("127.0.0.1", srv.port), str(path)],
+                    "sockets": sorted([str(("127.0.0.1", srv.port)), str(str(path))])}
+    pre = [r for r in requests if r["hook"] == "pre_request"]
+    post = [r for r in requests if r["hook"] == "post_request"]
+    assert [(r["path"], r["remote_addr"], r["peer_addr"]) for r in pre] == [
+        ("/hello", client, client), ("/stream", client, client), ("/hello", "", "")]
+    # (in any order: a hook runs after its response is out, maybe after the next request's)
+    assert sorted([(r["path"], r["remote_addr"], r["version"], r["chunked"]) for r in post],
+                  key=repr) == sorted([
+        ("/hello", client, SERVER_SOFTWARE, False), ("/stream", client, SERVER_SOFTWARE, True),
+        ("/hello", "", SERVER_SOFTWARE, False)], key=repr)
 
 
 SIDECAR_CONF = """

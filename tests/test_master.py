@@ -30,7 +30,8 @@ def sent(monkeypatch) -> list:
 
 
 def make_master(reload: bool = False) -> Master:
-    m = Master(SimpleNamespace(statsd_host=None), logging.getLogger("berth.test.master"), None)
+    m = Master(SimpleNamespace(statsd_host=None, workers=2),
+               logging.getLogger("berth.test.master"), None)
     if reload:
         m.code = SimpleNamespace()  # (only whether --reload is on is read here)
     return m
@@ -43,9 +44,10 @@ def worker(m: Master, pid: int, generation: int, ready: bool) -> WorkerInfo:
     return info
 
 
-def sighup(m: Master) -> SimpleNamespace:
+def sighup(m: Master, workers: int = 2, **hooks) -> SimpleNamespace:
     """What `reload` does to these records: a new configuration, a new generation."""
-    m.cfg = SimpleNamespace(statsd_host=None, proc_name="after the reload")
+    m.cfg = SimpleNamespace(statsd_host=None, proc_name="after the reload", workers=workers,
+                            **hooks)
     m.generation += 1
     return m.cfg
 
@@ -103,6 +105,22 @@ def test_a_reload_whose_app_does_not_load_is_held_back_while_the_old_workers_ser
     assert m.cfg is before  # the old workers are supervised by their own configuration
     died(m, worker(m, 43, generation=2, ready=False), LOAD_ERROR)  # its sibling: one line
     assert caplog.text.count("SIGHUP: reload failed") == 1 and not m.exit_code
+
+
+def test_a_held_back_reload_that_changed_the_count_calls_nworkers_changed_back(sent):
+    # the count kept is the old configuration's again: "called just after num_workers has
+    # been changed" (Gunicorn's description of the hook)
+    calls = []
+
+    def nworkers_changed(server, new, old):
+        calls.append((new, old))
+
+    m = make_master()
+    m.cfg.nworkers_changed = nworkers_changed  # (the old configuration's hook is called)
+    worker(m, 40, generation=1, ready=True)
+    sighup(m, workers=3, nworkers_changed=nworkers_changed)
+    died(m, worker(m, 41, generation=2, ready=False), LOAD_ERROR)
+    assert m.paused and m.cfg.workers == 2 and calls == [(2, 3)]
 
 
 def test_a_reload_whose_workers_die_at_boot_is_held_back_at_the_fifth(sent, caplog):

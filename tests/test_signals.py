@@ -233,3 +233,26 @@ def test_a_keep_alive_connection_used_just_before_sigterm_gets_its_next_answer(b
     assert (status, body) == (200, HELLO)
     assert headers.get("connection") == "close"
     assert srv.wait(timeout=15) == 0
+
+
+def test_the_readme_signals_section_names_every_signal_the_master_takes():
+    # SIGUSR2 was missing: a USR2, WINCH, QUIT upgrade runbook did nothing, silently
+    from conftest import ROOT
+
+    from berth.children import MASTER_SIGNALS
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("**Signals.**", 1)[1].split("\n\n", 1)[0]
+    for sig in (*MASTER_SIGNALS, signal.SIGWINCH):
+        if sig != signal.SIGCHLD:
+            assert signal.Signals(sig).name in section, signal.Signals(sig).name
+
+
+def test_sigusr2_is_logged_and_ignored_as_the_readme_says(berth):
+    srv = berth(["-w", "1", "proto_app:app"])
+    workers = set(pids_children(srv.pid))
+    srv.signal(signal.SIGUSR2)
+    srv.wait_for_log("SIGUSR2 is not used by berth (no binary upgrade); ignored")
+    time.sleep(0.3)  # (a re-exec would show as a new child by now)
+    assert http_get(srv.port, "/hello")[2] == HELLO
+    assert set(pids_children(srv.pid)) == workers and srv.proc.poll() is None

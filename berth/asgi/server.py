@@ -59,6 +59,11 @@ def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+def peer_of(cycle: Cycle):
+    """The connection's peer address as the transport took it at accept (for hooks' `req`)."""
+    return cycle.proto.transport.get_extra_info("peername")
+
+
 class AsgiLoop(Admission):
     """See the module docstring."""
 
@@ -373,7 +378,7 @@ class AsgiLoop(Admission):
         it (its `req` is made from the request as a WSGI environ would have it)."""
         if self.pre_request is not None:
             call_hook(self.cfg, "pre_request", self.view,
-                      RequestView(self.environ_for_log(cycle)))
+                      RequestView(self.environ_for_log(cycle), peer_of(cycle)))
 
     def finished(self, cycle: Cycle) -> None:
         """A response is over: count it, log it, the post_request hook, --max-requests."""
@@ -389,8 +394,9 @@ class AsgiLoop(Admission):
                 environ, status, cycle.sent, took, cycle.access_headers or ()))
         if self.post_request is not None:
             environ = environ or self.environ_for_log(cycle)
-            call_hook(self.cfg, "post_request", self.view, RequestView(environ), environ,
-                      ResponseView(status, cycle.access_headers, cycle.sent))
+            call_hook(self.cfg, "post_request", self.view, RequestView(environ, peer_of(cycle)),
+                      environ, ResponseView(status, cycle.access_headers, cycle.sent,
+                                            cycle.chunked))
         self.served += 1
         if self.served >= self.max_requests and not self.retired:
             self.retire()

@@ -573,7 +573,7 @@ class Responder:
         if not inline:
             conn.response = resp
         if self.pre_request is not None or self.post_request is not None:
-            resp.view = RequestView(environ)
+            resp.view = RequestView(environ, conn.sock.getpeername)  # (called if a hook asks)
             if inline and self.baton is not None:  # (a hook is app code: baton.py)
                 self.baton.lead(resp, self.request_hook, "pre_request", resp.view)
                 inline = resp.inline
@@ -652,7 +652,7 @@ class Responder:
             req.body_stream.discard()
         if self.post_request is not None:
             self.request_hook("post_request", resp.view, resp.environ,
-                              ResponseView(resp.status, resp.headers, resp.sent))
+                              ResponseView(resp.status, resp.headers, resp.sent, resp.chunked))
 
     def request_hook(self, name: str, *args) -> None:
         """The pre_request or post_request hook (call_hook logs an exception, and the request
