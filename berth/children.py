@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD, signal.SIGHUP,
                   signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU)
 EARLY_SIGNALS: list[int] = []  # in a new worker: what came before its handlers (early_signals)
+KILL_GRACE_QUICK = 2.0  # SIGINT/SIGQUIT: seconds before the master kills the workers left
 ORPHAN_GRACE = 0.5  # an unknown zombie child this old is an orphan nobody waits for: reap it
 
 

@@ -45,6 +45,7 @@ from functools import partial
 from berth import container, logconfig, proctitle, reloader
 from berth.admin import AdminServer
 from berth.children import (
+    KILL_GRACE_QUICK,
     MASTER_SIGNALS,
     ExitReader,
     OrphanReaper,
@@ -64,7 +65,6 @@ from berth.worker.process import EXIT_APP_LOAD_ERROR, Worker, private_memory
 
 BOOT_FAILURES_MAX = 5  # workers dying before they are ready, within BOOT_FAILURE_WINDOW
 BOOT_FAILURE_WINDOW = 60.0
-KILL_GRACE_QUICK = 2.0  # SIGINT/SIGQUIT: seconds before leftovers are killed
 STACKS_GRACE = 0.2  # a silent worker: seconds from the stack dump (SIGUSR2) to SIGABRT
 ABORT_GRACE = 1.0  # and from SIGABRT to SIGKILL
 TICK = 0.5

@@ -397,6 +397,25 @@ def test_a_slow_lifespan_shutdown_gets_what_the_requests_left_of_the_graceful_ti
     assert "lifespan shutdown did not finish" not in srv.stderr()
 
 
+def test_sigint_during_a_drain_ends_the_lifespan_shutdown_before_the_masters_kill(
+        berth, tmp_path):
+    # a quick stop in the middle of a drain gave the lifespan shutdown the rest of the graceful
+    # window (5 s here), and the master killed the worker at its quick stop's 2 s
+    srv = start(berth, tmp_path, "-w", "1", "--graceful-timeout", "8",
+                env={"ASGI_LIFESPAN": "slow-shutdown", "ASGI_SHUTDOWN_S": "5"})
+    t, _ = in_background(lambda: http_get(srv.port, "/ignore-disconnect?id=q", timeout=15))
+    time.sleep(0.3)
+    srv.signal(signal.SIGTERM)
+    time.sleep(1)
+    srv.signal(signal.SIGINT)
+    code, took = exit_within(srv, 10)
+    t.join(timeout=5)
+    err = srv.stderr()
+    assert code is not None and took < 2.5, err
+    assert "did not stop in time" not in err, err
+    assert "lifespan shutdown did not finish" in err  # (cut by berth, not killed)
+
+
 def test_the_worker_serves_tls(berth, tmp_path):
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()

@@ -19,6 +19,7 @@ import time
 from berth.asgi.lifespan import Lifespan, LifespanFailed
 from berth.asgi.server import AsgiLoop, new_event_loop
 from berth.asgi.watchdog import LoopWatch
+from berth.children import KILL_GRACE_QUICK
 from berth.worker.process import EXIT_APP_LOAD_ERROR, WORKER_SIGNALS, Worker
 
 
@@ -105,9 +106,12 @@ class AsgiWorker(Worker):
     def _after_loop(self) -> None:
         server = self.loop
         reserve = self.reserve()
-        # the end of --graceful-timeout after a drain (whose deadline kept the reserve back),
-        # else (a quick stop) the reserve from now
-        end = (self.drain_deadline if self.drain_deadline else time.monotonic()) + reserve
+        if self.quick_stop:  # SIGINT, SIGQUIT (a drain's too): before the master's kill
+            end = self.quick_stop + KILL_GRACE_QUICK - 0.5
+        elif self.drain_deadline:  # the end of --graceful-timeout (the deadline kept the
+            end = self.drain_deadline + reserve  # reserve back)
+        else:
+            end = time.monotonic() + reserve
         server.shutdown(timeout=min(0.5, reserve / 2))
         left = max(0.5, end - time.monotonic())
         server.loop.run_until_complete(self.lifespan.shutdown(left))

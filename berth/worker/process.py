@@ -70,6 +70,7 @@ class Worker:
         self.alive = True
         self.ppid = os.getppid()
         self.drain_deadline = 0.0
+        self.quick_stop = 0.0  # when a SIGINT or SIGQUIT came (the master kills at + 2 s)
         self.scoreboard = scoreboard
         self.slot = Slot(generation=generation, state=BOOTING)
         self.slot_index = slot
@@ -299,6 +300,7 @@ class Worker:
                     self.term_from_elsewhere = time.monotonic()
             elif sig in (signal.SIGINT, signal.SIGQUIT):
                 call_hook(self.cfg, "worker_int", self.view)
+                self.quick_stop = self.quick_stop or time.monotonic()
                 self.loop.alive = False
             elif sig == signal.SIGUSR1:
                 reopen_error_log(self.cfg.errorlog)
