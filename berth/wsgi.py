@@ -57,12 +57,14 @@ class Addresses:
     addresses), and `remote_port`. About 100 bytes a connection instead of a dict of its own
     (600): an idle keep-alive connection holds this much."""
 
-    __slots__ = ("base", "forwarded", "remote_port")
+    __slots__ = ("base", "forwarded", "remote_port", "unix")
 
-    def __init__(self, base: dict, remote_port: str, forwarded: bool = False):
+    def __init__(self, base: dict, remote_port: str, forwarded: bool = False,
+                 unix: bool = False):
         self.base = base
-        self.remote_port = remote_port
+        self.remote_port = remote_port  # "" for a unix socket's peer (no REMOTE_PORT)
         self.forwarded = forwarded  # the peer is a trusted proxy (see berth/forwarded.py)
+        self.unix = unix  # a unix socket: SERVER_NAME and SERVER_PORT from Host (for_request)
 
     def __getitem__(self, key: str):
         return self.remote_port if key == "REMOTE_PORT" else self.base[key]
@@ -106,7 +108,7 @@ class Environs:
         # in Gunicorn (not 127.0.0.1, which an app's "only from localhost" check would pass);
         # SERVER_NAME and SERVER_PORT come from each request's Host (unix_server_keys)
         self.unix = Addresses(self._base_with("localhost", 0, ""), "",
-                              forwarding is not None and forwarding.trusts(None))
+                              forwarding is not None and forwarding.trusts(None), unix=True)
 
     def for_connection(self, local: tuple | None, peer: tuple | None) -> Addresses:
         """The connection's addresses: `local` and `peer` as getsockname()/accept() give them
@@ -130,7 +132,8 @@ class Environs:
         remote_port = extra.pop("REMOTE_PORT", addresses.remote_port)
         base = addresses.base
         if not cache:
-            return Addresses({**base, **extra}, remote_port, addresses.forwarded)
+            return Addresses({**base, **extra}, remote_port, addresses.forwarded,
+                             addresses.unix)
         key = (base["SERVER_NAME"], base["SERVER_PORT"], base["REMOTE_ADDR"],
                *sorted(extra.items()))
         layer = self.bases.get(key)
@@ -138,7 +141,7 @@ class Environs:
             if len(self.bases) >= ADDRESS_CACHE:
                 self.bases.clear()
             layer = self.bases[key] = {**base, **extra}
-        return Addresses(layer, remote_port, addresses.forwarded)
+        return Addresses(layer, remote_port, addresses.forwarded, addresses.unix)
 
     def _base_with(self, server_name: str, server_port: int, remote_addr: str) -> dict:
         environ = dict(self.base)
@@ -168,12 +171,12 @@ class Environs:
         environ["wsgi.input"] = req.body_stream if req.streaming else io.BytesIO(req.body)
         environ.update(req.headers)
         port = addresses.remote_port
-        if port:
+        if port:  # (a unix socket's peer has none, unless a PROXY header named one)
             environ["REMOTE_PORT"] = port
-        else:  # a unix socket's peer (see __init__)
-            unix_server_keys(environ)
         if req.forwarded and self.forwarding is not None:  # (see berth/forwarded.py)
             self.forwarding.apply(environ, req, addresses.forwarded, self.header_map)
+        if addresses.unix:  # (after the forwarded scheme: https is port 443)
+            unix_server_keys(environ)
         if self.request_ids:  # the client's X-Request-ID, or the pid and a counter
             rid = environ.get("HTTP_X_REQUEST_ID")
             environ["berth.request_id"] = rid if rid and len(rid) <= MAX_REQUEST_ID else (

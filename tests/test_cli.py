@@ -286,6 +286,36 @@ def test_a_request_on_a_unix_socket_has_no_client_address_as_in_gunicorn(berth, 
     assert not line.startswith("127.0.0.1"), line  # (%(h)s: the empty address, as Gunicorn)
 
 
+def test_a_unix_socket_request_behind_a_proxy_takes_its_server_from_host_after_the_scheme(
+        berth, tmp_path):
+    # nginx on the socket, terminating TLS: SERVER_PORT was read before X-Forwarded-Proto made
+    # the scheme https (80, where Gunicorn says 443); with the PROXY protocol, a header naming
+    # the client hid that the socket is a unix one (SERVER_NAME localhost, SERVER_PORT 0)
+    path = tmp_path / "berth.sock"
+    berth(["-b", f"unix:{path}", "-w", "1", "--proxy-protocol", "auto", "proto_app:app"])
+    sends = {
+        "forwarded": get_request("/env", host="shop.example.com",
+                                 headers={"X-Forwarded-Proto": "https"}),
+        "proxy": b"PROXY TCP4 203.0.113.7 10.0.0.1 56324 443\r\n"
+                 + get_request("/env", host="shop.example.com:8443"),
+    }
+    got = {}
+    for name, raw in sends.items():
+        with BufferedSocket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(path))
+            sock.sendall(raw)
+            status, _, body = read_response(sock)
+        assert status == 200, name
+        got[name] = json.loads(body)["str"]
+    env = got["forwarded"]
+    assert (env["wsgi.url_scheme"], env["SERVER_NAME"], env["SERVER_PORT"]) == (
+        "https", "shop.example.com", "443")
+    env = got["proxy"]
+    assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("203.0.113.7", "56324")
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("shop.example.com", "8443")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_the_unix_socket_file_is_removed_at_exit_after_a_graceful_or_a_quick_stop(
         berth, tmp_path, sig):
