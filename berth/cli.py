@@ -205,12 +205,20 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.decisions.bind:
         log.info("listening on %s: %s", cfg.bind[0], cfg.decisions.bind)
 
-    def reload_config() -> Config:
-        """SIGHUP: the command line, environment and config file, read again, and the new
-        --env set for the new workers, as Gunicorn's reload does: the keys of the old --env go
-        back to their value at launch (or away) first, so the configuration is read from the
-        environment it was read from at start, then the new pairs are set."""
+    def set_env(for_cfg: Config) -> None:
+        """The master's environment (which new workers inherit) gets `for_cfg`'s --env: the
+        keys of the --env set before go back to their value at launch (or away) first, as
+        Gunicorn's reload does. Also when a held-back reload goes back to the old
+        configuration (Master.hold_back): its workers must not start with the new --env."""
         nonlocal applied
+        restore_env(applied, launch_env)
+        applied = env_of(for_cfg)
+        os.environ.update(applied)
+
+    def reload_config() -> Config:
+        """SIGHUP: the command line, environment and config file, read again (from the
+        environment they were read from at start), and the new --env set for the new workers
+        (set_env)."""
         restore_env(applied, launch_env)
         try:
             new = load(argv, cwd=launch_dir)
@@ -218,8 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         except BaseException:
             os.environ.update(applied)  # not reloaded: the old --env stays with the old config
             raise
-        applied = env_of(new)
-        os.environ.update(applied)
+        set_env(new)
         log_start(new, log, levels=("warning",))
         return new
 
@@ -231,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as exc:
                 log.error("--pid %s: %s", pidfile, exc.strerror)
                 return 2
-        return Master(cfg, log, lambda: load_app(cfg.app_uri), reload_config).run()
+        return Master(cfg, log, lambda: load_app(cfg.app_uri), reload_config, set_env).run()
     except _BindError as exc:
         log.error("%s", exc)
         return 1

@@ -98,11 +98,12 @@ IGNORED_WHILE_STOPPING = {
 
 
 class Master:
-    def __init__(self, cfg, log, load_app, reload_config=None):
+    def __init__(self, cfg, log, load_app, reload_config=None, set_env=None):
         self.cfg = cfg
         self.log = log
         self.load_app = load_app
         self.reload_config = reload_config
+        self.set_env = set_env  # (cfg): put cfg's --env in the environment workers inherit
         self.app = None
         self.listeners: list[socket.socket] = []
         self.workers: dict[int, WorkerInfo] = {}
@@ -817,6 +818,8 @@ class Master:
             # (and start the next try) by it, not by the one that came with the failed reload
             failed = self.cfg
             self.cfg = max(older, key=lambda w: w.generation).view.cfg
+            if self.set_env is not None:  # (a worker started again gets the old --env too)
+                self.set_env(self.cfg)
             proctitle.set_title("master", self.cfg)
             if self.cfg.workers != failed.workers:  # the count kept is the old one again
                 call_hook(self.cfg, "nworkers_changed", self.server, self.cfg.workers,
