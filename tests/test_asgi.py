@@ -94,6 +94,31 @@ def test_bodies_buffered_or_streamed_and_responses_framed(berth, tmp_path):
     assert headers["content-length"] == str(len(body))
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_pathsend_that_disagrees_with_the_apps_content_length_is_cut_or_closed_and_logged(
+        berth, tmp_path, loop):
+    # asyncio's sendfile sent less than a longer claim and the connection was kept: the client
+    # waited for bytes that never came; neither loop said anything of a shorter claim
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    srv = start(berth, tmp_path, "--asgi-loop", loop)
+    whole = (APPS / "asgi_app.py").read_bytes()
+    with connect(srv.port) as sock:
+        sock.sendall(b"GET /file?claim=10 HTTP/1.1\r\nHost: h\r\n\r\n"
+                     b"GET /hello HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert read_response(sock)[2] == whole[:10]
+        assert read_response(sock)[0] == 200  # framed right: the next response follows
+    claim = len(whole) + 100
+    with connect(srv.port, 5) as sock:
+        sock.sendall(f"GET /file?claim={claim} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):  # (a timeout here: the connection was kept)
+            data += chunk
+    assert data.partition(b"\r\n\r\n")[2] == whole
+    err = srv.wait_for_log("100 bytes shorter than its Content-Length", timeout=5)
+    assert "GET /file?claim=10 HTTP/1.1 is longer than its Content-Length" in err
+
+
 def test_expect_100_continue_is_answered_when_the_app_reads(berth, tmp_path):
     srv = start(berth, tmp_path)
     with connect(srv.port) as sock:

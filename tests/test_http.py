@@ -393,6 +393,19 @@ def test_a_body_longer_than_the_apps_content_length_is_cut_and_logged_once(srv, 
     assert srv.stderr().count(line) == 1
 
 
+@pytest.mark.wsgi_only("wsgi.file_wrapper: the ASGI pathsend is in test_asgi.py")
+def test_a_file_longer_than_the_apps_content_length_is_cut_and_logged(srv, tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"0123456789" * 10)
+    url = f"/file?path={path}&claim=25"
+    with connect(srv.port) as sock:
+        sock.sendall(get_request(url) + get_request("/hello"))
+        assert read_response(sock)[2] == b"0123456789" * 2 + b"01234"
+        assert read_response(sock)[2] == HELLO
+    assert wait_for(lambda: f"{url} HTTP/1.1 is longer than its Content-Length"
+                    in srv.stderr(), timeout=5), srv.stderr()[-2000:]
+
+
 @pytest.mark.parametrize("parts", ["list=1", "list=0"])
 def test_a_body_shorter_than_the_apps_content_length_closes_the_connection_and_is_logged(
         srv, parts):

@@ -361,12 +361,15 @@ class Cycle:
     def _cut(self, body: bytes) -> bytes:
         """What of `body` the Content-Length still allows (less than all of it); the first
         cut is logged (the app's bug: its users see cut bodies)."""
+        self._warn_overlong()
+        return body[:self.remaining]
+
+    def _warn_overlong(self) -> None:
         if not self.overlong:
             self.overlong = True
             self.proto.server.log.warning(
                 "the ASGI app's response to %s is longer than its Content-Length: the bytes "
                 "past it are not sent", self.proto.describe(self.req))
-        return body[:self.remaining]
 
     async def _pathsend(self, path: str) -> None:
         proto = self.proto
@@ -375,14 +378,18 @@ class Cycle:
             if self.framing is not None:
                 raise RuntimeError("http.response.pathsend after a body was sent")
             self._frame(size, b"")
-            if not self.framing.no_body and size:
+            if not self.framing.no_body and size > self.remaining:  # (the app's own length)
+                self._warn_overlong()
+            if not self.framing.no_body and size and self.remaining:
                 if proto.write_paused:
                     await proto.drain()
                 proto.flush()  # the head, before the file
                 if isinstance(proto.loop, asyncio.BaseEventLoop):  # sendfile(2), or TLS writes
-                    await proto.loop.sendfile(proto.transport, f, 0, self.remaining)
-                    self.sent += self.remaining
-                    self.remaining = 0
+                    # (a file shorter than the app's Content-Length sends less: then _end
+                    # closes the connection, which the client would wait on)
+                    sent = await proto.loop.sendfile(proto.transport, f, 0, self.remaining)
+                    self.sent += sent
+                    self.remaining -= sent
                 else:  # uvloop has no sendfile: read and write
                     while self.remaining:
                         data = f.read(min(self.remaining, FILE_PIECE))

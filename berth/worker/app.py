@@ -129,12 +129,15 @@ class Response:
         """What of `data` the response's Content-Length still allows (less than all of it).
         The first cut is logged: Gunicorn drops the rest in silence, but a wrong length is the
         app's bug, and its users see cut bodies."""
+        self.warn_overlong()
+        return data[:self.remaining]
+
+    def warn_overlong(self) -> None:
         if not self.overlong:
             self.overlong = True
             self.responder.log.warning(
                 "the app's response to %s is longer than its Content-Length: the bytes past "
                 "it are not sent", request_line(self.req))
-        return data[:self.remaining]
 
     def progress(self) -> None:
         """An empty body part is the app's progress too (write() does the same for the
@@ -717,7 +720,9 @@ class Responder:
             if span is not None:
                 fd, offset, count = span
                 head = resp.make_head(count)  # a known length: framed by Content-Length
-                count = min(count, resp.remaining)
+                if count > resp.remaining:  # (the app's own Content-Length is shorter)
+                    resp.warn_overlong()
+                    count = resp.remaining
                 conn.send(head, resp.inline)
                 if not resp.no_body and count:
                     conn.sendfile(fd, offset, count, resp.inline)

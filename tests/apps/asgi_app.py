@@ -11,8 +11,8 @@ Routes: /hello; /scope (the scope as JSON, headers decoded); /state (scope["stat
 /stream?n=&delay= (n parts, delay seconds apart, no length: chunked); /forever (parts every
 0.1 s until the client goes; writes the marker "disconnect-<id>" when receive() says so);
 /ignore-disconnect (streams nothing and never reads: sleeps; writes "cancelled-<id>" when
-cancelled); /block?s= (time.sleep on the loop: the watchdog's case); /file (pathsend of this
-file); /raise (an exception before the response); /raise-after (after the head); /mark
+cancelled); /block?s= (time.sleep on the loop: the watchdog's case); /file?claim= (pathsend of
+this file; claim: a content-length of the app's own); /raise (an exception before the response); /raise-after (after the head); /mark
 (calls getsid(), a system call a tracer sees, and answers the query string); /reuse?as=
 (a body of 12 bytes sent from one 4-byte buffer refilled between the parts).
 """
@@ -151,8 +151,9 @@ async def app(scope, receive, send):
         time.sleep(float(query.get("s", 1)))  # a blocking call in async code: the bug
         await start(send)
         await send({"type": "http.response.body", "body": b"blocked\n"})
-    elif path == "/file":
-        await start(send)
+    elif path == "/file":  # (claim=N: the app's own content-length, true or not)
+        claim = query.get("claim")
+        await start(send, headers=[(b"content-length", claim.encode())] if claim else ())
         await send({"type": "http.response.pathsend", "path": __file__})
     elif path == "/raise":
         raise ValueError("boom before the response")

@@ -12,7 +12,8 @@ Routes (query parameters in brackets):
   /stream [n, delay, who]     generator of n parts "part-<i>\\n", no Content-Length (who=1:
                               "part-<i>@<thread name>\\n")
   /write                      write(b"one-"), write(b"two-"), then returns [b"three-", b"four"]
-  /file [path, cl]            wsgi.file_wrapper over the file at `path` (Content-Length if cl=1)
+  /file [path, cl, claim]     wsgi.file_wrapper over the file at `path` (Content-Length if cl=1;
+                              claim=N: Content-Length N, true or not)
   /file-like [n]              wsgi.file_wrapper over an in-memory file-like object (no fileno)
                               whose close() writes marker "close-filelike"
   /raise-before               raises before start_response
@@ -285,7 +286,9 @@ def app(environ, start_response):
         fpath = q["path"]
         f = open(fpath, "rb")  # noqa: SIM115 - closed by the server via the file_wrapper
         headers = [("Content-Type", "application/octet-stream")]
-        if q.get("cl", "1") == "1":
+        if "claim" in q:  # a Content-Length of the app's own, true or not
+            headers.append(("Content-Length", q["claim"]))
+        elif q.get("cl", "1") == "1":
             headers.append(("Content-Length", str(os.path.getsize(fpath))))
         start_response("200 OK", headers)
         wrapper = environ.get("wsgi.file_wrapper")
