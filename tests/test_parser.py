@@ -101,7 +101,8 @@ def test_a_bad_host_after_good_ones_on_one_connection_is_400():
 
 
 @pytest.mark.parametrize("host", [b"h", b"example.com:8080", b"127.0.0.1:80", b"[::1]:8443",
-                                  b"[::1]", b"a_b.example.", b"h,alias", b"xn--bcher-kva.de",
+                                  b"[::1]", b"[fe80::1%25eth0]:80", b"a_b.example.", b"h,alias",
+                                  b"xn--bcher-kva.de",
                                   b""])
 def test_a_host_of_any_valid_form_is_served(host):
     # (an empty Host is what a client sends for a target with no authority: RFC 9110 7.2)

@@ -74,7 +74,7 @@ _header_info: dict[bytes, tuple[str, int]] = {}
 # reg-name (unreserved, sub-delims, pct-encoded; an IPv4 address is one), empty included.
 # Values found good are kept: a server sees the same few, so a connection's first Host costs a
 # set lookup, not a match, and the next ones a comparison with the one before.
-_HOST = re.compile(r"(?:\[[0-9A-Za-z:._~!$&'()*+,;=-]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)"
+_HOST = re.compile(r"(?:\[[0-9A-Za-z:._~!$&'()*+,;=%-]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)"
                    r"(?::[0-9]*)?\Z")
 _good_hosts: set[str] = set()
 # What a trusted proxy's headers may change (berth/forwarded.py): names (upper case) that mark
