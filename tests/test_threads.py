@@ -8,8 +8,10 @@ import signal
 import threading
 import time
 
+import pytest
+
 from conftest import connect, http_get, read_response
-from proto_helpers import get_request, read_head, wait_for
+from proto_helpers import get_request, pids_children, read_head, read_until_closed, wait_for
 
 APP = ["--access-logfile", "none", "proto_app:app"]
 
@@ -69,6 +71,28 @@ def test_a_bad_request_pipelined_behind_one_an_app_thread_answers_gets_its_400(b
         assert read_response(sock)[0] == 400
         sock.settimeout(5)
         assert sock.recv(100) == b""  # closed after it; /hello is never answered
+    assert "unexpected error" not in srv.stderr(), srv.stderr()
+
+
+@pytest.mark.parametrize("threads", ["1", "4"])
+def test_an_app_raising_a_base_exception_gets_500_or_a_close_and_the_worker_serves_on(
+        berth, threads):
+    # KeyboardInterrupt or asyncio.CancelledError from the app (BaseException, not Exception):
+    # on an app thread the request was never answered nor closed, held until --timeout (for
+    # ever with 0); on the loop thread the worker died
+    srv = berth(["-w", "1", "--threads", threads, "--timeout", "0", *APP])
+    for _ in range(3):  # (with app threads: the requests after a wait go to them)
+        assert http_get(srv.port, "/sleep?s=0.05")[0] == 200
+    (pid,) = pids_children(srv.pid)
+    for kind in ("kbint", "cancelled"):
+        assert http_get(srv.port, f"/raise-base?kind={kind}", timeout=5)[0] == 500
+        with connect(srv.port, 5) as sock:
+            sock.sendall(get_request(f"/raise-base?kind={kind}&after=1"))
+            data, closed = read_until_closed(sock, timeout=5)
+            assert closed and data.startswith(b"HTTP/1.1 200"), data  # (no wait for --timeout)
+            assert b"first" in data and not data.endswith(b"0\r\n\r\n"), data
+    assert http_get(srv.port, "/hello")[0] == 200
+    assert pids_children(srv.pid) == [pid]  # the same worker
     assert "unexpected error" not in srv.stderr(), srv.stderr()
 
 

@@ -619,8 +619,10 @@ class Responder:
         except ClientDisconnected:
             self.log.debug("client disconnected: %s", request_line(req))
             keep = False
-        except (Exception, SystemExit):  # noqa: BLE001 - the app's error: 500, never a dead
-            keep = self.app_error(conn, resp, resp.inline)  # worker (SystemExit: app_exited)
+        except BaseException:  # noqa: BLE001 - the app's error: 500, never a dead worker
+            # (SystemExit: app_exited; KeyboardInterrupt, CancelledError and the like are the
+            # app's own too: berth's signals never raise in it, see process.WORKER_SIGNALS)
+            keep = self.app_error(conn, resp, resp.inline)
         else:
             if self.post_request is None and not req.streaming:
                 # conclude(), inlined for the common case: every request comes here
@@ -857,7 +859,7 @@ class Responder:
                 return keep
         except ClientDisconnected:
             keep = False
-        except (Exception, SystemExit):  # noqa: BLE001
+        except BaseException:  # noqa: BLE001 - the app's (see call_app)
             keep = self.app_error(conn, resp, True)
         self.conclude(resp, result, lead=False)  # (never taken over here: see resume)
         return keep
@@ -879,7 +881,7 @@ class Responder:
         if close is not None:
             try:
                 close()
-            except (Exception, SystemExit):
+            except BaseException:  # noqa: BLE001 - the app's (see call_app)
                 self.log.exception("error closing the app's response iterable")
                 if sys.exc_info()[0] is SystemExit:
                     self.app_exited()

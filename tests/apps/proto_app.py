@@ -17,6 +17,8 @@ Routes (query parameters in brackets):
   /file-like [n]              wsgi.file_wrapper over an in-memory file-like object (no fileno)
                               whose close() writes marker "close-filelike"
   /raise-before               raises before start_response
+  /raise-base [kind, after]   raises KeyboardInterrupt (kind=kbint) or asyncio.CancelledError
+                              (cancelled), before the response, or after one part (after=1)
   /exit                       sys.exit(3)
   /raise-after [cl]           starts a response, yields one part, then raises
   /str-body [how]             a str body (an app error, 500): yielded (how=yield, default),
@@ -303,6 +305,20 @@ def app(environ, start_response):
 
     if path == "/raise-before":
         raise RuntimeError("proto-boom-before-start-response")
+
+    if path == "/raise-base":  # an exception that is no Exception, before or in the body
+        import asyncio
+
+        kind = {"kbint": KeyboardInterrupt, "cancelled": asyncio.CancelledError}[q["kind"]]
+        if q.get("after") != "1":
+            raise kind("proto-base-before")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def parts():
+            yield b"first\n"
+            raise kind("proto-base-after")
+
+        return parts()
 
     if path == "/exit":
         sys.exit(3)
