@@ -341,7 +341,15 @@ class FileWrapper:
         raise StopIteration
 
     def sendfile_span(self) -> tuple[int, int, int] | None:
-        """(fd, offset, count) when the wrapped object is a regular file, else None."""
+        """(fd, offset, count) when the wrapped object is a regular file whose bytes are the
+        ones it reads, else None. An io object other than a plain file (a gzip, bz2 or lzma
+        file, a text wrapper) has the file's descriptor but reads other bytes: sending the
+        descriptor sent the compressed file. (Objects outside io, such as Django's File or a
+        NamedTemporaryFile, hand fileno() on to the file they wrap.)"""
+        filelike = self.filelike
+        if isinstance(filelike, io.IOBase) and not isinstance(
+                filelike, (io.FileIO, io.BufferedReader, io.BufferedRandom)):
+            return None
         try:
             fd = self.filelike.fileno()
             st = os.fstat(fd)

@@ -246,6 +246,18 @@ def test_file_wrapper_bytes_match_file(srv, data_file, cl):
     assert body == data_file.read_bytes()
 
 
+@pytest.mark.parametrize("kind", ["gzip", "bz2"])
+def test_file_wrapper_over_a_decompressing_file_sends_what_it_reads(srv, tmp_path, kind):
+    # gzip.open() and bz2.open() have the compressed file's descriptor: sendfile sent the
+    # compressed bytes (Gunicorn does too), where PEP 3333 wants iter(filelike.read, b"")
+    data = os.urandom(1000) * 300
+    path = tmp_path / f"data.{kind}"
+    with __import__(kind).open(path, "wb") as f:
+        f.write(data)
+    status, _headers, body = request(srv.port, get_request(f"/file?path={path}&cl=0&open={kind}"))
+    assert (status, len(body), body == data) == (200, len(data), True)
+
+
 def test_file_wrapper_on_http10(srv, data_file):
     raw, _closed = send_raw(srv.port, get_request(f"/file?path={data_file}&cl=1",
                                                   version="HTTP/1.0"))

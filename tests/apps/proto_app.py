@@ -12,8 +12,9 @@ Routes (query parameters in brackets):
   /stream [n, delay, who]     generator of n parts "part-<i>\\n", no Content-Length (who=1:
                               "part-<i>@<thread name>\\n")
   /write                      write(b"one-"), write(b"two-"), then returns [b"three-", b"four"]
-  /file [path, cl, claim]     wsgi.file_wrapper over the file at `path` (Content-Length if cl=1;
-                              claim=N: Content-Length N, true or not)
+  /file [path, cl, claim, open]  wsgi.file_wrapper over the file at `path` (Content-Length if
+                              cl=1; claim=N: Content-Length N, true or not; open=gzip|bz2:
+                              opened with gzip.open or bz2.open)
   /file-like [n]              wsgi.file_wrapper over an in-memory file-like object (no fileno)
                               whose close() writes marker "close-filelike"
   /raise-before               raises before start_response
@@ -286,7 +287,10 @@ def app(environ, start_response):
 
     if path == "/file":
         fpath = q["path"]
-        f = open(fpath, "rb")  # noqa: SIM115 - closed by the server via the file_wrapper
+        if q.get("open") in ("gzip", "bz2"):  # a decompressing file: it has the fd, not its bytes
+            f = __import__(q["open"]).open(fpath, "rb")
+        else:
+            f = open(fpath, "rb")  # noqa: SIM115 - closed by the server via the file_wrapper
         headers = [("Content-Type", "application/octet-stream")]
         if "claim" in q:  # a Content-Length of the app's own, true or not
             headers.append(("Content-Length", q["claim"]))
