@@ -30,6 +30,7 @@ import re
 import select
 import socket
 import stat
+import threading
 import time
 from collections.abc import Callable
 
@@ -99,6 +100,39 @@ class JsonFormatter(logging.Formatter):
         elif record.exc_text:
             line["exception"] = record.exc_text
         return json.dumps(line)
+
+
+class ErrorStream:
+    """`wsgi.errors`: what the app writes goes to berth's error log as Gunicorn's goes to its
+    own (PEP 3333: "the server's main error log"), through the logger, so --error-logfile,
+    --log-format json, syslog and a logging configuration all apply. Text is held per thread
+    until it ends a line, then is one record at ERROR level: print() writes its text and its
+    end apart, and a logging handler (Flask's default writes here) a whole traceback, many
+    lines, in one write: one record. flush() sends what is held as it is."""
+
+    def __init__(self, log: logging.Logger):
+        self.log = log
+        self._held = threading.local()  # (app threads write at the same time)
+
+    def write(self, text: str) -> None:
+        if not isinstance(text, str):
+            raise TypeError(f"wsgi.errors.write() takes str, not {type(text).__name__}")
+        text = getattr(self._held, "text", "") + text
+        if text.endswith("\n"):
+            self._held.text = ""
+            self.log.error("%s", text[:-1])
+        else:
+            self._held.text = text
+
+    def writelines(self, seq) -> None:
+        for text in seq:
+            self.write(text)
+
+    def flush(self) -> None:
+        text = getattr(self._held, "text", "")
+        if text:
+            self._held.text = ""
+            self.log.error("%s", text)
 
 
 class WholeLineHandler(logging.Handler):

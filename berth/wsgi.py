@@ -81,13 +81,13 @@ class Environs:
 
     def __init__(self, multithread: bool, multiprocess: bool, script_name: str | None = None,
                  forwarding: Forwarding | None = None, scheme: str = "http",
-                 header_map: str = "drop", request_ids: bool = False):
+                 header_map: str = "drop", request_ids: bool = False, errors=None):
         self.script_name = os.environ.get("SCRIPT_NAME", "") if script_name is None \
             else script_name
         self.base = {
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": scheme,  # https when berth terminates TLS
-            "wsgi.errors": sys.stderr,
+            "wsgi.errors": sys.stderr if errors is None else errors,  # (berth.logs.ErrorStream)
             "wsgi.multithread": multithread,
             "wsgi.multiprocess": multiprocess,
             "wsgi.run_once": False,

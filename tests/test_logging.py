@@ -36,6 +36,24 @@ def test_access_log_dash_goes_to_stdout(berth):
     assert wait_for(lambda: "/hello?dash=1" in srv.stdout(), timeout=5)
 
 
+def test_wsgi_errors_go_to_the_error_log_one_record_a_line(berth, tmp_path):
+    # they went to the process's stderr: not to --error-logfile (where Gunicorn's go), and
+    # raw text in the middle of --log-format json's lines
+    import json
+
+    log = tmp_path / "error.log"
+    srv = berth(["-w", "1", "--error-logfile", str(log), "--log-format", "json",
+                 "proto_app:app"], wait_ready=False)
+    assert wait_for(lambda: log.exists() and "ready: " in log.read_text(), timeout=20)
+    assert http_get(srv.port, "/wsgi-errors")[0] == 200
+    want = ["errors-print", "errors-write", "errors-lines-1", "errors-lines-2", "errors-flushed"]
+    assert wait_for(lambda: "errors-flushed" in log.read_text(), timeout=5)
+    records = [json.loads(line) for line in log.read_text().splitlines()]  # all of them JSON
+    got = [r["message"] for r in records if r["message"].startswith("errors-")]
+    assert got == want
+    assert "errors-" not in srv.stderr()
+
+
 def test_access_log_to_file(berth, tmp_path):
     log = tmp_path / "access.log"
     srv = berth(["-w", "1", "--access-logfile", str(log), "proto_app:app"])

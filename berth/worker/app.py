@@ -35,6 +35,7 @@ from berth.hooks import RequestView, ResponseView, call_hook, get_hook
 from berth.http.framing import CONTINUE, LAST_CHUNK, DateCache, chunk, error_response, frame
 from berth.http.framing import _head_cache as head_cache
 from berth.http.parser import HttpError, Request
+from berth.logs import ErrorStream
 from berth.scoreboard import DURATION_BOUNDS, Slot
 from berth.worker import counts as counters
 from berth.worker.baton import TAKE_LOOP, Baton, Deposed
@@ -282,7 +283,8 @@ class Responder:
                                  forwarding=Forwarding.from_config(cfg),
                                  scheme="https" if cfg.certfile else "http",
                                  header_map=cfg.header_map,
-                                 request_ids=cfg.log_format == "json")
+                                 request_ids=cfg.log_format == "json",
+                                 errors=ErrorStream(log))
         # probe paths answered without the app: request target -> "ready" | "live"
         self.probes = {path.encode("latin-1"): kind
                        for kind, path in (("ready", cfg.ready_path), ("live", cfg.live_path))

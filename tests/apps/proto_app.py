@@ -48,6 +48,7 @@ Routes (query parameters in brackets):
   /close-counter              JSON {tag: count} of close() calls seen by this process
   /pid                        JSON {pid, import_pid, cwd, multithread, gc_frozen}
   /print [text]               print(text) to stdout and text-on-stderr to stderr
+  /wsgi-errors                writes lines to wsgi.errors with print, write, writelines, flush
   /osenv [key]                JSON {key: os.environ.get(key)}
 
 Markers go to the directory named by $PROTO_MARKER_DIR (if set).
@@ -469,6 +470,16 @@ def app(environ, start_response):
                                       "cwd": os.getcwd(),
                                       "multithread": environ.get("wsgi.multithread"),
                                       "gc_frozen": gc.get_freeze_count()})
+
+    if path == "/wsgi-errors":  # each way PEP 3333 gives to write to wsgi.errors
+        errors = environ["wsgi.errors"]
+        print("errors-print", file=errors)
+        errors.write("errors-")
+        errors.write("write\n")
+        errors.writelines(["errors-lines-1\n", "errors-lines-2\n"])
+        errors.write("errors-flushed")
+        errors.flush()
+        return _json(start_response, {"written": True})
 
     if path == "/print":
         text = q.get("text", "printed")
