@@ -82,8 +82,9 @@ class Environs:
     def __init__(self, multithread: bool, multiprocess: bool, script_name: str | None = None,
                  forwarding: Forwarding | None = None, scheme: str = "http",
                  header_map: str = "drop", request_ids: bool = False, errors=None):
-        self.script_name = os.environ.get("SCRIPT_NAME", "") if script_name is None \
-            else script_name
+        # (a trailing '/' is the next path's: /app/ mounts /app, whose PATH_INFO starts with /)
+        self.script_name = (os.environ.get("SCRIPT_NAME", "") if script_name is None
+                            else script_name).rstrip("/")
         self.base = {
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": scheme,  # https when berth terminates TLS
@@ -97,6 +98,13 @@ class Environs:
             "SERVER_SOFTWARE": SERVER_SOFTWARE,  # as the Server header says
         }
         self.targets: dict[bytes, tuple[str, str, str]] = {}  # target -> RAW_URI, PATH, QUERY
+        # Mounted at SCRIPT_NAME: the targets whose path is not under it (a probe of /healthz
+        # sent to the pod itself) get SCRIPT_NAME "" and their whole path as PATH_INFO, so that
+        # SCRIPT_NAME + PATH_INFO is still the path asked for (PEP 3333's URL reconstruction).
+        # Gunicorn answers them 500. Only a mounted app pays for the check.
+        self.outside: set[bytes] = set()
+        if self.script_name:
+            self.for_request = self._for_request_mounted
         self.bases: dict[tuple, dict] = {}  # (server host, port, client host) -> base dict
         self.forwarding = forwarding
         self.header_map = header_map  # (what a forwarder header from another peer becomes)
@@ -156,13 +164,18 @@ class Environs:
         url = req.url
         target = self.targets.get(url)
         if target is None:
-            path, query = split_target(url)
-            script_name = self.script_name
-            if script_name and path.startswith(script_name):
-                path = path[len(script_name):]
-            target = (url.decode("latin-1"), path, query)
             if len(self.targets) >= TARGET_CACHE:
                 self.targets.clear()
+                self.outside.clear()
+            path, query = split_target(url)
+            script_name = self.script_name
+            if script_name:  # (under it: the whole segments, /app/x or /app, not /apple)
+                if path.startswith(script_name) and path[len(script_name):len(script_name) + 1] \
+                        in ("", "/"):
+                    path = path[len(script_name):]
+                else:
+                    self.outside.add(url)  # (emptied with `targets`: one is the other's key)
+            target = (url.decode("latin-1"), path, query)
             self.targets[url] = target
         method = req.method
         environ["REQUEST_METHOD"] = METHODS.get(method) or method.decode("latin-1")
@@ -181,6 +194,14 @@ class Environs:
             rid = environ.get("HTTP_X_REQUEST_ID")
             environ["berth.request_id"] = rid if rid and len(rid) <= MAX_REQUEST_ID else (
                 self.id_prefix + f"{next(self.ids):x}")
+        return environ
+
+
+    def _for_request_mounted(self, addresses: Addresses, req: Request) -> dict:
+        """for_request(), for an app mounted at SCRIPT_NAME (see `outside`)."""
+        environ = Environs.for_request(self, addresses, req)
+        if req.url in self.outside and environ["SCRIPT_NAME"] == self.script_name:
+            environ["SCRIPT_NAME"] = ""  # (unless a trusted proxy's SCRIPT_NAME header set one)
         return environ
 
 

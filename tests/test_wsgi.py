@@ -85,6 +85,15 @@ def test_environ_has_cgi_keys(srv):
     assert extra["body_len"] == 5
 
 
+def test_an_app_mounted_at_script_name_gets_requests_outside_it_unmounted(berth):
+    srv = berth(["-w", "1", "proto_app:app"], env={"SCRIPT_NAME": "/app/"})
+    env = env_of(srv.port, get_request("/app/env?x=1"))[0]
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/app", "/env")
+    # a probe sent to the pod itself: the path it asked for, not /app/env (Gunicorn: 500)
+    env = env_of(srv.port, get_request("/env"))[0]
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("", "/env")
+
+
 def test_environ_has_wsgi_keys(srv):
     env, other, extra, _ = env_of(srv.port, get_request("/env"))
     assert extra["wsgi.version"] == [1, 0]

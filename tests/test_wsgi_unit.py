@@ -89,6 +89,25 @@ def test_script_name_is_taken_off_path_info():
     assert env["SERVER_PROTOCOL"] == "HTTP/1.0"
 
 
+@pytest.mark.parametrize(("target", "script_name", "path_info"), [
+    (b"/app/users", "/app", "/users"),
+    (b"/app", "/app", ""),
+    (b"/healthz", "", "/healthz"),  # (a probe sent to the pod itself: not under the mount)
+    (b"/apple/pie", "", "/apple/pie"),  # (Gunicorn: SCRIPT_NAME /app, PATH_INFO "le/pie")
+    (b"//app/x", "", "//app/x"),
+])
+def test_a_path_outside_script_name_keeps_its_whole_path_and_an_empty_script_name(
+        target, script_name, path_info):
+    # PEP 3333: SCRIPT_NAME + PATH_INFO is the path asked for. /healthz used to become
+    # SCRIPT_NAME /app and PATH_INFO /healthz (a URL the client never asked for); Gunicorn 500s
+    for mount in ("/app", "/app/"):
+        envs = Environs(False, False, script_name=mount)
+        conn = envs.for_connection(None, None)
+        for _ in range(2):  # (the second from the caches)
+            env = envs.for_request(conn, parse_one(b"GET " + target + b" HTTP/1.0\r\n\r\n"))
+            assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == (script_name, path_info), mount
+
+
 def test_other_methods_are_passed_as_sent():
     envs = Environs(False, False, "")
     env = envs.for_request(envs.for_connection(None, None),
