@@ -117,7 +117,8 @@ def test_header_injection_and_invalid_headers_are_refused(headers):
 
 
 @pytest.mark.parametrize("status", ["200\r\nX: y", "2000 OK", "OK", "20 OK", "200OK",
-                                    "200 O\x00K", "200 \x7f"])
+                                    "200 O\x00K", "200 \x7f", "099 X", "000 Zero", "600 Six",
+                                    "999 Nine"])
 def test_a_bad_status_is_refused(status):
     with pytest.raises(BadResponseHeaders, match="status"):
         frame("1.1", status, [], True, False, None)

@@ -94,6 +94,9 @@ def status_line(version: str, status: str) -> bytes:
         if status[0] == "1":
             raise BadResponseHeaders(f"interim status {status[:3]} as the response (a 1xx is "
                                      "never final: RFC 9110 15.2)")
+        if not "200" <= status[:3] <= "599":  # (RFC 9110 15: 100 to 599; 1xx is above)
+            raise BadResponseHeaders(f"status {status[:3]} is not an HTTP status (RFC 9110 "
+                                     "15: 100 to 599)")
         if len(status) == 3:  # RFC 9112 4: the SP after the code stays without a reason
             status += " "
         line = f"HTTP/{version} {status}\r\n".encode("latin-1")
