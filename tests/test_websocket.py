@@ -266,6 +266,35 @@ def test_a_client_faster_than_the_app_meets_back_pressure(berth, tmp_path):
     assert marker(srv, "disconnect-fast", timeout=20) == "1006"
 
 
+def test_a_flood_of_tiny_frames_meets_back_pressure_too(berth, tmp_path):
+    # the bound counted payload bytes only: 2-byte messages cost ~150 times that in dicts,
+    # and ten clients took a worker to 1.2 GB (a black-box audit of resource exhaustion)
+    srv = start(berth, tmp_path)
+    (pid,) = pids_children(srv.pid)
+
+    def rss() -> int:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) << 10
+
+    before = rss()
+    with ws_connect(srv, "/slow?id=tiny", max_size=None) as ws:
+        raw = ws.socket
+        frame = b"\x82\x82" + b"\x00\x00\x00\x00" + b"xy"  # masked (zero key) 2-byte binary
+        raw.setblocking(False)
+        sent, deadline = 0, time.monotonic() + 3
+        while time.monotonic() < deadline and sent < (16 << 20):  # 16 MiB of frames at most
+            try:
+                sent += raw.send(frame * 4096)
+            except BlockingIOError:
+                time.sleep(0.01)
+        time.sleep(0.5)
+        grown = rss() - before
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        raw.close()
+    assert grown < 32 << 20, (grown, sent)  # (it grew by hundreds of MB)
+    srv.stop(signal.SIGINT)  # (a drain would wait for the slow app's backlog)
+
+
 def test_a_drain_closes_every_websocket_with_1001_then_exits(berth, tmp_path):
     srv = start(berth, tmp_path, "--shutdown-delay", "0.5", "--graceful-timeout", "4",
                 admin=True)

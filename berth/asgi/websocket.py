@@ -51,6 +51,9 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 from berth.asgi.protocol import ClientDisconnected, wake
 
 HIGH_WATER = 1 << 20  # message bytes waiting for the app before reading pauses
+# What a message waiting for the app costs besides its payload (its dict, the deque's slot):
+# counted against HIGH_WATER, so that a flood of 2-byte frames is bounded as large ones are
+MESSAGE_COST = 256
 CLOSE_TIMEOUT = 5.0  # seconds to wait for the peer's close frame after sending ours
 GOING_AWAY = 1001
 TOO_BIG = 1009
@@ -183,6 +186,7 @@ class Session:
         self.gone = False  # the transport is gone
         self.told = False  # websocket.disconnect is in the inbox
         self.inbox: deque[dict] = deque()
+        self.inbox_costs: deque[int] = deque()  # what each message in the inbox counts
         self.inbox_bytes = 0
         self.waiter: asyncio.Future | None = None
         self.parts: list = []
@@ -328,8 +332,10 @@ class Session:
             self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
 
     def _deliver(self, message: dict, size: int = 0) -> None:
+        cost = size + MESSAGE_COST if message["type"] == "websocket.receive" else 0
         self.inbox.append(message)
-        self.inbox_bytes += size
+        self.inbox_costs.append(cost)
+        self.inbox_bytes += cost
         wake(self.waiter)
 
     # -- the app ------------------------------------------------------------------------------
@@ -373,14 +379,14 @@ class Session:
             await self.waiter
             self.waiter = None
         message = self.inbox.popleft()
-        if "bytes" in message:
-            self.inbox_bytes -= len(message["bytes"])
-        elif "text" in message:
-            self.inbox_bytes -= len(message["text"])
+        # (what _deliver counted: a text's bytes, not its characters, which len() gives: the
+        # difference made a non-ASCII chat's count grow until reading paused for good)
+        self.inbox_bytes -= self.inbox_costs.popleft()
         if self.inbox_bytes <= HIGH_WATER // 2:
             self.proto.resume_reading("ws")
         if message["type"] == "websocket.disconnect":
             self.inbox.append(message)  # (every later receive() says it again)
+            self.inbox_costs.append(0)
         return message
 
     async def send(self, message: dict) -> None:
