@@ -32,6 +32,12 @@ def ws_connect(srv, path: str, **kw):
                                    close_timeout=5, **kw)
 
 
+def worker_rss(pid: int) -> int:
+    """A process's resident memory, in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) << 10
+
+
 def marker(srv, name: str, timeout: float = 5.0) -> str | None:
     path = srv.markers / name
     if wait_for(lambda: path.exists() and path.read_text(), timeout=timeout):
@@ -234,11 +240,7 @@ def test_a_client_faster_than_the_app_meets_back_pressure(berth, tmp_path):
     srv = start(berth, tmp_path)
     (pid,) = pids_children(srv.pid)
 
-    def rss() -> int:
-        with open(f"/proc/{pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) << 10
-
-    before = rss()
+    before = worker_rss(pid)
     sent = [0]
     with ws_connect(srv, "/slow?id=fast", max_size=None) as ws:
         piece = b"x" * (256 << 10)
@@ -254,7 +256,7 @@ def test_a_client_faster_than_the_app_meets_back_pressure(berth, tmp_path):
         t = threading.Thread(target=flood, daemon=True)
         t.start()
         time.sleep(3)
-        grown = rss() - before
+        grown = worker_rss(pid) - before
         assert sent[0] < 40 << 20, sent[0]  # the client is held back: 0.2 s per message
         assert grown < 32 << 20, grown  # and the worker holds a bounded amount
         # (a close handshake would wait behind the backlog: the client resets instead)
@@ -272,11 +274,7 @@ def test_a_flood_of_tiny_frames_meets_back_pressure_too(berth, tmp_path):
     srv = start(berth, tmp_path)
     (pid,) = pids_children(srv.pid)
 
-    def rss() -> int:
-        with open(f"/proc/{pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) << 10
-
-    before = rss()
+    before = worker_rss(pid)
     with ws_connect(srv, "/slow?id=tiny", max_size=None) as ws:
         raw = ws.socket
         frame = b"\x82\x82" + b"\x00\x00\x00\x00" + b"xy"  # masked (zero key) 2-byte binary
@@ -288,7 +286,7 @@ def test_a_flood_of_tiny_frames_meets_back_pressure_too(berth, tmp_path):
             except BlockingIOError:
                 time.sleep(0.01)
         time.sleep(0.5)
-        grown = rss() - before
+        grown = worker_rss(pid) - before
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         raw.close()
     assert grown < 32 << 20, (grown, sent)  # (it grew by hundreds of MB)
