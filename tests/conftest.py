@@ -61,7 +61,11 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         _STARTED.append(weakref.ref(self))
         if wait_ready:
-            self.wait_for_log("ready: ", timeout=20)
+            try:
+                self.wait_for_log("ready: ", timeout=20)
+            except BaseException:  # (the fixture never gets it to stop: it would run on, orphaned)
+                self.stop(timeout=5)
+                raise
 
     def stdout(self) -> str:
         return self.out_path.read_text(errors="replace")
