@@ -378,9 +378,11 @@ class Cycle:
             if self.framing is not None:
                 raise RuntimeError("http.response.pathsend after a body was sent")
             self._frame(size, b"")
-            if not self.framing.no_body and size > self.remaining:  # (the app's own length)
+            if self.framing.no_body:
+                size = 0
+            elif size > self.remaining:  # (the app's own Content-Length is shorter)
                 self._warn_overlong()
-            if not self.framing.no_body and size and self.remaining:
+            if size and self.remaining:
                 if proto.write_paused:
                     await proto.drain()
                 proto.flush()  # the head, before the file
