@@ -23,8 +23,44 @@ ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
 
 
+def _port_slice() -> range:
+    """This test process's own ports: below the kernel's ephemeral range, one slice per xdist worker.
+
+    A port from `bind(0)` is an ephemeral one: between a test's stop and restart of a server on
+    it, any client's connect() or another test's bind(0) may take it. Ports below the ephemeral
+    range are never handed out by the kernel, and each worker process draws from its own slice.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return range(0)
+    first, workers = 10000, 8
+    if low - first < 2000:
+        return range(0)
+    size = (low - first) // workers
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(name[2:]) % workers if name[2:].isdigit() else 0
+    return range(first + index * size, first + (index + 1) * size)
+
+
+_PORTS = _port_slice()
+_next_port = [0]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A TCP and UDP port on 127.0.0.1 that nothing holds now and no other test process hands out."""
+    for _ in range(len(_PORTS)):
+        port = _PORTS[_next_port[0] % len(_PORTS)]
+        _next_port[0] += 1
+        try:
+            with socket.socket() as t, socket.socket(type=socket.SOCK_DGRAM) as u:
+                t.bind(("127.0.0.1", port))
+                u.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+    with socket.socket() as s:  # no slice here (an unusual port range): the kernel's choice
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
