@@ -209,7 +209,9 @@ SETTINGS: tuple[Setting, ...] = (
       "not count). A silent loop is killed (after dumping its threads' stacks); a silent "
       "request has its stack logged, gets a 504 if nothing was sent (else its connection "
       "is closed), and its worker is replaced. Booting (importing the app) does not "
-      "count. 0 disables both checks, as in Gunicorn.", "SECONDS",
+      "count: an import still running at --timeout (30 s when 0) is logged with where it "
+      "waits, and again each time the wait doubles, where Gunicorn kills the worker and "
+      "imports again. 0 disables both checks, as in Gunicorn.", "SECONDS",
       section="Worker Processes",
       note="Gunicorn's gthread worker never ends a request at --timeout (only its sync worker "
            "does, by killing the worker); berth's bounds the app's silence with app threads "

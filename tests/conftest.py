@@ -24,7 +24,7 @@ APPS = Path(__file__).resolve().parent / "apps"
 
 
 def _port_slice() -> range:
-    """This test process's own ports: below the kernel's ephemeral range, one slice per xdist worker.
+    """This test process's ports: below the kernel's ephemeral range, one slice per xdist worker.
 
     A port from `bind(0)` is an ephemeral one: between a test's stop and restart of a server on
     it, any client's connect() or another test's bind(0) may take it. Ports below the ephemeral
@@ -49,7 +49,7 @@ _next_port = [0]
 
 
 def free_port() -> int:
-    """A TCP and UDP port on 127.0.0.1 that nothing holds now and no other test process hands out."""
+    """A TCP and UDP port on 127.0.0.1 that nothing holds and no other test process hands out."""
     for _ in range(len(_PORTS)):
         port = _PORTS[_next_port[0] % len(_PORTS)]
         _next_port[0] += 1

@@ -668,6 +668,30 @@ def test_slow_app_import_does_not_count_against_timeout(berth):
     assert "exited" not in srv.stderr()
 
 
+def test_a_slow_app_import_is_logged_where_it_waits_each_time_the_wait_doubles(berth):
+    srv = berth(["-w", "1", "--timeout", "1", "super_app:app"],
+                env={"SUPER_APP_IMPORT_SLEEP": "3.5"})
+    err = srv.stderr()
+    # at 1 s, then at 2 s (the wait doubled); ready at 3.5 s, before the next at 4 s
+    warnings = re.findall(r"still loading the app after (\d+) s", err)
+    assert warnings == ["1", "2"], err
+    where = err.split("still loading the app after 1 s", 1)[1]
+    assert "super_app.py" in where and "time.sleep(float(os.environ" in where, err
+    assert "importlib" not in where.split("still loading", 1)[0], err  # (its own frames left out)
+    assert http_get(srv.port, "/")[0] == 200
+
+
+def test_a_sigterm_while_the_app_loads_stops_berth_at_once_not_at_the_graceful_timeout(berth):
+    srv = berth(["-w", "2", "--timeout", "1", "--graceful-timeout", "20", "super_app:app"],
+                env={"SUPER_APP_IMPORT_SLEEP": "60"}, wait_ready=False)
+    srv.wait_for_log("still loading the app after 1 s")
+    srv.signal(signal.SIGTERM)
+    code, elapsed = exit_within(srv, 25)
+    err = srv.stderr()
+    assert code == 0 and elapsed < 10, (code, elapsed, err)  # (the drain would take 20 s)
+    assert err.count("SIGTERM while loading the app: exiting now") == 2, err
+
+
 # -- recycling ------------------------------------------------------------------------------
 
 def test_max_requests_recycles_the_worker_without_failed_requests(berth):

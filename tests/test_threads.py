@@ -9,7 +9,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import connect, http_get, read_response
 from proto_helpers import get_request, pids_children, read_head, read_until_closed, wait_for
 

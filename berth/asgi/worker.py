@@ -23,7 +23,6 @@ from berth.children import KILL_GRACE_QUICK
 from berth.worker.process import EXIT_APP_LOAD_ERROR, WORKER_SIGNALS, Worker
 
 
-
 def asgi3(app):
     """An ASGI 2 app (a class: instance per scope, then awaited with receive and send) as an
     ASGI 3 callable; an ASGI 3 app as it is."""

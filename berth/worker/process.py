@@ -19,10 +19,12 @@ from __future__ import annotations
 import ctypes
 import faulthandler
 import gc
+import importlib
 import os
 import resource
 import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -50,8 +52,23 @@ EXIT_APP_LOAD_ERROR = 4  # as Gunicorn: the app could not be loaded; the master 
 # A SIGTERM not from the master (berth.scoreboard.ask_to_stop) drains the worker after this
 # long, unless the master says meanwhile that it is shutting down (it got it too)
 TERM_FROM_ELSEWHERE_WAIT = 1.0
+BOOT_WARN_AFTER = 30  # seconds: an import still running is logged (--timeout's, unless it is 0)
 # the signals a worker handles (`_on_signal`, then `on_signals`)
 WORKER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
+
+
+_IMPORTLIB = os.path.dirname(importlib.__file__) + os.sep
+
+
+def app_frames(stack: traceback.StackSummary) -> str:
+    """A stack inside the app's import, formatted: the frames below berth's loader, without
+    importlib's own (all of them if the loader is not on it)."""
+    start = 0
+    for i, frame in enumerate(stack):
+        if frame.filename.endswith(os.path.join("berth", "loader.py")):
+            start = i + 1
+    frames = [f for f in stack[start:] if not f.filename.startswith(("<frozen ", _IMPORTLIB))]
+    return "".join(traceback.format_list(frames)).rstrip()
 
 
 class Worker:
@@ -82,6 +99,7 @@ class Worker:
         self.term_from_elsewhere = 0.0  # when a SIGTERM not from the master came (on_signals)
         self.responder: Responder | None = None
         self.loop: Loop | None = None
+        self.loading = False  # load_watched runs: a stop signal exits at once
 
     # -- start and exit ------------------------------------------------------------------------
 
@@ -93,7 +111,7 @@ class Worker:
             self.beat(BOOTING)  # booting (importing the app) does not count against --timeout
             if self.app is None:
                 try:
-                    self.app = self.load_app()
+                    self.app = self.load_watched()
                 except BaseException:  # noqa: BLE001 - any failure to load is fatal
                     sys.stderr.write(traceback.format_exc())
                     sys.stderr.flush()
@@ -224,6 +242,40 @@ class Worker:
         except OSError:
             self.statm = -1
 
+    def load_watched(self):
+        """load_app, watched: an import still running after --timeout (BOOT_WARN_AFTER when 0)
+        is logged with where the main thread is, and again each time the wait doubles. It is
+        not bounded (a model or a migration may take long), but a worker that never gets ready
+        says why. A SIGTERM, SIGINT or SIGQUIT meanwhile ends the worker at once
+        (`_on_signal`): nothing is in flight yet."""
+        done = threading.Event()
+        main = threading.get_ident()
+        pid = os.getpid()
+
+        def watch() -> None:
+            waited, step = 0.0, float(self.cfg.timeout or BOOT_WARN_AFTER)
+            while not done.wait(step):
+                waited += step
+                frame = sys._current_frames().get(main)
+                where = app_frames(traceback.extract_stack(frame)) if frame else "?"
+                self.log.warning("worker %d: still loading the app after %.0f s (not ready; "
+                                 "loading is not bounded by --timeout); the main thread is "
+                                 "at:\n%s", pid, waited, where)
+                step = waited
+
+        self.loading = True
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            if sig in self._signals:  # (came before the handlers: berth.children EARLY_SIGNALS)
+                self._on_signal(sig, None)
+        watcher = threading.Thread(target=watch, name="berth-load-watch", daemon=True)
+        watcher.start()
+        try:
+            return self.load_app()
+        finally:
+            self.loading = False
+            done.set()
+            watcher.join()
+
     def _assemble(self) -> None:
         """The Responder that runs the app, and the loop that feeds it."""
         self.responder = responder = Responder(
@@ -265,6 +317,10 @@ class Worker:
         pipe's bytes count too (on_signals); and while the app runs an event loop of its own on
         the main thread (uvloop), the wakeup bytes go to that loop, so this records the signal
         and wakes the loop itself. Each signal is handled once (`_signals` is a set)."""
+        if self.loading and signum != signal.SIGUSR1:
+            self.log.info("worker %d: %s while loading the app: exiting now (nothing in "
+                          "flight)", os.getpid(), signal.Signals(signum).name)
+            os._exit(0)
         self._signals.add(signum)
         try:
             os.write(self._sig_w, b"\0")

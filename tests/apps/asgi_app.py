@@ -4,7 +4,8 @@ watchdog, disconnects, the drain), apart from any framework.
 Environment: ASGI_MARKERS, a folder where the app writes what it saw (lifespan events,
 disconnects, cancellations); ASGI_LIFESPAN: "ok" (default), "fail" (lifespan.startup.failed),
 "raise" (an exception on the lifespan scope), "slow-shutdown" (ASGI_SHUTDOWN_S seconds, 0.3 by
-default), "slow-startup" (ASGI_STARTUP_S seconds, 0.5 by default, before it completes); ASGI_IMPORT_SLEEP: seconds the import takes (the worker boots meanwhile).
+default), "slow-startup" (ASGI_STARTUP_S seconds, 0.5 by default, before it completes);
+ASGI_IMPORT_SLEEP: seconds the import takes (the worker boots meanwhile).
 
 Routes: /hello; /scope (the scope as JSON, headers decoded); /state (scope["state"]);
 /echo (the body, read with receive() piece by piece; sizes of the pieces in a header);
@@ -12,7 +13,8 @@ Routes: /hello; /scope (the scope as JSON, headers decoded); /state (scope["stat
 0.1 s until the client goes; writes the marker "disconnect-<id>" when receive() says so);
 /ignore-disconnect (streams nothing and never reads: sleeps; writes "cancelled-<id>" when
 cancelled); /block?s= (time.sleep on the loop: the watchdog's case); /file?claim= (pathsend of
-this file; claim: a content-length of the app's own); /raise (an exception before the response); /raise-after (after the head); /mark
+this file; claim: a content-length of the app's own); /raise (an exception before the
+response); /raise-after (after the head); /mark
 (calls getsid(), a system call a tracer sees, and answers the query string); /reuse?as=
 (a body of 12 bytes sent from one 4-byte buffer refilled between the parts).
 """
