@@ -76,6 +76,11 @@ STRICTER = """\
 - **A Host that is not `host[:port]` gets 400** in any version (a space, `/`, `@`, a port that
   is not digits), as RFC 9110 §7.2 requires; Gunicorn serves it, and an app, a cache or a
   router keyed on the host then sees two hosts, a path or a user.
+- **An absolute-form target's authority is the host the app sees** (`GET http://a/p` with
+  `Host: b` reaches the app with `Host: a`, in the environ's `HTTP_HOST` and the ASGI
+  headers), as RFC 9112 §3.2.2 requires (the server MUST ignore the Host field then; it is
+  still required and checked); an authority with userinfo (`http://u@a/`) or no host gets
+  400. Gunicorn gives the app the Host field: one request, two hosts.
 - **Trailer fields are discarded**, never merged into the environ (RFC 9110 §6.5.1): they
   arrive after the app has its environ, and a field sent after the body must not change what
   the head said (a late Host or Expect). Gunicorn keeps them on its request object and answers

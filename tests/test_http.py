@@ -423,6 +423,14 @@ def test_absolute_form_request_target(srv):
     assert (status, body) == (200, b"/path?abs=1")
 
 
+def test_an_absolute_form_targets_authority_is_the_host_the_app_sees(srv):
+    """RFC 9112 3.2.2 (Gunicorn gives the app the Host field: two hosts for one request)."""
+    status, _, body = read_response_once(
+        srv.port, b"GET http://other.example:8080/env HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert status == 200
+    assert json.loads(body)["str"]["HTTP_HOST"] == "other.example:8080"
+
+
 def read_response_once(port, raw):
     with connect(port) as sock:
         sock.sendall(raw)

@@ -298,6 +298,35 @@ def test_absolute_form_target_is_kept_raw():
     assert req.url == b"http://example.com/x?y=1"
 
 
+@pytest.mark.parametrize("target, host", [
+    (b"http://other.example:8080/x?y=1", "other.example:8080"),
+    (b"HTTPS://Other/x", "Other"),
+    (b"http://[::1]:9", "[::1]:9"),
+    (b"http://h.example?q#f", "h.example"),
+])
+def test_an_absolute_form_targets_authority_replaces_the_host_field(target, host):
+    """RFC 9112 3.2.2: the server MUST ignore the received Host and use the target's."""
+    (req,) = parse(b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n").ready
+    assert req.headers["HTTP_HOST"] == host and req.url == target
+
+
+def test_an_absolute_form_target_gives_an_http10_request_its_host():
+    (req,) = parse(b"GET http://other/x HTTP/1.0\r\n\r\n").ready
+    assert req.headers["HTTP_HOST"] == "other"
+
+
+@pytest.mark.parametrize("target", [b"http://u@other/x", b"http://u:p@other/x",
+                                    b"http:///x", b"http://:80/x", b"http://a b/x",
+                                    b"http://h:8o/x", b"ftp://h/x"])
+def test_an_absolute_form_target_with_userinfo_or_no_good_host_gets_400(target):
+    assert status_of(b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n") == 400
+
+
+def test_an_absolute_form_target_still_needs_a_host_field_in_http11():
+    assert status_of(b"GET http://other/x HTTP/1.1\r\n\r\n") == 400
+    assert status_of(b"GET http://other/x HTTP/1.1\r\nHost: a b\r\n\r\n") == 400
+
+
 UPGRADE = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
 NEXT = b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n"
 

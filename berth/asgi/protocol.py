@@ -103,6 +103,16 @@ class AsgiParser(RequestParser):
             self.current.raw.append((name.lower(), value.rstrip()))
 
 
+    def _target_host(self, req: Request, authority: str) -> None:
+        host = (b"host", authority.encode("latin-1"))
+        raw = req.raw
+        for i, (name, _) in enumerate(raw):
+            if name == b"host":
+                raw[i] = host  # (in its place: one Host field only reaches this far)
+                return
+        raw.append(host)  # (HTTP/1.0 may send none)
+
+
 def is_websocket_upgrade(req: Request) -> bool:
     """A GET asking to become a WebSocket (RFC 6455 §4.1): `websocket` among the protocols
     the Upgrade field lists (`Upgrade: websocket, h2c` too: RFC 9110 §7.8), in any case."""

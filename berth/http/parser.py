@@ -77,6 +77,7 @@ _header_info: dict[bytes, tuple[str, int]] = {}
 _HOST = re.compile(r"(?:\[[0-9A-Za-z:._~!$&'()*+,;=%-]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)"
                    r"(?::[0-9]*)?\Z")
 _good_hosts: set[str] = set()
+_AUTHORITY_END = re.compile(rb"[/?#]")
 # What a trusted proxy's headers may change (berth/forwarded.py): names (upper case) that mark
 # their request, the names with '_' (forwarder_headers) kept aside from the headers until the
 # peer is known to be trusted, and the scheme headers, whose lines are also kept one by one
@@ -793,7 +794,7 @@ class RequestParser:
             self._expect = False
             req.expect_continue = version == "1.1"
         if url[:1] != b"/":  # origin-form is the rule; the other forms have rules of their own
-            self._check_target(req.method, url)
+            self._check_target(req, url)
         req.url = url
         self._url = b""
         req.version = version
@@ -875,20 +876,41 @@ class RequestParser:
         if len(name) + len(value) > self.limit_field:
             raise self._fail(431, "trailer field too large")
 
-    def _check_target(self, method: bytes, url: bytes) -> None:
+    def _check_target(self, req: Request, url: bytes) -> None:
         """A request-target other than origin-form (RFC 9112 §3.2): absolute-form is served;
         asterisk-form only with OPTIONS (§3.2.4); CONNECT, whose target is authority-form, is
         not implemented (berth is no tunnel: RFC 9110 §9.3.6); authority-form is CONNECT's
-        only (§3.2.3). llhttp refuses other targets before this."""
+        only (§3.2.3). llhttp refuses other targets before this.
+
+        An absolute-form target's authority replaces the Host field (§3.2.2: a server MUST
+        ignore the received Host and use the target's), so that the app, a router or a cache
+        keyed on the host sees the one host the request names; the Host field was checked
+        first all the same (§3.2 asks for it). An authority with userinfo (`user@host`:
+        RFC 9110 §4.2.4, an error for http(s)) or no host gets 400."""
+        method = req.method
         if method == b"CONNECT":
             raise self._fail(501, CONNECT_NOT_IMPLEMENTED)
         if url == b"*":
             if method != b"OPTIONS":
                 raise self._fail(400, "asterisk-form target ('*') with a method other than "
                                       "OPTIONS")
-        elif not url.startswith((b"http://", b"https://")):
+            return
+        scheme, sep, rest = url.partition(b"://")
+        if not sep or scheme.lower() not in (b"http", b"https"):
             raise self._fail(400, "request-target is neither origin-form nor http(s) "
                                   "absolute-form")
+        authority = _AUTHORITY_END.split(rest, 1)[0].decode("latin-1")
+        if "@" in authority:
+            raise self._fail(400, "userinfo in the request-target's authority")
+        if authority[:1] in ("", ":") or _HOST.match(authority) is None:
+            raise self._fail(400, f"invalid authority in the request-target "
+                                  f"{authority[:100]!r}")
+        req.headers["HTTP_HOST"] = authority
+        self._target_host(req, authority)
+
+    def _target_host(self, req: Request, authority: str) -> None:
+        """The Host an absolute-form target gives (`_check_target`), for parsers that keep
+        the fields as sent too."""
 
     def _other_version(self, req: Request, version: str) -> str:
         """A version other than 1.0/1.1 (llhttp checked its form, HTTP/d.d): the version the
