@@ -681,17 +681,6 @@ def test_a_slow_app_import_is_logged_where_it_waits_each_time_the_wait_doubles(b
     assert http_get(srv.port, "/")[0] == 200
 
 
-def test_a_sigterm_while_the_app_loads_stops_berth_at_once_not_at_the_graceful_timeout(berth):
-    srv = berth(["-w", "2", "--timeout", "1", "--graceful-timeout", "20", "super_app:app"],
-                env={"SUPER_APP_IMPORT_SLEEP": "60"}, wait_ready=False)
-    srv.wait_for_log("still loading the app after 1 s")
-    srv.signal(signal.SIGTERM)
-    code, elapsed = exit_within(srv, 25)
-    err = srv.stderr()
-    assert code == 0 and elapsed < 10, (code, elapsed, err)  # (the drain would take 20 s)
-    assert err.count("SIGTERM while loading the app: exiting now") == 2, err
-
-
 # -- recycling ------------------------------------------------------------------------------
 
 def test_max_requests_recycles_the_worker_without_failed_requests(berth):

@@ -99,7 +99,6 @@ class Worker:
         self.term_from_elsewhere = 0.0  # when a SIGTERM not from the master came (on_signals)
         self.responder: Responder | None = None
         self.loop: Loop | None = None
-        self.loading = False  # load_watched runs: a stop signal exits at once
 
     # -- start and exit ------------------------------------------------------------------------
 
@@ -246,8 +245,9 @@ class Worker:
         """load_app, watched: an import still running after --timeout (BOOT_WARN_AFTER when 0)
         is logged with where the main thread is, and again each time the wait doubles. It is
         not bounded (a model or a migration may take long), but a worker that never gets ready
-        says why. A SIGTERM, SIGINT or SIGQUIT meanwhile ends the worker at once
-        (`_on_signal`): nothing is in flight yet."""
+        says why. (A SIGTERM meanwhile is handled once the app is loaded: the worker then
+        serves what waits in the listen queue, and drains; the master kills it at the stop's
+        deadline if the import is still running.)"""
         done = threading.Event()
         main = threading.get_ident()
         pid = os.getpid()
@@ -263,16 +263,11 @@ class Worker:
                                  "at:\n%s", pid, waited, where)
                 step = waited
 
-        self.loading = True
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-            if sig in self._signals:  # (came before the handlers: berth.children EARLY_SIGNALS)
-                self._on_signal(sig, None)
         watcher = threading.Thread(target=watch, name="berth-load-watch", daemon=True)
         watcher.start()
         try:
             return self.load_app()
         finally:
-            self.loading = False
             done.set()
             watcher.join()
 
@@ -317,10 +312,6 @@ class Worker:
         pipe's bytes count too (on_signals); and while the app runs an event loop of its own on
         the main thread (uvloop), the wakeup bytes go to that loop, so this records the signal
         and wakes the loop itself. Each signal is handled once (`_signals` is a set)."""
-        if self.loading and signum != signal.SIGUSR1:
-            self.log.info("worker %d: %s while loading the app: exiting now (nothing in "
-                          "flight)", os.getpid(), signal.Signals(signum).name)
-            os._exit(0)
         self._signals.add(signum)
         try:
             os.write(self._sig_w, b"\0")
