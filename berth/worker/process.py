@@ -95,9 +95,11 @@ class Worker:
                 try:
                     self.app = self.load_app()
                 except BaseException:  # noqa: BLE001 - any failure to load is fatal
-                    sys.stderr.write(traceback.format_exc())
-                    sys.stderr.flush()
-                    self.log.error("worker %d: the app failed to load; stopping", os.getpid())
+                    # the traceback goes to the error log, as Gunicorn's does (its file, one
+                    # JSON record, syslog), never raw to stderr
+                    self.log.error("worker %d: the app failed to load; stopping", os.getpid(),
+                                   exc_info=True)
+                    logconfig.drain()
                     os._exit(EXIT_APP_LOAD_ERROR)
             self.view.app = self.app
             self.view.booted = True
