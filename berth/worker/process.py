@@ -306,6 +306,8 @@ class Worker:
                 self.loop.alive = False
             elif sig == signal.SIGUSR1:
                 reopen_error_log(self.cfg.errorlog)
+                if self.cfg.capture_output:  # the app's stdout and stderr: the new file too
+                    self._capture_output()
                 logconfig.reopen_files()
                 if self.access_log is not None:
                     self.access_log.reopen()
