@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 
 from berth import __version__, proctitle
 from berth.config import Config, ConfigError, load, render_config
@@ -106,8 +105,8 @@ def check_app(cfg: Config, log) -> int:
     try:
         load_app(cfg.app_uri)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the app's failure, reported
-        sys.stderr.write(traceback.format_exc())
-        log.error("the app %s failed to load: %s: %s", cfg.app_uri, type(exc).__name__, exc)
+        log.error("the app %s failed to load: %s: %s", cfg.app_uri, type(exc).__name__, exc,
+                  exc_info=True)
         return 1
     log.info("configuration OK; the app %s loads", cfg.app_uri)
     return 0

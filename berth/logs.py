@@ -179,7 +179,11 @@ def reopen_error_log(target: str) -> None:
 
 # -- access log ---------------------------------------------------------------------------------
 
-_ATOM = re.compile(r"%\(([^)]+)\)s")
+# An atom with its conversion as %-formatting reads it (`%(h)s`, `%(h)-15s`, `%(D)d`,
+# `%(r)r`...); `%%` is matched too, so that the text `%%(h)s` stays the literal `%(h)s`.
+_ATOM = re.compile(r"%%|%\(([^)]+)\)([#0 +\-]*[0-9]*(?:\.[0-9]+)?[diouxXeEfFgGcrsa])")
+# The atoms Gunicorn gives as numbers (a `%(D)d` works there); the others are text.
+_NUMBER_ATOMS = frozenset("BbTMD")
 
 
 class _Clock:
@@ -250,6 +254,20 @@ def escape(text) -> str:
     return text
 
 
+def _header_expr(atom: str) -> str:
+    """The expression of a `{header}i`, `{header}o` or `{var}e` atom ('-' for an unknown atom,
+    as Gunicorn prints it)."""
+    if atom.startswith("{") and atom.endswith("}i"):
+        key = atom[1:-2].upper().replace("-", "_")
+        key = key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
+        return f"e.get({key!r}, '-')"
+    if atom.startswith("{") and atom.endswith("}o"):
+        return f"_response_header(headers, {atom[1:-2].lower()!r})"
+    if atom.startswith("{") and atom.endswith("}e"):
+        return f"_environ_value(e, {atom[1:-2]!r})"
+    return "'-'"
+
+
 def compile_access_format(fmt: str):
     """Compile a Gunicorn access-log format into `f(environ, status, sent, seconds, headers)`,
     which returns the line as bytes, newline included.
@@ -306,12 +324,31 @@ def compile_access_format(fmt: str):
     text = []  # the format's own text, as it appears in a line
     pos = 0
     for match in _ATOM.finditer(fmt):
+        if match.group(1) is None:  # `%%`: stays in the format's own text
+            continue
         part = literal(fmt[pos:match.start()])
         template.append(part)
         escaped.append(part)
         text.append(fmt[pos:match.start()].replace("%%", "%"))
-        atom = match.group(1)
+        atom, conversion = match.group(1), match.group(2)
         pos = match.end()
+        if conversion != "s":  # `%(D)d`, `%(h)-15s`, `%(r)r`: as Gunicorn formats them
+            expr = exprs[atom] if atom in exprs else _header_expr(atom)
+            sample = 0 if atom in _NUMBER_ATOMS else "-"
+            try:
+                ("%" + conversion) % (sample,)
+            except (TypeError, ValueError):  # Gunicorn cannot format it either (`%(h)d`):
+                template.append(literal(match.group(0)))  # the text stays as it is written
+                escaped.append(literal(match.group(0)))
+                text.append(match.group(0))
+                continue
+            template.append("%" + conversion)
+            escaped.append("%s")
+            values.append(expr)
+            escaped_values.append(expr if atom in _NUMBER_ATOMS or atom in numbers
+                                  else f"_esc({'%' + conversion!r} % ({expr},))")
+            text.append("")
+            continue
         if atom in special:
             conversion, exprs_of_atom = special[atom]
             template.append(conversion)
@@ -327,18 +364,7 @@ def compile_access_format(fmt: str):
             continue
         template.append("%s")
         escaped.append("%s")
-        if atom in exprs:
-            expr = exprs[atom]
-        elif atom.startswith("{") and atom.endswith("}i"):
-            key = atom[1:-2].upper().replace("-", "_")
-            key = key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
-            expr = f"e.get({key!r}, '-')"
-        elif atom.startswith("{") and atom.endswith("}o"):
-            expr = f"_response_header(headers, {atom[1:-2].lower()!r})"
-        elif atom.startswith("{") and atom.endswith("}e"):
-            expr = f"_environ_value(e, {atom[1:-2]!r})"
-        else:
-            expr = "'-'"
+        expr = exprs[atom] if atom in exprs else _header_expr(atom)
         values.append(expr)
         escaped_values.append(expr if atom in numbers else f"_esc({expr})")
     tail = literal(fmt[pos:]) + "\n"

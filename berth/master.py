@@ -39,7 +39,6 @@ import signal
 import socket
 import sys
 import time
-import traceback
 from functools import partial
 
 from berth import container, logconfig, proctitle, reloader
@@ -174,8 +173,7 @@ class Master:
             try:
                 self.app = self.load_app()
             except BaseException:  # noqa: BLE001
-                sys.stderr.write(traceback.format_exc())
-                self.log.error("the app failed to load; stopping")
+                self.log.error("the app failed to load; stopping", exc_info=True)
                 return EXIT_APP_LOAD_ERROR
             gc.collect()
             gc.freeze()  # keep the app's pages shared with the workers (no gc writes to them)

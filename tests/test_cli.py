@@ -164,6 +164,27 @@ def test_import_error_exits_nonzero_with_traceback(tmp_path):
     assert res.stderr.count("berth_test_module_that_does_not_exist") < 10
 
 
+@pytest.mark.parametrize("preload", [False, True])
+def test_import_error_traceback_goes_to_the_error_log(tmp_path, preload):
+    """As Gunicorn's: the traceback is in --error-logfile (not raw on stderr), and with
+    --log-format json it is a field of one JSON record."""
+    errlog = tmp_path / "error.log"
+    more = ["--preload"] if preload else []
+    res = run_berth(["-b", f"127.0.0.1:{free_port()}", "-w", "1", *more, "--error-logfile",
+                     str(errlog), "broken_app:app"], timeout=30, cwd=str(tmp_path))
+    assert res.returncode == 4, res.stderr
+    text = errlog.read_text()
+    assert "Traceback" in text and "berth_test_module_that_does_not_exist" in text, text
+    assert "berth_test_module_that_does_not_exist" not in res.stderr, res.stderr
+    res = run_berth(["-b", f"127.0.0.1:{free_port()}", "-w", "1", *more, "--log-format",
+                     "json", "broken_app:app"], timeout=30, cwd=str(tmp_path))
+    assert res.returncode == 4, res.stderr
+    records = [json.loads(line) for line in res.stderr.splitlines()]  # every line: JSON
+    failed = [r for r in records if "berth_test_module_that_does_not_exist" in
+              r.get("exception", "")]
+    assert failed and failed[0]["level"] == "error", records
+
+
 def test_import_error_with_preload_exits_nonzero_with_traceback(tmp_path):
     port = free_port()
     res = run_berth(["-b", f"127.0.0.1:{port}", "-w", "2", "--preload", "broken_app:app"],

@@ -223,3 +223,22 @@ def test_access_log_sink_on_a_socket_sends_whole_lines_without_blocking():
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize(("fmt", "logged"), [
+    # conversions other than `s`, as Gunicorn formats them (its atoms B T M D are numbers)
+    ("%(h)-12s|%(s)s", "10.0.0.7    |200"),
+    ("T=%(T)d D=%(D)d M=%(M)05d B=%(B)x", "T=0 D=250000 M=00250 B=c"),
+    ("%(r)r", "'GET /a?b=1 HTTP/1.1'"),
+    # `%%` is a percent sign, also before an atom's name
+    ("%%(h)s %(h)s 100%%", "%(h)s 10.0.0.7 100%"),
+    # a conversion Gunicorn cannot format either (`h` is text) stays as it is written
+    ("%(h)d %(s)s", "%(h)d 200"),
+])
+def test_conversions_other_than_s_are_gunicorns(fmt, logged):
+    assert line(fmt, environ()) == logged
+
+
+def test_a_converted_value_is_escaped_too():
+    out = line('%(a)-12s|%({x-evil}i)r', environ(HTTP_USER_AGENT='u"a\n', HTTP_X_EVIL="b\tc"))
+    assert out == 'u\\"a\\x0a        |\'b\\\\tc\''

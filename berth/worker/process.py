@@ -112,9 +112,11 @@ class Worker:
                 try:
                     self.app = self.load_watched()
                 except BaseException:  # noqa: BLE001 - any failure to load is fatal
-                    sys.stderr.write(traceback.format_exc())
-                    sys.stderr.flush()
-                    self.log.error("worker %d: the app failed to load; stopping", os.getpid())
+                    # the traceback goes to the error log, as Gunicorn's does (its file, one
+                    # JSON record, syslog), never raw to stderr
+                    self.log.error("worker %d: the app failed to load; stopping", os.getpid(),
+                                   exc_info=True)
+                    logconfig.drain()
                     os._exit(EXIT_APP_LOAD_ERROR)
             self.view.app = self.app
             self.view.booted = True
@@ -351,6 +353,8 @@ class Worker:
                 self.loop.alive = False
             elif sig == signal.SIGUSR1:
                 reopen_error_log(self.cfg.errorlog)
+                if self.cfg.capture_output:  # the app's stdout and stderr: the new file too
+                    self._capture_output()
                 logconfig.reopen_files()
                 if self.access_log is not None:
                     self.access_log.reopen()
