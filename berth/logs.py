@@ -25,6 +25,7 @@ import errno
 import functools
 import json
 import logging
+import math
 import os
 import re
 import select
@@ -133,6 +134,31 @@ class ErrorStream:
         if text:
             self._held.text = ""
             self.log.error("%s", text)
+
+
+class Throttled:
+    """Log lines of one kind at `level`, at most one each `every` seconds: the ones held back
+    meanwhile are counted, and the next line that goes out says how many there were (a flood
+    of bad requests must not become a flood of log lines, nor go unseen)."""
+
+    def __init__(self, log: logging.Logger, level: int, every: float = 1.0):
+        self.log = log
+        self.level = level
+        self.every = every
+        self.last = -math.inf
+        self.held = 0
+
+    def __call__(self, msg: str, *args) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every:
+            self.held += 1
+            return
+        self.last = now
+        if self.held:
+            msg += " (and %d more like it since the last such line)"
+            args += (self.held,)
+            self.held = 0
+        self.log.log(self.level, msg, *args)
 
 
 class WholeLineHandler(logging.Handler):

@@ -851,3 +851,23 @@ def test_an_interim_status_from_the_app_gives_500_and_no_desync(srv, code):
     assert status_of(raw) == 500, raw[:300]
     assert closed and raw.count(b"HTTP/1.1 ") == 1, raw[:600]
     assert wait_for(lambda: f"interim status {code}" in srv.stderr())
+
+
+def test_refused_requests_are_warned_of_at_most_once_a_second_each_one_counted(
+        berth, worker_kind):
+    """As Gunicorn's "Invalid request from ip=..." warning, but a flood of bad requests makes
+    one line a second, the next one saying how many were held back: none goes unseen."""
+    srv = berth(["-w", "1", *proto_args(worker_kind)])
+    for _ in range(20):
+        raw, closed = send_raw(srv.port, b"GARBAGE\r\n\r\n")
+        assert status_of(raw) == 400 and closed
+    time.sleep(1.1)  # the next one is past the second: it goes out, with the count
+    raw, _ = send_raw(srv.port, b"GET /x HTTP/1.1\r\nHost: a b\r\n\r\n")
+    assert status_of(raw) == 400
+    wanted = "request refused from 127.0.0.1: 400 invalid Host header 'a b'"
+    assert wait_for(lambda: wanted in srv.stderr(), timeout=5), srv.stderr()
+    lines = [line for line in srv.stderr().splitlines() if "request refused from" in line]
+    assert all("[WARNING]" in line for line in lines), lines
+    held = sum(int(m) for line in lines
+               for m in re.findall(r"\(and (\d+) more like it", line))
+    assert len(lines) < 21 and len(lines) + held == 21, lines

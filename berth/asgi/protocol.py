@@ -701,6 +701,9 @@ class HttpProtocol(asyncio.Protocol):
         # The parser raises after the requests it completed in the same read: they are
         # answered first (and a `Connection: close` among them ends the connection before the
         # error, RFC 9112 9.6: llhttp calls bytes after such a request an error).
+        client = self.client
+        self.server.admit.bad_request("request refused from %s: %s",
+                                      client[0] if client else "a unix socket peer", err)
         ready = self.parser.ready
         self.pending.extend(ready)
         ready.clear()

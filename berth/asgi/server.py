@@ -70,7 +70,7 @@ class AsgiLoop(Admission):
     def __init__(self, cfg, listeners: list[socket.socket], log, app, access_log, *,
                  signal_fd: int, on_signals, max_requests: int, on_retire, ssl_context=None,
                  loop: asyncio.AbstractEventLoop, view=None):
-        self.admit = AdmissionState()
+        self.admit = AdmissionState(log)
         self.cfg = cfg
         self.listeners = listeners
         self.log = log

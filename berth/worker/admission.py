@@ -31,7 +31,9 @@ each has `last_active` and `close()`), and sets `now` before it calls these.
 from __future__ import annotations
 
 import errno
+import logging
 
+from berth.logs import Throttled
 from berth.scoreboard import NO_CONNS
 
 ACCEPT_BATCH = 4  # connections taken per wake-up (a burst spreads over the workers)
@@ -53,9 +55,9 @@ class AdmissionState:
 
     __slots__ = ("accept_resume", "refused", "shed", "full_shed", "refused_logged",
                  "full_logged", "conn_words", "slot", "slots_in_use", "defer_until",
-                 "defer_after", "deferred_least", "unanswered")
+                 "defer_after", "deferred_least", "unanswered", "bad_request")
 
-    def __init__(self):
+    def __init__(self, log):
         self.accept_resume = 0.0  # no accepting before then (out of file descriptors)
         self.refused = self.shed = self.full_shed = 0  # since the last line about them
         self.refused_logged = self.full_logged = -1.0
@@ -66,6 +68,9 @@ class AdmissionState:
         self.defer_after = 0.0  # no deferring again before then
         self.deferred_least = 0  # the fewest connections of a worker when this one deferred
         self.unanswered = 0  # deferrals in a row during which no sibling took a connection
+        # a request refused (400, 408, 431...): a warning, as Gunicorn's "Invalid request
+        # from ip=...", at most one a second (with a count of the others)
+        self.bad_request = Throttled(log, logging.WARNING)
 
 
 class Admission:

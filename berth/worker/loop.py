@@ -70,7 +70,7 @@ class Loop(Admission):
         # `draining` holding when the drain began, and `admit`.
         self.cfg = cfg
         self.log = log
-        self.admit = AdmissionState()
+        self.admit = AdmissionState(log)
         self.responder = responder
         self.listeners = {s.fileno(): s for s in listeners}
         self.signal_fd = signal_fd
@@ -415,7 +415,8 @@ class Loop(Admission):
 
     def reject(self, conn: Connection, err: HttpError) -> None:
         """A request berth refuses: answer it once earlier responses are out, then close."""
-        self.log.debug("bad request from %s: %s", conn.environ.get("REMOTE_ADDR"), err)
+        self.admit.bad_request("request refused from %s: %s",
+                               conn.environ.get("REMOTE_ADDR") or "a unix socket peer", err)
         conn.set_reading(False)
         current = conn.parser.current
         if current is not None and current.streaming:  # its reader must not wait for more
