@@ -59,3 +59,34 @@ def test_sigusr1_moves_the_captured_output_to_the_reopened_file(berth, tmp_path)
     wait_for(lambda: "settled-on-stderr" in errlog.read_text(), timeout=5)
     assert "settled\n" in errlog.read_text()
     assert "settled" not in rotated.read_text()
+
+
+def json_records(text: str) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in text.splitlines() if line]  # (raises on a raw line)
+
+
+def test_with_json_logs_each_printed_line_is_a_record_stdout_info_stderr_error(berth, tmp_path):
+    """--log-format json promises one JSON object per line: prints are records too (they were
+    raw text among them), one per line, in both targets of the error log."""
+    errlog = tmp_path / "error.log"
+    for target in (["--error-logfile", str(errlog)], []):
+        srv = berth(["-w", "1", "--capture-output", "--log-format", "json", *target,
+                     "proto_app:app"], wait_ready=not target)
+
+        def read(target=target, srv=srv) -> str:
+            if not target:
+                return srv.stderr()
+            return errlog.read_text() if errlog.exists() else ""
+
+        assert wait_for(lambda: "ready: " in read(), timeout=20), read()
+        assert http_get(srv.port, "/print?text=one%0Atwo")[0] == 200
+        assert wait_for(lambda: "two-on-stderr" in read(), timeout=5), read()
+        printed = sorted((r["level"], r["message"]) for r in json_records(read())
+                         if r["message"] in ("one", "two", "two-on-stderr"))
+        assert printed == [("error", "one"), ("error", "two-on-stderr"), ("info", "one"),
+                           ("info", "two")], printed
+        if target:
+            assert "two" not in srv.stderr()
+        srv.stop()

@@ -20,6 +20,7 @@ import ctypes
 import faulthandler
 import gc
 import importlib
+import logging
 import os
 import resource
 import signal
@@ -52,6 +53,7 @@ EXIT_APP_LOAD_ERROR = 4  # as Gunicorn: the app could not be loaded; the master 
 # A SIGTERM not from the master (berth.scoreboard.ask_to_stop) drains the worker after this
 # long, unless the master says meanwhile that it is shutting down (it got it too)
 TERM_FROM_ELSEWHERE_WAIT = 1.0
+CAPTURED_LINE_MAX = 64 * 1024  # bytes of a captured line without an end, per JSON record
 BOOT_WARN_AFTER = 30  # seconds: an import still running is logged (--timeout's, unless it is 0)
 # the signals a worker handles (`_on_signal`, then `on_signals`)
 WORKER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
@@ -99,6 +101,7 @@ class Worker:
         self.term_from_elsewhere = 0.0  # when a SIGTERM not from the master came (on_signals)
         self.responder: Responder | None = None
         self.loop: Loop | None = None
+        self.captured = False  # --capture-output as records (_capture_as_records)
 
     # -- start and exit ------------------------------------------------------------------------
 
@@ -192,15 +195,62 @@ class Worker:
         goes to the error log: its file, or stderr. Gunicorn does it only for a file; berth
         also for stderr, because stdout carries the access log (whose own descriptor is not
         this one: see berth.logs.LineSink)."""
-        fd = next((h.fd for h in self.log.handlers if isinstance(h, WholeLineHandler)), 2)
+        if self.captured:
+            return  # (records through pipes: a reopened file is the handler's own business)
+        handlers = self.log.handlers
+        fd = next((h.fd for h in handlers if isinstance(h, WholeLineHandler)), 2)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except (OSError, ValueError):
                 pass
+        if (self.cfg.log_format == "json" and handlers
+                and all(type(h) is WholeLineHandler for h in handlers)):
+            self._capture_as_records(handlers)
+            return
         os.dup2(fd, 1)
         if fd != 2:
             os.dup2(fd, 2)
+
+    def _capture_as_records(self, handlers) -> None:
+        """--capture-output with --log-format json: each line the app prints is one JSON
+        record of the error log (INFO from stdout, ERROR from stderr, as wsgi.errors), not raw
+        text among them. Its stdout and stderr become pipes (its subprocesses inherit them),
+        read by a thread each; the handlers write to their own descriptor, never to 1 or 2."""
+        for handler in handlers:
+            if handler.fd in (1, 2):
+                handler.fd = os.dup(handler.fd)
+                os.set_inheritable(handler.fd, False)
+        for target, level in ((1, logging.INFO), (2, logging.ERROR)):
+            r, w = os.pipe2(os.O_CLOEXEC)
+            os.dup2(w, target)  # (inheritable: the app's subprocesses write there too)
+            os.close(w)
+            threading.Thread(target=self._log_lines, args=(r, level),
+                             name=f"berth-capture-{target}", daemon=True).start()
+        self.captured = True
+
+    def _log_lines(self, fd: int, level: int) -> None:
+        """A captured stream's reader: a record per line (a line longer than
+        CAPTURED_LINE_MAX is cut into records of that size)."""
+        held = b""
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except InterruptedError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                if held:
+                    self.log.log(level, "%s", held.decode("utf-8", "replace"))
+                return
+            lines = (held + data).split(b"\n")
+            held = lines.pop()
+            if len(held) > CAPTURED_LINE_MAX:
+                lines.append(held)
+                held = b""
+            for line in lines:
+                self.log.log(level, "%s", line.decode("utf-8", "replace"))
 
     def _setup_process(self) -> None:
         proctitle.set_title("worker", self.cfg)
