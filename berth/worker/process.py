@@ -80,6 +80,7 @@ class Worker:
         self.stacks_fd = stacks_fd  # where its threads' stacks go on SIGUSR2 (-1: stderr)
         self.last_tick = self.max_tick_gap = 0.0
         self.term_from_elsewhere = 0.0  # when a SIGTERM not from the master came (on_signals)
+        self.exit_hook_ran = False  # worker_exit: once, on exit or on abort
         self.responder: Responder | None = None
         self.loop: Loop | None = None
 
@@ -155,8 +156,7 @@ class Worker:
                     pass
             self.log.debug("worker %d: longest gap between heartbeats %.3f s (every %.1f s "
                            "when idle)", os.getpid(), self.max_tick_gap, TICK)
-            self.view.alive = False
-            call_hook(self.cfg, "worker_exit", self.server, self.view)
+            self._worker_exit_hook()
             if self.access_log is not None:
                 self.access_log.close()
             logconfig.drain()
@@ -271,9 +271,21 @@ class Worker:
         except OSError:
             pass
 
+    def _worker_exit_hook(self) -> None:
+        """The worker_exit hook, once, whichever way the worker ends (exit or abort)."""
+        if self.exit_hook_ran:
+            return
+        self.exit_hook_ran = True
+        self.view.alive = False
+        call_hook(self.cfg, "worker_exit", self.server, self.view)
+
     def _on_abort(self, signum, frame) -> None:
         self.log.error("worker %d aborted: its loop was silent past --timeout", os.getpid())
         call_hook(self.cfg, "worker_abort", self.view)
+        # Gunicorn's handle_abort ends in sys.exit(1), so its worker_exit hook runs after
+        # worker_abort: a cleanup there (metrics flushed, files closed) runs for an aborted
+        # worker too (the master's SIGKILL, ABORT_GRACE later, still bounds both hooks)
+        self._worker_exit_hook()
         if self.access_log is not None:
             self.access_log.close(timeout=0.2)
         logconfig.drain(0.2)
