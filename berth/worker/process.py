@@ -81,6 +81,7 @@ class Worker:
         self.last_tick = self.max_tick_gap = 0.0
         self.term_from_elsewhere = 0.0  # when a SIGTERM not from the master came (on_signals)
         self.exit_hook_ran = False  # worker_exit: once, on exit or on abort
+        self.orphaned = False  # the master is gone (tick): draining
         self.responder: Responder | None = None
         self.loop: Loop | None = None
 
@@ -366,9 +367,13 @@ class Worker:
         if self.access_log is not None:
             self.access_log.flush()
         loop = self.loop
-        if os.getppid() != self.ppid:
-            self.log.info("worker %d: the master is gone; exiting", os.getpid())
-            loop.alive = False
+        if not self.orphaned and os.getppid() != self.ppid:
+            self.orphaned = True
+            # (as Gunicorn's workers do: the requests in flight are finished, within
+            # --graceful-timeout, and the listeners closed at once; nothing is accepted again)
+            self.log.info("worker %d: the master is gone; finishing the requests in flight, "
+                          "then exiting", os.getpid())
+            self.start_drain(take_backlog=False)  # (which ticks again: then draining)
             return
         if self.term_from_elsewhere and not loop.draining:
             if self.scoreboard.stop_asked(self.slot_index):
