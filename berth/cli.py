@@ -119,6 +119,25 @@ def _write_pidfile(path: str) -> None:
     os.replace(tmp, path)
 
 
+def _running_pid_in(path: str) -> int | None:
+    """The pid a pid file names when that process is running and is not this one (Gunicorn's
+    Pidfile.validate: a process it may not signal runs too), else None."""
+    try:
+        with open(path) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    if pid <= 0 or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return pid
+    except OSError:
+        return None
+    return pid
+
+
 def _remove_pidfile(path: str) -> None:
     try:
         with open(path) as f:
@@ -230,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
         return new
 
     pidfile = cfg.pidfile
+    if pidfile and (running := _running_pid_in(pidfile)):
+        # (as Gunicorn: overwritten, the file of the berth that runs was lost, and removed
+        # at this one's exit, a failed bind included)
+        log.error("--pid %s: already running on PID %d (or the pid file is stale: remove it)",
+                  pidfile, running)
+        return 1
     try:
         if pidfile:
             try:

@@ -640,7 +640,8 @@ class Master:
     def reload(self) -> None:
         """SIGHUP: new configuration and app in new workers; the old ones drain once the new
         ones are ready, and serve on if the new ones do not start (`start_failed`). Binds and
-        a --preload'ed app stay as they are (as with Gunicorn)."""
+        a --preload'ed app stay as they are (Gunicorn keeps the app too, but binds a changed
+        --bind: berth warns that it takes effect at the next start)."""
         old = self.cfg
         if self.reload_config is not None:
             try:
@@ -648,6 +649,12 @@ class Master:
             except Exception as exc:  # noqa: BLE001 - keep serving with the old configuration
                 self.log.error("SIGHUP: configuration not reloaded: %s", exc)
                 return
+            if list(new.bind) != list(self.cfg.bind):
+                # (Gunicorn's reload listens on a changed address; berth's workers inherit
+                # the master's listeners: said, not silently dropped)
+                self.log.warning("SIGHUP: --bind %s takes effect at the next start; still "
+                                 "listening on %s", " ".join(new.bind),
+                                 " ".join(self.cfg.bind))
             new.values["bind"] = self.cfg.bind
             self.cfg = new
             # the memory cap and the automatic --max-worker-memory are worked out again for

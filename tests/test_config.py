@@ -681,6 +681,24 @@ def test_pidfile_is_written_and_removed(berth, tmp_path):
     assert not pidfile.exists()
 
 
+def test_pidfile_of_a_running_berth_is_neither_overwritten_nor_removed(berth, tmp_path):
+    # a second berth given the same --pid (the same bind, by mistake) overwrote the file,
+    # failed to bind, and removed it at exit: the running berth's pid file was gone (kill
+    # -HUP $(cat berth.pid) failed). Gunicorn refuses to start: "Already running on PID".
+    pidfile = tmp_path / "berth.pid"
+    first = berth(["-w", "1", "--pid", str(pidfile), "proto_app:app"])
+    second = berth(["-w", "1", "--pid", str(pidfile), "proto_app:app"], port=first.port,
+                   wait_ready=False)
+    assert second.wait(timeout=15) == 1
+    assert f"already running on PID {first.pid}" in second.stderr(), second.stderr()
+    assert pidfile.read_text().strip() == str(first.pid)
+    # a stale file (its process gone) is taken over, as in Gunicorn
+    first.stop()
+    pidfile.write_text(f"{first.pid}\n")
+    third = berth(["-w", "1", "--pid", str(pidfile), "proto_app:app"])
+    assert pidfile.read_text().strip() == str(third.pid)
+
+
 def test_config_file_bind_used_when_no_bind_flag(berth, tmp_path):
     port = free_port()
     write(tmp_path / "gunicorn.conf.py", f'bind = "127.0.0.1:{port}"\nworkers = 1\n')

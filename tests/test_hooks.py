@@ -450,3 +450,36 @@ def test_a_child_a_hook_waits_for_later_keeps_its_exit_status(berth, tmp_path):
     srv.signal(signal.SIGHUP)
     err = srv.wait_for_log("sidecar returncode", timeout=10)
     assert "sidecar returncode 7" in err, err
+
+
+def test_an_aborted_worker_runs_worker_exit_after_worker_abort(berth, tmp_path):
+    # Gunicorn's handle_abort calls worker_abort, then sys.exit(1): its worker_exit hook runs
+    # too. berth's abort path ended in os._exit(1) after worker_abort: a cleanup in
+    # worker_exit (flushing metrics, closing a client) never ran for a worker past --timeout.
+    log = tmp_path / "hooks.log"
+    (tmp_path / "abort.conf.py").write_text(textwrap.dedent('''\
+        import os
+
+        def _record(*parts):
+            with open(os.environ["HOOK_LOG"], "a") as f:
+                f.write(" ".join(str(p) for p in parts) + "\\n")
+
+        def worker_abort(worker):
+            _record("worker_abort", os.getpid(), worker.pid)
+
+        def worker_exit(server, worker):
+            _record("worker_exit", os.getpid(), worker.pid, worker.alive)
+        '''))
+    srv = berth(["-c", "abort.conf.py", "-w", "1", "--threads", "1", "--timeout", "1",
+                 "super_app:app"], env={"HOOK_LOG": str(log)})
+    victim = str(served_by(srv.port))
+    sock = connect(srv.port)
+    sock.sendall(get_request("/spin?s=30"))
+    try:
+        srv.wait_for_log(f"worker {victim} exited", timeout=15)
+        records = wait_records(log, lambda r: any(x[0] == "worker_exit" for x in r), timeout=3)
+    finally:
+        sock.close()
+    mine = [r for r in records if r[1] == victim]
+    assert [r[0] for r in mine] == ["worker_abort", "worker_exit"], (records, srv.stderr())
+    assert mine[1] == ["worker_exit", victim, victim, "False"]

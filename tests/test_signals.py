@@ -256,3 +256,25 @@ def test_sigusr2_is_logged_and_ignored_as_the_readme_says(berth):
     time.sleep(0.3)  # (a re-exec would show as a new child by now)
     assert http_get(srv.port, "/hello")[2] == HELLO
     assert set(pids_children(srv.pid)) == workers and srv.proc.poll() is None
+
+
+def test_sighup_with_a_changed_bind_warns_that_it_waits_for_the_next_start(berth, tmp_path):
+    # Gunicorn's reload listens on a changed --bind; berth keeps its listeners until a
+    # restart, and said nothing: the operator who edited the bind saw no sign of it.
+    from conftest import free_port
+
+    port, new_port = free_port(), free_port()
+    conf = tmp_path / "bind.conf.py"
+    conf.write_text(f"workers = 1\nbind = ['127.0.0.1:{port}']\n")
+    srv = berth(["-c", str(conf), "super_app:app"], bind=False, port=port)
+    conf.write_text(f"workers = 1\nbind = ['127.0.0.1:{new_port}']\n")
+    srv.signal(signal.SIGHUP)
+    err = srv.wait_for_log("SIGHUP: reloading", timeout=10)
+    assert (f"SIGHUP: --bind 127.0.0.1:{new_port} takes effect at the next start; still "
+            f"listening on 127.0.0.1:{srv.port}") in err, err
+    assert http_get(srv.port, "/")[0] == 200
+    # the bind it listens on says nothing
+    conf.write_text(f"workers = 1\nbind = ['127.0.0.1:{port}']\n")
+    srv.signal(signal.SIGHUP)
+    wait_for(lambda: srv.stderr().count("SIGHUP: reloading") == 2, timeout=10)
+    assert srv.stderr().count("takes effect at the next start") == 1

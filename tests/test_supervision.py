@@ -848,3 +848,25 @@ def test_a_master_whose_loop_keeps_failing_shuts_down_gracefully_and_exits_1(ber
     assert re.search(r"berth master \d+: stopped", err), err
     if where == "check_workers":
         assert _calls_logged(srv) == 5, err  # (stopping, the loop no longer checks the workers)
+
+
+def test_a_worker_whose_master_is_killed_finishes_its_requests_in_flight(berth):
+    # a worker that found its master gone (SIGKILL, the OOM killer) stopped its loop at once:
+    # the requests in flight were cut (the client saw the connection closed). Gunicorn's
+    # workers finish them within the graceful timeout, and so does berth's now.
+    srv = berth(["-w", "1", "--threads", "2", "--graceful-timeout", "10", "super_app:app"])
+    victim = pid_of(srv)
+    t, box = in_background(lambda: http_get(srv.port, "/sleep?s=2", timeout=15))
+    time.sleep(0.5)
+    try:
+        srv.proc.kill()
+        srv.proc.wait(timeout=5)
+        t.join(15)
+        assert "error" not in box, repr(box.get("error"))
+        assert box["result"][0] == 200 and box["result"][2] == b"slept 2.0", box
+        assert wait_for(lambda: _state(victim) in (None, "Z", "X"), timeout=10), \
+            "the worker did not exit"
+        assert "the master is gone; finishing the requests in flight" in srv.stderr()
+    finally:
+        if _state(victim) not in (None, "Z", "X"):
+            os.kill(victim, signal.SIGKILL)

@@ -99,6 +99,8 @@ class Worker:
         self.stacks_fd = stacks_fd  # where its threads' stacks go on SIGUSR2 (-1: stderr)
         self.last_tick = self.max_tick_gap = 0.0
         self.term_from_elsewhere = 0.0  # when a SIGTERM not from the master came (on_signals)
+        self.exit_hook_ran = False  # worker_exit: once, on exit or on abort
+        self.orphaned = False  # the master is gone (tick): draining
         self.responder: Responder | None = None
         self.loop: Loop | None = None
         self.captured = False  # --capture-output as records (_capture_as_records)
@@ -177,8 +179,7 @@ class Worker:
                     pass
             self.log.debug("worker %d: longest gap between heartbeats %.3f s (every %.1f s "
                            "when idle)", os.getpid(), self.max_tick_gap, TICK)
-            self.view.alive = False
-            call_hook(self.cfg, "worker_exit", self.server, self.view)
+            self._worker_exit_hook()
             if self.access_log is not None:
                 self.access_log.close()
             logconfig.drain()
@@ -370,9 +371,21 @@ class Worker:
         except OSError:
             pass
 
+    def _worker_exit_hook(self) -> None:
+        """The worker_exit hook, once, whichever way the worker ends (exit or abort)."""
+        if self.exit_hook_ran:
+            return
+        self.exit_hook_ran = True
+        self.view.alive = False
+        call_hook(self.cfg, "worker_exit", self.server, self.view)
+
     def _on_abort(self, signum, frame) -> None:
         self.log.error("worker %d aborted: its loop was silent past --timeout", os.getpid())
         call_hook(self.cfg, "worker_abort", self.view)
+        # Gunicorn's handle_abort ends in sys.exit(1), so its worker_exit hook runs after
+        # worker_abort: a cleanup there (metrics flushed, files closed) runs for an aborted
+        # worker too (the master's SIGKILL, ABORT_GRACE later, still bounds both hooks)
+        self._worker_exit_hook()
         if self.access_log is not None:
             self.access_log.close(timeout=0.2)
         logconfig.drain(0.2)
@@ -455,9 +468,13 @@ class Worker:
         if self.access_log is not None:
             self.access_log.flush()
         loop = self.loop
-        if os.getppid() != self.ppid:
-            self.log.info("worker %d: the master is gone; exiting", os.getpid())
-            loop.alive = False
+        if not self.orphaned and os.getppid() != self.ppid:
+            self.orphaned = True
+            # (as Gunicorn's workers do: the requests in flight are finished, within
+            # --graceful-timeout, and the listeners closed at once; nothing is accepted again)
+            self.log.info("worker %d: the master is gone; finishing the requests in flight, "
+                          "then exiting", os.getpid())
+            self.start_drain(take_backlog=False)  # (which ticks again: then draining)
             return
         if self.term_from_elsewhere and not loop.draining:
             if self.scoreboard.stop_asked(self.slot_index):
