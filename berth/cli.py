@@ -121,7 +121,10 @@ def _write_pidfile(path: str) -> None:
 
 def _running_pid_in(path: str) -> int | None:
     """The pid a pid file names when that process is running and is not this one (Gunicorn's
-    Pidfile.validate: a process it may not signal runs too), else None."""
+    Pidfile.validate: a process it may not signal runs too), else None. Beyond Gunicorn, a
+    process whose command line does not name berth is not taken for one: `docker restart`
+    keeps the file, and its pid may be another process's in the new run (Gunicorn's "Already
+    running on PID" that never clears)."""
     try:
         with open(path) as f:
             pid = int(f.read().strip())
@@ -132,9 +135,15 @@ def _running_pid_in(path: str) -> int | None:
     try:
         os.kill(pid, 0)
     except PermissionError:
-        return pid
+        pass
     except OSError:
         return None
+    try:  # a container restarted keeps its files: the pid may be another program's now
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"berth" not in f.read():
+                return None
+    except OSError:
+        pass
     return pid
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -697,6 +698,17 @@ def test_pidfile_of_a_running_berth_is_neither_overwritten_nor_removed(berth, tm
     pidfile.write_text(f"{first.pid}\n")
     third = berth(["-w", "1", "--pid", str(pidfile), "proto_app:app"])
     assert pidfile.read_text().strip() == str(third.pid)
+    # a file naming a live process that is not berth (a restarted container keeps its files,
+    # and the pid is another program's now) is taken over too
+    third.stop()
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        pidfile.write_text(f"{other.pid}\n")
+        fourth = berth(["-w", "1", "--pid", str(pidfile), "proto_app:app"])
+        assert pidfile.read_text().strip() == str(fourth.pid)
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_config_file_bind_used_when_no_bind_flag(berth, tmp_path):
