@@ -4,9 +4,14 @@ A Gunicorn config file may define functions such as `post_fork(server, worker)` 
 `pre_request(worker, req)`. berth loads them (`validate_hook`, each hook setting's converter,
 checks them against `settings.HOOK_ARGS`), and the master and workers call them through
 `call_hook(cfg, name, *args)` at the same moments Gunicorn does. A hook that raises is logged
-with its traceback and berth carries on, as with Gunicorn (except that Gunicorn lets an
-exception in `on_starting` or `when_ready` kill the master; berth keeps serving: a broken
-logging hook should not take the site down).
+with its traceback and berth carries on (Gunicorn lets an exception in `on_starting`,
+`when_ready`, `pre_fork`, `child_exit`, `on_reload` or `nworkers_changed` kill the master;
+berth keeps serving: a broken logging hook should not take the site down). Three fail what
+they guard, as in Gunicorn: `pre_request` fails its request (500, the app not called), and
+`post_fork` or `post_worker_init` their worker, which exits before it serves (so a worker
+whose database pool or tracer could not be set up never serves without it; berth's rule for
+workers dying before they are ready then applies: 5 in a row stop berth, or, after a SIGHUP,
+the old workers serve on).
 
 The hook arguments are small views with the attributes Gunicorn's documented examples use:
 `server.log`, `server.cfg`, `server.pid`, `worker.pid`, `worker.log`, `worker.age`,
@@ -111,24 +116,34 @@ def get_hook(cfg: Any, name: str) -> Callable | None:
     return values.get(name)
 
 
-def call_hook(cfg: Any, name: str, *args: Any, log: Any = None) -> Any:
+class HookFailed(Exception):
+    """A worker's boot hook raised (`call_hook(..., boot=True)`): logged; the worker exits."""
+
+
+def call_hook(cfg: Any, name: str, *args: Any, log: Any = None, boot: bool = False) -> Any:
     """Call the hook `name` with `args` if it is set; log (and survive) an exception in it.
 
     The logger is `log`, else the `log` attribute of the first argument (a ServerView or
-    WorkerView), else berth's error log. Returns the hook's result, or None.
+    WorkerView), else berth's error log. Returns the hook's result, or None. With `boot` (a
+    worker's post_fork and post_worker_init), an exception is logged and HookFailed raised:
+    the worker does not start without what the hook sets up, as in Gunicorn.
     """
     hook = get_hook(cfg, name)
     if hook is None:
         return None
     try:
         return hook(*args)
-    except Exception:  # noqa: BLE001 - a hook's bug is logged, never fatal
+    except Exception:  # noqa: BLE001 - a hook's bug is logged, never fatal to berth
         if log is None:
             log = getattr(args[0], "log", None) if args else None
         if log is None:
             import logging
 
             log = logging.getLogger("berth.error")
+        if boot:
+            log.exception("the %s hook raised an exception: the worker exits (it does not "
+                          "start without it, as in Gunicorn)", name)
+            raise HookFailed(name) from None
         log.exception("the %s hook raised an exception (berth carries on)", name)
         return None
 

@@ -156,7 +156,12 @@ def render() -> str:
         "tuples with upper-case names), `resp.status`, `resp.status_code`, `resp.headers`. "
         "A hook may also be given as a `module.function` string. A hook with the wrong "
         "number of arguments stops berth at start (exit 2); an exception raised by a hook "
-        "is logged with its traceback and berth carries on.\n")
+        "is logged with its traceback and berth carries on, except in three, which fail "
+        "what they guard, as in Gunicorn: `pre_request` its request (500, the app not "
+        "called), `post_fork` and `post_worker_init` their worker (it exits before serving; "
+        "5 such deaths in a row stop berth, where Gunicorn stops at the first). Gunicorn "
+        "also stops when `on_starting`, `when_ready`, `pre_fork`, `child_exit`, `on_reload` "
+        "or `nworkers_changed` raises; berth serves on.\n")
     parts.append("| hook | arguments | when |")
     parts.append("|---|---|---|")
     for s in SETTINGS:

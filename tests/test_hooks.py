@@ -483,3 +483,49 @@ def test_an_aborted_worker_runs_worker_exit_after_worker_abort(berth, tmp_path):
     mine = [r for r in records if r[1] == victim]
     assert [r[0] for r in mine] == ["worker_abort", "worker_exit"], (records, srv.stderr())
     assert mine[1] == ["worker_exit", victim, victim, "False"]
+
+
+@pytest.mark.parametrize("args", [["--threads", "1", "proto_app:app"],
+                                  ["--threads", "4", "proto_app:app"],
+                                  ["-k", "asgi", "proto_asgi:app"]],
+                         ids=["wsgi-t1", "wsgi-t4", "asgi"])
+def test_an_exception_in_pre_request_fails_the_request_with_500_and_no_app_call(
+        berth, tmp_path, args):
+    """As in Gunicorn, whose workers call pre_request inside the request's error handling: a
+    check made there (a token, a quota) is not skipped when it raises. berth called the app
+    anyway and answered 200."""
+    (tmp_path / "deny.conf.py").write_text(textwrap.dedent("""
+        def pre_request(worker, req):
+            if req.path == "/record":
+                raise PermissionError("denied by the hook")
+        """))
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    srv = berth(["-c", "deny.conf.py", "-w", "1", *args],
+                env={"PROTO_MARKER_DIR": str(markers)})
+    status, _, _ = http_get(srv.port, "/record?tag=denied")
+    assert status == 500
+    assert wait_for(lambda: "denied by the hook" in srv.stderr(), timeout=5), srv.stderr()
+    assert "Error handling request" in srv.stderr()
+    assert not (markers / "record-denied").exists()  # the app was not called
+    assert http_get(srv.port, "/hello")[:3:2] == (200, HELLO)  # the worker serves on
+
+
+@pytest.mark.parametrize("hook", ["post_fork", "post_worker_init"])
+def test_a_boot_hook_that_raises_stops_its_worker_before_it_serves(berth, tmp_path, hook):
+    """Gunicorn's worker does not boot when post_fork or post_worker_init raises: a worker
+    whose database pool or tracer was not set up must not serve without it. berth's workers
+    served on. Every worker dies before it is ready: berth stops (5 in a row), exit 1."""
+    args = "server, worker" if hook == "post_fork" else "worker"
+    (tmp_path / "boot.conf.py").write_text(textwrap.dedent(f"""
+        def {hook}({args}):
+            raise ConnectionRefusedError("no database at boot")
+        """))
+    srv = berth(["-c", "boot.conf.py", "-w", "1", "proto_app:app"], wait_ready=False)
+    code = srv.wait(timeout=60)
+    err = srv.stderr()
+    assert code == 1, err
+    assert "ready: " not in err
+    assert f"the {hook} hook raised an exception: the worker exits" in err
+    assert "no database at boot" in err
+    assert "workers died before becoming ready" in err

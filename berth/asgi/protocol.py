@@ -442,6 +442,13 @@ class Cycle:
         finally:
             proto.cycle_done(self)
 
+    async def refuse(self) -> None:
+        """The pre_request hook raised (logged): 500, without the app."""
+        try:
+            self._fail()
+        finally:
+            self.proto.cycle_done(self)
+
     def _fail(self) -> None:
         """The app failed: 500 if nothing was sent yet, else the connection ends."""
         self.keep_alive = False
@@ -749,8 +756,8 @@ class HttpProtocol(asyncio.Protocol):
             self.cycle = cycle = Cycle(self, req, scope)
             req.dispatched = cycle.when
             server.active.add(cycle)
-            server.started(cycle)
-            cycle.task = self.loop.create_task(cycle.run(server.app))
+            cycle.task = self.loop.create_task(
+                cycle.run(server.app) if server.started(cycle) else cycle.refuse())
             return
 
     def cycle_done(self, cycle: Cycle) -> None:

@@ -373,12 +373,20 @@ class AsgiLoop(Admission):
     def count(self, method: bytes, status: str, sent: int, seconds: float) -> None:
         counters.count(self.counts, method, status, sent, seconds)
 
-    def started(self, cycle: Cycle) -> None:
+    def started(self, cycle: Cycle) -> bool:
         """A request goes to the app: the pre_request hook, as Gunicorn's ASGI worker calls
-        it (its `req` is made from the request as a WSGI environ would have it)."""
+        it (its `req` is made from the request as a WSGI environ would have it). False when
+        the hook raised: logged, and the request fails with it (500, the app not called), as
+        in Gunicorn."""
         if self.pre_request is not None:
-            call_hook(self.cfg, "pre_request", self.view,
-                      RequestView(self.environ_for_log(cycle), peer_of(cycle)))
+            try:
+                self.pre_request(self.view,
+                                 RequestView(self.environ_for_log(cycle), peer_of(cycle)))
+            except Exception:  # noqa: BLE001 - the request's failure, not the worker's
+                self.log.exception("Error handling request %s: the pre_request hook raised",
+                                   cycle.proto.describe(cycle.req))
+                return False
+        return True
 
     def finished(self, cycle: Cycle) -> None:
         """A response is over: count it, log it, the post_request hook, --max-requests."""

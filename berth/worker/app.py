@@ -579,11 +579,17 @@ class Responder:
             conn.response = resp
         if self.pre_request is not None or self.post_request is not None:
             resp.view = RequestView(environ, conn.sock.getpeername)  # (called if a hook asks)
-            if inline and self.baton is not None:  # (a hook is app code: baton.py)
-                self.baton.lead(resp, self.request_hook, "pre_request", resp.view)
-                inline = resp.inline
-            else:
-                self.request_hook("pre_request", resp.view)
+            resp.started = started
+            try:
+                if inline and self.baton is not None:  # (a hook is app code: baton.py)
+                    self.baton.lead(resp, self.request_hook, "pre_request", resp.view)
+                    inline = resp.inline
+                else:
+                    self.request_hook("pre_request", resp.view)
+            except Exception:  # noqa: BLE001 - as in Gunicorn: a 500, and no app call
+                keep = self.app_error(conn, resp, resp.inline)
+                self.conclude(resp, None)
+                return keep
             started = time.monotonic()  # (the hook's time is not the response's)
         resp.started = started
         result = None
@@ -662,10 +668,16 @@ class Responder:
                               ResponseView(resp.status, resp.headers, resp.sent, resp.chunked))
 
     def request_hook(self, name: str, *args) -> None:
-        """The pre_request or post_request hook (call_hook logs an exception, and the request
-        goes on); a SystemExit in it retires the worker, as the app's does (app_exited)."""
+        """The pre_request or post_request hook; a SystemExit in it retires the worker, as
+        the app's does (app_exited). An exception in pre_request is raised on: the request
+        fails with it (500, the app not called), as in Gunicorn, whose workers call the hook
+        inside the request's error handling (a check done there must not be skipped); one in
+        post_request is logged (call_hook) and the response stands."""
         try:
-            call_hook(self.cfg, name, self.view, *args)
+            if name != "pre_request":
+                call_hook(self.cfg, name, self.view, *args)
+            elif self.pre_request is not None:  # (only post_request may be set)
+                self.pre_request(self.view, *args)
         except SystemExit:
             self.log.exception("the %s hook raised SystemExit", name)
             self.app_exited()
