@@ -152,9 +152,69 @@ class Config:
         """Given by some source (not left at its default)."""
         return self.source(name) != "default"
 
+    # -- what Gunicorn's Config offers hooks besides the settings (server.cfg, worker.cfg) --
+
     @property
-    def settings(self) -> dict[str, Setting]:  # Gunicorn's cfg.settings, by name
-        return BY_NAME
+    def settings(self) -> dict[str, BoundSetting]:
+        """Gunicorn's `cfg.settings`: each setting by name, with its `.value` (and `.get()`)
+        in this configuration, besides its definition (`.default`, `.flags`...)."""
+        return {name: BoundSetting(setting, self) for name, setting in BY_NAME.items()}
+
+    @property
+    def worker_class_str(self) -> str:
+        return self.uvicorn_worker or str(self.worker_class)
+
+    @property
+    def address(self) -> list:
+        """The binds as Gunicorn parses them: (host, port) tuples, unix socket paths, fd
+        numbers."""
+        from berth.hooks import gunicorn_address
+
+        return [gunicorn_address(bind) for bind in self.bind]
+
+    @property
+    def is_ssl(self) -> bool:
+        return bool(self.certfile or self.keyfile)
+
+    @property
+    def ssl_options(self) -> dict:
+        return {name: getattr(self, name) for name in (
+            "keyfile", "certfile", "ssl_version", "cert_reqs", "ca_certs",
+            "suppress_ragged_eofs", "do_handshake_on_connect", "ciphers")}
+
+    @property
+    def env(self) -> dict:
+        """`--env KEY=VALUE` (raw_env) as a dict, as Gunicorn's `cfg.env`."""
+        return dict(pair.split("=", 1) for pair in self.raw_env or ())
+
+    @property
+    def uid(self) -> int:  # (berth refuses --user: the process's own)
+        return os.geteuid()
+
+    @property
+    def gid(self) -> int:  # (berth refuses --group)
+        return os.getegid()
+
+
+class BoundSetting:
+    """A setting's definition and its value in one Config (`Config.settings`), as
+    Gunicorn's Setting objects give both."""
+
+    __slots__ = ("_setting", "_cfg")
+
+    def __init__(self, setting: Setting, cfg: Config):
+        self._setting = setting
+        self._cfg = cfg
+
+    @property
+    def value(self) -> Any:
+        return getattr(self._cfg, self._setting.name)
+
+    def get(self) -> Any:
+        return self.value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._setting, name)
 
 
 # -- reading the sources ------------------------------------------------------------------------

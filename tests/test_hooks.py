@@ -7,6 +7,7 @@ fires at its moment, with the attributes Gunicorn's documented examples use.
 from __future__ import annotations
 
 import ast
+import json
 import logging
 import os
 import signal
@@ -529,3 +530,36 @@ def test_a_boot_hook_that_raises_stops_its_worker_before_it_serves(berth, tmp_pa
     assert f"the {hook} hook raised an exception: the worker exits" in err
     assert "no database at boot" in err
     assert "workers died before becoming ready" in err
+
+
+def test_server_cfg_has_what_gunicorns_config_gives_hooks(berth, tmp_path):
+    """Hooks read `server.cfg.settings[name].value`, `.address`, `.env`, `.is_ssl`... on
+    Gunicorn's Config: each raised AttributeError in berth (logged, the hook cut short)."""
+    out = tmp_path / "cfg.json"
+    (tmp_path / "cfg.conf.py").write_text(textwrap.dedent(f"""
+        import json
+
+        def when_ready(server):
+            cfg = server.cfg
+            with open({str(out)!r}, "w") as f:
+                json.dump({{
+                    "workers": cfg.settings["workers"].value,
+                    "workers_get": cfg.settings["workers"].get(),
+                    "timeout_default": cfg.settings["timeout"].default,
+                    "worker_class_str": cfg.worker_class_str,
+                    "address": cfg.address,
+                    "is_ssl": cfg.is_ssl,
+                    "ssl_certfile": cfg.ssl_options["certfile"],
+                    "env": cfg.env,
+                    "uid": cfg.uid,
+                    "gid": cfg.gid,
+                }}, f)
+        """))
+    srv = berth(["-c", "cfg.conf.py", "-w", "2", "-e", "GREETING=hi", "proto_app:app"])
+    assert wait_for(out.exists, timeout=5), srv.stderr()
+    got = json.loads(out.read_text())
+    assert got == {"workers": 2, "workers_get": 2, "timeout_default": 30.0,
+                   "worker_class_str": "gthread", "address": [["127.0.0.1", srv.port]],
+                   "is_ssl": False, "ssl_certfile": None, "env": {"GREETING": "hi"},
+                   "uid": os.geteuid(), "gid": os.getegid()}, got
+    assert "raised an exception" not in srv.stderr()
