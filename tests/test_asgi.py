@@ -461,6 +461,37 @@ def test_the_worker_serves_tls(berth, tmp_path):
     assert json.loads(data.partition(b"\r\n\r\n")[2])["scheme"] == "https"
 
 
+def test_a_tls_client_closing_its_connection_logs_nothing(berth, tmp_path):
+    """A TLS client that closes its keep-alive connection (with a close_notify, or a bare
+    FIN) is no event: asyncio's (and uvloop's) SSL transport warned "returning true from
+    eof_received() has no effect when using ssl" for each one, a line outside berth's log
+    format (a non-JSON line under --log-format json)."""
+    trustme = pytest.importorskip("trustme")
+    import ssl
+
+    ca = trustme.CA()
+    certfile, cafile = tmp_path / "cert.pem", tmp_path / "ca.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    ca.cert_pem.write_to_path(str(cafile))
+    srv = start(berth, tmp_path, "--certfile", str(certfile), "--log-format", "json")
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    for unwrap in (True, False, True):
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: h\r\n\r\n")  # (keep-alive)
+        data = b""
+        while not data.endswith(b"Hello, world!\n"):
+            data += sock.recv(65536)
+        if unwrap:
+            sock = sock.unwrap()  # close_notify, then the FIN
+        sock.close()
+    wait_for(lambda: srv.stdout().count('"GET /hello HTTP/1.1"') == 3, 5)
+    time.sleep(0.5)
+    err = srv.stderr()
+    assert "eof_received" not in err, err
+    assert all(line.startswith("{") for line in err.splitlines() if line.strip()), err
+
+
 
 # -- the edge ------------------------------------------------------------------------------
 

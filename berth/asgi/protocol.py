@@ -594,7 +594,10 @@ class HttpProtocol(asyncio.Protocol):
             self.server.disconnected(cycle)
         elif cycle is None and not self.pending:
             self.close()
-        return True  # (keep the write side: a half-close still gets what is sent)
+        # keep the write side: a half-close still gets what is sent. Not under TLS, which
+        # has no half-close: asyncio's and uvloop's SSL transports close anyway, and log a
+        # warning (outside berth's log format) for each connection whose protocol says True
+        return self.server.ssl_context is None
 
     def connection_lost(self, exc) -> None:
         self.closed = True
