@@ -71,6 +71,19 @@ def test_the_scope_has_what_the_spec_says(berth, tmp_path):
     assert scope["path"] == "/api/scope/\ufffdé" and scope["raw_path"] == "/api/scope/%ff%C3%A9"
 
 
+def test_a_path_that_only_begins_with_the_root_path_letters_gets_it_in_front(berth, tmp_path):
+    """--root-path /sc: /scope is not under /sc (whole segments only), so the path is
+    /sc/scope, as Uvicorn gives it; it was left as /scope, and Django (path_info: the path
+    without the root path) routed "ope" (a 404 for every such route)."""
+    srv = start(berth, tmp_path, "--root-path", "/sc")
+    for target, path in ((b"/scope", "/sc/scope"), (b"/sc/scope", "/sc/scope"),
+                         (b"/scopes/x", "/sc/scopes/x")):
+        status, _, body = request(srv.port, b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert status == 200
+        scope = json.loads(body)
+        assert (scope["root_path"], scope["path"]) == ("/sc", path), target
+
+
 def test_bodies_buffered_or_streamed_and_responses_framed(berth, tmp_path):
     srv = start(berth, tmp_path, "--body-buffer-size", "65536")
     small = b"x" * 1000

@@ -781,8 +781,9 @@ def request_scope(proto: HttpProtocol, req: Request, root_path: str, scheme: str
     # never a lone surrogate ("%ff" -> "\udcff"), which breaks any app that encodes the path
     # (Starlette: a 500 for any client who sends one); raw_path keeps the bytes
     path = unquote(raw_path) if PERCENT_BYTE in raw_path else raw_path.decode("utf-8", "replace")
-    if root_path and not path.startswith(root_path):
-        path = root_path + path
+    if root_path and path != root_path and not path.startswith(
+            root_path if root_path[-1] == "/" else root_path + "/"):
+        path = root_path + path  # (/json is not under /js: whole segments only)
     scope = {
         "type": "http", "asgi": ASGI, "http_version": req.version,
         "server": proto.server_addr, "client": proto.client, "scheme": scheme,
