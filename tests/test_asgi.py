@@ -62,6 +62,9 @@ def test_the_scope_has_what_the_spec_says(berth, tmp_path):
     assert scope["query_string"] == "x=1&y=%20"
     assert scope["server"] == ["127.0.0.1", srv.port]
     assert scope["client"][0] == "127.0.0.1" and scope["client"][1] > 0
+    # the extensions served are said, as the spec asks: an app (Starlette's FileResponse)
+    # sends http.response.pathsend only when the scope lists it
+    assert scope["extensions"] == {"http.response.pathsend": {}}
     # every field as received, in order, names in lower case, repeated ones kept
     assert scope["headers"] == [["host", "h"], ["x-one", "1"], ["x-two", "a"], ["x-two", "b"]]
     # an escape that is not UTF-8: U+FFFD (as Uvicorn), never a lone surrogate an app cannot

@@ -789,6 +789,9 @@ def request_scope(proto: HttpProtocol, req: Request, root_path: str, scheme: str
         "server": proto.server_addr, "client": proto.client, "scheme": scheme,
         "method": req.method.decode("ascii"), "root_path": root_path, "path": path,
         "raw_path": raw_path, "query_string": query, "headers": req.raw,
+        # the extensions berth serves, as the spec has servers say: apps look before they use
+        # one (Starlette's FileResponse sends http.response.pathsend only when it is here)
+        "extensions": {"http.response.pathsend": {}},
     }
     if state is not None:
         scope["state"] = state.copy()
