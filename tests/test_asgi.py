@@ -207,6 +207,27 @@ def test_a_client_gone_mid_stream_makes_receive_say_disconnect(berth, tmp_path):
     assert wait_for(lambda: (srv.markers / "disconnect-a").exists(), timeout=5)
 
 
+def test_an_app_that_returns_on_the_disconnect_is_no_error_and_one_that_drops_its_response_is(
+        berth, tmp_path):
+    """An app that returns when receive() says http.disconnect (its client left in the middle
+    of the body) did right: it was logged as an ERROR "returned without a response" (Uvicorn
+    says nothing). One that sends http.response.start and returns got a 500 with no error
+    logged at all (Uvicorn: "returned without completing response")."""
+    srv = start(berth, tmp_path, "--body-buffer-size", "65536")
+    sock = connect(srv.port)
+    sock.sendall(b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000\r\n\r\n"
+                 + b"x" * 200_000)
+    time.sleep(0.3)  # (the app reads what came)
+    sock.close()
+    assert wait_for(lambda: "POST /echo" in srv.stdout(), 5), srv.stdout()
+    status, _, _ = request(srv.port, b"GET /start-only HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert status == 500
+    assert wait_for(lambda: "GET /start-only" in srv.stdout(), 5)
+    err = srv.stderr()
+    assert "returned without a response: POST /echo" not in err, err
+    assert "ASGI app returned without completing its response: GET /start-only" in err, err
+
+
 def test_an_app_that_ignores_the_disconnect_is_cancelled_after_the_grace_period(berth,
                                                                             tmp_path):
     srv = start(berth, tmp_path, "--asgi-disconnect-grace-period", "1")

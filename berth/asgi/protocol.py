@@ -425,8 +425,14 @@ class Cycle:
             self._fail()
         else:
             if not self.complete:
-                if not self.started:
+                if self.disconnected or self.eof:  # (its client is gone: nothing to answer)
+                    server.log.debug("ASGI app returned after its client left: %s",
+                                     proto.describe(self.req))
+                elif not self.started:
                     server.log.error("ASGI app returned without a response: %s",
+                                     proto.describe(self.req))
+                else:  # (a 500 when its head is still held, else the connection is cut)
+                    server.log.error("ASGI app returned without completing its response: %s",
                                      proto.describe(self.req))
                 self._fail()
         finally:
