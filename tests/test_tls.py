@@ -201,8 +201,15 @@ def run_berth(args, cwd):
     (["--certfile", "missing.pem"], "--certfile (certfile) 'missing.pem'"),
     (["--keyfile", "k.pem"], "--keyfile (keyfile) needs --certfile"),
     (["--cert-reqs", "3"], "0 (none), 1 (optional) or 2 (required)"),
+    # the file that cannot be read is the one named (it was --certfile and --keyfile, with
+    # OpenSSL's bare "[Errno 2] No such file or directory", for a missing --ca-certs too)
+    (["--certfile", "CERTS/server.pem", "--ca-certs", "missing-ca.pem", "--cert-reqs", "2"],
+     "--ca-certs (ca_certs) 'missing-ca.pem': cannot read it: No such file or directory"),
+    (["--certfile", "CERTS/server.pem", "--keyfile", "missing-key.pem"],
+     "--keyfile (keyfile) 'missing-key.pem': cannot read it: No such file or directory"),
 ])
-def test_bad_tls_settings_exit_2_with_one_line(tmp_path, args, words):
+def test_bad_tls_settings_exit_2_with_one_line(tmp_path, certs, args, words):
+    args = [a.replace("CERTS", str(certs)) for a in args]
     res = run_berth(args, str(tmp_path))
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode == 2 and len(lines) == 1, res.stderr
