@@ -247,6 +247,9 @@ def test_lifespan_state_reaches_each_request_and_shutdown_runs(berth, tmp_path):
     assert json.loads(http_get(srv.port, "/state")[2]) == {"db": "connected"}
     pids = pids_children(srv.pid)
     assert {p.name for p in srv.markers.iterdir()} == {f"startup-{p}" for p in pids}
+    # the lifespan spec's version (2.0; there is no lifespan 2.4, the HTTP spec's)
+    assert json.loads((srv.markers / f"startup-{min(pids)}").read_text()) == {
+        "version": "3.0", "spec_version": "2.0"}
     srv.signal(signal.SIGTERM)
     code, _ = exit_within(srv, 10)
     assert code == 0

@@ -48,7 +48,7 @@ async def lifespan(scope, receive, send):
             if mode == "slow-startup":
                 await asyncio.sleep(float(os.environ.get("ASGI_STARTUP_S", "0.5")))
             scope["state"]["db"] = "connected"
-            mark(f"startup-{os.getpid()}")
+            mark(f"startup-{os.getpid()}", json.dumps(scope["asgi"]))
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             if mode == "slow-shutdown":
