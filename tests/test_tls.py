@@ -147,6 +147,18 @@ def test_a_verified_client_certificate_reaches_the_app(berth, certs):
                         timeout=10).status_code == 200
 
 
+def test_a_refused_client_certificate_is_said_at_debug(berth, certs):
+    """A handshake that fails (no client certificate where one is required) left no trace at
+    any log level (the ASGI worker says it at debug, Gunicorn warns): an operator setting up
+    mTLS could not see why clients were cut."""
+    srv = berth(["-w", "1", "--log-level", "debug", "--certfile", str(certs / "server.pem"),
+                 "--cert-reqs", "2", "--ca-certs", str(certs / "ca.pem"), "proto_app:app"])
+    with pytest.raises(requests.exceptions.RequestException):
+        requests.get(url(srv, "/hello"), verify=str(certs / "ca.pem"), timeout=10)
+    assert wait_for(lambda: "TLS connection from 127.0.0.1 not established" in srv.stderr(), 5)
+    assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in srv.stderr()
+
+
 def test_the_ssl_context_hook_builds_the_context(berth, certs, tmp_path):
     (tmp_path / "tlsconf.py").write_text(
         "import ssl\n"
