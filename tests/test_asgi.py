@@ -595,6 +595,38 @@ def test_worker_connections_count_tls_handshakes_in_progress(berth, tmp_path):
             sock.close()
 
 
+def test_tls_handshakes_stalled_for_a_second_are_shed_at_worker_connections(berth, tmp_path):
+    """At --worker-connections, a TLS handshake silent for over a second goes to make room,
+    as the WSGI loop sheds a new connection that sent nothing (README: "then new ones silent
+    for over a second"). Under -k asgi they were never shed: a few clients that connect and
+    send nothing kept every other client of the worker waiting until --header-timeout."""
+    trustme = pytest.importorskip("trustme")
+    import ssl
+
+    ca = trustme.CA()
+    certfile, cafile = tmp_path / "cert.pem", tmp_path / "ca.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    ca.cert_pem.write_to_path(str(cafile))
+    srv = start(berth, tmp_path, "-w", "1", "--worker-connections", "4", "--header-timeout",
+                "30", "--certfile", str(certfile))
+    silent = [connect(srv.port) for _ in range(8)]
+    try:
+        time.sleep(0.5)
+        ctx = ssl.create_default_context(cafile=str(cafile))
+        t0 = time.monotonic()
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=15) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            sock.sendall(b"GET /hello HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200 ") and time.monotonic() - t0 < 10
+    finally:
+        for s in silent:
+            s.close()
+    srv.wait_for_log("at worker_connections (4): closed ")
+
+
 def test_a_full_worker_takes_new_connections_once_its_requests_end(berth, tmp_path):
     """At --worker-connections with every request in progress, accepting pauses; once those
     connections are idle keep-alive ones, the next tick makes room for the client that waits
