@@ -196,6 +196,29 @@ def test_a_scheme_header_line_is_judged_whole_as_gunicorn_does(berth, tmp_path):
     assert status == 400
 
 
+def test_the_probes_are_answered_without_the_app_and_ready_turns_503_at_sigterm(berth,
+                                                                                tmp_path):
+    """--ready-path and --live-path under -k asgi, as for WSGI (README: probes "behave as they
+    do for WSGI"; `berth check`, the Dockerfile's HEALTHCHECK, asks /-/ready): they went to
+    the app, a 404 from any app without such a route, so `berth check` failed."""
+    srv = start(berth, tmp_path, "--shutdown-delay", "2")
+    with connect(srv.port) as sock:  # (one keep-alive connection: probe, request, probe)
+        for target, want in ((b"/-/ready", b"ready\n"), (b"/hello", b"Hello, world!\n"),
+                             (b"/-/live", b"live\n")):
+            sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+            status, headers, body = read_response(sock)
+            assert (status, body) == (200, want), target
+    assert not any(p.name.startswith("disconnect") for p in srv.markers.iterdir())
+    srv.signal(signal.SIGTERM)
+    deadline = time.monotonic() + 1.5
+    while http_get(srv.port, "/-/ready")[0] != 503:
+        assert time.monotonic() < deadline, "readiness still 200 after SIGTERM"
+        time.sleep(0.05)
+    assert http_get(srv.port, "/hello")[0] == 200  # still serving during the delay
+    assert http_get(srv.port, "/-/live")[0] == 200
+    assert srv.wait(timeout=15) == 0
+
+
 # -- disconnects ----------------------------------------------------------------------------
 
 def test_a_client_gone_mid_stream_makes_receive_say_disconnect(berth, tmp_path):

@@ -65,6 +65,7 @@ MAX_PIPELINE = 16  # parsed requests waiting on one connection before reading pa
 FILE_PIECE = 256 * 1024  # pathsend without sendfile: bytes read and written at a time
 HOLD_LIMIT = 64 * 1024  # write(): bytes of one connection held until the iteration ends
 ASGI = {"version": "3.0", "spec_version": "2.4"}
+PROBE_HEADERS = [("Content-Type", "text/plain"), ("Cache-Control", "no-store")]
 
 
 def wake(waiter: asyncio.Future | None) -> None:
@@ -729,6 +730,10 @@ class HttpProtocol(asyncio.Protocol):
                 self.write(error_response(req.status, date=server.date))
                 self.close()
                 return
+            if server.probes is not None and req.url in server.probes and not req.streaming:
+                if not self.answer_probe(req):
+                    return
+                continue
             try:
                 scope = server.scope_for(self, req)  # (a WebSocket's too: the proxy's headers)
             except HttpError as err:
@@ -748,6 +753,29 @@ class HttpProtocol(asyncio.Protocol):
             server.started(cycle)
             cycle.task = self.loop.create_task(cycle.run(server.app))
             return
+
+    def answer_probe(self, req: Request) -> bool:
+        """--ready-path and --live-path, answered without the app (as the WSGI worker does):
+        ready is 503 once the server is shutting down or this worker drains. False when the
+        connection ends with it."""
+        server = self.server
+        if server.probes[req.url] == "live":
+            status, body = "200 OK", b"live\n"
+        elif not server.ready():
+            status, body = "503 Service Unavailable", b"shutting down\n"
+        else:
+            status, body = "200 OK", b"ready\n"
+        keep_alive = req.keep_alive and server.keep_alive and not server.draining
+        framing = frame(req.version, status, PROBE_HEADERS, keep_alive, req.method == b"HEAD",
+                        len(body))
+        head = framing.head + server.date.ends[framing.own]
+        self.write(head if framing.no_body else head + body)
+        server.count(req.method, status, 0, 0.0)
+        self.last_active = time.monotonic()
+        if not framing.keep_alive:
+            self.close()
+            return False
+        return True
 
     def cycle_done(self, cycle: Cycle) -> None:
         server = self.server

@@ -106,6 +106,11 @@ class AsgiLoop(Admission):
         self._alive = True
         self._stopped: asyncio.Future | None = None
         self.grace = cfg.asgi_disconnect_grace_period
+        # probe paths answered without the app (HttpProtocol.answer_probe): target -> kind
+        self.probes = {path.encode("latin-1"): kind
+                       for kind, path in (("ready", cfg.ready_path), ("live", cfg.live_path))
+                       if path} or None
+        self.ready = lambda: not self.draining  # (the worker's own, with the scoreboard's)
         self.view = view  # what hooks get as `worker`
         self.pre_request = get_hook(cfg, "pre_request")
         self.post_request = get_hook(cfg, "post_request")
