@@ -64,6 +64,18 @@ def prepare_environment(cfg: Config) -> None:
         try:
             make_context(cfg)
         except (OSError, ssl.SSLError, TypeError, ValueError) as exc:
+            if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError):
+                # (OpenSSL's errno names no file: the one that cannot be read is named)
+                for flag, name in (("--certfile", "certfile"), ("--keyfile", "keyfile"),
+                                   ("--ca-certs", "ca_certs")):
+                    path = getattr(cfg, name)
+                    try:
+                        if path:
+                            with open(path, "rb"):
+                                pass
+                    except OSError as unreadable:
+                        raise ConfigError(f"{flag} ({name}) {path!r}: cannot read it: "
+                                          f"{unreadable.strerror}") from None
             key = f" with --keyfile (keyfile) {cfg.keyfile!r}" if cfg.keyfile else ""
             raise ConfigError(f"--certfile (certfile) {cfg.certfile!r}{key}: cannot make the "
                               f"TLS context: {exc}") from None

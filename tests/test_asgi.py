@@ -62,6 +62,9 @@ def test_the_scope_has_what_the_spec_says(berth, tmp_path):
     assert scope["query_string"] == "x=1&y=%20"
     assert scope["server"] == ["127.0.0.1", srv.port]
     assert scope["client"][0] == "127.0.0.1" and scope["client"][1] > 0
+    # the extensions served are said, as the spec asks: an app (Starlette's FileResponse)
+    # sends http.response.pathsend only when the scope lists it
+    assert scope["extensions"] == {"http.response.pathsend": {}}
     # every field as received, in order, names in lower case, repeated ones kept
     assert scope["headers"] == [["host", "h"], ["x-one", "1"], ["x-two", "a"], ["x-two", "b"]]
     # an escape that is not UTF-8: U+FFFD (as Uvicorn), never a lone surrogate an app cannot
@@ -69,6 +72,19 @@ def test_the_scope_has_what_the_spec_says(berth, tmp_path):
     scope = json.loads(request(srv.port, b"GET /api/scope/%ff%C3%A9 HTTP/1.1\r\n"
                                b"Host: h\r\n\r\n")[2])
     assert scope["path"] == "/api/scope/\ufffdé" and scope["raw_path"] == "/api/scope/%ff%C3%A9"
+
+
+def test_a_path_that_only_begins_with_the_root_path_letters_gets_it_in_front(berth, tmp_path):
+    """--root-path /sc: /scope is not under /sc (whole segments only), so the path is
+    /sc/scope, as Uvicorn gives it; it was left as /scope, and Django (path_info: the path
+    without the root path) routed "ope" (a 404 for every such route)."""
+    srv = start(berth, tmp_path, "--root-path", "/sc")
+    for target, path in ((b"/scope", "/sc/scope"), (b"/sc/scope", "/sc/scope"),
+                         (b"/scopes/x", "/sc/scopes/x")):
+        status, _, body = request(srv.port, b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert status == 200
+        scope = json.loads(body)
+        assert (scope["root_path"], scope["path"]) == ("/sc", path), target
 
 
 def test_bodies_buffered_or_streamed_and_responses_framed(berth, tmp_path):
@@ -180,6 +196,29 @@ def test_a_scheme_header_line_is_judged_whole_as_gunicorn_does(berth, tmp_path):
     assert status == 400
 
 
+def test_the_probes_are_answered_without_the_app_and_ready_turns_503_at_sigterm(berth,
+                                                                                tmp_path):
+    """--ready-path and --live-path under -k asgi, as for WSGI (README: probes "behave as they
+    do for WSGI"; `berth check`, the Dockerfile's HEALTHCHECK, asks /-/ready): they went to
+    the app, a 404 from any app without such a route, so `berth check` failed."""
+    srv = start(berth, tmp_path, "--shutdown-delay", "2")
+    with connect(srv.port) as sock:  # (one keep-alive connection: probe, request, probe)
+        for target, want in ((b"/-/ready", b"ready\n"), (b"/hello", b"Hello, world!\n"),
+                             (b"/-/live", b"live\n")):
+            sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+            status, headers, body = read_response(sock)
+            assert (status, body) == (200, want), target
+    assert not any(p.name.startswith("disconnect") for p in srv.markers.iterdir())
+    srv.signal(signal.SIGTERM)
+    deadline = time.monotonic() + 1.5
+    while http_get(srv.port, "/-/ready")[0] != 503:
+        assert time.monotonic() < deadline, "readiness still 200 after SIGTERM"
+        time.sleep(0.05)
+    assert http_get(srv.port, "/hello")[0] == 200  # still serving during the delay
+    assert http_get(srv.port, "/-/live")[0] == 200
+    assert srv.wait(timeout=15) == 0
+
+
 # -- disconnects ----------------------------------------------------------------------------
 
 def test_a_client_gone_mid_stream_makes_receive_say_disconnect(berth, tmp_path):
@@ -189,6 +228,27 @@ def test_a_client_gone_mid_stream_makes_receive_say_disconnect(berth, tmp_path):
     assert b"tick" in sock.recv(4096)
     sock.close()
     assert wait_for(lambda: (srv.markers / "disconnect-a").exists(), timeout=5)
+
+
+def test_an_app_that_returns_on_the_disconnect_is_no_error_and_one_that_drops_its_response_is(
+        berth, tmp_path):
+    """An app that returns when receive() says http.disconnect (its client left in the middle
+    of the body) did right: it was logged as an ERROR "returned without a response" (Uvicorn
+    says nothing). One that sends http.response.start and returns got a 500 with no error
+    logged at all (Uvicorn: "returned without completing response")."""
+    srv = start(berth, tmp_path, "--body-buffer-size", "65536")
+    sock = connect(srv.port)
+    sock.sendall(b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000\r\n\r\n"
+                 + b"x" * 200_000)
+    time.sleep(0.3)  # (the app reads what came)
+    sock.close()
+    assert wait_for(lambda: "POST /echo" in srv.stdout(), 5), srv.stdout()
+    status, _, _ = request(srv.port, b"GET /start-only HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert status == 500
+    assert wait_for(lambda: "GET /start-only" in srv.stdout(), 5)
+    err = srv.stderr()
+    assert "returned without a response: POST /echo" not in err, err
+    assert "ASGI app returned without completing its response: GET /start-only" in err, err
 
 
 def test_an_app_that_ignores_the_disconnect_is_cancelled_after_the_grace_period(berth,
@@ -210,6 +270,9 @@ def test_lifespan_state_reaches_each_request_and_shutdown_runs(berth, tmp_path):
     assert json.loads(http_get(srv.port, "/state")[2]) == {"db": "connected"}
     pids = pids_children(srv.pid)
     assert {p.name for p in srv.markers.iterdir()} == {f"startup-{p}" for p in pids}
+    # the lifespan spec's version (2.0; there is no lifespan 2.4, the HTTP spec's)
+    assert json.loads((srv.markers / f"startup-{min(pids)}").read_text()) == {
+        "version": "3.0", "spec_version": "2.0"}
     srv.signal(signal.SIGTERM)
     code, _ = exit_within(srv, 10)
     assert code == 0
@@ -461,6 +524,37 @@ def test_the_worker_serves_tls(berth, tmp_path):
     assert json.loads(data.partition(b"\r\n\r\n")[2])["scheme"] == "https"
 
 
+def test_a_tls_client_closing_its_connection_logs_nothing(berth, tmp_path):
+    """A TLS client that closes its keep-alive connection (with a close_notify, or a bare
+    FIN) is no event: asyncio's (and uvloop's) SSL transport warned "returning true from
+    eof_received() has no effect when using ssl" for each one, a line outside berth's log
+    format (a non-JSON line under --log-format json)."""
+    trustme = pytest.importorskip("trustme")
+    import ssl
+
+    ca = trustme.CA()
+    certfile, cafile = tmp_path / "cert.pem", tmp_path / "ca.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    ca.cert_pem.write_to_path(str(cafile))
+    srv = start(berth, tmp_path, "--certfile", str(certfile), "--log-format", "json")
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    for unwrap in (True, False, True):
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: h\r\n\r\n")  # (keep-alive)
+        data = b""
+        while not data.endswith(b"Hello, world!\n"):
+            data += sock.recv(65536)
+        if unwrap:
+            sock = sock.unwrap()  # close_notify, then the FIN
+        sock.close()
+    wait_for(lambda: srv.stdout().count('"GET /hello HTTP/1.1"') == 3, 5)
+    time.sleep(0.5)
+    err = srv.stderr()
+    assert "eof_received" not in err, err
+    assert all(line.startswith("{") for line in err.splitlines() if line.strip()), err
+
+
 
 # -- the edge ------------------------------------------------------------------------------
 
@@ -522,6 +616,38 @@ def test_worker_connections_count_tls_handshakes_in_progress(berth, tmp_path):
     finally:
         for sock in silent:
             sock.close()
+
+
+def test_tls_handshakes_stalled_for_a_second_are_shed_at_worker_connections(berth, tmp_path):
+    """At --worker-connections, a TLS handshake silent for over a second goes to make room,
+    as the WSGI loop sheds a new connection that sent nothing (README: "then new ones silent
+    for over a second"). Under -k asgi they were never shed: a few clients that connect and
+    send nothing kept every other client of the worker waiting until --header-timeout."""
+    trustme = pytest.importorskip("trustme")
+    import ssl
+
+    ca = trustme.CA()
+    certfile, cafile = tmp_path / "cert.pem", tmp_path / "ca.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    ca.cert_pem.write_to_path(str(cafile))
+    srv = start(berth, tmp_path, "-w", "1", "--worker-connections", "4", "--header-timeout",
+                "30", "--certfile", str(certfile))
+    silent = [connect(srv.port) for _ in range(8)]
+    try:
+        time.sleep(0.5)
+        ctx = ssl.create_default_context(cafile=str(cafile))
+        t0 = time.monotonic()
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=15) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            sock.sendall(b"GET /hello HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200 ") and time.monotonic() - t0 < 10
+    finally:
+        for s in silent:
+            s.close()
+    srv.wait_for_log("at worker_connections (4): closed ")
 
 
 def test_a_full_worker_takes_new_connections_once_its_requests_end(berth, tmp_path):

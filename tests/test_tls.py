@@ -147,6 +147,18 @@ def test_a_verified_client_certificate_reaches_the_app(berth, certs):
                         timeout=10).status_code == 200
 
 
+def test_a_refused_client_certificate_is_said_at_debug(berth, certs):
+    """A handshake that fails (no client certificate where one is required) left no trace at
+    any log level (the ASGI worker says it at debug, Gunicorn warns): an operator setting up
+    mTLS could not see why clients were cut."""
+    srv = berth(["-w", "1", "--log-level", "debug", "--certfile", str(certs / "server.pem"),
+                 "--cert-reqs", "2", "--ca-certs", str(certs / "ca.pem"), "proto_app:app"])
+    with pytest.raises(requests.exceptions.RequestException):
+        requests.get(url(srv, "/hello"), verify=str(certs / "ca.pem"), timeout=10)
+    assert wait_for(lambda: "TLS connection from 127.0.0.1 not established" in srv.stderr(), 5)
+    assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in srv.stderr()
+
+
 def test_the_ssl_context_hook_builds_the_context(berth, certs, tmp_path):
     (tmp_path / "tlsconf.py").write_text(
         "import ssl\n"
@@ -201,8 +213,15 @@ def run_berth(args, cwd):
     (["--certfile", "missing.pem"], "--certfile (certfile) 'missing.pem'"),
     (["--keyfile", "k.pem"], "--keyfile (keyfile) needs --certfile"),
     (["--cert-reqs", "3"], "0 (none), 1 (optional) or 2 (required)"),
+    # the file that cannot be read is the one named (it was --certfile and --keyfile, with
+    # OpenSSL's bare "[Errno 2] No such file or directory", for a missing --ca-certs too)
+    (["--certfile", "CERTS/server.pem", "--ca-certs", "missing-ca.pem", "--cert-reqs", "2"],
+     "--ca-certs (ca_certs) 'missing-ca.pem': cannot read it: No such file or directory"),
+    (["--certfile", "CERTS/server.pem", "--keyfile", "missing-key.pem"],
+     "--keyfile (keyfile) 'missing-key.pem': cannot read it: No such file or directory"),
 ])
-def test_bad_tls_settings_exit_2_with_one_line(tmp_path, args, words):
+def test_bad_tls_settings_exit_2_with_one_line(tmp_path, certs, args, words):
+    args = [a.replace("CERTS", str(certs)) for a in args]
     res = run_berth(args, str(tmp_path))
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode == 2 and len(lines) == 1, res.stderr

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import os
 
-from berth.asgi.protocol import ASGI
+# the lifespan spec's own version (2.0), not the HTTP spec's (berth.asgi.protocol.ASGI)
+LIFESPAN_ASGI = {"version": "3.0", "spec_version": "2.0"}
 
 
 class LifespanFailed(Exception):
@@ -45,7 +46,7 @@ class Lifespan:
         self.inbox = asyncio.Queue()
         self.started = loop.create_future()
         self.stopped = loop.create_future()
-        scope = {"type": "lifespan", "asgi": ASGI, "state": self.state}
+        scope = {"type": "lifespan", "asgi": LIFESPAN_ASGI, "state": self.state}
         self.task = loop.create_task(self._main(scope))
         await self.inbox.put({"type": "lifespan.startup"})
         await self._wait_for_startup()

@@ -65,6 +65,7 @@ MAX_PIPELINE = 16  # parsed requests waiting on one connection before reading pa
 FILE_PIECE = 256 * 1024  # pathsend without sendfile: bytes read and written at a time
 HOLD_LIMIT = 64 * 1024  # write(): bytes of one connection held until the iteration ends
 ASGI = {"version": "3.0", "spec_version": "2.4"}
+PROBE_HEADERS = [("Content-Type", "text/plain"), ("Cache-Control", "no-store")]
 
 
 def wake(waiter: asyncio.Future | None) -> None:
@@ -435,8 +436,14 @@ class Cycle:
             self._fail()
         else:
             if not self.complete:
-                if not self.started:
+                if self.disconnected or self.eof:  # (its client is gone: nothing to answer)
+                    server.log.debug("ASGI app returned after its client left: %s",
+                                     proto.describe(self.req))
+                elif not self.started:
                     server.log.error("ASGI app returned without a response: %s",
+                                     proto.describe(self.req))
+                else:  # (a 500 when its head is still held, else the connection is cut)
+                    server.log.error("ASGI app returned without completing its response: %s",
                                      proto.describe(self.req))
                 self._fail()
         finally:
@@ -611,7 +618,10 @@ class HttpProtocol(asyncio.Protocol):
             self.server.disconnected(cycle)
         elif cycle is None and not self.pending:
             self.close()
-        return True  # (keep the write side: a half-close still gets what is sent)
+        # keep the write side: a half-close still gets what is sent. Not under TLS, which
+        # has no half-close: asyncio's and uvloop's SSL transports close anyway, and log a
+        # warning (outside berth's log format) for each connection whose protocol says True
+        return self.server.ssl_context is None
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -740,6 +750,10 @@ class HttpProtocol(asyncio.Protocol):
                 self.write(error_response(req.status, date=server.date))
                 self.close()
                 return
+            if server.probes is not None and req.url in server.probes and not req.streaming:
+                if not self.answer_probe(req):
+                    return
+                continue
             try:
                 scope = server.scope_for(self, req)  # (a WebSocket's too: the proxy's headers)
             except HttpError as err:
@@ -759,6 +773,29 @@ class HttpProtocol(asyncio.Protocol):
             cycle.task = self.loop.create_task(
                 cycle.run(server.app) if server.started(cycle) else cycle.refuse())
             return
+
+    def answer_probe(self, req: Request) -> bool:
+        """--ready-path and --live-path, answered without the app (as the WSGI worker does):
+        ready is 503 once the server is shutting down or this worker drains. False when the
+        connection ends with it."""
+        server = self.server
+        if server.probes[req.url] == "live":
+            status, body = "200 OK", b"live\n"
+        elif not server.ready():
+            status, body = "503 Service Unavailable", b"shutting down\n"
+        else:
+            status, body = "200 OK", b"ready\n"
+        keep_alive = req.keep_alive and server.keep_alive and not server.draining
+        framing = frame(req.version, status, PROBE_HEADERS, keep_alive, req.method == b"HEAD",
+                        len(body))
+        head = framing.head + server.date.ends[framing.own]
+        self.write(head if framing.no_body else head + body)
+        server.count(req.method, status, 0, 0.0)
+        self.last_active = time.monotonic()
+        if not framing.keep_alive:
+            self.close()
+            return False
+        return True
 
     def cycle_done(self, cycle: Cycle) -> None:
         server = self.server
@@ -798,13 +835,17 @@ def request_scope(proto: HttpProtocol, req: Request, root_path: str, scheme: str
     # never a lone surrogate ("%ff" -> "\udcff"), which breaks any app that encodes the path
     # (Starlette: a 500 for any client who sends one); raw_path keeps the bytes
     path = unquote(raw_path) if PERCENT_BYTE in raw_path else raw_path.decode("utf-8", "replace")
-    if root_path and not path.startswith(root_path):
-        path = root_path + path
+    if root_path and path != root_path and not path.startswith(
+            root_path if root_path[-1] == "/" else root_path + "/"):
+        path = root_path + path  # (/json is not under /js: whole segments only)
     scope = {
         "type": "http", "asgi": ASGI, "http_version": req.version,
         "server": proto.server_addr, "client": proto.client, "scheme": scheme,
         "method": req.method.decode("ascii"), "root_path": root_path, "path": path,
         "raw_path": raw_path, "query_string": query, "headers": req.raw,
+        # the extensions berth serves, as the spec has servers say: apps look before they use
+        # one (Starlette's FileResponse sends http.response.pathsend only when it is here)
+        "extensions": {"http.response.pathsend": {}},
     }
     if state is not None:
         scope["state"] = state.copy()

@@ -43,7 +43,7 @@ from berth.worker.admission import (
     Admission,
     AdmissionState,
 )
-from berth.worker.loop import DRAIN_IDLE, TICK
+from berth.worker.loop import DRAIN_IDLE, SILENT_AFTER, TICK
 
 
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
@@ -87,6 +87,7 @@ class AsgiLoop(Admission):
         self.websockets: set = set()  # open WebSocket sessions (berth.asgi.websocket)
         self.accepting = False
         self.connecting = 0  # accepted sockets whose protocol is not made yet (open_conns)
+        self.handshakes: set[Handshake] = set()  # TLS handshakes in progress (sheddable)
         self.date = DateCache()
         self.forwarding = Forwarding.from_config(cfg)
         self.proxy_mode = cfg.proxy_protocol
@@ -105,6 +106,11 @@ class AsgiLoop(Admission):
         self._alive = True
         self._stopped: asyncio.Future | None = None
         self.grace = cfg.asgi_disconnect_grace_period
+        # probe paths answered without the app (HttpProtocol.answer_probe): target -> kind
+        self.probes = {path.encode("latin-1"): kind
+                       for kind, path in (("ready", cfg.ready_path), ("live", cfg.live_path))
+                       if path} or None
+        self.ready = lambda: not self.draining  # (the worker's own, with the scoreboard's)
         self.view = view  # what hooks get as `worker`
         self.pre_request = get_hook(cfg, "pre_request")
         self.post_request = get_hook(cfg, "post_request")
@@ -205,27 +211,42 @@ class AsgiLoop(Admission):
 
     def take(self, sock: socket.socket) -> None:
         sock.setblocking(False)
+        handshake = None
         if self.ssl_context is None:
             transport_for = self.loop.connect_accepted_socket(self._protocol, sock)
         else:
             transport_for = self.loop.connect_accepted_socket(
                 self._protocol, sock, ssl=self.ssl_context,
                 ssl_handshake_timeout=self.cfg.header_timeout)
+            handshake = Handshake()
+            self.handshakes.add(handshake)
         self.connecting += 1
-        self.loop.create_task(self._connected(transport_for, sock))
+        task = self.loop.create_task(self._connected(transport_for, sock, handshake))
+        if handshake is not None:
+            handshake.task = task
 
-    async def _connected(self, transport_for, sock: socket.socket) -> None:
+    async def _connected(self, transport_for, sock: socket.socket, handshake) -> None:
         try:
             await transport_for
         except (OSError, asyncio.TimeoutError) as exc:  # (a failed or stalled TLS handshake)
             self.log.debug("connection not established: %r", exc)
             sock.close()
+        except asyncio.CancelledError:  # (shed at --worker-connections: Handshake.close)
+            sock.close()
         finally:
             self.connecting -= 1
+            if handshake is not None:
+                self.handshakes.discard(handshake)
             self.conns_changed()  # (at --worker-connections: a handshake failed, room made)
 
     def sheddable(self):
-        return (p for p in self.conns if p.idle())
+        """Connections with no request in progress, and TLS handshakes that have lasted
+        SILENT_AFTER (a client stalled in its handshake, as the WSGI loop sheds one)."""
+        idle = [p for p in self.conns if p.idle()]
+        if self.handshakes:
+            now = time.monotonic()
+            idle += [h for h in self.handshakes if now - h.last_active > SILENT_AFTER]
+        return idle
 
     def out_of_descriptors(self, exc: OSError, now: float) -> None:
         super().out_of_descriptors(exc, now)
@@ -479,3 +500,18 @@ class AsgiLoop(Admission):
                 proto.close()
 
         loop.run_until_complete(finish())
+
+
+class Handshake:
+    """A TLS handshake in progress (asyncio's, before the protocol exists): what
+    Admission.shed_idle needs of a connection, to shed a client stalled in it."""
+
+    __slots__ = ("last_active", "task")
+
+    def __init__(self):
+        self.last_active = time.monotonic()  # (its start: a handshake sends no request)
+        self.task: asyncio.Task | None = None
+
+    def close(self) -> None:
+        self.task.cancel()  # (connect_accepted_socket closes its transport, then _connected
+        # closes the socket and counts the connection out)

@@ -61,6 +61,7 @@ class AsgiWorker(Worker):
             on_signals=self.on_signals, max_requests=self.max_requests,
             on_retire=lambda: self.beat_retiring(), ssl_context=ssl_context, loop=loop,
             view=self.view)
+        server.ready = self.ready  # (what the readiness probe says: berth.worker.process)
         self.balance(server)
         server.setup()
         server.watch = LoopWatch(loop, cfg.loop_block_warn, self.log)

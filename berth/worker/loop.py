@@ -20,6 +20,7 @@ import math
 import os
 import select
 import socket
+import ssl
 import time
 from functools import partial
 
@@ -319,7 +320,11 @@ class Loop(Admission):
             data = conn.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError:
+        except OSError as exc:
+            if isinstance(exc, ssl.SSLError):  # (a client certificate refused, a bad record:
+                # said at debug, as the ASGI worker says it; Gunicorn warns)
+                self.log.debug("TLS connection from %s not established: %r",
+                               conn.environ.get("REMOTE_ADDR"), exc)
             data = b""
         if conn.lingering:
             if not data:

@@ -14,7 +14,7 @@ Routes: /hello; /scope (the scope as JSON, headers decoded); /state (scope["stat
 /ignore-disconnect (streams nothing and never reads: sleeps; writes "cancelled-<id>" when
 cancelled); /block?s= (time.sleep on the loop: the watchdog's case); /file?claim= (pathsend of
 this file; claim: a content-length of the app's own); /raise (an exception before the
-response); /raise-after (after the head); /mark
+response); /raise-after (after the head); /start-only (http.response.start, then return); /mark
 (calls getsid(), a system call a tracer sees, and answers the query string); /reuse?as=
 (a body of 12 bytes sent from one 4-byte buffer refilled between the parts).
 """
@@ -49,7 +49,7 @@ async def lifespan(scope, receive, send):
             if mode == "slow-startup":
                 await asyncio.sleep(float(os.environ.get("ASGI_STARTUP_S", "0.5")))
             scope["state"]["db"] = "connected"
-            mark(f"startup-{os.getpid()}")
+            mark(f"startup-{os.getpid()}", json.dumps(scope["asgi"]))
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             if mode == "slow-shutdown":
@@ -159,6 +159,8 @@ async def app(scope, receive, send):
         await send({"type": "http.response.pathsend", "path": __file__})
     elif path == "/raise":
         raise ValueError("boom before the response")
+    elif path == "/start-only":  # the head, then return: the response is never completed
+        await start(send)
     elif path == "/raise-after":
         await start(send)
         await send({"type": "http.response.body", "body": b"half", "more_body": True})
