@@ -115,7 +115,21 @@ def run_scenario(tmp_path: Path, start, reload_log: str, haproxy: str,
             except OSError:
                 return False
 
-        assert wait_for(lb_serves, timeout=15), (tmp_path / "haproxy.log").read_text()
+        def diagnose() -> str:  # (this failed once in a full parallel run: say what was seen)
+            seen = []
+            for name in ("lb", "a_check", "b_check"):
+                path = "/" if name == "lb" else "/readyz"
+                try:
+                    c = http.client.HTTPConnection("127.0.0.1", ports[name], timeout=2)
+                    c.request("GET", path)
+                    seen.append(f"{name} {ports[name]}{path}: {c.getresponse().status}")
+                    c.close()
+                except OSError as exc:
+                    seen.append(f"{name} {ports[name]}{path}: {exc!r}")
+            return "; ".join(seen) + f"; haproxy exit {lb.poll()}; its log: " + (
+                tmp_path / "haproxy.log").read_text()
+
+        assert wait_for(lb_serves, timeout=15), diagnose()
         time.sleep(2)  # both instances seen up by the health checks
         with Load(ports["lb"]) as load:
             time.sleep(2)
