@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -224,3 +225,28 @@ def exit_within(srv, seconds: float) -> tuple[int | None, float]:
     except subprocess.TimeoutExpired:
         return None, time.monotonic() - t0
     return code, time.monotonic() - t0
+
+
+def assert_ready_503_then_served_through_the_delay(srv) -> None:
+    """After SIGTERM with --shutdown-delay: readiness turns 503 within 1.5 s, while requests
+    and liveness are still served; then berth exits 0."""
+    srv.signal(signal.SIGTERM)
+    deadline = time.monotonic() + 1.5
+    while http_get(srv.port, "/-/ready")[0] != 503:
+        assert time.monotonic() < deadline, "readiness still 200 after SIGTERM"
+        time.sleep(0.05)
+    assert http_get(srv.port, "/hello")[0] == 200  # still serving during the delay
+    assert http_get(srv.port, "/-/live")[0] == 200
+    assert srv.wait(timeout=15) == 0
+
+
+def tls_hello(port: int, ctx, timeout: float = 10.0, host: bytes = b"h") -> bytes:
+    """GET /hello over TLS with `ctx` on a fresh connection (`Connection: close`): every byte
+    the server sends until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data

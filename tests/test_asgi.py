@@ -14,7 +14,15 @@ import time
 
 import pytest
 from conftest import APPS, BufferedSocket, connect, free_port, read_response
-from proto_helpers import exit_within, http_get, in_background, pids_children, wait_for
+from proto_helpers import (
+    assert_ready_503_then_served_through_the_delay,
+    exit_within,
+    http_get,
+    in_background,
+    pids_children,
+    tls_hello,
+    wait_for,
+)
 from test_admin import metric, scrape
 from test_cli import run_berth
 from test_supervision import stacks_record
@@ -209,14 +217,7 @@ def test_the_probes_are_answered_without_the_app_and_ready_turns_503_at_sigterm(
             status, headers, body = read_response(sock)
             assert (status, body) == (200, want), target
     assert not any(p.name.startswith("disconnect") for p in srv.markers.iterdir())
-    srv.signal(signal.SIGTERM)
-    deadline = time.monotonic() + 1.5
-    while http_get(srv.port, "/-/ready")[0] != 503:
-        assert time.monotonic() < deadline, "readiness still 200 after SIGTERM"
-        time.sleep(0.05)
-    assert http_get(srv.port, "/hello")[0] == 200  # still serving during the delay
-    assert http_get(srv.port, "/-/live")[0] == 200
-    assert srv.wait(timeout=15) == 0
+    assert_ready_503_then_served_through_the_delay(srv)
 
 
 # -- disconnects ----------------------------------------------------------------------------
@@ -637,12 +638,7 @@ def test_tls_handshakes_stalled_for_a_second_are_shed_at_worker_connections(bert
         time.sleep(0.5)
         ctx = ssl.create_default_context(cafile=str(cafile))
         t0 = time.monotonic()
-        with socket.create_connection(("127.0.0.1", srv.port), timeout=15) as raw, \
-                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
-            sock.sendall(b"GET /hello HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
+        data = tls_hello(srv.port, ctx, timeout=15)
         assert data.startswith(b"HTTP/1.1 200 ") and time.monotonic() - t0 < 10
     finally:
         for s in silent:

@@ -1,11 +1,10 @@
 """Readiness and liveness probes are answered by the loop thread, not queued behind the app."""
 
-import signal
 import threading
 import time
 
 from conftest import connect, http_get, read_response
-from proto_helpers import get_request
+from proto_helpers import assert_ready_503_then_served_through_the_delay, get_request
 
 
 def test_probes_answer_while_every_app_thread_is_busy(berth):
@@ -28,13 +27,7 @@ def test_ready_says_503_during_the_shutdown_delay_while_requests_are_served(bert
     srv = berth(["-w", "1", "--threads", "2", "--shutdown-delay", "2",
                  "--access-logfile", "none", "proto_app:app"])
     assert http_get(srv.port, "/-/ready")[0] == 200
-    srv.signal(signal.SIGTERM)
-    deadline = time.monotonic() + 1.5
-    while http_get(srv.port, "/-/ready")[0] != 503:
-        assert time.monotonic() < deadline, "readiness still 200 after SIGTERM"
-        time.sleep(0.05)
-    assert http_get(srv.port, "/hello")[0] == 200  # still serving during the delay
-    assert srv.wait(timeout=15) == 0
+    assert_ready_503_then_served_through_the_delay(srv)
 
 
 def test_probe_paths_can_be_moved_or_disabled(berth):

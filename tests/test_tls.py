@@ -14,7 +14,7 @@ import time
 
 import pytest
 from conftest import Server, free_port
-from proto_helpers import wait_for
+from proto_helpers import tls_hello, wait_for
 from test_cli import run_berth as run_cli
 
 trustme = pytest.importorskip("trustme")
@@ -94,12 +94,7 @@ def test_a_stalled_handshake_holds_no_thread_and_times_out(tls, certs):
         stalled.append(s)
     try:
         t0 = time.monotonic()
-        with socket.create_connection(("127.0.0.1", tls.port), timeout=10) as raw, \
-                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
-            s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            reply = b""
-            while chunk := s.recv(65536):
-                reply += chunk
+        reply = tls_hello(tls.port, ctx, host=b"x")
         assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"Hello, world!\n")
         print(f"served in {time.monotonic() - t0:.3f} s beside 5 stalled handshakes")
         for s in stalled:  # closed at --header-timeout (2 s)

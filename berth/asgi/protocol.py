@@ -46,10 +46,12 @@ from urllib.parse import unquote
 from berth.http.framing import (
     CONTINUE,
     LAST_CHUNK,
+    PROBE_HEADERS,
     BadResponseHeaders,
     chunk,
     error_response,
     frame,
+    probe_answer,
 )
 from berth.http.parser import (
     HASH_BYTE,
@@ -65,7 +67,6 @@ MAX_PIPELINE = 16  # parsed requests waiting on one connection before reading pa
 FILE_PIECE = 256 * 1024  # pathsend without sendfile: bytes read and written at a time
 HOLD_LIMIT = 64 * 1024  # write(): bytes of one connection held until the iteration ends
 ASGI = {"version": "3.0", "spec_version": "2.4"}
-PROBE_HEADERS = [("Content-Type", "text/plain"), ("Cache-Control", "no-store")]
 
 
 def wake(waiter: asyncio.Future | None) -> None:
@@ -779,12 +780,7 @@ class HttpProtocol(asyncio.Protocol):
         ready is 503 once the server is shutting down or this worker drains. False when the
         connection ends with it."""
         server = self.server
-        if server.probes[req.url] == "live":
-            status, body = "200 OK", b"live\n"
-        elif not server.ready():
-            status, body = "503 Service Unavailable", b"shutting down\n"
-        else:
-            status, body = "200 OK", b"ready\n"
+        status, body = probe_answer(server.probes[req.url], server.ready())
         keep_alive = req.keep_alive and server.keep_alive and not server.draining
         framing = frame(req.version, status, PROBE_HEADERS, keep_alive, req.method == b"HEAD",
                         len(body))

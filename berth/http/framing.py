@@ -278,6 +278,20 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+PROBE_HEADERS = [("Content-Type", "text/plain"), ("Cache-Control", "no-store")]
+
+
+def probe_answer(kind: str, ready: bool) -> tuple[str, bytes]:
+    """--live-path and --ready-path, answered without the app by both worker kinds: (status,
+    body). Liveness is 200 while the worker runs; readiness 503 once berth shuts down
+    (SIGTERM, including --shutdown-delay) or the worker drains."""
+    if kind == "live":
+        return "200 OK", b"live\n"
+    if not ready:
+        return "503 Service Unavailable", b"shutting down\n"
+    return "200 OK", b"ready\n"
+
+
 def error_response(status: int, head_only: bool = False, date: DateCache | None = None) -> bytes:
     """A complete `Connection: close` response for an error berth answers itself."""
     reason = REASONS.get(status, "Error")

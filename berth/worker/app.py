@@ -32,7 +32,16 @@ from typing import Protocol
 
 from berth.forwarded import Forwarding
 from berth.hooks import RequestView, ResponseView, call_hook, get_hook
-from berth.http.framing import CONTINUE, LAST_CHUNK, DateCache, chunk, error_response, frame
+from berth.http.framing import (
+    CONTINUE,
+    LAST_CHUNK,
+    PROBE_HEADERS,
+    DateCache,
+    chunk,
+    error_response,
+    frame,
+    probe_answer,
+)
 from berth.http.framing import _head_cache as head_cache
 from berth.http.parser import HttpError, Request
 from berth.logs import ErrorStream
@@ -685,17 +694,12 @@ class Responder:
     def answer_probe(self, conn: Connection, req: Request, inline: bool) -> bool:
         """Readiness and liveness, answered without the app: ready is 503 once the server is
         shutting down (SIGTERM, including --shutdown-delay) or this worker drains."""
-        if self.probes[req.url] == "live":
-            status, body = "200 OK", b"live\n"
-        elif not self.ready():
-            status, body = "503 Service Unavailable", b"shutting down\n"
-        else:
-            status, body = "200 OK", b"ready\n"
+        status, body = probe_answer(self.probes[req.url], self.ready())
         if req.streaming:
             req.body_stream.discard()
         resp = Response(self, conn, req, inline)
         resp.status = status
-        resp.headers = [("Content-Type", "text/plain"), ("Cache-Control", "no-store")]
+        resp.headers = list(PROBE_HEADERS)
         head = resp.make_head(len(body))
         conn.send(head if resp.no_body else head + body, inline)
         resp.remaining = 0  # (the whole body went: the connection is kept)
