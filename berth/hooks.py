@@ -116,17 +116,21 @@ def get_hook(cfg: Any, name: str) -> Callable | None:
     return values.get(name)
 
 
-class HookFailed(Exception):
-    """A worker's boot hook raised (`call_hook(..., boot=True)`): logged; the worker exits."""
+def _log_of(args: tuple, log: Any = None):
+    """The logger for a hook's exception: `log`, else the `log` attribute of the hook's first
+    argument (a ServerView or WorkerView), else berth's error log."""
+    if log is None:
+        log = getattr(args[0], "log", None) if args else None
+    if log is None:
+        import logging
+
+        log = logging.getLogger("berth.error")
+    return log
 
 
-def call_hook(cfg: Any, name: str, *args: Any, log: Any = None, boot: bool = False) -> Any:
-    """Call the hook `name` with `args` if it is set; log (and survive) an exception in it.
-
-    The logger is `log`, else the `log` attribute of the first argument (a ServerView or
-    WorkerView), else berth's error log. Returns the hook's result, or None. With `boot` (a
-    worker's post_fork and post_worker_init), an exception is logged and HookFailed raised:
-    the worker does not start without what the hook sets up, as in Gunicorn.
+def call_hook(cfg: Any, name: str, *args: Any, log: Any = None) -> Any:
+    """Call the hook `name` with `args` if it is set; log (and survive) an exception in it
+    (the logger: `_log_of`). Returns the hook's result, or None.
     """
     hook = get_hook(cfg, name)
     if hook is None:
@@ -134,18 +138,28 @@ def call_hook(cfg: Any, name: str, *args: Any, log: Any = None, boot: bool = Fal
     try:
         return hook(*args)
     except Exception:  # noqa: BLE001 - a hook's bug is logged, never fatal to berth
-        if log is None:
-            log = getattr(args[0], "log", None) if args else None
-        if log is None:
-            import logging
-
-            log = logging.getLogger("berth.error")
-        if boot:
-            log.exception("the %s hook raised an exception: the worker exits (it does not "
-                          "start without it, as in Gunicorn)", name)
-            raise HookFailed(name) from None
-        log.exception("the %s hook raised an exception (berth carries on)", name)
+        _log_of(args, log).exception("the %s hook raised an exception (berth carries on)",
+                                     name)
         return None
+
+
+def call_boot_hook(cfg: Any, name: str, *args: Any) -> None:
+    """A worker's post_fork or post_worker_init, in the worker: an exception is logged and
+    the worker exits (1) before it serves, as Gunicorn's worker does not boot: it must not
+    serve without what the hook sets up (berth's rule for workers dying before they are
+    ready does the rest)."""
+    hook = get_hook(cfg, name)
+    if hook is None:
+        return
+    try:
+        hook(*args)
+    except Exception:  # noqa: BLE001 - the worker's end, logged
+        _log_of(args).exception("the %s hook raised an exception: the worker exits (it does "
+                                "not start without it, as in Gunicorn)", name)
+        from berth import logconfig
+
+        logconfig.drain()
+        os._exit(1)
 
 
 # --- what hooks receive ---------------------------------------------------------------------

@@ -54,7 +54,7 @@ from berth.children import (
     stacks_file,
     take_stacks,
 )
-from berth.hooks import HookFailed, ServerView, WorkerView, call_hook
+from berth.hooks import ServerView, WorkerView, call_boot_hook, call_hook
 from berth.logs import AccessLog, reopen_error_log
 from berth.scoreboard import BOOTING, OUT_OF_SERVICE, RETIRING, Scoreboard, Slot
 from berth.sizing import MAX_WORKERS, connection_bound, raise_open_files_limit
@@ -452,11 +452,7 @@ class Master:
             if self.code is not None:  # the worker reports the app's files to the master
                 load_app = self.code.for_worker(load_app)
             view.pid = os.getpid()
-            try:
-                call_hook(cfg, "post_fork", self.server, view, boot=True)
-            except HookFailed:
-                logconfig.drain()
-                os._exit(1)
+            call_boot_hook(cfg, "post_fork", self.server, view)
             logconfig.after_fork()
             access_log = None
             if self.cfg.accesslog.lower() not in ("none", "off", ""):

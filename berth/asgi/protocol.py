@@ -104,7 +104,6 @@ class AsgiParser(RequestParser):
         if in_head and (UNDERSCORE_BYTE not in name or self.header_map == "dangerous"):
             self.current.raw.append((name.lower(), value.rstrip()))
 
-
     def _target_host(self, req: Request, authority: str) -> None:
         host = (b"host", authority.encode("latin-1"))
         raw = req.raw

@@ -69,7 +69,7 @@ class AsgiLoop(Admission):
 
     def __init__(self, cfg, listeners: list[socket.socket], log, app, access_log, *,
                  signal_fd: int, on_signals, max_requests: int, on_retire, ssl_context=None,
-                 loop: asyncio.AbstractEventLoop, view=None):
+                 loop: asyncio.AbstractEventLoop, view=None, ready):
         self.admit = AdmissionState(log)
         self.cfg = cfg
         self.listeners = listeners
@@ -110,7 +110,7 @@ class AsgiLoop(Admission):
         self.probes = {path.encode("latin-1"): kind
                        for kind, path in (("ready", cfg.ready_path), ("live", cfg.live_path))
                        if path} or None
-        self.ready = lambda: not self.draining  # (the worker's own, with the scoreboard's)
+        self.ready = ready  # what the readiness probe says (berth.worker.process Worker.ready)
         self.view = view  # what hooks get as `worker`
         self.pre_request = get_hook(cfg, "pre_request")
         self.post_request = get_hook(cfg, "post_request")

@@ -60,8 +60,7 @@ class AsgiWorker(Worker):
             cfg, self.listeners, self.log, app, self.access_log, signal_fd=self._sig_r,
             on_signals=self.on_signals, max_requests=self.max_requests,
             on_retire=lambda: self.beat_retiring(), ssl_context=ssl_context, loop=loop,
-            view=self.view)
-        server.ready = self.ready  # (what the readiness probe says: berth.worker.process)
+            view=self.view, ready=self.ready)
         self.balance(server)
         server.setup()
         server.watch = LoopWatch(loop, cfg.loop_block_warn, self.log)

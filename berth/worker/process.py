@@ -31,7 +31,7 @@ import traceback
 
 from berth import logconfig, proctitle
 from berth.children import EARLY_SIGNALS
-from berth.hooks import HookFailed, WorkerView, call_hook
+from berth.hooks import WorkerView, call_boot_hook, call_hook
 from berth.http.framing import error_response
 from berth.logs import WholeLineHandler, reopen_error_log
 from berth.scoreboard import (
@@ -125,11 +125,7 @@ class Worker:
                     os._exit(EXIT_APP_LOAD_ERROR)
             self.view.app = self.app
             self.view.booted = True
-            try:
-                call_hook(self.cfg, "post_worker_init", self.view, boot=True)
-            except HookFailed:
-                logconfig.drain()
-                os._exit(1)
+            call_boot_hook(self.cfg, "post_worker_init", self.view)
             self._assemble()
             # What is loaded now (the app's modules, routes, settings) lives as long as the
             # worker: frozen, the collector's full passes no longer walk it (a 3 to 4 ms pause
