@@ -6,11 +6,18 @@ from __future__ import annotations
 from proto_helpers import http_get, wait_for
 
 
-def test_prints_go_to_the_error_log_file_and_the_access_log_stays_clean(berth, tmp_path):
-    errlog = tmp_path / "error.log"
+def capturing_to(berth, errlog):
+    """A server with --capture-output into the error log file `errlog`, once it is ready
+    (its "ready" line goes to that file, not to stderr)."""
     srv = berth(["-w", "1", "--capture-output", "--error-logfile", str(errlog),
                  "proto_app:app"], wait_ready=False)
     wait_for(lambda: errlog.exists() and "ready: " in errlog.read_text(), timeout=20)
+    return srv
+
+
+def test_prints_go_to_the_error_log_file_and_the_access_log_stays_clean(berth, tmp_path):
+    errlog = tmp_path / "error.log"
+    srv = capturing_to(berth, errlog)
     assert http_get(srv.port, "/print?text=hello-from-the-app")[0] == 200
     wait_for(lambda: "hello-from-the-app-on-stderr" in errlog.read_text(), timeout=5)
     text = errlog.read_text()
@@ -42,9 +49,7 @@ def test_sigusr1_moves_the_captured_output_to_the_reopened_file(berth, tmp_path)
 
     errlog = tmp_path / "error.log"
     rotated = tmp_path / "error.log.1"
-    srv = berth(["-w", "1", "--capture-output", "--error-logfile", str(errlog),
-                 "proto_app:app"], wait_ready=False)
-    wait_for(lambda: errlog.exists() and "ready: " in errlog.read_text(), timeout=20)
+    srv = capturing_to(berth, errlog)
     assert http_get(srv.port, "/print?text=before-rotation")[0] == 200
     wait_for(lambda: "before-rotation-on-stderr" in errlog.read_text(), timeout=5)
     errlog.rename(rotated)
