@@ -26,6 +26,12 @@ judged on it). Socket buffers are kernel memory and are in none of these. Both p
 a file descriptor per connection: the script raises its soft RLIMIT_NOFILE to what the
 connections need (the server inherits it) and stops if the hard limit is lower.
 
+With `--pipelined KIB`, each connection instead sends KIB of tiny pipelined requests (`GET /
+HTTP/1.1` with a Host field, 40 bytes each) and reads none of the responses: a client that
+floods a connection and never reads. Its cost to the worker must stay bounded by what a
+connection may hold (the requests queued on it and its responses not yet sent), not grow with
+what the client sends: the target is then PIPELINED_TARGET_KIB per connection.
+
 Linux only; 127.0.0.1 only. Reuses bench.py's server start/stop helpers.
 """
 
@@ -51,6 +57,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 
 TARGET_KIB = 4.0  # berth: USS per idle connection at most this
+# berth, --pipelined: USS per connection at most this. A connection that reads nothing holds its
+# unsent responses (berth.worker.connection.HIGH_WATER, 256 KiB), the bytes of one read not yet
+# parsed (64 KiB) and up to 16 parsed requests: 384 KiB leaves room for the allocator.
+PIPELINED_TARGET_KIB = 384.0
 MAX_IN_PROGRESS = 200  # below every server's listen backlog, so no SYN is dropped
 WARMUP_CONNECTIONS = 100
 FD_MARGIN = 256  # descriptors besides the connections (logs, pipes, epoll, the listener)
@@ -179,6 +189,52 @@ def open_idle_connections(
     return idle, errors
 
 
+def open_pipelining_connections(
+    port: int, count: int, nbytes: int, timeout: float
+) -> tuple[list[socket.socket], list[str]]:
+    """Open `count` connections and send `nbytes` of pipelined requests on each, reading
+    nothing: what the kernel's buffers take once the server stops reading stays unsent.
+    Returns the open sockets and the errors of those that failed."""
+    one = f"GET / HTTP/1.1\r\nHost: {bench.HOST}:{port}\r\n\r\n".encode()
+    payload = one * (nbytes // len(one) + 1)
+    socks: list[socket.socket] = []
+    errors: list[str] = []
+    deadline = time.monotonic() + timeout
+    try:
+        for _ in range(count):
+            sock = socket.create_connection((bench.HOST, port), timeout=max(1.0, timeout))
+            sock.setblocking(False)
+            socks.append(sock)
+        left = {sock: memoryview(payload)[:nbytes] for sock in socks}
+        while left and time.monotonic() < deadline:  # until each is sent or stuck for 1 s
+            sent_any = False
+            for sock, rest in list(left.items()):
+                try:
+                    n = sock.send(rest)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    del left[sock]
+                    continue
+                sent_any = True
+                if n == len(rest):
+                    del left[sock]
+                else:
+                    left[sock] = rest[n:]
+            if not sent_any:
+                with selectors.DefaultSelector() as sel:
+                    for sock in left:
+                        sel.register(sock, selectors.EVENT_WRITE)
+                    if not sel.select(timeout=1.0):
+                        break  # the server reads no more: the rest stays in our buffers
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks, errors
+
+
 def closed_or_written(socks: Sequence[socket.socket]) -> int:
     """How many idle sockets are readable now: the server closed them (EOF) or sent bytes."""
     with selectors.DefaultSelector() as sel:
@@ -215,7 +271,12 @@ def worker_pid(server: bench.ServerProcess) -> int:
 
 
 def measure(
-    spec: bench.ServerSpec, count: int, timeout: float, settle: float, log_dir: Path
+    spec: bench.ServerSpec,
+    count: int,
+    timeout: float,
+    settle: float,
+    log_dir: Path,
+    pipelined: int = 0,
 ) -> IdleResult:
     with bench.running_server(spec, None, log_dir, bench.READY_TIMEOUT_S) as server:
         worker = worker_pid(server)
@@ -227,13 +288,20 @@ def measure(
         time.sleep(settle)  # the worker sees the closes and drops the connections
         before = Memory.of(worker)
         start = time.monotonic()
-        idle, errors = open_idle_connections(server.port, count, timeout)
+        if pipelined:
+            idle, errors = open_pipelining_connections(server.port, count, pipelined, timeout)
+            # a worker busy with the floods accepts the rest late: wait until it holds them all
+            until = time.monotonic() + timeout
+            while socket_fds(worker) < len(idle) and time.monotonic() < until:
+                time.sleep(0.1)
+        else:
+            idle, errors = open_idle_connections(server.port, count, timeout)
         opened = time.monotonic() - start
         try:
             time.sleep(settle)
             after = Memory.of(worker)
             sockets = socket_fds(worker)
-            early = closed_or_written(idle)
+            early = 0 if pipelined else closed_or_written(idle)
         finally:
             for sock in idle:
                 sock.close()
@@ -318,18 +386,18 @@ def report(results: Sequence[IdleResult]) -> str:
     return "\n".join(lines)
 
 
-def berth_target(results: Sequence[IdleResult]) -> bool | None:
-    """berth's USS per idle connection <= TARGET_KIB, with every connection held open."""
+def berth_target(results: Sequence[IdleResult], target: float = TARGET_KIB) -> bool | None:
+    """berth's USS per connection <= `target`, with every connection held open."""
     verdicts = []
     for r in results:
         if r.server.startswith("berth"):
             per = r.kib_per_connection("uss_kib")
-            ok = per is not None and per <= TARGET_KIB and r.held == r.connections
+            ok = per is not None and per <= target and r.held == r.connections
             ok = ok and r.closed_early == 0
             verdicts.append(ok)
             status = "PASS" if ok else "FAIL"
             print(
-                f"  [{status}] {r.server} USS <= {TARGET_KIB:g} KiB per idle connection: "
+                f"  [{status}] {r.server} USS <= {target:g} KiB per connection: "
                 f"{bench._fmt(per, '.2f')} KiB ({r.held:,} held, {r.closed_early} closed early)"
             )
     return all(verdicts) if verdicts else None
@@ -353,6 +421,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="seconds allowed to open the connections"
     )
+    parser.add_argument(
+        "--pipelined",
+        type=int,
+        default=0,
+        metavar="KIB",
+        help="send KIB of pipelined requests on each connection and read nothing "
+        f"(target {PIPELINED_TARGET_KIB:g} KiB per connection)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
     parser.add_argument("--check", action="store_true", help="exit 1 if berth misses the target")
     args = parser.parse_args(argv)
@@ -360,6 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--connections must be 1..100000 and --settle 0..60")
     if not 1 <= args.timeout <= 3600:
         parser.error("--timeout must be 1..3600")
+    if not 0 <= args.pipelined <= 65536:
+        parser.error("--pipelined must be 0..65536 (KiB)")
     names = args.server or ["berth"] + (["granian"] if bench.check_package("granian").ok else [])
     try:
         limit = raise_fd_limit(args.connections + WARMUP_CONNECTIONS + FD_MARGIN)
@@ -367,7 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, bench._exit_on_signal)  # unwinds: server stopped
-    print(f"idle connections: {args.connections:,} per server, RLIMIT_NOFILE {limit:,}")
+    what = f"pipelining {args.pipelined:,} KiB, reading nothing" if args.pipelined else "idle"
+    print(f"{what} connections: {args.connections:,} per server, RLIMIT_NOFILE {limit:,}")
     results: list[IdleResult] = []
     failed = False
     with tempfile.TemporaryDirectory(prefix="berth-idle-") as tmp:
@@ -375,7 +454,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {spec.name}: {bench.shell_join(spec.command('$PORT', None))}", flush=True)
             try:
                 results.append(
-                    measure(spec, args.connections, args.timeout, args.settle, Path(tmp))
+                    measure(
+                        spec,
+                        args.connections,
+                        args.timeout,
+                        args.settle,
+                        Path(tmp),
+                        args.pipelined * 1024,
+                    )
                 )
             except (bench.BenchError, TimeoutError, OSError) as exc:
                 print(f"  {spec.name}: FAILED: {exc}", file=sys.stderr)
@@ -383,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(report(results))
     print()
-    passed = berth_target(results)
+    passed = berth_target(results, PIPELINED_TARGET_KIB if args.pipelined else TARGET_KIB)
     if args.json:
         raw = [
             dict(

@@ -645,6 +645,103 @@ def test_pipelined_requests_a_client_does_not_read_cost_the_queue_bound_not_a_re
     assert grew < 8 << 20, f"the worker grew by {grew >> 20} MiB"
 
 
+def worker_uss(pid: int) -> int:
+    """A process's unique memory (Private_Clean + Private_Dirty), in bytes."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        fields = dict(re.findall(r"^(\w+):\s+(\d+) kB$", f.read(), re.MULTILINE))
+    return (int(fields["Private_Clean"]) + int(fields["Private_Dirty"])) << 10
+
+
+@pytest.mark.parametrize("threads", [1, pytest.param(4, marks=pytest.mark.wsgi_only(
+    "app threads: -k asgi runs one event loop, its run with 1 is the whole of it"))])
+def test_a_flood_of_pipelined_requests_a_client_does_not_read_costs_a_slice_not_a_read(
+        berth, worker_kind, threads):
+    """Clients that pipeline requests and read nothing: once their responses fill the
+    socket buffers, a connection holds what it read. One 64 KiB read of tiny requests had
+    been parsed whole before reading paused at the queue's bound: some 1,400 requests, about
+    a MiB a connection. Now a read is parsed a slice at a time and the rest kept as bytes until
+    the queue has room: a connection holds its unsent responses (256 KiB) and little more."""
+    srv = berth(["-w", "1", "--access-logfile", "none", *proto_args(worker_kind, threads)])
+    worker = pids_children(srv.proc.pid)[0]
+    one = b"GET /big?n=65536 HTTP/1.1\r\nHost: a\r\n\r\n"  # fills the buffers soon
+    flood = one * (64 * 1024 // len(one))
+    clients = 20
+    socks = []
+    before = worker_uss(worker)
+    try:
+        for _ in range(clients):
+            sock = connect(srv.port)
+            sock.setblocking(False)
+            socks.append(sock)
+        # each sends what the buffers take, until the responses it does not read stop the
+        # worker (and the requests the worker does not read stop the client)
+        deadline = time.monotonic() + 3.0
+        quiet = 0  # rounds in a row in which no client could send
+        while time.monotonic() < deadline and quiet < 4:
+            sent = 0
+            for sock in socks:
+                try:
+                    sent += sock.send(flood)
+                except BlockingIOError:
+                    pass
+            quiet = 0 if sent else quiet + 1
+            if not sent:
+                time.sleep(0.1)
+        wait_for(lambda: worker_uss(worker) - before > 16 << 20, timeout=1.0, interval=0.2)
+        grew = worker_uss(worker) - before
+        for sock in socks[:2]:  # each is still served, in order
+            sock.setblocking(True)
+            sock.settimeout(10)
+            for _ in range(300):
+                status, _, body = read_response(sock)
+                assert (status, len(body)) == (200, 65536)
+    finally:
+        for sock in socks:
+            sock.close()
+    assert grew < 16 << 20, f"the worker grew by {grew / clients / 1024:.0f} KiB a connection"
+
+
+def test_pipelined_requests_of_every_framing_fed_in_slices_are_answered_in_order(
+        srv, worker_kind):
+    """Reads longer than a slice (4 KiB) are parsed a slice at a time, and what follows the
+    queue's bound waits as bytes: requests cut at a slice's end, bodies with a length or
+    chunked, heads longer than a slice, all come out whole and in order."""
+    import threading
+
+    parts, expected = [], []
+    for i in range(1500):
+        kind = i % 5
+        if kind == 0:
+            parts.append(get_request(f"/path?i={i}"))
+            expected.append(f"/path?i={i}".encode())
+        elif kind == 1:
+            body = f"<{i}>".encode() * (i % 97)
+            parts.append(get_request("/echo", method="POST", body=body))
+            expected.append(body)
+        elif kind == 2:
+            body = f"chunked {i}".encode()
+            parts.append(get_request("/echo", method="POST",
+                                     headers={"Transfer-Encoding": "chunked"},
+                                     body=b"4\r\n" + body[:4] + b"\r\n%x\r\n" % (len(body) - 4)
+                                     + body[4:] + b"\r\n0\r\n\r\n"))
+            expected.append(body)
+        elif kind == 3:  # a head longer than a slice
+            parts.append(get_request(f"/path?long={i}", headers={"X-Pad": "p" * 6000}))
+            expected.append(f"/path?long={i}".encode())
+        else:
+            parts.append(get_request("/hello"))
+            expected.append(HELLO)
+    raw = b"".join(parts)
+    with connect(srv.port, timeout=20) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(raw,), daemon=True)
+        sender.start()
+        for i, want in enumerate(expected):
+            status, _, body = read_response(sock)
+            assert (status, body) == (200, want), i
+        sender.join(10)
+    assert not sender.is_alive()
+
+
 def test_unread_streamed_body_is_dropped_with_the_access_log_off(berth, worker_kind):
     # the same as above on the path without an access log (it once skipped dropping the body)
     srv = berth(["-w", "1", "--access-logfile", "none", *proto_args(worker_kind, 1)])

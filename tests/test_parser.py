@@ -2,7 +2,7 @@
 
 import pytest
 
-from berth.http.parser import AFTER_CHUNKED, HttpError, RequestParser
+from berth.http.parser import AFTER_CHUNKED, FEED_SLICE, HttpError, RequestParser
 
 
 def parse(data: bytes, **kw) -> RequestParser:
@@ -39,6 +39,57 @@ def test_bytes_fed_one_at_a_time_give_the_same_request():
 def test_pipelined_requests_come_out_in_order():
     raw = b"".join(f"GET /{i} HTTP/1.1\r\nHost: h\r\n\r\n".encode() for i in range(3))
     assert [r.url for r in parse(raw).ready] == [b"/0", b"/1", b"/2"]
+
+
+def mixed_pipeline(n: int) -> bytes:
+    """`n` requests of every framing, some with heads longer than a slice (FEED_SLICE)."""
+    parts = []
+    for i in range(n):
+        if i % 4 == 0:
+            parts.append(b"GET /%d HTTP/1.1\r\nHost: h\r\n\r\n" % i)
+        elif i % 4 == 1:
+            body = b"<%d>" % i * (i % 300)
+            parts.append(b"POST /%d HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n"
+                         % (i, len(body)) + body)
+        elif i % 4 == 2:
+            parts.append(b"POST /%d HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"3\r\nabc\r\n0\r\n\r\n" % i)
+        else:
+            parts.append(b"GET /%d HTTP/1.1\r\nHost: h\r\nX-Pad: %s\r\n\r\n" % (i, b"p" * 5000))
+    return b"".join(parts)
+
+
+def test_a_long_read_fed_in_slices_stops_at_the_room_asked_and_loses_nothing():
+    """feed_some() parses a read a slice at a time and stops once `room` requests are ready
+    (the caller's queue is full); the bytes it returns, fed later, give the rest."""
+    raw = mixed_pipeline(400)
+    whole = parse(raw).ready
+    p = RequestParser()
+    got, rest, stops = [], raw, 0
+    while rest is not None:
+        rest = p.feed_some(rest, 10)
+        assert len(p.ready) >= 10 or rest is None
+        # what one stop parsed is bounded by a slice's worth of requests, not by the read
+        assert len(p.ready) < 10 + FEED_SLICE // 20
+        got += p.ready
+        p.ready.clear()
+        stops += rest is not None
+    assert stops > 30
+    assert [(r.method, r.url, r.body, r.headers) for r in got] == [
+        (r.method, r.url, r.body, r.headers) for r in whole]
+
+
+def test_a_body_is_fed_in_one_piece_and_what_follows_it_in_slices():
+    p = RequestParser(body_buffer_size=1 << 20)
+    p.feed(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 200000\r\n\r\n")
+    fed = []
+    feed = p.feed
+    p.feed = lambda data: (fed.append(len(data)), feed(data))
+    assert p.feed_some(b"x" * 65536, 1) is None
+    assert p.feed_some(b"x" * (200000 - 65536) + b"GET / HTTP/1.1\r\nHost: h\r\n\r\n" * 300,
+                       2) is not None  # the body's rest in one piece, then slices
+    assert fed[:3] == [65536, 200000 - 65536, FEED_SLICE]
+    assert [len(r.body) for r in p.ready][:1] == [200000]
 
 
 def test_chunked_body_is_dechunked_and_given_a_content_length():
@@ -851,3 +902,18 @@ def test_each_line_of_a_scheme_header_is_kept_as_received():
         assert other.forwarded and other.scheme_fields is None
     finally:
         mark_forwarding([])
+
+
+def test_bytes_after_a_websocket_handshake_fed_in_slices_are_all_the_new_protocols():
+    """The ASGI worker's parser switches protocols at a WebSocket handshake: what follows its
+    head in the read, however many slices on, is the first frames (upgrade_rest), not
+    requests."""
+    from berth.asgi.protocol import AsgiParser
+
+    frames = bytes(range(256)) * 40  # 10 KiB: more than two slices
+    p = AsgiParser()
+    assert p.feed_some(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+                       b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                       b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n" + frames, 16) is None
+    assert [r.url for r in p.ready] == [b"/ws"] and p.switched
+    assert p.upgrade_rest == frames

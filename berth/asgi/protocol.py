@@ -54,6 +54,7 @@ from berth.http.framing import (
     probe_answer,
 )
 from berth.http.parser import (
+    FEED_SLICE,
     HASH_BYTE,
     PERCENT_BYTE,
     UNDERSCORE_BYTE,
@@ -88,13 +89,13 @@ class AsgiParser(RequestParser):
         super().on_message_begin()
         self.current.raw = []
 
-    upgrade_rest = b""  # the bytes after a WebSocket handshake's head (its first frames)
-
     def _switches_protocol(self, req: Request, rest: bytes) -> bool:
         """A WebSocket handshake switches (berth.asgi.websocket); any other Upgrade request
-        is served as plain HTTP/1.1."""
+        is served as plain HTTP/1.1. `upgrade_rest`: the bytes after its head (its first
+        frames)."""
         if is_websocket_upgrade(req):
             self.upgrade_rest = bytes(rest)
+            self.switched = True
             return True
         return False
 
@@ -492,6 +493,10 @@ class HttpProtocol(asyncio.Protocol):
         self.client = None
         self.server_addr = None
 
+    # bytes read but not parsed yet: the queue was full (data_received), b"" while their
+    # parsing is scheduled (resume_reading)
+    unfed: bytes | None = None
+
     # -- the transport's callbacks ------------------------------------------------------------
 
     def connection_made(self, transport) -> None:
@@ -581,7 +586,13 @@ class HttpProtocol(asyncio.Protocol):
                 return
         parser = self.parser
         try:
-            parser.feed(data)
+            if len(data) > FEED_SLICE:  # it may hold more requests than the queue may
+                rest = parser.feed_some(data, MAX_PIPELINE + 1 - len(self.pending))
+                if rest is not None:  # parsed once the queue has room (resume_reading)
+                    self.unfed = rest
+                    self.pause_reading("pipeline")
+            else:
+                parser.feed(data)
         except HttpError as err:
             self.reject(err)
             return
@@ -672,8 +683,23 @@ class HttpProtocol(asyncio.Protocol):
     def resume_reading(self, why: str = "body") -> None:
         self.read_paused_for.discard(why)
         if not self.reading and not self.read_paused_for and not self.closed:
+            unfed = self.unfed
+            if unfed is not None:  # bytes read before the queue filled go first
+                if unfed:  # (b"": their parsing is scheduled already)
+                    self.unfed = b""
+                    self.loop.call_soon(self._feed_unfed, unfed)
+                return
             self.reading = True
             self.transport.resume_reading()
+
+    def _feed_unfed(self, data: bytes) -> None:
+        """Parse the bytes read before the connection's queue filled (data_received kept
+        them), then read the socket again unless the queue is full once more."""
+        self.unfed = None
+        if self.closed:
+            return
+        self.data_received(data)
+        self.resume_reading("unfed")  # (no such reason: reads if no other holds it)
 
     def write(self, data: bytes) -> None:
         """Writes wait for the end of the loop iteration (the server's flush_held), so the
@@ -731,7 +757,8 @@ class HttpProtocol(asyncio.Protocol):
     def idle(self) -> bool:
         """No request in progress (idle keep-alive, or nothing sent yet): may be shed."""
         return (self.cycle is None and self.ws is None and not self.pending
-                and not self.closed and (self.parser is None or self.parser.current is None))
+                and not self.closed and (self.parser is None or self.parser.current is None)
+                and self.unfed is None)
 
     def describe(self, req: Request) -> str:
         return (f"{req.method.decode('latin-1')} {req.url.decode('latin-1')} "

@@ -109,6 +109,7 @@ class Connection:
         "preface",
         "reading",
         "sock",
+        "unfed",
         "want_write",
     )
 
@@ -139,11 +140,13 @@ class Connection:
         self.thread = 0  # ident of the app thread answering, for the deadline's stack
         self.parser = None  # the loop sets it: a RequestParser, or its stand-in (see park)
         self.preface: bytes | None = None  # a PROXY header's bytes so far (--proxy-protocol)
+        self.unfed: bytes | None = None  # read, not parsed yet: the queue was full (Loop)
 
     def idle(self) -> bool:
         """A keep-alive connection between requests: nothing read, queued, sent or answered."""
         return (self.active is None and not self.pending and not self.out
-                and not self.lingering and not self.head_started and self.parser.current is None)
+                and not self.lingering and not self.head_started and self.parser.current is None
+                and self.unfed is None)
 
     def park(self, no_parser) -> None:
         """The loop thread, for a connection idle between requests for a while: let go of

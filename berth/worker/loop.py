@@ -25,7 +25,7 @@ import time
 from functools import partial
 
 from berth.http.framing import CONTINUE
-from berth.http.parser import NO_PARSER, HttpError, Request, RequestParser
+from berth.http.parser import FEED_SLICE, NO_PARSER, HttpError, Request, RequestParser
 from berth.worker.admission import (
     ACCEPT_BATCH,
     DEFER,
@@ -315,24 +315,27 @@ class Loop(Admission):
 
     # -- reading -------------------------------------------------------------------------------
 
-    def on_readable(self, conn: Connection, now: float) -> None:
-        try:
-            data = conn.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            if isinstance(exc, ssl.SSLError):  # (a client certificate refused, a bad record:
-                # said at debug, as the ASGI worker says it; Gunicorn warns)
-                self.log.debug("TLS connection from %s not established: %r",
-                               conn.environ.get("REMOTE_ADDR"), exc)
-            data = b""
-        if conn.lingering:
+    def on_readable(self, conn: Connection, now: float, data: bytes | None = None) -> None:
+        """The socket is readable; or (`data`) bytes read earlier and kept unparsed while the
+        connection's queue was full (`Connection.unfed`) are to be parsed now."""
+        if data is None:
+            try:
+                data = conn.sock.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if isinstance(exc, ssl.SSLError):  # (a client certificate refused, a bad
+                    # record: said at debug, as the ASGI worker says it; Gunicorn warns)
+                    self.log.debug("TLS connection from %s not established: %r",
+                                   conn.environ.get("REMOTE_ADDR"), exc)
+                data = b""
+            if conn.lingering:
+                if not data:
+                    conn.close()
+                return
             if not data:
-                conn.close()
-            return
-        if not data:
-            self.on_eof(conn)
-            return
+                self.on_eof(conn)
+                return
         conn.last_active = now
         parser = conn.parser
         if parser is NO_PARSER:  # a new connection, or one parked between requests
@@ -346,7 +349,13 @@ class Loop(Admission):
                     return
             parser = conn.parser = self._make_parser(conn)
         try:
-            parser.feed(data)
+            if len(data) > FEED_SLICE:  # it may hold more requests than the queue may
+                rest = parser.feed_some(data, MAX_PIPELINE - len(conn.pending))
+                if rest is not None:  # parsed once the queue has room (attend)
+                    conn.unfed = rest
+                    conn.set_reading(False)
+            else:
+                parser.feed(data)
         except HttpError as err:
             self.reject(conn, err)
             return
@@ -499,10 +508,11 @@ class Loop(Admission):
             if conn is None:
                 self.stop_accepting_for_good()
             else:
-                self.attend(conn)
+                self.attend(conn, True)
 
-    def attend(self, conn: Connection) -> None:
-        """Bring the loop's view of `conn` up to date after an app thread changed it."""
+    def attend(self, conn: Connection, top: bool = False) -> None:
+        """Bring the loop's view of `conn` up to date after an app thread changed it (or the
+        loop thread, inline: `top` is false there, inside a dispatch)."""
         if conn.closed:
             return
         lock = conn.lock
@@ -527,6 +537,17 @@ class Loop(Admission):
         current = conn.parser.current
         if current is not None and current.streaming and current.body_stream.paused:
             reading = False
+        if reading and conn.unfed is not None and not conn.lingering:
+            # bytes read before the queue filled: parsed before the socket is read again, at
+            # the loop's top level (not deeper inside an inline dispatch)
+            if not top:
+                self.post(conn)
+                return
+            data = conn.unfed
+            conn.unfed = None
+            self.on_readable(conn, self.now, data)
+            self.attend(conn)  # (reads again if it is all parsed now, else posts)
+            return
         conn.reading = reading and not conn.lingering
         conn.update_events()
         if idle and current is not None and current.expect_continue:
