@@ -124,7 +124,7 @@ class Config:
     notices: list = dataclasses.field(default_factory=list)
     decisions: Decisions = dataclasses.field(default_factory=lambda: Decisions())
     # the Uvicorn worker class the worker_class setting names ('' for any other): berth's ASGI
-    # worker serves it, reading proxy headers as Uvicorn does (see uvicorn_proxy_headers)
+    # worker serves it, reading proxy headers as Uvicorn does (see uvicorn_worker_rules)
     uvicorn_worker: str = ""
 
     def __getattr__(self, name: str) -> Any:
@@ -417,7 +417,7 @@ def parse_config(argv: list[str], environ=os.environ, cwd: str | None = None,
     if len(binds) < len(cfg.bind):
         cfg.values["bind"] = list(binds.values())
     check_reload(cfg, cwd)
-    uvicorn_proxy_headers(cfg)
+    uvicorn_worker_rules(cfg)
     if cfg.worker_class == "asgi" and cfg.threads not in (1, "auto"):
         cfg.notices.append(("info", f"threads ({cfg.source('threads')}) does not apply to -k "
                                     f"asgi (one event loop per worker): 1"))
@@ -430,9 +430,17 @@ def parse_config(argv: list[str], environ=os.environ, cwd: str | None = None,
     return cfg
 
 
-def uvicorn_proxy_headers(cfg: Config) -> None:
+def uvicorn_worker_rules(cfg: Config) -> None:
     """`-k uvicorn.workers.UvicornWorker` (or UvicornH11Worker, or uvicorn_worker's) is served
-    by berth's ASGI worker, reading the proxy headers as that worker does under Gunicorn:
+    by berth's ASGI worker, reading the headers as that worker does under Gunicorn, where
+    Uvicorn parses the requests and Gunicorn's header_map does not apply.
+
+    Header names with '_' reach the app in the scope's headers, as Uvicorn passes them (an
+    ASGI header list keeps names as sent, so `X_Api_Key` cannot pass for `X-Api-Key` there as
+    it does in a WSGI environ); berth's own reading of proxy headers still ignores them. An
+    explicit header_map keeps berth's meaning.
+
+    The proxy headers are read as that worker reads them under Gunicorn:
     UvicornWorker hands Gunicorn's forwarded_allow_ips to Uvicorn's Config (uvicorn/workers.py),
     whose proxy_headers is on by default, so ProxyHeadersMiddleware sets the scheme from
     X-Forwarded-Proto and the client from X-Forwarded-For, for a peer in that list (Uvicorn's
@@ -445,6 +453,11 @@ def uvicorn_proxy_headers(cfg: Config) -> None:
     if not name:
         return
     decisions = cfg.decisions
+    if cfg.is_set("header_map"):
+        names = f"header names with '_' as header_map ({cfg.source('header_map')}) says"
+    else:
+        decisions.underscore_names = "uvicorn"
+        names = "header names with '_' reach the app, as Uvicorn passes them"
     if cfg.is_set("secure_scheme_headers"):
         scheme = f"secure_scheme_headers ({cfg.source('secure_scheme_headers')}) set the scheme"
     else:
@@ -464,7 +477,8 @@ def uvicorn_proxy_headers(cfg: Config) -> None:
         client = f"the client stays the peer ({flag} is off)"
     cfg.notices.append(("info", f"-k {name} ({cfg.source('worker_class')}): served by berth's "
                                 f"ASGI worker (-k asgi), with Uvicorn's proxy headers: from a "
-                                f"peer in --forwarded-allow-ips, {scheme} and {client}"))
+                                f"peer in --forwarded-allow-ips, {scheme} and {client}; "
+                                f"{names}"))
 
 
 def status_notices(cfg: Config) -> list[tuple[str, str]]:
@@ -507,10 +521,12 @@ class Decisions:
     memory: str = ""  # why --max-worker-memory is what it is, when berth chose it
     # How a trusted proxy's headers are read (berth/forwarded.py): Gunicorn's scheme rule and
     # berth's choice of the client, or Uvicorn's, under its worker classes
-    # (uvicorn_proxy_headers: decided from the worker class, not from where berth runs).
+    # (uvicorn_worker_rules: decided from the worker class, not from where berth runs).
     scheme_rule: str = "gunicorn"  # or "uvicorn": X-Forwarded-Proto as Uvicorn reads it
     client_rule: str = "berth"  # or "uvicorn": the X-Forwarded-For entry Uvicorn takes
     proxy_headers: str = ""  # why --forwarded-remote-addr is on, when berth turned it on
+    # header names with '_': header_map's rule ("gunicorn"), or "uvicorn": in the ASGI scope
+    underscore_names: str = "gunicorn"
 
     def reason(self, name: str) -> str:
         """The reason behind an `auto` value of setting `name` ('' if none)."""

@@ -18,7 +18,7 @@ is http (it is not `https`), as a proxy chain that appends gives it, and the lin
 (`Request.scheme_fields`): joined, the two cannot be told apart.
 
 Under Uvicorn's worker classes (`-k uvicorn.workers.UvicornWorker`: berth.config's
-`uvicorn_proxy_headers`), what the user left at its default follows Uvicorn's
+`uvicorn_worker_rules`), what the user left at its default follows Uvicorn's
 ProxyHeadersMiddleware (uvicorn/middleware/proxy_headers.py, 0.55), which is what an app
 behind Gunicorn with that worker had, Gunicorn's secure_scheme_headers never being read there:
   - the scheme comes from the last X-Forwarded-Proto line alone, stripped: `http`, `https`,

@@ -391,6 +391,36 @@ def test_uvicorns_worker_class_is_served_by_berth(berth, tmp_path):
             "with Uvicorn's proxy headers" in srv.stderr())
 
 
+def test_uvicorns_worker_class_passes_header_names_with_underscores_as_uvicorn_does(berth):
+    """Under Gunicorn, UvicornWorker's requests are parsed by Uvicorn, which passes a name
+    such as `X_Api_Key` in the scope's headers (Gunicorn's header_map does not apply): an app
+    reading it got nothing under berth, which dropped it as for WSGI. berth's own reading of
+    proxy headers still ignores such names; -k asgi (Gunicorn's own ASGI worker) and an
+    explicit --header-map keep Gunicorn's rule."""
+    raw = (b"GET /scope HTTP/1.1\r\nHost: h\r\nX_Api_Key: k1\r\nX-Api-Key: k2\r\n"
+           b"X_Forwarded_For: 6.6.6.6\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n")
+
+    def scope_of(srv):
+        with BufferedSocket() as sock:
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", srv.port))
+            sock.sendall(raw)
+            status, _, body = read_response(sock)
+        assert status == 200, body
+        scope = json.loads(body)
+        return [h for h in scope["headers"] if h[0].startswith("x")], scope["client"][0]
+
+    uvicorn = berth(["-k", "uvicorn.workers.UvicornWorker", "asgi_app:app"])
+    assert scope_of(uvicorn) == ([["x_api_key", "k1"], ["x-api-key", "k2"],
+                                  ["x_forwarded_for", "6.6.6.6"],
+                                  ["x-forwarded-for", "203.0.113.7"]], "203.0.113.7")
+    uvicorn.stop()
+    for args in (["-k", "asgi"], ["-k", "uvicorn.workers.UvicornWorker", "--header-map", "drop"]):
+        srv = berth([*args, "asgi_app:app"])
+        assert scope_of(srv)[0] == [["x-api-key", "k2"], ["x-forwarded-for", "203.0.113.7"]]
+        srv.stop()
+
+
 def test_uvicorns_worker_class_reads_proxy_headers_as_uvicorn_does(berth, tmp_path):
     """Under Gunicorn, UvicornWorker hands forwarded_allow_ips (default 127.0.0.1,::1) to
     Uvicorn, whose ProxyHeadersMiddleware is on by default: from a trusted peer the app's

@@ -380,8 +380,10 @@ def test_asgi_worker_classes_and_uvicorns(name, kind, notice):
     assert lines == ([f"-k {name} (cli): served by berth's ASGI worker (-k asgi), with "
                       f"Uvicorn's proxy headers: from a peer in --forwarded-allow-ips, "
                       f"X-Forwarded-Proto sets the scheme and X-Forwarded-For the client "
-                      f"(--forwarded-remote-addr on, taking the address Uvicorn takes)"]
+                      f"(--forwarded-remote-addr on, taking the address Uvicorn takes); "
+                      f"header names with '_' reach the app, as Uvicorn passes them"]
                      if notice else [])
+    assert cfg.decisions.underscore_names == ("uvicorn" if notice else "gunicorn")
     # as Uvicorn reads them by default under Gunicorn (its proxy_headers is on)
     assert cfg.forwarded_remote_addr is notice
     assert cfg.source("forwarded_remote_addr") == ("auto" if notice else "default")
@@ -398,11 +400,17 @@ def test_under_uvicorns_worker_class_a_setting_given_keeps_berths_meaning(tmp_pa
     cfg = parse(["app:app"], cwd=tmp_path)
     assert not cfg.forwarded_remote_addr
     assert (cfg.decisions.scheme_rule, cfg.decisions.client_rule) == ("gunicorn", "berth")
+    assert cfg.decisions.underscore_names == "uvicorn"
     assert ("info", "-k uvicorn.workers.UvicornH11Worker (file gunicorn.conf.py): served by "
                     "berth's ASGI worker (-k asgi), with Uvicorn's proxy headers: from a peer in "
                     "--forwarded-allow-ips, secure_scheme_headers (file gunicorn.conf.py) set "
                     "the scheme and the client stays the peer (gunicorn.conf.py: "
-                    "forwarded_remote_addr is off)") in cfg.notices
+                    "forwarded_remote_addr is off); header names with '_' reach the app, as "
+                    "Uvicorn passes them") in cfg.notices
+    cfg = parse(["--header-map", "drop", "app:app"], cwd=tmp_path)
+    assert cfg.decisions.underscore_names == "gunicorn"
+    assert ("header names with '_' as header_map (cli) says" in
+            next(line for _, line in cfg.notices if line.startswith("-k ")))
     cfg = parse(["--forwarded-remote-addr", "app:app"], cwd=tmp_path)
     assert cfg.forwarded_remote_addr and cfg.decisions.client_rule == "berth"
     # the class given last decides: -k asgi is Gunicorn's own worker, with Gunicorn's rules

@@ -83,7 +83,11 @@ class ClientDisconnected(OSError):
 class AsgiParser(RequestParser):
     """berth's parser, also keeping each request's header fields as ASGI gives them: a list
     of (lower-case name, value) byte pairs in the order received, repeated names kept. A
-    name the parser drops (with '_', under header_map drop or refuse) is dropped here too."""
+    name the parser drops (with '_', under header_map drop or refuse) is dropped here too,
+    unless `keep_underscored` (Uvicorn's worker classes: berth.config.uvicorn_worker_rules):
+    then only the WSGI-style headers berth reads itself go without it."""
+
+    keep_underscored = False
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -102,7 +106,8 @@ class AsgiParser(RequestParser):
     def on_header(self, name: bytes, value: bytes) -> None:
         in_head = self.in_head
         super().on_header(name, value)
-        if in_head and (UNDERSCORE_BYTE not in name or self.header_map == "dangerous"):
+        if in_head and (UNDERSCORE_BYTE not in name or self.keep_underscored
+                        or self.header_map == "dangerous"):
             self.current.raw.append((name.lower(), value.rstrip()))
 
     def _target_host(self, req: Request, authority: str) -> None:

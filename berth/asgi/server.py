@@ -27,7 +27,7 @@ import asyncio
 import socket
 import time
 
-from berth.asgi.protocol import Cycle, HttpProtocol, request_scope
+from berth.asgi.protocol import AsgiParser, Cycle, HttpProtocol, request_scope
 from berth.forwarded import Forwarding
 from berth.hooks import RequestView, ResponseView, call_hook, get_hook
 from berth.http.framing import DateCache
@@ -90,6 +90,8 @@ class AsgiLoop(Admission):
         self.handshakes: set[Handshake] = set()  # TLS handshakes in progress (sheddable)
         self.date = DateCache()
         self.forwarding = Forwarding.from_config(cfg)
+        # (one worker's parsers, one configuration: Uvicorn's worker classes keep names with _)
+        AsgiParser.keep_underscored = cfg.decisions.underscore_names == "uvicorn"
         self.proxy_mode = cfg.proxy_protocol
         self.proxy_trust = TrustList.parse(cfg.proxy_allow_ips, "proxy_allow_ips")
         self.max_conns = cfg.worker_connections
