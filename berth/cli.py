@@ -59,10 +59,13 @@ def prepare_environment(cfg: Config) -> None:
     if cfg.certfile:  # loaded once here, so that a bad file is one line and exit 2
         import ssl
 
-        from berth.worker.tls import make_context
+        from berth.worker.tls import EncryptedKey, make_context
 
         try:
             make_context(cfg)
+        except EncryptedKey as exc:
+            flag, name = ("--keyfile", "keyfile") if cfg.keyfile else ("--certfile", "certfile")
+            raise ConfigError(f"{flag} ({name}) {getattr(cfg, name)!r}: {exc}") from None
         except (OSError, ssl.SSLError, TypeError, ValueError) as exc:
             if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError):
                 # (OpenSSL's errno names no file: the one that cannot be read is named)

@@ -231,3 +231,40 @@ def test_a_key_that_does_not_match_exits_2(tmp_path, certs):
                      str(tmp_path / "otherkey.pem")], str(tmp_path))
     assert res.returncode == 2 and "cannot make the TLS context" in res.stderr, res.stderr
     json.dumps(res.stderr)  # (printable)
+
+
+def test_an_encrypted_key_exits_2_naming_it_and_the_ssl_context_hook_can_load_it(
+        berth, tmp_path):
+    """OpenSSL asks for an encrypted key's pass phrase on the terminal: berth printed
+    `Enter PEM pass phrase:` and then an errno that named nothing (a container has no
+    terminal; at one, each process would ask). Now one line names the key and the ways out;
+    the ssl_context hook can load the key with its pass phrase."""
+    from cryptography.hazmat.primitives import serialization
+
+    issued = trustme.CA().issue_cert("127.0.0.1")
+    key = serialization.load_pem_private_key(issued.private_key_pem.bytes(), None)
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
+    issued.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    tls_args = ["--certfile", str(tmp_path / "cert.pem"), "--keyfile", str(tmp_path / "key.pem")]
+    res = run_berth(tls_args, str(tmp_path))
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0].startswith(f"berth: error: --keyfile (keyfile) '{tmp_path / 'key.pem'}': "
+                               "the private key is encrypted"), lines[0]
+    assert "pass phrase" in lines[0] and "ssl_context" in lines[0]
+    (tmp_path / "tlsconf.py").write_text(
+        "import ssl\n"
+        "def ssl_context(config, default_ssl_context_factory):\n"
+        "    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)\n"
+        "    context.load_cert_chain(config.certfile, config.keyfile, password='secret')\n"
+        "    return context\n")
+    srv = berth(["-w", "1", "-c", str(tmp_path / "tlsconf.py"), *tls_args, "proto_app:app"])
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as raw, \
+            ctx.wrap_socket(raw) as s:
+        s.sendall(b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 200")

@@ -23,13 +23,27 @@ from berth.http.parser import HttpError
 from berth.worker.connection import ClientDisconnected, Connection
 
 
+class EncryptedKey(ValueError):
+    """The private key asks for a pass phrase, which berth does not prompt for."""
+
+
+def _no_pass_phrase():
+    # OpenSSL's default is to prompt on the terminal: a server in a container has none (and
+    # Gunicorn's workers would each prompt). The ssl_context hook can give one.
+    raise EncryptedKey("the private key is encrypted, and berth does not prompt for its pass "
+                       "phrase: decrypt it (openssl pkey -in KEY -out PLAIN_KEY) or load it "
+                       "with its pass phrase in an ssl_context hook")
+
+
 def make_context(cfg) -> ssl.SSLContext:
-    """The server's TLS context (raises OSError or ssl.SSLError for unreadable files)."""
+    """The server's TLS context (raises OSError or ssl.SSLError for unreadable files,
+    EncryptedKey for a key that needs a pass phrase)."""
 
     def default_ssl_context_factory() -> ssl.SSLContext:
         # CLIENT_AUTH: a server context; Python's defaults: TLS 1.2 at least, no compression
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=cfg.ca_certs)
-        context.load_cert_chain(certfile=cfg.certfile, keyfile=cfg.keyfile)
+        context.load_cert_chain(certfile=cfg.certfile, keyfile=cfg.keyfile,
+                                password=_no_pass_phrase)
         context.verify_mode = ssl.VerifyMode(cfg.cert_reqs)
         if cfg.ciphers:
             context.set_ciphers(cfg.ciphers)
