@@ -13,7 +13,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import Server, free_port
+from conftest import Server, free_port, read_response
 from proto_helpers import tls_hello, wait_for
 from test_cli import run_berth as run_cli
 
@@ -268,3 +268,18 @@ def test_an_encrypted_key_exits_2_naming_it_and_the_ssl_context_hook_can_load_it
             ctx.wrap_socket(raw) as s:
         s.sendall(b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n")
         assert s.recv(100).startswith(b"HTTP/1.1 200")
+
+
+def test_a_request_over_its_deadline_gets_its_504_encrypted(berth, certs):
+    """The 504 berth answers for a request whose app is silent past --timeout (and the 503
+    for one shed in a drain) was written on the raw socket: over TLS the client read
+    plaintext where a record belongs (curl: "wrong version number") instead of the answer."""
+    srv = berth(["-w", "1", "--threads", "2", "--timeout", "1", "--certfile",
+                 str(certs / "server.pem"), "proto_app:app"])
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=15) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+        s.sendall(b"GET /sleep?s=4 HTTP/1.1\r\nHost: a\r\n\r\n")
+        status, headers, body = read_response(s)
+    assert (status, body) == (504, b"504 Gateway Timeout\n"), body
+    assert headers["connection"] == "close"

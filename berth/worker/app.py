@@ -536,10 +536,7 @@ class Responder:
                 return
             req.queued = False
             conn.dead = True  # (an app thread that takes it up later makes no app call)
-        try:
-            conn.sock.send(error_response(503, date=self.date))
-        except OSError:
-            pass
+        conn.send_last(error_response(503, date=self.date))
         took = now - req.dispatched
         self.count_response(req, "503", 0, took)
         access_log = self.access_log

@@ -442,6 +442,14 @@ class Connection:
         self.want_write = False
         self.update_events()
 
+    def send_last(self, data: bytes) -> None:
+        """An answer berth gives in the app's place just before it closes the connection (a
+        503 or 504): what the socket takes at once, even once `dead`; the rest is lost."""
+        try:
+            self.sock.send(data)
+        except OSError:
+            pass
+
     def close(self) -> None:
         if self.closed:
             return

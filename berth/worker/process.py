@@ -526,10 +526,7 @@ class Worker:
             if answer and resp is not None:
                 resp.overrun = True  # (its thread must not log the response it makes)
         if answer:
-            try:
-                conn.sock.send(error_response(504, date=self.responder.date))
-            except OSError:
-                pass
+            conn.send_last(error_response(504, date=self.responder.date))
             if resp is not None:  # (None: the app is not called yet; its thread logs it)
                 self.responder.concluded_overrun(resp)
         conn.close()

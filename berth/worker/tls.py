@@ -170,5 +170,14 @@ class TlsConnection(Connection):
             sock.obj.write(data)
             Connection.put(self, sock.outgoing.read())
 
+    def send_last(self, data: bytes) -> None:
+        with self.lock:  # (encrypted: written plain, the client read a protocol error)
+            sock = self.sock
+            try:
+                sock.obj.write(data)
+                sock.send(sock.outgoing.read())
+            except OSError:  # (ssl.SSLError too: a handshake not done, a closed BIO)
+                pass
+
     def sendfile(self, fd: int, offset: int, count: int, inline: bool) -> None:
         raise AssertionError("no sendfile under TLS: the file goes through the iterable path")
