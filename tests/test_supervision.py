@@ -599,6 +599,12 @@ def test_app_blocking_the_loop_is_dumped_killed_and_replaced(berth):
     assert re.search(rf"worker {victim}: loop silent for [\d.]+ s", err), err
     assert "Current thread" in err or "Thread 0x" in err, f"no faulthandler dump:\n{err}"
     assert "spin_the_loop" in err, f"the dump does not name spin_the_loop:\n{err}"
+    # its client gets the 504 a request over --timeout gets on an app thread, not a connection
+    # closed with nothing (Gunicorn's sync worker answers 500)
+    t.join(10)
+    assert "error" not in box, repr(box.get("error"))
+    assert box["result"][0] == 504
+    assert "GET /spin?s=30 HTTP/1.1: answered 504" in err, err
 
     def new_worker_answers():
         try:

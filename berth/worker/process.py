@@ -57,6 +57,7 @@ CAPTURED_LINE_MAX = 64 * 1024  # bytes of a captured line without an end, per JS
 BOOT_WARN_AFTER = 30  # seconds: an import still running is logged (--timeout's, unless it is 0)
 # the signals a worker handles (`_on_signal`, then `on_signals`)
 WORKER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1)
+CALL_APP = Responder.call_app.__code__  # the frame whose `resp` is a running app's response
 
 
 _IMPORTLIB = os.path.dirname(importlib.__file__) + os.sep
@@ -381,6 +382,10 @@ class Worker:
 
     def _on_abort(self, signum, frame) -> None:
         self.log.error("worker %d aborted: its loop was silent past --timeout", os.getpid())
+        try:
+            self._answer_stuck()
+        except Exception:  # noqa: BLE001 - the exit must not wait on this
+            self.log.exception("cannot answer the requests in flight")
         call_hook(self.cfg, "worker_abort", self.view)
         # Gunicorn's handle_abort ends in sys.exit(1), so its worker_exit hook runs after
         # worker_abort: a cleanup there (metrics flushed, files closed) runs for an aborted
@@ -390,6 +395,42 @@ class Worker:
             self.access_log.close(timeout=0.2)
         logconfig.drain(0.2)
         os._exit(1)
+
+    def _answer_stuck(self) -> None:
+        """An aborted worker, before it exits: each request whose app is running and has sent
+        nothing gets the 504 a request over --timeout gets on an app thread, not a connection
+        closed under it (Gunicorn's sync worker answers 500 there: its abort raises
+        SystemExit in the app). The apps are found on the threads' stacks: the one the loop
+        thread runs itself (--threads 1), whose Response only its frame holds, too."""
+        loop = self.loop
+        if loop is None:
+            return
+        running = []
+        for frame in sys._current_frames().values():
+            while frame is not None:
+                if frame.f_code is CALL_APP:
+                    resp = frame.f_locals.get("resp")
+                    if resp is not None:
+                        running.append(resp)
+                    break
+                frame = frame.f_back
+        for resp in running:
+            conn = resp.conn
+            if resp.head_sent or conn.active is not resp.req or conn.closed:
+                continue
+            if not conn.lock.acquire(blocking=False):  # (held by the code this interrupted)
+                continue
+            try:
+                if conn.out or conn.dead:
+                    continue
+                conn.dead = True
+                resp.overrun = True
+            finally:
+                conn.lock.release()
+            conn.send_last(error_response(504, date=self.responder.date))
+            self.responder.concluded_overrun(resp)
+            self.log.error("%s: answered 504, its app silent past --timeout in a worker "
+                           "aborted", request_line(resp.req))
 
     def on_signals(self) -> None:
         """The signal pipe is readable: it holds one byte per signal, its number."""
