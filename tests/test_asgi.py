@@ -93,6 +93,8 @@ def test_a_path_that_only_begins_with_the_root_path_letters_gets_it_in_front(ber
         assert status == 200
         scope = json.loads(body)
         assert (scope["root_path"], scope["path"]) == ("/sc", path), target
+        # raw_path agrees with path, as Uvicorn gives both (it was /scope beside /sc/scope)
+        assert scope["raw_path"] == path, target
 
 
 def test_bodies_buffered_or_streamed_and_responses_framed(berth, tmp_path):

@@ -865,6 +865,7 @@ def request_scope(proto: HttpProtocol, req: Request, root_path: str, scheme: str
     if root_path and path != root_path and not path.startswith(
             root_path if root_path[-1] == "/" else root_path + "/"):
         path = root_path + path  # (/json is not under /js: whole segments only)
+        raw_path = root_path.encode() + raw_path  # (as Uvicorn: path and raw_path agree)
     scope = {
         "type": "http", "asgi": ASGI, "http_version": req.version,
         "server": proto.server_addr, "client": proto.client, "scheme": scheme,
