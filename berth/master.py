@@ -159,6 +159,16 @@ class Master:
         # the count is set first, before on_starting: Gunicorn's Arbiter.__init__ runs setup(),
         # whose `num_workers = cfg.workers` calls the hook, before start() calls on_starting
         call_hook(cfg, "nworkers_changed", self.server, cfg.workers, None)
+        # --preload imports the app here, as Gunicorn's setup() does: before on_starting, and
+        # before binding (an app that cannot load never takes the address)
+        if cfg.preload_app:
+            try:
+                self.app = self.load_app()
+            except BaseException:  # noqa: BLE001
+                self.log.error("the app failed to load; stopping", exc_info=True)
+                return EXIT_APP_LOAD_ERROR
+            gc.collect()
+            gc.freeze()  # keep the app's pages shared with the workers (no gc writes to them)
         call_hook(cfg, "on_starting", self.server)
         for addr in cfg.bind:
             self.listeners.append(create_listener(addr, cfg.backlog, cfg.reuse_port, cfg.umask))
@@ -169,14 +179,6 @@ class Master:
         self.unix_paths = [s.getsockname() for s in self.listeners if s.family == socket.AF_UNIX]
         if cfg.admin_bind:
             self.admin = AdminServer(self, cfg.admin_bind)
-        if cfg.preload_app:
-            try:
-                self.app = self.load_app()
-            except BaseException:  # noqa: BLE001
-                self.log.error("the app failed to load; stopping", exc_info=True)
-                return EXIT_APP_LOAD_ERROR
-            gc.collect()
-            gc.freeze()  # keep the app's pages shared with the workers (no gc writes to them)
         self.ready_r, self.ready_w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self.ready_r, False)
         if cfg.reload:

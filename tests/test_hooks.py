@@ -18,7 +18,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import BufferedSocket, connect, http_get, read_response
+from conftest import BufferedSocket, connect, free_port, http_get, read_response
 from proto_helpers import HELLO, get_request, served_by, wait_for, wait_replaced
 
 from berth import SERVER_SOFTWARE
@@ -294,6 +294,39 @@ def test_sys_exit_in_a_request_hook_retires_the_worker_gracefully(berth, tmp_pat
     err = srv.stderr()
     assert f"the {hook} hook raised SystemExit" in err
     assert "retiring: the app raised SystemExit" in err
+
+
+def test_preload_imports_the_app_before_on_starting_and_before_binding(berth, tmp_path):
+    """Gunicorn's Arbiter.setup() imports a --preload'ed app, then start() calls on_starting
+    and binds. berth called on_starting and bound first: a hook that prepares for the app
+    after its import (or relies on the import having happened, as with Gunicorn) saw the
+    other order."""
+    log = tmp_path / "order.log"
+    (tmp_path / "order_app.py").write_text(textwrap.dedent("""
+        import os, socket
+        with open(os.environ["HOOK_LOG"], "a") as f:
+            s = socket.socket()
+            bound = s.connect_ex(("127.0.0.1", int(os.environ["ORDER_PORT"]))) == 0
+            s.close()
+            f.write(f"import {'bound' if bound else 'unbound'}\\n")
+
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok"]
+        """))
+    (tmp_path / "order.conf.py").write_text(textwrap.dedent("""
+        import os
+        preload_app = True
+
+        def on_starting(server):
+            with open(os.environ["HOOK_LOG"], "a") as f:
+                f.write("on_starting\\n")
+        """))
+    port = free_port()
+    srv = berth(["-c", "order.conf.py", "-w", "1", "order_app:app"], port=port,
+                env={"HOOK_LOG": str(log), "ORDER_PORT": str(port)})
+    assert http_get(srv.port, "/")[2] == b"ok"
+    assert read_records_text(log) == ["import unbound", "on_starting"]
 
 
 def test_hooks_fire_at_their_moments(berth, tmp_path):
