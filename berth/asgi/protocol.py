@@ -874,8 +874,9 @@ def request_scope(proto: HttpProtocol, req: Request, root_path: str, scheme: str
         # the extensions berth serves, as the spec has servers say: apps look before they use
         # one (Starlette's FileResponse sends http.response.pathsend only when it is here)
         "extensions": {"http.response.pathsend": {}},
+        # the lifespan's state, a copy each request; {} without one, as Uvicorn gives it (an
+        # app or middleware that writes scope["state"][...] must find it)
+        "state": state.copy() if state is not None else {},
     }
-    if state is not None:
-        scope["state"] = state.copy()
     return scope
 
