@@ -80,6 +80,52 @@ def test_open_idle_connections(keepalive_server: tuple[int, list[socket.socket]]
             sock.close()
 
 
+def test_open_pipelining_connections_sends_what_the_server_reads_and_reads_nothing() -> None:
+    """Each connection sends up to `nbytes` of whole pipelined requests; a server that reads
+    some of them and then stops reading leaves the rest unsent, and the call returns once
+    nothing more goes out (not at the timeout)."""
+    listener = socket.socket()
+    listener.bind((bench.HOST, 0))
+    listener.listen(8)
+    read: list[bytes] = []
+
+    def serve() -> None:  # reads 100 KiB from each connection, then nothing
+        conns = []
+        try:
+            for _ in range(2):
+                conn, _ = listener.accept()
+                conns.append(conn)
+                got = b""
+                while len(got) < 100_000:
+                    got += conn.recv(65536)
+                read.append(got)
+            time.sleep(5)
+        finally:
+            for conn in conns:
+                conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        started = time.monotonic()
+        socks, errors = idle.open_pipelining_connections(
+            listener.getsockname()[1], 2, 64 << 20, timeout=30)
+        took = time.monotonic() - started
+        try:
+            assert errors == [] and len(socks) == 2
+            assert took < 10  # stuck once the buffers were full, not sent to the end
+            one = f"GET / HTTP/1.1\r\nHost: {bench.HOST}:{listener.getsockname()[1]}\r\n\r\n"
+            for got in read:
+                assert got.startswith(one.encode() * 100)
+            # nothing was read from the server: the sockets have nothing to say yet
+            assert idle.closed_or_written(socks) == 0
+        finally:
+            for sock in socks:
+                sock.close()
+    finally:
+        listener.close()
+
+
 def test_open_idle_connections_reports_refused() -> None:
     port = bench.free_port()  # nothing listens there
     socks, errors = idle.open_idle_connections(port, 3, timeout=10)
