@@ -94,6 +94,18 @@ def test_an_app_mounted_at_script_name_gets_requests_outside_it_unmounted(berth)
     assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("", "/env")
 
 
+def test_a_trusted_proxys_script_name_wins_outside_the_environments_mount(berth):
+    """As in Gunicorn, a SCRIPT_NAME header from a trusted proxy (forwarder_headers) replaces
+    the environment's SCRIPT_NAME, for a path outside that mount as well as under it."""
+    srv = berth(["-w", "1", "proto_app:app"], env={"SCRIPT_NAME": "/app"})
+    for path, mount in (("/fwd/env", "/fwd"), ("/app/sub/env", "/app/sub")):
+        env = env_of(srv.port, get_request(path, headers={"SCRIPT_NAME": mount}))[0]
+        assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == (mount, "/env"), path
+    # a path that is under neither: the proxy's error, as before (Gunicorn: 500)
+    raw, _ = send_raw(srv.port, get_request("/env", headers={"SCRIPT_NAME": "/fwd"}))
+    assert status_of(raw) == 400
+
+
 def test_environ_has_wsgi_keys(srv):
     env, other, extra, _ = env_of(srv.port, get_request("/env"))
     assert extra["wsgi.version"] == [1, 0]
