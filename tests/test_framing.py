@@ -95,10 +95,29 @@ def test_connection_keep_alive_from_the_app_is_dropped_and_changes_nothing():
     assert f.head == b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" and f.keep_alive
 
 
-@pytest.mark.parametrize("value", ["12a", "-1", " 5", "1e3", "５"])
+@pytest.mark.parametrize("value", ["12a", "-1", "1e3", "５", "+5", "1_0", " ", "5 5"])
 def test_a_bad_content_length_from_the_app_is_refused(value):
     with pytest.raises(BadResponseHeaders, match="Content-Length"):
         frame("1.1", "200 OK", [("Content-Length", value)], True, False, None)
+
+
+@pytest.mark.parametrize("value", [" 5", "5 ", "\t5\t", " 5 "])
+def test_spaces_around_the_apps_content_length_are_not_part_of_it(value):
+    """RFC 9110 5.5; Gunicorn strips them from every value. The first head is framed from
+    scratch, the next of the same shape from its template (see _frame_by_shape)."""
+    for length in (value, value.replace("5", "7")):
+        headers = [("X-Shape", "spaced-length"), ("Content-Length", length)]
+        assert frame("1.1", "200 OK", headers, True, False, None).remaining == int(length)
+
+
+def test_str_subclasses_are_taken_as_the_str_they_are():
+    class Text(str):
+        pass
+
+    f = frame("1.1", "200 OK", [(Text("X-Sub"), Text("v")), ("Content-Length", Text("2"))],
+              True, False, None)
+    assert f.head == b"HTTP/1.1 200 OK\r\nX-Sub: v\r\nContent-Length: 2\r\n"
+    assert f.remaining == 2
 
 
 @pytest.mark.parametrize("headers", [
@@ -204,7 +223,7 @@ def test_a_head_that_differs_only_in_its_content_length_is_framed_as_if_uncached
                 _uncached(version, "200 OK", list(headers), keep_alive, no_body, known)
 
 
-@pytest.mark.parametrize("value", ["12a", "-1", " 5", "1e3", "５", "", "+5"])
+@pytest.mark.parametrize("value", ["12a", "-1", "1e3", "５", "", "+5", " "])
 def test_a_bad_content_length_is_refused_after_a_good_one_of_the_same_shape(value):
     headers = [("X-Shape", "bad-after-good"), ("Content-Length", "5")]
     frame("1.1", "200 OK", headers, True, False, None)

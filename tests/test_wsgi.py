@@ -246,6 +246,22 @@ def test_write_callable_on_http10(srv):
     assert raw.partition(b"\r\n\r\n")[2] == b"one-two-three-four"
 
 
+@pytest.mark.parametrize("kind", ["str-subclass", "str-enum", "tuple", "items",
+                                  "spaced-length"])
+def test_start_response_takes_what_gunicorn_takes(srv, kind):
+    """PEP 3333 asks for a list of pairs of str. Gunicorn also takes str subclasses (a
+    markupsafe Markup or Django SafeString value, an enum of str), the headers as a tuple or
+    dict.items(), and a Content-Length with spaces around its digits: an app that works
+    there must not get a 500 here."""
+    with connect(srv.port) as sock:
+        for _ in range(2):  # (the second time from the head caches)
+            sock.sendall(get_request(f"/as-gunicorn-takes?kind={kind}"))
+            status, headers, body = read_response(sock)
+            assert (status, body) == (200, b"taken")
+            assert (headers["content-type"], headers["x-kind"]) == ("text/plain", kind)
+            assert headers["content-length"] == "5"
+
+
 def test_start_response_with_exc_info_replaces_headers(srv):
     status, _headers, body = request(srv.port, get_request("/exc-info"))
     assert status == 500

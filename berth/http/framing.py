@@ -118,6 +118,8 @@ def scan_headers(headers: list) -> tuple[str, str | None, int]:
 
     Raises `BadResponseHeaders` for a name that is not an HTTP token, a value that is not a
     str, CR or LF in any name or value, and another control character but HTAB in a value.
+    A str subclass is taken as the str it is (as Gunicorn does: an enum of str, markupsafe's
+    Markup).
     """
     lines = []
     length = None
@@ -126,14 +128,18 @@ def scan_headers(headers: list) -> tuple[str, str | None, int]:
     for name, value in headers:
         lower = known.get(name)
         if lower is None:
+            if type(name) is not str and isinstance(name, str):
+                name = str.__str__(name)
             if type(name) is not str or not _TOKEN.match(name):
                 raise BadResponseHeaders(f"invalid header name {name!r}")
             lower = name.lower()
             if len(known) < 1024:
                 known[name] = lower
         if type(value) is not str:
-            raise BadResponseHeaders(f"header {name!r} value must be str, not "
-                                     f"{type(value).__name__}")
+            if not isinstance(value, str):
+                raise BadResponseHeaders(f"header {name!r} value must be str, not "
+                                         f"{type(value).__name__}")
+            value = str.__str__(value)
         if lower in _SPECIAL:
             if lower == "content-length":
                 length = value
@@ -215,7 +221,7 @@ def _frame_by_shape(key: tuple, headers: list) -> Framing | None:
         return framing
     value = headers[i][1]
     if type(value) is not str or not (value.isascii() and value.isdigit()):
-        raise BadResponseHeaders(f"invalid Content-Length {value!r}")
+        value = length_digits(value)
     before, after, template = entry
     return _tuple_new(Framing, (before + value.encode() + after, int(value)) + template[2:])
 
@@ -240,7 +246,7 @@ def _frame(version: str, status: str, headers: list, keep_alive: bool, no_body: 
         remaining = 0
     elif length is not None:
         if not (length.isascii() and length.isdigit()):
-            raise BadResponseHeaders(f"invalid Content-Length {length!r}")
+            length = length_digits(length)
         remaining = int(length)
     elif known_length is not None:
         extra = f"Content-Length: {known_length}\r\n"
@@ -257,6 +263,17 @@ def _frame(version: str, status: str, headers: list, keep_alive: bool, no_body: 
         extra += "Connection: close\r\n"
     head = status_line(version, status) + (block + extra).encode("latin-1")
     return Framing(head, remaining, chunked, no_body, keep_alive, flags & (HAS_DATE | HAS_SERVER))
+
+
+def length_digits(value) -> str:
+    """The digits of the app's Content-Length that is not plain digits: Gunicorn strips
+    spaces and tabs around every value (RFC 9110 5.5: they are not part of it) and takes a
+    str subclass; a sign, a `_`, or no digits at all is the app's error."""
+    if isinstance(value, str):
+        digits = str.__str__(value).strip(" \t")
+        if digits.isascii() and digits.isdigit():
+            return digits
+    raise BadResponseHeaders(f"invalid Content-Length {value!r}")
 
 
 def _drop_hop_by_hop(headers: list, keep_alive: bool) -> tuple[str, bool]:

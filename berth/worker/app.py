@@ -127,10 +127,15 @@ class Response:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response() called twice without exc_info")
+        # PEP 3333 asks for a str and a list of pairs of str; Gunicorn also takes a str
+        # subclass (markupsafe's Markup, an enum of str) and any iterable of pairs (a tuple,
+        # dict.items()), and so does berth: only what is not exactly that pays for it
         if type(status) is not str:
-            raise TypeError(f"status must be str, not {type(status).__name__}")
+            if not isinstance(status, str):
+                raise TypeError(f"status must be str, not {type(status).__name__}")
+            status = str.__str__(status)
         if type(headers) is not list:
-            raise TypeError(f"headers must be a list, not {type(headers).__name__}")
+            headers = list(headers)
         self.status = status
         self.headers = headers
         return self.write_callable
