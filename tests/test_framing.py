@@ -110,6 +110,21 @@ def test_spaces_around_the_apps_content_length_are_not_part_of_it(value):
         assert frame("1.1", "200 OK", headers, True, False, None).remaining == int(length)
 
 
+@pytest.mark.parametrize("lengths", [("5", "10"), ("10", "5"), ("5", "5", "6")])
+def test_content_lengths_that_disagree_are_refused(lengths):
+    """They frame the body two ways (RFC 9112 6.3); Gunicorn sends them all."""
+    for status in ("200 OK", "304 Not Modified"):
+        with pytest.raises(BadResponseHeaders, match="two different Content-Lengths"):
+            frame("1.1", status, [("Content-Length", v) for v in lengths], True, False, None)
+
+
+def test_content_lengths_that_agree_frame_the_body_and_are_sent_as_given():
+    f = frame("1.1", "200 OK", [("Content-Length", "5"), ("content-length", " 5")], True,
+              False, None)
+    assert f.remaining == 5
+    assert f.head == b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\ncontent-length:  5\r\n"
+
+
 def test_str_subclasses_are_taken_as_the_str_they_are():
     class Text(str):
         pass
@@ -208,7 +223,7 @@ def _uncached(version, status, headers, keep_alive, no_body, known_length):
     ([("Content-Type", "application/json")], [("X-Request-Id", "abc")]),
     ([], []),
     ([("Connection", "close"), ("X-A", "1")], [("Keep-Alive", "timeout=5")]),  # hop-by-hop
-    ([("X-A", "1")], [("content-length", "7")]),  # two lengths: no template
+    ([("X-A", "1")], [("content-length", "{value}")]),  # two lengths (agreeing): no template
 ])
 @pytest.mark.parametrize("version, keep_alive, no_body", [
     ("1.1", True, False), ("1.0", True, False), ("1.1", False, True)])
@@ -217,7 +232,8 @@ def test_a_head_that_differs_only_in_its_content_length_is_framed_as_if_uncached
     # a JSON API: the same headers, another length each time (the head is made from a
     # template of the shape; it must be what framing from scratch gives, for every length)
     for value in ("7", "12", "7", "0", "123456", "12"):
-        headers = [*before, ("Content-Length", value), *after]
+        headers = [*before, ("Content-Length", value),
+                   *((n, v.format(value=value)) for n, v in after)]
         for known in (None, 99):
             assert frame(version, "200 OK", headers, keep_alive, no_body, known) == \
                 _uncached(version, "200 OK", list(headers), keep_alive, no_body, known)

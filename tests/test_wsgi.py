@@ -262,6 +262,21 @@ def test_start_response_takes_what_gunicorn_takes(srv, kind):
             assert headers["content-length"] == "5"
 
 
+@pytest.mark.parametrize("parts", ["list=1", "list=0"], ids=["list", "iterable"])
+def test_two_different_content_lengths_from_the_app_are_its_error(srv, parts):
+    """Two values frame the body two ways: a client must refuse the response (RFC 9112
+    6.3), and a proxy that takes the other value than berth reads the rest of the body as
+    the next response. Gunicorn sends both; berth answers a logged 500."""
+    raw, closed = send_raw(srv.port, get_request(f"/lengths?values=5,10&{parts}"))
+    assert status_of(raw) == 500 and closed
+    assert raw.lower().count(b"content-length:") == 1, raw  # the 500's own
+    assert wait_for(lambda: "two different Content-Length" in srv.stderr())
+    # the same value twice frames the body one way: sent as the app gave it, as by Gunicorn
+    with connect(srv.port) as sock:
+        sock.sendall(get_request(f"/lengths?values=10,10&{parts}"))
+        assert read_response(sock)[::2] == (200, b"0123456789")
+
+
 def test_start_response_with_exc_info_replaces_headers(srv):
     status, _headers, body = request(srv.port, get_request("/exc-info"))
     assert status == 500

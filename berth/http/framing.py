@@ -9,7 +9,8 @@ body is chunked, whether it has one at all, and whether the connection stays ope
   - a 1xx status is refused (`BadResponseHeaders`): it is interim (RFC 9110 15.2), and sent as
     the response the client would wait for the final one and take the next response for it
     (berth sends `100 Continue` itself);
-  - the app's Content-Length frames the body (it must be digits: else `BadResponseHeaders`);
+  - the app's Content-Length frames the body (it must be digits, spaces around them aside,
+    and two of them must agree: else `BadResponseHeaders`);
   - else a length berth knows (a list body, a file) is sent as Content-Length;
   - else chunked on HTTP/1.1, and on HTTP/1.0 the close of the connection ends the body;
   - hop-by-hop headers from the app are dropped (PEP 3333 forbids them; berth frames the
@@ -117,9 +118,9 @@ def scan_headers(headers: list) -> tuple[str, str | None, int]:
     """Validate the app's headers: (header block text, Content-Length value, flags).
 
     Raises `BadResponseHeaders` for a name that is not an HTTP token, a value that is not a
-    str, CR or LF in any name or value, and another control character but HTAB in a value.
-    A str subclass is taken as the str it is (as Gunicorn does: an enum of str, markupsafe's
-    Markup).
+    str, CR or LF in any name or value, another control character but HTAB in a value, and
+    two Content-Lengths that differ. A str subclass is taken as the str it is (as Gunicorn
+    does: an enum of str, markupsafe's Markup).
     """
     lines = []
     length = None
@@ -142,6 +143,12 @@ def scan_headers(headers: list) -> tuple[str, str | None, int]:
             value = str.__str__(value)
         if lower in _SPECIAL:
             if lower == "content-length":
+                # two values frame the body two ways: a client must refuse it (RFC 9112
+                # 6.3), a proxy that takes the other one reads the rest of the body as the
+                # next response (Gunicorn sends both)
+                if length is not None and length.strip(" \t") != value.strip(" \t"):
+                    raise BadResponseHeaders(f"two different Content-Lengths: {length!r} "
+                                             f"and {value!r}")
                 length = value
             flags |= _SPECIAL[lower]
         lines.append(f"{name}: {value}\r\n")

@@ -44,6 +44,8 @@ Routes (query parameters in brackets):
                               names and values; str-enum: an enum.Enum mixed with str), the
                               headers as a tuple (tuple) or dict.items() (items), or a
                               Content-Length with spaces around it (spaced-length)
+  /lengths [values, list]     one Content-Length header per comma-separated value over a
+                              body "0123456789": in two parts, or one (a list, list=1)
   /lying [give, claim, list]  Content-Length `claim` over a body of `give` bytes "x": in two
                               parts (a generator), or one (a list, list=1)
   /closeable [tag, mode]      iterable whose close() writes marker "close-<tag>"
@@ -466,6 +468,12 @@ def app(environ, start_response):
             headers[2] = ("Content-Length", f" {len(body)} ")
         start_response(status, headers)
         return [body]
+
+    if path == "/lengths":
+        start_response("200 OK", [("Content-Length", v) for v in q["values"].split(",")])
+        if q.get("list") == "1":
+            return [b"0123456789"]
+        return iter([b"01234", b"56789"])
 
     if path == "/status":
         code = int(q.get("code", "204"))
