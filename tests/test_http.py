@@ -770,6 +770,17 @@ def test_header_value_reaches_the_app_without_trailing_whitespace(srv):
     assert (env["HTTP_X_VALUE"], env["HTTP_X_OTHER"]) == ("abc", "d")
 
 
+@pytest.mark.parametrize("second", [b"text/plain", b"multipart/form-data; boundary=b"])
+def test_a_repeated_content_type_is_400_and_closed(srv, second):
+    """RFC 9110 5.3: Content-Type takes one value, so two lines cannot be joined into a
+    list; the app saw `CONTENT_TYPE` "text/plain,multipart/..." while a proxy may have
+    judged the body by either line. Gunicorn answers 400, as for a repeated Host."""
+    raw = (b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Type: text/plain\r\nContent-Type: "
+           + second + b"\r\nContent-Length: 2\r\n\r\nab")
+    resp, closed = send_raw(srv.port, raw)
+    assert status_of(resp) == 400 and closed, resp
+
+
 @pytest.mark.parametrize("method", ["GET", "POST", "HEAD"])
 def test_asterisk_form_with_a_method_other_than_options_is_400_and_closed(srv, method):
     resp, closed = send_raw(srv.port, f"{method} * HTTP/1.1\r\nHost: a\r\n\r\n".encode())
