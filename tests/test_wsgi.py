@@ -277,6 +277,19 @@ def test_two_different_content_lengths_from_the_app_are_its_error(srv, parts):
         assert read_response(sock)[::2] == (200, b"0123456789")
 
 
+@pytest.mark.parametrize("cl", ["0", "1"], ids=["chunked", "content-length"])
+def test_a_write_after_the_body_ended_never_reaches_the_wire(srv, cl):
+    """A write() from the iterable's close() comes after the body's end (the last chunk, or
+    the Content-Length's last byte): sent, it would be read as the start of the next response
+    on the connection (Gunicorn sends it). It is dropped and logged."""
+    with connect(srv.port) as sock:
+        sock.sendall(get_request(f"/write-in-close?cl={cl}") + get_request("/hello"))
+        assert read_response(sock)[::2] == (200, b"body")
+        assert read_response(sock)[::2] == (200, HELLO)
+    logged = "longer than its Content-Length" if cl == "1" else "after its body ended"
+    assert wait_for(lambda: logged in srv.stderr())
+
+
 def test_start_response_with_exc_info_replaces_headers(srv):
     status, _headers, body = request(srv.port, get_request("/exc-info"))
     assert status == 500

@@ -44,6 +44,9 @@ Routes (query parameters in brackets):
                               names and values; str-enum: an enum.Enum mixed with str), the
                               headers as a tuple (tuple) or dict.items() (items), or a
                               Content-Length with spaces around it (spaced-length)
+  /write-in-close [cl]        one part, then a close() that calls the write() callable
+                              (after the body's end: never to be sent); cl=1: with a
+                              Content-Length
   /lengths [values, list]     one Content-Length header per comma-separated value over a
                               body "0123456789": in two parts, or one (a list, list=1)
   /lying [give, claim, list]  Content-Length `claim` over a body of `give` bytes "x": in two
@@ -468,6 +471,19 @@ def app(environ, start_response):
             headers[2] = ("Content-Length", f" {len(body)} ")
         start_response(status, headers)
         return [body]
+
+    if path == "/write-in-close":
+        headers = [("Content-Length", "4")] if q.get("cl") == "1" else []
+        write = start_response("200 OK", headers)
+
+        class WritesInClose:
+            def __iter__(self):
+                return iter([b"body"])
+
+            def close(self):
+                write(b"late")
+
+        return WritesInClose()
 
     if path == "/lengths":
         start_response("200 OK", [("Content-Length", v) for v in q["values"].split(",")])
