@@ -43,6 +43,12 @@ def test_unknown_length_on_http10_is_close_delimited():
     assert (f.remaining, f.chunked, f.keep_alive) == (None, False, False)
 
 
+def test_unknown_length_on_http10_keeps_a_head_responses_connection():
+    f = frame("1.0", "200 OK", CT, True, True, None)  # (HEAD: no body for the close to end)
+    assert f.head == b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nConnection: keep-alive\r\n"
+    assert (f.no_body, f.keep_alive) == (True, True)
+
+
 def test_http10_keep_alive_is_said_and_http11_close_is_said():
     f10 = frame("1.0", "200 OK", CT, True, False, 3)
     assert f10.head.endswith(b"Content-Length: 3\r\nConnection: keep-alive\r\n")

@@ -310,6 +310,19 @@ def test_http10_keep_alive_is_honoured(srv):
             assert headers.get("connection", "").lower() == "keep-alive"
 
 
+def test_head_of_a_streaming_response_keeps_an_http10_keep_alive_connection(srv):
+    """A body of unknown length is ended by the close on HTTP/1.0; a HEAD response has none,
+    so its connection is kept (Gunicorn's gthread worker keeps it too)."""
+    with connect(srv.port) as sock:
+        sock.sendall(get_request("/stream?n=3", method="HEAD", version="HTTP/1.0",
+                                 headers={"Connection": "keep-alive"}))
+        status, headers, body = read_response(sock, head_only=True)
+        assert (status, body, headers.get("connection", "").lower()) == (200, b"", "keep-alive")
+        assert "content-length" not in headers and "transfer-encoding" not in headers
+        sock.sendall(get_request("/path?after-head", version="HTTP/1.0"))
+        assert read_response(sock)[::2] == (200, b"/path?after-head")
+
+
 def test_http10_without_keep_alive_closes_connection(srv):
     raw, closed = send_raw(srv.port, get_request("/hello", version="HTTP/1.0", host=None))
     assert closed

@@ -12,7 +12,8 @@ body is chunked, whether it has one at all, and whether the connection stays ope
   - the app's Content-Length frames the body (it must be digits, spaces around them aside,
     and two of them must agree: else `BadResponseHeaders`);
   - else a length berth knows (a list body, a file) is sent as Content-Length;
-  - else chunked on HTTP/1.1, and on HTTP/1.0 the close of the connection ends the body;
+  - else chunked on HTTP/1.1, and on HTTP/1.0 the close of the connection ends the body
+    (a HEAD response has none: its connection is kept);
   - hop-by-hop headers from the app are dropped (PEP 3333 forbids them; berth frames the
     body itself), but its `Connection: close` is honoured;
   - HTTP/1.0 keep-alive is said with `Connection: keep-alive`, an HTTP/1.1 close with
@@ -261,8 +262,8 @@ def _frame(version: str, status: str, headers: list, keep_alive: bool, no_body: 
     elif version == "1.1":
         extra = "Transfer-Encoding: chunked\r\n"
         chunked = True
-    else:
-        keep_alive = False  # HTTP/1.0 without a length: the close ends the body
+    elif not no_body:
+        keep_alive = False  # HTTP/1.0 without a length: the close ends the body (HEAD has none)
     if keep_alive:
         if version == "1.0":
             extra += "Connection: keep-alive\r\n"
