@@ -187,6 +187,8 @@ class Environs:
         if port:  # (a unix socket's peer has none, unless a PROXY header named one)
             environ["REMOTE_PORT"] = port
         if req.forwarded and self.forwarding is not None:  # (see berth/forwarded.py)
+            if url in self.outside:  # (mounted, the path not under it: a proxy's SCRIPT_NAME
+                environ["SCRIPT_NAME"] = ""  # header is judged against the path asked for)
             self.forwarding.apply(environ, req, addresses.forwarded, self.header_map)
         if addresses.unix:  # (after the forwarded scheme: https is port 443)
             unix_server_keys(environ)

@@ -43,6 +43,12 @@ def test_unknown_length_on_http10_is_close_delimited():
     assert (f.remaining, f.chunked, f.keep_alive) == (None, False, False)
 
 
+def test_unknown_length_on_http10_keeps_a_head_responses_connection():
+    f = frame("1.0", "200 OK", CT, True, True, None)  # (HEAD: no body for the close to end)
+    assert f.head == b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nConnection: keep-alive\r\n"
+    assert (f.no_body, f.keep_alive) == (True, True)
+
+
 def test_http10_keep_alive_is_said_and_http11_close_is_said():
     f10 = frame("1.0", "200 OK", CT, True, False, 3)
     assert f10.head.endswith(b"Content-Length: 3\r\nConnection: keep-alive\r\n")
@@ -95,10 +101,44 @@ def test_connection_keep_alive_from_the_app_is_dropped_and_changes_nothing():
     assert f.head == b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" and f.keep_alive
 
 
-@pytest.mark.parametrize("value", ["12a", "-1", " 5", "1e3", "５"])
+@pytest.mark.parametrize("value", ["12a", "-1", "1e3", "５", "+5", "1_0", " ", "5 5"])
 def test_a_bad_content_length_from_the_app_is_refused(value):
     with pytest.raises(BadResponseHeaders, match="Content-Length"):
         frame("1.1", "200 OK", [("Content-Length", value)], True, False, None)
+
+
+@pytest.mark.parametrize("value", [" 5", "5 ", "\t5\t", " 5 "])
+def test_spaces_around_the_apps_content_length_are_not_part_of_it(value):
+    """RFC 9110 5.5; Gunicorn strips them from every value. The first head is framed from
+    scratch, the next of the same shape from its template (see _frame_by_shape)."""
+    for length in (value, value.replace("5", "7")):
+        headers = [("X-Shape", "spaced-length"), ("Content-Length", length)]
+        assert frame("1.1", "200 OK", headers, True, False, None).remaining == int(length)
+
+
+@pytest.mark.parametrize("lengths", [("5", "10"), ("10", "5"), ("5", "5", "6")])
+def test_content_lengths_that_disagree_are_refused(lengths):
+    """They frame the body two ways (RFC 9112 6.3); Gunicorn sends them all."""
+    for status in ("200 OK", "304 Not Modified"):
+        with pytest.raises(BadResponseHeaders, match="two different Content-Lengths"):
+            frame("1.1", status, [("Content-Length", v) for v in lengths], True, False, None)
+
+
+def test_content_lengths_that_agree_frame_the_body_and_are_sent_as_given():
+    f = frame("1.1", "200 OK", [("Content-Length", "5"), ("content-length", " 5")], True,
+              False, None)
+    assert f.remaining == 5
+    assert f.head == b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\ncontent-length:  5\r\n"
+
+
+def test_str_subclasses_are_taken_as_the_str_they_are():
+    class Text(str):
+        pass
+
+    f = frame("1.1", "200 OK", [(Text("X-Sub"), Text("v")), ("Content-Length", Text("2"))],
+              True, False, None)
+    assert f.head == b"HTTP/1.1 200 OK\r\nX-Sub: v\r\nContent-Length: 2\r\n"
+    assert f.remaining == 2
 
 
 @pytest.mark.parametrize("headers", [
@@ -189,7 +229,7 @@ def _uncached(version, status, headers, keep_alive, no_body, known_length):
     ([("Content-Type", "application/json")], [("X-Request-Id", "abc")]),
     ([], []),
     ([("Connection", "close"), ("X-A", "1")], [("Keep-Alive", "timeout=5")]),  # hop-by-hop
-    ([("X-A", "1")], [("content-length", "7")]),  # two lengths: no template
+    ([("X-A", "1")], [("content-length", "{value}")]),  # two lengths (agreeing): no template
 ])
 @pytest.mark.parametrize("version, keep_alive, no_body", [
     ("1.1", True, False), ("1.0", True, False), ("1.1", False, True)])
@@ -198,13 +238,14 @@ def test_a_head_that_differs_only_in_its_content_length_is_framed_as_if_uncached
     # a JSON API: the same headers, another length each time (the head is made from a
     # template of the shape; it must be what framing from scratch gives, for every length)
     for value in ("7", "12", "7", "0", "123456", "12"):
-        headers = [*before, ("Content-Length", value), *after]
+        headers = [*before, ("Content-Length", value),
+                   *((n, v.format(value=value)) for n, v in after)]
         for known in (None, 99):
             assert frame(version, "200 OK", headers, keep_alive, no_body, known) == \
                 _uncached(version, "200 OK", list(headers), keep_alive, no_body, known)
 
 
-@pytest.mark.parametrize("value", ["12a", "-1", " 5", "1e3", "５", "", "+5"])
+@pytest.mark.parametrize("value", ["12a", "-1", "1e3", "５", "", "+5", " "])
 def test_a_bad_content_length_is_refused_after_a_good_one_of_the_same_shape(value):
     headers = [("X-Shape", "bad-after-good"), ("Content-Length", "5")]
     frame("1.1", "200 OK", headers, True, False, None)

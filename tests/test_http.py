@@ -310,6 +310,19 @@ def test_http10_keep_alive_is_honoured(srv):
             assert headers.get("connection", "").lower() == "keep-alive"
 
 
+def test_head_of_a_streaming_response_keeps_an_http10_keep_alive_connection(srv):
+    """A body of unknown length is ended by the close on HTTP/1.0; a HEAD response has none,
+    so its connection is kept (Gunicorn's gthread worker keeps it too)."""
+    with connect(srv.port) as sock:
+        sock.sendall(get_request("/stream?n=3", method="HEAD", version="HTTP/1.0",
+                                 headers={"Connection": "keep-alive"}))
+        status, headers, body = read_response(sock, head_only=True)
+        assert (status, body, headers.get("connection", "").lower()) == (200, b"", "keep-alive")
+        assert "content-length" not in headers and "transfer-encoding" not in headers
+        sock.sendall(get_request("/path?after-head", version="HTTP/1.0"))
+        assert read_response(sock)[::2] == (200, b"/path?after-head")
+
+
 def test_http10_without_keep_alive_closes_connection(srv):
     raw, closed = send_raw(srv.port, get_request("/hello", version="HTTP/1.0", host=None))
     assert closed
@@ -768,6 +781,17 @@ def test_header_value_reaches_the_app_without_trailing_whitespace(srv):
     env = environ_for(srv.port, b"GET /env HTTP/1.1\r\nHost: a\r\nX-Value:\tabc\t\r\n"
                                 b"X-Other: d \r\n\r\n")
     assert (env["HTTP_X_VALUE"], env["HTTP_X_OTHER"]) == ("abc", "d")
+
+
+@pytest.mark.parametrize("second", [b"text/plain", b"multipart/form-data; boundary=b"])
+def test_a_repeated_content_type_is_400_and_closed(srv, second):
+    """RFC 9110 5.3: Content-Type takes one value, so two lines cannot be joined into a
+    list; the app saw `CONTENT_TYPE` "text/plain,multipart/..." while a proxy may have
+    judged the body by either line. Gunicorn answers 400, as for a repeated Host."""
+    raw = (b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Type: text/plain\r\nContent-Type: "
+           + second + b"\r\nContent-Length: 2\r\n\r\nab")
+    resp, closed = send_raw(srv.port, raw)
+    assert status_of(resp) == 400 and closed, resp
 
 
 @pytest.mark.parametrize("method", ["GET", "POST", "HEAD"])

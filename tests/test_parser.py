@@ -131,6 +131,12 @@ def test_two_host_headers_are_400():
     assert status_of(b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n") == 400
 
 
+def test_two_content_type_headers_are_400():
+    # RFC 9110 5.3: a field of one value cannot be joined into a list (Gunicorn: 400 too)
+    assert status_of(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Type: a/b\r\n"
+                     b"content-type: a/b\r\n\r\n") == 400
+
+
 @pytest.mark.parametrize("host", [b"h, evil", b"h/evil", b"h evil", b"u@h", b"h:abc", b"[::1",
                                   b"h:80:81"])
 @pytest.mark.parametrize("version", [b"1.1", b"1.0"])

@@ -94,6 +94,18 @@ def test_an_app_mounted_at_script_name_gets_requests_outside_it_unmounted(berth)
     assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("", "/env")
 
 
+def test_a_trusted_proxys_script_name_wins_outside_the_environments_mount(berth):
+    """As in Gunicorn, a SCRIPT_NAME header from a trusted proxy (forwarder_headers) replaces
+    the environment's SCRIPT_NAME, for a path outside that mount as well as under it."""
+    srv = berth(["-w", "1", "proto_app:app"], env={"SCRIPT_NAME": "/app"})
+    for path, mount in (("/fwd/env", "/fwd"), ("/app/sub/env", "/app/sub")):
+        env = env_of(srv.port, get_request(path, headers={"SCRIPT_NAME": mount}))[0]
+        assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == (mount, "/env"), path
+    # a path that is under neither: the proxy's error, as before (Gunicorn: 500)
+    raw, _ = send_raw(srv.port, get_request("/env", headers={"SCRIPT_NAME": "/fwd"}))
+    assert status_of(raw) == 400
+
+
 def test_environ_has_wsgi_keys(srv):
     env, other, extra, _ = env_of(srv.port, get_request("/env"))
     assert extra["wsgi.version"] == [1, 0]
@@ -232,6 +244,50 @@ def test_write_callable_on_http10(srv):
     raw, _closed = send_raw(srv.port, get_request("/write", version="HTTP/1.0"))
     assert status_of(raw) == 200
     assert raw.partition(b"\r\n\r\n")[2] == b"one-two-three-four"
+
+
+@pytest.mark.parametrize("kind", ["str-subclass", "str-enum", "tuple", "items",
+                                  "spaced-length"])
+def test_start_response_takes_what_gunicorn_takes(srv, kind):
+    """PEP 3333 asks for a list of pairs of str. Gunicorn also takes str subclasses (a
+    markupsafe Markup or Django SafeString value, an enum of str), the headers as a tuple or
+    dict.items(), and a Content-Length with spaces around its digits: an app that works
+    there must not get a 500 here."""
+    with connect(srv.port) as sock:
+        for _ in range(2):  # (the second time from the head caches)
+            sock.sendall(get_request(f"/as-gunicorn-takes?kind={kind}"))
+            status, headers, body = read_response(sock)
+            assert (status, body) == (200, b"taken")
+            assert (headers["content-type"], headers["x-kind"]) == ("text/plain", kind)
+            assert headers["content-length"] == "5"
+
+
+@pytest.mark.parametrize("parts", ["list=1", "list=0"], ids=["list", "iterable"])
+def test_two_different_content_lengths_from_the_app_are_its_error(srv, parts):
+    """Two values frame the body two ways: a client must refuse the response (RFC 9112
+    6.3), and a proxy that takes the other value than berth reads the rest of the body as
+    the next response. Gunicorn sends both; berth answers a logged 500."""
+    raw, closed = send_raw(srv.port, get_request(f"/lengths?values=5,10&{parts}"))
+    assert status_of(raw) == 500 and closed
+    assert raw.lower().count(b"content-length:") == 1, raw  # the 500's own
+    assert wait_for(lambda: "two different Content-Length" in srv.stderr())
+    # the same value twice frames the body one way: sent as the app gave it, as by Gunicorn
+    with connect(srv.port) as sock:
+        sock.sendall(get_request(f"/lengths?values=10,10&{parts}"))
+        assert read_response(sock)[::2] == (200, b"0123456789")
+
+
+@pytest.mark.parametrize("cl", ["0", "1"], ids=["chunked", "content-length"])
+def test_a_write_after_the_body_ended_never_reaches_the_wire(srv, cl):
+    """A write() from the iterable's close() comes after the body's end (the last chunk, or
+    the Content-Length's last byte): sent, it would be read as the start of the next response
+    on the connection (Gunicorn sends it). It is dropped and logged."""
+    with connect(srv.port) as sock:
+        sock.sendall(get_request(f"/write-in-close?cl={cl}") + get_request("/hello"))
+        assert read_response(sock)[::2] == (200, b"body")
+        assert read_response(sock)[::2] == (200, HELLO)
+    logged = "longer than its Content-Length" if cl == "1" else "after its body ended"
+    assert wait_for(lambda: logged in srv.stderr())
 
 
 def test_start_response_with_exc_info_replaces_headers(srv):

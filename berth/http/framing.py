@@ -9,9 +9,11 @@ body is chunked, whether it has one at all, and whether the connection stays ope
   - a 1xx status is refused (`BadResponseHeaders`): it is interim (RFC 9110 15.2), and sent as
     the response the client would wait for the final one and take the next response for it
     (berth sends `100 Continue` itself);
-  - the app's Content-Length frames the body (it must be digits: else `BadResponseHeaders`);
+  - the app's Content-Length frames the body (it must be digits, spaces around them aside,
+    and two of them must agree: else `BadResponseHeaders`);
   - else a length berth knows (a list body, a file) is sent as Content-Length;
-  - else chunked on HTTP/1.1, and on HTTP/1.0 the close of the connection ends the body;
+  - else chunked on HTTP/1.1, and on HTTP/1.0 the close of the connection ends the body
+    (a HEAD response has none: its connection is kept);
   - hop-by-hop headers from the app are dropped (PEP 3333 forbids them; berth frames the
     body itself), but its `Connection: close` is honoured;
   - HTTP/1.0 keep-alive is said with `Connection: keep-alive`, an HTTP/1.1 close with
@@ -117,7 +119,9 @@ def scan_headers(headers: list) -> tuple[str, str | None, int]:
     """Validate the app's headers: (header block text, Content-Length value, flags).
 
     Raises `BadResponseHeaders` for a name that is not an HTTP token, a value that is not a
-    str, CR or LF in any name or value, and another control character but HTAB in a value.
+    str, CR or LF in any name or value, another control character but HTAB in a value, and
+    two Content-Lengths that differ. A str subclass is taken as the str it is (as Gunicorn
+    does: an enum of str, markupsafe's Markup).
     """
     lines = []
     length = None
@@ -126,16 +130,26 @@ def scan_headers(headers: list) -> tuple[str, str | None, int]:
     for name, value in headers:
         lower = known.get(name)
         if lower is None:
+            if type(name) is not str and isinstance(name, str):
+                name = str.__str__(name)
             if type(name) is not str or not _TOKEN.match(name):
                 raise BadResponseHeaders(f"invalid header name {name!r}")
             lower = name.lower()
             if len(known) < 1024:
                 known[name] = lower
         if type(value) is not str:
-            raise BadResponseHeaders(f"header {name!r} value must be str, not "
-                                     f"{type(value).__name__}")
+            if not isinstance(value, str):
+                raise BadResponseHeaders(f"header {name!r} value must be str, not "
+                                         f"{type(value).__name__}")
+            value = str.__str__(value)
         if lower in _SPECIAL:
             if lower == "content-length":
+                # two values frame the body two ways: a client must refuse it (RFC 9112
+                # 6.3), a proxy that takes the other one reads the rest of the body as the
+                # next response (Gunicorn sends both)
+                if length is not None and length.strip(" \t") != value.strip(" \t"):
+                    raise BadResponseHeaders(f"two different Content-Lengths: {length!r} "
+                                             f"and {value!r}")
                 length = value
             flags |= _SPECIAL[lower]
         lines.append(f"{name}: {value}\r\n")
@@ -215,7 +229,7 @@ def _frame_by_shape(key: tuple, headers: list) -> Framing | None:
         return framing
     value = headers[i][1]
     if type(value) is not str or not (value.isascii() and value.isdigit()):
-        raise BadResponseHeaders(f"invalid Content-Length {value!r}")
+        value = length_digits(value)
     before, after, template = entry
     return _tuple_new(Framing, (before + value.encode() + after, int(value)) + template[2:])
 
@@ -240,7 +254,7 @@ def _frame(version: str, status: str, headers: list, keep_alive: bool, no_body: 
         remaining = 0
     elif length is not None:
         if not (length.isascii() and length.isdigit()):
-            raise BadResponseHeaders(f"invalid Content-Length {length!r}")
+            length = length_digits(length)
         remaining = int(length)
     elif known_length is not None:
         extra = f"Content-Length: {known_length}\r\n"
@@ -248,8 +262,8 @@ def _frame(version: str, status: str, headers: list, keep_alive: bool, no_body: 
     elif version == "1.1":
         extra = "Transfer-Encoding: chunked\r\n"
         chunked = True
-    else:
-        keep_alive = False  # HTTP/1.0 without a length: the close ends the body
+    elif not no_body:
+        keep_alive = False  # HTTP/1.0 without a length: the close ends the body (HEAD has none)
     if keep_alive:
         if version == "1.0":
             extra += "Connection: keep-alive\r\n"
@@ -257,6 +271,17 @@ def _frame(version: str, status: str, headers: list, keep_alive: bool, no_body: 
         extra += "Connection: close\r\n"
     head = status_line(version, status) + (block + extra).encode("latin-1")
     return Framing(head, remaining, chunked, no_body, keep_alive, flags & (HAS_DATE | HAS_SERVER))
+
+
+def length_digits(value) -> str:
+    """The digits of the app's Content-Length that is not plain digits: Gunicorn strips
+    spaces and tabs around every value (RFC 9110 5.5: they are not part of it) and takes a
+    str subclass; a sign, a `_`, or no digits at all is the app's error."""
+    if isinstance(value, str):
+        digits = str.__str__(value).strip(" \t")
+        if digits.isascii() and digits.isdigit():
+            return digits
+    raise BadResponseHeaders(f"invalid Content-Length {value!r}")
 
 
 def _drop_hop_by_hop(headers: list, keep_alive: bool) -> tuple[str, bool]:

@@ -15,6 +15,8 @@ The rules it leaves to the server are enforced here, following RFC 9112:
     `casefold_http_method` (see RequestParser._extension_method); others get 400;
   - HTTP/1.1 without exactly one Host → 400 (§3.2), and a Host that is not `host[:port]`
     (RFC 9110 §7.2: a space, `/`, `@`, a port that is not digits) → 400 in any version;
+  - a repeated Host or Content-Type → 400 (RFC 9110 §5.3: fields of one value, which two
+    lines cannot be joined into; Gunicorn's singleton fields); other repeats are joined;
   - a request asking to upgrade (`Connection: upgrade` and `Upgrade`: h2c, websocket) is
     served as plain HTTP/1.1, body included, and the connection's framing kept (RFC 9110
     §7.8): llhttp stops at its head, taking it for bodiless, and a new llhttp parses what
@@ -767,8 +769,10 @@ class RequestParser:
                 raise self._fail(400, f"header name {name.decode('latin-1')!r} contains '_'")
         headers = self.current.headers
         if key in headers:
-            if key == "HTTP_HOST":
-                raise self._fail(400, "more than one Host header")
+            # RFC 9110 5.3: a field of one value cannot be joined into a list; a repeat is
+            # ambiguous (which one did a proxy judge the request by?): 400, as Gunicorn
+            if key == "HTTP_HOST" or key == "CONTENT_TYPE":
+                raise self._fail(400, f"more than one {name.decode('latin-1')} header")
             headers[key] += "," + value.decode("latin-1")
         else:
             headers[key] = value.decode("latin-1")

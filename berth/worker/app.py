@@ -109,6 +109,7 @@ class Response:
     reader_waited = 0.0  # seconds the loop thread waited in write() for the client to read
     overrun = False  # berth answered 504 for it at --timeout, and counted and logged that
     overlong = False  # the app gave more than its Content-Length (logged once: cut())
+    ended = False  # the last chunk went: a write() after it is dropped (end_body)
 
     def __init__(self, responder: Responder, conn: Connection, req: Request, inline: bool):
         self.responder = responder
@@ -127,10 +128,15 @@ class Response:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response() called twice without exc_info")
+        # PEP 3333 asks for a str and a list of pairs of str; Gunicorn also takes a str
+        # subclass (markupsafe's Markup, an enum of str) and any iterable of pairs (a tuple,
+        # dict.items()), and so does berth: only what is not exactly that pays for it
         if type(status) is not str:
-            raise TypeError(f"status must be str, not {type(status).__name__}")
+            if not isinstance(status, str):
+                raise TypeError(f"status must be str, not {type(status).__name__}")
+            status = str.__str__(status)
         if type(headers) is not list:
-            raise TypeError(f"headers must be a list, not {type(headers).__name__}")
+            headers = list(headers)
         self.status = status
         self.headers = headers
         return self.write_callable
@@ -224,6 +230,10 @@ class Response:
         if self.no_body or not data:
             if head:
                 conn.send(head, self.inline)
+            elif self.ended and data:
+                self.responder.log.warning(
+                    "the app wrote to the response of %s after its body ended (a write() "
+                    "from the iterable's close()?): not sent", request_line(self.req))
             return
         if self.remaining is not None:
             if len(data) > self.remaining:
@@ -249,6 +259,10 @@ class Response:
             self.conn.send(self.make_head(None if self.no_body else 0), self.inline)
         elif self.chunked and not self.no_body:
             self.conn.send(LAST_CHUNK, self.inline)
+            # a write() after it (from the iterable's close()) would be read as the start of
+            # the next response on the connection: it is dropped (Gunicorn sends it)
+            self.no_body = self.ended = True
+            return self.keep_alive
         if self.remaining and not self.no_body:
             # less than the promised Content-Length: the client must not wait for the rest
             self.responder.log.warning(

@@ -39,6 +39,16 @@ Routes (query parameters in brackets):
   /big [n, chunked, list]     n bytes of big_pattern(); Content-Length unless chunked=1;
                               list=1: as a list of one bytes object
   /status [code, cl]          empty response with that status (and Content-Length cl)
+  /as-gunicorn-takes [kind]   a response whose start_response arguments Gunicorn takes and
+                              PEP 3333 frowns on: str subclasses (kind=str-subclass: status,
+                              names and values; str-enum: an enum.Enum mixed with str), the
+                              headers as a tuple (tuple) or dict.items() (items), or a
+                              Content-Length with spaces around it (spaced-length)
+  /write-in-close [cl]        one part, then a close() that calls the write() callable
+                              (after the body's end: never to be sent); cl=1: with a
+                              Content-Length
+  /lengths [values, list]     one Content-Length header per comma-separated value over a
+                              body "0123456789": in two parts, or one (a list, list=1)
   /lying [give, claim, list]  Content-Length `claim` over a body of `give` bytes "x": in two
                               parts (a generator), or one (a list, list=1)
   /closeable [tag, mode]      iterable whose close() writes marker "close-<tag>"
@@ -433,6 +443,53 @@ def app(environ, start_response):
         if q.get("list") == "1":
             return [b"x" * give]
         return iter([b"x" * (give // 2), b"x" * (give - give // 2)])
+
+    if path == "/as-gunicorn-takes":
+        import enum
+
+        class Text(str):  # (as markupsafe.Markup, Django's SafeString)
+            pass
+
+        class MediaType(str, enum.Enum):
+            TEXT = "text/plain"
+
+        kind = q.get("kind", "str-subclass")
+        body = b"taken"
+        headers = [("Content-Type", "text/plain"), ("X-Kind", kind),
+                   ("Content-Length", str(len(body)))]
+        status = "200 OK"
+        if kind == "str-subclass":
+            status = Text("200 OK")
+            headers = [(Text(n), Text(v)) for n, v in headers]
+        elif kind == "str-enum":
+            headers[0] = ("Content-Type", MediaType.TEXT)
+        elif kind == "tuple":
+            headers = tuple(headers)
+        elif kind == "items":
+            headers = dict(headers).items()
+        elif kind == "spaced-length":
+            headers[2] = ("Content-Length", f" {len(body)} ")
+        start_response(status, headers)
+        return [body]
+
+    if path == "/write-in-close":
+        headers = [("Content-Length", "4")] if q.get("cl") == "1" else []
+        write = start_response("200 OK", headers)
+
+        class WritesInClose:
+            def __iter__(self):
+                return iter([b"body"])
+
+            def close(self):
+                write(b"late")
+
+        return WritesInClose()
+
+    if path == "/lengths":
+        start_response("200 OK", [("Content-Length", v) for v in q["values"].split(",")])
+        if q.get("list") == "1":
+            return [b"0123456789"]
+        return iter([b"01234", b"56789"])
 
     if path == "/status":
         code = int(q.get("code", "204"))
