@@ -87,8 +87,10 @@ STRICTER = """\
   400 to a few names (Host, Authorization...).
 - **An app's 1xx status gets 500**, the app's error (logged): a 1xx is interim, never the
   response (RFC 9110 §15.2), and sent as one the client would wait for the final response and
-  take the next one for it; berth sends `100 Continue` itself. Gunicorn sends it as the
-  response and closes the connection.
+  take the next one for it; berth sends `100 Continue` itself. A status outside 100-599
+  (`600 Big`, `099 X`) is no HTTP status (RFC 9110 §15) and gets 500 too. Gunicorn sends
+  either as the response (its gthread worker keeps the connection after a 1xx, so the client
+  takes the next response for the final one).
 - **The access log escapes more**: besides `"` (as Gunicorn), `\\` as `\\\\` and every byte
   outside printable ASCII as `\\xHH` (Apache's style), so a client cannot forge fields or lines.
 """
