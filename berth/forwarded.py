@@ -92,15 +92,17 @@ class Forwarding:
         is a trusted proxy."""
         return peer is None or self.trust.trusts(peer)
 
-    def apply(self, environ: dict, req, trusted: bool, header_map: str) -> None:
+    def apply(self, environ: dict, req, trusted: bool, header_map: str,
+              mount: bool = True) -> None:
         """A marked request (`req.forwarded`): from a trusted peer, its forwarder headers
-        join the environ (a SCRIPT_NAME header sets SCRIPT_NAME), the scheme headers set the
-        scheme (400 when they disagree, as Gunicorn; or as Uvicorn reads X-Forwarded-Proto)
-        and, if asked, the client's address is read (berth's way, or Uvicorn's). From another
-        peer, the forwarder headers are what header_map says of any name with '_', and
-        nothing else changes."""
+        join the environ (a SCRIPT_NAME header sets SCRIPT_NAME, unless not `mount`: the ASGI
+        worker reads no such header, as neither Gunicorn's ASGI worker nor Uvicorn does), the
+        scheme headers set the scheme (400 when they disagree, as Gunicorn; or as Uvicorn
+        reads X-Forwarded-Proto) and, if asked, the client's address is read (berth's way, or
+        Uvicorn's). From another peer, the forwarder headers are what header_map says of any
+        name with '_', and nothing else changes."""
         if req.forwarder:
-            self._forwarder(environ, req.forwarder, trusted, header_map)
+            self._forwarder(environ, req.forwarder, trusted, header_map, mount)
         if not trusted:
             return
         lines = req.scheme_fields
@@ -151,7 +153,8 @@ class Forwarding:
         return "https" if judged[0] else "http"
 
     @staticmethod
-    def _forwarder(environ: dict, fields: list, trusted: bool, header_map: str) -> None:
+    def _forwarder(environ: dict, fields: list, trusted: bool, header_map: str,
+                   mount: bool) -> None:
         for name, value in fields:
             if not trusted:
                 if header_map == "drop":
@@ -160,7 +163,7 @@ class Forwarding:
                     raise HttpError(400, f"header name {name!r} contains '_'")
             key = "HTTP_" + name.replace("-", "_")
             environ[key] = f"{environ[key]},{value}" if key in environ else value
-            if name == "SCRIPT_NAME" and trusted:  # as Gunicorn's wsgi.create
+            if name == "SCRIPT_NAME" and trusted and mount:  # as Gunicorn's wsgi.create
                 path = environ["PATH_INFO"]
                 script_name = environ["SCRIPT_NAME"]
                 if script_name:  # (the environment's SCRIPT_NAME came off PATH_INFO already)

@@ -425,6 +425,21 @@ def test_uvicorns_worker_class_passes_header_names_with_underscores_as_uvicorn_d
         srv.stop()
 
 
+@pytest.mark.parametrize("kind", ["asgi", "uvicorn.workers.UvicornWorker"])
+def test_a_script_name_header_from_a_trusted_proxy_is_not_read(berth, kind):
+    """The ASGI worker handed the forwarded-header rules an environ with an empty PATH_INFO:
+    any request with a SCRIPT_NAME header (a forwarder header, read as in Gunicorn's WSGI
+    workers) from a trusted peer got 400, as outside its mount. Neither Gunicorn's ASGI worker
+    nor Uvicorn reads that header: the request is served as sent (--root-path mounts an ASGI
+    app)."""
+    srv = berth(["-k", kind, "asgi_app:app"])
+    status, _, body = request(srv.port, b"GET /scope HTTP/1.1\r\nHost: h\r\n"
+                              b"SCRIPT_NAME: /scope\r\nX-Forwarded-Proto: https\r\n\r\n")
+    assert status == 200, body
+    scope = json.loads(body)
+    assert (scope["root_path"], scope["path"], scope["scheme"]) == ("", "/scope", "https")
+
+
 def test_uvicorns_worker_class_reads_proxy_headers_as_uvicorn_does(berth, tmp_path):
     """Under Gunicorn, UvicornWorker hands forwarded_allow_ips (default 127.0.0.1,::1) to
     Uvicorn, whose ProxyHeadersMiddleware is on by default: from a trusted peer the app's
