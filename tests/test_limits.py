@@ -237,6 +237,62 @@ def test_server_healthy_after_malformed_requests(srv):
     assert (status, body) == (200, HELLO)
 
 
+UNENDED_LINES = {
+    "header": get_request("/hello").rstrip(b"\r\n") + b"\r\nX-Big: ",
+    "trailer": get_request("/echo", method="POST", headers={"Transfer-Encoding": "chunked"})
+    + b"1\r\nz\r\n0\r\nX-Trailer: ",
+}
+
+
+@pytest.mark.parametrize("where", sorted(UNENDED_LINES))
+def test_a_field_sent_in_pieces_is_refused_at_the_field_limit_not_the_heads(srv, where):
+    """20 clients each grow one header (or trailer) field in 200-byte pieces and never end it.
+    httptools joins a field's pieces as they come (a copy of all of it at each read), and
+    the field was measured only once its line ended: each grew to the head's bound (808 KiB)
+    before its 431, a second of the worker's CPU each in 100-byte reads, and a trailer has
+    no deadline on the whole. Now a line is refused once it passes --limit-request-field_size
+    (8190): each client has its 431 before it has sent 64 KiB."""
+    from proto_helpers import pids_children
+
+    (worker,) = pids_children(srv.pid)
+    piece = b"v" * 200
+    socks = [connect(srv.port) for _ in range(20)]
+    sent = [0] * len(socks)
+    answers: dict[int, bytes] = {}
+    cpu0 = _cpu_seconds(worker)
+    try:
+        for sock in socks:
+            sock.sendall(UNENDED_LINES[where])
+            sock.setblocking(False)
+        for _ in range(64 * 1024 // len(piece)):
+            for i, sock in enumerate(socks):
+                if i not in answers:
+                    try:
+                        sent[i] += sock.send(piece)
+                    except (BlockingIOError, ConnectionError):
+                        pass
+            time.sleep(0.002)
+            for i, sock in enumerate(socks):
+                if i not in answers:
+                    try:
+                        answers[i] = sock.recv(4096) or b"closed"
+                    except BlockingIOError:
+                        pass
+                    except ConnectionError:
+                        answers[i] = b"reset"
+            if len(answers) == len(socks):
+                break
+        cpu = _cpu_seconds(worker) - cpu0
+    finally:
+        for sock in socks:
+            sock.close()
+    print(f"{where}: answered after {min(sent)}..{max(sent)} bytes; worker CPU {cpu:.2f} s")
+    assert len(answers) == len(socks), f"{len(socks) - len(answers)} of {len(socks)} clients " \
+        f"unanswered after 64 KiB of one field each"
+    assert {status_of(a) for a in answers.values()} == {431}, answers
+    assert cpu < 1.0, f"the worker spent {cpu:.2f} s of CPU on 20 refused fields"
+
+
 # --- header and body timeouts ---------------------------------------------------------------
 
 def _closed_within(sock: socket.socket, timeout: float) -> tuple[bytes, bool, float]:
