@@ -18,9 +18,11 @@ from proto_helpers import (
     get_request,
     http_get,
     many_sockets,
+    pids_children,
     proto_args,
     read_until_closed,
     send_raw,
+    sockets_of,
     start_module_server,
     status_of,
 )
@@ -252,8 +254,6 @@ def test_a_field_sent_in_pieces_is_refused_at_the_field_limit_not_the_heads(srv,
     before its 431, a second of the worker's CPU each in 100-byte reads, and a trailer has
     no deadline on the whole. Now a line is refused once it passes --limit-request-field_size
     (8190): each client has its 431 before it has sent 64 KiB."""
-    from proto_helpers import pids_children
-
     (worker,) = pids_children(srv.pid)
     piece = b"v" * 200
     socks = [connect(srv.port) for _ in range(20)]
@@ -453,6 +453,34 @@ def test_idle_keep_alive_connection_stays_open_by_default(srv):
         sock.sendall(get_request("/path?still-open"))
         status, _, body = read_response(sock)
     assert (status, body) == (200, b"/path?still-open")
+
+
+def test_a_client_reading_slowly_but_steadily_is_not_taken_for_one_that_reads_nothing(
+        berth, worker_kind):
+    """--keep-alive 2: a client reads a 100 MB stream at 128 KiB a second, for three times
+    the stall. The socket turns writable only once half of its send buffer is free, and on
+    the loopback that buffer grows to MiBs: the write stall, which counted only that as the
+    client's progress, dropped it after 2 s as a client that reads nothing (and the client
+    went on reading what the kernel held, none the wiser for a while). Now what the client
+    has still to read (the queue, and the kernel's unacknowledged bytes) is what counts.
+    (-k asgi has no write stall yet: it keeps such a client anyway.)"""
+    srv = berth(["-w", "1", "--keep-alive", "2", "--header-timeout", "2",
+                 "--access-logfile", "none", *proto_args(worker_kind)])
+    (worker,) = pids_children(srv.pid)
+    own = sockets_of(worker)
+    with socket.socket() as sock:  # (its receive buffer grows as the kernel likes)
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", srv.port))
+        sock.sendall(get_request("/big?n=100000000"))
+        got = 0
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 6.0:
+            time.sleep(0.25)
+            got += len(sock.recv(32 * 1024))
+            connected = sockets_of(worker) - own
+            assert connected == 1, (f"dropped after {time.monotonic() - t0:.1f} s of reading, "
+                                    f"{got} bytes read")
+    print(f"{worker_kind}: read {got} bytes in 6 s, still connected")
 
 
 # --- slow clients ---------------------------------------------------------------------------
