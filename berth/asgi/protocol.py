@@ -62,6 +62,7 @@ from berth.http.parser import (
     Request,
     RequestParser,
 )
+from berth.worker.connection import unacknowledged
 
 HIGH_WATER = 256 * 1024  # body bytes waiting for the app before reading pauses
 MAX_PIPELINE = 16  # parsed requests waiting on one connection before reading pauses
@@ -501,6 +502,10 @@ class HttpProtocol(asyncio.Protocol):
     # bytes read but not parsed yet: the queue was full (data_received), b"" while their
     # parsing is scheduled (resume_reading)
     unfed: bytes | None = None
+    # The write-stall deadline (the server's sweep: `write_stalled`): the transport's unsent
+    # bytes at the last tick, and since when the client has read none of them (0.0: none wait)
+    unsent = 0
+    unsent_since = 0.0
 
     # -- the transport's callbacks ------------------------------------------------------------
 
@@ -511,6 +516,7 @@ class HttpProtocol(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         peer = transport.get_extra_info("peername")
         here = transport.get_extra_info("sockname")
+        self.fd = sock.fileno() if sock is not None else -1
         if isinstance(peer, tuple):
             self.client = (peer[0], peer[1])
             self.server_addr = (here[0], here[1])
@@ -664,6 +670,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.unsent_since = time.monotonic()  # (the client read it down: progress)
         wake(self.drained)
         self.resume_reading("writes")
         if self.cycle is None and self.pending and self.ws is None:
@@ -740,8 +747,35 @@ class HttpProtocol(asyncio.Protocol):
             self.flush()
             self.closed = True
             self.transport.close()
-            if self.cycle is None and (self.ws is None or not self.ws.running):
+            # A transport closes once it has sent what it holds: until then (connection_lost)
+            # the connection still counts, and the sweep's write stall bounds its wait
+            if (self.cycle is None and (self.ws is None or not self.ws.running)
+                    and not self.transport.get_write_buffer_size()):
                 self.server.forget(self)
+
+    def write_stalled(self, now: float, stall: float) -> bool:
+        """The sweep, each tick: whether the client has read nothing of the bytes waiting for
+        it for `stall` seconds (`--keep-alive`, at least `--header-timeout`, as the WSGI
+        worker has it); the connection is then dropped, with what waits. A client that reads
+        nothing would otherwise hold its connection, the transport's buffer (a whole body sent
+        in one message) and, streaming, its app's task for ever: asyncio's transport, closed,
+        waits to send what it holds."""
+        unsent = self.transport.get_write_buffer_size()
+        if not unsent and not self.write_paused:  # (TLS: the socket's buffer is not counted,
+            self.unsent = 0  # but its flow control pauses the protocol)
+            self.unsent_since = 0.0
+            return False
+        unsent += unacknowledged(self.fd)  # (the kernel's part: see there)
+        if not self.unsent_since or unsent < self.unsent:
+            self.unsent_since = now  # bytes began to wait, or the client read some
+        self.unsent = unsent
+        if now - self.unsent_since <= stall:
+            return False
+        self.server.log.debug("client stopped reading its response; closing")
+        self.held = None
+        self.closed = True
+        self.transport.abort()  # (connection_lost follows: the app hears http.disconnect)
+        return True
 
     def reject(self, err: HttpError) -> None:
         """A request berth refuses: its answer, then close (the requests before it that
