@@ -63,6 +63,7 @@ from berth.http.parser import (
     RequestParser,
 )
 from berth.worker.connection import unacknowledged
+from berth.worker.tls import TLS_PIECE, pieces
 
 HIGH_WATER = 256 * 1024  # body bytes waiting for the app before reading pauses
 MAX_PIPELINE = 16  # parsed requests waiting on one connection before reading pauses
@@ -317,7 +318,9 @@ class Cycle:
                 raise TypeError(f"http.response.body: body must be bytes, not "
                                 f"{type(body).__name__}")
             more = message.get("more_body", False)
-            if self.framing is None:
+            if len(body) > 2 * TLS_PIECE and proto.server.ssl_context is not None:
+                await self._paced(body, more)
+            elif self.framing is None:
                 self._frame(None if more else len(body), body)
             else:
                 self._body(body)
@@ -329,6 +332,21 @@ class Cycle:
             await self._pathsend(message["path"])
         else:
             raise RuntimeError(f"unknown message type {kind!r}")
+
+    async def _paced(self, body: bytes, more: bool) -> None:
+        """Under TLS, a large body a piece at a time, waiting while the transport is paused
+        for a slow reader. asyncio's SSL transport (and uvloop's) encrypts all it is given
+        into its SSL object's outgoing memory BIO, and while the socket is paused the
+        ciphertext waits there; the BIO keeps that capacity for the rest of the connection
+        (3.5 MiB of a 8 MB body, while the keep-alive connection idled after it)."""
+        proto = self.proto
+        parts = pieces(body)
+        if self.framing is None:
+            self._frame(None if more else len(body), next(parts))
+        for piece in parts:
+            if proto.write_paused:
+                await proto.drain()
+            self._body(piece)
 
     def _frame(self, known_length: int | None, body: bytes) -> None:
         """The head, and the first body part with it."""
