@@ -573,6 +573,40 @@ def test_slow_uploaders_below_body_buffer_do_not_block_a_normal_client(single_th
         assert elapsed < 2.0, f"normal client waited {elapsed:.2f}s behind 20 slow uploads"
 
 
+def test_a_streamed_body_of_tiny_chunks_waiting_for_its_app_costs_about_its_size(
+        berth, worker_kind):
+    """10 clients send chunked bodies of 2-byte chunks, past --body-buffer-size (64 KiB), to
+    an app that does not read them yet (/sleep): what waits for the app is bounded (the WSGI
+    worker's wsgi.input, -k asgi's 256 KiB before reading pauses), and costs about its size.
+    Under -k asgi each chunk waited as a bytes object of its own (35 bytes and a deque slot
+    for 2 bytes of body): 5.9 MiB a connection."""
+    srv = berth(["-w", "1", "--body-buffer-size", "65536", "--access-logfile", "none",
+                 *proto_args(worker_kind)])
+    (worker,) = pids_children(srv.pid)
+    wire = get_request("/sleep?s=4", method="POST",
+                       headers={"Transfer-Encoding": "chunked"}) + b"2\r\nzz\r\n" * 400_000
+    before = worker_uss(worker)
+    with many_sockets() as socks:
+        for _ in range(10):
+            sock = connect(srv.port)
+            sock.setblocking(False)
+            socks.append(sock)
+        sent = [0] * len(socks)
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:  # each sends what the worker and kernel take
+            for i, sock in enumerate(socks):
+                try:
+                    sent[i] += sock.send(wire[sent[i]:sent[i] + 65536])
+                except BlockingIOError:
+                    pass
+            time.sleep(0.01)
+        grew = worker_uss(worker) - before
+    print(f"{worker_kind}: {grew >> 10} KiB for 10 bodies of 2-byte chunks, "
+          f"{min(sent) >> 10} KiB or more of wire each")
+    assert min(sent) > 3 * 320 * 1024, "the clients sent less than the bound to test it"
+    assert grew < 24 << 20, f"{grew >> 20} MiB for 10 bodies waiting for their app"
+
+
 # -- the file-descriptor limit ----------------------------------------------------------------
 
 def _cpu_seconds(pid: int) -> float:

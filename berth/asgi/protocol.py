@@ -56,6 +56,7 @@ from berth.http.framing import (
 from berth.http.parser import (
     FEED_SLICE,
     HASH_BYTE,
+    MAX_BODY_PARTS,
     PERCENT_BYTE,
     UNDERSCORE_BYTE,
     HttpError,
@@ -157,11 +158,28 @@ class BodyStream:
         elif self.discarding:
             return
         else:
-            self.chunks.append(data)
+            chunks = self.chunks
+            chunks.append(data)
             self.size += len(data)
+            if len(chunks) >= MAX_BODY_PARTS:
+                self._gather()
             if self.size > HIGH_WATER:
                 self.proto.pause_reading()
         wake(self.waiter)
+
+    def _gather(self) -> None:
+        """Many small pieces (a chunked body of 2-byte chunks: a bytes object of 35 bytes and a
+        deque slot each, 21 times the body's size) become one growing bytearray first in the
+        deque, so what waits for the app costs about its size (HIGH_WATER), as the parser's
+        buffered bodies do (RequestParser._gather): 5.9 MiB a connection had waited."""
+        chunks = self.chunks
+        first = chunks.popleft()
+        rest = b"".join(chunks)
+        chunks.clear()
+        if type(first) is not bytearray:
+            first = bytearray(first)
+        first += rest
+        chunks.append(first)
 
     def discard(self) -> None:
         """The app is done without reading it all: the rest is read and dropped as it
