@@ -607,6 +607,37 @@ def test_a_streamed_body_of_tiny_chunks_waiting_for_its_app_costs_about_its_size
     assert grew < 24 << 20, f"{grew >> 20} MiB for 10 bodies waiting for their app"
 
 
+def test_uploads_pipelined_to_a_slow_app_hold_one_body_buffer_a_connection(berth, worker_kind):
+    """10 clients each pipeline 1 MB uploads to a slow app (/sleep) and read nothing: the
+    requests waiting their turn on a connection hold at most one --body-buffer-size of
+    bodies (and 16 requests), as the WSGI loop always had it. -k asgi bounded them by their
+    count alone: 17 bodies, 18 MiB a connection."""
+    srv = berth(["-w", "1", "--access-logfile", "none", *proto_args(worker_kind)])
+    (worker,) = pids_children(srv.pid)
+    body = b"b" * 1_000_000
+    wire = get_request("/sleep?s=1", method="POST", body=body) * 30
+    before = worker_uss(worker)
+    with many_sockets() as socks:
+        for _ in range(10):
+            sock = connect(srv.port)
+            sock.setblocking(False)
+            socks.append(sock)
+        sent = [0] * len(socks)
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:  # each sends what the worker and kernel take
+            for i, sock in enumerate(socks):
+                try:
+                    sent[i] += sock.send(wire[sent[i]:sent[i] + (1 << 20)])
+                except BlockingIOError:
+                    pass
+            time.sleep(0.01)
+        grew = worker_uss(worker) - before
+    print(f"{worker_kind}: {grew >> 20} MiB for 10 connections, {min(sent) >> 20} MiB or more "
+          f"sent on each")
+    assert min(sent) > 3 << 20, "the clients sent too little to test the bound"
+    assert grew < 80 << 20, f"{grew >> 20} MiB for 10 connections' waiting uploads"
+
+
 # -- the file-descriptor limit ----------------------------------------------------------------
 
 def _cpu_seconds(pid: int) -> float:

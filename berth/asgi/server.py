@@ -97,6 +97,7 @@ class AsgiLoop(Admission):
         self.proxy_mode = cfg.proxy_protocol
         self.proxy_trust = TrustList.parse(cfg.proxy_allow_ips, "proxy_allow_ips")
         self.max_conns = cfg.worker_connections
+        self.body_budget = cfg.body_buffer_size  # (bodies waiting on a connection: pipeline_full)
         self.root_path = cfg.root_path.rstrip("/")
         self.scheme = "https" if ssl_context is not None else "http"
         self.state: dict | None = None  # the lifespan state (scope["state"] copies it)
