@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -37,11 +38,13 @@ __all__ = [
     "marker_dir",
     "proto_args",
     "read_head",
+    "sockets_of",
     "read_until_closed",
     "send_raw",
     "start_module_server",
     "status_of",
     "wait_for",
+    "worker_uss",
 ]
 
 
@@ -200,6 +203,25 @@ def pids_children(pid: int) -> list[int]:
         if int(rest[1]) == pid:
             out.append(int(entry))
     return out
+
+
+def sockets_of(pid: int) -> int:
+    """How many sockets process `pid` has open (/proc/PID/fd)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
+def worker_uss(pid: int) -> int:
+    """A process's unique memory (Private_Clean + Private_Dirty), in bytes."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        fields = dict(re.findall(r"^(\w+):\s+(\d+) kB$", f.read(), re.MULTILINE))
+    return (int(fields["Private_Clean"]) + int(fields["Private_Dirty"])) << 10
 
 
 def in_background(fn):

@@ -24,19 +24,9 @@ from proto_helpers import (
     many_sockets,
     pids_children,
     proto_args,
+    sockets_of,
     wait_for,
 )
-
-
-def sockets_of(pid: int) -> int:
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
-                count += 1
-        except OSError:
-            pass
-    return count
 
 
 def private_kib(pid: int) -> int:

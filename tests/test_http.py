@@ -32,6 +32,7 @@ from proto_helpers import (
     start_module_server,
     status_of,
     wait_for,
+    worker_uss,
 )
 
 
@@ -656,13 +657,6 @@ def test_pipelined_requests_a_client_does_not_read_cost_the_queue_bound_not_a_re
             status, headers, body = read_response(sock)
             assert (status, len(body)) == (200, size + i), i
     assert grew < 8 << 20, f"the worker grew by {grew >> 20} MiB"
-
-
-def worker_uss(pid: int) -> int:
-    """A process's unique memory (Private_Clean + Private_Dirty), in bytes."""
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        fields = dict(re.findall(r"^(\w+):\s+(\d+) kB$", f.read(), re.MULTILINE))
-    return (int(fields["Private_Clean"]) + int(fields["Private_Dirty"])) << 10
 
 
 @pytest.mark.parametrize("threads", [1, pytest.param(4, marks=pytest.mark.wsgi_only(

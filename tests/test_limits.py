@@ -18,11 +18,15 @@ from proto_helpers import (
     get_request,
     http_get,
     many_sockets,
+    pids_children,
     proto_args,
     read_until_closed,
     send_raw,
+    sockets_of,
     start_module_server,
     status_of,
+    wait_for,
+    worker_uss,
 )
 
 
@@ -237,6 +241,60 @@ def test_server_healthy_after_malformed_requests(srv):
     assert (status, body) == (200, HELLO)
 
 
+UNENDED_LINES = {
+    "header": get_request("/hello").rstrip(b"\r\n") + b"\r\nX-Big: ",
+    "trailer": get_request("/echo", method="POST", headers={"Transfer-Encoding": "chunked"})
+    + b"1\r\nz\r\n0\r\nX-Trailer: ",
+}
+
+
+@pytest.mark.parametrize("where", sorted(UNENDED_LINES))
+def test_a_field_sent_in_pieces_is_refused_at_the_field_limit_not_the_heads(srv, where):
+    """20 clients each grow one header (or trailer) field in 200-byte pieces and never end it.
+    httptools joins a field's pieces as they come (a copy of all of it at each read), and
+    the field was measured only once its line ended: each grew to the head's bound (808 KiB)
+    before its 431, a second of the worker's CPU each in 100-byte reads, and a trailer has
+    no deadline on the whole. Now a line is refused once it passes --limit-request-field_size
+    (8190): each client has its 431 before it has sent 64 KiB."""
+    (worker,) = pids_children(srv.pid)
+    piece = b"v" * 200
+    socks = [connect(srv.port) for _ in range(20)]
+    sent = [0] * len(socks)
+    answers: dict[int, bytes] = {}
+    cpu0 = _cpu_seconds(worker)
+    try:
+        for sock in socks:
+            sock.sendall(UNENDED_LINES[where])
+            sock.setblocking(False)
+        for _ in range(64 * 1024 // len(piece)):
+            for i, sock in enumerate(socks):
+                if i not in answers:
+                    try:
+                        sent[i] += sock.send(piece)
+                    except (BlockingIOError, ConnectionError):
+                        pass
+            time.sleep(0.002)
+            for i, sock in enumerate(socks):
+                if i not in answers:
+                    try:
+                        answers[i] = sock.recv(4096) or b"closed"
+                    except BlockingIOError:
+                        pass
+                    except ConnectionError:
+                        answers[i] = b"reset"
+            if len(answers) == len(socks):
+                break
+        cpu = _cpu_seconds(worker) - cpu0
+    finally:
+        for sock in socks:
+            sock.close()
+    print(f"{where}: answered after {min(sent)}..{max(sent)} bytes; worker CPU {cpu:.2f} s")
+    assert len(answers) == len(socks), f"{len(socks) - len(answers)} of {len(socks)} clients " \
+        f"unanswered after 64 KiB of one field each"
+    assert {status_of(a) for a in answers.values()} == {431}, answers
+    assert cpu < 1.0, f"the worker spent {cpu:.2f} s of CPU on 20 refused fields"
+
+
 # --- header and body timeouts ---------------------------------------------------------------
 
 def _closed_within(sock: socket.socket, timeout: float) -> tuple[bytes, bool, float]:
@@ -399,6 +457,69 @@ def test_idle_keep_alive_connection_stays_open_by_default(srv):
     assert (status, body) == (200, b"/path?still-open")
 
 
+def test_clients_that_read_nothing_of_their_responses_are_let_go_at_the_write_stall(
+        berth, worker_kind):
+    """--keep-alive 2: 10 clients with a small receive window ask for 8 MB, sent as one body
+    (a list: one ASGI message) or as a stream, and read nothing. Each is dropped once it has
+    read nothing for the stall (--keep-alive, at least --header-timeout), and the bytes that
+    waited for it go with its transport. Under -k asgi they were held for ever (53 MiB for
+    the 10): asyncio's transport, closed at the keep-alive, waits to send what it holds, and
+    a stream awaited its drain."""
+    srv = berth(["-w", "1", "--keep-alive", "2", "--header-timeout", "2",
+                 "--access-logfile", "none", *proto_args(worker_kind)])
+    (worker,) = pids_children(srv.pid)
+    own = sockets_of(worker)
+    assert http_get(srv.port, "/hello")[2] == HELLO
+    wait_for(lambda: sockets_of(worker) <= own)  # (its socket closes as the client reads EOF)
+    before = worker_uss(worker)
+    with many_sockets() as socks:
+        for i in range(10):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # (before connect)
+            sock.settimeout(5)
+            sock.connect(("127.0.0.1", srv.port))
+            socks.append(sock)
+            sock.sendall(get_request("/big?n=8000000" + ("&list=1" if i % 2 else "")))
+        assert wait_for(lambda: sockets_of(worker) - own >= 10, timeout=5)
+        held = worker_uss(worker) - before
+        t0 = time.monotonic()
+        gone = wait_for(lambda: sockets_of(worker) <= own, timeout=10, interval=0.1)
+        took = time.monotonic() - t0
+        left = sockets_of(worker) - own
+        after = worker_uss(worker) - before
+    print(f"{worker_kind}: held {held >> 20} MiB, dropped after {took:.1f} s, then "
+          f"{after >> 20} MiB")
+    assert gone, f"{left} of 10 clients that read nothing still connected after 10 s"
+    assert http_get(srv.port, "/hello")[2] == HELLO
+
+
+def test_a_client_reading_slowly_but_steadily_is_not_taken_for_one_that_reads_nothing(
+        berth, worker_kind):
+    """--keep-alive 2: a client reads a 100 MB stream at 128 KiB a second, for three times
+    the stall. The socket turns writable only once half of its send buffer is free, and on
+    the loopback that buffer grows to MiBs: the write stall, which counted only that as the
+    client's progress, dropped it after 2 s as a client that reads nothing (and the client
+    went on reading what the kernel held, none the wiser for a while). Now what the client
+    has still to read (the queue, and the kernel's unacknowledged bytes) is what counts."""
+    srv = berth(["-w", "1", "--keep-alive", "2", "--header-timeout", "2",
+                 "--access-logfile", "none", *proto_args(worker_kind)])
+    (worker,) = pids_children(srv.pid)
+    own = sockets_of(worker)
+    with socket.socket() as sock:  # (its receive buffer grows as the kernel likes)
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", srv.port))
+        sock.sendall(get_request("/big?n=100000000"))
+        got = 0
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 6.0:
+            time.sleep(0.25)
+            got += len(sock.recv(32 * 1024))
+            connected = sockets_of(worker) - own
+            assert connected == 1, (f"dropped after {time.monotonic() - t0:.1f} s of reading, "
+                                    f"{got} bytes read")
+    print(f"{worker_kind}: read {got} bytes in 6 s, still connected")
+
+
 # --- slow clients ---------------------------------------------------------------------------
 
 @pytest.fixture
@@ -450,6 +571,71 @@ def test_slow_uploaders_below_body_buffer_do_not_block_a_normal_client(single_th
         status, body, elapsed = _timed_get(single_thread.port)
         assert (status, body) == (200, HELLO)
         assert elapsed < 2.0, f"normal client waited {elapsed:.2f}s behind 20 slow uploads"
+
+
+def test_a_streamed_body_of_tiny_chunks_waiting_for_its_app_costs_about_its_size(
+        berth, worker_kind):
+    """10 clients send chunked bodies of 2-byte chunks, past --body-buffer-size (64 KiB), to
+    an app that does not read them yet (/sleep): what waits for the app is bounded (the WSGI
+    worker's wsgi.input, -k asgi's 256 KiB before reading pauses), and costs about its size.
+    Under -k asgi each chunk waited as a bytes object of its own (35 bytes and a deque slot
+    for 2 bytes of body): 5.9 MiB a connection."""
+    srv = berth(["-w", "1", "--body-buffer-size", "65536", "--access-logfile", "none",
+                 *proto_args(worker_kind)])
+    (worker,) = pids_children(srv.pid)
+    wire = get_request("/sleep?s=4", method="POST",
+                       headers={"Transfer-Encoding": "chunked"}) + b"2\r\nzz\r\n" * 400_000
+    before = worker_uss(worker)
+    with many_sockets() as socks:
+        for _ in range(10):
+            sock = connect(srv.port)
+            sock.setblocking(False)
+            socks.append(sock)
+        sent = [0] * len(socks)
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:  # each sends what the worker and kernel take
+            for i, sock in enumerate(socks):
+                try:
+                    sent[i] += sock.send(wire[sent[i]:sent[i] + 65536])
+                except BlockingIOError:
+                    pass
+            time.sleep(0.01)
+        grew = worker_uss(worker) - before
+    print(f"{worker_kind}: {grew >> 10} KiB for 10 bodies of 2-byte chunks, "
+          f"{min(sent) >> 10} KiB or more of wire each")
+    assert min(sent) > 3 * 320 * 1024, "the clients sent less than the bound to test it"
+    assert grew < 24 << 20, f"{grew >> 20} MiB for 10 bodies waiting for their app"
+
+
+def test_uploads_pipelined_to_a_slow_app_hold_one_body_buffer_a_connection(berth, worker_kind):
+    """10 clients each pipeline 1 MB uploads to a slow app (/sleep) and read nothing: the
+    requests waiting their turn on a connection hold at most one --body-buffer-size of
+    bodies (and 16 requests), as the WSGI loop always had it. -k asgi bounded them by their
+    count alone: 17 bodies, 18 MiB a connection."""
+    srv = berth(["-w", "1", "--access-logfile", "none", *proto_args(worker_kind)])
+    (worker,) = pids_children(srv.pid)
+    body = b"b" * 1_000_000
+    wire = get_request("/sleep?s=1", method="POST", body=body) * 30
+    before = worker_uss(worker)
+    with many_sockets() as socks:
+        for _ in range(10):
+            sock = connect(srv.port)
+            sock.setblocking(False)
+            socks.append(sock)
+        sent = [0] * len(socks)
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:  # each sends what the worker and kernel take
+            for i, sock in enumerate(socks):
+                try:
+                    sent[i] += sock.send(wire[sent[i]:sent[i] + (1 << 20)])
+                except BlockingIOError:
+                    pass
+            time.sleep(0.01)
+        grew = worker_uss(worker) - before
+    print(f"{worker_kind}: {grew >> 20} MiB for 10 connections, {min(sent) >> 20} MiB or more "
+          f"sent on each")
+    assert min(sent) > 3 << 20, "the clients sent too little to test the bound"
+    assert grew < 80 << 20, f"{grew >> 20} MiB for 10 connections' waiting uploads"
 
 
 # -- the file-descriptor limit ----------------------------------------------------------------

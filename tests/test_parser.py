@@ -923,3 +923,69 @@ def test_bytes_after_a_websocket_handshake_fed_in_slices_are_all_the_new_protoco
                        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n" + frames, 16) is None
     assert [r.url for r in p.ready] == [b"/ws"] and p.switched
     assert p.upgrade_rest == frames
+
+
+# --- a line still arriving is bounded as the field it will be (_line_so_far) ------------------
+
+@pytest.mark.parametrize("prefix", [b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: ",
+                                    CHUNKED_HEAD + b"5\r\nhello\r\n0\r\nX-Trailer: ",
+                                    CHUNKED_HEAD + b"5\r\nhello\r\n0\r\nX-Trail"],
+                         ids=["header", "trailer-value", "trailer-name"])
+def test_a_line_growing_over_reads_is_431_once_longer_than_a_field_may_be(prefix):
+    """httptools joins the pieces of a field as reads bring them (a copy of all of it each
+    time): refused once past --limit-request-field_size, not at the head's bound (808 KiB)."""
+    p = RequestParser(limit_request_field_size=100)
+    p.feed(prefix)
+    p.feed(b"a" * 50)
+    with pytest.raises(HttpError) as info:
+        for _ in range(3):
+            p.feed(b"a" * 30)
+    assert info.value.status == 431
+
+
+def test_a_field_line_at_the_limit_split_before_its_lf_is_served():
+    """The whole line with its CRLF is --limit-request-field_size bytes (Gunicorn's count):
+    its CR may arrive in one read and its LF in the next."""
+    line = b"X-A: " + b"v" * (8190 - len(b"X-A: \r\n"))
+    head = b"GET / HTTP/1.1\r\nHost: h\r\n" + line + b"\r"
+    p = RequestParser()
+    for i in range(0, len(head), 1000):
+        p.feed(head[i:i + 1000])
+    p.feed(b"\n\r\n")
+    (req,) = p.ready
+    assert req.headers["HTTP_X_A"] == line[5:].decode()
+
+
+def test_a_chunk_extension_growing_over_reads_is_431_past_a_field_line():
+    p = RequestParser(limit_request_field_size=100)
+    p.feed(CHUNKED_HEAD + b"5\r\nhello\r\n5;e=")
+    with pytest.raises(HttpError) as info:
+        for _ in range(5):
+            p.feed(b"x" * 30)
+    assert info.value.status == 431
+
+
+def test_a_long_body_line_of_a_pipelined_request_is_not_counted_as_the_next_heads():
+    """The bytes after the last LF of a read are the unfinished head's only when no request
+    ended before it in that read: a body without LF before it is not part of its line."""
+    body = b"b" * 9000
+    p = RequestParser()
+    p.feed(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 9000\r\n\r\n" + body + b"GET /n")
+    p.feed(b"ext HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert [(r.url, len(r.body)) for r in p.ready] == [(b"/", 9000), (b"/next", 0)]
+
+
+def test_a_request_line_longer_than_a_field_line_split_over_reads_is_the_line_limits():
+    """With --limit-request-line above --limit-request-field_size, a long target arriving
+    over reads is judged by the request line's limit (414), not taken for a field (431)."""
+    target = b"/" + b"t" * 300
+    p = RequestParser(limit_request_line=400, limit_request_field_size=100)
+    p.feed(b"GET " + target[:50])
+    p.feed(target[50:])
+    p.feed(b" HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert [r.url for r in p.ready] == [target]
+    p = RequestParser(limit_request_line=400, limit_request_field_size=100)
+    p.feed(b"GET " + target[:50])
+    with pytest.raises(HttpError) as info:
+        p.feed(target[50:] * 2)
+    assert info.value.status == 414

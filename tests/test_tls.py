@@ -14,7 +14,14 @@ import time
 
 import pytest
 from conftest import Server, free_port, read_response
-from proto_helpers import tls_hello, wait_for
+from proto_helpers import (
+    get_request,
+    pids_children,
+    proto_args,
+    tls_hello,
+    wait_for,
+    worker_uss,
+)
 from test_cli import run_berth as run_cli
 
 trustme = pytest.importorskip("trustme")
@@ -81,6 +88,46 @@ def test_curl(tls, certs):
                          capture_output=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout == b"Hello, world!\n" * 2
+
+
+@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+def test_an_idle_keep_alive_connection_does_not_keep_the_largest_response_it_sent(
+        berth, certs, kind):
+    """8 clients each read a 8 MB response over TLS (one body: a list, one ASGI message),
+    then stay idle. An SSL object's outgoing memory BIO keeps the capacity of the most it
+    held at once: a body encrypted whole (WSGI), or while the socket was paused for the
+    client (asyncio's and uvloop's SSL transports encrypt all they are given), left each
+    idle connection 7.8 MiB. Now a body is encrypted a piece at a time (64 KiB), and under
+    -k asgi paced by the transport's flow control. (The worker runs with a fixed mmap
+    threshold: buffers it frees go back to the system, and USS counts what it holds.)"""
+    srv = berth(["-w", "1", "--keep-alive", "60", "--access-logfile", "none",
+                 "--certfile", str(certs / "server.pem"), *proto_args(kind)],
+                env={"MALLOC_MMAP_THRESHOLD_": "131072"})
+    (worker,) = pids_children(srv.pid)
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    request = get_request("/big?n=8000000&list=1")
+
+    def client() -> ssl.SSLSocket:
+        sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", srv.port), timeout=10),
+                               server_hostname="127.0.0.1")
+        sock.sendall(request)
+        status, _, body = read_response(sock)
+        assert (status, len(body)) == (200, 8000000)
+        return sock
+
+    client().close()  # (what the first request makes once)
+    before = worker_uss(worker)
+    socks = []
+    try:
+        for _ in range(8):
+            socks.append(client())
+        time.sleep(0.5)
+        grew = worker_uss(worker) - before
+    finally:
+        for sock in socks:
+            sock.close()
+    print(f"{kind}: {grew >> 10} KiB for 8 idle TLS connections after 8 MB each")
+    assert grew < 24 << 20, f"{grew >> 20} MiB held by 8 idle TLS keep-alive connections"
 
 
 def test_a_stalled_handshake_holds_no_thread_and_times_out(tls, certs):

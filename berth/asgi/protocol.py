@@ -56,12 +56,15 @@ from berth.http.framing import (
 from berth.http.parser import (
     FEED_SLICE,
     HASH_BYTE,
+    MAX_BODY_PARTS,
     PERCENT_BYTE,
     UNDERSCORE_BYTE,
     HttpError,
     Request,
     RequestParser,
 )
+from berth.worker.connection import unacknowledged
+from berth.worker.tls import TLS_PIECE, pieces
 
 HIGH_WATER = 256 * 1024  # body bytes waiting for the app before reading pauses
 MAX_PIPELINE = 16  # parsed requests waiting on one connection before reading pauses
@@ -155,11 +158,28 @@ class BodyStream:
         elif self.discarding:
             return
         else:
-            self.chunks.append(data)
+            chunks = self.chunks
+            chunks.append(data)
             self.size += len(data)
+            if len(chunks) >= MAX_BODY_PARTS:
+                self._gather()
             if self.size > HIGH_WATER:
                 self.proto.pause_reading()
         wake(self.waiter)
+
+    def _gather(self) -> None:
+        """Many small pieces (a chunked body of 2-byte chunks: a bytes object of 35 bytes and a
+        deque slot each, 21 times the body's size) become one growing bytearray first in the
+        deque, so what waits for the app costs about its size (HIGH_WATER), as the parser's
+        buffered bodies do (RequestParser._gather): 5.9 MiB a connection had waited."""
+        chunks = self.chunks
+        first = chunks.popleft()
+        rest = b"".join(chunks)
+        chunks.clear()
+        if type(first) is not bytearray:
+            first = bytearray(first)
+        first += rest
+        chunks.append(first)
 
     def discard(self) -> None:
         """The app is done without reading it all: the rest is read and dropped as it
@@ -316,7 +336,9 @@ class Cycle:
                 raise TypeError(f"http.response.body: body must be bytes, not "
                                 f"{type(body).__name__}")
             more = message.get("more_body", False)
-            if self.framing is None:
+            if len(body) > 2 * TLS_PIECE and proto.server.ssl_context is not None:
+                await self._paced(body, more)
+            elif self.framing is None:
                 self._frame(None if more else len(body), body)
             else:
                 self._body(body)
@@ -328,6 +350,21 @@ class Cycle:
             await self._pathsend(message["path"])
         else:
             raise RuntimeError(f"unknown message type {kind!r}")
+
+    async def _paced(self, body: bytes, more: bool) -> None:
+        """Under TLS, a large body a piece at a time, waiting while the transport is paused
+        for a slow reader. asyncio's SSL transport (and uvloop's) encrypts all it is given
+        into its SSL object's outgoing memory BIO, and while the socket is paused the
+        ciphertext waits there; the BIO keeps that capacity for the rest of the connection
+        (3.5 MiB of a 8 MB body, while the keep-alive connection idled after it)."""
+        proto = self.proto
+        parts = pieces(body)
+        if self.framing is None:
+            self._frame(None if more else len(body), next(parts))
+        for piece in parts:
+            if proto.write_paused:
+                await proto.drain()
+            self._body(piece)
 
     def _frame(self, known_length: int | None, body: bytes) -> None:
         """The head, and the first body part with it."""
@@ -501,6 +538,10 @@ class HttpProtocol(asyncio.Protocol):
     # bytes read but not parsed yet: the queue was full (data_received), b"" while their
     # parsing is scheduled (resume_reading)
     unfed: bytes | None = None
+    # The write-stall deadline (the server's sweep: `write_stalled`): the transport's unsent
+    # bytes at the last tick, and since when the client has read none of them (0.0: none wait)
+    unsent = 0
+    unsent_since = 0.0
 
     # -- the transport's callbacks ------------------------------------------------------------
 
@@ -511,6 +552,7 @@ class HttpProtocol(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         peer = transport.get_extra_info("peername")
         here = transport.get_extra_info("sockname")
+        self.fd = sock.fileno() if sock is not None else -1
         if isinstance(peer, tuple):
             self.client = (peer[0], peer[1])
             self.server_addr = (here[0], here[1])
@@ -611,7 +653,7 @@ class HttpProtocol(asyncio.Protocol):
             ready.clear()
             if self.cycle is None and not self.write_paused:
                 self.next_request()
-            if len(self.pending) > MAX_PIPELINE:
+            if self.pending and self.pipeline_full():
                 self.pause_reading("pipeline")
         current = parser.current
         if (current is not None and current.expect_continue and self.cycle is None
@@ -664,6 +706,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.unsent_since = time.monotonic()  # (the client read it down: progress)
         wake(self.drained)
         self.resume_reading("writes")
         if self.cycle is None and self.pending and self.ws is None:
@@ -740,8 +783,35 @@ class HttpProtocol(asyncio.Protocol):
             self.flush()
             self.closed = True
             self.transport.close()
-            if self.cycle is None and (self.ws is None or not self.ws.running):
+            # A transport closes once it has sent what it holds: until then (connection_lost)
+            # the connection still counts, and the sweep's write stall bounds its wait
+            if (self.cycle is None and (self.ws is None or not self.ws.running)
+                    and not self.transport.get_write_buffer_size()):
                 self.server.forget(self)
+
+    def write_stalled(self, now: float, stall: float) -> bool:
+        """The sweep, each tick: whether the client has read nothing of the bytes waiting for
+        it for `stall` seconds (`--keep-alive`, at least `--header-timeout`, as the WSGI
+        worker has it); the connection is then dropped, with what waits. A client that reads
+        nothing would otherwise hold its connection, the transport's buffer (a whole body sent
+        in one message) and, streaming, its app's task for ever: asyncio's transport, closed,
+        waits to send what it holds."""
+        unsent = self.transport.get_write_buffer_size()
+        if not unsent and not self.write_paused:  # (TLS: the socket's buffer is not counted,
+            self.unsent = 0  # but its flow control pauses the protocol)
+            self.unsent_since = 0.0
+            return False
+        unsent += unacknowledged(self.fd)  # (the kernel's part: see there)
+        if not self.unsent_since or unsent < self.unsent:
+            self.unsent_since = now  # bytes began to wait, or the client read some
+        self.unsent = unsent
+        if now - self.unsent_since <= stall:
+            return False
+        self.server.log.debug("client stopped reading its response; closing")
+        self.held = None
+        self.closed = True
+        self.transport.abort()  # (connection_lost follows: the app hears http.disconnect)
+        return True
 
     def reject(self, err: HttpError) -> None:
         """A request berth refuses: its answer, then close (the requests before it that
@@ -759,6 +829,16 @@ class HttpProtocol(asyncio.Protocol):
         if self.cycle is None:
             self.next_request()
 
+    def pipeline_full(self) -> bool:
+        """Whether the requests waiting their turn hold enough to stop reading: more than
+        MAX_PIPELINE of them, or more than one --body-buffer-size of their bodies, as the WSGI
+        loop has it (Loop.pipeline_full). Bounded by their count alone, 17 bodies of 1 MiB
+        waited on a connection whose client pipelined uploads to a slow app."""
+        pending = self.pending
+        if len(pending) > MAX_PIPELINE:
+            return True
+        return sum(len(r.body) for r in pending if type(r) is Request) > self.server.body_budget
+
     def idle(self) -> bool:
         """No request in progress (idle keep-alive, or nothing sent yet): may be shed."""
         return (self.cycle is None and self.ws is None and not self.pending
@@ -775,7 +855,7 @@ class HttpProtocol(asyncio.Protocol):
         server = self.server
         while self.pending and not self.closed:
             req = self.pending.popleft()
-            if len(self.pending) <= MAX_PIPELINE:
+            if self.read_paused_for and (not self.pending or not self.pipeline_full()):
                 self.resume_reading("pipeline")
             if type(req) is HttpError:
                 server.count(b"", str(req.status), 0, 0.0)

@@ -18,7 +18,9 @@ Deadlines, checked every tick, as the WSGI loop keeps them: a request head not c
 --header-timeout of its first bytes gets 408, and a new connection that sends nothing that long
 is closed; a body that pauses longer than --header-timeout gets 408 before the app is called,
 and is failed after (the app's receive() gets http.disconnect); an idle keep-alive connection
-closes after --keepalive (and at once when draining).
+closes after --keepalive (and at once when draining); a client that reads nothing of what waits
+for it for --keepalive seconds (at least --header-timeout) is dropped, with what waits, as the
+WSGI loop drops it (a closed connection counts until its transport has sent what it held).
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ class AsgiLoop(Admission):
         self.proxy_mode = cfg.proxy_protocol
         self.proxy_trust = TrustList.parse(cfg.proxy_allow_ips, "proxy_allow_ips")
         self.max_conns = cfg.worker_connections
+        self.body_budget = cfg.body_buffer_size  # (bodies waiting on a connection: pipeline_full)
         self.root_path = cfg.root_path.rstrip("/")
         self.scheme = "https" if ssl_context is not None else "http"
         self.state: dict | None = None  # the lifespan state (scope["state"] copies it)
@@ -318,8 +321,9 @@ class AsgiLoop(Admission):
                 oldest = cycle
         for session in list(self.websockets):
             session.sweep(now, cfg.ws_ping_interval, cfg.ws_ping_timeout)
+        write_stall = max(keepalive, header_timeout)
         for proto in list(self.conns):
-            if proto.closed or proto.ws is not None:
+            if proto.ws is not None or proto.write_stalled(now, write_stall) or proto.closed:
                 continue
             cycle = proto.cycle
             if cycle is not None or proto.pending:

@@ -33,7 +33,10 @@ The rules it leaves to the server are enforced here, following RFC 9112:
   - trailing SP/HTAB is trimmed from header values (RFC 9110 §5.5; llhttp trims the leading);
   - trailer fields (after a chunked body) are discarded, never merged into the headers
     (RFC 9110 §6.5.1), and bounded as the head's fields are; reads of a chunked body that bring
-    no chunk data (size lines, extensions, trailers) are bounded as a head is;
+    no chunk data (size lines, extensions, trailers) are bounded as a head is, and each of
+    their lines as a field line;
+  - a line still arriving (its LF not read yet) is refused once it is longer than a field
+    line may be, not when it ends (_line_so_far): httptools copies a field at each read;
   - header names with `_` are dropped: `X_Forwarded_For` and `X-Forwarded-For` both become
     `HTTP_X_FORWARDED_FOR` in WSGI, so a client could spoof a proxy's header (as nginx and
     Gunicorn >= 22 do by default). Gunicorn's `header_map` chooses: `drop` (the default),
@@ -328,6 +331,9 @@ class RequestParser:
         self.limit_target = self.limit_line - len(b"  HTTP/1.1") - METHOD_ROOM
         self.limit_field = (limit_request_field_size - len(b": \r\n")
                             if limit_request_field_size else 1 << 62)
+        # The most bytes a field line may have before its LF arrives: as long as the limit,
+        # with its CR (see _line_so_far).
+        self.limit_unended = min(self.limit_field + 3, self.limit_head)
         self.body_limit = body_buffer_size
         self.stream_factory = stream_factory
         self.header_map = header_map
@@ -359,6 +365,7 @@ class RequestParser:
     _line_of: Request | None = None
     _method_unfinished = False
     _no_data_bytes = 0  # a chunked body's bytes in reads that brought no chunk data (_resume)
+    _line_bytes = 0  # bytes of the line a read ended inside, so far (_line_so_far)
     _read: bytes | None = None  # the read feed() gives llhttp, while it parses it
     _host: str | None = None  # the last request's Host value, found good (_check_host)
     permit_other_methods = False  # permit_unconventional_http_method
@@ -407,8 +414,11 @@ class RequestParser:
         self._read = None
         if self.current is not None and self._parser is not self:  # it ends inside a request
             self._parser = self  # _suspend(data), inlined for a body that comes in later reads
-            if self.in_head and not self._url:
-                self._line, self._line_of = data, self.current
+            if self.in_head:
+                if not self._url:
+                    self._line, self._line_of = data, self.current
+                # (no request ended in this read: its last line is the head's, all of it)
+                self._line_so_far(b"" if self.ready else data, 0)
 
     def feed_some(self, data: bytes, room: int) -> bytes | None:
         """feed() for a read longer than FEED_SLICE: it is fed a slice at a time, and feeding
@@ -525,17 +535,43 @@ class RequestParser:
                 return data[start:] if start < size else None
             if self.current is not req:  # one ended inside the piece, and another began
                 known = False
-        if self.current is req and req.chunked and not self.in_head:
+        if self.current is not req:  # (one began in this read: counted from its next read)
+            self._line_bytes = 0
+        elif self.in_head:
+            self._line_so_far(data, self._line_bytes)
+        elif req.chunked:
             # llhttp keeps a trailer field's bytes until its line ends (and reads a chunk's
-            # extensions to their end): reads that bring no chunk data are bounded as a head.
+            # extensions to their end): reads that bring no chunk data are bounded as a head,
+            # and each of their lines as a field line.
             if self._body_size == body_before:
                 self._no_data_bytes += size
                 if self._no_data_bytes > self.limit_head:
                     raise HttpError(431, "chunk-size lines or trailer section too large")
+                self._line_so_far(data, self._line_bytes)
             else:
-                self._no_data_bytes = 0
+                self._no_data_bytes = self._line_bytes = 0
         self._suspend(line if self.current is req else None)
         return None
+
+    def _line_so_far(self, data: bytes, before: int) -> None:
+        """A read ended inside a line of a head, or of a chunked body outside its data (a
+        chunk-size line, a trailer field): `before` bytes of it came in earlier reads, and
+        `data` ends with more. Refuse it (431) once it is longer than the limits let any line
+        be. llhttp hands a field over in the pieces the reads bring, and httptools joins them
+        (bytes `+=`, a copy of the whole so far at each read): a field that grew to the head's
+        bound (808 KiB) in 100-byte reads cost 1.1 s of CPU before it was refused (a trailer
+        field 0.1 to 0.25 s, and a trailer has no deadline on the whole); refused at the field's
+        limit, 0.3 ms. Node.js bounds a chunk's extensions the same way (16 KiB,
+        CVE-2024-22019)."""
+        end = data.rfind(b"\n")
+        n = before + len(data) if end < 0 else len(data) - end - 1
+        if n > self.limit_unended:
+            if not self.in_head:
+                raise HttpError(431, "chunk-size line or trailer field too large")
+            # (a line that may be the request line is on_url's: its target so far is _url)
+            if n > len(self._url) + METHOD_ROOM + len(b"  HTTP/1.1\r"):
+                raise HttpError(431, "header field too large")
+        self._line_bytes = n
 
     def _end_of_current(self, req: Request, data: bytes, start: int) -> int:
         """The first place after `start` in `data` where the request arriving can end (the
@@ -569,6 +605,7 @@ class RequestParser:
                 continue
             if self.current is not None:
                 self._suspend(data)
+                self._line_bytes = 0  # (counted from its next read: see _line_so_far)
             return
 
     def _after_error(self, exc: Exception, data: bytes,
@@ -825,7 +862,7 @@ class RequestParser:
             if version == "1.0":
                 raise self._fail(400, "chunked transfer coding in an HTTP/1.0 request")
             req.chunked = True
-            self._no_data_bytes = 0  # see _resume
+            self._no_data_bytes = self._line_bytes = 0  # see _resume
             # Fields after the last chunk are trailers: with the count at the limit, each
             # takes on_header's over-the-limit branch to _trailer(), so the head's fields pay
             # nothing for the rule.

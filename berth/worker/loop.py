@@ -594,7 +594,9 @@ class Loop(Admission):
                 if now > conn.lingering:
                     conn.close()
                 continue
-            if conn.out and now - conn.last_active > write_stall:
+            if conn.out and conn.reading_on():  # (it read some: progress)
+                conn.last_active = now
+            elif conn.out and now - conn.last_active > write_stall:
                 # a client that reads nothing of its response for that long
                 self.log.debug("client stopped reading its response; closing")
                 conn.mark_dead()
