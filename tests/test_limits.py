@@ -573,6 +573,26 @@ def test_slow_uploaders_below_body_buffer_do_not_block_a_normal_client(single_th
         assert elapsed < 2.0, f"normal client waited {elapsed:.2f}s behind 20 slow uploads"
 
 
+def send_on_each(port: int, socks: list, clients: int, wire: bytes, piece: int,
+                 seconds: float = 3.0) -> list[int]:
+    """Open `clients` connections (into `socks`), and for `seconds` have each send `wire`, a
+    `piece` at a time, as far as the worker and the kernel take it; the bytes each sent."""
+    for _ in range(clients):
+        sock = connect(port)
+        sock.setblocking(False)
+        socks.append(sock)
+    sent = [0] * len(socks)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for i, sock in enumerate(socks):
+            try:
+                sent[i] += sock.send(wire[sent[i]:sent[i] + piece])
+            except BlockingIOError:
+                pass
+        time.sleep(0.01)
+    return sent
+
+
 def test_a_streamed_body_of_tiny_chunks_waiting_for_its_app_costs_about_its_size(
         berth, worker_kind):
     """10 clients send chunked bodies of 2-byte chunks, past --body-buffer-size (64 KiB), to
@@ -587,19 +607,7 @@ def test_a_streamed_body_of_tiny_chunks_waiting_for_its_app_costs_about_its_size
                        headers={"Transfer-Encoding": "chunked"}) + b"2\r\nzz\r\n" * 400_000
     before = worker_uss(worker)
     with many_sockets() as socks:
-        for _ in range(10):
-            sock = connect(srv.port)
-            sock.setblocking(False)
-            socks.append(sock)
-        sent = [0] * len(socks)
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:  # each sends what the worker and kernel take
-            for i, sock in enumerate(socks):
-                try:
-                    sent[i] += sock.send(wire[sent[i]:sent[i] + 65536])
-                except BlockingIOError:
-                    pass
-            time.sleep(0.01)
+        sent = send_on_each(srv.port, socks, 10, wire, 65536)
         grew = worker_uss(worker) - before
     print(f"{worker_kind}: {grew >> 10} KiB for 10 bodies of 2-byte chunks, "
           f"{min(sent) >> 10} KiB or more of wire each")
@@ -618,19 +626,7 @@ def test_uploads_pipelined_to_a_slow_app_hold_one_body_buffer_a_connection(berth
     wire = get_request("/sleep?s=1", method="POST", body=body) * 30
     before = worker_uss(worker)
     with many_sockets() as socks:
-        for _ in range(10):
-            sock = connect(srv.port)
-            sock.setblocking(False)
-            socks.append(sock)
-        sent = [0] * len(socks)
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:  # each sends what the worker and kernel take
-            for i, sock in enumerate(socks):
-                try:
-                    sent[i] += sock.send(wire[sent[i]:sent[i] + (1 << 20)])
-                except BlockingIOError:
-                    pass
-            time.sleep(0.01)
+        sent = send_on_each(srv.port, socks, 10, wire, 1 << 20)
         grew = worker_uss(worker) - before
     print(f"{worker_kind}: {grew >> 20} MiB for 10 connections, {min(sent) >> 20} MiB or more "
           f"sent on each")
