@@ -168,3 +168,29 @@ def test_when_every_connection_is_busy_the_worker_stops_accepting_and_resumes(be
             assert read_response(s)[0] == 200  # nobody was cut off
     print(f"the fourth client waited {waited:.2f} s")
     assert waited > 0.5  # it was not accepted while the three were busy
+
+
+@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+def test_at_the_bound_a_new_connection_gets_a_second_to_send_its_request(berth, kind):
+    """At --worker-connections, a connection that has sent nothing *yet* is not idle: its
+    client may be about to send the request. It goes to make room only once silent for a
+    second (a preconnect, a slowloris); before that, the newcomer waits in the listen queue."""
+    srv = berth(["-w", "1", "--worker-connections", "2", "--access-logfile", "none",
+                 *proto_args(kind)])
+    assert http_get(srv.port, "/hello")[0] == 200  # (the worker is up)
+    fresh = [connect(srv.port) for _ in range(2)]  # at the bound, both silent
+    try:
+        time.sleep(0.2)  # (accepted by the worker)
+        newcomer = connect(srv.port)  # waits in the listen queue, or makes room
+        newcomer.sendall(get_request("/hello"))
+        time.sleep(0.3)  # (the worker has seen it)
+        for sock in fresh:  # their requests, sent well inside the second: both served
+            sock.sendall(get_request("/hello"))
+        for sock in fresh:
+            assert read_response(sock)[:3:2] == (200, HELLO), srv.stderr()
+        # (both are idle keep-alive connections now: the oldest goes to make room)
+        assert read_response(newcomer)[:3:2] == (200, HELLO), srv.stderr()
+        newcomer.close()
+    finally:
+        for sock in fresh:
+            sock.close()

@@ -245,11 +245,13 @@ class AsgiLoop(Admission):
             self.conns_changed()  # (at --worker-connections: a handshake failed, room made)
 
     def sheddable(self):
-        """Connections with no request in progress, and TLS handshakes that have lasted
-        SILENT_AFTER (a client stalled in its handshake, as the WSGI loop sheds one)."""
-        idle = [p for p in self.conns if p.idle()]
+        """Connections with no request in progress: idle keep-alive ones, and, as the WSGI
+        loop sheds them, new ones and TLS handshakes silent for SILENT_AFTER (a preconnect, a
+        slowloris). A connection that has sent nothing yet may be about to: not idle before."""
+        now = time.monotonic()
+        idle = [p for p in self.conns
+                if p.idle() and (not p.head_started or now - p.last_active > SILENT_AFTER)]
         if self.handshakes:
-            now = time.monotonic()
             idle += [h for h in self.handshakes if now - h.last_active > SILENT_AFTER]
         return idle
 
