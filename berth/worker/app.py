@@ -64,6 +64,7 @@ from berth.worker.counts import (
     QUEUED,
     QUEUED_SUM,
 )
+from berth.worker.hijack import AppSocket
 from berth.wsgi import Environs, FileWrapper
 
 PAUSED = object()  # call_app(): the loop goes on with this response when the client reads
@@ -595,6 +596,11 @@ class Responder:
             self.send_error(conn, HttpError(400, "bad request target"), inline)
             return False
         resp.environ = environ
+        if "HTTP_UPGRADE" in environ:  # for a WebSocket library (berth/worker/hijack.py)
+            app_socket = conn.app_socket
+            if app_socket is None:
+                app_socket = conn.app_socket = AppSocket(conn, self)
+            environ["gunicorn.socket"] = app_socket
         if not inline:
             conn.response = resp
         if self.pre_request is not None or self.post_request is not None:
@@ -673,6 +679,11 @@ class Responder:
                 return keep
         if result is None:  # (taking its first part raised: see run_app)
             result = resp.result
+        app_socket = conn.app_socket
+        if app_socket is not None and app_socket.sock is not None:  # the app took it over
+            self.conclude(resp, result, counted=False)  # (berth knows not what it answered)
+            app_socket.close_taken()
+            return False
         self.conclude(resp, result)
         return keep
 
@@ -717,15 +728,16 @@ class Responder:
         self.count_response(req, status, 0, 0.0)
         return resp.end_body()
 
-    def conclude(self, resp: Response, result, lead: bool = True) -> None:
+    def conclude(self, resp: Response, result, lead: bool = True, counted: bool = True) -> None:
         """The response is over (sent, failed or abandoned): close the iterable, call the
         post_request hook (app code: with app threads, the loop thread runs it under the
-        baton's lead unless `lead` is False), count and log it."""
+        baton's lead unless `lead` is False), count and log it (unless not `counted`: the app
+        took the socket over, and berth does not know what it answered)."""
         if lead and resp.inline and self.baton is not None:
             self.baton.lead(resp, self.finish_app, resp, result)
         else:
             self.finish_app(resp, result)
-        if resp.overrun:
+        if resp.overrun or not counted:
             return  # (what the client got, the 504, is counted and logged: concluded_overrun)
         self.count_and_log(resp, resp.status or "500", resp.sent, resp.headers or ())
 
@@ -920,8 +932,13 @@ class Responder:
     def app_error(self, conn: Connection, resp: Response, inline: bool) -> bool:
         """The app raised (or broke the protocol): log it, answer 500 if nothing was sent
         (else the connection just closes). Never a dead worker."""
+        kind = sys.exc_info()[0]
+        if kind is StopIteration and conn.app_socket is not None and \
+                conn.app_socket.sock is not None:
+            # the app took the socket over, and ends so, as Flask-Sock does under Gunicorn
+            return False
         self.log.exception("Error handling request %s", request_line(resp.req))
-        if sys.exc_info()[0] is SystemExit:
+        if kind is SystemExit:
             self.app_exited()
         if not resp.head_sent:
             resp.status = "500 Internal Server Error"

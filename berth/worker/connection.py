@@ -99,6 +99,7 @@ class FileSegment:
 
 class Connection:
     __slots__ = (
+        "app_socket",
         "response",
         "thread",
         "active",
@@ -158,6 +159,7 @@ class Connection:
         self.preface: bytes | None = None  # a PROXY header's bytes so far (--proxy-protocol)
         self.unfed: bytes | None = None  # read, not parsed yet: the queue was full (Loop)
         self.unread = 0  # what its client had still to read at the last tick (reading_on)
+        self.app_socket = None  # environ["gunicorn.socket"], made at its first request
 
     def idle(self) -> bool:
         """A keep-alive connection between requests: nothing read, queued, sent or answered."""
@@ -477,10 +479,35 @@ class Connection:
         except OSError:
             pass
 
+    def detach(self) -> bytes:
+        """Loop thread: the app takes the socket over (gunicorn.socket, berth/worker/hijack.py).
+        The loop lets go of the connection as close() does, but the socket stays open and
+        berth sends nothing on it again. Returns the bytes that were still to go out (the
+        responses before this one: the app's thread sends them first)."""
+        self.closed = True
+        self.loop.forget(self)
+        if self.parser is not None:
+            self.parser.close()
+        with self.lock:
+            rest = []
+            for item in self.out:
+                if type(item) is FileSegment:  # (a file response before it: sent whole)
+                    rest.append(os.pread(item.fd, item.remaining, item.offset))
+                    os.close(item.fd)
+                else:
+                    rest.append(bytes(item))
+            self.out = NO_QUEUE
+            self.out_size = 0
+            self.dead = True  # (berth's sends on it raise ClientDisconnected from now on)
+            if self.cond is not None:
+                self.cond.notify_all()
+        return b"".join(rest)
+
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        self.app_socket = None  # (it refers to this connection: freed now, not by the GC)
         self.loop.forget(self)
         if self.parser is not None:  # freed with the connection, not by the garbage collector
             self.parser.close()

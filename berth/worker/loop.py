@@ -35,6 +35,7 @@ from berth.worker.admission import (
 )
 from berth.worker.app import Responder
 from berth.worker.connection import WAIT_FOR_READER, ClientDisconnected, Connection
+from berth.worker.hijack import TakeOver
 from berth.worker.preface import ProxyPreface
 from berth.worker.tls import TlsConnection, TlsSocket, make_context
 from berth.wsgi import StreamInput
@@ -507,6 +508,8 @@ class Loop(Admission):
             conn = inbox.popleft()
             if conn is None:
                 self.stop_accepting_for_good()
+            elif type(conn) is TakeOver:  # an app takes the connection (gunicorn.socket)
+                conn.run()
             else:
                 self.attend(conn, True)
 
