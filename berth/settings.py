@@ -267,6 +267,19 @@ SETTINGS: tuple[Setting, ...] = (
       "Seconds a client has to send a whole request head, and the longest pause while "
       "it sends a body, before the connection is closed (408).", "SECONDS",
       section="Security", status=BERTH_ONLY),
+    S("body_min_rate", ("--body-min-rate",), size_bytes, 500,
+      "Bytes a second a request body must average once it has taken --body-grace: it may "
+      "take --body-grace plus a second for every this many bytes it has brought, then the "
+      "connection is closed (408 before the app is called; after, the app's read fails). "
+      "Time the server was not reading it (its reader had not taken what came) does not "
+      "count. 0: no bound but on pauses (--header-timeout).", "BYTES",
+      section="Security", status=BERTH_ONLY,
+      note="Apache's mod_reqtimeout bounds bodies so by default (body=20,MinRate=500); "
+           "Gunicorn bounds no body in time: a client sending a byte every few seconds holds "
+           "its connection (and, past the buffer, an app thread) for ever."),
+    S("body_grace", ("--body-grace",), positive_seconds, 20.0,
+      "Seconds a request body may take at any rate, before --body-min-rate applies.",
+      "SECONDS", section="Security", status=BERTH_ONLY),
     S("body_buffer_size", ("--body-buffer-size",), size_bytes, 1024 * 1024,
       "Request bodies up to this size are read whole into memory before the app sees "
       "the request; larger ones are streamed to the app as they arrive.", "BYTES",

@@ -45,7 +45,7 @@ from berth.worker.admission import (
     Admission,
     AdmissionState,
 )
-from berth.worker.loop import DRAIN_IDLE, SILENT_AFTER, TICK
+from berth.worker.loop import DRAIN_IDLE, SILENT_AFTER, TICK, body_too_slow, retime_body
 
 
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
@@ -316,6 +316,8 @@ class AsgiLoop(Admission):
     def sweep(self, now: float) -> tuple[int, Request | None]:
         cfg = self.cfg
         header_timeout = cfg.header_timeout
+        min_rate = cfg.body_min_rate
+        grace = cfg.body_grace
         keepalive = cfg.keepalive
         oldest = None
         for cycle in self.active:
@@ -331,10 +333,17 @@ class AsgiLoop(Admission):
             if cycle is not None or proto.pending:
                 current = proto.parser.current
                 if (current is not None and current.streaming and cycle is not None
-                        and cycle.req is current and not current.complete
-                        and now - proto.last_active > header_timeout):
-                    self.log.debug("request body stalled; closing")
-                    proto.close()
+                        and cycle.req is current and not current.complete):
+                    if "body" in proto.read_paused_for:  # the app has not taken what came:
+                        proto.last_active = now  # the pause is the server's, not the client's
+                        retime_body(current)
+                    elif now - proto.last_active > header_timeout:
+                        self.log.debug("request body stalled; closing")
+                        proto.close()
+                    elif min_rate and body_too_slow(current, proto.parser.body_received, now,
+                                                    grace, min_rate):
+                        self.log.debug("request body slower than --body-min-rate; closing")
+                        proto.close()
                 continue
             parser = proto.parser
             if proto.head_started:  # a head is awaited, since its first bytes or the accept
@@ -348,6 +357,9 @@ class AsgiLoop(Admission):
             elif parser.current is not None:  # a body: no pause longer than the timeout
                 if now - proto.last_active > header_timeout:
                     proto.reject(HttpError(408, "request body timed out"))
+                elif min_rate and body_too_slow(parser.current, parser.body_received, now,
+                                                grace, min_rate):
+                    proto.reject(HttpError(408, "request body slower than --body-min-rate"))
             elif self.draining:  # idle a second since the drain began, at least: a client
                 # reusing one then gets its answer (with Connection: close), not a close
                 # under its request (as berth.worker.loop)

@@ -188,6 +188,10 @@ class Request:
     streaming = False
     body_stream = None  # made by the parser's stream_factory when the body streams
     dispatched = 0.0  # set by the server when it queues it for an app thread
+    # --body-min-rate: since when its body is timed (a tick after its head, or after a pause
+    # of the server's), and how many of its bytes had come by then (the servers' sweeps)
+    body_since = 0.0
+    body_base = 0
     progress = 0.0  # the app's last sign of life (0 while it waits for the client): --timeout
     overran = False
     queued = False  # waiting in the app threads' queue (Loop.to_thread), not taken up yet
@@ -390,6 +394,11 @@ class RequestParser:
                           cfg.permit_unconventional_http_method, cfg.casefold_http_method)
             cls._cfg = cfg
         return cls(*cls._options, stream_factory, *cls._flags)
+
+    @property
+    def body_received(self) -> int:
+        """The bytes of the current request's body come so far (chunked: its data)."""
+        return self._body_size
 
     def close(self) -> None:
         """The connection is done with this parser (parked or closed). The httptools parser

@@ -573,6 +573,8 @@ class Loop(Admission):
         oldest one on an app thread (for the scoreboard)."""
         cfg = self.cfg
         header_timeout = cfg.header_timeout
+        min_rate = cfg.body_min_rate
+        grace = cfg.body_grace
         keepalive = cfg.keepalive
         write_stall = max(keepalive, header_timeout)
         in_flight = 0
@@ -610,11 +612,20 @@ class Loop(Admission):
                 continue
             if conn.active is not None or conn.pending:
                 current = conn.parser.current
-                if (current is not None and current.streaming
-                        and now - conn.last_active > header_timeout):
-                    self.log.debug("request body stalled; closing")
-                    current.body_stream.fail(ClientDisconnected("request body timed out"))
-                    conn.mark_dead()
+                if current is not None and current.streaming:  # the app reads it as it comes
+                    if current.body_stream.paused:  # the app has not read what came: the
+                        conn.last_active = now  # pause is the server's, not the client's
+                        retime_body(current)
+                    elif now - conn.last_active > header_timeout:
+                        self.log.debug("request body stalled; closing")
+                        current.body_stream.fail(ClientDisconnected("request body timed out"))
+                        conn.mark_dead()
+                    elif min_rate and body_too_slow(current, conn.parser.body_received, now,
+                                                    grace, min_rate):
+                        self.log.debug("request body slower than --body-min-rate; closing")
+                        current.body_stream.fail(ClientDisconnected(
+                            "request body slower than --body-min-rate"))
+                        conn.mark_dead()
                 continue
             if conn.out:
                 continue
@@ -627,9 +638,13 @@ class Loop(Admission):
                         if conn.preface:  # a PROXY header begun, then nothing more
                             self.preface.truncated(conn, header_timeout)
                         conn.close()
-            elif parser.current is not None:
+            elif parser.current is not None:  # a body, before the app is called
                 if now - conn.last_active > header_timeout:
                     self.reject(conn, HttpError(408, "request body timed out"))
+                elif min_rate and body_too_slow(parser.current, parser.body_received, now,
+                                                grace, min_rate):
+                    self.reject(conn, HttpError(408, "request body slower than "
+                                                     "--body-min-rate"))
             elif self.draining:  # idle a second since the drain began, at least: a client
                 # reusing one then gets its answer (with Connection: close), not a close under
                 # its request
@@ -642,6 +657,25 @@ class Loop(Admission):
                 conn.park(NO_PARSER)
         self.room_at_tick(now, bool(self.listeners))
         return in_flight, oldest
+
+
+def body_too_slow(req: Request, received: int, now: float, grace: float,
+                  min_rate: int) -> bool:
+    """--body-min-rate: `req`'s body, timed since a tick saw it arrive (`body_since`), may take
+    `grace` (--body-grace) plus a second for every `min_rate` bytes it has brought since.
+    A body whose bytes the server stopped reading (its reader had not taken what came) is
+    timed again from the tick that sees it read again (`retime_body`)."""
+    since = req.body_since
+    if not since:
+        req.body_since = now
+        req.body_base = received
+        return False
+    return now - since > grace + (received - req.body_base) / min_rate
+
+
+def retime_body(req: Request) -> None:
+    """The server is not reading `req`'s body (flow control): its rate is not the client's."""
+    req.body_since = 0.0
 
 
 def silent(conn: Connection, now: float) -> bool:

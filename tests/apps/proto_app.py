@@ -3,8 +3,9 @@
 Routes (query parameters in brackets):
   /hello                      "Hello, world!\\n" with Content-Length (14 bytes)
   /path                       PATH_INFO?QUERY_STRING as text (for pipelining / ordering checks)
-  /echo [rs]                  request body (read in pieces of rs bytes, default 64 KiB) echoed;
+  /echo [rs, wait]            request body (read in pieces of rs bytes, default 64 KiB) echoed;
                               headers X-Content-Length, X-Method, X-Input-Terminated
+                              (wait=s: sleeps s seconds before reading it)
   /record [tag, rs]           writes marker "record-<tag>" on entry, then echoes the body
   /sha256                     reads the body in 64 KiB pieces -> JSON {len, sha256, content_length}
   /env...                     JSON {"str": str environ values, "other": {key: repr(value)}}
@@ -225,6 +226,7 @@ def app(environ, start_response):
     if path in ("/echo", "/record"):
         if path == "/record":
             _marker(f"record-{q.get('tag', 'x')}")
+        time.sleep(float(q.get("wait", 0)))
         body = _read_all(environ, int(q.get("rs", BLOCK)))
         start_response("200 OK", [
             ("Content-Type", "application/octet-stream"),

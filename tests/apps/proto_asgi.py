@@ -13,8 +13,9 @@ How each kind of WSGI answer is mirrored (the framing is then berth's, as with W
 Routes (query parameters in brackets), as in proto_app.py:
   /hello, /                   "Hello, world!\\n" with Content-Length
   /path                       path?query_string as text
-  /echo [rs], /record [tag]   the request body echoed (/record writes marker "record-<tag>"
-                              on entry); headers X-Content-Length, X-Method
+  /echo [rs, wait], /record [tag]   the request body echoed (/record writes marker
+                              "record-<tag>" on entry; wait=s: read after s seconds);
+                              headers X-Content-Length, X-Method
   /sha256                     JSON {len, sha256, content_length} of the body
   /env                        JSON {"str": the request headers under their CGI names
                               (HTTP_X_FOO, CONTENT_TYPE, CONTENT_LENGTH; repeats joined with
@@ -136,6 +137,7 @@ async def app(scope, receive, send):
     if path in ("/echo", "/record"):
         if path == "/record":
             _marker(f"record-{q.get('tag', 'x')}")
+        await asyncio.sleep(float(q.get("wait", 0)))  # (before reading the body)
         body = await _read_all(receive)
         length = _header(scope, b"content-length")
         await send({"type": "http.response.start", "status": 200, "headers": [
