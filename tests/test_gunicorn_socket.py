@@ -192,3 +192,24 @@ def can_connect(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_a_take_the_loop_never_got_to_leaves_the_connection_to_berth(berth):
+    """An app thread waits TAKE_WAIT for the loop to let go of the connection, then its app call
+    fails (500). The loop, once free, must not take the connection away from berth then: it
+    was left open for good, never closed (its client waited forever, its fd leaked)."""
+    srv = berth(["-w", "1", "--threads", "1", "--body-buffer-size", "1024", "take_app:app"])
+    taker = connect(srv.port)
+    try:
+        taker.sendall(b"POST /take HTTP/1.1\r\nHost: h\r\nUpgrade: x-raw\r\n"
+                      b"Connection: upgrade\r\nContent-Length: 100000\r\n\r\nab")
+        time.sleep(0.1)
+        assert http_get(srv.port, "/slow", timeout=10)[0] == 200
+        data = b""
+        taker.settimeout(5)
+        while chunk := taker.recv(4096):  # (a timeout here: the connection never closed)
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 500 "), data
+    finally:
+        taker.close()
+    assert "the loop did not let go of the connection" in srv.stderr()

@@ -45,18 +45,34 @@ def detach(conn) -> bytes:
 class TakeOver:
     """Posted to the loop by an app thread (`Loop.post`): let go of `conn` for the app."""
 
-    __slots__ = ("conn", "done", "rest")
+    __slots__ = ("conn", "done", "given_up", "lock", "rest")
 
     def __init__(self, conn):
         self.conn = conn
         self.done = threading.Event()
+        self.lock = threading.Lock()
+        self.given_up = False  # the app thread stopped waiting (TAKE_WAIT): nothing to do
         self.rest: bytes | None = None  # None: the connection was closed meanwhile
 
     def run(self) -> None:
         """Loop thread."""
-        if not self.conn.closed:
-            self.rest = self.conn.detach()
-        self.done.set()
+        with self.lock:
+            if self.given_up:  # (berth goes on with the connection: its app call failed)
+                return
+            if not self.conn.closed:
+                self.rest = self.conn.detach()
+            self.done.set()
+
+    def wait(self) -> None:
+        """App thread: until the loop has run it; OSError past TAKE_WAIT, and then the loop
+        will not let go of the connection later (it would be left open, never closed)."""
+        if self.done.wait(TAKE_WAIT):
+            return
+        with self.lock:
+            if not self.done.is_set():
+                self.given_up = True
+                raise OSError(errno.ETIMEDOUT, "berth: the loop did not let go of the "
+                                               "connection")
 
 
 class AppSocket:
@@ -119,9 +135,7 @@ class AppSocket:
             if rest is None:  # an app thread: the loop thread lets go of it
                 order = TakeOver(conn)
                 responder.loop.post(order)
-                if not order.done.wait(TAKE_WAIT):
-                    raise OSError(errno.ETIMEDOUT, "berth: the loop did not let go of the "
-                                                   "connection")
+                order.wait()
                 rest = order.rest
             if rest is None:
                 raise OSError(errno.ENOTCONN, "berth: the client has gone")
