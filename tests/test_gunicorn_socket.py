@@ -133,6 +133,30 @@ def test_flask_sock_over_tls(berth, tmp_path):
     assert "Traceback" not in err, err
 
 
+def test_recv_into_over_tls_reads_plaintext(berth, tmp_path):
+    """recv_into on the socket the app takes over TLS gets the client's plaintext (the real
+    socket's would read the TLS records themselves)."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    certfile = tmp_path / "cert.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    srv = start(berth, "--threads", "4", "--certfile", str(certfile))
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    raw = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        sock.sendall(b"GET /into HTTP/1.1\r\nHost: h\r\nUpgrade: x-raw\r\n"
+                     b"Connection: upgrade\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            assert chunk, head
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        sock.sendall(b"ping")
+        assert sock.recv(4096) == b"PING"
+
+
 def what_a_client_sees(port: int) -> dict:
     """A Flask-Sock echo, a server that speaks first and closes, and the bytes of a response
     the app wrote itself: what the client sees of each."""

@@ -31,8 +31,16 @@ import threading
 # Read-only: these do not take the connection over (an app that logs its peer's address)
 LOOK_ONLY = frozenset({"getpeername", "getsockname", "family", "type", "proto", "getsockopt",
                        "gettimeout"})
+# What the real socket under TLS cannot do for the app: read or write through the TLS session
+PLAIN_ONLY = frozenset({"makefile", "recvfrom", "recvfrom_into", "recvmsg", "recvmsg_into",
+                        "sendfile", "sendmsg", "sendto", "dup", "detach"})
 APP_THREAD = "berth-app-"  # (the app threads' names: Responder.start)
 TAKE_WAIT = 10.0  # seconds an app thread waits for the loop to let go of the connection
+
+
+def not_over_tls(name: str) -> AttributeError:
+    return AttributeError(f"berth: {name}() is not available on gunicorn.socket over TLS "
+                          "(recv, recv_into, send and sendall are)")
 
 
 def detach(conn) -> bytes:
@@ -97,6 +105,8 @@ class AppSocket:
                 raise AttributeError(name)
             if name in LOOK_ONLY:
                 return getattr(self.raw(), name)
+            if name in PLAIN_ONLY and self.conn.sock is not self.raw():  # (TLS: takes nothing)
+                raise not_over_tls(name)
             sock = self.take()
         return getattr(sock, name)
 
@@ -114,6 +124,14 @@ class AppSocket:
             data, self.unread = self.unread[:size], self.unread[size:]
             return data
         return self.sock.recv(size, *flags)
+
+    def recv_into(self, buffer, nbytes: int = 0, *flags) -> int:
+        """recv() into `buffer` (the bytes the loop had read first, and the TLS session's
+        plaintext: the real socket's recv_into would skip both)."""
+        view = memoryview(buffer).cast("B")
+        data = self.recv(nbytes or len(view), *flags)
+        view[:len(data)] = data
+        return len(data)
 
     def close_taken(self) -> None:
         """The app call that took the socket has returned: berth closes it, as Gunicorn does
@@ -181,6 +199,8 @@ class TlsAppSocket:
         self.send_lock = threading.Lock()
 
     def __getattr__(self, name: str):
+        if name in PLAIN_ONLY:  # (on the real socket they would carry the TLS records)
+            raise not_over_tls(name)
         return getattr(self.raw, name)  # fileno, close, shutdown, settimeout...
 
     def send(self, data, *flags) -> int:
