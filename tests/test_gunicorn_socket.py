@@ -157,6 +157,34 @@ def test_recv_into_over_tls_reads_plaintext(berth, tmp_path):
         assert sock.recv(4096) == b"PING"
 
 
+def test_a_tls_connection_taken_is_freed_without_the_garbage_collector(berth, tmp_path):
+    """As a TLS connection berth closes (TlsConnection.close), one the app took lets go of its
+    TLS session when the app call returns, without waiting for a collection."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    certfile = tmp_path / "cert.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    srv = berth(["-w", "1", "--threads", "2", "--certfile", str(certfile),
+                                "take_cycle_app:app"])
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+
+    def get(path: bytes, upgrade: bytes = b"") -> bytes:
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
+                         + upgrade + b"\r\n")
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+        return data.partition(b"\r\n\r\n")[2]
+
+    for _ in range(20):
+        assert get(b"/take", b"Upgrade: x-raw\r\n") == b"mine"
+    # (a few are still referred to by the idle app threads' last work item)
+    assert int(get(b"/count")) < 8, srv.stderr()
+
+
 def what_a_client_sees(port: int) -> dict:
     """A Flask-Sock echo, a server that speaks first and closes, and the bytes of a response
     the app wrote itself: what the client sees of each."""

@@ -136,7 +136,10 @@ class AppSocket:
     def close_taken(self) -> None:
         """The app call that took the socket has returned: berth closes it, as Gunicorn does
         (a thread of the app's still reading it gets its end)."""
-        self.conn.app_socket = None  # (no cycle left for the garbage collector)
+        conn = self.conn
+        conn.app_socket = None  # (no cycle left for the garbage collector)
+        if conn.sock is not self.raw():  # TLS: as TlsConnection.close (detach left it)
+            conn.sock.conn = None
         try:
             self.sock.close()
         except OSError:
