@@ -133,6 +133,58 @@ def test_flask_sock_over_tls(berth, tmp_path):
     assert "Traceback" not in err, err
 
 
+def test_recv_into_over_tls_reads_plaintext(berth, tmp_path):
+    """recv_into on the socket the app takes over TLS gets the client's plaintext (the real
+    socket's would read the TLS records themselves)."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    certfile = tmp_path / "cert.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    srv = start(berth, "--threads", "4", "--certfile", str(certfile))
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    raw = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        sock.sendall(b"GET /into HTTP/1.1\r\nHost: h\r\nUpgrade: x-raw\r\n"
+                     b"Connection: upgrade\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            assert chunk, head
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        sock.sendall(b"ping")
+        assert sock.recv(4096) == b"PING"
+
+
+def test_a_tls_connection_taken_is_freed_without_the_garbage_collector(berth, tmp_path):
+    """As a TLS connection berth closes (TlsConnection.close), one the app took lets go of its
+    TLS session when the app call returns, without waiting for a collection."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    certfile = tmp_path / "cert.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    srv = berth(["-w", "1", "--threads", "2", "--certfile", str(certfile),
+                                "take_cycle_app:app"])
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+
+    def get(path: bytes, upgrade: bytes = b"") -> bytes:
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
+                         + upgrade + b"\r\n")
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+        return data.partition(b"\r\n\r\n")[2]
+
+    for _ in range(20):
+        assert get(b"/take", b"Upgrade: x-raw\r\n") == b"mine"
+    # (a few are still referred to by the idle app threads' last work item)
+    assert int(get(b"/count")) < 8, srv.stderr()
+
+
 def what_a_client_sees(port: int) -> dict:
     """A Flask-Sock echo, a server that speaks first and closes, and the bytes of a response
     the app wrote itself: what the client sees of each."""
@@ -192,3 +244,24 @@ def can_connect(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_a_take_the_loop_never_got_to_leaves_the_connection_to_berth(berth):
+    """An app thread waits TAKE_WAIT for the loop to let go of the connection, then its app call
+    fails (500). The loop, once free, must not take the connection away from berth then: it
+    was left open for good, never closed (its client waited forever, its fd leaked)."""
+    srv = berth(["-w", "1", "--threads", "1", "--body-buffer-size", "1024", "take_app:app"])
+    taker = connect(srv.port)
+    try:
+        taker.sendall(b"POST /take HTTP/1.1\r\nHost: h\r\nUpgrade: x-raw\r\n"
+                      b"Connection: upgrade\r\nContent-Length: 100000\r\n\r\nab")
+        time.sleep(0.1)
+        assert http_get(srv.port, "/slow", timeout=10)[0] == 200
+        data = b""
+        taker.settimeout(5)
+        while chunk := taker.recv(4096):  # (a timeout here: the connection never closed)
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 500 "), data
+    finally:
+        taker.close()
+    assert "the loop did not let go of the connection" in srv.stderr()

@@ -31,8 +31,16 @@ import threading
 # Read-only: these do not take the connection over (an app that logs its peer's address)
 LOOK_ONLY = frozenset({"getpeername", "getsockname", "family", "type", "proto", "getsockopt",
                        "gettimeout"})
+# What the real socket under TLS cannot do for the app: read or write through the TLS session
+PLAIN_ONLY = frozenset({"makefile", "recvfrom", "recvfrom_into", "recvmsg", "recvmsg_into",
+                        "sendfile", "sendmsg", "sendto", "dup", "detach"})
 APP_THREAD = "berth-app-"  # (the app threads' names: Responder.start)
 TAKE_WAIT = 10.0  # seconds an app thread waits for the loop to let go of the connection
+
+
+def not_over_tls(name: str) -> AttributeError:
+    return AttributeError(f"berth: {name}() is not available on gunicorn.socket over TLS "
+                          "(recv, recv_into, send and sendall are)")
 
 
 def detach(conn) -> bytes:
@@ -45,18 +53,34 @@ def detach(conn) -> bytes:
 class TakeOver:
     """Posted to the loop by an app thread (`Loop.post`): let go of `conn` for the app."""
 
-    __slots__ = ("conn", "done", "rest")
+    __slots__ = ("conn", "done", "given_up", "lock", "rest")
 
     def __init__(self, conn):
         self.conn = conn
         self.done = threading.Event()
+        self.lock = threading.Lock()
+        self.given_up = False  # the app thread stopped waiting (TAKE_WAIT): nothing to do
         self.rest: bytes | None = None  # None: the connection was closed meanwhile
 
     def run(self) -> None:
         """Loop thread."""
-        if not self.conn.closed:
-            self.rest = self.conn.detach()
-        self.done.set()
+        with self.lock:
+            if self.given_up:  # (berth goes on with the connection: its app call failed)
+                return
+            if not self.conn.closed:
+                self.rest = self.conn.detach()
+            self.done.set()
+
+    def wait(self) -> None:
+        """App thread: until the loop has run it; OSError past TAKE_WAIT, and then the loop
+        will not let go of the connection later (it would be left open, never closed)."""
+        if self.done.wait(TAKE_WAIT):
+            return
+        with self.lock:
+            if not self.done.is_set():
+                self.given_up = True
+                raise OSError(errno.ETIMEDOUT, "berth: the loop did not let go of the "
+                                               "connection")
 
 
 class AppSocket:
@@ -81,6 +105,8 @@ class AppSocket:
                 raise AttributeError(name)
             if name in LOOK_ONLY:
                 return getattr(self.raw(), name)
+            if name in PLAIN_ONLY and self.conn.sock is not self.raw():  # (TLS: takes nothing)
+                raise not_over_tls(name)
             sock = self.take()
         return getattr(sock, name)
 
@@ -99,10 +125,21 @@ class AppSocket:
             return data
         return self.sock.recv(size, *flags)
 
+    def recv_into(self, buffer, nbytes: int = 0, *flags) -> int:
+        """recv() into `buffer` (the bytes the loop had read first, and the TLS session's
+        plaintext: the real socket's recv_into would skip both)."""
+        view = memoryview(buffer).cast("B")
+        data = self.recv(nbytes or len(view), *flags)
+        view[:len(data)] = data
+        return len(data)
+
     def close_taken(self) -> None:
         """The app call that took the socket has returned: berth closes it, as Gunicorn does
         (a thread of the app's still reading it gets its end)."""
-        self.conn.app_socket = None  # (no cycle left for the garbage collector)
+        conn = self.conn
+        conn.app_socket = None  # (no cycle left for the garbage collector)
+        if conn.sock is not self.raw():  # TLS: as TlsConnection.close (detach left it)
+            conn.sock.conn = None
         try:
             self.sock.close()
         except OSError:
@@ -119,9 +156,7 @@ class AppSocket:
             if rest is None:  # an app thread: the loop thread lets go of it
                 order = TakeOver(conn)
                 responder.loop.post(order)
-                if not order.done.wait(TAKE_WAIT):
-                    raise OSError(errno.ETIMEDOUT, "berth: the loop did not let go of the "
-                                                   "connection")
+                order.wait()
                 rest = order.rest
             if rest is None:
                 raise OSError(errno.ENOTCONN, "berth: the client has gone")
@@ -167,6 +202,8 @@ class TlsAppSocket:
         self.send_lock = threading.Lock()
 
     def __getattr__(self, name: str):
+        if name in PLAIN_ONLY:  # (on the real socket they would carry the TLS records)
+            raise not_over_tls(name)
         return getattr(self.raw, name)  # fileno, close, shutdown, settimeout...
 
     def send(self, data, *flags) -> int:

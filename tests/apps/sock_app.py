@@ -40,3 +40,15 @@ def raw():
     s = request.environ["gunicorn.socket"]
     s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nmine")
     return "not sent"
+
+
+@app.route("/into")
+def into():
+    """The socket read with recv_into, as a WSGI app without a library may: over TLS too, the
+    bytes it gets are the client's plaintext."""
+    s = request.environ["gunicorn.socket"]
+    s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x-raw\r\nConnection: upgrade\r\n\r\n")
+    buf = bytearray(64)
+    n = s.recv_into(buf)
+    s.sendall(bytes(buf[:n]).upper())
+    return "not sent"
