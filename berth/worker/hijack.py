@@ -30,7 +30,7 @@ import threading
 
 # Read-only: these do not take the connection over (an app that logs its peer's address)
 LOOK_ONLY = frozenset({"getpeername", "getsockname", "family", "type", "proto", "getsockopt",
-                       "gettimeout"})
+                       "gettimeout", "timeout"})
 # What the real socket under TLS cannot do for the app: read or write through the TLS session
 PLAIN_ONLY = frozenset({"makefile", "recvfrom", "recvfrom_into", "recvmsg", "recvmsg_into",
                         "sendfile", "sendmsg", "sendto", "dup", "detach"})
@@ -182,9 +182,9 @@ class AppSocket:
                 return None
             return detach(conn)
         with baton.lock:  # (no takeover while the loop's state changes)
-            if baton.leader != threading.get_ident() or not baton.calls:
+            if baton.leader != threading.get_ident():
                 return None
-            return detach(conn)
+            return detach(conn)  # (in a lead, or a stream the loop thread kept: hand_over)
 
 
 class TlsAppSocket:
