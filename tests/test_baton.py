@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -177,6 +178,34 @@ def test_responses_held_when_the_loop_is_taken_over_go_out_at_once(berth):
         if tries[-1] < 0.35:
             break
     assert min(tries) < 0.35, f"/hello took {', '.join(f'{t:.2f}s' for t in tries)}"
+
+
+def test_the_reads_of_a_wake_up_left_behind_by_a_takeover_are_answered_in_order(berth):
+    """The loop reads every readable socket of a wake-up before it parses and answers them
+    (Loop.on_reads): when an app thread takes the loop over from an inline call, the reads
+    not answered yet are the new loop thread's, pipelined requests in their order."""
+    srv = berth(["-w", "1", "--threads", "4", *APP])
+    names_on_one_connection(srv.port, 3)
+    for _ in range(3):
+        with connect(srv.port) as busy, connect(srv.port) as slow, \
+                connect(srv.port) as a, connect(srv.port) as b:
+            busy.sendall(get_request("/thread?spin=8"))  # the loop thread computes meanwhile:
+            time.sleep(0.002)  # the next ones arrive together, in one wake-up of the loop
+            slow.sendall(get_request("/sleep?s=1.5"))  # (first: taken over from)
+            for name, sock in (("a", a), ("b", b)):
+                sock.sendall(get_request(f"/path?{name}1") + get_request(f"/path?{name}2"))
+            for name, sock in (("a", a), ("b", b)):
+                for i in (1, 2):
+                    assert read_response(sock)[2] == f"/path?{name}{i}".encode()
+            slow.setblocking(False)
+            try:  # answered by another thread while the slow one still sleeps
+                early = slow.recv(1, socket.MSG_PEEK)
+            except BlockingIOError:
+                early = None
+            assert early is None, "the others were answered only after the slow one"
+            slow.setblocking(True)
+            assert read_response(slow)[0] == 200
+            assert read_response(busy)[0] == 200
 
 
 def probe_behind(port: int, path: str, body: bytes) -> float:
