@@ -24,6 +24,16 @@ def ws_url(srv, path: str, scheme: str = "ws") -> str:
     return f"{scheme}://127.0.0.1:{srv.port}{path}"
 
 
+def read_head(sock) -> bytes:
+    """What the server sent up to the end of its response head (and any bytes after it)."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        assert chunk, head
+        head += chunk
+    return head
+
+
 def start(berth, *args):
     return berth(["-w", "1", "--access-logfile", "-", *args, "sock_app:app"])
 
@@ -97,11 +107,7 @@ def test_reading_the_address_takes_nothing_and_a_kept_connection_can_upgrade_lat
         sock.sendall(b"GET /greet?name=again HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
                      b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                      b"Sec-WebSocket-Version: 13\r\n\r\n")
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = sock.recv(4096)
-            assert chunk, head
-            head += chunk
+        head = read_head(sock)
         assert head.startswith(b"HTTP/1.1 101 "), head
         assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head  # (RFC 6455's example key's accept)
         frame = head.partition(b"\r\n\r\n")[2]
@@ -147,11 +153,7 @@ def test_recv_into_over_tls_reads_plaintext(berth, tmp_path):
     with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
         sock.sendall(b"GET /into HTTP/1.1\r\nHost: h\r\nUpgrade: x-raw\r\n"
                      b"Connection: upgrade\r\n\r\n")
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = sock.recv(4096)
-            assert chunk, head
-            head += chunk
+        head = read_head(sock)
         assert head.startswith(b"HTTP/1.1 101 "), head
         sock.sendall(b"ping")
         assert sock.recv(4096) == b"PING"
