@@ -490,11 +490,15 @@ class Loop(Admission):
 
     def maybe_continue(self, conn: Connection) -> None:
         """Send `100 Continue` for the request whose body is awaited, once it is next in line."""
-        current = conn.parser.current
+        parser = conn.parser
+        current = parser.current
         if current is None or not current.expect_continue:
             return
+        ready = parser.ready  # (requests before it parsed in the same read, not lined up yet;
+        # a streamed one is there itself)
         with conn.lock:
-            if conn.active is not None and conn.active is not current or conn.pending:
+            if (conn.active is not None and conn.active is not current or conn.pending
+                    or ready and ready[0] is not current):
                 return  # an earlier response is still going out; asked again when it ends
             current.expect_continue = False
         try:
@@ -690,8 +694,11 @@ class Loop(Admission):
             if conn.active is not None or conn.pending:
                 current = conn.parser.current
                 if current is not None and current.streaming:  # the app reads it as it comes
-                    if current.body_stream.paused:  # the app has not read what came: the
-                        conn.last_active = now  # pause is the server's, not the client's
+                    # the app has not read what came, or the server has not asked for the
+                    # body yet (Expect: 100-continue, behind an earlier response): the pause
+                    # is the server's, not the client's
+                    if current.body_stream.paused or current.expect_continue:
+                        conn.last_active = now
                         retime_body(current)
                     elif now - conn.last_active > header_timeout:
                         self.log.debug("request body stalled; closing")
