@@ -115,3 +115,37 @@ def test_zero_turns_the_bound_off(berth, worker_kind):
         sock.sendall(b"x" * (100 - 5 * 12))
         status, _, got = read_response(sock)
     assert (status, got) == (200, b"x" * 100)
+
+
+def test_a_body_the_server_has_not_asked_for_yet_is_not_timed(srv):
+    """Expect: 100-continue, the client waiting for it: until the server sends it (-k asgi:
+    at the app's first receive(), here after 3 s), the body not coming is the server's doing,
+    neither a stall nor a slow body."""
+    body = b"e" * 20_000  # (past the buffer: streamed)
+    with connect(srv.port) as sock:
+        sock.settimeout(10)
+        sock.sendall(get_request("/echo?wait=3", method="POST",
+                                 headers={"Content-Length": str(len(body)),
+                                          "Expect": "100-continue"}))
+        assert read_response(sock)[0] == 100
+        sock.sendall(body)
+        status, _, got = read_response(sock)
+    assert (status, got) == (200, body)
+
+
+def test_a_pipelined_body_waiting_for_its_100_continue_is_not_timed(srv):
+    """The same behind an earlier response (the WSGI worker sends `100 Continue` once the
+    request is next in line): the wait is not the client's, and the earlier response is
+    not lost with its connection."""
+    body = b"p" * 20_000
+    with connect(srv.port) as sock:
+        sock.settimeout(10)
+        sock.sendall(get_request("/sleep?s=3")
+                     + get_request("/echo", method="POST",
+                                   headers={"Content-Length": str(len(body)),
+                                            "Expect": "100-continue"}))
+        assert read_response(sock)[0] == 200
+        assert read_response(sock)[0] == 100  # (its interim response: after the 200)
+        sock.sendall(body)
+        status, _, got = read_response(sock)
+    assert (status, got) == (200, body)

@@ -194,3 +194,36 @@ def test_at_the_bound_a_new_connection_gets_a_second_to_send_its_request(berth, 
     finally:
         for sock in fresh:
             sock.close()
+
+
+def test_at_the_bound_a_request_read_in_the_same_wake_up_is_not_shed(berth):
+    """The loop reads every readable socket of a wake-up before it parses them (Loop.reads):
+    a keep-alive connection whose request was read, not parsed yet, looks idle. A new
+    connection in the same wake-up, at --worker-connections, must not shed it: its request
+    came (and left the kernel), so it is answered, not closed unanswered."""
+    srv = berth(["-w", "1", "--threads", "1", "--worker-connections", "4",
+                 "--access-logfile", "none", "proto_app:app"])
+    assert http_get(srv.port, "/hello")[0] == 200  # (the worker is up)
+    for _ in range(2):
+        slow, *idle = [connect(srv.port) for _ in range(4)]  # at the bound
+        newcomer = None
+        try:
+            for sock in idle:
+                sock.sendall(get_request("/hello"))
+                assert read_response(sock)[0] == 200
+            time.sleep(0.2)
+            slow.sendall(get_request("/sleep?s=0.5"))  # (one thread: the loop sleeps inline)
+            time.sleep(0.1)
+            for i, sock in enumerate(idle):  # read in the loop's next wake-up...
+                sock.sendall(get_request(f"/path?i={i}"))
+            time.sleep(0.05)
+            newcomer = connect(srv.port)  # ...as is this one, which makes room
+            assert read_response(slow)[0] == 200
+            for i, sock in enumerate(idle):
+                status, _, body = read_response(sock)
+                assert (status, body) == (200, f"/path?i={i}".encode()), srv.stderr()
+        finally:
+            for sock in (slow, *idle, newcomer):
+                if sock is not None:
+                    sock.close()
+        time.sleep(0.3)

@@ -334,8 +334,11 @@ class AsgiLoop(Admission):
                 current = proto.parser.current
                 if (current is not None and current.streaming and cycle is not None
                         and cycle.req is current and not current.complete):
-                    if "body" in proto.read_paused_for:  # the app has not taken what came:
-                        proto.last_active = now  # the pause is the server's, not the client's
+                    # the app has not taken what came, or has not asked for the body yet
+                    # (Expect: 100-continue goes out at its first receive()): the pause is
+                    # the server's, not the client's
+                    if "body" in proto.read_paused_for or current.expect_continue:
+                        proto.last_active = now
                         retime_body(current)
                     elif now - proto.last_active > header_timeout:
                         self.log.debug("request body stalled; closing")

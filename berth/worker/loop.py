@@ -278,9 +278,18 @@ class Loop(Admission):
 
     def sheddable(self):
         """Connections with no request in progress: idle keep-alive ones, and new ones that
-        have sent nothing for SILENT_AFTER (see berth.worker.admission)."""
+        have sent nothing for SILENT_AFTER (see berth.worker.admission). Not those read in
+        this wake-up (`reads`): their requests are not parsed yet, but they have come."""
         now = self.now
-        return (c for c in self.conns.values() if c.idle() or silent(c, now))
+        unparsed = self.unparsed()
+        return (c for c in self.conns.values()
+                if (c.idle() or silent(c, now)) and c not in unparsed)
+
+    def unparsed(self):
+        """The connections whose bytes were read and are not parsed yet (`reads`): they look
+        idle, and are not (only the rare paths that close idle connections ask)."""
+        reads = self.reads
+        return {conn for conn, _ in reads} if reads else ()
 
     def may_accept_again(self, now: float) -> bool:
         """Accepting is paused: take it up again once the back-off after running out of file
@@ -319,7 +328,8 @@ class Loop(Admission):
         self.set_accepting(False)
         self.withdraw()  # (set_accepting did not publish if it was deferring)
         self.retiring = True
-        for conn in [c for c in self.conns.values() if c.idle()]:
+        unparsed = self.unparsed()  # (a request read, not parsed yet: answered, then closed)
+        for conn in [c for c in self.conns.values() if c.idle() and c not in unparsed]:
             conn.close()
         self.process.retiring()
 
@@ -480,11 +490,15 @@ class Loop(Admission):
 
     def maybe_continue(self, conn: Connection) -> None:
         """Send `100 Continue` for the request whose body is awaited, once it is next in line."""
-        current = conn.parser.current
+        parser = conn.parser
+        current = parser.current
         if current is None or not current.expect_continue:
             return
+        ready = parser.ready  # (requests before it parsed in the same read, not lined up yet;
+        # a streamed one is there itself)
         with conn.lock:
-            if conn.active is not None and conn.active is not current or conn.pending:
+            if (conn.active is not None and conn.active is not current or conn.pending
+                    or ready and ready[0] is not current):
                 return  # an earlier response is still going out; asked again when it ends
             current.expect_continue = False
         try:
@@ -643,6 +657,9 @@ class Loop(Admission):
         write_stall = max(keepalive, header_timeout)
         in_flight = 0
         oldest: Request | None = None
+        # (a loop thread that took the loop over ticks before it parses the reads left
+        # behind: their connections are not idle, whatever they look like)
+        unparsed = self.unparsed()
         for conn in list(self.conns.values()):
             active = conn.active
             if active is not None and type(active) is Request:
@@ -677,8 +694,11 @@ class Loop(Admission):
             if conn.active is not None or conn.pending:
                 current = conn.parser.current
                 if current is not None and current.streaming:  # the app reads it as it comes
-                    if current.body_stream.paused:  # the app has not read what came: the
-                        conn.last_active = now  # pause is the server's, not the client's
+                    # the app has not read what came, or the server has not asked for the
+                    # body yet (Expect: 100-continue, behind an earlier response): the pause
+                    # is the server's, not the client's
+                    if current.body_stream.paused or current.expect_continue:
+                        conn.last_active = now
                         retime_body(current)
                     elif now - conn.last_active > header_timeout:
                         self.log.debug("request body stalled; closing")
@@ -691,7 +711,7 @@ class Loop(Admission):
                             "request body slower than --body-min-rate"))
                         conn.mark_dead()
                 continue
-            if conn.out:
+            if conn.out or conn in unparsed:
                 continue
             parser = conn.parser
             if conn.head_started:
