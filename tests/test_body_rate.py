@@ -149,3 +149,26 @@ def test_a_pipelined_body_waiting_for_its_100_continue_is_not_timed(srv):
         sock.sendall(body)
         status, _, got = read_response(sock)
     assert (status, got) == (200, body)
+
+
+def test_a_client_that_reads_nothing_cannot_keep_its_connection_by_trickling(berth, worker_kind):
+    """A client that reads none of a large response and trickles a pipelined request behind
+    it: the bytes it sends are not progress on the response it does not read. It is dropped
+    at the write stall (--keep-alive 2: 2 s of nothing read), as one that sends nothing is."""
+    srv = berth(["-w", "1", "--keep-alive", "2", "--header-timeout", "1",
+                 *proto_args(worker_kind, 2)])
+    with connect(srv.port) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(get_request("/big?n=50000000")
+                     + get_request("/echo", method="POST", headers={"Content-Length": "1000"}))
+        started = time.monotonic()
+        dropped = None
+        while time.monotonic() - started < 12:
+            time.sleep(0.5)  # (a pause shorter than --header-timeout)
+            try:
+                sock.send(b"x")
+            except OSError:
+                dropped = time.monotonic() - started
+                break
+        assert dropped is not None, "a client reading nothing kept its connection by trickling"
+    assert http_get(srv.port, "/hello")[2] == HELLO

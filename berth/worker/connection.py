@@ -127,6 +127,7 @@ class Connection:
         "sock",
         "unfed",
         "unread",
+        "unread_since",
         "want_write",
     )
 
@@ -159,6 +160,9 @@ class Connection:
         self.preface: bytes | None = None  # a PROXY header's bytes so far (--proxy-protocol)
         self.unfed: bytes | None = None  # read, not parsed yet: the queue was full (Loop)
         self.unread = 0  # what its client had still to read at the last tick (reading_on)
+        # since when its client has read nothing of it (0.0: nothing waits): the write stall's
+        # clock, its own: bytes the client sends are no progress on what it does not read
+        self.unread_since = 0.0
         self.app_socket = None  # environ["gunicorn.socket"], made at its first request
 
     def idle(self) -> bool:

@@ -680,17 +680,23 @@ class Loop(Admission):
                 if now > conn.lingering:
                     conn.close()
                 continue
-            if conn.out and conn.reading_on():  # (it read some: progress)
-                conn.last_active = now
-            elif conn.out and now - conn.last_active > write_stall:
-                # a client that reads nothing of its response for that long
-                self.log.debug("client stopped reading its response; closing")
-                conn.mark_dead()
-                if conn.paused_response is not None:
-                    self.responder.resume(conn)
-                elif conn.active is None:
-                    conn.close()
-                continue
+            if conn.out:
+                if conn.reading_on():  # (it read some: progress)
+                    conn.last_active = conn.unread_since = now
+                elif not conn.unread_since:  # (bytes began to wait)
+                    conn.unread_since = conn.last_active
+                elif now - conn.unread_since > write_stall:
+                    # a client that reads nothing of its response for that long (what it
+                    # sends meanwhile, a request trickled behind it, is no progress on that)
+                    self.log.debug("client stopped reading its response; closing")
+                    conn.mark_dead()
+                    if conn.paused_response is not None:
+                        self.responder.resume(conn)
+                    elif conn.active is None:
+                        conn.close()
+                    continue
+            elif conn.unread_since:
+                conn.unread_since = 0.0
             if conn.active is not None or conn.pending:
                 current = conn.parser.current
                 if current is not None and current.streaming:  # the app reads it as it comes
