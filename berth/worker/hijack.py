@@ -6,14 +6,14 @@ WebSocket on it from the app's thread, then ends the app call with StopIteration
 Gunicorn takes as "close the connection, answer nothing".
 
 In berth the loop thread owns every socket: it reads ahead (pipelining) and sends for the app.
-So the environ of a request with an `Upgrade` header holds an `AppSocket` (Gunicorn's every
-environ has the socket: one more key made every environ's dict resize, 1.6% of hello world's
-instructions), and the first use of it that can read or write takes the connection from the
-loop (`take`): the loop forgets the connection without closing it (its bytes still queued go
-out first), and from then on the socket is the app's, blocking, as Gunicorn's is. Reading its
-address (getpeername and the like) takes nothing. When the app call returns (or raises
-StopIteration), berth sends nothing and closes the socket, as Gunicorn does; the request has
-no access log line, as in Gunicorn.
+So the environ of a request with an `Upgrade` header holds an `AppSocket` (Gunicorn puts the
+socket in every environ; one more key in every environ made its dict resize, 1.6% of hello
+world's instructions), and the first use of it that can read or write takes the connection
+from the loop (`take`): the loop forgets the connection without closing it (its bytes still
+queued go out first), and from then on the socket is the app's, blocking, as Gunicorn's is.
+Reading its address (getpeername and the like) takes nothing. When the app call returns (or
+raises StopIteration), berth sends nothing and closes the socket, as Gunicorn does; the
+request has no access log line, as in Gunicorn.
 
 Each connection taken holds its app thread for as long as the app keeps it, as in Gunicorn's
 gthread worker: it needs app threads (`--threads` 2 or more; with one, the loop thread itself
