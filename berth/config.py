@@ -458,6 +458,7 @@ def uvicorn_worker_rules(cfg: Config) -> None:
     else:
         decisions.underscore_names = "uvicorn"
         names = "header names with '_' reach the app, as Uvicorn passes them"
+    decisions.websocket_unaccepted = 500  # (no setting chooses it: Uvicorn's, under its name)
     if cfg.is_set("secure_scheme_headers"):
         scheme = f"secure_scheme_headers ({cfg.source('secure_scheme_headers')}) set the scheme"
     else:
@@ -527,6 +528,9 @@ class Decisions:
     proxy_headers: str = ""  # why --forwarded-remote-addr is on, when berth turned it on
     # header names with '_': header_map's rule ("gunicorn"), or "uvicorn": in the ASGI scope
     underscore_names: str = "gunicorn"
+    # a WebSocket app that returns without accepting: 403, as Gunicorn's ASGI worker, or 500
+    # (and an error line), as Uvicorn
+    websocket_unaccepted: int = 403
 
     def reason(self, name: str) -> str:
         """The reason behind an `auto` value of setting `name` ('' if none)."""

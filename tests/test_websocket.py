@@ -108,6 +108,25 @@ def test_a_denied_handshake_is_a_403_or_the_apps_response(berth, tmp_path):
     assert http_get(srv.port, "/anything")[2] == b"http\n"  # plain HTTP on the same port
 
 
+def test_an_app_that_returns_without_accepting_gets_403_or_uvicorns_500(berth, tmp_path):
+    """Gunicorn's own ASGI worker denies such a handshake with 403; Uvicorn answers 500 and
+    logs an error, so berth does so under Uvicorn's worker class names."""
+    srv = start(berth, tmp_path)
+    with pytest.raises(InvalidStatus) as exc:
+        ws_connect(srv, "/return").close()
+    assert exc.value.response.status_code == 403
+    uvicorn = start_asgi(berth, tmp_path, "ws_app:app", "-w", "1", "-k",
+                         "uvicorn.workers.UvicornWorker")
+    with pytest.raises(InvalidStatus) as exc:
+        ws_connect(uvicorn, "/return").close()
+    assert exc.value.response.status_code == 500
+    assert wait_for(lambda: "returned without accepting" in uvicorn.stderr(), timeout=5), \
+        uvicorn.stderr()
+    with pytest.raises(InvalidStatus) as exc:  # (a close before accepting: 403 for both)
+        ws_connect(uvicorn, "/deny").close()
+    assert exc.value.response.status_code == 403
+
+
 def test_the_http_rules_hold_for_the_upgrade_request(berth, tmp_path):
     srv = start(berth, tmp_path)
     with connect(srv.port) as sock:  # HTTP/1.1 without Host: 400, as for any request

@@ -87,6 +87,8 @@ class AsgiLoop(Admission):
         self.conns: set[HttpProtocol] = set()
         self.active: set[Cycle] = set()
         self.websockets: set = set()  # open WebSocket sessions (berth.asgi.websocket)
+        # what a WebSocket app that returns without accepting gets (Gunicorn's or Uvicorn's)
+        self.websocket_unaccepted = cfg.decisions.websocket_unaccepted
         self.accepting = False
         self.connecting = 0  # accepted sockets whose protocol is not made yet (open_conns)
         self.handshakes: set[Handshake] = set()  # TLS handshakes in progress (sheddable)

@@ -363,7 +363,13 @@ class Session:
                 self._fail_close(INTERNAL_ERROR, "")
         else:
             if not self.accepted and not self.denial_started and not self.gone:
-                self._deny_with(403)  # the app returned without accepting
+                # the app returned without accepting: 403 as Gunicorn's ASGI worker, or
+                # under Uvicorn's worker class names 500 and an error, as Uvicorn
+                status = server.websocket_unaccepted
+                if status == 500:
+                    server.log.error("ASGI app returned without accepting the websocket %s",
+                                     self.scope["path"])
+                self._deny_with(status)
             elif self.accepted and not self.closed:
                 self._close(1000, "")
         finally:

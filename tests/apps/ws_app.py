@@ -44,6 +44,8 @@ async def app(scope, receive, send):
     if path == "/deny":
         await send({"type": "websocket.close"})
         return
+    if path == "/return":  # returns without accepting (or closing)
+        return
     if path == "/deny-body":
         await send({"type": "websocket.http.response.start", "status": 401,
                     "headers": [(b"content-type", b"text/plain")]})
