@@ -64,7 +64,7 @@ from berth.worker.counts import (
     QUEUED,
     QUEUED_SUM,
 )
-from berth.worker.hijack import AppSocket
+from berth.worker.hijack import AppSocket, taken
 from berth.wsgi import Environs, FileWrapper
 
 PAUSED = object()  # call_app(): the loop goes on with this response when the client reads
@@ -679,10 +679,9 @@ class Responder:
                 return keep
         if result is None:  # (taking its first part raised: see run_app)
             result = resp.result
-        app_socket = conn.app_socket
-        if app_socket is not None and app_socket.sock is not None:  # the app took it over
+        if taken(conn):  # the app took the socket over
             self.conclude(resp, result, counted=False)  # (berth knows not what it answered)
-            app_socket.close_taken()
+            conn.app_socket.close_taken()
             return False
         self.conclude(resp, result)
         return keep
@@ -933,10 +932,8 @@ class Responder:
         """The app raised (or broke the protocol): log it, answer 500 if nothing was sent
         (else the connection just closes). Never a dead worker."""
         kind = sys.exc_info()[0]
-        if kind is StopIteration and conn.app_socket is not None and \
-                conn.app_socket.sock is not None:
-            # the app took the socket over, and ends so, as Flask-Sock does under Gunicorn
-            return False
+        if kind is StopIteration and taken(conn):
+            return False  # the app took the socket over, and ends so (Flask-Sock, as Gunicorn)
         self.log.exception("Error handling request %s", request_line(resp.req))
         if kind is SystemExit:
             self.app_exited()

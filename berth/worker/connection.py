@@ -488,43 +488,39 @@ class Connection:
         The loop lets go of the connection as close() does, but the socket stays open and
         berth sends nothing on it again. Returns the bytes that were still to go out (the
         responses before this one: the app's thread sends them first)."""
-        self.closed = True
-        self.loop.forget(self)
-        if self.parser is not None:
-            self.parser.close()
-        with self.lock:
-            rest = []
-            for item in self.out:
-                if type(item) is FileSegment:  # (a file response before it: sent whole)
-                    rest.append(os.pread(item.fd, item.remaining, item.offset))
-                    os.close(item.fd)
-                else:
-                    rest.append(bytes(item))
-            self.out = NO_QUEUE
-            self.out_size = 0
-            self.dead = True  # (berth's sends on it raise ClientDisconnected from now on)
-            if self.cond is not None:
-                self.cond.notify_all()
+        rest: list[bytes] = []
+        self._let_go(rest)
         return b"".join(rest)
 
     def close(self) -> None:
         if self.closed:
             return
-        self.closed = True
         self.app_socket = None  # (it refers to this connection: freed now, not by the GC)
+        self._let_go(None)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def _let_go(self, rest: list | None) -> None:
+        """close() and detach(): the loop forgets the connection (no more events or sweeps),
+        the parser and the write-behind queue are let go (its bytes into `rest`, a file's
+        read; or dropped, with `rest` None), and berth's sends on it fail from now on."""
+        self.closed = True
         self.loop.forget(self)
         if self.parser is not None:  # freed with the connection, not by the garbage collector
             self.parser.close()
         with self.lock:
             for item in self.out:
                 if type(item) is FileSegment:
+                    if rest is not None:  # (a file response before it: sent whole)
+                        rest.append(os.pread(item.fd, item.remaining, item.offset))
                     os.close(item.fd)
+                elif rest is not None:
+                    rest.append(bytes(item))
             self.out = NO_QUEUE
+            self.out_size = 0
             self.response = None  # (it refers to this connection: freed now, not by the GC)
             self.dead = True
             if self.cond is not None:
                 self.cond.notify_all()
-        try:
-            self.sock.close()
-        except OSError:
-            pass

@@ -43,6 +43,12 @@ def not_over_tls(name: str) -> AttributeError:
                           "(recv, recv_into, send and sendall are)")
 
 
+def taken(conn) -> bool:
+    """Whether the app took `conn`'s socket over (its AppSocket was used)."""
+    app_socket = conn.app_socket
+    return app_socket is not None and app_socket.sock is not None
+
+
 def detach(conn) -> bytes:
     """Loop thread: `Connection.detach`, or OSError if the connection was closed meanwhile."""
     if conn.closed:
