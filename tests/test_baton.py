@@ -182,7 +182,7 @@ def test_responses_held_when_the_loop_is_taken_over_go_out_at_once(berth):
 
 def test_the_reads_of_a_wake_up_left_behind_by_a_takeover_are_answered_in_order(berth):
     """The loop reads every readable socket of a wake-up before it parses and answers them
-    (Loop.on_reads): when an app thread takes the loop over from an inline call, the reads
+    (Loop.run): when an app thread takes the loop over from an inline call, the reads
     not answered yet are the new loop thread's, pipelined requests in their order."""
     srv = berth(["-w", "1", "--threads", "4", *APP])
     names_on_one_connection(srv.port, 3)

@@ -82,7 +82,7 @@ class Loop(Admission):
         self.conns: dict[int, Connection] = {}
         self.inbox: collections.deque = collections.deque()
         self.holding: list[Connection] = []  # complete responses held back (Connection.put)
-        self.reads: collections.deque = collections.deque()  # (conn, bytes) to parse: on_reads
+        self.reads: collections.deque = collections.deque()  # (conn, bytes) to parse: run
         self.held_since = 0.0  # when the first of them was held
         self.wake_pending = False
         self.alive = True
@@ -128,15 +128,11 @@ class Loop(Admission):
         elif now >= self.next_tick:  # (a thread that loses the loop mid-turn skips its tick)
             self.next_tick = now + TICK
             tick(now)
-        if reads:  # (read by the thread that ran the loop before this one)
-            self.on_reads(now)
-        if self.holding:  # (held by that thread too)
-            self.flush()
-        while self.alive:
-            # while accepting is paused, wake up soon enough to take it up again
-            events = poll(TICK if self.accepting or self.retiring else
-                          DEFER if self.admit.defer_until else ACCEPT_PAUSE_MAX)
-            self.now = now = monotonic()
+        # The first turn has no events: it answers the reads and sends the responses that
+        # the thread which ran the loop before this one left (baton.py), before any socket
+        # is read again.
+        events = ()
+        while True:
             for fd, ev in events:
                 conn = conns.get(fd)
                 if conn is not None:
@@ -167,7 +163,15 @@ class Loop(Admission):
                     self.on_wake()
                 elif fd == signal_fd:
                     self.process.on_signals()
-            while reads:  # on_reads(), inlined: every wake-up with reads comes here
+            # A wake-up's reads are parsed and answered once every readable socket has been
+            # read: the kernel's receive path then runs once for all of them, not between two
+            # app calls, where it evicts the app's code and data from the caches as a send
+            # does (`flush`): Flask and Django served up to 7% and 18% more requests a second
+            # so, and never fewer, in three runs (docs/performance.md). The queue is the
+            # loop's: when an app thread takes the loop over during an inline app call, the
+            # thread that lost it never comes back here (Deposed), and the new one answers
+            # the rest in its first turn.
+            while reads:
                 conn, data = reads.popleft()
                 if not conn.closed:
                     try:
@@ -181,8 +185,12 @@ class Loop(Admission):
                 tick(now)
             if self.holding:
                 self.flush()
-        if self.holding:
-            self.flush()
+            if not self.alive:
+                break
+            # while accepting is paused, wake up soon enough to take it up again
+            events = poll(TICK if self.accepting or self.retiring else
+                          DEFER if self.admit.defer_until else ACCEPT_PAUSE_MAX)
+            self.now = now = monotonic()
 
     def flush(self) -> None:
         """Send the responses held back since the last flush (`Connection.put`); what a
@@ -381,31 +389,9 @@ class Loop(Admission):
         else:
             self.on_eof(conn)
 
-    def on_reads(self, now: float) -> None:
-        """The requests of one wake-up's reads (`reads`: each connection with the bytes read
-        from it), parsed and answered once every readable socket has been read (`run`, which
-        has this inlined). The kernel's receive path then runs once for all of them, not
-        between two app calls, where it evicts the app's code and data from the caches as a
-        send does (`flush`): Flask and Django served up to 7% and 18% more requests a second
-        so, and never fewer, in three runs (docs/performance.md).
-
-        The queue is the loop's, not a call's: when an app thread takes the loop over during
-        an inline app call (baton.py), the thread that lost it never comes back to it
-        (Deposed), and the loop's new thread answers the rest first thing (`run`), before it
-        reads any socket again."""
-        reads = self.reads
-        on_readable = self.on_readable
-        while reads:
-            conn, data = reads.popleft()
-            if not conn.closed:
-                try:
-                    on_readable(conn, now, data)
-                except Exception:
-                    self.broken(conn)
-
     def on_readable(self, conn: Connection, now: float, data: bytes | None = None) -> None:
         """The socket is readable; or (`data`) bytes read earlier are to be parsed now: a
-        wake-up's reads (`on_reads`), or those kept unparsed while the connection's queue was
+        wake-up's reads (`run`), or those kept unparsed while the connection's queue was
         full (`Connection.unfed`)."""
         if data is None:
             data = self.read(conn)
