@@ -407,7 +407,8 @@ class AsgiLoop(Admission):
         if req.forwarded:  # a header a trusted proxy may set: the WSGI rules, on an environ
             environ = dict(req.headers)
             environ.update({"wsgi.url_scheme": scheme, "PATH_INFO": "", "SCRIPT_NAME": ""})
-            self.forwarding.apply(environ, req, proto.trusted, self.cfg.header_map, False)
+            self.forwarding.apply(environ, req, proto.trusted, self.cfg.header_map, False,
+                                  client[0] if proto.proxied else None)
             scheme = environ["wsgi.url_scheme"]
             if "REMOTE_ADDR" in environ:
                 client = (environ["REMOTE_ADDR"], int(environ["REMOTE_PORT"]))
