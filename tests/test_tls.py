@@ -330,3 +330,39 @@ def test_a_request_over_its_deadline_gets_its_504_encrypted(berth, certs):
         status, headers, body = read_response(s)
     assert (status, body) == (504, b"504 Gateway Timeout\n"), body
     assert headers["connection"] == "close"
+
+
+@pytest.mark.parametrize("kind", ["gthread", "asgi"])
+def test_a_certificate_renewed_in_place_is_served_to_new_connections(berth, tmp_path, kind):
+    # Gunicorn builds its context for each connection: a certificate renewed in place (certbot,
+    # a Secret that cert-manager updates) reaches the next client without a restart. berth
+    # looks at the files at most once a second.
+    ca = trustme.CA()
+    live = tmp_path / "live.pem"
+
+    def install(unit: str) -> None:  # (as certbot and a Secret's mount do: a new file, renamed)
+        fresh = tmp_path / "fresh.pem"
+        fresh.write_bytes(ca.issue_cert("127.0.0.1", organization_unit_name=unit)
+                          .private_key_and_cert_chain_pem.bytes())
+        os.replace(fresh, live)
+
+    install("one")
+    app = "proto_app:app" if kind == "gthread" else "asgi_app:app"
+    srv = berth(["-w", "1", "-k", kind, "--certfile", str(live), app])
+    ctx = ssl.create_default_context(cadata=ca.cert_pem.bytes().decode())
+
+    def unit() -> str:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            return dict(rdn[0] for rdn in s.getpeercert()["subject"])["organizationalUnitName"]
+
+    assert unit() == "one"
+    install("two")
+    assert wait_for(lambda: unit() == "two", 10)
+    # files that do not load (half written) keep the certificate served, said once
+    live.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert wait_for(lambda: unit() == "two" and "TLS files changed and do not load" in
+                    srv.stderr(), 10)  # (a look is made on an accept)
+    install("three")
+    assert wait_for(lambda: unit() == "three", 10)
+    assert srv.stderr().count("TLS files changed and do not load") == 1
