@@ -261,6 +261,10 @@ def run_berth(args, cwd):
      "--ca-certs (ca_certs) 'missing-ca.pem': cannot read it: No such file or directory"),
     (["--certfile", "CERTS/server.pem", "--keyfile", "missing-key.pem"],
      "--keyfile (keyfile) 'missing-key.pem': cannot read it: No such file or directory"),
+    # 0 was taken: -k asgi then failed every TLS handshake, unlogged (asyncio refuses a
+    # handshake timeout of 0), and -k gthread closed every head not whole at the next tick
+    (["--check-config", "--certfile", "CERTS/server.pem", "--header-timeout", "0"],
+     "--header-timeout (header_timeout): invalid value '0'"),
 ])
 def test_bad_tls_settings_exit_2_with_one_line(tmp_path, certs, args, words):
     args = [a.replace("CERTS", str(certs)) for a in args]
