@@ -370,3 +370,40 @@ def test_a_certificate_renewed_in_place_is_served_to_new_connections(berth, tmp_
     install("three")
     assert wait_for(lambda: unit() == "three", 10)
     assert srv.stderr().count("TLS files changed and do not load") == 1
+
+
+def test_the_server_ends_its_side_with_a_close_notify(tls, certs, berth):
+    # RFC 8446 6.1: a close_notify before the write side closes. Without one, a body that
+    # ends with the connection (HTTP/1.0, no Content-Length) cannot be told from a cut one:
+    # a client that checks (Python's ssl without suppress_ragged_eofs) got SSLEOFError.
+    # (-k asgi sends one: asyncio's SSL transport does.)
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+
+    def ending(request: bytes) -> tuple[bytes, str]:
+        with socket.create_connection(("127.0.0.1", tls.port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1",
+                                suppress_ragged_eofs=False) as s:
+            s.sendall(request)
+            data = b""
+            try:
+                while chunk := s.recv(65536):
+                    data += chunk
+            except ssl.SSLEOFError:
+                return data, "cut"
+            return data, "close_notify"
+
+    data, end = ending(b"GET /stream?n=3 HTTP/1.0\r\nHost: h\r\n\r\n")  # framed by the end
+    assert data.endswith(b"part-2\n") and end == "close_notify"
+    data, end = ending(b"GET /hello HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert data.endswith(b"Hello, world!\n") and end == "close_notify"
+    data, end = ending(b"GET /hello HTTP/1.1\r\nHost: h\r\n\r\nNOT A REQUEST\r\n\r\n")
+    assert b" 400 " in data and end == "close_notify"  # (an error response, then lingering)
+    # an idle keep-alive connection the server closes
+    srv = berth(["-w", "1", "--keep-alive", "1", "--certfile", str(certs / "server.pem"),
+                 "proto_app:app"])
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1", suppress_ragged_eofs=False) as s:
+        s.sendall(b"GET /hello HTTP/1.1\r\nHost: h\r\n\r\n")
+        status, _, _ = read_response(s)
+        assert status == 200
+        assert s.recv(100) == b""  # (SSLEOFError without a close_notify)

@@ -144,7 +144,8 @@ class TlsSocket:
     """The socket a TLS connection shows the loop: `recv` decrypts, the rest is the real
     socket's (see the module docstring)."""
 
-    __slots__ = ("before", "conn", "incoming", "obj", "outgoing", "raw", "send", "shaken")
+    __slots__ = ("before", "broken", "conn", "incoming", "obj", "outgoing", "raw", "send",
+                 "shaken")
 
     def __init__(self, raw, context: ssl.SSLContext, before=None):
         self.raw = raw
@@ -156,6 +157,7 @@ class TlsSocket:
         self.outgoing = ssl.MemoryBIO()
         self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
         self.shaken = False  # the handshake is done
+        self.broken = False  # a TLS error ended it (its alert sent: no close_notify after)
         self.conn: TlsConnection | None = None
 
     def __getattr__(self, name: str):
@@ -199,6 +201,9 @@ class TlsSocket:
                 pass
             except ssl.SSLZeroReturnError:  # the client's close_notify
                 closed = True
+            except ssl.SSLError:
+                self.broken = True
+                raise
             finally:
                 self.flush()  # handshake messages, session tickets, alerts
         if plain:
@@ -267,7 +272,35 @@ class TlsConnection(Connection):
             except OSError:  # (ssl.SSLError too: a handshake not done, a closed BIO)
                 pass
 
+    def close_notify(self) -> None:
+        """Loop thread: the close_notify alert before the write side closes (RFC 8446 6.1),
+        by which the client tells the end of the data from a cut: a body that ends with the
+        connection (HTTP/1.0, or no Content-Length) has nothing else to tell it by. Only after
+        a handshake, with everything queued sent and the client still there: a connection
+        closed with bytes queued was cut and says so by ending without one; one that failed
+        sent its alert already. The client's own close_notify is not waited for."""
+        sock = self.sock
+        with self.lock:
+            if not sock.shaken or sock.broken or self.dead or self.out:
+                return
+            try:
+                sock.obj.unwrap()
+            except ssl.SSLError:  # (SSLWantReadError: ours is written, theirs not come)
+                pass
+            data = sock.outgoing.read()
+        if data:
+            try:
+                sock.raw.send(data)  # (a few dozen bytes into an empty send buffer)
+            except OSError:
+                pass
+
+    def linger(self) -> None:
+        self.close_notify()
+        super().linger()
+
     def close(self) -> None:
+        if not self.closed:
+            self.close_notify()
         super().close()
         self.sock.conn = None  # (its SSL object and buffers go now, not at a full collection)
 
