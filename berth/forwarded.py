@@ -93,14 +93,22 @@ class Forwarding:
         return peer is None or self.trust.trusts(peer)
 
     def apply(self, environ: dict, req, trusted: bool, header_map: str,
-              mount: bool = True) -> None:
+              mount: bool = True, proxied: str | None = None) -> None:
         """A marked request (`req.forwarded`): from a trusted peer, its forwarder headers
         join the environ (a SCRIPT_NAME header sets SCRIPT_NAME, unless not `mount`: the ASGI
         worker reads no such header, as neither Gunicorn's ASGI worker nor Uvicorn does), the
         scheme headers set the scheme (400 when they disagree, as Gunicorn; or as Uvicorn
         reads X-Forwarded-Proto) and, if asked, the client's address is read (berth's way, or
         Uvicorn's). From another peer, the forwarder headers are what header_map says of any
-        name with '_', and nothing else changes."""
+        name with '_', and nothing else changes.
+
+        `proxied` is the client a PROXY protocol header named (WSGI: read from the environ's
+        PROXY_ADDR and REMOTE_ADDR when not given). That client, not the socket's peer, sent
+        the request's bytes, X-Forwarded-For included: the PROXY protocol relays TCP and adds
+        nothing to the request. So the client is read from the headers only when it, too, is
+        in forwarded_allow_ips (an HTTP proxy in front of the TCP one); else any client
+        behind a TCP proxy could name itself. The scheme stays judged by the socket's peer,
+        as in Gunicorn."""
         if req.forwarder:
             self._forwarder(environ, req.forwarder, trusted, header_map, mount)
         if not trusted:
@@ -120,6 +128,10 @@ class Forwarding:
                 environ["wsgi.url_scheme"] = scheme
         rule = self.client
         if rule is None:
+            return
+        if proxied is None and "PROXY_ADDR" in environ:  # (set only when a header named one)
+            proxied = environ["REMOTE_ADDR"]
+        if proxied is not None and not self.trust.trusts_ip(proxied):
             return
         client = None
         xff = environ.get(XFF)

@@ -263,7 +263,7 @@ SETTINGS: tuple[Setting, ...] = (
       "has to answer, connection included, before the check fails (exit 1). Also `berth "
       "top` when it prints one snapshot (stdout not a terminal).", "SECONDS",
       section="Server", status=BERTH_ONLY),
-    S("header_timeout", ("--header-timeout",), non_negative_float, 10.0,
+    S("header_timeout", ("--header-timeout",), positive_seconds, 10.0,
       "Seconds a client has to send a whole request head, and the longest pause while "
       "it sends a body, before the connection is closed (408).", "SECONDS",
       section="Security", status=BERTH_ONLY),

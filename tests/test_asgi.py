@@ -624,6 +624,20 @@ def test_the_proxy_protocol_names_the_client_and_is_refused_from_others(berth, t
     srv.wait_for_log("bad PROXY protocol header")
 
 
+def test_behind_a_tcp_proxy_the_client_cannot_name_itself_with_x_forwarded_for(berth,
+                                                                                tmp_path):
+    # (tests/test_proxy.py's twin): the X-Forwarded-For entry is read only when the client
+    # the PROXY header named is itself a trusted proxy
+    srv = start(berth, tmp_path, "--proxy-protocol", "--forwarded-remote-addr",
+                "--forwarded-allow-ips", "127.0.0.1,10.0.0.0/8")
+    for source, client in (("203.0.113.7", ["203.0.113.7", 4567]),
+                           ("10.0.0.9", ["1.2.3.4", 0])):
+        status, _, body = request(srv.port, b"PROXY TCP4 %s 10.0.0.1 4567 80\r\n"
+                                  b"GET /scope HTTP/1.1\r\nHost: h\r\n"
+                                  b"X-Forwarded-For: 1.2.3.4\r\n\r\n" % source.encode())
+        assert status == 200 and json.loads(body)["client"] == client
+
+
 def test_a_proxy_header_begun_then_stalled_or_cut_is_closed_and_logged(berth, tmp_path):
     srv = start(berth, tmp_path, "--proxy-protocol", "--header-timeout", "1")
     with connect(srv.port) as sock:

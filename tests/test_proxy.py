@@ -313,6 +313,30 @@ def test_in_v1_mode_a_v2_header_is_not_read_as_one(berth):
         assert env["REMOTE_ADDR"] == "203.0.113.7"
 
 
+def test_behind_a_tcp_proxy_the_client_cannot_name_itself_with_x_forwarded_for(berth):
+    # HAProxy in TCP mode (send-proxy) on a trusted address: it relays the client's bytes and
+    # adds no X-Forwarded-For, so the one the request carries is the client's own. The
+    # right-most entry was written by the client the PROXY header named: read only when that
+    # client is itself a trusted proxy (an HTTP proxy in front of the TCP one).
+    srv = berth(["-w", "1", "--proxy-protocol", "--proxy-allow-from", TRUSTED,
+                 "--forwarded-allow-ips", f"{TRUSTED},10.0.0.0/8", "--forwarded-remote-addr",
+                 "proto_app:app"])
+    spoof = [("X-Forwarded-For", "1.2.3.4")]
+    with connect_from(TRUSTED, srv.port) as sock:
+        env = environ_of(sock, spoof, prefix=b"PROXY TCP4 203.0.113.7 192.0.2.1 51000 443\r\n")
+        assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("203.0.113.7", "51000")
+        assert environ_of(sock, spoof)["REMOTE_ADDR"] == "203.0.113.7"  # the next request too
+    with connect_from(TRUSTED, srv.port) as sock:  # v2 likewise
+        env = environ_of(sock, spoof, prefix=v2_tcp4("203.0.113.8", "192.0.2.1", 40000, 80))
+        assert env["REMOTE_ADDR"] == "203.0.113.8"
+    with connect_from(TRUSTED, srv.port) as sock:  # the named client is a trusted proxy
+        env = environ_of(sock, spoof, prefix=b"PROXY TCP4 10.0.0.9 192.0.2.1 51000 443\r\n")
+        assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("1.2.3.4", "0")
+    with connect_from(TRUSTED, srv.port) as sock:  # LOCAL names none: the peer wrote it
+        assert environ_of(sock, spoof, prefix=v2(0, 0x00, b""))["REMOTE_ADDR"] == "1.2.3.4"
+    assert env_from(TRUSTED, srv.port, spoof)["REMOTE_ADDR"] == "1.2.3.4"  # no header
+
+
 def test_a_stalled_header_times_out_under_the_header_timeout(berth):
     srv = berth(["-w", "1", "--proxy-protocol", "--header-timeout", "1", "proto_app:app"])
     with connect_from("127.0.0.1", srv.port) as sock:

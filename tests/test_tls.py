@@ -261,6 +261,10 @@ def run_berth(args, cwd):
      "--ca-certs (ca_certs) 'missing-ca.pem': cannot read it: No such file or directory"),
     (["--certfile", "CERTS/server.pem", "--keyfile", "missing-key.pem"],
      "--keyfile (keyfile) 'missing-key.pem': cannot read it: No such file or directory"),
+    # 0 was taken: -k asgi then failed every TLS handshake, unlogged (asyncio refuses a
+    # handshake timeout of 0), and -k gthread closed every head not whole at the next tick
+    (["--check-config", "--certfile", "CERTS/server.pem", "--header-timeout", "0"],
+     "--header-timeout (header_timeout): invalid value '0'"),
 ])
 def test_bad_tls_settings_exit_2_with_one_line(tmp_path, certs, args, words):
     args = [a.replace("CERTS", str(certs)) for a in args]
@@ -330,3 +334,76 @@ def test_a_request_over_its_deadline_gets_its_504_encrypted(berth, certs):
         status, headers, body = read_response(s)
     assert (status, body) == (504, b"504 Gateway Timeout\n"), body
     assert headers["connection"] == "close"
+
+
+@pytest.mark.parametrize("kind", ["gthread", "asgi"])
+def test_a_certificate_renewed_in_place_is_served_to_new_connections(berth, tmp_path, kind):
+    # Gunicorn builds its context for each connection: a certificate renewed in place (certbot,
+    # a Secret that cert-manager updates) reaches the next client without a restart. berth
+    # looks at the files at most once a second.
+    ca = trustme.CA()
+    live = tmp_path / "live.pem"
+
+    def install(unit: str) -> None:  # (as certbot and a Secret's mount do: a new file, renamed)
+        fresh = tmp_path / "fresh.pem"
+        fresh.write_bytes(ca.issue_cert("127.0.0.1", organization_unit_name=unit)
+                          .private_key_and_cert_chain_pem.bytes())
+        os.replace(fresh, live)
+
+    install("one")
+    app = "proto_app:app" if kind == "gthread" else "asgi_app:app"
+    srv = berth(["-w", "1", "-k", kind, "--certfile", str(live), app])
+    ctx = ssl.create_default_context(cadata=ca.cert_pem.bytes().decode())
+
+    def unit() -> str:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            return dict(rdn[0] for rdn in s.getpeercert()["subject"])["organizationalUnitName"]
+
+    assert unit() == "one"
+    install("two")
+    assert wait_for(lambda: unit() == "two", 10)
+    # files that do not load (half written) keep the certificate served, said once
+    live.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert wait_for(lambda: unit() == "two" and "TLS files changed and do not load" in
+                    srv.stderr(), 10)  # (a look is made on an accept)
+    install("three")
+    assert wait_for(lambda: unit() == "three", 10)
+    assert srv.stderr().count("TLS files changed and do not load") == 1
+
+
+def test_the_server_ends_its_side_with_a_close_notify(tls, certs, berth):
+    # RFC 8446 6.1: a close_notify before the write side closes. Without one, a body that
+    # ends with the connection (HTTP/1.0, no Content-Length) cannot be told from a cut one:
+    # a client that checks (Python's ssl without suppress_ragged_eofs) got SSLEOFError.
+    # (-k asgi sends one: asyncio's SSL transport does.)
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+
+    def ending(request: bytes) -> tuple[bytes, str]:
+        with socket.create_connection(("127.0.0.1", tls.port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1",
+                                suppress_ragged_eofs=False) as s:
+            s.sendall(request)
+            data = b""
+            try:
+                while chunk := s.recv(65536):
+                    data += chunk
+            except ssl.SSLEOFError:
+                return data, "cut"
+            return data, "close_notify"
+
+    data, end = ending(b"GET /stream?n=3 HTTP/1.0\r\nHost: h\r\n\r\n")  # framed by the end
+    assert data.endswith(b"part-2\n") and end == "close_notify"
+    data, end = ending(b"GET /hello HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert data.endswith(b"Hello, world!\n") and end == "close_notify"
+    data, end = ending(b"GET /hello HTTP/1.1\r\nHost: h\r\n\r\nNOT A REQUEST\r\n\r\n")
+    assert b" 400 " in data and end == "close_notify"  # (an error response, then lingering)
+    # an idle keep-alive connection the server closes
+    srv = berth(["-w", "1", "--keep-alive", "1", "--certfile", str(certs / "server.pem"),
+                 "proto_app:app"])
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1", suppress_ragged_eofs=False) as s:
+        s.sendall(b"GET /hello HTTP/1.1\r\nHost: h\r\n\r\n")
+        status, _, _ = read_response(s)
+        assert status == 200
+        assert s.recv(100) == b""  # (SSLEOFError without a close_notify)

@@ -542,6 +542,8 @@ class HttpProtocol(asyncio.Protocol):
     # bytes at the last tick, and since when the client has read none of them (0.0: none wait)
     unsent = 0
     unsent_since = 0.0
+    # --proxy-protocol: `client` is the one a PROXY header named (forwarding.apply's proxied)
+    proxied = False
 
     # -- the transport's callbacks ------------------------------------------------------------
 
@@ -610,6 +612,7 @@ class HttpProtocol(asyncio.Protocol):
             return None
         if header.names_client:
             self.client = (str(header.src_addr), header.src_port)
+            self.proxied = True
         return buf[header.consumed:] or None
 
     def _forbid(self) -> None:

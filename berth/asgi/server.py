@@ -82,7 +82,7 @@ class AsgiLoop(Admission):
         self.on_signals = on_signals
         self.max_requests = max_requests or (1 << 62)
         self.on_retire = on_retire
-        self.ssl_context = ssl_context
+        self.ssl_context = ssl_context  # berth.worker.tls.Contexts, or None: plain HTTP
         self.loop = loop
         self.conns: set[HttpProtocol] = set()
         self.active: set[Cycle] = set()
@@ -223,7 +223,7 @@ class AsgiLoop(Admission):
             transport_for = self.loop.connect_accepted_socket(self._protocol, sock)
         else:
             transport_for = self.loop.connect_accepted_socket(
-                self._protocol, sock, ssl=self.ssl_context,
+                self._protocol, sock, ssl=self.ssl_context.get(time.monotonic()),
                 ssl_handshake_timeout=self.cfg.header_timeout)
             handshake = Handshake()
             self.handshakes.add(handshake)
@@ -407,7 +407,8 @@ class AsgiLoop(Admission):
         if req.forwarded:  # a header a trusted proxy may set: the WSGI rules, on an environ
             environ = dict(req.headers)
             environ.update({"wsgi.url_scheme": scheme, "PATH_INFO": "", "SCRIPT_NAME": ""})
-            self.forwarding.apply(environ, req, proto.trusted, self.cfg.header_map, False)
+            self.forwarding.apply(environ, req, proto.trusted, self.cfg.header_map, False,
+                                  client[0] if proto.proxied else None)
             scheme = environ["wsgi.url_scheme"]
             if "REMOTE_ADDR" in environ:
                 client = (environ["REMOTE_ADDR"], int(environ["REMOTE_PORT"]))

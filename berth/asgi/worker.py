@@ -52,9 +52,9 @@ class AsgiWorker(Worker):
         asyncio.set_event_loop(loop)
         ssl_context = None
         if cfg.certfile:
-            from berth.worker.tls import make_context
+            from berth.worker.tls import Contexts
 
-            ssl_context = make_context(cfg)
+            ssl_context = Contexts(cfg, self.log, time.monotonic())
         app = asgi3(self.app)
         self.loop = self.responder = server = AsgiLoop(
             cfg, self.listeners, self.log, app, self.access_log, signal_fd=self._sig_r,

@@ -14,8 +14,9 @@ connection saying who the client was; the HTTP request follows.
   - a `ProxyHeader`, whose `consumed` bytes are the header; the HTTP request starts after them;
 or raises `ProxyProtocolError(reason)`: the bytes are a header, but malformed or too long. The
 spec says to abort such a connection (2.1: "must be discarded and cause the receiver to abort
-the connection"): the server answers 400 and closes, as Gunicorn does for v1 (for v2 its
-`InvalidProxyHeader` is missing from the worker's list of client errors and becomes a 500).
+the connection"): berth closes it unanswered and logs why (berth/worker/preface.py), as the
+README says. Gunicorn answers 400 for v1 (for v2 its `InvalidProxyHeader` is missing from the
+worker's list of client errors and becomes a 500).
 
 Version 1 (2.1), one line of text:
   - `PROXY TCP4 <src> <dst> <srcport> <dstport>\\r\\n` (`TCP6` likewise), fields separated by

@@ -37,7 +37,7 @@ from berth.worker.app import Responder
 from berth.worker.connection import WAIT_FOR_READER, ClientDisconnected, Connection
 from berth.worker.hijack import TakeOver
 from berth.worker.preface import ProxyPreface
-from berth.worker.tls import TlsConnection, TlsSocket, make_context
+from berth.worker.tls import Contexts, TlsConnection, TlsSocket
 from berth.wsgi import StreamInput
 
 MAX_PIPELINE = 16  # complete requests queued on one connection before reading pauses
@@ -99,7 +99,8 @@ class Loop(Admission):
         self.next_tick = 0.0  # (kept here: the loop may move to another thread, baton.py)
         # --proxy-protocol: the header each new connection may start with (else None)
         self.preface = ProxyPreface.from_config(cfg, responder.environs, log)
-        self.tls = make_context(cfg) if cfg.certfile else None  # every listener speaks TLS
+        # every listener speaks TLS (its context made again when its files change)
+        self.tls = Contexts(cfg, log, time.monotonic()) if cfg.certfile else None
 
     def setup(self) -> None:
         self.ep = select.epoll()
@@ -269,7 +270,8 @@ class Loop(Admission):
             if self.tls is None:
                 conn = Connection(sock, environ, now, self)
             else:
-                conn = TlsConnection(TlsSocket(sock, self.tls, self.preface and self.preface.read),
+                conn = TlsConnection(TlsSocket(sock, self.tls.get(now),
+                                               self.preface and self.preface.read),
                                      environ, now, self, environs)
             conn.parser = NO_PARSER  # made when bytes arrive (on_readable)
             if self.preface is not None:

@@ -12,10 +12,12 @@ requires it; CPython releases the GIL inside SSL_read and SSL_write).
 
 `make_context(cfg)` builds the context as Gunicorn does (`gunicorn/sock.py`), through the
 `ssl_context(config, default_ssl_context_factory)` hook when the config file defines one.
+`Contexts` makes it again when the certificate, key or CA files change on disk.
 """
 
 from __future__ import annotations
 
+import os
 import ssl
 import threading
 
@@ -78,11 +80,72 @@ def make_context(cfg) -> ssl.SSLContext:
     return context
 
 
+# Seconds between two looks at the TLS files' status (Contexts)
+RELOAD_CHECK = 1.0
+
+
+class Contexts:
+    """A worker's TLS context, made again when certfile, keyfile or ca_certs change on disk.
+
+    Gunicorn builds a context for every connection it accepts (`sock.ssl_wrap_socket`), so a
+    certificate renewed in place (certbot, a Kubernetes Secret that cert-manager updates) is
+    what the next client gets, without a restart. Making a context costs a millisecond or more
+    (the key is parsed), too much for each connection: instead the files' status (inode,
+    size, mtime: a Secret's mount swaps a symlink) is looked at on an accept at most once per
+    RELOAD_CHECK, and the context made again, through the ssl_context hook if there is one,
+    when it changed. Files that do not load (one half written, a key that does not match the
+    new certificate yet) keep the old context, with one warning, and are tried again at the
+    next look."""
+
+    __slots__ = ("cfg", "context", "failed", "log", "next_look", "paths", "stamp")
+
+    def __init__(self, cfg, log, now: float, context: ssl.SSLContext | None = None):
+        self.cfg = cfg
+        self.log = log
+        self.paths = tuple(p for p in (cfg.certfile, cfg.keyfile, cfg.ca_certs) if p)
+        self.stamp = self._stamp()  # (before the files are read: a change meanwhile is seen)
+        self.context = context or make_context(cfg)
+        self.failed = None  # the stamp that did not load (warned once)
+        self.next_look = now + RELOAD_CHECK
+
+    def _stamp(self) -> tuple:
+        stamp = []
+        for path in self.paths:
+            try:
+                st = os.stat(path)
+            except OSError:
+                stamp.append(None)
+            else:
+                stamp.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(stamp)
+
+    def get(self, now: float) -> ssl.SSLContext:
+        """The context for a connection accepted at `now` (monotonic seconds)."""
+        if now < self.next_look:
+            return self.context
+        self.next_look = now + RELOAD_CHECK
+        stamp = self._stamp()
+        if stamp == self.stamp:
+            return self.context
+        try:
+            context = make_context(self.cfg)
+        except Exception as exc:  # (OSError, ssl.SSLError, the hook's own)
+            if stamp != self.failed:
+                self.failed = stamp
+                self.log.warning("TLS files changed and do not load (%s); serving the "
+                                 "previous certificate until they do", exc)
+            return self.context
+        self.stamp, self.failed, self.context = stamp, None, context
+        self.log.info("TLS files changed: new connections get the new certificate")
+        return context
+
+
 class TlsSocket:
     """The socket a TLS connection shows the loop: `recv` decrypts, the rest is the real
     socket's (see the module docstring)."""
 
-    __slots__ = ("before", "conn", "incoming", "obj", "outgoing", "raw", "send", "shaken")
+    __slots__ = ("before", "broken", "conn", "incoming", "obj", "outgoing", "raw", "send",
+                 "shaken")
 
     def __init__(self, raw, context: ssl.SSLContext, before=None):
         self.raw = raw
@@ -94,6 +157,7 @@ class TlsSocket:
         self.outgoing = ssl.MemoryBIO()
         self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
         self.shaken = False  # the handshake is done
+        self.broken = False  # a TLS error ended it (its alert sent: no close_notify after)
         self.conn: TlsConnection | None = None
 
     def __getattr__(self, name: str):
@@ -137,6 +201,9 @@ class TlsSocket:
                 pass
             except ssl.SSLZeroReturnError:  # the client's close_notify
                 closed = True
+            except ssl.SSLError:
+                self.broken = True
+                raise
             finally:
                 self.flush()  # handshake messages, session tickets, alerts
         if plain:
@@ -205,7 +272,35 @@ class TlsConnection(Connection):
             except OSError:  # (ssl.SSLError too: a handshake not done, a closed BIO)
                 pass
 
+    def close_notify(self) -> None:
+        """Loop thread: the close_notify alert before the write side closes (RFC 8446 6.1),
+        by which the client tells the end of the data from a cut: a body that ends with the
+        connection (HTTP/1.0, or no Content-Length) has nothing else to tell it by. Only after
+        a handshake, with everything queued sent and the client still there: a connection
+        closed with bytes queued was cut and says so by ending without one; one that failed
+        sent its alert already. The client's own close_notify is not waited for."""
+        sock = self.sock
+        with self.lock:
+            if not sock.shaken or sock.broken or self.dead or self.out:
+                return
+            try:
+                sock.obj.unwrap()
+            except ssl.SSLError:  # (SSLWantReadError: ours is written, theirs not come)
+                pass
+            data = sock.outgoing.read()
+        if data:
+            try:
+                sock.raw.send(data)  # (a few dozen bytes into an empty send buffer)
+            except OSError:
+                pass
+
+    def linger(self) -> None:
+        self.close_notify()
+        super().linger()
+
     def close(self) -> None:
+        if not self.closed:
+            self.close_notify()
         super().close()
         self.sock.conn = None  # (its SSL object and buffers go now, not at a full collection)
 
