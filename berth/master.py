@@ -551,7 +551,7 @@ class Master:
             from berth.admin import listen_queue
 
             queues = [listen_queue(s) for s in self.listeners]
-            statsd.gauges["gunicorn.backlog"] = sum(q for q in queues if q is not None)
+            statsd.histograms["gunicorn.backlog"] = sum(q for q in queues if q is not None)
         statsd.flush()
 
     def check_workers(self, now: float) -> None:

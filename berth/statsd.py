@@ -9,7 +9,8 @@ and DogStatsD take newline-separated metrics): the same series and the same tota
     and `gunicorn.request.status.<code>` (summed over the half second: `:<n>|c|@1.0`);
   - `gunicorn.log.critical|error|warning|exception` counters from the error log;
   - the master: the gauge `gunicorn.workers` each tick, and, with `--enable-backlog-metric`,
-    `gunicorn.backlog` (connections waiting in the listeners' accept queues).
+    `gunicorn.backlog` (connections waiting in the listeners' accept queues), a histogram
+    (`|h`) as Gunicorn sends it.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Statsd:
         self.requests: list[tuple[str, float]] = []  # (status, seconds), appended per request
         self.counts: Counter = Counter()  # other counters (log levels)
         self.gauges: dict[str, float] = {}
+        self.histograms: dict[str, float] = {}  # one value each per flush (gunicorn.backlog)
 
     @classmethod
     def from_config(cls, cfg) -> Statsd | None:
@@ -75,6 +77,7 @@ class Statsd:
         requests, self.requests = self.requests, []
         counts, self.counts = self.counts, Counter()
         gauges, self.gauges = self.gauges, {}
+        histograms, self.histograms = self.histograms, {}
         p, tail = self.prefix, self.tail
         out = [f"{p}gunicorn.request.duration:{seconds * 1000:.3f}|ms{tail}"
                for _, seconds in requests]
@@ -85,6 +88,7 @@ class Statsd:
                     for code, n in sorted(by_status.items())]
         out += [f"{p}{name}:{n}|c|@1.0{tail}" for name, n in sorted(counts.items())]
         out += [f"{p}{name}:{value:g}|g{tail}" for name, value in sorted(gauges.items())]
+        out += [f"{p}{name}:{value:g}|h{tail}" for name, value in sorted(histograms.items())]
         return out
 
     def flush(self) -> None:
