@@ -280,6 +280,12 @@ def name_list(value: Any) -> list:
 
 
 GUNICORN_LOGGER = "gunicorn.glogging.Logger"
+# What Gunicorn's logger_class resolves to its own loggers: "simple" is its alias for the
+# default (Config.logger_class), and its StatsD logger is the class it switches the default
+# to when statsd_host is set (without it, that class logs as the default and sends nothing):
+# berth's logs and its --statsd-host do what they do
+GUNICORN_LOGGERS = (GUNICORN_LOGGER, "glogging.Logger", "simple",
+                    "gunicorn.instrument.statsd.Statsd", "instrument.statsd.Statsd")
 
 
 def is_default_logger(value: Any) -> bool:
@@ -287,7 +293,7 @@ def is_default_logger(value: Any) -> bool:
         return True
     if not isinstance(value, str):
         value = f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}"
-    return value.strip() in (GUNICORN_LOGGER, "glogging.Logger")
+    return value.strip() in GUNICORN_LOGGERS
 
 
 def gunicorn_control_socket() -> str:

@@ -517,8 +517,9 @@ SETTINGS: tuple[Setting, ...] = (
                          "access logs; shape them with --access-logformat and --log-level, "
                          "and configure logging with logconfig_dict"), GUNICORN_LOGGER,
       "A Gunicorn logger class.", "STRING", section="Logging", status=REFUSED,
-      note="accepted when it names Gunicorn's default; any other class exits 2 (use "
-           "logconfig_dict)."),
+      note="accepted when it names Gunicorn's default (or `simple`, its alias, or "
+           "`gunicorn.instrument.statsd.Statsd`, the class Gunicorn uses with --statsd-host); "
+           "any other class exits 2 (use logconfig_dict)."),
     S("logconfig", ("--log-config",), optional_text, None,
       "A logging.config.fileConfig file, applied as Gunicorn applies it (its loggers are "
       "gunicorn.error and gunicorn.access; berth.error and berth.access too).", "FILE",

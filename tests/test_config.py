@@ -493,6 +493,15 @@ def test_gunicorns_default_control_socket_path_is_accepted():
     parse(["--control-socket", gunicorn_control_socket(), "app:app"])
 
 
+@pytest.mark.parametrize("value", ["simple", "gunicorn.instrument.statsd.Statsd"])
+def test_gunicorns_own_logger_classes_are_accepted(value):
+    # Gunicorn's Config.logger_class takes "simple" as its default and switches the default
+    # to its StatsD logger when statsd_host is set: a config that spells either out runs
+    # Gunicorn's logging, which berth does; refusing them refused a working Gunicorn config
+    parse(["app:app", "--logger-class", value])
+    parse(["app:app", "--logger-class", value, "--statsd-host", "127.0.0.1:8125"])
+
+
 def test_gunicorns_logger_class_object_is_accepted(tmp_path):
     pytest.importorskip("gunicorn.glogging")
     write(tmp_path / "g.py", "from gunicorn.glogging import Logger\nlogger_class = Logger\n")
