@@ -292,7 +292,7 @@ def is_default_logger(value: Any) -> bool:
     if value is None or value == "":
         return True
     if not isinstance(value, str):
-        value = f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}"
+        value = class_path(value)
     return value.strip() in GUNICORN_LOGGERS
 
 
@@ -327,8 +327,14 @@ UVICORN_CLASSES = ("uvicorn.workers.UvicornWorker", "uvicorn.workers.UvicornH11W
                    "uvicorn_worker.UvicornWorker", "uvicorn_worker.UvicornH11Worker")
 
 
+def class_path(value: Any) -> str:
+    """A class given as an object (a config file's `worker_class = ThreadWorker`): its dotted
+    path, as a string names it."""
+    return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', repr(value))}"
+
+
 def worker_class(value: Any) -> str:
-    name = value if isinstance(value, str) else getattr(value, "__name__", repr(value))
+    name = value if isinstance(value, str) else class_path(value)
     name = name.strip()
     if name in SYNC_CLASSES:
         return "sync"
