@@ -249,10 +249,13 @@ def _environ_value(environ: dict, name: str):
 
 
 def _response_header(headers: list, name: str) -> str:
+    """A `{name}o` atom: the header's last value when the response repeats it (two
+    Set-Cookie), as Gunicorn's atoms have it (a dict updated from the header list)."""
+    found = "-"
     for key, value in headers:
         if key.lower() == name:
-            return value
-    return "-"
+            found = value
+    return found
 
 
 # Escaping, as Apache does it (Gunicorn escapes only `"`): a value copied into a log line can

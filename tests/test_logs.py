@@ -112,6 +112,13 @@ def test_response_header_and_environ_atoms_are_escaped():
     assert out == '\\"abc\\" a\\x09b'
 
 
+def test_a_repeated_response_header_logs_its_last_value_as_gunicorn_does():
+    # Gunicorn's atoms are a dict updated from the response's header list: the last wins
+    headers = [("Set-Cookie", "a=1"), ("Content-Type", "text/plain"), ("Set-Cookie", "b=2")]
+    assert line('%({set-cookie}o)s %({Content-Type}o)s %({etag}o)s', environ(),
+                headers=headers) == "b=2 text/plain -"
+
+
 def test_clean_lines_take_the_same_shape_through_both_paths():
     """A line needing no escape is the same whether or not another value did."""
     clean = line(DEFAULT, environ(HTTP_USER_AGENT="ua"))
