@@ -147,6 +147,27 @@ def test_metrics_add_the_retired_counts_and_count_threads_per_serving_worker():
                    for name, labels in m)
 
 
+def test_a_duration_equal_to_a_bucket_bound_is_in_that_bucket():
+    # Prometheus' le is "less than or equal": prometheus_client's Histogram.observe(0.5)
+    # counts it in le="0.5"; bisect_right put it in the next bucket up
+    from berth.scoreboard import DURATION_BOUNDS
+    from berth.worker.counts import count, new_counts, publish
+
+    counts = new_counts()
+    for seconds in (0.0, 0.0005, 0.5, 30.0, 31.0):
+        count(counts, b"GET", "200", 0, seconds)
+    slot = Slot(pid=1, state=IDLE, heartbeat=99.5)
+    publish(counts, slot)
+    m = families(render_metrics(view(Seen(1, 1, 5.0, slot, False))))
+
+    def bucket(le):
+        return m[("berth_request_duration_seconds_bucket", (("le", le),))]
+
+    assert bucket("0.0005") == 2 and bucket("0.001") == 2
+    assert bucket("0.25") == 2 and bucket("0.5") == 3
+    assert bucket(repr(DURATION_BOUNDS[-1])) == 4 and bucket("+Inf") == 5
+
+
 def test_redact_keeps_only_the_path():
     assert redact("GET /search?q=secret HTTP/1.1") == "GET /search HTTP/1.1"
     assert redact("GET /a#frag HTTP/1.1") == "GET /a HTTP/1.1"
