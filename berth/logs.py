@@ -365,6 +365,8 @@ def compile_access_format(fmt: str):
             expr = exprs[atom] if atom in exprs else _header_expr(atom)
             sample = 0 if atom in _NUMBER_ATOMS else "-"
             try:
+                if conversion.endswith("c"):  # one character: the sample ('-', 0) passes, a
+                    raise TypeError  # request's value (an address, 3 MB sent) would raise
                 ("%" + conversion) % (sample,)
             except (TypeError, ValueError):  # Gunicorn cannot format it either (`%(h)d`):
                 template.append(literal(match.group(0)))  # the text stays as it is written

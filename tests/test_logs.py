@@ -246,6 +246,18 @@ def test_conversions_other_than_s_are_gunicorns(fmt, logged):
     assert line(fmt, environ()) == logged
 
 
+@pytest.mark.parametrize("fmt", ["%(h)s %(m)c", "%(a)c", "%(B)c", "%(s)c %(l)c"])
+def test_a_one_character_conversion_stays_as_written_and_never_raises(fmt):
+    # `%c` takes one character or a code point: the check at compile time ('-', 0) passed,
+    # and every request then raised TypeError (OverflowError for %(B)c past 1 MiB sent) in
+    # the responder, which logged an internal error and closed the keep-alive connection
+    access_line = compile_access_format(fmt)
+    e = environ(HTTP_USER_AGENT="curl/8")
+    for sent in (12, 3_000_000):
+        out = access_line(e, "200 OK", sent, 0.25, []).decode()
+        assert out == fmt.replace("%(h)s", "10.0.0.7") + "\n"
+
+
 def test_a_converted_value_is_escaped_too():
     out = line('%(a)-12s|%({x-evil}i)r', environ(HTTP_USER_AGENT='u"a\n', HTTP_X_EVIL="b\tc"))
     assert out == 'u\\"a\\x0a        |\'b\\\\tc\''
