@@ -60,6 +60,10 @@ class Statsd:
         self.prefix = re.sub(r"^(.+[^.]+)\.*$", "\\g<1>.", prefix)  # as Gunicorn's: one "."
         self.tail = f"|#{tags}" if tags else ""
         self.requests: list[tuple[str, float]] = []  # (status, seconds), appended per request
+        # the list `lines()` took last, and how much of it was sent: an app thread that read
+        # `self.requests` just before the swap appends to it after (see `lines`)
+        self.taken: list[tuple[str, float]] = []
+        self.taken_sent = 0
         self.counts: Counter = Counter()  # other counters (log levels)
         self.gauges: dict[str, float] = {}
         self.histograms: dict[str, float] = {}  # one value each per flush (gunicorn.backlog)
@@ -74,7 +78,11 @@ class Statsd:
         self.requests.append((status, seconds))
 
     def lines(self) -> list[str]:
-        requests, self.requests = self.requests, []
+        late = self.taken[self.taken_sent:]  # appended to the list taken last, after it was
+        requests, self.requests = self.requests, []  # (as berth.logs.AccessLog.flush)
+        self.taken = requests
+        requests = late + requests
+        self.taken_sent = len(self.taken)
         counts, self.counts = self.counts, Counter()
         gauges, self.gauges = self.gauges, {}
         histograms, self.histograms = self.histograms, {}

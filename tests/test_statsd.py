@@ -94,3 +94,24 @@ def test_statsd_addresses_gunicorn_takes_are_taken(value, address):
 def test_a_bad_statsd_address_is_refused_when_the_setting_is_read(value):
     with pytest.raises(ValueError, match="HOST:PORT with a port of 1 to 65535"):
         statsd_address(value)
+
+
+def test_a_request_recorded_into_the_list_just_taken_is_sent_at_the_next_flush():
+    # record() is `self.requests.append(...)` on an app thread: one that read self.requests
+    # just before the loop's flush swapped in a new list appends to the old one after it
+    # was taken; that request must still be sent, once
+    from berth.statsd import Statsd
+
+    statsd = Statsd("127.0.0.1:9")
+    try:
+        statsd.record("200 OK", 0.001)
+        old = statsd.requests  # (what the app thread read before the swap)
+        assert "gunicorn.requests:1|c|@1.0" in statsd.lines()
+        old.append(("404 Not Found", 0.002))  # (its append, after the swap)
+        statsd.record("200 OK", 0.003)
+        later = statsd.lines()
+        assert "gunicorn.requests:2|c|@1.0" in later
+        assert "gunicorn.request.status.404:1|c|@1.0" in later
+        assert not any(line.startswith("gunicorn.requests") for line in statsd.lines())
+    finally:
+        statsd.close()
