@@ -494,7 +494,8 @@ SETTINGS: tuple[Setting, ...] = (
       "timestamp (RFC 3339, ms), level, pid and message; access lines add remote_addr, "
       "method, path, query, status, bytes, duration_ms, user_agent, referer and request_id "
       "(the client's X-Request-ID, else made from the pid and a counter; the app gets it as "
-      "environ['berth.request_id']); an error's traceback is one field, exception. With json, "
+      "environ['berth.request_id'], or scope['berth.request_id'] under -k asgi); an error's "
+      "traceback is one field, exception. With json, "
       "--access-logformat is not used.", "FORMAT", section="Logging", status=BERTH_ONLY,
       note="berth only."),
     S("log_overflow", ("--log-overflow",), log_overflow, "drop",
