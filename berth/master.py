@@ -59,6 +59,7 @@ from berth.logs import AccessLog, reopen_error_log
 from berth.scoreboard import BOOTING, OUT_OF_SERVICE, RETIRING, Scoreboard, Slot
 from berth.sizing import MAX_WORKERS, connection_bound, raise_open_files_limit
 from berth.sockets import create_listener, describe
+from berth.statsd import SETTINGS as STATSD_SETTINGS
 from berth.statsd import LogCounter, Statsd, StatsdTee
 from berth.worker.process import EXIT_APP_LOAD_ERROR, Worker, private_memory
 
@@ -464,7 +465,7 @@ class Master:
             access_log = logconfig.access_log_for(self.cfg, access_log)
             if self.statsd is not None:  # the worker's own socket; the master's is not used
                 self.statsd.close()
-                statsd = Statsd.from_config(self.cfg)
+                statsd = self.statsd.fresh()
                 for handler in [h for h in self.log.handlers if isinstance(h, LogCounter)]:
                     self.log.removeHandler(handler)
                 self.log.addHandler(LogCounter(statsd))
@@ -477,6 +478,12 @@ class Master:
                           slot=slot, generation=self.generation, max_requests=max_requests,
                           view=view, server=self.server, stacks_fd=stacks_fd)
             worker.run()
+        except BaseException:  # noqa: BLE001 - the worker could not be set up: said, not silent
+            try:
+                self.log.exception("worker %d could not start", os.getpid())
+                logconfig.drain()
+            except BaseException:  # noqa: BLE001
+                pass
         finally:
             os._exit(1)
 
@@ -667,6 +674,10 @@ class Master:
             if self.code.settings_of(self.cfg) != self.code.settings:
                 self.log.warning("SIGHUP: the --reload settings take effect at the next start")
         self.paused = ""
+        if [getattr(old, n) for n in STATSD_SETTINGS] != [getattr(self.cfg, n)
+                                                           for n in STATSD_SETTINGS]:
+            self.log.warning("SIGHUP: the StatsD settings (--statsd-host, --statsd-prefix, "
+                             "--dogstatsd-tags) take effect at the next start")
         if logconfig.settings_of(old) != logconfig.settings_of(self.cfg):
             self.log.warning("SIGHUP: the logging configuration settings (logconfig_dict, "
                              "--log-config, --log-config-json, --log-syslog...) take effect at "

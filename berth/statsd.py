@@ -23,6 +23,7 @@ from collections import Counter
 from berth.logs import AccessTee
 
 MAX_DATAGRAM = 1432  # fits an Ethernet MTU with IP and UDP headers
+SETTINGS = ("statsd_host", "statsd_prefix", "dogstatsd_tags")  # read at start (Statsd.fresh)
 
 
 def parse_address(value: str):
@@ -54,6 +55,7 @@ class Statsd:
     `flush()` by the loop or the master's tick."""
 
     def __init__(self, address: str, prefix: str = "", tags: str = ""):
+        self.settings = (address, prefix, tags)  # (each worker's own: `fresh`)
         family, self.address = parse_address(address)
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
@@ -73,6 +75,14 @@ class Statsd:
         if not cfg.statsd_host:
             return None
         return cls(cfg.statsd_host, cfg.statsd_prefix, cfg.dogstatsd_tags)
+
+    def fresh(self) -> Statsd:
+        """The same destination, prefix and tags, on a socket of its own (a new worker's).
+        The settings are the master's, read at start: a SIGHUP does not change them (as in
+        Gunicorn, whose StatsD logger is made once), so the master's gauges and the workers'
+        requests never go to two places, and a reload without statsd_host does not leave
+        its workers without the object they count into."""
+        return Statsd(*self.settings)
 
     def record(self, status: str, seconds: float) -> None:
         self.requests.append((status, seconds))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
 from collections import Counter
@@ -115,3 +116,29 @@ def test_a_request_recorded_into_the_list_just_taken_is_sent_at_the_next_flush()
         assert not any(line.startswith("gunicorn.requests") for line in statsd.lines())
     finally:
         statsd.close()
+
+
+def test_a_reload_that_drops_statsd_host_keeps_the_workers_sending_where_they_did(berth, tmp_path):
+    # the workers made their StatsD client from the reloaded configuration, the master kept
+    # its own: without statsd_host every new worker died (None.record) and the reload
+    # failed, silently; with another host, requests and gauges went to two places
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        port = udp.getsockname()[1]
+        conf = tmp_path / "berth.conf.py"
+        conf.write_text(f"workers = 1\nstatsd_host = '127.0.0.1:{port}'\n")
+        srv = berth(["-c", str(conf), "proto_app:app"])
+        conf.write_text("workers = 1\n")
+        srv.signal(signal.SIGHUP)
+        srv.wait_for_log("generation 2 ready", timeout=15)
+        assert "SIGHUP: the StatsD settings (--statsd-host" in srv.stderr()
+        assert "reload failed" not in srv.stderr()
+        for _ in range(3):
+            assert http_get(srv.port, "/hello")[0] == 200
+
+        def sent(lines):
+            return sum(int(line.split(":")[1].split("|")[0]) for line in lines
+                       if line.startswith("gunicorn.requests:"))
+
+        lines = collect(udp, lambda lines: sent(lines) >= 3)
+    assert sent(lines) == 3
