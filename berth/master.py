@@ -665,6 +665,11 @@ class Master:
                                  "listening on %s", " ".join(new.bind),
                                  " ".join(self.cfg.bind))
             new.values["bind"] = self.cfg.bind
+            if new.admin_bind != self.cfg.admin_bind:  # (the master's own listener, likewise)
+                self.log.warning("SIGHUP: --admin-bind %s takes effect at the next start; the "
+                                 "admin listener stays %s", new.admin_bind or "(none)",
+                                 self.cfg.admin_bind or "off")
+                new.values["admin_bind"] = self.cfg.admin_bind
             self.cfg = new
             # the memory cap and the automatic --max-worker-memory are worked out again for
             # the new configuration, at its first ready worker

@@ -701,3 +701,20 @@ def test_a_browser_gets_the_status_page_listing_the_workers_and_a_stuck_request(
     # a client that does not ask for HTML still gets JSON
     assert admin_get(srv, "/status")[1]["content-type"] == "application/json"
     t.join(timeout=10)
+
+
+def test_a_changed_admin_bind_on_sighup_is_said_and_the_listener_stays(berth, tmp_path):
+    # as for --bind: the master keeps its listener until the next start, and says so (a
+    # changed admin_bind was dropped without a word)
+    admin, other = free_port(), free_port()
+    conf = tmp_path / "berth.conf.py"
+    conf.write_text(f"workers = 1\nadmin_bind = '127.0.0.1:{admin}'\n")
+    srv = berth(["-c", str(conf), "proto_app:app"])
+    srv.admin = admin
+    conf.write_text(f"workers = 1\nadmin_bind = '127.0.0.1:{other}'\n")
+    srv.signal(signal.SIGHUP)
+    srv.wait_for_log("generation 2 ready", timeout=15)
+    assert (f"SIGHUP: --admin-bind 127.0.0.1:{other} takes effect at the next start; the "
+            f"admin listener stays 127.0.0.1:{admin}") in srv.stderr()
+    assert status_of(srv)["config"]["admin_bind"] == f"http://127.0.0.1:{admin}"
+    assert admin_get(srv, "/readyz")[0] == 200
