@@ -189,6 +189,25 @@ def setup_error_log(target: str, level: str, log_format: str = "text") -> loggin
     return log
 
 
+def retarget_error_log(target: str, log_format: str) -> None:
+    """SIGHUP: berth's error-log handlers (on berth.error, or gunicorn.error under a logging
+    configuration) write to the reloaded --error-logfile with the reloaded --log-format, as
+    Gunicorn's reload sets its error log up again. Workers started from now on inherit them;
+    the old ones keep theirs until they exit. OSError when the new target cannot be opened
+    (nothing changed then)."""
+    handlers = []
+    for name in ("berth.error", "gunicorn.error"):
+        handlers += [h for h in logging.getLogger(name).handlers
+                     if isinstance(h, WholeLineHandler) and h not in handlers]
+    fds = [open_log_fd(target, 2) for _ in handlers]
+    for handler, fd in zip(handlers, fds):
+        with handler.lock:
+            old, handler.fd = handler.fd, fd
+            handler.setFormatter(WholeLineHandler(fd, log_format).formatter)
+        if old > 2:
+            os.close(old)
+
+
 def reopen_error_log(target: str) -> None:
     """SIGUSR1: the error log's file opened again (logrotate moved it), in place: the
     handler keeps its descriptor number, wherever it is (berth.error, or gunicorn.error

@@ -55,7 +55,7 @@ from berth.children import (
     take_stacks,
 )
 from berth.hooks import ServerView, WorkerView, call_boot_hook, call_hook
-from berth.logs import AccessLog, reopen_error_log
+from berth.logs import AccessLog, reopen_error_log, retarget_error_log
 from berth.scoreboard import BOOTING, OUT_OF_SERVICE, RETIRING, Scoreboard, Slot
 from berth.sizing import MAX_WORKERS, connection_bound, raise_open_files_limit
 from berth.sockets import create_listener, describe
@@ -665,6 +665,7 @@ class Master:
                                  "listening on %s", " ".join(new.bind),
                                  " ".join(self.cfg.bind))
             new.values["bind"] = self.cfg.bind
+            self.reload_error_log(new)
             if new.admin_bind != self.cfg.admin_bind:  # (the master's own listener, likewise)
                 self.log.warning("SIGHUP: --admin-bind %s takes effect at the next start; the "
                                  "admin listener stays %s", new.admin_bind or "(none)",
@@ -695,6 +696,23 @@ class Master:
         self.reload_reason = "reloaded (SIGHUP)"
         self.log.info("SIGHUP: reloading: starting %d workers of generation %d",
                       self.cfg.workers, self.generation)
+
+    def reload_error_log(self, new) -> None:
+        """SIGHUP: a changed --error-logfile, --log-format or --log-level applies from now on,
+        here and in the new workers, as Gunicorn's reload sets its error log up again (a
+        logging configuration's own loggers keep theirs: those settings wait for the next
+        start)."""
+        old = self.cfg
+        if (new.errorlog, new.log_format) != (old.errorlog, old.log_format):
+            try:
+                retarget_error_log(new.errorlog, new.log_format)
+            except OSError as exc:
+                self.log.error("SIGHUP: --error-logfile %s: %s; the error log stays %s",
+                               new.errorlog, exc.strerror or exc, old.errorlog)
+                new.values["errorlog"] = old.errorlog
+                new.values["log_format"] = old.log_format
+        if new.loglevel != old.loglevel and logconfig.current() is None:
+            self.log.setLevel(new.loglevel.upper())  # (berth.error)
 
     def finish_reload(self) -> None:
         new = [w for w in self.workers.values() if w.generation == self.generation]
