@@ -66,6 +66,8 @@ class Statsd:
         # `self.requests` just before the swap appends to it after (see `lines`)
         self.taken: list[tuple[str, float]] = []
         self.taken_sent = 0
+        self.counted: Counter = Counter()  # the same for `counts`: the one taken last, and
+        self.counted_sent: Counter = Counter()  # what of it was sent
         self.counts: Counter = Counter()  # other counters (log levels)
         self.gauges: dict[str, float] = {}
         self.histograms: dict[str, float] = {}  # one value each per flush (gunicorn.backlog)
@@ -88,12 +90,17 @@ class Statsd:
         self.requests.append((status, seconds))
 
     def lines(self) -> list[str]:
-        late = self.taken[self.taken_sent:]  # appended to the list taken last, after it was
-        requests, self.requests = self.requests, []  # (as berth.logs.AccessLog.flush)
-        self.taken = requests
-        requests = late + requests
-        self.taken_sent = len(self.taken)
-        counts, self.counts = self.counts, Counter()
+        # what other threads added to the list (and the counter) taken last, after it was
+        # taken (as berth.logs.AccessLog.flush looks again): sent now, once
+        late = self.taken[self.taken_sent:]
+        taken, self.requests = self.requests, []
+        sent = len(taken)
+        requests = late + taken[:sent]
+        self.taken, self.taken_sent = taken, sent
+        late_counts = self.counted - self.counted_sent
+        counted, self.counts = self.counts, Counter()
+        self.counted, self.counted_sent = counted, Counter(counted)
+        counts = self.counted_sent + late_counts
         gauges, self.gauges = self.gauges, {}
         histograms, self.histograms = self.histograms, {}
         p, tail = self.prefix, self.tail

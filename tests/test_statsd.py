@@ -114,6 +114,12 @@ def test_a_request_recorded_into_the_list_just_taken_is_sent_at_the_next_flush()
         assert "gunicorn.requests:2|c|@1.0" in later
         assert "gunicorn.request.status.404:1|c|@1.0" in later
         assert not any(line.startswith("gunicorn.requests") for line in statsd.lines())
+        statsd.counts["gunicorn.log.error"] += 1
+        old = statsd.counts
+        assert "gunicorn.log.error:1|c|@1.0" in statsd.lines()
+        old["gunicorn.log.error"] += 1  # (a LogCounter on another thread, after the swap)
+        assert "gunicorn.log.error:1|c|@1.0" in statsd.lines()
+        assert not any("gunicorn.log" in line for line in statsd.lines())
     finally:
         statsd.close()
 
