@@ -97,7 +97,7 @@ class Statsd:
         sent = len(taken)
         requests = late + taken[:sent]
         self.taken, self.taken_sent = taken, sent
-        late_counts = self.counted - self.counted_sent
+        late_counts = Counter(self.counted) - self.counted_sent  # (copied at once, in C)
         counted, self.counts = self.counts, Counter()
         self.counted, self.counted_sent = counted, Counter(counted)
         counts = self.counted_sent + late_counts
