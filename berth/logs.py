@@ -239,9 +239,13 @@ class _Clock:
 
     @classmethod
     def refresh(cls, now: float) -> str:
+        # the text first, then the second it is for: another app thread that sees the new
+        # second (between two bytecodes of this one) must find its text there, not the last
+        # second's (or "" at the first line)
+        text = time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(now))
+        cls.text = text
         cls.second = int(now)
-        cls.text = time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(now))
-        return cls.text
+        return text
 
 
 def _basic_user(environ: dict) -> str:

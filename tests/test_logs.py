@@ -261,3 +261,24 @@ def test_a_one_character_conversion_stays_as_written_and_never_raises(fmt):
 def test_a_converted_value_is_escaped_too():
     out = line('%(a)-12s|%({x-evil}i)r', environ(HTTP_USER_AGENT='u"a\n', HTTP_X_EVIL="b\tc"))
     assert out == 'u\\"a\\x0a        |\'b\\\\tc\''
+
+
+def test_the_clock_is_never_seen_with_the_new_second_and_the_old_text(monkeypatch):
+    # %(t)s is `_Clock.text if int(now) == _Clock.second else _Clock.refresh(now)`, read by
+    # every app thread; refresh() stored the second before formatting its text, so a thread
+    # switch inside it let another thread log the last second's text ("" at the first line)
+    from berth import logs
+
+    seen = []
+    localtime = time.localtime
+
+    def other_thread_formats_a_line(t):
+        seen.append(logs._Clock.text if int(t) == logs._Clock.second else "refreshes")
+        return localtime(t)
+
+    monkeypatch.setattr(logs._Clock, "second", -1)
+    monkeypatch.setattr(logs._Clock, "text", "")
+    monkeypatch.setattr(logs.time, "localtime", other_thread_formats_a_line)
+    text = logs._Clock.refresh(1_000_000.5)
+    assert seen == ["refreshes"]
+    assert logs._Clock.text == text and logs._Clock.second == 1_000_000
