@@ -554,9 +554,9 @@ class AccessLog:
         taken = self.lines
         late = self._taken[self._taken_len:]
         self.lines = []
-        self._taken, self._taken_len = taken, len(taken)
-        if late:
-            taken = late + taken
+        n = len(taken)  # (what is appended from here on is written at the next round, once)
+        self._taken, self._taken_len = taken, n
+        taken = late + taken[:n]
         data = self.backlog
         if taken:
             new = b"".join(taken)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import logging
 import os
 import re
 import shlex
@@ -282,3 +283,24 @@ def test_the_clock_is_never_seen_with_the_new_second_and_the_old_text(monkeypatc
     text = logs._Clock.refresh(1_000_000.5)
     assert seen == ["refreshes"]
     assert logs._Clock.text == text and logs._Clock.second == 1_000_000
+
+
+def test_a_line_appended_while_the_access_log_flushes_is_written_once(tmp_path):
+    # an app thread's append can land in the list flush() just took: after flush() read its
+    # length, that line was joined and written now, and again at the next round as late
+    from berth.logs import AccessLog
+
+    class Racing(list):
+        def __len__(self):
+            n = super().__len__()
+            if n == 1:
+                self.append(b"appended during the flush\n")  # (another thread, right now)
+            return n
+
+    target = tmp_path / "access.log"
+    log = AccessLog(str(target), "%(r)s", logging.getLogger("test"))
+    log.lines = Racing([b"first\n"])
+    log.flush()
+    log.flush()
+    log.close()
+    assert target.read_text() == "first\nappended during the flush\n"
