@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 
 PIPE_BUF = select.PIPE_BUF  # a pipe write of at most this many bytes is atomic
+KEEP_UP = 0.005  # seconds a flush of the access log may wait for a reader that keeps up
 ERROR_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S %z"
 
@@ -502,10 +503,10 @@ class LineSink:
             self.piece = PIPE_BUF
             self.sock = socket.socket(fileno=self.fd)
 
-    def write_some(self, data: bytes) -> int:
-        """Write whole lines from the start of `data` until it would block; return bytes
-        written."""
-        return write_whole_lines(self.write, data, 0, self.piece)
+    def write_some(self, data: bytes, start: int = 0) -> int:
+        """Write whole lines of `data` from `start` until it would block; return the offset
+        reached."""
+        return write_whole_lines(self.write, data, start, self.piece)
 
     def write(self, data: memoryview) -> int:
         if self.sock is not None:
@@ -530,6 +531,7 @@ class AccessLog:
     blocking; the rest waits in a bounded backlog, and what does not fit is dropped and
     counted on the error log. With app threads, an append can race the swap and land in the
     old list after it was taken: `flush()` looks at that list once more on its next round.
+    A full pipe is waited for briefly while its reader keeps up (`_keep_up`).
     """
 
     def __init__(self, target: str, fmt: str, error_log: logging.Logger,
@@ -549,6 +551,7 @@ class AccessLog:
         self.block = overflow == "block"  # --log-overflow block: wait for the reader instead
         self._taken: list[bytes] = []
         self._taken_len = 0
+        self.stalled = False  # the reader took nothing while a flush waited (see _keep_up)
 
     def flush(self) -> None:
         taken = self.lines
@@ -568,6 +571,10 @@ class AccessLog:
         if data:
             try:
                 written = self.sink.write_some(data)
+                if written:
+                    self.stalled = False
+                if written < len(data) and not self.stalled:
+                    written = self._keep_up(data, written)
             except OSError as exc:  # EPIPE: nobody reads stdout any more
                 written = len(data)
                 if exc.errno != 32:
@@ -579,6 +586,25 @@ class AccessLog:
             dropped, self.dropped = self.dropped, 0
             self.error_log.warning("access log: %d lines dropped (the log is not read fast "
                                    "enough)", dropped)
+
+    def _keep_up(self, data: bytes, written: int) -> int:
+        """The sink is full (a pipe holds 64 KiB): a reader that keeps up empties it in
+        microseconds, so wait for it, up to KEEP_UP seconds a flush, rather than leave the
+        rest for the next tick (half a second later: at most two pipefuls a second, so a
+        busy worker dropped lines that a fast reader would have taken). A reader that does
+        not take anything within the wait is stalled: the next flushes do not wait, until a
+        write goes through again at once."""
+        deadline = time.monotonic() + KEEP_UP
+        fd = self.sink.fileno()
+        while written < len(data):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if not select.select([], [fd], [], left)[1]:
+                self.stalled = True
+                break
+            written = self.sink.write_some(data, written)
+        return written
 
     def _write_all(self) -> None:
         data = self.backlog

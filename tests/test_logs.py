@@ -304,3 +304,51 @@ def test_a_line_appended_while_the_access_log_flushes_is_written_once(tmp_path):
     log.flush()
     log.close()
     assert target.read_text() == "first\nappended during the flush\n"
+
+
+def test_a_flush_keeps_up_with_a_reader_that_keeps_up(tmp_path, monkeypatch):
+    # a pipe holds 64 KiB; the loop flushes twice a second and stopped at the first EAGAIN,
+    # so a worker wrote at most a few pipefuls a second, and dropped lines ("not read fast
+    # enough") behind a reader that took everything at once (150,000 quick requests through
+    # `| cat`: 81,460 dropped). A flush now waits for such a reader, briefly.
+    from berth import logs
+    from berth.logs import AccessLog, LineSink
+
+    r, w = os.pipe2(os.O_NONBLOCK)
+    os.set_blocking(r, True)
+    woken = threading.Event()
+    got = []
+
+    def reader():
+        woken.wait(10)
+        while True:
+            data = os.read(r, 1 << 16)
+            if not data:
+                return
+            got.append(len(data))
+
+    real_select = logs.select.select
+
+    def select(rl, wl, xl, timeout):  # (the flush waits: the reader is scheduled now)
+        woken.set()
+        return real_select(rl, wl, xl, timeout)
+
+    monkeypatch.setattr(logs.select, "select", select)
+    monkeypatch.setattr(logs, "KEEP_UP", 5.0, raising=False)  # (a slow machine)
+    thread = threading.Thread(target=reader)
+    thread.start()
+    log = AccessLog(str(tmp_path / "unused.log"), "%(r)s", logging.getLogger("test"))
+    sink = LineSink.__new__(LineSink)
+    sink.sock, sink.fd, sink.piece = None, w, PIPE_BUF
+    log.sink = sink
+    line = b"x" * 99 + b"\n"
+    log.lines = [line] * 4000  # 400 kB: six pipefuls
+    try:
+        log.flush()
+        assert log.backlog == b"" and log.dropped_total == 0
+    finally:
+        woken.set()
+        os.close(w)
+        thread.join(10)
+        os.close(r)
+    assert sum(got) == 400_000
