@@ -20,8 +20,10 @@ lines; checking that a line needs no escaping is a third of that cost.
 
 from __future__ import annotations
 
+import array
 import base64
 import errno
+import fcntl
 import functools
 import json
 import logging
@@ -31,6 +33,7 @@ import re
 import select
 import socket
 import stat
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -48,26 +51,36 @@ def open_log_fd(target: str, default_fd: int) -> int:
 
 
 def write_whole_lines(write: Callable[[memoryview], int], data: bytes, start: int = 0,
-                      piece: int = PIPE_BUF) -> int:
+                      piece: int = PIPE_BUF, fits: Callable[[int], bool] | None = None) -> int:
     """The one place log bytes are written. Write `data` from `start` with `write` (an
     `os.write` or a socket send: returns the bytes taken, raises BlockingIOError when it would
-    block) in pieces of whole lines of at most `piece` bytes (a longer line is cut), until all
-    is written, `write` would block, or it took only part of a piece. Return the offset it got
-    to: the caller decides whether to wait and go on (the error log) or keep the rest for later
-    (the access log)."""
+    block) in pieces of whole lines of at most `piece` bytes, until all is written, `write`
+    would block, or it took only part of a piece. A line longer than `piece` (a huge header
+    in the access log) is one write of its own, never cut into several: other workers' writes
+    to the same pipe would land between its parts. The kernel copies a pipe write in one go
+    when the pipe has room for all of it, so `fits(n)`, when given (a pipe's), says whether
+    it has; when it has not, this stops as if the pipe were full. Return the offset it got
+    to: the caller decides whether to wait and go on (the error log) or keep the rest for
+    later (the access log)."""
     view = memoryview(data)
     end = len(data)
     while start < end:
         stop = end
         if stop - start > piece:
             cut = data.rfind(b"\n", start, start + piece)
-            stop = cut + 1 if cut >= start else start + piece
+            if cut >= start:
+                stop = cut + 1
+            else:  # one line longer than a piece: all of it at once
+                cut = data.find(b"\n", start + piece)
+                stop = cut + 1 if cut >= 0 else end
+                if fits is not None and not fits(stop - start):
+                    break
         try:
             n = write(view[start:stop])
         except BlockingIOError:
             break
         start += n
-        if start < stop:  # a partial write (a socket or a file, never a pipe): stop here
+        if start < stop:  # a partial write (a socket, a file, a long line): stop here
             break
     return start
 
@@ -486,6 +499,7 @@ class LineSink:
     def __init__(self, target: str, default_fd: int):
         self.sock = None
         self.piece = 1 << 20
+        self.capacity = 0  # a pipe's size (F_GETPIPE_SZ), when known: see `fits`
         if target not in ("-", ""):
             self.fd = open_log_fd(target, default_fd)
             return
@@ -494,6 +508,11 @@ class LineSink:
         if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
             os.close(self.fd)
             self.piece = PIPE_BUF
+            if stat.S_ISFIFO(mode):
+                try:
+                    self.capacity = fcntl.fcntl(default_fd, fcntl.F_GETPIPE_SZ)
+                except (OSError, AttributeError):
+                    pass
             try:
                 self.fd = os.open(f"/proc/self/fd/{default_fd}",
                                   os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_APPEND)
@@ -506,7 +525,21 @@ class LineSink:
     def write_some(self, data: bytes, start: int = 0) -> int:
         """Write whole lines of `data` from `start` until it would block; return the offset
         reached."""
-        return write_whole_lines(self.write, data, start, self.piece)
+        return write_whole_lines(self.write, data, start, self.piece,
+                                 self.fits if self.capacity else None)
+
+    def fits(self, size: int) -> bool:
+        """A pipe: whether a write of `size` bytes (one line longer than PIPE_BUF) goes in
+        whole now, so that no other worker's line lands inside it. A line longer than the
+        pipe itself never would: it is written as it goes."""
+        if size > self.capacity:
+            return True
+        queued = array.array("i", [0])
+        try:
+            fcntl.ioctl(self.fd, termios.FIONREAD, queued)
+        except OSError:
+            return True
+        return self.capacity - queued[0] >= size
 
     def write(self, data: memoryview) -> int:
         if self.sock is not None:
@@ -603,7 +636,9 @@ class AccessLog:
             if not select.select([], [fd], [], left)[1]:
                 self.stalled = True
                 break
-            written = self.sink.write_some(data, written)
+            before, written = written, self.sink.write_some(data, written)
+            if written == before:  # room, but not yet for a whole long line
+                time.sleep(0.0005)
         return written
 
     def _write_all(self) -> None:

@@ -172,7 +172,7 @@ def test_whole_line_writer_writes_one_piece_per_run_of_lines_that_fits_in_pipe_b
     assert write_whole_lines(write, data) == len(data)
     assert b"".join(writes) == data
     assert [len(w) for w in writes[:3]] == [4000, 4000, 1000]  # whole lines, <= PIPE_BUF
-    assert len(writes[3]) == PIPE_BUF  # a line longer than PIPE_BUF is cut
+    assert len(writes[3]) == PIPE_BUF + 11  # a line longer than PIPE_BUF: one write, whole
 
 
 def test_whole_line_writer_stops_at_a_line_end_when_a_non_blocking_pipe_is_full():
@@ -339,7 +339,7 @@ def test_a_flush_keeps_up_with_a_reader_that_keeps_up(tmp_path, monkeypatch):
     thread.start()
     log = AccessLog(str(tmp_path / "unused.log"), "%(r)s", logging.getLogger("test"))
     sink = LineSink.__new__(LineSink)
-    sink.sock, sink.fd, sink.piece = None, w, PIPE_BUF
+    sink.sock, sink.fd, sink.piece, sink.capacity = None, w, PIPE_BUF, 0
     log.sink = sink
     line = b"x" * 99 + b"\n"
     log.lines = [line] * 4000  # 400 kB: six pipefuls
@@ -352,3 +352,31 @@ def test_a_flush_keeps_up_with_a_reader_that_keeps_up(tmp_path, monkeypatch):
         thread.join(10)
         os.close(r)
     assert sum(got) == 400_000
+
+
+def test_a_line_longer_than_pipe_buf_is_one_write_and_waits_for_room_for_all_of_it():
+    # a huge header made a line longer than PIPE_BUF, which was cut into writes of PIPE_BUF:
+    # two workers writing to one stdout pipe had their lines land inside each other's (2 of
+    # 800 JSON lines with a 7 kB User-Agent, -w 2, did not parse)
+    chunks = []
+
+    def write(view):
+        chunks.append(len(view))
+        return len(view)
+
+    data = b"a\n" + b"x" * 9999 + b"\n" + b"b\n"
+    assert write_whole_lines(write, data) == len(data)
+    assert chunks == [2, 10000, 2]
+    chunks.clear()  # a pipe without room for the whole line: not a part of it now
+    assert write_whole_lines(write, data, fits=lambda size: size <= 5000) == 2
+    assert chunks == [2]
+    r, w = os.pipe2(os.O_NONBLOCK)  # what a pipe's sink says
+    try:
+        sink = LineSink.__new__(LineSink)
+        sink.sock, sink.fd, sink.piece, sink.capacity = None, w, PIPE_BUF, 65536
+        assert sink.fits(60000)
+        os.write(w, b"y" * 10000)
+        assert not sink.fits(60000) and sink.fits(50000) and sink.fits(70000)
+    finally:
+        os.close(r)
+        os.close(w)
