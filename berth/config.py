@@ -607,6 +607,8 @@ def load(argv: list[str], environ=os.environ, cwd: str | None = None,
 # -- output -------------------------------------------------------------------------------------
 
 def _show(value) -> str:
+    if isinstance(value, type):  # (a config file's logger_class = Logger)
+        return f"<class {value.__module__}.{value.__qualname__}>"
     if callable(value):
         name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
         return f"<function {name}>" if name else repr(value)

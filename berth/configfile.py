@@ -123,7 +123,9 @@ def read_namespace(location: str, label: str | None = None) -> dict[str, Any]:
 def settings_from_namespace(namespace: dict[str, Any], label: str) -> dict[str, Any]:
     """The settings a config file's names give: {name: raw value}.
 
-    Modules, classes, private names and unknown helpers are skipped; `None` means "not set"
+    Modules, private names, unknown helpers and classes under other names than a setting's
+    are skipped (a class named `worker_class` or `logger_class` is that setting's value, as in
+    Gunicorn, for its converter to take or refuse); `None` means "not set"
     (`workers = os.environ.get("WORKERS")` keeps the default when the variable is unset),
     except for `accesslog`: None is Gunicorn's default there and means no access log, which
     berth's default (stdout) is not, so `accesslog = None` turns it off, as in Gunicorn. A
@@ -133,7 +135,7 @@ def settings_from_namespace(namespace: dict[str, Any], label: str) -> dict[str, 
     unknown: list[str] = []
     for name, value in namespace.items():
         if name.startswith("_") or isinstance(value, types.ModuleType) or \
-                isinstance(value, type):
+                (isinstance(value, type) and name not in BY_NAME):
             continue
         if name in BY_NAME:
             if name == "config":

@@ -280,14 +280,20 @@ def name_list(value: Any) -> list:
 
 
 GUNICORN_LOGGER = "gunicorn.glogging.Logger"
+# What Gunicorn's logger_class resolves to its own loggers: "simple" is its alias for the
+# default (Config.logger_class), and its StatsD logger is the class it switches the default
+# to when statsd_host is set (without it, that class logs as the default and sends nothing):
+# berth's logs and its --statsd-host do what they do
+GUNICORN_LOGGERS = (GUNICORN_LOGGER, "glogging.Logger", "simple",
+                    "gunicorn.instrument.statsd.Statsd", "instrument.statsd.Statsd")
 
 
 def is_default_logger(value: Any) -> bool:
     if value is None or value == "":
         return True
     if not isinstance(value, str):
-        value = f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}"
-    return value.strip() in (GUNICORN_LOGGER, "glogging.Logger")
+        value = class_path(value)
+    return value.strip() in GUNICORN_LOGGERS
 
 
 def gunicorn_control_socket() -> str:
@@ -321,8 +327,14 @@ UVICORN_CLASSES = ("uvicorn.workers.UvicornWorker", "uvicorn.workers.UvicornH11W
                    "uvicorn_worker.UvicornWorker", "uvicorn_worker.UvicornH11Worker")
 
 
+def class_path(value: Any) -> str:
+    """A class given as an object (a config file's `worker_class = ThreadWorker`): its dotted
+    path, as a string names it."""
+    return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', repr(value))}"
+
+
 def worker_class(value: Any) -> str:
-    name = value if isinstance(value, str) else getattr(value, "__name__", repr(value))
+    name = value if isinstance(value, str) else class_path(value)
     name = name.strip()
     if name in SYNC_CLASSES:
         return "sync"

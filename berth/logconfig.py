@@ -325,6 +325,31 @@ def current() -> Setup | None:
     return _current
 
 
+def keep_std_streams() -> None:
+    """In a worker, before --capture-output takes descriptors 1 and 2 for the app's prints
+    with the error log on stderr (Gunicorn captures only into an error log file, and does
+    nothing then): the configuration's handlers that write to stdout or stderr (a
+    `StreamHandler` on `ext://sys.stdout`, the access log of many Gunicorn configurations)
+    get a descriptor of their own on the same stream, so that their lines stay where they
+    went in Gunicorn instead of becoming prints captured into the error log."""
+    if _current is None:
+        return
+    for handler in _current.queue.handlers:
+        if not isinstance(handler, logging.StreamHandler) or \
+                isinstance(handler, logging.FileHandler):
+            continue
+        stream = handler.stream
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            continue
+        if fd not in (1, 2):
+            continue
+        own = os.dup(fd)  # (not inheritable: the app's subprocesses do not get it)
+        handler.setStream(open(own, "w", encoding=getattr(stream, "encoding", None) or "utf-8",
+                               errors=getattr(stream, "errors", None) or "backslashreplace"))
+
+
 def after_fork() -> None:
     if _current is not None:
         _current.queue.after_fork()

@@ -20,8 +20,10 @@ lines; checking that a line needs no escaping is a third of that cost.
 
 from __future__ import annotations
 
+import array
 import base64
 import errno
+import fcntl
 import functools
 import json
 import logging
@@ -31,11 +33,13 @@ import re
 import select
 import socket
 import stat
+import termios
 import threading
 import time
 from collections.abc import Callable
 
 PIPE_BUF = select.PIPE_BUF  # a pipe write of at most this many bytes is atomic
+KEEP_UP = 0.005  # seconds a flush of the access log may wait for a reader that keeps up
 ERROR_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S %z"
 
@@ -47,26 +51,36 @@ def open_log_fd(target: str, default_fd: int) -> int:
 
 
 def write_whole_lines(write: Callable[[memoryview], int], data: bytes, start: int = 0,
-                      piece: int = PIPE_BUF) -> int:
+                      piece: int = PIPE_BUF, fits: Callable[[int], bool] | None = None) -> int:
     """The one place log bytes are written. Write `data` from `start` with `write` (an
     `os.write` or a socket send: returns the bytes taken, raises BlockingIOError when it would
-    block) in pieces of whole lines of at most `piece` bytes (a longer line is cut), until all
-    is written, `write` would block, or it took only part of a piece. Return the offset it got
-    to: the caller decides whether to wait and go on (the error log) or keep the rest for later
-    (the access log)."""
+    block) in pieces of whole lines of at most `piece` bytes, until all is written, `write`
+    would block, or it took only part of a piece. A line longer than `piece` (a huge header
+    in the access log) is one write of its own, never cut into several: other workers' writes
+    to the same pipe would land between its parts. The kernel copies a pipe write in one go
+    when the pipe has room for all of it, so `fits(n)`, when given (a pipe's), says whether
+    it has; when it has not, this stops as if the pipe were full. Return the offset it got
+    to: the caller decides whether to wait and go on (the error log) or keep the rest for
+    later (the access log)."""
     view = memoryview(data)
     end = len(data)
     while start < end:
         stop = end
         if stop - start > piece:
             cut = data.rfind(b"\n", start, start + piece)
-            stop = cut + 1 if cut >= start else start + piece
+            if cut >= start:
+                stop = cut + 1
+            else:  # one line longer than a piece: all of it at once
+                cut = data.find(b"\n", start + piece)
+                stop = cut + 1 if cut >= 0 else end
+                if fits is not None and not fits(stop - start):
+                    break
         try:
             n = write(view[start:stop])
         except BlockingIOError:
             break
         start += n
-        if start < stop:  # a partial write (a socket or a file, never a pipe): stop here
+        if start < stop:  # a partial write (a socket, a file, a long line): stop here
             break
     return start
 
@@ -189,6 +203,25 @@ def setup_error_log(target: str, level: str, log_format: str = "text") -> loggin
     return log
 
 
+def retarget_error_log(target: str, log_format: str) -> None:
+    """SIGHUP: berth's error-log handlers (on berth.error, or gunicorn.error under a logging
+    configuration) write to the reloaded --error-logfile with the reloaded --log-format, as
+    Gunicorn's reload sets its error log up again. Workers started from now on inherit them;
+    the old ones keep theirs until they exit. OSError when the new target cannot be opened
+    (nothing changed then)."""
+    handlers = []
+    for name in ("berth.error", "gunicorn.error"):
+        handlers += [h for h in logging.getLogger(name).handlers
+                     if isinstance(h, WholeLineHandler) and h not in handlers]
+    fds = [open_log_fd(target, 2) for _ in handlers]
+    for handler, fd in zip(handlers, fds):
+        with handler.lock:
+            old, handler.fd = handler.fd, fd
+            handler.setFormatter(WholeLineHandler(fd, log_format).formatter)
+        if old > 2:
+            os.close(old)
+
+
 def reopen_error_log(target: str) -> None:
     """SIGUSR1: the error log's file opened again (logrotate moved it), in place: the
     handler keeps its descriptor number, wherever it is (berth.error, or gunicorn.error
@@ -220,9 +253,13 @@ class _Clock:
 
     @classmethod
     def refresh(cls, now: float) -> str:
+        # the text first, then the second it is for: another app thread that sees the new
+        # second (between two bytecodes of this one) must find its text there, not the last
+        # second's (or "" at the first line)
+        text = time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(now))
+        cls.text = text
         cls.second = int(now)
-        cls.text = time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(now))
-        return cls.text
+        return text
 
 
 def _basic_user(environ: dict) -> str:
@@ -249,10 +286,13 @@ def _environ_value(environ: dict, name: str):
 
 
 def _response_header(headers: list, name: str) -> str:
+    """A `{name}o` atom: the header's last value when the response repeats it (two
+    Set-Cookie), as Gunicorn's atoms have it (a dict updated from the header list)."""
+    found = "-"
     for key, value in headers:
         if key.lower() == name:
-            return value
-    return "-"
+            found = value
+    return found
 
 
 # Escaping, as Apache does it (Gunicorn escapes only `"`): a value copied into a log line can
@@ -362,6 +402,8 @@ def compile_access_format(fmt: str):
             expr = exprs[atom] if atom in exprs else _header_expr(atom)
             sample = 0 if atom in _NUMBER_ATOMS else "-"
             try:
+                if conversion.endswith("c"):  # one character: the sample ('-', 0) passes, a
+                    raise TypeError  # request's value (an address, 3 MB sent) would raise
                 ("%" + conversion) % (sample,)
             except (TypeError, ValueError):  # Gunicorn cannot format it either (`%(h)d`):
                 template.append(literal(match.group(0)))  # the text stays as it is written
@@ -457,6 +499,7 @@ class LineSink:
     def __init__(self, target: str, default_fd: int):
         self.sock = None
         self.piece = 1 << 20
+        self.capacity = 0  # a pipe's size (F_GETPIPE_SZ), when known: see `fits`
         if target not in ("-", ""):
             self.fd = open_log_fd(target, default_fd)
             return
@@ -465,6 +508,11 @@ class LineSink:
         if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
             os.close(self.fd)
             self.piece = PIPE_BUF
+            if stat.S_ISFIFO(mode):
+                try:
+                    self.capacity = fcntl.fcntl(default_fd, fcntl.F_GETPIPE_SZ)
+                except (OSError, AttributeError):
+                    pass
             try:
                 self.fd = os.open(f"/proc/self/fd/{default_fd}",
                                   os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_APPEND)
@@ -474,10 +522,24 @@ class LineSink:
             self.piece = PIPE_BUF
             self.sock = socket.socket(fileno=self.fd)
 
-    def write_some(self, data: bytes) -> int:
-        """Write whole lines from the start of `data` until it would block; return bytes
-        written."""
-        return write_whole_lines(self.write, data, 0, self.piece)
+    def write_some(self, data: bytes, start: int = 0) -> int:
+        """Write whole lines of `data` from `start` until it would block; return the offset
+        reached."""
+        return write_whole_lines(self.write, data, start, self.piece,
+                                 self.fits if self.capacity else None)
+
+    def fits(self, size: int) -> bool:
+        """A pipe: whether a write of `size` bytes (one line longer than PIPE_BUF) goes in
+        whole now, so that no other worker's line lands inside it. A line longer than the
+        pipe itself never would: it is written as it goes."""
+        if size > self.capacity:
+            return True
+        queued = array.array("i", [0])
+        try:
+            fcntl.ioctl(self.fd, termios.FIONREAD, queued)
+        except OSError:
+            return True
+        return self.capacity - queued[0] >= size
 
     def write(self, data: memoryview) -> int:
         if self.sock is not None:
@@ -502,6 +564,7 @@ class AccessLog:
     blocking; the rest waits in a bounded backlog, and what does not fit is dropped and
     counted on the error log. With app threads, an append can race the swap and land in the
     old list after it was taken: `flush()` looks at that list once more on its next round.
+    A full pipe is waited for briefly while its reader keeps up (`_keep_up`).
     """
 
     def __init__(self, target: str, fmt: str, error_log: logging.Logger,
@@ -521,14 +584,15 @@ class AccessLog:
         self.block = overflow == "block"  # --log-overflow block: wait for the reader instead
         self._taken: list[bytes] = []
         self._taken_len = 0
+        self.stalled = False  # the reader took nothing while a flush waited (see _keep_up)
 
     def flush(self) -> None:
         taken = self.lines
         late = self._taken[self._taken_len:]
         self.lines = []
-        self._taken, self._taken_len = taken, len(taken)
-        if late:
-            taken = late + taken
+        n = len(taken)  # (what is appended from here on is written at the next round, once)
+        self._taken, self._taken_len = taken, n
+        taken = late + taken[:n]
         data = self.backlog
         if taken:
             new = b"".join(taken)
@@ -540,6 +604,10 @@ class AccessLog:
         if data:
             try:
                 written = self.sink.write_some(data)
+                if written:
+                    self.stalled = False
+                if written < len(data) and not self.stalled:
+                    written = self._keep_up(data, written)
             except OSError as exc:  # EPIPE: nobody reads stdout any more
                 written = len(data)
                 if exc.errno != 32:
@@ -551,6 +619,27 @@ class AccessLog:
             dropped, self.dropped = self.dropped, 0
             self.error_log.warning("access log: %d lines dropped (the log is not read fast "
                                    "enough)", dropped)
+
+    def _keep_up(self, data: bytes, written: int) -> int:
+        """The sink is full (a pipe holds 64 KiB): a reader that keeps up empties it in
+        microseconds, so wait for it, up to KEEP_UP seconds a flush, rather than leave the
+        rest for the next tick (half a second later: at most two pipefuls a second, so a
+        busy worker dropped lines that a fast reader would have taken). A reader that does
+        not take anything within the wait is stalled: the next flushes do not wait, until a
+        write goes through again at once."""
+        deadline = time.monotonic() + KEEP_UP
+        fd = self.sink.fileno()
+        while written < len(data):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if not select.select([], [fd], [], left)[1]:
+                self.stalled = True
+                break
+            before, written = written, self.sink.write_some(data, written)
+            if written == before:  # room, but not yet for a whole long line
+                time.sleep(0.0005)
+        return written
 
     def _write_all(self) -> None:
         data = self.backlog

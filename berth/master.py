@@ -55,10 +55,11 @@ from berth.children import (
     take_stacks,
 )
 from berth.hooks import ServerView, WorkerView, call_boot_hook, call_hook
-from berth.logs import AccessLog, reopen_error_log
+from berth.logs import AccessLog, reopen_error_log, retarget_error_log
 from berth.scoreboard import BOOTING, OUT_OF_SERVICE, RETIRING, Scoreboard, Slot
 from berth.sizing import MAX_WORKERS, connection_bound, raise_open_files_limit
 from berth.sockets import create_listener, describe
+from berth.statsd import SETTINGS as STATSD_SETTINGS
 from berth.statsd import LogCounter, Statsd, StatsdTee
 from berth.worker.process import EXIT_APP_LOAD_ERROR, Worker, private_memory
 
@@ -464,7 +465,7 @@ class Master:
             access_log = logconfig.access_log_for(self.cfg, access_log)
             if self.statsd is not None:  # the worker's own socket; the master's is not used
                 self.statsd.close()
-                statsd = Statsd.from_config(self.cfg)
+                statsd = self.statsd.fresh()
                 for handler in [h for h in self.log.handlers if isinstance(h, LogCounter)]:
                     self.log.removeHandler(handler)
                 self.log.addHandler(LogCounter(statsd))
@@ -477,6 +478,12 @@ class Master:
                           slot=slot, generation=self.generation, max_requests=max_requests,
                           view=view, server=self.server, stacks_fd=stacks_fd)
             worker.run()
+        except BaseException:  # noqa: BLE001 - the worker could not be set up: said, not silent
+            try:
+                self.log.exception("worker %d could not start", os.getpid())
+                logconfig.drain()
+            except BaseException:  # noqa: BLE001
+                pass
         finally:
             os._exit(1)
 
@@ -551,7 +558,7 @@ class Master:
             from berth.admin import listen_queue
 
             queues = [listen_queue(s) for s in self.listeners]
-            statsd.gauges["gunicorn.backlog"] = sum(q for q in queues if q is not None)
+            statsd.histograms["gunicorn.backlog"] = sum(q for q in queues if q is not None)
         statsd.flush()
 
     def check_workers(self, now: float) -> None:
@@ -658,6 +665,12 @@ class Master:
                                  "listening on %s", " ".join(new.bind),
                                  " ".join(self.cfg.bind))
             new.values["bind"] = self.cfg.bind
+            self.reload_error_log(new)
+            if new.admin_bind != self.cfg.admin_bind:  # (the master's own listener, likewise)
+                self.log.warning("SIGHUP: --admin-bind %s takes effect at the next start; the "
+                                 "admin listener stays %s", new.admin_bind or "(none)",
+                                 self.cfg.admin_bind or "off")
+                new.values["admin_bind"] = self.cfg.admin_bind
             self.cfg = new
             # the memory cap and the automatic --max-worker-memory are worked out again for
             # the new configuration, at its first ready worker
@@ -667,6 +680,10 @@ class Master:
             if self.code.settings_of(self.cfg) != self.code.settings:
                 self.log.warning("SIGHUP: the --reload settings take effect at the next start")
         self.paused = ""
+        if [getattr(old, n) for n in STATSD_SETTINGS] != [getattr(self.cfg, n)
+                                                           for n in STATSD_SETTINGS]:
+            self.log.warning("SIGHUP: the StatsD settings (--statsd-host, --statsd-prefix, "
+                             "--dogstatsd-tags) take effect at the next start")
         if logconfig.settings_of(old) != logconfig.settings_of(self.cfg):
             self.log.warning("SIGHUP: the logging configuration settings (logconfig_dict, "
                              "--log-config, --log-config-json, --log-syslog...) take effect at "
@@ -679,6 +696,23 @@ class Master:
         self.reload_reason = "reloaded (SIGHUP)"
         self.log.info("SIGHUP: reloading: starting %d workers of generation %d",
                       self.cfg.workers, self.generation)
+
+    def reload_error_log(self, new) -> None:
+        """SIGHUP: a changed --error-logfile, --log-format or --log-level applies from now on,
+        here and in the new workers, as Gunicorn's reload sets its error log up again (a
+        logging configuration's own loggers keep theirs: those settings wait for the next
+        start)."""
+        old = self.cfg
+        if (new.errorlog, new.log_format) != (old.errorlog, old.log_format):
+            try:
+                retarget_error_log(new.errorlog, new.log_format)
+            except OSError as exc:
+                self.log.error("SIGHUP: --error-logfile %s: %s; the error log stays %s",
+                               new.errorlog, exc.strerror or exc, old.errorlog)
+                new.values["errorlog"] = old.errorlog
+                new.values["log_format"] = old.log_format
+        if new.loglevel != old.loglevel and logconfig.current() is None:
+            self.log.setLevel(new.loglevel.upper())  # (berth.error)
 
     def finish_reload(self) -> None:
         new = [w for w in self.workers.values() if w.generation == self.generation]

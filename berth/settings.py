@@ -494,7 +494,8 @@ SETTINGS: tuple[Setting, ...] = (
       "timestamp (RFC 3339, ms), level, pid and message; access lines add remote_addr, "
       "method, path, query, status, bytes, duration_ms, user_agent, referer and request_id "
       "(the client's X-Request-ID, else made from the pid and a counter; the app gets it as "
-      "environ['berth.request_id']); an error's traceback is one field, exception. With json, "
+      "environ['berth.request_id'], or scope['berth.request_id'] under -k asgi); an error's "
+      "traceback is one field, exception. With json, "
       "--access-logformat is not used.", "FORMAT", section="Logging", status=BERTH_ONLY,
       note="berth only."),
     S("log_overflow", ("--log-overflow",), log_overflow, "drop",
@@ -517,8 +518,9 @@ SETTINGS: tuple[Setting, ...] = (
                          "access logs; shape them with --access-logformat and --log-level, "
                          "and configure logging with logconfig_dict"), GUNICORN_LOGGER,
       "A Gunicorn logger class.", "STRING", section="Logging", status=REFUSED,
-      note="accepted when it names Gunicorn's default; any other class exits 2 (use "
-           "logconfig_dict)."),
+      note="accepted when it names Gunicorn's default (or `simple`, its alias, or "
+           "`gunicorn.instrument.statsd.Statsd`, the class Gunicorn uses with --statsd-host); "
+           "any other class exits 2 (use logconfig_dict)."),
     S("logconfig", ("--log-config",), optional_text, None,
       "A logging.config.fileConfig file, applied as Gunicorn applies it (its loggers are "
       "gunicorn.error and gunicorn.access; berth.error and berth.access too).", "FILE",

@@ -9,7 +9,8 @@ and DogStatsD take newline-separated metrics): the same series and the same tota
     and `gunicorn.request.status.<code>` (summed over the half second: `:<n>|c|@1.0`);
   - `gunicorn.log.critical|error|warning|exception` counters from the error log;
   - the master: the gauge `gunicorn.workers` each tick, and, with `--enable-backlog-metric`,
-    `gunicorn.backlog` (connections waiting in the listeners' accept queues).
+    `gunicorn.backlog` (connections waiting in the listeners' accept queues), a histogram
+    (`|h`) as Gunicorn sends it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections import Counter
 from berth.logs import AccessTee
 
 MAX_DATAGRAM = 1432  # fits an Ethernet MTU with IP and UDP headers
+SETTINGS = ("statsd_host", "statsd_prefix", "dogstatsd_tags")  # read at start (Statsd.fresh)
 
 
 def parse_address(value: str):
@@ -53,14 +55,22 @@ class Statsd:
     `flush()` by the loop or the master's tick."""
 
     def __init__(self, address: str, prefix: str = "", tags: str = ""):
+        self.settings = (address, prefix, tags)  # (each worker's own: `fresh`)
         family, self.address = parse_address(address)
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
         self.prefix = re.sub(r"^(.+[^.]+)\.*$", "\\g<1>.", prefix)  # as Gunicorn's: one "."
         self.tail = f"|#{tags}" if tags else ""
         self.requests: list[tuple[str, float]] = []  # (status, seconds), appended per request
+        # the list `lines()` took last, and how much of it was sent: an app thread that read
+        # `self.requests` just before the swap appends to it after (see `lines`)
+        self.taken: list[tuple[str, float]] = []
+        self.taken_sent = 0
+        self.counted: Counter = Counter()  # the same for `counts`: the one taken last, and
+        self.counted_sent: Counter = Counter()  # what of it was sent
         self.counts: Counter = Counter()  # other counters (log levels)
         self.gauges: dict[str, float] = {}
+        self.histograms: dict[str, float] = {}  # one value each per flush (gunicorn.backlog)
 
     @classmethod
     def from_config(cls, cfg) -> Statsd | None:
@@ -68,13 +78,31 @@ class Statsd:
             return None
         return cls(cfg.statsd_host, cfg.statsd_prefix, cfg.dogstatsd_tags)
 
+    def fresh(self) -> Statsd:
+        """The same destination, prefix and tags, on a socket of its own (a new worker's).
+        The settings are the master's, read at start: a SIGHUP does not change them (as in
+        Gunicorn, whose StatsD logger is made once), so the master's gauges and the workers'
+        requests never go to two places, and a reload without statsd_host does not leave
+        its workers without the object they count into."""
+        return Statsd(*self.settings)
+
     def record(self, status: str, seconds: float) -> None:
         self.requests.append((status, seconds))
 
     def lines(self) -> list[str]:
-        requests, self.requests = self.requests, []
-        counts, self.counts = self.counts, Counter()
+        # what other threads added to the list (and the counter) taken last, after it was
+        # taken (as berth.logs.AccessLog.flush looks again): sent now, once
+        late = self.taken[self.taken_sent:]
+        taken, self.requests = self.requests, []
+        sent = len(taken)
+        requests = late + taken[:sent]
+        self.taken, self.taken_sent = taken, sent
+        late_counts = Counter(self.counted) - self.counted_sent  # (copied at once, in C)
+        counted, self.counts = self.counts, Counter()
+        self.counted, self.counted_sent = counted, Counter(counted)
+        counts = self.counted_sent + late_counts
         gauges, self.gauges = self.gauges, {}
+        histograms, self.histograms = self.histograms, {}
         p, tail = self.prefix, self.tail
         out = [f"{p}gunicorn.request.duration:{seconds * 1000:.3f}|ms{tail}"
                for _, seconds in requests]
@@ -85,6 +113,7 @@ class Statsd:
                     for code, n in sorted(by_status.items())]
         out += [f"{p}{name}:{n}|c|@1.0{tail}" for name, n in sorted(counts.items())]
         out += [f"{p}{name}:{value:g}|g{tail}" for name, value in sorted(gauges.items())]
+        out += [f"{p}{name}:{value:g}|h{tail}" for name, value in sorted(histograms.items())]
         return out
 
     def flush(self) -> None:

@@ -147,6 +147,27 @@ def test_metrics_add_the_retired_counts_and_count_threads_per_serving_worker():
                    for name, labels in m)
 
 
+def test_a_duration_equal_to_a_bucket_bound_is_in_that_bucket():
+    # Prometheus' le is "less than or equal": prometheus_client's Histogram.observe(0.5)
+    # counts it in le="0.5"; bisect_right put it in the next bucket up
+    from berth.scoreboard import DURATION_BOUNDS
+    from berth.worker.counts import count, new_counts, publish
+
+    counts = new_counts()
+    for seconds in (0.0, 0.0005, 0.5, 30.0, 31.0):
+        count(counts, b"GET", "200", 0, seconds)
+    slot = Slot(pid=1, state=IDLE, heartbeat=99.5)
+    publish(counts, slot)
+    m = families(render_metrics(view(Seen(1, 1, 5.0, slot, False))))
+
+    def bucket(le):
+        return m[("berth_request_duration_seconds_bucket", (("le", le),))]
+
+    assert bucket("0.0005") == 2 and bucket("0.001") == 2
+    assert bucket("0.25") == 2 and bucket("0.5") == 3
+    assert bucket(repr(DURATION_BOUNDS[-1])) == 4 and bucket("+Inf") == 5
+
+
 def test_redact_keeps_only_the_path():
     assert redact("GET /search?q=secret HTTP/1.1") == "GET /search HTTP/1.1"
     assert redact("GET /a#frag HTTP/1.1") == "GET /a HTTP/1.1"
@@ -680,3 +701,20 @@ def test_a_browser_gets_the_status_page_listing_the_workers_and_a_stuck_request(
     # a client that does not ask for HTML still gets JSON
     assert admin_get(srv, "/status")[1]["content-type"] == "application/json"
     t.join(timeout=10)
+
+
+def test_a_changed_admin_bind_on_sighup_is_said_and_the_listener_stays(berth, tmp_path):
+    # as for --bind: the master keeps its listener until the next start, and says so (a
+    # changed admin_bind was dropped without a word)
+    admin, other = free_port(), free_port()
+    conf = tmp_path / "berth.conf.py"
+    conf.write_text(f"workers = 1\nadmin_bind = '127.0.0.1:{admin}'\n")
+    srv = berth(["-c", str(conf), "proto_app:app"])
+    srv.admin = admin
+    conf.write_text(f"workers = 1\nadmin_bind = '127.0.0.1:{other}'\n")
+    srv.signal(signal.SIGHUP)
+    srv.wait_for_log("generation 2 ready", timeout=15)
+    assert (f"SIGHUP: --admin-bind 127.0.0.1:{other} takes effect at the next start; the "
+            f"admin listener stays 127.0.0.1:{admin}") in srv.stderr()
+    assert status_of(srv)["config"]["admin_bind"] == f"http://127.0.0.1:{admin}"
+    assert admin_get(srv, "/readyz")[0] == 200

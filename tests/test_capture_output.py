@@ -95,3 +95,39 @@ def test_with_json_logs_each_printed_line_is_a_record_stdout_info_stderr_error(b
         if target:
             assert "two" not in srv.stderr()
         srv.stop()
+
+
+STDOUT_ACCESS_CONFIG = '''
+capture_output = True
+logconfig_dict = {
+    "formatters": {"f": {"format": "CFG %(name)s %(message)s"}},
+    "handlers": {
+        "out": {"class": "logging.StreamHandler", "formatter": "f", "stream": "ext://sys.stdout"},
+        "err": {"class": "logging.StreamHandler", "formatter": "f", "stream": "ext://sys.stderr"},
+    },
+    "root": {"level": "WARNING", "handlers": []},
+    "loggers": {
+        "gunicorn.access": {"level": "INFO", "handlers": ["out"], "propagate": False},
+        "gunicorn.error": {"level": "INFO", "handlers": ["err"], "propagate": False},
+    },
+}
+'''
+
+
+def test_a_logging_configurations_stdout_handler_stays_on_stdout(berth, tmp_path):
+    """Gunicorn captures output only into an error log file: with the error log on stderr
+    and a logconfig_dict sending gunicorn.access to ext://sys.stdout, its access lines are on
+    stdout. berth captures there too (prints go to stderr), but the configuration's handlers
+    are not prints: their lines stay on their stream (they went to stderr, captured)."""
+    for log_format in ("text", "json"):
+        conf = tmp_path / f"{log_format}.conf.py"
+        conf.write_text(STDOUT_ACCESS_CONFIG)
+        srv = berth(["-c", str(conf), "-w", "1", "--log-format", log_format, "proto_app:app"])
+        assert http_get(srv.port, "/print?text=printed-line")[0] == 200
+        assert wait_for(lambda srv=srv: "printed-line-on-stderr" in srv.stderr(), timeout=5)
+        assert wait_for(lambda srv=srv: "CFG gunicorn.access 127.0.0.1" in srv.stdout(),
+                        timeout=5), (srv.stdout(), srv.stderr())
+        assert "GET /print?text=printed-line" in srv.stdout()
+        assert "gunicorn.access" not in srv.stderr()
+        assert "printed-line\n" not in srv.stdout()  # the app's print is still captured
+        srv.stop()

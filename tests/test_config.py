@@ -493,6 +493,48 @@ def test_gunicorns_default_control_socket_path_is_accepted():
     parse(["--control-socket", gunicorn_control_socket(), "app:app"])
 
 
+@pytest.mark.parametrize("value", ["simple", "gunicorn.instrument.statsd.Statsd"])
+def test_gunicorns_own_logger_classes_are_accepted(value):
+    # Gunicorn's Config.logger_class takes "simple" as its default and switches the default
+    # to its StatsD logger when statsd_host is set: a config that spells either out runs
+    # Gunicorn's logging, which berth does; refusing them refused a working Gunicorn config
+    parse(["app:app", "--logger-class", value])
+    parse(["app:app", "--logger-class", value, "--statsd-host", "127.0.0.1:8125"])
+
+
+def test_a_custom_class_object_in_a_config_file_is_refused_not_ignored(tmp_path):
+    # Gunicorn takes a class object for logger_class and worker_class; berth skipped every
+    # class in a config file, so these ran berth's own logger and gthread worker, silently
+    write(tmp_path / "logger.py", """\
+        from gunicorn.glogging import Logger
+        class JsonLogger(Logger):
+            pass
+        logger_class = JsonLogger
+    """)
+    with pytest.raises(ConfigError, match="custom logger class is not supported"):
+        parse(["-c", "logger.py", "app:app"], cwd=tmp_path)
+    write(tmp_path / "worker.py", """\
+        from gunicorn.workers.sync import SyncWorker
+        class MyWorker(SyncWorker):
+            pass
+        worker_class = MyWorker
+    """)
+    with pytest.raises(ConfigError, match="MyWorker"):
+        parse(["-c", "worker.py", "app:app"], cwd=tmp_path)
+
+
+def test_gunicorns_worker_class_objects_are_taken(tmp_path):
+    pytest.importorskip("gunicorn.workers.sync")
+    write(tmp_path / "g.py", """\
+        from gunicorn.workers.sync import SyncWorker
+        worker_class = SyncWorker
+        class Helper:  # (a class under another name is still not a setting)
+            pass
+    """)
+    cfg = parse(["-c", "g.py", "app:app"], cwd=tmp_path)
+    assert cfg.worker_class == "sync"
+
+
 def test_gunicorns_logger_class_object_is_accepted(tmp_path):
     pytest.importorskip("gunicorn.glogging")
     write(tmp_path / "g.py", "from gunicorn.glogging import Logger\nlogger_class = Logger\n")

@@ -55,3 +55,17 @@ def test_without_json_there_is_no_request_id(berth):
     env = json.loads(http_get(srv.port, "/env")[2])["str"]
     assert "berth.request_id" not in env
     wait_for(lambda: '"GET /env HTTP/1.1" 200' in srv.stdout(), timeout=5)
+
+
+def test_asgi_access_lines_carry_the_request_id_and_the_app_sees_it(berth):
+    # under -k asgi the access line's request_id was null, X-Request-ID or not
+    srv = berth(["-w", "1", "-k", "asgi", "--log-format", "json", "asgi_app:app"])
+    assert http_get(srv.port, "/hello", headers={"X-Request-ID": "req-7"})[0] == 200
+    status, _, body = http_get(srv.port, "/scope")
+    assert status == 200
+    scope = json.loads(body)
+    wait_for(lambda: len(json_lines(srv.stdout())) >= 2, timeout=5)
+    first, second = json_lines(srv.stdout())[:2]
+    assert first["path"] == "/hello" and first["request_id"] == "req-7"
+    assert second["request_id"] == scope["berth.request_id"]
+    assert second["request_id"].startswith(f"{second['pid']:x}-")

@@ -186,3 +186,32 @@ def test_access_log_cannot_be_forged_by_the_client(berth):
     assert parts[10] == 'tab\\x09here \\xe9 "end'
     assert parts[11] == 'q="x"%20200%20"\\'
     assert ' "evil\\" 200 999 \\"injected" ' in line  # Gunicorn's \" for a quote
+
+
+def test_sighup_applies_a_changed_error_log_file_level_and_format(berth, tmp_path):
+    # Gunicorn's reload sets its error log up again (errorlog, loglevel); berth's kept the
+    # start's, without a word, while the new workers' access log did follow the reload
+    import json
+    import signal
+
+    conf = tmp_path / "berth.conf.py"
+    conf.write_text("workers = 1\n")
+    errlog = tmp_path / "error.log"
+    srv = berth(["-c", str(conf), "proto_app:app"])
+    conf.write_text(f"workers = 1\nerrorlog = {str(errlog)!r}\nloglevel = 'debug'\n")
+    srv.signal(signal.SIGHUP)
+    wait_for(lambda: errlog.exists() and "generation 2 ready" in errlog.read_text(), timeout=15)
+    assert re.search(r"\[DEBUG\] worker \d+ ready", errlog.read_text())  # the new level
+    assert http_get(srv.port, "/raise-before")[0] == 500
+    wait_for(lambda: "Error handling request GET /raise-before" in errlog.read_text(),
+             timeout=5)  # a new worker's error too
+    assert "Error handling request" not in srv.stderr()
+    conf.write_text(f"workers = 1\nerrorlog = {str(tmp_path / 'no' / 'x.log')!r}\n")
+    srv.signal(signal.SIGHUP)
+    wait_for(lambda: "generation 3 ready" in errlog.read_text(), timeout=15)
+    assert "x.log: No such file or directory; the error log stays" in errlog.read_text()
+    conf.write_text("workers = 1\nlog_format = 'json'\n")
+    srv.signal(signal.SIGHUP)
+    wait_for(lambda: "generation 4 ready" in srv.stderr(), timeout=15)
+    line = next(x for x in srv.stderr().splitlines() if "generation 4 ready" in x)
+    assert json.loads(line)["level"] == "info"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import logging
 import os
 import re
 import shlex
@@ -112,6 +113,13 @@ def test_response_header_and_environ_atoms_are_escaped():
     assert out == '\\"abc\\" a\\x09b'
 
 
+def test_a_repeated_response_header_logs_its_last_value_as_gunicorn_does():
+    # Gunicorn's atoms are a dict updated from the response's header list: the last wins
+    headers = [("Set-Cookie", "a=1"), ("Content-Type", "text/plain"), ("Set-Cookie", "b=2")]
+    assert line('%({set-cookie}o)s %({Content-Type}o)s %({etag}o)s', environ(),
+                headers=headers) == "b=2 text/plain -"
+
+
 def test_clean_lines_take_the_same_shape_through_both_paths():
     """A line needing no escape is the same whether or not another value did."""
     clean = line(DEFAULT, environ(HTTP_USER_AGENT="ua"))
@@ -164,7 +172,7 @@ def test_whole_line_writer_writes_one_piece_per_run_of_lines_that_fits_in_pipe_b
     assert write_whole_lines(write, data) == len(data)
     assert b"".join(writes) == data
     assert [len(w) for w in writes[:3]] == [4000, 4000, 1000]  # whole lines, <= PIPE_BUF
-    assert len(writes[3]) == PIPE_BUF  # a line longer than PIPE_BUF is cut
+    assert len(writes[3]) == PIPE_BUF + 11  # a line longer than PIPE_BUF: one write, whole
 
 
 def test_whole_line_writer_stops_at_a_line_end_when_a_non_blocking_pipe_is_full():
@@ -239,6 +247,136 @@ def test_conversions_other_than_s_are_gunicorns(fmt, logged):
     assert line(fmt, environ()) == logged
 
 
+@pytest.mark.parametrize("fmt", ["%(h)s %(m)c", "%(a)c", "%(B)c", "%(s)c %(l)c"])
+def test_a_one_character_conversion_stays_as_written_and_never_raises(fmt):
+    # `%c` takes one character or a code point: the check at compile time ('-', 0) passed,
+    # and every request then raised TypeError (OverflowError for %(B)c past 1 MiB sent) in
+    # the responder, which logged an internal error and closed the keep-alive connection
+    access_line = compile_access_format(fmt)
+    e = environ(HTTP_USER_AGENT="curl/8")
+    for sent in (12, 3_000_000):
+        out = access_line(e, "200 OK", sent, 0.25, []).decode()
+        assert out == fmt.replace("%(h)s", "10.0.0.7") + "\n"
+
+
 def test_a_converted_value_is_escaped_too():
     out = line('%(a)-12s|%({x-evil}i)r', environ(HTTP_USER_AGENT='u"a\n', HTTP_X_EVIL="b\tc"))
     assert out == 'u\\"a\\x0a        |\'b\\\\tc\''
+
+
+def test_the_clock_is_never_seen_with_the_new_second_and_the_old_text(monkeypatch):
+    # %(t)s is `_Clock.text if int(now) == _Clock.second else _Clock.refresh(now)`, read by
+    # every app thread; refresh() stored the second before formatting its text, so a thread
+    # switch inside it let another thread log the last second's text ("" at the first line)
+    from berth import logs
+
+    seen = []
+    localtime = time.localtime
+
+    def other_thread_formats_a_line(t):
+        seen.append(logs._Clock.text if int(t) == logs._Clock.second else "refreshes")
+        return localtime(t)
+
+    monkeypatch.setattr(logs._Clock, "second", -1)
+    monkeypatch.setattr(logs._Clock, "text", "")
+    monkeypatch.setattr(logs.time, "localtime", other_thread_formats_a_line)
+    text = logs._Clock.refresh(1_000_000.5)
+    assert seen == ["refreshes"]
+    assert logs._Clock.text == text and logs._Clock.second == 1_000_000
+
+
+def test_a_line_appended_while_the_access_log_flushes_is_written_once(tmp_path):
+    # an app thread's append can land in the list flush() just took: after flush() read its
+    # length, that line was joined and written now, and again at the next round as late
+    from berth.logs import AccessLog
+
+    class Racing(list):
+        def __len__(self):
+            n = super().__len__()
+            if n == 1:
+                self.append(b"appended during the flush\n")  # (another thread, right now)
+            return n
+
+    target = tmp_path / "access.log"
+    log = AccessLog(str(target), "%(r)s", logging.getLogger("test"))
+    log.lines = Racing([b"first\n"])
+    log.flush()
+    log.flush()
+    log.close()
+    assert target.read_text() == "first\nappended during the flush\n"
+
+
+def test_a_flush_keeps_up_with_a_reader_that_keeps_up(tmp_path, monkeypatch):
+    # a pipe holds 64 KiB; the loop flushes twice a second and stopped at the first EAGAIN,
+    # so a worker wrote at most a few pipefuls a second, and dropped lines ("not read fast
+    # enough") behind a reader that took everything at once (150,000 quick requests through
+    # `| cat`: 81,460 dropped). A flush now waits for such a reader, briefly.
+    from berth import logs
+    from berth.logs import AccessLog, LineSink
+
+    r, w = os.pipe2(os.O_NONBLOCK)
+    os.set_blocking(r, True)
+    woken = threading.Event()
+    got = []
+
+    def reader():
+        woken.wait(10)
+        while True:
+            data = os.read(r, 1 << 16)
+            if not data:
+                return
+            got.append(len(data))
+
+    real_select = logs.select.select
+
+    def select(rl, wl, xl, timeout):  # (the flush waits: the reader is scheduled now)
+        woken.set()
+        return real_select(rl, wl, xl, timeout)
+
+    monkeypatch.setattr(logs.select, "select", select)
+    monkeypatch.setattr(logs, "KEEP_UP", 5.0, raising=False)  # (a slow machine)
+    thread = threading.Thread(target=reader)
+    thread.start()
+    log = AccessLog(str(tmp_path / "unused.log"), "%(r)s", logging.getLogger("test"))
+    sink = LineSink.__new__(LineSink)
+    sink.sock, sink.fd, sink.piece, sink.capacity = None, w, PIPE_BUF, 0
+    log.sink = sink
+    line = b"x" * 99 + b"\n"
+    log.lines = [line] * 4000  # 400 kB: six pipefuls
+    try:
+        log.flush()
+        assert log.backlog == b"" and log.dropped_total == 0
+    finally:
+        woken.set()
+        os.close(w)
+        thread.join(10)
+        os.close(r)
+    assert sum(got) == 400_000
+
+
+def test_a_line_longer_than_pipe_buf_is_one_write_and_waits_for_room_for_all_of_it():
+    # a huge header made a line longer than PIPE_BUF, which was cut into writes of PIPE_BUF:
+    # two workers writing to one stdout pipe had their lines land inside each other's (2 of
+    # 800 JSON lines with a 7 kB User-Agent, -w 2, did not parse)
+    chunks = []
+
+    def write(view):
+        chunks.append(len(view))
+        return len(view)
+
+    data = b"a\n" + b"x" * 9999 + b"\n" + b"b\n"
+    assert write_whole_lines(write, data) == len(data)
+    assert chunks == [2, 10000, 2]
+    chunks.clear()  # a pipe without room for the whole line: not a part of it now
+    assert write_whole_lines(write, data, fits=lambda size: size <= 5000) == 2
+    assert chunks == [2]
+    r, w = os.pipe2(os.O_NONBLOCK)  # what a pipe's sink says
+    try:
+        sink = LineSink.__new__(LineSink)
+        sink.sock, sink.fd, sink.piece, sink.capacity = None, w, PIPE_BUF, 65536
+        assert sink.fits(60000)
+        os.write(w, b"y" * 10000)
+        assert not sink.fits(60000) and sink.fits(50000) and sink.fits(70000)
+    finally:
+        os.close(r)
+        os.close(w)

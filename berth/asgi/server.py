@@ -26,6 +26,8 @@ WSGI loop drops it (a closed connection counts until its transport has sent what
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import socket
 import time
 
@@ -46,6 +48,7 @@ from berth.worker.admission import (
     AdmissionState,
 )
 from berth.worker.loop import DRAIN_IDLE, SILENT_AFTER, TICK, body_too_slow, retime_body
+from berth.wsgi import MAX_REQUEST_ID
 
 
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
@@ -105,6 +108,12 @@ class AsgiLoop(Admission):
         self.state: dict | None = None  # the lifespan state (scope["state"] copies it)
         self.watch = None  # the LoopWatch (berth.asgi.watchdog)
         self.counts = counters.new_counts()
+        # --log-format json: each request's id (the client's X-Request-ID, or the pid and a
+        # counter, as the WSGI environ's), in its scope as "berth.request_id" for the app
+        # and its access line
+        self.request_ids = cfg.log_format == "json"
+        self.id_prefix = f"{os.getpid():x}-"
+        self.ids = itertools.count(1)
         self.served = 0
         self.draining = False
         self.drain_began = 0.0
@@ -415,6 +424,10 @@ class AsgiLoop(Admission):
         scope = request_scope(proto, req, root_path, scheme, self.state)
         if client is not proto.client:
             scope["client"] = client
+        if self.request_ids:
+            rid = req.headers.get("HTTP_X_REQUEST_ID")
+            scope["berth.request_id"] = rid if rid and len(rid) <= MAX_REQUEST_ID else (
+                self.id_prefix + f"{next(self.ids):x}")
         return scope
 
     def count(self, method: bytes, status: str, sent: int, seconds: float) -> None:
@@ -469,6 +482,8 @@ class AsgiLoop(Admission):
             "SERVER_PROTOCOL": req.server_protocol, "REMOTE_ADDR": client[0] if client else "",
             "REMOTE_PORT": str(client[1]) if client else "", "wsgi.url_scheme": scope["scheme"],
         })
+        if "berth.request_id" in scope:  # (--log-format json)
+            environ["berth.request_id"] = scope["berth.request_id"]
         return environ
 
     def disconnected(self, cycle: Cycle) -> None:

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import traceback
-from bisect import bisect_right
+from bisect import bisect_left
 from queue import SimpleQueue
 from typing import Protocol
 
@@ -670,7 +670,7 @@ class Responder:
                 counts = self.local.counts
                 counts[METHOD_ROW.get(req.method, OTHER_ROW) + (ord(resp.status[0]) & 15)] += 1
                 counts[BYTES] += resp.sent
-                counts[DURATIONS + bisect_right(DURATION_BOUNDS, took)] += 1
+                counts[DURATIONS + bisect_left(DURATION_BOUNDS, took)] += 1
                 counts[DURATION_SUM] += took
                 access_log = self.access_log
                 if access_log is not None:

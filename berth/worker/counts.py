@@ -4,14 +4,15 @@ A list of numbers per thread that answers requests (an app thread, the loop thre
 event loop): `counts[METHOD_ROW[method] + (ord(status[0]) & 15)]` counts responses by method
 and status class (a row of 16 per method: a digit's low nibble is its value, whatever the
 digit); `counts[BYTES]` the body bytes sent; `counts[DURATIONS + bisect(DURATION_BOUNDS,
-seconds)]` the duration histogram and `counts[DURATION_SUM]` its sum; `counts[QUEUED]` and
+seconds)]` the duration histogram (bisect_left: a bucket holds the durations up to and
+including its bound, Prometheus' `le`) and `counts[DURATION_SUM]` its sum; `counts[QUEUED]` and
 `counts[QUEUED_SUM]` the requests that waited for an app thread, and how long. The worker's
 tick sums the lists (`totals`) and `publish` puts them in the slot (berth.scoreboard).
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left
 
 from berth.scoreboard import DURATION_BOUNDS, METHODS, N_BUCKETS, STATUS_CLASSES, Slot
 
@@ -35,7 +36,7 @@ def count(counts: list, method: bytes, status: str, sent: int, seconds: float) -
     """Count one response (the WSGI responder inlines the same on its fast path)."""
     counts[METHOD_ROW.get(method, OTHER_ROW) + (ord(status[0]) & 15)] += 1
     counts[BYTES] += sent
-    counts[DURATIONS + bisect_right(DURATION_BOUNDS, seconds)] += 1
+    counts[DURATIONS + bisect_left(DURATION_BOUNDS, seconds)] += 1
     counts[DURATION_SUM] += seconds
 
 

@@ -201,6 +201,8 @@ class Worker:
             return  # (records through pipes: a reopened file is the handler's own business)
         handlers = self.log.handlers
         fd = next((h.fd for h in handlers if isinstance(h, WholeLineHandler)), 2)
+        if self.cfg.errorlog in ("-", ""):  # (Gunicorn would not capture: a logging
+            logconfig.keep_std_streams()  # configuration's stdout handler stays on stdout)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
