@@ -87,11 +87,15 @@ def test_with_json_logs_each_printed_line_is_a_record_stdout_info_stderr_error(b
 
         assert wait_for(lambda: "ready: " in read(), timeout=20), read()
         assert http_get(srv.port, "/print?text=one%0Atwo")[0] == 200
-        assert wait_for(lambda: "two-on-stderr" in read(), timeout=5), read()
-        printed = sorted((r["level"], r["message"]) for r in json_records(read())
-                         if r["message"] in ("one", "two", "two-on-stderr"))
-        assert printed == [("error", "one"), ("error", "two-on-stderr"), ("info", "one"),
-                           ("info", "two")], printed
+
+        def printed(read=read) -> list:  # (stdout's and stderr's prints: two pipes)
+            return sorted((r["level"], r["message"]) for r in json_records(read())
+                          if r["message"] in ("one", "two", "two-on-stderr"))
+
+        assert wait_for(lambda f=printed: len(f()) >= 4, timeout=10), read()
+        records = printed()
+        assert records == [("error", "one"), ("error", "two-on-stderr"), ("info", "one"),
+                           ("info", "two")], records
         if target:
             assert "two" not in srv.stderr()
         srv.stop()
