@@ -39,13 +39,21 @@ def restore_env(keys, launch_env: dict[str, str]) -> None:
             os.environ.pop(key, None)
 
 
-def prepare_environment(cfg: Config) -> None:
-    """--chdir, --pythonpath, --env: applied before the app is imported."""
+def change_directory(cfg: Config) -> None:
+    """--chdir, applied as soon as the configuration is read, before any file it names is
+    opened: as in Gunicorn (whose configuration ends with the chdir), a relative error log,
+    logging configuration, access log or pid file is in that directory, and SIGUSR1 reopens
+    the same file."""
     if cfg.chdir:
         try:
             os.chdir(cfg.chdir)
         except OSError as exc:
             raise ConfigError(f"--chdir: cannot change to {cfg.chdir!r}: {exc.strerror}") from None
+
+
+def prepare_environment(cfg: Config) -> None:
+    """--pythonpath, --env: applied before the app is imported (in the --chdir directory,
+    change_directory())."""
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
@@ -177,7 +185,7 @@ def check_access_log(cfg, base: str) -> None:
     must stop berth here with one line (as Gunicorn does), not make every worker die."""
     target = str(cfg.accesslog or "")
     if target.lower() in ("-", "none", "off", "") or not os.path.isdir(base):
-        return  # (a --chdir that does not exist is refused by its own check, later)
+        return
     path = os.path.join(base, target)  # (relative to --chdir, where the workers open it)
     try:
         try:
@@ -218,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
             print(render_config(cfg))
             if not cfg.app_uri:
                 return 0
+        change_directory(cfg)
         log = setup_error_log(cfg.errorlog, cfg.loglevel, cfg.log_format)
-        check_access_log(cfg, os.path.join(launch_dir, cfg.chdir or ""))
+        check_access_log(cfg, os.getcwd())
         if logconfig.wanted(cfg):  # Gunicorn's logging settings: berth logs where they say
             log = logconfig.apply(cfg, list(log.handlers)).error_log
     except ConfigError as exc:

@@ -518,6 +518,28 @@ def test_pythonpath_adds_import_directory(berth, tmp_path):
     assert http_get(srv.port, "/")[0] == 200
 
 
+def test_relative_log_and_pid_files_are_in_the_chdir_directory_as_in_gunicorn(berth, tmp_path):
+    """Gunicorn changes to --chdir once its configuration is read, before it opens any file
+    the configuration names: `--chdir sub --error-logfile err.log` writes sub/err.log, as
+    the access log and the pid file are, and SIGUSR1 (logrotate) reopens that same file."""
+    sub = tmp_path / "sub"
+    _write_cwd_app(sub, "cwd_app_for_chdir_logs")
+    srv = berth(["-w", "1", "--chdir", "sub", "--error-logfile", "err.log", "--access-logfile",
+                 "acc.log", "-p", "berth.pid", "cwd_app_for_chdir_logs:app"], wait_ready=False,
+                cwd=tmp_path)
+    log = sub / "err.log"
+    assert wait_for(lambda: log.exists() and "ready: " in log.read_text(), timeout=20), (
+        srv.stderr(), sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")))
+    assert not (tmp_path / "err.log").exists()
+    assert (sub / "berth.pid").read_text().strip() == str(srv.pid)
+    assert http_get(srv.port, "/")[2] == str(sub).encode()
+    log.rename(sub / "err.log.1")  # logrotate, then SIGUSR1: the master reopens the error log
+    srv.signal(signal.SIGUSR1)
+    assert wait_for(lambda: log.exists(), timeout=10), sorted(
+        str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert wait_for(lambda: (sub / "acc.log").exists(), timeout=10)
+
+
 # --- logging options ----------------------------------------------------------------------
 
 def test_error_logfile_receives_server_log_and_app_tracebacks(berth, tmp_path):
