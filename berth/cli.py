@@ -57,9 +57,11 @@ def prepare_environment(cfg: Config) -> None:
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
-    if cfg.pythonpath:
-        for path in reversed([p.strip() for p in cfg.pythonpath.split(",") if p.strip()]):
-            sys.path.insert(0, os.path.abspath(path))
+    if cfg.pythonpath:  # as Gunicorn: each entry in turn at the front, so the last one first
+        for path in [p.strip() for p in cfg.pythonpath.split(",") if p.strip()]:
+            path = os.path.abspath(path)
+            if path not in sys.path:
+                sys.path.insert(0, path)
     os.environ.update(env_of(cfg))
     if cfg.keyfile and not cfg.certfile:
         raise ConfigError("--keyfile (keyfile) needs --certfile (certfile): the certificate "

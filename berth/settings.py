@@ -401,7 +401,8 @@ SETTINGS: tuple[Setting, ...] = (
       note="berth only: Gunicorn keeps the peer's address (its default, and berth's); "
            "with UvicornWorker, Uvicorn names the client (on by default)."),
     S("pythonpath", ("--pythonpath",), text, None,
-      "Comma-separated directories to add to the Python path.", "PATHS"),
+      "Comma-separated directories to add to the Python path, each put first in turn as "
+      "Gunicorn does (with a,b a module in both is imported from b).", "PATHS"),
     S("paste", ("--paste", "--paster"), refuse_unless(
         is_falsy, "PasteDeploy apps are not supported: name the app as MODULE:NAME"), None,
       "Load a PasteDeploy config file.", "STRING", status=REFUSED,

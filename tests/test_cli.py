@@ -518,6 +518,23 @@ def test_pythonpath_adds_import_directory(berth, tmp_path):
     assert http_get(srv.port, "/")[0] == 200
 
 
+def test_pythonpath_entries_are_searched_in_gunicorns_order(berth, tmp_path):
+    """Gunicorn inserts each --pythonpath entry at the front of sys.path in turn, so with
+    `--pythonpath a,b` a module found in both is imported from b (and a directory already on
+    sys.path is not added again): the same module must be imported under berth."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "which_pythonpath_dir.py").write_text(f"WHO = {name!r}\n")
+    (tmp_path / "pp_order_app.py").write_text(
+        "import which_pythonpath_dir\n"
+        "def app(environ, start_response):\n"
+        "    body = which_pythonpath_dir.WHO.encode()\n"
+        "    start_response('200 OK', [('Content-Length', str(len(body)))])\n"
+        "    return [body]\n")
+    srv = berth(["-w", "1", "--pythonpath", "a,b", "pp_order_app:app"])
+    assert http_get(srv.port, "/")[2] == b"b"
+
+
 def test_relative_log_and_pid_files_are_in_the_chdir_directory_as_in_gunicorn(berth, tmp_path):
     """Gunicorn changes to --chdir once its configuration is read, before it opens any file
     the configuration names: `--chdir sub --error-logfile err.log` writes sub/err.log, as
