@@ -82,7 +82,17 @@ def log_overflow(value: Any) -> str:
 
 
 def text(value: Any) -> str:
-    return str(value)
+    """A string setting. A path object or a number is taken as its text; anything else
+    (a list, a bool, a file object) is refused, as Gunicorn refuses it ("Not a string"),
+    rather than used as its repr: `pythonpath = ["src", "lib"]` would otherwise add the
+    directories "['src'" and " 'lib']"."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError("a string")
 
 
 def env_pair(value: Any) -> str:

@@ -272,6 +272,15 @@ def test_python_module_config(tmp_path, monkeypatch):
      r"^bad\.py: post_fork: invalid value <function post_fork.*>; expected a function taking "
      r"2 arguments \(server, worker\)$"),
     ("import sys\nsys.exit(3)\n", r"^bad\.py: called exit\(3\)$"),
+    # a string setting given a list, a bool or an object: refused, as Gunicorn refuses it
+    # ("Not a string"), not taken as its repr ("['src'" and " 'lib']" on sys.path)
+    ("pythonpath = ['src', 'lib']\n",
+     r"^bad\.py: pythonpath: invalid value \['src', 'lib'\]; expected a string$"),
+    ("chdir = True\n", r"^bad\.py: chdir: invalid value True; expected a string$"),
+    ("import sys\nerrorlog = sys.stderr\n", r"^bad\.py: errorlog: invalid value <.*>; "
+                                            r"expected a string$"),
+    ("bind = [['127.0.0.1:8000']]\n", r"^bad\.py: bind: invalid value \[\['127\.0\.0\.1:8000'\]\]"
+                                       r"; expected a string$"),
 ])
 def test_bad_config_file_is_one_line_naming_the_file(tmp_path, body, pattern):
     write(tmp_path / "bad.py", body)
@@ -287,6 +296,13 @@ def test_a_list_setting_takes_any_iterable_of_strings(tmp_path):
                              'raw_env = (f"K{i}=v" for i in range(2))\n')
     cfg = parse(["-c", "c.py", "app:app"], cwd=tmp_path)
     assert cfg.bind == ["127.0.0.1:19210"] and cfg.raw_env == ["K0=v", "K1=v"]
+
+
+def test_a_string_setting_takes_a_path_object_or_a_number_as_its_text(tmp_path):
+    write(tmp_path / "c.py", 'import pathlib\nchdir = pathlib.Path("/srv") / "app"\n'
+                             'pythonpath = pathlib.Path("src")\nproc_name = 5\n')
+    cfg = parse(["-c", "c.py", "app:app"], cwd=tmp_path)
+    assert (cfg.chdir, cfg.pythonpath, cfg.proc_name) == ("/srv/app", "src", "5")
 
 
 def test_a_helper_close_to_a_setting_the_file_also_sets_is_not_a_typo(tmp_path):
