@@ -242,10 +242,13 @@ SETTINGS: tuple[Setting, ...] = (
       default_text="auto from the memory limit, else off"),
     # -- security ---------------------------------------------------------------------------
     S("limit_request_line", ("--limit-request-line",), non_negative_int, 4094,
-      "Maximum size of the request line in bytes (0 = unlimited).", "INT",
+      "Maximum size of the request line in bytes (0 = unlimited), at most 8190: a larger "
+      "value is lowered to 8190 with a warning, as Gunicorn's parser lowers it.", "INT",
       section="Security"),
     S("limit_request_fields", ("--limit-request-fields",), non_negative_int, 100,
-      "Maximum number of header fields in a request.", "INT", section="Security"),
+      "Maximum number of header fields in a request, at most 32768 (0 = 32768): a larger "
+      "value is lowered to 32768 with a warning, as Gunicorn's parser lowers it.", "INT",
+      section="Security"),
     S("limit_request_field_size", ("--limit-request-field_size",
                                    "--limit-request-field-size"), non_negative_int, 8190,
       "Maximum size of one request header field in bytes (0 = unlimited).", "INT",

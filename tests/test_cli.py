@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from conftest import APPS, ROOT, free_port, read_response
+from conftest import APPS, ROOT, connect, free_port, read_response
 from proto_helpers import HELLO, BufferedSocket, get_request, http_get, pids_children, wait_for
 
 from berth.sockets import split_bind
@@ -555,6 +555,19 @@ def test_relative_log_and_pid_files_are_in_the_chdir_directory_as_in_gunicorn(be
     assert wait_for(lambda: log.exists(), timeout=10), sorted(
         str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     assert wait_for(lambda: (sub / "acc.log").exists(), timeout=10)
+
+
+def test_a_request_line_limit_above_gunicorns_maximum_serves_as_gunicorn_does(berth):
+    """`--limit-request-line 20000`: Gunicorn answers a 9000-byte request line 414 (its parser
+    lowers the limit to 8190); so must berth, with a warning at start saying so."""
+    srv = berth(["-w", "1", "--limit-request-line", "20000", "proto_app:app"])
+    assert "--limit-request-line (limit_request_line) = 20000: above Gunicorn's maximum, " \
+           "8190" in srv.stderr()
+    line = b"GET /" + b"a" * (9000 - len(b"GET / HTTP/1.1")) + b" HTTP/1.1"
+    with connect(srv.port, timeout=5) as sock:
+        sock.sendall(line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert read_response(sock)[0] == 414
+    assert http_get(srv.port, "/?q=" + "a" * 8000)[0] == 200
 
 
 # --- logging options ----------------------------------------------------------------------

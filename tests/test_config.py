@@ -298,6 +298,24 @@ def test_a_list_setting_takes_any_iterable_of_strings(tmp_path):
     assert cfg.bind == ["127.0.0.1:19210"] and cfg.raw_env == ["K0=v", "K1=v"]
 
 
+@pytest.mark.parametrize("argv, name, value", [
+    (["--limit-request-line", "16384"], "limit_request_line", 8190),
+    (["--limit-request-fields", "40000"], "limit_request_fields", 32768),
+])
+def test_a_request_limit_above_gunicorns_maximum_is_lowered_to_it_with_a_warning(
+        argv, name, value):
+    """Gunicorn's parser lowers --limit-request-line to 8190 and --limit-request-fields to
+    32768 (what its docs give as the range): a copied `--limit-request-line 16384` must not
+    let longer request lines reach the app under berth than under Gunicorn."""
+    cfg = parse([*argv, "app:app"])
+    assert getattr(cfg, name) == value
+    assert any(level == "warning" and argv[0] in line and f"maximum, {value}" in line
+               for level, line in cfg.notices), cfg.notices
+    at_cap = parse([argv[0], str(value), "app:app"])
+    assert getattr(at_cap, name) == value and not any(argv[0] in line
+                                                       for _, line in at_cap.notices)
+
+
 def test_a_string_setting_takes_a_path_object_or_a_number_as_its_text(tmp_path):
     write(tmp_path / "c.py", 'import pathlib\nchdir = pathlib.Path("/srv") / "app"\n'
                              'pythonpath = pathlib.Path("src")\nproc_name = 5\n')
