@@ -336,7 +336,10 @@ SETTINGS: tuple[Setting, ...] = (
       "Set SO_REUSEPORT on the TCP listening sockets (another process may then bind the same "
       "port and share its connections).", None, "store_true"),
     S("chdir", ("--chdir",), text, None,
-      "Change to this directory before loading the app.", "DIR",
+      "Change to this directory before loading the app: once the configuration is read, "
+      "and again on SIGHUP, as Gunicorn does. Relative paths of the other settings (error "
+      "log, access log, pid file, logging configuration) are in it, and a symlink a deploy "
+      "moved (/srv/current) is followed, so new workers load the new release.", "DIR",
       default_text="the current directory"),
     S("daemon", ("-D", "--daemon"), refuse_unless(
         is_falsy, "berth stays in the foreground (a container or process supervisor runs it); "

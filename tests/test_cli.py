@@ -570,6 +570,29 @@ def test_a_request_line_limit_above_gunicorns_maximum_serves_as_gunicorn_does(be
     assert http_get(srv.port, "/?q=" + "a" * 8000)[0] == 200
 
 
+@pytest.mark.parametrize("how", ["--chdir", "started there"])
+def test_sighup_after_a_deploy_moved_the_symlink_serves_the_new_release(berth, tmp_path, how):
+    """The classic Gunicorn deploy: releases in their own directories, a symlink `current`
+    moved to the new one, then SIGHUP. Gunicorn changes to --chdir again on SIGHUP (or to
+    $PWD, the symlink as the shell named it, without --chdir), so its new workers import
+    the new release; they must under berth too, not the old one the link was resolved to."""
+    for release in ("r1", "r2"):
+        _write_cwd_app(tmp_path / release, "release_app_for_sighup")
+    current = tmp_path / "current"
+    current.symlink_to("r1")
+    if how == "--chdir":
+        srv = berth(["-w", "1", "--chdir", str(current), "release_app_for_sighup:app"])
+    else:
+        srv = berth(["-w", "1", "release_app_for_sighup:app"], cwd=current,
+                    env={"PWD": str(current)})
+    assert http_get(srv.port, "/")[2] == str(tmp_path / "r1").encode()
+    (tmp_path / "next").symlink_to("r2")
+    os.replace(tmp_path / "next", current)  # (atomically, as deploy tools move it)
+    srv.signal(signal.SIGHUP)
+    assert wait_for(lambda: http_get(srv.port, "/")[2] == str(tmp_path / "r2").encode(),
+                    timeout=15), srv.stderr()
+
+
 # --- logging options ----------------------------------------------------------------------
 
 def test_error_logfile_receives_server_log_and_app_tracebacks(berth, tmp_path):
