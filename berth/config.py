@@ -28,7 +28,7 @@ from typing import Any
 
 from berth import __version__, configfile
 from berth.container import default_bind
-from berth.converters import UVICORN_CLASSES, ConfigError, Refused
+from berth.converters import UVICORN_CLASSES, ConfigError, Refused, worker_class_name
 from berth.loader import AppSpecError, parse_app_uri
 from berth.settings import (
     BERTH_ONLY,
@@ -142,7 +142,7 @@ class Config:
         self.values[name] = convert_value(BY_NAME[name], value, source)
         self.sources[name] = source
         if name == "worker_class":
-            given = value.strip() if isinstance(value, str) else ""
+            given = worker_class_name(value)
             self.uvicorn_worker = given if given in UVICORN_CLASSES else ""
 
     def source(self, name: str) -> str:
@@ -625,6 +625,8 @@ def load(argv: list[str], environ=os.environ, cwd: str | None = None,
 # -- output -------------------------------------------------------------------------------------
 
 def _show(value) -> str:
+    if isinstance(value, type):
+        return f"<class {value.__module__}.{value.__qualname__}>"
     if callable(value):
         name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
         return f"<function {name}>" if name else repr(value)

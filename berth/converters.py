@@ -331,9 +331,23 @@ UVICORN_CLASSES = ("uvicorn.workers.UvicornWorker", "uvicorn.workers.UvicornH11W
                    "uvicorn_worker.UvicornWorker", "uvicorn_worker.UvicornH11Worker")
 
 
+def worker_class_name(value: Any) -> str:
+    """A worker class as its name: a string stripped, or a class object (a config file's
+    `worker_class = UvicornWorker`, which Gunicorn takes) as its import path, the one its
+    package exports when that is a known one (uvicorn_worker.UvicornWorker, defined in a
+    submodule)."""
+    if isinstance(value, str):
+        return value.strip()
+    if not isinstance(value, type):
+        return repr(value)
+    path = f"{value.__module__}.{value.__qualname__}"
+    exported = f"{value.__module__.partition('.')[0]}.{value.__qualname__}"
+    known = SYNC_CLASSES + GTHREAD_CLASSES + ASGI_CLASSES + UVICORN_CLASSES
+    return exported if path not in known and exported in known else path
+
+
 def worker_class(value: Any) -> str:
-    name = value if isinstance(value, str) else getattr(value, "__name__", repr(value))
-    name = name.strip()
+    name = worker_class_name(value)
     if name in SYNC_CLASSES:
         return "sync"
     if name in GTHREAD_CLASSES:

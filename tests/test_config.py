@@ -533,6 +533,45 @@ def test_gunicorns_logger_class_object_is_accepted(tmp_path):
     parse(["-c", "g.py", "app:app"], cwd=tmp_path)
 
 
+def test_a_custom_logger_class_object_is_refused_not_ignored(tmp_path):
+    """A config file's `logger_class = MyLogger` (a Logger subclass that filters health
+    checks, a common recipe) is refused as the string form is, not skipped as a helper."""
+    pytest.importorskip("gunicorn.glogging")
+    write(tmp_path / "g.py", "from gunicorn import glogging\n"
+                             "class QuietLogger(glogging.Logger):\n    pass\n"
+                             "logger_class = QuietLogger\n")
+    with pytest.raises(ConfigError, match=r"^g\.py: logger_class = <class "
+                                          r"'__config__\.QuietLogger'>: a custom logger"):
+        parse(["-c", "g.py", "app:app"], cwd=tmp_path)
+
+
+@pytest.mark.parametrize("body, kind, uvicorn", [
+    ("from uvicorn.workers import UvicornWorker\nworker_class = UvicornWorker\n", "asgi",
+     "uvicorn.workers.UvicornWorker"),
+    ("from gunicorn.workers.sync import SyncWorker\nworker_class = SyncWorker\n", "sync", ""),
+    ("from gunicorn.workers.gthread import ThreadWorker\nworker_class = ThreadWorker\n",
+     "gthread", ""),
+])
+def test_a_worker_class_given_as_a_class_object_is_read_as_its_path(tmp_path, body, kind,
+                                                                     uvicorn):
+    """Gunicorn takes a class object for worker_class (`from uvicorn.workers import
+    UvicornWorker; worker_class = UvicornWorker`); berth skipped it as a helper and served
+    the ASGI app with its WSGI worker: every request a 500."""
+    pytest.importorskip(body.split()[1])
+    write(tmp_path / "g.py", body)
+    cfg = parse(["-c", "g.py", "app:app"], cwd=tmp_path)
+    assert (cfg.worker_class, cfg.uvicorn_worker) == (kind, uvicorn)
+    assert cfg.source("worker_class") == "file g.py"
+
+
+def test_a_worker_class_object_berth_does_not_have_is_refused(tmp_path):
+    write(tmp_path / "g.py", "class EventletWorker:\n    pass\nworker_class = EventletWorker\n")
+    with pytest.raises(ConfigError, match=r"^g\.py: worker_class = <class "
+                                          r"'__config__\.EventletWorker'>: .*not "
+                                          r"'__config__\.EventletWorker'"):
+        parse(["-c", "g.py", "app:app"], cwd=tmp_path)
+
+
 @pytest.mark.parametrize(("env", "argv", "expected", "source"), [
     ({}, [], True, "default"),
     ({"SENDFILE": "0"}, [], False, "env SENDFILE"),
@@ -751,6 +790,16 @@ def test_pidfile_of_a_running_berth_is_neither_overwritten_nor_removed(berth, tm
     finally:
         other.kill()
         other.wait()
+
+
+def test_an_asgi_app_under_a_uvicorn_worker_class_object_is_served(berth, tmp_path):
+    """The FastAPI recipe's gunicorn.conf.py with the class itself, `worker_class =
+    UvicornWorker`: served by berth's ASGI worker, not called as a WSGI app (a 500 each)."""
+    pytest.importorskip("uvicorn.workers")
+    write(tmp_path / "gunicorn.conf.py", "from uvicorn.workers import UvicornWorker\n"
+                                         "worker_class = UvicornWorker\nworkers = 1\n")
+    srv = berth(["asgi_app:app"])
+    assert http_get(srv.port, "/hello")[0] == 200, srv.stderr()
 
 
 def test_config_file_bind_used_when_no_bind_flag(berth, tmp_path):
