@@ -246,6 +246,12 @@ class WorkerView:
     def wsgi(self) -> Any:  # Gunicorn's worker.wsgi: the WSGI callable
         return self.app
 
+    @wsgi.setter
+    def wsgi(self, app: Any) -> None:
+        """post_worker_init may wrap the app (`worker.wsgi = Middleware(worker.wsgi)`), as
+        Gunicorn's worker serves its `wsgi` once the hook returns."""
+        self.app = app
+
     def __repr__(self) -> str:
         return f"<berth worker {self.pid if self.pid is not None else '[booting]'}>"
 

@@ -580,6 +580,25 @@ def test_a_header_a_pre_request_hook_appends_reaches_the_app(berth, tmp_path, th
     assert json.loads(body)["str"]["HTTP_X_REQUEST_START"] == "t=1700000000.0"
 
 
+@pytest.mark.parametrize("args", [[], ["--preload"]], ids=["worker", "preload"])
+def test_post_worker_init_may_wrap_the_app_in_worker_wsgi(berth, tmp_path, args):
+    """Gunicorn's worker serves `worker.wsgi` once post_worker_init returns, so a hook may
+    wrap the app in a middleware (`worker.wsgi = Middleware(worker.wsgi)`). berth's
+    worker.wsgi could not be set: the hook raised, every worker died at boot, berth stopped."""
+    (tmp_path / "wrap.conf.py").write_text(textwrap.dedent("""
+        def post_worker_init(worker):
+            inner = worker.wsgi
+            def wrapped(environ, start_response):
+                environ["HTTP_X_WRAPPED_BY_HOOK"] = "yes"
+                return inner(environ, start_response)
+            worker.wsgi = wrapped
+        """))
+    srv = berth(["-c", "wrap.conf.py", "-w", "1", *args, "proto_app:app"])
+    status, _, body = http_get(srv.port, "/env")
+    assert status == 200, srv.stderr()
+    assert json.loads(body)["str"]["HTTP_X_WRAPPED_BY_HOOK"] == "yes"
+
+
 @pytest.mark.parametrize("hook", ["post_fork", "post_worker_init"])
 def test_a_boot_hook_that_raises_stops_its_worker_before_it_serves(berth, tmp_path, hook):
     """Gunicorn's worker does not boot when post_fork or post_worker_init raises: a worker
