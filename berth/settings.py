@@ -251,7 +251,8 @@ SETTINGS: tuple[Setting, ...] = (
       section="Security"),
     S("limit_request_field_size", ("--limit-request-field_size",
                                    "--limit-request-field-size"), non_negative_int, 8190,
-      "Maximum size of one request header field in bytes (0 = unlimited).", "INT",
+      "Maximum size of one request header field in bytes (0 = unlimited, as Gunicorn "
+      "documents it; Gunicorn 27's parser applies 8190 then).", "INT",
       section="Security"),
     S("ready_path", ("--ready-path",), text, "/-/ready",
       "Readiness probe, answered by the worker's loop thread (never queued behind the app, "
