@@ -58,7 +58,7 @@ from berth.hooks import ServerView, WorkerView, call_boot_hook, call_hook
 from berth.logs import AccessLog, reopen_error_log
 from berth.scoreboard import BOOTING, OUT_OF_SERVICE, RETIRING, Scoreboard, Slot
 from berth.sizing import MAX_WORKERS, connection_bound, raise_open_files_limit
-from berth.sockets import create_listener, describe
+from berth.sockets import create_listener, describe, v6only_binds
 from berth.statsd import LogCounter, Statsd, StatsdTee
 from berth.worker.process import EXIT_APP_LOAD_ERROR, Worker, private_memory
 
@@ -170,8 +170,10 @@ class Master:
             gc.collect()
             gc.freeze()  # keep the app's pages shared with the workers (no gc writes to them)
         call_hook(cfg, "on_starting", self.server)
+        v6only = v6only_binds(cfg.bind)
         for addr in cfg.bind:
-            self.listeners.append(create_listener(addr, cfg.backlog, cfg.reuse_port, cfg.umask))
+            self.listeners.append(create_listener(addr, cfg.backlog, cfg.reuse_port, cfg.umask,
+                                                  v6only=addr in v6only))
         # named once, while they are open: stop() closes them, and a worker's late "ready"
         # can still arrive after that
         scheme = "https" if cfg.certfile else "http"

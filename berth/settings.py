@@ -154,7 +154,10 @@ SETTINGS: tuple[Setting, ...] = (
     S("bind", ("-b", "--bind"), text, None,
       "Address to listen on, repeatable: HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N "
       "(tcp://HOST:PORT and unix://PATH too, read as Gunicorn reads them); an address given "
-      "twice is listened on once (Gunicorn exits: \"Connection in use\"). Default: "
+      "twice is listened on once (Gunicorn exits: \"Connection in use\"). [::]:PORT takes "
+      "IPv4 clients too where the system's default allows it (Linux: "
+      "net.ipv6.bindv6only=0), as with Gunicorn, unless an IPv4 address on the same port "
+      "is bound beside it (then it is IPv6 only; Gunicorn exits). Default: "
       "0.0.0.0:$PORT when $PORT is set, else 0.0.0.0:8000 inside a container and "
       "127.0.0.1:8000 outside one.", "ADDRESS", "append", section="Server Socket",
       note="Gunicorn's default is 127.0.0.1:8000 everywhere, unreachable from outside a "

@@ -276,6 +276,62 @@ def test_bind_ipv6_loopback(berth):
     assert http_get(srv.port, "/hello")[2] == HELLO
 
 
+def _dual_stack_default() -> bool:
+    """Whether an IPv6 wildcard socket takes IPv4 clients here unless told not to (Linux's
+    net.ipv6.bindv6only = 0, the usual default)."""
+    try:
+        with open("/proc/sys/net/ipv6/bindv6only") as f:
+            if f.read().strip() != "0":
+                return False
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _dual_stack_default(), reason="no dual-stack IPv6 sockets here")
+def test_an_ipv6_wildcard_bind_takes_ipv4_clients_too_as_gunicorns_does(berth):
+    """Gunicorn never sets IPV6_V6ONLY, so `-b [::]:8000` (the usual dual-stack bind in
+    Kubernetes) takes IPv4 clients too; berth set it, and IPv4 clients (probes, a proxy on
+    127.0.0.1) were refused."""
+    port = free_port()
+    srv = berth(["-b", f"[::]:{port}", "-w", "1", "proto_app:app"], bind=False, port=port)
+    status, _, body = http_get(port, "/env")  # (over IPv4: 127.0.0.1)
+    assert status == 200, srv.stderr()
+    assert json.loads(body)["str"]["REMOTE_ADDR"] == "::ffff:127.0.0.1"  # (as in Gunicorn)
+    with BufferedSocket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(("::1", port))
+        sock.sendall(get_request("/hello", host=f"[::1]:{port}"))
+        assert read_response(sock)[0] == 200
+
+
+@pytest.mark.skipif(not _dual_stack_default(), reason="no dual-stack IPv6 sockets here")
+def test_an_ipv6_wildcard_beside_an_ipv4_bind_on_its_port_is_ipv6_only(berth):
+    """`-b 127.0.0.1:P -b [::]:P`: the IPv6 listener is IPv6 only, so the two do not collide
+    (a dual-stack `::` would take the IPv4 port too: EADDRINUSE)."""
+    port = free_port()
+    srv = berth(["-b", f"[::]:{port}", "-w", "1", "proto_app:app"], port=port)
+    assert http_get(port, "/hello")[2] == HELLO, srv.stderr()  # (the fixture's 127.0.0.1)
+    with BufferedSocket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(("::1", port))
+        sock.sendall(get_request("/hello", host=f"[::1]:{port}"))
+        assert read_response(sock)[0] == 200
+
+
+@pytest.mark.parametrize("binds, expected", [
+    (["[::]:8000"], set()),
+    (["0.0.0.0:8000", "[::]:8000"], {"[::]:8000"}),
+    (["0.0.0.0:8000", "[::]:9000", "[::1]:8000", "unix:/tmp/x.sock"], {"[::1]:8000"}),
+])
+def test_v6only_binds_are_the_ipv6_ones_sharing_an_ipv4_binds_port(binds, expected):
+    from berth.sockets import v6only_binds
+
+    assert v6only_binds(binds) == expected
+
+
 def test_bind_unix_socket(berth, tmp_path):
     path = tmp_path / "berth.sock"
     berth(["-b", f"unix:{path}", "-w", "1", "proto_app:app"])
