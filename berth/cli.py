@@ -276,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     from berth.master import Master
     from berth.sockets import BindError as _BindError
 
-    if cfg.decisions.bind:
+    if cfg.decisions.bind and os.environ.get("LISTEN_PID") != str(os.getpid()):
+        # (under systemd socket activation the master serves systemd's sockets instead)
         log.info("listening on %s: %s", cfg.bind[0], cfg.decisions.bind)
 
     def set_env(for_cfg: Config) -> None:

@@ -157,7 +157,10 @@ SETTINGS: tuple[Setting, ...] = (
       "twice is listened on once (Gunicorn exits: \"Connection in use\"). [::]:PORT takes "
       "IPv4 clients too where the system's default allows it (Linux: "
       "net.ipv6.bindv6only=0), as with Gunicorn, unless an IPv4 address on the same port "
-      "is bound beside it (then it is IPv6 only; Gunicorn exits). Default: "
+      "is bound beside it (then it is IPv6 only; Gunicorn exits). Under systemd socket "
+      "activation ($LISTEN_FDS and $LISTEN_PID naming berth) the sockets systemd passes are "
+      "served instead, and READY=1 goes to $NOTIFY_SOCKET once they listen, as Gunicorn does. "
+      "Default: "
       "0.0.0.0:$PORT when $PORT is set, else 0.0.0.0:8000 inside a container and "
       "127.0.0.1:8000 outside one.", "ADDRESS", "append", section="Server Socket",
       note="Gunicorn's default is 127.0.0.1:8000 everywhere, unreachable from outside a "

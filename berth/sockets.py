@@ -116,6 +116,41 @@ def create_listener(addr: str, backlog: int, reuse_port: bool = False,
     return sock
 
 
+SD_LISTEN_FDS_START = 3  # the first descriptor systemd passes (sd_listen_fds)
+
+
+def systemd_listen_fds(environ=os.environ) -> list[int]:
+    """The listening sockets systemd passed (socket activation), as Gunicorn reads them
+    (gunicorn/systemd.py): $LISTEN_FDS descriptors from 3 when $LISTEN_PID is this process;
+    the variables are then removed, so that no child takes them for its own."""
+    try:
+        count = int(environ.get("LISTEN_FDS", 0))
+        pid = int(environ.get("LISTEN_PID", 0))
+    except ValueError:
+        return []
+    if pid != os.getpid() or count <= 0:
+        return []
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        environ.pop(name, None)
+    return list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count))
+
+
+def sd_notify(state: str, environ=os.environ) -> None:
+    """Tell systemd `state` (READY=1...) over $NOTIFY_SOCKET, as Gunicorn's arbiter does
+    for a Type=notify unit; nothing without one, and a failure is ignored."""
+    addr = environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr[0] == "@":  # an abstract socket
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(addr)
+            sock.sendall(state.encode())
+    except OSError:
+        pass
+
+
 def v6only_binds(binds: list[str]) -> set[str]:
     """The IPv6 --bind addresses to listen on as IPv6 only: those whose port an IPv4 --bind
     uses too (`-b 0.0.0.0:8000 -b [::]:8000`, which a dual-stack `::` could not share).

@@ -332,6 +332,62 @@ def test_v6only_binds_are_the_ipv6_ones_sharing_an_ipv4_binds_port(binds, expect
     assert v6only_binds(binds) == expected
 
 
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+def test_systemd_socket_activation_and_notify_as_gunicorn(tmp_path, kind):
+    """Gunicorn's documented systemd setup (a gunicorn.socket unit, Type=notify, no --bind):
+    the master serves the sockets systemd passes ($LISTEN_FDS from fd 3 when $LISTEN_PID is
+    its pid) instead of binding, and sends READY=1 to $NOTIFY_SOCKET once it listens. berth
+    bound 127.0.0.1:8000 and never told systemd it started (the unit timed out). A unix
+    socket systemd owns is left in place at exit (its unit listens on it again)."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(20)
+    if kind == "tcp":
+        port = free_port()
+        listener = socket.create_server(("127.0.0.1", port))
+    else:
+        path = tmp_path / "activated.sock"
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(path))
+        listener.listen(16)
+    launcher = ("import os, sys\n"
+                "os.dup2(int(sys.argv[1]), 3)\n"
+                "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid()))\n"
+                "os.execv(sys.executable, [sys.executable, '-m', 'berth', *sys.argv[2:]])\n")
+    env = dict(os.environ, PYTHONPATH=f"{APPS}{os.pathsep}{ROOT}", BERTH_IN_CONTAINER="0",
+               NOTIFY_SOCKET=str(tmp_path / "notify"))
+    env.pop("PORT", None)
+    err = tmp_path / "stderr.log"
+    with open(err, "wb") as err_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", launcher, str(listener.fileno()), "-w", "1", "proto_app:app"],
+            env=env, cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=err_file,
+            pass_fds=(listener.fileno(),))
+    try:
+        assert notify.recv(4096).startswith(b"READY=1"), err.read_text()
+        assert wait_for(lambda: "ready: " in err.read_text(), timeout=20), err.read_text()
+        assert "systemd socket activation" in err.read_text()
+        assert "127.0.0.1:8000" not in err.read_text()
+        if kind == "tcp":
+            assert http_get(port, "/hello")[2] == HELLO
+        else:
+            with BufferedSocket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(10)
+                sock.connect(str(path))
+                sock.sendall(get_request("/hello"))
+                assert read_response(sock)[2] == HELLO
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        if kind == "unix":
+            assert path.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+        listener.close()
+        notify.close()
+
+
 def test_bind_unix_socket(berth, tmp_path):
     path = tmp_path / "berth.sock"
     berth(["-b", f"unix:{path}", "-w", "1", "proto_app:app"])
