@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("app", metavar="MODULE:NAME", nargs="?",
                         help="the WSGI app, e.g. myproject.wsgi:application or app:create_app()")
-    parser.add_argument("--version", action="version", version=f"berth {__version__}")
+    parser.add_argument("-v", "--version", action="version", version=f"berth {__version__}")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for setting in SETTINGS:
         if not setting.flags:

@@ -39,9 +39,10 @@ def get_json(port, path):
 
 # --- informational flags ------------------------------------------------------------------
 
-def test_version_prints_version_and_exits_0():
-    res = run_berth(["--version"])
-    assert res.returncode == 0
+@pytest.mark.parametrize("flag", ["--version", "-v"])  # (-v: Gunicorn's short form)
+def test_version_prints_version_and_exits_0(flag):
+    res = run_berth([flag])
+    assert res.returncode == 0, res.stderr
     version = re.search(r'__version__ = "([^"]+)"',
                         (ROOT / "berth" / "__init__.py").read_text()).group(1)
     assert version in res.stdout + res.stderr
