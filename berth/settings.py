@@ -502,7 +502,9 @@ SETTINGS: tuple[Setting, ...] = (
       section="Logging"),
     S("access_log_format", ("--access-logformat",), text,
       '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
-      "Access log format, with Gunicorn's atoms.", "STRING", section="Logging"),
+      "Access log format, with Gunicorn's atoms.", "STRING", section="Logging",
+      note="A {header}i of a repeated field logs its values joined with ',' (Gunicorn logs "
+           "the last one)."),
     S("log_format", ("--log-format",), log_format, "text",
       "text (Gunicorn's lines) or json: one JSON object per line for both logs, with "
       "timestamp (RFC 3339, ms), level, pid and message; access lines add remote_addr, "
