@@ -19,6 +19,7 @@ and http.client, never the app, the master or the worker, nor logging.
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 import sys
 import time
@@ -98,13 +99,16 @@ def _local(host: str, family: int) -> str:
     return host
 
 
-def target_for_bind(address: str, path: str, tls: bool) -> Target:
+def target_for_bind(address: str, path: str, tls: bool, chdir: str | None = None) -> Target:
     """The URL of `path` on a listener bound to `address` (a --bind value), as seen from
-    inside the container."""
+    inside the container. A relative unix socket path is in `chdir` (--chdir), where the
+    server binds it, as Gunicorn does."""
     try:
         family, where = parse_bind(address)
     except BindError as exc:
         raise ConfigError(str(exc)) from None
+    if family == socket.AF_UNIX and chdir:
+        where = os.path.join(chdir, where)
     scheme = "https" if tls else "http"
     # With --certfile berth checks its own certificate from the same machine: there is no
     # name to verify it against (0.0.0.0, a unix socket) and nothing to protect against on
@@ -125,11 +129,12 @@ def default_target(cfg: Config) -> Target:
     """Without URL: the admin listener's /readyz (answered by the master, from shared
     memory), or else berth's readiness probe on the first --bind."""
     if cfg.admin_bind:  # (plain HTTP, with --certfile too)
-        return target_for_bind(cfg.admin_bind, "/readyz", tls=False)
+        return target_for_bind(cfg.admin_bind, "/readyz", tls=False, chdir=cfg.chdir)
     if not cfg.ready_path:
         raise ConfigError("check: the readiness probe is off (--ready-path ''): give berth "
                           "check the URL to check")
-    return target_for_bind(cfg.bind[0], cfg.ready_path, tls=bool(cfg.certfile))
+    return target_for_bind(cfg.bind[0], cfg.ready_path, tls=bool(cfg.certfile),
+                           chdir=cfg.chdir)
 
 
 # -- the request -------------------------------------------------------------------------------

@@ -39,19 +39,50 @@ def restore_env(keys, launch_env: dict[str, str]) -> None:
             os.environ.pop(key, None)
 
 
-def prepare_environment(cfg: Config) -> None:
-    """--chdir, --pythonpath, --env: applied before the app is imported."""
-    if cfg.chdir:
-        try:
-            os.chdir(cfg.chdir)
-        except OSError as exc:
-            raise ConfigError(f"--chdir: cannot change to {cfg.chdir!r}: {exc.strerror}") from None
+def launch_directory() -> str:
+    """The directory berth is started in, named as the shell names it: $PWD when it is this
+    directory (reached through a symlink such as /srv/current), else os.getcwd(). As
+    Gunicorn's util.getcwd(): a SIGHUP after the symlink moved to a new release changes to
+    the new release, not the old one os.getcwd() resolved the link to."""
     cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
-    if cfg.pythonpath:
-        for path in reversed([p.strip() for p in cfg.pythonpath.split(",") if p.strip()]):
-            sys.path.insert(0, os.path.abspath(path))
+    pwd = os.environ.get("PWD", "")
+    try:
+        if pwd and os.path.isabs(pwd) and os.path.samefile(pwd, cwd):
+            return os.path.normpath(pwd)
+    except OSError:
+        pass
+    return cwd
+
+
+def change_directory(cfg: Config, launch_dir: str) -> str:
+    """--chdir (relative to the launch directory), or else the launch directory itself,
+    changed to as soon as the configuration is read, at start and on each SIGHUP, before
+    any file it names is opened. As in Gunicorn (whose configuration ends with this chdir):
+    a relative error log, logging configuration, access log or pid file is in that
+    directory, SIGUSR1 reopens the same file, and a SIGHUP after a deploy moved a symlink
+    (--chdir /srv/current) loads the app from the new target. Returns the directory as
+    named (through its symlinks), which goes on sys.path."""
+    directory = os.path.normpath(os.path.join(launch_dir, cfg.chdir)) if cfg.chdir else \
+        launch_dir
+    try:
+        os.chdir(directory)
+    except OSError as exc:
+        shown = cfg.chdir or directory
+        raise ConfigError(f"--chdir: cannot change to {shown!r}: {exc.strerror}") from None
+    return directory
+
+
+def prepare_environment(cfg: Config, directory: str) -> None:
+    """--pythonpath, --env: applied before the app is imported, in `directory` (the --chdir
+    directory as change_directory() named it: sys.path keeps that name, so a symlink is
+    followed again when new workers import the app)."""
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    if cfg.pythonpath:  # as Gunicorn: each entry in turn at the front, so the last one first
+        for path in [p.strip() for p in cfg.pythonpath.split(",") if p.strip()]:
+            path = os.path.abspath(path)
+            if path not in sys.path:
+                sys.path.insert(0, path)
     os.environ.update(env_of(cfg))
     if cfg.keyfile and not cfg.certfile:
         raise ConfigError("--keyfile (keyfile) needs --certfile (certfile): the certificate "
@@ -110,10 +141,10 @@ def log_start(cfg: Config, log, levels=("info", "warning")) -> None:
             log.warning("%s", decisions.shutdown_warning)
 
 
-def check_app(cfg: Config, log) -> int:
+def check_app(cfg: Config, log, directory: str) -> int:
     """--check-config: 0 when the app loads, 1 when it does not, 2 for a configuration error."""
     try:
-        prepare_environment(cfg)
+        prepare_environment(cfg, directory)
     except ConfigError as exc:
         print(f"berth: error: {exc}", file=sys.stderr)
         return 2
@@ -177,7 +208,7 @@ def check_access_log(cfg, base: str) -> None:
     must stop berth here with one line (as Gunicorn does), not make every worker die."""
     target = str(cfg.accesslog or "")
     if target.lower() in ("-", "none", "off", "") or not os.path.isdir(base):
-        return  # (a --chdir that does not exist is refused by its own check, later)
+        return
     path = os.path.join(base, target)  # (relative to --chdir, where the workers open it)
     try:
         try:
@@ -211,15 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     from berth import logconfig
     from berth.logs import setup_error_log
 
-    launch_dir = os.getcwd()
+    launch_dir = launch_directory()
     try:
         cfg = load(argv, cwd=launch_dir)
         if cfg.print_config:
             print(render_config(cfg))
             if not cfg.app_uri:
                 return 0
+        app_dir = change_directory(cfg, launch_dir)
         log = setup_error_log(cfg.errorlog, cfg.loglevel, cfg.log_format)
-        check_access_log(cfg, os.path.join(launch_dir, cfg.chdir or ""))
+        check_access_log(cfg, app_dir)
         if logconfig.wanted(cfg):  # Gunicorn's logging settings: berth logs where they say
             log = logconfig.apply(cfg, list(log.handlers)).error_log
     except ConfigError as exc:
@@ -230,12 +262,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if cfg.check_config or cfg.print_config:
         log_start(cfg, log)
-        return check_app(cfg, log)
+        return check_app(cfg, log, app_dir)
     proctitle.prepare()  # before --env changes the environment
     launch_env = dict(os.environ)  # (what SIGHUP restores the old --env keys to)
     applied = env_of(cfg)  # the --env variables set in the master, which workers inherit
     try:
-        prepare_environment(cfg)
+        prepare_environment(cfg, app_dir)
     except ConfigError as exc:
         print(f"berth: error: {exc}", file=sys.stderr)
         return 2
@@ -244,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     from berth.master import Master
     from berth.sockets import BindError as _BindError
 
-    if cfg.decisions.bind:
+    if cfg.decisions.bind and os.environ.get("LISTEN_PID") != str(os.getpid()):
+        # (under systemd socket activation the master serves systemd's sockets instead)
         log.info("listening on %s: %s", cfg.bind[0], cfg.decisions.bind)
 
     def set_env(for_cfg: Config) -> None:
@@ -259,15 +292,24 @@ def main(argv: list[str] | None = None) -> int:
 
     def reload_config() -> Config:
         """SIGHUP: the command line, environment and config file, read again (from the
-        environment they were read from at start), and the new --env set for the new workers
-        (set_env)."""
+        environment they were read from at start), the directory changed to again (a
+        --chdir symlink a deploy moved: the new workers import the new release, as under
+        Gunicorn), and the new --env set for the new workers (set_env)."""
         restore_env(applied, launch_env)
+        before = os.getcwd()
         try:
             new = load(argv, cwd=launch_dir)
-            check_access_log(new, os.getcwd())  # (one the workers cannot open: the old one kept)
+            directory = change_directory(new, launch_dir)
+            check_access_log(new, directory)  # (one the workers cannot open: the old one kept)
         except BaseException:
             os.environ.update(applied)  # not reloaded: the old --env stays with the old config
+            try:
+                os.chdir(before)
+            except OSError:
+                pass
             raise
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
         set_env(new)
         log_start(new, log, levels=("warning",))
         return new

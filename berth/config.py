@@ -28,7 +28,7 @@ from typing import Any
 
 from berth import __version__, configfile
 from berth.container import default_bind
-from berth.converters import UVICORN_CLASSES, ConfigError, Refused
+from berth.converters import UVICORN_CLASSES, ConfigError, Refused, worker_class_name
 from berth.loader import AppSpecError, parse_app_uri
 from berth.settings import (
     BERTH_ONLY,
@@ -142,7 +142,7 @@ class Config:
         self.values[name] = convert_value(BY_NAME[name], value, source)
         self.sources[name] = source
         if name == "worker_class":
-            given = value.strip() if isinstance(value, str) else ""
+            given = worker_class_name(value)
             self.uvicorn_worker = given if given in UVICORN_CLASSES else ""
 
     def source(self, name: str) -> str:
@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("app", metavar="MODULE:NAME", nargs="?",
                         help="the WSGI app, e.g. myproject.wsgi:application or app:create_app()")
-    parser.add_argument("--version", action="version", version=f"berth {__version__}")
+    parser.add_argument("-v", "--version", action="version", version=f"berth {__version__}")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for setting in SETTINGS:
         if not setting.flags:
@@ -417,6 +417,7 @@ def parse_config(argv: list[str], environ=os.environ, cwd: str | None = None,
     if len(binds) < len(cfg.bind):
         cfg.values["bind"] = list(binds.values())
     check_reload(cfg, cwd)
+    gunicorn_limit_caps(cfg)
     uvicorn_worker_rules(cfg)
     if cfg.worker_class == "asgi" and cfg.threads not in (1, "auto"):
         cfg.notices.append(("info", f"threads ({cfg.source('threads')}) does not apply to -k "
@@ -428,6 +429,23 @@ def parse_config(argv: list[str], environ=os.environ, cwd: str | None = None,
                           "or end TLS at the proxy")
     cfg.notices.extend(status_notices(cfg))
     return cfg
+
+
+# Gunicorn's parser lowers a larger value of these to its maximum (http/message.py:
+# MAX_REQUEST_LINE, MAX_HEADERS), so that a copied `--limit-request-line 16384` still means 8190
+GUNICORN_LIMIT_CAPS = {"limit_request_line": 8190, "limit_request_fields": 32768}
+
+
+def gunicorn_limit_caps(cfg: Config) -> None:
+    """A request limit above Gunicorn's maximum is lowered to it, as Gunicorn's parser does
+    (a request it would refuse must not reach the app under berth), with a warning."""
+    for name, cap in GUNICORN_LIMIT_CAPS.items():
+        value = cfg.values.get(name)
+        if value is not None and value > cap:
+            cfg.notices.append(("warning", f"{_label(BY_NAME[name], cfg.source(name))} = "
+                                           f"{value}: above Gunicorn's maximum, {cap}, which "
+                                           f"Gunicorn uses instead; so does berth"))
+            cfg.values[name] = cap
 
 
 def uvicorn_worker_rules(cfg: Config) -> None:

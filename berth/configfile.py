@@ -134,10 +134,9 @@ def settings_from_namespace(namespace: dict[str, Any], label: str) -> dict[str, 
     found: dict[str, Any] = {}
     unknown: list[str] = []
     for name, value in namespace.items():
-        if name.startswith("_") or isinstance(value, types.ModuleType) or \
-                (isinstance(value, type) and name not in BY_NAME):
+        if name.startswith("_") or isinstance(value, types.ModuleType):
             continue
-        if name in BY_NAME:
+        if name in BY_NAME:  # (a class too: Gunicorn takes `worker_class = UvicornWorker`)
             if name == "config":
                 continue  # a file cannot name another file (as Gunicorn)
             if value is not None:
@@ -145,6 +144,8 @@ def settings_from_namespace(namespace: dict[str, Any], label: str) -> dict[str, 
             elif name == "accesslog":  # (tiangolo's images: ACCESS_LOG="" gives None: off)
                 found[name] = "none"
             continue
+        if isinstance(value, type):
+            continue  # a class the file defines or imports (a logger subclass...)
         unknown.append(name)
     names = [n for n in BY_NAME if n not in namespace]
     hooks = [n for n in HOOK_NAMES if n not in namespace]

@@ -82,7 +82,17 @@ def log_overflow(value: Any) -> str:
 
 
 def text(value: Any) -> str:
-    return str(value)
+    """A string setting. A path object or a number is taken as its text; anything else
+    (a list, a bool, a file object) is refused, as Gunicorn refuses it ("Not a string"),
+    rather than used as its repr: `pythonpath = ["src", "lib"]` would otherwise add the
+    directories "['src'" and " 'lib']"."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError("a string")
 
 
 def env_pair(value: Any) -> str:
@@ -333,9 +343,23 @@ def class_path(value: Any) -> str:
     return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', repr(value))}"
 
 
+def worker_class_name(value: Any) -> str:
+    """A worker class as its name: a string stripped, or a class object (a config file's
+    `worker_class = UvicornWorker`, which Gunicorn takes) as its import path, the one its
+    package exports when that is a known one (uvicorn_worker.UvicornWorker, defined in a
+    submodule)."""
+    if isinstance(value, str):
+        return value.strip()
+    if not isinstance(value, type):
+        return repr(value)
+    path = f"{value.__module__}.{value.__qualname__}"
+    exported = f"{value.__module__.partition('.')[0]}.{value.__qualname__}"
+    known = SYNC_CLASSES + GTHREAD_CLASSES + ASGI_CLASSES + UVICORN_CLASSES
+    return exported if path not in known and exported in known else path
+
+
 def worker_class(value: Any) -> str:
-    name = value if isinstance(value, str) else class_path(value)
-    name = name.strip()
+    name = worker_class_name(value)
     if name in SYNC_CLASSES:
         return "sync"
     if name in GTHREAD_CLASSES:

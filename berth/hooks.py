@@ -246,8 +246,21 @@ class WorkerView:
     def wsgi(self) -> Any:  # Gunicorn's worker.wsgi: the WSGI callable
         return self.app
 
+    @wsgi.setter
+    def wsgi(self, app: Any) -> None:
+        """post_worker_init may wrap the app (`worker.wsgi = Middleware(worker.wsgi)`), as
+        Gunicorn's worker serves its `wsgi` once the hook returns."""
+        self.app = app
+
     def __repr__(self) -> str:
         return f"<berth worker {self.pid if self.pid is not None else '[booting]'}>"
+
+
+def _environ_key(name: str) -> str:
+    """A request header's environ key, as Gunicorn's wsgi.create() names it."""
+    if name in ("CONTENT-TYPE", "CONTENT-LENGTH"):
+        return name.replace("-", "_")
+    return "HTTP_" + name.replace("-", "_")
 
 
 class RequestView:
@@ -259,12 +272,13 @@ class RequestView:
     is asked of the socket unless a hook reads `remote_addr` or `peer_addr`).
     """
 
-    __slots__ = ("environ", "_headers", "_peer")
+    __slots__ = ("environ", "_headers", "_peer", "_before")
 
     def __init__(self, environ: dict, peer: Any = None):
         self.environ = environ
         self._headers: list[tuple[str, str]] | None = None
         self._peer = peer
+        self._before: list[tuple[str, str]] = []  # `headers` as made, before a hook changed it
 
     @property
     def method(self) -> str:
@@ -344,7 +358,36 @@ class RequestView:
                 elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value != "":
                     headers.append((key.replace("_", "-"), value))
             self._headers = headers
+            self._before = list(headers)
         return self._headers
+
+    @headers.setter
+    def headers(self, value: list[tuple[str, str]]) -> None:
+        """A hook may replace the list, as Gunicorn's Request allows (apply_header_changes)."""
+        if self._headers is None:
+            self.headers  # noqa: B018 - made first: what the new list replaces
+        self._headers = list(value)
+
+    def apply_header_changes(self) -> None:
+        """What a pre_request hook did to `req.headers` (appended, replaced or removed
+        fields) goes into the environ the app gets, as in Gunicorn, which makes the environ
+        from req.headers after the hook: `req.headers.append(("X-REQUEST-START", ...))`
+        gives the app HTTP_X_REQUEST_START. Names map as Gunicorn maps them ('HTTP_' + the
+        name with '-' as '_'; CONTENT-TYPE and CONTENT-LENGTH to CONTENT_*), repeated fields
+        joined with ','. Nothing is done when the hook left the list as it was."""
+        headers = self._headers
+        if headers is None or headers == self._before:
+            return
+        environ = self.environ
+        for name, _ in self._before:
+            environ.pop(_environ_key(name), None)
+        for name, value in headers:
+            key = _environ_key(name)
+            if key in environ and key.startswith("HTTP_"):
+                environ[key] = f"{environ[key]},{value}"
+            else:
+                environ[key] = value
+        self._before = list(headers)
 
     def __repr__(self) -> str:
         return f"<request {self.method} {self.uri}>"

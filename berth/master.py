@@ -58,7 +58,13 @@ from berth.hooks import ServerView, WorkerView, call_boot_hook, call_hook
 from berth.logs import AccessLog, reopen_error_log, retarget_error_log
 from berth.scoreboard import BOOTING, OUT_OF_SERVICE, RETIRING, Scoreboard, Slot
 from berth.sizing import MAX_WORKERS, connection_bound, raise_open_files_limit
-from berth.sockets import create_listener, describe
+from berth.sockets import (
+    create_listener,
+    describe,
+    sd_notify,
+    systemd_listen_fds,
+    v6only_binds,
+)
 from berth.statsd import SETTINGS as STATSD_SETTINGS
 from berth.statsd import LogCounter, Statsd, StatsdTee
 from berth.worker.process import EXIT_APP_LOAD_ERROR, Worker, private_memory
@@ -171,13 +177,26 @@ class Master:
             gc.collect()
             gc.freeze()  # keep the app's pages shared with the workers (no gc writes to them)
         call_hook(cfg, "on_starting", self.server)
-        for addr in cfg.bind:
-            self.listeners.append(create_listener(addr, cfg.backlog, cfg.reuse_port, cfg.umask))
+        activated = systemd_listen_fds()
+        if activated:  # systemd socket activation: its sockets, not --bind (as Gunicorn)
+            for fd in activated:
+                self.listeners.append(create_listener(f"fd://{fd}", cfg.backlog))
+        else:
+            v6only = v6only_binds(cfg.bind)
+            for addr in cfg.bind:
+                self.listeners.append(create_listener(addr, cfg.backlog, cfg.reuse_port,
+                                                      cfg.umask, v6only=addr in v6only))
         # named once, while they are open: stop() closes them, and a worker's late "ready"
         # can still arrive after that
         scheme = "https" if cfg.certfile else "http"
         self.listener_names = ", ".join(describe(s, scheme) for s in self.listeners)
-        self.unix_paths = [s.getsockname() for s in self.listeners if s.family == socket.AF_UNIX]
+        if activated:
+            self.log.info("systemd socket activation: serving the %d sockets systemd passed "
+                          "(%s), not --bind", len(activated), self.listener_names)
+        # (a socket systemd owns stays: its unit listens on it again at the next start)
+        self.unix_paths = [] if activated else [
+            s.getsockname() for s in self.listeners if s.family == socket.AF_UNIX]
+        sd_notify("READY=1\nSTATUS=berth master booted")  # (as Gunicorn: once it listens)
         if cfg.admin_bind:
             self.admin = AdminServer(self, cfg.admin_bind)
         self.ready_r, self.ready_w = os.pipe2(os.O_CLOEXEC)

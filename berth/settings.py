@@ -154,7 +154,13 @@ SETTINGS: tuple[Setting, ...] = (
     S("bind", ("-b", "--bind"), text, None,
       "Address to listen on, repeatable: HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N "
       "(tcp://HOST:PORT and unix://PATH too, read as Gunicorn reads them); an address given "
-      "twice is listened on once (Gunicorn exits: \"Connection in use\"). Default: "
+      "twice is listened on once (Gunicorn exits: \"Connection in use\"). [::]:PORT takes "
+      "IPv4 clients too where the system's default allows it (Linux: "
+      "net.ipv6.bindv6only=0), as with Gunicorn, unless an IPv4 address on the same port "
+      "is bound beside it (then it is IPv6 only; Gunicorn exits). Under systemd socket "
+      "activation ($LISTEN_FDS and $LISTEN_PID naming berth) the sockets systemd passes are "
+      "served instead, and READY=1 goes to $NOTIFY_SOCKET once they listen, as Gunicorn does. "
+      "Default: "
       "0.0.0.0:$PORT when $PORT is set, else 0.0.0.0:8000 inside a container and "
       "127.0.0.1:8000 outside one.", "ADDRESS", "append", section="Server Socket",
       note="Gunicorn's default is 127.0.0.1:8000 everywhere, unreachable from outside a "
@@ -242,13 +248,17 @@ SETTINGS: tuple[Setting, ...] = (
       default_text="auto from the memory limit, else off"),
     # -- security ---------------------------------------------------------------------------
     S("limit_request_line", ("--limit-request-line",), non_negative_int, 4094,
-      "Maximum size of the request line in bytes (0 = unlimited).", "INT",
+      "Maximum size of the request line in bytes (0 = unlimited), at most 8190: a larger "
+      "value is lowered to 8190 with a warning, as Gunicorn's parser lowers it.", "INT",
       section="Security"),
     S("limit_request_fields", ("--limit-request-fields",), non_negative_int, 100,
-      "Maximum number of header fields in a request.", "INT", section="Security"),
+      "Maximum number of header fields in a request, at most 32768 (0 = 32768): a larger "
+      "value is lowered to 32768 with a warning, as Gunicorn's parser lowers it.", "INT",
+      section="Security"),
     S("limit_request_field_size", ("--limit-request-field_size",
                                    "--limit-request-field-size"), non_negative_int, 8190,
-      "Maximum size of one request header field in bytes (0 = unlimited).", "INT",
+      "Maximum size of one request header field in bytes (0 = unlimited, as Gunicorn "
+      "documents it; Gunicorn 27's parser applies 8190 then).", "INT",
       section="Security"),
     S("ready_path", ("--ready-path",), text, "/-/ready",
       "Readiness probe, answered by the worker's loop thread (never queued behind the app, "
@@ -333,7 +343,10 @@ SETTINGS: tuple[Setting, ...] = (
       "Set SO_REUSEPORT on the TCP listening sockets (another process may then bind the same "
       "port and share its connections).", None, "store_true"),
     S("chdir", ("--chdir",), text, None,
-      "Change to this directory before loading the app.", "DIR",
+      "Change to this directory before loading the app: once the configuration is read, "
+      "and again on SIGHUP, as Gunicorn does. Relative paths of the other settings (error "
+      "log, access log, pid file, logging configuration) are in it, and a symlink a deploy "
+      "moved (/srv/current) is followed, so new workers load the new release.", "DIR",
       default_text="the current directory"),
     S("daemon", ("-D", "--daemon"), refuse_unless(
         is_falsy, "berth stays in the foreground (a container or process supervisor runs it); "
@@ -401,7 +414,8 @@ SETTINGS: tuple[Setting, ...] = (
       note="berth only: Gunicorn keeps the peer's address (its default, and berth's); "
            "with UvicornWorker, Uvicorn names the client (on by default)."),
     S("pythonpath", ("--pythonpath",), text, None,
-      "Comma-separated directories to add to the Python path.", "PATHS"),
+      "Comma-separated directories to add to the Python path, each put first in turn as "
+      "Gunicorn does (with a,b a module in both is imported from b).", "PATHS"),
     S("paste", ("--paste", "--paster"), refuse_unless(
         is_falsy, "PasteDeploy apps are not supported: name the app as MODULE:NAME"), None,
       "Load a PasteDeploy config file.", "STRING", status=REFUSED,
@@ -488,7 +502,9 @@ SETTINGS: tuple[Setting, ...] = (
       section="Logging"),
     S("access_log_format", ("--access-logformat",), text,
       '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
-      "Access log format, with Gunicorn's atoms.", "STRING", section="Logging"),
+      "Access log format, with Gunicorn's atoms.", "STRING", section="Logging",
+      note="A {header}i of a repeated field logs its values joined with ',' (Gunicorn logs "
+           "the last one)."),
     S("log_format", ("--log-format",), log_format, "text",
       "text (Gunicorn's lines) or json: one JSON object per line for both logs, with "
       "timestamp (RFC 3339, ms), level, pid and message; access lines add remote_addr, "

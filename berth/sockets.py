@@ -75,10 +75,12 @@ def parse_bind(addr: str) -> tuple[int, object]:
 
 
 def create_listener(addr: str, backlog: int, reuse_port: bool = False,
-                    umask: int | None = None) -> socket.socket:
+                    umask: int | None = None, v6only: bool = False) -> socket.socket:
     """A listening socket for `addr`. As in Gunicorn: `reuse_port` sets SO_REUSEPORT on a TCP
-    listener, and `umask` is the process's umask only while a unix socket is bound (it sets
-    the socket file's mode; the process keeps its own umask)."""
+    listener, `umask` is the process's umask only while a unix socket is bound (it sets
+    the socket file's mode; the process keeps its own umask), and an IPv6 listener keeps the
+    system's IPV6_V6ONLY default (Linux: off, so `[::]:8000` takes IPv4 clients too), unless
+    `v6only` (an IPv4 address on the same port is bound beside it: v6only_binds())."""
     family, address = parse_bind(addr)
     if family == -1:
         sock = socket.socket(fileno=address)
@@ -96,7 +98,7 @@ def create_listener(addr: str, backlog: int, reuse_port: bool = False,
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
+            if family == socket.AF_INET6 and v6only:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if family == socket.AF_UNIX and umask is not None:
             old = os.umask(umask)  # the master binds before it starts any thread
@@ -112,6 +114,56 @@ def create_listener(addr: str, backlog: int, reuse_port: bool = False,
         raise BindError(f"cannot listen on {addr}: {exc.strerror or exc}") from None
     sock.set_inheritable(False)
     return sock
+
+
+SD_LISTEN_FDS_START = 3  # the first descriptor systemd passes (sd_listen_fds)
+
+
+def systemd_listen_fds(environ=os.environ) -> list[int]:
+    """The listening sockets systemd passed (socket activation), as Gunicorn reads them
+    (gunicorn/systemd.py): $LISTEN_FDS descriptors from 3 when $LISTEN_PID is this process;
+    the variables are then removed, so that no child takes them for its own."""
+    try:
+        count = int(environ.get("LISTEN_FDS", 0))
+        pid = int(environ.get("LISTEN_PID", 0))
+    except ValueError:
+        return []
+    if pid != os.getpid() or count <= 0:
+        return []
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        environ.pop(name, None)
+    return list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count))
+
+
+def sd_notify(state: str, environ=os.environ) -> None:
+    """Tell systemd `state` (READY=1...) over $NOTIFY_SOCKET, as Gunicorn's arbiter does
+    for a Type=notify unit; nothing without one, and a failure is ignored."""
+    addr = environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr[0] == "@":  # an abstract socket
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(addr)
+            sock.sendall(state.encode())
+    except OSError:
+        pass
+
+
+def v6only_binds(binds: list[str]) -> set[str]:
+    """The IPv6 --bind addresses to listen on as IPv6 only: those whose port an IPv4 --bind
+    uses too (`-b 0.0.0.0:8000 -b [::]:8000`, which a dual-stack `::` could not share).
+    Alone, `[::]:8000` is dual-stack, as under Gunicorn, which never sets IPV6_V6ONLY."""
+    parsed = []
+    for addr in binds:
+        try:
+            parsed.append((addr, *parse_bind(addr)))
+        except BindError:
+            continue
+    v4_ports = {where[1] for _, family, where in parsed if family == socket.AF_INET}
+    return {addr for addr, family, where in parsed
+            if family == socket.AF_INET6 and where[1] in v4_ports}
 
 
 def describe(sock: socket.socket, scheme: str = "http") -> str:

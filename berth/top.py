@@ -189,7 +189,7 @@ def target_of(url: str | None, cfg: Config) -> Target:
                           "ADDRESS; give berth top that option (as berth runs with it) or "
                           "the URL of its /status")
     # (the admin listener speaks plain HTTP, with --certfile too)
-    return target_for_bind(cfg.admin_bind, STATUS_PATH, tls=False)
+    return target_for_bind(cfg.admin_bind, STATUS_PATH, tls=False, chdir=cfg.chdir)
 
 
 def fetch(target: Target, timeout: float) -> tuple[dict | None, str]:

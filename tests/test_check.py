@@ -184,6 +184,20 @@ def test_a_unix_socket_bind_is_checked_over_the_socket(berth, tmp_path):
     assert one_line(res).startswith(f"failed: http://unix:{path}:/-/ready: ")
 
 
+def test_a_relative_unix_socket_is_checked_in_the_chdir_directory_where_it_is_bound(
+        berth, tmp_path):
+    """`--chdir app -b unix:berth.sock`: the server binds app/berth.sock (as Gunicorn does,
+    after its chdir); berth check given the same flags must look there, not in the directory
+    it runs in."""
+    (tmp_path / "app").mkdir()
+    srv = berth(["--chdir", "app", "-b", "unix:berth.sock", "-w", "1", "proto_app:app"],
+                bind=False, cwd=tmp_path)
+    assert (tmp_path / "app" / "berth.sock").exists()
+    res = check(tmp_path, ["--chdir", "app", "-b", "unix:berth.sock"], cwd=tmp_path)
+    assert res.returncode == 0, (res.stdout, res.stderr, srv.stderr())
+    assert re.fullmatch(ok_line("http://unix:app/berth.sock:/-/ready"), one_line(res))
+
+
 def test_with_certfile_it_checks_over_https_without_verifying(berth, tmp_path):
     trustme = pytest.importorskip("trustme")
     pem = tmp_path / "server.pem"

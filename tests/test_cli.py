@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from conftest import APPS, ROOT, free_port, read_response
+from conftest import APPS, ROOT, connect, free_port, read_response
 from proto_helpers import HELLO, BufferedSocket, get_request, http_get, pids_children, wait_for
 
 from berth.sockets import split_bind
@@ -39,9 +39,10 @@ def get_json(port, path):
 
 # --- informational flags ------------------------------------------------------------------
 
-def test_version_prints_version_and_exits_0():
-    res = run_berth(["--version"])
-    assert res.returncode == 0
+@pytest.mark.parametrize("flag", ["--version", "-v"])  # (-v: Gunicorn's short form)
+def test_version_prints_version_and_exits_0(flag):
+    res = run_berth([flag])
+    assert res.returncode == 0, res.stderr
     version = re.search(r'__version__ = "([^"]+)"',
                         (ROOT / "berth" / "__init__.py").read_text()).group(1)
     assert version in res.stdout + res.stderr
@@ -274,6 +275,118 @@ def test_bind_ipv6_loopback(berth):
     assert env["REMOTE_ADDR"] == "::1"
     # the 127.0.0.1 bind from the fixture works too
     assert http_get(srv.port, "/hello")[2] == HELLO
+
+
+def _dual_stack_default() -> bool:
+    """Whether an IPv6 wildcard socket takes IPv4 clients here unless told not to (Linux's
+    net.ipv6.bindv6only = 0, the usual default)."""
+    try:
+        with open("/proc/sys/net/ipv6/bindv6only") as f:
+            if f.read().strip() != "0":
+                return False
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _dual_stack_default(), reason="no dual-stack IPv6 sockets here")
+def test_an_ipv6_wildcard_bind_takes_ipv4_clients_too_as_gunicorns_does(berth):
+    """Gunicorn never sets IPV6_V6ONLY, so `-b [::]:8000` (the usual dual-stack bind in
+    Kubernetes) takes IPv4 clients too; berth set it, and IPv4 clients (probes, a proxy on
+    127.0.0.1) were refused."""
+    port = free_port()
+    srv = berth(["-b", f"[::]:{port}", "-w", "1", "proto_app:app"], bind=False, port=port)
+    status, _, body = http_get(port, "/env")  # (over IPv4: 127.0.0.1)
+    assert status == 200, srv.stderr()
+    assert json.loads(body)["str"]["REMOTE_ADDR"] == "::ffff:127.0.0.1"  # (as in Gunicorn)
+    with BufferedSocket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(("::1", port))
+        sock.sendall(get_request("/hello", host=f"[::1]:{port}"))
+        assert read_response(sock)[0] == 200
+
+
+@pytest.mark.skipif(not _dual_stack_default(), reason="no dual-stack IPv6 sockets here")
+def test_an_ipv6_wildcard_beside_an_ipv4_bind_on_its_port_is_ipv6_only(berth):
+    """`-b 127.0.0.1:P -b [::]:P`: the IPv6 listener is IPv6 only, so the two do not collide
+    (a dual-stack `::` would take the IPv4 port too: EADDRINUSE)."""
+    port = free_port()
+    srv = berth(["-b", f"[::]:{port}", "-w", "1", "proto_app:app"], port=port)
+    assert http_get(port, "/hello")[2] == HELLO, srv.stderr()  # (the fixture's 127.0.0.1)
+    with BufferedSocket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(("::1", port))
+        sock.sendall(get_request("/hello", host=f"[::1]:{port}"))
+        assert read_response(sock)[0] == 200
+
+
+@pytest.mark.parametrize("binds, expected", [
+    (["[::]:8000"], set()),
+    (["0.0.0.0:8000", "[::]:8000"], {"[::]:8000"}),
+    (["0.0.0.0:8000", "[::]:9000", "[::1]:8000", "unix:/tmp/x.sock"], {"[::1]:8000"}),
+])
+def test_v6only_binds_are_the_ipv6_ones_sharing_an_ipv4_binds_port(binds, expected):
+    from berth.sockets import v6only_binds
+
+    assert v6only_binds(binds) == expected
+
+
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+def test_systemd_socket_activation_and_notify_as_gunicorn(tmp_path, kind):
+    """Gunicorn's documented systemd setup (a gunicorn.socket unit, Type=notify, no --bind):
+    the master serves the sockets systemd passes ($LISTEN_FDS from fd 3 when $LISTEN_PID is
+    its pid) instead of binding, and sends READY=1 to $NOTIFY_SOCKET once it listens. berth
+    bound 127.0.0.1:8000 and never told systemd it started (the unit timed out). A unix
+    socket systemd owns is left in place at exit (its unit listens on it again)."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(20)
+    if kind == "tcp":
+        port = free_port()
+        listener = socket.create_server(("127.0.0.1", port))
+    else:
+        path = tmp_path / "activated.sock"
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(path))
+        listener.listen(16)
+    launcher = ("import os, sys\n"
+                "os.dup2(int(sys.argv[1]), 3)\n"
+                "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid()))\n"
+                "os.execv(sys.executable, [sys.executable, '-m', 'berth', *sys.argv[2:]])\n")
+    env = dict(os.environ, PYTHONPATH=f"{APPS}{os.pathsep}{ROOT}", BERTH_IN_CONTAINER="0",
+               NOTIFY_SOCKET=str(tmp_path / "notify"))
+    env.pop("PORT", None)
+    err = tmp_path / "stderr.log"
+    with open(err, "wb") as err_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", launcher, str(listener.fileno()), "-w", "1", "proto_app:app"],
+            env=env, cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=err_file,
+            pass_fds=(listener.fileno(),))
+    try:
+        assert notify.recv(4096).startswith(b"READY=1"), err.read_text()
+        assert wait_for(lambda: "ready: " in err.read_text(), timeout=20), err.read_text()
+        assert "systemd socket activation" in err.read_text()
+        assert "127.0.0.1:8000" not in err.read_text()
+        if kind == "tcp":
+            assert http_get(port, "/hello")[2] == HELLO
+        else:
+            with BufferedSocket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(10)
+                sock.connect(str(path))
+                sock.sendall(get_request("/hello"))
+                assert read_response(sock)[2] == HELLO
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        if kind == "unix":
+            assert path.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+        listener.close()
+        notify.close()
 
 
 def test_bind_unix_socket(berth, tmp_path):
@@ -516,6 +629,81 @@ def test_pythonpath_adds_import_directory(berth, tmp_path):
     _write_cwd_app(appdir, "cwd_app_for_pythonpath")
     srv = berth(["-w", "1", "--pythonpath", str(appdir), "cwd_app_for_pythonpath:app"])
     assert http_get(srv.port, "/")[0] == 200
+
+
+def test_pythonpath_entries_are_searched_in_gunicorns_order(berth, tmp_path):
+    """Gunicorn inserts each --pythonpath entry at the front of sys.path in turn, so with
+    `--pythonpath a,b` a module found in both is imported from b (and a directory already on
+    sys.path is not added again): the same module must be imported under berth."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "which_pythonpath_dir.py").write_text(f"WHO = {name!r}\n")
+    (tmp_path / "pp_order_app.py").write_text(
+        "import which_pythonpath_dir\n"
+        "def app(environ, start_response):\n"
+        "    body = which_pythonpath_dir.WHO.encode()\n"
+        "    start_response('200 OK', [('Content-Length', str(len(body)))])\n"
+        "    return [body]\n")
+    srv = berth(["-w", "1", "--pythonpath", "a,b", "pp_order_app:app"])
+    assert http_get(srv.port, "/")[2] == b"b"
+
+
+def test_relative_log_and_pid_files_are_in_the_chdir_directory_as_in_gunicorn(berth, tmp_path):
+    """Gunicorn changes to --chdir once its configuration is read, before it opens any file
+    the configuration names: `--chdir sub --error-logfile err.log` writes sub/err.log, as
+    the access log and the pid file are, and SIGUSR1 (logrotate) reopens that same file."""
+    sub = tmp_path / "sub"
+    _write_cwd_app(sub, "cwd_app_for_chdir_logs")
+    srv = berth(["-w", "1", "--chdir", "sub", "--error-logfile", "err.log", "--access-logfile",
+                 "acc.log", "-p", "berth.pid", "cwd_app_for_chdir_logs:app"], wait_ready=False,
+                cwd=tmp_path)
+    log = sub / "err.log"
+    assert wait_for(lambda: log.exists() and "ready: " in log.read_text(), timeout=20), (
+        srv.stderr(), sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")))
+    assert not (tmp_path / "err.log").exists()
+    assert (sub / "berth.pid").read_text().strip() == str(srv.pid)
+    assert http_get(srv.port, "/")[2] == str(sub).encode()
+    log.rename(sub / "err.log.1")  # logrotate, then SIGUSR1: the master reopens the error log
+    srv.signal(signal.SIGUSR1)
+    assert wait_for(lambda: log.exists(), timeout=10), sorted(
+        str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert wait_for(lambda: (sub / "acc.log").exists(), timeout=10)
+
+
+def test_a_request_line_limit_above_gunicorns_maximum_serves_as_gunicorn_does(berth):
+    """`--limit-request-line 20000`: Gunicorn answers a 9000-byte request line 414 (its parser
+    lowers the limit to 8190); so must berth, with a warning at start saying so."""
+    srv = berth(["-w", "1", "--limit-request-line", "20000", "proto_app:app"])
+    assert "--limit-request-line (limit_request_line) = 20000: above Gunicorn's maximum, " \
+           "8190" in srv.stderr()
+    line = b"GET /" + b"a" * (9000 - len(b"GET / HTTP/1.1")) + b" HTTP/1.1"
+    with connect(srv.port, timeout=5) as sock:
+        sock.sendall(line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert read_response(sock)[0] == 414
+    assert http_get(srv.port, "/?q=" + "a" * 8000)[0] == 200
+
+
+@pytest.mark.parametrize("how", ["--chdir", "started there"])
+def test_sighup_after_a_deploy_moved_the_symlink_serves_the_new_release(berth, tmp_path, how):
+    """The classic Gunicorn deploy: releases in their own directories, a symlink `current`
+    moved to the new one, then SIGHUP. Gunicorn changes to --chdir again on SIGHUP (or to
+    $PWD, the symlink as the shell named it, without --chdir), so its new workers import
+    the new release; they must under berth too, not the old one the link was resolved to."""
+    for release in ("r1", "r2"):
+        _write_cwd_app(tmp_path / release, "release_app_for_sighup")
+    current = tmp_path / "current"
+    current.symlink_to("r1")
+    if how == "--chdir":
+        srv = berth(["-w", "1", "--chdir", str(current), "release_app_for_sighup:app"])
+    else:
+        srv = berth(["-w", "1", "release_app_for_sighup:app"], cwd=current,
+                    env={"PWD": str(current)})
+    assert http_get(srv.port, "/")[2] == str(tmp_path / "r1").encode()
+    (tmp_path / "next").symlink_to("r2")
+    os.replace(tmp_path / "next", current)  # (atomically, as deploy tools move it)
+    srv.signal(signal.SIGHUP)
+    assert wait_for(lambda: http_get(srv.port, "/")[2] == str(tmp_path / "r2").encode(),
+                    timeout=15), srv.stderr()
 
 
 # --- logging options ----------------------------------------------------------------------

@@ -272,6 +272,15 @@ def test_python_module_config(tmp_path, monkeypatch):
      r"^bad\.py: post_fork: invalid value <function post_fork.*>; expected a function taking "
      r"2 arguments \(server, worker\)$"),
     ("import sys\nsys.exit(3)\n", r"^bad\.py: called exit\(3\)$"),
+    # a string setting given a list, a bool or an object: refused, as Gunicorn refuses it
+    # ("Not a string"), not taken as its repr ("['src'" and " 'lib']" on sys.path)
+    ("pythonpath = ['src', 'lib']\n",
+     r"^bad\.py: pythonpath: invalid value \['src', 'lib'\]; expected a string$"),
+    ("chdir = True\n", r"^bad\.py: chdir: invalid value True; expected a string$"),
+    ("import sys\nerrorlog = sys.stderr\n", r"^bad\.py: errorlog: invalid value <.*>; "
+                                            r"expected a string$"),
+    ("bind = [['127.0.0.1:8000']]\n", r"^bad\.py: bind: invalid value \[\['127\.0\.0\.1:8000'\]\]"
+                                       r"; expected a string$"),
 ])
 def test_bad_config_file_is_one_line_naming_the_file(tmp_path, body, pattern):
     write(tmp_path / "bad.py", body)
@@ -287,6 +296,31 @@ def test_a_list_setting_takes_any_iterable_of_strings(tmp_path):
                              'raw_env = (f"K{i}=v" for i in range(2))\n')
     cfg = parse(["-c", "c.py", "app:app"], cwd=tmp_path)
     assert cfg.bind == ["127.0.0.1:19210"] and cfg.raw_env == ["K0=v", "K1=v"]
+
+
+@pytest.mark.parametrize("argv, name, value", [
+    (["--limit-request-line", "16384"], "limit_request_line", 8190),
+    (["--limit-request-fields", "40000"], "limit_request_fields", 32768),
+])
+def test_a_request_limit_above_gunicorns_maximum_is_lowered_to_it_with_a_warning(
+        argv, name, value):
+    """Gunicorn's parser lowers --limit-request-line to 8190 and --limit-request-fields to
+    32768 (what its docs give as the range): a copied `--limit-request-line 16384` must not
+    let longer request lines reach the app under berth than under Gunicorn."""
+    cfg = parse([*argv, "app:app"])
+    assert getattr(cfg, name) == value
+    assert any(level == "warning" and argv[0] in line and f"maximum, {value}" in line
+               for level, line in cfg.notices), cfg.notices
+    at_cap = parse([argv[0], str(value), "app:app"])
+    assert getattr(at_cap, name) == value and not any(argv[0] in line
+                                                       for _, line in at_cap.notices)
+
+
+def test_a_string_setting_takes_a_path_object_or_a_number_as_its_text(tmp_path):
+    write(tmp_path / "c.py", 'import pathlib\nchdir = pathlib.Path("/srv") / "app"\n'
+                             'pythonpath = pathlib.Path("src")\nproc_name = 5\n')
+    cfg = parse(["-c", "c.py", "app:app"], cwd=tmp_path)
+    assert (cfg.chdir, cfg.pythonpath, cfg.proc_name) == ("/srv/app", "src", "5")
 
 
 def test_a_helper_close_to_a_setting_the_file_also_sets_is_not_a_typo(tmp_path):
@@ -541,6 +575,45 @@ def test_gunicorns_logger_class_object_is_accepted(tmp_path):
     parse(["-c", "g.py", "app:app"], cwd=tmp_path)
 
 
+def test_a_custom_logger_class_object_is_refused_not_ignored(tmp_path):
+    """A config file's `logger_class = MyLogger` (a Logger subclass that filters health
+    checks, a common recipe) is refused as the string form is, not skipped as a helper."""
+    pytest.importorskip("gunicorn.glogging")
+    write(tmp_path / "g.py", "from gunicorn import glogging\n"
+                             "class QuietLogger(glogging.Logger):\n    pass\n"
+                             "logger_class = QuietLogger\n")
+    with pytest.raises(ConfigError, match=r"^g\.py: logger_class = <class "
+                                          r"'__config__\.QuietLogger'>: a custom logger"):
+        parse(["-c", "g.py", "app:app"], cwd=tmp_path)
+
+
+@pytest.mark.parametrize("body, kind, uvicorn", [
+    ("from uvicorn.workers import UvicornWorker\nworker_class = UvicornWorker\n", "asgi",
+     "uvicorn.workers.UvicornWorker"),
+    ("from gunicorn.workers.sync import SyncWorker\nworker_class = SyncWorker\n", "sync", ""),
+    ("from gunicorn.workers.gthread import ThreadWorker\nworker_class = ThreadWorker\n",
+     "gthread", ""),
+])
+def test_a_worker_class_given_as_a_class_object_is_read_as_its_path(tmp_path, body, kind,
+                                                                     uvicorn):
+    """Gunicorn takes a class object for worker_class (`from uvicorn.workers import
+    UvicornWorker; worker_class = UvicornWorker`); berth skipped it as a helper and served
+    the ASGI app with its WSGI worker: every request a 500."""
+    pytest.importorskip(body.split()[1])
+    write(tmp_path / "g.py", body)
+    cfg = parse(["-c", "g.py", "app:app"], cwd=tmp_path)
+    assert (cfg.worker_class, cfg.uvicorn_worker) == (kind, uvicorn)
+    assert cfg.source("worker_class") == "file g.py"
+
+
+def test_a_worker_class_object_berth_does_not_have_is_refused(tmp_path):
+    write(tmp_path / "g.py", "class EventletWorker:\n    pass\nworker_class = EventletWorker\n")
+    with pytest.raises(ConfigError, match=r"^g\.py: worker_class = <class "
+                                          r"'__config__\.EventletWorker'>: .*not "
+                                          r"'__config__\.EventletWorker'"):
+        parse(["-c", "g.py", "app:app"], cwd=tmp_path)
+
+
 @pytest.mark.parametrize(("env", "argv", "expected", "source"), [
     ({}, [], True, "default"),
     ({"SENDFILE": "0"}, [], False, "env SENDFILE"),
@@ -759,6 +832,16 @@ def test_pidfile_of_a_running_berth_is_neither_overwritten_nor_removed(berth, tm
     finally:
         other.kill()
         other.wait()
+
+
+def test_an_asgi_app_under_a_uvicorn_worker_class_object_is_served(berth, tmp_path):
+    """The FastAPI recipe's gunicorn.conf.py with the class itself, `worker_class =
+    UvicornWorker`: served by berth's ASGI worker, not called as a WSGI app (a 500 each)."""
+    pytest.importorskip("uvicorn.workers")
+    write(tmp_path / "gunicorn.conf.py", "from uvicorn.workers import UvicornWorker\n"
+                                         "worker_class = UvicornWorker\nworkers = 1\n")
+    srv = berth(["asgi_app:app"])
+    assert http_get(srv.port, "/hello")[0] == 200, srv.stderr()
 
 
 def test_config_file_bind_used_when_no_bind_flag(berth, tmp_path):

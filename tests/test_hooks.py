@@ -140,6 +140,26 @@ def test_request_view_has_gunicorns_request_attributes():
     assert req.remote_addr == req.peer_addr == ("127.0.0.1", 5555)
 
 
+def test_what_a_pre_request_hook_does_to_req_headers_reaches_the_environ():
+    """Gunicorn makes the environ from req.headers after pre_request, so a hook that appends
+    or replaces a field (X-Request-Start for an APM's queue time) changes what the app sees."""
+    env = dict(ENVIRON)
+    req = RequestView(env)
+    req.apply_header_changes()  # (headers never read: nothing to do)
+    assert env == ENVIRON
+    req.headers.append(("X-REQUEST-START", "t=1"))
+    req.headers.append(("X-REQUEST-ID", "def"))  # a second field: joined, as Gunicorn
+    req.headers.remove(("CONTENT-TYPE", "text/plain"))
+    req.apply_header_changes()
+    assert env["HTTP_X_REQUEST_START"] == "t=1"
+    assert env["HTTP_X_REQUEST_ID"] == "abc,def"
+    assert "CONTENT_TYPE" not in env and env["CONTENT_LENGTH"] == "3"
+    req.headers = [("HOST", "example.org")]  # replaced whole, as Gunicorn's Request allows
+    req.apply_header_changes()
+    assert {k: v for k, v in env.items() if k.startswith(("HTTP_", "CONTENT_"))} == {
+        "HTTP_HOST": "example.org"}
+
+
 def test_request_view_reads_the_peer_from_the_socket_only_when_asked():
     asked = []
 
@@ -543,6 +563,40 @@ def test_an_exception_in_pre_request_fails_the_request_with_500_and_no_app_call(
     assert "Error handling request" in srv.stderr()
     assert not (markers / "record-denied").exists()  # the app was not called
     assert http_get(srv.port, "/hello")[:3:2] == (200, HELLO)  # the worker serves on
+
+
+@pytest.mark.parametrize("threads", ["1", "4"])
+def test_a_header_a_pre_request_hook_appends_reaches_the_app(berth, tmp_path, threads):
+    """The recipe `req.headers.append(("X-REQUEST-START", ...))` in pre_request: under
+    Gunicorn the app sees HTTP_X_REQUEST_START; berth made the environ before the hook and
+    dropped it."""
+    (tmp_path / "start.conf.py").write_text(textwrap.dedent("""
+        def pre_request(worker, req):
+            req.headers.append(("X-REQUEST-START", "t=1700000000.0"))
+        """))
+    srv = berth(["-c", "start.conf.py", "-w", "1", "--threads", threads, "proto_app:app"])
+    status, _, body = http_get(srv.port, "/env")
+    assert status == 200
+    assert json.loads(body)["str"]["HTTP_X_REQUEST_START"] == "t=1700000000.0"
+
+
+@pytest.mark.parametrize("args", [[], ["--preload"]], ids=["worker", "preload"])
+def test_post_worker_init_may_wrap_the_app_in_worker_wsgi(berth, tmp_path, args):
+    """Gunicorn's worker serves `worker.wsgi` once post_worker_init returns, so a hook may
+    wrap the app in a middleware (`worker.wsgi = Middleware(worker.wsgi)`). berth's
+    worker.wsgi could not be set: the hook raised, every worker died at boot, berth stopped."""
+    (tmp_path / "wrap.conf.py").write_text(textwrap.dedent("""
+        def post_worker_init(worker):
+            inner = worker.wsgi
+            def wrapped(environ, start_response):
+                environ["HTTP_X_WRAPPED_BY_HOOK"] = "yes"
+                return inner(environ, start_response)
+            worker.wsgi = wrapped
+        """))
+    srv = berth(["-c", "wrap.conf.py", "-w", "1", *args, "proto_app:app"])
+    status, _, body = http_get(srv.port, "/env")
+    assert status == 200, srv.stderr()
+    assert json.loads(body)["str"]["HTTP_X_WRAPPED_BY_HOOK"] == "yes"
 
 
 @pytest.mark.parametrize("hook", ["post_fork", "post_worker_init"])

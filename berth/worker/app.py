@@ -708,6 +708,7 @@ class Responder:
                 call_hook(self.cfg, name, self.view, *args)
             elif self.pre_request is not None:  # (only post_request may be set)
                 self.pre_request(self.view, *args)
+                args[0].apply_header_changes()  # (as Gunicorn: req.headers make the environ)
         except SystemExit:
             self.log.exception("the %s hook raised SystemExit", name)
             self.app_exited()
