@@ -303,6 +303,45 @@ def test_a_request_queued_in_the_same_wake_up_does_not_exceed_the_threads(berth)
     assert took < 0.5, f"a probe waited {took:.2f}s"
 
 
+def test_clients_that_pipeline_and_read_nothing_hold_no_app_thread(berth):
+    """Requests on the app threads (here: after a takeover) from clients that pipeline and read
+    none of their responses: each thread answers until its client has a bound's worth unread,
+    then pauses the connection and takes other work. It went on with the next request and
+    blocked in send(): four such clients held both threads until the write stall let them go
+    (75 s), and the worker answered no one meanwhile."""
+    srv = berth(["-w", "1", "--threads", "2", *APP])
+    names_on_one_connection(srv.port, 3)  # an app thread stands by
+    flood = get_request("/big?n=65536") * 200
+    socks = []
+    try:
+        for _ in range(4):
+            sock = connect(srv.port)
+            sock.sendall(get_request("/sleep?s=0.05"))  # longer than a takeover's 10 ms
+            sock.setblocking(False)
+            socks.append(sock)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:  # (bounded: the buffers fill within it)
+            for sock in socks:
+                try:
+                    sock.send(flood)
+                except BlockingIOError:
+                    pass
+            time.sleep(0.05)
+        assert http_get(srv.port, "/hello", timeout=10)[0] == 200
+        # and the flooders are answered in order, whole, as they read
+        for sock in socks[:2]:
+            sock.setblocking(True)
+            sock.settimeout(10)
+            assert read_response(sock)[::2] == (200, b"slept 0.05")
+            for _ in range(50):
+                status, _, body = read_response(sock)
+                assert (status, len(body)) == (200, 65536)
+    finally:
+        for sock in socks:
+            sock.close()
+    assert "Traceback" not in srv.stderr(), srv.stderr()
+
+
 def test_sigterm_exits_cleanly_once_the_loop_has_moved_to_an_app_thread(berth):
     srv = berth(["-w", "1", "--threads", "2", *APP])
     names_on_one_connection(srv.port, 3)

@@ -51,6 +51,7 @@ from berth.worker.baton import TAKE_LOOP, Baton, Deposed
 from berth.worker.connection import (
     HIGH_WATER,
     LINGER,
+    LOW_WATER,
     WAIT_FOR_READER,
     ClientDisconnected,
     Connection,
@@ -503,9 +504,15 @@ class Responder:
             if not inline:
                 conn.response = None  # (its environ and request: an idle connection holds none)
             if keep and not conn.dead and not conn.closing:
-                if inline and conn.out_size > HIGH_WATER:  # its client reads none of it
-                    conn.paused_response = WAIT_FOR_READER  # (resume() goes on)
-                    conn.reading = False
+                # Its client has not read what was sent: the next request waits until it has
+                # (resume() goes on), on no thread. An app thread pauses sooner, at LOW_WATER,
+                # so that the next response does not block it in send() at HIGH_WATER: a few
+                # clients that pipeline requests and read nothing held every app thread until
+                # the write stall let them go, and the worker answered no one meanwhile.
+                if conn.out_size > (HIGH_WATER if inline else LOW_WATER):
+                    conn.paused_response = WAIT_FOR_READER
+                    if inline:
+                        conn.reading = False
                     wait = True
                 elif conn.pending:
                     req = conn.pending.popleft()
@@ -530,7 +537,10 @@ class Responder:
         finally:
             lock.release()
         if wait:
-            conn.update_events()
+            if inline:
+                conn.update_events()
+            else:
+                loop.post(conn)  # (attend: it stops reading, and waits to write)
             return None
         if not loop.accepting:
             attend = True  # the loop re-checks whether to take new connections again

@@ -443,13 +443,16 @@ class Loop(Admission):
                     conn.set_reading(False)
                     return
                 pending = conn.pending
-                if conn.active is None and not pending and len(ready) == 1:
+                if (conn.active is None and not pending and len(ready) == 1
+                        and conn.paused_response is None):
                     conn.active = req = ready.pop()  # the common case: one request, idle
                 else:
                     conn.line_up(ready)
                     pending = conn.pending
                     ready.clear()
-                    if conn.active is not None:
+                    # (paused: an app thread found its client reading nothing, and the loop
+                    # has not seen that yet: the requests wait for resume)
+                    if conn.active is not None or conn.paused_response is not None:
                         if self.pipeline_full(pending):
                             conn.set_reading(False)
                         return
