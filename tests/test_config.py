@@ -539,22 +539,17 @@ def test_gunicorns_own_logger_classes_are_accepted(value):
 def test_a_custom_class_object_in_a_config_file_is_refused_not_ignored(tmp_path):
     # Gunicorn takes a class object for logger_class and worker_class; berth skipped every
     # class in a config file, so these ran berth's own logger and gthread worker, silently
-    write(tmp_path / "logger.py", """\
-        from gunicorn.glogging import Logger
-        class JsonLogger(Logger):
-            pass
-        logger_class = JsonLogger
-    """)
-    with pytest.raises(ConfigError, match="custom logger class is not supported"):
-        parse(["-c", "logger.py", "app:app"], cwd=tmp_path)
-    write(tmp_path / "worker.py", """\
-        from gunicorn.workers.sync import SyncWorker
-        class MyWorker(SyncWorker):
-            pass
-        worker_class = MyWorker
-    """)
-    with pytest.raises(ConfigError, match="MyWorker"):
-        parse(["-c", "worker.py", "app:app"], cwd=tmp_path)
+    for name, base, module, words in (
+            ("logger_class", "Logger", "gunicorn.glogging", "custom logger class is not supported"),
+            ("worker_class", "SyncWorker", "gunicorn.workers.sync", "MySyncWorker")):
+        write(tmp_path / f"{name}.py", f"""\
+            from {module} import {base}
+            class My{base}({base}):
+                pass
+            {name} = My{base}
+        """)
+        with pytest.raises(ConfigError, match=words):
+            parse(["-c", f"{name}.py", "app:app"], cwd=tmp_path)
 
 
 def test_gunicorns_worker_class_objects_are_taken(tmp_path):
