@@ -46,6 +46,9 @@ def _port_slice() -> range:
 
 _PORTS = _port_slice()
 _next_port = [0]
+# Ports browsers refuse to load (Chromium's and Firefox's restricted list: net::ERR_UNSAFE_PORT);
+# the only one in the slices. tests/test_status_in_a_browser.py loads /status from a port here.
+_BROWSER_UNSAFE = {10080}
 
 
 def free_port() -> int:
@@ -53,6 +56,8 @@ def free_port() -> int:
     for _ in range(len(_PORTS)):
         port = _PORTS[_next_port[0] % len(_PORTS)]
         _next_port[0] += 1
+        if port in _BROWSER_UNSAFE:
+            continue
         try:
             with socket.socket() as t, socket.socket(type=socket.SOCK_DGRAM) as u:
                 t.bind(("127.0.0.1", port))
