@@ -109,9 +109,7 @@ class Environs:
         self.forwarding = forwarding
         self.header_map = header_map  # (what a forwarder header from another peer becomes)
         # --log-format json: each request gets berth.request_id (see for_request)
-        self.request_ids = request_ids
-        self.id_prefix = f"{os.getpid():x}-"
-        self.ids = itertools.count(1)
+        self.request_ids = RequestIds() if request_ids else None
         # a unix socket's peer has no address: REMOTE_ADDR is empty and REMOTE_PORT unset, as
         # in Gunicorn (not 127.0.0.1, which an app's "only from localhost" check would pass);
         # SERVER_NAME and SERVER_PORT come from each request's Host (unix_server_keys)
@@ -192,10 +190,8 @@ class Environs:
             self.forwarding.apply(environ, req, addresses.forwarded, self.header_map)
         if addresses.unix:  # (after the forwarded scheme: https is port 443)
             unix_server_keys(environ)
-        if self.request_ids:  # the client's X-Request-ID, or the pid and a counter
-            rid = environ.get("HTTP_X_REQUEST_ID")
-            environ["berth.request_id"] = rid if rid and len(rid) <= MAX_REQUEST_ID else (
-                self.id_prefix + f"{next(self.ids):x}")
+        if self.request_ids is not None:
+            environ["berth.request_id"] = self.request_ids.of(environ.get("HTTP_X_REQUEST_ID"))
         return environ
 
 
@@ -205,6 +201,21 @@ class Environs:
         if req.url in self.outside and environ["SCRIPT_NAME"] == self.script_name:
             environ["SCRIPT_NAME"] = ""  # (unless a trusted proxy's SCRIPT_NAME header set one)
         return environ
+
+
+class RequestIds:
+    """--log-format json: each request's id, in its environ (or ASGI scope) and its access
+    line: the client's X-Request-ID, or, without one (or a longer one than MAX_REQUEST_ID),
+    the worker's pid and a counter."""
+
+    def __init__(self):
+        self.prefix = f"{os.getpid():x}-"  # (made in the worker: its own pid)
+        self.ids = itertools.count(1)
+
+    def of(self, given: str | None) -> str:
+        if given and len(given) <= MAX_REQUEST_ID:
+            return given
+        return f"{self.prefix}{next(self.ids):x}"
 
 
 def unix_server_keys(environ: dict) -> None:

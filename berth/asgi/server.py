@@ -26,8 +26,6 @@ WSGI loop drops it (a closed connection counts until its transport has sent what
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 import socket
 import time
 
@@ -48,7 +46,7 @@ from berth.worker.admission import (
     AdmissionState,
 )
 from berth.worker.loop import DRAIN_IDLE, SILENT_AFTER, TICK, body_too_slow, retime_body
-from berth.wsgi import MAX_REQUEST_ID
+from berth.wsgi import RequestIds
 
 
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
@@ -108,12 +106,9 @@ class AsgiLoop(Admission):
         self.state: dict | None = None  # the lifespan state (scope["state"] copies it)
         self.watch = None  # the LoopWatch (berth.asgi.watchdog)
         self.counts = counters.new_counts()
-        # --log-format json: each request's id (the client's X-Request-ID, or the pid and a
-        # counter, as the WSGI environ's), in its scope as "berth.request_id" for the app
-        # and its access line
-        self.request_ids = cfg.log_format == "json"
-        self.id_prefix = f"{os.getpid():x}-"
-        self.ids = itertools.count(1)
+        # --log-format json: each request's id, in its scope as "berth.request_id" for the
+        # app and its access line, as in the WSGI environ
+        self.request_ids = RequestIds() if cfg.log_format == "json" else None
         self.served = 0
         self.draining = False
         self.drain_began = 0.0
@@ -424,10 +419,8 @@ class AsgiLoop(Admission):
         scope = request_scope(proto, req, root_path, scheme, self.state)
         if client is not proto.client:
             scope["client"] = client
-        if self.request_ids:
-            rid = req.headers.get("HTTP_X_REQUEST_ID")
-            scope["berth.request_id"] = rid if rid and len(rid) <= MAX_REQUEST_ID else (
-                self.id_prefix + f"{next(self.ids):x}")
+        if self.request_ids is not None:
+            scope["berth.request_id"] = self.request_ids.of(req.headers.get("HTTP_X_REQUEST_ID"))
         return scope
 
     def count(self, method: bytes, status: str, sent: int, seconds: float) -> None:
