@@ -352,7 +352,7 @@ def worker_class_name(value: Any) -> str:
         return value.strip()
     if not isinstance(value, type):
         return repr(value)
-    path = f"{value.__module__}.{value.__qualname__}"
+    path = class_path(value)
     exported = f"{value.__module__.partition('.')[0]}.{value.__qualname__}"
     known = SYNC_CLASSES + GTHREAD_CLASSES + ASGI_CLASSES + UVICORN_CLASSES
     return exported if path not in known and exported in known else path
