@@ -445,3 +445,28 @@ def test_pings_are_answered_and_the_close_code_echoed(berth, tmp_path):
     assert sock.recv(100) == b""  # then the server closes the TCP connection
     assert marker(srv, "disconnect-pp") == "4002"
     sock.close()
+
+
+def test_frames_sent_with_the_handshake_reach_the_app_after_its_accept(shared):
+    """A client that does not wait for the 101 (RFC 6455 §4.1 says it should; some do not)
+    sends its first frames in the handshake's packet, or before the app has accepted: they
+    are the first messages the app reads, as under Uvicorn (wsproto keeps them too)."""
+    sock = connect(shared.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(f"GET /echo?id=early HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                 f"Sec-WebSocket-Version: 13\r\n\r\n".encode()
+                 + masked(1, b"first") + masked(2, b"\x00second"))
+    data = b""
+    want = b"\x81\x05first\x82\x07\x00second"
+    deadline = time.monotonic() + 5
+    while not data.endswith(want) and time.monotonic() < deadline:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 101 "), data
+    assert data.split(b"\r\n\r\n", 1)[1] == want
+    sock.sendall(masked(8, (1000).to_bytes(2, "big")))
+    assert marker(shared, "disconnect-early") == "1000"
+    sock.close()

@@ -211,20 +211,26 @@ class Session:
             name + b": " + (b"websocket" if name == b"upgrade" else value) + b"\r\n"
             for name, value in req.raw) + b"\r\n"
         self.frames: FrameReader | None = None  # once accepted
+        # what the client sent after its handshake before the accept (RFC 6455 §4.1 says it
+        # must wait for the 101; some clients send their first frames at once): read as
+        # frames once accepted, as wsproto keeps them for Uvicorn
+        self.early = bytearray(rest)
         self.message_opcode = TEXT
         fault = handshake_fault(req)
         if fault is not None:
             server.log.debug("WebSocket handshake refused: %s", fault)
             self._refuse()
             return
-        self.feed(head + rest)
+        self._handshake(head)
 
     # -- bytes from the peer ------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
         self.last_seen = time.monotonic()
         if self.frames is None:
-            self._handshake(data)
+            self.early += data
+            if len(self.early) > HIGH_WATER:
+                self.proto.pause_reading("ws")
             return
         if self.gone:
             return
@@ -407,6 +413,11 @@ class Session:
                 subprotocol=message.get("subprotocol"), extra_headers=headers)))
             self.accepted = True
             self.frames = FrameReader(self.max_size)
+            if self.early:
+                early, self.early = bytes(self.early), bytearray()
+                self.feed(early)
+                if self.inbox_bytes <= HIGH_WATER // 2:
+                    self.proto.resume_reading("ws")
         elif kind == "websocket.send":
             if not self.accepted:
                 raise RuntimeError("websocket.send before websocket.accept")
