@@ -568,3 +568,50 @@ def test_write_callable_to_a_slow_reader_keeps_worker_memory_bounded_inline(bert
         status, _, body = read_response(sock)
     assert status == 200 and len(body) == 1024 * 65536
     assert peak - before < 16 * 1024, f"worker RSS grew {peak - before} KiB while blocked"
+
+
+EARLY_HINTS = (b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n"
+               b"Link: </app.js>; rel=preload; as=script\r\n\r\n")
+
+
+@pytest.mark.parametrize("threads", ["1", "4"])
+def test_wsgi_early_hints_sends_a_103_while_the_app_still_works(berth, tmp_path, threads):
+    """Gunicorn's wsgi.early_hints: the 103 reaches the client before the app has answered
+    (the app waits for a file the test makes only once the 103 is read), on the loop thread
+    (--threads 1) and on an app thread after a takeover (--threads 4); then the response."""
+    srv = berth(["-w", "1", "--threads", threads, "--access-logfile", "none", "proto_app:app"])
+    go = tmp_path / "go"
+    with connect(srv.port) as sock:
+        sock.sendall(get_request(f"/early-hints?wait={go}"))
+        assert read_head(sock, timeout=4) == EARLY_HINTS
+        go.touch()
+        status, headers, body = read_response(sock)
+        assert (status, body) == (200, b"hinted")
+
+
+def test_wsgi_early_hints_keep_their_place_among_pipelined_responses(srv):
+    with connect(srv.port) as sock:
+        sock.sendall(get_request("/hello") + get_request("/early-hints") + get_request("/hello"))
+        assert read_response(sock)[2] == HELLO
+        assert read_head(sock) == EARLY_HINTS
+        assert read_response(sock)[2] == b"hinted"
+        assert read_response(sock)[2] == HELLO
+
+
+@pytest.mark.parametrize("query,version,status,body", [
+    ("", "HTTP/1.0", 200, b"hinted"),  # an HTTP/1.0 client knows no 1xx: nothing sent
+    ("late=1", "HTTP/1.1", 200, b"hinted"),  # after the head: nothing sent, nothing broken
+    ("bad=1", "HTTP/1.1", 500, None),  # a header berth would not send: the app's error
+])
+def test_wsgi_early_hints_sends_nothing_where_a_103_has_no_place(srv, query, version, status,
+                                                                  body):
+    keep = {"Connection": "keep-alive"} if version == "HTTP/1.0" else {}
+    with connect(srv.port) as sock:
+        sock.sendall(get_request(f"/early-hints?{query}", version=version, headers=keep)
+                     + get_request("/hello", version=version, headers=keep))
+        got_status, _, got_body = read_response(sock)
+        assert got_status == status
+        if body is not None:
+            assert got_body == body
+        if status == 200:  # (and the connection goes on: the next response follows)
+            assert read_response(sock)[2] == HELLO

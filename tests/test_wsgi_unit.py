@@ -10,7 +10,14 @@ from conftest import allocated_per_item
 
 from berth import SERVER_SOFTWARE
 from berth.http.parser import RequestParser
-from berth.wsgi import Environs, FileWrapper, StreamInput, split_target
+from berth.wsgi import (
+    PER_REQUEST_KEYS,
+    Environs,
+    FileWrapper,
+    StreamInput,
+    no_early_hints,
+    split_target,
+)
 
 
 def parse_one(raw: bytes):
@@ -39,7 +46,11 @@ def test_environ_has_every_pep3333_key_from_its_three_layers():
     assert env["wsgi.multithread"] is True and env["wsgi.multiprocess"] is False
     assert env["wsgi.file_wrapper"] is FileWrapper and env["SCRIPT_NAME"] == ""
     assert env["SERVER_SOFTWARE"] == SERVER_SOFTWARE
-    assert "REQUEST_METHOD" not in conn.base, "a request's keys leaked into the shared layer"
+    # (the shared layer has the per-request keys beforehand, so that a request overwrites
+    # them instead of adding them: with values no request gave)
+    assert {key: conn.base[key] for key in PER_REQUEST_KEYS} == {
+        **dict.fromkeys(PER_REQUEST_KEYS, ""), "wsgi.early_hints": no_early_hints}, \
+        "a request's keys leaked into the shared layer"
     assert "REMOTE_PORT" not in conn.base
 
 

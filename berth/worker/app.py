@@ -38,6 +38,7 @@ from berth.http.framing import (
     PROBE_HEADERS,
     DateCache,
     chunk,
+    early_hints,
     error_response,
     frame,
     probe_answer,
@@ -66,7 +67,7 @@ from berth.worker.counts import (
     QUEUED_SUM,
 )
 from berth.worker.hijack import AppSocket, taken
-from berth.wsgi import Environs, FileWrapper
+from berth.wsgi import Environs, FileWrapper, no_early_hints
 
 PAUSED = object()  # call_app(): the loop goes on with this response when the client reads
 # On the loop thread, complete responses are held back and sent together after the other
@@ -142,6 +143,22 @@ class Response:
         self.status = status
         self.headers = headers
         return self.write_callable
+
+    def early_hints(self, headers) -> None:
+        """environ["wsgi.early_hints"], as in Gunicorn: a `103 Early Hints` (RFC 8297) with
+        `headers` (`Link`s a browser, or the proxy in front, may preload while the app
+        works), sent now, ahead of the response, or behind what the connection still has to
+        send. Nothing is sent once the response's head is out, nor to an HTTP/1.0 client
+        (no 1xx for it); a client gone is the response's to find."""
+        if self.head_sent or self.overrun or self.req.version != "1.1":
+            return
+        data = early_hints(headers)  # (raises for a header berth would not send: a 500)
+        try:
+            self.conn.send(data, self.inline)
+        except ClientDisconnected:
+            pass
+
+    __call__ = early_hints  # environ["wsgi.early_hints"] is the Response: no object per request
 
     def cut(self, data: bytes) -> bytes:
         """What of `data` the response's Content-Length still allows (less than all of it).
@@ -606,6 +623,7 @@ class Responder:
             self.send_error(conn, HttpError(400, "bad request target"), inline)
             return False
         resp.environ = environ
+        environ["wsgi.early_hints"] = resp  # (its __call__: early_hints, see there)
         if "HTTP_UPGRADE" in environ:  # for a WebSocket library (berth/worker/hijack.py)
             app_socket = conn.app_socket
             if app_socket is None:
@@ -686,6 +704,7 @@ class Responder:
                 if access_log is not None:
                     access_log.lines.append(access_log.format(
                         environ, resp.status, resp.sent, took, resp.headers))
+                resp.environ = None  # (a cycle, see conclude; the response is out: no 504)
                 return keep
         if result is None:  # (taking its first part raised: see run_app)
             result = resp.result
@@ -747,9 +766,12 @@ class Responder:
             self.baton.lead(resp, self.finish_app, resp, result)
         else:
             self.finish_app(resp, result)
-        if resp.overrun or not counted:
-            return  # (what the client got, the 504, is counted and logged: concluded_overrun)
-        self.count_and_log(resp, resp.status or "500", resp.sent, resp.headers or ())
+        if not resp.overrun and counted:  # (else: the 504 is counted, see concluded_overrun)
+            self.count_and_log(resp, resp.status or "500", resp.sent, resp.headers or ())
+        # The environ holds `resp` (its wsgi.early_hints), and `resp` the environ: a cycle
+        # that would wait for the garbage collector (and a frozen or disabled one never
+        # comes). Broken on the environ's side: the loop may still log a 504 with it
+        resp.environ["wsgi.early_hints"] = no_early_hints
 
     def concluded_overrun(self, resp: Response) -> None:
         """The loop answered 504 for `resp`'s request, past --timeout (and marked it

@@ -61,6 +61,10 @@ Routes (query parameters in brackets):
   /print [text]               print(text) to stdout and text-on-stderr to stderr
   /wsgi-errors                writes lines to wsgi.errors with print, write, writelines, flush
   /osenv [key]                JSON {key: os.environ.get(key)}
+  /early-hints [wait, late, bad]  calls wsgi.early_hints with two Links (str, then bytes),
+                              then answers "hinted" (wait=path: once that file exists, 5 s at
+                              most; late=1: the hints come after the first body part;
+                              bad=1: a header value with CR LF)
 
 Markers go to the directory named by $PROTO_MARKER_DIR (if set).
 `validated_app` is a small app wrapped in wsgiref.validate.validator.
@@ -545,6 +549,27 @@ def app(environ, start_response):
         print(text, flush=True)
         print(text + "-on-stderr", file=sys.stderr, flush=True)
         return _json(start_response, {"printed": text})
+
+    if path == "/early-hints":
+        hints = [("Link", "</style.css>; rel=preload; as=style"),
+                 (b"Link", b" </app.js>; rel=preload; as=script ")]
+        if q.get("bad") == "1":
+            hints.append(("X-Split", "a\r\nInjected: 1"))
+        if q.get("late") == "1":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+
+            def late():
+                yield b"hin"
+                environ["wsgi.early_hints"](hints)
+                yield b"ted"
+            return late()
+        environ["wsgi.early_hints"](hints)
+        wait = q.get("wait")
+        if wait:
+            until = time.monotonic() + 5
+            while not os.path.exists(wait) and time.monotonic() < until:
+                time.sleep(0.01)
+        return _text(start_response, "hinted")
 
     if path == "/osenv":
         key = q.get("key", "")
