@@ -127,7 +127,7 @@ class Server:
                 raise AssertionError(
                     f"berth exited ({self.proc.returncode}) before logging {text!r}:\n"
                     f"{self.stderr()}")
-            time.sleep(0.05)
+            time.sleep(0.01)
         raise AssertionError(f"no {text!r} in {stream} after {timeout}s:\n{self.stderr()}")
 
     def signal(self, sig: int) -> None:

@@ -276,7 +276,7 @@ def test_every_endpoint_answers_while_every_app_thread_is_busy(berth, workers, t
     for i in range(1, total + 1):
         # one at a time: with --threads 1 a worker busy in the app no longer accepts, so the
         # next request goes to a worker that is still free
-        sleepers.append(in_background(lambda: http_get(srv.port, "/sleep?s=10", timeout=25)))
+        sleepers.append(in_background(lambda: http_get(srv.port, "/sleep?s=6", timeout=25)))
         m = settle(srv, lambda m, i=i: metric(m, "berth_app_threads", state="busy") >= i)
         assert metric(m, "berth_app_threads", state="busy") == i
     waiting = [socket.create_connection(("127.0.0.1", srv.port), timeout=5) for _ in range(3)]
