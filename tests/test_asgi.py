@@ -770,3 +770,24 @@ def post_request(worker, req, environ, resp):
     (pid,) = pids_children(srv.pid)
     assert wait_for(lambda: out.exists() and out.read_text().count("\n") == 2, timeout=3)
     assert out.read_text() == f"pre GET /hello {pid}\npost GET /hello 200 OK 14\n"
+
+
+def test_an_informational_response_goes_out_at_once_ahead_of_the_response(berth, tmp_path):
+    """Gunicorn's http.response.informational (its ASGI worker's 103 Early Hints): sent before
+    the app answers (it waits for a file the test makes once the 103 is read); refused after
+    http.response.start (Gunicorn writes it after the final head) and for 101: a 500."""
+    srv = berth(["-w", "1", "--access-logfile", "none", "-k", "asgi", "proto_asgi:app"])
+    go = tmp_path / "go"
+    with connect(srv.port) as sock:
+        sock.sendall(f"GET /early-hints?wait={go} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+        status, headers, _ = read_response(sock)
+        assert (status, headers["link"]) == (103, "</style.css>; rel=preload; as=style")
+        go.touch()
+        assert read_response(sock)[::2] == (200, b"hinted")
+        sock.sendall(b"GET /early-hints HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        assert read_response(sock)[::2] == (200, b"hinted")  # (no 1xx for HTTP/1.0)
+    for query in ("late=1", "status=101"):  # (an app's error closes its connection)
+        with connect(srv.port) as sock:
+            sock.sendall(f"GET /early-hints?{query} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+            assert read_response(sock)[0] == 500, query
+    assert "http.response.informational after http.response.start" in srv.stderr()

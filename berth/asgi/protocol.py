@@ -49,6 +49,7 @@ from berth.http.framing import (
     PROBE_HEADERS,
     BadResponseHeaders,
     chunk,
+    early_hints,
     error_response,
     frame,
     probe_answer,
@@ -324,6 +325,9 @@ class Cycle:
             self.access_headers = [(name.decode("latin-1"), value.decode("latin-1"))
                                    for name, value in message.get("headers", ())]
             return
+        if kind == "http.response.informational":
+            self._informational(message)
+            return
         if not self.started:
             raise RuntimeError(f"{kind} before http.response.start")
         if self.complete:
@@ -350,6 +354,21 @@ class Cycle:
             await self._pathsend(message["path"])
         else:
             raise RuntimeError(f"unknown message type {kind!r}")
+
+    def _informational(self, message: dict) -> None:
+        """Gunicorn's `http.response.informational`: an interim response, such as `103 Early
+        Hints` (RFC 8297), sent at once, ahead of the response. Not to an HTTP/1.0 client (no
+        1xx for it); an error once http.response.start is sent (Gunicorn would write it after
+        the final head), and for 100 (berth's own, when the app reads a body) and 101 (a
+        protocol switch: a WebSocket's accept)."""
+        status = message.get("status")
+        if type(status) is not int or not 102 <= status <= 199:
+            raise RuntimeError(f"http.response.informational: status must be a 1xx other than "
+                               f"100 and 101, not {status!r}")
+        if self.started:
+            raise RuntimeError("http.response.informational after http.response.start")
+        if self.req.version == "1.1":
+            self.proto.write(early_hints(message.get("headers", ()), status_text(status)))
 
     async def _paced(self, body: bytes, more: bool) -> None:
         """Under TLS, a large body a piece at a time, waiting while the transport is paused

@@ -298,10 +298,11 @@ def _drop_hop_by_hop(headers: list, keep_alive: bool) -> tuple[str, bool]:
     return scan_headers(kept)[0], keep_alive
 
 
-def early_hints(headers) -> bytes:
-    """A `103 Early Hints` (RFC 8297) carrying `headers`: pairs of str, or of bytes read as
-    latin-1, as Gunicorn's `wsgi.early_hints` takes them (values stripped of blanks at their
-    ends). What scan_headers() refuses in the app's own headers raises here too."""
+def early_hints(headers, status: str = "103 Early Hints") -> bytes:
+    """A `103 Early Hints` (RFC 8297), or another interim response (`status`, a 1xx),
+    carrying `headers`: pairs of str, or of bytes read as latin-1, as Gunicorn's
+    `wsgi.early_hints` takes them (values stripped of blanks at their ends). What
+    scan_headers() refuses in the app's own headers raises here too."""
     pairs = []
     for name, value in headers:
         if isinstance(name, (bytes, bytearray)):
@@ -311,7 +312,7 @@ def early_hints(headers) -> bytes:
         if isinstance(value, str):
             value = value.strip(" \t")
         pairs.append((name, value))
-    return b"HTTP/1.1 103 Early Hints\r\n" + scan_headers(pairs)[0].encode("latin-1") + b"\r\n"
+    return (f"HTTP/1.1 {status}\r\n" + scan_headers(pairs)[0]).encode("latin-1") + b"\r\n"
 
 
 def chunk(data: bytes) -> bytes:

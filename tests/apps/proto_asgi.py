@@ -24,6 +24,9 @@ Routes (query parameters in brackets), as in proto_app.py:
   /stream [n, delay]          n parts "part-<i>\\n", no Content-Length
   /big [n, chunked, list]     n bytes of big_pattern(); Content-Length unless chunked=1;
                               list=1: the whole body in one message
+  /early-hints [wait, status, late]  an http.response.informational (a Link), then "hinted"
+                              (wait=path: once that file exists, 5 s at most; late=1: the
+                              informational after http.response.start, an error)
   /status [code, cl]          empty response with that status, header X-Status (and
                               content-length cl)
   /lying [give, claim, list]  content-length `claim` over a body of `give` bytes "x": in two
@@ -54,6 +57,7 @@ import asyncio
 import hashlib
 import json
 import os
+import time
 from urllib.parse import parse_qs
 
 from proto_app import HELLO, _marker, big_pattern
@@ -225,6 +229,19 @@ async def app(scope, receive, send):
     if path == "/set-cookies":
         return await _respond(send, b"cookies", headers=[(b"set-cookie", b"a=1; Path=/"),
                                                          (b"set-cookie", b"b=2; Path=/")])
+
+    if path == "/early-hints":  # [wait, status, late]: as proto_app's (late=1: after the start)
+        hints = {"type": "http.response.informational", "status": int(q.get("status", "103")),
+                 "headers": [(b"link", b"</style.css>; rel=preload; as=style")]}
+        if q.get("late") == "1":
+            await send({"type": "http.response.start", "status": 200, "headers": [TEXT]})
+            await send(hints)
+        await send(hints)
+        wait = q.get("wait")
+        until = time.monotonic() + 5
+        while wait and not os.path.exists(wait) and time.monotonic() < until:
+            await asyncio.sleep(0.01)
+        return await _respond(send, b"hinted")
 
     if path == "/sleep":
         s = float(q.get("s", "1"))
