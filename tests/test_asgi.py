@@ -791,3 +791,25 @@ def test_an_informational_response_goes_out_at_once_ahead_of_the_response(berth,
             sock.sendall(f"GET /early-hints?{query} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
             assert read_response(sock)[0] == 500, query
     assert "http.response.informational after http.response.start" in srv.stderr()
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
+
+
+def test_informational_responses_to_a_slow_reader_keep_worker_memory_bounded(berth):
+    """64 MiB of 103s to a client that reads nothing for a while are not all buffered in the
+    worker: the app's send() waits for the transport to drain, as for a body."""
+    srv = berth(["-w", "1", "--access-logfile", "none", "-k", "asgi", "proto_asgi:app"])
+    (worker,) = pids_children(srv.pid)
+    before = _rss_kib(worker)
+    with connect(srv.port, timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(b"GET /early-hints?many=64 HTTP/1.1\r\nHost: h\r\n\r\n")
+        time.sleep(1.0)
+        peak = _rss_kib(worker)
+        for _ in range(65):
+            assert read_response(sock)[0] == 103
+        assert read_response(sock)[::2] == (200, b"hinted")
+    assert peak - before < 16 * 1024, f"worker RSS grew {peak - before} KiB while blocked"

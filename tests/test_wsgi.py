@@ -615,3 +615,34 @@ def test_wsgi_early_hints_sends_nothing_where_a_103_has_no_place(srv, query, ver
             assert got_body == body
         if status == 200:  # (and the connection goes on: the next response follows)
             assert read_response(sock)[2] == HELLO
+
+
+def test_wsgi_early_hints_behind_a_held_response_go_out_while_the_app_works(berth, tmp_path):
+    """--threads 1: the pipelined response before it is held for the loop's flush, which
+    comes once the app returns: the 103 queued behind it must not wait for the app too."""
+    srv = berth(["-w", "1", "--threads", "1", "--access-logfile", "none", "proto_app:app"])
+    go = tmp_path / "go"
+    with connect(srv.port, timeout=3) as sock:
+        sock.sendall(get_request("/hello") + get_request(f"/early-hints?wait={go}"))
+        assert read_response(sock)[2] == HELLO
+        assert read_head(sock, timeout=3) == EARLY_HINTS
+        go.touch()
+        assert read_response(sock)[::2] == (200, b"hinted")
+
+
+def test_wsgi_early_hints_to_a_slow_reader_keep_worker_memory_bounded_inline(berth):
+    """--threads 1: 64 MiB of 103s to a client that reads nothing for a while are not queued
+    in memory: the loop waits for the reader, as in write()."""
+    srv = berth(["-w", "1", "--threads", "1", "--access-logfile", "none", "proto_app:app"])
+    (worker,) = pids_children(srv.pid)
+    before = _rss_kib(worker)
+    with connect(srv.port, timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(get_request("/early-hints?many=64"))
+        time.sleep(1.0)
+        peak = _rss_kib(worker)
+        for _ in range(64):
+            assert read_head(sock).startswith(b"HTTP/1.1 103 Early Hints\r\nX-Pad: ppp")
+        assert read_head(sock) == EARLY_HINTS
+        assert read_response(sock)[::2] == (200, b"hinted")
+    assert peak - before < 16 * 1024, f"worker RSS grew {peak - before} KiB while blocked"

@@ -327,6 +327,8 @@ class Cycle:
             return
         if kind == "http.response.informational":
             self._informational(message)
+            if self.proto.write_paused:  # (a client that reads nothing: as for a body)
+                await self.proto.drain()
             return
         if not self.started:
             raise RuntimeError(f"{kind} before http.response.start")

@@ -153,8 +153,16 @@ class Response:
         if self.head_sent or self.overrun or self.req.version != "1.1":
             return
         data = early_hints(headers)  # (raises for a header berth would not send: a 500)
+        conn = self.conn
         try:
-            self.conn.send(data, self.inline)
+            conn.send(data, self.inline)
+            if self.inline and conn.out and conn.active is self.req:
+                # On the loop thread, what waits before the 103 (a pipelined response held
+                # for the loop's flush, or one its client is still reading) would go out once
+                # the app returns, and the 103 with it: sent now, what the socket takes; and
+                # past HIGH_WATER the loop waits for the reader, as in write()
+                conn.on_writable()
+                self.wait_for_reader()
         except ClientDisconnected:
             pass
 
@@ -217,6 +225,11 @@ class Response:
         that slowly is let go of once the waits of its response pass --timeout (Gunicorn's
         sync worker is killed then)."""
         self.write(data)
+        self.wait_for_reader()
+
+    def wait_for_reader(self) -> None:
+        """write_callable()'s wait (and early_hints'): on the loop thread, above HIGH_WATER,
+        until the client has read the queue down (see there)."""
         conn = self.conn
         if self.inline and conn.out_size > HIGH_WATER:
             responder = self.responder

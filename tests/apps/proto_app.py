@@ -64,7 +64,8 @@ Routes (query parameters in brackets):
   /early-hints [wait, late, bad]  calls wsgi.early_hints with two Links (str, then bytes),
                               then answers "hinted" (wait=path: once that file exists, 5 s at
                               most; late=1: the hints come after the first body part;
-                              bad=1: a header value with CR LF)
+                              bad=1: a header value with CR LF; many=n: n more calls
+                              of a 1 MiB X-Pad header first)
 
 Markers go to the directory named by $PROTO_MARKER_DIR (if set).
 `validated_app` is a small app wrapped in wsgiref.validate.validator.
@@ -555,6 +556,9 @@ def app(environ, start_response):
                  (b"Link", b" </app.js>; rel=preload; as=script ")]
         if q.get("bad") == "1":
             hints.append(("X-Split", "a\r\nInjected: 1"))
+        pad = [("X-Pad", "p" * (1 << 20))]
+        for _ in range(int(q.get("many", "0"))):
+            environ["wsgi.early_hints"](pad)
         if q.get("late") == "1":
             start_response("200 OK", [("Content-Type", "text/plain")])
 

@@ -26,7 +26,8 @@ Routes (query parameters in brackets), as in proto_app.py:
                               list=1: the whole body in one message
   /early-hints [wait, status, late]  an http.response.informational (a Link), then "hinted"
                               (wait=path: once that file exists, 5 s at most; late=1: the
-                              informational after http.response.start, an error)
+                              informational after http.response.start, an error;
+                              many=n: n more of them first, with a 1 MiB x-pad header)
   /status [code, cl]          empty response with that status, header X-Status (and
                               content-length cl)
   /lying [give, claim, list]  content-length `claim` over a body of `give` bytes "x": in two
@@ -236,6 +237,9 @@ async def app(scope, receive, send):
         if q.get("late") == "1":
             await send({"type": "http.response.start", "status": 200, "headers": [TEXT]})
             await send(hints)
+        pad = {**hints, "headers": [(b"x-pad", b"p" * (1 << 20))]}
+        for _ in range(int(q.get("many", "0"))):
+            await send(pad)
         await send(hints)
         wait = q.get("wait")
         until = time.monotonic() + 5
