@@ -10,6 +10,7 @@ from berth.http.framing import (
     BadResponseHeaders,
     DateCache,
     chunk,
+    early_hints,
     error_response,
     frame,
 )
@@ -252,3 +253,15 @@ def test_a_bad_content_length_is_refused_after_a_good_one_of_the_same_shape(valu
     with pytest.raises(BadResponseHeaders, match="Content-Length"):
         frame("1.1", "200 OK", [("X-Shape", "bad-after-good"), ("Content-Length", value)],
               True, False, None)
+
+
+def test_an_interim_response_carries_its_headers_but_no_framing_ones():
+    # RFC 9110 8.6 and 6.1: no Content-Length nor Transfer-Encoding in a 1xx (a client could
+    # take it for the final response's); bytes read as latin-1, values stripped
+    head = early_hints([("Link", " </a.css>; rel=preload "), (b"Content-Length", b"5"),
+                        ("transfer-encoding", "chunked"), (b"X-B", "\xe9")])
+    assert head == (b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n"
+                    b"X-B: \xe9\r\n\r\n")
+    assert early_hints([], "102 Processing") == b"HTTP/1.1 102 Processing\r\n\r\n"
+    with pytest.raises(BadResponseHeaders):
+        early_hints([("Link", "a\r\nX: 1")])

@@ -298,6 +298,9 @@ def _drop_hop_by_hop(headers: list, keep_alive: bool) -> tuple[str, bool]:
     return scan_headers(kept)[0], keep_alive
 
 
+_NOT_IN_1XX = ("content-length", "transfer-encoding")
+
+
 def early_hints(headers, status: str = "103 Early Hints") -> bytes:
     """A `103 Early Hints` (RFC 8297), or another interim response (`status`, a 1xx),
     carrying `headers`: pairs of str, or of bytes read as latin-1, as Gunicorn's
@@ -311,6 +314,8 @@ def early_hints(headers, status: str = "103 Early Hints") -> bytes:
             value = bytes(value).decode("latin-1")
         if isinstance(value, str):
             value = value.strip(" \t")
+        if isinstance(name, str) and name.lower() in _NOT_IN_1XX:
+            continue  # (RFC 9110 8.6 and 6.1: never in a 1xx; Gunicorn sends them)
         pairs.append((name, value))
     return (f"HTTP/1.1 {status}\r\n" + scan_headers(pairs)[0]).encode("latin-1") + b"\r\n"
 
