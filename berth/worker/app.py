@@ -109,7 +109,7 @@ class Response:
     result = None  # an iterable body taken under the baton's lead (run_app), and
     first: tuple | None = None  # its iterator and first part (start_body)
     closed = False  # its close() was called (next_or_close)
-    reader_waited = 0.0  # seconds the loop thread waited in write() for the client to read
+    reader_waited = 0.0  # seconds the loop thread waited for the client to read (wait_for_reader)
     overrun = False  # berth answered 504 for it at --timeout, and counted and logged that
     overlong = False  # the app gave more than its Content-Length (logged once: cut())
     ended = False  # the last chunk went: a write() after it is dropped (end_body)
@@ -241,7 +241,7 @@ class Response:
             if conn.dead:
                 responder.log.warning(
                     "a client read the response of %s too slowly: the loop thread waited "
-                    "%.0f s for it in write() (--timeout %g); its connection is closed",
+                    "%.0f s for it (--timeout %g); its connection is closed",
                     request_line(self.req), self.reader_waited, responder.cfg.timeout)
                 raise ClientDisconnected()
 
