@@ -302,6 +302,8 @@ class StreamInput:
             self._cond.notify_all()
 
     def fail(self, exc: BaseException) -> None:
+        """The body will not come (ClientDisconnected): each read that waits raises a new
+        exception like `exc` (whose class takes its args back)."""
         with self._cond:
             self._error = exc
             self._cond.notify_all()
@@ -331,7 +333,9 @@ class StreamInput:
         try:
             while not ready() and not self._done:
                 if self._error is not None:
-                    raise self._error
+                    # a new one each time: the one kept, raised, would hold its traceback (the
+                    # app's frames, which hold this stream), a cycle left to the collector
+                    raise type(self._error)(*self._error.args)
                 if self.paused:
                     self.paused = False
                     self._resume()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import select
 import socket
+import time
 import weakref
 
 import pytest
@@ -140,3 +141,35 @@ def test_idle_keep_alive_connections_hold_under_a_kib_each(berth, threads):
         control.close()
         for sock in idle:
             sock.close()
+
+
+def test_a_client_leaving_mid_upload_leaves_nothing_for_the_collector(berth):
+    """A streamed upload whose client goes away: the app's read raises, and the request's
+    objects (its environ, its wsgi.input and what that buffered) are freed by reference
+    counting. The stream kept the exception it raised, whose traceback held the app's frames,
+    which held the stream: one such cycle a request, each waiting for the collector (off in
+    this worker)."""
+    srv = berth(["-w", "1", "--threads", "4", "--access-logfile", "none", "heap_app:app"],
+                env={"PYTHONTRACEMALLOC": "1"})
+    control = connect(srv.port)
+    try:
+        assert get(control, "/gc-off") == b"off"
+        head = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (8 << 20)
+        for _ in range(3):  # warm the caches on the way
+            with connect(srv.port) as sock:
+                sock.sendall(head + b"x" * (2 << 20))
+        time.sleep(0.5)
+        before = int(get(control, "/heap"))
+        n = 10
+        for _ in range(n):
+            with connect(srv.port) as sock:
+                sock.sendall(head + b"x" * (2 << 20))
+        grew = []
+
+        def freed():
+            grew.append((int(get(control, "/heap")) - before) / n)
+            return grew[-1] < 16 * 1024
+
+        assert wait_for(freed, timeout=10, interval=0.5), grew
+    finally:
+        control.close()

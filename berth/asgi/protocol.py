@@ -201,7 +201,9 @@ class BodyStream:
             await self.waiter
             self.waiter = None
         if self.error is not None and not self.chunks:
-            raise self.error
+            # a new one each time (its class takes its args back: ClientDisconnected): the one
+            # kept, raised, would hold the app's frames, which hold this stream, in a cycle
+            raise type(self.error)(*self.error.args)
         data = b"".join(self.chunks)
         self.chunks.clear()
         self.size = 0
