@@ -554,24 +554,39 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def test_write_callable_to_a_slow_reader_keeps_worker_memory_bounded_inline(berth):
-    # with --threads 1 the app runs on the loop; 64 MiB through write() to a client that
-    # reads nothing for a while must not be queued in memory
+EARLY_HINTS = (b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n"
+               b"Link: </app.js>; rel=preload; as=script\r\n\r\n")
+
+
+def _read_64_mib_written(sock) -> None:
+    status, _, body = read_response(sock)
+    assert status == 200 and len(body) == 1024 * 65536
+
+
+def _read_64_early_hints_of_a_mib(sock) -> None:
+    for _ in range(64):
+        assert read_head(sock).startswith(b"HTTP/1.1 103 Early Hints\r\nX-Pad: ppp")
+    assert read_head(sock) == EARLY_HINTS
+    assert read_response(sock)[::2] == (200, b"hinted")
+
+
+@pytest.mark.parametrize("path,read", [("/write-big?n=1024", _read_64_mib_written),
+                                       ("/early-hints?many=64", _read_64_early_hints_of_a_mib)],
+                         ids=["write", "early-hints"])
+def test_a_slow_reader_keeps_worker_memory_bounded_inline(berth, path, read):
+    # with --threads 1 the app runs on the loop; 64 MiB through write(), or as 103s (early
+    # hints), to a client that reads nothing for a while must not be queued in memory: the
+    # loop waits for the reader
     srv = berth(["-w", "1", "--threads", "1", "--access-logfile", "none", "proto_app:app"])
     (worker,) = pids_children(srv.pid)
     before = _rss_kib(worker)
     with connect(srv.port, timeout=30) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        sock.sendall(get_request("/write-big?n=1024"))
+        sock.sendall(get_request(path))
         time.sleep(1.0)
         peak = _rss_kib(worker)
-        status, _, body = read_response(sock)
-    assert status == 200 and len(body) == 1024 * 65536
+        read(sock)
     assert peak - before < 16 * 1024, f"worker RSS grew {peak - before} KiB while blocked"
-
-
-EARLY_HINTS = (b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n"
-               b"Link: </app.js>; rel=preload; as=script\r\n\r\n")
 
 
 @pytest.mark.parametrize("threads", ["1", "4"])
@@ -628,21 +643,3 @@ def test_wsgi_early_hints_behind_a_held_response_go_out_while_the_app_works(bert
         assert read_head(sock, timeout=3) == EARLY_HINTS
         go.touch()
         assert read_response(sock)[::2] == (200, b"hinted")
-
-
-def test_wsgi_early_hints_to_a_slow_reader_keep_worker_memory_bounded_inline(berth):
-    """--threads 1: 64 MiB of 103s to a client that reads nothing for a while are not queued
-    in memory: the loop waits for the reader, as in write()."""
-    srv = berth(["-w", "1", "--threads", "1", "--access-logfile", "none", "proto_app:app"])
-    (worker,) = pids_children(srv.pid)
-    before = _rss_kib(worker)
-    with connect(srv.port, timeout=30) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        sock.sendall(get_request("/early-hints?many=64"))
-        time.sleep(1.0)
-        peak = _rss_kib(worker)
-        for _ in range(64):
-            assert read_head(sock).startswith(b"HTTP/1.1 103 Early Hints\r\nX-Pad: ppp")
-        assert read_head(sock) == EARLY_HINTS
-        assert read_response(sock)[::2] == (200, b"hinted")
-    assert peak - before < 16 * 1024, f"worker RSS grew {peak - before} KiB while blocked"
