@@ -46,10 +46,10 @@ def read_chunks(sock: socket.socket, limit: float) -> tuple[list[tuple[float, by
 
 
 @pytest.mark.parametrize("threads", ["1", "4"])
-def test_stream_yielding_every_half_second_for_three_timeouts_arrives_whole(berth, threads):
-    srv = berth(["-w", "1", "--threads", threads, "--timeout", "2", "stream_app:app"])
+def test_stream_yielding_every_quarter_second_for_three_timeouts_arrives_whole(berth, threads):
+    srv = berth(["-w", "1", "--threads", threads, "--timeout", "1", "stream_app:app"])
     with connect(srv.port, timeout=20) as sock:
-        sock.sendall(get_request("/stream?n=13&every=0.5&id=a"))  # 6.5 s: over 3x --timeout
+        sock.sendall(get_request("/stream?n=13&every=0.25&id=a"))  # 3.25 s: over 3x --timeout
         assert b" 200 " in read_head(sock).split(b"\r\n")[0]
         parts, ended, _ = read_chunks(sock, limit=20)
     assert ended, f"the stream was cut after {len(parts)} parts:\n{srv.stderr()}"
@@ -65,16 +65,16 @@ def test_stream_yielding_every_half_second_for_three_timeouts_arrives_whole(bert
 def test_empty_parts_are_progress_too(berth, threads):
     # each body part the app yields counts as progress, an empty one too (it was not: 504
     # at --timeout with app threads, the worker killed with --threads 1)
-    srv = berth(["-w", "1", "--threads", threads, "--timeout", "2", "stream_app:app"])
-    status, _, body = http_get(srv.port, "/empty?n=12&every=0.5", timeout=20)  # 6 s
+    srv = berth(["-w", "1", "--threads", threads, "--timeout", "1", "stream_app:app"])
+    status, _, body = http_get(srv.port, "/empty?n=12&every=0.25", timeout=20)  # 3 s
     assert (status, body) == (200, b"end\n"), srv.stderr()
     assert "deadline" not in srv.stderr() and "silent" not in srv.stderr(), srv.stderr()
 
 
 @pytest.mark.parametrize("threads", ["1", "4"])
 def test_write_callable_stream_is_progress_too(berth, threads):
-    srv = berth(["-w", "1", "--threads", threads, "--timeout", "2", "stream_app:app"])
-    status, _, body = http_get(srv.port, "/write?n=10&every=0.5", timeout=20)  # 5 s
+    srv = berth(["-w", "1", "--threads", threads, "--timeout", "1", "stream_app:app"])
+    status, _, body = http_get(srv.port, "/write?n=10&every=0.25", timeout=20)  # 2.5 s
     assert status == 200
     assert body == b"".join(b"part %d\n" % i for i in range(10)) + b"end\n"
     assert "deadline" not in srv.stderr() and "silent" not in srv.stderr(), srv.stderr()
