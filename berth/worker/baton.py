@@ -99,6 +99,9 @@ class Baton:
         self.seen_served = -1  # the watcher's view of `responder.served`, and since when
         self.seen_at = 0.0
         self.summoned = False  # a WATCH is queued
+        # the app word still shows the deposed call until the new loop thread's first tick
+        # has written the slot with it (_depose; cleared in WorkerProcess.tick)
+        self.word_left = False
         self.take_loop = None  # set by the worker: run the loop on this thread (until Deposed)
         # times requests went to the app threads for a while (berth_app_thread_switches_total):
         self.slow_calls = 0  # a watcher took the loop over from a slow call
@@ -200,10 +203,11 @@ class Baton:
         responder.busy[self.leader] = True
         responder.inline = False
         self.watcher = 0
-        self.running[0] = 0.0
-        # the loop's next thread ticks first thing: its slot then shows the request in flight
-        # at once (until then the slot, written before the call, and the cleared word would
-        # show this worker idle: /status did, to a browser, for up to a tick)
+        # The loop's next thread ticks first thing: its slot then shows the request in flight
+        # (an app thread's), and only then is the app word cleared. Cleared here, the slot,
+        # written before the call, and the word showed this worker idle until that tick:
+        # /status did, to a browser, and on a loaded machine to a test, between two busy reads
+        self.word_left = True
         responder.loop.next_tick = time.monotonic()
         resp.inline = False
 
