@@ -100,7 +100,7 @@ class Baton:
         self.seen_at = 0.0
         self.summoned = False  # a WATCH is queued
         # the app word still shows the deposed call until the new loop thread's first tick
-        # has written the slot with it (_depose; cleared in WorkerProcess.tick)
+        # has written the slot with it (_depose; cleared in Loop.run, after that tick)
         self.word_left = False
         self.take_loop = None  # set by the worker: run the loop on this thread (until Deposed)
         # times requests went to the app threads for a while (berth_app_thread_switches_total):

@@ -539,10 +539,6 @@ class Worker:
         if state == IDLE or state == BUSY:
             state = BUSY if in_flight else IDLE
         self.beat(state)
-        baton = responder.baton
-        if baton is not None and baton.word_left:  # (the slot shows the deposed call now)
-            baton.word_left = False
-            responder.running[0] = 0.0
         if loop.draining:
             busy = slot.busy_threads
             # (an app thread whose connection berth ended, e.g. past its deadline, is waited
