@@ -173,3 +173,36 @@ def test_a_client_leaving_mid_upload_leaves_nothing_for_the_collector(berth):
         assert wait_for(freed, timeout=10, interval=0.5), grew
     finally:
         control.close()
+
+
+def test_requests_refused_with_a_400_leave_nothing_for_the_collector(berth):
+    """A request the parser refuses (here: no Host) gets its 400 and its connection closes:
+    its parser and the error are freed by reference counting. The error, kept to be
+    answered, held its traceback: the parser's frames, and llhttp's callback error, whose
+    own chain led back to the parser."""
+    srv = berth(["-w", "1", "--threads", "1", "--access-logfile", "none", "heap_app:app"],
+                env={"PYTHONTRACEMALLOC": "1"})
+    control = connect(srv.port)
+    try:
+        assert get(control, "/gc-off") == b"off"
+
+        def refuse() -> None:
+            with connect(srv.port) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nX-A: 1\r\n\r\n")
+                assert read_response(sock)[0] == 400
+
+        for _ in range(5):  # warm the caches on the way
+            refuse()
+        before = int(get(control, "/heap"))
+        n = 50
+        for _ in range(n):
+            refuse()
+        grew = []
+
+        def freed():
+            grew.append((int(get(control, "/heap")) - before) / n)
+            return grew[-1] < 256
+
+        assert wait_for(freed, timeout=5, interval=0.5), grew
+    finally:
+        control.close()

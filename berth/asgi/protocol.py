@@ -63,6 +63,7 @@ from berth.http.parser import (
     HttpError,
     Request,
     RequestParser,
+    unchain,
 )
 from berth.worker.connection import unacknowledged
 from berth.worker.tls import TLS_PIECE, pieces
@@ -842,6 +843,7 @@ class HttpProtocol(asyncio.Protocol):
     def reject(self, err: HttpError) -> None:
         """A request berth refuses: its answer, then close (the requests before it that
         were parsed are answered first)."""
+        unchain(err)  # (kept to be answered: see there)
         # The parser raises after the requests it completed in the same read: they are
         # answered first (and a `Connection: close` among them ends the connection before the
         # error, RFC 9112 9.6: llhttp calls bytes after such a request an error).

@@ -299,6 +299,19 @@ def _requests_ending_in(data: bytes) -> int:
 METHOD_ROOM = 24
 
 
+def unchain(err: BaseException | None) -> None:
+    """`err` lets go of its traceback and of the exceptions it was raised while handling (its
+    chain, each of them too): an HttpError kept to be answered held the parser's frames (and
+    llhttp's callback error), which held the parser, which held the error: cycles left to the
+    garbage collector, about 6 KB a refused request."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        following = err.__context__ or err.__cause__
+        err.__traceback__ = err.__context__ = err.__cause__ = None
+        err = following
+
+
 class RequestParser:
     """Parses every request of one connection, in order.
 

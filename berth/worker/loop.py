@@ -25,7 +25,14 @@ import time
 from functools import partial
 
 from berth.http.framing import CONTINUE
-from berth.http.parser import FEED_SLICE, NO_PARSER, HttpError, Request, RequestParser
+from berth.http.parser import (
+    FEED_SLICE,
+    NO_PARSER,
+    HttpError,
+    Request,
+    RequestParser,
+    unchain,
+)
 from berth.worker.admission import (
     ACCEPT_BATCH,
     DEFER,
@@ -503,6 +510,7 @@ class Loop(Admission):
 
     def reject(self, conn: Connection, err: HttpError) -> None:
         """A request berth refuses: answer it once earlier responses are out, then close."""
+        unchain(err)  # (kept to be answered: see there)
         self.admit.bad_request("request refused from %s: %s",
                                conn.environ.get("REMOTE_ADDR") or "a unix socket peer", err)
         conn.set_reading(False)
