@@ -100,7 +100,7 @@ class Baton:
         self.seen_at = 0.0
         self.summoned = False  # a WATCH is queued
         # the app word still shows the deposed call until the new loop thread's first tick
-        # has written the slot with it (_depose; cleared in Loop.run, after that tick)
+        # has written the slot with it (_depose; then slot_written)
         self.word_left = False
         self.take_loop = None  # set by the worker: run the loop on this thread (until Deposed)
         # times requests went to the app threads for a while (berth_app_thread_switches_total):
@@ -210,6 +210,13 @@ class Baton:
         self.word_left = True
         responder.loop.next_tick = time.monotonic()
         resp.inline = False
+
+    def slot_written(self) -> None:
+        """The loop's new thread has ticked (Loop.run): its slot shows the deposed call as an
+        app thread's, so the app word may let go of it (see _depose)."""
+        if self.word_left:
+            self.word_left = False
+            self.running[0] = 0.0
 
     def back_off_now(self, now: float) -> None:
         """Under the lock: the app waits; requests go to the app threads for a while."""

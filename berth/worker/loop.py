@@ -136,10 +136,8 @@ class Loop(Admission):
         elif now >= self.next_tick:  # (a thread that loses the loop mid-turn skips its tick)
             self.next_tick = now + TICK
             tick(now)
-            baton = self.responder.baton
-            if baton is not None and baton.word_left:  # the slot shows the deposed call now
-                baton.word_left = False
-                self.responder.running[0] = 0.0
+            if self.responder.baton is not None:
+                self.responder.baton.slot_written()
         # The first turn has no events: it answers the reads and sends the responses that
         # the thread which ran the loop before this one left (baton.py), before any socket
         # is read again.
