@@ -225,8 +225,8 @@ def berth(tmp_path):
         return srv
 
     yield start
-    for srv in servers:
-        srv.stop()
+    for srv in servers:  # a quick stop: what a test left running need not be drained
+        srv.stop(_signal.SIGQUIT)
 
 
 class BufferedSocket(socket.socket):
@@ -288,7 +288,10 @@ def read_response(sock: socket.socket, head_only: bool = False) -> tuple[int, di
         out = []
         while True:
             while b"\r\n" not in buf:
-                buf += sock.recv(65536)
+                data = sock.recv(65536)
+                if not data:  # (a bare `buf += recv()` spun for ever on a closed connection)
+                    raise ConnectionError("closed before a chunk's size")
+                buf += data
             size_line, _, buf = buf.partition(b"\r\n")
             size = int(size_line.split(b";")[0], 16)
             while len(buf) < size + 2:
