@@ -189,7 +189,9 @@ SETTINGS: tuple[Setting, ...] = (
       "uvicorn_worker.UvicornWorker mean the same, with an info line).", "STRING",
       section="Worker Processes",
       note="sync, gthread and asgi, and Gunicorn's and Uvicorn's class paths for them; any "
-           "other class (gevent, eventlet, tornado) exits 2."),
+           "other class (gevent, eventlet, tornado) exits 2. Gunicorn's sync worker closes "
+           "every connection after its response; berth's keeps it alive as gthread does (an "
+           "idle connection costs no thread here; --keep-alive 0 closes them)."),
     S("threads", ("--threads",), threads_or_auto, "auto",
       "App threads per worker, or auto (4, or 1 with -k sync). With 1, the app runs on the "
       "worker's loop thread.", "INT|auto", section="Worker Processes",

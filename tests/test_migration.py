@@ -22,7 +22,7 @@ import textwrap
 import time
 
 import pytest
-from conftest import ROOT, free_port, http_get
+from conftest import ROOT, connect, free_port, http_get, read_response
 
 GUNICORN_CONF = '''\
 # gunicorn.conf.py
@@ -204,3 +204,24 @@ def test_the_gunicorn_hooks_fire_under_berth(berth, project):
     assert ["post_request", "/hello", "200", "OK"] in records
     assert names.count("worker_exit") >= 2
     assert names[-1] == "on_exit" and records[-1][1] == str(srv.pid)
+
+
+@pytest.mark.parametrize("keep_alive, kept", [(None, True), ("0", False)])
+def test_sync_workers_keep_connections_alive_unless_keep_alive_is_0(berth, keep_alive, kept):
+    """Gunicorn's sync worker closes every connection after its response; berth's `-k sync`
+    keeps it alive as gthread does (an idle connection costs it no thread), and
+    `--keep-alive 0` closes, as the README and docs/settings.md say."""
+    args = ["-k", "sync", "-w", "1", "--access-logfile", "none"]
+    if keep_alive is not None:
+        args += ["--keep-alive", keep_alive]
+    srv = berth([*args, "super_app:app"])
+    with connect(srv.port) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        status, headers, body = read_response(sock)
+        assert status == 200 and body.startswith(b"pid=")
+        assert (headers.get("connection") != "close") is kept, headers
+        if kept:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            assert read_response(sock)[0] == 200
+        else:
+            assert sock.recv(1) == b""  # closed by the server
