@@ -4,6 +4,7 @@ drift with a shared, noisy machine, for comparing a change with the commit befor
 
     python benchmarks/instructions.py --baseline HEAD~1            # working tree vs HEAD~1
     python benchmarks/instructions.py --threads 4 --app big:app --baseline 1a2b3c4
+    python benchmarks/instructions.py --app flaskapp:app --granian --inprocess
 
 berth runs under `valgrind --tool=callgrind --trace-children=yes` (`-w 1`, access log off, the
 app from `benchmarks/`); one client sends requests one after another on a keep-alive
@@ -13,6 +14,12 @@ costs cancelled out. The same code measured twice agrees within about 0.1%. It c
 instructions, not time: a cache miss or a GIL hand-off costs the same as an add, so wall-clock
 runs (`bench.py`) stay the judge of throughput; this one tells whether a change made the
 request path do more work. Needs valgrind (`apt-get install -y valgrind`). Linux only.
+
+`--granian` counts Granian's worker the same way (1 worker, `--blocking-threads` = `--threads`,
+all of its threads), and `--inprocess` the app alone, called in-process as
+`benchmarks/inprocess.py` calls it (a copied environ, the body iterated, `close()`): each
+server's count minus the app's is that server's own share of a request, in instructions, the
+steady twin of `bench.py`'s "share us/req".
 """
 
 from __future__ import annotations
@@ -64,18 +71,46 @@ def read_response(sock: socket.socket, buf: bytes) -> bytes:
         buf += data
 
 
-def worker_instructions(root: Path, requests: int, app: str, threads: int) -> int:
-    """Run berth from `root` under callgrind, send WARMUP + `requests` requests, stop it, and
-    return the instructions of its busiest child process (the worker: with few requests the
-    master can count more, so its file is left out)."""
+def berth_argv(root: Path, port: int, app: str, threads: int) -> list[str]:
+    del root  # (found through PYTHONPATH)
+    return ["-m", "berth", "-b", f"127.0.0.1:{port}", "-w", "1", "--threads", str(threads),
+            "--access-logfile", "none", "--chdir", str(BENCH_DIR), app]
+
+
+def granian_argv(root: Path, port: int, app: str, threads: int) -> list[str]:
+    del root
+    return ["-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1", "--blocking-threads", str(threads), "--no-access-log",
+            "--working-dir", str(BENCH_DIR), app]
+
+
+def callgrind_counts(out_dir: Path, leave_out: str | None = None) -> list[int]:
+    """The totals of the callgrind files in `out_dir` (all but `leave_out`), which goes."""
+    counts = []
+    for path in glob.glob(f"{out_dir}/callgrind.*"):
+        text = Path(path).read_text(errors="replace")
+        m = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+        if m and path != leave_out:
+            counts.append(int(m.group(1)))
+        os.unlink(path)
+    os.rmdir(out_dir)
+    if not counts:
+        raise BenchError("callgrind wrote no counts")
+    return counts
+
+
+def worker_instructions(root: Path, requests: int, app: str, threads: int,
+                        argv=berth_argv) -> int:
+    """Run a server (berth from `root`, or what `argv` makes) under callgrind, send WARMUP +
+    `requests` requests, stop it, and return the instructions of its busiest child process
+    (the worker: with few requests the master can count more, so its file is left out)."""
     out_dir = Path(tempfile.mkdtemp(prefix="berth-callgrind-"))
     port = free_port()
     # a fixed hash seed: dict and set layouts (and so instruction counts) repeat run to run
     env = dict(os.environ, PYTHONPATH=str(root), BERTH_IN_CONTAINER="0", PYTHONHASHSEED="0")
     cmd = ["valgrind", "--tool=callgrind", "--trace-children=yes",
-           f"--callgrind-out-file={out_dir}/callgrind.%p", sys.executable, "-m", "berth",
-           "-b", f"127.0.0.1:{port}", "-w", "1", "--threads", str(threads),
-           "--access-logfile", "none", "--chdir", str(BENCH_DIR), app]
+           f"--callgrind-out-file={out_dir}/callgrind.%p", sys.executable,
+           *argv(root, port, app, threads)]
     # cwd: `python -m` puts the current directory first on sys.path, before PYTHONPATH: run
     # from a checkout, every measurement would import that checkout's berth, baselines too
     proc = subprocess.Popen(cmd, env=env, cwd=BENCH_DIR, stdin=subprocess.DEVNULL,
@@ -88,7 +123,8 @@ def worker_instructions(root: Path, requests: int, app: str, threads: int) -> in
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise BenchError("berth did not start under valgrind") from None
+                    raise BenchError(f"{argv(root, port, app, threads)[1]} did not start "
+                                     "under valgrind") from None
                 time.sleep(0.5)
         with sock:
             sock.settimeout(60)
@@ -105,24 +141,45 @@ def worker_instructions(root: Path, requests: int, app: str, threads: int) -> in
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-    counts = []
-    master = f"{out_dir}/callgrind.{proc.pid}"  # (valgrind keeps the pid: not the worker's)
-    for path in glob.glob(f"{out_dir}/callgrind.*"):
-        text = Path(path).read_text(errors="replace")
-        m = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
-        if m and path != master:
-            counts.append(int(m.group(1)))
-        os.unlink(path)
-    os.rmdir(out_dir)
-    if not counts:
-        raise BenchError("callgrind wrote no counts")
-    return max(counts)
+    # (valgrind keeps the pid: the master's file is named after it, not the worker's)
+    return max(callgrind_counts(out_dir, leave_out=f"{out_dir}/callgrind.{proc.pid}"))
 
 
-def per_request(root: Path, n1: int, n2: int, app: str, threads: int) -> float:
-    low = worker_instructions(root, n1, app, threads)
-    high = worker_instructions(root, n2, app, threads)
+INPROCESS = """
+import sys
+sys.path[:0] = [sys.argv[1]]
+import inprocess
+app = inprocess.load_app(sys.argv[2])
+environ = inprocess.request_environ()
+for _ in range(int(sys.argv[3])):
+    inprocess.call_once(app, environ)
+"""
+
+
+def inprocess_instructions(calls: int, app: str) -> int:
+    """The instructions of a process that imports `app` and calls it WARMUP + `calls` times
+    in-process (benchmarks/inprocess.py's call_once, no server)."""
+    out_dir = Path(tempfile.mkdtemp(prefix="berth-callgrind-"))
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/callgrind.%p",
+           sys.executable, "-c", INPROCESS, str(BENCH_DIR), app, str(WARMUP + calls)]
+    done = subprocess.run(cmd, env=env, cwd=BENCH_DIR, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          timeout=START_TIMEOUT)
+    if done.returncode != 0:
+        raise BenchError(f"the app failed in-process: {done.stderr.strip()[-500:]}")
+    return max(callgrind_counts(out_dir))
+
+
+def per_request(root: Path, n1: int, n2: int, app: str, threads: int,
+                argv=berth_argv) -> float:
+    low = worker_instructions(root, n1, app, threads, argv)
+    high = worker_instructions(root, n2, app, threads, argv)
     return (high - low) / (n2 - n1)
+
+
+def per_call_inprocess(n1: int, n2: int, app: str) -> float:
+    return (inprocess_instructions(n2, app) - inprocess_instructions(n1, app)) / (n2 - n1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--requests", type=int, nargs=2, default=(200, 2200),
                         metavar=("N1", "N2"), help="the two request counts (default 200 2200)")
+    parser.add_argument("--granian", action="store_true",
+                        help="also count Granian (1 worker, --blocking-threads = --threads)")
+    parser.add_argument("--inprocess", action="store_true",
+                        help="also count the app alone in-process: each server's share")
     args = parser.parse_args(argv)
     if subprocess.run(["valgrind", "--version"], capture_output=True).returncode != 0:
         print("valgrind is needed: apt-get install -y valgrind", file=sys.stderr)
@@ -147,6 +208,19 @@ def main(argv: list[str] | None = None) -> int:
                 then = per_request(base.path, n1, n2, args.app, args.threads)
             print(f"{base.short} ({base.subject[:60]}): {then:,.0f}; working tree / it: "
                   f"{here / then:.3f}x instructions")
+        peer = None
+        if args.granian:
+            peer = per_request(REPO_ROOT, n1, n2, args.app, args.threads, granian_argv)
+            print(f"granian (--blocking-threads {args.threads}): {peer:,.0f}; working tree / "
+                  f"it: {here / peer:.3f}x instructions")
+        if args.inprocess:
+            alone = per_call_inprocess(n1, n2, args.app)
+            line = (f"the app alone, in-process: {alone:,.0f}; the server's own share: "
+                    f"working tree {here - alone:,.0f}")
+            if peer is not None:
+                line += (f", granian {peer - alone:,.0f} (working tree / it: "
+                         f"{(here - alone) / (peer - alone):.2f}x)")
+            print(line)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -389,3 +389,21 @@ def test_inprocess_times_the_fastapi_app_in_its_scenario() -> None:
     )
     run = bench.measure_inprocess("fastapiapp:app", 1, cpu=None)
     assert run.ok and run.us_per_request and run.us_per_request > 0, run.error
+
+
+def test_the_instructions_counts_in_process_driver_calls_the_app() -> None:
+    """instructions.py --inprocess runs this driver under callgrind; here without valgrind:
+    it imports the app from benchmarks/ and calls it, and fails loudly on a bad app."""
+    import instructions
+
+    ok = subprocess.run([sys.executable, "-c", instructions.INPROCESS,
+                         str(instructions.BENCH_DIR), "hello:app", "3"],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run([sys.executable, "-c", instructions.INPROCESS,
+                          str(instructions.BENCH_DIR), "no_such_module:app", "3"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "no_such_module" in bad.stderr
+    argv = instructions.granian_argv(Path("."), 8123, "flaskapp:app", 4)
+    assert argv[:2] == ["-m", "granian"] and "--blocking-threads" in argv
+    assert argv[argv.index("--blocking-threads") + 1] == "4" and argv[-1] == "flaskapp:app"
