@@ -10,10 +10,12 @@ berth runs under `valgrind --tool=callgrind --trace-children=yes` (`-w 1`, acces
 app from `benchmarks/`); one client sends requests one after another on a keep-alive
 connection: a warm-up, then N1, and in a second run N2. The worker's instruction count grows
 with the requests, so (I(N2) - I(N1)) / (N2 - N1) is its cost per request, start-up and import
-costs cancelled out. The same code measured twice agrees within about 0.1%. It counts
-instructions, not time: a cache miss or a GIL hand-off costs the same as an add, so wall-clock
-runs (`bench.py`) stay the judge of throughput; this one tells whether a change made the
-request path do more work. Needs valgrind (`apt-get install -y valgrind`). Linux only.
+costs cancelled out; the N1 run keeps its connection open until it has lasted as long as the N2
+run, so that the work a worker does on a clock (berth's ticks) cancels out too. The same code
+measured twice agrees within about 0.1%. It counts instructions, not time: a cache miss or a
+GIL hand-off costs the same as an add, so wall-clock runs (`bench.py`) stay the judge of
+throughput; this one tells whether a change made the request path do more work. Needs valgrind
+(`apt-get install -y valgrind`). Linux only.
 
 `--granian` counts Granian's worker the same way (1 worker, `--blocking-threads` = `--threads`,
 all of its threads), and `--inprocess` the app alone, called in-process as
@@ -100,10 +102,12 @@ def callgrind_counts(out_dir: Path, leave_out: str | None = None) -> list[int]:
 
 
 def worker_instructions(root: Path, requests: int, app: str, threads: int,
-                        argv=berth_argv) -> int:
+                        argv=berth_argv, last: float = 0.0) -> tuple[int, float]:
     """Run a server (berth from `root`, or what `argv` makes) under callgrind, send WARMUP +
-    `requests` requests, stop it, and return the instructions of its busiest child process
-    (the worker: with few requests the master can count more, so its file is left out)."""
+    `requests` requests, keep the connection until `last` seconds have passed since the
+    first, stop the server, and return the instructions of its busiest child process (the
+    worker: with few requests the master can count more, so its file is left out) and the
+    seconds the requests took."""
     out_dir = Path(tempfile.mkdtemp(prefix="berth-callgrind-"))
     port = free_port()
     # a fixed hash seed: dict and set layouts (and so instruction counts) repeat run to run
@@ -130,9 +134,12 @@ def worker_instructions(root: Path, requests: int, app: str, threads: int,
             sock.settimeout(60)
             request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
             buf = b""
+            started = time.monotonic()
             for _ in range(WARMUP + requests):
                 sock.sendall(request)
                 buf = read_response(sock, buf)
+            took = time.monotonic() - started
+            time.sleep(max(0.0, last - took))
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)  # our own child, by pid
@@ -142,7 +149,7 @@ def worker_instructions(root: Path, requests: int, app: str, threads: int,
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
     # (valgrind keeps the pid: the master's file is named after it, not the worker's)
-    return max(callgrind_counts(out_dir, leave_out=f"{out_dir}/callgrind.{proc.pid}"))
+    return max(callgrind_counts(out_dir, leave_out=f"{out_dir}/callgrind.{proc.pid}")), took
 
 
 INPROCESS = """
@@ -173,8 +180,11 @@ def inprocess_instructions(calls: int, app: str) -> int:
 
 def per_request(root: Path, n1: int, n2: int, app: str, threads: int,
                 argv=berth_argv) -> float:
-    low = worker_instructions(root, n1, app, threads, argv)
-    high = worker_instructions(root, n2, app, threads, argv)
+    """The two runs last as long: a worker's work on a clock (berth's ticks, twice a second,
+    some 250k instructions each) cancels out instead of being charged to the requests of the
+    longer run, the more so the slower the app is under valgrind."""
+    high, took = worker_instructions(root, n2, app, threads, argv)
+    low, _ = worker_instructions(root, n1, app, threads, argv, last=took)
     return (high - low) / (n2 - n1)
 
 
