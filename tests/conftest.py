@@ -18,6 +18,7 @@ import weakref
 from pathlib import Path
 
 import pytest
+from loadgen import read_chunked
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
@@ -285,26 +286,7 @@ def read_response(sock: socket.socket, head_only: bool = False) -> tuple[int, di
             buf += data
         body, buf = buf[:n], buf[n:]
     elif headers.get("transfer-encoding", "").lower() == "chunked":
-        out = []
-        while True:
-            while b"\r\n" not in buf:
-                data = sock.recv(65536)
-                if not data:  # (a bare `buf += recv()` spun for ever on a closed connection)
-                    raise ConnectionError("closed before a chunk's size")
-                buf += data
-            size_line, _, buf = buf.partition(b"\r\n")
-            size = int(size_line.split(b";")[0], 16)
-            while len(buf) < size + 2:
-                data = sock.recv(65536)
-                if not data:
-                    raise ConnectionError("closed inside chunk")
-                buf += data
-            if size == 0:
-                # trailers end with an empty line; we send none
-                buf = buf[2:]
-                break
-            out.append(buf[:size])
-            buf = buf[size + 2:]
+        out, buf = read_chunked(buf, lambda: sock.recv(65536))
         body = b"".join(out)
         headers["_chunks"] = str(len(out))
     else:

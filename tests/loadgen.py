@@ -29,7 +29,30 @@ import threading
 import time
 from dataclasses import dataclass
 
-__all__ = ["LoadGen", "Result"]
+__all__ = ["LoadGen", "Result", "read_chunked"]
+
+
+def read_chunked(buf: bytes, recv) -> tuple[list[bytes], bytes]:
+    """A chunked body (no trailers) from `buf` and then `recv()`: (its chunks, the bytes read
+    past it). A connection closed inside it raises ConnectionError."""
+    out = []
+    while True:
+        while b"\r\n" not in buf:
+            data = recv()
+            if not data:  # (a bare `buf += recv()` would spin for ever on a closed connection)
+                raise ConnectionError("closed inside a chunk size")
+            buf += data
+        size_line, _, buf = buf.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        while len(buf) < size + 2:
+            data = recv()
+            if not data:
+                raise ConnectionError("closed inside a chunk")
+            buf += data
+        if size == 0:
+            return out, buf[2:]
+        out.append(buf[:size])
+        buf = buf[size + 2:]
 
 
 @dataclass
@@ -112,25 +135,7 @@ class _Conn:
                 buf += data
             body, buf = buf[:n], buf[n:]
         elif "chunked" in headers.get("transfer-encoding", "").lower():
-            out = []
-            while True:
-                while b"\r\n" not in buf:
-                    data = self._recv()
-                    if not data:
-                        raise ConnectionError("closed inside a chunk size")
-                    buf += data
-                size_line, _, buf = buf.partition(b"\r\n")
-                size = int(size_line.split(b";")[0], 16)
-                while len(buf) < size + 2:
-                    data = self._recv()
-                    if not data:
-                        raise ConnectionError("closed inside a chunk")
-                    buf += data
-                if size == 0:
-                    buf = buf[2:]
-                    break
-                out.append(buf[:size])
-                buf = buf[size + 2:]
+            out, buf = read_chunked(buf, self._recv)
             body = b"".join(out)
         else:  # delimited by the close of the connection
             chunks = [buf]
