@@ -51,7 +51,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -1090,6 +1090,7 @@ class TargetResult:
     passed: bool | None  # None: not evaluated
     goal: float | None = None
     goal_met: bool | None = None
+    rounds: list[float] = field(default_factory=list)  # a ratio's value round by round
 
     def shown(self) -> str:
         if self.value is None:
@@ -1101,10 +1102,32 @@ class TargetResult:
         goal = ""
         if self.goal is not None:
             goal = f" (goal {self.goal:g}x: {'met' if self.goal_met else 'not yet'})"
-        return f"{self.value:.2f}x{goal}"
+        return f"{self.value:.2f}x{goal}{self.spread()}"
+
+    def spread(self) -> str:
+        """The ratio round by round, and whether the rounds agree on the verdict: where some
+        pass and some fail, the median's PASS or FAIL is the noise's, not the servers'."""
+        if len(self.rounds) < 2:
+            return ""
+        low, high = min(self.rounds), max(self.rounds)
+        agree = (low >= self.minimum) == (high >= self.minimum)
+        verdict = "every round agrees" if agree else "the rounds disagree: undecided"
+        return f"; rounds {low:.2f}x..{high:.2f}x, {verdict}"
 
 
-def evaluate(scenario: Scenario, summaries: Mapping[str, Summary]) -> list[TargetResult]:
+def round_ratios(runs: Sequence[Run], ours: str, theirs: str) -> list[float]:
+    """ours / theirs req/s in each round where both ran well: the servers of a round ran
+    minutes apart at most, so a slow spell of the machine shows in both."""
+    rps = {(r.server, r.round): r.wrk.rps for r in runs if r.ok and r.wrk and r.wrk.rps}
+    return [rps[ours, n] / rps[theirs, n] for (name, n) in sorted(rps, key=lambda k: k[1])
+            if name == ours and (theirs, n) in rps]
+
+
+def evaluate(
+    scenario: Scenario, summaries: Mapping[str, Summary], runs: Sequence[Run] = ()
+) -> list[TargetResult]:
+    """Each target against the medians; with the `runs`, a ratio target also gets its ratio
+    round by round (`TargetResult.rounds`)."""
     picks = pick_best(scenario.best_of, summaries)
     known = with_best(summaries, picks)
     out = []
@@ -1132,6 +1155,7 @@ def evaluate(scenario: Scenario, summaries: Mapping[str, Summary]) -> list[Targe
                 text += f" (= {picks[target.versus]})"
             theirs = known.get(target.versus)
             value = ours.rps / theirs.rps if ours and theirs and theirs.rps else None
+            rounds = round_ratios(runs, target.server, picks.get(target.versus, target.versus))
         out.append(
             TargetResult(
                 text=text,
@@ -1141,6 +1165,7 @@ def evaluate(scenario: Scenario, summaries: Mapping[str, Summary]) -> list[Targe
                 passed=None if value is None else value >= target.minimum,
                 goal=target.goal,
                 goal_met=None if value is None or target.goal is None else value >= target.goal,
+                rounds=rounds if target.versus is not None else [],
             )
         )
     return out
@@ -1705,7 +1730,7 @@ def bench_scenario(
     app_us = _median([r.us_per_request for r in inproc if r.ok])
     if scenario.inprocess_app:
         summaries = add_server_share(summaries, app_us)
-    targets = evaluate(scenario, summaries)
+    targets = evaluate(scenario, summaries, runs)
     picks = pick_best(scenario.best_of, summaries)
     print()
     print(

@@ -198,6 +198,34 @@ def test_best_of_group_is_the_faster_member_in_this_run() -> None:
     assert t4.goal_met is True and t4.shown().endswith("(goal 1.1x: met)")
 
 
+def _run(server: str, rnd: int, rps: float) -> bench.Run:
+    wrk = bench.WrkResult(int(rps * 4), 4.0, rps, 1.0, 2.0, {}, 0)
+    return bench.Run(server, rnd, True, wrk=wrk)
+
+
+def test_a_ratio_target_shows_its_rounds_and_whether_they_agree() -> None:
+    """The verdict on a noisy machine: the ratio round by round (each round's servers ran
+    back to back), against the pick of a best-of group, and "undecided" when some rounds
+    pass and some fail."""
+    flask = bench.build_scenarios(gunicorn_extra=())["flask"]
+    per_round = {"berth-t4-default": (5_500, 4_000, 6_000), "berth-t1": (5_600, 4_300, 6_100),
+                 "granian-bt1": (3_000, 2_500, 3_500), "granian-bt4": (5_000, 4_000, 5_000),
+                 "berth-t1@1a2b3c4": (1.0, 1.0, 1.0)}  # (not a target's: left out)
+    runs = [_run(name, n + 1, rps) for name, values in per_round.items()
+            for n, rps in enumerate(values)]
+    runs.append(bench.Run("granian-bt4", 4, False, error="did not start"))  # (no pair: out)
+    runs.append(_run("berth-t1", 4, 9_999.0))
+    summaries = {name: _summary(name, sorted(v)[1]) for name, v in per_round.items()}
+    t4, t1 = bench.evaluate(flask, summaries, runs)
+    assert t4.rounds == pytest.approx([1.1, 1.0, 1.2])  # against granian-bt4, the pick
+    assert t4.passed is True  # 5,500 / 5,000 = 1.10x
+    assert t4.shown() == ("1.10x (goal 1.1x: met); rounds 1.00x..1.20x, the rounds disagree: "
+                          "undecided")
+    assert t1.rounds == pytest.approx([1.12, 1.075, 1.22])
+    assert t1.shown() == "1.12x; rounds 1.07x..1.22x, every round agrees"
+    assert bench.evaluate(flask, summaries)[1].shown() == "1.12x"  # no runs: medians alone
+
+
 def test_best_of_needs_every_member() -> None:
     # A best of the members that happened to run could flatter berth: not evaluated.
     flask = bench.build_scenarios(gunicorn_extra=())["flask"]
