@@ -73,14 +73,13 @@ def read_response(sock: socket.socket, buf: bytes) -> bytes:
         buf += data
 
 
-def berth_argv(root: Path, port: int, app: str, threads: int) -> list[str]:
-    del root  # (found through PYTHONPATH)
+def berth_argv(port: int, app: str, threads: int) -> list[str]:
+    """berth itself is found through PYTHONPATH: the working tree's, or a baseline's."""
     return ["-m", "berth", "-b", f"127.0.0.1:{port}", "-w", "1", "--threads", str(threads),
             "--access-logfile", "none", "--chdir", str(BENCH_DIR), app]
 
 
-def granian_argv(root: Path, port: int, app: str, threads: int) -> list[str]:
-    del root
+def granian_argv(port: int, app: str, threads: int) -> list[str]:
     return ["-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
             "--workers", "1", "--blocking-threads", str(threads), "--no-access-log",
             "--working-dir", str(BENCH_DIR), app]
@@ -112,9 +111,9 @@ def worker_instructions(root: Path, requests: int, app: str, threads: int,
     port = free_port()
     # a fixed hash seed: dict and set layouts (and so instruction counts) repeat run to run
     env = dict(os.environ, PYTHONPATH=str(root), BERTH_IN_CONTAINER="0", PYTHONHASHSEED="0")
+    server = argv(port, app, threads)
     cmd = ["valgrind", "--tool=callgrind", "--trace-children=yes",
-           f"--callgrind-out-file={out_dir}/callgrind.%p", sys.executable,
-           *argv(root, port, app, threads)]
+           f"--callgrind-out-file={out_dir}/callgrind.%p", sys.executable, *server]
     # cwd: `python -m` puts the current directory first on sys.path, before PYTHONPATH: run
     # from a checkout, every measurement would import that checkout's berth, baselines too
     proc = subprocess.Popen(cmd, env=env, cwd=BENCH_DIR, stdin=subprocess.DEVNULL,
@@ -127,7 +126,7 @@ def worker_instructions(root: Path, requests: int, app: str, threads: int,
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise BenchError(f"{argv(root, port, app, threads)[1]} did not start "
+                    raise BenchError(f"{server[1]} did not start "
                                      "under valgrind") from None
                 time.sleep(0.5)
         with sock:

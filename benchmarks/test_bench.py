@@ -432,6 +432,6 @@ def test_the_instructions_counts_in_process_driver_calls_the_app() -> None:
                           str(instructions.BENCH_DIR), "no_such_module:app", "3"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "no_such_module" in bad.stderr
-    argv = instructions.granian_argv(Path("."), 8123, "flaskapp:app", 4)
+    argv = instructions.granian_argv(8123, "flaskapp:app", 4)
     assert argv[:2] == ["-m", "granian"] and "--blocking-threads" in argv
     assert argv[argv.index("--blocking-threads") + 1] == "4" and argv[-1] == "flaskapp:app"
