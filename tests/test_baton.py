@@ -161,8 +161,8 @@ def test_responses_held_when_the_loop_is_taken_over_go_out_at_once(berth):
     tries = []
     # held back for the loop's flush, /hello goes out when the next thread takes the loop (not
     # after that thread's first wait for events: 0.5 s). The defect takes 0.5 s every time; a
-    # loaded machine can delay one try past the bound, so the best of three is judged.
-    for n in range(3):
+    # loaded machine can delay one try past the bound, so the best of the tries is judged.
+    for n in range(4):
         with connect(srv.port) as busy, connect(srv.port) as fast, connect(srv.port) as slow:
             busy.sendall(get_request("/thread?spin=8"))  # the loop thread computes meanwhile:
             time.sleep(0.002)
@@ -170,13 +170,20 @@ def test_responses_held_when_the_loop_is_taken_over_go_out_at_once(berth):
             fast.sendall(get_request("/hello"))
             slow.sendall(get_request("/sleep?s=1.5&who=1"))
             assert read_response(fast)[0] == 200
-            tries.append(time.monotonic() - started)
-            assert read_response(busy)[0] == 200
+            took = time.monotonic() - started
+            status, _, loop_thread = read_response(busy)  # (the loop thread computed it)
+            assert status == 200 and (n > 0 or loop_thread == b"MainThread")
             slept = read_response(slow)[2]
-            # the thread that had the loop ran it: it lost the loop (first the main thread)
-            assert slept == b"slept 1.5 on MainThread" if n == 0 else slept.startswith(b"slept")
-        if tries[-1] < 0.35:
+        # The case under test: the thread that had the loop held /hello and ran /sleep, and
+        # lost the loop in it. On a loaded machine, the 8 ms of /thread can outlast the
+        # takeover bound (10 ms) themselves: the loop moves on then, requests go to the app
+        # threads for a while, and /sleep runs on another thread; that try tests nothing
+        if slept != b"slept 1.5 on " + loop_thread:
+            continue
+        tries.append(took)
+        if took < 0.35:
             break
+    assert tries, "/thread?spin=8 lost the loop in every try: the case never came about"
     assert min(tries) < 0.35, f"/hello took {', '.join(f'{t:.2f}s' for t in tries)}"
 
 
