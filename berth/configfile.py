@@ -14,9 +14,11 @@ def post_fork(server, worker):
 `-c FILE` runs the file, `-c python:my.module` imports the module; without `-c`,
 `./berth.conf.py` or else `./gunicorn.conf.py` is loaded when present. The module's
 top-level names that are settings (`config.SETTINGS`, Gunicorn's names) become values; the
-rest (imports, helper variables, helper functions) is ignored, as Gunicorn does, except a
-name that is one typo away from a setting the file does not set (`wokers = 4`), which is an
-error: silently running with the default there is worse than stopping.
+rest (imports, helper variables, helper functions, constants such as `TIMEOUT = 5`) is
+ignored, as Gunicorn does, except a lower-case name that is one typo away from a setting the
+file does not set (`wokers = 4`), or that setting's flag spelled as a name (`preload = True`
+for preload_app, `access_logfile` for accesslog), which is an error: silently running with
+the default there is worse than stopping.
 
 Every problem (missing file, syntax error, exception while running it, bad value) is one
 `ConfigError` line naming the file.
@@ -120,6 +122,16 @@ def read_namespace(location: str, label: str | None = None) -> dict[str, Any]:
     return dict(vars(module))
 
 
+# A setting's long flag as a Python name, where that is not the setting's own name
+# (`--preload`: preload_app, `--access-logfile`: accesslog): a common slip in config files.
+# Not the flags that are everyday variable names (`env = os.environ["ENV"]`, `name`, `pid`,
+# a `log_file` that a logconfig_dict uses).
+_FLAG_NAMES = {flag[2:].replace("-", "_"): setting.name
+               for setting in BY_NAME.values() for flag in setting.flags
+               if flag.startswith("--") and flag[2:].replace("-", "_") not in BY_NAME
+               and flag not in ("--env", "--name", "--pid", "--log-file")}
+
+
 def settings_from_namespace(namespace: dict[str, Any], label: str) -> dict[str, Any]:
     """The settings a config file's names give: {name: raw value}.
 
@@ -129,7 +141,9 @@ def settings_from_namespace(namespace: dict[str, Any], label: str) -> dict[str, 
     (`workers = os.environ.get("WORKERS")` keeps the default when the variable is unset),
     except for `accesslog`: None is Gunicorn's default there and means no access log, which
     berth's default (stdout) is not, so `accesslog = None` turns it off, as in Gunicorn. A
-    name one typo away from a setting the file does not set is an error.
+    lower-case name one typo away from a setting the file does not set, or its flag's name
+    (`preload` for preload_app), is an error; a name with a capital letter is a constant or
+    a class, never a setting (Gunicorn's are all lower-case).
     """
     found: dict[str, Any] = {}
     unknown: list[str] = []
@@ -150,9 +164,13 @@ def settings_from_namespace(namespace: dict[str, Any], label: str) -> dict[str, 
     names = [n for n in BY_NAME if n not in namespace]
     hooks = [n for n in HOOK_NAMES if n not in namespace]
     for name in unknown:
+        if name != name.lower():  # a constant or a class (TIMEOUT = 5): no setting's shape
+            continue
         value = namespace[name]
         pool = hooks if callable(value) else names
-        close = difflib.get_close_matches(name.lower(), pool, n=1, cutoff=0.85)
+        flag_of = _FLAG_NAMES.get(name)  # preload = True: the flag's name, not the setting's
+        close = ([flag_of] if flag_of in names else
+                 difflib.get_close_matches(name, pool, n=1, cutoff=0.85))
         if close:
             raise ConfigError(f"{label}: unknown setting {name!r} (did you mean "
                               f"{close[0]!r}?)")

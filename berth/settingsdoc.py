@@ -38,9 +38,12 @@ Lowest precedence first; each source replaces the value of the one before:
    are, `berth.conf.py` is loaded and that is logged). Its top-level names that are settings
    become values (`workers = 4`, `bind = ["0.0.0.0:8000"]`, `accesslog = "-"`), functions named
    after a [server hook](#server-hooks) become hooks; other names (imports, helpers) are
-   ignored, except a near-miss of a setting the file does not set (`wokers = 4`), which stops
-   berth. A name set to `None` keeps its default (but `accesslog = None`, Gunicorn's default,
-   turns the access log off, as in Gunicorn);
+   ignored, except a lower-case near-miss of a setting the file does not set (`wokers = 4`),
+   or its flag spelled as a name (`preload = True` for `preload_app`), which stops berth
+   (Gunicorn ignores both: the setting silently keeps its default); names with a capital
+   letter (`TIMEOUT = 5`) are constants, ignored as in Gunicorn. A name set to `None` keeps
+   its default (but `accesslog = None`, Gunicorn's default, turns the access log off, as in
+   Gunicorn);
 3. **`GUNICORN_CMD_ARGS`**, then **`BERTH_CMD_ARGS`**: flags, as on the command line;
 4. **`BERTH_<SETTING>`** variables: the setting's name in capitals (`BERTH_WORKERS=4`,
    `BERTH_PRELOAD_APP=true`). Repeatable settings take several values separated by spaces

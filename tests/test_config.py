@@ -261,6 +261,11 @@ def test_python_module_config(tmp_path, monkeypatch):
     ("wokers = 4\n", r"^bad\.py: unknown setting 'wokers' \(did you mean 'workers'\?\)$"),
     ("def post_frok(server, worker):\n    pass\n",
      r"^bad\.py: unknown setting 'post_frok' \(did you mean 'post_fork'\?\)$"),
+    # a flag's name where the setting's is another: Gunicorn ignores it, and the setting
+    # keeps its default in silence
+    ("preload = True\n", r"^bad\.py: unknown setting 'preload' \(did you mean 'preload_app'\?\)$"),
+    ("access_logfile = '-'\n",
+     r"^bad\.py: unknown setting 'access_logfile' \(did you mean 'accesslog'\?\)$"),
     ("workers = 'many'\n", r"^bad\.py: workers: invalid value 'many'; expected a whole"),
     ("timeout = -1\n", r"^bad\.py: timeout: invalid value -1; expected a number"),
     ("workers = 4 * 0.75 + 0.2\n",  # (was cut to 3 in silence; Gunicorn refuses any float)
@@ -288,6 +293,26 @@ def test_bad_config_file_is_one_line_naming_the_file(tmp_path, body, pattern):
         parse(["-c", "bad.py", "app:app"], cwd=tmp_path)
     assert "\n" not in str(exc.value)
     assert re.search(pattern, str(exc.value)), str(exc.value)
+
+
+def test_constants_and_everyday_names_in_a_config_file_are_ignored_as_in_gunicorn(tmp_path):
+    # Gunicorn's settings are lower-case, and it ignores every other name: a constant that
+    # differs from a setting only in case is not a typo of it (nor is a flag's everyday name)
+    write(tmp_path / "c.py", 'import os\n'
+                             'LOG_LEVEL = os.environ.get("BERTH_TEST_NO_SUCH", "INFO")\n'
+                             'TIMEOUT = 5\n'
+                             'WORKERS = os.environ.get("BERTH_TEST_NO_SUCH")\n'
+                             'if WORKERS:\n'
+                             '    workers = int(WORKERS)\n'
+                             'Workers = 9\n'
+                             'env = "production"\n'
+                             'name = "shop"\n'
+                             'log_file = "/var/log/shop.log"\n'
+                             'keepalive = 7\n')
+    cfg = parse(["-c", "c.py", "app:app"], cwd=tmp_path)
+    assert cfg.keepalive == 7.0
+    assert cfg.timeout == BY_NAME["timeout"].default and not cfg.is_set("workers")
+    assert not cfg.is_set("loglevel") and not cfg.is_set("raw_env")
 
 
 def test_a_list_setting_takes_any_iterable_of_strings(tmp_path):
