@@ -398,7 +398,10 @@ SETTINGS: tuple[Setting, ...] = (
       "when a line's whole value matches exactly, http when it differs (so 'https, http' on "
       "one line is http). Lines that disagree get 400. From any other peer they change "
       "nothing.",
-      default_text="Gunicorn's X-FORWARDED-* trio"),
+      default_text="Gunicorn's X-FORWARDED-* trio",
+      note="Names match in any case, as header names do (RFC 9110 5.1); Gunicorn compares "
+           "them as written with upper-cased ones, so a name written 'X-Forwarded-Proto' "
+           "never matched there and the scheme stayed http."),
     S("forwarded_allow_ips", ("--forwarded-allow-ips",), address_list, "127.0.0.1,::1",
       "Proxies trusted to set secure_scheme_headers, forwarder_headers and (with "
       "--forwarded-remote-addr) the client's address: IP addresses, CIDR networks "
@@ -482,7 +485,9 @@ SETTINGS: tuple[Setting, ...] = (
       "Header names with '_' that a trusted proxy (forwarded_allow_ips) may send, mapped into "
       "the environ despite header_map: a SCRIPT_NAME header sets SCRIPT_NAME (and is taken "
       "off the front of PATH_INFO), others become HTTP_<NAME> (REMOTE_USER: "
-      "HTTP_REMOTE_USER), as in Gunicorn.", "STRING", default_text="SCRIPT_NAME,PATH_INFO"),
+      "HTTP_REMOTE_USER), as in Gunicorn.", "STRING", default_text="SCRIPT_NAME,PATH_INFO",
+      note="Names match in any case ('script_name' is SCRIPT_NAME); Gunicorn matches only "
+           "names written upper-case."),
     S("header_map", ("--header-map",), header_map, "drop",
       "Header names containing '_' (X_Forwarded_For would become the same environ key as "
       "X-Forwarded-For): drop them (the default), refuse the request (400), or dangerous: "

@@ -189,6 +189,20 @@ def test_forwarder_headers_are_configurable(berth):
     assert "HTTP_SCRIPT_NAME" not in env and env["SCRIPT_NAME"] == ""
 
 
+def test_configured_proxy_header_names_match_in_any_case(berth, tmp_path):
+    # Header names are case-insensitive (RFC 9110 5.1). Gunicorn compares the configured names
+    # as written with upper-cased ones, so a name written 'X-Forwarded-Proto' never matched
+    # there; berth takes it to mean that header (README, "Behind a proxy").
+    (tmp_path / "proxy.conf.py").write_text(
+        "secure_scheme_headers = {'X-Forwarded-Proto': 'https'}\n"
+        "forwarder_headers = 'Remote_User'\n")
+    srv = berth(["-w", "1", "-c", str(tmp_path / "proxy.conf.py"), "proto_app:app"])
+    env = env_from("127.0.0.1", srv.port, [("X-Forwarded-Proto", "https"),
+                                           ("REMOTE_USER", "alice")])
+    assert env["wsgi.url_scheme"] == "https"
+    assert env["HTTP_REMOTE_USER"] == "alice"
+
+
 # --- the PROXY protocol -------------------------------------------------------------------------
 
 def v2(command: int, family: int, addresses: bytes) -> bytes:
