@@ -183,6 +183,16 @@ class Config:
             "suppress_ragged_eofs", "do_handshake_on_connect", "ciphers")}
 
     @property
+    def proc_name(self) -> str | None:
+        """Gunicorn's `cfg.proc_name`: --name, else default_proc_name."""
+        return self.values.get("proc_name") or self.default_proc_name
+
+    @property
+    def default_proc_name(self) -> str | None:
+        """Gunicorn sets it to the app spec as it loads the app (a config file may set it)."""
+        return self.values.get("default_proc_name") or self.app_uri or None
+
+    @property
     def env(self) -> dict:
         """`--env KEY=VALUE` (raw_env) as a dict, as Gunicorn's `cfg.env`."""
         return dict(pair.split("=", 1) for pair in self.raw_env or ())
@@ -654,7 +664,9 @@ def config_rows(cfg: Config, everything: bool = False,
                 source = f"auto: {source}"
         if not implemented:
             source += f"; berth: {setting.status}"
-        rows.append((name, _show(getattr(cfg, name)), source))
+        # (the value given, not what a property makes of it: proc_name without --name is None)
+        value = cfg.values[name] if name in cfg.values else setting.default
+        rows.append((name, _show(value), source))
     return rows
 
 

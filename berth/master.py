@@ -160,7 +160,7 @@ class Master:
 
     def run(self) -> int:
         cfg = self.cfg
-        if not proctitle.set_title("master", cfg) and cfg.proc_name:
+        if not proctitle.set_title("master", cfg) and cfg.is_set("proc_name"):
             self.log.info("proc_name %r is not shown: process titles need setproctitle (%s)",
                           cfg.proc_name, proctitle.INSTALL_HINT)
         # the count is set first, before on_starting: Gunicorn's Arbiter.__init__ runs setup(),

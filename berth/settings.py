@@ -355,7 +355,7 @@ SETTINGS: tuple[Setting, ...] = (
                 "drop --daemon"), False,
       "Detach from the terminal (Gunicorn).", None, "store_true", status=REFUSED,
       note="berth always runs in the foreground, as containers and supervisors expect."),
-    S("raw_env", ("-e", "--env"), env_pair, None,
+    S("raw_env", ("-e", "--env"), env_pair, [],
       "Set an environment variable for the app, repeatable: KEY=VALUE.", "KEY=VALUE",
       "append"),
     S("pidfile", ("-p", "--pid"), optional_text, None,

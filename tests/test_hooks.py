@@ -477,6 +477,33 @@ def test_hook_objects_have_gunicorns_attributes_in_gunicorns_shapes(berth, tmp_p
         ("/hello", "", SERVER_SOFTWARE, False)], key=repr)
 
 
+CFG_CONF = """
+import os
+
+def when_ready(server):
+    cfg = server.cfg
+    with open(os.environ["HOOK_LOG"], "a") as f:
+        f.write(repr({"proc_name": cfg.proc_name, "default_proc_name": cfg.default_proc_name,
+                      "raw_env": list(cfg.raw_env), "env": cfg.env}) + "\\n")
+"""
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    ([], {"proc_name": "proto_app:app", "default_proc_name": "proto_app:app", "raw_env": [],
+          "env": {}}),
+    (["-n", "shop", "-e", "A=1"], {"proc_name": "shop", "default_proc_name": "proto_app:app",
+                                   "raw_env": ["A=1"], "env": {"A": "1"}}),
+])
+def test_server_cfg_gives_the_names_and_env_gunicorns_does(berth, tmp_path, args, expected):
+    # Gunicorn's cfg.proc_name falls back to default_proc_name, which it sets to the app spec,
+    # and raw_env is a list: hooks read None for both and failed on `for pair in raw_env`
+    log = tmp_path / "hooks.log"
+    (tmp_path / "cfg.conf.py").write_text(CFG_CONF)
+    berth(["-c", "cfg.conf.py", "-w", "1", *args, "proto_app:app"], env={"HOOK_LOG": str(log)})
+    wait_for(lambda: read_records_text(log))
+    assert ast.literal_eval(read_records_text(log)[0]) == expected
+
+
 SIDECAR_CONF = """
 import subprocess
 import sys
