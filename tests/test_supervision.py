@@ -708,6 +708,27 @@ def test_max_requests_recycles_the_worker_without_failed_requests(berth):
 
 
 @pytest.mark.parametrize("threads", ["1", "4"])
+def test_a_keep_alive_connection_reused_as_its_worker_retires_gets_its_answer(berth, threads):
+    # The worker closed its idle keep-alive connections the moment it reached --max-requests:
+    # a client sending its next request on one then got nothing (an empty reply), where a
+    # drain answers it with Connection: close. Now a retirement keeps them a second too.
+    srv = berth(["-w", "1", "--threads", threads, "--max-requests", "3",
+                 "--access-logfile", "none", "super_app:app"])
+    with connect(srv.port) as idle, connect(srv.port) as busy:
+        idle.sendall(get_request("/"))
+        assert read_response(idle)[0] == 200  # (1 of 3; now idle, kept alive)
+        busy.sendall(get_request("/"))
+        assert read_response(busy)[0] == 200
+        busy.sendall(get_request("/"))
+        status, headers, _ = read_response(busy)  # the 3rd: the worker retires
+        assert status == 200 and headers.get("connection") == "close", headers
+        time.sleep(0.3)  # (the client's next request comes a moment later)
+        idle.sendall(get_request("/"))
+        status, headers, _ = read_response(idle)
+        assert status == 200 and headers.get("connection") == "close", headers
+
+
+@pytest.mark.parametrize("threads", ["1", "4"])
 def test_max_requests_at_full_speed_is_honoured_within_the_requests_in_progress(berth, threads):
     """Gunicorn's gthread worker serves 50..60 requests (+ what is in progress) with
     --max-requests 50 --max-requests-jitter 10: a worker stops accepting the moment it

@@ -95,7 +95,7 @@ class Loop(Admission):
         self.alive = True
         self.accepting = True
         self.paused_accepting = 0.0
-        self.retiring = False  # --max-requests reached: no new connections
+        self.retiring = 0.0  # --max-requests reached (when): no new connections
         # SIGTERM or an overrun: no new connections, then exit. 0.0, or when the drain began
         self.draining = 0.0
         self.threads = cfg.threads
@@ -340,16 +340,16 @@ class Loop(Admission):
         self.publish_conns()
 
     def stop_accepting_for_good(self) -> None:
-        """--max-requests reached: no new connection, and the idle ones are closed (their
-        clients go to the other workers); what is in progress is finished."""
+        """--max-requests reached: no new connection, and the idle ones are closed once idle
+        for a second since (their clients go to the other workers), as a drain closes them: a
+        client reusing one meanwhile gets its answer, with Connection: close, where a close
+        at once lost the request it was sending (an empty reply); what is in progress is
+        finished."""
         if self.retiring or self.draining:
             return
         self.set_accepting(False)
         self.withdraw()  # (set_accepting did not publish if it was deferring)
-        self.retiring = True
-        unparsed = self.unparsed()  # (a request read, not parsed yet: answered, then closed)
-        for conn in [c for c in self.conns.values() if c.idle() and c not in unparsed]:
-            conn.close()
+        self.retiring = time.monotonic()
         self.process.retiring()
 
     def stop_listening(self, take_backlog: bool) -> None:
@@ -736,13 +736,13 @@ class Loop(Admission):
                                                 grace, min_rate):
                     self.reject(conn, HttpError(408, "request body slower than "
                                                      "--body-min-rate"))
-            elif self.draining:  # idle a second since the drain began, at least: a client
-                # reusing one then gets its answer (with Connection: close), not a close under
-                # its request
-                if now - max(conn.last_active, self.draining) > min(DRAIN_IDLE, keepalive):
+            elif self.draining or self.retiring:  # idle a second since the drain or the
+                # retirement began, at least: a client reusing one then gets its answer (with
+                # Connection: close), not a close under its request
+                if now - max(conn.last_active, self.draining or self.retiring) > min(
+                        DRAIN_IDLE, keepalive):
                     conn.close()
-            elif now - conn.last_active > (min(DRAIN_IDLE, keepalive) if self.retiring
-                                           else keepalive):
+            elif now - conn.last_active > keepalive:
                 conn.close()
             elif parser is not NO_PARSER and now - conn.last_active > PARK_AFTER:
                 conn.park(NO_PARSER)
