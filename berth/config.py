@@ -665,8 +665,7 @@ def config_rows(cfg: Config, everything: bool = False,
         if not implemented:
             source += f"; berth: {setting.status}"
         # (the value given, not what a property makes of it: proc_name without --name is None)
-        value = cfg.values[name] if name in cfg.values else setting.default
-        rows.append((name, _show(value), source))
+        rows.append((name, _show(cfg.values.get(name, setting.default)), source))
     return rows
 
 

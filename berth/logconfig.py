@@ -44,6 +44,7 @@ from typing import Any
 from berth.config import ConfigError
 from berth.converters import SYSLOG_FACILITIES, parse_syslog_address
 from berth.logs import AccessTee, _basic_user
+from berth.proctitle import process_name
 
 # Gunicorn's defaults (gunicorn/glogging.py), under every logging configuration
 CONFIG_DEFAULTS: dict[str, Any] = {
@@ -188,8 +189,7 @@ def wanted(cfg) -> bool:
 
 
 def _syslog_handler(cfg, name: str) -> logging.Handler:
-    prefix = (cfg.syslog_prefix or cfg.proc_name or cfg.default_proc_name or cfg.app_uri
-              or "berth").replace(":", ".")
+    prefix = (cfg.syslog_prefix or process_name(cfg)).replace(":", ".")
     socktype, address = parse_syslog_address(cfg.syslog_addr)
     try:
         handler = logging.handlers.SysLogHandler(

@@ -17,7 +17,7 @@ INSTALL_HINT = "pip install berth[proctitle]"
 
 def process_name(cfg: Any) -> str:
     """The NAME in `berth: master [NAME]`."""
-    return cfg.proc_name or cfg.default_proc_name or cfg.app_uri or "berth"
+    return cfg.proc_name or "berth"  # (Config.proc_name: else default_proc_name, else the app)
 
 
 def prepare() -> bool:
